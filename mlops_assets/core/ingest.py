@@ -1,0 +1,243 @@
+"""The two stages a landed batch goes through: ``raw`` (exact copy, structure checked) and ``validated`` (row contract).
+
+Each stage writes its verdict to the batch log ``quarantine.batches`` with the run id, so an asset check can read the
+outcome of exactly its own run. A rejected batch never touches the last accepted state:
+
+* raw rejects an unreadable, empty or re-shaped file; the exact bytes are copied to ``quarantine/<table>/`` under the
+  data directory and, when readable, every row is kept in ``quarantine.<table>`` as JSON;
+* validated quarantines bad rows with their rule and column; above the table's bad-row limit it quarantines them all.
+
+Rows are accounted for per landed file (sha256): validated + quarantined = landed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from mlops_assets.core.contracts import (
+    QUARANTINE_SCHEMA,
+    RULE_READABLE,
+    BatchUnreadableError,
+    BatchVerdict,
+    check_structure,
+    read_batch,
+    rows_as_json,
+    split_rows,
+    structure_problems,
+)
+from mlops_assets.core.landing import LandedFile, sha256_bytes, write_atomic
+from mlops_assets.core.specs import ContractContext, TableSpec
+from mlops_assets.core.store import (
+    LINEAGE_COLUMNS,
+    append_row,
+    duckdb_type,
+    ensure_batch_log,
+    ensure_table,
+    qualified,
+    query_frame,
+    quote_identifier,
+    replace_where,
+    table_exists,
+)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Where a batch came from: its table, partition month (None for reference data), landed file and checksum."""
+
+    table: str
+    month: str | None
+    source_file: str
+    sha256: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.table} {self.month}" if self.month else f"{self.table} (reference)"
+
+
+def data_table_columns(spec: TableSpec) -> dict[str, str]:
+    """DDL columns of ``raw.<table>`` and ``validated.<table>``: the contract's columns plus lineage."""
+    return {**{c: duckdb_type(t) for c, t in spec.columns.items()}, **LINEAGE_COLUMNS}
+
+
+def quarantine_columns() -> dict[str, str]:
+    return {**LINEAGE_COLUMNS, **{c: duckdb_type(t) for c, t in QUARANTINE_SCHEMA.items()}, "stage": "VARCHAR"}
+
+
+def _partition_filter(month: str | None) -> tuple[str, list[str | None]]:
+    return ("_month IS NOT DISTINCT FROM ?", [month])
+
+
+def _with_lineage(frame: pl.DataFrame, batch: Batch, run_id: str, now: datetime) -> pl.DataFrame:
+    return frame.with_columns(
+        pl.lit(batch.month, dtype=pl.String).alias("_month"),
+        pl.lit(batch.source_file).alias("_source_file"),
+        pl.lit(batch.sha256).alias("_sha256"),
+        pl.lit(run_id).alias("_run_id"),
+        pl.lit(now).alias("_written_at"),
+    )
+
+
+def _quarantine(
+    conn: duckdb.DuckDBPyConnection, spec: TableSpec, batch: Batch, stage: str, rows: pl.DataFrame, run_id: str, now: datetime
+) -> None:
+    """Replace this batch's quarantined rows for this stage (a rerun replaces them; other batches' rows stay)."""
+    name = ensure_table(conn, "quarantine", spec.name, quarantine_columns())
+    frame = _with_lineage(rows, batch, run_id, now).with_columns(pl.lit(stage).alias("stage"))
+    replace_where(conn, name, frame, "_sha256 = ? AND stage = ? AND _month IS NOT DISTINCT FROM ?", [batch.sha256, stage, batch.month])
+
+
+def _log(
+    conn: duckdb.DuckDBPyConnection,
+    batch: Batch,
+    stage: str,
+    verdict: BatchVerdict,
+    run_id: str,
+    now: datetime,
+    quarantined_file: str | None = None,
+) -> None:
+    append_row(
+        conn,
+        ensure_batch_log(conn),
+        {
+            "table_name": batch.table,
+            "month": batch.month,
+            "stage": stage,
+            "source_file": batch.source_file,
+            "sha256": batch.sha256,
+            "accepted": verdict.accepted,
+            "rule": verdict.rule,
+            "column_name": verdict.column,
+            "message": verdict.message,
+            "rows_landed": verdict.rows_landed,
+            "rows_valid": verdict.rows_valid,
+            "rows_quarantined": verdict.rows_quarantined,
+            "quarantined_file": quarantined_file,
+            "run_id": run_id,
+            "checked_at": now,
+        },
+    )
+
+
+def ingest_raw(
+    conn: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    landed: LandedFile,
+    landing_dir: Path,
+    quarantine_dir: Path,
+    run_id: str,
+    now: datetime,
+) -> BatchVerdict:
+    """Copy a landed batch into ``raw.<table>`` (its partition replaced) when its structure matches the contract.
+
+    The checksum is taken of the bytes actually read, so a file replaced between scan and ingest is still traced right.
+    A rejected batch leaves ``raw`` untouched; its bytes are kept under ``quarantine_dir``.
+    """
+    data = landed.path.read_bytes()
+    batch = Batch(spec.name, landed.month, str(landed.path.relative_to(landing_dir)), sha256_bytes(data))
+    ensure_table(conn, "raw", spec.name, data_table_columns(spec))
+    try:
+        frame = read_batch(data)
+    except BatchUnreadableError as error:
+        frame = None
+        verdict = BatchVerdict(False, f"{batch.label}: {error}", 0, 0, 0, rule=RULE_READABLE)
+    else:
+        verdict = check_structure(frame, spec, batch.label)
+
+    if not verdict.accepted:
+        kept = quarantine_dir / spec.name / f"{landed.month or spec.name}-{batch.sha256[:16]}.parquet"
+        write_atomic(kept, data)
+        if frame is not None and frame.height:
+            problems = structure_problems(dict(frame.schema), spec.columns)
+            rule, column, reason = problems[0] if problems else (verdict.rule, verdict.column, verdict.message)
+            rows = pl.DataFrame(
+                {
+                    "_row": pl.int_range(frame.height, eager=True, dtype=pl.Int64),
+                    "rule": [rule] * frame.height,
+                    "column_name": [column] * frame.height,
+                    "failures": [reason] * frame.height,
+                    "row_json": rows_as_json(frame),
+                    "batch_rejected": [True] * frame.height,
+                },
+                schema=QUARANTINE_SCHEMA,
+            )
+            _quarantine(conn, spec, batch, "raw", rows, run_id, now)
+        _log(conn, batch, "raw", verdict, run_id, now, quarantined_file=str(kept))
+        return verdict
+
+    rows = _with_lineage(frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64)), batch, run_id, now)
+    where, params = _partition_filter(batch.month)
+    replace_where(conn, qualified("raw", spec.name), rows, where, params)
+    _log(conn, batch, "raw", verdict, run_id, now)
+    return verdict
+
+
+def read_codes(conn: duckdb.DuckDBPyConnection, spec: TableSpec) -> dict[str, frozenset[str]]:
+    """The known codes a contract checks against, read from the validated reference tables."""
+    codes: dict[str, frozenset[str]] = {}
+    for code, (table, column) in spec.code_sources.items():
+        name, col = qualified("validated", table), quote_identifier(column)
+        values = conn.execute(f"SELECT DISTINCT {col} FROM {name} WHERE {col} IS NOT NULL").fetchall()
+        codes[code] = frozenset(str(v[0]) for v in values)
+    return codes
+
+
+def validate_partition(
+    conn: duckdb.DuckDBPyConnection, spec: TableSpec, month: str | None, run_id: str, now: datetime
+) -> BatchVerdict:
+    """Check the rows of the batch in ``raw`` against the table's contract and publish the good ones.
+
+    Accepted: ``validated.<table>`` for the partition is replaced by the valid rows and bad rows are quarantined.
+    Rejected (bad share above the limit, or a frame-level rule broken): every row is quarantined and the partition of
+    ``validated`` keeps its last accepted state.
+    """
+    raw_name = qualified("raw", spec.name)
+    where, params = _partition_filter(month)
+    frame = query_frame(conn, f"SELECT * FROM {raw_name} WHERE {where} ORDER BY _row", params)
+    if frame.height == 0:
+        raise ValueError(f"raw.{spec.name} has no rows for {month or 'the reference table'}: materialize raw first")
+    first = frame.row(0, named=True)
+    batch = Batch(spec.name, month, first["_source_file"], first["_sha256"])
+    context = ContractContext(month=month, codes=read_codes(conn, spec))
+    split = split_rows(frame.select(list(spec.columns)), spec, context, batch.label)
+
+    validated_name = ensure_table(conn, "validated", spec.name, data_table_columns(spec))
+    _quarantine(conn, spec, batch, "validated", split.quarantined, run_id, now)
+    if split.verdict.accepted:
+        replace_where(conn, validated_name, _with_lineage(split.valid, batch, run_id, now), where, params)
+    _log(conn, batch, "validated", split.verdict, run_id, now)
+    return split.verdict
+
+
+def run_verdicts(conn: duckdb.DuckDBPyConnection, table: str, stage: str, run_id: str) -> list[dict[str, object]]:
+    """The batch-log entries one run wrote for a table and stage (what an asset check judges)."""
+    name = ensure_batch_log(conn)
+    cursor = conn.execute(
+        f"SELECT * FROM {name} WHERE table_name = ? AND stage = ? AND run_id = ? ORDER BY month", [table, stage, run_id]
+    )
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | None, sha256: str) -> dict[str, int]:
+    """Rows of one landed file in each table: landed (raw), validated, quarantined at the validated stage."""
+    counts: dict[str, int] = {}
+    for key, schema, extra in (
+        ("landed", "raw", ""),
+        ("validated", "validated", ""),
+        ("quarantined", "quarantine", " AND stage = 'validated'"),
+    ):
+        if not table_exists(conn, schema, table):
+            counts[key] = 0
+            continue
+        name = qualified(schema, table)
+        found = conn.execute(
+            f"SELECT count(*) FROM {name} WHERE _sha256 = ? AND _month IS NOT DISTINCT FROM ?{extra}", [sha256, month]
+        ).fetchone()
+        counts[key] = int(found[0]) if found else 0
+    return counts

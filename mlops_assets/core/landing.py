@@ -1,0 +1,157 @@
+"""The landing zone: where the production feed drops files, and how the platform finds them.
+
+Layout (below ``$MLOPS_DATA_DIR/landing``)::
+
+    <table>/<YYYY-MM>.parquet            a monthly batch, e.g. flights/2013-01.parquet
+    <table>/<YYYY-MM>.parquet.sha256     its checksum, in ``sha256sum`` format
+    reference/<table>.parquet            a reference table that is replaced whole, e.g. reference/planes.parquet
+
+Files are written atomically (temporary file + rename), so a half-written file is never visible, and landing the same
+bytes twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REFERENCE_FOLDER = "reference"
+MONTH_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+def parse_month(month: str) -> tuple[int, int]:
+    """Split ``"2013-03"`` into ``(2013, 3)``; raise ``ValueError`` with the expected format otherwise."""
+    match = MONTH_PATTERN.match(month)
+    if not match:
+        raise ValueError(f"month {month!r} is not of the form YYYY-MM (e.g. 2013-03)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def month_key(year: int, month: int) -> str:
+    """``(2013, 3)`` -> ``"2013-03"``."""
+    return f"{year:04d}-{month:02d}"
+
+
+def shift_month(month: str, delta: int) -> str:
+    """The month ``delta`` months after (or before, when negative) ``month``."""
+    year, mon = parse_month(month)
+    index = year * 12 + (mon - 1) + delta
+    return month_key(index // 12, index % 12 + 1)
+
+
+def month_range(first: str, last: str) -> list[str]:
+    """All months from ``first`` to ``last`` inclusive, in order."""
+    (y0, m0), (y1, m1) = parse_month(first), parse_month(last)
+    count = (y1 * 12 + m1) - (y0 * 12 + m0) + 1
+    if count < 1:
+        raise ValueError(f"month range is empty: {first} is after {last}")
+    return [shift_month(first, i) for i in range(count)]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """One file in the landing zone. ``month`` is ``None`` for a reference table."""
+
+    table: str
+    month: str | None
+    path: Path
+    sha256: str
+
+    @property
+    def relative_name(self) -> str:
+        folder = REFERENCE_FOLDER if self.month is None else self.table
+        return f"{folder}/{self.path.name}"
+
+
+def landing_path(landing_dir: Path, table: str, month: str | None) -> Path:
+    """Where the batch of ``table`` for ``month`` (or the reference table, when ``month`` is None) lands."""
+    if month is None:
+        return landing_dir / REFERENCE_FOLDER / f"{table}.parquet"
+    parse_month(month)
+    return landing_dir / table / f"{month}.parquet"
+
+
+def land_file(landing_dir: Path, table: str, month: str | None, data: bytes) -> tuple[LandedFile, str]:
+    """Land one batch atomically with its checksum file.
+
+    Returns:
+        The landed file and what happened: ``"landed"`` (new), ``"replaced"`` (changed bytes) or ``"unchanged"``.
+    """
+    path = landing_path(landing_dir, table, month)
+    digest = sha256_bytes(data)
+    status = "landed"
+    if path.exists():
+        if sha256_file(path) == digest:
+            return LandedFile(table, month, path, digest), "unchanged"
+        status = "replaced"
+    write_atomic(path, data)
+    write_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
+    return LandedFile(table, month, path, digest), status
+
+
+def _walk_layout(landing_dir: Path) -> list[tuple[str, str | None, Path]]:
+    """``(table, month, path)`` of every file that follows the layout; hidden temporary files are skipped."""
+    entries: list[tuple[str, str | None, Path]] = []
+    if not landing_dir.exists():
+        return entries
+    for folder in sorted(p for p in landing_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(folder.glob("*.parquet")):
+            stem = path.name.removesuffix(".parquet")
+            if path.name.startswith("."):
+                continue
+            if folder.name == REFERENCE_FOLDER:
+                entries.append((stem, None, path))
+            elif MONTH_PATTERN.match(stem):
+                entries.append((folder.name, stem, path))
+    return entries
+
+
+def scan_landing(landing_dir: Path) -> list[LandedFile]:
+    """Every landed parquet file with the sha256 of its current bytes (computed here: checksum files are not trusted)."""
+    return [LandedFile(table, month, path, sha256_file(path)) for table, month, path in _walk_layout(landing_dir)]
+
+
+def find_landed(landing_dir: Path, table: str, month: str | None) -> LandedFile | None:
+    """The landed file of ``table`` for ``month`` with its current checksum, or ``None`` when nothing has landed."""
+    path = landing_path(landing_dir, table, month)
+    if not path.exists():
+        return None
+    return LandedFile(table, month, path, sha256_file(path))
+
+
+def landed_months(landing_dir: Path, tables: list[str] | None = None) -> list[str]:
+    """Sorted months for which at least one monthly table (of ``tables``, when given) has landed."""
+    return sorted(
+        {month for table, month, _ in _walk_layout(landing_dir) if month is not None and (tables is None or table in tables)}
+    )

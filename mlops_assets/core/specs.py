@@ -1,0 +1,139 @@
+"""What a model is, as data: its source tables with their contracts, and its feature tables.
+
+The platform (ingest, validation, feature store, later drift, registry and serving) reads only these specs. A second model
+needs a new :class:`ModelSpec`, its contracts and its feature SQL, not a copy of the pipeline. ``core/flights.py`` holds
+the shipped spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandera.polars as pa
+import polars as pl
+
+from mlops_assets.core.features.pit import TrailingWindow
+from mlops_assets.core.landing import parse_month
+
+
+@dataclass(frozen=True)
+class ContractContext:
+    """What a contract may depend on besides the batch: its partition month and the known codes of reference tables."""
+
+    month: str | None = None
+    codes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def year_month(self) -> tuple[int, int]:
+        if self.month is None:
+            raise ValueError("this contract needs a partition month, but the table is not monthly")
+        return parse_month(self.month)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A source table: its landed schema, its key, its row rules and where its known codes come from.
+
+    Attributes:
+        name: table name in every schema (``raw.<name>``, ``validated.<name>``, ``quarantine.<name>``).
+        columns: the landed schema, column -> polars dtype. A batch whose columns or types differ is rejected whole.
+        key: columns that identify a row; duplicates are quarantined.
+        monthly: True for a monthly batch (one partition per month), False for a reference table replaced whole.
+        rules: builds the pandera row rules (column -> ``pa.Column``) for a batch; the key and schema are added for you.
+        code_sources: code name -> (reference table, column), e.g. ``{"carrier": ("airlines", "carrier")}``; the codes
+            are read from the validated reference table and handed to ``rules`` through the context.
+        max_bad_share: a batch with a larger share of bad rows is rejected whole.
+    """
+
+    name: str
+    columns: Mapping[str, type[pl.DataType] | pl.DataType]
+    key: tuple[str, ...]
+    monthly: bool
+    rules: Callable[[ContractContext], dict[str, pa.Column]]
+    code_sources: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    max_bad_share: float = 0.01
+    description: str = ""
+
+    def contract(self, context: ContractContext) -> pa.DataFrameSchema:
+        """The pandera schema of one batch: row rules per column plus key uniqueness."""
+        return pa.DataFrameSchema(self.rules(context), unique=list(self.key), name=self.name)
+
+
+@dataclass(frozen=True)
+class FeatureTableSpec:
+    """A point-in-time feature table: one SQL file over validated tables plus declarative trailing windows.
+
+    The SQL returns one row per entity and prediction time for every month it is asked to read, with the lookup
+    features (as-of joins done in SQL) and the columns the windows aggregate. It gets the bound parameters
+    ``$context_first`` / ``$target_last`` (first and last month to read) and ``$context_start`` (timestamp before
+    which no row may be read). The engine then adds the trailing windows (see ``features/pit.py``), keeps the target
+    months and the declared columns, and stamps the feature-set version.
+
+    Features of one month must depend only on rows inside the look-back, so that building month by month equals one
+    full build; the tests hold every feature table to that.
+
+    Attributes:
+        name: ``features.<name>``.
+        sql_path: the feature SQL.
+        inputs: source tables (validated) the SQL reads.
+        id_columns: columns that identify the entity (kept for joins and people, not all of them features).
+        key: columns that make a row unique.
+        label: the target column (not a feature); ``label_known_at`` says when it became known.
+        time_column: the prediction time (UTC) every feature is computed as of.
+        lookback_days: how far before the month's first prediction time any feature may look.
+        categorical / numeric: the feature columns, for training and drift.
+        windows: trailing-window aggregates computed by the point-in-time engine.
+    """
+
+    name: str
+    sql_path: Path
+    inputs: tuple[str, ...]
+    id_columns: tuple[str, ...]
+    key: tuple[str, ...]
+    label: str
+    label_known_at: str
+    time_column: str
+    lookback_days: int
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+    windows: tuple[TrailingWindow, ...] = ()
+    description: str = ""
+
+    @property
+    def sql(self) -> str:
+        return self.sql_path.read_text()
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return (*self.categorical, *self.numeric)
+
+    @property
+    def output_columns(self) -> tuple[str, ...]:
+        """Columns of ``features.<name>`` in order: ids, time, features, label, bookkeeping."""
+        ordered = (*self.id_columns, self.time_column, *self.features, self.label, self.label_known_at, "_month")
+        return tuple(dict.fromkeys(ordered))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model's world: its source tables and its feature tables."""
+
+    name: str
+    tables: tuple[TableSpec, ...]
+    feature_tables: tuple[FeatureTableSpec, ...]
+
+    def table(self, name: str) -> TableSpec:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise KeyError(f"{self.name} has no table {name!r}; known: {[t.name for t in self.tables]}")
+
+    @property
+    def monthly_tables(self) -> tuple[TableSpec, ...]:
+        return tuple(t for t in self.tables if t.monthly)
+
+    @property
+    def reference_tables(self) -> tuple[TableSpec, ...]:
+        return tuple(t for t in self.tables if not t.monthly)

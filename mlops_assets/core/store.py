@@ -1,0 +1,150 @@
+"""The DuckDB feature store: table names, DDL from contracts, and idempotent partition writes.
+
+Identifiers cannot be bound as SQL parameters, so they are checked against a strict pattern before they are quoted;
+every value goes through bound parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import duckdb
+import polars as pl
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_DUCKDB_TYPES: dict[str, str] = {
+    "Int64": "BIGINT",
+    "Int32": "INTEGER",
+    "Float64": "DOUBLE",
+    "Float32": "FLOAT",
+    "String": "VARCHAR",
+    "Boolean": "BOOLEAN",
+    "Datetime(time_unit='us', time_zone=None)": "TIMESTAMP",
+}
+
+#: Lineage columns carried by every raw, validated and quarantine row.
+LINEAGE_COLUMNS: dict[str, str] = {
+    "_month": "VARCHAR",  # partition month, NULL for a reference table
+    "_source_file": "VARCHAR",  # landed file, relative to the landing folder
+    "_sha256": "VARCHAR",  # checksum of the landed bytes
+    "_row": "BIGINT",  # position of the row in the landed file
+    "_run_id": "VARCHAR",  # Dagster run that wrote the row
+    "_written_at": "TIMESTAMP",
+}
+
+BATCH_LOG = ("quarantine", "batches")
+BATCH_LOG_COLUMNS: dict[str, str] = {
+    "table_name": "VARCHAR",
+    "month": "VARCHAR",
+    "stage": "VARCHAR",  # raw (structure) or validated (rows)
+    "source_file": "VARCHAR",
+    "sha256": "VARCHAR",
+    "accepted": "BOOLEAN",
+    "rule": "VARCHAR",
+    "column_name": "VARCHAR",
+    "message": "VARCHAR",
+    "rows_landed": "BIGINT",
+    "rows_valid": "BIGINT",
+    "rows_quarantined": "BIGINT",
+    "quarantined_file": "VARCHAR",
+    "run_id": "VARCHAR",
+    "checked_at": "TIMESTAMP",
+}
+
+
+def qualified(schema: str, table: str) -> str:
+    """``("raw", "flights")`` -> ``"raw"."flights"``, refusing anything that is not a plain identifier."""
+    return f"{quote_identifier(schema)}.{quote_identifier(table)}"
+
+
+def quote_identifier(name: str) -> str:
+    """A column or table name, checked and double-quoted for SQL."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a valid SQL identifier")
+    return f'"{name}"'
+
+
+def duckdb_type(dtype: type[pl.DataType] | pl.DataType) -> str:
+    name = str(dtype)
+    if name not in _DUCKDB_TYPES:
+        raise ValueError(f"no DuckDB type for polars dtype {name}")
+    return _DUCKDB_TYPES[name]
+
+
+def ensure_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, columns: Mapping[str, str]) -> str:
+    """Create the schema and table when missing; return the qualified name."""
+    name = qualified(schema, table)
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    ddl = ", ".join(f'"{column}" {sql_type}' for column, sql_type in columns.items())
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ({ddl})")
+    return name
+
+
+def ensure_table_like(conn: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pl.DataFrame) -> str:
+    """Make ``schema.table`` have exactly the columns and types of ``frame``: create it, or recreate it when its shape
+    differs (the caller then rebuilds what it needs). Returns the qualified name."""
+    name = qualified(schema, table)
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
+    conn.register("_shape", frame.head(0).to_arrow())
+    try:
+        wanted = conn.execute("SELECT * FROM _shape LIMIT 0").description
+        if table_exists(conn, schema, table):
+            current = conn.execute(f"SELECT * FROM {name} LIMIT 0").description
+            if [(d[0], d[1]) for d in current] == [(d[0], d[1]) for d in wanted]:
+                return name
+            conn.execute(f"DROP TABLE {name}")
+        conn.execute(f"CREATE TABLE {name} AS SELECT * FROM _shape")
+    finally:
+        conn.unregister("_shape")
+    return name
+
+
+def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    found = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
+    ).fetchone()
+    return bool(found and found[0])
+
+
+def replace_where(
+    conn: duckdb.DuckDBPyConnection,
+    name: str,
+    frame: pl.DataFrame | None,
+    where: str,
+    params: Sequence[Any],
+) -> None:
+    """Delete the rows matching ``where`` and insert ``frame`` in one transaction, so a rerun replaces, never duplicates.
+
+    ``where`` is SQL with ``?`` placeholders for ``params``; it is written by this package, never by a user.
+    """
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"DELETE FROM {name} WHERE {where}", list(params))
+        if frame is not None and frame.height:
+            conn.register("_incoming", frame.to_arrow())
+            try:
+                conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _incoming")
+            finally:
+                conn.unregister("_incoming")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def query_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """Run a query with bound parameters and return the result as a polars frame."""
+    return conn.sql(sql, params=params).pl()
+
+
+def append_row(conn: duckdb.DuckDBPyConnection, name: str, row: Mapping[str, Any]) -> None:
+    columns = ", ".join(f'"{c}"' for c in row)
+    placeholders = ", ".join("?" for _ in row)
+    conn.execute(f"INSERT INTO {name} ({columns}) VALUES ({placeholders})", list(row.values()))
+
+
+def ensure_batch_log(conn: duckdb.DuckDBPyConnection) -> str:
+    return ensure_table(conn, *BATCH_LOG, BATCH_LOG_COLUMNS)

@@ -214,16 +214,6 @@ def validate_partition(
     return split.verdict
 
 
-def run_verdicts(conn: duckdb.DuckDBPyConnection, table: str, stage: str, run_id: str) -> list[dict[str, object]]:
-    """The batch-log entries one run wrote for a table and stage (what an asset check judges)."""
-    name = ensure_batch_log(conn)
-    cursor = conn.execute(
-        f"SELECT * FROM {name} WHERE table_name = ? AND stage = ? AND run_id = ? ORDER BY month", [table, stage, run_id]
-    )
-    columns = [d[0] for d in cursor.description]
-    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-
-
 def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | None, sha256: str) -> dict[str, int]:
     """Rows of one landed file in each table: landed (raw), validated, quarantined at the validated stage."""
     counts: dict[str, int] = {}
@@ -241,3 +231,25 @@ def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | Non
         ).fetchone()
         counts[key] = int(found[0]) if found else 0
     return counts
+
+
+def latest_verdicts(
+    conn: duckdb.DuckDBPyConnection, table: str, stage: str, months: list[str | None] | None = None
+) -> list[dict[str, object]]:
+    """The newest batch-log entry per month for a table and stage (all months when ``months`` is None)."""
+    name = ensure_batch_log(conn)
+    cursor = conn.execute(
+        f"""
+        SELECT * FROM {name}
+        WHERE table_name = ? AND stage = ?
+        QUALIFY row_number() OVER (PARTITION BY month ORDER BY checked_at DESC) = 1
+        ORDER BY month
+        """,
+        [table, stage],
+    )
+    columns = [d[0] for d in cursor.description]
+    rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    if months is None:
+        return rows
+    by_month = {row["month"]: row for row in rows}
+    return [by_month.get(month, {"month": month, "accepted": None}) for month in months]

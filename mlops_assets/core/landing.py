@@ -155,3 +155,57 @@ def landed_months(landing_dir: Path, tables: list[str] | None = None) -> list[st
     return sorted(
         {month for table, month, _ in _walk_layout(landing_dir) if month is not None and (tables is None or table in tables)}
     )
+
+
+@dataclass(frozen=True)
+class RefreshPlan:
+    """What the landing sensor should do: months to (re)build with their run keys, months still incomplete, and the
+    new cursor."""
+
+    months_to_run: list[str]
+    run_keys: dict[str, str]
+    cursor: dict[str, str]
+    waiting: list[str]
+
+
+def plan_refresh(
+    files: list[LandedFile], monthly_tables: list[str], reference_tables: list[str], cursor: dict[str, str]
+) -> RefreshPlan:
+    """Decide which months to refresh from the landed files and the hashes seen last time (the cursor).
+
+    A month is ready once every monthly table and every reference table has landed for it. It is refreshed when it
+    is new or when any of its files, or any reference file, changed since the cursor; the same bytes twice request
+    nothing. The run key names the month and the hash of its inputs, so one version of a month is requested once.
+
+    Args:
+        files: the current landing zone (``scan_landing``).
+        monthly_tables / reference_tables: the tables a month needs.
+        cursor: ``{relative file name: sha256}`` from the previous evaluation.
+
+    Returns:
+        The plan; its ``cursor`` holds the hashes of all files of ready months and of the reference files.
+    """
+    current = {f.relative_name: f.sha256 for f in files}
+    reference = {f.relative_name: f.sha256 for f in files if f.month is None and f.table in reference_tables}
+    months = sorted({f.month for f in files if f.month is not None and f.table in monthly_tables})
+    reference_ready = len(reference) == len(reference_tables)
+    reference_changed = any(cursor.get(name) != sha for name, sha in reference.items())
+
+    to_run: list[str] = []
+    keys: dict[str, str] = {}
+    waiting: list[str] = []
+    next_cursor = {name: sha for name, sha in cursor.items() if name in current}
+    for month in months:
+        month_files = {f.relative_name: f.sha256 for f in files if f.month == month and f.table in monthly_tables}
+        if len(month_files) < len(monthly_tables) or not reference_ready:
+            waiting.append(month)
+            continue
+        changed = any(cursor.get(name) != sha for name, sha in month_files.items())
+        if changed or reference_changed:
+            to_run.append(month)
+            inputs = sorted({**month_files, **reference}.items())
+            keys[month] = f"{month}:{sha256_bytes(repr(inputs).encode())[:16]}"
+        next_cursor.update(month_files)
+    if reference_ready:
+        next_cursor.update(reference)
+    return RefreshPlan(to_run, keys, next_cursor, waiting)

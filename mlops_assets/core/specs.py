@@ -77,7 +77,7 @@ class FeatureTableSpec:
     Attributes:
         name: ``features.<name>``.
         sql_path: the feature SQL.
-        inputs: source tables (validated) the SQL reads.
+        inputs: source tables (validated) the SQL reads; the first is the entity table (one feature row per row).
         id_columns: columns that identify the entity (kept for joins and people, not all of them features).
         key: columns that make a row unique.
         label: the target column (not a feature); ``label_known_at`` says when it became known.

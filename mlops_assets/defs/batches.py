@@ -1,0 +1,85 @@
+"""Shared wiring for the two batch stages (raw and validated): materialization metadata and the blocking checks."""
+
+from collections.abc import Sequence
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from mlops_assets.core.contracts import BatchVerdict
+from mlops_assets.core.ingest import latest_verdicts, row_accounting
+from mlops_assets.core.specs import TableSpec
+from mlops_assets.defs.partitions import run_months
+
+
+def verdict_metadata(months: Sequence[str | None], verdicts: Sequence[BatchVerdict]) -> dict[str, dg.MetadataValue]:
+    """Row counts (plotted across runs by the UI) and a per-batch table of what happened."""
+    lines = ["| month | accepted | landed | valid | quarantined | reason |", "|---|---|---|---|---|---|"]
+    for month, verdict in zip(months, verdicts, strict=True):
+        reason = verdict.message.replace("|", "/")
+        lines.append(
+            f"| {month or 'reference'} | {'yes' if verdict.accepted else '**no**'} | {verdict.rows_landed} | "
+            f"{verdict.rows_valid} | {verdict.rows_quarantined} | {reason} |"
+        )
+    return {
+        "rows_landed": dg.MetadataValue.int(sum(v.rows_landed for v in verdicts)),
+        "rows_valid": dg.MetadataValue.int(sum(v.rows_valid for v in verdicts)),
+        "rows_quarantined": dg.MetadataValue.int(sum(v.rows_quarantined for v in verdicts)),
+        "batches_rejected": dg.MetadataValue.int(sum(not v.accepted for v in verdicts)),
+        "batches": dg.MetadataValue.md("\n".join(lines)),
+    }
+
+
+def checked_months(context: dg.AssetCheckExecutionContext, table: TableSpec) -> list[str | None] | None:
+    """Months a check judges: the run's months, ``[None]`` for a reference table, or all months when run alone."""
+    if not table.monthly:
+        return [None]
+    if context.has_partition_key_range or context.has_partition_key:
+        return list(run_months(context))
+    return None
+
+
+def judge_batches(
+    conn_resource: DuckDBResource,
+    table: TableSpec,
+    stage: str,
+    months: list[str | None] | None,
+) -> dg.AssetCheckResult:
+    """Pass when the newest batch of every month was accepted at ``stage`` and, for the validated stage, when its rows
+    add up: validated + quarantined = landed."""
+    with conn_resource.get_connection() as conn:
+        verdicts = latest_verdicts(conn, table.name, stage, months)
+        accounting = {
+            str(v["month"]): row_accounting(conn, table.name, v["month"], str(v["sha256"]))  # type: ignore[arg-type]
+            for v in verdicts
+            if stage == "validated" and v.get("accepted")
+        }
+    problems: list[str] = []
+    for verdict in verdicts:
+        label = verdict["month"] or "reference"
+        if verdict.get("accepted") is None:
+            problems.append(f"{table.name} {label}: no {stage} verdict recorded; materialize the asset first")
+        elif not verdict["accepted"]:
+            problems.append(str(verdict["message"]))
+    for month, counts in accounting.items():
+        if counts["validated"] + counts["quarantined"] != counts["landed"]:
+            problems.append(
+                f"{table.name} {month}: rows do not add up: {counts['validated']} validated + "
+                f"{counts['quarantined']} quarantined != {counts['landed']} landed"
+            )
+    if not verdicts:
+        problems.append(f"{table.name}: no batch has been {stage} yet")
+    rejected = [v for v in verdicts if v.get("accepted") is False]
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "batches_checked": len(verdicts),
+        "batches_rejected": len(rejected),
+        "rows_quarantined": sum(int(v.get("rows_quarantined") or 0) for v in verdicts),  # type: ignore[call-overload]
+    }
+    if rejected:
+        metadata["rule"] = str(rejected[0]["rule"])
+        metadata["column"] = str(rejected[0]["column_name"])
+        metadata["quarantined_file"] = str(rejected[0].get("quarantined_file"))
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) if problems else f"{len(verdicts)} batch(es) accepted",
+        metadata=metadata,
+    )

@@ -1,0 +1,103 @@
+"""Features: point-in-time feature tables in ``features.<name>``, one monthly partition at a time."""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from mlops_assets.core.features import VERSION_COLUMN, feature_set_version, write_month
+from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
+from mlops_assets.core.markdown import frame_to_markdown
+from mlops_assets.core.store import qualified, query_frame, table_exists
+from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
+from mlops_assets.defs.validate import validated_key
+
+
+def features_key(spec: FeatureTableSpec) -> dg.AssetKey:
+    return dg.AssetKey(["features", spec.name])
+
+
+def build_feature_asset(spec: FeatureTableSpec, model: ModelSpec) -> dg.AssetsDefinition:
+    version = feature_set_version(spec)
+
+    @dg.asset(
+        key=features_key(spec),
+        deps=[validated_key(t) for t in spec.inputs],
+        partitions_def=MONTHS,
+        backfill_policy=SINGLE_RUN,
+        group_name="features",
+        kinds={"duckdb", "polars"},
+        pool=DUCKDB_POOL,
+        code_version=version,
+        description=f"`features.{spec.name}`: {spec.description} Every feature is computed as of `{spec.time_column}` "
+        f"from facts known strictly before it; a month reads only itself and {spec.lookback_days} days before it. "
+        f"Feature-set version (hash of the SQL and windows) is stored in every row and is this asset's code version.",
+    )
+    def _features(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+        months = run_months(context)
+        rows: dict[str, int] = {}
+        with duckdb.get_connection() as conn:
+            for month in months:
+                frame = write_month(conn, spec, month)
+                rows[month] = frame.height
+                label_rate = float(frame[spec.label].mean()) if frame.height else float("nan")  # type: ignore[arg-type]
+                context.log.info(f"{spec.name} {month}: {frame.height} rows, label rate {label_rate:.3f}")
+            preview = query_frame(conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ? LIMIT 5", [months[-1]])
+        table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": sum(rows.values()),
+                "feature_set_version": version,
+                "features": len(spec.features),
+                "rows_by_month": dg.MetadataValue.md("| month | rows |\n|---|---|\n" + table),
+                "preview": dg.MetadataValue.md(frame_to_markdown(preview)),
+            }
+        )
+
+    return _features
+
+
+def build_one_row_check(spec: FeatureTableSpec, entity_table: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=features_key(spec),
+        name="one_row_per_entity",
+        blocking=True,
+        description=f"Each built month has exactly one row per validated `{entity_table}` row, unique keys "
+        f"({', '.join(spec.key)}), a label on every row and the current feature-set version. Blocking.",
+    )
+    def _one_row(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+        months = run_months(context)
+        version = feature_set_version(spec)
+        problems: list[str] = []
+        with duckdb.get_connection() as conn:
+            if not table_exists(conn, "features", spec.name):
+                return dg.AssetCheckResult(passed=False, description=f"features.{spec.name} does not exist")
+            features, source = qualified("features", spec.name), qualified("validated", entity_table)
+            keys = ", ".join(f'"{k}"' for k in spec.key)
+            for month in months:
+                built, distinct, unlabeled, stale = conn.execute(
+                    f"""SELECT count(*), count(DISTINCT ({keys})), count(*) FILTER ({spec.label} IS NULL),
+                               count(*) FILTER ({VERSION_COLUMN} <> ?)
+                        FROM {features} WHERE _month = ?""",
+                    [version, month],
+                ).fetchone()  # type: ignore[misc]
+                (expected,) = conn.execute(f"SELECT count(*) FROM {source} WHERE _month = ?", [month]).fetchone()  # type: ignore[misc]
+                if built != expected:
+                    problems.append(f"{month}: {built} feature rows for {expected} validated {entity_table} rows")
+                if distinct != built:
+                    problems.append(f"{month}: {built - distinct} duplicate keys")
+                if unlabeled:
+                    problems.append(f"{month}: {unlabeled} rows without a label")
+                if stale:
+                    problems.append(f"{month}: {stale} rows from another feature-set version")
+        return dg.AssetCheckResult(
+            passed=not problems,
+            description="; ".join(problems) if problems else f"{len(months)} month(s): one row per {entity_table} row",
+            metadata={"months_checked": len(months), "feature_set_version": version},
+        )
+
+    return _one_row
+
+
+def build_features(model: ModelSpec) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    assets = [build_feature_asset(spec, model) for spec in model.feature_tables]
+    checks = [build_one_row_check(spec, spec.inputs[0]) for spec in model.feature_tables]
+    return assets, checks

@@ -1,0 +1,96 @@
+"""Ingest: the landing zone as observable sources, and ``raw.<table>`` as exact copies of the landed batches."""
+
+from datetime import datetime
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from mlops_assets.core.ingest import ingest_raw
+from mlops_assets.core.landing import find_landed, scan_landing
+from mlops_assets.core.specs import ModelSpec, TableSpec
+from mlops_assets.defs.batches import checked_months, judge_batches, verdict_metadata
+from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, partitions_for, run_months
+from mlops_assets.defs.resources import PlatformStorage
+
+
+def landing_key(table: TableSpec) -> dg.AssetKey:
+    return dg.AssetKey(["landing", table.name])
+
+
+def raw_key(table: TableSpec) -> dg.AssetKey:
+    return dg.AssetKey(["raw", table.name])
+
+
+def build_landing_source(table: TableSpec) -> dg.SourceAsset:
+    """The landed files of one table; the data version of each month (or of the reference file) is its sha256."""
+
+    @dg.observable_source_asset(
+        key=landing_key(table),
+        partitions_def=partitions_for(table),
+        group_name="landing",
+        description=f"Landed files of `{table.name}` under $MLOPS_DATA_DIR/landing; data version = sha256. "
+        f"{table.description}",
+    )
+    def _landing(context: dg.AssetExecutionContext, storage: PlatformStorage) -> dg.DataVersion | dg.DataVersionsByPartition:
+        files = [f for f in scan_landing(storage.landing_dir) if f.table == table.name]
+        if not table.monthly:
+            return dg.DataVersion(files[0].sha256 if files else "not-landed")
+        known = set(context.instance.get_dynamic_partitions(MONTHS.name))
+        return dg.DataVersionsByPartition({f.month: f.sha256 for f in files if f.month in known})
+
+    return _landing
+
+
+def build_raw_asset(table: TableSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=raw_key(table),
+        deps=[landing_key(table)],
+        partitions_def=partitions_for(table),
+        backfill_policy=SINGLE_RUN if table.monthly else None,
+        group_name="ingest",
+        kinds={"duckdb"},
+        pool=DUCKDB_POOL,
+        description=f"`raw.{table.name}`: exact copy of each landed `{table.name}` batch plus ingest metadata (source "
+        "file, sha256, row position, run, time). A batch that is unreadable, empty or re-shaped is rejected whole: raw "
+        "keeps its last accepted state, the file's bytes are kept under $MLOPS_DATA_DIR/quarantine and the blocking "
+        "check `schema_contract` fails with the rule and the column.",
+    )
+    def _raw(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+        months: list[str | None] = list(run_months(context)) if table.monthly else [None]
+        now = datetime.now()
+        verdicts = []
+        with duckdb.get_connection() as conn:
+            for month in months:
+                landed = find_landed(storage.landing_dir, table.name, month)
+                if landed is None:
+                    what = f"month {month}" if month else "the reference file"
+                    raise dg.Failure(
+                        description=f"Nothing has landed for {table.name}, {what}. Land it with "
+                        f"`mlops replay --month {month or '2013-01'}`, then run again."
+                    )
+                verdict = ingest_raw(conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run_id, now)
+                (context.log.info if verdict.accepted else context.log.error)(verdict.message)
+                verdicts.append(verdict)
+        return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts))
+
+    return _raw
+
+
+def build_schema_check(table: TableSpec) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=raw_key(table),
+        name="schema_contract",
+        blocking=True,
+        description="The newest landed batch of each month is readable, non-empty and has exactly the contract's "
+        "columns and types. Blocking: nothing downstream runs for a rejected batch.",
+    )
+    def _schema_contract(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+        return judge_batches(duckdb, table, "raw", checked_months(context, table))
+
+    return _schema_contract
+
+
+def build_ingest(spec: ModelSpec) -> tuple[list[dg.SourceAsset | dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    sources = [build_landing_source(t) for t in spec.tables]
+    raws = [build_raw_asset(t) for t in spec.tables]
+    return [*sources, *raws], [build_schema_check(t) for t in spec.tables]

@@ -1,0 +1,44 @@
+"""Monthly partitions that exist only for months that have landed."""
+
+import dagster as dg
+
+from mlops_assets.core.specs import TableSpec
+
+MONTHS = dg.DynamicPartitionsDefinition(name="months")
+
+#: Monthly assets take several months in one run (one DuckDB connection, one pass) when asked for a range.
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+#: The concurrency pool every step that writes the warehouse belongs to (limit 1 in dagster.yaml).
+DUCKDB_POOL = "duckdb"
+
+
+def partitions_for(table: TableSpec) -> dg.DynamicPartitionsDefinition | None:
+    return MONTHS if table.monthly else None
+
+
+def run_months(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> list[str]:
+    """The months a run covers: its partition, its partition range, or a clear error when it has neither."""
+    if context.has_partition_key_range or context.has_partition_key:
+        return list(context.partition_keys)
+    raise dg.Failure(
+        description="This run has no month partition. Land data first (`mlops replay --through 2013-03`), then run "
+        "`feature_pipeline`, or pick the months to materialize in the UI."
+    )
+
+
+def range_tags(months: list[str]) -> dict[str, str]:
+    """Run tags that make one run cover the months ``months[0]..months[-1]``."""
+    return {
+        "dagster/asset_partition_range_start": months[0],
+        "dagster/asset_partition_range_end": months[-1],
+    }
+
+
+def register_months(instance: dg.DagsterInstance, months: list[str]) -> list[str]:
+    """Add the months that are not partitions yet; return them. Idempotent."""
+    known = set(instance.get_dynamic_partitions(MONTHS.name))
+    missing = [m for m in months if m not in known]
+    if missing:
+        instance.add_dynamic_partitions(MONTHS.name, missing)
+    return missing

@@ -1,0 +1,106 @@
+"""Validation: ``validated.<table>`` holds the rows that pass the table's pandera contract; the rest go to
+``quarantine.<table>`` with the rule, the column and the source file."""
+
+from datetime import datetime
+from statistics import median
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from mlops_assets.core.ingest import validate_partition
+from mlops_assets.core.specs import ModelSpec, TableSpec
+from mlops_assets.core.store import qualified, table_exists
+from mlops_assets.defs.batches import checked_months, judge_batches, verdict_metadata
+from mlops_assets.defs.ingest import raw_key
+from mlops_assets.defs.partitions import DUCKDB_POOL, SINGLE_RUN, partitions_for, run_months
+
+#: A month's row count outside [1/ratio, ratio] x the median of other months is flagged.
+ROW_COUNT_RATIO = 2.0
+
+
+def validated_key(table: TableSpec | str) -> dg.AssetKey:
+    return dg.AssetKey(["validated", table if isinstance(table, str) else table.name])
+
+
+def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
+    code_tables = sorted({source for source, _ in table.code_sources.values()})
+
+    @dg.asset(
+        key=validated_key(table),
+        deps=[raw_key(table), *(validated_key(t) for t in code_tables)],
+        partitions_def=partitions_for(table),
+        backfill_policy=SINGLE_RUN if table.monthly else None,
+        group_name="validate",
+        kinds={"duckdb", "pandera"},
+        pool=DUCKDB_POOL,
+        description=f"`validated.{table.name}`: rows of the landed batch that pass the pandera contract (types, "
+        "nullability, ranges, known codes, the partition's month, a unique key). Bad rows go to "
+        f"`quarantine.{table.name}` with the rule, the column, the source file and the whole row as JSON. Above "
+        f"{table.max_bad_share:.0%} bad rows the batch is rejected whole and the last accepted state stays.",
+    )
+    def _validated(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+        months: list[str | None] = list(run_months(context)) if table.monthly else [None]
+        now = datetime.now()
+        with duckdb.get_connection() as conn:
+            verdicts = []
+            for month in months:
+                verdict = validate_partition(conn, table, month, context.run_id, now)
+                (context.log.info if verdict.accepted else context.log.error)(verdict.message)
+                verdicts.append(verdict)
+        return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts))
+
+    return _validated
+
+
+def build_row_contract_check(table: TableSpec) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=validated_key(table),
+        name="row_contract",
+        blocking=True,
+        description=f"The newest batch of each month has at most {table.max_bad_share:.0%} bad rows and no "
+        "frame-level failure, and its rows add up: validated + quarantined = landed. Blocking.",
+    )
+    def _row_contract(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+        return judge_batches(duckdb, table, "validated", checked_months(context, table))
+
+    return _row_contract
+
+
+def build_row_count_check(table: TableSpec) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=validated_key(table),
+        name="row_count_vs_history",
+        description=f"Each month's validated row count is within {ROW_COUNT_RATIO:g}x of the median of the other "
+        "months (a warning: a half-delivered month looks valid row by row).",
+    )
+    def _row_count(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+        with duckdb.get_connection() as conn:
+            if not table_exists(conn, "validated", table.name):
+                return dg.AssetCheckResult(passed=False, description=f"validated.{table.name} does not exist yet")
+            counts = dict(
+                conn.execute(f"SELECT _month, count(*) FROM {qualified('validated', table.name)} GROUP BY _month").fetchall()
+            )
+        months = checked_months(context, table) or sorted(counts)
+        outliers = []
+        for month in months:
+            others = [n for m, n in counts.items() if m != month]
+            if not others or month not in counts:
+                continue
+            typical = median(others)
+            if not (typical / ROW_COUNT_RATIO <= counts[month] <= typical * ROW_COUNT_RATIO):
+                outliers.append(f"{month}: {counts[month]} rows vs a median of {typical:g}")
+        return dg.AssetCheckResult(
+            passed=not outliers,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="; ".join(outliers) if outliers else f"{len(months)} month(s) within range",
+            metadata={"months_compared": len(counts)},
+        )
+
+    return _row_count
+
+
+def build_validate(spec: ModelSpec) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    assets = [build_validated_asset(t) for t in spec.tables]
+    checks = [build_row_contract_check(t) for t in spec.tables]
+    checks += [build_row_count_check(t) for t in spec.monthly_tables]
+    return assets, checks

@@ -2,18 +2,23 @@
 
     mlops replay --through 2013-03     land Jan..Mar 2013 as the production feed would (idempotent)
     mlops replay --month 2013-04       land one more month
+    mlops status [--json]              landed months, validated / quarantined rows, rejected batches, features
     mlops home                         prepare $DAGSTER_HOME (dagster.yaml from the repo) and print its path
 """
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from mlops_assets.core.flights import FIRST_MONTH, replay_months
+import duckdb
+
+from mlops_assets.core.flights import FIRST_MONTH, FLIGHTS, replay_months
 from mlops_assets.core.landing import LandedFile, month_range, parse_month
 from mlops_assets.core.settings import REPO_ROOT, load_settings
+from mlops_assets.core.status import format_status, store_status
 
 
 def _month(value: str) -> str:
@@ -52,6 +57,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    try:
+        status = store_status(FLIGHTS, settings.landing_dir, settings.warehouse_path)
+    except duckdb.IOException as error:
+        print(f"error: cannot read {settings.warehouse_path} ({error}); a run is writing it, try again when it ends", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+    return 0
+
+
 def cmd_home(args: argparse.Namespace) -> int:
     """Create $DAGSTER_HOME under the data directory with the repo's dagster.yaml, and print its absolute path."""
     home = load_settings().dagster_home
@@ -75,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--from", dest="start", type=_month, default=FIRST_MONTH, help="first month with --through")
     replay.add_argument("--every", type=int, default=1, help="keep every n-th flight (a small real feed for tests)")
     replay.set_defaults(handler=cmd_replay)
+
+    status = commands.add_parser("status", help="what the platform holds: months, rows, quarantine, features")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
 
     home = commands.add_parser("home", help="prepare $DAGSTER_HOME (with the repo's dagster.yaml) and print its path")
     home.set_defaults(handler=cmd_home)

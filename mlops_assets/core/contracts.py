@@ -136,6 +136,11 @@ def rows_as_json(batch: pl.DataFrame) -> pl.Series:
     return batch.select(pl.struct(pl.all()).struct.json_encode().alias("row_json")).to_series()
 
 
+_FAILURE_SCHEMA = {
+    "failure_case": pl.String, "schema_context": pl.String, "column": pl.String, "check": pl.String, "index": pl.Int32,
+}  # fmt: skip
+
+
 def _row_failures(data: pl.DataFrame, schema: pa.DataFrameSchema) -> pl.DataFrame:
     """Pandera's failure cases, one row per (row, rule); empty when the batch passes."""
     try:
@@ -144,10 +149,11 @@ def _row_failures(data: pl.DataFrame, schema: pa.DataFrameSchema) -> pl.DataFram
         return errors.failure_cases
     except SchemaError as error:  # a single, non-lazy error: report it the same way
         return pl.DataFrame(
-            {"failure_case": [str(error.failure_cases)], "column": [None], "check": [str(error.check)], "index": [None]},
-            schema={"failure_case": pl.String, "column": pl.String, "check": pl.String, "index": pl.Int32},
+            {"failure_case": [str(error.failure_cases)], "schema_context": ["DataFrameSchema"], "column": [None],
+             "check": [str(error.check)], "index": [None]},
+            schema=_FAILURE_SCHEMA,
         )
-    return pl.DataFrame(schema={"failure_case": pl.String, "column": pl.String, "check": pl.String, "index": pl.Int32})
+    return pl.DataFrame(schema=_FAILURE_SCHEMA)
 
 
 def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, label: str) -> RowSplit:
@@ -170,11 +176,15 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
     if frame_level.height:
         first = frame_level.row(0, named=True)
         failures = failures.filter(pl.col("index").is_not_null())
+    # Frame-level rules name the frame, not a column: a key violation is reported on the key's columns.
+    frame_rule_column = (
+        pl.when(pl.col("check").str.contains("uniqueness")).then(pl.lit("+".join(spec.key))).otherwise(pl.lit("<row>"))
+    )
     per_row = (
         failures.with_columns(
-            pl.col("column").fill_null("<row>"),
-            pl.concat_str(pl.col("column").fill_null("<row>"), pl.lit(": "), pl.col("check")).alias("failure"),
+            pl.when(pl.col("schema_context") == "Column").then(pl.col("column")).otherwise(frame_rule_column).alias("column")
         )
+        .with_columns(pl.concat_str(pl.col("column"), pl.lit(": "), pl.col("check")).alias("failure"))
         .sort("index", "column", "check")
         .group_by("index", maintain_order=True)
         .agg(

@@ -33,6 +33,7 @@ from mlops_assets.core.contracts import (
 from mlops_assets.core.landing import LandedFile, sha256_bytes, write_atomic
 from mlops_assets.core.specs import ContractContext, TableSpec
 from mlops_assets.core.store import (
+    BATCH_LOG,
     LINEAGE_COLUMNS,
     append_row,
     duckdb_type,
@@ -236,8 +237,13 @@ def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | Non
 def latest_verdicts(
     conn: duckdb.DuckDBPyConnection, table: str, stage: str, months: list[str | None] | None = None
 ) -> list[dict[str, object]]:
-    """The newest batch-log entry per month for a table and stage (all months when ``months`` is None)."""
-    name = ensure_batch_log(conn)
+    """The newest batch-log entry per month for a table and stage (all months when ``months`` is None).
+
+    A month with no entry is returned as ``{"month": month, "accepted": None}``.
+    """
+    if not table_exists(conn, *BATCH_LOG):
+        return [{"month": month, "accepted": None} for month in months or []]
+    name = qualified(*BATCH_LOG)
     cursor = conn.execute(
         f"""
         SELECT * FROM {name}

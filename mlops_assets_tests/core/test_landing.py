@@ -1,0 +1,113 @@
+"""The replayed feed: idempotent, atomic, checksummed; and the refresh plan the landing sensor follows."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.core.flights import replay_months
+from mlops_assets.core.landing import (
+    LandedFile,
+    land_file,
+    landed_months,
+    month_range,
+    plan_refresh,
+    scan_landing,
+    sha256_file,
+    shift_month,
+    write_atomic,
+)
+
+
+def test_replay_lands_months_and_reference_files_with_checksums(tmp_path: Path) -> None:
+    results = replay_months(tmp_path, ["2013-01", "2013-02"], every=50)
+    names = sorted(landed.relative_name for landed, _ in results)
+    assert names == [
+        "flights/2013-01.parquet", "flights/2013-02.parquet", "reference/airlines.parquet",
+        "reference/airports.parquet", "reference/planes.parquet", "weather/2013-01.parquet", "weather/2013-02.parquet",
+    ]  # fmt: skip
+    for landed, status in results:
+        assert status == "landed"
+        assert landed.sha256 == sha256_file(landed.path)
+        sidecar = landed.path.with_name(landed.path.name + ".sha256").read_text()
+        assert sidecar == f"{landed.sha256}  {landed.path.name}\n"
+    assert landed_months(tmp_path) == ["2013-01", "2013-02"]
+
+
+def test_replaying_twice_changes_nothing(tmp_path: Path) -> None:
+    replay_months(tmp_path, ["2013-01"], every=50)
+    before = {f.path: (f.sha256, f.path.stat().st_mtime_ns) for f in scan_landing(tmp_path)}
+    again = replay_months(tmp_path, ["2013-01"], every=50)
+    assert {status for _, status in again} == {"unchanged"}
+    assert {f.path: (f.sha256, f.path.stat().st_mtime_ns) for f in scan_landing(tmp_path)} == before
+
+
+def test_changed_bytes_replace_the_file(tmp_path: Path) -> None:
+    replay_months(tmp_path, ["2013-01"], every=50)
+    results = replay_months(tmp_path, ["2013-01"], every=40)  # a different slice: different bytes
+    statuses = {landed.relative_name: status for landed, status in results}
+    assert statuses["flights/2013-01.parquet"] == "replaced"
+    assert statuses["weather/2013-01.parquet"] == "unchanged"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    landed, _ = land_file(tmp_path, "flights", "2013-01", b"old bytes")
+
+    def crash(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(landed.path, b"new bytes that never fully land")
+    assert landed.path.read_bytes() == b"old bytes"
+    assert [p.name for p in landed.path.parent.iterdir()] == ["2013-01.parquet", "2013-01.parquet.sha256"]
+
+
+def test_months_outside_the_data_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="covers 2013-01..2013-12"):
+        replay_months(tmp_path, ["2014-01"])
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        month_range("2013-1", "2013-03")
+    assert month_range("2012-11", "2013-02") == ["2012-11", "2012-12", "2013-01", "2013-02"]
+    assert shift_month("2013-01", -2) == "2012-11"
+
+
+def _files(**hashes: str) -> list[LandedFile]:
+    files = []
+    for name, sha in hashes.items():
+        table, _, month = name.partition("_")
+        month = month.replace("_", "-")
+        path = Path(f"{table}/{month}.parquet") if month else Path(f"reference/{table}.parquet")
+        files.append(LandedFile(table, month or None, path, sha))
+    return files
+
+
+MONTHLY, REFERENCE = ["flights", "weather"], ["planes"]
+
+
+def test_refresh_plan_requests_new_months_once() -> None:
+    files = _files(planes="p1", flights_2013_01="f1", weather_2013_01="w1")
+    plan = plan_refresh(files, MONTHLY, REFERENCE, cursor={})
+    assert plan.months_to_run == ["2013-01"]
+    again = plan_refresh(files, MONTHLY, REFERENCE, cursor=plan.cursor)
+    assert again.months_to_run == [] and again.cursor == plan.cursor
+
+
+def test_refresh_plan_reruns_a_changed_month_with_a_new_run_key() -> None:
+    first = plan_refresh(_files(planes="p1", flights_2013_01="f1", weather_2013_01="w1"), MONTHLY, REFERENCE, {})
+    changed = plan_refresh(_files(planes="p1", flights_2013_01="f2", weather_2013_01="w1"), MONTHLY, REFERENCE, first.cursor)
+    assert changed.months_to_run == ["2013-01"]
+    assert changed.run_keys["2013-01"] != first.run_keys["2013-01"]
+
+
+def test_refresh_plan_reruns_every_month_when_reference_data_changes() -> None:
+    files = _files(planes="p1", flights_2013_01="f1", weather_2013_01="w1", flights_2013_02="f2", weather_2013_02="w2")
+    first = plan_refresh(files, MONTHLY, REFERENCE, {})
+    files[0] = LandedFile("planes", None, Path("reference/planes.parquet"), "p2")
+    assert plan_refresh(files, MONTHLY, REFERENCE, first.cursor).months_to_run == ["2013-01", "2013-02"]
+
+
+def test_refresh_plan_waits_for_a_complete_month() -> None:
+    plan = plan_refresh(_files(planes="p1", flights_2013_01="f1"), MONTHLY, REFERENCE, {})
+    assert plan.months_to_run == [] and plan.waiting == ["2013-01"]
+    assert "flights/2013-01.parquet" not in plan.cursor  # not consumed: it is requested once weather lands

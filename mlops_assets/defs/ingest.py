@@ -64,11 +64,9 @@ def build_raw_asset(table: TableSpec) -> dg.AssetsDefinition:
                 landed = find_landed(storage.landing_dir, table.name, month)
                 if landed is None:
                     what = f"month {month}" if month else "the reference file"
-                    raise dg.Failure(
-                        description=f"Nothing has landed for {table.name}, {what}. Land it with "
-                        f"`mlops replay --month {month or '2013-01'}`, then run again."
-                    )
-                verdict = ingest_raw(conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run_id, now)
+                    how = f"mlops replay --month {month}" if month else "mlops replay --through 2013-03"
+                    raise dg.Failure(description=f"Nothing has landed for {table.name}, {what}. Run `{how}`, then run again.")
+                verdict = ingest_raw(conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run.run_id, now)
                 (context.log.info if verdict.accepted else context.log.error)(verdict.message)
                 verdicts.append(verdict)
         return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts))

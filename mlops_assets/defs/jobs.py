@@ -7,7 +7,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from mlops_assets.core.landing import landed_months
 from mlops_assets.core.specs import ModelSpec
-from mlops_assets.defs.partitions import MONTHS, range_tags
+from mlops_assets.defs.partitions import range_tags
 
 FEATURE_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"])
 
@@ -20,7 +20,6 @@ def build_feature_pipeline(model: ModelSpec, landing_dir: Path) -> UnresolvedAss
     return dg.define_asset_job(
         name="feature_pipeline",
         selection=FEATURE_PIPELINE_SELECTION,
-        partitions_def=MONTHS,
         tags=range_tags(months) if months else None,
         # INFO, not DEBUG, on the console: `dagster job execute` then reads as progress, not as an event dump
         config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},

@@ -44,7 +44,7 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
         with duckdb.get_connection() as conn:
             verdicts = []
             for month in months:
-                verdict = validate_partition(conn, table, month, context.run_id, now)
+                verdict = validate_partition(conn, table, month, context.run.run_id, now)
                 (context.log.info if verdict.accepted else context.log.error)(verdict.message)
                 verdicts.append(verdict)
         return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts))

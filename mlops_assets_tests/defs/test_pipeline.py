@@ -1,0 +1,89 @@
+"""The Dagster wiring on a real (ephemeral) instance: asset graph, the feature_pipeline job over landed months, and a
+bad batch stopped by a blocking check while the last good state stays."""
+
+import io
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from mlops_assets.core.flights import FLIGHTS, replay_months
+from mlops_assets.core.landing import find_landed, land_file
+from mlops_assets.core.settings import Settings
+from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets_tests.conftest import EVERY
+
+MONTHS_LANDED = ["2013-01", "2013-02"]
+
+
+def test_asset_graph_snapshot(settings: Settings) -> None:
+    defs = build_definitions(FLIGHTS, settings)
+    keys = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
+    tables = ["airlines", "airports", "flights", "planes", "weather"]
+    expected = [f"{stage}/{t}" for stage in ("landing", "raw", "validated") for t in tables] + ["features/flight_features"]
+    assert keys == sorted(expected)
+    checks = sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in defs.resolve_asset_graph().asset_check_keys)
+    assert "raw/flights:schema_contract" in checks and "validated/flights:row_contract" in checks
+    assert "features/flight_features:one_row_per_entity" in checks
+    assert defs.resolve_job_def("feature_pipeline") is not None
+    assert defs.resolve_sensor_def("landing_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def _run_pipeline(settings: Settings, instance: dg.DagsterInstance, months: list[str]) -> dg.ExecuteInProcessResult:
+    register_months(instance, months)
+    job = build_definitions(FLIGHTS, settings).resolve_job_def("feature_pipeline")
+    return job.execute_in_process(instance=instance, tags=range_tags(months), raise_on_error=False)
+
+
+def test_feature_pipeline_builds_every_landed_month(settings: Settings) -> None:
+    replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
+    with dg.instance_for_test() as instance:
+        result = _run_pipeline(settings, instance, MONTHS_LANDED)
+        assert result.success
+        checks = result.get_asset_check_evaluations()
+        assert checks and all(c.passed for c in checks)
+        features = dg.AssetKey(["features", "flight_features"])
+        materialized = instance.get_materialized_partitions(features)
+        assert materialized == set(MONTHS_LANDED)
+        event = instance.get_latest_materialization_event(features)
+        assert event is not None and event.asset_materialization is not None
+        assert "feature_set_version" in event.asset_materialization.metadata
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        by_month = dict(conn.execute("SELECT _month, count(*) FROM features.flight_features GROUP BY 1").fetchall())
+        landed = {m: pl.read_parquet(find_landed(settings.landing_dir, "flights", m).path).height for m in MONTHS_LANDED}  # type: ignore[union-attr]
+    assert by_month == landed
+
+
+def test_a_reshaped_batch_is_stopped_by_the_blocking_check(settings: Settings) -> None:
+    replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
+    with dg.instance_for_test() as instance:
+        assert _run_pipeline(settings, instance, MONTHS_LANDED).success
+        # February is re-delivered with a renamed column
+        february = pl.read_parquet(find_landed(settings.landing_dir, "flights", "2013-02").path)  # type: ignore[union-attr]
+        buffer = io.BytesIO()
+        february.rename({"dep_delay": "departure_delay"}).write_parquet(buffer)
+        land_file(settings.landing_dir, "flights", "2013-02", buffer.getvalue())
+
+        result = _run_pipeline(settings, instance, ["2013-02"])
+        assert not result.success
+        failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
+        assert [(c.asset_key.to_user_string(), c.check_name) for c in failed] == [("raw/flights", "schema_contract")]
+        assert "column 'dep_delay' is missing (renamed to 'departure_delay'?)" in (failed[0].description or "")
+        assert failed[0].metadata["rule"].value == "column_present"
+        # nothing downstream of the rejected batch ran
+        skipped = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}
+        assert "validated/flights" not in skipped and "features/flight_features" not in skipped
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        rows = conn.execute("SELECT count(*) FROM features.flight_features WHERE _month = '2013-02'").fetchone()
+        kept = conn.execute("SELECT count(*) FROM validated.flights WHERE _month = '2013-02'").fetchone()
+    assert rows == kept == (february.height,)  # the last good February keeps serving
+
+
+def test_a_run_without_months_explains_what_to_do(settings: Settings) -> None:
+    job = build_definitions(FLIGHTS, settings).resolve_job_def("feature_pipeline")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "mlops replay --through 2013-03" in str(failure.event_specific_data.error)  # type: ignore[union-attr]

@@ -1,0 +1,62 @@
+"""The landing sensor evaluated on a real instance: run requests, new partitions and the cursor."""
+
+import io
+import json
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets.core.flights import FLIGHTS, replay_months
+from mlops_assets.core.landing import find_landed, land_file
+from mlops_assets.core.settings import Settings
+from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.resources import PlatformStorage
+
+
+def _tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    sensor = build_definitions(FLIGHTS, settings).resolve_sensor_def("landing_sensor")
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"storage": PlatformStorage(data_dir=str(settings.data_dir))}
+    )
+    result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def test_new_file_one_request_same_file_none_changed_file_a_new_request(settings: Settings) -> None:
+    replay_months(settings.landing_dir, ["2013-01"], every=50)
+    with dg.instance_for_test() as instance:
+        first = _tick(settings, instance, None)
+        assert [(r.partition_key, r.run_key) for r in first.run_requests or []] == [
+            ("2013-01", first.run_requests[0].run_key)  # type: ignore[index]
+        ]
+        assert [list(r.partition_keys) for r in first.dynamic_partitions_requests or []] == [["2013-01"]]
+        cursor = json.loads(first.cursor or "{}")
+        assert set(cursor) == {
+            "flights/2013-01.parquet", "weather/2013-01.parquet",
+            "reference/airlines.parquet", "reference/airports.parquet", "reference/planes.parquet",
+        }  # fmt: skip
+        instance.add_dynamic_partitions("months", ["2013-01"])  # what the daemon does with the request
+
+        same = _tick(settings, instance, first.cursor)
+        assert not same.run_requests and not same.dynamic_partitions_requests and same.cursor == first.cursor
+
+        january = pl.read_parquet(find_landed(settings.landing_dir, "flights", "2013-01").path)  # type: ignore[union-attr]
+        buffer = io.BytesIO()
+        january.head(january.height - 1).write_parquet(buffer)  # a corrected re-delivery
+        land_file(settings.landing_dir, "flights", "2013-01", buffer.getvalue())
+        changed = _tick(settings, instance, same.cursor)
+        [request] = changed.run_requests or []
+        assert request.partition_key == "2013-01" and request.run_key != first.run_requests[0].run_key  # type: ignore[index]
+        assert not changed.dynamic_partitions_requests  # the month is a partition already
+
+
+def test_a_new_month_adds_a_partition_and_requests_only_itself(settings: Settings) -> None:
+    replay_months(settings.landing_dir, ["2013-01"], every=50)
+    with dg.instance_for_test() as instance:
+        first = _tick(settings, instance, None)
+        instance.add_dynamic_partitions("months", ["2013-01"])
+        replay_months(settings.landing_dir, ["2013-02"], every=50)
+        second = _tick(settings, instance, first.cursor)
+        assert [r.partition_key for r in second.run_requests or []] == ["2013-02"]
+        assert [list(r.partition_keys) for r in second.dynamic_partitions_requests or []] == [["2013-02"]]

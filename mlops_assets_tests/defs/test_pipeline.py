@@ -87,3 +87,21 @@ def test_a_run_without_months_explains_what_to_do(settings: Settings) -> None:
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "mlops replay --through 2013-03" in str(failure.event_specific_data.error)  # type: ignore[union-attr]
+
+
+def test_landing_sources_report_the_file_hash_as_data_version(settings: Settings) -> None:
+    replay_months(settings.landing_dir, ["2013-01"], every=EVERY)
+    defs = build_definitions(FLIGHTS, settings)
+    key = dg.AssetKey(["landing", "flights"])
+    with dg.instance_for_test() as instance:
+        register_months(instance, ["2013-01"])
+        source = next(a for a in defs.assets or [] if getattr(a, "key", None) == key)
+        # dagster has no public in-process `observe` (the UI and the daemon call this one)
+        from dagster._core.definitions.observe import observe
+
+        assert observe([source], instance=instance, resources=defs.resources).success  # type: ignore[list-item]
+        [record] = instance.fetch_observations(key, limit=1).records
+    observation = record.asset_observation
+    assert observation is not None and observation.partition == "2013-01"
+    landed = find_landed(settings.landing_dir, "flights", "2013-01")
+    assert landed is not None and observation.tags["dagster/data_version"] == landed.sha256

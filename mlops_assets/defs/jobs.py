@@ -21,8 +21,6 @@ def build_feature_pipeline(model: ModelSpec, landing_dir: Path) -> UnresolvedAss
         name="feature_pipeline",
         selection=FEATURE_PIPELINE_SELECTION,
         tags=range_tags(months) if months else None,
-        # INFO, not DEBUG, on the console: `dagster job execute` then reads as progress, not as an event dump
-        config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         description="Ingest -> validate -> features for every landed month (one run, months as a partition range). "
         f"Months at load time: {', '.join(months) if months else 'none yet: run `mlops replay --through 2013-03`'}.",
     )

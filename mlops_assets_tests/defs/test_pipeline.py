@@ -49,10 +49,25 @@ def test_feature_pipeline_builds_every_landed_month(settings: Settings) -> None:
         event = instance.get_latest_materialization_event(features)
         assert event is not None and event.asset_materialization is not None
         assert "feature_set_version" in event.asset_materialization.metadata
+    landed = {m: pl.read_parquet(find_landed(settings.landing_dir, "flights", m).path).height for m in MONTHS_LANDED}  # type: ignore[union-attr]
+    assert _rows_by_month(settings) == {table: landed for table in ("raw.flights", "validated.flights", "features.flight_features")}
+
+
+def _rows_by_month(settings: Settings) -> dict[str, dict[str, int]]:
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
-        by_month = dict(conn.execute("SELECT _month, count(*) FROM features.flight_features GROUP BY 1").fetchall())
-        landed = {m: pl.read_parquet(find_landed(settings.landing_dir, "flights", m).path).height for m in MONTHS_LANDED}  # type: ignore[union-attr]
-    assert by_month == landed
+        return {
+            table: dict(conn.execute(f"SELECT _month, count(*) FROM {table} GROUP BY 1").fetchall())  # type: ignore[misc]
+            for table in ("raw.flights", "validated.flights", "features.flight_features")
+        }
+
+
+def test_rerunning_the_pipeline_replaces_partitions(settings: Settings) -> None:
+    replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
+    with dg.instance_for_test() as instance:
+        assert _run_pipeline(settings, instance, MONTHS_LANDED).success
+        first = _rows_by_month(settings)
+        assert _run_pipeline(settings, instance, MONTHS_LANDED).success
+    assert _rows_by_month(settings) == first
 
 
 def test_a_reshaped_batch_is_stopped_by_the_blocking_check(settings: Settings) -> None:

@@ -1,7 +1,8 @@
 """The two stages a landed batch goes through: ``raw`` (exact copy, structure checked) and ``validated`` (row contract).
 
-Each stage writes its verdict to the batch log ``quarantine.batches`` with the run id, so an asset check can read the
-outcome of exactly its own run. A rejected batch never touches the last accepted state:
+Each stage appends its verdict to the batch log ``quarantine.batches`` (with the file, its sha256 and the run id), so
+the asset checks judge the newest batch of each month from what is stored. A rejected batch never touches the last
+accepted state:
 
 * raw rejects an unreadable, empty or re-shaped file; the exact bytes are copied to ``quarantine/<table>/`` under the
   data directory and, when readable, every row is kept in ``quarantine.<table>`` as JSON;

@@ -49,11 +49,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - started
-    print(
-        f"Done in {elapsed:.1f} s: {counts['landed']} new, {counts['replaced']} replaced, {counts['unchanged']} unchanged. "
-        "Next: `dagster job execute -m mlops_assets.definitions -j feature_pipeline`, or let the landing sensor pick "
-        "them up under `dagster dev -w workspace.yaml`."
-    )
+    print(f"Done in {elapsed:.1f} s: {counts['landed']} new, {counts['replaced']} replaced, {counts['unchanged']} unchanged.")
+    if counts["landed"] or counts["replaced"]:
+        print(
+            "Next: `dagster job execute -m mlops_assets.definitions -j feature_pipeline` (or `make pipeline`), or let "
+            "the landing sensor pick them up under `dagster dev -w workspace.yaml` (`make ui`)."
+        )
     return 0
 
 

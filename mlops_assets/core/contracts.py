@@ -43,7 +43,8 @@ QUARANTINE_SCHEMA: dict[str, type[pl.DataType]] = {
 
 @dataclass(frozen=True)
 class BatchVerdict:
-    """The decision on one batch. ``rule`` and ``column`` name the first reason when it is rejected."""
+    """The decision on one batch. ``rule`` and ``column`` name the first reason when it is rejected; ``source_file``
+    and ``sha256`` identify the landed file once the ingest stage has read it."""
 
     accepted: bool
     message: str
@@ -52,6 +53,8 @@ class BatchVerdict:
     rows_quarantined: int
     rule: str | None = None
     column: str | None = None
+    source_file: str | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)

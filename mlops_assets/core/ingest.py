@@ -13,7 +13,7 @@ Rows are accounted for per landed file (sha256): validated + quarantined = lande
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -170,13 +170,13 @@ def ingest_raw(
             )
             _quarantine(conn, spec, batch, "raw", rows, run_id, now)
         _log(conn, batch, "raw", verdict, run_id, now, quarantined_file=str(kept))
-        return verdict
+        return replace(verdict, source_file=batch.source_file, sha256=batch.sha256)
 
     rows = _with_lineage(frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64)), batch, run_id, now)
     where, params = _partition_filter(batch.month)
     replace_where(conn, qualified("raw", spec.name), rows, where, params)
     _log(conn, batch, "raw", verdict, run_id, now)
-    return verdict
+    return replace(verdict, source_file=batch.source_file, sha256=batch.sha256)
 
 
 def read_codes(conn: duckdb.DuckDBPyConnection, spec: TableSpec) -> dict[str, frozenset[str]]:
@@ -213,7 +213,7 @@ def validate_partition(
     if split.verdict.accepted:
         replace_where(conn, validated_name, _with_lineage(split.valid, batch, run_id, now), where, params)
     _log(conn, batch, "validated", split.verdict, run_id, now)
-    return split.verdict
+    return replace(split.verdict, source_file=batch.source_file, sha256=batch.sha256)
 
 
 def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | None, sha256: str) -> dict[str, int]:

@@ -12,21 +12,32 @@ from mlops_assets.defs.partitions import run_months
 
 
 def verdict_metadata(months: Sequence[str | None], verdicts: Sequence[BatchVerdict]) -> dict[str, dg.MetadataValue]:
-    """Row counts (plotted across runs by the UI) and a per-batch table of what happened."""
-    lines = ["| month | accepted | landed | valid | quarantined | reason |", "|---|---|---|---|---|---|"]
+    """A per-batch table of what happened and, when the run covers one month, its row counts (plotted across runs).
+
+    A run over several months writes the same metadata on each month's materialization (Dagster attaches one result
+    to the whole range), so counts are only given as numbers when they belong to exactly one month.
+    """
+    lines = ["| month | accepted | landed | valid | quarantined | sha256 | reason |", "|---|---|---|---|---|---|---|"]
     for month, verdict in zip(months, verdicts, strict=True):
         reason = verdict.message.replace("|", "/")
         lines.append(
             f"| {month or 'reference'} | {'yes' if verdict.accepted else '**no**'} | {verdict.rows_landed} | "
-            f"{verdict.rows_valid} | {verdict.rows_quarantined} | {reason} |"
+            f"{verdict.rows_valid} | {verdict.rows_quarantined} | {(verdict.sha256 or '')[:12]} | {reason} |"
         )
-    return {
-        "rows_landed": dg.MetadataValue.int(sum(v.rows_landed for v in verdicts)),
-        "rows_valid": dg.MetadataValue.int(sum(v.rows_valid for v in verdicts)),
-        "rows_quarantined": dg.MetadataValue.int(sum(v.rows_quarantined for v in verdicts)),
-        "batches_rejected": dg.MetadataValue.int(sum(not v.accepted for v in verdicts)),
+    metadata: dict[str, dg.MetadataValue] = {
+        "months_in_run": dg.MetadataValue.int(len(months)),
         "batches": dg.MetadataValue.md("\n".join(lines)),
     }
+    if len(verdicts) == 1:
+        [verdict] = verdicts
+        metadata |= {
+            "rows_landed": dg.MetadataValue.int(verdict.rows_landed),
+            "rows_valid": dg.MetadataValue.int(verdict.rows_valid),
+            "rows_quarantined": dg.MetadataValue.int(verdict.rows_quarantined),
+            "accepted": dg.MetadataValue.bool(verdict.accepted),
+            "sha256": dg.MetadataValue.text(verdict.sha256 or ""),
+        }
+    return metadata
 
 
 def checked_months(context: dg.AssetCheckExecutionContext, table: TableSpec) -> list[str | None] | None:

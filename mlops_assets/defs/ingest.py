@@ -13,6 +13,23 @@ from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, partit
 from mlops_assets.defs.resources import PlatformStorage
 
 
+#: Dagster's tag for the data version of an observation.
+DATA_VERSION_TAG = "dagster/data_version"
+#: Marks an observation made by the ingest step (these bytes are in raw), as opposed to a plain look at the folder.
+INGESTED_TAG = "mlops/ingested"
+
+
+def ingested_version(instance: dg.DagsterInstance, table: TableSpec, month: str | None) -> str | None:
+    """The sha256 of the file last ingested for ``table`` / ``month``, from Dagster's event log (not DuckDB)."""
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=landing_key(table), asset_partitions=[month] if month else None), limit=1
+    ).records
+    observation = records[0].asset_observation if records else None
+    if observation is None or observation.tags.get(INGESTED_TAG) != "true":
+        return None
+    return observation.tags.get(DATA_VERSION_TAG)
+
+
 def landing_key(table: TableSpec) -> dg.AssetKey:
     return dg.AssetKey(["landing", table.name])
 
@@ -69,6 +86,20 @@ def build_raw_asset(table: TableSpec) -> dg.AssetsDefinition:
                 verdict = ingest_raw(conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run.run_id, now)
                 (context.log.info if verdict.accepted else context.log.error)(verdict.message)
                 verdicts.append(verdict)
+                # Record which bytes were ingested as the landing source's data version, per month: the UI shows it
+                # and the landing sensor reads it to skip files that are already in.
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=landing_key(table),
+                        partition=month,
+                        tags={DATA_VERSION_TAG: str(verdict.sha256), INGESTED_TAG: "true"},
+                        metadata={
+                            "source_file": str(verdict.source_file),
+                            "rows_landed": verdict.rows_landed,
+                            "accepted": verdict.accepted,
+                        },
+                    )
+                )
         return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts))
 
     return _raw

@@ -60,3 +60,18 @@ def test_a_new_month_adds_a_partition_and_requests_only_itself(settings: Setting
         second = _tick(settings, instance, first.cursor)
         assert [r.partition_key for r in second.run_requests or []] == ["2013-02"]
         assert [list(r.partition_keys) for r in second.dynamic_partitions_requests or []] == [["2013-02"]]
+
+
+def test_months_already_ingested_by_a_job_are_not_requested_again(settings: Settings) -> None:
+    from mlops_assets.defs.partitions import range_tags, register_months
+
+    replay_months(settings.landing_dir, ["2013-01"], every=50)
+    with dg.instance_for_test() as instance:
+        register_months(instance, ["2013-01"])
+        job = build_definitions(FLIGHTS, settings).resolve_job_def("feature_pipeline")
+        assert job.execute_in_process(instance=instance, tags=range_tags(["2013-01"])).success
+        first = _tick(settings, instance, None)  # the sensor's first tick, after the job built January
+        assert not first.run_requests
+        assert "flights/2013-01.parquet" in json.loads(first.cursor or "{}")
+        replay_months(settings.landing_dir, ["2013-01"], every=40)  # January re-delivered with other bytes
+        assert [r.partition_key for r in _tick(settings, instance, first.cursor).run_requests or []] == ["2013-01"]

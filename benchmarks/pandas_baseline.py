@@ -53,9 +53,24 @@ OUTPUT_COLUMNS = (
 )  # fmt: skip
 
 
-def load_validated(conn, tables: tuple[str, ...] = ("flights", "weather", "planes", "airports")) -> dict[str, pd.DataFrame]:
-    """The validated tables as pandas frames (DuckDB only reads them; no feature logic runs in SQL)."""
-    return {name: conn.execute(f'SELECT * FROM validated."{name}"').df() for name in tables}
+#: The columns of each validated table that the features read.
+INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "flights": (
+        "year", "month", "day", "hour", "minute", "sched_arr_time", "dep_delay", "arr_delay", "carrier", "flight",
+        "tailnum", "origin", "dest", "distance", "time_hour", "_month",
+    ),
+    "weather": ("origin", "time_hour", *WEATHER_COLUMNS),
+    "planes": ("tailnum", "year", "seats", "engines", "engine"),
+    "airports": ("faa", "tzone"),
+}  # fmt: skip
+
+
+def load_validated(conn) -> dict[str, pd.DataFrame]:
+    """The validated tables (the columns the features read) as pandas frames: DuckDB only reads them."""
+    return {
+        name: conn.execute(f'SELECT {", ".join(columns)} FROM validated."{name}"').df()
+        for name, columns in INPUT_COLUMNS.items()
+    }
 
 
 def _utc(time_hour: pd.Series) -> pd.Series:
@@ -181,7 +196,7 @@ def build_features_pandas(
     out["prediction_time"] = f["sched_dep_utc"]
     out["distance"] = f["distance"].astype("float64")
     out["sched_hour"] = f["hour"]
-    out["sched_weekday"] = f["sched_dep_local"].dt.dayofweek + 1  # ISO: Monday = 1
+    out["sched_weekday"] = f["sched_dep_local"].dt.day_of_week + 1  # ISO: Monday = 1
     out["is_delayed"] = f["is_delayed"]
     out["label_known_at"] = f["label_known_at"]
 

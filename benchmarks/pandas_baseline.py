@@ -17,7 +17,8 @@ Times are naive ``datetime64[us]`` in UTC, as in the feature table. Rules, resta
 * a departure delay is known at the actual departure; the label (arrival delay > 15 min, or no arrival) when the
   outcome is known: scheduled departure if cancelled, scheduled arrival + max(dep_delay, 0) if diverted, actual
   arrival otherwise, and never before the actual departure;
-* weather: the latest observation at the origin at or before the prediction time, if at most 3 hours old;
+* weather: the latest hourly observation at the origin known (at the end of its hour) by the prediction time, if
+  known for at most 3 hours;
 * previous leg: the plane's latest scheduled departure strictly before this one (duplicates merged with max), if at
   most 72 hours before; its delay only if it had actually left before the prediction time;
 * trailing windows: mean and count over the events of the same key known in ``[t - window, t)``.
@@ -103,7 +104,8 @@ def flight_rows(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
     arr_minutes = (f["sched_arr_time"] // 100) * 60 + f["sched_arr_time"] % 100
     arr_local = pd.to_datetime(f[["year", "month", "day"]]).astype(TS) + pd.to_timedelta(arr_minutes, unit="min")
     arr_same_day = _local_to_utc(arr_local, tzone)
-    f["sched_arr_utc"] = arr_same_day.where(arr_same_day >= f["sched_dep_utc"], arr_same_day + pd.Timedelta(days=1))
+    arr_next_day = _local_to_utc(arr_local + pd.Timedelta(days=1), tzone)  # the next local day (DST-safe)
+    f["sched_arr_utc"] = arr_same_day.where(arr_same_day >= f["sched_dep_utc"], arr_next_day)
 
     f["dep_actual_utc"] = f["sched_dep_utc"] + _minutes(f["dep_delay"])
     f["is_delayed"] = (f["arr_delay"].isna() | (f["arr_delay"] > 15)).astype("int64")
@@ -119,13 +121,14 @@ def flight_rows(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
 
 def _weather(f: pd.DataFrame, weather: pd.DataFrame) -> pd.DataFrame:
     obs = weather[["origin", "time_hour", *WEATHER_COLUMNS]].copy()
-    obs["obs_utc"] = _utc(obs.pop("time_hour"))
+    # an hourly row is known at the end of its hour (it is built from the reports within the hour)
+    obs["known_at"] = _utc(obs.pop("time_hour")) + pd.Timedelta(hours=1)
     queries = f[["rid", "origin", "sched_dep_utc"]].sort_values("sched_dep_utc")
     joined = pd.merge_asof(
-        queries, obs.sort_values("obs_utc"), left_on="sched_dep_utc", right_on="obs_utc", by="origin",
+        queries, obs.sort_values("known_at"), left_on="sched_dep_utc", right_on="known_at", by="origin",
         direction="backward", allow_exact_matches=True,
     )  # fmt: skip
-    fresh = joined["sched_dep_utc"] - joined["obs_utc"] <= pd.Timedelta(hours=3)
+    fresh = joined["sched_dep_utc"] - joined["known_at"] <= pd.Timedelta(hours=3)
     out = joined[["rid"]].copy()
     for column in WEATHER_COLUMNS:
         out[column] = joined[column].where(fresh)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandera.polars as pa
 import polars as pl
 
-from mlops_assets.core.features.pit import TrailingWindow
+from mlops_assets.core.features.pit import AsOfLookup, TrailingWindow
 from mlops_assets.core.landing import LandedFile, land_file, month_key, parse_month
 from mlops_assets.core.specs import ContractContext, FeatureTableSpec, ModelSpec, TableSpec
 
@@ -176,10 +176,13 @@ AIRLINES_TABLE = TableSpec(
     rules=airlines_rules,
 )
 
+FEATURE_SQL = Path(__file__).parent / "features"
+WEATHER_FEATURES = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib")
+
 FLIGHT_FEATURES = FeatureTableSpec(
     name="flight_features",
     description="One row per flight with features as of its scheduled departure (UTC) and the label is_delayed.",
-    sql_path=Path(__file__).parent / "features" / "flight_features.sql",
+    sql_path=FEATURE_SQL / "flight_features.sql",
     inputs=("flights", "weather", "planes", "airports"),
     id_columns=("carrier", "flight", "tailnum", "origin", "dest", "sched_dep_local"),
     key=("carrier", "flight", "origin", "sched_dep_local"),
@@ -191,12 +194,32 @@ FLIGHT_FEATURES = FeatureTableSpec(
     categorical=("carrier", "origin", "dest", "plane_engine"),
     numeric=(
         "distance", "sched_hour", "sched_weekday",
-        "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib",
+        *WEATHER_FEATURES,
         "plane_age", "plane_seats", "plane_engines",
         "origin_dep_delay_mean_3h", "origin_departures_3h",
         "carrier_delay_rate_7d", "carrier_flights_7d", "route_delay_rate_30d", "route_flights_30d",
         "prev_leg_dep_delay", "prev_leg_gap_hours",
     ),  # fmt: skip
+    lookups=(
+        AsOfLookup(
+            name="weather at the origin: the latest hourly observation known by the prediction time, at most 3 h old",
+            sql_path=FEATURE_SQL / "flight_weather.sql",
+            by=("origin",),
+            known_at="known_at",
+            columns={c: c for c in WEATHER_FEATURES},
+            max_age=timedelta(hours=3),
+            strict=False,
+        ),
+        AsOfLookup(
+            name="the plane's previous NYC departure within 72 h: its delay once it has left, and the scheduled gap",
+            by=("tailnum",),
+            known_at="prediction_time",  # a leg's schedule is known in advance; the previous one is scheduled before
+            columns={"dep_delay": "prev_leg_dep_delay"},
+            value_known_at={"prev_leg_dep_delay": "dep_actual_utc"},
+            max_age=timedelta(hours=72),
+            age_hours="prev_leg_gap_hours",
+        ),
+    ),
     windows=(
         TrailingWindow("origin_dep_delay_mean_3h", "origin_departures_3h", ("origin",), "dep_actual_utc", "dep_delay", timedelta(hours=3)),
         TrailingWindow("carrier_delay_rate_7d", "carrier_flights_7d", ("carrier",), "label_known_at", "is_delayed", timedelta(days=7)),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandera.polars as pa
 import polars as pl
 
-from mlops_assets.core.features.pit import TrailingWindow
+from mlops_assets.core.features.pit import AsOfLookup, TrailingWindow
 from mlops_assets.core.landing import parse_month
 
 
@@ -63,13 +63,14 @@ class TableSpec:
 
 @dataclass(frozen=True)
 class FeatureTableSpec:
-    """A point-in-time feature table: one SQL file over validated tables plus declarative trailing windows.
+    """A point-in-time feature table: one SQL file over validated tables plus declarative as-of lookups and trailing
+    windows.
 
-    The SQL returns one row per entity and prediction time for every month it is asked to read, with the lookup
-    features (as-of joins done in SQL) and the columns the windows aggregate. It gets the bound parameters
-    ``$context_first`` / ``$target_last`` (first and last month to read) and ``$context_start`` (timestamp before
-    which no row may be read). The engine then adds the trailing windows (see ``features/pit.py``), keeps the target
-    months and the declared columns, and stamps the feature-set version.
+    The SQL returns one row per entity and prediction time for every month it is asked to read, with the features known
+    in advance and the times at which its facts became known. It gets the bound parameters ``$context_first`` /
+    ``$target_last`` (first and last month to read) and ``$context_start`` (timestamp before which no row may be read).
+    The engine (``features/pit.py``) then adds the as-of lookups and the trailing windows, keeps the target months and
+    the declared columns, and stamps the feature-set version.
 
     Features of one month must depend only on rows inside the look-back, so that building month by month equals one
     full build; the tests hold every feature table to that.
@@ -84,7 +85,8 @@ class FeatureTableSpec:
         time_column: the prediction time (UTC) every feature is computed as of.
         lookback_days: how far before the month's first prediction time any feature may look.
         categorical / numeric: the feature columns, for training and drift.
-        windows: trailing-window aggregates computed by the point-in-time engine.
+        lookups: as-of lookups (another table's latest row, or the entity's own previous row) added by the engine.
+        windows: trailing-window aggregates added by the engine.
     """
 
     name: str
@@ -98,6 +100,7 @@ class FeatureTableSpec:
     lookback_days: int
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
+    lookups: tuple[AsOfLookup, ...] = ()
     windows: tuple[TrailingWindow, ...] = ()
     description: str = ""
 

@@ -112,5 +112,6 @@ def test_every_row_carries_the_feature_set_version_which_follows_the_sql(
     version = feature_set_version(FLIGHT_FEATURES)
     assert frame["feature_set_version"].unique().to_list() == [version]
     edited = tmp_path / "edited.sql"
-    edited.write_text(FLIGHT_FEATURES.sql.replace("INTERVAL 3 HOUR", "INTERVAL 2 HOUR"))
+    edited.write_text(FLIGHT_FEATURES.sql.replace("arr_delay > 15", "arr_delay > 30"))
+    assert edited.read_text() != FLIGHT_FEATURES.sql
     assert feature_set_version(dataclasses.replace(FLIGHT_FEATURES, sql_path=edited)) != version

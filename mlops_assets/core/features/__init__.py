@@ -7,12 +7,13 @@ a monthly build stays flat as history grows, and building month by month gives e
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timedelta
 
 import duckdb
 import polars as pl
 
-from mlops_assets.core.features.pit import add_trailing_windows
+from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
 from mlops_assets.core.landing import month_key, parse_month
 from mlops_assets.core.specs import FeatureTableSpec
 from mlops_assets.core.store import ensure_table_like, query_frame, replace_where
@@ -21,9 +22,12 @@ VERSION_COLUMN = "feature_set_version"
 
 
 def feature_set_version(spec: FeatureTableSpec) -> str:
-    """A short hash of the feature SQL, the windows and the declared columns: it changes when features can change."""
+    """A short hash of the feature SQL, the lookups and windows, and the declared columns: it changes whenever the
+    features can change."""
     digest = hashlib.sha256(spec.sql.encode())
-    digest.update(repr((spec.output_columns, spec.windows, spec.lookback_days)).encode())
+    for lookup in spec.lookups:
+        digest.update((lookup.sql or "").encode())
+    digest.update(repr((spec.output_columns, spec.lookups, spec.windows, spec.lookback_days)).encode())
     return digest.hexdigest()[:12]
 
 
@@ -49,10 +53,18 @@ def compute_features(
     last = last or first
     start = context_start if context_start is not None else context_start_for(spec, first)
     params = {"context_first": month_key(start.year, start.month), "target_last": last, "context_start": start}
-    rows = query_frame(conn, spec.sql, params)
-    in_target = pl.col("_month").is_between(pl.lit(first), pl.lit(last))
-    built = add_trailing_windows(rows, spec.windows, spec.time_column, targets=in_target)
-    return built.select(spec.output_columns).with_columns(pl.lit(feature_set_version(spec)).alias(VERSION_COLUMN))
+    rows = query_frame(conn, spec.sql, params).sort([spec.time_column, *spec.key])
+    targets = rows.filter(pl.col("_month").is_between(pl.lit(first), pl.lit(last)))
+    for lookup in spec.lookups:
+        right = rows if lookup.sql is None else query_frame(conn, lookup.sql, _used(lookup.sql, params))
+        targets = add_lookup(targets, right, lookup, spec.time_column)
+    targets = add_trailing_windows(rows, targets, spec.windows, spec.time_column)
+    return targets.select(spec.output_columns).with_columns(pl.lit(feature_set_version(spec)).alias(VERSION_COLUMN))
+
+
+def _used(sql: str, params: dict[str, object]) -> dict[str, object]:
+    """The parameters a query names (DuckDB refuses unused named parameters)."""
+    return {name: value for name, value in params.items() if re.search(rf"\${name}\b", sql)}
 
 
 def write_month(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, month: str) -> pl.DataFrame:

@@ -1,18 +1,60 @@
-"""Point-in-time helpers: trailing-window aggregates of events known strictly before each row's prediction time.
+"""Point-in-time helpers: as-of lookups and trailing windows over facts known before each row's prediction time.
 
-For a row predicted at ``t`` and a window ``w``, the aggregate covers the events of the same key whose known-at time
-lies in ``[t - w, t)``. It is computed as a difference of per-key cumulative sums found by two as-of joins (events
-known before ``t`` minus events known before ``t - w``), so each window costs a sort and two merges whatever its length.
-Sums of integer-valued columns (minutes, 0/1 flags) are exact, so a month built alone equals the same month in a full
-build bit for bit.
+Both work on rows sorted by prediction time and add columns in that order, so each costs a sort of the (narrow) right
+side and a merge, never a join back onto the wide frame.
+
+* :class:`AsOfLookup`: the latest row of another frame with the same key that was known by the prediction time
+  (weather at the origin, a plane's previous leg), optionally only if recent enough.
+* :class:`TrailingWindow`: mean and count of events of the same key known in ``[t - window, t)``, as the difference of
+  per-key cumulative sums found by two as-of joins, so a window costs the same whatever its length. Sums of
+  integer-valued columns (minutes, 0/1 flags) are exact, so a month built alone equals the same month in a full build
+  bit for bit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import polars as pl
+
+
+@dataclass(frozen=True)
+class AsOfLookup:
+    """Columns of the latest row of another frame, with the same key, known at each row's prediction time.
+
+    Attributes:
+        name: what is looked up (for people and the feature-set version).
+        by: key columns, same names on both sides.
+        known_at: right-hand column: when the row became known.
+        columns: right-hand column -> output column.
+        sql_path: query giving the right-hand rows (it gets the feature SQL's bound parameters); ``None`` means the
+            feature rows themselves (e.g. a plane's previous leg).
+        max_age: a row known longer ago than this counts as missing.
+        strict: the row must be known strictly before the prediction time (else at or before it).
+        value_known_at: output column -> right-hand column saying when that value became known; the value is null
+            while not yet known (e.g. the previous leg's delay before it has left).
+        age_hours: optional output column: hours between the row becoming known and the prediction time.
+    """
+
+    name: str
+    by: tuple[str, ...]
+    known_at: str
+    columns: dict[str, str]
+    sql_path: Path | None = None
+    max_age: timedelta | None = None
+    strict: bool = True
+    value_known_at: dict[str, str] = field(default_factory=dict)
+    age_hours: str | None = None
+
+    @property
+    def sql(self) -> str | None:
+        return self.sql_path.read_text() if self.sql_path else None
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (*self.columns.values(), *((self.age_hours,) if self.age_hours else ()))
 
 
 @dataclass(frozen=True)
@@ -35,56 +77,83 @@ class TrailingWindow:
     value: str
     window: timedelta
 
+    @property
+    def outputs(self) -> tuple[str, str]:
+        return (self.mean_name, self.count_name)
+
+
+def add_lookup(targets: pl.DataFrame, right: pl.DataFrame, lookup: AsOfLookup, time_column: str) -> pl.DataFrame:
+    """Add ``lookup``'s output columns to ``targets`` (sorted by ``time_column``), keeping its order."""
+    by = list(lookup.by)
+    carried = list(dict.fromkeys([*lookup.columns, *lookup.value_known_at.values()]))
+    candidates = (
+        right.select(*by, pl.col(lookup.known_at).alias("_known"), *carried)
+        .filter(pl.all_horizontal(pl.col(c).is_not_null() for c in [*by, "_known"]))
+        # rows sharing a key and a time (the data repeats a few) are merged deterministically
+        .group_by([*by, "_known"])
+        .agg(pl.col(c).max() for c in carried)
+        .sort("_known")
+    )
+    joined = targets.select(*by, pl.col(time_column).alias("_t")).join_asof(
+        candidates, left_on="_t", right_on="_known", by=by, strategy="backward",
+        allow_exact_matches=not lookup.strict, check_sortedness=False,
+    )  # fmt: skip
+    found = pl.col("_known").is_not_null()
+    if lookup.max_age is not None:
+        found = found & (pl.col("_t") - pl.col("_known") <= lookup.max_age)
+    known_by_t = {
+        output: (pl.col(column) < pl.col("_t")) if lookup.strict else (pl.col(column) <= pl.col("_t"))
+        for output, column in lookup.value_known_at.items()
+    }
+    values = [
+        pl.when(found & known_by_t.get(output, pl.lit(True))).then(pl.col(column)).alias(output)
+        for column, output in lookup.columns.items()
+    ]
+    if lookup.age_hours:
+        age = (pl.col("_t") - pl.col("_known")).dt.total_seconds(fractional=True) / 3600.0
+        values.append(pl.when(found).then(age).alias(lookup.age_hours))
+    return targets.hstack(joined.select(values))
+
 
 def _cumulative(events: pl.DataFrame, spec: TrailingWindow) -> pl.DataFrame:
     """Per key, cumulative sum and count of the value at each distinct known-at time, in time order."""
     by = list(spec.by)
     return (
-        events.filter(pl.col(spec.known_at).is_not_null() & pl.col(spec.value).is_not_null())
-        .group_by([*by, spec.known_at])
-        .agg(pl.col(spec.value).sum().alias("_sum"), pl.len().cast(pl.Int64).alias("_n"))
-        .sort(spec.known_at)
+        events.select(*by, pl.col(spec.known_at).alias("_ts"), pl.col(spec.value).alias("_v"))
+        .filter(pl.col("_ts").is_not_null() & pl.col("_v").is_not_null())
+        .group_by([*by, "_ts"])
+        .agg(pl.col("_v").sum().alias("_sum"), pl.len().cast(pl.Int64).alias("_n"))
+        .sort("_ts")
         .with_columns(pl.col("_sum").cum_sum().over(by), pl.col("_n").cum_sum().over(by))
-        .rename({spec.known_at: "_ts"})
     )
 
 
 def add_trailing_windows(
-    rows: pl.DataFrame, windows: tuple[TrailingWindow, ...], time_column: str, targets: pl.Expr | None = None
+    events: pl.DataFrame, targets: pl.DataFrame, windows: tuple[TrailingWindow, ...], time_column: str
 ) -> pl.DataFrame:
-    """Add each window's mean and count columns to the target rows.
-
-    Args:
-        rows: every row in the look-back and the target period; all of them are events, only targets get features.
-        windows: the aggregates to add.
-        time_column: the prediction time of each row (events must be known strictly before it).
-        targets: which rows get features (default: all). Output keeps the input order of the target rows.
-    """
-    out = rows.filter(targets) if targets is not None else rows
-    out = out.with_row_index("_pos")
+    """Add each window's mean and count to ``targets`` (sorted by ``time_column``), aggregating ``events``."""
     for spec in windows:
         by = list(spec.by)
-        cumulative = _cumulative(rows, spec)
-        at_t = cumulative.rename({"_sum": "_sum_t", "_n": "_n_t"})
-        at_start = cumulative.rename({"_sum": "_sum_0", "_n": "_n_0"})
-        queries = out.select("_pos", *by, pl.col(time_column).alias("_t")).with_columns(
-            (pl.col("_t") - spec.window).alias("_since")
+        cumulative = _cumulative(events, spec)
+
+        def before(at: pl.Expr, suffix: str) -> pl.DataFrame:
+            """Cumulative sum and count of the events known strictly before ``at``."""
+            return (
+                targets.select(*by, at.alias("_at"))
+                .join_asof(cumulative, left_on="_at", right_on="_ts", by=by, strategy="backward",
+                           allow_exact_matches=False, check_sortedness=False)  # fmt: skip
+                .select(pl.col("_sum").fill_null(0).alias(f"_sum{suffix}"), pl.col("_n").fill_null(0).alias(f"_n{suffix}"))
+            )
+
+        now = before(pl.col(time_column), "_t")
+        start = before(pl.col(time_column) - spec.window, "_0")  # same order: t - window is monotonic in t
+        counts = pl.concat([now, start], how="horizontal").select(
+            (pl.col("_sum_t") - pl.col("_sum_0")).alias("_sum"), (pl.col("_n_t") - pl.col("_n_0")).alias("_n")
         )
-        joined = (
-            queries.sort("_t")
-            .join_asof(at_t, left_on="_t", right_on="_ts", by=by, strategy="backward", allow_exact_matches=False,
-                       check_sortedness=False)
-            .sort("_since")
-            .join_asof(at_start, left_on="_since", right_on="_ts", by=by, strategy="backward", allow_exact_matches=False,
-                       check_sortedness=False)
-            .select(
-                "_pos",
-                (pl.col("_sum_t").fill_null(0) - pl.col("_sum_0").fill_null(0)).alias("_sum"),
-                (pl.col("_n_t").fill_null(0) - pl.col("_n_0").fill_null(0)).alias("_n"),
+        targets = targets.hstack(
+            counts.select(
+                (pl.col("_sum").cast(pl.Float64) / pl.when(pl.col("_n") > 0).then(pl.col("_n"))).alias(spec.mean_name),
+                pl.col("_n").cast(pl.Float64).alias(spec.count_name),
             )
         )
-        out = out.join(joined, on="_pos", how="left").with_columns(
-            (pl.col("_sum").cast(pl.Float64) / pl.when(pl.col("_n") > 0).then(pl.col("_n"))).alias(spec.mean_name),
-            pl.col("_n").cast(pl.Float64).alias(spec.count_name),
-        ).drop("_sum", "_n")
-    return out.sort("_pos").drop("_pos")
+    return targets

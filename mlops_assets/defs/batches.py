@@ -94,3 +94,15 @@ def judge_batches(
         description="; ".join(problems) if problems else f"{len(verdicts)} batch(es) accepted",
         metadata=metadata,
     )
+
+
+def build_batch_check(
+    table: TableSpec, asset_key: dg.AssetKey, stage: str, name: str, description: str
+) -> dg.AssetChecksDefinition:
+    """A blocking check of one batch stage (``raw`` or ``validated``) on its asset, judged by :func:`judge_batches`."""
+
+    @dg.asset_check(asset=asset_key, name=name, blocking=True, description=description)
+    def _batch_check(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+        return judge_batches(duckdb, table, stage, checked_months(context, table))
+
+    return _batch_check

@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 from mlops_assets.core.ingest import ingest_raw
 from mlops_assets.core.landing import find_landed, scan_landing
 from mlops_assets.core.specs import ModelSpec, TableSpec
-from mlops_assets.defs.batches import checked_months, judge_batches, verdict_metadata
+from mlops_assets.defs.batches import build_batch_check, verdict_metadata
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, partitions_for, run_months
 from mlops_assets.defs.resources import PlatformStorage
 
@@ -106,17 +106,14 @@ def build_raw_asset(table: TableSpec) -> dg.AssetsDefinition:
 
 
 def build_schema_check(table: TableSpec) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=raw_key(table),
+    return build_batch_check(
+        table,
+        raw_key(table),
+        stage="raw",
         name="schema_contract",
-        blocking=True,
         description="The newest landed batch of each month is readable, non-empty and has exactly the contract's "
         "columns and types. Blocking: nothing downstream runs for a rejected batch.",
     )
-    def _schema_contract(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
-        return judge_batches(duckdb, table, "raw", checked_months(context, table))
-
-    return _schema_contract
 
 
 def build_ingest(spec: ModelSpec) -> tuple[list[dg.SourceAsset | dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:

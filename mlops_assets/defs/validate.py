@@ -10,7 +10,7 @@ from dagster_duckdb import DuckDBResource
 from mlops_assets.core.ingest import validate_partition
 from mlops_assets.core.specs import ModelSpec, TableSpec
 from mlops_assets.core.store import qualified, table_exists
-from mlops_assets.defs.batches import checked_months, judge_batches, verdict_metadata
+from mlops_assets.defs.batches import build_batch_check, checked_months, verdict_metadata
 from mlops_assets.defs.ingest import raw_key
 from mlops_assets.defs.partitions import DUCKDB_POOL, SINGLE_RUN, partitions_for, run_months
 
@@ -53,17 +53,14 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
 
 
 def build_row_contract_check(table: TableSpec) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=validated_key(table),
+    return build_batch_check(
+        table,
+        validated_key(table),
+        stage="validated",
         name="row_contract",
-        blocking=True,
         description=f"The newest batch of each month has at most {table.max_bad_share:.0%} bad rows and no "
         "frame-level failure, and its rows add up: validated + quarantined = landed. Blocking.",
     )
-    def _row_contract(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
-        return judge_batches(duckdb, table, "validated", checked_months(context, table))
-
-    return _row_contract
 
 
 def build_row_count_check(table: TableSpec) -> dg.AssetChecksDefinition:

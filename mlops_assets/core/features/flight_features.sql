@@ -26,16 +26,20 @@ flights AS (
     LEFT JOIN validated.airports AS a ON a.faa = f.dest
     WHERE f._month BETWEEN $context_first AND $target_last
 ),
+same_day AS (
+    SELECT *, timezone('UTC', timezone(dest_tzone, sched_arr_local)) AS sched_arr_same_day_utc
+    FROM flights
+    WHERE sched_dep_utc >= $context_start
+),
 timed AS (
     SELECT
         *,
         -- a scheduled arrival (local clock time) before the departure is on the next local day
-        CASE WHEN timezone('UTC', timezone(dest_tzone, sched_arr_local)) < sched_dep_utc
+        CASE WHEN sched_arr_same_day_utc < sched_dep_utc
              THEN timezone('UTC', timezone(dest_tzone, sched_arr_local + INTERVAL 1 DAY))
-             ELSE timezone('UTC', timezone(dest_tzone, sched_arr_local)) END AS sched_arr_utc,
+             ELSE sched_arr_same_day_utc END AS sched_arr_utc,
         sched_dep_utc + to_minutes(CAST(dep_delay AS BIGINT)) AS dep_actual_utc
-    FROM flights
-    WHERE sched_dep_utc >= $context_start
+    FROM same_day
 )
 SELECT
     t.carrier,

@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make pipeline   land Jan-Mar 2013 and run `feature_pipeline` on the persistent instance (DuckDB file under data/)
+#   make pipeline   land Jan-Mar 2013 and run `training_pipeline` on the persistent instance (DuckDB file under data/):
+#                   features, a LightGBM challenger, its evaluation and the promotion decision
 #   make test       run the test suite
 # Both create the virtual environment .venv and install the project first when pyproject.toml changed.
 
@@ -24,7 +25,7 @@ $(BIN)/.installed: pyproject.toml
 pipeline: $(BIN)/.installed
 	@$(BIN)/mlops home >/dev/null
 	$(BIN)/mlops replay --through $(THROUGH)
-	$(BIN)/dagster job execute -m mlops_assets.definitions -j feature_pipeline
+	$(BIN)/dagster job execute -m mlops_assets.definitions -j training_pipeline
 	@$(BIN)/mlops status
 
 test: $(BIN)/.installed

@@ -231,6 +231,12 @@ FLIGHTS = ModelSpec(
     name="flights",
     tables=(FLIGHTS_TABLE, WEATHER_TABLE, PLANES_TABLE, AIRPORTS_TABLE, AIRLINES_TABLE),
     feature_tables=(FLIGHT_FEATURES,),
+    slices={
+        "carrier": pl.col("carrier"),
+        "origin": pl.col("origin"),
+        "distance_band": pl.col("distance").cut([500, 1000, 2000], labels=["<500", "500-1000", "1000-2000", ">=2000"], left_closed=True),
+        "departure_hours": pl.col("sched_hour").cut([9, 14, 19], labels=["00-09", "10-14", "15-19", "20-23"], left_closed=False),
+    },
 )
 
 

@@ -33,6 +33,10 @@ class Settings:
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
 
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "registry"
+
 
 def default_data_dir() -> Path:
     """The repo's ``data/`` folder when running from a checkout, else ``./data``."""

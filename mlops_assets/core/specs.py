@@ -121,11 +121,17 @@ class FeatureTableSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model's world: its source tables and its feature tables."""
+    """One model's world: its source tables, its feature tables (the first is what the model trains on) and the
+    slices its evaluation and promotion judge separately (name -> expression over the feature rows)."""
 
     name: str
     tables: tuple[TableSpec, ...]
     feature_tables: tuple[FeatureTableSpec, ...]
+    slices: Mapping[str, pl.Expr] = field(default_factory=dict)
+
+    @property
+    def training_features(self) -> FeatureTableSpec:
+        return self.feature_tables[0]
 
     def table(self, name: str) -> TableSpec:
         for table in self.tables:

@@ -1,4 +1,8 @@
-"""Jobs: ``feature_pipeline`` runs ingest -> validate -> features for every landed month in one run."""
+"""Jobs over every landed month, each one run over the month range:
+
+* ``feature_pipeline``: ingest -> validate -> features;
+* ``training_pipeline``: the same, then training set -> challenger -> evaluation -> promotion decision.
+"""
 
 from pathlib import Path
 
@@ -9,18 +13,34 @@ from mlops_assets.core.landing import landed_months
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.defs.partitions import range_tags
 
-FEATURE_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"])
+FEATURE_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"]) - dg.AssetSelection.keys(
+    ["features", "training_set"]
+)
+TRAINING_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"], ["models"], ["reports"])
 
 
-def build_feature_pipeline(model: ModelSpec, landing_dir: Path) -> UnresolvedAssetJobDefinition:
-    """The job covers the months landed when the definitions were loaded, as one partition-range run, so
-    ``dagster job execute -j feature_pipeline`` needs no partition argument. For one month, materialize the assets of
-    that partition (the landing sensor does exactly that)."""
+def _months_job(name: str, selection: dg.AssetSelection, what: str, model: ModelSpec, landing_dir: Path) -> UnresolvedAssetJobDefinition:
+    """A job over the months landed when the definitions were loaded, as one partition-range run, so
+    ``dagster job execute -j <name>`` needs no partition argument. For one month, materialize the assets of that
+    partition (the landing sensor does exactly that)."""
     months = landed_months(landing_dir, [t.name for t in model.monthly_tables])
     return dg.define_asset_job(
-        name="feature_pipeline",
-        selection=FEATURE_PIPELINE_SELECTION,
+        name=name,
+        selection=selection,
         tags=range_tags(months) if months else None,
-        description="Ingest -> validate -> features for every landed month (one run, months as a partition range). "
-        f"Months at load time: {', '.join(months) if months else 'none yet: run `mlops replay --through 2013-03`'}.",
+        description=f"{what} for every landed month (one run, months as a partition range). Months at load time: "
+        f"{', '.join(months) if months else 'none yet: run `mlops replay --through 2013-03`'}.",
     )
+
+
+def build_jobs(model: ModelSpec, landing_dir: Path) -> list[UnresolvedAssetJobDefinition]:
+    return [
+        _months_job("feature_pipeline", FEATURE_PIPELINE_SELECTION, "Ingest -> validate -> features", model, landing_dir),
+        _months_job(
+            "training_pipeline",
+            TRAINING_PIPELINE_SELECTION,
+            "Ingest -> validate -> features -> training set -> challenger -> evaluation -> promotion decision",
+            model,
+            landing_dir,
+        ),
+    ]

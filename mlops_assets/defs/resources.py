@@ -10,7 +10,7 @@ from mlops_assets.core.settings import Settings, load_settings
 
 
 class PlatformStorage(dg.ConfigurableResource):
-    """The platform's data directory (``$MLOPS_DATA_DIR``): landing zone, quarantined files, reports."""
+    """The platform's data directory (``$MLOPS_DATA_DIR``): landing zone, quarantined files, model registry, reports."""
 
     data_dir: str
 
@@ -25,6 +25,10 @@ class PlatformStorage(dg.ConfigurableResource):
     @property
     def reports_dir(self) -> Path:
         return Path(self.data_dir) / "reports"
+
+    @property
+    def registry_dir(self) -> Path:
+        return Path(self.data_dir) / "registry"
 
 
 def warehouse(settings: Settings, memory_limit: str = "4GB", threads: int = 2) -> DuckDBResource:

@@ -21,12 +21,15 @@ def test_asset_graph_snapshot(settings: Settings) -> None:
     defs = build_definitions(FLIGHTS, settings)
     keys = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
     tables = ["airlines", "airports", "flights", "planes", "weather"]
-    expected = [f"{stage}/{t}" for stage in ("landing", "raw", "validated") for t in tables] + ["features/flight_features"]
+    expected = [f"{stage}/{t}" for stage in ("landing", "raw", "validated") for t in tables] + [
+        "features/flight_features", "features/training_set", "models/challenger", "reports/evaluation", "models/champion",
+    ]  # fmt: skip
     assert keys == sorted(expected)
     checks = sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in defs.resolve_asset_graph().asset_check_keys)
     assert "raw/flights:schema_contract" in checks and "validated/flights:row_contract" in checks
     assert "features/flight_features:one_row_per_entity" in checks
-    assert defs.resolve_job_def("feature_pipeline") is not None
+    assert "models/champion:champion_is_servable" in checks
+    assert defs.resolve_job_def("feature_pipeline") is not None and defs.resolve_job_def("training_pipeline") is not None
     assert defs.resolve_sensor_def("landing_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 
 

@@ -1,0 +1,173 @@
+"""The model registry: immutable versions, aliases and an append-only event log, as plain files.
+
+Layout (below ``$MLOPS_DATA_DIR/registry``)::
+
+    versions/<version>/model.txt       the LightGBM model in its text format (never pickled)
+    versions/<version>/model.sha256    its checksum, in ``sha256sum`` format
+    versions/<version>/metadata.json   lineage, params, metrics, feature vocabulary, the checksum again
+    versions/<version>/profile.json    reference profile of the training features and scores (for drift checks)
+    aliases.json                       {"champion": "v0002", "shadow": null, ...}
+    events.jsonl                       registered / promoted / rejected / rolled_back, one JSON object per line
+
+A version folder is written under a temporary name and renamed into place, so it appears whole or not at all; aliases
+are replaced atomically; events are appended. Every load verifies the checksum: a tampered or truncated model is
+refused, never loaded. Readers need no database, so sensors and the serving process can read it while a run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlops_assets.core.landing import sha256_bytes, write_atomic
+
+VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
+CHAMPION = "champion"
+
+
+class RegistryIntegrityError(RuntimeError):
+    """A registry artifact does not match its checksum (tampered or truncated): it is never loaded."""
+
+
+class UnknownVersionError(KeyError):
+    """No such version in the registry."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered version: its id, folder and metadata."""
+
+    version: str
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.txt"
+
+
+class Registry:
+    """A file-based model registry rooted at ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.versions_dir = root / "versions"
+        self.aliases_path = root / "aliases.json"
+        self.events_path = root / "events.jsonl"
+
+    # --- versions ------------------------------------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        """All version ids, oldest first."""
+        if not self.versions_dir.exists():
+            return []
+        found = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and VERSION_PATTERN.match(p.name)]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def register(self, model_text: str, metadata: dict[str, Any], profile: dict[str, Any], run_id: str | None) -> ModelVersion:
+        """Store a new immutable version and log ``registered``. Returns it with its assigned id."""
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        data = model_text.encode()
+        digest = sha256_bytes(data)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.versions_dir))
+        try:
+            (staging / "model.txt").write_bytes(data)
+            (staging / "model.sha256").write_text(f"{digest}  model.txt\n")
+            (staging / "profile.json").write_text(json.dumps(profile, indent=1, sort_keys=True))
+            for _ in range(100):  # another writer may take the next id first: take the one after
+                existing = self.versions()
+                version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+                full = {**metadata, "version": version, "model_sha256": digest, "registered_at": _now(), "run_id": run_id}
+                (staging / "metadata.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
+                for path in staging.iterdir():
+                    with open(path, "rb") as handle:
+                        os.fsync(handle.fileno())
+                try:
+                    os.rename(staging, self.versions_dir / version)
+                except OSError:
+                    continue
+                break
+            else:
+                raise RuntimeError("could not allocate a registry version id")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.log_event("registered", version=version, run_id=run_id, reason="new version from training")
+        return self.get(version)
+
+    def get(self, version: str) -> ModelVersion:
+        path = self.versions_dir / version
+        if not VERSION_PATTERN.match(version) or not (path / "metadata.json").exists():
+            raise UnknownVersionError(f"no model version {version!r}; known: {', '.join(self.versions()) or 'none'}")
+        return ModelVersion(version, path, json.loads((path / "metadata.json").read_text()))
+
+    def model_text(self, version: str) -> str:
+        """The model's text, after verifying it against both recorded checksums."""
+        entry = self.get(version)
+        data = entry.model_path.read_bytes()
+        actual = sha256_bytes(data)
+        recorded = (entry.path / "model.sha256").read_text().split()[0]
+        if actual != recorded or actual != entry.metadata.get("model_sha256"):
+            raise RegistryIntegrityError(
+                f"model {version} does not match its checksum (sha256 {actual[:12]}, recorded {recorded[:12]}): it was "
+                "modified or truncated and will not be loaded. Roll back to another version (`mlops rollback`) or retrain."
+            )
+        return data.decode()
+
+    def profile(self, version: str) -> dict[str, Any]:
+        return json.loads((self.get(version).path / "profile.json").read_text())
+
+    # --- aliases and events --------------------------------------------------------------------------------------
+
+    def aliases(self) -> dict[str, str | None]:
+        if not self.aliases_path.exists():
+            return {}
+        return json.loads(self.aliases_path.read_text())
+
+    def alias(self, name: str) -> str | None:
+        return self.aliases().get(name)
+
+    def set_alias(self, name: str, version: str | None, event: str, reason: str, run_id: str | None = None) -> None:
+        """Point ``name`` at ``version`` (or clear it) atomically, and log why."""
+        if version is not None:
+            self.get(version)
+        aliases = {**self.aliases(), name: version}
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
+        self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id)
+
+    def log_event(self, event: str, version: str | None, reason: str, run_id: str | None = None, **details: Any) -> None:
+        """Append one event (one line: appends of this size are atomic) and flush it to disk."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"time": _now(), "event": event, "version": version, "reason": reason, "run_id": run_id, **details}, default=str)
+        with open(self.events_path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def events(self, limit: int | None = None) -> list[dict[str, Any]]:
+        if not self.events_path.exists():
+            return []
+        lines = [line for line in self.events_path.read_text().splitlines() if line.strip()]
+        chosen = lines[-limit:] if limit else lines
+        return [json.loads(line) for line in chosen]
+
+    def previous_champions(self) -> list[str]:
+        """Versions that were champion, most recent first (the candidates of a rollback)."""
+        seen: list[str] = []
+        for event in reversed(self.events()):
+            if event.get("alias") == CHAMPION and event.get("event") in ("promoted", "rolled_back") and event["version"]:
+                if event["version"] not in seen:
+                    seen.append(event["version"])
+        return seen
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

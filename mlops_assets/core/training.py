@@ -1,0 +1,188 @@
+"""Training: the time-split training set and a deterministic LightGBM model with native categoricals.
+
+The split is by time, like production: the newest month is the test set (neither model trains on it), the two weeks
+before it validate early stopping, everything earlier trains. Rows whose label became known only after the next split
+began are purged, so no label from the future of a split leaks into an earlier one.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from mlops_assets.core.landing import parse_month, sha256_bytes
+from mlops_assets.core.registry import Registry
+from mlops_assets.core.specs import FeatureTableSpec
+
+SPLIT = "split"
+VALIDATION_DAYS = 14
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Rows with a ``split`` column (train / valid / test), their content hash and where the splits fall."""
+
+    frame: pl.DataFrame
+    content_hash: str
+    test_month: str
+    valid_start: datetime
+    test_start: datetime
+
+    def part(self, name: str) -> pl.DataFrame:
+        return self.frame.filter(pl.col(SPLIT) == name)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"content_hash": self.content_hash, "test_month": self.test_month}
+        for name in ("train", "valid", "test"):
+            part = self.part(name)
+            out[f"{name}_rows"] = part.height
+            if part.height:
+                out[f"{name}_from"] = str(part["prediction_time"].min())
+                out[f"{name}_to"] = str(part["prediction_time"].max())
+        return out
+
+
+def stored_training_set(frame: pl.DataFrame) -> TrainingSet:
+    """The training set as read back from the store (the hash is taken of what every reader sees)."""
+    test_month = str(frame.filter(pl.col(SPLIT) == "test")["_month"].max())
+    year, month = parse_month(test_month)
+    test_start = datetime(year, month, 1)
+    return TrainingSet(frame, content_hash(frame), test_month, test_start - timedelta(days=VALIDATION_DAYS), test_start)
+
+
+def content_hash(frame: pl.DataFrame) -> str:
+    """sha256 over every value of the frame (Arrow IPC bytes, uncompressed), so any change to any row changes it."""
+    buffer = io.BytesIO()
+    frame.write_ipc(buffer, compression="uncompressed")
+    return sha256_bytes(buffer.getvalue())
+
+
+def split_by_time(features: pl.DataFrame, spec: FeatureTableSpec, test_month: str) -> TrainingSet:
+    """Split feature rows of several months into train / valid / test by time (see the module docstring)."""
+    year, month = parse_month(test_month)
+    test_start = datetime(year, month, 1)
+    valid_start = test_start - timedelta(days=VALIDATION_DAYS)
+    local = pl.col("sched_dep_local")
+    known = pl.col(spec.label_known_at)
+    # split boundaries in UTC for the purge: the local month start is at least 4 hours later in UTC (NYC is UTC-4/-5)
+    split = (
+        pl.when(pl.col("_month") == test_month).then(pl.lit("test"))
+        .when((local >= valid_start) & (local < test_start)).then(pl.lit("valid"))
+        .when(local < valid_start).then(pl.lit("train"))
+        .otherwise(pl.lit(None))
+    )  # fmt: skip
+    framed = features.with_columns(split.alias(SPLIT)).filter(pl.col(SPLIT).is_not_null())
+    purge = ((pl.col(SPLIT) == "train") & (known >= valid_start + timedelta(hours=4))) | (
+        (pl.col(SPLIT) == "valid") & (known >= test_start + timedelta(hours=4))
+    )
+    framed = framed.filter(~purge).sort(spec.time_column, *spec.key)
+    return TrainingSet(framed, content_hash(framed), test_month, valid_start, test_start)
+
+
+@dataclass(frozen=True)
+class FeatureEncoder:
+    """Turns feature rows into LightGBM's input: numeric columns as floats, categoricals as integer codes of a
+    vocabulary fixed at training time (unseen values become missing). Stored with the model as JSON."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    vocabulary: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, frame: pl.DataFrame, spec: FeatureTableSpec) -> FeatureEncoder:
+        vocabulary = {c: sorted(v for v in frame[c].unique().to_list() if v is not None) for c in spec.categorical}
+        return cls(tuple(spec.numeric), tuple(spec.categorical), vocabulary)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def matrix(self, frame: pl.DataFrame) -> np.ndarray:
+        codes = [
+            frame[c].replace_strict(self.vocabulary[c], list(range(len(self.vocabulary[c]))), default=None, return_dtype=pl.Float64)
+            for c in self.categorical
+        ]
+        numeric = [frame[c].cast(pl.Float64) for c in self.numeric]
+        return pl.DataFrame([*numeric, *codes]).to_numpy().astype(np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"numeric": list(self.numeric), "categorical": list(self.categorical), "vocabulary": self.vocabulary}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FeatureEncoder:
+        return cls(tuple(data["numeric"]), tuple(data["categorical"]), {k: list(v) for k, v in data["vocabulary"].items()})
+
+
+def lightgbm_params(params: dict[str, Any]) -> dict[str, Any]:
+    """LightGBM parameters that make training reproducible: same data and params give a byte-identical model."""
+    return {
+        "objective": "binary",
+        "metric": ["auc", "binary_logloss"],
+        "deterministic": True,
+        "force_row_wise": True,
+        "seed": 13,
+        "verbosity": -1,
+        **params,
+    }
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    booster: lgb.Booster
+    encoder: FeatureEncoder
+    best_iteration: int
+    params: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return self.booster.model_to_string(num_iteration=self.best_iteration)
+
+    def predict(self, frame: pl.DataFrame) -> np.ndarray:
+        return self.booster.predict(self.encoder.matrix(frame), num_iteration=self.best_iteration)
+
+
+def train_model(
+    training_set: TrainingSet, spec: FeatureTableSpec, params: dict[str, Any], num_boost_round: int, early_stopping_rounds: int
+) -> TrainedModel:
+    """Fit LightGBM on the train split with early stopping on the valid split."""
+    train, valid = training_set.part("train"), training_set.part("valid")
+    if train.height == 0 or valid.height == 0:
+        raise ValueError(
+            f"the training set has {train.height} train and {valid.height} validation rows: land and build at least "
+            "two months (the newest is the test month)"
+        )
+    encoder = FeatureEncoder.fit(train, spec)
+    full = lightgbm_params(params)
+    categorical = list(encoder.categorical)
+    datasets = [
+        lgb.Dataset(encoder.matrix(part), label=part[spec.label].to_numpy(), feature_name=encoder.feature_names,
+                    categorical_feature=categorical, free_raw_data=False)
+        for part in (train, valid)
+    ]  # fmt: skip
+    booster = lgb.train(
+        full,
+        datasets[0],
+        num_boost_round=num_boost_round,
+        valid_sets=[datasets[1]],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    return TrainedModel(booster, encoder, best, full)
+
+
+def load_model(text: str, encoder_json: dict[str, Any]) -> TrainedModel:
+    """A model from its registry text (checksum already verified) and its stored encoder."""
+    booster = lgb.Booster(model_str=text)
+    return TrainedModel(booster, FeatureEncoder.from_json(encoder_json), booster.current_iteration(), {})
+
+
+def load_version(registry: Registry, version: str) -> TrainedModel:
+    """A registered model, checksum verified (a tampered file raises ``RegistryIntegrityError``), never unpickled."""
+    return load_model(registry.model_text(version), registry.get(version).metadata["encoder"])

@@ -1,0 +1,156 @@
+"""Training: the time-split training set and the challenger model, registered as a new immutable version."""
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from mlops_assets.core.evaluation import metrics, reference_profile
+from mlops_assets.core.features import feature_set_version
+from mlops_assets.core.lineage import code_version
+from mlops_assets.core.registry import Registry
+from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
+from mlops_assets.core.store import ensure_table_like, qualified, query_frame, quote_identifier, replace_where, table_exists
+from mlops_assets.core.training import TrainingSet, split_by_time, stored_training_set, train_model
+from mlops_assets.defs.features import features_key
+from mlops_assets.defs.partitions import DUCKDB_POOL
+from mlops_assets.defs.resources import PlatformStorage
+
+TRAINING_SET_KEY = dg.AssetKey(["features", "training_set"])
+CHALLENGER_KEY = dg.AssetKey(["models", "challenger"])
+CHALLENGER_ALIAS = "challenger"
+
+
+def read_training_set(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec) -> TrainingSet:
+    """``features.training_set`` in its stored order, with the content hash every reader agrees on."""
+    order = ", ".join(quote_identifier(c) for c in (spec.time_column, *spec.key))
+    return stored_training_set(query_frame(conn, f"SELECT * FROM {qualified(*TRAINING_SET_KEY.path)} ORDER BY {order}"))
+
+
+class TrainingSetConfig(dg.Config):
+    window_months: int = Field(
+        default=0, description="How many of the newest built months the training set spans (test month included); 0 = all."
+    )
+
+
+class TrainingParams(dg.Config):
+    """LightGBM hyperparameters (shown and editable in the Launchpad)."""
+
+    learning_rate: float = Field(default=0.05, description="Shrinkage per boosting round.")
+    num_leaves: int = Field(default=63, description="Maximum leaves per tree.")
+    min_data_in_leaf: int = Field(default=100, description="Minimum rows in a leaf: larger is smoother.")
+    feature_fraction: float = Field(default=0.9, description="Share of features tried per tree.")
+    lambda_l2: float = Field(default=1.0, description="L2 regularisation of leaf values.")
+    cat_smooth: float = Field(default=10.0, description="Smoothing of categorical splits (carrier, dest, ...).")
+    num_boost_round: int = Field(default=1000, description="Upper bound on boosting rounds.")
+    early_stopping_rounds: int = Field(default=50, description="Stop when validation AUC has not improved for this many rounds.")
+    num_threads: int = Field(default=2, description="Threads; results are identical for a fixed value.")
+
+    def lightgbm(self) -> dict[str, float | int]:
+        return {
+            "learning_rate": self.learning_rate, "num_leaves": self.num_leaves, "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction, "lambda_l2": self.lambda_l2, "cat_smooth": self.cat_smooth,
+            "num_threads": self.num_threads,
+        }  # fmt: skip
+
+
+def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
+    spec = model.training_features
+
+    @dg.asset(
+        key=TRAINING_SET_KEY,
+        deps=[features_key(spec)],
+        group_name="train",
+        kinds={"duckdb"},
+        pool=DUCKDB_POOL,
+        description=f"`features.training_set`: the built months of `features.{spec.name}` split by time: the newest month "
+        "is the test set (no model trains on it), the two weeks before it validate early stopping, the rest trains; "
+        "rows whose label became known after the next split began are purged. Its content hash (sha256 over every "
+        "value) is this asset's data version.",
+    )
+    def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
+        with duckdb.get_connection() as conn:
+            if not table_exists(conn, "features", spec.name):
+                raise dg.Failure(description=f"features.{spec.name} is empty: run feature_pipeline first.")
+            months = [r[0] for r in conn.execute(f"SELECT DISTINCT _month FROM {qualified('features', spec.name)} ORDER BY 1").fetchall()]
+            if config.window_months:
+                months = months[-config.window_months :]
+            if len(months) < 2:
+                raise dg.Failure(description=f"only {months} built: training needs at least two months (the newest is the test month).")
+            rows = query_frame(conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month BETWEEN ? AND ?", [months[0], months[-1]])
+            split = split_by_time(rows, spec, months[-1])
+            name = ensure_table_like(conn, "features", "training_set", split.frame)
+            replace_where(conn, name, split.frame, "true", [])
+            built = read_training_set(conn, spec)
+        summary = built.summary()
+        context.log.info(f"training set {built.content_hash[:12]}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if k.endswith("_rows")))
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(built.content_hash),
+            metadata={
+                **{k: v for k, v in summary.items() if isinstance(v, int)},
+                **{k: dg.MetadataValue.text(str(v)) for k, v in summary.items() if not isinstance(v, int)},
+                "months": dg.MetadataValue.text(", ".join(months)),
+            },
+        )
+
+    return training_set
+
+
+def build_challenger_asset(model: ModelSpec) -> dg.AssetsDefinition:
+    spec = model.training_features
+
+    @dg.asset(
+        key=CHALLENGER_KEY,
+        deps=[TRAINING_SET_KEY],
+        group_name="train",
+        kinds={"lightgbm"},
+        pool=DUCKDB_POOL,
+        description="The challenger: LightGBM (`lgb.train`, native categoricals, early stopping on the validation "
+        "weeks) trained on `features.training_set`, registered as a new immutable registry version with its lineage "
+        "(code version, training-set hash, feature-set version, params, metrics, rows, time range, run id) and a "
+        "reference profile of its features and scores. Same data, params and code give a byte-identical model.",
+    )
+    def challenger(context: dg.AssetExecutionContext, config: TrainingParams, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+        with duckdb.get_connection() as conn:
+            built = read_training_set(conn, spec)
+        trained = train_model(built, spec, config.lightgbm(), config.num_boost_round, config.early_stopping_rounds)
+        valid = built.part("valid")
+        valid_scores = trained.predict(valid)
+        valid_metrics = metrics(valid[spec.label].to_numpy(), valid_scores)
+        train = built.part("train")
+        metadata = {
+            "model": model.name,
+            "code_version": code_version(),
+            "training_set_hash": built.content_hash,
+            "feature_set_version": feature_set_version(spec),
+            "params": trained.params,
+            "num_boost_round": config.num_boost_round,
+            "best_iteration": trained.best_iteration,
+            "metrics": {"valid": valid_metrics},
+            "data": built.summary(),
+            "encoder": trained.encoder.to_json(),
+            "dagster_run_id": context.run.run_id,
+        }
+        profile = reference_profile(train, list(spec.numeric), list(spec.categorical), trained.predict(train))
+        registry = Registry(storage.registry_dir)
+        version = registry.register(trained.text, metadata, profile, run_id=context.run.run_id)
+        registry.set_alias(CHALLENGER_ALIAS, version.version, "challenger", "latest trained model", run_id=context.run.run_id)
+        context.log.info(f"registered {version.version}: valid AUC {valid_metrics['roc_auc']:.4f}, {trained.best_iteration} trees")
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(version.metadata["model_sha256"]),
+            metadata={
+                "model_version": version.version,
+                "model_sha256": dg.MetadataValue.text(version.metadata["model_sha256"]),
+                "valid_roc_auc": valid_metrics["roc_auc"],
+                "valid_log_loss": valid_metrics["log_loss"],
+                "best_iteration": trained.best_iteration,
+                "train_rows": train.height,
+                "valid_rows": valid.height,
+                "training_set_hash": dg.MetadataValue.text(built.content_hash),
+                "feature_set_version": dg.MetadataValue.text(metadata["feature_set_version"]),
+                "git_commit": dg.MetadataValue.text(str(metadata["code_version"]["git_commit"])),
+                "params": dg.MetadataValue.json(trained.params),
+            },
+        )
+
+    return challenger

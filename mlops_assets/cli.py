@@ -2,7 +2,9 @@
 
     mlops replay --through 2013-03     land Jan..Mar 2013 as the production feed would (idempotent)
     mlops replay --month 2013-04       land one more month
-    mlops status [--json]              landed months, validated / quarantined rows, rejected batches, features
+    mlops status [--json]              landed months, rows, quarantine, features, model versions, aliases, events
+    mlops runs [--last N]              training runs side by side: params, data hash, metrics
+    mlops rollback [--to VERSION]      move the champion back by hand (recorded in the event log)
     mlops home                         prepare $DAGSTER_HOME (dagster.yaml from the repo) and print its path
 """
 
@@ -18,7 +20,8 @@ import duckdb
 from mlops_assets.core.flights import FIRST_MONTH, FLIGHTS, replay_months
 from mlops_assets.core.landing import LandedFile, month_range, parse_month
 from mlops_assets.core.settings import REPO_ROOT, load_settings
-from mlops_assets.core.status import format_status, store_status
+from mlops_assets.core.registry import Registry, RegistryIntegrityError, rollback
+from mlops_assets.core.status import format_registry, format_runs, format_status, registry_status, store_status
 
 
 def _month(value: str) -> str:
@@ -65,7 +68,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     except duckdb.IOException as error:
         print(f"error: cannot read {settings.warehouse_path} ({error}); a run is writing it, try again when it ends", file=sys.stderr)
         return 1
-    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+    status["registry"] = registry_status(Registry(settings.registry_dir))
+    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status) + "\n" + format_registry(status["registry"]))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    print(format_runs(Registry(load_settings().registry_dir), args.last))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    registry = Registry(load_settings().registry_dir)
+    try:
+        version = rollback(registry, reason=args.reason, to=args.to)
+    except (ValueError, KeyError, RegistryIntegrityError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"champion is now {version} (logged as rolled_back: {args.reason})")
     return 0
 
 
@@ -96,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="what the platform holds: months, rows, quarantine, features")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)
+
+    runs = commands.add_parser("runs", help="training runs side by side: params, data hash, metrics")
+    runs.add_argument("--last", type=int, default=10, help="how many of the newest versions")
+    runs.set_defaults(handler=cmd_runs)
+
+    back = commands.add_parser("rollback", help="move the champion back (to the previous champion by default)")
+    back.add_argument("--to", help="the version to serve, e.g. v0003")
+    back.add_argument("--reason", default="rolled back by hand", help="recorded in the event log")
+    back.set_defaults(handler=cmd_rollback)
 
     home = commands.add_parser("home", help="prepare $DAGSTER_HOME (with the repo's dagster.yaml) and print its path")
     home.set_defaults(handler=cmd_home)

@@ -227,6 +227,14 @@ FLIGHT_FEATURES = FeatureTableSpec(
     ),  # fmt: skip
 )
 
+def _band(column: str, upper_bounds: list[tuple[float, str]], last: str) -> pl.Expr:
+    """Label each value with the first band whose (exclusive) upper bound it is below."""
+    expr = pl.when(pl.col(column).is_null()).then(pl.lit(None, dtype=pl.String))
+    for bound, label in upper_bounds:
+        expr = expr.when(pl.col(column) < bound).then(pl.lit(label))
+    return expr.otherwise(pl.lit(last))
+
+
 FLIGHTS = ModelSpec(
     name="flights",
     tables=(FLIGHTS_TABLE, WEATHER_TABLE, PLANES_TABLE, AIRPORTS_TABLE, AIRLINES_TABLE),
@@ -234,8 +242,8 @@ FLIGHTS = ModelSpec(
     slices={
         "carrier": pl.col("carrier"),
         "origin": pl.col("origin"),
-        "distance_band": pl.col("distance").cut([500, 1000, 2000], labels=["<500", "500-1000", "1000-2000", ">=2000"], left_closed=True),
-        "departure_hours": pl.col("sched_hour").cut([9, 14, 19], labels=["00-09", "10-14", "15-19", "20-23"], left_closed=False),
+        "distance_band": _band("distance", [(500, "<500"), (1000, "500-999"), (2000, "1000-1999")], ">=2000"),
+        "departure_hours": _band("sched_hour", [(10, "00-09"), (15, "10-14"), (20, "15-19")], "20-23"),
     },
 )
 

@@ -169,5 +169,23 @@ class Registry:
         return seen
 
 
+def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str | None = None) -> str:
+    """Move the champion back to ``to`` or, by default, to the champion before the current one; log ``rolled_back``.
+
+    Returns the new champion. Raises ``ValueError`` when there is nothing to roll back to.
+    """
+    current = registry.alias(CHAMPION)
+    if to is None:
+        earlier = [v for v in registry.previous_champions() if v != current]
+        if not earlier:
+            raise ValueError(f"no earlier champion to roll back to (current: {current}); name one with --to")
+        to = earlier[0]
+    if to == current:
+        raise ValueError(f"{to} is already the champion")
+    registry.model_text(to)  # refuse a damaged target before it serves
+    registry.set_alias(CHAMPION, to, "rolled_back", f"{reason} (from {current})", run_id=run_id)
+    return to
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")

@@ -9,6 +9,7 @@ import duckdb
 
 from mlops_assets.core.ingest import latest_verdicts
 from mlops_assets.core.landing import landed_months
+from mlops_assets.core.registry import Registry
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import qualified, table_exists
 
@@ -64,4 +65,58 @@ def format_status(status: dict[str, Any]) -> str:
     for name, by_month in status["features"].items():
         months = ", ".join(f"{m}: {n:,}" for m, n in by_month.items())
         lines.append(f"features.{name}: {sum(by_month.values()):,} rows ({months or 'none'})")
+    return "\n".join(lines)
+
+
+def registry_status(registry: Registry, events: int = 8) -> dict[str, Any]:
+    """Versions with their key metrics, the aliases, and the latest events."""
+    versions = []
+    for version in registry.versions():
+        meta = registry.get(version).metadata
+        valid = meta.get("metrics", {}).get("valid", {})
+        versions.append({
+            "version": version, "registered_at": meta.get("registered_at"), "valid_roc_auc": valid.get("roc_auc"),
+            "valid_log_loss": valid.get("log_loss"), "training_set_hash": meta.get("training_set_hash"),
+            "feature_set_version": meta.get("feature_set_version"), "test_month": meta.get("data", {}).get("test_month"),
+        })  # fmt: skip
+    return {"versions": versions, "aliases": registry.aliases(), "events": registry.events(limit=events)}
+
+
+def format_registry(status: dict[str, Any]) -> str:
+    if not status["versions"]:
+        return "Models: none registered yet (run `dagster job execute -m mlops_assets.definitions -j training_pipeline`)"
+    aliases = ", ".join(f"{name} -> {version}" for name, version in status["aliases"].items()) or "none"
+    lines = [f"Models: {len(status['versions'])} version(s); aliases: {aliases}", "Latest events:"]
+    for event in status["events"]:
+        lines.append(f"  {event['time']}  {event['event']:<11} {event.get('version') or '-':<6} {event.get('reason', '')}")
+    return "\n".join(lines)
+
+
+def format_runs(registry: Registry, last: int = 10) -> str:
+    """Training runs side by side, newest last: one column per version."""
+    versions = registry.versions()[-last:]
+    if not versions:
+        return "No training runs yet."
+    metas = [registry.get(v).metadata for v in versions]
+    rows: list[tuple[str, list[str]]] = [
+        ("registered", [str(m.get("registered_at", ""))[:16] for m in metas]),
+        ("git commit", [str((m.get("code_version") or {}).get("git_commit") or "-")[:10] for m in metas]),
+        ("training set", [str(m.get("training_set_hash", "-"))[:10] for m in metas]),
+        ("feature set", [str(m.get("feature_set_version", "-"))[:10] for m in metas]),
+        ("test month", [str(m.get("data", {}).get("test_month", "-")) for m in metas]),
+        ("train rows", [str(m.get("data", {}).get("train_rows", "-")) for m in metas]),
+        ("trees", [str(m.get("best_iteration", "-")) for m in metas]),
+    ]
+    params = sorted({k for m in metas for k in m.get("params", {}) if k not in ("metric", "objective", "verbosity")})
+    rows += [(k, [str(m.get("params", {}).get(k, "-")) for m in metas]) for k in params]
+    rows += [
+        (f"valid {metric}", [f"{m.get('metrics', {}).get('valid', {}).get(metric, float('nan')):.4f}" for m in metas])
+        for metric in ("roc_auc", "log_loss", "brier")
+    ]
+    aliases = registry.aliases()
+    rows.append(("alias", [", ".join(a for a, v in aliases.items() if v == version) or "-" for version in versions]))
+    width = max(len(label) for label, _ in rows)
+    cell = max(11, *(len(value) for _, values in rows for value in values))
+    lines = [" " * width + "  " + "".join(f"{v:>{cell + 2}}" for v in versions)]
+    lines += [f"{label:<{width}}  " + "".join(f"{value:>{cell + 2}}" for value in values) for label, values in rows]
     return "\n".join(lines)

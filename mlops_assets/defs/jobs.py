@@ -13,7 +13,7 @@ from mlops_assets.core.landing import landed_months
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.defs.partitions import range_tags
 
-FEATURE_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"]) - dg.AssetSelection.keys(
+FEATURE_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"]) - dg.AssetSelection.assets(
     ["features", "training_set"]
 )
 TRAINING_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"], ["models"], ["reports"])

@@ -1,0 +1,84 @@
+"""The model on a real three-month slice: the time split, determinism, a floor on AUC, invariance and direction."""
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from mlops_assets.core.evaluation import roc_auc
+from mlops_assets.core.features import compute_features
+from mlops_assets.core.flights import FLIGHT_FEATURES, FLIGHTS, replay_months
+from mlops_assets.core.ingest import ingest_raw, validate_partition
+from mlops_assets.core.landing import find_landed
+from mlops_assets.core.registry import Registry
+from mlops_assets.core.training import TrainedModel, TrainingSet, load_version, split_by_time, train_model
+
+MONTHS = ["2013-01", "2013-02", "2013-03"]
+PARAMS = {"learning_rate": 0.1, "num_leaves": 31, "min_data_in_leaf": 50, "num_threads": 2}
+
+
+@pytest.fixture(scope="module")
+def training_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainingSet]:
+    """Jan-Mar 2013, every 5th flight, through the real landing, validation and feature path."""
+    root = tmp_path_factory.mktemp("training")
+    replay_months(root / "landing", MONTHS, every=5)
+    with duckdb.connect(str(root / "warehouse.duckdb")) as conn:
+        for table in ("airlines", "airports", "planes", "flights", "weather"):
+            spec = FLIGHTS.table(table)
+            for month in MONTHS if spec.monthly else [None]:
+                landed = find_landed(root / "landing", table, month)
+                assert landed is not None
+                ingest_raw(conn, spec, landed, root / "landing", root / "quarantine", "t", datetime(2026, 1, 1))
+                validate_partition(conn, spec, month, "t", datetime(2026, 1, 1))
+        features = compute_features(conn, FLIGHT_FEATURES, MONTHS[0], MONTHS[-1])
+    yield split_by_time(features, FLIGHT_FEATURES, MONTHS[-1])
+
+
+@pytest.fixture(scope="module")
+def model(training_set: TrainingSet) -> TrainedModel:
+    return train_model(training_set, FLIGHT_FEATURES, PARAMS, num_boost_round=300, early_stopping_rounds=30)
+
+
+def test_the_split_is_by_time_and_purged(training_set: TrainingSet) -> None:
+    train, valid, test = (training_set.part(s) for s in ("train", "valid", "test"))
+    assert train.height and valid.height and test.height
+    assert train["sched_dep_local"].max() < valid["sched_dep_local"].min()  # type: ignore[operator]
+    assert valid["sched_dep_local"].max() < test["sched_dep_local"].min()  # type: ignore[operator]
+    assert set(test["_month"].unique()) == {"2013-03"}
+    # no training label became known after the validation weeks began (UTC start of the local day + 4 h)
+    assert train["label_known_at"].max() < datetime(2013, 2, 15, 4)  # type: ignore[operator]
+
+
+def test_training_is_deterministic_to_the_byte(training_set: TrainingSet, model: TrainedModel) -> None:
+    again = train_model(training_set, FLIGHT_FEATURES, PARAMS, num_boost_round=300, early_stopping_rounds=30)
+    assert again.text == model.text
+
+
+def test_auc_on_the_held_out_month_is_above_a_floor(training_set: TrainingSet, model: TrainedModel) -> None:
+    test = training_set.part("test")
+    auc = roc_auc(test["is_delayed"].to_numpy(), model.predict(test))
+    assert auc > 0.70, auc
+
+
+def test_the_flight_number_does_not_change_the_score(training_set: TrainingSet, model: TrainedModel) -> None:
+    test = training_set.part("test").head(2000)
+    renumbered = test.with_columns((pl.col("flight") + 7000).alias("flight"))
+    np.testing.assert_array_equal(model.predict(test), model.predict(renumbered))
+
+
+def test_a_much_higher_origin_delay_does_not_lower_the_risk(training_set: TrainingSet, model: TrainedModel) -> None:
+    test = training_set.part("test").head(2000)
+    stormy = test.with_columns(pl.lit(120.0).alias("origin_dep_delay_mean_3h"))
+    calm = test.with_columns(pl.lit(0.0).alias("origin_dep_delay_mean_3h"))
+    assert model.predict(stormy).mean() > model.predict(calm).mean()
+
+
+def test_a_registered_model_scores_exactly_like_the_trained_one(tmp_path: Path, training_set: TrainingSet, model: TrainedModel) -> None:
+    registry = Registry(tmp_path)
+    version = registry.register(model.text, {"encoder": model.encoder.to_json()}, {}, run_id=None).version
+    test = training_set.part("test").head(500)
+    np.testing.assert_array_equal(load_version(registry, version).predict(test), model.predict(test))

@@ -5,11 +5,13 @@
     mlops status [--json]              landed months, rows, quarantine, features, model versions, aliases, events
     mlops runs [--last N]              training runs side by side: params, data hash, metrics
     mlops rollback [--to VERSION]      move the champion back by hand (recorded in the event log)
+    mlops resume RUN_ID                re-execute a failed run from its failed step (Dagster re-execution)
     mlops home                         prepare $DAGSTER_HOME (dagster.yaml from the repo) and print its path
 """
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -89,6 +91,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    import dagster as dg  # only this command needs Dagster itself
+
+    from mlops_assets.definitions import resume_run
+
+    settings = load_settings()
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str(settings.dagster_home)  # the instance the pipeline commands use
+    try:
+        with dg.DagsterInstance.get() as instance:
+            result = resume_run(args.run_id, instance)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    steps = sorted({e.step_key for e in result.all_events if e.is_step_success and e.step_key})
+    print(f"run {result.run_id} (resuming {args.run_id}): {'SUCCESS' if result.success else 'FAILURE'}; re-ran: {', '.join(steps) or 'nothing'}")
+    return 0 if result.success else 1
+
+
 def cmd_home(args: argparse.Namespace) -> int:
     """Create $DAGSTER_HOME under the data directory with the repo's dagster.yaml, and print its absolute path."""
     home = load_settings().dagster_home
@@ -125,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--to", help="the version to serve, e.g. v0003")
     back.add_argument("--reason", default="rolled back by hand", help="recorded in the event log")
     back.set_defaults(handler=cmd_rollback)
+
+    resume = commands.add_parser("resume", help="re-execute a failed run from its failure")
+    resume.add_argument("run_id", help="the failed run's id (shown by dagster and in the UI)")
+    resume.set_defaults(handler=cmd_resume)
 
     home = commands.add_parser("home", help="prepare $DAGSTER_HOME (with the repo's dagster.yaml) and print its path")
     home.set_defaults(handler=cmd_home)

@@ -58,3 +58,37 @@ def defs() -> dg.Definitions:
     if instance is not None:
         register_months(instance, landed_months(settings.landing_dir, [t.name for t in FLIGHTS.monthly_tables]))
     return build_definitions(FLIGHTS, settings)
+
+
+# Module-level job factories: Dagster re-executes a failed run from these (`mlops resume`), since a re-execution must be
+# able to rebuild the job in a fresh process.
+def feature_pipeline_job() -> dg.JobDefinition:
+    return defs().resolve_job_def("feature_pipeline")
+
+
+def training_pipeline_job() -> dg.JobDefinition:
+    return defs().resolve_job_def("training_pipeline")
+
+
+RESUMABLE_JOBS = {"feature_pipeline": feature_pipeline_job, "training_pipeline": training_pipeline_job}
+
+
+def resume_run(run_id: str, instance: dg.DagsterInstance) -> dg.JobExecutionResult:
+    """Re-execute a failed run from its failure: only the failed steps and what follows them run again, with the
+    parent run's config and tags (so the same months)."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        raise ValueError(f"no run {run_id!r} in the Dagster instance at $DAGSTER_HOME")
+    if run.status != dg.DagsterRunStatus.FAILURE:
+        raise ValueError(f"run {run_id} is {run.status.value}, not FAILURE: nothing to resume")
+    succeeded = instance.get_runs(filters=dg.RunsFilter(job_name=run.job_name, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=200)
+    done = [r.run_id for r in succeeded if r.parent_run_id == run_id]
+    if done:
+        raise ValueError(f"run {run_id} was already resumed successfully by run {done[0]}")
+    if run.job_name not in RESUMABLE_JOBS:
+        raise ValueError(f"run {run_id} is of job {run.job_name!r}; resumable jobs: {', '.join(RESUMABLE_JOBS)}")
+    return dg.execute_job(
+        dg.reconstructable(RESUMABLE_JOBS[run.job_name]),
+        instance=instance,
+        reexecution_options=dg.ReexecutionOptions.from_failure(run_id, instance),
+    )

@@ -48,7 +48,10 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
         challenger = registry.alias("challenger")
         if challenger is None:
             raise dg.Failure(description="no challenger registered: materialize models/challenger first")
-        record = json.loads((evaluation_dir(storage.reports_dir, challenger) / "evaluation.json").read_text())
+        evaluated = evaluation_dir(storage.reports_dir, challenger) / "evaluation.json"
+        if not evaluated.exists():
+            raise dg.Failure(description=f"challenger {challenger} has no evaluation yet: materialize reports/evaluation first")
+        record = json.loads(evaluated.read_text())
         results = record["metrics"]
         current = registry.alias(CHAMPION)
         if current == challenger:

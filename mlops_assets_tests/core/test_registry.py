@@ -46,3 +46,21 @@ def test_aliases_move_with_a_logged_reason_and_refuse_unknown_versions(tmp_path:
     with pytest.raises(UnknownVersionError):
         registry.set_alias(CHAMPION, "v0099", "promoted", "nope")
     assert registry.alias(CHAMPION) == second
+
+
+def test_a_registration_that_fails_midway_leaves_no_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    registry = Registry(tmp_path)
+    _register(registry)
+
+    def crash(*_: object) -> None:
+        raise KeyboardInterrupt  # the process is stopped while publishing the folder
+
+    monkeypatch.setattr(os, "rename", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _register(registry, MODEL + "never")
+    monkeypatch.undo()
+    assert registry.versions() == ["v0001"]
+    assert [p.name for p in (tmp_path / "versions").iterdir()] == ["v0001"]  # the staging folder is gone too
+    assert _register(registry, MODEL + "next") == "v0002"

@@ -57,8 +57,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"Done in {elapsed:.1f} s: {counts['landed']} new, {counts['replaced']} replaced, {counts['unchanged']} unchanged.")
     if counts["landed"] or counts["replaced"]:
         print(
-            "Next: `dagster job execute -m mlops_assets.definitions -j feature_pipeline` (or `make pipeline`), or let "
-            "the landing sensor pick them up under `dagster dev -w workspace.yaml` (`make ui`)."
+            "Next: `dagster job execute -m mlops_assets.definitions -j training_pipeline` (features, model, "
+            "evaluation, promotion; `-j feature_pipeline` for the features only), or let the landing sensor build "
+            "their features under `dagster dev -w workspace.yaml` (`make ui`)."
         )
     return 0
 

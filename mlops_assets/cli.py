@@ -85,7 +85,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     registry = Registry(load_settings().registry_dir)
     try:
         version = rollback(registry, reason=args.reason, to=args.to)
-    except (ValueError, KeyError, RegistryIntegrityError) as error:
+    except (ValueError, LookupError, RegistryIntegrityError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"champion is now {version} (logged as rolled_back: {args.reason})")

@@ -36,7 +36,7 @@ class RegistryIntegrityError(RuntimeError):
     """A registry artifact does not match its checksum (tampered or truncated): it is never loaded."""
 
 
-class UnknownVersionError(KeyError):
+class UnknownVersionError(LookupError):
     """No such version in the registry."""
 
 

@@ -77,8 +77,8 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
         write_atomic(out / "evaluation.json", json.dumps(record, indent=1).encode())
         report = _report(record, plots)
         write_atomic(out / "report.md", report.encode())
-        context.log.info(f"challenger {challenger}: AUC {results['challenger']['roc_auc']:.4f}" + (
-            f", champion {champion}: AUC {results['champion']['roc_auc']:.4f}" if "champion" in results else ", no champion yet"))
+        context.log.info(f"test month {record['test_month']}: challenger {challenger} AUC {results['challenger']['roc_auc']:.4f}" + (
+            f", champion {champion} AUC {results['champion']['roc_auc']:.4f}" if "champion" in results else ", no champion yet"))
         numbers = {f"{name}_{metric}": float(value) for name, m in results.items() for metric, value in m.items()}
         return dg.MaterializeResult(
             metadata={
@@ -103,8 +103,9 @@ def _report(record: dict, plots: dict[str, bytes]) -> str:
         "| metric | " + " | ".join(f"{n} ({record['versions'][n]})" for n in names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    for metric in ("roc_auc", "pr_auc", "log_loss", "brier", "calibration_error", "base_rate", "rows"):
+    for metric in ("roc_auc", "pr_auc", "log_loss", "brier", "calibration_error", "base_rate"):
         lines.append(f"| {metric} | " + " | ".join(f"{results[n][metric]:.4f}" for n in names) + " |")
+    lines.append("| rows | " + " | ".join(f"{int(results[n]['rows']):,}" for n in names) + " |")
     lines += ["", markdown_image(plots["roc"], "ROC"), markdown_image(plots["calibration"], "calibration"),
               markdown_image(plots["slices"], "AUC per slice"), markdown_image(plots["importance"], "feature importance"), ""]  # fmt: skip
     lines += ["### Slices", "", "| slice | value | rows | base rate | " + " | ".join(f"{n} AUC" for n in names) + " |",

@@ -135,7 +135,9 @@ def build_challenger_asset(model: ModelSpec) -> dg.AssetsDefinition:
         registry = Registry(storage.registry_dir)
         version = registry.register(trained.text, metadata, profile, run_id=context.run.run_id)
         registry.set_alias(CHALLENGER_ALIAS, version.version, "challenger", "latest trained model", run_id=context.run.run_id)
-        context.log.info(f"registered {version.version}: valid AUC {valid_metrics['roc_auc']:.4f}, {trained.best_iteration} trees")
+        context.log.info(
+            f"registered {version.version}: validation-weeks AUC {valid_metrics['roc_auc']:.4f}, {trained.best_iteration} trees"
+        )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(version.metadata["model_sha256"]),
             metadata={

@@ -40,6 +40,7 @@ from mlops_assets.core.store import (
     duckdb_type,
     ensure_batch_log,
     ensure_table,
+    fetch_row,
     qualified,
     query_frame,
     quote_identifier,
@@ -228,10 +229,10 @@ def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | Non
             counts[key] = 0
             continue
         name = qualified(schema, table)
-        found = conn.execute(
-            f"SELECT count(*) FROM {name} WHERE _sha256 = ? AND _month IS NOT DISTINCT FROM ?{extra}", [sha256, month]
-        ).fetchone()
-        counts[key] = int(found[0]) if found else 0
+        (found,) = fetch_row(
+            conn, f"SELECT count(*) FROM {name} WHERE _sha256 = ? AND _month IS NOT DISTINCT FROM ?{extra}", [sha256, month]
+        )
+        counts[key] = int(found)
     return counts
 
 

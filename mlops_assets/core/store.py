@@ -102,11 +102,20 @@ def ensure_table_like(conn: duckdb.DuckDBPyConnection, schema: str, table: str, 
     return name
 
 
+def fetch_row(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:
+    """The single row of a query, with its result fully consumed (DuckDB 2 refuses new work on a connection while a
+    result is partly fetched)."""
+    rows = conn.execute(sql, list(params or [])).fetchall()
+    if len(rows) != 1:
+        raise ValueError(f"expected one row, got {len(rows)}: {sql}")
+    return tuple(rows[0])
+
+
 def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    found = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
-    ).fetchone()
-    return bool(found and found[0])
+    (found,) = fetch_row(
+        conn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
+    )
+    return bool(found)
 
 
 def replace_where(

@@ -3,10 +3,10 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets.core.features import VERSION_COLUMN, feature_set_version, write_month
+from mlops_assets.core.features import VERSION_COLUMN, feature_set_version, write_months
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.markdown import frame_to_markdown
-from mlops_assets.core.store import qualified, query_frame, table_exists
+from mlops_assets.core.store import fetch_row, qualified, query_frame, table_exists
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.validate import validated_key
 
@@ -33,14 +33,10 @@ def build_feature_asset(spec: FeatureTableSpec, model: ModelSpec) -> dg.AssetsDe
     )
     def _features(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         months = run_months(context)
-        rows: dict[str, int] = {}
         with duckdb.get_connection() as conn:
-            for month in months:
-                frame = write_month(conn, spec, month)
-                rows[month] = frame.height
-                label_rate = float(frame[spec.label].mean()) if frame.height else float("nan")  # type: ignore[arg-type]
-                context.log.info(f"{spec.name} {month}: {frame.height} rows, label rate {label_rate:.3f}")
+            rows = write_months(conn, spec, months)
             preview = query_frame(conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ? LIMIT 5", [months[-1]])
+        context.log.info(f"{spec.name}: " + ", ".join(f"{m}: {n} rows" for m, n in rows.items()))
         table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
         return dg.MaterializeResult(
             metadata={
@@ -73,13 +69,14 @@ def build_one_row_check(spec: FeatureTableSpec, entity_table: str) -> dg.AssetCh
             features, source = qualified("features", spec.name), qualified("validated", entity_table)
             keys = ", ".join(f'"{k}"' for k in spec.key)
             for month in months:
-                built, distinct, unlabeled, stale = conn.execute(
+                built, distinct, unlabeled, stale = fetch_row(
+                    conn,
                     f"""SELECT count(*), count(DISTINCT ({keys})), count(*) FILTER ({spec.label} IS NULL),
                                count(*) FILTER ({VERSION_COLUMN} <> ?)
                         FROM {features} WHERE _month = ?""",
                     [version, month],
-                ).fetchone()  # type: ignore[misc]
-                (expected,) = conn.execute(f"SELECT count(*) FROM {source} WHERE _month = ?", [month]).fetchone()  # type: ignore[misc]
+                )
+                (expected,) = fetch_row(conn, f"SELECT count(*) FROM {source} WHERE _month = ?", [month])
                 if built != expected:
                     problems.append(f"{month}: {built} feature rows for {expected} validated {entity_table} rows")
                 if distinct != built:

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from mlops_assets.core.features import compute_features, feature_set_version, write_month
+from mlops_assets.core.features import compute_features, feature_set_version, write_month, write_months
 from mlops_assets.core.flights import FLIGHT_FEATURES, replay_months
 from mlops_assets.core.settings import Settings
 from mlops_assets_tests.conftest import EVERY, MONTHLY, load_month
@@ -77,13 +77,20 @@ def test_features_before_t_do_not_change_when_the_future_changes(store: duckdb.D
     assert (later["temp"] != later["temp_new"]).sum() > 100
 
 
+def _stored(store: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    return store.sql("SELECT * FROM features.flight_features ORDER BY prediction_time, carrier, flight, origin").pl()
+
+
 def test_a_month_built_alone_equals_the_full_build(store: duckdb.DuckDBPyConnection) -> None:
     for month in MONTHS:
         write_month(store, FLIGHT_FEATURES, month)
-    incremental = store.sql("SELECT * FROM features.flight_features ORDER BY prediction_time, carrier, flight, origin").pl()
+    incremental = _stored(store)
     full = compute_features(store, FLIGHT_FEATURES, MONTHS[0], MONTHS[-1], context_start=datetime(2000, 1, 1))
-    assert incremental.height == full.height == store.execute("SELECT count(*) FROM validated.flights").fetchone()[0]  # type: ignore[index]
+    assert incremental.height == full.height == store.execute("SELECT count(*) FROM validated.flights").fetchall()[0][0]
     assert_frame_equal(incremental, full)
+    # several months written in one pass (what a multi-month run does) give the same table
+    assert write_months(store, FLIGHT_FEATURES, MONTHS, chunk=2) == {m: full.filter(pl.col("_month") == m).height for m in MONTHS}
+    assert_frame_equal(_stored(store), full)
 
 
 def test_rerunning_a_month_replaces_it(store: duckdb.DuckDBPyConnection) -> None:

@@ -14,7 +14,7 @@ import duckdb
 import polars as pl
 
 from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
-from mlops_assets.core.landing import month_key, parse_month
+from mlops_assets.core.landing import month_key, parse_month, shift_month
 from mlops_assets.core.specs import FeatureTableSpec
 from mlops_assets.core.store import ensure_table_like, query_frame, replace_where
 
@@ -77,3 +77,30 @@ def write_month(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, month: 
     name = ensure_table_like(conn, "features", spec.name, frame)
     replace_where(conn, name, frame, "_month = ?", [month])
     return frame
+
+
+def write_months(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str], chunk: int = 12) -> dict[str, int]:
+    """Build several months and replace their partitions; return rows per month.
+
+    Consecutive months are built together, up to ``chunk`` at a time (one query and one pass of the engine instead of
+    one per month): the result is the same as month by month, which the tests hold every feature table to.
+    """
+    rows: dict[str, int] = {}
+    for group in _consecutive_groups(sorted(months), chunk):
+        frame = compute_features(conn, spec, group[0], group[-1])
+        name = ensure_table_like(conn, "features", spec.name, frame)
+        for month in group:
+            part = frame.filter(pl.col("_month") == month)
+            replace_where(conn, name, part, "_month = ?", [month])
+            rows[month] = part.height
+    return rows
+
+
+def _consecutive_groups(months: list[str], chunk: int) -> list[list[str]]:
+    groups: list[list[str]] = []
+    for month in months:
+        if groups and len(groups[-1]) < chunk and shift_month(groups[-1][-1], 1) == month:
+            groups[-1].append(month)
+        else:
+            groups.append([month])
+    return groups

@@ -19,6 +19,7 @@ from mlops_assets.defs.resources import PlatformStorage
 TRAINING_SET_KEY = dg.AssetKey(["features", "training_set"])
 CHALLENGER_KEY = dg.AssetKey(["models", "challenger"])
 CHALLENGER_ALIAS = "challenger"
+PROFILE_ROWS = 50_000
 
 
 def read_training_set(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec) -> TrainingSet:
@@ -36,21 +37,22 @@ class TrainingSetConfig(dg.Config):
 class TrainingParams(dg.Config):
     """LightGBM hyperparameters (shown and editable in the Launchpad)."""
 
-    learning_rate: float = Field(default=0.05, description="Shrinkage per boosting round.")
+    learning_rate: float = Field(default=0.1, description="Shrinkage per boosting round.")
     num_leaves: int = Field(default=63, description="Maximum leaves per tree.")
     min_data_in_leaf: int = Field(default=100, description="Minimum rows in a leaf: larger is smoother.")
     feature_fraction: float = Field(default=0.9, description="Share of features tried per tree.")
     lambda_l2: float = Field(default=1.0, description="L2 regularisation of leaf values.")
     cat_smooth: float = Field(default=10.0, description="Smoothing of categorical splits (carrier, dest, ...).")
+    max_bin: int = Field(default=63, description="Histogram bins per feature: fewer is faster (63 lost no AUC here).")
     num_boost_round: int = Field(default=1000, description="Upper bound on boosting rounds.")
-    early_stopping_rounds: int = Field(default=50, description="Stop when validation AUC has not improved for this many rounds.")
+    early_stopping_rounds: int = Field(default=20, description="Stop when validation AUC has not improved for this many rounds.")
     num_threads: int = Field(default=2, description="Threads; results are identical for a fixed value.")
 
     def lightgbm(self) -> dict[str, float | int]:
         return {
             "learning_rate": self.learning_rate, "num_leaves": self.num_leaves, "min_data_in_leaf": self.min_data_in_leaf,
             "feature_fraction": self.feature_fraction, "lambda_l2": self.lambda_l2, "cat_smooth": self.cat_smooth,
-            "num_threads": self.num_threads,
+            "max_bin": self.max_bin, "num_threads": self.num_threads,
         }  # fmt: skip
 
 
@@ -131,7 +133,9 @@ def build_challenger_asset(model: ModelSpec) -> dg.AssetsDefinition:
             "encoder": trained.encoder.to_json(),
             "dagster_run_id": context.run.run_id,
         }
-        profile = reference_profile(train, list(spec.numeric), list(spec.categorical), trained.predict(train))
+        # the reference profile needs distributions, not every row: an evenly spaced sample of at most 50k rows
+        sample = train.gather_every(max(1, train.height // PROFILE_ROWS))
+        profile = reference_profile(sample, list(spec.numeric), list(spec.categorical), trained.predict(sample))
         registry = Registry(storage.registry_dir)
         version = registry.register(trained.text, metadata, profile, run_id=context.run.run_id)
         registry.set_alias(CHALLENGER_ALIAS, version.version, "challenger", "latest trained model", run_id=context.run.run_id)

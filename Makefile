@@ -34,6 +34,7 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/feature_build.py
+	$(BIN)/python benchmarks/training_pipeline.py
 
 ui: $(BIN)/.installed
 	@$(BIN)/mlops home >/dev/null

@@ -62,12 +62,14 @@ TRAINING_ENV = "MLOPS_BENCH_TRAINING_DEFAULTS"
 
 
 def training_defaults() -> dict:
-    """The defaults of ``mlops_assets.defs.train.TrainingParams`` (the job's): LightGBM params, rounds, patience."""
-    from mlops_assets.defs.train import TrainingParams
+    """What the challenger asset trains with (``mlops_assets.defs.train``): the ``TrainingParams`` defaults (LightGBM
+    params, rounds, patience) and how many training rows its reference profile scores (all when it has no limit)."""
+    from mlops_assets.defs import train
 
-    params = TrainingParams()
+    params = train.TrainingParams()
     return {"params": params.lightgbm(), "num_boost_round": params.num_boost_round,
-            "early_stopping_rounds": params.early_stopping_rounds}  # fmt: skip
+            "early_stopping_rounds": params.early_stopping_rounds,
+            "profile_rows": getattr(train, "PROFILE_ROWS", None)}  # fmt: skip
 
 
 def _bin(name: str) -> list[str]:
@@ -518,7 +520,10 @@ def plain_pipeline() -> dict:
         "best_iteration": trained.best_iteration, "metrics": {"valid": valid_metrics}, "data": split.summary(),
         "encoder": trained.encoder.to_json(), "run_id": run_id,
     }  # fmt: skip
-    profile = reference_profile(train, list(spec.numeric), list(spec.categorical), trained.predict(train))
+    sample = train  # the profile scores the training rows, or an evenly spaced sample of them, as the asset does
+    if defaults.get("profile_rows"):
+        sample = train.gather_every(max(1, train.height // defaults["profile_rows"]))
+    profile = reference_profile(sample, list(spec.numeric), list(spec.categorical), trained.predict(sample))
     registry = Registry(settings.registry_dir)
     version = registry.register(trained.text, metadata, profile, run_id=run_id).version
     registry.set_alias("challenger", version, "challenger", "latest trained model", run_id=run_id)

@@ -45,7 +45,9 @@ class TrainingParams(dg.Config):
     cat_smooth: float = Field(default=10.0, description="Smoothing of categorical splits (carrier, dest, ...).")
     max_bin: int = Field(default=63, description="Histogram bins per feature: fewer is faster (63 lost no AUC here).")
     num_boost_round: int = Field(default=1000, description="Upper bound on boosting rounds.")
-    early_stopping_rounds: int = Field(default=20, description="Stop when validation AUC has not improved for this many rounds.")
+    early_stopping_rounds: int = Field(
+        default=20, description="Stop when the validation AUC or log loss has not improved for this many rounds."
+    )
     num_threads: int = Field(default=2, description="Threads; results are identical for a fixed value.")
 
     def lightgbm(self) -> dict[str, float | int]:

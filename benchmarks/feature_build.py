@@ -33,6 +33,8 @@ import time
 from datetime import date, datetime
 from pathlib import Path
 
+from machine import cpu_and_ram  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
 RESULTS = HERE / "results" / "feature_build.json"
@@ -216,19 +218,8 @@ def _machine() -> dict:
         pandas_version = pandas.__version__
     except ImportError:
         pandas_version = "-"
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "nproc": os.cpu_count(),
-        "ram_gib": round(ram / GIB, 1),
-        "cpu": cpu,
+        **cpu_and_ram(),
         "python": platform.python_version(),
         "duckdb": duckdb.__version__,
         "polars": polars.__version__,

@@ -41,6 +41,8 @@ import time
 from datetime import date, datetime
 from pathlib import Path
 
+from machine import cpu_and_ram  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 README = HERE / "README.md"
@@ -619,16 +621,7 @@ def _machine() -> dict:
     import lightgbm
     import polars
 
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "ram_gib": round(ram / GIB, 1), "cpu": cpu, "python": platform.python_version(),
+    return {**cpu_and_ram(), "python": platform.python_version(),
             "dagster": dagster.__version__, "duckdb": duckdb.__version__, "polars": polars.__version__,
             "lightgbm": lightgbm.__version__, "load_average": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
 

@@ -13,7 +13,7 @@ from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.evaluate import EVALUATION_KEY, evaluation_dir
 from mlops_assets.defs.resources import PlatformStorage
-from mlops_assets.defs.train import read_training_set
+from mlops_assets.defs.train import read_test_rows
 
 CHAMPION_KEY = dg.AssetKey(["models", "champion"])
 CANARY_ROWS = 500
@@ -98,7 +98,7 @@ def build_champion_check(model: ModelSpec) -> dg.AssetChecksDefinition:
         except Exception as error:  # integrity and parse errors alike mean: cannot serve
             return dg.AssetCheckResult(passed=False, description=f"champion {version} cannot be loaded: {error}")
         with duckdb.get_connection() as conn:
-            canary = read_training_set(conn, spec).part("test").head(CANARY_ROWS)
+            canary = read_test_rows(conn, spec).head(CANARY_ROWS)
         scores = loaded.predict(canary)
         problem = scores_are_sane(scores) or ("all canary scores are equal" if np.ptp(scores) == 0 else None)
         return dg.AssetCheckResult(

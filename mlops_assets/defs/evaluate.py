@@ -21,7 +21,7 @@ from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.resources import PlatformStorage
-from mlops_assets.defs.train import CHALLENGER_ALIAS, CHALLENGER_KEY, read_training_set
+from mlops_assets.defs.train import CHALLENGER_ALIAS, CHALLENGER_KEY, read_test_rows
 
 EVALUATION_KEY = dg.AssetKey(["reports", "evaluation"])
 
@@ -50,7 +50,7 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
             raise dg.Failure(description="no challenger registered: materialize models/challenger first")
         champion = registry.alias(CHAMPION)
         with duckdb.get_connection() as conn:
-            test = read_training_set(conn, spec).part("test")
+            test = read_test_rows(conn, spec)
         y = test[spec.label].to_numpy().astype(float)
         versions = {"challenger": challenger, **({"champion": champion} if champion and champion != challenger else {})}
         loaded = {name: load_version(registry, version) for name, version in versions.items()}

@@ -2,6 +2,7 @@
 
 import dagster as dg
 import duckdb
+import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -22,10 +23,19 @@ CHALLENGER_ALIAS = "challenger"
 PROFILE_ROWS = 50_000
 
 
+def _training_set_query(spec: FeatureTableSpec, where: str = "") -> str:
+    order = ", ".join(quote_identifier(c) for c in (spec.time_column, *spec.key))
+    return f"SELECT * FROM {qualified(*TRAINING_SET_KEY.path)} {where} ORDER BY {order}"
+
+
 def read_training_set(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec) -> TrainingSet:
     """``features.training_set`` in its stored order, with the content hash every reader agrees on."""
-    order = ", ".join(quote_identifier(c) for c in (spec.time_column, *spec.key))
-    return stored_training_set(query_frame(conn, f"SELECT * FROM {qualified(*TRAINING_SET_KEY.path)} ORDER BY {order}"))
+    return stored_training_set(query_frame(conn, _training_set_query(spec)))
+
+
+def read_test_rows(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec) -> pl.DataFrame:
+    """Only the held-out rows of ``features.training_set`` (what evaluation and the canary score)."""
+    return query_frame(conn, _training_set_query(spec, "WHERE split = 'test'"))
 
 
 class TrainingSetConfig(dg.Config):

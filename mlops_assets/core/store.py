@@ -7,7 +7,8 @@ every value goes through bound parameters.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import duckdb
@@ -118,6 +119,34 @@ def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bo
     return bool(found)
 
 
+_OPEN_TRANSACTIONS: dict[int, int] = {}
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One DuckDB transaction; nested uses join the outermost one, so a step can commit all its months at once
+    (each commit costs tens of milliseconds) while each write stays atomic on its own elsewhere."""
+    key = id(conn)
+    depth = _OPEN_TRANSACTIONS.get(key, 0)
+    if depth:
+        _OPEN_TRANSACTIONS[key] = depth + 1
+        try:
+            yield
+        finally:
+            _OPEN_TRANSACTIONS[key] = depth
+        return
+    conn.execute("BEGIN TRANSACTION")
+    _OPEN_TRANSACTIONS[key] = 1
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        _OPEN_TRANSACTIONS.pop(key, None)
+
+
 def replace_where(
     conn: duckdb.DuckDBPyConnection,
     name: str,
@@ -129,8 +158,7 @@ def replace_where(
 
     ``where`` is SQL with ``?`` placeholders for ``params``; it is written by this package, never by a user.
     """
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(f"DELETE FROM {name} WHERE {where}", list(params))
         if frame is not None and frame.height:
             conn.register("_incoming", frame.to_arrow())
@@ -138,10 +166,6 @@ def replace_where(
                 conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _incoming")
             finally:
                 conn.unregister("_incoming")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def query_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:

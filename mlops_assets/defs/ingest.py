@@ -7,6 +7,7 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.ingest import ingest_raw
 from mlops_assets.core.landing import find_landed, scan_landing
+from mlops_assets.core.store import transaction
 from mlops_assets.core.specs import ModelSpec, TableSpec
 from mlops_assets.defs.batches import build_batch_check, verdict_metadata
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, partitions_for, run_months
@@ -76,7 +77,7 @@ def build_raw_asset(table: TableSpec) -> dg.AssetsDefinition:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
         now = datetime.now()
         verdicts = []
-        with duckdb.get_connection() as conn:
+        with duckdb.get_connection() as conn, transaction(conn):  # one commit for all the run's months
             for month in months:
                 landed = find_landed(storage.landing_dir, table.name, month)
                 if landed is None:

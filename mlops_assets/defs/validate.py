@@ -9,7 +9,7 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.ingest import validate_partition
 from mlops_assets.core.specs import ModelSpec, TableSpec
-from mlops_assets.core.store import qualified, table_exists
+from mlops_assets.core.store import qualified, table_exists, transaction
 from mlops_assets.defs.batches import build_batch_check, checked_months, verdict_metadata
 from mlops_assets.defs.ingest import raw_key
 from mlops_assets.defs.partitions import DUCKDB_POOL, SINGLE_RUN, partitions_for, run_months
@@ -41,7 +41,7 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
     def _validated(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
         now = datetime.now()
-        with duckdb.get_connection() as conn:
+        with duckdb.get_connection() as conn, transaction(conn):  # one commit for all the run's months
             verdicts = []
             for month in months:
                 verdict = validate_partition(conn, table, month, context.run.run_id, now)

@@ -16,7 +16,7 @@ import polars as pl
 from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
 from mlops_assets.core.landing import month_key, parse_month, shift_month
 from mlops_assets.core.specs import FeatureTableSpec
-from mlops_assets.core.store import ensure_table_like, query_frame, replace_where
+from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, transaction
 
 VERSION_COLUMN = "feature_set_version"
 
@@ -89,10 +89,11 @@ def write_months(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, months
     for group in _consecutive_groups(sorted(months), chunk):
         frame = compute_features(conn, spec, group[0], group[-1])
         name = ensure_table_like(conn, "features", spec.name, frame)
-        for month in group:
-            part = frame.filter(pl.col("_month") == month)
-            replace_where(conn, name, part, "_month = ?", [month])
-            rows[month] = part.height
+        with transaction(conn):
+            for month in group:
+                part = frame.filter(pl.col("_month") == month)
+                replace_where(conn, name, part, "_month = ?", [month])
+                rows[month] = part.height
     return rows
 
 

@@ -13,7 +13,7 @@ from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.evaluate import EVALUATION_KEY, evaluation_dir
 from mlops_assets.defs.resources import PlatformStorage
-from mlops_assets.defs.train import read_test_rows
+from mlops_assets.defs.train import CHALLENGER_ALIAS, read_test_rows
 
 CHAMPION_KEY = dg.AssetKey(["models", "champion"])
 CANARY_ROWS = 500
@@ -45,7 +45,7 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
     )
     def champion(context: dg.AssetExecutionContext, config: PromotionConfig, storage: PlatformStorage) -> dg.MaterializeResult:
         registry = Registry(storage.registry_dir)
-        challenger = registry.alias("challenger")
+        challenger = registry.alias(CHALLENGER_ALIAS)
         if challenger is None:
             raise dg.Failure(description="no challenger registered: materialize models/challenger first")
         evaluated = evaluation_dir(storage.reports_dir, challenger) / "evaluation.json"
@@ -56,6 +56,11 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
         current = registry.alias(CHAMPION)
         if current == challenger:
             return dg.MaterializeResult(metadata={"champion_version": current, "decision": "already champion"})
+        if record["versions"].get("champion") != current:
+            raise dg.Failure(
+                description=f"the champion changed since the evaluation (evaluated against "
+                f"{record['versions'].get('champion')}, now {current}): materialize reports/evaluation again"
+            )
         decision = decide_promotion(
             results["challenger"], results.get("champion"), record["challenger_score_problem"], record["slices"], config.gates()
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import TYPE_CHECKING
 from datetime import datetime, timedelta
 
 import duckdb
@@ -15,8 +16,10 @@ import polars as pl
 
 from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
 from mlops_assets.core.landing import month_key, parse_month, shift_month
-from mlops_assets.core.specs import FeatureTableSpec
 from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, transaction
+
+if TYPE_CHECKING:  # specs imports the point-in-time engine from this package: import the type only for checkers
+    from mlops_assets.core.specs import FeatureTableSpec
 
 VERSION_COLUMN = "feature_set_version"
 

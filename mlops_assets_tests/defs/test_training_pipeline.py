@@ -64,3 +64,19 @@ def test_a_tampered_champion_fails_the_blocking_check(settings: Settings) -> Non
     evaluation = build_champion_check(FLIGHTS)(duckdb=resources["duckdb"], storage=resources["storage"])
     assert isinstance(evaluation, dg.AssetCheckResult)
     assert not evaluation.passed and "does not match its checksum" in (evaluation.description or "")
+
+
+def test_promotion_refuses_an_evaluation_made_against_another_champion(settings: Settings) -> None:
+    import pytest
+
+    from mlops_assets.defs.deploy import PromotionConfig, build_champion_asset
+
+    replay_months(settings.landing_dir, MONTHS, every=10)
+    registry = Registry(settings.registry_dir)
+    with dg.instance_for_test() as instance:
+        assert _run(settings, instance).success  # v0001 champion
+        assert _run(settings, instance).success  # v0002 evaluated against v0001, kept out
+    registry.set_alias(CHAMPION, None, "cleared", "by hand, after the evaluation")
+    storage = build_resources(settings)["storage"]
+    with pytest.raises(dg.Failure, match="the champion changed since the evaluation"):
+        build_champion_asset(FLIGHTS)(context=dg.build_asset_context(), config=PromotionConfig(), storage=storage)

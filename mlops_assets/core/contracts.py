@@ -27,7 +27,6 @@ RULE_NON_EMPTY = "non_empty_batch"
 RULE_COLUMN_PRESENT = "column_present"
 RULE_COLUMN_EXPECTED = "column_expected"
 RULE_COLUMN_TYPE = "column_type"
-RULE_BAD_SHARE = "bad_row_share"
 RULE_BATCH_REJECTED = "batch_rejected"
 
 #: Columns every quarantine table has, besides the lineage columns of the batch.

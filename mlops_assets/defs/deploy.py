@@ -13,7 +13,7 @@ from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.evaluate import EVALUATION_KEY, evaluation_dir
 from mlops_assets.defs.resources import PlatformStorage
-from mlops_assets.defs.train import CHALLENGER_ALIAS, read_test_rows
+from mlops_assets.defs.train import read_test_rows, registered_challenger
 
 CHAMPION_KEY = dg.AssetKey(["models", "champion"])
 CANARY_ROWS = 500
@@ -45,9 +45,7 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
     )
     def champion(context: dg.AssetExecutionContext, config: PromotionConfig, storage: PlatformStorage) -> dg.MaterializeResult:
         registry = Registry(storage.registry_dir)
-        challenger = registry.alias(CHALLENGER_ALIAS)
-        if challenger is None:
-            raise dg.Failure(description="no challenger registered: materialize models/challenger first")
+        challenger = registered_challenger(registry)
         evaluated = evaluation_dir(storage.reports_dir, challenger) / "evaluation.json"
         if not evaluated.exists():
             raise dg.Failure(description=f"challenger {challenger} has no evaluation yet: materialize reports/evaluation first")

@@ -21,7 +21,7 @@ from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.resources import PlatformStorage
-from mlops_assets.defs.train import CHALLENGER_ALIAS, CHALLENGER_KEY, read_test_rows
+from mlops_assets.defs.train import CHALLENGER_KEY, read_test_rows, registered_challenger
 
 EVALUATION_KEY = dg.AssetKey(["reports", "evaluation"])
 
@@ -45,9 +45,7 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
     )
     def evaluation(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
         registry = Registry(storage.registry_dir)
-        challenger = registry.alias(CHALLENGER_ALIAS)
-        if challenger is None:
-            raise dg.Failure(description="no challenger registered: materialize models/challenger first")
+        challenger = registered_challenger(registry)
         champion = registry.alias(CHAMPION)
         with duckdb.get_connection() as conn:
             test = read_test_rows(conn, spec)

@@ -23,6 +23,14 @@ CHALLENGER_ALIAS = "challenger"
 PROFILE_ROWS = 50_000
 
 
+def registered_challenger(registry: Registry) -> str:
+    """The version the ``challenger`` alias names, or a clear failure when training has not run yet."""
+    challenger = registry.alias(CHALLENGER_ALIAS)
+    if challenger is None:
+        raise dg.Failure(description="no challenger registered: materialize models/challenger first")
+    return challenger
+
+
 def _training_set_query(spec: FeatureTableSpec, where: str = "") -> str:
     order = ", ".join(quote_identifier(c) for c in (spec.time_column, *spec.key))
     return f"SELECT * FROM {qualified(*TRAINING_SET_KEY.path)} {where} ORDER BY {order}"

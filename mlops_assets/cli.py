@@ -6,13 +6,13 @@
     mlops runs [--last N]              training runs side by side: params, data hash, metrics
     mlops rollback [--to VERSION]      move the champion back by hand (recorded in the event log)
     mlops resume RUN_ID                re-execute a failed run from its failed step (Dagster re-execution)
+    mlops simulate [--from --through]  replay a year from empty: sensors and automation retrain and promote; timeline
     mlops home                         prepare $DAGSTER_HOME (dagster.yaml from the repo) and print its path
 """
 
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +21,7 @@ import duckdb
 
 from mlops_assets.core.flights import FIRST_MONTH, FLIGHTS, replay_months
 from mlops_assets.core.landing import LandedFile, month_range, parse_month
-from mlops_assets.core.settings import REPO_ROOT, load_settings
+from mlops_assets.core.settings import load_settings, prepare_dagster_home
 from mlops_assets.core.registry import Registry, RegistryIntegrityError, rollback
 from mlops_assets.core.status import format_registry, format_runs, format_status, registry_status, store_status
 
@@ -113,13 +113,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_home(args: argparse.Namespace) -> int:
     """Create $DAGSTER_HOME under the data directory with the repo's dagster.yaml, and print its absolute path."""
-    home = load_settings().dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    source = REPO_ROOT / "dagster.yaml"
-    target = home / "dagster.yaml"
-    if source.exists() and (not target.exists() or target.read_bytes() != source.read_bytes()):
-        shutil.copyfile(source, target)
-    print(home)
+    print(prepare_dagster_home(load_settings().dagster_home))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from mlops_assets.simulation import SimulationError, simulate  # needs Dagster: imported only here
+
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else load_settings().data_dir / "simulation"
+    print(f"Simulating {args.start}..{args.through} in {data_dir} (cleared first): sensors and automation decide, tick by tick.")
+    try:
+        simulate(data_dir, args.start, args.through, every=args.every)
+    except SimulationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -151,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="re-execute a failed run from its failure")
     resume.add_argument("run_id", help="the failed run's id (shown by dagster and in the UI)")
     resume.set_defaults(handler=cmd_resume)
+
+    sim = commands.add_parser("simulate", help="replay a year from an empty data dir; sensors and automation keep the model alive")
+    sim.add_argument("--from", dest="start", type=_month, default=FIRST_MONTH, help="first month (default 2013-01)")
+    sim.add_argument("--through", type=_month, default="2013-12", help="last month (default 2013-12)")
+    sim.add_argument("--every", type=int, default=1, help="keep every n-th flight (e.g. 20 for a quick run)")
+    sim.add_argument("--data-dir", help="where the simulation lives (default $MLOPS_DATA_DIR/simulation; cleared first)")
+    sim.set_defaults(handler=cmd_simulate)
 
     home = commands.add_parser("home", help="prepare $DAGSTER_HOME (with the repo's dagster.yaml) and print its path")
     home.set_defaults(handler=cmd_home)

@@ -20,7 +20,8 @@ from mlops_assets.defs.evaluate import build_evaluation_asset
 from mlops_assets.defs.jobs import FEATURE_PIPELINE_SELECTION, build_jobs
 from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.resources import build_resources, persistent_instance
-from mlops_assets.defs.sensors import build_landing_sensor
+from mlops_assets.defs.monitor import build_monitoring
+from mlops_assets.defs.sensors import build_automation_sensor, build_drift_sensor, build_landing_sensor, build_performance_sensor
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.defs.validate import build_validate
 
@@ -41,10 +42,15 @@ def build_definitions(model: ModelSpec, settings: Settings) -> dg.Definitions:
         build_champion_asset(model),
     ]
     return dg.Definitions(
-        assets=[*ingest_assets, *validate_assets, *feature_assets, *lifecycle_assets],
+        assets=[*ingest_assets, *validate_assets, *feature_assets, *lifecycle_assets, *build_monitoring(model)],
         asset_checks=[*ingest_checks, *validate_checks, *feature_checks, build_champion_check(model)],
         jobs=build_jobs(model, settings.landing_dir),
-        sensors=[build_landing_sensor(model, FEATURE_PIPELINE_SELECTION)],
+        sensors=[
+            build_landing_sensor(model, FEATURE_PIPELINE_SELECTION),
+            build_drift_sensor(),
+            build_performance_sensor(),
+            build_automation_sensor(),
+        ],
         resources=build_resources(settings),
         # One process per run: a run never holds two DuckDB connections, and steps skip the ~1.5 s process start.
         executor=dg.in_process_executor,

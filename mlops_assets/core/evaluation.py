@@ -1,4 +1,4 @@
-"""Evaluation: metrics, slices, calibration, reference profiles and the plots of the evaluation report.
+"""Evaluation: metrics, slices, calibration and the plots of the evaluation report.
 
 Metrics are computed here with numpy (no extra dependency): ROC AUC from ranks (ties averaged), PR AUC as average
 precision, log loss, Brier score, expected calibration error over ten equal-width bins, and the base rate.
@@ -95,38 +95,6 @@ def slice_metrics(frame: pl.DataFrame, label: str, scores: Mapping[str, np.ndarr
                 row[f"{model}_log_loss"] = log_loss(y_all[mask], p[mask])
             rows.append(row)
     return pl.DataFrame(rows)
-
-
-def reference_profile(frame: pl.DataFrame, numeric: list[str], categorical: list[str], scores: np.ndarray) -> dict[str, Any]:
-    """A compact description of the training distribution, stored with the model so drift checks never rescan data:
-    decile edges and shares, mean, std and null share per numeric feature; value shares per categorical; a score
-    histogram."""
-    profile: dict[str, Any] = {"rows": frame.height, "numeric": {}, "categorical": {}}
-    for column in numeric:
-        values = frame[column].cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
-        if len(values) == 0:
-            profile["numeric"][column] = {"null_share": 1.0}
-            continue
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)))
-        counts = np.histogram(values, bins=edges)[0] if len(edges) > 1 else np.array([len(values)])
-        profile["numeric"][column] = {
-            "null_share": 1 - len(values) / frame.height,
-            "mean": float(values.mean()),
-            "std": float(values.std()),
-            "edges": edges.tolist(),
-            "shares": (counts / counts.sum()).tolist(),
-        }
-    for column in categorical:
-        shares = frame[column].fill_null("<null>").value_counts(normalize=True, name="share").sort("share", descending=True)
-        profile["categorical"][column] = dict(zip(shares[column].to_list()[:50], shares["share"].to_list()[:50], strict=True))
-    hist = np.histogram(scores, bins=20, range=(0, 1))[0]
-    profile["scores"] = {
-        "hist": (hist / max(hist.sum(), 1)).tolist(),
-        "share_above_0_99": float(np.mean(scores > 0.99)),
-        "share_below_0_01": float(np.mean(scores < 0.01)),
-        "mean": float(scores.mean()),
-    }
-    return profile
 
 
 # --- plots -------------------------------------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import subprocess
+from types import ModuleType
 from typing import Any
 
 from mlops_assets import __version__
@@ -22,3 +25,12 @@ def code_version() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass  # not a checkout, or no git: the package version still identifies the code
     return info
+
+
+def source_version(*modules: ModuleType, extra: str = "") -> str:
+    """A short hash of the modules' source (and ``extra``, e.g. a library version): Dagster's code version of the
+    assets they implement, so changing that code marks those assets for re-materialization."""
+    digest = hashlib.sha256(extra.encode())
+    for module in modules:
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:12]

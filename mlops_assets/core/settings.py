@@ -6,11 +6,16 @@ The environment is read when :func:`load_settings` is called, never at import ti
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 DATA_DIR_ENV = "MLOPS_DATA_DIR"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
+#: Share of features that must drift for a month to count as drifted (default 0.3).
+DRIFT_SHARE_ENV = "MLOPS_DRIFT_SHARE"
+#: How far the champion's live AUC may fall below its evaluation AUC before the performance sensor retrains (0.02).
+RETRAIN_AUC_MARGIN_ENV = "MLOPS_RETRAIN_AUC_MARGIN"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -20,6 +25,8 @@ class Settings:
 
     data_dir: Path
     dagster_home: Path
+    drift_share: float = 0.3
+    retrain_auc_margin: float = 0.02
 
     @property
     def landing_dir(self) -> Path:
@@ -51,4 +58,28 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or default_data_dir()
     resolved = Path(chosen).expanduser().resolve()
     home = os.environ.get(DAGSTER_HOME_ENV) if data_dir is None else None
-    return Settings(data_dir=resolved, dagster_home=Path(home).expanduser().resolve() if home else resolved / "dagster_home")
+    return Settings(
+        data_dir=resolved,
+        dagster_home=Path(home).expanduser().resolve() if home else resolved / "dagster_home",
+        drift_share=_float_env(DRIFT_SHARE_ENV, 0.3),
+        retrain_auc_margin=_float_env(RETRAIN_AUC_MARGIN_ENV, 0.02),
+    )
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"${name} must be a number, got {raw!r}") from None
+
+
+def prepare_dagster_home(home: Path) -> Path:
+    """Create the Dagster home with the repo's dagster.yaml (run queue, DuckDB pool, freshness); return it."""
+    home.mkdir(parents=True, exist_ok=True)
+    source, target = REPO_ROOT / "dagster.yaml", home / "dagster.yaml"
+    if source.exists() and (not target.exists() or target.read_bytes() != source.read_bytes()):
+        shutil.copyfile(source, target)
+    return home

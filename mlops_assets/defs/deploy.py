@@ -13,9 +13,8 @@ from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.evaluate import EVALUATION_KEY, evaluation_dir
 from mlops_assets.defs.resources import PlatformStorage
-from mlops_assets.defs.train import read_test_rows, registered_challenger
+from mlops_assets.defs.train import CHAMPION_FRESHNESS, CHAMPION_KEY, read_test_rows, registered_challenger
 
-CHAMPION_KEY = dg.AssetKey(["models", "champion"])
 CANARY_ROWS = 500
 
 
@@ -36,6 +35,8 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=CHAMPION_KEY,
         deps=[EVALUATION_KEY],
+        automation_condition=dg.AutomationCondition.eager(),
+        freshness_policy=CHAMPION_FRESHNESS,
         group_name="deploy",
         kinds={"lightgbm"},
         description="The promotion decision: the challenger becomes champion when, on the same held-out rows, its AUC "

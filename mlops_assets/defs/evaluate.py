@@ -30,12 +30,21 @@ def evaluation_dir(reports_dir: Path, challenger: str) -> Path:
     return reports_dir / "evaluation" / challenger
 
 
+def evaluated_roc_auc(reports_dir: Path, version: str) -> float | None:
+    """The ROC AUC a version had on its own test month when it was evaluated as the challenger (None if never)."""
+    path = evaluation_dir(reports_dir, version) / "evaluation.json"
+    if not path.exists():
+        return None
+    return float(json.loads(path.read_text())["metrics"]["challenger"]["roc_auc"])
+
+
 def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
     spec = model.training_features
 
     @dg.asset(
         key=EVALUATION_KEY,
         deps=[CHALLENGER_KEY],
+        automation_condition=dg.AutomationCondition.eager(),
         group_name="evaluate",
         kinds={"lightgbm", "matplotlib"},
         description="The challenger and the current champion scored on the same test month that neither trained on: "

@@ -1,7 +1,9 @@
 """Jobs over every landed month, each one run over the month range:
 
 * ``feature_pipeline``: ingest -> validate -> features;
-* ``training_pipeline``: the same, then training set -> challenger -> evaluation -> promotion decision.
+* ``training_pipeline``: the same, then training set -> challenger -> evaluation -> promotion decision;
+* ``retraining``: the retraining part of ``training_pipeline`` on the features already built (what the drift and
+  performance sensors request).
 """
 
 from pathlib import Path
@@ -16,7 +18,12 @@ from mlops_assets.defs.partitions import range_tags
 FEATURE_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"]) - dg.AssetSelection.assets(
     ["features", "training_set"]
 )
-TRAINING_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"], ["models"], ["reports"])
+TRAINING_PIPELINE_SELECTION = (
+    dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"], ["models"], ["reports"])
+)
+#: Requested by the drift and performance sensors.
+RETRAIN_JOB = "retraining"
+RETRAINING_SELECTION = dg.AssetSelection.assets(["features", "training_set"]) | dg.AssetSelection.key_prefixes(["models"], ["reports"])
 
 
 def _months_job(name: str, selection: dg.AssetSelection, what: str, model: ModelSpec, landing_dir: Path) -> UnresolvedAssetJobDefinition:
@@ -42,5 +49,11 @@ def build_jobs(model: ModelSpec, landing_dir: Path) -> list[UnresolvedAssetJobDe
             "Ingest -> validate -> features -> training set -> challenger -> evaluation -> promotion decision",
             model,
             landing_dir,
+        ),
+        dg.define_asset_job(
+            name=RETRAIN_JOB,
+            selection=RETRAINING_SELECTION,
+            description="The retraining part of training_pipeline, on the features already built: training set -> "
+            "challenger -> evaluation -> promotion decision. Requested by the drift and performance sensors.",
         ),
     ]

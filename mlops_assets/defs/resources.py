@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from mlops_assets.core.drift import DriftThresholds
 from mlops_assets.core.settings import Settings, load_settings
 
 
@@ -31,6 +32,21 @@ class PlatformStorage(dg.ConfigurableResource):
         return Path(self.data_dir) / "registry"
 
 
+class MonitoringPolicy(dg.ConfigurableResource):
+    """When a month counts as drifted and when live quality asks for a retrain (``$MLOPS_DRIFT_SHARE``,
+    ``$MLOPS_RETRAIN_AUC_MARGIN``)."""
+
+    drift_share: float = 0.3
+    numeric_threshold: float = 0.1
+    categorical_threshold: float = 0.1
+    score_threshold: float = 0.1
+    retrain_auc_margin: float = 0.02
+
+    def thresholds(self) -> DriftThresholds:
+        return DriftThresholds(numeric=self.numeric_threshold, categorical=self.categorical_threshold,
+                               scores=self.score_threshold, drift_share=self.drift_share)  # fmt: skip
+
+
 def warehouse(settings: Settings, memory_limit: str = "4GB", threads: int = 2) -> DuckDBResource:
     """The DuckDB feature store, with a memory limit so a large rebuild spills to disk instead of exhausting RAM."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -43,7 +59,11 @@ def warehouse(settings: Settings, memory_limit: str = "4GB", threads: int = 2) -
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     """All resources, from the given settings or from the environment (``MLOPS_DATA_DIR``)."""
     settings = settings or load_settings()
-    return {"duckdb": warehouse(settings), "storage": PlatformStorage(data_dir=str(settings.data_dir))}
+    return {
+        "duckdb": warehouse(settings),
+        "storage": PlatformStorage(data_dir=str(settings.data_dir)),
+        "policy": MonitoringPolicy(drift_share=settings.drift_share, retrain_auc_margin=settings.retrain_auc_margin),
+    }
 
 
 def persistent_instance() -> dg.DagsterInstance | None:

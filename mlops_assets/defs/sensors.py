@@ -1,14 +1,21 @@
-"""Sensors: the landing sensor turns newly landed or changed months into runs."""
+"""Sensors: the landing sensor turns newly landed or changed months into runs; the drift and performance sensors
+turn monitoring results into retraining runs; the automation sensor runs the assets' automation conditions."""
 
 import json
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import dagster as dg
 
 from mlops_assets.core.landing import plan_refresh, scan_landing
+from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
+from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.defs.ingest import ingested_version
+from mlops_assets.defs.jobs import RETRAIN_JOB
+from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY
 from mlops_assets.defs.partitions import MONTHS
-from mlops_assets.defs.resources import PlatformStorage
+from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
 
 
 def build_landing_sensor(model: ModelSpec, target: dg.AssetSelection) -> dg.SensorDefinition:
@@ -47,3 +54,97 @@ def build_landing_sensor(model: ModelSpec, target: dg.AssetSelection) -> dg.Sens
         )
 
     return landing_sensor
+
+
+TRIGGER_TAG, MONTH_TAG, CHAMPION_TAG, REASON_TAG = "mlops/trigger", "mlops/month", "mlops/champion", "mlops/reason"
+
+
+def retrain_already_requested(instance: dg.DagsterInstance, month: str, champion: str) -> bool:
+    """Whether a retraining run was already requested for this month and champion (by either sensor)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=RETRAIN_JOB, tags={MONTH_TAG: month, CHAMPION_TAG: champion}), limit=1)
+    return bool(runs)
+
+
+def _retrain_sensor(
+    name: str,
+    trigger: str,
+    asset_key: dg.AssetKey,
+    decide: Callable[[Mapping[str, Any], MonitoringPolicy], str | None],
+    description: str,
+) -> dg.SensorDefinition:
+    """A sensor that reads the materializations of ``asset_key`` after its cursor (their metadata only, never
+    DuckDB) and requests a retraining run when ``decide`` gives a reason. One request per month and champion: the
+    run key names both, a month whose champion has been replaced since is stale, and a month another sensor already
+    asked to retrain is skipped."""
+
+    @dg.sensor(name=name, job_name=RETRAIN_JOB, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+               description=description)  # fmt: skip
+    def _sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.SensorResult:
+        after = int(context.cursor) if context.cursor else None
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, after_storage_id=after), limit=100, ascending=True
+        ).records
+        champion = Registry(storage.registry_dir).alias(CHAMPION)
+        requests: list[dg.RunRequest] = []
+        seen: set[str] = set()
+        for record in records:
+            month = record.partition_key
+            by_month = record.asset_materialization.metadata.get("by_month") if record.asset_materialization else None
+            summary = by_month.value.get(month) if by_month is not None and month else None
+            if not summary:
+                continue
+            reason = decide(summary, policy)
+            scored_by = summary.get("champion_version")
+            if reason is None:
+                continue
+            if scored_by != champion:
+                context.log.info(f"{month}: {reason}, but the champion is now {champion} (was {scored_by}): stale, no retrain")
+                continue
+            run_key = f"{trigger}:{month}:{champion}"
+            if run_key in seen or retrain_already_requested(context.instance, month, champion):
+                context.log.info(f"{month}: retraining for champion {champion} already requested")
+                continue
+            seen.add(run_key)
+            tags = {TRIGGER_TAG: trigger, MONTH_TAG: month, CHAMPION_TAG: champion, REASON_TAG: reason[:900]}
+            requests.append(dg.RunRequest(run_key=run_key, tags=tags))
+            context.log.info(f"requesting a retrain: {reason}")
+        cursor = str(records[-1].storage_id) if records else context.cursor
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+    return _sensor
+
+
+def build_drift_sensor() -> dg.SensorDefinition:
+    return _retrain_sensor(
+        "drift_sensor",
+        "drift",
+        DRIFT_KEY,
+        lambda summary, policy: drift_retrain_reason(summary),
+        "Reads each new `monitoring/drift_report` materialization's metadata (never DuckDB): when the month drifted "
+        "against the champion that scored it, requests the `retraining` job (training set -> challenger -> evaluation "
+        "-> promotion decision). Run key `drift:<month>:<champion>`: one request per drift event.",
+    )
+
+
+def build_performance_sensor() -> dg.SensorDefinition:
+    return _retrain_sensor(
+        "performance_sensor",
+        "performance",
+        LIVE_KEY,
+        lambda summary, policy: performance_retrain_reason(summary, policy.retrain_auc_margin),
+        "Reads each new `monitoring/live_performance` materialization's metadata: when the champion's live AUC on a "
+        "month fell more than `$MLOPS_RETRAIN_AUC_MARGIN` (0.02) below its evaluation AUC, requests the `retraining` "
+        "job. Run key `performance:<month>:<champion>`; skipped when the drift sensor already asked for that month.",
+    )
+
+
+def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        "automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="Evaluates every asset's automation condition: monitoring assets run after a month's features "
+        "(eager, once the blocking checks passed), the lifecycle follows a new training set, a changed training code "
+        "version retrains, a champion past its freshness policy is retrained and re-evaluated.",
+    )

@@ -1,14 +1,19 @@
 """Training: the time-split training set and the challenger model, registered as a new immutable version."""
 
+from datetime import timedelta
+
 import dagster as dg
 import duckdb
+import lightgbm
 import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from mlops_assets.core.evaluation import metrics, reference_profile
+from mlops_assets.core.drift import reference_profile
+from mlops_assets.core.evaluation import metrics
 from mlops_assets.core.features import feature_set_version
-from mlops_assets.core.lineage import code_version
+from mlops_assets.core import training as training_module
+from mlops_assets.core.lineage import code_version, source_version
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.store import ensure_table_like, qualified, query_frame, quote_identifier, replace_where, table_exists
@@ -19,8 +24,13 @@ from mlops_assets.defs.resources import PlatformStorage
 
 TRAINING_SET_KEY = dg.AssetKey(["features", "training_set"])
 CHALLENGER_KEY = dg.AssetKey(["models", "challenger"])
+CHAMPION_KEY = dg.AssetKey(["models", "champion"])
 CHALLENGER_ALIAS = "challenger"
 PROFILE_ROWS = 50_000
+#: The challenger's code version: the training code and the LightGBM version. When it changes, automation retrains.
+TRAINING_CODE_VERSION = source_version(training_module, extra=f"lightgbm {lightgbm.__version__}")
+#: How stale the champion may get: re-evaluated (retrained and judged) at least every 30 days, warned at 25.
+CHAMPION_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=30), warn_window=timedelta(days=25))
 
 
 def registered_challenger(registry: Registry) -> str:
@@ -76,12 +86,25 @@ class TrainingParams(dg.Config):
         }  # fmt: skip
 
 
+def retrain_when_champion_stale() -> dg.AutomationCondition:
+    """A new training set (and so the whole retraining chain) when the champion's freshness policy fails."""
+    stale = dg.AutomationCondition.asset_matches(CHAMPION_KEY, dg.AutomationCondition.freshness_failed()).newly_true()
+    return (stale & ~dg.AutomationCondition.in_progress()).with_label("champion past its freshness policy")
+
+
+def retrain_on_new_data_or_code() -> dg.AutomationCondition:
+    """Eager after a new training set; also when the training code version changed (the training set exists)."""
+    changed = dg.AutomationCondition.code_version_changed() & ~dg.AutomationCondition.any_deps_missing() & ~dg.AutomationCondition.in_progress()
+    return dg.AutomationCondition.eager() | changed.with_label("training code changed")
+
+
 def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
     spec = model.training_features
 
     @dg.asset(
         key=TRAINING_SET_KEY,
         deps=[features_key(spec)],
+        automation_condition=retrain_when_champion_stale(),
         group_name="train",
         kinds={"duckdb"},
         pool=DUCKDB_POOL,
@@ -118,12 +141,14 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
     return training_set
 
 
-def build_challenger_asset(model: ModelSpec) -> dg.AssetsDefinition:
+def build_challenger_asset(model: ModelSpec, training_code_version: str = TRAINING_CODE_VERSION) -> dg.AssetsDefinition:
     spec = model.training_features
 
     @dg.asset(
         key=CHALLENGER_KEY,
         deps=[TRAINING_SET_KEY],
+        code_version=training_code_version,
+        automation_condition=retrain_on_new_data_or_code(),
         group_name="train",
         kinds={"lightgbm"},
         pool=DUCKDB_POOL,
@@ -155,7 +180,7 @@ def build_challenger_asset(model: ModelSpec) -> dg.AssetsDefinition:
         }
         # the reference profile needs distributions, not every row: an evenly spaced sample of at most 50k rows
         sample = train.gather_every(max(1, train.height // PROFILE_ROWS))
-        profile = reference_profile(sample, list(spec.numeric), list(spec.categorical), trained.predict(sample))
+        profile = reference_profile(sample, spec.numeric, spec.categorical, trained.predict(sample), spec.label)
         registry = Registry(storage.registry_dir)
         version = registry.register(trained.text, metadata, profile, run_id=context.run.run_id)
         registry.set_alias(CHALLENGER_ALIAS, version.version, "challenger", "latest trained model", run_id=context.run.run_id)

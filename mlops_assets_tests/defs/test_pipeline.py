@@ -23,14 +23,17 @@ def test_asset_graph_snapshot(settings: Settings) -> None:
     tables = ["airlines", "airports", "flights", "planes", "weather"]
     expected = [f"{stage}/{t}" for stage in ("landing", "raw", "validated") for t in tables] + [
         "features/flight_features", "features/training_set", "models/challenger", "reports/evaluation", "models/champion",
+        "predictions/batch", "monitoring/drift_report", "monitoring/live_performance",
     ]  # fmt: skip
     assert keys == sorted(expected)
     checks = sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in defs.resolve_asset_graph().asset_check_keys)
     assert "raw/flights:schema_contract" in checks and "validated/flights:row_contract" in checks
     assert "features/flight_features:one_row_per_entity" in checks
     assert "models/champion:champion_is_servable" in checks
-    assert defs.resolve_job_def("feature_pipeline") is not None and defs.resolve_job_def("training_pipeline") is not None
-    assert defs.resolve_sensor_def("landing_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    for job in ("feature_pipeline", "training_pipeline", "retraining"):
+        assert defs.resolve_job_def(job) is not None
+    for sensor in ("landing_sensor", "drift_sensor", "performance_sensor", "automation"):
+        assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def _run_pipeline(settings: Settings, instance: dg.DagsterInstance, months: list[str]) -> dg.ExecuteInProcessResult:

@@ -1,0 +1,346 @@
+"""Drift: reference profiles stored with each model, and a month's features and scores compared with them.
+
+The reference profile is computed once, from the rows a model trained on, and stored next to the model in the
+registry, so that drift checks never rescan training data. Per column it keeps a quantile function (500 levels), ten
+reference buckets with their shares, mean, standard deviation and null share (numeric), or value shares (categorical).
+
+Verdicts follow the field's usual rules for large samples (p-values flag everything at 30k rows a month):
+
+* numeric: Wasserstein-1 distance between the reference and current quantile functions, divided by the reference
+  standard deviation ("normalized Wasserstein"); drifted above 0.1 (one tenth of a standard deviation of mass moved),
+  or when the share of nulls moved by more than 0.1;
+* categorical: Jensen-Shannon distance (natural log, so 0..0.83) between the value shares; drifted above 0.1;
+* scores: the model's scores on the month against its scores on its training rows, normalized Wasserstein;
+* the month drifts when at least ``drift_share`` (30%) of the features drift, or the scores drift.
+
+PSI over the ten reference buckets, the mean shift (in reference standard deviations) and the variance ratio are
+reported beside the verdict. The label's rate is compared when the month has labels; it is reported, not voted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+#: Levels of the stored quantile functions: bucket midpoints, so the mean over levels is the integral over [0, 1].
+QUANTILE_LEVELS = (np.arange(500) + 0.5) / 500
+#: Categorical values kept per column in a profile; rarer values share the bucket ``OTHER``.
+MAX_CATEGORIES = 500
+OTHER = "<other>"
+NULL = "<null>"
+#: Shares of zero are replaced by this in PSI and Jensen-Shannon (log of zero).
+EPSILON = 1e-6
+PROFILE_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    numeric: float = 0.1
+    categorical: float = 0.1
+    scores: float = 0.1
+    null_share_change: float = 0.1
+    drift_share: float = 0.3
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """One column's comparison. ``statistic`` is normalized Wasserstein (numeric, scores) or Jensen-Shannon distance
+    (categorical, label)."""
+
+    column: str
+    kind: str
+    method: str
+    statistic: float
+    threshold: float
+    drifted: bool
+    psi: float | None = None
+    reference_mean: float | None = None
+    current_mean: float | None = None
+    mean_shift_in_std: float | None = None
+    variance_ratio: float | None = None
+    reference_null_share: float = 0.0
+    current_null_share: float = 0.0
+    rows: int = 0
+
+
+@dataclass(frozen=True)
+class DriftVerdict:
+    features: list[ColumnDrift]
+    scores: ColumnDrift | None
+    label: ColumnDrift | None
+    thresholds: DriftThresholds
+    drifted_features: list[str] = field(default_factory=list)
+
+    @property
+    def drift_share(self) -> float:
+        return len(self.drifted_features) / max(len(self.features), 1)
+
+    @property
+    def scores_drifted(self) -> bool:
+        return bool(self.scores and self.scores.drifted)
+
+    @property
+    def drifted(self) -> bool:
+        return self.drift_share >= self.thresholds.drift_share or self.scores_drifted
+
+    @property
+    def reason(self) -> str:
+        parts = []
+        if self.drift_share >= self.thresholds.drift_share:
+            parts.append(f"{len(self.drifted_features)}/{len(self.features)} features drifted (>= {self.thresholds.drift_share:.0%})")
+        if self.scores_drifted:
+            assert self.scores is not None
+            parts.append(f"scores drifted (normalized Wasserstein {self.scores.statistic:.3f})")
+        if not parts:
+            parts.append(f"{len(self.drifted_features)}/{len(self.features)} features drifted, scores stable: no drift")
+        return "; ".join(parts)
+
+    def top(self, n: int = 5) -> list[ColumnDrift]:
+        """The most drifted features, by statistic relative to its threshold."""
+        return sorted(self.features, key=lambda c: c.statistic / c.threshold, reverse=True)[:n]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per compared column (features, then scores and label)."""
+        columns = [*self.features, *([self.scores] if self.scores else []), *([self.label] if self.label else [])]
+        return [asdict(c) for c in columns]
+
+
+# --- statistics ----------------------------------------------------------------------------------------------------
+
+
+def quantile_function(values: np.ndarray, levels: np.ndarray = QUANTILE_LEVELS) -> np.ndarray:
+    """The empirical quantile function at ``levels`` (inverse CDF, no interpolation: exact for step distributions)."""
+    return np.quantile(np.asarray(values, dtype=float), levels, method="inverted_cdf")
+
+
+def wasserstein_from_quantiles(reference: np.ndarray, current: np.ndarray) -> float:
+    """Wasserstein-1 distance = integral over u of |F_ref^-1(u) - F_cur^-1(u)|, from quantiles at midpoint levels."""
+    return float(np.mean(np.abs(np.asarray(reference) - np.asarray(current))))
+
+
+def normalized_wasserstein(reference: np.ndarray, current: np.ndarray, reference_std: float) -> float:
+    """Wasserstein-1 in units of the reference standard deviation (floored, so a constant column stays finite)."""
+    return wasserstein_from_quantiles(reference, current) / max(reference_std, 1e-3)
+
+
+def _shares(counts: Mapping[str, float], keys: Sequence[str]) -> np.ndarray:
+    values = np.array([float(counts.get(k, 0.0)) for k in keys])
+    total = values.sum()
+    values = values / total if total > 0 else values
+    return np.where(values > 0, values, EPSILON)
+
+
+def jensen_shannon(reference: Mapping[str, float], current: Mapping[str, float]) -> float:
+    """Jensen-Shannon distance (square root of the divergence, natural log) between two share tables over the union
+    of their values."""
+    keys = sorted(set(reference) | set(current))
+    p, q = _shares(reference, keys), _shares(current, keys)
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+    divergence = 0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m))
+    return float(np.sqrt(max(divergence, 0.0)))
+
+
+def population_stability_index(reference_shares: Sequence[float], current_shares: Sequence[float]) -> float:
+    """PSI = sum((cur - ref) * ln(cur / ref)) over the same buckets (empty buckets floored at a tiny share)."""
+    ref = np.maximum(np.asarray(reference_shares, dtype=float), EPSILON)
+    cur = np.maximum(np.asarray(current_shares, dtype=float), EPSILON)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+def bucket_shares(values: np.ndarray, inner_edges: Sequence[float]) -> np.ndarray:
+    """Shares of ``values`` in the buckets (-inf, e1), [e1, e2), ..., [ek, inf)."""
+    index = np.searchsorted(np.asarray(inner_edges, dtype=float), values, side="right")
+    counts = np.bincount(index, minlength=len(inner_edges) + 1)
+    return counts / max(counts.sum(), 1)
+
+
+# --- profiles ------------------------------------------------------------------------------------------------------
+
+
+def _numeric_values(frame: pl.DataFrame, column: str) -> np.ndarray:
+    return frame[column].cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
+
+
+def numeric_profile(values: np.ndarray, rows: int) -> dict[str, Any]:
+    if len(values) == 0:
+        return {"null_share": 1.0}
+    inner_edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
+    return {
+        "null_share": 1 - len(values) / max(rows, 1),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "quantiles": quantile_function(values).tolist(),
+        "inner_edges": inner_edges.tolist(),
+        "shares": bucket_shares(values, inner_edges).tolist(),
+    }
+
+
+def categorical_shares(series: pl.Series, keep: Sequence[str] | None = None) -> dict[str, float]:
+    """Value shares (nulls as ``<null>``); with ``keep``, values outside it are pooled as ``<other>``."""
+    counts = series.cast(pl.String).fill_null(NULL).value_counts(name="n").sort("n", descending=True)
+    values, n = counts[series.name].to_list(), counts["n"].to_list()
+    total = max(sum(n), 1)
+    allowed = set(keep) if keep is not None else set(values[:MAX_CATEGORIES])
+    shares: dict[str, float] = {}
+    for value, count in zip(values, n, strict=True):
+        key = value if value in allowed else OTHER
+        shares[key] = shares.get(key, 0.0) + count / total
+    return shares
+
+
+def reference_profile(
+    frame: pl.DataFrame, numeric: Sequence[str], categorical: Sequence[str], scores: np.ndarray, label: str | None = None
+) -> dict[str, Any]:
+    """A compact description of the rows a model trained on and of its scores on them, stored with the model."""
+    profile: dict[str, Any] = {
+        "format": PROFILE_FORMAT,
+        "rows": frame.height,
+        "numeric": {c: numeric_profile(_numeric_values(frame, c), frame.height) for c in numeric},
+        "categorical": {c: categorical_shares(frame[c]) for c in categorical},
+        "scores": {
+            **numeric_profile(np.asarray(scores, dtype=float), len(scores)),
+            "share_above_0_99": float(np.mean(scores > 0.99)),
+            "share_below_0_01": float(np.mean(scores < 0.01)),
+        },
+    }
+    if label is not None and label in frame.columns:
+        profile["label_rate"] = float(frame[label].cast(pl.Float64).mean())
+    return profile
+
+
+# --- comparison ----------------------------------------------------------------------------------------------------
+
+
+def compare_numeric(column: str, kind: str, reference: Mapping[str, Any], values: np.ndarray, rows: int, threshold: float,
+                    null_threshold: float) -> ColumnDrift:  # fmt: skip
+    current_null = 1 - len(values) / max(rows, 1)
+    reference_null = float(reference.get("null_share", 0.0))
+    if "quantiles" not in reference or len(values) == 0:
+        # all-null on one side: only the null share can be compared
+        moved = abs(current_null - reference_null)
+        return ColumnDrift(column, kind, "null_share", moved, null_threshold, moved > null_threshold,
+                           reference_null_share=reference_null, current_null_share=current_null, rows=rows)  # fmt: skip
+    std = float(reference["std"])
+    statistic = normalized_wasserstein(np.asarray(reference["quantiles"]), quantile_function(values), std)
+    current_mean, current_std = float(values.mean()), float(values.std())
+    return ColumnDrift(
+        column=column,
+        kind=kind,
+        method="wasserstein_normed",
+        statistic=statistic,
+        threshold=threshold,
+        drifted=statistic > threshold or abs(current_null - reference_null) > null_threshold,
+        psi=population_stability_index(reference["shares"], bucket_shares(values, reference["inner_edges"])),
+        reference_mean=float(reference["mean"]),
+        current_mean=current_mean,
+        mean_shift_in_std=(current_mean - float(reference["mean"])) / max(std, 1e-3),
+        variance_ratio=current_std**2 / max(std**2, 1e-12),
+        reference_null_share=reference_null,
+        current_null_share=current_null,
+        rows=rows,
+    )
+
+
+def compare_categorical(column: str, reference: Mapping[str, float], series: pl.Series, threshold: float) -> ColumnDrift:
+    keep = [k for k in reference if k != OTHER]
+    current = categorical_shares(series, keep=keep)
+    statistic = jensen_shannon(reference, current)
+    keys = sorted(set(reference) | set(current))
+    return ColumnDrift(
+        column=column,
+        kind="categorical",
+        method="jensen_shannon",
+        statistic=statistic,
+        threshold=threshold,
+        drifted=statistic > threshold,
+        psi=population_stability_index(_shares(reference, keys), _shares(current, keys)),
+        reference_null_share=float(reference.get(NULL, 0.0)),
+        current_null_share=float(current.get(NULL, 0.0)),
+        rows=series.len(),
+    )
+
+
+def compare(
+    profile: Mapping[str, Any],
+    frame: pl.DataFrame,
+    scores: np.ndarray | None = None,
+    label: str | None = None,
+    thresholds: DriftThresholds | None = None,
+) -> DriftVerdict:
+    """Compare a month (its feature rows, and the model's scores on them) with a model's reference profile."""
+    thresholds = thresholds or DriftThresholds()
+    if profile.get("format") != PROFILE_FORMAT:
+        raise ValueError(
+            "this model's reference profile predates drift detection (no quantiles): retrain it "
+            "(`dagster job execute -m mlops_assets.definitions -j training_pipeline`) to store a current profile"
+        )
+    features = [
+        compare_numeric(c, "numeric", ref, _numeric_values(frame, c), frame.height, thresholds.numeric, thresholds.null_share_change)
+        for c, ref in profile["numeric"].items()
+    ]
+    features += [compare_categorical(c, ref, frame[c], thresholds.categorical) for c, ref in profile["categorical"].items()]
+    score_drift = None
+    if scores is not None and len(scores):
+        score_drift = compare_numeric("score", "score", profile["scores"], np.asarray(scores, dtype=float), len(scores),
+                                      thresholds.scores, thresholds.null_share_change)  # fmt: skip
+    label_drift = None
+    if label and label in frame.columns and "label_rate" in profile and frame[label].null_count() < frame.height:
+        rate = float(frame[label].cast(pl.Float64).mean())
+        reference = {"1": profile["label_rate"], "0": 1 - profile["label_rate"]}
+        statistic = jensen_shannon(reference, {"1": rate, "0": 1 - rate})
+        label_drift = ColumnDrift(label, "label", "jensen_shannon", statistic, thresholds.categorical, statistic > thresholds.categorical,
+                                  reference_mean=profile["label_rate"], current_mean=rate, rows=frame.height)  # fmt: skip
+    return DriftVerdict(
+        features=features,
+        scores=score_drift,
+        label=label_drift,
+        thresholds=thresholds,
+        drifted_features=[c.column for c in features if c.drifted],
+    )
+
+
+# --- report plots --------------------------------------------------------------------------------------------------
+
+
+def histogram_pairs(profile: Mapping[str, Any], frame: pl.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Reference and current shares per bucket (numeric: the profile's ten buckets; categorical: the 12 most common
+    values), for the report's histograms."""
+    pairs = []
+    for column in columns:
+        if column in profile["numeric"] and "inner_edges" in profile["numeric"][column]:
+            reference = profile["numeric"][column]
+            edges = reference["inner_edges"]
+            labels = [f"<{edges[0]:.4g}"] + [f"{a:.4g}-{b:.4g}" for a, b in zip(edges[:-1], edges[1:], strict=True)] + [f">={edges[-1]:.4g}"]
+            current = bucket_shares(_numeric_values(frame, column), edges)
+            pairs.append({"column": column, "labels": labels, "reference": list(reference["shares"]), "current": current.tolist()})
+        elif column in profile["categorical"]:
+            reference = profile["categorical"][column]
+            current = categorical_shares(frame[column], keep=[k for k in reference if k != OTHER])
+            keys = sorted(set(reference) | set(current), key=lambda k: -max(reference.get(k, 0), current.get(k, 0)))[:12]
+            pairs.append({"column": column, "labels": keys, "reference": [reference.get(k, 0.0) for k in keys],
+                          "current": [current.get(k, 0.0) for k in keys]})  # fmt: skip
+    return pairs
+
+
+def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> bytes:
+    """Reference-vs-current bar charts, one panel per column."""
+    from mlops_assets.core.evaluation import _figure_png, _pyplot
+
+    plt = _pyplot()
+    panels = max(len(pairs), 1)
+    figure, axes = plt.subplots(panels, 1, figsize=(7, 2.6 * panels), squeeze=False)
+    for axis, pair in zip(axes[:, 0], pairs, strict=False):
+        positions = np.arange(len(pair["labels"]))
+        axis.bar(positions - 0.2, pair["reference"], width=0.4, label="reference (training)")
+        axis.bar(positions + 0.2, pair["current"], width=0.4, label="current month")
+        axis.set_xticks(positions, pair["labels"], rotation=30, ha="right", fontsize=7)
+        axis.set(ylabel="share", title=pair["column"])
+        axis.legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _figure_png(figure)

@@ -1,0 +1,109 @@
+"""Monitoring: a month scored by the serving models before anyone retrains on it, and their live quality once its
+labels are in.
+
+Out-of-sample by construction: a model scores a month only when the month is not before its test month (a model
+never trained on its test month or anything after it). A month the model trained on is refused, so live quality can
+never be inflated by a later re-run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mlops_assets.core.evaluation import metrics
+from mlops_assets.core.specs import FeatureTableSpec
+from mlops_assets.core.training import TrainedModel
+
+#: The roles that score every month: the champion answers, a shadow (when set) is only recorded.
+SCORING_VARIANTS = ("champion", "shadow")
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    variant: str
+    version: str
+    test_month: str
+    model: TrainedModel
+
+
+def trained_on(model: ScoringModel, month: str) -> bool:
+    """Whether ``month`` is among the months the model's training or validation rows came from."""
+    return month < model.test_month
+
+
+def score_month(frame: pl.DataFrame, spec: FeatureTableSpec, models: list[ScoringModel]) -> tuple[pl.DataFrame, list[str]]:
+    """Scores of one month's feature rows by each model that never saw the month. Returns the long table (key, time,
+    month, variant, model version, score) and the reasons for models left out."""
+    skipped: list[str] = []
+    parts = []
+    month = str(frame["_month"].max()) if frame.height else ""
+    ids = frame.select(*spec.key, spec.time_column, "_month")
+    for scoring in models:
+        if trained_on(scoring, month):
+            skipped.append(f"{scoring.variant} {scoring.version} trained on {month} (its test month is {scoring.test_month}): not scored")
+            continue
+        parts.append(
+            ids.with_columns(
+                pl.lit(scoring.variant).alias("variant"),
+                pl.lit(scoring.version).alias("model_version"),
+                pl.Series("score", scoring.model.predict(frame), dtype=pl.Float64),
+            )
+        )
+    if not parts:
+        empty = ids.head(0).with_columns(
+            pl.lit(None, pl.String).alias("variant"), pl.lit(None, pl.String).alias("model_version"), pl.lit(None, pl.Float64).alias("score")
+        )
+        return empty, skipped
+    return pl.concat(parts), skipped
+
+
+def live_performance(scored: pl.DataFrame, labels: pl.DataFrame, spec: FeatureTableSpec, evaluation_auc: Mapping[str, float | None]) -> pl.DataFrame:
+    """Per variant and model version: AUC, log loss, calibration, score distribution and extremes on the month's
+    labelled rows, with the AUC the version had in its own evaluation and the drop from it."""
+    joined = scored.join(labels.select(*spec.key, spec.label), on=list(spec.key), how="inner").filter(pl.col(spec.label).is_not_null())
+    rows: list[dict[str, Any]] = []
+    for (variant, version), group in joined.group_by(["variant", "model_version"], maintain_order=True):
+        y = group[spec.label].cast(pl.Float64).to_numpy()
+        p = group["score"].to_numpy()
+        m = metrics(y, p)
+        evaluated = evaluation_auc.get(str(version))
+        rows.append({
+            "variant": variant,
+            "model_version": version,
+            "rows": len(y),
+            "roc_auc": m["roc_auc"],
+            "log_loss": m["log_loss"],
+            "brier": m["brier"],
+            "calibration_error": m["calibration_error"],
+            "base_rate": m["base_rate"],
+            "mean_score": float(np.mean(p)),
+            "score_p10": float(np.quantile(p, 0.1)),
+            "score_p90": float(np.quantile(p, 0.9)),
+            "share_above_0_99": m["share_above_0_99"],
+            "share_below_0_01": m["share_below_0_01"],
+            "evaluation_roc_auc": evaluated,
+            "auc_drop": (evaluated - m["roc_auc"]) if evaluated is not None else None,
+        })  # fmt: skip
+    return pl.DataFrame(rows, schema_overrides={"evaluation_roc_auc": pl.Float64, "auc_drop": pl.Float64})
+
+
+def drift_retrain_reason(summary: Mapping[str, Any]) -> str | None:
+    """Why a month's drift report asks for a retrain (None: it does not)."""
+    return f"drift in {summary['month']}: {summary['reason']}" if summary.get("drifted") else None
+
+
+def performance_retrain_reason(summary: Mapping[str, Any], margin: float) -> str | None:
+    """Why a month's live performance asks for a retrain: the champion's live AUC fell more than ``margin`` below
+    the AUC it had in its evaluation (None: it did not, or there is nothing to compare)."""
+    drop = summary.get("champion_auc_drop")
+    if drop is None or drop <= margin:
+        return None
+    return (
+        f"live AUC {summary['champion_live_roc_auc']:.4f} of {summary['champion_version']} in {summary['month']} is "
+        f"{drop:.4f} below its evaluation AUC {summary['champion_evaluation_roc_auc']:.4f} (margin {margin})"
+    )

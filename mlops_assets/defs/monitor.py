@@ -1,0 +1,257 @@
+"""Monitoring: each landed month scored by the serving models (``predictions.batch``), compared with the champion's
+reference profile (``monitoring.drift_report``) and, with its labels, judged (``monitoring.live_performance``).
+
+All three run on their own after the month's features are built (eager automation, gated on the features' blocking
+checks). The drift and performance sensors read their materialization metadata, never DuckDB.
+"""
+
+import json
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from mlops_assets.core.drift import DriftVerdict, compare, drift_histograms_plot, histogram_pairs
+from mlops_assets.core.evaluation import markdown_image
+from mlops_assets.core.landing import write_atomic
+from mlops_assets.core.markdown import frame_to_markdown
+from mlops_assets.core.monitoring import SCORING_VARIANTS, ScoringModel, live_performance, score_month
+from mlops_assets.core.registry import CHAMPION, Registry
+from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
+from mlops_assets.core.store import ensure_table_like, qualified, query_frame, replace_where, table_exists
+from mlops_assets.core.training import load_version
+from mlops_assets.defs.deploy import CHAMPION_KEY
+from mlops_assets.defs.evaluate import evaluated_roc_auc
+from mlops_assets.defs.features import features_key
+from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, run_months
+from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
+
+PREDICTIONS_KEY = dg.AssetKey(["predictions", "batch"])
+DRIFT_KEY = dg.AssetKey(["monitoring", "drift_report"])
+LIVE_KEY = dg.AssetKey(["monitoring", "live_performance"])
+SHADOW = "shadow"
+#: Histograms shown in the drift report.
+TOP_DRIFTED = 4
+
+
+def after_features(*ignored: dg.AssetKey) -> dg.AutomationCondition:
+    """Eager: run when an upstream month updates, never while upstream is missing or running, and only once every
+    blocking check of the upstream assets passed. ``ignored`` deps (e.g. the champion) do not trigger."""
+    eager = dg.AutomationCondition.eager()
+    if ignored:
+        eager = eager.ignore(dg.AssetSelection.assets(*ignored))
+    return (eager & dg.AutomationCondition.all_deps_blocking_checks_passed()).with_label("eager, upstream checks passed")
+
+
+def scoring_models(registry: Registry) -> list[ScoringModel]:
+    """The champion and, when the ``shadow`` alias is set, the shadow model."""
+    models = []
+    for variant, alias in zip(SCORING_VARIANTS, (CHAMPION, SHADOW), strict=True):
+        version = registry.alias(alias)
+        if version is not None:
+            test_month = registry.get(version).metadata["data"]["test_month"]
+            models.append(ScoringModel(variant, version, test_month, load_version(registry, version)))
+    return models
+
+
+def _month_rows(conn: Any, spec: FeatureTableSpec, month: str) -> pl.DataFrame:
+    return query_frame(conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ?", [month])
+
+
+def _scores(conn: Any, month: str) -> pl.DataFrame:
+    if not table_exists(conn, *PREDICTIONS_KEY.path):
+        return pl.DataFrame()
+    return query_frame(conn, f"SELECT * FROM {qualified(*PREDICTIONS_KEY.path)} WHERE _month = ?", [month])
+
+
+def _by_month_metadata(by_month: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-month results as one JSON entry (a range run attaches the same metadata to every month), plus the plain
+    values when the run covered one month."""
+    metadata: dict[str, Any] = {"by_month": dg.MetadataValue.json(by_month)}
+    if len(by_month) == 1:
+        [values] = by_month.values()
+        metadata.update({k: v for k, v in values.items() if isinstance(v, bool | int | float | str)})
+    return metadata
+
+
+def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
+    spec = model.training_features
+
+    @dg.asset(
+        key=PREDICTIONS_KEY,
+        deps=[features_key(spec), CHAMPION_KEY],
+        partitions_def=MONTHS,
+        group_name="monitor",
+        kinds={"duckdb", "lightgbm"},
+        pool=DUCKDB_POOL,
+        automation_condition=after_features(CHAMPION_KEY),
+        description="`predictions.batch`: the month's flights scored by the champion (and by the `shadow` model when "
+        "that alias is set) as soon as the month's features are built, before any retraining on it, so that live "
+        "quality is out of sample. A model never scores a month it trained on. A new champion does not rescore old "
+        "months.",
+    )
+    def batch_predictions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+        registry = Registry(storage.registry_dir)
+        models = scoring_models(registry)
+        by_month: dict[str, dict[str, Any]] = {}
+        with duckdb.get_connection() as conn:
+            for month in run_months(context):
+                frame = _month_rows(conn, spec, month)
+                scored, skipped = score_month(frame, spec, models)
+                for reason in skipped:
+                    context.log.warning(reason)
+                if scored.height:
+                    name = ensure_table_like(conn, *PREDICTIONS_KEY.path, scored)
+                    replace_where(conn, name, scored, "_month = ?", [month])
+                elif not models:
+                    context.log.warning(f"{month}: no champion yet, nothing scored (train one with training_pipeline)")
+                versions = {v: scored.filter(pl.col("variant") == v)["model_version"].first() for v in scored["variant"].unique().sort()}
+                by_month[month] = {
+                    "rows": scored.height,
+                    "champion_version": str(versions.get("champion")),
+                    "shadow_version": str(versions.get("shadow")),
+                    "champion_mean_score": float(scored.filter(pl.col("variant") == "champion")["score"].mean() or 0.0),
+                    "skipped": "; ".join(skipped),
+                }
+        context.log.info(", ".join(f"{m}: {v['rows']} scores" for m, v in by_month.items()))
+        return dg.MaterializeResult(metadata={"dagster/row_count": sum(v["rows"] for v in by_month.values()), **_by_month_metadata(by_month)})
+
+    return batch_predictions
+
+
+def drift_summary(month: str, version: str, verdict: DriftVerdict) -> dict[str, Any]:
+    return {
+        "month": month,
+        "champion_version": version,
+        "drifted": verdict.drifted,
+        "drift_share": round(verdict.drift_share, 4),
+        "drifted_features": ", ".join(verdict.drifted_features),
+        "top_drifted": ", ".join(f"{c.column} ({c.statistic:.2f})" for c in verdict.top(3)),
+        "score_drift": round(verdict.scores.statistic, 4) if verdict.scores else -1.0,
+        "label_rate": round(verdict.label.current_mean, 4) if verdict.label and verdict.label.current_mean is not None else -1.0,
+        "reason": verdict.reason,
+    }
+
+
+def drift_report_markdown(month: str, version: str, verdict: DriftVerdict, plot: bytes) -> str:
+    rows = pl.DataFrame(verdict.rows()).select(
+        "column", "kind", "method", "statistic", "threshold", "drifted", "psi", "mean_shift_in_std", "variance_ratio", "current_null_share"
+    ).sort("statistic", descending=True)
+    return "\n".join([
+        f"## Drift of {month} against champion {version}'s training profile",
+        "",
+        f"**Verdict: {'DRIFT' if verdict.drifted else 'no drift'}**: {verdict.reason}.",
+        "",
+        markdown_image(plot, "most drifted features"),
+        "",
+        frame_to_markdown(rows, max_rows=len(rows)),
+    ])  # fmt: skip
+
+
+def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
+    spec = model.training_features
+
+    @dg.asset(
+        key=DRIFT_KEY,
+        deps=[features_key(spec), PREDICTIONS_KEY],
+        partitions_def=MONTHS,
+        group_name="monitor",
+        kinds={"duckdb", "matplotlib"},
+        pool=DUCKDB_POOL,
+        automation_condition=after_features(),
+        description="`monitoring.drift_report`: the month's features and the champion's scores on them against the "
+        "champion's reference profile (stored with its registry version; training data is never rescanned). Numeric: "
+        "normalized Wasserstein, categorical: Jensen-Shannon distance (threshold 0.1 each), PSI, mean and variance "
+        "shift beside; the month drifts when >= 30% of the features drift or the scores drift. Metadata `drifted` "
+        "drives the drift sensor. Report with histograms under $MLOPS_DATA_DIR/reports/drift/<month>/.",
+    )
+    def drift_report(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.MaterializeResult:
+        registry = Registry(storage.registry_dir)
+        by_month: dict[str, dict[str, Any]] = {}
+        reports: list[str] = []
+        with duckdb.get_connection() as conn:
+            for month in run_months(context):
+                scored = _scores(conn, month)
+                champion_scores = scored.filter(pl.col("variant") == "champion") if scored.height else scored
+                version = champion_scores["model_version"].first() if champion_scores.height else registry.alias(CHAMPION)
+                if version is None:
+                    context.log.warning(f"{month}: no champion, no reference profile: drift not computed")
+                    by_month[month] = {"month": month, "champion_version": "None", "drifted": False, "reason": "no champion yet"}
+                    continue
+                frame = _month_rows(conn, spec, month)
+                scores = champion_scores["score"].to_numpy() if champion_scores.height else None
+                verdict = compare(registry.profile(version), frame, scores, spec.label, policy.thresholds())
+                table = pl.DataFrame(verdict.rows()).with_columns(pl.lit(month).alias("_month"), pl.lit(version).alias("model_version"))
+                name = ensure_table_like(conn, *DRIFT_KEY.path, table)
+                replace_where(conn, name, table, "_month = ?", [month])
+                plot = drift_histograms_plot(histogram_pairs(registry.profile(version), frame, [c.column for c in verdict.top(TOP_DRIFTED)]),
+                                             f"{month}: most drifted features vs {version}'s training data")  # fmt: skip
+                report = drift_report_markdown(month, version, verdict, plot)
+                out = storage.reports_dir / "drift" / month
+                write_atomic(out / "histograms.png", plot)
+                write_atomic(out / "report.md", report.encode())
+                write_atomic(out / "drift.json", json.dumps(verdict.rows(), indent=1).encode())
+                by_month[month] = drift_summary(month, version, verdict)
+                reports.append(report)
+                (context.log.warning if verdict.drifted else context.log.info)(f"{month} vs {version}: {verdict.reason}")
+        metadata = _by_month_metadata(by_month)
+        if len(reports) == 1:
+            metadata["report"] = dg.MetadataValue.md(reports[0])
+            metadata["report_path"] = dg.MetadataValue.path(str(storage.reports_dir / "drift" / next(iter(by_month)) / "report.md"))
+        return dg.MaterializeResult(metadata=metadata)
+
+    return drift_report
+
+
+def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
+    spec = model.training_features
+
+    @dg.asset(
+        key=LIVE_KEY,
+        deps=[PREDICTIONS_KEY, features_key(spec)],
+        partitions_def=MONTHS,
+        group_name="monitor",
+        kinds={"duckdb"},
+        pool=DUCKDB_POOL,
+        automation_condition=after_features(),
+        description="`monitoring.live_performance`: the month's batch scores joined with its labels: ROC AUC, log "
+        "loss, Brier score, calibration error, score distribution and extreme-score shares per variant and model "
+        "version, beside the AUC each version had in its evaluation. Metadata `champion_auc_drop` drives the "
+        "performance sensor.",
+    )
+    def live(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+        by_month: dict[str, dict[str, Any]] = {}
+        tables = []
+        with duckdb.get_connection() as conn:
+            for month in run_months(context):
+                scored = _scores(conn, month)
+                if not scored.height:
+                    by_month[month] = {"month": month, "rows": 0, "champion_version": "None"}
+                    continue
+                versions = scored["model_version"].unique().to_list()
+                evaluated = {v: evaluated_roc_auc(storage.reports_dir, v) for v in versions}
+                table = live_performance(scored, _month_rows(conn, spec, month), spec, evaluated).with_columns(pl.lit(month).alias("_month"))
+                name = ensure_table_like(conn, *LIVE_KEY.path, table)
+                replace_where(conn, name, table, "_month = ?", [month])
+                tables.append(table)
+                summary: dict[str, Any] = {"month": month, "rows": int(table["rows"].max())}
+                for row in table.iter_rows(named=True):
+                    summary[f"{row['variant']}_version"] = row["model_version"]
+                    summary[f"{row['variant']}_live_roc_auc"] = round(row["roc_auc"], 4)
+                    summary[f"{row['variant']}_live_log_loss"] = round(row["log_loss"], 4)
+                    if row["evaluation_roc_auc"] is not None:
+                        summary[f"{row['variant']}_evaluation_roc_auc"] = round(row["evaluation_roc_auc"], 4)
+                        summary[f"{row['variant']}_auc_drop"] = round(row["auc_drop"], 4)
+                by_month[month] = summary
+                context.log.info(f"{month}: " + ", ".join(f"{r['variant']} {r['model_version']} AUC {r['roc_auc']:.4f}" for r in table.iter_rows(named=True)))
+        metadata = _by_month_metadata(by_month)
+        if tables:
+            metadata["live"] = dg.MetadataValue.md(frame_to_markdown(pl.concat(tables, how="diagonal_relaxed")))
+        return dg.MaterializeResult(metadata=metadata)
+
+    return live
+
+
+def build_monitoring(model: ModelSpec) -> list[dg.AssetsDefinition]:
+    return [build_predictions_asset(model), build_drift_asset(model), build_live_performance_asset(model)]

@@ -1,0 +1,126 @@
+"""Sensors and automation evaluated tick by tick on a real Dagster instance, without a daemon.
+
+What ``dagster dev``'s daemon does every 30 seconds, done here on demand: evaluate each sensor with its cursor, add
+the partitions it asks for, skip run keys it already ran, and evaluate the assets' automation conditions; then execute
+the requested runs in this process, one at a time (so DuckDB never sees two writers). The decisions are made by the
+very sensor and automation code that ``dagster dev`` runs; only the loop around them is ours. Used by
+``mlops simulate`` and by the tests.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+RUN_KEY_TAG, SENSOR_TAG = "dagster/run_key", "dagster/sensor_name"
+AUTOMATION = "automation"
+
+
+@dataclass(frozen=True)
+class ExecutedRun:
+    """A run a tick requested and executed."""
+
+    requested_by: str
+    run_id: str
+    success: bool
+    assets: tuple[str, ...]
+    partition: str | None
+    tags: dict[str, str]
+
+
+@dataclass
+class Ticker:
+    """Evaluates ``sensors`` (in this order, then the automation conditions) and executes what they request."""
+
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+    sensors: Sequence[str]
+    automation: bool = True
+    on_run: Callable[[ExecutedRun], None] | None = None
+    #: Dagster's console log level for the runs (the ticker's caller reports what happened)
+    log_level: str = "WARNING"
+    cursors: dict[str, str | None] = field(default_factory=dict)
+    automation_cursor: object | None = None
+
+    def _already_ran(self, sensor: str, run_key: str) -> bool:
+        return bool(self.instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_TAG: sensor}), limit=1))
+
+    def _execute(self, requested_by: str, job: dg.JobDefinition, partition: str | None, tags: dict[str, str],
+                 assets: Sequence[dg.AssetKey] | None = None) -> ExecutedRun:  # fmt: skip
+        run_config = {"loggers": {"console": {"config": {"log_level": self.log_level}}}}
+        result = job.execute_in_process(run_config=run_config, instance=self.instance, partition_key=partition, tags=tags,
+                                        asset_selection=assets, raise_on_error=False)  # fmt: skip
+        materialized = tuple(sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}))
+        run = ExecutedRun(requested_by, result.run_id, result.success, materialized, partition, dict(tags))
+        if self.on_run:
+            self.on_run(run)
+        return run
+
+    def execute_job(self, name: str, tags: dict[str, str]) -> ExecutedRun:
+        """Run a job by hand (what a person launching it from the UI would do)."""
+        return self._execute(tags.get("mlops/trigger", "manual"), self.defs.resolve_job_def(name), None, tags)
+
+    def evaluate_sensor(self, name: str) -> list[ExecutedRun]:
+        """One tick of one sensor: its cursor advances and its new run requests execute."""
+        sensor = self.defs.resolve_sensor_def(name)
+        # the sensor's own function, as the daemon calls it (its result is resolved below as the daemon would)
+        with dg.build_sensor_context(instance=self.instance, cursor=self.cursors.get(name), resources=self.defs.resources, sensor_name=name) as context:
+            data = sensor(context)
+        if not isinstance(data, dg.SensorResult):
+            raise TypeError(f"sensor {name} returned {type(data).__name__}; the ticker expects a SensorResult")
+        self.cursors[name] = data.cursor
+        for request in data.dynamic_partitions_requests or []:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                known = set(self.instance.get_dynamic_partitions(request.partitions_def_name))
+                missing = [k for k in request.partition_keys if k not in known]
+                if missing:
+                    self.instance.add_dynamic_partitions(request.partitions_def_name, missing)
+        runs = []
+        for request in data.run_requests or []:
+            if request.run_key and self._already_ran(name, request.run_key):
+                continue  # the daemon drops a run key a sensor already used
+            job = self.defs.get_repository_def().get_job(request.job_name or sensor.job_name)
+            tags = {**request.tags, SENSOR_TAG: name, **({RUN_KEY_TAG: request.run_key} if request.run_key else {})}
+            selection = list(request.asset_selection) if request.asset_selection else None
+            runs.append(self._execute(name, job, request.partition_key, tags, selection))
+        return runs
+
+    def evaluate_automation(self) -> list[ExecutedRun]:
+        """One tick of the automation conditions: requested partitions run grouped by partition (one run each)."""
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.automation_cursor)  # type: ignore[arg-type]
+        self.automation_cursor = result.cursor
+        by_partition: dict[str | None, list[dg.AssetKey]] = defaultdict(list)
+        for evaluated in result.results:
+            key = evaluated.key
+            if not isinstance(key, dg.AssetKey):
+                continue  # asset checks run with their asset
+            for partition in result.get_requested_partitions(key):
+                by_partition[partition].append(key)
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        runs = []
+        # partitioned (monthly) work first: retraining reads what the monthly assets write
+        for partition in sorted(by_partition, key=lambda p: (p is None, p or "")):
+            tags = {SENSOR_TAG: AUTOMATION, "mlops/trigger": "automation"}
+            runs.append(self._execute(AUTOMATION, job, partition, tags, by_partition[partition]))
+        return runs
+
+    def tick(self) -> list[ExecutedRun]:
+        runs: list[ExecutedRun] = []
+        for name in self.sensors:
+            runs += self.evaluate_sensor(name)
+            if self.automation:
+                runs += self.evaluate_automation()
+        return runs
+
+    def settle(self, max_ticks: int = 8) -> list[ExecutedRun]:
+        """Tick until a tick requests nothing (everything the sensors and conditions wanted has run)."""
+        runs: list[ExecutedRun] = []
+        for _ in range(max_ticks):
+            new = self.tick()
+            runs += new
+            if not new:
+                return runs
+        raise RuntimeError(f"sensors and automation still requested runs after {max_ticks} ticks: {[r.assets for r in new]}")

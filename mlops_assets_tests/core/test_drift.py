@@ -1,0 +1,143 @@
+"""Drift statistics against hand-computed values and scipy; a real month with injected drift is flagged, the same
+month unchanged is not; scoring never touches a month a model trained on."""
+
+import math
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import wasserstein_distance
+
+from mlops_assets.core import drift
+from mlops_assets.core.features import compute_features
+from mlops_assets.core.flights import FLIGHT_FEATURES, replay_months
+from mlops_assets.core.settings import Settings
+from mlops_assets.core.monitoring import ScoringModel, score_month
+from mlops_assets.core.training import split_by_time, train_model
+from mlops_assets_tests.conftest import MONTHLY, load_month
+
+SPEC = FLIGHT_FEATURES
+
+
+def test_wasserstein_by_hand() -> None:
+    # [0, 1, 2] -> [1, 2, 3]: every unit of mass moves by 1; the reference std is sqrt(2/3)
+    reference, current = np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])
+    distance = drift.wasserstein_from_quantiles(drift.quantile_function(reference), drift.quantile_function(current))
+    assert distance == pytest.approx(1.0)
+    normed = drift.normalized_wasserstein(drift.quantile_function(reference), drift.quantile_function(current), reference.std())
+    assert normed == pytest.approx(1 / math.sqrt(2 / 3))
+
+
+def test_wasserstein_matches_scipy_on_continuous_and_discrete_samples() -> None:
+    rng = np.random.default_rng(7)
+    samples = [
+        (rng.normal(0, 1, 20_000), rng.normal(0.3, 1.2, 15_000)),
+        (rng.integers(0, 24, 20_000).astype(float), rng.integers(3, 24, 20_000).astype(float)),
+    ]
+    for reference, current in samples:
+        ours = drift.wasserstein_from_quantiles(drift.quantile_function(reference), drift.quantile_function(current))
+        assert ours == pytest.approx(wasserstein_distance(reference, current), rel=0.01)
+
+
+def test_jensen_shannon_by_hand_and_against_scipy() -> None:
+    # p = (1/2, 1/2), q = (1, 0), m = (3/4, 1/4): JSD = (KL(p||m) + KL(q||m)) / 2
+    expected = math.sqrt(0.5 * (0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)) + 0.5 * math.log(1 / 0.75))
+    assert drift.jensen_shannon({"a": 0.5, "b": 0.5}, {"a": 1.0}) == pytest.approx(expected, abs=1e-3)
+    assert drift.jensen_shannon({"a": 0.2, "b": 0.3, "c": 0.5}, {"a": 0.5, "b": 0.4, "c": 0.1}) == pytest.approx(
+        jensenshannon([0.2, 0.3, 0.5], [0.5, 0.4, 0.1]), abs=1e-6
+    )
+    assert drift.jensen_shannon({"a": 0.3, "b": 0.7}, {"a": 0.3, "b": 0.7}) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_psi_by_hand() -> None:
+    # (0.25 - 0.5) ln(0.25 / 0.5) + (0.75 - 0.5) ln(0.75 / 0.5)
+    expected = -0.25 * math.log(0.5) + 0.25 * math.log(1.5)
+    assert drift.population_stability_index([0.5, 0.5], [0.25, 0.75]) == pytest.approx(expected)
+    assert drift.population_stability_index([0.1, 0.9], [0.1, 0.9]) == pytest.approx(0.0)
+
+
+def test_bucket_shares_are_open_ended() -> None:
+    shares = drift.bucket_shares(np.array([-5.0, 0.0, 1.0, 1.5, 99.0]), [1.0, 2.0])
+    assert shares.tolist() == pytest.approx([0.4, 0.4, 0.2])
+
+
+@pytest.fixture(scope="module")
+def two_months(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
+    """January and February 2013's feature rows (every 10th flight), through the real landing, validation and
+    feature path."""
+    root = tmp_path_factory.mktemp("drift")
+    settings = Settings(data_dir=root, dagster_home=root / "home")
+    replay_months(settings.landing_dir, ["2013-01", "2013-02"], every=10)
+    with duckdb.connect(str(settings.warehouse_path)) as conn:
+        load_month(conn, settings, None, ["airlines", "airports", "planes"])
+        for month in ("2013-01", "2013-02"):
+            load_month(conn, settings, month, MONTHLY)
+        return compute_features(conn, SPEC, "2013-01", "2013-02")
+
+
+@pytest.fixture(scope="module")
+def january(two_months: pl.DataFrame) -> pl.DataFrame:
+    return two_months.filter(pl.col("_month") == "2013-01")
+
+
+def _profile(frame: pl.DataFrame) -> dict:
+    scores = np.linspace(0.05, 0.6, frame.height)  # a fixed score distribution: scores are compared separately below
+    return drift.reference_profile(frame, SPEC.numeric, SPEC.categorical, scores, SPEC.label)
+
+
+def test_an_unchanged_month_does_not_drift(january: pl.DataFrame) -> None:
+    verdict = drift.compare(_profile(january), january, np.linspace(0.05, 0.6, january.height), SPEC.label)
+    assert not verdict.drifted, verdict.reason
+    assert verdict.drifted_features == []
+    assert verdict.scores is not None and verdict.scores.statistic < 0.01
+    assert verdict.label is not None and not verdict.label.drifted
+
+
+def test_a_heat_wave_is_flagged(january: pl.DataFrame) -> None:
+    """Temperatures (and dew points, which move with them) 15 C = 27 F warmer, with the scores the heat brings."""
+    hot = january.with_columns(pl.col("temp") + 27, pl.col("dewp") + 27)
+    scores = np.linspace(0.05, 0.6, january.height) + 0.08
+    verdict = drift.compare(_profile(january), hot, scores, SPEC.label)
+    by_column = {c.column: c for c in verdict.features}
+    assert {"temp", "dewp"} <= set(verdict.drifted_features)
+    assert by_column["temp"].statistic > 1.0  # 27 F is about two January standard deviations
+    assert by_column["temp"].mean_shift_in_std == pytest.approx(27 / drift.reference_profile(january, ["temp"], [], np.zeros(1))["numeric"]["temp"]["std"], rel=0.01)
+    assert by_column["temp"].psi is not None and by_column["temp"].psi > 0.2
+    assert not by_column["carrier"].drifted and not by_column["distance"].drifted
+    assert verdict.scores_drifted and verdict.drifted
+    assert "scores drifted" in verdict.reason
+
+
+def test_many_shifted_features_flag_a_month_without_score_drift(january: pl.DataFrame) -> None:
+    weather = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib", "wind_dir", "wind_gust"]
+    shifted = january.with_columns(*(pl.col(c) * 1.5 + 10 for c in weather if c in january.columns))
+    scores = np.linspace(0.05, 0.6, january.height)
+    verdict = drift.compare(_profile(january), shifted, scores, SPEC.label, drift.DriftThresholds(drift_share=0.25))
+    assert verdict.drift_share >= 0.25 and not verdict.scores_drifted and verdict.drifted
+    stricter = drift.compare(_profile(january), shifted, scores, SPEC.label, drift.DriftThresholds(drift_share=0.9))
+    assert not stricter.drifted  # the share is configurable
+
+
+def test_a_changed_carrier_mix_is_flagged_by_jensen_shannon(january: pl.DataFrame) -> None:
+    one_carrier = january.with_columns(pl.lit("UA").alias("carrier"))
+    column = next(c for c in drift.compare(_profile(january), one_carrier).features if c.column == "carrier")
+    assert column.method == "jensen_shannon" and column.drifted and column.statistic > 0.3
+
+
+def test_a_profile_without_quantiles_asks_for_a_retrain(january: pl.DataFrame) -> None:
+    with pytest.raises(ValueError, match="retrain"):
+        drift.compare({"numeric": {}, "categorical": {}}, january)
+
+
+def test_a_model_never_scores_a_month_it_trained_on(two_months: pl.DataFrame) -> None:
+    training_set = split_by_time(two_months, SPEC, "2013-02")  # trains on January, tests on February
+    model = train_model(training_set, SPEC, {"num_leaves": 7, "num_threads": 1}, 20, 5)
+    scoring = ScoringModel("champion", "v0001", training_set.test_month, model)
+    january, february = (two_months.filter(pl.col("_month") == m) for m in ("2013-01", "2013-02"))
+    scored, skipped = score_month(january, SPEC, [scoring])
+    assert scored.height == 0 and "trained on 2013-01" in skipped[0]
+    scored, skipped = score_month(february, SPEC, [scoring])
+    assert scored.height == february.height and not skipped
+    assert scored["score"].is_between(0, 1).all() and set(scored["variant"]) == {"champion"}

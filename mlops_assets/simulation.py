@@ -8,7 +8,6 @@ instance (``ticks.Ticker``). What happened each month becomes ``monitoring.timel
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,9 +21,10 @@ import polars as pl
 from mlops_assets.core.flights import FLIGHTS, replay_months
 from mlops_assets.core.landing import month_range, write_atomic
 from mlops_assets.core.registry import CHAMPION, Registry
-from mlops_assets.core.settings import DAGSTER_HOME_ENV, DATA_DIR_ENV, Settings, load_settings, prepare_dagster_home
+from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
 from mlops_assets.core.store import ensure_table_like, replace_where
 from mlops_assets.core.timeline import TimelineRow, months_champion_wins, timeline_frame, timeline_markdown, timeline_plot
+from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.jobs import RETRAIN_JOB
 from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, SHADOW
 from mlops_assets.defs.sensors import REASON_TAG, TRIGGER_TAG
@@ -120,13 +120,8 @@ def simulate(
     if len(months) <= BOOTSTRAP_MONTHS:
         raise SimulationError(f"simulate needs more than {BOOTSTRAP_MONTHS} months ({first}..{through} has {len(months)})")
     reset_data_dir(data_dir)
-    os.environ[DATA_DIR_ENV] = str(data_dir)
-    os.environ[DAGSTER_HOME_ENV] = str(data_dir / "dagster_home")
     settings = load_settings(data_dir)
-    prepare_dagster_home(settings.dagster_home)
-
-    from mlops_assets.definitions import build_definitions  # after the environment points at the simulation
-
+    home = prepare_dagster_home(data_dir / "dagster_home")
     defs = build_definitions(FLIGHTS, settings)
     registry = Registry(settings.registry_dir)
     started = time.perf_counter()
@@ -136,7 +131,9 @@ def simulate(
         status = "ok" if run.success else "FAILED"
         say(f"    {what:<11} run {run.run_id[:8]} {status:<6} {run.partition or '':<8} {', '.join(run.assets)}")
 
-    with dg.DagsterInstance.get() as instance:
+    # a persistent instance of its own (the repo's dagster.yaml), so the runs can be browsed afterwards with
+    # `DAGSTER_HOME=<data dir>/dagster_home MLOPS_DATA_DIR=<data dir> dagster dev -w workspace.yaml`
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         ticker = Ticker(defs, instance, SENSORS, on_run=on_run)
         boot, rest = months[:BOOTSTRAP_MONTHS], months[BOOTSTRAP_MONTHS:]
         say(f"[{time.perf_counter() - started:6.1f}s] landing {boot[0]}..{boot[-1]}" + (f" (every {every}th flight)" if every > 1 else ""))

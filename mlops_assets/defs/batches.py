@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 from mlops_assets.core.contracts import BatchVerdict
 from mlops_assets.core.ingest import latest_verdicts, row_accounting
 from mlops_assets.core.specs import TableSpec
-from mlops_assets.defs.partitions import run_months
+from mlops_assets.defs.partitions import DUCKDB_POOL, run_months
 
 
 def verdict_metadata(months: Sequence[str | None], verdicts: Sequence[BatchVerdict]) -> dict[str, dg.MetadataValue]:
@@ -101,7 +101,7 @@ def build_batch_check(
 ) -> dg.AssetChecksDefinition:
     """A blocking check of one batch stage (``raw`` or ``validated``) on its asset, judged by :func:`judge_batches`."""
 
-    @dg.asset_check(asset=asset_key, name=name, blocking=True, description=description)
+    @dg.asset_check(asset=asset_key, name=name, blocking=True, description=description, pool=DUCKDB_POOL)
     def _batch_check(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
         return judge_batches(duckdb, table, stage, checked_months(context, table))
 

@@ -12,6 +12,7 @@ from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.evaluate import EVALUATION_KEY, evaluation_dir
+from mlops_assets.defs.partitions import DUCKDB_POOL
 from mlops_assets.defs.resources import PlatformStorage
 from mlops_assets.defs.train import CHAMPION_FRESHNESS, CHAMPION_KEY, read_test_rows, registered_challenger
 
@@ -88,6 +89,7 @@ def build_champion_check(model: ModelSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=CHAMPION_KEY,
         name="champion_is_servable",
+        pool=DUCKDB_POOL,
         blocking=True,
         description=f"The champion loads from the registry, matches its checksum and scores a canary batch of "
         f"{CANARY_ROWS} test rows with finite, non-constant probabilities. Blocking.",

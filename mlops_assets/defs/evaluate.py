@@ -20,6 +20,7 @@ from mlops_assets.core.policy import PromotionGates, scores_are_sane
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
+from mlops_assets.defs.partitions import DUCKDB_POOL
 from mlops_assets.defs.resources import PlatformStorage
 from mlops_assets.defs.train import CHALLENGER_KEY, read_test_rows, registered_challenger
 
@@ -46,6 +47,7 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
         deps=[CHALLENGER_KEY],
         automation_condition=dg.AutomationCondition.eager(),
         group_name="evaluate",
+        pool=DUCKDB_POOL,
         kinds={"lightgbm", "matplotlib"},
         description="The challenger and the current champion scored on the same test month that neither trained on: "
         "ROC AUC, PR AUC, log loss, Brier score, calibration error and base rate, overall and per slice, with ROC, "

@@ -55,6 +55,7 @@ def build_one_row_check(spec: FeatureTableSpec, entity_table: str) -> dg.AssetCh
     @dg.asset_check(
         asset=features_key(spec),
         name="one_row_per_entity",
+        pool=DUCKDB_POOL,
         blocking=True,
         description=f"Each built month has exactly one row per validated `{entity_table}` row, unique keys "
         f"({', '.join(spec.key)}), a label on every row and the current feature-set version. Blocking.",

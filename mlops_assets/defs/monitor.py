@@ -37,11 +37,13 @@ TOP_DRIFTED = 4
 
 def after_features(*ignored: dg.AssetKey) -> dg.AutomationCondition:
     """Eager: run when an upstream month updates, never while upstream is missing or running, and only once every
-    blocking check of the upstream assets passed. ``ignored`` deps (e.g. the champion) do not trigger."""
+    blocking check of the upstream assets passed. ``ignored`` deps (the champion) neither trigger nor gate it."""
     eager = dg.AutomationCondition.eager()
+    checks = dg.AutomationCondition.all_deps_blocking_checks_passed()
     if ignored:
         eager = eager.ignore(dg.AssetSelection.assets(*ignored))
-    return (eager & dg.AutomationCondition.all_deps_blocking_checks_passed()).with_label("eager, upstream checks passed")
+        checks = checks.ignore(dg.AssetSelection.assets(*ignored))
+    return (eager & checks).with_label("eager, upstream checks passed")
 
 
 def scoring_models(registry: Registry) -> list[ScoringModel]:

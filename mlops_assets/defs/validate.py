@@ -67,6 +67,7 @@ def build_row_count_check(table: TableSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=validated_key(table),
         name="row_count_vs_history",
+        pool=DUCKDB_POOL,
         description=f"Each month's validated row count is within {ROW_COUNT_RATIO:g}x of the median of the other "
         "months (a warning: a half-delivered month looks valid row by row).",
     )

@@ -1,0 +1,205 @@
+"""The feedback loop's decisions on a real Dagster instance: the drift and performance sensors (run requests, cursors,
+no duplicates), the automation conditions (``evaluate_automation_conditions``) and the one-writer guarantee."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from mlops_assets.core.flights import FLIGHTS
+from mlops_assets.core.registry import CHAMPION, Registry
+from mlops_assets.core.settings import REPO_ROOT, Settings
+from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.deploy import build_champion_asset
+from mlops_assets.defs.evaluate import build_evaluation_asset
+from mlops_assets.defs.features import features_key
+from mlops_assets.defs.jobs import RETRAIN_JOB
+from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, PREDICTIONS_KEY
+from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS
+from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage, build_resources
+from mlops_assets.defs.sensors import CHAMPION_TAG, MONTH_TAG, TRIGGER_TAG, build_drift_sensor, build_performance_sensor
+from mlops_assets.defs.train import CHALLENGER_KEY, CHAMPION_KEY, TRAINING_SET_KEY, build_challenger_asset, build_training_set_asset
+
+FEATURES = features_key(FLIGHTS.training_features)
+
+
+def _register(registry: Registry) -> str:
+    """A real (tiny) LightGBM model registered as a version; the sensors only read which version is champion."""
+    rng = np.random.default_rng(0)
+    booster = lgb.train({"verbosity": -1, "num_threads": 1}, lgb.Dataset(rng.random((60, 2)), label=rng.integers(0, 2, 60)), 2)
+    return registry.register(booster.model_to_string(), {"data": {"test_month": "2013-03"}}, {}, run_id=None).version
+
+
+@pytest.fixture
+def champion(settings: Settings) -> str:
+    registry = Registry(settings.registry_dir)
+    version = _register(registry)
+    registry.set_alias(CHAMPION, version, "promoted", "test")
+    return version
+
+
+def _report(instance: dg.DagsterInstance, key: dg.AssetKey, month: str, **summary: object) -> None:
+    """A materialization of a monitoring asset for ``month`` with its per-month metadata, as the asset writes it."""
+    if month not in instance.get_dynamic_partitions(MONTHS.name):
+        instance.add_dynamic_partitions(MONTHS.name, [month])
+    metadata = {"by_month": dg.MetadataValue.json({month: {"month": month, **summary}})}
+    instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=month, metadata=metadata))
+
+
+def _tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, settings: Settings, cursor: str | None,
+          policy: MonitoringPolicy | None = None) -> dg.SensorResult:  # fmt: skip
+    resources = {"storage": PlatformStorage(data_dir=str(settings.data_dir)), "policy": policy or MonitoringPolicy()}
+    result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def test_drift_sensor_requests_one_retrain_per_drift_event(settings: Settings, champion: str) -> None:
+    sensor = build_drift_sensor()
+    with dg.instance_for_test() as instance:
+        _report(instance, DRIFT_KEY, "2013-04", champion_version=champion, drifted=True, reason="9/27 features drifted")
+        first = _tick(sensor, instance, settings, None)
+        [request] = first.run_requests or []
+        assert request.run_key == f"drift:2013-04:{champion}"
+        assert request.tags[TRIGGER_TAG] == "drift" and request.tags[MONTH_TAG] == "2013-04" and request.tags[CHAMPION_TAG] == champion
+        assert "9/27 features drifted" in request.tags["mlops/reason"]
+
+        # the cursor moved past the event: the next tick asks for nothing
+        assert not _tick(sensor, instance, settings, first.cursor).run_requests
+
+        # the same month drifting again for the same champion: its retrain run exists, so no second request
+        instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=request.tags))
+        _report(instance, DRIFT_KEY, "2013-04", champion_version=champion, drifted=True, reason="again")
+        again = _tick(sensor, instance, settings, first.cursor)
+        assert not again.run_requests and again.cursor != first.cursor
+
+
+def test_drift_sensor_ignores_stable_months_and_stale_champions(settings: Settings, champion: str) -> None:
+    sensor = build_drift_sensor()
+    with dg.instance_for_test() as instance:
+        _report(instance, DRIFT_KEY, "2013-04", champion_version=champion, drifted=False, reason="no drift")
+        _report(instance, DRIFT_KEY, "2013-05", champion_version="v0999", drifted=True, reason="drift vs an old champion")
+        # two reports of one drifted month in one tick: one request
+        _report(instance, DRIFT_KEY, "2013-06", champion_version=champion, drifted=True, reason="drift")
+        _report(instance, DRIFT_KEY, "2013-06", champion_version=champion, drifted=True, reason="drift")
+        result = _tick(sensor, instance, settings, None)
+        assert [r.run_key for r in result.run_requests or []] == [f"drift:2013-06:{champion}"]
+
+
+def test_performance_sensor_retrains_when_live_auc_falls_beyond_the_margin(settings: Settings, champion: str) -> None:
+    sensor = build_performance_sensor()
+    live = {"champion_version": champion, "champion_live_roc_auc": 0.70, "champion_evaluation_roc_auc": 0.75}
+    with dg.instance_for_test() as instance:
+        _report(instance, LIVE_KEY, "2013-04", **live, champion_auc_drop=0.05)
+        _report(instance, LIVE_KEY, "2013-05", **live, champion_auc_drop=0.01)
+        result = _tick(sensor, instance, settings, None)
+        [request] = result.run_requests or []
+        assert request.run_key == f"performance:2013-04:{champion}" and "0.0500 below" in request.tags["mlops/reason"]
+        # the margin is configurable
+        assert not _tick(sensor, instance, settings, None, MonitoringPolicy(retrain_auc_margin=0.1)).run_requests
+        # a month the drift sensor already sent to retraining is not retrained twice
+        instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags={MONTH_TAG: "2013-04", CHAMPION_TAG: champion, TRIGGER_TAG: "drift"}))
+        assert not _tick(sensor, instance, settings, None).run_requests
+
+
+def _requested(result: object, key: dg.AssetKey) -> set[str | None]:
+    return set(result.get_requested_partitions(key))  # type: ignore[attr-defined]
+
+
+def _features_built(instance: dg.DagsterInstance, month: str, check_passed: bool | None) -> None:
+    """A materialization of the month's features and, unless None, the result of its blocking check."""
+    if month not in instance.get_dynamic_partitions(MONTHS.name):
+        instance.add_dynamic_partitions(MONTHS.name, [month])
+    instance.report_runless_asset_event(dg.AssetMaterialization(FEATURES, partition=month))
+    if check_passed is not None:
+        instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(FEATURES, "one_row_per_entity", passed=check_passed, blocking=True, partition=month)
+        )
+
+
+def test_monitoring_runs_after_a_month_of_features_and_only_then(settings: Settings) -> None:
+    defs = build_definitions(FLIGHTS, settings)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(MONTHS.name, ["2013-04", "2013-05"])
+        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert start.total_requested == 0  # nothing built yet: nothing to run
+
+        _features_built(instance, "2013-04", check_passed=True)
+        after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+        for key in (PREDICTIONS_KEY, DRIFT_KEY, LIVE_KEY):
+            assert _requested(after, key) == {"2013-04"}, key
+        for key in (TRAINING_SET_KEY, CHALLENGER_KEY, CHAMPION_KEY):
+            assert not _requested(after, key)  # new data alone never retrains: the sensors decide that
+
+        settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
+        assert settled.total_requested == 0  # requested once, not again every tick
+
+        # Dagster judges the latest result of the features' blocking check: the next month failed it, so nothing
+        # downstream uses that month
+        _features_built(instance, "2013-05", check_passed=False)
+        failed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+        assert failed.total_requested == 0
+
+
+def test_a_new_champion_does_not_rescore_old_months(settings: Settings) -> None:
+    defs = build_definitions(FLIGHTS, settings)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(MONTHS.name, ["2013-04"])
+        _features_built(instance, "2013-04", check_passed=True)
+        for key in (PREDICTIONS_KEY, DRIFT_KEY, LIVE_KEY):
+            instance.report_runless_asset_event(dg.AssetMaterialization(key, partition="2013-04"))
+        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        instance.report_runless_asset_event(dg.AssetMaterialization(CHAMPION_KEY))
+        after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+        assert not _requested(after, PREDICTIONS_KEY)  # scores of a month a new champion may have trained on: never
+
+
+def _lifecycle(settings: Settings, code_version: str) -> dg.Definitions:
+    """The lifecycle assets alone, with a chosen training code version."""
+    assets = [build_training_set_asset(FLIGHTS), build_challenger_asset(FLIGHTS, code_version), build_evaluation_asset(FLIGHTS),
+              build_champion_asset(FLIGHTS)]  # fmt: skip
+    return dg.Definitions(assets=assets, resources=build_resources(settings))
+
+
+def test_a_new_training_code_version_retrains_and_re_evaluates(settings: Settings) -> None:
+    with dg.instance_for_test() as instance:
+        for key in (TRAINING_SET_KEY, CHALLENGER_KEY):
+            instance.report_runless_asset_event(dg.AssetMaterialization(key))
+        before = dg.evaluate_automation_conditions(defs=_lifecycle(settings, "training-a"), instance=instance)
+        unchanged = dg.evaluate_automation_conditions(defs=_lifecycle(settings, "training-a"), instance=instance, cursor=before.cursor)
+        assert not _requested(unchanged, CHALLENGER_KEY)
+        changed = dg.evaluate_automation_conditions(defs=_lifecycle(settings, "training-b"), instance=instance, cursor=unchanged.cursor)
+        assert _requested(changed, CHALLENGER_KEY) == {None}
+        # the rest of the chain follows in the same tick, and the training set is not rebuilt for it
+        assert _requested(changed, dg.AssetKey(["reports", "evaluation"])) == {None} and _requested(changed, CHAMPION_KEY) == {None}
+        assert not _requested(changed, TRAINING_SET_KEY)
+
+
+def test_the_champion_must_be_re_evaluated_every_30_days(settings: Settings) -> None:
+    defs = build_definitions(FLIGHTS, settings)
+    spec = defs.resolve_asset_graph().get(CHAMPION_KEY)
+    policy = spec.freshness_policy
+    assert policy is not None
+    assert policy.fail_window.to_timedelta().days == 30 and policy.warn_window.to_timedelta().days == 25  # type: ignore[union-attr]
+    condition = defs.resolve_asset_graph().get(TRAINING_SET_KEY).automation_condition
+    assert condition is not None and "freshness" in str(condition.get_label())
+
+
+def test_one_writer_at_a_time(settings: Settings, tmp_path: Path) -> None:
+    """The instance the platform runs on (the repo's dagster.yaml) runs one run at a time and gives the `duckdb` pool
+    one slot; every step and check that opens the warehouse is in that pool. So sensors and automation can request as
+    many runs as they like: DuckDB never sees two writers."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        config = instance.get_concurrency_config()
+        assert config.run_queue_config is not None and config.run_queue_config.max_concurrent_runs == 1
+        assert config.pool_config.default_pool_limit == 1
+    defs = build_definitions(FLIGHTS, settings)
+    users = [a for a in defs.resolve_asset_graph().assets_defs if "duckdb" in a.required_resource_keys]
+    assert len(users) > 20  # assets and checks alike
+    assert all(a.op.pool == DUCKDB_POOL for a in users), [a.keys or a.check_keys for a in users if a.op.pool != DUCKDB_POOL]

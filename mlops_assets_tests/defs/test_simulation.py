@@ -1,0 +1,49 @@
+"""The replayed year on a thin real slice (every 20th flight): the platform's own sensors and automation, evaluated
+tick by tick on a real instance, retrain on drift and promote, and every score stays out of sample."""
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from mlops_assets.core.registry import Registry
+from mlops_assets.core.settings import load_settings
+from mlops_assets.simulation import MARKER, SimulationError, reset_data_dir, simulate
+
+
+def test_the_replayed_year_retrains_on_drift_and_promotes(tmp_path: Path) -> None:
+    data_dir = tmp_path / "simulation"
+    lines: list[str] = []
+    timeline = simulate(data_dir, "2013-01", "2013-12", every=20, say=lines.append)
+
+    assert timeline["month"].to_list() == [f"2013-{m:02d}" for m in range(4, 13)]
+    drift_retrains = timeline.filter(pl.col("retrained") & pl.col("retrain_trigger").str.contains("drift"))
+    assert drift_retrains.height >= 1 and drift_retrains["retrain_reason"].str.contains("drift").all()
+    assert timeline["promoted"].sum() >= 1
+    assert timeline["champion_live_auc"].is_not_null().all() and timeline["frozen_live_auc"].is_not_null().all()
+    assert (timeline["frozen_version"] == "v0001").all()  # the first model, frozen as the shadow
+    assert lines[-1].startswith("Done in") and "monitoring.timeline" in lines[-1]
+
+    settings = load_settings(data_dir)
+    registry = Registry(settings.registry_dir)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        stored = conn.sql("SELECT month, retrained, promoted FROM monitoring.timeline ORDER BY month").pl()
+        scored = conn.sql("SELECT DISTINCT _month, model_version FROM predictions.batch").pl()
+    assert stored.equals(timeline.select("month", "retrained", "promoted"))
+    # out of sample: no month was scored by a model whose training data reached into it
+    for month, version in scored.iter_rows():
+        assert month >= registry.get(version).metadata["data"]["test_month"], (month, version)
+    assert (settings.reports_dir / "timeline" / "timeline.png").stat().st_size > 10_000
+    assert (settings.reports_dir / "drift" / "2013-06" / "report.md").exists()
+
+
+def test_a_simulation_never_clears_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(SimulationError, match="not made by `mlops simulate`"):
+        reset_data_dir(precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    reset_data_dir(tmp_path / "fresh")
+    assert (tmp_path / "fresh" / MARKER).exists()

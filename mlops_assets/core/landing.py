@@ -209,3 +209,25 @@ def plan_refresh(
     if reference_ready:
         next_cursor.update(reference)
     return RefreshPlan(to_run, keys, next_cursor, waiting)
+
+
+def month_landed_at(landing_dir: Path, tables: list[str]) -> dict[str, float]:
+    """When each month last changed in the landing zone: the newest modification time (epoch seconds) of its files."""
+    landed: dict[str, float] = {}
+    for table, month, path in _walk_layout(landing_dir):
+        if month is not None and table in tables:
+            landed[month] = max(landed.get(month, 0.0), path.stat().st_mtime)
+    return landed
+
+
+def stale_months(landed_at: dict[str, float], built_at: dict[str, float | None], now: float, max_delay_s: float) -> list[str]:
+    """Months whose data landed more than ``max_delay_s`` ago but were not built since (never, or before it landed),
+    each with why."""
+    problems = []
+    for month, landed in sorted(landed_at.items()):
+        built = built_at.get(month)
+        if now - landed <= max_delay_s or (built is not None and built >= landed):
+            continue
+        when = "never built" if built is None else "built before its data last changed"
+        problems.append(f"{month}: landed {(now - landed) / 3600:.1f} h ago, {when}")
+    return problems

@@ -1,13 +1,17 @@
 """Features: point-in-time feature tables in ``features.<name>``, one monthly partition at a time."""
 
+import time
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.features import VERSION_COLUMN, feature_set_version, write_months
+from mlops_assets.core.landing import month_landed_at, stale_months
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.markdown import frame_to_markdown
 from mlops_assets.core.store import fetch_row, qualified, query_frame, table_exists
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
+from mlops_assets.defs.resources import PlatformStorage
 from mlops_assets.defs.validate import validated_key
 
 
@@ -95,7 +99,43 @@ def build_one_row_check(spec: FeatureTableSpec, entity_table: str) -> dg.AssetCh
     return _one_row
 
 
+#: Features must be rebuilt within a day of their month's data landing (or changing).
+FEATURES_MAX_DELAY_S = 24 * 3600
+
+
+def build_freshness_check(spec: FeatureTableSpec, model: ModelSpec) -> dg.AssetChecksDefinition:
+    monthly = [t.name for t in model.monthly_tables if t.name in spec.inputs]
+
+    @dg.asset_check(
+        asset=features_key(spec),
+        name="fresh_after_landing",
+        automation_condition=dg.AutomationCondition.cron_tick_passed("0 * * * *") & ~dg.AutomationCondition.in_progress(),
+        description="Freshness: every month's features were built after its data last landed, at most a day later. "
+        "Dagster's own freshness policies judge an asset's last update, which cannot say 'per month, relative to when "
+        "that month landed'; this check can, and the automation sensor runs it every hour. It fails (severity warn) "
+        "with the stale months, e.g. when the landing sensor is stopped.",
+    )
+    def fresh_after_landing(context: dg.AssetCheckExecutionContext, storage: PlatformStorage) -> dg.AssetCheckResult:
+        landed = month_landed_at(storage.landing_dir, monthly)
+        built: dict[str, float | None] = {}
+        for month in landed:
+            records = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=features_key(spec), asset_partitions=[month]), limit=1
+            ).records
+            built[month] = records[0].timestamp if records else None
+        stale = stale_months(landed, built, time.time(), FEATURES_MAX_DELAY_S)
+        return dg.AssetCheckResult(
+            passed=not stale,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="; ".join(stale) if stale else f"all {len(landed)} landed month(s) built after they landed",
+            metadata={"months_checked": len(landed), "stale_months": len(stale)},
+        )
+
+    return fresh_after_landing
+
+
 def build_features(model: ModelSpec) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     assets = [build_feature_asset(spec, model) for spec in model.feature_tables]
     checks = [build_one_row_check(spec, spec.inputs[0]) for spec in model.feature_tables]
+    checks += [build_freshness_check(spec, model) for spec in model.feature_tables]
     return assets, checks

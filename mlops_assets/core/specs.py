@@ -62,6 +62,25 @@ class TableSpec:
 
 
 @dataclass(frozen=True)
+class OnlineSpec:
+    """Serving a feature table: the request fields, the reference tables exported for them, and the mapping from
+    requests to entity rows.
+
+    Attributes:
+        request_fields: field -> (python type, required, description) of one prediction request.
+        key_fields: request fields that identify an entity (logged, and hashed for A/B assignment).
+        reference_sql: name -> SQL over the validated tables, exported with the online store (e.g. route distances).
+        entities: (requests, reference frames) -> entity rows with the columns the feature SQL returns for the time
+            and the features known in advance. The tests hold it to the SQL: same flight, same values.
+    """
+
+    request_fields: Mapping[str, tuple[type, bool, str]]
+    key_fields: tuple[str, ...]
+    reference_sql: Mapping[str, str]
+    entities: Callable[[pl.DataFrame, Mapping[str, pl.DataFrame]], pl.DataFrame]
+
+
+@dataclass(frozen=True)
 class FeatureTableSpec:
     """A point-in-time feature table: one SQL file over validated tables plus declarative as-of lookups and trailing
     windows.
@@ -87,6 +106,8 @@ class FeatureTableSpec:
         categorical / numeric: the feature columns, for training and drift.
         lookups: as-of lookups (another table's latest row, or the entity's own previous row) added by the engine.
         windows: trailing-window aggregates added by the engine.
+        online: how a prediction request becomes the entity row the SQL would give (see :class:`OnlineSpec`);
+            the as-of lookups and windows are then added by the same engine, from the online store's export.
     """
 
     name: str
@@ -102,6 +123,7 @@ class FeatureTableSpec:
     numeric: tuple[str, ...]
     lookups: tuple[AsOfLookup, ...] = ()
     windows: tuple[TrailingWindow, ...] = ()
+    online: OnlineSpec | None = None
     description: str = ""
 
     @property

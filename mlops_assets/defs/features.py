@@ -7,6 +7,7 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.features import VERSION_COLUMN, feature_set_version, write_months
 from mlops_assets.core.landing import month_landed_at, stale_months
+from mlops_assets.core.online import build_export, write_export
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.markdown import frame_to_markdown
 from mlops_assets.core.store import fetch_row, qualified, query_frame, table_exists
@@ -99,6 +100,46 @@ def build_one_row_check(spec: FeatureTableSpec, entity_table: str) -> dg.AssetCh
     return _one_row
 
 
+ONLINE_STORE_KEY = dg.AssetKey(["features", "online_store"])
+
+
+def build_online_store_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=ONLINE_STORE_KEY,
+        deps=[features_key(spec)],
+        group_name="features",
+        kinds={"parquet", "polars"},
+        pool=DUCKDB_POOL,
+        code_version=feature_set_version(spec),
+        automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+        description=f"`$MLOPS_DATA_DIR/online_store/`: what the prediction service needs to compute `{spec.name}` at "
+        "request time, exported after each new month: the feature SQL's rows for the newest month and its look-back "
+        "(with when each fact became known), the rows of the as-of lookups (weather) and the reference tables (routes, "
+        "planes, time zones). The service runs the same point-in-time engine on them, so online and offline vectors "
+        "are equal. Written as a new version folder, then `CURRENT` is replaced atomically; the service reloads it.",
+    )
+    def online_store(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+        with duckdb.get_connection() as conn:
+            if not table_exists(conn, "features", spec.name):
+                raise dg.Failure(description=f"features.{spec.name} is empty: build a month first")
+            (newest,) = fetch_row(conn, f"SELECT max(_month) FROM {qualified('features', spec.name)}")
+            export = build_export(conn, spec, newest)
+        version = write_export(export, storage.online_store_dir)
+        context.log.info(f"online store {version}: facts through {export.manifest['facts_known_through']}")
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(version),
+            metadata={
+                "version": version,
+                "newest_month": newest,
+                "facts_known_through": dg.MetadataValue.text(str(export.manifest["facts_known_through"])),
+                "rows": dg.MetadataValue.json(export.manifest["rows"]),
+                "path": dg.MetadataValue.path(str(storage.online_store_dir / "versions" / version)),
+            },
+        )
+
+    return online_store
+
+
 #: Features must be rebuilt within a day of their month's data landing (or changing).
 FEATURES_MAX_DELAY_S = 24 * 3600
 
@@ -138,4 +179,5 @@ def build_features(model: ModelSpec) -> tuple[list[dg.AssetsDefinition], list[dg
     assets = [build_feature_asset(spec, model) for spec in model.feature_tables]
     checks = [build_one_row_check(spec, spec.inputs[0]) for spec in model.feature_tables]
     checks += [build_freshness_check(spec, model) for spec in model.feature_tables]
+    assets += [build_online_store_asset(spec) for spec in model.feature_tables if spec.online is not None]
     return assets, checks

@@ -15,8 +15,9 @@ from mlops_assets.core.landing import landed_months
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.defs.partitions import range_tags
 
+#: The monthly refresh (what the landing sensor runs); the online store follows by automation.
 FEATURE_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"]) - dg.AssetSelection.assets(
-    ["features", "training_set"]
+    ["features", "training_set"], ["features", "online_store"]
 )
 TRAINING_PIPELINE_SELECTION = (
     dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"], ["models"], ["reports"])

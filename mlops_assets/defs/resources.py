@@ -31,6 +31,14 @@ class PlatformStorage(dg.ConfigurableResource):
     def registry_dir(self) -> Path:
         return Path(self.data_dir) / "registry"
 
+    @property
+    def online_store_dir(self) -> Path:
+        return Path(self.data_dir) / "online_store"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return Path(self.data_dir) / "predictions"
+
 
 class MonitoringPolicy(dg.ConfigurableResource):
     """When a month counts as drifted and when live quality asks for a retrain (``$MLOPS_DRIFT_SHARE``,

@@ -23,7 +23,7 @@ def test_asset_graph_snapshot(settings: Settings) -> None:
     tables = ["airlines", "airports", "flights", "planes", "weather"]
     expected = [f"{stage}/{t}" for stage in ("landing", "raw", "validated") for t in tables] + [
         "features/flight_features", "features/training_set", "models/challenger", "reports/evaluation", "models/champion",
-        "predictions/batch", "monitoring/drift_report", "monitoring/live_performance",
+        "predictions/batch", "monitoring/drift_report", "monitoring/live_performance", "features/online_store",
     ]  # fmt: skip
     assert keys == sorted(expected)
     checks = sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in defs.resolve_asset_graph().asset_check_keys)

@@ -82,11 +82,12 @@ class TrailingWindow:
         return (self.mean_name, self.count_name)
 
 
-def add_lookup(targets: pl.DataFrame, right: pl.DataFrame, lookup: AsOfLookup, time_column: str) -> pl.DataFrame:
-    """Add ``lookup``'s output columns to ``targets`` (sorted by ``time_column``), keeping its order."""
+def lookup_candidates(right: pl.DataFrame, lookup: AsOfLookup) -> pl.DataFrame:
+    """The right-hand rows of ``lookup`` ready for as-of joins: keyed, deduplicated, sorted by when they were known.
+    Computed once per build (or once per online store load), whatever the number of targets."""
     by = list(lookup.by)
     carried = list(dict.fromkeys([*lookup.columns, *lookup.value_known_at.values()]))
-    candidates = (
+    return (
         right.select(*by, pl.col(lookup.known_at).alias("_known"), *carried)
         .filter(pl.all_horizontal(pl.col(c).is_not_null() for c in [*by, "_known"]))
         # rows sharing a key and a time (the data repeats a few) are merged deterministically
@@ -94,6 +95,16 @@ def add_lookup(targets: pl.DataFrame, right: pl.DataFrame, lookup: AsOfLookup, t
         .agg(pl.col(c).max() for c in carried)
         .sort("_known")
     )
+
+
+def add_lookup(targets: pl.DataFrame, right: pl.DataFrame, lookup: AsOfLookup, time_column: str) -> pl.DataFrame:
+    """Add ``lookup``'s output columns to ``targets`` (sorted by ``time_column``), keeping its order."""
+    return add_prepared_lookup(targets, lookup_candidates(right, lookup), lookup, time_column)
+
+
+def add_prepared_lookup(targets: pl.DataFrame, candidates: pl.DataFrame, lookup: AsOfLookup, time_column: str) -> pl.DataFrame:
+    """``add_lookup`` with the right-hand side already prepared by :func:`lookup_candidates`."""
+    by = list(lookup.by)
     joined = targets.select(*by, pl.col(time_column).alias("_t")).join_asof(
         candidates, left_on="_t", right_on="_known", by=by, strategy="backward",
         allow_exact_matches=not lookup.strict, check_sortedness=False,
@@ -128,13 +139,24 @@ def _cumulative(events: pl.DataFrame, spec: TrailingWindow) -> pl.DataFrame:
     )
 
 
+def window_cumulatives(events: pl.DataFrame, windows: tuple[TrailingWindow, ...]) -> list[pl.DataFrame]:
+    """Each window's per-key cumulative sums over ``events``: computed once, then any number of targets look up."""
+    return [_cumulative(events, spec) for spec in windows]
+
+
 def add_trailing_windows(
     events: pl.DataFrame, targets: pl.DataFrame, windows: tuple[TrailingWindow, ...], time_column: str
 ) -> pl.DataFrame:
     """Add each window's mean and count to ``targets`` (sorted by ``time_column``), aggregating ``events``."""
-    for spec in windows:
+    return add_prepared_windows(window_cumulatives(events, windows), targets, windows, time_column)
+
+
+def add_prepared_windows(
+    cumulatives: list[pl.DataFrame], targets: pl.DataFrame, windows: tuple[TrailingWindow, ...], time_column: str
+) -> pl.DataFrame:
+    """``add_trailing_windows`` with the cumulative sums already computed by :func:`window_cumulatives`."""
+    for spec, cumulative in zip(windows, cumulatives, strict=True):
         by = list(spec.by)
-        cumulative = _cumulative(events, spec)
 
         def before(at: pl.Expr, suffix: str) -> pl.DataFrame:
             """Cumulative sum and count of the events known strictly before ``at``."""

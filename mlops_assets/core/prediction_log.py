@@ -1,0 +1,129 @@
+"""The serving log: every online prediction, appended to Parquet under ``$MLOPS_DATA_DIR/predictions/online/``.
+
+One row per request and model that scored it (long format), so champion, challenger (A/B) and shadow scores sit in
+one table: ``request_id``, ``logged_at`` (UTC), the feature table's key columns, ``prediction_time``, ``variant``
+(champion / challenger / shadow), ``model_version``, ``score``, ``served`` (whether this score was the answer),
+``latency_ms`` (request received -> answer ready, feature lookup included), ``status`` (``ok`` / ``error``) and
+``error``. Rows are buffered and written in batches (by count or age) and on close, each batch as a new file written
+under a temporary name and renamed, so a reader never sees half a file and a crash loses at most the unflushed batch;
+a SIGTERM closes the log first.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+ONLINE_FOLDER = "online"
+VARIANTS = ("champion", "challenger", "shadow")
+
+
+def log_schema(key_columns: Sequence[str], key_types: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
+    """The columns of the log for a feature table with these key columns."""
+    return {
+        "request_id": pl.String(),
+        "logged_at": pl.Datetime("us"),
+        **{c: key_types[c] for c in key_columns},
+        "prediction_time": pl.Datetime("us"),
+        "variant": pl.String(),
+        "model_version": pl.String(),
+        "score": pl.Float64(),
+        "served": pl.Boolean(),
+        "latency_ms": pl.Float64(),
+        "status": pl.String(),
+        "error": pl.String(),
+    }
+
+
+class PredictionLog:
+    """A thread-safe buffered writer. ``append`` never blocks on disk; a background thread writes a batch when it
+    reaches ``flush_rows`` rows or is ``flush_seconds`` old; ``close`` writes what is left."""
+
+    def __init__(self, root: Path, schema: dict[str, pl.DataType], flush_rows: int = 2000, flush_seconds: float = 2.0) -> None:
+        self.folder = root / ONLINE_FOLDER
+        self.schema = schema
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._rows: list[dict[str, object]] = []
+        self._oldest: float | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._sequence = 0
+        self.files_written = 0
+        self.rows_written = 0
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def append(self, rows: Sequence[dict[str, object]]) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the prediction log is closed")
+            if not self._rows:
+                self._oldest = time.monotonic()
+            self._rows.extend(rows)
+            full = len(self._rows) >= self.flush_rows
+        if full:
+            self._wake.set()
+
+    def flush(self) -> int:
+        """Write the buffered rows now; return how many."""
+        with self._lock:
+            rows, self._rows, self._oldest = self._rows, [], None
+            self._sequence += 1
+            sequence = self._sequence
+        if not rows:
+            return 0
+        frame = pl.DataFrame(rows, schema=self.schema, orient="row")
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        folder = self.folder / day
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns()}-{os.getpid()}-{sequence:06d}.parquet"
+        temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"
+        frame.write_parquet(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, folder / name)
+        self.files_written += 1
+        self.rows_written += len(rows)
+        return len(rows)
+
+    def _due(self) -> bool:
+        with self._lock:
+            return bool(self._rows) and (
+                len(self._rows) >= self.flush_rows or (self._oldest is not None and time.monotonic() - self._oldest >= self.flush_seconds)
+            )
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(timeout=min(self.flush_seconds, 0.5))
+            self._wake.clear()
+            if self._due():
+                self.flush()
+
+    def close(self) -> int:
+        """Stop the writer thread and write everything still buffered; return the rows written by this call."""
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+        return self.flush()
+
+
+def read_log(root: Path) -> pl.DataFrame:
+    """Every logged row (an empty frame when nothing has been logged)."""
+    files = sorted((root / ONLINE_FOLDER).glob("*/*.parquet"))
+    if not files:
+        return pl.DataFrame()
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -21,7 +21,13 @@ from mlops_assets.defs.jobs import FEATURE_PIPELINE_SELECTION, build_jobs
 from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.resources import build_resources, persistent_instance
 from mlops_assets.defs.monitor import build_monitoring
-from mlops_assets.defs.sensors import build_automation_sensor, build_drift_sensor, build_landing_sensor, build_performance_sensor
+from mlops_assets.defs.sensors import (
+    build_automation_sensor,
+    build_drift_sensor,
+    build_landing_sensor,
+    build_performance_sensor,
+    build_rollback_sensor,
+)
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.defs.validate import build_validate
 
@@ -47,6 +53,7 @@ def build_definitions(model: ModelSpec, settings: Settings) -> dg.Definitions:
         jobs=build_jobs(model, settings.landing_dir),
         sensors=[
             build_landing_sensor(model, FEATURE_PIPELINE_SELECTION),
+            build_rollback_sensor(),
             build_drift_sensor(),
             build_performance_sensor(),
             build_automation_sensor(),

@@ -33,7 +33,8 @@ from mlops_assets.ticks import ExecutedRun, Ticker
 MARKER = ".mlops-simulation"
 TIMELINE_TABLE = ("monitoring", "timeline")
 BOOTSTRAP_MONTHS = 3
-SENSORS = ("landing_sensor", "drift_sensor", "performance_sensor")
+#: In the daemon's order of definition: a rollback is decided before drift and performance ask for a retrain
+SENSORS = ("landing_sensor", "rollback_sensor", "drift_sensor", "performance_sensor")
 
 
 class SimulationError(RuntimeError):
@@ -62,7 +63,7 @@ def month_row(month: str, instance: dg.DagsterInstance, registry: Registry, runs
     """What the platform did about ``month``, from the monitoring metadata, the runs and the registry's events."""
     drift = _latest_summary(instance, DRIFT_KEY, month)
     live = _latest_summary(instance, LIVE_KEY, month)
-    retrains = [r for r in runs if r.tags.get(TRIGGER_TAG) in ("drift", "performance")]
+    retrains = [r for r in runs if r.tags.get(TRIGGER_TAG) in ("drift", "performance", "rollback")]
     events = registry.events()
     challenger = decision = ""
     promoted = False

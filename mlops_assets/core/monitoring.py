@@ -62,26 +62,38 @@ def score_month(frame: pl.DataFrame, spec: FeatureTableSpec, models: list[Scorin
     return pl.concat(parts), skipped
 
 
-def live_performance(scored: pl.DataFrame, labels: pl.DataFrame, spec: FeatureTableSpec, evaluation_auc: Mapping[str, float | None]) -> pl.DataFrame:
-    """Per variant and model version: AUC, log loss, calibration, score distribution and extremes on the month's
-    labelled rows, with the AUC the version had in its own evaluation and the drop from it."""
-    joined = scored.join(labels.select(*spec.key, spec.label), on=list(spec.key), how="inner").filter(pl.col(spec.label).is_not_null())
+def live_performance(
+    scored: pl.DataFrame, labels: pl.DataFrame, spec: FeatureTableSpec, evaluation_auc: Mapping[str, float | None], source: str = "batch"
+) -> pl.DataFrame:
+    """Per variant and model version: AUC, log loss, calibration, score distribution and extremes on the labelled
+    rows, the share of failed predictions (online), the AUC the version had in its own evaluation and the drop from
+    it. ``scored`` has the key columns, ``variant``, ``model_version``, ``score`` and, for the online log, ``status``."""
+    if "status" not in scored.columns:
+        scored = scored.with_columns(pl.lit("ok").alias("status"))
+    labelled = labels.select(*spec.key, spec.label)
     rows: list[dict[str, Any]] = []
-    for (variant, version), group in joined.group_by(["variant", "model_version"], maintain_order=True):
-        y = group[spec.label].cast(pl.Float64).to_numpy()
-        p = group["score"].to_numpy()
+    for (variant, version), group in scored.group_by(["variant", "model_version"], maintain_order=True):
+        errors = group.filter(pl.col("status") != "ok").height
+        joined = group.filter(pl.col("status") == "ok").join(labelled, on=list(spec.key), how="inner").filter(pl.col(spec.label).is_not_null())
+        if joined.height == 0:
+            continue
+        y = joined[spec.label].cast(pl.Float64).to_numpy()
+        p = joined["score"].to_numpy()
         m = metrics(y, p)
         evaluated = evaluation_auc.get(str(version))
         rows.append({
+            "source": source,
             "variant": variant,
             "model_version": version,
             "rows": len(y),
+            "error_rate": errors / group.height,
             "roc_auc": m["roc_auc"],
             "log_loss": m["log_loss"],
             "brier": m["brier"],
             "calibration_error": m["calibration_error"],
             "base_rate": m["base_rate"],
             "mean_score": float(np.mean(p)),
+            "score_std": float(np.std(p)),
             "score_p10": float(np.quantile(p, 0.1)),
             "score_p90": float(np.quantile(p, 0.9)),
             "share_above_0_99": m["share_above_0_99"],

@@ -1,9 +1,10 @@
-"""Promotion rules: when a challenger replaces the champion. Pure functions of evaluation results, so every decision
-can be explained and tested without a model."""
+"""Promotion and rollback rules: when a challenger replaces the champion, and when a champion is taken out. Pure
+functions of evaluation and live results, so every decision can be explained and tested without a model."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,3 +101,45 @@ def decide_promotion(
     else:
         reasons.append(f"no slice with >= {gates.slice_min_rows} rows loses more than {gates.max_slice_auc_drop} AUC")
     return PromotionDecision(auc_ok and loss_ok and not regressions, reasons)
+
+
+@dataclass(frozen=True)
+class RollbackPolicy:
+    """When the serving champion is taken out of production (the design's rollback rule).
+
+    Attributes:
+        max_auc_drop: live AUC may fall at most this far below the AUC the champion must hold (its own evaluation AUC
+            when it came in through the gates; the last gated champion's when it was forced in).
+        max_extreme_shift: the share of scores above 0.99 or below 0.01 may move at most this far from the reference
+            profile (outputs exploding to certainty).
+        min_score_std_ratio: the scores' spread may not shrink below this share of the reference spread (collapse).
+        max_error_rate: share of failed online predictions.
+        min_rows: labelled rows needed before quality is judged at all.
+    """
+
+    max_auc_drop: float = 0.05
+    max_extreme_shift: float = 0.1
+    min_score_std_ratio: float = 0.25
+    max_error_rate: float = 0.01
+    min_rows: int = 200
+
+
+def rollback_reasons(live: Mapping[str, Any], required_auc: float | None, reference_scores: Mapping[str, Any], policy: RollbackPolicy) -> list[str]:
+    """Why the champion's live numbers (``champion_*`` of a live-performance summary, ``online_champion_error_rate``)
+    call for a rollback; empty when they do not."""
+    reasons: list[str] = []
+    if live.get("champion_rows", 0) >= policy.min_rows:
+        auc = live.get("champion_live_roc_auc")
+        if auc is not None and required_auc is not None and required_auc - auc > policy.max_auc_drop:
+            reasons.append(f"live AUC {auc:.4f} is {required_auc - auc:.4f} below the required {required_auc:.4f} (max drop {policy.max_auc_drop})")
+        extreme = live.get("champion_share_above_0_99", 0.0) + live.get("champion_share_below_0_01", 0.0)
+        reference_extreme = reference_scores.get("share_above_0_99", 0.0) + reference_scores.get("share_below_0_01", 0.0)
+        if abs(extreme - reference_extreme) > policy.max_extreme_shift:
+            reasons.append(f"{extreme:.1%} of scores are extreme (< 0.01 or > 0.99) vs {reference_extreme:.1%} in its reference profile")
+        spread, reference_spread = live.get("champion_score_std"), reference_scores.get("std")
+        if spread is not None and reference_spread and spread < policy.min_score_std_ratio * reference_spread:
+            reasons.append(f"scores collapsed: spread {spread:.4f} vs {reference_spread:.4f} in its reference profile")
+    errors = live.get("online_champion_error_rate")
+    if errors is not None and errors > policy.max_error_rate:
+        reasons.append(f"{errors:.1%} of online predictions failed (max {policy.max_error_rate:.0%})")
+    return reasons

@@ -169,6 +169,15 @@ class Registry:
         return seen
 
 
+def gated_champions(registry: Registry) -> list[str]:
+    """Versions that became champion through the promotion gates, most recent first (safe to return to)."""
+    seen: list[str] = []
+    for event in reversed(registry.events()):
+        if event.get("alias") == CHAMPION and event.get("event") == "promoted" and event["version"] and event["version"] not in seen:
+            seen.append(event["version"])
+    return seen
+
+
 def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str | None = None) -> str:
     """Move the champion back to ``to`` or, by default, to the champion before the current one; log ``rolled_back``.
 

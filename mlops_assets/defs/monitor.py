@@ -17,6 +17,7 @@ from mlops_assets.core.evaluation import markdown_image
 from mlops_assets.core.landing import write_atomic
 from mlops_assets.core.markdown import frame_to_markdown
 from mlops_assets.core.monitoring import SCORING_VARIANTS, ScoringModel, live_performance, score_month
+from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.store import ensure_table_like, qualified, query_frame, replace_where, table_exists
@@ -206,6 +207,23 @@ def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
     return drift_report
 
 
+def live_summary(month: str, table: pl.DataFrame) -> dict[str, Any]:
+    """The month's live numbers as flat metadata: ``<variant>_...`` from the batch scores (every flight of the month,
+    scored by the model serving when it landed), ``online_<variant>_...`` from the serving log."""
+    summary: dict[str, Any] = {"month": month, "rows": int(table.filter(pl.col("source") == "batch")["rows"].max() or 0)}
+    for row in table.iter_rows(named=True):
+        prefix = row["variant"] if row["source"] == "batch" else f"online_{row['variant']}"
+        summary[f"{prefix}_version"] = row["model_version"]
+        for metric in ("roc_auc", "log_loss"):
+            summary[f"{prefix}_live_{metric}"] = round(row[metric], 4)
+        for metric in ("rows", "score_std", "share_above_0_99", "share_below_0_01", "error_rate"):
+            summary[f"{prefix}_{metric}"] = round(float(row[metric]), 6)
+        if row["evaluation_roc_auc"] is not None:
+            summary[f"{prefix}_evaluation_roc_auc"] = round(row["evaluation_roc_auc"], 4)
+            summary[f"{prefix}_auc_drop"] = round(row["auc_drop"], 4)
+    return summary
+
+
 def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
     spec = model.training_features
 
@@ -217,36 +235,39 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
         kinds={"duckdb"},
         pool=DUCKDB_POOL,
         automation_condition=after_features(),
-        description="`monitoring.live_performance`: the month's batch scores joined with its labels: ROC AUC, log "
-        "loss, Brier score, calibration error, score distribution and extreme-score shares per variant and model "
-        "version, beside the AUC each version had in its evaluation. Metadata `champion_auc_drop` drives the "
-        "performance sensor.",
+        description="`monitoring.live_performance`: the month's batch scores and the serving log's online predictions "
+        "(`$MLOPS_DATA_DIR/predictions/`) joined with the month's labels: ROC AUC, log loss, Brier score, calibration "
+        "error, score distribution, extreme-score shares and error rate per source, variant and model version (shadow "
+        "beside champion, in the wild), with the AUC each version had in its evaluation. Metadata "
+        "`champion_auc_drop` drives the performance sensor, and the rollback sensor judges the champion from it.",
     )
     def live(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+        registry_reports = storage.reports_dir
+        online_log = read_log(storage.predictions_dir)
         by_month: dict[str, dict[str, Any]] = {}
         tables = []
         with duckdb.get_connection() as conn:
             for month in run_months(context):
-                scored = _scores(conn, month)
-                if not scored.height:
+                labels = _month_rows(conn, spec, month)
+                sources = {"batch": _scores(conn, month)}
+                if online_log.height:
+                    sources["online"] = online_log.filter(pl.col("prediction_time").dt.strftime("%Y-%m") == month)
+                parts = []
+                for source, scored in sources.items():
+                    if scored.height:
+                        evaluated = {v: evaluated_roc_auc(registry_reports, v) for v in scored["model_version"].drop_nulls().unique().to_list()}
+                        parts.append(live_performance(scored, labels, spec, evaluated, source))
+                table = pl.concat([p for p in parts if p.height], how="diagonal_relaxed") if any(p.height for p in parts) else pl.DataFrame()
+                if not table.height:
                     by_month[month] = {"month": month, "rows": 0, "champion_version": "None"}
                     continue
-                versions = scored["model_version"].unique().to_list()
-                evaluated = {v: evaluated_roc_auc(storage.reports_dir, v) for v in versions}
-                table = live_performance(scored, _month_rows(conn, spec, month), spec, evaluated).with_columns(pl.lit(month).alias("_month"))
+                table = table.with_columns(pl.lit(month).alias("_month"))
                 name = ensure_table_like(conn, *LIVE_KEY.path, table)
                 replace_where(conn, name, table, "_month = ?", [month])
                 tables.append(table)
-                summary: dict[str, Any] = {"month": month, "rows": int(table["rows"].max())}
-                for row in table.iter_rows(named=True):
-                    summary[f"{row['variant']}_version"] = row["model_version"]
-                    summary[f"{row['variant']}_live_roc_auc"] = round(row["roc_auc"], 4)
-                    summary[f"{row['variant']}_live_log_loss"] = round(row["log_loss"], 4)
-                    if row["evaluation_roc_auc"] is not None:
-                        summary[f"{row['variant']}_evaluation_roc_auc"] = round(row["evaluation_roc_auc"], 4)
-                        summary[f"{row['variant']}_auc_drop"] = round(row["auc_drop"], 4)
-                by_month[month] = summary
-                context.log.info(f"{month}: " + ", ".join(f"{r['variant']} {r['model_version']} AUC {r['roc_auc']:.4f}" for r in table.iter_rows(named=True)))
+                by_month[month] = live_summary(month, table)
+                context.log.info(f"{month}: " + ", ".join(
+                    f"{r['source']} {r['variant']} {r['model_version']} AUC {r['roc_auc']:.4f}" for r in table.iter_rows(named=True)))  # fmt: skip
         metadata = _by_month_metadata(by_month)
         if tables:
             metadata["live"] = dg.MetadataValue.md(frame_to_markdown(pl.concat(tables, how="diagonal_relaxed")))

@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.drift import DriftThresholds
+from mlops_assets.core.policy import RollbackPolicy
 from mlops_assets.core.settings import Settings, load_settings
 
 
@@ -41,14 +42,19 @@ class PlatformStorage(dg.ConfigurableResource):
 
 
 class MonitoringPolicy(dg.ConfigurableResource):
-    """When a month counts as drifted and when live quality asks for a retrain (``$MLOPS_DRIFT_SHARE``,
-    ``$MLOPS_RETRAIN_AUC_MARGIN``)."""
+    """When a month counts as drifted, when live quality asks for a retrain (``$MLOPS_DRIFT_SHARE``,
+    ``$MLOPS_RETRAIN_AUC_MARGIN``) and when it takes the champion out (rollback)."""
 
     drift_share: float = 0.3
     numeric_threshold: float = 0.1
     categorical_threshold: float = 0.1
     score_threshold: float = 0.1
     retrain_auc_margin: float = 0.02
+    rollback_auc_drop: float = 0.05
+    rollback_max_error_rate: float = 0.01
+
+    def rollback(self) -> RollbackPolicy:
+        return RollbackPolicy(max_auc_drop=self.rollback_auc_drop, max_error_rate=self.rollback_max_error_rate)
 
     def thresholds(self) -> DriftThresholds:
         return DriftThresholds(numeric=self.numeric_threshold, categorical=self.categorical_threshold,

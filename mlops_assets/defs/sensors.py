@@ -3,14 +3,17 @@ turn monitoring results into retraining runs; the automation sensor runs the ass
 
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from mlops_assets.core.landing import plan_refresh, scan_landing
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
-from mlops_assets.core.registry import CHAMPION, Registry
+from mlops_assets.core.policy import rollback_reasons
+from mlops_assets.core.registry import CHAMPION, Registry, gated_champions, rollback
 from mlops_assets.core.specs import ModelSpec
+from mlops_assets.defs.evaluate import evaluated_roc_auc
 from mlops_assets.defs.ingest import ingested_version
 from mlops_assets.defs.jobs import RETRAIN_JOB
 from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY
@@ -148,3 +151,57 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
         "(eager, once the blocking checks passed), the lifecycle follows a new training set, a changed training code "
         "version retrains, a champion past its freshness policy is retrained and re-evaluated.",
     )
+
+
+def required_auc(registry: Registry, reports_dir: Path, version: str) -> float | None:
+    """The AUC a champion must hold live: its own evaluation AUC when it came in through the gates, else (forced in
+    by hand) the evaluation AUC of the last champion that passed them."""
+    gated = gated_champions(registry)
+    bar = version if version in gated else (gated[0] if gated else None)
+    return evaluated_roc_auc(reports_dir, bar) if bar else None
+
+
+def build_rollback_sensor() -> dg.SensorDefinition:
+    @dg.sensor(
+        name="rollback_sensor",
+        job_name=RETRAIN_JOB,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="Reads each new `monitoring/live_performance` materialization's metadata: when the champion that "
+        "scored the month lost more than 0.05 AUC against the AUC it must hold, its scores collapsed or went extreme "
+        "against its reference profile, or more than 1% of its online predictions failed, the `champion` alias moves "
+        "back to the last version that passed the promotion gates (the reason goes to the registry's event log; the "
+        "service picks it up within seconds) and a retraining run is requested. Run key `rollback:<month>:<champion>`.",
+    )
+    def rollback_sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.SensorResult:
+        after = int(context.cursor) if context.cursor else None
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=LIVE_KEY, after_storage_id=after), limit=100, ascending=True
+        ).records
+        registry = Registry(storage.registry_dir)
+        requests: list[dg.RunRequest] = []
+        for record in records:
+            month = record.partition_key
+            by_month = record.asset_materialization.metadata.get("by_month") if record.asset_materialization else None
+            summary = by_month.value.get(month) if by_month is not None and month else None
+            champion = registry.alias(CHAMPION)
+            if not summary or champion is None or summary.get("champion_version") != champion:
+                continue  # nothing judged, or judged a model that no longer serves
+            reasons = rollback_reasons(summary, required_auc(registry, storage.reports_dir, champion),
+                                       registry.profile(champion).get("scores", {}), policy.rollback())  # fmt: skip
+            if not reasons:
+                continue
+            why = f"automatic rollback after {month}: " + "; ".join(reasons)
+            safe = [v for v in gated_champions(registry) if v != champion]
+            if safe:
+                rollback(registry, why, to=safe[0], run_id=None)
+                context.log.warning(f"rolled back {champion} -> {safe[0]}: {why}")
+            else:
+                registry.log_event("rollback_impossible", version=champion, reason=f"{why}; no earlier gated champion")
+                context.log.error(f"{champion} should be rolled back but no earlier champion passed the gates: {why}")
+            tags = {TRIGGER_TAG: "rollback", MONTH_TAG: month, CHAMPION_TAG: champion, REASON_TAG: why[:900]}
+            requests.append(dg.RunRequest(run_key=f"rollback:{month}:{champion}", tags=tags))
+        cursor = str(records[-1].storage_id) if records else context.cursor
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+    return rollback_sensor

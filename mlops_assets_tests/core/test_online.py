@@ -11,7 +11,7 @@ import pytest
 
 from mlops_assets.core.features import compute_features
 from mlops_assets.core.flights import FLIGHT_FEATURES, replay_months
-from mlops_assets.core.online import CURRENT, OnlineStore, build_export, current_version, write_export
+from mlops_assets.core.online import CURRENT, SMALL_BATCH, OnlineStore, build_export, current_version, write_export
 from mlops_assets.core.settings import Settings
 from mlops_assets_tests.conftest import MONTHLY, load_month
 
@@ -56,7 +56,10 @@ def test_online_vectors_equal_offline_features(warehouse_two_months: Path, tmp_p
     # every February flight, as one batch and in a shuffled order (results come back in request order)
     shuffled = offline.sample(fraction=1.0, shuffle=True, seed=3)
     _assert_same(shuffled, store.features(_requests(shuffled)))
-    # one at a time, as single requests arrive
+    # in small batches and one at a time, as requests arrive (the per-key binary-search path)
+    for start in range(0, offline.height, SMALL_BATCH):
+        chunk = shuffled.slice(start, SMALL_BATCH)
+        _assert_same(chunk, store.features(_requests(chunk)))
     for row in range(0, offline.height, 97):
         one = offline.slice(row, 1)
         _assert_same(one, store.features(_requests(one)))

@@ -8,6 +8,7 @@
     mlops resume RUN_ID                re-execute a failed run from its failed step (Dagster re-execution)
     mlops simulate [--from --through]  replay a year from empty: sensors and automation retrain and promote; timeline
     mlops home                         prepare $DAGSTER_HOME (dagster.yaml from the repo) and print its path
+    mlops serve [--port N]             the online prediction service (FastAPI on uvicorn, 127.0.0.1:8000)
 """
 
 import argparse
@@ -130,6 +131,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the prediction service until SIGTERM / Ctrl-C (the prediction log is flushed on the way out)."""
+    from mlops_assets.core.flights import FLIGHT_FEATURES
+    from mlops_assets.serving import load_serve_config, serve  # FastAPI and uvicorn: only this command needs them
+
+    try:
+        config = load_serve_config(host=args.host, port=args.port, ab_share=args.ab_share)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    print(f"Serving {FLIGHT_FEATURES.name} from {settings.data_dir} on http://{config.host}:{config.port} (A/B share {config.ab_share:g})")
+    serve(settings, FLIGHT_FEATURES, config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description="mlops_assets: a self-maintaining ML platform on Dagster.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     home = commands.add_parser("home", help="prepare $DAGSTER_HOME (with the repo's dagster.yaml) and print its path")
     home.set_defaults(handler=cmd_home)
+
+    srv = commands.add_parser("serve", help="the online prediction service: POST /predict, GET /health, GET /models")
+    srv.add_argument("--host", help="interface to bind (default 127.0.0.1: loopback only)")
+    srv.add_argument("--port", type=int, help="port (default 8000)")
+    srv.add_argument("--ab-share", type=float, help="share of flights answered by the challenger alias (0..1; default $MLOPS_AB_SHARE or 0)")
+    srv.set_defaults(handler=cmd_serve)
     return parser
 
 

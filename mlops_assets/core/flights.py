@@ -195,6 +195,8 @@ def flight_request_rows(requests: pl.DataFrame, reference: Mapping[str, pl.DataF
     for (zone,), part in rows.with_row_index("_request").group_by(["tzone"], maintain_order=True):
         local = pl.col("sched_dep_local").dt.replace_time_zone(zone or "America/New_York", ambiguous="earliest", non_existent="null")
         utc_parts.append(part.with_columns(local.dt.convert_time_zone("UTC").dt.replace_time_zone(None).alias("prediction_time")))
+    if not utc_parts:  # no requests: the same columns, no rows
+        utc_parts.append(rows.with_row_index("_request").with_columns(pl.lit(None, pl.Datetime("us")).alias("prediction_time")))
     rows = pl.concat(utc_parts).sort("_request").drop("_request", "tzone")
     return (
         rows.join(reference["routes"], on=["origin", "dest"], how="left")

@@ -206,6 +206,7 @@ class OnlineStore:
     reference: dict[str, pl.DataFrame]
     candidates: list[pl.DataFrame] = field(repr=False)
     cumulatives: list[pl.DataFrame] = field(repr=False)
+    key_types: dict[str, pl.DataType] = field(default_factory=dict)
     keyed_lookups: list[_KeyedLookup] = field(init=False, repr=False)
     keyed_windows: list[_KeyedWindow] = field(init=False, repr=False)
 
@@ -216,7 +217,11 @@ class OnlineStore:
     @classmethod
     def from_export(cls, spec: FeatureTableSpec, export: OnlineExport, version: str = "unsaved") -> OnlineStore:
         candidates = [lookup_candidates(frame, lookup) for frame, lookup in zip(export.lookups, spec.lookups, strict=True)]
-        return cls(spec, version, export.manifest, export.reference, candidates, window_cumulatives(export.events, spec.windows))
+        missing = [c for c in spec.key if c not in export.events.columns]
+        if missing:
+            raise ValueError(f"online store {version} lacks the key column(s) {missing} of {spec.name}")
+        key_types = {c: export.events.schema[c] for c in spec.key}
+        return cls(spec, version, export.manifest, export.reference, candidates, window_cumulatives(export.events, spec.windows), key_types)
 
     @classmethod
     def load(cls, spec: FeatureTableSpec, root: Path, version: str | None = None) -> OnlineStore:

@@ -11,6 +11,7 @@ a SIGTERM closes the log first.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 ONLINE_FOLDER = "online"
+logger = logging.getLogger(__name__)
 VARIANTS = ("champion", "challenger", "shadow")
 
 
@@ -59,6 +61,7 @@ class PredictionLog:
         self._sequence = 0
         self.files_written = 0
         self.rows_written = 0
+        self.failed_flushes = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -81,6 +84,18 @@ class PredictionLog:
             sequence = self._sequence
         if not rows:
             return 0
+        try:
+            self._write(rows, sequence)
+        except BaseException:
+            with self._lock:  # put them back in front, in order: nothing is lost by a failed write
+                self._rows[:0] = rows
+                self._oldest = self._oldest or time.monotonic()
+            raise
+        self.files_written += 1
+        self.rows_written += len(rows)
+        return len(rows)
+
+    def _write(self, rows: list[dict[str, object]], sequence: int) -> None:
         frame = pl.DataFrame(rows, schema=self.schema, orient="row")
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         folder = self.folder / day
@@ -91,9 +106,6 @@ class PredictionLog:
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, folder / name)
-        self.files_written += 1
-        self.rows_written += len(rows)
-        return len(rows)
 
     def _due(self) -> bool:
         with self._lock:
@@ -106,7 +118,11 @@ class PredictionLog:
             self._wake.wait(timeout=min(self.flush_seconds, 0.5))
             self._wake.clear()
             if self._due():
-                self.flush()
+                try:
+                    self.flush()
+                except OSError as error:  # e.g. disk full: keep the rows and the thread, try again next round
+                    self.failed_flushes += 1
+                    logger.error("prediction log flush failed (%s); rows kept in memory, retrying", error)
 
     def close(self) -> int:
         """Stop the writer thread and write everything still buffered; return the rows written by this call."""

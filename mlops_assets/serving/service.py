@@ -1,0 +1,332 @@
+"""The prediction service as plain Python: validated requests in, scored and logged predictions out.
+
+A batch is scored vectorised: one ``store.features`` call for all its flights, then one ``predict`` per model (the
+champion on its rows, the challenger on its A/B rows, the shadow on all). The models and the online store in use are
+read once per request from their :class:`~mlops_assets.serving.reloading.Reloading` holders, which a watcher thread
+refreshes; the service never opens DuckDB (it reads the registry's files and the online store's Parquet export).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mlops_assets.core.online import stale_after
+from mlops_assets.core.prediction_log import PredictionLog, log_schema, utc_now
+from mlops_assets.core.registry import Registry, UnknownVersionError
+from mlops_assets.core.settings import Settings
+from mlops_assets.core.specs import FeatureTableSpec
+from mlops_assets.serving.config import ServeConfig
+from mlops_assets.serving.models import CHALLENGER, CHAMPION, SHADOW, ModelSet, ServedModel, metadata_summary, reloading_models
+from mlops_assets.serving.reloading import Reloading
+from mlops_assets.serving.schema import FieldError, PredictionRequest, RequestError, RequestSchema
+from mlops_assets.serving.store import ServedStore, reloading_store
+
+logger = logging.getLogger("mlops_assets.serving")
+
+
+class Unavailable(Exception):
+    """The service cannot answer yet (no champion, no online store): 503 with what to do."""
+
+
+class PredictionFailed(Exception):
+    """An internal failure while scoring (logged with status ``error``); ``request_ids`` name the log rows."""
+
+    def __init__(self, message: str, request_ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.request_ids = list(request_ids)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What one request uses, read once: the model set and the store."""
+
+    models: ModelSet
+    store: ServedStore
+
+
+class PredictionService:
+    """Scores requests with the served models over the online store and logs every prediction."""
+
+    def __init__(self, settings: Settings, spec: FeatureTableSpec, config: ServeConfig) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.config = config
+        self.schema = RequestSchema(spec, config.max_batch)
+        self.registry = Registry(settings.registry_dir)
+        self.models: Reloading[ModelSet] = reloading_models(self.registry, config.ab_share)
+        self.store: Reloading[ServedStore] = reloading_store(spec, settings.online_store_dir)
+        self._log: PredictionLog | None = None
+        self._log_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.started_at = time.monotonic()
+
+    # --- lifecycle -----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load what exists now (the service starts even without a champion: it answers 503 until one appears),
+        then watch the registry aliases and the online store for changes."""
+        self.refresh()
+        self._watcher = threading.Thread(target=self._watch, name="serving-reload", daemon=True)
+        self._watcher.start()
+
+    def refresh(self) -> None:
+        self.models.refresh()
+        if self.store.refresh():
+            self._ensure_log()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.reload_seconds):
+            try:
+                self.refresh()
+            except Exception:  # keep watching: a dead watcher would silently stop every future reload
+                logger.exception("reload check failed")
+
+    def close(self) -> int:
+        """Stop watching and flush the prediction log; return the rows written by the final flush."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        with self._log_lock:
+            return self._log.close() if self._log is not None else 0
+
+    def _ensure_log(self) -> PredictionLog | None:
+        """The log, created with the first online store (its key column types make the log's schema)."""
+        if self._log is not None:
+            return self._log
+        with self._log_lock:
+            loaded = self.store.current
+            if self._log is None and loaded is not None and not self._stop.is_set():
+                schema = log_schema(self.spec.key, loaded.value.key_types)
+                self._log = PredictionLog(self.settings.predictions_dir, schema, self.config.log_flush_rows, self.config.log_flush_seconds)
+            return self._log
+
+    # --- scoring -------------------------------------------------------------------------------------------------
+
+    def _snapshot(self) -> _Snapshot:
+        models, store = self.models.current, self.store.current
+        if models is None or models.value.champion is None:
+            detail = f" ({self.models.error})" if self.models.error else ""
+            raise Unavailable(
+                f"no champion model in {self.registry.root}{detail}: run `make pipeline` to train and promote one "
+                "(or `mlops rollback --to VERSION`); the service picks it up without a restart"
+            )
+        if store is None:
+            detail = f" ({self.store.error})" if self.store.error else ""
+            raise Unavailable(
+                f"no online store in {self.settings.online_store_dir}{detail}: run `make pipeline` (or materialize "
+                "features/online_store); the service picks it up without a restart"
+            )
+        return _Snapshot(models.value, store.value)
+
+    def predict(self, requests: Sequence[PredictionRequest], started: float, batch: bool = False) -> list[dict[str, Any]]:
+        """Score validated requests (``started``: ``time.perf_counter()`` when the request arrived; ``batch``: they
+        came as a list, so errors name them ``[i].field``) and log them.
+
+        Raises :class:`Unavailable` (503), :class:`RequestError` (422: a local time that does not exist at the place)
+        or :class:`PredictionFailed` (an internal failure, logged with status ``error``).
+        """
+        snapshot = self._snapshot()
+        ids = [uuid.uuid4().hex for _ in requests]
+        arms = [snapshot.models.variant_for(r.bucket) for r in requests]
+        try:
+            features = snapshot.store.store.features(self.schema.frame(requests))
+            keys = features.select(*self.spec.key, self.spec.time_column)  # before overrides: a what-if keeps its flight
+        except Exception as error:
+            self._log_failure(requests, ids, arms, started, error)
+            raise PredictionFailed(f"computing features failed: {type(error).__name__}", ids) from error
+        self._check_times(keys, batch)
+        try:
+            features = apply_overrides(features, requests, self.spec)
+            scores = np.empty(len(requests), dtype=np.float64)
+            for model in {id(m): m for m in arms}.values():  # one predict per model for the whole batch
+                rows = [i for i, arm in enumerate(arms) if arm is model]
+                scores[rows] = model.predict(features if len(rows) == features.height else features[rows])
+            if not np.isfinite(scores).all():
+                raise ValueError("the model returned a non-finite score")
+        except Exception as error:
+            self._log_failure(requests, ids, arms, started, error, keys)
+            raise PredictionFailed(f"scoring failed: {type(error).__name__}", ids) from error
+        latency_ms = (time.perf_counter() - started) * 1000.0
+
+        shadow, shadow_scores, shadow_error = snapshot.models.shadow, None, None
+        if shadow is not None:  # its failure must never cost the answer: it is logged, not raised
+            try:
+                shadow_scores = shadow.predict(features)
+            except Exception as error:
+                logger.exception("shadow %s failed", shadow.version)
+                shadow_error = f"{type(error).__name__}: {error}"
+        self._log_rows(keys, ids, arms, scores, latency_ms, shadow, shadow_scores, shadow_error)
+
+        manifest = snapshot.store.store.manifest
+        times = keys[self.spec.time_column].to_list()
+        return [
+            {
+                "request_id": ids[i],
+                "flight_key": requests[i].key,
+                "probability": float(scores[i]),
+                "delayed": bool(scores[i] >= 0.5),
+                "model_version": arms[i].version,
+                "variant": arms[i].variant,
+                "online_store": snapshot.store.version,
+                "features_stale": stale_after(manifest, times[i]),
+            }
+            for i in range(len(requests))
+        ]
+
+    def _check_times(self, keys: pl.DataFrame, batch: bool) -> None:
+        """A local time skipped by a daylight-saving change has no prediction time: refuse it, naming the field."""
+        missing = keys[self.spec.time_column].is_null()
+        if not missing.any():
+            return
+        fields = "/".join(self.schema.time_fields) or "request"
+        message = "this local time does not exist at the place (a daylight-saving gap)"
+        errors = [FieldError(f"[{i}].{fields}" if batch else fields, message) for i in missing.arg_true().to_list()]
+        raise RequestError(422, f"invalid request: {errors[0].field}: {errors[0].message}", errors)
+
+    # --- the prediction log --------------------------------------------------------------------------------------
+
+    def _log_rows(
+        self,
+        keys: pl.DataFrame,
+        ids: list[str],
+        arms: list[ServedModel],
+        scores: np.ndarray,
+        latency_ms: float,
+        shadow: ServedModel | None,
+        shadow_scores: np.ndarray | None,
+        shadow_error: str | None,
+    ) -> None:
+        log = self._ensure_log()
+        if log is None:
+            return
+        now = utc_now()
+        rows: list[dict[str, object]] = []
+        for i, key in enumerate(keys.to_dicts()):
+            base = {"request_id": ids[i], "logged_at": now, **{c: key[c] for c in self.spec.key}, "prediction_time": key[self.spec.time_column]}
+            rows.append({**base, "variant": arms[i].variant, "model_version": arms[i].version, "score": float(scores[i]),
+                         "served": True, "latency_ms": latency_ms, "status": "ok", "error": None})  # fmt: skip
+            if shadow is not None:
+                score = None if shadow_scores is None else float(shadow_scores[i])
+                rows.append({**base, "variant": SHADOW, "model_version": shadow.version, "score": score, "served": False,
+                             "latency_ms": latency_ms, "status": "ok" if shadow_error is None else "error", "error": shadow_error})  # fmt: skip
+        self._append(log, rows)
+
+    def _log_failure(
+        self,
+        requests: Sequence[PredictionRequest],
+        ids: list[str],
+        arms: list[ServedModel],
+        started: float,
+        error: Exception,
+        keys: pl.DataFrame | None = None,
+    ) -> None:
+        """An internal failure, logged with status ``error``: with the flights' keys and prediction times when the
+        features were computed (so the month's error rate counts it), else the key columns the request carries."""
+        logger.exception("prediction failed for %d request(s)", len(requests))
+        log = self._ensure_log()
+        if log is None:
+            return
+        if keys is not None:
+            known = keys.to_dicts()
+        else:
+            known = [{**{c: r.fields.get(c) for c in self.spec.key}, self.spec.time_column: None} for r in requests]
+        latency_ms, now, message = (time.perf_counter() - started) * 1000.0, utc_now(), f"{type(error).__name__}: {error}"[:1000]
+        rows: list[dict[str, object]] = [
+            {"request_id": ids[i], "logged_at": now, **{c: key[c] for c in self.spec.key}, "prediction_time": key[self.spec.time_column],
+             "variant": arms[i].variant, "model_version": arms[i].version, "score": None, "served": False,
+             "latency_ms": latency_ms, "status": "error", "error": message}  # fmt: skip
+            for i, key in enumerate(known)
+        ]
+        self._append(log, rows)
+
+    @staticmethod
+    def _append(log: PredictionLog, rows: list[dict[str, object]]) -> None:
+        try:
+            log.append(rows)
+        except RuntimeError:  # closed: the process is shutting down after the answer was computed
+            logger.warning("prediction log closed; %d row(s) not logged", len(rows))
+
+    # --- introspection -------------------------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, body) for ``GET /health``: ready means a champion and an online store are loaded; ``degraded``
+        means serving, but the newest aliases or export could not be loaded (the last good ones still serve)."""
+        models, store = self.models.current, self.store.current
+        champion = models.value.champion if models is not None else None
+        problems = [p for p in (self.models.error, self.store.error) if p]
+        if champion is None:
+            problems.append("no champion model: run `make pipeline`")
+        if store is None:
+            problems.append("no online store: run `make pipeline` (or materialize features/online_store)")
+        ready = champion is not None and store is not None
+        log = self._log
+        return ready, {
+            "status": ("degraded" if problems else "ok") if ready else "unavailable",  # degraded: serving, a reload failed
+            "champion": champion.version if champion is not None else None,
+            "online_store": None if store is None else {
+                "version": store.value.version,
+                "newest_month": store.value.store.manifest.get("newest_month"),
+                "facts_known_through": store.value.store.manifest.get("facts_known_through"),
+                "loaded_at": store.loaded_at.isoformat(timespec="seconds"),
+            },
+            "log": {"rows_written": log.rows_written if log else 0, "files_written": log.files_written if log else 0,
+                    "folder": str(self.settings.predictions_dir)},
+            "problems": problems,
+            "uptime_seconds": round(time.monotonic() - self.started_at, 1),
+        }  # fmt: skip
+
+    def describe_models(self) -> dict[str, Any]:
+        """For ``GET /models``: each alias's version and registry summary, whether it serves, the A/B share and mode."""
+        loaded = self.models.current
+        if loaded is None:
+            return {"mode": None, "ab_share": self.config.ab_share, "champion": None, "challenger": None, "shadow": None,
+                    "problems": [self.models.error or "no registry aliases yet: run `make pipeline`"]}  # fmt: skip
+        models = loaded.value
+        serving = {CHAMPION: models.champion, CHALLENGER: models.challenger, SHADOW: models.shadow}
+        entries: dict[str, Any] = {}
+        for alias in (CHAMPION, CHALLENGER, SHADOW):
+            version = models.aliases.get(alias)
+            if version is None:
+                entries[alias] = None
+                continue
+            served = serving[alias]
+            if served is not None:
+                entries[alias] = {**served.summary(), "serving": True}
+                continue
+            try:  # named but not loaded (A/B off, or the same version as the champion): metadata only
+                summary = metadata_summary(self.registry.get(version).metadata)
+            except (UnknownVersionError, OSError, ValueError) as error:
+                summary = {"error": str(error)}
+            entries[alias] = {"version": version, **summary, "serving": False}
+        return {
+            "mode": models.mode,
+            "ab_share": self.config.ab_share,
+            "shadow_enabled": models.shadow is not None,
+            **entries,
+            "loaded_at": loaded.loaded_at.isoformat(timespec="seconds"),
+            "problems": [self.models.error] if self.models.error else [],
+        }
+
+
+def apply_overrides(features: pl.DataFrame, requests: Sequence[PredictionRequest], spec: FeatureTableSpec) -> pl.DataFrame:
+    """Replace computed features by the requests' overrides (vectorised: one expression per overridden feature)."""
+    names = sorted({name for r in requests for name in r.overrides})
+    if not names:
+        return features
+    columns = []
+    for name in names:
+        dtype: pl.DataType = pl.Float64() if name in spec.numeric else pl.String()
+        mask = pl.Series([name in r.overrides for r in requests], dtype=pl.Boolean)
+        values = pl.Series([r.overrides.get(name) for r in requests], dtype=dtype)
+        columns.append(pl.when(mask).then(values).otherwise(pl.col(name).cast(dtype)).alias(name))
+    return features.with_columns(columns)

@@ -1,0 +1,38 @@
+"""The online store in service: the export ``online_store/CURRENT`` names, reloaded when ``CURRENT`` changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from mlops_assets.core.online import OnlineStore, current_version
+from mlops_assets.core.specs import FeatureTableSpec
+from mlops_assets.serving.reloading import Reloading
+
+
+@dataclass(frozen=True)
+class ServedStore:
+    """A loaded export and the types of the feature table's key columns (the prediction log's schema needs them
+    before the first request)."""
+
+    store: OnlineStore
+    key_types: dict[str, pl.DataType]
+
+    @property
+    def version(self) -> str:
+        return self.store.version
+
+
+def load_store(spec: FeatureTableSpec, root: Path, version: str | None) -> ServedStore:
+    """The export ``version`` (what ``CURRENT`` said when the change was seen), refusing a missing one."""
+    if version is None:
+        raise FileNotFoundError(f"no online store under {root}: run `make pipeline` (or materialize features/online_store)")
+    store = OnlineStore.load(spec, root, version)
+    return ServedStore(store, store.key_types)
+
+
+def reloading_store(spec: FeatureTableSpec, root: Path) -> Reloading[ServedStore]:
+    """The online store, rebuilt when ``CURRENT`` names another version (versions are immutable folders)."""
+    return Reloading("online store", lambda: current_version(root), lambda version: load_store(spec, root, version))

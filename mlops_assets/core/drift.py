@@ -122,20 +122,67 @@ def wasserstein_from_quantiles(reference: np.ndarray, current: np.ndarray) -> fl
     return float(np.mean(np.abs(np.asarray(reference) - np.asarray(current))))
 
 
-def wasserstein_atoms_to_sample(atoms: np.ndarray, values: np.ndarray) -> float:
+@dataclass(frozen=True)
+class Sample:
+    """A sample as its distinct values (sorted) and their counts: one sort serves every statistic of a column."""
+
+    values: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Sample:
+        distinct, counts = np.unique(np.asarray(values, dtype=float), return_counts=True)
+        return cls(distinct, counts)
+
+    @property
+    def size(self) -> int:
+        return int(self.counts.sum())
+
+    def mean(self) -> float:
+        return float(np.dot(self.values, self.counts) / self.size)
+
+    def std(self) -> float:
+        return float(np.sqrt(np.dot((self.values - self.mean()) ** 2, self.counts) / self.size))
+
+    def _at_ranks(self, ranks: np.ndarray) -> np.ndarray:
+        """Values at 0-based ranks of the sorted sample."""
+        return self.values[np.searchsorted(np.cumsum(self.counts), ranks, side="right")]
+
+    def quantiles(self, levels: np.ndarray) -> np.ndarray:
+        """``np.quantile(sample, levels, method="inverted_cdf")``: the smallest value whose CDF reaches the level."""
+        ranks = np.maximum(np.ceil(np.asarray(levels) * self.size).astype(np.int64) - 1, 0)
+        return self._at_ranks(ranks)
+
+    def linear_quantiles(self, levels: np.ndarray) -> np.ndarray:
+        """``np.quantile(sample, levels)`` (linear interpolation between ranks)."""
+        position = np.asarray(levels) * (self.size - 1)
+        low, high = np.floor(position).astype(np.int64), np.ceil(position).astype(np.int64)
+        below, above = self._at_ranks(low), self._at_ranks(high)
+        return below + (position - low) * (above - below)
+
+    def bucket_shares(self, inner_edges: Sequence[float]) -> np.ndarray:
+        index = np.searchsorted(np.asarray(inner_edges, dtype=float), self.values, side="right")
+        return np.bincount(index, weights=self.counts, minlength=len(inner_edges) + 1) / self.size
+
+
+def wasserstein_atoms_to_sample(atoms: np.ndarray, sample: np.ndarray | Sample) -> float:
     """Exact Wasserstein-1 between equal-weight atoms (a stored quantile function) and a whole sample: the integral
     of |F_ref(x) - F_cur(x)| over the merged support. Only the reference side is summarised, so a month's own
     rounding to quantile levels adds no error (it did for few-valued columns such as engine counts)."""
-    atoms, values = np.sort(np.asarray(atoms, dtype=float)), np.sort(np.asarray(values, dtype=float))
-    support = np.concatenate([atoms, values])
-    support.sort(kind="mergesort")
-    widths = np.diff(support)
-    cdf_reference = np.searchsorted(atoms, support[:-1], side="right") / len(atoms)
-    cdf_current = np.searchsorted(values, support[:-1], side="right") / len(values)
-    return float(np.sum(np.abs(cdf_reference - cdf_current) * widths))
+    atoms = np.sort(np.asarray(atoms, dtype=float))
+    current = sample if isinstance(sample, Sample) else Sample.of(sample)
+    points = np.concatenate([atoms, current.values])
+    order = np.argsort(points, kind="stable")  # two sorted runs: a linear merge
+    support = points[order]
+    from_reference = order < len(atoms)
+    # each point raises its own side's CDF by its mass; between points both CDFs are flat
+    steps_reference = np.where(from_reference, 1.0 / len(atoms), 0.0)
+    steps_current = np.where(from_reference, 0.0, current.counts[np.maximum(order - len(atoms), 0)] / current.size)
+    gap = np.abs(np.cumsum(steps_reference) - np.cumsum(steps_current))[:-1]
+    return float(np.sum(gap * np.diff(support)))
 
 
-def normalized_wasserstein(reference: np.ndarray, current: np.ndarray, reference_std: float) -> float:
+def normalized_wasserstein(reference: np.ndarray, current: np.ndarray | Sample, reference_std: float) -> float:
     """Wasserstein-1 between a stored reference quantile function and a current sample, in units of the reference
     standard deviation (floored, so a constant column stays finite)."""
     return wasserstein_atoms_to_sample(reference, current) / max(reference_std, 1e-3)
@@ -185,14 +232,15 @@ def _numeric_values(frame: pl.DataFrame, column: str) -> np.ndarray:
 def numeric_profile(values: np.ndarray, rows: int) -> dict[str, Any]:
     if len(values) == 0:
         return {"null_share": 1.0}
-    inner_edges = np.unique(np.quantile(values, np.linspace(0.1, 0.9, 9)))
+    sample = Sample.of(values)  # one sort for every number below
+    inner_edges = np.unique(sample.linear_quantiles(np.linspace(0.1, 0.9, 9)))
     return {
         "null_share": 1 - len(values) / max(rows, 1),
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "quantiles": quantile_function(values).tolist(),
+        "mean": sample.mean(),
+        "std": sample.std(),
+        "quantiles": sample.quantiles(QUANTILE_LEVELS).tolist(),
         "inner_edges": inner_edges.tolist(),
-        "shares": bucket_shares(values, inner_edges).tolist(),
+        "shares": sample.bucket_shares(inner_edges).tolist(),
     }
 
 
@@ -249,8 +297,9 @@ def compare_numeric(column: str, kind: str, reference: Mapping[str, Any], values
         return ColumnDrift(column, kind, "null_share", moved, null_threshold, moved > null_threshold,
                            reference_null_share=reference_null, current_null_share=current_null, rows=rows)  # fmt: skip
     std = float(reference["std"])
-    statistic = normalized_wasserstein(np.asarray(reference["quantiles"]), values, std)
-    current_mean, current_std = float(values.mean()), float(values.std())
+    sample = Sample.of(values)
+    statistic = normalized_wasserstein(np.asarray(reference["quantiles"]), sample, std)
+    current_mean, current_std = sample.mean(), sample.std()
     return ColumnDrift(
         column=column,
         kind=kind,
@@ -258,7 +307,7 @@ def compare_numeric(column: str, kind: str, reference: Mapping[str, Any], values
         statistic=statistic,
         threshold=threshold,
         drifted=statistic > threshold or abs(current_null - reference_null) > null_threshold,
-        psi=population_stability_index(reference["shares"], bucket_shares(values, reference["inner_edges"])),
+        psi=population_stability_index(reference["shares"], sample.bucket_shares(reference["inner_edges"])),
         reference_mean=float(reference["mean"]),
         current_mean=current_mean,
         mean_shift_in_std=(current_mean - float(reference["mean"])) / max(std, 1e-3),

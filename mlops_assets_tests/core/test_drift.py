@@ -49,6 +49,18 @@ def test_wasserstein_matches_scipy_on_continuous_and_discrete_samples() -> None:
     assert ours == pytest.approx(wasserstein_distance(reference, current), abs=0.002)
 
 
+def test_one_sort_gives_numpys_statistics() -> None:
+    rng = np.random.default_rng(11)
+    for values in (rng.normal(5, 2, 10_001), rng.integers(0, 7, 5_000).astype(float), np.array([3.0])):
+        sample = drift.Sample.of(values)
+        levels = np.linspace(0.1, 0.9, 9)
+        assert np.allclose(sample.quantiles(drift.QUANTILE_LEVELS), np.quantile(values, drift.QUANTILE_LEVELS, method="inverted_cdf"))
+        assert np.allclose(sample.linear_quantiles(levels), np.quantile(values, levels))
+        assert sample.mean() == pytest.approx(values.mean()) and sample.std() == pytest.approx(values.std())
+        edges = np.unique(np.quantile(values, levels))
+        assert np.allclose(sample.bucket_shares(edges), drift.bucket_shares(values, edges))
+
+
 def test_infinities_count_as_missing_and_profiles_need_no_scores() -> None:
     frame = pl.DataFrame({"x": [1.0, 2.0, float("inf"), None, 3.0]})
     profile = drift.reference_profile(frame, ["x"], [], np.array([]))

@@ -47,7 +47,34 @@ def store_status(model: ModelSpec, landing_dir: Path, warehouse: Path) -> dict[s
             }
         for spec in model.feature_tables:
             status["features"][spec.name] = _counts_by_month(conn, "features", spec.name)
+        status["monitoring"] = monitoring_status(conn)
     return status
+
+
+def monitoring_status(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Per monitored month: the drift verdict against the champion that scored it, and live AUC per variant."""
+    months: dict[str, dict[str, Any]] = {}
+    if table_exists(conn, "monitoring", "drift_report"):
+        rows = conn.execute(
+            """SELECT _month, any_value(model_version),
+                      count(*) FILTER (kind IN ('numeric', 'categorical') AND drifted),
+                      count(*) FILTER (kind IN ('numeric', 'categorical')),
+                      bool_or(kind = 'score' AND drifted)
+               FROM monitoring.drift_report GROUP BY 1 ORDER BY 1"""
+        ).fetchall()
+        for month, version, drifted, features, scores in rows:
+            months[month] = {"month": month, "scored_by": version, "features_drifted": int(drifted), "features": int(features),
+                             "scores_drifted": bool(scores)}  # fmt: skip
+    if table_exists(conn, "monitoring", "live_performance"):
+        columns = {d[0] for d in conn.execute("SELECT * FROM monitoring.live_performance LIMIT 0").description}
+        source = "source" if "source" in columns else "'batch'"  # tables written before the serving log existed
+        rows = conn.execute(
+            f"SELECT _month, {source}, variant, model_version, roc_auc FROM monitoring.live_performance ORDER BY 1, 2, 3"
+        ).fetchall()
+        for month, source, variant, version, auc in rows:
+            entry = months.setdefault(month, {"month": month})
+            entry.setdefault("live_roc_auc", {})[f"{source} {variant} {version}"] = round(float(auc), 4)
+    return list(months.values())
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -65,6 +92,14 @@ def format_status(status: dict[str, Any]) -> str:
     for name, by_month in status["features"].items():
         months = ", ".join(f"{m}: {n:,}" for m, n in by_month.items())
         lines.append(f"features.{name}: {sum(by_month.values()):,} rows ({months or 'none'})")
+    if status.get("monitoring"):
+        lines.append("Monitoring (month: drift against the champion that scored it; live AUC):")
+        for entry in status["monitoring"]:
+            drift = "-"
+            if "features" in entry:
+                drift = f"{entry['features_drifted']}/{entry['features']} features drifted" + (", scores drifted" if entry["scores_drifted"] else "")
+            live = ", ".join(f"{k} {v:.3f}" for k, v in entry.get("live_roc_auc", {}).items()) or "-"
+            lines.append(f"  {entry['month']}: {drift}; {live}")
     return "\n".join(lines)
 
 

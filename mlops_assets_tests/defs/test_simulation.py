@@ -7,8 +7,10 @@ import duckdb
 import polars as pl
 import pytest
 
+from mlops_assets.core.flights import FLIGHTS
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import load_settings
+from mlops_assets.core.status import store_status
 from mlops_assets.simulation import MARKER, SimulationError, reset_data_dir, simulate
 
 
@@ -35,6 +37,10 @@ def test_the_replayed_year_retrains_on_drift_and_promotes(tmp_path: Path) -> Non
     for month, version in scored.iter_rows():
         assert month >= registry.get(version).metadata["data"]["test_month"], (month, version)
     assert (settings.reports_dir / "timeline" / "timeline.png").stat().st_size > 10_000
+    # `mlops status` shows the same story: every replayed month with its drift verdict and live AUC
+    monitored = {m["month"]: m for m in store_status(FLIGHTS, settings.landing_dir, settings.warehouse_path)["monitoring"]}
+    assert all(monitored[m]["features"] == len(FLIGHTS.training_features.features) for m in timeline["month"])
+    assert all(any(k.startswith("batch champion") for k in monitored[m]["live_roc_auc"]) for m in timeline["month"])
     assert (settings.reports_dir / "drift" / "2013-06" / "report.md").exists()
 
 

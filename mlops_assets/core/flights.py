@@ -191,13 +191,16 @@ def flight_request_rows(requests: pl.DataFrame, reference: Mapping[str, pl.DataF
         pl.col("scheduled_departure").alias("sched_dep_local"),
         pl.col("flight").cast(pl.Int64),
     ).join(zones, on="origin", how="left")
-    utc_parts = []
-    for (zone,), part in rows.with_row_index("_request").group_by(["tzone"], maintain_order=True):
+    def in_utc(zone: str | None) -> pl.Expr:
         local = pl.col("sched_dep_local").dt.replace_time_zone(zone or "America/New_York", ambiguous="earliest", non_existent="null")
-        utc_parts.append(part.with_columns(local.dt.convert_time_zone("UTC").dt.replace_time_zone(None).alias("prediction_time")))
-    if not utc_parts:  # no requests: the same columns, no rows
-        utc_parts.append(rows.with_row_index("_request").with_columns(pl.lit(None, pl.Datetime("us")).alias("prediction_time")))
-    rows = pl.concat(utc_parts).sort("_request").drop("_request", "tzone")
+        return local.dt.convert_time_zone("UTC").dt.replace_time_zone(None).alias("prediction_time")
+
+    zones_used = rows["tzone"].unique().to_list()
+    if len(zones_used) <= 1:  # the usual case (every NYC airport): one expression, no regrouping
+        rows = rows.with_columns(in_utc(zones_used[0] if zones_used else None)).drop("tzone")
+    else:
+        parts = [part.with_columns(in_utc(zone)) for (zone,), part in rows.with_row_index("_request").group_by(["tzone"])]
+        rows = pl.concat(parts).sort("_request").drop("_request", "tzone")
     return (
         rows.join(reference["routes"], on=["origin", "dest"], how="left")
         .join(reference["planes"], on="tailnum", how="left")

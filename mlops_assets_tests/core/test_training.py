@@ -15,7 +15,7 @@ from mlops_assets.core.flights import FLIGHT_FEATURES, FLIGHTS, replay_months
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import find_landed
 from mlops_assets.core.registry import Registry
-from mlops_assets.core.training import TrainedModel, TrainingSet, load_version, split_by_time, train_model
+from mlops_assets.core.training import SMALL_FRAME, TrainedModel, TrainingSet, load_version, split_by_time, train_model
 
 MONTHS = ["2013-01", "2013-02", "2013-03"]
 PARAMS = {"learning_rate": 0.1, "num_leaves": 31, "min_data_in_leaf": 50, "num_threads": 2}
@@ -82,3 +82,14 @@ def test_a_registered_model_scores_exactly_like_the_trained_one(tmp_path: Path, 
     version = registry.register(model.text, {"encoder": model.encoder.to_json()}, {}, run_id=None).version
     test = training_set.part("test").head(500)
     np.testing.assert_array_equal(load_version(registry, version).predict(test), model.predict(test))
+
+
+def test_served_requests_are_encoded_exactly_as_batches(model: TrainedModel, training_set: TrainingSet) -> None:
+    """A few rows (a request) take the row-by-row encoder; they must give the batch encoder's matrix and scores."""
+    test = training_set.part("test")
+    unseen = test.head(3).with_columns(pl.lit("ZZ").alias("carrier"), pl.lit(None, pl.String).alias("dest"))
+    for rows in (test.head(1), test.slice(100, SMALL_FRAME), unseen):
+        small = model.encoder.matrix(rows)
+        batch = model.encoder.matrix(pl.concat([rows] * (SMALL_FRAME + 1)))[: rows.height]
+        assert np.array_equal(small, batch, equal_nan=True)
+        assert np.array_equal(model.predict(rows), model.predict(pl.concat([rows] * (SMALL_FRAME + 1)))[: rows.height])

@@ -17,7 +17,7 @@ from mlops_assets.defs.features import build_features
 from mlops_assets.defs.ingest import build_ingest
 from mlops_assets.defs.deploy import build_champion_asset, build_champion_check
 from mlops_assets.defs.evaluate import build_evaluation_asset
-from mlops_assets.defs.jobs import FEATURE_PIPELINE_SELECTION, build_jobs
+from mlops_assets.defs.jobs import LANDING_REFRESH_SELECTION, build_jobs
 from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.resources import build_resources, persistent_instance
 from mlops_assets.defs.monitor import build_monitoring
@@ -52,7 +52,7 @@ def build_definitions(model: ModelSpec, settings: Settings) -> dg.Definitions:
         asset_checks=[*ingest_checks, *validate_checks, *feature_checks, build_champion_check(model)],
         jobs=build_jobs(model, settings.landing_dir),
         sensors=[
-            build_landing_sensor(model, FEATURE_PIPELINE_SELECTION),
+            build_landing_sensor(model, LANDING_REFRESH_SELECTION),
             build_rollback_sensor(),
             build_drift_sensor(),
             build_performance_sensor(),

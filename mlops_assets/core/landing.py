@@ -166,6 +166,7 @@ class RefreshPlan:
     run_keys: dict[str, str]
     cursor: dict[str, str]
     waiting: list[str]
+    reference_changed: bool = False
 
 
 def plan_refresh(
@@ -208,7 +209,7 @@ def plan_refresh(
         next_cursor.update(month_files)
     if reference_ready:
         next_cursor.update(reference)
-    return RefreshPlan(to_run, keys, next_cursor, waiting)
+    return RefreshPlan(to_run, keys, next_cursor, waiting, reference_changed and reference_ready)
 
 
 def month_landed_at(landing_dir: Path, tables: list[str]) -> dict[str, float]:

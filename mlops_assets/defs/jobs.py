@@ -15,9 +15,13 @@ from mlops_assets.core.landing import landed_months
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.defs.partitions import range_tags
 
-#: The monthly refresh (what the landing sensor runs); the online store follows by automation.
+#: Ingest -> validate -> features (the landing sensor also refreshes the online store and monitoring in its run).
 FEATURE_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"]) - dg.AssetSelection.assets(
     ["features", "training_set"], ["features", "online_store"]
+)
+#: What the landing sensor may run for a month.
+LANDING_REFRESH_SELECTION = FEATURE_PIPELINE_SELECTION | dg.AssetSelection.assets(
+    ["features", "online_store"], ["predictions", "batch"], ["monitoring", "drift_report"], ["monitoring", "live_performance"]
 )
 TRAINING_PIPELINE_SELECTION = (
     dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"], ["models"], ["reports"])

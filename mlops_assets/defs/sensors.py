@@ -15,8 +15,11 @@ from mlops_assets.core.registry import CHAMPION, Registry, gated_champions, roll
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.defs.evaluate import evaluated_roc_auc
 from mlops_assets.defs.ingest import ingested_version
+from mlops_assets.defs.features import ONLINE_STORE_KEY, features_key
+from mlops_assets.defs.ingest import raw_key
 from mlops_assets.defs.jobs import RETRAIN_JOB
-from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY
+from mlops_assets.defs.validate import validated_key
+from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, PREDICTIONS_KEY
 from mlops_assets.defs.partitions import MONTHS
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
 
@@ -25,6 +28,11 @@ def build_landing_sensor(model: ModelSpec, target: dg.AssetSelection) -> dg.Sens
     tables = {t.name: t for t in model.tables}
     monthly = [t.name for t in model.monthly_tables]
     reference = [t.name for t in model.reference_tables]
+    # a month's refresh, in one run: its tables, features, online store and monitoring; the reference tables only
+    # when one of their files changed (re-ingesting unchanged ones cost a second a month)
+    month_assets = [*(k for t in model.monthly_tables for k in (raw_key(t), validated_key(t))),
+                    *(features_key(f) for f in model.feature_tables), ONLINE_STORE_KEY, PREDICTIONS_KEY, DRIFT_KEY, LIVE_KEY]  # fmt: skip
+    reference_assets = [k for t in model.reference_tables for k in (raw_key(t), validated_key(t))]
 
     @dg.sensor(
         name="landing_sensor",
@@ -32,8 +40,9 @@ def build_landing_sensor(model: ModelSpec, target: dg.AssetSelection) -> dg.Sens
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         description="Watches $MLOPS_DATA_DIR/landing. A month whose files are new or changed (by sha256), or all months "
-        "when a reference file changed, gets a run of ingest -> validate -> features for that month; the month becomes "
-        "a partition first. The cursor holds the file hashes, so the same file twice requests nothing; files that an "
+        "when a reference file changed, gets one run for that month: ingest -> validate -> features -> online store, "
+        "batch scores, drift report and live performance (the reference tables too when their files changed); the "
+        "month becomes a partition first. The cursor holds the file hashes, so the same file twice requests nothing; files that an "
         "earlier run already ingested (Dagster's observations of the landing sources) need no run either.",
     )
     def landing_sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage) -> dg.SensorResult:
@@ -50,8 +59,14 @@ def build_landing_sensor(model: ModelSpec, target: dg.AssetSelection) -> dg.Sens
         new_months = [m for m in plan.months_to_run if m not in known]
         if plan.waiting:
             context.log.info(f"waiting for the rest of months {plan.waiting}")
+        # changed reference tables are ingested once, by the first month's run (runs queue one at a time)
+        requests = [
+            dg.RunRequest(run_key=plan.run_keys[m], partition_key=m,
+                          asset_selection=month_assets + (reference_assets if plan.reference_changed and i == 0 else []))
+            for i, m in enumerate(plan.months_to_run)
+        ]  # fmt: skip
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=plan.run_keys[m], partition_key=m) for m in plan.months_to_run],
+            run_requests=requests,
             dynamic_partitions_requests=[MONTHS.build_add_request(new_months)] if new_months else [],
             cursor=json.dumps(plan.cursor, sort_keys=True),
         )

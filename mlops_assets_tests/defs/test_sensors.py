@@ -60,6 +60,13 @@ def test_a_new_month_adds_a_partition_and_requests_only_itself(settings: Setting
         second = _tick(settings, instance, first.cursor)
         assert [r.partition_key for r in second.run_requests or []] == ["2013-02"]
         assert [list(r.partition_keys) for r in second.dynamic_partitions_requests or []] == [["2013-02"]]
+        # one run refreshes the month end to end; unchanged reference tables are not ingested again
+        selected = {k.to_user_string() for k in first.run_requests[0].asset_selection or []}  # type: ignore[index]
+        again = {k.to_user_string() for k in second.run_requests[0].asset_selection or []}  # type: ignore[index]
+        month_part = {"raw/flights", "validated/weather", "features/flight_features", "features/online_store",
+                      "predictions/batch", "monitoring/drift_report", "monitoring/live_performance"}  # fmt: skip
+        assert month_part <= selected and month_part <= again
+        assert "raw/planes" in selected and "raw/planes" not in again
 
 
 def test_months_already_ingested_by_a_job_are_not_requested_again(settings: Settings) -> None:

@@ -35,6 +35,8 @@ bench: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/feature_build.py
 	$(BIN)/python benchmarks/training_pipeline.py
+	$(BIN)/python benchmarks/monthly_refresh.py
+	$(BIN)/python benchmarks/serving_load.py
 
 # Evidently (benchmarks/drift_vs_evidently.py only) needs pandas < 3: its own environment, never .venv.
 # make bench-drift BENCH_DRIFT_ARGS="--scale 1" passes options to the script.

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -42,7 +41,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from machine import cpu_and_ram  # benchmarks/machine.py (this folder is on sys.path when run as a script)
+from machine import cpu_and_ram, replace_readme_section  # benchmarks/machine.py (this folder is on sys.path when run as a script)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -694,20 +693,7 @@ def write_readme(report: dict[str, Any]) -> None:
         default_config=default_config_text(report), differences=differences_text(first.get("agreement")),
         **{k: machine["versions"][k] for k in ("polars", "numpy", "pandas", "scipy", "evidently")},
     ).rstrip() + "\n"  # fmt: skip
-    text = README.read_text() if README.exists() else "# Benchmarks\n"
-    start = text.find(SECTION_TITLE)
-    if start < 0:
-        head, tail = text.rstrip() + "\n\n", ""
-    else:
-        head = text[:start]
-        end = text.find(SECTION_END, start)
-        if end >= 0:
-            tail = text[end + len(SECTION_END) :].lstrip("\n")
-        else:  # no end marker (edited by hand): the section ends at the next level-2 title
-            after = re.search(r"^## ", text[start + len(SECTION_TITLE) :], flags=re.MULTILINE)
-            tail = "" if after is None else text[start + len(SECTION_TITLE) + after.start() :]
-        tail = "\n" + tail if tail else ""
-    README.write_text(head + section + tail)
+    replace_readme_section(README, SECTION_TITLE, SECTION_END, section)
     print(f"wrote {README.relative_to(REPO)}")
 
 

@@ -616,8 +616,8 @@ make bench-drift        # creates .venv-bench-drift (pip install -e ".[bench-dri
 ```
 
 It prints the tables below and rewrites this section of this file (from its title to the marker that ends it); the raw
-numbers go to `benchmarks/results/drift_vs_evidently.json` (not tracked). `feature_build.py` rewrites the whole
-file: run this one after it, or restore this section with `--readme-from-json`.
+numbers go to `benchmarks/results/drift_vs_evidently.json` (not tracked); `--readme-from-json` rebuilds this section
+from them.
 
 ### Results
 

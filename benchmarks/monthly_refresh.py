@@ -6,9 +6,9 @@ Run from the repository root::
     python benchmarks/monthly_refresh.py --repeats 1 --every 10 --no-readme
 
 The refresh is what the platform does when a month's files land (``replay_months(landing, [month])``): the
-``landing_sensor`` requests ingest -> validate -> features for that month, then the automation conditions request
-what follows the month's features (``features/online_store``, ``predictions/batch``, ``monitoring/drift_report``,
-``monitoring/live_performance``; the report lists what was requested). The rollback, drift and performance sensors
+``landing_sensor`` requests one run for that month: ingest -> validate -> features -> ``features/online_store``,
+``predictions/batch``, ``monitoring/drift_report``, ``monitoring/live_performance``; the automation conditions are
+evaluated too, and would request anything left (the report lists what ran). The rollback, drift and performance sensors
 (rollback and retraining) are not part of it: a ``Ticker`` with ``sensors=("landing_sensor",)`` and the
 automation conditions on, settled until a tick requests nothing, in a fresh ``python`` process (interpreter start,
 imports, loading the definitions as Dagster does, the refresh runs, exit). The sensor and automation cursors are kept
@@ -509,8 +509,8 @@ SECTION_TEMPLATE = """{title}
 Measures the monthly refresh against the target of its issue: one newly landed month refreshed by a **cold
 process** in <= {cold_wall_s:g} s wall, flat as the history grows (month 12 / month 2 <= {flat_ratio:g}). The
 refresh is what the platform does when a month lands (`replay_months(landing, [month])`): the `landing_sensor`
-requests ingest -> validate -> features for the month, then the automation conditions request what follows the
-month's features (the online store export and the monitoring assets: the list is below). Rollback and retraining
+requests one run for the month, ingest -> validate -> features -> online store export and the monitoring assets (the
+list is below); the automation conditions are evaluated too, and would request anything left. Rollback and retraining
 (the rollback, drift and performance sensors and their `retraining` runs) are not part of it. The process is
 `python benchmarks/monthly_refresh.py --worker refresh`: interpreter start, imports,
 `mlops_assets.definitions.defs()` (as a code location loads: the landed months become partitions), then a `Ticker`
@@ -551,8 +551,7 @@ python benchmarks/monthly_refresh.py --readme-from-json [benchmarks/results/mont
 ```
 
 It prints the tables below and rewrites this section only (from its title to its end marker; the rest is kept).
-`feature_build.py` rewrites the whole file: run this one after it, or restore this section from the last run's
-`benchmarks/results/monthly_refresh.json` (not tracked) with `--readme-from-json`.
+`--readme-from-json` rebuilds it from the last run's `benchmarks/results/monthly_refresh.json` (not tracked).
 
 ### Results
 

@@ -874,9 +874,8 @@ python benchmarks/training_pipeline.py [--repeats 3] [--repeats-10x 1] [--skip-1
 python benchmarks/training_pipeline.py plain     # the plain script alone, on $MLOPS_DATA_DIR
 ```
 
-It prints the tables below and rewrites this section of this file (the sections above it are kept; `feature_build.py`
-rewrites the whole file, so run this one after it, or restore this section from a `--json` file with
-`--readme-from-json PATH`).
+It prints the tables below and rewrites this section of this file (the other sections are kept; restore it from a
+`--json` file with `--readme-from-json PATH`).
 
 ### Results
 

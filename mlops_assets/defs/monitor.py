@@ -25,7 +25,7 @@ from mlops_assets.core.training import load_version
 from mlops_assets.defs.deploy import CHAMPION_KEY
 from mlops_assets.defs.evaluate import evaluated_roc_auc
 from mlops_assets.defs.features import features_key
-from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, run_months
+from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
 
 PREDICTIONS_KEY = dg.AssetKey(["predictions", "batch"])
@@ -85,6 +85,7 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
         key=PREDICTIONS_KEY,
         deps=[features_key(spec), CHAMPION_KEY],
         partitions_def=MONTHS,
+        backfill_policy=SINGLE_RUN,  # several months in one run (per-month results in `by_month`)
         group_name="monitor",
         kinds={"duckdb", "lightgbm"},
         pool=DUCKDB_POOL,
@@ -159,6 +160,7 @@ def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
         key=DRIFT_KEY,
         deps=[features_key(spec), PREDICTIONS_KEY],
         partitions_def=MONTHS,
+        backfill_policy=SINGLE_RUN,  # several months in one run (per-month results in `by_month`)
         group_name="monitor",
         kinds={"duckdb", "matplotlib"},
         pool=DUCKDB_POOL,
@@ -231,6 +233,7 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
         key=LIVE_KEY,
         deps=[PREDICTIONS_KEY, features_key(spec)],
         partitions_def=MONTHS,
+        backfill_policy=SINGLE_RUN,  # several months in one run (per-month results in `by_month`)
         group_name="monitor",
         kinds={"duckdb"},
         pool=DUCKDB_POOL,

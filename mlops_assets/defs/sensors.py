@@ -1,5 +1,6 @@
 """Sensors: the landing sensor turns newly landed or changed months into runs; the drift and performance sensors
-turn monitoring results into retraining runs; the automation sensor runs the assets' automation conditions."""
+turn monitoring results into retraining runs; the rollback sensor takes a degraded champion out of production; the
+automation sensor runs the assets' automation conditions."""
 
 import json
 from collections.abc import Callable, Mapping
@@ -14,14 +15,13 @@ from mlops_assets.core.policy import rollback_reasons
 from mlops_assets.core.registry import CHAMPION, Registry, gated_champions, rollback
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.defs.evaluate import evaluated_roc_auc
-from mlops_assets.defs.ingest import ingested_version
 from mlops_assets.defs.features import ONLINE_STORE_KEY, features_key
-from mlops_assets.defs.ingest import raw_key
+from mlops_assets.defs.ingest import ingested_version, raw_key
 from mlops_assets.defs.jobs import RETRAIN_JOB
-from mlops_assets.defs.validate import validated_key
 from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, PREDICTIONS_KEY
 from mlops_assets.defs.partitions import MONTHS
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
+from mlops_assets.defs.validate import validated_key
 
 
 def build_landing_sensor(model: ModelSpec, target: dg.AssetSelection) -> dg.SensorDefinition:
@@ -42,8 +42,8 @@ def build_landing_sensor(model: ModelSpec, target: dg.AssetSelection) -> dg.Sens
         description="Watches $MLOPS_DATA_DIR/landing. A month whose files are new or changed (by sha256), or all months "
         "when a reference file changed, gets one run for that month: ingest -> validate -> features -> online store, "
         "batch scores, drift report and live performance (the reference tables too when their files changed); the "
-        "month becomes a partition first. The cursor holds the file hashes, so the same file twice requests nothing; files that an "
-        "earlier run already ingested (Dagster's observations of the landing sources) need no run either.",
+        "month becomes a partition first. The cursor holds the file hashes, so the same file twice requests nothing; "
+        "files that an earlier run already ingested (Dagster's observations of the landing sources) need no run either.",
     )
     def landing_sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage) -> dg.SensorResult:
         previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}

@@ -401,9 +401,9 @@ def histogram_pairs(profile: Mapping[str, Any], frame: pl.DataFrame, columns: Se
 
 def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> bytes:
     """Reference-vs-current bar charts, one panel per column."""
-    from mlops_assets.core.evaluation import _figure_png, _pyplot
+    from mlops_assets.core.evaluation import figure_png, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     panels = max(len(pairs), 1)
     figure, axes = plt.subplots(panels, 1, figsize=(7, 2.6 * panels), squeeze=False)
     for axis, pair in zip(axes[:, 0], pairs, strict=False):
@@ -415,4 +415,4 @@ def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> byt
         axis.legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
-    return _figure_png(figure)
+    return figure_png(figure)

@@ -100,7 +100,8 @@ def slice_metrics(frame: pl.DataFrame, label: str, scores: Mapping[str, np.ndarr
 # --- plots -------------------------------------------------------------------------------------------------------
 
 
-def _figure_png(figure: Any) -> bytes:
+def figure_png(figure: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -109,7 +110,8 @@ def _figure_png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot, imported on first use (plots are only drawn by report assets)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -119,7 +121,7 @@ def _pyplot() -> Any:
 
 
 def roc_plot(y: np.ndarray, scores: Mapping[str, np.ndarray]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(5, 4.5))
     for name, p in scores.items():
         order = np.argsort(-p, kind="stable")
@@ -129,11 +131,11 @@ def roc_plot(y: np.ndarray, scores: Mapping[str, np.ndarray]) -> bytes:
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on the test month")
     axis.legend(loc="lower right")
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def calibration_plot(y: np.ndarray, scores: Mapping[str, np.ndarray]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(5, 4.5))
     for name, p in scores.items():
         bins = calibration_bins(y, p)
@@ -141,20 +143,20 @@ def calibration_plot(y: np.ndarray, scores: Mapping[str, np.ndarray]) -> bytes:
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
     axis.set(xlabel="mean predicted probability", ylabel="observed delay rate", title="Calibration (10 bins)")
     axis.legend(loc="upper left")
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def importance_plot(names: list[str], gains: np.ndarray, top: int = 20) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     order = np.argsort(gains)[-top:]
     figure, axis = plt.subplots(figsize=(6, 0.28 * len(order) + 1))
     axis.barh([names[i] for i in order], gains[order] / max(gains.sum(), 1e-12))
     axis.set(xlabel="share of total gain", title="Feature importance (challenger)")
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def slice_plot(slices: pl.DataFrame, models: list[str], min_rows: int) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     shown = slices.filter(pl.col("rows") >= min_rows)
     labels = [f"{s}={v}" for s, v in zip(shown["slice"], shown["value"], strict=True)]
     figure, axis = plt.subplots(figsize=(7, 0.25 * max(len(labels), 4) + 1))
@@ -165,7 +167,7 @@ def slice_plot(slices: pl.DataFrame, models: list[str], min_rows: int) -> bytes:
     axis.set_yticks(positions + width * (len(models) - 1) / 2, labels)
     axis.set(xlabel="ROC AUC", title=f"AUC per slice (slices with >= {min_rows} rows)", xlim=(0.4, 1.0))
     axis.legend(loc="lower right")
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def markdown_image(png: bytes, alt: str) -> str:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.evaluation import _figure_png, _pyplot, markdown_image
+from mlops_assets.core.evaluation import figure_png, pyplot, markdown_image
 from mlops_assets.core.markdown import frame_to_markdown
 
 
@@ -49,7 +49,7 @@ def months_champion_wins(frame: pl.DataFrame, since: str) -> tuple[int, int]:
 def timeline_plot(frame: pl.DataFrame) -> bytes:
     """Live AUC of the serving champion and of the frozen first model per month; drift share as bars; retrains and
     promotions marked."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     x = np.arange(frame.height)
     months = frame["month"].to_list()
@@ -69,7 +69,7 @@ def timeline_plot(frame: pl.DataFrame) -> bytes:
     bottom.set(ylabel="share of features drifted\n(red: month drifted)", ylim=(0, 1))
     bottom.set_xticks(x, months, rotation=30)
     figure.tight_layout()
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def timeline_markdown(frame: pl.DataFrame, plot: bytes, since: str = "2013-06") -> str:

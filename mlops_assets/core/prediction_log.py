@@ -1,7 +1,8 @@
 """The serving log: every online prediction, appended to Parquet under ``$MLOPS_DATA_DIR/predictions/online/``.
 
 One row per request and model that scored it (long format), so champion, challenger (A/B) and shadow scores sit in
-one table: ``request_id``, ``logged_at`` (UTC), the feature table's key columns, ``prediction_time``, ``variant``
+one table: ``request_id``, ``logged_at`` (UTC), ``flight_key`` (the entity key as the response names it), the feature
+table's key columns, ``prediction_time``, ``variant``
 (champion / challenger / shadow), ``model_version``, ``score``, ``served`` (whether this score was the answer),
 ``latency_ms`` (request received -> answer ready, feature lookup included), ``status`` (``ok`` / ``error``) and
 ``error``. Rows are buffered and written in batches (by count or age) and on close, each batch as a new file written
@@ -32,6 +33,7 @@ def log_schema(key_columns: Sequence[str], key_types: dict[str, pl.DataType]) ->
     return {
         "request_id": pl.String(),
         "logged_at": pl.Datetime("us"),
+        "flight_key": pl.String(),
         **{c: key_types[c] for c in key_columns},
         "prediction_time": pl.Datetime("us"),
         "variant": pl.String(),

@@ -165,7 +165,7 @@ class PredictionService:
             except Exception as error:
                 logger.exception("shadow %s failed", shadow.version)
                 shadow_error = f"{type(error).__name__}: {error}"
-        self._log_rows(keys, ids, arms, scores, latency_ms, shadow, shadow_scores, shadow_error)
+        self._log_rows(keys, ids, [r.key for r in requests], arms, scores, latency_ms, shadow, shadow_scores, shadow_error)
 
         manifest = snapshot.store.store.manifest
         times = keys[self.spec.time_column].to_list()
@@ -199,6 +199,7 @@ class PredictionService:
         self,
         keys: pl.DataFrame,
         ids: list[str],
+        flight_keys: list[str],
         arms: list[ServedModel],
         scores: np.ndarray,
         latency_ms: float,
@@ -212,7 +213,8 @@ class PredictionService:
         now = utc_now()
         rows: list[dict[str, object]] = []
         for i, key in enumerate(keys.to_dicts()):
-            base = {"request_id": ids[i], "logged_at": now, **{c: key[c] for c in self.spec.key}, "prediction_time": key[self.spec.time_column]}
+            base = {"request_id": ids[i], "logged_at": now, "flight_key": flight_keys[i], **{c: key[c] for c in self.spec.key},
+                    "prediction_time": key[self.spec.time_column]}  # fmt: skip
             rows.append({**base, "variant": arms[i].variant, "model_version": arms[i].version, "score": float(scores[i]),
                          "served": True, "latency_ms": latency_ms, "status": "ok", "error": None})  # fmt: skip
             if shadow is not None:
@@ -242,7 +244,8 @@ class PredictionService:
             known = [{**{c: r.fields.get(c) for c in self.spec.key}, self.spec.time_column: None} for r in requests]
         latency_ms, now, message = (time.perf_counter() - started) * 1000.0, utc_now(), f"{type(error).__name__}: {error}"[:1000]
         rows: list[dict[str, object]] = [
-            {"request_id": ids[i], "logged_at": now, **{c: key[c] for c in self.spec.key}, "prediction_time": key[self.spec.time_column],
+            {"request_id": ids[i], "logged_at": now, "flight_key": requests[i].key, **{c: key[c] for c in self.spec.key},
+             "prediction_time": key[self.spec.time_column],
              "variant": arms[i].variant, "model_version": arms[i].version, "score": None, "served": False,
              "latency_ms": latency_ms, "status": "error", "error": message}  # fmt: skip
             for i, key in enumerate(known)

@@ -56,7 +56,7 @@ def test_one_flight_and_a_batch_are_answered_by_the_champion_and_logged(served: 
     row = log.filter(pl.col("request_id") == answer["request_id"]).to_dicts()
     assert len(row) == 1
     assert row[0] | {"logged_at": None, "latency_ms": None} == {
-        "request_id": answer["request_id"], "logged_at": None, "carrier": "UA", "flight": 1545, "origin": "EWR",
+        "request_id": answer["request_id"], "logged_at": None, "flight_key": answer["flight_key"], "carrier": "UA", "flight": 1545, "origin": "EWR",
         "sched_dep_local": row[0]["sched_dep_local"], "prediction_time": row[0]["prediction_time"], "variant": "champion",
         "model_version": "v0001", "score": answer["probability"], "served": True, "latency_ms": None, "status": "ok",
         "error": None,

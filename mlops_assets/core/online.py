@@ -211,6 +211,8 @@ class OnlineStore:
     keyed_windows: list[_KeyedWindow] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        online = self.spec.online
+        self.index = online.index(self.reference) if online is not None and online.index is not None else None
         self.keyed_lookups = [_KeyedLookup(c, lookup) for c, lookup in zip(self.candidates, self.spec.lookups, strict=True)]
         self.keyed_windows = [_KeyedWindow(c, window) for c, window in zip(self.cumulatives, self.spec.windows, strict=True)]
 
@@ -249,7 +251,10 @@ class OnlineStore:
         request's prediction time, from the facts in this export."""
         assert self.spec.online is not None
         if requests.height <= SMALL_BATCH:
-            return self._features_by_key(self.spec.online.entities(requests, self.reference))
+            online = self.spec.online
+            if online.entity_rows is not None and self.index is not None:
+                return self._features_by_key(online.entity_rows(requests.to_dicts(), self.index))
+            return self._features_by_key(online.entities(requests, self.reference))
         rows = self.spec.online.entities(requests, self.reference).with_row_index(_ORDER)
         time = self.spec.time_column
         rows = rows.sort([time, _ORDER])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandera.polars as pa
 import polars as pl
@@ -72,12 +73,17 @@ class OnlineSpec:
         reference_sql: name -> SQL over the validated tables, exported with the online store (e.g. route distances).
         entities: (requests, reference frames) -> entity rows with the columns the feature SQL returns for the time
             and the features known in advance. The tests hold it to the SQL: same flight, same values.
+        index: optional; builds lookups from the reference frames once, when a store loads.
+        entity_rows: optional; the same rows for a few requests (as dicts) from that index, without data-frame
+            joins (a served request costs microseconds instead of a millisecond). Tested equal to ``entities``.
     """
 
     request_fields: Mapping[str, tuple[type, bool, str]]
     key_fields: tuple[str, ...]
     reference_sql: Mapping[str, str]
     entities: Callable[[pl.DataFrame, Mapping[str, pl.DataFrame]], pl.DataFrame]
+    index: Callable[[Mapping[str, pl.DataFrame]], Any] | None = None
+    entity_rows: Callable[[list[dict[str, Any]], Any], pl.DataFrame] | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 store by the same point-in-time engine, equals its row in ``features.flight_features``."""
 
 import dataclasses
+from datetime import datetime
 import json
 from pathlib import Path
 
@@ -91,3 +92,21 @@ def test_the_store_refuses_another_feature_set_version(warehouse_two_months: Pat
     assert (root / CURRENT).read_text() == version
     with pytest.raises(ValueError, match="declares no online spec"):
         build_export(duckdb.connect(), dataclasses.replace(SPEC, online=None), "2013-02")
+
+
+def test_request_rows_from_the_index_equal_the_frame_path(warehouse_two_months: Path) -> None:
+    """The per-request path (dict lookups) and the batch path (joins) give the same entity rows, daylight-saving
+    edges included: an ambiguous hour takes its first occurrence, a skipped one has no prediction time."""
+    with duckdb.connect(str(warehouse_two_months), read_only=True) as conn:
+        store = OnlineStore.from_export(SPEC, build_export(conn, SPEC, "2013-02"))
+    assert SPEC.online is not None and SPEC.online.entity_rows is not None
+    requests = pl.DataFrame({
+        "carrier": ["UA", "B6", "AA", "ZZ"], "flight": [1545, 27, 1, 9], "origin": ["EWR", "JFK", "LGA", "JFK"],
+        "dest": ["IAH", "SJU", "ORD", "NOWHERE"], "tailnum": ["N14228", None, "NOPLANE", "N14228"],
+        "scheduled_departure": [datetime(2013, 2, 20, 9, 0), datetime(2013, 11, 3, 1, 30), datetime(2013, 3, 10, 2, 30),
+                                datetime(2013, 7, 4, 23, 59)],
+    })  # fmt: skip
+    by_frames = SPEC.online.entities(requests, store.reference)
+    by_index = SPEC.online.entity_rows(requests.to_dicts(), store.index)
+    assert by_index.equals(by_frames, null_equal=True), (by_index, by_frames)
+    assert by_index["prediction_time"].to_list()[1:3] == [datetime(2013, 11, 3, 5, 30), None]

@@ -12,7 +12,6 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import duckdb
@@ -26,7 +25,7 @@ from mlops_assets.core.store import ensure_table_like, replace_where
 from mlops_assets.core.timeline import TimelineRow, months_champion_wins, timeline_frame, timeline_markdown, timeline_plot
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.jobs import RETRAIN_JOB
-from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, SHADOW
+from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, SHADOW, latest_month_summary
 from mlops_assets.defs.sensors import REASON_TAG, TRIGGER_TAG
 from mlops_assets.ticks import ExecutedRun, Ticker
 
@@ -51,18 +50,10 @@ def reset_data_dir(data_dir: Path) -> None:
     (data_dir / MARKER).write_text("made by `mlops simulate`; cleared by the next simulation\n")
 
 
-def _latest_summary(instance: dg.DagsterInstance, key: dg.AssetKey, month: str) -> dict[str, Any]:
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[month]), limit=1).records
-    if not records or records[0].asset_materialization is None:
-        return {}
-    by_month = records[0].asset_materialization.metadata.get("by_month")
-    return dict(by_month.value.get(month, {})) if by_month is not None else {}
-
-
 def month_row(month: str, instance: dg.DagsterInstance, registry: Registry, runs: list[ExecutedRun]) -> TimelineRow:
     """What the platform did about ``month``, from the monitoring metadata, the runs and the registry's events."""
-    drift = _latest_summary(instance, DRIFT_KEY, month)
-    live = _latest_summary(instance, LIVE_KEY, month)
+    drift = latest_month_summary(instance, DRIFT_KEY, month)
+    live = latest_month_summary(instance, LIVE_KEY, month)
     retrains = [r for r in runs if r.tags.get(TRIGGER_TAG) in ("drift", "performance", "rollback")]
     events = registry.events()
     challenger = decision = ""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.features import context_start_for, feature_set_version
+from mlops_assets.core.features import context_start_for, feature_set_version, used_params
 from mlops_assets.core.features.pit import (
     AsOfLookup,
     TrailingWindow,
@@ -134,10 +133,6 @@ class _KeyedWindow:
                 self.window.count_name: pl.Series(self.window.count_name, counts, dtype=pl.Float64)}  # fmt: skip
 
 
-def _used(sql: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in params.items() if re.search(rf"\$({name})\b", sql)}
-
-
 @dataclass
 class OnlineExport:
     """The frames of one export (before preparation)."""
@@ -155,8 +150,8 @@ def build_export(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, newest
         raise ValueError(f"feature table {spec.name} declares no online spec: it cannot be served")
     start = context_start_for(spec, newest_month)
     params = {"context_first": month_key(start.year, start.month), "target_last": newest_month, "context_start": start}
-    events = query_frame(conn, spec.sql, _used(spec.sql, params))
-    lookups = [events if lookup.sql is None else query_frame(conn, lookup.sql, _used(lookup.sql, params)) for lookup in spec.lookups]
+    events = query_frame(conn, spec.sql, used_params(spec.sql, params))
+    lookups = [events if lookup.sql is None else query_frame(conn, lookup.sql, used_params(lookup.sql, params)) for lookup in spec.lookups]
     reference = {name: query_frame(conn, sql) for name, sql in spec.online.reference_sql.items()}
     known = [c for c in (spec.label_known_at, *(w.known_at for w in spec.windows)) if c in events.columns]
     as_of = events.select(pl.max_horizontal(pl.col(c).max() for c in known)).item() if events.height else None

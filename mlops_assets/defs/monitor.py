@@ -68,6 +68,30 @@ def _scores(conn: Any, month: str) -> pl.DataFrame:
     return query_frame(conn, f"SELECT * FROM {qualified(*PREDICTIONS_KEY.path)} WHERE _month = ?", [month])
 
 
+def month_summary(record: dg.EventLogRecord) -> tuple[str, dict[str, Any]] | None:
+    """The month and its results from a monitoring materialization's ``by_month`` metadata (None when it has none)."""
+    month, event = record.partition_key, record.asset_materialization
+    by_month = event.metadata.get("by_month") if event is not None else None
+    summary = by_month.value.get(month) if by_month is not None and month else None
+    return (month, dict(summary)) if month and summary else None
+
+
+def new_month_summaries(instance: dg.DagsterInstance, key: dg.AssetKey, cursor: str | None) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+    """Per-month results of ``key``'s materializations after ``cursor`` (a storage id), oldest first, and the new
+    cursor: what the sensors read instead of DuckDB."""
+    after = int(cursor) if cursor else None
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=100, ascending=True).records
+    summaries = [found for found in map(month_summary, records) if found is not None]
+    return summaries, str(records[-1].storage_id) if records else cursor
+
+
+def latest_month_summary(instance: dg.DagsterInstance, key: dg.AssetKey, month: str) -> dict[str, Any]:
+    """The newest results of ``key`` for ``month`` ({} when it was never materialized)."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[month]), limit=1).records
+    found = month_summary(records[0]) if records else None
+    return found[1] if found else {}
+
+
 def _by_month_metadata(by_month: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per-month results as one JSON entry (a range run attaches the same metadata to every month), plus the plain
     values when the run covered one month."""

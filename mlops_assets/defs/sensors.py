@@ -18,7 +18,7 @@ from mlops_assets.defs.evaluate import evaluated_roc_auc
 from mlops_assets.defs.features import ONLINE_STORE_KEY, features_key
 from mlops_assets.defs.ingest import ingested_version, raw_key
 from mlops_assets.defs.jobs import RETRAIN_JOB
-from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, PREDICTIONS_KEY
+from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, PREDICTIONS_KEY, new_month_summaries
 from mlops_assets.defs.partitions import MONTHS
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
 from mlops_assets.defs.validate import validated_key
@@ -98,19 +98,11 @@ def _retrain_sensor(
     @dg.sensor(name=name, job_name=RETRAIN_JOB, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
                description=description)  # fmt: skip
     def _sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.SensorResult:
-        after = int(context.cursor) if context.cursor else None
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key, after_storage_id=after), limit=100, ascending=True
-        ).records
+        summaries, cursor = new_month_summaries(context.instance, asset_key, context.cursor)
         champion = Registry(storage.registry_dir).alias(CHAMPION)
         requests: list[dg.RunRequest] = []
         seen: set[str] = set()
-        for record in records:
-            month = record.partition_key
-            by_month = record.asset_materialization.metadata.get("by_month") if record.asset_materialization else None
-            summary = by_month.value.get(month) if by_month is not None and month else None
-            if not summary:
-                continue
+        for month, summary in summaries:
             reason = decide(summary, policy)
             scored_by = summary.get("champion_version")
             if reason is None:
@@ -126,7 +118,6 @@ def _retrain_sensor(
             tags = {TRIGGER_TAG: trigger, MONTH_TAG: month, CHAMPION_TAG: champion, REASON_TAG: reason[:900]}
             requests.append(dg.RunRequest(run_key=run_key, tags=tags))
             context.log.info(f"requesting a retrain: {reason}")
-        cursor = str(records[-1].storage_id) if records else context.cursor
         return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return _sensor
@@ -189,18 +180,12 @@ def build_rollback_sensor() -> dg.SensorDefinition:
         "service picks it up within seconds) and a retraining run is requested. Run key `rollback:<month>:<champion>`.",
     )
     def rollback_sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.SensorResult:
-        after = int(context.cursor) if context.cursor else None
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=LIVE_KEY, after_storage_id=after), limit=100, ascending=True
-        ).records
+        summaries, cursor = new_month_summaries(context.instance, LIVE_KEY, context.cursor)
         registry = Registry(storage.registry_dir)
         requests: list[dg.RunRequest] = []
-        for record in records:
-            month = record.partition_key
-            by_month = record.asset_materialization.metadata.get("by_month") if record.asset_materialization else None
-            summary = by_month.value.get(month) if by_month is not None and month else None
+        for month, summary in summaries:
             champion = registry.alias(CHAMPION)
-            if not summary or champion is None or summary.get("champion_version") != champion:
+            if champion is None or summary.get("champion_version") != champion:
                 continue  # nothing judged, or judged a model that no longer serves
             reasons = rollback_reasons(summary, required_auc(registry, storage.reports_dir, champion),
                                        registry.profile(champion).get("scores", {}), policy.rollback())  # fmt: skip
@@ -216,7 +201,6 @@ def build_rollback_sensor() -> dg.SensorDefinition:
                 context.log.error(f"{champion} should be rolled back but no earlier champion passed the gates: {why}")
             tags = {TRIGGER_TAG: "rollback", MONTH_TAG: month, CHAMPION_TAG: champion, REASON_TAG: why[:900]}
             requests.append(dg.RunRequest(run_key=f"rollback:{month}:{champion}", tags=tags))
-        cursor = str(records[-1].storage_id) if records else context.cursor
         return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return rollback_sensor

@@ -59,13 +59,13 @@ def compute_features(
     rows = query_frame(conn, spec.sql, params).sort([spec.time_column, *spec.key])
     targets = rows.filter(pl.col("_month").is_between(pl.lit(first), pl.lit(last)))
     for lookup in spec.lookups:
-        right = rows if lookup.sql is None else query_frame(conn, lookup.sql, _used(lookup.sql, params))
+        right = rows if lookup.sql is None else query_frame(conn, lookup.sql, used_params(lookup.sql, params))
         targets = add_lookup(targets, right, lookup, spec.time_column)
     targets = add_trailing_windows(rows, targets, spec.windows, spec.time_column)
     return targets.select(spec.output_columns).with_columns(pl.lit(feature_set_version(spec)).alias(VERSION_COLUMN))
 
 
-def _used(sql: str, params: dict[str, object]) -> dict[str, object]:
+def used_params(sql: str, params: dict[str, object]) -> dict[str, object]:
     """The parameters a query names (DuckDB refuses unused named parameters)."""
     return {name: value for name, value in params.items() if re.search(rf"\${name}\b", sql)}
 

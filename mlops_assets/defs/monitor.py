@@ -210,11 +210,12 @@ def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
                     continue
                 frame = _month_rows(conn, spec, month)
                 scores = champion_scores["score"].to_numpy() if champion_scores.height else None
-                verdict = compare(registry.profile(version), frame, scores, spec.label, policy.thresholds())
+                profile = registry.profile(version)
+                verdict = compare(profile, frame, scores, spec.label, policy.thresholds())
                 table = pl.DataFrame(verdict.rows()).with_columns(pl.lit(month).alias("_month"), pl.lit(version).alias("model_version"))
                 name = ensure_table_like(conn, *DRIFT_KEY.path, table)
                 replace_where(conn, name, table, "_month = ?", [month])
-                plot = drift_histograms_plot(histogram_pairs(registry.profile(version), frame, [c.column for c in verdict.top(TOP_DRIFTED)]),
+                plot = drift_histograms_plot(histogram_pairs(profile, frame, [c.column for c in verdict.top(TOP_DRIFTED)]),
                                              f"{month}: most drifted features vs {version}'s training data")  # fmt: skip
                 report = drift_report_markdown(month, version, verdict, plot)
                 out = storage.reports_dir / "drift" / month

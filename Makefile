@@ -1,6 +1,7 @@
 # The two commands of the README:
-#   make pipeline   land Jan-Mar 2013 and run `training_pipeline` on the persistent instance (DuckDB file under data/):
-#                   features, a LightGBM challenger, its evaluation and the promotion decision
+#   make pipeline   land Jan-Mar 2013 and run `training_pipeline` over the landed months on the persistent instance
+#                   (DuckDB file under data/): features, then for every model a LightGBM challenger, its evaluation,
+#                   the promotion decision and its online store
 #   make test       run the test suite
 # Both create the virtual environment .venv and install the project first when pyproject.toml changed.
 
@@ -25,8 +26,8 @@ $(BIN)/.installed: pyproject.toml
 pipeline: $(BIN)/.installed
 	@$(BIN)/mlops home >/dev/null
 	$(BIN)/mlops replay --through $(THROUGH)
-	$(BIN)/dagster job execute -m mlops_assets.definitions -j training_pipeline
-	@$(BIN)/mlops status
+	$(BIN)/dagster job execute -m mlops_assets.definitions -j training_pipeline --tags "$$($(BIN)/mlops months --tags)"
+	@$(BIN)/mlops models
 
 test: $(BIN)/.installed
 	$(BIN)/pytest

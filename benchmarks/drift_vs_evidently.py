@@ -71,7 +71,7 @@ def prepare_features(workdir: Path) -> tuple[Path, dict[str, Any]]:
     import feature_build  # benchmarks/feature_build.py: the production path from the replay feed to DuckDB
 
     from mlops_assets.core.features import compute_features
-    from mlops_assets.core.flights import FLIGHT_FEATURES as spec
+    from mlops_assets.models.flight_delay import FLIGHT_FEATURES as spec
 
     database = feature_build.prepare_base(workdir)
     conn = feature_build._connect(database, read_only=True)  # configured like the platform's warehouse

@@ -60,9 +60,9 @@ def _connect(path: Path, read_only: bool = False):
 
 def prepare_base(workdir: Path) -> Path:
     """2013 landed by the replay feed, ingested and validated: the production path into a DuckDB file."""
-    from mlops_assets.core.flights import FLIGHTS, replay_months
     from mlops_assets.core.ingest import ingest_raw, validate_partition
     from mlops_assets.core.landing import month_range, scan_landing
+    from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 
     landing, quarantine, path = workdir / "landing", workdir / "quarantine", workdir / "x1.duckdb"
     replay_months(landing, month_range("2013-01", "2013-12"))
@@ -71,7 +71,7 @@ def prepare_base(workdir: Path) -> Path:
     conn = _connect(path)
     try:
         for table in ("airlines", "airports", "planes", "flights", "weather"):
-            spec = FLIGHTS.table(table)
+            spec = NYCFLIGHTS13.table(table)
             for landed in sorted((f for f in files if f.table == table), key=lambda f: str(f.month)):
                 verdict = ingest_raw(conn, spec, landed, landing, quarantine, "bench", now)
                 if not verdict.accepted:
@@ -139,7 +139,7 @@ def _peak_rss_bytes() -> int:
 def worker(job: dict) -> dict:
     """Run one measurement: ``warmup`` untimed calls, then ``repeats`` timed ones; report times and peak memory."""
     from mlops_assets.core.features import compute_features, write_month
-    from mlops_assets.core.flights import FLIGHT_FEATURES as spec
+    from mlops_assets.models.flight_delay import FLIGHT_FEATURES as spec
 
     kind, db = job["kind"], Path(job["db"])
 
@@ -338,7 +338,7 @@ README_TEMPLATE = """# Benchmarks
 ## `feature_build.py`: point-in-time feature build
 
 Measures how long `mlops_assets.core.features` takes to build `features.flight_features` (the SQL in
-`core/features/flight_features.sql` plus the trailing windows of `core/features/pit.py`) and compares it with a
+`models/flight_delay/flight_features.sql` plus the trailing windows of `core/features/pit.py`) and compares it with a
 plain-pandas implementation of the same features (`pandas_baseline.py`, built on `pandas.merge_asof`; the test
 `mlops_assets_tests/core/test_pandas_reference.py` checks that both give the same values).
 

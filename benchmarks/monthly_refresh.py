@@ -5,20 +5,23 @@ Run from the repository root::
     python benchmarks/monthly_refresh.py                  # 3 repeats on the full feed, rewrites its README section
     python benchmarks/monthly_refresh.py --repeats 1 --every 10 --no-readme
 
-The refresh is what the platform does when a month's files land (``replay_months(landing, [month])``): the
-``landing_sensor`` requests one run for that month: ingest -> validate -> features -> ``features/online_store``,
-``predictions/batch``, ``monitoring/drift_report``, ``monitoring/live_performance``; the automation conditions are
-evaluated too, and would request anything left (the report lists what ran). The rollback, drift and performance sensors
-(rollback and retraining) are not part of it: a ``Ticker`` with ``sensors=("landing_sensor",)`` and the
-automation conditions on, settled until a tick requests nothing, in a fresh ``python`` process (interpreter start,
-imports, loading the definitions as Dagster does, the refresh runs, exit). The sensor and automation cursors are kept
-between processes in a file of the data directory, as the daemon keeps them in its instance.
+The refresh is what the platform does when a month's files land (``replay_months(landing, [month])``) for the
+``flight_delay`` model (the only model registered in the definitions the worker builds, as ``mlops simulate`` does:
+the benchmark measures the delay model, as before there were several): the ``landing_sensor`` requests one run for
+that month: ingest -> validate -> features -> ``flight_delay/online_store``, ``flight_delay/batch_predictions``,
+``flight_delay/drift_report``, ``flight_delay/live_performance``; the automation conditions are evaluated too, and
+would request anything left (the report lists what ran). The model's rollback, drift and performance sensors (rollback
+and retraining) are not part of it: a ``Ticker`` with ``sensors=("landing_sensor",)`` and the automation conditions
+on, settled until a tick requests nothing, in a fresh ``python`` process (interpreter start, imports, loading the
+definitions, the refresh runs, exit). The sensor and automation cursors are kept between processes in a JSON file of
+the data directory, as the daemon keeps them in its instance (the automation cursor written with Dagster's public
+``dagster.serialize_value``).
 
 Each repeat uses a fresh temporary data directory (``MLOPS_DATA_DIR``, ``DAGSTER_HOME`` below it with the repo's
 dagster.yaml) and two sequences:
 
 * **history** (the year as it lands): 2013-01 landed and refreshed (untimed); 2013-02 and 2013-03 refreshed cold with
-  no champion yet (scoring and drift find no model: less work); the first model trained by the ``retraining`` job
+  no champion yet (scoring and drift find no model: less work); the first model trained by ``flight_delay_retraining``
   (untimed, as ``mlops simulate`` bootstraps); then 2013-04 .. 2013-12 refreshed cold, each scored and checked for
   drift by that champion (retraining is excluded, so the champion stays the same).
 * **short history** (the "month 2" of the flatness target with a champion): a second data directory with only
@@ -74,6 +77,8 @@ SECTION_END = "<!-- end of the monthly_refresh.py section: everything above, fro
 GIB = 1024**3
 
 TARGETS = {"cold_wall_s": 3.0, "flat_ratio": 1.2}
+#: The model measured: the worker's definitions register it alone (as ``mlops simulate`` does).
+MODEL = "flight_delay"
 SENSORS = ("landing_sensor",)
 #: The Ticker's cursors, kept between processes (the daemon keeps them in its instance; the Ticker in memory only).
 CURSOR_FILE = "bench-ticker-cursors.json"
@@ -81,7 +86,7 @@ FIRST, NO_CHAMPION, LAST = "2013-01", ("2013-02", "2013-03"), "2013-12"
 WITH_CHAMPION = [f"2013-{m:02d}" for m in range(4, 13)]
 SHORT_HISTORY = ("2013-10", "2013-11")
 #: The lifecycle assets: the automation conditions cover them, but a refresh must request none of them.
-LIFECYCLE_PREFIXES = ("features/training_set", "models/", "reports/")
+LIFECYCLE_PREFIXES = tuple(f"{MODEL}/{name}" for name in ("training_set", "challenger", "evaluation", "champion"))
 HISTORY, SHORT = "history", "short"
 
 
@@ -102,15 +107,16 @@ def _vm_hwm_gib() -> float | None:
 def worker(mode: str, shadow: bool) -> dict[str, Any]:
     """Run in a fresh process with ``MLOPS_DATA_DIR`` / ``DAGSTER_HOME`` set. ``refresh``: settle the landing sensor
     and the automation conditions (the timed refresh). ``setup``: the same, untimed. ``bootstrap``: settle, the first
-    model (the ``retraining`` job, as ``mlops simulate`` does), settle again."""
+    model (its ``<model>_retraining`` job, as ``mlops simulate`` does), settle again."""
     stamps = {"start": _T0}
     import dagster as dg
-    from dagster._serdes import deserialize_value, serialize_value
 
     from mlops_assets import definitions
+    from mlops_assets.catalog import CATALOG
+    from mlops_assets.core.catalog import Catalog
     from mlops_assets.core.registry import CHAMPION, Registry
     from mlops_assets.core.settings import load_settings
-    from mlops_assets.defs.jobs import RETRAIN_JOB
+    from mlops_assets.defs.keys import retraining_job_name
     from mlops_assets.defs.monitor import SHADOW
     from mlops_assets.defs.sensors import REASON_TAG, TRIGGER_TAG
     from mlops_assets.ticks import ExecutedRun, Ticker
@@ -152,19 +158,23 @@ def worker(mode: str, shadow: bool) -> dict[str, Any]:
         def evaluate_automation(self) -> list[ExecutedRun]:
             return self._timed("automation", "automation", lambda: super(TimedTicker, self).evaluate_automation())
 
-    # what a code location does when it loads: the landed months become partitions, then the definitions
-    defs = definitions.defs()
+    # what a code location does when it loads (it writes nothing: the landing sensor adds the months as partitions),
+    # with only the measured model registered
+    model = CATALOG.model(MODEL)
     settings = load_settings()
+    defs = definitions.build_definitions(Catalog((model,)), settings)
     cursor_path = settings.data_dir / CURSOR_FILE
     saved = json.loads(cursor_path.read_text()) if cursor_path.exists() else {"sensors": {}, "automation": None}
     with dg.DagsterInstance.get() as instance:
+        automation_cursor = dg.deserialize_value(saved["automation"]) if saved["automation"] else None
         ticker = TimedTicker(defs, instance, SENSORS, cursors=dict(saved["sensors"]),
-                             automation_cursor=deserialize_value(saved["automation"]) if saved["automation"] else None)  # fmt: skip
+                             automation_cursor=automation_cursor)  # fmt: skip
         stamps["defs_loaded"] = time.time()
         if mode == "bootstrap":
             ticker.settle()  # the landed months first: training reads their features
-            run = ticker.execute_job(RETRAIN_JOB, {TRIGGER_TAG: "bootstrap", REASON_TAG: "no model yet"})
-            registry = Registry(settings.registry_dir)
+            tags = {TRIGGER_TAG: "bootstrap", REASON_TAG: "no model yet"}
+            run = ticker.execute_job(retraining_job_name(model), tags)
+            registry = Registry(settings.model(model.name).registry_dir)
             first = registry.alias(CHAMPION)
             if not run.success or first is None:
                 raise SystemExit(f"the first model was not trained or not promoted (run {run.run_id})")
@@ -172,7 +182,7 @@ def worker(mode: str, shadow: bool) -> dict[str, Any]:
                 registry.set_alias(SHADOW, first, "shadow", "benchmark: the first model also scores every month")
         ticker.settle()
         stamps["refreshed"] = time.time()
-        automation = serialize_value(ticker.automation_cursor) if ticker.automation_cursor is not None else None
+        automation = dg.serialize_value(ticker.automation_cursor) if ticker.automation_cursor is not None else None
         cursor_path.write_text(json.dumps({"sensors": ticker.cursors, "automation": automation}))
         stamps["saved"] = time.time()
     stamps["closed"] = time.time()  # the instance closed; what follows is printing and interpreter exit
@@ -216,7 +226,7 @@ class DataDir:
 
     def land(self, months: list[str]) -> None:
         """The month's files land, as the replay feed writes them (untimed)."""
-        from mlops_assets.core.flights import replay_months
+        from mlops_assets.feeds.nycflights13 import replay_months
 
         replay_months(self.path / "landing", months, every=self.every)
 
@@ -238,15 +248,15 @@ class DataDir:
                 "exited": exited}  # fmt: skip
 
 
-def _latest_metadata(instance: Any, key: Any, month: str) -> dict[str, Any]:
-    """The month's summary in the latest materialization's ``by_month`` metadata (what the sensors read)."""
+def _rows_scored(instance: Any, key: Any, month: str) -> int | None:
+    """The rows the month's latest batch-scoring materialization wrote (its ``dagster/row_count``)."""
     import dagster as dg
 
     records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[month]), limit=1).records
     if not records or records[0].asset_materialization is None:
-        return {}
-    by_month = records[0].asset_materialization.metadata.get("by_month")
-    return dict(by_month.value.get(month, {})) if by_month is not None else {}
+        return None
+    rows = records[0].asset_materialization.metadata.get("dagster/row_count")
+    return int(rows.value) if rows is not None else None
 
 
 def inspect_refresh(data_dir: DataDir, report: dict[str, Any], month: str) -> dict[str, Any]:
@@ -254,8 +264,11 @@ def inspect_refresh(data_dir: DataDir, report: dict[str, Any], month: str) -> di
     monitoring assets found for ``month``."""
     import dagster as dg
 
-    from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, PREDICTIONS_KEY
+    from mlops_assets.core.records import DriftSummary, LiveSummary
+    from mlops_assets.defs.keys import ModelKeys
+    from mlops_assets.defs.monitor import latest_month_record
 
+    keys = ModelKeys(MODEL)
     runs = []
     with dg.DagsterInstance.from_config(str(data_dir.home)) as instance:
         for entry in (e for e in report["log"] if e["kind"] == "run"):
@@ -264,15 +277,16 @@ def inspect_refresh(data_dir: DataDir, report: dict[str, Any], month: str) -> di
             runs.append({**{k: entry[k] for k in ("requested_by", "job", "run_id", "success", "partition", "requested",
                                                   "materialized")},
                          "wall_s": entry["end"] - entry["start"], "steps": steps})  # fmt: skip
-        predictions = _latest_metadata(instance, PREDICTIONS_KEY, month)
-        drift = _latest_metadata(instance, DRIFT_KEY, month)
-        live = _latest_metadata(instance, LIVE_KEY, month)
+        rows_scored = _rows_scored(instance, keys.predictions, month)
+        drift = latest_month_record(instance, keys.drift, DriftSummary, month)
+        live = latest_month_record(instance, keys.live, LiveSummary, month)
+    champion = live.champion if live is not None else None
     checks = {
-        "rows_scored": predictions.get("rows"),
-        "champion_version": predictions.get("champion_version"),
-        "drift_computed": bool(drift) and drift.get("champion_version") not in (None, "None"),
-        "drifted": drift.get("drifted"),
-        "champion_live_auc": live.get("champion_live_roc_auc"),
+        "rows_scored": rows_scored,
+        "champion_version": champion.version if champion else None,
+        "drift_computed": drift is not None and drift.champion_version is not None,
+        "drifted": drift.drifted if drift is not None else None,
+        "champion_live_auc": champion.live_roc_auc if champion else None,
     }
     return {"runs": runs, "checks": checks}
 
@@ -452,7 +466,7 @@ STAGES = (
     ("validate", lambda k: k.startswith("validated")),
     ("features", lambda k: k.startswith("features") and "online_store" not in k),
     ("online store", lambda k: "online_store" in k),
-    ("predictions", lambda k: k.startswith("predictions")),
+    ("predictions", lambda k: "predictions" in k),
     ("drift report", lambda k: "drift" in k),
     ("live performance", lambda k: "live" in k),
 )
@@ -508,24 +522,26 @@ SECTION_TEMPLATE = """{title}
 
 Measures the monthly refresh against the target of its issue: one newly landed month refreshed by a **cold
 process** in <= {cold_wall_s:g} s wall, flat as the history grows (month 12 / month 2 <= {flat_ratio:g}). The
-refresh is what the platform does when a month lands (`replay_months(landing, [month])`): the `landing_sensor`
-requests one run for the month, ingest -> validate -> features -> online store export and the monitoring assets (the
-list is below); the automation conditions are evaluated too, and would request anything left. Rollback and retraining
-(the rollback, drift and performance sensors and their `retraining` runs) are not part of it. The process is
-`python benchmarks/monthly_refresh.py --worker refresh`: interpreter start, imports,
-`mlops_assets.definitions.defs()` (as a code location loads: the landed months become partitions), then a `Ticker`
-(`mlops_assets/ticks.py`) with `sensors=("landing_sensor",)` and automation on, settled until a tick requests
-nothing, on the persistent Dagster instance and DuckDB file of the data directory (`MLOPS_DATA_DIR`, `DAGSTER_HOME`
-below it with the repo's `dagster.yaml`). The sensor and automation cursors are kept between processes in a file of
-the data directory (the daemon keeps them in its instance). The platform's code is copied at the start and every
-process imports the copy, so edits to the working tree during the run change nothing measured.
+refresh is what the platform does when a month lands (`replay_months(landing, [month])`), for the `flight_delay`
+model: the `landing_sensor` requests one run for the month, ingest -> validate -> features -> online store export and
+the monitoring assets (the list is below); the automation conditions are evaluated too, and would request anything
+left. Rollback and retraining (the model's rollback, drift and performance sensors and their
+`flight_delay_retraining` runs) are not part of it. The process is `python benchmarks/monthly_refresh.py --worker
+refresh`: interpreter start, imports, `build_definitions(Catalog((FLIGHT_DELAY,)), settings)` (the definitions with
+the delay model alone, as `mlops simulate` builds them; loading writes nothing, the landing sensor adds the month as a
+partition), then a `Ticker` (`mlops_assets/ticks.py`) with `sensors=("landing_sensor",)` and automation on, settled
+until a tick requests nothing, on the persistent Dagster instance and DuckDB file of the data directory
+(`MLOPS_DATA_DIR`, `DAGSTER_HOME` below it with the repo's `dagster.yaml`). The sensor and automation cursors are kept
+between processes in a JSON file of the data directory (the daemon keeps them in its instance). The platform's code
+is copied at the start and every process imports the copy, so edits to the working tree during the run change nothing
+measured.
 
 Each repeat uses a fresh temporary data directory and lands the replay feed (`--every N` keeps every N-th flight;
 the target is for the full feed, `--every 1`; landing is not timed):
 
 * **history**: 2013-01 landed and refreshed (untimed); 2013-02 and 2013-03 refreshed cold with **no champion** yet
   (scoring and drift find no model, so they do less: labelled *(no champion)*, not comparable with the others); the
-  first model trained by the `retraining` job (untimed, as `mlops simulate` bootstraps; no `shadow` model unless
+  first model trained by `flight_delay_retraining` (untimed, as `mlops simulate` bootstraps; no `shadow` model unless
   `--shadow`); then 2013-04 .. 2013-12 refreshed cold, each scored and checked for drift by that champion.
 * **short history**: month 2 cannot have a champion (training needs two built months, the newest being the test
   month), so the flatness target is measured on the same month doing the same work: a second data directory with

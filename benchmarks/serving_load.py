@@ -8,9 +8,11 @@ Run from the repository root::
 
 Preparation (untimed), in a temporary directory, as ``make pipeline`` makes a data directory: ``MLOPS_DATA_DIR`` and
 ``DAGSTER_HOME=$MLOPS_DATA_DIR/dagster_home``, ``mlops home``, ``mlops replay --through 2013-03`` (all flights),
-``dagster job execute -m mlops_assets.definitions -j training_pipeline`` (champion v0001 and the online store),
-then the ``retraining`` job (a second version), which is set as the ``shadow`` alias, so every request is also scored
-by the shadow and both rows are logged.
+``dagster job execute -m mlops_assets.definitions -j training_pipeline --tags "$(mlops months --tags)"`` (every
+registered model's first version and online store; ``flight_delay``'s champion v0001), then the
+``flight_delay_retraining`` job (a second ``flight_delay`` version), which is set as ``flight_delay``'s ``shadow``
+alias, so every request is also scored by the shadow and both rows are logged. The service serves every registered
+model; the load goes to ``POST /predict``, the default model ``flight_delay``.
 
 Measured:
 
@@ -53,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,8 @@ BASELINE_BATCH_ROWS_S = 120_000.0
 BASELINE_SINGLE_P99_MS = 0.14
 BASELINE_TREES = 300
 MONTH = (2013, 4)  # the month after the landed ones: what the online store serves
+#: The model measured: the service's default (``POST /predict``), with its own registry, online store and log folders.
+MODEL = "flight_delay"
 BATCH_SIZE = 1000
 
 
@@ -150,14 +155,23 @@ def prepare(workdir: Path) -> dict[str, Any]:
     env = run_env(data_dir)
     mlops, dagster = _bin("mlops"), _bin("dagster")
     job = [dagster, "job", "execute", "-m", "mlops_assets.definitions", "-j"]
-    steps = [
-        ("mlops home", [mlops, "home"]),
-        ("mlops replay --through 2013-03", [mlops, "replay", "--through", "2013-03"]),
-        ("training_pipeline", [*job, "training_pipeline"]),
-        ("retraining", [*job, "retraining"]),
+
+    def months() -> list[str]:
+        """The jobs run over a month range given at launch: the landed months' run tags, read after the replay."""
+        landed = subprocess.run([mlops, "months", "--tags"], env=env, cwd=workdir, capture_output=True, text=True)
+        if landed.returncode != 0:
+            raise SystemExit(f"`mlops months --tags` failed ({landed.returncode}): {landed.stderr.strip()}")
+        return ["--tags", landed.stdout.strip()]
+
+    steps: list[tuple[str, Callable[[], list[str]]]] = [
+        ("mlops home", lambda: [mlops, "home"]),
+        ("mlops replay --through 2013-03", lambda: [mlops, "replay", "--through", "2013-03"]),
+        ("training_pipeline", lambda: [*job, "training_pipeline", *months()]),
+        (f"{MODEL}_retraining", lambda: [*job, f"{MODEL}_retraining", *months()]),
     ]
     times: dict[str, float] = {}
-    for name, command in steps:
+    for name, make_command in steps:
+        command = make_command()
         print(f"  {name} ...", flush=True)
         started = time.perf_counter()
         log = logs / (re.sub(r"\W+", "_", name) + ".log")
@@ -168,15 +182,16 @@ def prepare(workdir: Path) -> dict[str, Any]:
         if done.returncode != 0:
             tail = "\n".join(log.read_text().splitlines()[-15:])
             raise SystemExit(f"preparation step `{name}` failed ({done.returncode}); the end of {log}:\n{tail}")
-    settings = load_settings(data_dir)
-    registry = Registry(settings.registry_dir)
+    paths = load_settings(data_dir).model(MODEL)
+    registry = Registry(paths.registry_dir)
     champion = registry.alias("champion")
     others = [v for v in registry.versions() if v != champion]
     if champion is None or not others:
         raise SystemExit(f"expected a champion and a second version, got aliases {registry.aliases()} and versions {registry.versions()}")
     shadow = others[-1]
     registry.set_alias("shadow", shadow, "shadow", "benchmark")
-    manifest_path = settings.online_store_dir / "versions" / (settings.online_store_dir / "CURRENT").read_text().strip() / "manifest.json"
+    store_version = (paths.online_store_dir / "CURRENT").read_text().strip()
+    manifest_path = paths.online_store_dir / "versions" / store_version / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
 
     def meta(version: str) -> dict[str, Any]:
@@ -434,9 +449,11 @@ def read_server_log(data_dir: Path, ids: list[str], t0_wall: float) -> dict[str,
     import polars as pl
 
     from mlops_assets.core.prediction_log import ONLINE_FOLDER, read_log
+    from mlops_assets.core.settings import load_settings
 
-    log = read_log(data_dir / "predictions")
-    files = sorted((data_dir / "predictions" / ONLINE_FOLDER).glob("*/*.parquet"))
+    predictions = load_settings(data_dir).model(MODEL).predictions_dir
+    log = read_log(predictions)
+    files = sorted((predictions / ONLINE_FOLDER).glob("*/*.parquet"))
     if log.height == 0:
         return {"rows": 0, "missing_ids": len(ids), "files": 0}
     measured = log.filter(pl.col("request_id").is_in(ids))
@@ -465,7 +482,7 @@ def breakdown(workdir: Path, data_dir: Path, bodies: list[dict[str, Any]], warmu
     its log lands elsewhere), sequential, no HTTP. Steps as ``PredictionService.predict`` runs them."""
     import numpy as np
 
-    from mlops_assets.core.flights import FLIGHT_FEATURES
+    from mlops_assets.catalog import CATALOG
     from mlops_assets.core.settings import Settings
     from mlops_assets.serving.config import ServeConfig
     from mlops_assets.serving.service import PredictionService
@@ -473,14 +490,15 @@ def breakdown(workdir: Path, data_dir: Path, bodies: list[dict[str, Any]], warmu
     served = workdir / "inprocess"
     for folder in ("registry", "online_store"):
         shutil.copytree(data_dir / folder, served / folder)
-    service = PredictionService(Settings(data_dir=served, dagster_home=served / "dagster_home"), FLIGHT_FEATURES, ServeConfig())
+    settings = Settings(data_dir=served, dagster_home=served / "dagster_home")
+    service = PredictionService(settings, CATALOG.model(MODEL), ServeConfig())
     service.start()
     try:
         models, store = service.models.current, service.store.current
         assert models is not None and store is not None and models.value.champion is not None
         champion, shadow = models.value.champion, models.value.shadow
         online = store.value.store
-        spec = FLIGHT_FEATURES
+        spec = service.spec
         assert spec.online is not None
         steps: dict[str, list[float]] = {k: [] for k in (
             "parse JSON + validate", "request frame", "entity rows (time zones, routes, planes)",
@@ -545,18 +563,19 @@ def batch_throughput(data_dir: Path, bodies: list[dict[str, Any]], repeats: int,
     import numpy as np
     import polars as pl
 
-    from mlops_assets.core.flights import FLIGHT_FEATURES
+    from mlops_assets.catalog import CATALOG
     from mlops_assets.core.online import SMALL_BATCH, OnlineStore
     from mlops_assets.core.registry import Registry
     from mlops_assets.core.settings import load_settings
     from mlops_assets.core.training import load_version
     from mlops_assets.serving.schema import RequestSchema
 
-    spec = FLIGHT_FEATURES
+    spec = CATALOG.model(MODEL).features
     settings = load_settings(data_dir)
-    registry = Registry(settings.registry_dir)
+    paths = settings.model(MODEL)
+    registry = Registry(paths.registry_dir)
     model = load_version(registry, champion_version)
-    store = OnlineStore.load(spec, settings.online_store_dir)
+    store = OnlineStore.load(spec, paths.online_store_dir)
     schema = RequestSchema(spec)
     month = pl.DataFrame(
         [{**{k: None for k in schema.polars_schema}, **b, "scheduled_departure": _local(b["scheduled_departure"])} for b in bodies],
@@ -792,9 +811,11 @@ feature lookup and the log write, no errors; target p99 <= 5 ms. Batch scoring >
 (bare LightGBM, a 300-tree model): single-row predict p99 0.14 ms, batch 120k rows/s.
 
 Setup (untimed, in a temporary directory, as `make pipeline` makes it): `mlops home`, `mlops replay --through 2013-03`
-(all flights), `dagster job execute -m mlops_assets.definitions -j training_pipeline` (champion and online store),
-the `retraining` job (a second version), and that version set as the `shadow` alias
-(`Registry.set_alias("shadow", ...)`), so every request is scored by the champion and the shadow and logged twice.
+(all flights), `dagster job execute -m mlops_assets.definitions -j training_pipeline --tags "$(mlops months --tags)"`
+(every registered model's champion and online store), the `flight_delay_retraining` job (a second `flight_delay`
+version), and that version set as `flight_delay`'s `shadow` alias (`Registry.set_alias("shadow", ...)`), so every
+request to `POST /predict` (the default model, `flight_delay`) is scored by the champion and the shadow and logged
+twice.
 
 1. **Load**: the real service, `mlops serve --port N` (a subprocess), and an open-loop load generator in another
    subprocess (stdlib `http.client`): request i is due at t0 + i / rate; a dispatcher thread queues it at that time

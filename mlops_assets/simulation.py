@@ -1,7 +1,9 @@
-"""``mlops simulate``: the replayed year as a scenario, decided by the platform's own sensors and automation.
+"""``mlops simulate``: the replayed year of one model as a scenario, decided by the platform's own sensors and
+automation.
 
-From an empty data directory: land the first three months, build them and train the first model (the same
-`retraining` job the sensors request), freeze that model as the `shadow` so every later month is also scored by it,
+From an empty data directory, with only that model registered: land the first three months of its feed, build them and
+train the first model (the same `<model>_retraining` job its sensors request), freeze that model as the `shadow` so
+every later month is also scored by it,
 then land one month at a time and let the sensors and automation conditions act, tick by tick, on a real Dagster
 instance (``ticks.Ticker``). What happened each month becomes ``monitoring.timeline`` and a plot.
 """
@@ -17,23 +19,27 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from mlops_assets.core.flights import FLIGHTS, replay_months
+from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.landing import month_range, write_atomic
+from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
+from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import ensure_table_like, replace_where
 from mlops_assets.core.timeline import TimelineRow, months_champion_wins, timeline_frame, timeline_markdown, timeline_plot
 from mlops_assets.definitions import build_definitions
-from mlops_assets.defs.jobs import RETRAIN_JOB
-from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, SHADOW, latest_month_summary
+from mlops_assets.defs.keys import keys_of, retraining_job_name, sensor_name
+from mlops_assets.defs.monitor import SHADOW, latest_month_record
 from mlops_assets.defs.sensors import REASON_TAG, TRIGGER_TAG
 from mlops_assets.ticks import ExecutedRun, Ticker
 
 MARKER = ".mlops-simulation"
-TIMELINE_TABLE = ("monitoring", "timeline")
 BOOTSTRAP_MONTHS = 3
-#: In the daemon's order of definition: a rollback is decided before drift and performance ask for a retrain
-SENSORS = ("landing_sensor", "rollback_sensor", "drift_sensor", "performance_sensor")
+
+
+def simulation_sensors(model: ModelSpec) -> tuple[str, ...]:
+    """In the daemon's order of definition: a rollback is decided before drift and performance ask for a retrain."""
+    return ("landing_sensor", *(sensor_name(model, what) for what in ("rollback", "drift", "performance")))
 
 
 class SimulationError(RuntimeError):
@@ -50,10 +56,11 @@ def reset_data_dir(data_dir: Path) -> None:
     (data_dir / MARKER).write_text("made by `mlops simulate`; cleared by the next simulation\n")
 
 
-def month_row(month: str, instance: dg.DagsterInstance, registry: Registry, runs: list[ExecutedRun]) -> TimelineRow:
-    """What the platform did about ``month``, from the monitoring metadata, the runs and the registry's events."""
-    drift = latest_month_summary(instance, DRIFT_KEY, month)
-    live = latest_month_summary(instance, LIVE_KEY, month)
+def month_row(model: ModelSpec, month: str, instance: dg.DagsterInstance, registry: Registry, runs: list[ExecutedRun]) -> TimelineRow:
+    """What the platform did about ``month``, from the monitoring records, the runs and the registry's events."""
+    keys = keys_of(model)
+    drift = latest_month_record(instance, keys.drift, DriftSummary, month) or DriftSummary.no_champion(month)
+    live = latest_month_record(instance, keys.live, LiveSummary, month) or LiveSummary.empty(month)
     retrains = [r for r in runs if r.tags.get(TRIGGER_TAG) in ("drift", "performance", "rollback")]
     events = registry.events()
     challenger = decision = ""
@@ -67,19 +74,20 @@ def month_row(month: str, instance: dg.DagsterInstance, registry: Registry, runs
             elif event["event"] in ("promoted", "rejected"):
                 promoted = promoted or event["event"] == "promoted"
                 decision = event["reason"]
+    champion, frozen = live.batch.get("champion"), live.batch.get(SHADOW)
     return TimelineRow(
         month=month,
-        drifted=drift.get("drifted"),
-        drift_share=drift.get("drift_share"),
-        top_drifted=str(drift.get("top_drifted", "")),
-        score_drift=drift.get("score_drift"),
+        drifted=drift.drifted,
+        drift_share=drift.drift_share,
+        top_drifted=drift.top_drifted,
+        score_drift=drift.score_drift,
         retrained=bool(retrains),
         retrain_trigger=", ".join(sorted({r.tags[TRIGGER_TAG] for r in retrains})),
         retrain_reason=" | ".join(r.tags.get(REASON_TAG, "") for r in retrains),
-        champion_version=str(live.get("champion_version", "")),
-        champion_live_auc=live.get("champion_live_roc_auc"),
-        frozen_version=str(live.get("shadow_version", "")),
-        frozen_live_auc=live.get("shadow_live_roc_auc"),
+        champion_version=champion.version if champion else "",
+        champion_live_auc=champion.live_roc_auc if champion else None,
+        frozen_version=frozen.version if frozen else "",
+        frozen_live_auc=frozen.live_roc_auc if frozen else None,
         challenger_version=challenger,
         promoted=promoted,
         decision=decision,
@@ -87,13 +95,13 @@ def month_row(month: str, instance: dg.DagsterInstance, registry: Registry, runs
     )
 
 
-def write_timeline(settings: Settings, frame: pl.DataFrame) -> Path:
-    """``monitoring.timeline`` in the warehouse, and the report with its plot under reports/timeline/."""
+def write_timeline(settings: Settings, model: ModelSpec, frame: pl.DataFrame) -> Path:
+    """``<model>.timeline`` in the warehouse, and the report with its plot under reports/<model>/timeline/."""
     with duckdb.connect(str(settings.warehouse_path)) as conn:
-        name = ensure_table_like(conn, *TIMELINE_TABLE, frame)
+        name = ensure_table_like(conn, model.name, "timeline", frame)
         replace_where(conn, name, frame, "true", [])
     plot = timeline_plot(frame)
-    out = settings.reports_dir / "timeline"
+    out = settings.model(model.name).reports_dir / "timeline"
     write_atomic(out / "timeline.png", plot)
     write_atomic(out / "timeline.md", timeline_markdown(frame, plot).encode())
     write_atomic(out / "timeline.csv", frame.write_csv().encode())
@@ -102,6 +110,7 @@ def write_timeline(settings: Settings, frame: pl.DataFrame) -> Path:
 
 def simulate(
     data_dir: Path,
+    model: ModelSpec,
     first: str = "2013-01",
     through: str = "2013-12",
     every: int = 1,
@@ -111,11 +120,15 @@ def simulate(
     months = month_range(first, through)
     if len(months) <= BOOTSTRAP_MONTHS:
         raise SimulationError(f"simulate needs more than {BOOTSTRAP_MONTHS} months ({first}..{through} has {len(months)})")
+    replay = model.feed.replay
+    if replay is None:
+        raise SimulationError(f"feed {model.feed.name} has no replay: a simulation needs one")
     reset_data_dir(data_dir)
     settings = load_settings(data_dir)
     home = prepare_dagster_home(data_dir / "dagster_home")
-    defs = build_definitions(FLIGHTS, settings)
-    registry = Registry(settings.registry_dir)
+    defs = build_definitions(Catalog((model,)), settings)
+    registry = Registry(settings.model(model.name).registry_dir)
+    retraining = retraining_job_name(model)
     started = time.perf_counter()
 
     def on_run(run: ExecutedRun) -> None:
@@ -126,13 +139,13 @@ def simulate(
     # a persistent instance of its own (the repo's dagster.yaml), so the runs can be browsed afterwards with
     # `DAGSTER_HOME=<data dir>/dagster_home MLOPS_DATA_DIR=<data dir> dagster dev -w workspace.yaml`
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        ticker = Ticker(defs, instance, SENSORS, on_run=on_run)
+        ticker = Ticker(defs, instance, simulation_sensors(model), on_run=on_run)
         boot, rest = months[:BOOTSTRAP_MONTHS], months[BOOTSTRAP_MONTHS:]
         say(f"[{time.perf_counter() - started:6.1f}s] landing {boot[0]}..{boot[-1]}" + (f" (every {every}th flight)" if every > 1 else ""))
-        replay_months(settings.landing_dir, boot, every=every)
+        replay(settings.landing_dir, boot, every, None)
         ticker.settle()
-        say(f"[{time.perf_counter() - started:6.1f}s] first model: the `{RETRAIN_JOB}` job on {boot[0]}..{boot[-1]}")
-        first_run = ticker.execute_job(RETRAIN_JOB, {TRIGGER_TAG: "bootstrap", REASON_TAG: "no model yet"})
+        say(f"[{time.perf_counter() - started:6.1f}s] first model: the `{retraining}` job on {boot[0]}..{boot[-1]}")
+        first_run = ticker.execute_job(retraining, {TRIGGER_TAG: "bootstrap", REASON_TAG: "no model yet"})
         first_model = registry.alias(CHAMPION)
         if not first_run.success or first_model is None:
             raise SimulationError("the first model was not trained or not promoted: see the run's logs in the Dagster UI")
@@ -142,12 +155,12 @@ def simulate(
         rows = []
         for month in rest:
             say(f"[{time.perf_counter() - started:6.1f}s] landing {month}")
-            replay_months(settings.landing_dir, [month], every=every)
+            replay(settings.landing_dir, [month], every, None)
             runs = ticker.settle()
             failed = [r for r in runs if not r.success]
             if failed:
                 raise SimulationError(f"{len(failed)} run(s) failed in {month} (first: {failed[0].run_id}); see `dagster dev` or the logs")
-            row = month_row(month, instance, registry, runs)
+            row = month_row(model, month, instance, registry, runs)
             rows.append(row)
             say(
                 f"           {month}: drift={'yes' if row.drifted else 'no'} ({row.drift_share or 0:.0%} features; top {row.top_drifted or '-'}), "
@@ -156,12 +169,12 @@ def simulate(
                    if row.retrained else "no retrain")  # fmt: skip
             )
         frame = timeline_frame(rows)
-        out = write_timeline(settings, frame)
+        out = write_timeline(settings, model, frame)
     wins, compared = months_champion_wins(frame, "2013-06")
     say(
         f"Done in {time.perf_counter() - started:.0f} s: {frame['retrained'].sum()} retrains, {frame['promoted'].sum()} promotions, "
         f"champion beat the frozen first model in {wins}/{compared} months from 2013-06. Timeline: {out / 'timeline.md'} "
-        f"(plot timeline.png), table monitoring.timeline in {settings.warehouse_path}."
+        f"(plot timeline.png), table {model.name}.timeline in {settings.warehouse_path}."
     )
     return frame
 

@@ -72,6 +72,8 @@ class Ticker:
         if not isinstance(data, dg.SensorResult):
             raise TypeError(f"sensor {name} returned {type(data).__name__}; the ticker expects a SensorResult")
         self.cursors[name] = data.cursor
+        for event in data.asset_events or []:  # a decision the sensor recorded (e.g. a rollback), as the daemon stores it
+            self.instance.report_runless_asset_event(event)
         for request in data.dynamic_partitions_requests or []:
             if isinstance(request, dg.AddDynamicPartitionsRequest):
                 known = set(self.instance.get_dynamic_partitions(request.partitions_def_name))

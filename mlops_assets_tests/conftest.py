@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mlops_assets.core.flights import FLIGHTS, replay_months
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import find_landed
 from mlops_assets.core.settings import Settings, load_settings
@@ -35,7 +35,7 @@ def settings(tmp_path: Path) -> Settings:
 def load_month(conn: duckdb.DuckDBPyConnection, settings: Settings, month: str | None, tables: list[str]) -> None:
     """Ingest and validate the landed files of ``tables`` for ``month`` (reference tables when ``month`` is None)."""
     for name in tables:
-        spec = FLIGHTS.table(name)
+        spec = NYCFLIGHTS13.table(name)
         landed = find_landed(settings.landing_dir, name, month if spec.monthly else None)
         assert landed is not None, f"{name} {month} has not landed"
         ingest_raw(conn, spec, landed, settings.landing_dir, settings.data_dir / "quarantine", "test-run", datetime(2026, 1, 1))

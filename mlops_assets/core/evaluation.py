@@ -82,14 +82,15 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def slice_metrics(frame: pl.DataFrame, label: str, scores: Mapping[str, np.ndarray], slices: Mapping[str, pl.Expr]) -> pl.DataFrame:
-    """AUC, log loss and rows per slice value, for each scored model (columns ``<model>_auc`` ...)."""
+    """AUC, log loss, rows and positive rows per slice value, for each scored model (columns ``<model>_auc`` ...)."""
     rows: list[dict[str, Any]] = []
     y_all = frame[label].to_numpy().astype(float)
     for slice_name, expr in slices.items():
         values = frame.select(expr.cast(pl.String).alias("v"))["v"].to_numpy()
         for value in sorted({v for v in values if v is not None}):
             mask = values == value
-            row: dict[str, Any] = {"slice": slice_name, "value": str(value), "rows": int(mask.sum()), "base_rate": float(y_all[mask].mean())}
+            row: dict[str, Any] = {"slice": slice_name, "value": str(value), "rows": int(mask.sum()),
+                                   "positives": int(y_all[mask].sum()), "base_rate": float(y_all[mask].mean())}  # fmt: skip
             for model, p in scores.items():
                 row[f"{model}_auc"] = roc_auc(y_all[mask], p[mask])
                 row[f"{model}_log_loss"] = log_loss(y_all[mask], p[mask])

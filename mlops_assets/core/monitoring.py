@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from mlops_assets.core.evaluation import metrics
+from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.specs import FeatureTableSpec
 from mlops_assets.core.training import TrainedModel
 
@@ -36,7 +37,9 @@ def trained_on(model: ScoringModel, month: str) -> bool:
     return month < model.test_month
 
 
-def score_month(frame: pl.DataFrame, spec: FeatureTableSpec, models: list[ScoringModel]) -> tuple[pl.DataFrame, list[str]]:
+def score_month(
+    frame: pl.DataFrame, spec: FeatureTableSpec, models: list[ScoringModel]
+) -> tuple[pl.DataFrame, list[str]]:
     """Scores of one month's feature rows by each model that never saw the month. Returns the long table (key, time,
     month, variant, model version, score) and the reasons for models left out."""
     skipped: list[str] = []
@@ -45,7 +48,8 @@ def score_month(frame: pl.DataFrame, spec: FeatureTableSpec, models: list[Scorin
     ids = frame.select(*spec.key, spec.time_column, "_month")
     for scoring in models:
         if trained_on(scoring, month):
-            skipped.append(f"{scoring.variant} {scoring.version} trained on {month} (its test month is {scoring.test_month}): not scored")
+            skipped.append(f"{scoring.variant} {scoring.version} trained on {month} "
+                           f"(its test month is {scoring.test_month}): not scored")  # fmt: skip
             continue
         parts.append(
             ids.with_columns(
@@ -56,25 +60,33 @@ def score_month(frame: pl.DataFrame, spec: FeatureTableSpec, models: list[Scorin
         )
     if not parts:
         empty = ids.head(0).with_columns(
-            pl.lit(None, pl.String).alias("variant"), pl.lit(None, pl.String).alias("model_version"), pl.lit(None, pl.Float64).alias("score")
+            pl.lit(None, pl.String).alias("variant"),
+            pl.lit(None, pl.String).alias("model_version"),
+            pl.lit(None, pl.Float64).alias("score"),
         )
         return empty, skipped
     return pl.concat(parts), skipped
 
 
 def live_performance(
-    scored: pl.DataFrame, labels: pl.DataFrame, spec: FeatureTableSpec, evaluation_auc: Mapping[str, float | None], source: str = "batch"
+    scored: pl.DataFrame,
+    labels: pl.DataFrame,
+    spec: FeatureTableSpec,
+    evaluation_auc: Mapping[str, float | None],
+    source: str = "batch",
 ) -> pl.DataFrame:
     """Per variant and model version: AUC, log loss, calibration, score distribution and extremes on the labelled
     rows, the share of failed predictions (online), the AUC the version had in its own evaluation and the drop from
-    it. ``scored`` has the key columns, ``variant``, ``model_version``, ``score`` and, for the online log, ``status``."""
+    it. ``scored`` has the key columns, ``variant``, ``model_version``, ``score`` and, for the online log,
+    ``status``."""
     if "status" not in scored.columns:
         scored = scored.with_columns(pl.lit("ok").alias("status"))
     labelled = labels.select(*spec.key, spec.label)
     rows: list[dict[str, Any]] = []
     for (variant, version), group in scored.group_by(["variant", "model_version"], maintain_order=True):
         errors = group.filter(pl.col("status") != "ok").height
-        joined = group.filter(pl.col("status") == "ok").join(labelled, on=list(spec.key), how="inner").filter(pl.col(spec.label).is_not_null())
+        ok = group.filter(pl.col("status") == "ok")
+        joined = ok.join(labelled, on=list(spec.key), how="inner").filter(pl.col(spec.label).is_not_null())
         if joined.height == 0:
             continue
         y = joined[spec.label].cast(pl.Float64).to_numpy()
@@ -104,18 +116,21 @@ def live_performance(
     return pl.DataFrame(rows, schema_overrides={"evaluation_roc_auc": pl.Float64, "auc_drop": pl.Float64})
 
 
-def drift_retrain_reason(summary: Mapping[str, Any]) -> str | None:
+def drift_retrain_reason(summary: DriftSummary) -> str | None:
     """Why a month's drift report asks for a retrain (None: it does not)."""
-    return f"drift in {summary['month']}: {summary['reason']}" if summary.get("drifted") else None
+    return f"drift in {summary.month}: {summary.reason}" if summary.drifted else None
 
 
-def performance_retrain_reason(summary: Mapping[str, Any], margin: float) -> str | None:
-    """Why a month's live performance asks for a retrain: the champion's live AUC fell more than ``margin`` below
-    the AUC it had in its evaluation (None: it did not, or there is nothing to compare)."""
-    drop = summary.get("champion_auc_drop")
-    if drop is None or drop <= margin:
+def performance_retrain_reason(summary: LiveSummary, margin: float) -> str | None:
+    """Why a month's live performance asks for a retrain: the batch champion's live AUC fell more than ``margin``
+    below the AUC it had in its evaluation (None: it did not, or there is nothing to compare: no champion, a live AUC
+    undefined on one class, or a version never evaluated)."""
+    champion = summary.champion
+    if champion is None or champion.auc_drop is None or champion.auc_drop <= margin:
         return None
+    # a VariantLive has an auc_drop only with both AUCs (checked when it is built or read)
+    assert champion.live_roc_auc is not None and champion.evaluation_roc_auc is not None
     return (
-        f"live AUC {summary['champion_live_roc_auc']:.4f} of {summary['champion_version']} in {summary['month']} is "
-        f"{drop:.4f} below its evaluation AUC {summary['champion_evaluation_roc_auc']:.4f} (margin {margin})"
+        f"live AUC {champion.live_roc_auc:.4f} of {champion.version} in {summary.month} is {champion.auc_drop:.4f} "
+        f"below its evaluation AUC {champion.evaluation_roc_auc:.4f} (margin {margin})"
     )

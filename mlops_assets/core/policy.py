@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from mlops_assets.core.records import EvaluationResult, LiveSummary
+
 
 @dataclass(frozen=True)
 class PromotionGates:
@@ -22,6 +24,12 @@ class PromotionGates:
         max_slice_auc_drop: no judged slice may lose more AUC than this against the champion.
         first_model_min_auc: without a champion, the model must reach this AUC (the base-rate model has 0.5) and
             beat the base-rate model's log loss.
+        max_pr_auc_drop: the challenger's PR AUC (average precision) may be worse than the champion's by at most this;
+            None: not judged. For a rare positive class, ROC AUC can rise while the top of the ranking gets worse.
+        first_model_min_pr_lift: without a champion, PR AUC must reach this multiple of the base rate (a random
+            ranking's PR AUC is the base rate); None: not judged.
+        slice_min_positives: slices with fewer positive test rows are not judged either (a rare class's slice AUC
+            rests on its positives).
     """
 
     min_auc_gain: float = 0.002
@@ -29,6 +37,9 @@ class PromotionGates:
     slice_min_rows: int = 500
     max_slice_auc_drop: float = 0.02
     first_model_min_auc: float = 0.55
+    max_pr_auc_drop: float | None = None
+    first_model_min_pr_lift: float | None = None
+    slice_min_positives: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,11 @@ def decide_promotion(
         reasons = [f"first model: AUC {auc:.4f} vs 0.5 for the base-rate model (needs >= {gates.first_model_min_auc})",
                    f"log loss {loss:.4f} vs {reference:.4f} for the base-rate model"]  # fmt: skip
         ok = auc >= gates.first_model_min_auc and loss < reference
+        if gates.first_model_min_pr_lift is not None:
+            lift = challenger["pr_auc"] / challenger["base_rate"] if challenger["base_rate"] > 0 else 0.0
+            reasons.append(f"PR AUC {challenger['pr_auc']:.4f} is {lift:.1f}x the base rate "
+                           f"{challenger['base_rate']:.4f} (needs >= {gates.first_model_min_pr_lift}x)")  # fmt: skip
+            ok = ok and lift >= gates.first_model_min_pr_lift
         return PromotionDecision(ok, reasons)
 
     reasons: list[str] = []
@@ -89,10 +105,16 @@ def decide_promotion(
     loss_change = loss - champion["log_loss"]
     loss_ok = loss_change <= gates.max_log_loss_increase
     reasons.append(f"log loss {loss:.4f} vs {champion['log_loss']:.4f} ({loss_change:+.4f})")
+    pr_ok = True
+    if gates.max_pr_auc_drop is not None:
+        pr_change = challenger["pr_auc"] - champion["pr_auc"]
+        pr_ok = pr_change >= -gates.max_pr_auc_drop
+        reasons.append(f"PR AUC {challenger['pr_auc']:.4f} vs {champion['pr_auc']:.4f} ({pr_change:+.4f}, "
+                       f"may drop by <= {gates.max_pr_auc_drop})")  # fmt: skip
     regressions = [
         f"{s['slice']}={s['value']} ({s['rows']} rows) AUC {s['challenger_auc']:.3f} vs {s['champion_auc']:.3f}"
         for s in slices
-        if s["rows"] >= gates.slice_min_rows
+        if s["rows"] >= gates.slice_min_rows and s.get("positives", s["rows"]) >= gates.slice_min_positives
         and not math.isnan(s["challenger_auc"]) and not math.isnan(s["champion_auc"])
         and s["champion_auc"] - s["challenger_auc"] > gates.max_slice_auc_drop
     ]  # fmt: skip
@@ -100,7 +122,23 @@ def decide_promotion(
         reasons.append(f"slice regression beyond {gates.max_slice_auc_drop}: " + ", ".join(regressions))
     else:
         reasons.append(f"no slice with >= {gates.slice_min_rows} rows loses more than {gates.max_slice_auc_drop} AUC")
-    return PromotionDecision(auc_ok and loss_ok and not regressions, reasons)
+    return PromotionDecision(auc_ok and loss_ok and pr_ok and not regressions, reasons)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def decide_promotion_from(result: EvaluationResult, gates: PromotionGates) -> PromotionDecision:
+    """:func:`decide_promotion` on a stored evaluation. Undefined metrics (None) go in as NaN, so they fail every
+    gate that compares them and an undefined slice AUC is not judged, exactly as with the raw metrics."""
+    challenger = {name: _nan_if_none(value) for name, value in result.metrics["challenger"].items()}
+    stored = result.metrics.get("champion")
+    champion = {name: _nan_if_none(value) for name, value in stored.items()} if stored is not None else None
+    slices = [{"slice": s.slice, "value": s.value, "rows": s.rows, "positives": s.positives,
+               "challenger_auc": _nan_if_none(s.challenger_auc), "champion_auc": _nan_if_none(s.champion_auc)}
+              for s in result.slices]  # fmt: skip
+    return decide_promotion(challenger, champion, result.challenger_score_problem, slices, gates)
 
 
 @dataclass(frozen=True)
@@ -124,22 +162,32 @@ class RollbackPolicy:
     min_rows: int = 200
 
 
-def rollback_reasons(live: Mapping[str, Any], required_auc: float | None, reference_scores: Mapping[str, Any], policy: RollbackPolicy) -> list[str]:
-    """Why the champion's live numbers (``champion_*`` of a live-performance summary, ``online_champion_error_rate``)
-    call for a rollback; empty when they do not."""
+def rollback_reasons(
+    live: LiveSummary, required_auc: float | None, reference_scores: Mapping[str, Any], policy: RollbackPolicy
+) -> list[str]:
+    """Why the champion's live numbers call for a rollback; empty when they do not.
+
+    Quality (AUC, extreme scores, spread) is judged on the batch champion once it has ``policy.min_rows`` labelled
+    rows; a live AUC of None (the month has one class) is not judged. Failed predictions are judged on the online
+    champion. ``reference_scores`` is the ``scores`` part of the champion's reference profile.
+    """
     reasons: list[str] = []
-    if live.get("champion_rows", 0) >= policy.min_rows:
-        auc = live.get("champion_live_roc_auc")
+    champion = live.champion
+    if champion is not None and champion.rows >= policy.min_rows:
+        auc = champion.live_roc_auc
         if auc is not None and required_auc is not None and required_auc - auc > policy.max_auc_drop:
-            reasons.append(f"live AUC {auc:.4f} is {required_auc - auc:.4f} below the required {required_auc:.4f} (max drop {policy.max_auc_drop})")
-        extreme = live.get("champion_share_above_0_99", 0.0) + live.get("champion_share_below_0_01", 0.0)
-        reference_extreme = reference_scores.get("share_above_0_99", 0.0) + reference_scores.get("share_below_0_01", 0.0)
+            reasons.append(f"live AUC {auc:.4f} is {required_auc - auc:.4f} below the required {required_auc:.4f} "
+                           f"(max drop {policy.max_auc_drop})")  # fmt: skip
+        extreme = champion.share_above_0_99 + champion.share_below_0_01
+        # a profile without scores (features only) has no shares: compared with none, as before
+        reference_extreme = sum(reference_scores.get(k, 0.0) for k in ("share_above_0_99", "share_below_0_01"))
         if abs(extreme - reference_extreme) > policy.max_extreme_shift:
-            reasons.append(f"{extreme:.1%} of scores are extreme (< 0.01 or > 0.99) vs {reference_extreme:.1%} in its reference profile")
-        spread, reference_spread = live.get("champion_score_std"), reference_scores.get("std")
-        if spread is not None and reference_spread and spread < policy.min_score_std_ratio * reference_spread:
+            reasons.append(f"{extreme:.1%} of scores are extreme (< 0.01 or > 0.99) vs {reference_extreme:.1%} in its "
+                           "reference profile")  # fmt: skip
+        spread, reference_spread = champion.score_std, reference_scores.get("std")
+        if reference_spread and spread < policy.min_score_std_ratio * reference_spread:
             reasons.append(f"scores collapsed: spread {spread:.4f} vs {reference_spread:.4f} in its reference profile")
-    errors = live.get("online_champion_error_rate")
-    if errors is not None and errors > policy.max_error_rate:
-        reasons.append(f"{errors:.1%} of online predictions failed (max {policy.max_error_rate:.0%})")
+    online = live.online_champion
+    if online is not None and online.error_rate > policy.max_error_rate:
+        reasons.append(f"{online.error_rate:.1%} of online predictions failed (max {policy.max_error_rate:.0%})")
     return reasons

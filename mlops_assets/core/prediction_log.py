@@ -1,15 +1,17 @@
-"""The serving log: every online prediction, appended to Parquet under ``$MLOPS_DATA_DIR/predictions/online/``.
+"""The serving log: every online prediction of a model, appended to Parquet under
+``$MLOPS_DATA_DIR/predictions/<model>/online/`` (each model logs into its own folder, ``Settings.model(name)``).
 
-One row per request and model that scored it (long format), so champion, challenger (A/B) and shadow scores sit in
-one table: ``request_id``, ``logged_at`` (UTC), ``flight_key`` (the entity key as the response names it), the feature
-table's key columns, ``prediction_time``, ``variant``
-(champion / challenger / shadow), ``model_version``, ``score``, ``served`` (whether this score was the answer),
-``latency_ms`` (request received -> answer ready, feature lookup included), ``status`` (``ok`` / ``error``) and
-``error``. Rows are buffered and written in batches (by count or age) and on close, each batch as a new file written
-under a temporary name and renamed, so a reader never sees half a file and a crash loses at most the unflushed batch;
-a SIGTERM closes the log first.
+One row per request and model version that scored it (long format), so champion, challenger (A/B) and shadow scores
+sit in one table: ``request_id``, ``logged_at`` (UTC), ``model`` (the registered model's name), ``entity_key`` (the
+entity's key as the response names it, the request's key fields joined by ``|``), the feature table's key columns,
+``prediction_time``, ``variant`` (champion / challenger / shadow), ``model_version``, ``score``, ``served`` (whether
+this score was the answer), ``latency_ms`` (request received -> answer ready, feature lookup included), ``status``
+(``ok`` / ``error``) and ``error``. The monitoring assets join it to the labels by the key columns.
+
+Rows are buffered and written in batches (by count or age) and on close, each batch as a new file written under a
+temporary name and renamed, so a reader never sees half a file and a crash loses at most the unflushed batch; a
+SIGTERM closes the log first.
 """
-
 from __future__ import annotations
 
 import logging
@@ -29,11 +31,12 @@ VARIANTS = ("champion", "challenger", "shadow")
 
 
 def log_schema(key_columns: Sequence[str], key_types: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
-    """The columns of the log for a feature table with these key columns."""
+    """The columns of a model's log, for its feature table's key columns (and their types in the online store)."""
     return {
         "request_id": pl.String(),
         "logged_at": pl.Datetime("us"),
-        "flight_key": pl.String(),
+        "model": pl.String(),
+        "entity_key": pl.String(),
         **{c: key_types[c] for c in key_columns},
         "prediction_time": pl.Datetime("us"),
         "variant": pl.String(),
@@ -47,8 +50,9 @@ def log_schema(key_columns: Sequence[str], key_types: dict[str, pl.DataType]) ->
 
 
 class PredictionLog:
-    """A thread-safe buffered writer. ``append`` never blocks on disk; a background thread writes a batch when it
-    reaches ``flush_rows`` rows or is ``flush_seconds`` old; ``close`` writes what is left."""
+    """A thread-safe buffered writer into ``<root>/online/<day>/`` (``root``: the model's ``predictions_dir``).
+    ``append`` never blocks on disk; a background thread writes a batch when it reaches ``flush_rows`` rows or is
+    ``flush_seconds`` old; ``close`` writes what is left."""
 
     def __init__(self, root: Path, schema: dict[str, pl.DataType], flush_rows: int = 2000, flush_seconds: float = 2.0) -> None:
         self.folder = root / ONLINE_FOLDER
@@ -136,7 +140,7 @@ class PredictionLog:
 
 
 def read_log(root: Path) -> pl.DataFrame:
-    """Every logged row (an empty frame when nothing has been logged)."""
+    """Every row logged under ``root`` (a model's ``predictions_dir``), or an empty frame when nothing has been."""
     files = sorted((root / ONLINE_FOLDER).glob("*/*.parquet"))
     if not files:
         return pl.DataFrame()

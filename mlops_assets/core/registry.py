@@ -6,12 +6,14 @@ Layout (below ``$MLOPS_DATA_DIR/registry``)::
     versions/<version>/model.sha256    its checksum, in ``sha256sum`` format
     versions/<version>/metadata.json   lineage, params, metrics, feature vocabulary, the checksum again
     versions/<version>/profile.json    reference profile of the training features and scores (for drift checks)
+    evaluations/<version>.json         its latest evaluation as the challenger (``core.records.EvaluationResult``)
     aliases.json                       {"champion": "v0002", "shadow": null, ...}
-    events.jsonl                       registered / promoted / rejected / rolled_back, one JSON object per line
+    events.jsonl                       registered / evaluated / promoted / rejected / rolled_back, one JSON per line
 
 A version folder is written under a temporary name and renamed into place, so it appears whole or not at all; aliases
-are replaced atomically; events are appended. Every load verifies the checksum: a tampered or truncated model is
-refused, never loaded. Readers need no database, so sensors and the serving process can read it while a run writes.
+and evaluations are replaced atomically; events are appended. Every load verifies the checksum: a tampered or truncated
+model is refused, never loaded. Readers need no database, so sensors and the serving process can read it while a run
+writes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops_assets.core.landing import sha256_bytes, write_atomic
+from mlops_assets.core.records import EvaluationResult, RecordError
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 CHAMPION = "champion"
@@ -61,6 +64,7 @@ class Registry:
         self.versions_dir = root / "versions"
         self.aliases_path = root / "aliases.json"
         self.events_path = root / "events.jsonl"
+        self.evaluations_dir = root / "evaluations"
 
     # --- versions ------------------------------------------------------------------------------------------------
 
@@ -71,7 +75,9 @@ class Registry:
         found = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and VERSION_PATTERN.match(p.name)]
         return sorted(found, key=lambda v: int(v[1:]))
 
-    def register(self, model_text: str, metadata: dict[str, Any], profile: dict[str, Any], run_id: str | None) -> ModelVersion:
+    def register(
+        self, model_text: str, metadata: dict[str, Any], profile: dict[str, Any], run_id: str | None
+    ) -> ModelVersion:
         """Store a new immutable version and log ``registered``. Returns it with its assigned id."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         data = model_text.encode()
@@ -84,7 +90,8 @@ class Registry:
             for _ in range(100):  # another writer may take the next id first: take the one after
                 existing = self.versions()
                 version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
-                full = {**metadata, "version": version, "model_sha256": digest, "registered_at": _now(), "run_id": run_id}
+                full = {**metadata, "version": version, "model_sha256": digest, "registered_at": _now(),
+                        "run_id": run_id}  # fmt: skip
                 (staging / "metadata.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
                 for path in staging.iterdir():
                     with open(path, "rb") as handle:
@@ -117,12 +124,45 @@ class Registry:
         if actual != recorded or actual != entry.metadata.get("model_sha256"):
             raise RegistryIntegrityError(
                 f"model {version} does not match its checksum (sha256 {actual[:12]}, recorded {recorded[:12]}): it was "
-                "modified or truncated and will not be loaded. Roll back to another version (`mlops rollback`) or retrain."
+                "modified or truncated and will not be loaded. Roll back to another version (`mlops rollback`) or "
+                "retrain."
             )
         return data.decode()
 
     def profile(self, version: str) -> dict[str, Any]:
         return json.loads((self.get(version).path / "profile.json").read_text())
+
+    # --- evaluations ---------------------------------------------------------------------------------------------
+
+    def save_evaluation(self, result: EvaluationResult, run_id: str | None = None) -> None:
+        """Store ``result`` as the evaluation of its challenger version (replacing an earlier one atomically: the
+        version was evaluated again, e.g. against a new champion) and log ``evaluated``. Promotion and the live
+        rules read it here, not from the reports folder, which is for people and may be deleted."""
+        version = result.challenger_version
+        self.get(version)  # only a registered version has an evaluation
+        data = json.dumps(result.to_json(), indent=1, allow_nan=False).encode()
+        write_atomic(self.evaluations_dir / f"{version}.json", data)
+        auc = result.metrics["challenger"].get("roc_auc")
+        self.log_event("evaluated", version=version, run_id=run_id, champion=result.champion_version,
+                       test_month=result.test_month,
+                       reason=f"evaluated on {result.test_month} against {result.champion_version or 'no champion'}: "
+                       f"ROC AUC {'undefined' if auc is None else f'{auc:.4f}'}")  # fmt: skip
+
+    def evaluation(self, version: str) -> EvaluationResult | None:
+        """The latest evaluation of ``version`` (None: never evaluated). Raises :class:`RecordError` when the stored
+        file does not match the schema or belongs to another version: it fails loudly rather than read as absent."""
+        path = self.evaluations_dir / f"{version}.json"
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise RecordError(f"EvaluationResult in {path}: not JSON ({error})") from error
+        result = EvaluationResult.from_json(data)
+        if result.challenger_version != version:
+            raise RecordError(f"EvaluationResult in {path}: challenger_version is {result.challenger_version!r}, "
+                              f"expected {version!r}")  # fmt: skip
+        return result
 
     # --- aliases and events --------------------------------------------------------------------------------------
 
@@ -143,10 +183,13 @@ class Registry:
         write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
         self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id)
 
-    def log_event(self, event: str, version: str | None, reason: str, run_id: str | None = None, **details: Any) -> None:
+    def log_event(
+        self, event: str, version: str | None, reason: str, run_id: str | None = None, **details: Any
+    ) -> None:
         """Append one event (one line: appends of this size are atomic) and flush it to disk."""
         self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"time": _now(), "event": event, "version": version, "reason": reason, "run_id": run_id, **details}, default=str)
+        entry = {"time": _now(), "event": event, "version": version, "reason": reason, "run_id": run_id, **details}
+        line = json.dumps(entry, default=str)
         with open(self.events_path, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()
@@ -163,7 +206,8 @@ class Registry:
         """Versions that were champion, most recent first (the candidates of a rollback)."""
         seen: list[str] = []
         for event in reversed(self.events()):
-            if event.get("alias") == CHAMPION and event.get("event") in ("promoted", "rolled_back") and event["version"]:
+            moved = event.get("alias") == CHAMPION and event.get("event") in ("promoted", "rolled_back")
+            if moved and event["version"]:
                 if event["version"] not in seen:
                     seen.append(event["version"])
         return seen
@@ -173,9 +217,17 @@ def gated_champions(registry: Registry) -> list[str]:
     """Versions that became champion through the promotion gates, most recent first (safe to return to)."""
     seen: list[str] = []
     for event in reversed(registry.events()):
-        if event.get("alias") == CHAMPION and event.get("event") == "promoted" and event["version"] and event["version"] not in seen:
+        promoted = event.get("alias") == CHAMPION and event.get("event") == "promoted"
+        if promoted and event["version"] and event["version"] not in seen:
             seen.append(event["version"])
     return seen
+
+
+def evaluated_roc_auc(registry: Registry, version: str) -> float | None:
+    """The ROC AUC ``version`` had on its own test month when it was evaluated as the challenger (None: never
+    evaluated, or undefined on that month)."""
+    result = registry.evaluation(version)
+    return result.metrics["challenger"]["roc_auc"] if result is not None else None
 
 
 def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str | None = None) -> str:

@@ -20,6 +20,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
+class ModelPaths:
+    """Where one model keeps its state, each folder named after the model (two models never share one)."""
+
+    model: str
+    registry_dir: Path
+    online_store_dir: Path
+    reports_dir: Path
+    predictions_dir: Path
+
+
+@dataclass(frozen=True)
 class Settings:
     """Paths of everything the platform writes, all below one data directory."""
 
@@ -37,21 +48,30 @@ class Settings:
         return self.data_dir / "warehouse.duckdb"
 
     @property
+    def quarantine_dir(self) -> Path:
+        """Bytes of rejected batches and misnamed files."""
+        return self.data_dir / "quarantine"
+
+    @property
     def reports_dir(self) -> Path:
+        """Reports for people (Markdown and PNG); no decision reads them."""
         return self.data_dir / "reports"
 
-    @property
-    def registry_dir(self) -> Path:
-        return self.data_dir / "registry"
+    def model(self, name: str) -> ModelPaths:
+        """One model's folders: ``registry/<name>``, ``online_store/<name>``, ``reports/<name>`` and the serving log
+        ``predictions/<name>``."""
+        return ModelPaths(
+            model=name,
+            registry_dir=self.data_dir / "registry" / name,
+            online_store_dir=self.data_dir / "online_store" / name,
+            reports_dir=self.reports_dir / name,
+            predictions_dir=self.data_dir / "predictions" / name,
+        )
 
-    @property
-    def online_store_dir(self) -> Path:
-        return self.data_dir / "online_store"
-
-    @property
-    def predictions_dir(self) -> Path:
-        """The serving log: append-only Parquet files of every online prediction."""
-        return self.data_dir / "predictions"
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> Settings:
+        """Settings of a data directory with its own Dagster home and the default thresholds (no environment read)."""
+        return cls(data_dir=data_dir, dagster_home=data_dir / "dagster_home")
 
 
 def default_data_dir() -> Path:

@@ -1,12 +1,18 @@
-"""What a model is, as data: its source tables with their contracts, and its feature tables.
+"""What a feed and a model are, as data.
 
-The platform (ingest, validation, feature store, later drift, registry and serving) reads only these specs. A second model
-needs a new :class:`ModelSpec`, its contracts and its feature SQL, not a copy of the pipeline. ``core/flights.py`` holds
-the shipped spec.
+* A :class:`FeedSpec` is what lands: its tables with their contracts, and how a replay lands its months.
+* A :class:`FeatureTableSpec` is a point-in-time feature table over a feed's validated tables.
+* A :class:`ModelSpec` names its feed, the feature table it trains on (with the label), its gates, slices and training
+  parameters.
+
+The platform (ingest, validation, feature store, drift, registry and serving) reads only these specs; the shipped feed
+and models live in ``mlops_assets/feeds/`` and ``mlops_assets/models/``, each in its own package with its SQL, and are
+registered in ``mlops_assets/catalog.py``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +22,11 @@ import pandera.polars as pa
 import polars as pl
 
 from mlops_assets.core.features.pit import AsOfLookup, TrailingWindow
-from mlops_assets.core.landing import parse_month
+from mlops_assets.core.landing import LandedFile, parse_month
+from mlops_assets.core.policy import PromotionGates
+
+#: A model's name is a DuckDB schema, a Dagster asset-key prefix and part of job and sensor names.
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,9 @@ class FeatureTableSpec:
         key: columns that make a row unique.
         label: the target column (not a feature); ``label_known_at`` says when it became known.
         time_column: the prediction time (UTC) every feature is computed as of.
+        local_time_column: the entity's local time (e.g. the scheduled departure at the origin) that the training
+            split cuts by, so that the test month is the feature table's ``_month``.
+        time_zone: the zone of ``local_time_column`` (IANA name): split boundaries become UTC instants for the purge.
         lookback_days: how far before the month's first prediction time any feature may look.
         categorical / numeric: the feature columns, for training and drift.
         lookups: as-of lookups (another table's latest row, or the entity's own previous row) added by the engine.
@@ -124,6 +137,8 @@ class FeatureTableSpec:
     label: str
     label_known_at: str
     time_column: str
+    local_time_column: str
+    time_zone: str
     lookback_days: int
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
@@ -147,25 +162,45 @@ class FeatureTableSpec:
         return tuple(dict.fromkeys(ordered))
 
 
+ReplayProgress = Callable[[LandedFile, str, int], None]
+#: (landing dir, months, every n-th entity row, progress) -> each landed file and what happened to it.
+Replay = Callable[[Path, list[str], int, ReplayProgress | None], list[tuple[LandedFile, str]]]
+
+
 @dataclass(frozen=True)
-class ModelSpec:
-    """One model's world: its source tables, its feature tables (the first is what the model trains on) and the
-    slices its evaluation and promotion judge separately (name -> expression over the feature rows)."""
+class FeedSpec:
+    """What lands: source tables with their contracts, and (optionally) a replay that lands real months.
+
+    The feed's ``raw.*``, ``validated.*`` and ``quarantine.*`` tables are built once, whatever the number of models
+    reading them; its monthly tables share one dynamic partition set, ``<name>_months``.
+
+    Attributes:
+        name: the feed's name (lower case, digits and ``_``).
+        tables: its tables; names are unique across every registered feed (they name DuckDB tables and landing folders).
+        replay: lands months of real data as production would (``mlops replay``); None for a feed fed from outside.
+        first_month / last_month: the months a replay can land.
+    """
 
     name: str
     tables: tuple[TableSpec, ...]
-    feature_tables: tuple[FeatureTableSpec, ...]
-    slices: Mapping[str, pl.Expr] = field(default_factory=dict)
+    replay: Replay | None = None
+    first_month: str | None = None
+    last_month: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(f"feed name {self.name!r} must match {NAME_PATTERN.pattern}")
 
     @property
-    def training_features(self) -> FeatureTableSpec:
-        return self.feature_tables[0]
+    def partitions_name(self) -> str:
+        return f"{self.name}_months"
 
     def table(self, name: str) -> TableSpec:
         for table in self.tables:
             if table.name == name:
                 return table
-        raise KeyError(f"{self.name} has no table {name!r}; known: {[t.name for t in self.tables]}")
+        raise KeyError(f"feed {self.name} has no table {name!r}; known: {[t.name for t in self.tables]}")
 
     @property
     def monthly_tables(self) -> tuple[TableSpec, ...]:
@@ -174,3 +209,33 @@ class ModelSpec:
     @property
     def reference_tables(self) -> tuple[TableSpec, ...]:
         return tuple(t for t in self.tables if not t.monthly)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: the feed it reads, the feature table it trains on (its label and prediction time come with it), the
+    promotion gates, the slices its evaluation and promotion judge separately (name -> expression over the feature
+    rows) and its training parameters (overrides of the platform's defaults).
+
+    Everything per model (asset keys, DuckDB schema, jobs, sensors, registry, online store, reports, prediction log,
+    run tags) is scoped by ``name``.
+
+    Attributes:
+        positive: what a positive prediction means, in one word (``delayed``, ``cancelled``), for people.
+    """
+
+    name: str
+    feed: FeedSpec
+    features: FeatureTableSpec
+    description: str
+    positive: str
+    slices: Mapping[str, pl.Expr] = field(default_factory=dict)
+    gates: PromotionGates = field(default_factory=PromotionGates)
+    params: Mapping[str, float | int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(f"model name {self.name!r} must match {NAME_PATTERN.pattern} (a schema and key prefix)")
+        missing = [t for t in self.features.inputs if t not in {s.name for s in self.feed.tables}]
+        if missing:
+            raise ValueError(f"model {self.name}: feature table {self.features.name} reads {missing}, not in feed {self.feed.name}")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
 from typing import Any
 
 import duckdb
 
+from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.ingest import latest_verdicts
 from mlops_assets.core.landing import landed_months
-from mlops_assets.core.registry import Registry
+from mlops_assets.core.records import EvaluationResult
+from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError
+from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import qualified, table_exists
 
@@ -23,17 +26,26 @@ def _counts_by_month(conn: duckdb.DuckDBPyConnection, schema: str, table: str, w
     return {str(month): int(n) for month, n in rows}
 
 
-def store_status(model: ModelSpec, landing_dir: Path, warehouse: Path) -> dict[str, Any]:
-    """Landed months, and per table the validated and quarantined rows by month and the rejected batches."""
+def store_status(catalog: Catalog, models: tuple[ModelSpec, ...], settings: Settings) -> dict[str, Any]:
+    """Landed months; per feed table the validated and quarantined rows by month and the rejected batches; per feature
+    table its rows by month; and per model (of ``models``) its registry and monitored months."""
     status: dict[str, Any] = {
-        "landed_months": landed_months(landing_dir, [t.name for t in model.monthly_tables]),
+        "landed_months": landed_months(settings.landing_dir, [t.name for f in catalog.feeds for t in f.monthly_tables]),
         "tables": {},
         "features": {},
+        "models": {},
     }
-    if not warehouse.exists():
+    for model in models:
+        status["models"][model.name] = {
+            "feed": model.feed.name,
+            "features": model.features.name,
+            "registry": registry_status(Registry(settings.model(model.name).registry_dir)),
+            "monitoring": [],
+        }
+    if not settings.warehouse_path.exists():
         return status
-    with duckdb.connect(str(warehouse), read_only=True) as conn:
-        for table in model.tables:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        for table in catalog.tables:
             rejected = [
                 {"month": v["month"], "stage": stage, "rule": v["rule"], "column": v["column_name"], "message": v["message"]}
                 for stage in ("raw", "validated")
@@ -45,35 +57,37 @@ def store_status(model: ModelSpec, landing_dir: Path, warehouse: Path) -> dict[s
                 "quarantined_rows": _counts_by_month(conn, "quarantine", table.name),
                 "rejected_batches": rejected,
             }
-        for spec in model.feature_tables:
+        for spec in catalog.feature_tables:
             status["features"][spec.name] = _counts_by_month(conn, "features", spec.name)
-        status["monitoring"] = monitoring_status(conn)
+        for model in models:
+            status["models"][model.name]["monitoring"] = monitoring_status(conn, model.name)
     return status
 
 
-def monitoring_status(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Per monitored month: the drift verdict against the champion that scored it, and live AUC per variant."""
+def monitoring_status(conn: duckdb.DuckDBPyConnection, model: str) -> list[dict[str, Any]]:
+    """Per monitored month of ``model``: the drift verdict against the champion that scored it, and live AUC per
+    variant (from the model's own ``drift_report`` and ``live_performance`` tables)."""
     months: dict[str, dict[str, Any]] = {}
-    if table_exists(conn, "monitoring", "drift_report"):
+    if table_exists(conn, model, "drift_report"):
         rows = conn.execute(
-            """SELECT _month, any_value(model_version),
+            f"""SELECT _month, any_value(model_version),
                       count(*) FILTER (kind IN ('numeric', 'categorical') AND drifted),
                       count(*) FILTER (kind IN ('numeric', 'categorical')),
                       bool_or(kind = 'score' AND drifted)
-               FROM monitoring.drift_report GROUP BY 1 ORDER BY 1"""
+               FROM {qualified(model, "drift_report")} GROUP BY 1 ORDER BY 1"""
         ).fetchall()
         for month, version, drifted, features, scores in rows:
             months[month] = {"month": month, "scored_by": version, "features_drifted": int(drifted), "features": int(features),
                              "scores_drifted": bool(scores)}  # fmt: skip
-    if table_exists(conn, "monitoring", "live_performance"):
-        columns = {d[0] for d in conn.execute("SELECT * FROM monitoring.live_performance LIMIT 0").description}
-        source = "source" if "source" in columns else "'batch'"  # tables written before the serving log existed
+    if table_exists(conn, model, "live_performance"):
         rows = conn.execute(
-            f"SELECT _month, {source}, variant, model_version, roc_auc FROM monitoring.live_performance ORDER BY 1, 2, 3"
+            f"SELECT _month, source, variant, model_version, roc_auc FROM {qualified(model, 'live_performance')} ORDER BY 1, 2, 3"
         ).fetchall()
         for month, source, variant, version, auc in rows:
             entry = months.setdefault(month, {"month": month})
-            entry.setdefault("live_roc_auc", {})[f"{source} {variant} {version}"] = round(float(auc), 4)
+            # a month with one class has no AUC: absent, not a number
+            known = auc is not None and not math.isnan(auc)
+            entry.setdefault("live_roc_auc", {})[f"{source} {variant} {version}"] = round(float(auc), 4) if known else None
     return list(months.values())
 
 
@@ -92,15 +106,22 @@ def format_status(status: dict[str, Any]) -> str:
     for name, by_month in status["features"].items():
         months = ", ".join(f"{m}: {n:,}" for m, n in by_month.items())
         lines.append(f"features.{name}: {sum(by_month.values()):,} rows ({months or 'none'})")
-    if status.get("monitoring"):
-        lines.append("Monitoring (month: drift against the champion that scored it; live AUC):")
-        for entry in status["monitoring"]:
-            drift = "-"
-            if "features" in entry:
-                drift = f"{entry['features_drifted']}/{entry['features']} features drifted" + (", scores drifted" if entry["scores_drifted"] else "")
-            live = ", ".join(f"{k} {v:.3f}" for k, v in entry.get("live_roc_auc", {}).items()) or "-"
-            lines.append(f"  {entry['month']}: {drift}; {live}")
+    for name, model in status["models"].items():
+        lines += ["", f"== {name} (feed {model['feed']}, features.{model['features']})", format_registry(model["registry"])]
+        if model["monitoring"]:
+            lines.append("Monitoring (month: drift against the champion that scored it; live AUC):")
+            lines += [f"  {_monitored_month(entry)}" for entry in model["monitoring"]]
     return "\n".join(lines)
+
+
+def _monitored_month(entry: dict[str, Any]) -> str:
+    drift = "-"
+    if "features" in entry:
+        drift = f"{entry['features_drifted']}/{entry['features']} features drifted"
+        drift += ", scores drifted" if entry["scores_drifted"] else ""
+    aucs = entry.get("live_roc_auc", {}).items()
+    live = ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in aucs) or "-"
+    return f"{entry['month']}: {drift}; {live}"
 
 
 def registry_status(registry: Registry, events: int = 8) -> dict[str, Any]:
@@ -117,11 +138,54 @@ def registry_status(registry: Registry, events: int = 8) -> dict[str, Any]:
     return {"versions": versions, "aliases": registry.aliases(), "events": registry.events(limit=events)}
 
 
+def model_overview(model: ModelSpec, registry: Registry) -> dict[str, Any]:
+    """For ``mlops models``: the model, its feed, its champion and the metrics the champion had in its evaluation
+    (read from the registry; absent when it has no champion or was never evaluated)."""
+    champion = registry.alias(CHAMPION)
+    evaluation = registry.evaluation(champion) if champion else None
+    verified: bool | None = None
+    if champion:
+        try:
+            registry.model_text(champion)
+            verified = True
+        except (RegistryIntegrityError, OSError):
+            verified = False
+    return {
+        "name": model.name,
+        "feed": model.feed.name,
+        "predicts": model.positive,
+        "label": model.features.label,
+        "champion": champion,
+        "champion_checksum_ok": verified,
+        "versions": len(registry.versions()),
+        "evaluation": _evaluation_overview(evaluation),
+    }
+
+
+def _evaluation_overview(evaluation: EvaluationResult | None) -> dict[str, Any] | None:
+    """The test month and the metrics a version had when it was judged as the challenger."""
+    if evaluation is None:
+        return None
+    return {"test_month": evaluation.test_month, "metrics": evaluation.metrics.get("challenger")}
+
+
+def format_models(overviews: list[dict[str, Any]]) -> str:
+    """One line per model: its champion and the champion's evaluation metrics."""
+    lines = [f"{'model':<22}{'feed':<14}{'champion':<10}{'test month':<12}{'ROC AUC':>9}{'PR AUC':>9}{'base rate':>11}"]
+    for o in overviews:
+        metrics = (o["evaluation"] or {}).get("metrics") or {}
+        cells = [f"{metrics[m]:.4f}" if metrics.get(m) is not None else "-" for m in ("roc_auc", "pr_auc", "base_rate")]
+        champion = (o["champion"] or "none") + ("" if o["champion_checksum_ok"] is not False else " (checksum FAILS)")
+        test_month = (o["evaluation"] or {}).get("test_month") or "-"
+        lines.append(f"{o['name']:<22}{o['feed']:<14}{champion:<10}{test_month:<12}{cells[0]:>9}{cells[1]:>9}{cells[2]:>11}")
+    return "\n".join(lines)
+
+
 def format_registry(status: dict[str, Any]) -> str:
     if not status["versions"]:
-        return "Models: none registered yet (run `dagster job execute -m mlops_assets.definitions -j training_pipeline`)"
+        return "Versions: none registered yet (`make pipeline` trains every model)"
     aliases = ", ".join(f"{name} -> {version}" for name, version in status["aliases"].items()) or "none"
-    lines = [f"Models: {len(status['versions'])} version(s); aliases: {aliases}", "Latest events:"]
+    lines = [f"Versions: {len(status['versions'])}; aliases: {aliases}", "Latest events:"]
     for event in status["events"]:
         lines.append(f"  {event['time']}  {event['event']:<11} {event.get('version') or '-':<6} {event.get('reason', '')}")
     return "\n".join(lines)

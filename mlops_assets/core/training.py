@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from functools import cached_property
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from zoneinfo import ZoneInfo
 
 import lightgbm as lgb
 import numpy as np
@@ -38,14 +40,14 @@ class TrainingSet:
     def part(self, name: str) -> pl.DataFrame:
         return self.frame.filter(pl.col(SPLIT) == name)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, time_column: str) -> dict[str, Any]:
         out: dict[str, Any] = {"content_hash": self.content_hash, "test_month": self.test_month}
         for name in ("train", "valid", "test"):
             part = self.part(name)
             out[f"{name}_rows"] = part.height
             if part.height:
-                out[f"{name}_from"] = str(part["prediction_time"].min())
-                out[f"{name}_to"] = str(part["prediction_time"].max())
+                out[f"{name}_from"] = str(part[time_column].min())
+                out[f"{name}_to"] = str(part[time_column].max())
         return out
 
 
@@ -55,6 +57,11 @@ def stored_training_set(frame: pl.DataFrame) -> TrainingSet:
     year, month = parse_month(test_month)
     test_start = datetime(year, month, 1)
     return TrainingSet(frame, content_hash(frame), test_month, test_start - timedelta(days=VALIDATION_DAYS), test_start)
+
+
+def local_to_utc(local: datetime, zone: str) -> datetime:
+    """A naive local time at ``zone`` as a naive UTC instant (the earlier one when the local time repeats)."""
+    return local.replace(tzinfo=ZoneInfo(zone), fold=0).astimezone(UTC).replace(tzinfo=None)
 
 
 def content_hash(frame: pl.DataFrame) -> str:
@@ -69,9 +76,8 @@ def split_by_time(features: pl.DataFrame, spec: FeatureTableSpec, test_month: st
     year, month = parse_month(test_month)
     test_start = datetime(year, month, 1)
     valid_start = test_start - timedelta(days=VALIDATION_DAYS)
-    local = pl.col("sched_dep_local")
-    known = pl.col(spec.label_known_at)
-    # split boundaries in UTC for the purge: the local month start is at least 4 hours later in UTC (NYC is UTC-4/-5)
+    local = pl.col(spec.local_time_column)
+    known = pl.col(spec.label_known_at)  # UTC
     split = (
         pl.when(pl.col("_month") == test_month).then(pl.lit("test"))
         .when((local >= valid_start) & (local < test_start)).then(pl.lit("valid"))
@@ -79,9 +85,9 @@ def split_by_time(features: pl.DataFrame, spec: FeatureTableSpec, test_month: st
         .otherwise(pl.lit(None))
     )  # fmt: skip
     framed = features.with_columns(split.alias(SPLIT)).filter(pl.col(SPLIT).is_not_null())
-    purge = ((pl.col(SPLIT) == "train") & (known >= valid_start + timedelta(hours=4))) | (
-        (pl.col(SPLIT) == "valid") & (known >= test_start + timedelta(hours=4))
-    )
+    # a label known once the next split has begun (its boundary as a UTC instant at the entity's place) is purged
+    valid_start_utc, test_start_utc = local_to_utc(valid_start, spec.time_zone), local_to_utc(test_start, spec.time_zone)
+    purge = ((pl.col(SPLIT) == "train") & (known >= valid_start_utc)) | ((pl.col(SPLIT) == "valid") & (known >= test_start_utc))
     framed = framed.filter(~purge).sort(spec.time_column, *spec.key)
     return TrainingSet(framed, content_hash(framed), test_month, valid_start, test_start)
 

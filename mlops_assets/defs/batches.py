@@ -8,7 +8,12 @@ from dagster_duckdb import DuckDBResource
 from mlops_assets.core.contracts import BatchVerdict
 from mlops_assets.core.ingest import latest_verdicts, row_accounting
 from mlops_assets.core.specs import TableSpec
-from mlops_assets.defs.partitions import DUCKDB_POOL, run_months
+from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, run_months
+
+
+def partitions_for(table: TableSpec) -> dg.DynamicPartitionsDefinition | None:
+    """Monthly tables are partitioned by month; reference tables are replaced whole."""
+    return MONTHS if table.monthly else None
 
 
 def verdict_metadata(months: Sequence[str | None], verdicts: Sequence[BatchVerdict]) -> dict[str, dg.MetadataValue]:

@@ -1,4 +1,5 @@
-"""Features: point-in-time feature tables in ``features.<name>``, one monthly partition at a time."""
+"""Features: point-in-time feature tables in ``features.<name>`` (one monthly partition at a time, built once however
+many models train on them), and each model's online store export."""
 
 import time
 
@@ -8,19 +9,15 @@ from dagster_duckdb import DuckDBResource
 from mlops_assets.core.features import VERSION_COLUMN, feature_set_version, write_months
 from mlops_assets.core.landing import month_landed_at, stale_months
 from mlops_assets.core.online import build_export, write_export
-from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.markdown import frame_to_markdown
+from mlops_assets.core.specs import FeatureTableSpec, FeedSpec, ModelSpec
 from mlops_assets.core.store import fetch_row, qualified, query_frame, table_exists
+from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, validated_key
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import PlatformStorage
-from mlops_assets.defs.validate import validated_key
 
 
-def features_key(spec: FeatureTableSpec) -> dg.AssetKey:
-    return dg.AssetKey(["features", spec.name])
-
-
-def build_feature_asset(spec: FeatureTableSpec, model: ModelSpec) -> dg.AssetsDefinition:
+def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
     version = feature_set_version(spec)
 
     @dg.asset(
@@ -100,23 +97,23 @@ def build_one_row_check(spec: FeatureTableSpec, entity_table: str) -> dg.AssetCh
     return _one_row
 
 
-ONLINE_STORE_KEY = dg.AssetKey(["features", "online_store"])
+def build_online_store_asset(model: ModelSpec) -> dg.AssetsDefinition:
+    spec = model.features
 
-
-def build_online_store_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
     @dg.asset(
-        key=ONLINE_STORE_KEY,
+        key=keys_of(model).online_store,
         deps=[features_key(spec)],
-        group_name="features",
+        group_name=model.name,
+        tags={MODEL_TAG: model.name},
         kinds={"parquet", "polars"},
         pool=DUCKDB_POOL,
         code_version=feature_set_version(spec),
         automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
-        description=f"`$MLOPS_DATA_DIR/online_store/`: what the prediction service needs to compute `{spec.name}` at "
-        "request time, exported after each new month: the feature SQL's rows for the newest month and its look-back "
-        "(with when each fact became known), the rows of the as-of lookups (weather) and the reference tables (routes, "
-        "planes, time zones). The service runs the same point-in-time engine on them, so online and offline vectors "
-        "are equal. Written as a new version folder, then `CURRENT` is replaced atomically; the service reloads it.",
+        description=f"`$MLOPS_DATA_DIR/online_store/{model.name}/`: what the prediction service needs to compute "
+        f"`{spec.name}` at request time, exported after each new month: the feature SQL's rows for the newest month "
+        "and its look-back (with when each fact became known), the rows of the as-of lookups and the reference "
+        "tables. The service runs the same point-in-time engine on them, so online and offline vectors are equal. "
+        "Written as a new version folder, then `CURRENT` is replaced atomically; the service reloads it.",
     )
     def online_store(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
         with duckdb.get_connection() as conn:
@@ -124,7 +121,8 @@ def build_online_store_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
                 raise dg.Failure(description=f"features.{spec.name} is empty: build a month first")
             (newest,) = fetch_row(conn, f"SELECT max(_month) FROM {qualified('features', spec.name)}")
             export = build_export(conn, spec, newest)
-        version = write_export(export, storage.online_store_dir)
+        folder = storage.model(model.name).online_store_dir
+        version = write_export(export, folder)
         context.log.info(f"online store {version}: facts through {export.manifest['facts_known_through']}")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(version),
@@ -133,7 +131,7 @@ def build_online_store_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
                 "newest_month": newest,
                 "facts_known_through": dg.MetadataValue.text(str(export.manifest["facts_known_through"])),
                 "rows": dg.MetadataValue.json(export.manifest["rows"]),
-                "path": dg.MetadataValue.path(str(storage.online_store_dir / "versions" / version)),
+                "path": dg.MetadataValue.path(str(folder / "versions" / version)),
             },
         )
 
@@ -144,8 +142,8 @@ def build_online_store_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
 FEATURES_MAX_DELAY_S = 24 * 3600
 
 
-def build_freshness_check(spec: FeatureTableSpec, model: ModelSpec) -> dg.AssetChecksDefinition:
-    monthly = [t.name for t in model.monthly_tables if t.name in spec.inputs]
+def build_freshness_check(spec: FeatureTableSpec, feed: FeedSpec) -> dg.AssetChecksDefinition:
+    monthly = [t.name for t in feed.monthly_tables if t.name in spec.inputs]
 
     @dg.asset_check(
         asset=features_key(spec),
@@ -175,9 +173,6 @@ def build_freshness_check(spec: FeatureTableSpec, model: ModelSpec) -> dg.AssetC
     return fresh_after_landing
 
 
-def build_features(model: ModelSpec) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
-    assets = [build_feature_asset(spec, model) for spec in model.feature_tables]
-    checks = [build_one_row_check(spec, spec.inputs[0]) for spec in model.feature_tables]
-    checks += [build_freshness_check(spec, model) for spec in model.feature_tables]
-    assets += [build_online_store_asset(spec) for spec in model.feature_tables if spec.online is not None]
-    return assets, checks
+def build_feature_table(spec: FeatureTableSpec, feed: FeedSpec) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
+    """A feature table over ``feed`` with its blocking one-row check and its freshness check."""
+    return build_feature_asset(spec), [build_one_row_check(spec, spec.inputs[0]), build_freshness_check(spec, feed)]

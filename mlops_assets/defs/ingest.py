@@ -8,9 +8,10 @@ from dagster_duckdb import DuckDBResource
 from mlops_assets.core.ingest import ingest_raw
 from mlops_assets.core.landing import find_landed, scan_landing
 from mlops_assets.core.store import transaction
-from mlops_assets.core.specs import ModelSpec, TableSpec
-from mlops_assets.defs.batches import build_batch_check, verdict_metadata
-from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, partitions_for, run_months
+from mlops_assets.core.specs import FeedSpec, TableSpec
+from mlops_assets.defs.batches import build_batch_check, partitions_for, verdict_metadata
+from mlops_assets.defs.keys import landing_key, raw_key
+from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import PlatformStorage
 
 
@@ -29,14 +30,6 @@ def ingested_version(instance: dg.DagsterInstance, table: TableSpec, month: str 
     if observation is None or observation.tags.get(INGESTED_TAG) != "true":
         return None
     return observation.tags.get(DATA_VERSION_TAG)
-
-
-def landing_key(table: TableSpec) -> dg.AssetKey:
-    return dg.AssetKey(["landing", table.name])
-
-
-def raw_key(table: TableSpec) -> dg.AssetKey:
-    return dg.AssetKey(["raw", table.name])
 
 
 def build_landing_source(table: TableSpec) -> dg.SourceAsset:
@@ -117,7 +110,8 @@ def build_schema_check(table: TableSpec) -> dg.AssetChecksDefinition:
     )
 
 
-def build_ingest(spec: ModelSpec) -> tuple[list[dg.SourceAsset | dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
-    sources = [build_landing_source(t) for t in spec.tables]
-    raws = [build_raw_asset(t) for t in spec.tables]
-    return [*sources, *raws], [build_schema_check(t) for t in spec.tables]
+def build_ingest(feed: FeedSpec) -> tuple[list[dg.SourceAsset | dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """The feed's landing sources and raw tables (built once, whatever the number of models reading them)."""
+    sources = [build_landing_source(t) for t in feed.tables]
+    raws = [build_raw_asset(t) for t in feed.tables]
+    return [*sources, *raws], [build_schema_check(t) for t in feed.tables]

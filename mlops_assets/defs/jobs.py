@@ -1,64 +1,64 @@
-"""Jobs over every landed month, each one run over the month range:
+"""Jobs:
 
-* ``feature_pipeline``: ingest -> validate -> features;
-* ``training_pipeline``: the same, then training set -> challenger -> evaluation -> promotion decision;
-* ``retraining``: the retraining part of ``training_pipeline`` on the features already built (what the drift and
-  performance sensors request).
+* ``feature_pipeline``: every feed's ingest -> validate -> the feature tables;
+* ``training_pipeline``: the same, then for every model: training set -> challenger -> evaluation -> promotion
+  decision, and its online store;
+* ``<model>_retraining`` (one per model): that model's retraining part on the features already built (what its
+  drift, performance and rollback sensors request).
+
+``feature_pipeline`` and ``training_pipeline`` run over a month range given at launch (the partition-range tags;
+``mlops months --tags`` prints them for every landed month), never one baked in when the code loads.
 """
 
-from pathlib import Path
+from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from mlops_assets.core.landing import landed_months
+from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.specs import ModelSpec
-from mlops_assets.defs.partitions import range_tags
+from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, raw_key, retraining_job_name, served, validated_key
 
-#: Ingest -> validate -> features (the landing sensor also refreshes the online store and monitoring in its run).
-FEATURE_PIPELINE_SELECTION = dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"]) - dg.AssetSelection.assets(
-    ["features", "training_set"], ["features", "online_store"]
-)
-#: What the landing sensor may run for a month.
-LANDING_REFRESH_SELECTION = FEATURE_PIPELINE_SELECTION | dg.AssetSelection.assets(
-    ["features", "online_store"], ["predictions", "batch"], ["monitoring", "drift_report"], ["monitoring", "live_performance"]
-)
-TRAINING_PIPELINE_SELECTION = (
-    dg.AssetSelection.key_prefixes(["raw"], ["validated"], ["features"], ["models"], ["reports"])
-)
-#: Requested by the drift and performance sensors.
-RETRAIN_JOB = "retraining"
-RETRAINING_SELECTION = dg.AssetSelection.assets(["features", "training_set"]) | dg.AssetSelection.key_prefixes(["models"], ["reports"])
+#: What ``dg.define_asset_job`` returns (its class is not part of Dagster's public API).
+AssetJob = Any
 
 
-def _months_job(name: str, selection: dg.AssetSelection, what: str, model: ModelSpec, landing_dir: Path) -> UnresolvedAssetJobDefinition:
-    """A job over the months landed when the definitions were loaded, as one partition-range run, so
-    ``dagster job execute -j <name>`` needs no partition argument. For one month, materialize the assets of that
-    partition (the landing sensor does exactly that)."""
-    months = landed_months(landing_dir, [t.name for t in model.monthly_tables])
+def feature_pipeline_selection(catalog: Catalog) -> dg.AssetSelection:
+    """Every feed's raw and validated tables and every feature table."""
+    tables = [k for t in catalog.tables for k in (raw_key(t), validated_key(t))]
+    return dg.AssetSelection.assets(*tables, *(features_key(f) for f in catalog.feature_tables))
+
+
+def training_pipeline_selection(catalog: Catalog) -> dg.AssetSelection:
+    models = [k for m in catalog.models for k in (*keys_of(m).lifecycle, *([keys_of(m).online_store] if served(m) else []))]
+    return feature_pipeline_selection(catalog) | dg.AssetSelection.assets(*models)
+
+
+def build_retraining_job(model: ModelSpec) -> AssetJob:
     return dg.define_asset_job(
-        name=name,
-        selection=selection,
-        tags=range_tags(months) if months else None,
-        description=f"{what} for every landed month (one run, months as a partition range). Months at load time: "
-        f"{', '.join(months) if months else 'none yet: run `mlops replay --through 2013-03`'}.",
+        name=retraining_job_name(model),
+        selection=dg.AssetSelection.assets(*keys_of(model).lifecycle),
+        tags={MODEL_TAG: model.name},
+        description=f"The retraining part of training_pipeline for {model.name}, on the features already built: "
+        "training set -> challenger -> evaluation -> promotion decision. Requested by the model's drift, "
+        "performance and rollback sensors.",
     )
 
 
-def build_jobs(model: ModelSpec, landing_dir: Path) -> list[UnresolvedAssetJobDefinition]:
+def build_jobs(catalog: Catalog) -> list[AssetJob]:
+    models = ", ".join(m.name for m in catalog.models)
+    range_hint = "Runs over a month range: `make pipeline`, or add `--tags \"$(mlops months --tags)\"` to `dagster job execute`."
     return [
-        _months_job("feature_pipeline", FEATURE_PIPELINE_SELECTION, "Ingest -> validate -> features", model, landing_dir),
-        _months_job(
-            "training_pipeline",
-            TRAINING_PIPELINE_SELECTION,
-            "Ingest -> validate -> features -> training set -> challenger -> evaluation -> promotion decision",
-            model,
-            landing_dir,
+        dg.define_asset_job(
+            name="feature_pipeline",
+            selection=feature_pipeline_selection(catalog),
+            description=f"Ingest -> validate -> features, for every feed and feature table. {range_hint}",
         ),
         dg.define_asset_job(
-            name=RETRAIN_JOB,
-            selection=RETRAINING_SELECTION,
-            description="The retraining part of training_pipeline, on the features already built: training set -> "
-            "challenger -> evaluation -> promotion decision. Requested by the drift and performance sensors.",
+            name="training_pipeline",
+            selection=training_pipeline_selection(catalog),
+            description="Ingest -> validate -> features, then for every model "
+            f"({models}): training set -> challenger -> evaluation -> promotion decision, and its online store. "
+            f"{range_hint}",
         ),
+        *(build_retraining_job(m) for m in catalog.models),
     ]

@@ -1,12 +1,13 @@
-"""Monitoring: each landed month scored by the serving models (``predictions.batch``), compared with the champion's
-reference profile (``monitoring.drift_report``) and, with its labels, judged (``monitoring.live_performance``).
+"""Monitoring, per model: each landed month scored by the serving models (``<model>.batch_predictions``), compared
+with the champion's reference profile (``<model>.drift_report``) and, with its labels, judged
+(``<model>.live_performance``).
 
 All three run on their own after the month's features are built (eager automation, gated on the features' blocking
-checks). The drift and performance sensors read their materialization metadata, never DuckDB.
+checks). Each materialization carries its per-month results as typed records (``core.records``) in the ``by_month``
+metadata; the model's own sensors read those, never DuckDB and never another model's.
 """
 
-import json
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 import polars as pl
@@ -18,20 +19,19 @@ from mlops_assets.core.landing import write_atomic
 from mlops_assets.core.markdown import frame_to_markdown
 from mlops_assets.core.monitoring import SCORING_VARIANTS, ScoringModel, live_performance, score_month
 from mlops_assets.core.prediction_log import read_log
-from mlops_assets.core.registry import CHAMPION, Registry
+from mlops_assets.core.records import DriftSummary, LiveSummary
+from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
-from mlops_assets.core.store import ensure_table_like, qualified, query_frame, replace_where, table_exists
+from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, table_exists
 from mlops_assets.core.training import load_version
-from mlops_assets.defs.deploy import CHAMPION_KEY
-from mlops_assets.defs.evaluate import evaluated_roc_auc
-from mlops_assets.defs.features import features_key
+from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, table_of
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
 
-PREDICTIONS_KEY = dg.AssetKey(["predictions", "batch"])
-DRIFT_KEY = dg.AssetKey(["monitoring", "drift_report"])
-LIVE_KEY = dg.AssetKey(["monitoring", "live_performance"])
 SHADOW = "shadow"
+#: The metadata entry holding each month's record.
+BY_MONTH = "by_month"
+R = TypeVar("R", DriftSummary, LiveSummary)
 #: Histograms shown in the drift report.
 TOP_DRIFTED = 4
 
@@ -59,70 +59,75 @@ def scoring_models(registry: Registry) -> list[ScoringModel]:
 
 
 def _month_rows(conn: Any, spec: FeatureTableSpec, month: str) -> pl.DataFrame:
-    return query_frame(conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ?", [month])
+    return query_frame(conn, f"SELECT * FROM {table_of(features_key(spec))} WHERE _month = ?", [month])
 
 
-def _scores(conn: Any, month: str) -> pl.DataFrame:
-    if not table_exists(conn, *PREDICTIONS_KEY.path):
+def _scores(conn: Any, model: ModelSpec, month: str) -> pl.DataFrame:
+    key = keys_of(model).predictions
+    if not table_exists(conn, *key.path):
         return pl.DataFrame()
-    return query_frame(conn, f"SELECT * FROM {qualified(*PREDICTIONS_KEY.path)} WHERE _month = ?", [month])
+    return query_frame(conn, f"SELECT * FROM {table_of(key)} WHERE _month = ?", [month])
 
 
-def month_summary(record: dg.EventLogRecord) -> tuple[str, dict[str, Any]] | None:
-    """The month and its results from a monitoring materialization's ``by_month`` metadata (None when it has none)."""
+def month_record(record: dg.EventLogRecord, kind: type[R]) -> R | None:
+    """The month's record from a monitoring materialization's ``by_month`` metadata (None when it has none).
+
+    Raises RecordError (naming the field) when the stored record does not match ``kind``: a renamed or missing field
+    stops the sensor loudly instead of switching a rule off."""
     month, event = record.partition_key, record.asset_materialization
-    by_month = event.metadata.get("by_month") if event is not None else None
-    summary = by_month.value.get(month) if by_month is not None and month else None
-    return (month, dict(summary)) if month and summary else None
+    by_month = event.metadata.get(BY_MONTH) if event is not None else None
+    stored = by_month.value.get(month) if by_month is not None and month else None
+    return kind.from_json(stored) if stored else None
 
 
-def new_month_summaries(instance: dg.DagsterInstance, key: dg.AssetKey, cursor: str | None) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
-    """Per-month results of ``key``'s materializations after ``cursor`` (a storage id), oldest first, and the new
-    cursor: what the sensors read instead of DuckDB."""
+def new_month_records(
+    instance: dg.DagsterInstance, key: dg.AssetKey, kind: type[R], cursor: str | None
+) -> tuple[list[R], str | None]:
+    """Per-month records of ``key``'s materializations after ``cursor`` (a storage id), oldest first, and the new
+    cursor: what a model's sensors read instead of DuckDB."""
     after = int(cursor) if cursor else None
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=100, ascending=True).records
-    summaries = [found for found in map(month_summary, records) if found is not None]
-    return summaries, str(records[-1].storage_id) if records else cursor
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=100, ascending=True
+    ).records
+    found = [month_record(r, kind) for r in records]
+    return [r for r in found if r is not None], str(records[-1].storage_id) if records else cursor
 
 
-def latest_month_summary(instance: dg.DagsterInstance, key: dg.AssetKey, month: str) -> dict[str, Any]:
-    """The newest results of ``key`` for ``month`` ({} when it was never materialized)."""
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[month]), limit=1).records
-    found = month_summary(records[0]) if records else None
-    return found[1] if found else {}
+def latest_month_record(instance: dg.DagsterInstance, key: dg.AssetKey, kind: type[R], month: str) -> R | None:
+    """The newest record of ``key`` for ``month`` (None when it was never materialized)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[month]), limit=1
+    ).records
+    return month_record(records[0], kind) if records else None
 
 
-def _by_month_metadata(by_month: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per-month results as one JSON entry (a range run attaches the same metadata to every month), plus the plain
-    values when the run covered one month."""
-    metadata: dict[str, Any] = {"by_month": dg.MetadataValue.json(by_month)}
-    if len(by_month) == 1:
-        [values] = by_month.values()
-        metadata.update({k: v for k, v in values.items() if isinstance(v, bool | int | float | str)})
-    return metadata
+def _by_month_metadata(by_month: dict[str, DriftSummary] | dict[str, LiveSummary]) -> dict[str, Any]:
+    """Per-month records as one JSON entry (a range run attaches the same metadata to every month)."""
+    return {BY_MONTH: dg.MetadataValue.json({month: record.to_json() for month, record in by_month.items()})}
 
 
 def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
-    spec = model.training_features
+    spec = model.features
+    keys = keys_of(model)
 
     @dg.asset(
-        key=PREDICTIONS_KEY,
-        deps=[features_key(spec), CHAMPION_KEY],
+        key=keys.predictions,
+        deps=[features_key(spec), keys.champion],
         partitions_def=MONTHS,
-        backfill_policy=SINGLE_RUN,  # several months in one run (per-month results in `by_month`)
-        group_name="monitor",
+        backfill_policy=SINGLE_RUN,  # several months in one run
+        group_name=model.name,
+        tags={MODEL_TAG: model.name},
         kinds={"duckdb", "lightgbm"},
         pool=DUCKDB_POOL,
-        automation_condition=after_features(CHAMPION_KEY),
-        description="`predictions.batch`: the month's flights scored by the champion (and by the `shadow` model when "
-        "that alias is set) as soon as the month's features are built, before any retraining on it, so that live "
-        "quality is out of sample. A model never scores a month it trained on. A new champion does not rescore old "
-        "months.",
+        automation_condition=after_features(keys.champion),
+        description=f"`{model.name}.batch_predictions`: the month's `{spec.name}` rows scored by the champion (and by "
+        "the `shadow` model when that alias is set) as soon as the month's features are built, before any retraining "
+        "on it, so that live quality is out of sample. A model never scores a month it trained on. A new champion "
+        "does not rescore old months.",
     )
     def batch_predictions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
-        registry = Registry(storage.registry_dir)
-        models = scoring_models(registry)
-        by_month: dict[str, dict[str, Any]] = {}
+        models = scoring_models(storage.registry(model.name))
+        rows: dict[str, int] = {}
         with duckdb.get_connection() as conn:
             for month in run_months(context):
                 frame = _month_rows(conn, spec, month)
@@ -130,36 +135,18 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 for reason in skipped:
                     context.log.warning(reason)
                 if scored.height:
-                    name = ensure_table_like(conn, *PREDICTIONS_KEY.path, scored)
+                    name = ensure_table_like(conn, *keys.predictions.path, scored)
                     replace_where(conn, name, scored, "_month = ?", [month])
                 elif not models:
-                    context.log.warning(f"{month}: no champion yet, nothing scored (train one with training_pipeline)")
-                versions = {v: scored.filter(pl.col("variant") == v)["model_version"].first() for v in scored["variant"].unique().sort()}
-                by_month[month] = {
-                    "rows": scored.height,
-                    "champion_version": str(versions.get("champion")),
-                    "shadow_version": str(versions.get("shadow")),
-                    "champion_mean_score": float(scored.filter(pl.col("variant") == "champion")["score"].mean() or 0.0),
-                    "skipped": "; ".join(skipped),
-                }
-        context.log.info(", ".join(f"{m}: {v['rows']} scores" for m, v in by_month.items()))
-        return dg.MaterializeResult(metadata={"dagster/row_count": sum(v["rows"] for v in by_month.values()), **_by_month_metadata(by_month)})
+                    context.log.warning(f"{month}: no {model.name} champion yet, nothing scored (training_pipeline trains one)")
+                rows[month] = scored.height
+        context.log.info(", ".join(f"{m}: {n} scores" for m, n in rows.items()))
+        table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
+        return dg.MaterializeResult(
+            metadata={"dagster/row_count": sum(rows.values()), "rows_by_month": dg.MetadataValue.md("| month | scores |\n|---|---|\n" + table)}
+        )
 
     return batch_predictions
-
-
-def drift_summary(month: str, version: str, verdict: DriftVerdict) -> dict[str, Any]:
-    return {
-        "month": month,
-        "champion_version": version,
-        "drifted": verdict.drifted,
-        "drift_share": round(verdict.drift_share, 4),
-        "drifted_features": ", ".join(verdict.drifted_features),
-        "top_drifted": ", ".join(f"{c.column} ({c.statistic:.2f})" for c in verdict.top(3)),
-        "score_drift": round(verdict.scores.statistic, 4) if verdict.scores else -1.0,
-        "label_rate": round(verdict.label.current_mean, 4) if verdict.label and verdict.label.current_mean is not None else -1.0,
-        "reason": verdict.reason,
-    }
 
 
 def drift_report_markdown(month: str, version: str, verdict: DriftVerdict, plot: bytes) -> str:
@@ -178,124 +165,117 @@ def drift_report_markdown(month: str, version: str, verdict: DriftVerdict, plot:
 
 
 def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
-    spec = model.training_features
+    spec = model.features
+    keys = keys_of(model)
 
     @dg.asset(
-        key=DRIFT_KEY,
-        deps=[features_key(spec), PREDICTIONS_KEY],
+        key=keys.drift,
+        deps=[features_key(spec), keys.predictions],
         partitions_def=MONTHS,
-        backfill_policy=SINGLE_RUN,  # several months in one run (per-month results in `by_month`)
-        group_name="monitor",
+        backfill_policy=SINGLE_RUN,  # several months in one run (per-month records in `by_month`)
+        group_name=model.name,
+        tags={MODEL_TAG: model.name},
         kinds={"duckdb", "matplotlib"},
         pool=DUCKDB_POOL,
         automation_condition=after_features(),
-        description="`monitoring.drift_report`: the month's features and the champion's scores on them against the "
+        description=f"`{model.name}.drift_report`: the month's features and the champion's scores on them against the "
         "champion's reference profile (stored with its registry version; training data is never rescanned). Numeric: "
-        "normalized Wasserstein, categorical: Jensen-Shannon distance (threshold 0.1 each), PSI, mean and variance "
-        "shift beside; the month drifts when >= 30% of the features drift or the scores drift. Metadata `drifted` "
-        "drives the drift sensor. Report with histograms under $MLOPS_DATA_DIR/reports/drift/<month>/.",
+        "normalized Wasserstein, categorical: Jensen-Shannon distance, PSI, mean and variance shift beside; the month "
+        "drifts when the drift share of the features (`MLOPS_DRIFT_SHARE`) drift or the scores drift. Its `by_month` "
+        f"record drives `{model.name}`'s drift sensor. Report with histograms under "
+        f"$MLOPS_DATA_DIR/reports/{model.name}/drift/<month>/.",
     )
-    def drift_report(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.MaterializeResult:
-        registry = Registry(storage.registry_dir)
-        by_month: dict[str, dict[str, Any]] = {}
+    def drift_report(
+        context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage, policy: MonitoringPolicy
+    ) -> dg.MaterializeResult:
+        registry = storage.registry(model.name)
+        reports_dir = storage.model(model.name).reports_dir / "drift"
+        by_month: dict[str, DriftSummary] = {}
         reports: list[str] = []
         with duckdb.get_connection() as conn:
             for month in run_months(context):
-                scored = _scores(conn, month)
+                scored = _scores(conn, model, month)
                 champion_scores = scored.filter(pl.col("variant") == "champion") if scored.height else scored
                 version = champion_scores["model_version"].first() if champion_scores.height else registry.alias(CHAMPION)
                 if version is None:
-                    context.log.warning(f"{month}: no champion, no reference profile: drift not computed")
-                    by_month[month] = {"month": month, "champion_version": "None", "drifted": False, "reason": "no champion yet"}
+                    context.log.warning(f"{month}: no {model.name} champion, no reference profile: drift not computed")
+                    by_month[month] = DriftSummary.no_champion(month)
                     continue
                 frame = _month_rows(conn, spec, month)
                 scores = champion_scores["score"].to_numpy() if champion_scores.height else None
                 profile = registry.profile(version)
                 verdict = compare(profile, frame, scores, spec.label, policy.thresholds())
                 table = pl.DataFrame(verdict.rows()).with_columns(pl.lit(month).alias("_month"), pl.lit(version).alias("model_version"))
-                name = ensure_table_like(conn, *DRIFT_KEY.path, table)
+                name = ensure_table_like(conn, *keys.drift.path, table)
                 replace_where(conn, name, table, "_month = ?", [month])
-                plot = drift_histograms_plot(histogram_pairs(profile, frame, [c.column for c in verdict.top(TOP_DRIFTED)]),
-                                             f"{month}: most drifted features vs {version}'s training data")  # fmt: skip
+                title = f"{model.name} {month}: most drifted features vs {version}'s training data"
+                plot = drift_histograms_plot(histogram_pairs(profile, frame, [c.column for c in verdict.top(TOP_DRIFTED)]), title)
                 report = drift_report_markdown(month, version, verdict, plot)
-                out = storage.reports_dir / "drift" / month
-                write_atomic(out / "histograms.png", plot)
-                write_atomic(out / "report.md", report.encode())
-                write_atomic(out / "drift.json", json.dumps(verdict.rows(), indent=1).encode())
-                by_month[month] = drift_summary(month, version, verdict)
+                write_atomic(reports_dir / month / "histograms.png", plot)
+                write_atomic(reports_dir / month / "report.md", report.encode())
+                by_month[month] = DriftSummary.from_verdict(month, version, verdict)
                 reports.append(report)
-                (context.log.warning if verdict.drifted else context.log.info)(f"{month} vs {version}: {verdict.reason}")
+                (context.log.warning if verdict.drifted else context.log.info)(f"{model.name} {month} vs {version}: {verdict.reason}")
         metadata = _by_month_metadata(by_month)
+        if len(by_month) == 1:
+            [summary] = by_month.values()
+            metadata |= {"drifted": summary.drifted, "reason": summary.reason}
         if len(reports) == 1:
             metadata["report"] = dg.MetadataValue.md(reports[0])
-            metadata["report_path"] = dg.MetadataValue.path(str(storage.reports_dir / "drift" / next(iter(by_month)) / "report.md"))
+            metadata["report_path"] = dg.MetadataValue.path(str(reports_dir / next(iter(by_month)) / "report.md"))
         return dg.MaterializeResult(metadata=metadata)
 
     return drift_report
 
 
-def live_summary(month: str, table: pl.DataFrame) -> dict[str, Any]:
-    """The month's live numbers as flat metadata: ``<variant>_...`` from the batch scores (every flight of the month,
-    scored by the model serving when it landed), ``online_<variant>_...`` from the serving log."""
-    summary: dict[str, Any] = {"month": month, "rows": int(table.filter(pl.col("source") == "batch")["rows"].max() or 0)}
-    for row in table.iter_rows(named=True):
-        prefix = row["variant"] if row["source"] == "batch" else f"online_{row['variant']}"
-        summary[f"{prefix}_version"] = row["model_version"]
-        for metric in ("roc_auc", "log_loss"):
-            summary[f"{prefix}_live_{metric}"] = round(row[metric], 4)
-        for metric in ("rows", "score_std", "share_above_0_99", "share_below_0_01", "error_rate"):
-            summary[f"{prefix}_{metric}"] = round(float(row[metric]), 6)
-        if row["evaluation_roc_auc"] is not None:
-            summary[f"{prefix}_evaluation_roc_auc"] = round(row["evaluation_roc_auc"], 4)
-            summary[f"{prefix}_auc_drop"] = round(row["auc_drop"], 4)
-    return summary
-
-
 def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
-    spec = model.training_features
+    spec = model.features
+    keys = keys_of(model)
 
     @dg.asset(
-        key=LIVE_KEY,
-        deps=[PREDICTIONS_KEY, features_key(spec)],
+        key=keys.live,
+        deps=[keys.predictions, features_key(spec)],
         partitions_def=MONTHS,
-        backfill_policy=SINGLE_RUN,  # several months in one run (per-month results in `by_month`)
-        group_name="monitor",
+        backfill_policy=SINGLE_RUN,  # several months in one run (per-month records in `by_month`)
+        group_name=model.name,
+        tags={MODEL_TAG: model.name},
         kinds={"duckdb"},
         pool=DUCKDB_POOL,
         automation_condition=after_features(),
-        description="`monitoring.live_performance`: the month's batch scores and the serving log's online predictions "
-        "(`$MLOPS_DATA_DIR/predictions/`) joined with the month's labels: ROC AUC, log loss, Brier score, calibration "
-        "error, score distribution, extreme-score shares and error rate per source, variant and model version (shadow "
-        "beside champion, in the wild), with the AUC each version had in its evaluation. Metadata "
-        "`champion_auc_drop` drives the performance sensor, and the rollback sensor judges the champion from it.",
+        description=f"`{model.name}.live_performance`: the month's batch scores and the serving log's online "
+        f"predictions (`$MLOPS_DATA_DIR/predictions/{model.name}/`) joined with the month's labels: ROC AUC, log "
+        "loss, Brier score, calibration error, score distribution, extreme-score shares and error rate per source, "
+        "variant and model version (shadow beside champion, in the wild), with the AUC each version had in its "
+        f"evaluation. Its `by_month` record drives `{model.name}`'s performance and rollback sensors.",
     )
     def live(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
-        registry_reports = storage.reports_dir
-        online_log = read_log(storage.predictions_dir)
-        by_month: dict[str, dict[str, Any]] = {}
+        registry = storage.registry(model.name)
+        online_log = read_log(storage.model(model.name).predictions_dir)
+        by_month: dict[str, LiveSummary] = {}
         tables = []
         with duckdb.get_connection() as conn:
             for month in run_months(context):
                 labels = _month_rows(conn, spec, month)
-                sources = {"batch": _scores(conn, month)}
+                sources = {"batch": _scores(conn, model, month)}
                 if online_log.height:
                     sources["online"] = online_log.filter(pl.col("prediction_time").dt.strftime("%Y-%m") == month)
                 parts = []
                 for source, scored in sources.items():
                     if scored.height:
-                        evaluated = {v: evaluated_roc_auc(registry_reports, v) for v in scored["model_version"].drop_nulls().unique().to_list()}
+                        versions = scored["model_version"].drop_nulls().unique().to_list()
+                        evaluated = {v: evaluated_roc_auc(registry, v) for v in versions}
                         parts.append(live_performance(scored, labels, spec, evaluated, source))
-                table = pl.concat([p for p in parts if p.height], how="diagonal_relaxed") if any(p.height for p in parts) else pl.DataFrame()
-                if not table.height:
-                    by_month[month] = {"month": month, "rows": 0, "champion_version": "None"}
+                parts = [p for p in parts if p.height]
+                if not parts:
+                    by_month[month] = LiveSummary.empty(month)
                     continue
-                table = table.with_columns(pl.lit(month).alias("_month"))
-                name = ensure_table_like(conn, *LIVE_KEY.path, table)
+                table = pl.concat(parts, how="diagonal_relaxed").with_columns(pl.lit(month).alias("_month"))
+                name = ensure_table_like(conn, *keys.live.path, table)
                 replace_where(conn, name, table, "_month = ?", [month])
                 tables.append(table)
-                by_month[month] = live_summary(month, table)
-                context.log.info(f"{month}: " + ", ".join(
-                    f"{r['source']} {r['variant']} {r['model_version']} AUC {r['roc_auc']:.4f}" for r in table.iter_rows(named=True)))  # fmt: skip
+                by_month[month] = LiveSummary.from_table(month, table)
+                judged = (f"{r['source']} {r['variant']} {r['model_version']} AUC {r['roc_auc']:.4f}" for r in table.iter_rows(named=True))
+                context.log.info(f"{model.name} {month}: " + ", ".join(judged))
         metadata = _by_month_metadata(by_month)
         if tables:
             metadata["live"] = dg.MetadataValue.md(frame_to_markdown(pl.concat(tables, how="diagonal_relaxed")))

@@ -1,8 +1,11 @@
-"""Monthly partitions that exist only for months that have landed."""
+"""Monthly partitions that exist only for months that have landed, and the months a run covers.
+
+Months are the platform's calendar: every feed's monthly tables, every feature table and every model's monitoring
+share the one ``months`` partition set. Partitions are added by the landing sensor and by ``mlops replay``, never when
+the code location loads.
+"""
 
 import dagster as dg
-
-from mlops_assets.core.specs import TableSpec
 
 MONTHS = dg.DynamicPartitionsDefinition(name="months")
 
@@ -12,9 +15,7 @@ SINGLE_RUN = dg.BackfillPolicy.single_run()
 #: The concurrency pool every step that writes the warehouse belongs to (limit 1 in dagster.yaml).
 DUCKDB_POOL = "duckdb"
 
-
-def partitions_for(table: TableSpec) -> dg.DynamicPartitionsDefinition | None:
-    return MONTHS if table.monthly else None
+RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 def run_months(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> list[str]:
@@ -23,16 +24,15 @@ def run_months(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext
         return list(context.partition_keys)
     raise dg.Failure(
         description="This run has no month partition. Land data first (`mlops replay --through 2013-03`), then run "
-        "`feature_pipeline`, or pick the months to materialize in the UI."
+        "the job over the landed months (`make pipeline` does both; by hand: `dagster job execute -m "
+        "mlops_assets.definitions -j training_pipeline --tags \"$(mlops months --tags)\"`), or pick the months to "
+        "materialize in the UI."
     )
 
 
 def range_tags(months: list[str]) -> dict[str, str]:
     """Run tags that make one run cover the months ``months[0]..months[-1]``."""
-    return {
-        "dagster/asset_partition_range_start": months[0],
-        "dagster/asset_partition_range_end": months[-1],
-    }
+    return {RANGE_START_TAG: months[0], RANGE_END_TAG: months[-1]}
 
 
 def register_months(instance: dg.DagsterInstance, months: list[str]) -> list[str]:

@@ -1,6 +1,5 @@
 """Resources and settings: the one place where the environment is read (through ``core.settings``)."""
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -8,37 +7,35 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.drift import DriftThresholds
 from mlops_assets.core.policy import RollbackPolicy
-from mlops_assets.core.settings import Settings, load_settings
+from mlops_assets.core.registry import Registry
+from mlops_assets.core.settings import ModelPaths, Settings, load_settings
 
 
 class PlatformStorage(dg.ConfigurableResource):
-    """The platform's data directory (``$MLOPS_DATA_DIR``): landing zone, quarantined files, model registry, reports."""
+    """The platform's data directory (``$MLOPS_DATA_DIR``): landing zone, quarantined files, and each model's
+    registry, online store, reports and serving log. The paths themselves are defined once, in ``core.settings``."""
 
     data_dir: str
 
     @property
+    def settings(self) -> Settings:
+        return Settings.for_data_dir(Path(self.data_dir))
+
+    @property
     def landing_dir(self) -> Path:
-        return Path(self.data_dir) / "landing"
+        return self.settings.landing_dir
 
     @property
     def quarantine_dir(self) -> Path:
-        return Path(self.data_dir) / "quarantine"
+        return self.settings.quarantine_dir
 
-    @property
-    def reports_dir(self) -> Path:
-        return Path(self.data_dir) / "reports"
+    def model(self, name: str) -> ModelPaths:
+        """One model's registry, online store, reports and serving log folders."""
+        return self.settings.model(name)
 
-    @property
-    def registry_dir(self) -> Path:
-        return Path(self.data_dir) / "registry"
-
-    @property
-    def online_store_dir(self) -> Path:
-        return Path(self.data_dir) / "online_store"
-
-    @property
-    def predictions_dir(self) -> Path:
-        return Path(self.data_dir) / "predictions"
+    def registry(self, name: str) -> Registry:
+        """One model's registry (its own folder: versions, aliases, events, evaluations)."""
+        return Registry(self.model(name).registry_dir)
 
 
 class MonitoringPolicy(dg.ConfigurableResource):
@@ -57,8 +54,12 @@ class MonitoringPolicy(dg.ConfigurableResource):
         return RollbackPolicy(max_auc_drop=self.rollback_auc_drop, max_error_rate=self.rollback_max_error_rate)
 
     def thresholds(self) -> DriftThresholds:
-        return DriftThresholds(numeric=self.numeric_threshold, categorical=self.categorical_threshold,
-                               scores=self.score_threshold, drift_share=self.drift_share)  # fmt: skip
+        return DriftThresholds(
+            numeric=self.numeric_threshold,
+            categorical=self.categorical_threshold,
+            scores=self.score_threshold,
+            drift_share=self.drift_share,
+        )
 
 
 def warehouse(settings: Settings, memory_limit: str = "4GB", threads: int = 2) -> DuckDBResource:
@@ -78,10 +79,3 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "storage": PlatformStorage(data_dir=str(settings.data_dir)),
         "policy": MonitoringPolicy(drift_share=settings.drift_share, retrain_auc_margin=settings.retrain_auc_margin),
     }
-
-
-def persistent_instance() -> dg.DagsterInstance | None:
-    """The Dagster instance under ``$DAGSTER_HOME``, or None when there is none (tests, ephemeral runs)."""
-    if not os.environ.get("DAGSTER_HOME"):
-        return None
-    return dg.DagsterInstance.get()

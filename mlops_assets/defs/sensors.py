@@ -1,49 +1,64 @@
-"""Sensors: the landing sensor turns newly landed or changed months into runs; the drift and performance sensors
-turn monitoring results into retraining runs; the rollback sensor takes a degraded champion out of production; the
-automation sensor runs the assets' automation conditions."""
+"""Sensors: the landing sensor turns newly landed or changed months into runs (for every feed, refreshing every model
+over it); each model has its own drift, performance and rollback sensors, which read only that model's monitoring
+records and registry and request only that model's retraining job; the automation sensor runs the assets'
+automation conditions."""
 
 import json
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import dagster as dg
 
+from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.landing import plan_refresh, scan_landing
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
 from mlops_assets.core.policy import rollback_reasons
-from mlops_assets.core.registry import CHAMPION, Registry, gated_champions, rollback
-from mlops_assets.core.specs import ModelSpec
-from mlops_assets.defs.evaluate import evaluated_roc_auc
-from mlops_assets.defs.features import ONLINE_STORE_KEY, features_key
-from mlops_assets.defs.ingest import ingested_version, raw_key
-from mlops_assets.defs.jobs import RETRAIN_JOB
-from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, PREDICTIONS_KEY, new_month_summaries
+from mlops_assets.core.records import DriftSummary, LiveSummary
+from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc, gated_champions, rollback
+from mlops_assets.core.specs import FeedSpec, ModelSpec
+from mlops_assets.defs.ingest import ingested_version
+from mlops_assets.defs.keys import (
+    MODEL_TAG,
+    features_key,
+    keys_of,
+    month_refresh_keys,
+    raw_key,
+    retraining_job_name,
+    sensor_name,
+    validated_key,
+)
+from mlops_assets.defs.monitor import R, new_month_records
 from mlops_assets.defs.partitions import MONTHS
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
-from mlops_assets.defs.validate import validated_key
+
+TRIGGER_TAG, MONTH_TAG, CHAMPION_TAG, REASON_TAG = "mlops/trigger", "mlops/month", "mlops/champion", "mlops/reason"
 
 
-def build_landing_sensor(model: ModelSpec, target: dg.AssetSelection) -> dg.SensorDefinition:
-    tables = {t.name: t for t in model.tables}
-    monthly = [t.name for t in model.monthly_tables]
-    reference = [t.name for t in model.reference_tables]
-    # a month's refresh, in one run: its tables, features, online store and monitoring; the reference tables only
-    # when one of their files changed (re-ingesting unchanged ones cost a second a month)
-    month_assets = [*(k for t in model.monthly_tables for k in (raw_key(t), validated_key(t))),
-                    *(features_key(f) for f in model.feature_tables), ONLINE_STORE_KEY, PREDICTIONS_KEY, DRIFT_KEY, LIVE_KEY]  # fmt: skip
-    reference_assets = [k for t in model.reference_tables for k in (raw_key(t), validated_key(t))]
+def month_refresh_assets(catalog: Catalog, feed: FeedSpec) -> list[dg.AssetKey]:
+    """What one landed month of ``feed`` refreshes, in one run: its monthly tables, the feature tables over it, and
+    every model over it: online store, batch scores, drift and live quality."""
+    models = catalog.models_of(feed)
+    tables = [k for t in feed.monthly_tables for k in (raw_key(t), validated_key(t))]
+    features = list(dict.fromkeys(features_key(m.features) for m in models))
+    return [*tables, *features, *(k for m in models for k in month_refresh_keys(m))]
+
+
+def build_landing_sensor(catalog: Catalog) -> dg.SensorDefinition:
+    tables = {t.name: t for t in catalog.tables}
+    month_assets = {feed.name: month_refresh_assets(catalog, feed) for feed in catalog.feeds}
+    reference_assets = {feed.name: [k for t in feed.reference_tables for k in (raw_key(t), validated_key(t))] for feed in catalog.feeds}
+    target = dg.AssetSelection.assets(*{k for keys in [*month_assets.values(), *reference_assets.values()] for k in keys})
 
     @dg.sensor(
         name="landing_sensor",
         target=target,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        description="Watches $MLOPS_DATA_DIR/landing. A month whose files are new or changed (by sha256), or all months "
-        "when a reference file changed, gets one run for that month: ingest -> validate -> features -> online store, "
-        "batch scores, drift report and live performance (the reference tables too when their files changed); the "
-        "month becomes a partition first. The cursor holds the file hashes, so the same file twice requests nothing; "
-        "files that an earlier run already ingested (Dagster's observations of the landing sources) need no run either.",
+        description="Watches $MLOPS_DATA_DIR/landing. A month of a feed whose files are new or changed (by sha256), "
+        "or all its months when a reference file changed, gets one run for that month: ingest -> validate -> "
+        "features -> for every model over the feed: online store, batch scores, drift report and live performance "
+        "(the reference tables too when their files changed); the month becomes a partition first. The cursor holds "
+        "the file hashes, so the same file twice requests nothing; files that an earlier run already ingested "
+        "(Dagster's observations of the landing sources) need no run either.",
     )
     def landing_sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage) -> dg.SensorResult:
         previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
@@ -54,96 +69,115 @@ def build_landing_sensor(model: ModelSpec, target: dg.AssetSelection) -> dg.Sens
             if landed.relative_name not in previous and landed.table in tables:
                 if ingested_version(context.instance, tables[landed.table], landed.month) == landed.sha256:
                     previous[landed.relative_name] = landed.sha256
-        plan = plan_refresh(files, monthly, reference, previous)
         known = set(context.instance.get_dynamic_partitions(MONTHS.name))
-        new_months = [m for m in plan.months_to_run if m not in known]
-        if plan.waiting:
-            context.log.info(f"waiting for the rest of months {plan.waiting}")
-        # changed reference tables are ingested once, by the first month's run (runs queue one at a time)
-        requests = [
-            dg.RunRequest(run_key=plan.run_keys[m], partition_key=m,
-                          asset_selection=month_assets + (reference_assets if plan.reference_changed and i == 0 else []))
-            for i, m in enumerate(plan.months_to_run)
-        ]  # fmt: skip
+        requests: list[dg.RunRequest] = []
+        new_months: list[str] = []
+        cursor: dict[str, str] = {}
+        for feed in catalog.feeds:
+            feed_files = [f for f in files if f.table in {t.name for t in feed.tables}]
+            plan = plan_refresh(feed_files, [t.name for t in feed.monthly_tables], [t.name for t in feed.reference_tables],
+                                {k: v for k, v in previous.items() if k in {f.relative_name for f in feed_files}})  # fmt: skip
+            cursor |= plan.cursor
+            new_months += [m for m in plan.months_to_run if m not in known and m not in new_months]
+            if plan.waiting:
+                context.log.info(f"{feed.name}: waiting for the rest of months {plan.waiting}")
+            # changed reference tables are ingested once, by the first month's run (runs queue one at a time)
+            for i, month in enumerate(plan.months_to_run):
+                selection = month_assets[feed.name] + (reference_assets[feed.name] if plan.reference_changed and i == 0 else [])
+                requests.append(dg.RunRequest(run_key=f"{feed.name}:{plan.run_keys[month]}", partition_key=month,
+                                              asset_selection=selection, tags={"mlops/feed": feed.name}))  # fmt: skip
         return dg.SensorResult(
             run_requests=requests,
-            dynamic_partitions_requests=[MONTHS.build_add_request(new_months)] if new_months else [],
-            cursor=json.dumps(plan.cursor, sort_keys=True),
+            dynamic_partitions_requests=[MONTHS.build_add_request(sorted(new_months))] if new_months else [],
+            cursor=json.dumps(cursor, sort_keys=True),
         )
 
     return landing_sensor
 
 
-TRIGGER_TAG, MONTH_TAG, CHAMPION_TAG, REASON_TAG = "mlops/trigger", "mlops/month", "mlops/champion", "mlops/reason"
-
-
-def retrain_already_requested(instance: dg.DagsterInstance, month: str, champion: str) -> bool:
-    """Whether a retraining run was already requested for this month and champion (by either sensor)."""
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=RETRAIN_JOB, tags={MONTH_TAG: month, CHAMPION_TAG: champion}), limit=1)
+def retrain_already_requested(instance: dg.DagsterInstance, model: ModelSpec, month: str, champion: str) -> bool:
+    """Whether a retraining run of ``model`` was already requested for this month and champion (by any of its sensors)."""
+    tags = {MONTH_TAG: month, CHAMPION_TAG: champion, MODEL_TAG: model.name}
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=retraining_job_name(model), tags=tags), limit=1)
     return bool(runs)
 
 
+def retrain_tags(model: ModelSpec, trigger: str, month: str, champion: str, reason: str) -> dict[str, str]:
+    return {MODEL_TAG: model.name, TRIGGER_TAG: trigger, MONTH_TAG: month, CHAMPION_TAG: champion, REASON_TAG: reason[:900]}
+
+
 def _retrain_sensor(
-    name: str,
+    model: ModelSpec,
     trigger: str,
     asset_key: dg.AssetKey,
-    decide: Callable[[Mapping[str, Any], MonitoringPolicy], str | None],
+    kind: type[R],
+    decide: Callable[[R, MonitoringPolicy], str | None],
     description: str,
 ) -> dg.SensorDefinition:
-    """A sensor that reads the materializations of ``asset_key`` after its cursor (their metadata only, never
-    DuckDB) and requests a retraining run when ``decide`` gives a reason. One request per month and champion: the
-    run key names both, a month whose champion has been replaced since is stale, and a month another sensor already
-    asked to retrain is skipped."""
+    """A sensor of ``model`` that reads the records of ``asset_key`` (one of the model's monitoring assets) after its
+    cursor, never DuckDB, and requests the model's retraining run when ``decide`` gives a reason. One request per
+    month and champion: the run key names both, a month whose champion has been replaced since is stale, and a month
+    another of the model's sensors already asked to retrain is skipped."""
 
-    @dg.sensor(name=name, job_name=RETRAIN_JOB, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
-               description=description)  # fmt: skip
+    @dg.sensor(
+        name=sensor_name(model, trigger),
+        job_name=retraining_job_name(model),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description=description,
+    )
     def _sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.SensorResult:
-        summaries, cursor = new_month_summaries(context.instance, asset_key, context.cursor)
-        champion = Registry(storage.registry_dir).alias(CHAMPION)
+        records, cursor = new_month_records(context.instance, asset_key, kind, context.cursor)
+        champion = storage.registry(model.name).alias(CHAMPION)
         requests: list[dg.RunRequest] = []
         seen: set[str] = set()
-        for month, summary in summaries:
-            reason = decide(summary, policy)
-            scored_by = summary.get("champion_version")
+        for record in records:
+            reason = decide(record, policy)
             if reason is None:
                 continue
-            if scored_by != champion:
+            month, scored_by = record.month, record.champion_version
+            if champion is None or scored_by != champion:
                 context.log.info(f"{month}: {reason}, but the champion is now {champion} (was {scored_by}): stale, no retrain")
                 continue
-            run_key = f"{trigger}:{month}:{champion}"
-            if run_key in seen or retrain_already_requested(context.instance, month, champion):
-                context.log.info(f"{month}: retraining for champion {champion} already requested")
+            run_key = f"{trigger}:{model.name}:{month}:{champion}"
+            if run_key in seen or retrain_already_requested(context.instance, model, month, champion):
+                context.log.info(f"{month}: retraining of {model.name} for champion {champion} already requested")
                 continue
             seen.add(run_key)
-            tags = {TRIGGER_TAG: trigger, MONTH_TAG: month, CHAMPION_TAG: champion, REASON_TAG: reason[:900]}
-            requests.append(dg.RunRequest(run_key=run_key, tags=tags))
-            context.log.info(f"requesting a retrain: {reason}")
+            requests.append(dg.RunRequest(run_key=run_key, tags=retrain_tags(model, trigger, month, champion, reason)))
+            context.log.info(f"requesting a retrain of {model.name}: {reason}")
         return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return _sensor
 
 
-def build_drift_sensor() -> dg.SensorDefinition:
+def build_drift_sensor(model: ModelSpec) -> dg.SensorDefinition:
+    keys = keys_of(model)
     return _retrain_sensor(
-        "drift_sensor",
+        model,
         "drift",
-        DRIFT_KEY,
+        keys.drift,
+        DriftSummary,
         lambda summary, policy: drift_retrain_reason(summary),
-        "Reads each new `monitoring/drift_report` materialization's metadata (never DuckDB): when the month drifted "
-        "against the champion that scored it, requests the `retraining` job (training set -> challenger -> evaluation "
-        "-> promotion decision). Run key `drift:<month>:<champion>`: one request per drift event.",
+        f"Reads each new `{keys.drift.to_user_string()}` record (materialization metadata, never DuckDB): when the "
+        f"month drifted against the {model.name} champion that scored it, requests `{retraining_job_name(model)}` "
+        f"(training set -> challenger -> evaluation -> promotion decision). Run key `drift:{model.name}:<month>:"
+        "<champion>`: one request per drift event.",
     )
 
 
-def build_performance_sensor() -> dg.SensorDefinition:
+def build_performance_sensor(model: ModelSpec) -> dg.SensorDefinition:
+    keys = keys_of(model)
     return _retrain_sensor(
-        "performance_sensor",
+        model,
         "performance",
-        LIVE_KEY,
+        keys.live,
+        LiveSummary,
         lambda summary, policy: performance_retrain_reason(summary, policy.retrain_auc_margin),
-        "Reads each new `monitoring/live_performance` materialization's metadata: when the champion's live AUC on a "
-        "month fell more than `$MLOPS_RETRAIN_AUC_MARGIN` (0.02) below its evaluation AUC, requests the `retraining` "
-        "job. Run key `performance:<month>:<champion>`; skipped when the drift sensor already asked for that month.",
+        f"Reads each new `{keys.live.to_user_string()}` record: when the {model.name} champion's live AUC on a month "
+        "fell more than `$MLOPS_RETRAIN_AUC_MARGIN` below its evaluation AUC, requests "
+        f"`{retraining_job_name(model)}`. Run key `performance:{model.name}:<month>:<champion>`; skipped when the "
+        "drift sensor already asked for that month.",
     )
 
 
@@ -159,48 +193,61 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
     )
 
 
-def required_auc(registry: Registry, reports_dir: Path, version: str) -> float | None:
+def required_auc(registry: Registry, version: str) -> float | None:
     """The AUC a champion must hold live: its own evaluation AUC when it came in through the gates, else (forced in
     by hand) the evaluation AUC of the last champion that passed them."""
     gated = gated_champions(registry)
     bar = version if version in gated else (gated[0] if gated else None)
-    return evaluated_roc_auc(reports_dir, bar) if bar else None
+    return evaluated_roc_auc(registry, bar) if bar else None
 
 
-def build_rollback_sensor() -> dg.SensorDefinition:
+def build_rollback_sensor(model: ModelSpec) -> dg.SensorDefinition:
+    keys = keys_of(model)
+
     @dg.sensor(
-        name="rollback_sensor",
-        job_name=RETRAIN_JOB,
+        name=sensor_name(model, "rollback"),
+        job_name=retraining_job_name(model),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        description="Reads each new `monitoring/live_performance` materialization's metadata: when the champion that "
-        "scored the month lost more than 0.05 AUC against the AUC it must hold, its scores collapsed or went extreme "
-        "against its reference profile, or more than 1% of its online predictions failed, the `champion` alias moves "
-        "back to the last version that passed the promotion gates (the reason goes to the registry's event log; the "
-        "service picks it up within seconds) and a retraining run is requested. Run key `rollback:<month>:<champion>`.",
+        description=f"Reads each new `{keys.live.to_user_string()}` record: when the {model.name} champion that scored "
+        "the month lost more AUC than the rollback policy allows against the AUC it must hold, its scores collapsed or "
+        "went extreme against its reference profile, or too many of its online predictions failed, the `champion` "
+        "alias moves back to the last version that passed the promotion gates (recorded as an observation of "
+        f"`{keys.champion.to_user_string()}` and in the registry's event log; the service picks it up within "
+        f"seconds) and a retraining run is requested. Run key `rollback:{model.name}:<month>:<champion>`.",
     )
     def rollback_sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.SensorResult:
-        summaries, cursor = new_month_summaries(context.instance, LIVE_KEY, context.cursor)
-        registry = Registry(storage.registry_dir)
+        records, cursor = new_month_records(context.instance, keys.live, LiveSummary, context.cursor)
+        registry = storage.registry(model.name)
         requests: list[dg.RunRequest] = []
-        for month, summary in summaries:
+        observations: list[dg.AssetObservation] = []
+        for record in records:
             champion = registry.alias(CHAMPION)
-            if champion is None or summary.get("champion_version") != champion:
+            if champion is None or record.champion_version != champion:
                 continue  # nothing judged, or judged a model that no longer serves
-            reasons = rollback_reasons(summary, required_auc(registry, storage.reports_dir, champion),
-                                       registry.profile(champion).get("scores", {}), policy.rollback())  # fmt: skip
+            reference = registry.profile(champion).get("scores", {})
+            reasons = rollback_reasons(record, required_auc(registry, champion), reference, policy.rollback())
             if not reasons:
                 continue
-            why = f"automatic rollback after {month}: " + "; ".join(reasons)
+            why = f"automatic rollback after {record.month}: " + "; ".join(reasons)
             safe = [v for v in gated_champions(registry) if v != champion]
             if safe:
                 rollback(registry, why, to=safe[0], run_id=None)
-                context.log.warning(f"rolled back {champion} -> {safe[0]}: {why}")
+                context.log.warning(f"{model.name}: rolled back {champion} -> {safe[0]}: {why}")
+                decision = {"decision": "rolled_back", "from_version": champion, "champion_version": safe[0]}
             else:
                 registry.log_event("rollback_impossible", version=champion, reason=f"{why}; no earlier gated champion")
-                context.log.error(f"{champion} should be rolled back but no earlier champion passed the gates: {why}")
-            tags = {TRIGGER_TAG: "rollback", MONTH_TAG: month, CHAMPION_TAG: champion, REASON_TAG: why[:900]}
-            requests.append(dg.RunRequest(run_key=f"rollback:{month}:{champion}", tags=tags))
-        return dg.SensorResult(run_requests=requests, cursor=cursor)
+                context.log.error(f"{model.name} {champion} should be rolled back but no earlier champion passed the gates: {why}")
+                decision = {"decision": "rollback_impossible", "from_version": champion, "champion_version": champion}
+            # the decision where Dagster shows it: an observation of the champion asset, with its reasons
+            observations.append(dg.AssetObservation(asset_key=keys.champion, metadata={**decision, "reason": why, "month": record.month}))
+            requests.append(dg.RunRequest(run_key=f"rollback:{model.name}:{record.month}:{champion}",
+                                          tags=retrain_tags(model, "rollback", record.month, champion, why)))  # fmt: skip
+        return dg.SensorResult(run_requests=requests, cursor=cursor, asset_events=observations)
 
     return rollback_sensor
+
+
+def build_model_sensors(model: ModelSpec) -> list[dg.SensorDefinition]:
+    """A model's own sensors, in the order the daemon should judge them: rollback before retraining."""
+    return [build_rollback_sensor(model), build_drift_sensor(model), build_performance_sensor(model)]

@@ -15,16 +15,14 @@ from mlops_assets.core.features import feature_set_version
 from mlops_assets.core import training as training_module
 from mlops_assets.core.lineage import code_version, source_version
 from mlops_assets.core.registry import Registry
-from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
+from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import ensure_table_like, qualified, query_frame, quote_identifier, replace_where, table_exists
 from mlops_assets.core.training import TrainingSet, split_by_time, stored_training_set, train_model
-from mlops_assets.defs.features import features_key
+from mlops_assets.defs.configs import with_model_defaults
+from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, table_of
 from mlops_assets.defs.partitions import DUCKDB_POOL
 from mlops_assets.defs.resources import PlatformStorage
 
-TRAINING_SET_KEY = dg.AssetKey(["features", "training_set"])
-CHALLENGER_KEY = dg.AssetKey(["models", "challenger"])
-CHAMPION_KEY = dg.AssetKey(["models", "champion"])
 CHALLENGER_ALIAS = "challenger"
 PROFILE_ROWS = 50_000
 #: The challenger's code version: the training code and the LightGBM version. When it changes, automation retrains.
@@ -33,27 +31,27 @@ TRAINING_CODE_VERSION = source_version(training_module, extra=f"lightgbm {lightg
 CHAMPION_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=30), warn_window=timedelta(days=25))
 
 
-def registered_challenger(registry: Registry) -> str:
+def registered_challenger(registry: Registry, model: ModelSpec) -> str:
     """The version the ``challenger`` alias names, or a clear failure when training has not run yet."""
     challenger = registry.alias(CHALLENGER_ALIAS)
     if challenger is None:
-        raise dg.Failure(description="no challenger registered: materialize models/challenger first")
+        raise dg.Failure(description=f"no challenger registered for {model.name}: materialize {model.name}/challenger first")
     return challenger
 
 
-def _training_set_query(spec: FeatureTableSpec, where: str = "") -> str:
-    order = ", ".join(quote_identifier(c) for c in (spec.time_column, *spec.key))
-    return f"SELECT * FROM {qualified(*TRAINING_SET_KEY.path)} {where} ORDER BY {order}"
+def _training_set_query(model: ModelSpec, where: str = "") -> str:
+    order = ", ".join(quote_identifier(c) for c in (model.features.time_column, *model.features.key))
+    return f"SELECT * FROM {table_of(keys_of(model).training_set)} {where} ORDER BY {order}"
 
 
-def read_training_set(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec) -> TrainingSet:
-    """``features.training_set`` in its stored order, with the content hash every reader agrees on."""
-    return stored_training_set(query_frame(conn, _training_set_query(spec)))
+def read_training_set(conn: duckdb.DuckDBPyConnection, model: ModelSpec) -> TrainingSet:
+    """``<model>.training_set`` in its stored order, with the content hash every reader agrees on."""
+    return stored_training_set(query_frame(conn, _training_set_query(model)))
 
 
-def read_test_rows(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec) -> pl.DataFrame:
-    """Only the held-out rows of ``features.training_set`` (what evaluation and the canary score)."""
-    return query_frame(conn, _training_set_query(spec, "WHERE split = 'test'"))
+def read_test_rows(conn: duckdb.DuckDBPyConnection, model: ModelSpec) -> pl.DataFrame:
+    """Only the held-out rows of ``<model>.training_set`` (what evaluation and the canary score)."""
+    return query_frame(conn, _training_set_query(model, "WHERE split = 'test'"))
 
 
 class TrainingSetConfig(dg.Config):
@@ -86,9 +84,15 @@ class TrainingParams(dg.Config):
         }  # fmt: skip
 
 
-def retrain_when_champion_stale() -> dg.AutomationCondition:
+def training_params_for(model: ModelSpec) -> type[TrainingParams]:
+    """The Launchpad's hyperparameters of ``model``: the platform's defaults with the model's own overrides."""
+    return with_model_defaults(TrainingParams, model.name, model.params)
+
+
+def retrain_when_champion_stale(model: ModelSpec) -> dg.AutomationCondition:
     """A new training set (and so the whole retraining chain) when the champion's freshness policy fails."""
-    stale = dg.AutomationCondition.asset_matches(CHAMPION_KEY, dg.AutomationCondition.freshness_failed()).newly_true()
+    champion = keys_of(model).champion
+    stale = dg.AutomationCondition.asset_matches(champion, dg.AutomationCondition.freshness_failed()).newly_true()
     return (stale & ~dg.AutomationCondition.in_progress()).with_label("champion past its freshness policy")
 
 
@@ -99,16 +103,18 @@ def retrain_on_new_data_or_code() -> dg.AutomationCondition:
 
 
 def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
-    spec = model.training_features
+    spec = model.features
+    keys = keys_of(model)
 
     @dg.asset(
-        key=TRAINING_SET_KEY,
+        key=keys.training_set,
         deps=[features_key(spec)],
-        automation_condition=retrain_when_champion_stale(),
-        group_name="train",
+        automation_condition=retrain_when_champion_stale(model),
+        group_name=model.name,
+        tags={MODEL_TAG: model.name},
         kinds={"duckdb"},
         pool=DUCKDB_POOL,
-        description=f"`features.training_set`: the built months of `features.{spec.name}` split by time: the newest month "
+        description=f"`{model.name}.training_set`: the built months of `features.{spec.name}` split by time: the newest month "
         "is the test set (no model trains on it), the two weeks before it validate early stopping, the rest trains; "
         "rows whose label became known after the next split began are purged. Its content hash (sha256 over every "
         "value) is this asset's data version.",
@@ -124,10 +130,10 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 raise dg.Failure(description=f"only {months} built: training needs at least two months (the newest is the test month).")
             rows = query_frame(conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month BETWEEN ? AND ?", [months[0], months[-1]])
             split = split_by_time(rows, spec, months[-1])
-            name = ensure_table_like(conn, "features", "training_set", split.frame)
+            name = ensure_table_like(conn, *keys.training_set.path, split.frame)
             replace_where(conn, name, split.frame, "true", [])
-            built = read_training_set(conn, spec)
-        summary = built.summary()
+            built = read_training_set(conn, model)
+        summary = built.summary(spec.time_column)
         context.log.info(f"training set {built.content_hash[:12]}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if k.endswith("_rows")))
         return dg.MaterializeResult(
             data_version=dg.DataVersion(built.content_hash),
@@ -142,24 +148,32 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
 
 
 def build_challenger_asset(model: ModelSpec, training_code_version: str = TRAINING_CODE_VERSION) -> dg.AssetsDefinition:
-    spec = model.training_features
+    spec = model.features
+    keys = keys_of(model)
+    params_class = training_params_for(model)
 
     @dg.asset(
-        key=CHALLENGER_KEY,
-        deps=[TRAINING_SET_KEY],
+        key=keys.challenger,
+        deps=[keys.training_set],
         code_version=training_code_version,
         automation_condition=retrain_on_new_data_or_code(),
-        group_name="train",
+        group_name=model.name,
+        tags={MODEL_TAG: model.name},
         kinds={"lightgbm"},
         pool=DUCKDB_POOL,
         description="The challenger: LightGBM (`lgb.train`, native categoricals, early stopping on the validation "
-        "weeks) trained on `features.training_set`, registered as a new immutable registry version with its lineage "
+        f"weeks) trained on `{model.name}.training_set`, registered as a new immutable registry version with its lineage "
         "(code version, training-set hash, feature-set version, params, metrics, rows, time range, run id) and a "
         "reference profile of its features and scores. Same data, params and code give a byte-identical model.",
     )
-    def challenger(context: dg.AssetExecutionContext, config: TrainingParams, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+    def challenger(
+        context: dg.AssetExecutionContext,
+        config: params_class,  # type: ignore[valid-type]
+        duckdb: DuckDBResource,
+        storage: PlatformStorage,
+    ) -> dg.MaterializeResult:
         with duckdb.get_connection() as conn:
-            built = read_training_set(conn, spec)
+            built = read_training_set(conn, model)
         trained = train_model(built, spec, config.lightgbm(), config.num_boost_round, config.early_stopping_rounds)
         valid = built.part("valid")
         valid_scores = trained.predict(valid)
@@ -174,14 +188,14 @@ def build_challenger_asset(model: ModelSpec, training_code_version: str = TRAINI
             "num_boost_round": config.num_boost_round,
             "best_iteration": trained.best_iteration,
             "metrics": {"valid": valid_metrics},
-            "data": built.summary(),
+            "data": built.summary(spec.time_column),
             "encoder": trained.encoder.to_json(),
             "dagster_run_id": context.run.run_id,
         }
         # the reference profile needs distributions, not every row: an evenly spaced sample of at most 50k rows
         sample = train.gather_every(max(1, train.height // PROFILE_ROWS))
         profile = reference_profile(sample, spec.numeric, spec.categorical, trained.predict(sample), spec.label)
-        registry = Registry(storage.registry_dir)
+        registry = storage.registry(model.name)
         version = registry.register(trained.text, metadata, profile, run_id=context.run.run_id)
         registry.set_alias(CHALLENGER_ALIAS, version.version, "challenger", "latest trained model", run_id=context.run.run_id)
         context.log.info(

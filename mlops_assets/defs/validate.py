@@ -8,18 +8,14 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.ingest import validate_partition
-from mlops_assets.core.specs import ModelSpec, TableSpec
+from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import qualified, table_exists, transaction
-from mlops_assets.defs.batches import build_batch_check, checked_months, verdict_metadata
-from mlops_assets.defs.ingest import raw_key
-from mlops_assets.defs.partitions import DUCKDB_POOL, SINGLE_RUN, partitions_for, run_months
+from mlops_assets.defs.batches import build_batch_check, checked_months, partitions_for, verdict_metadata
+from mlops_assets.defs.keys import raw_key, validated_key
+from mlops_assets.defs.partitions import DUCKDB_POOL, SINGLE_RUN, run_months
 
 #: A month's row count outside [1/ratio, ratio] x the median of other months is flagged.
 ROW_COUNT_RATIO = 2.0
-
-
-def validated_key(table: TableSpec | str) -> dg.AssetKey:
-    return dg.AssetKey(["validated", table if isinstance(table, str) else table.name])
 
 
 def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
@@ -97,8 +93,9 @@ def build_row_count_check(table: TableSpec) -> dg.AssetChecksDefinition:
     return _row_count
 
 
-def build_validate(spec: ModelSpec) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
-    assets = [build_validated_asset(t) for t in spec.tables]
-    checks = [build_row_contract_check(t) for t in spec.tables]
-    checks += [build_row_count_check(t) for t in spec.monthly_tables]
+def build_validate(feed: FeedSpec) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """The feed's validated tables with their contract checks (built once for all models)."""
+    assets = [build_validated_asset(t) for t in feed.tables]
+    checks = [build_row_contract_check(t) for t in feed.tables]
+    checks += [build_row_count_check(t) for t in feed.monthly_tables]
     return assets, checks

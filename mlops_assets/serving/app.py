@@ -1,10 +1,21 @@
-"""The HTTP layer: FastAPI routes over :class:`~mlops_assets.serving.service.PredictionService`, and uvicorn.
+"""The HTTP layer: FastAPI routes over one :class:`~mlops_assets.serving.service.PredictionService` per served model
+(:class:`~mlops_assets.serving.catalog.ServedCatalog`), and uvicorn.
 
-``POST /predict`` takes one flight (a JSON object -> ``{"prediction": {...}}``) or a batch (a JSON list of objects ->
-``{"predictions": [...]}``, in request order). The body is read and parsed by the service's own schema, not by
-FastAPI's parameter binding, so the size limit applies before parsing and every refusal is a 4xx naming the field:
-400 malformed JSON, 413 too large (bytes or flights), 422 invalid fields, 503 nothing to serve yet. Scoring runs in
-the thread pool, so the event loop keeps accepting requests while polars and LightGBM work.
+Routes:
+
+* ``POST /models/{model}/predict``: one request object (-> ``{"prediction": {...}}``) or a batch (a JSON list of
+  objects -> ``{"predictions": [...]}``, in request order), scored by that model; 404 naming the served models for any
+  other name. Each model's route is its own path, so the OpenAPI document shows each model's request schema.
+* ``POST /predict``: the same for the default model (``default_model``, else the catalog's first).
+* ``GET /models`` (every registered model), ``GET /models/{model}`` (one), ``GET /health`` (every model's health).
+
+A prediction names its ``model``, the ``entity_key`` (the request's key fields joined by ``|``), the ``probability``,
+``predicted`` (probability >= 0.5) and the ``outcome`` in the model's own word (``delayed`` / ``not delayed``).
+
+The body is read and parsed by the model's own schema, not by FastAPI's parameter binding, so the size limit applies
+before parsing and every refusal is a 4xx naming the field: 400 malformed JSON, 413 too large (bytes or entities), 422
+invalid fields, 503 nothing to serve yet for that model. Scoring runs in the thread pool, so the event loop keeps
+accepting requests while polars and LightGBM work.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,8 +33,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.settings import Settings
-from mlops_assets.core.specs import FeatureTableSpec
+from mlops_assets.serving.catalog import ServedCatalog, UnknownModel, predict_path
 from mlops_assets.serving.config import ServeConfig
 from mlops_assets.serving.schema import PredictionRequest, RequestError
 from mlops_assets.serving.service import PredictionFailed, PredictionService, Unavailable
@@ -61,43 +73,22 @@ async def read_body(request: Request, limit: int) -> bytes:
         elif size > drain:
             break  # stop reading: the connection is closed after the answer
     if size > limit:
-        raise RequestError(413, f"request body larger than the limit of {limit:,} bytes; send fewer flights per request")
+        raise RequestError(413, f"request body larger than the limit of {limit:,} bytes; send fewer per request")
     return b"".join(chunks)
 
 
-def create_app(settings: Settings, spec: FeatureTableSpec, config: ServeConfig | None = None) -> FastAPI:
-    """The service's ASGI app. Models and the online store load at startup (lifespan) and reload on change; the
-    prediction log is flushed when the app shuts down (uvicorn runs the lifespan shutdown on SIGTERM)."""
-    config = config or ServeConfig()
-    service = PredictionService(settings, spec, config)
+Endpoint = Callable[[Request], Awaitable[AsciiJSONResponse]]
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(service.start)
-        try:
-            yield
-        finally:
-            written = await run_in_threadpool(service.close)
-            logger.info("prediction log flushed on shutdown (%d row(s) in the last batch)", written)
 
-    app = FastAPI(
-        title="mlops_assets prediction service",
-        description=f"Online predictions for `{spec.name}` by the registry's champion (A/B challenger, shadow).",
-        lifespan=lifespan,
-        default_response_class=AsciiJSONResponse,
-    )
-    app.state.service = service
+def predict_endpoint(service: PredictionService, config: ServeConfig) -> Endpoint:
+    """The handler of one model's predict route (``POST /models/<name>/predict``, and ``POST /predict`` for the
+    default model)."""
 
     def score(body: bytes, started: float) -> tuple[list[dict[str, Any]], bool]:
         requests: list[PredictionRequest]
         requests, batch = service.schema.parse(body)
         return service.predict(requests, started, batch), batch
 
-    @app.post(
-        "/predict",
-        summary="Predict whether flights arrive more than 15 minutes late",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": service.schema.json_schema()}}}},
-    )
     async def predict(request: Request) -> AsciiJSONResponse:
         started = time.perf_counter()
         try:
@@ -107,24 +98,102 @@ def create_app(settings: Settings, spec: FeatureTableSpec, config: ServeConfig |
         except RequestError as error:
             return _error(error.status, error.body(), close=error.status == 413)
         except ClientDisconnect:
-            return _error(400, {"detail": "the client disconnected before sending the whole body", "errors": []}, close=True)
+            disconnected = "the client disconnected before sending the whole body"
+            return _error(400, {"detail": disconnected, "errors": []}, close=True)
         except Unavailable as error:
             return _error(503, {"detail": str(error), "errors": []})
         except PredictionFailed as error:
-            return _error(500, {"detail": f"{error}; logged as request(s) {', '.join(error.request_ids[:5])}", "errors": []})
+            logged = ", ".join(error.request_ids[:5])
+            return _error(500, {"detail": f"{error}; logged as request(s) {logged}", "errors": []})
         except Exception:  # a bug, not the request: still a JSON answer, and a traceback in the service's log
-            logger.exception("unexpected failure in POST /predict")
+            logger.exception("unexpected failure in POST %s", predict_path(service.name))
             return _error(500, {"detail": "internal error (see the service's log)", "errors": []})
         return AsciiJSONResponse({"predictions": items} if batch else {"prediction": items[0]})
 
-    @app.get("/health", summary="Champion, online store and prediction log status")
+    return predict
+
+
+def create_app(
+    settings: Settings, catalog: Catalog, config: ServeConfig | None = None, default_model: str | None = None
+) -> FastAPI:
+    """The service's ASGI app for every model of ``catalog`` that has an online spec (``default_model``, else the
+    catalog's first, answers ``POST /predict``). Each model's versions and online store load at startup (lifespan)
+    and reload on change; every prediction log is flushed when the app shuts down (uvicorn runs the lifespan
+    shutdown on SIGTERM).
+
+    Raises ValueError when ``default_model`` is not registered or cannot be served.
+    """
+    config = config or ServeConfig()
+    served = ServedCatalog.build(settings, catalog, config, default_model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(served.start)
+        try:
+            yield
+        finally:
+            written = await run_in_threadpool(served.close)
+            logger.info("prediction logs flushed on shutdown (%d row(s) in the last batches)", written)
+
+    listed = "; ".join(f"`{name}`: {s.model.description}" for name, s in served.services.items())
+    app = FastAPI(
+        title="mlops_assets prediction service",
+        description=f"Online predictions by each model's registry champion (A/B challenger, shadow). {listed}. "
+        f"`POST /predict` is `{served.default}`.",
+        lifespan=lifespan,
+        default_response_class=AsciiJSONResponse,
+    )
+    app.state.served = served
+    app.state.services = served.services
+    app.state.service = served.default_service  # the default model's, as in the one-model service
+
+    def body_schema(service: PredictionService) -> dict[str, Any]:
+        content = {"application/json": {"schema": service.schema.json_schema()}}
+        return {"requestBody": {"required": True, "content": content}}
+
+    for name, service in served.services.items():
+        app.add_api_route(
+            predict_path(name),
+            predict_endpoint(service, config),
+            methods=["POST"],
+            name=f"predict_{name}",
+            summary=f"{name}: {service.model.description}",
+            openapi_extra=body_schema(service),
+        )
+    default = served.default_service
+    app.add_api_route(
+        "/predict",
+        predict_endpoint(default, config),
+        methods=["POST"],
+        name="predict",
+        summary=f"The default model ({default.name}): {default.model.description}",
+        openapi_extra=body_schema(default),
+    )
+
+    # after the models' own routes, so it only sees names that are not served
+    @app.post(predict_path("{model}"), include_in_schema=False)
+    async def unknown_model(model: str) -> AsciiJSONResponse:
+        try:
+            served.service(model)
+        except UnknownModel as error:  # the body is left unread: close rather than reuse the connection
+            return _error(404, {"detail": str(error), "errors": []}, close=True)
+        raise AssertionError(f"model {model} is served: its own route should have answered")
+
+    @app.get("/health", summary="Every model's champion, online store and prediction log status")
     async def health() -> AsciiJSONResponse:
-        ready, body = service.health()
+        ready, body = served.health()
         return AsciiJSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/models", summary="Served versions, their registry metrics, the A/B share and mode")
+    @app.get("/models", summary="Every registered model: what it predicts, its served versions, the A/B share and mode")
     async def models() -> AsciiJSONResponse:
-        return AsciiJSONResponse(await run_in_threadpool(service.describe_models))
+        return AsciiJSONResponse(await run_in_threadpool(served.describe_all))
+
+    @app.get("/models/{model}", summary="One model: what it predicts, its served versions, the A/B share and mode")
+    async def one_model(model: str) -> AsciiJSONResponse:
+        try:
+            return AsciiJSONResponse(await run_in_threadpool(served.describe, model))
+        except UnknownModel as error:
+            return _error(404, {"detail": str(error), "errors": []})
 
     return app
 
@@ -144,12 +213,12 @@ def uvicorn_config(app: FastAPI, config: ServeConfig) -> uvicorn.Config:
     )
 
 
-def serve(settings: Settings, spec: FeatureTableSpec, config: ServeConfig) -> None:
-    """Run the service in the foreground until SIGTERM or Ctrl-C."""
+def serve(settings: Settings, catalog: Catalog, config: ServeConfig, default_model: str | None = None) -> None:
+    """Run the service for every servable model of ``catalog`` in the foreground until SIGTERM or Ctrl-C."""
     if not logging.getLogger().handlers:  # the service's own messages (reloads, failures) beside uvicorn's
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    app = create_app(settings, spec, config)
+    app = create_app(settings, catalog, config, default_model)
     try:
         uvicorn.Server(uvicorn_config(app, config)).run()
     finally:  # a forced exit (a second Ctrl-C) skips the lifespan shutdown: still flush what was logged
-        app.state.service.close()
+        app.state.served.close()

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 
-#: Share of traffic (0..1) sent to the ``challenger`` alias, by a stable hash of the flight key. 0 (default) = off.
+#: Share of traffic (0..1) sent to the ``challenger`` alias, by a stable hash of the entity key. 0 (default) = off.
 AB_SHARE_ENV = "MLOPS_AB_SHARE"
 
 
@@ -17,9 +17,9 @@ class ServeConfig:
 
     Attributes:
         host, port: where uvicorn binds; loopback by default, so nothing is exposed unless asked for.
-        ab_share: share of flight keys answered by the challenger (when it exists and differs from the champion).
+        ab_share: share of entity keys answered by the challenger (when it exists and differs from the champion).
         max_body_bytes: larger request bodies get 413 (before JSON parsing, so memory stays bounded).
-        max_batch: most flights in one batch request (413 beyond).
+        max_batch: most entities in one batch request (413 beyond).
         reload_seconds: how often the registry aliases and the online store's ``CURRENT`` are checked for a change.
         log_flush_rows, log_flush_seconds: when the prediction log writes a Parquet batch (and always on shutdown).
         graceful_shutdown_seconds: how long SIGTERM waits for requests in flight before closing the log.

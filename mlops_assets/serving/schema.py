@@ -1,10 +1,10 @@
-"""The request schema, built from the feature table's ``OnlineSpec``: a second model gets its schema from its spec, with
-no serving code.
+"""The request schema, built from the feature table's ``OnlineSpec``: every served model gets its schema from its spec,
+with no serving code.
 
-A request body is one JSON object (one flight) or a JSON list of objects (a batch). Each object has the spec's
-``request_fields`` and an optional ``overrides`` object (feature name -> value, replacing the computed feature, for
-what-if questions). Every rule names the field it rejects, and :meth:`RequestSchema.parse` turns any byte string into
-either validated requests or a :class:`RequestError` (4xx), never an exception of another kind:
+A request body is one JSON object (one entity, e.g. a flight) or a JSON list of objects (a batch). Each object has
+the spec's ``request_fields`` and an optional ``overrides`` object (feature name -> value, replacing the computed
+feature, for what-if questions). Every rule names the field it rejects, and :meth:`RequestSchema.parse` turns any byte
+string into either validated requests or a :class:`RequestError` (4xx), never an exception of another kind:
 
 * strings: non-empty after trimming, at most 64 characters, printable (no control characters or lone surrogates);
 * integers: JSON integers (not ``true``, ``1.0`` or ``"1"``), positive and below 2**31 (identifiers such as a flight
@@ -71,7 +71,8 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class PredictionRequest:
-    """One validated flight: its request fields (absent optional ones are None), its overrides and its key."""
+    """One validated request: its fields (absent optional ones are None), its overrides and its entity key (the key
+    fields joined by ``|``)."""
 
     fields: dict[str, Any]
     overrides: dict[str, float | str | None] = field(default_factory=dict)
@@ -79,7 +80,7 @@ class PredictionRequest:
 
     @property
     def bucket(self) -> float:
-        """A stable number in [0, 1) from the key: the same flight always lands in the same A/B arm, in every
+        """A stable number in [0, 1) from the key: the same entity always lands in the same A/B arm, in every
         process (Python's ``hash`` is salted per process, sha256 is not)."""
         return int.from_bytes(hashlib.sha256(self.key.encode()).digest()[:8], "big") / 2.0**64
 
@@ -159,12 +160,13 @@ class RequestSchema:
     """Validation of prediction requests for one feature table.
 
     Attributes:
-        model: the pydantic model of one flight (request fields + ``overrides``), for docs and OpenAPI.
+        model: the pydantic model of one request (request fields + ``overrides``), for docs and OpenAPI; named
+            ``title`` (default ``<feature table>_request``).
         polars_schema: the request frame's columns and types, as the online store's ``features`` expects them.
         time_fields: the datetime request fields (named when a local time cannot be placed in time).
     """
 
-    def __init__(self, spec: FeatureTableSpec, max_batch: int = 1000) -> None:
+    def __init__(self, spec: FeatureTableSpec, max_batch: int = 1000, title: str | None = None) -> None:
         if spec.online is None:
             raise ValueError(f"feature table {spec.name} declares no online spec: it cannot be served")
         self.spec = spec
@@ -184,14 +186,15 @@ class RequestSchema:
             dict[str, Any] | None,
             Field(default=None, description="feature name -> value replacing the computed feature (what-if); null = unknown"),
         )
-        self.model: type[BaseModel] = create_model(f"{spec.name}_request", __config__=ConfigDict(extra="forbid"), **definitions)
+        name = title or f"{spec.name}_request"
+        self.model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="forbid"), **definitions)
         self.polars_schema = {name: _POLARS_TYPES[t] for name, (t, _, _) in self.request_fields.items()}
         self.time_fields = tuple(name for name, (t, _, _) in self.request_fields.items() if t is datetime)
         self.numeric = frozenset(spec.numeric)
         self.categorical = frozenset(spec.categorical)
 
     def json_schema(self) -> dict[str, Any]:
-        """OpenAPI body schema: one flight or a list of them."""
+        """OpenAPI body schema: one request object or a list of them."""
         one = self.model.model_json_schema()
         return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": self.max_batch}]}
 
@@ -209,9 +212,10 @@ class RequestSchema:
             return [self.one(document, "")], False
         if isinstance(document, list):
             if not document:
-                raise RequestError(422, "an empty batch: send one flight object or a non-empty list of them")
+                raise RequestError(422, "an empty batch: send one request object or a non-empty list of them")
             if len(document) > self.max_batch:
-                raise RequestError(413, f"a batch of {len(document)} flights is larger than the limit of {self.max_batch}; split it")
+                size = f"a batch of {len(document)} requests"
+                raise RequestError(413, f"{size} is larger than the limit of {self.max_batch}; split it")
             requests, errors = [], []
             for index, item in enumerate(document):
                 try:
@@ -223,10 +227,10 @@ class RequestSchema:
             if errors:
                 raise RequestError(422, _summary(errors), errors)
             return requests, True
-        raise RequestError(422, "expected a JSON object (one flight) or a JSON list of objects (a batch)")
+        raise RequestError(422, "expected a JSON object (one request) or a JSON list of objects (a batch)")
 
     def one(self, item: Any, prefix: str = "") -> PredictionRequest:
-        """Validate one flight object; ``prefix`` locates it in a batch (e.g. ``[3].``)."""
+        """Validate one request object; ``prefix`` locates it in a batch (e.g. ``[3].``)."""
         if not isinstance(item, dict):
             error = FieldError(prefix.rstrip(".") or "body", "must be a JSON object with the request fields")
             raise RequestError(422, _summary([error]), [error])

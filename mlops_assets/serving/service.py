@@ -1,8 +1,13 @@
-"""The prediction service as plain Python: validated requests in, scored and logged predictions out.
+"""The prediction service of one registered model as plain Python: validated requests in, scored and logged
+predictions out.
 
-A batch is scored vectorised: one ``store.features`` call for all its flights, then one ``predict`` per model (the
-champion on its rows, the challenger on its A/B rows, the shadow on all). The models and the online store in use are
-read once per request from their :class:`~mlops_assets.serving.reloading.Reloading` holders, which a watcher thread
+Each model of the catalog gets its own :class:`PredictionService`: its registry (``registry/<model>``), served model
+set, online store (``online_store/<model>``), request schema and prediction log (``predictions/<model>``), so one
+model without a champion, or with a broken export, never stops another from answering.
+
+A batch is scored vectorised: one ``store.features`` call for all its entities, then one ``predict`` per model version
+(the champion on its rows, the challenger on its A/B rows, the shadow on all). The versions and the online store in use
+are read once per request from their :class:`~mlops_assets.serving.reloading.Reloading` holders, which a watcher thread
 refreshes; the service never opens DuckDB (it reads the registry's files and the online store's Parquet export).
 """
 
@@ -14,6 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -23,7 +29,7 @@ from mlops_assets.core.online import stale_after
 from mlops_assets.core.prediction_log import PredictionLog, log_schema, utc_now
 from mlops_assets.core.registry import Registry, UnknownVersionError
 from mlops_assets.core.settings import Settings
-from mlops_assets.core.specs import FeatureTableSpec
+from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.serving.config import ServeConfig
 from mlops_assets.serving.models import CHALLENGER, CHAMPION, SHADOW, ModelSet, ServedModel, metadata_summary, reloading_models
 from mlops_assets.serving.reloading import Reloading
@@ -34,7 +40,7 @@ logger = logging.getLogger("mlops_assets.serving")
 
 
 class Unavailable(Exception):
-    """The service cannot answer yet (no champion, no online store): 503 with what to do."""
+    """The model cannot answer yet (no champion, no online store): 503 with what to do."""
 
 
 class PredictionFailed(Exception):
@@ -53,17 +59,30 @@ class _Snapshot:
     store: ServedStore
 
 
-class PredictionService:
-    """Scores requests with the served models over the online store and logs every prediction."""
+def outcome(model: ModelSpec, predicted: bool) -> str:
+    """The answer in the model's own word: ``delayed`` / ``not delayed``, ``cancelled`` / ``not cancelled``."""
+    return model.positive if predicted else f"not {model.positive}"
 
-    def __init__(self, settings: Settings, spec: FeatureTableSpec, config: ServeConfig) -> None:
+
+class PredictionService:
+    """Scores requests for one model with its served versions over its online store and logs every prediction.
+
+    Raises ValueError when the model's feature table has no online spec (it cannot be served).
+    """
+
+    def __init__(self, settings: Settings, model: ModelSpec, config: ServeConfig) -> None:
+        if model.features.online is None:
+            raise ValueError(f"model {model.name}: feature table {model.features.name} declares no online spec")
         self.settings = settings
-        self.spec = spec
+        self.model = model
+        self.name = model.name
+        self.spec: FeatureTableSpec = model.features
+        self.paths = settings.model(model.name)
         self.config = config
-        self.schema = RequestSchema(spec, config.max_batch)
-        self.registry = Registry(settings.registry_dir)
+        self.schema = RequestSchema(self.spec, config.max_batch, title=f"{model.name}_request")
+        self.registry = Registry(self.paths.registry_dir)
         self.models: Reloading[ModelSet] = reloading_models(self.registry, config.ab_share)
-        self.store: Reloading[ServedStore] = reloading_store(spec, settings.online_store_dir)
+        self.store: Reloading[ServedStore] = reloading_store(self.spec, self.paths.online_store_dir)
         self._log: PredictionLog | None = None
         self._log_lock = threading.Lock()
         self._stop = threading.Event()
@@ -76,7 +95,7 @@ class PredictionService:
         """Load what exists now (the service starts even without a champion: it answers 503 until one appears),
         then watch the registry aliases and the online store for changes."""
         self.refresh()
-        self._watcher = threading.Thread(target=self._watch, name="serving-reload", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name=f"serving-reload-{self.name}", daemon=True)
         self._watcher.start()
 
     def refresh(self) -> None:
@@ -89,7 +108,7 @@ class PredictionService:
             try:
                 self.refresh()
             except Exception:  # keep watching: a dead watcher would silently stop every future reload
-                logger.exception("reload check failed")
+                logger.exception("reload check failed for model %s", self.name)
 
     def close(self) -> int:
         """Stop watching and flush the prediction log; return the rows written by the final flush."""
@@ -107,7 +126,8 @@ class PredictionService:
             loaded = self.store.current
             if self._log is None and loaded is not None and not self._stop.is_set():
                 schema = log_schema(self.spec.key, loaded.value.key_types)
-                self._log = PredictionLog(self.settings.predictions_dir, schema, self.config.log_flush_rows, self.config.log_flush_seconds)
+                flush_rows, flush_seconds = self.config.log_flush_rows, self.config.log_flush_seconds
+                self._log = PredictionLog(self.paths.predictions_dir, schema, flush_rows, flush_seconds)
             return self._log
 
     # --- scoring -------------------------------------------------------------------------------------------------
@@ -117,14 +137,15 @@ class PredictionService:
         if models is None or models.value.champion is None:
             detail = f" ({self.models.error})" if self.models.error else ""
             raise Unavailable(
-                f"no champion model in {self.registry.root}{detail}: run `make pipeline` to train and promote one "
-                "(or `mlops rollback --to VERSION`); the service picks it up without a restart"
+                f"model {self.name} has no champion in {self.registry.root}{detail}: run `make pipeline` to train and "
+                f"promote one (or `mlops rollback --model {self.name} --to VERSION`); the service picks it up "
+                "without a restart"
             )
         if store is None:
             detail = f" ({self.store.error})" if self.store.error else ""
             raise Unavailable(
-                f"no online store in {self.settings.online_store_dir}{detail}: run `make pipeline` (or materialize "
-                "features/online_store); the service picks it up without a restart"
+                f"model {self.name} has no online store in {self.paths.online_store_dir}{detail}: run `make pipeline` "
+                f"(or materialize {self.name}/online_store); the service picks it up without a restart"
             )
         return _Snapshot(models.value, store.value)
 
@@ -140,7 +161,8 @@ class PredictionService:
         arms = [snapshot.models.variant_for(r.bucket) for r in requests]
         try:
             features = snapshot.store.store.features(self.schema.frame(requests))
-            keys = features.select(*self.spec.key, self.spec.time_column)  # before overrides: a what-if keeps its flight
+            # before overrides: a what-if keeps its entity's key
+            keys = features.select(*self.spec.key, self.spec.time_column)
         except Exception as error:
             self._log_failure(requests, ids, arms, started, error)
             raise PredictionFailed(f"computing features failed: {type(error).__name__}", ids) from error
@@ -169,12 +191,15 @@ class PredictionService:
 
         manifest = snapshot.store.store.manifest
         times = keys[self.spec.time_column].to_list()
+        predicted = [bool(score >= 0.5) for score in scores]
         return [
             {
                 "request_id": ids[i],
-                "flight_key": requests[i].key,
+                "model": self.name,
+                "entity_key": requests[i].key,
                 "probability": float(scores[i]),
-                "delayed": bool(scores[i] >= 0.5),
+                "predicted": predicted[i],
+                "outcome": outcome(self.model, predicted[i]),
                 "model_version": arms[i].version,
                 "variant": arms[i].variant,
                 "online_store": snapshot.store.version,
@@ -199,7 +224,7 @@ class PredictionService:
         self,
         keys: pl.DataFrame,
         ids: list[str],
-        flight_keys: list[str],
+        entity_keys: list[str],
         arms: list[ServedModel],
         scores: np.ndarray,
         latency_ms: float,
@@ -213,8 +238,7 @@ class PredictionService:
         now = utc_now()
         rows: list[dict[str, object]] = []
         for i, key in enumerate(keys.to_dicts()):
-            base = {"request_id": ids[i], "logged_at": now, "flight_key": flight_keys[i], **{c: key[c] for c in self.spec.key},
-                    "prediction_time": key[self.spec.time_column]}  # fmt: skip
+            base = self._row_base(ids[i], now, entity_keys[i], key)
             rows.append({**base, "variant": arms[i].variant, "model_version": arms[i].version, "score": float(scores[i]),
                          "served": True, "latency_ms": latency_ms, "status": "ok", "error": None})  # fmt: skip
             if shadow is not None:
@@ -222,6 +246,17 @@ class PredictionService:
                 rows.append({**base, "variant": SHADOW, "model_version": shadow.version, "score": score, "served": False,
                              "latency_ms": latency_ms, "status": "ok" if shadow_error is None else "error", "error": shadow_error})  # fmt: skip
         self._append(log, rows)
+
+    def _row_base(self, request_id: str, now: datetime, entity_key: str, key: dict[str, Any]) -> dict[str, object]:
+        """The columns every log row of one request shares: ids, the model, the entity's key and prediction time."""
+        return {
+            "request_id": request_id,
+            "logged_at": now,
+            "model": self.name,
+            "entity_key": entity_key,
+            **{c: key[c] for c in self.spec.key},
+            "prediction_time": key[self.spec.time_column],
+        }
 
     def _log_failure(
         self,
@@ -232,7 +267,7 @@ class PredictionService:
         error: Exception,
         keys: pl.DataFrame | None = None,
     ) -> None:
-        """An internal failure, logged with status ``error``: with the flights' keys and prediction times when the
+        """An internal failure, logged with status ``error``: with the entities' keys and prediction times when the
         features were computed (so the month's error rate counts it), else the key columns the request carries."""
         logger.exception("prediction failed for %d request(s)", len(requests))
         log = self._ensure_log()
@@ -243,11 +278,14 @@ class PredictionService:
         else:
             known = [{**{c: r.fields.get(c) for c in self.spec.key}, self.spec.time_column: None} for r in requests]
         latency_ms, now, message = (time.perf_counter() - started) * 1000.0, utc_now(), f"{type(error).__name__}: {error}"[:1000]
+        failed = {"score": None, "served": False, "latency_ms": latency_ms, "status": "error", "error": message}
         rows: list[dict[str, object]] = [
-            {"request_id": ids[i], "logged_at": now, "flight_key": requests[i].key, **{c: key[c] for c in self.spec.key},
-             "prediction_time": key[self.spec.time_column],
-             "variant": arms[i].variant, "model_version": arms[i].version, "score": None, "served": False,
-             "latency_ms": latency_ms, "status": "error", "error": message}  # fmt: skip
+            {
+                **self._row_base(ids[i], now, requests[i].key, key),
+                "variant": arms[i].variant,
+                "model_version": arms[i].version,
+                **failed,
+            }
             for i, key in enumerate(known)
         ]
         self._append(log, rows)
@@ -268,9 +306,10 @@ class PredictionService:
         champion = models.value.champion if models is not None else None
         problems = [p for p in (self.models.error, self.store.error) if p]
         if champion is None:
-            problems.append("no champion model: run `make pipeline`")
+            problems.append(f"no champion model for {self.name}: run `make pipeline`")
         if store is None:
-            problems.append("no online store: run `make pipeline` (or materialize features/online_store)")
+            materialize = f"materialize {self.name}/online_store"
+            problems.append(f"no online store for {self.name}: run `make pipeline` (or {materialize})")
         ready = champion is not None and store is not None
         log = self._log
         return ready, {
@@ -283,7 +322,7 @@ class PredictionService:
                 "loaded_at": store.loaded_at.isoformat(timespec="seconds"),
             },
             "log": {"rows_written": log.rows_written if log else 0, "files_written": log.files_written if log else 0,
-                    "folder": str(self.settings.predictions_dir)},
+                    "folder": str(self.paths.predictions_dir)},
             "problems": problems,
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
         }  # fmt: skip

@@ -16,7 +16,7 @@ from mlops_assets.core.contracts import (
     RULE_READABLE,
     BatchVerdict,
 )
-from mlops_assets.core.flights import FLIGHTS, replay_months
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets.core.ingest import ingest_raw, latest_verdicts, row_accounting, validate_partition
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
@@ -40,7 +40,7 @@ def _clean_flights(settings: Settings) -> pl.DataFrame:
 def _run_batch(conn: duckdb.DuckDBPyConnection, settings: Settings, data: bytes, run: str) -> tuple[BatchVerdict, BatchVerdict | None]:
     """Land ``data`` as the flights batch of MONTH and push it through raw and (when raw accepts it) validated."""
     landed, _ = land_file(settings.landing_dir, "flights", MONTH, data)
-    spec = FLIGHTS.table("flights")
+    spec = NYCFLIGHTS13.table("flights")
     raw = ingest_raw(conn, spec, landed, settings.landing_dir, settings.data_dir / "quarantine", run, datetime(2026, 1, 2))
     validated = validate_partition(conn, spec, MONTH, run, datetime(2026, 1, 2)) if raw.accepted else None
     return raw, validated
@@ -195,5 +195,5 @@ def test_batch_of_the_wrong_month_is_rejected(loaded: duckdb.DuckDBPyConnection,
 def test_reference_codes_come_from_the_validated_reference_table(loaded: duckdb.DuckDBPyConnection) -> None:
     from mlops_assets.core.ingest import read_codes
 
-    codes = read_codes(loaded, FLIGHTS.table("flights"))
+    codes = read_codes(loaded, NYCFLIGHTS13.table("flights"))
     assert "UA" in codes["carrier"] and len(codes["carrier"]) == 16

@@ -12,7 +12,8 @@ from scipy.stats import wasserstein_distance
 
 from mlops_assets.core import drift
 from mlops_assets.core.features import compute_features
-from mlops_assets.core.flights import FLIGHT_FEATURES, replay_months
+from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.monitoring import ScoringModel, score_month
 from mlops_assets.core.training import split_by_time, train_model

@@ -10,7 +10,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from mlops_assets.core.features import compute_features, feature_set_version, write_month, write_months
-from mlops_assets.core.flights import FLIGHT_FEATURES, replay_months
+from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets.core.settings import Settings
 from mlops_assets_tests.conftest import EVERY, MONTHLY, load_month
 

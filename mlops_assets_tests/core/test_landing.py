@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_assets.core.flights import replay_months
+from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.core.landing import (
     LandedFile,
     land_file,

@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 
 from mlops_assets.core.features import compute_features
-from mlops_assets.core.flights import FLIGHT_FEATURES, replay_months
+from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets.core.online import CURRENT, SMALL_BATCH, OnlineStore, build_export, current_version, write_export
 from mlops_assets.core.settings import Settings
 from mlops_assets_tests.conftest import MONTHLY, load_month

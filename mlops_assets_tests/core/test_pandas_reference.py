@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 
 from mlops_assets.core.features import compute_features
-from mlops_assets.core.flights import FLIGHT_FEATURES, FLIGHTS, replay_months
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
+from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import scan_landing
 
@@ -58,7 +59,7 @@ def slice_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[duckdb.Duc
     files = scan_landing(landing)
     now = datetime(2024, 1, 1)
     for table in ("airlines", "airports", "planes", "flights", "weather"):  # codes before the tables checked on them
-        spec = FLIGHTS.table(table)
+        spec = NYCFLIGHTS13.table(table)
         for landed in sorted((f for f in files if f.table == table), key=lambda f: str(f.month)):
             assert ingest_raw(conn, spec, landed, landing, quarantine, "test", now).accepted
             assert validate_partition(conn, spec, landed.month, "test", now).accepted

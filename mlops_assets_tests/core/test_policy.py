@@ -1,12 +1,28 @@
-"""Metrics against hand-computed values, and the promotion rules."""
+"""Metrics against hand-computed values, the promotion rules, and the rollback and retraining rules on typed
+records."""
 
+from __future__ import annotations
+
+import json
 import math
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 
 from mlops_assets.core.evaluation import average_precision, log_loss, metrics, roc_auc
-from mlops_assets.core.policy import PromotionGates, base_rate_log_loss, decide_promotion, scores_are_sane
+from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
+from mlops_assets.core.policy import (
+    PromotionGates,
+    RollbackPolicy,
+    base_rate_log_loss,
+    decide_promotion,
+    decide_promotion_from,
+    rollback_reasons,
+    scores_are_sane,
+)
+from mlops_assets.core.records import DriftSummary, EvaluationResult, LiveSummary, RecordError, VariantLive
 
 
 def test_roc_auc_counts_ties_as_half() -> None:
@@ -27,27 +43,31 @@ def test_average_precision_and_log_loss_by_hand() -> None:
 
 
 CHAMPION = {"roc_auc": 0.75, "log_loss": 0.47, "base_rate": 0.25}
+GATES = PromotionGates()
 SLICES_OK = [{"slice": "carrier", "value": "UA", "rows": 900, "challenger_auc": 0.76, "champion_auc": 0.75}]
 
 
 def test_a_better_challenger_is_promoted() -> None:
-    decision = decide_promotion({"roc_auc": 0.76, "log_loss": 0.46, "base_rate": 0.25}, CHAMPION, None, SLICES_OK, PromotionGates())
+    better = {"roc_auc": 0.76, "log_loss": 0.46, "base_rate": 0.25}
+    decision = decide_promotion(better, CHAMPION, None, SLICES_OK, GATES)
     assert decision.promote, decision.summary
 
 
 def test_a_worse_challenger_is_kept_out() -> None:
-    decision = decide_promotion({"roc_auc": 0.751, "log_loss": 0.46, "base_rate": 0.25}, CHAMPION, None, SLICES_OK, PromotionGates())
+    small_gain = {"roc_auc": 0.751, "log_loss": 0.46, "base_rate": 0.25}
+    decision = decide_promotion(small_gain, CHAMPION, None, SLICES_OK, GATES)
     assert not decision.promote and "needs >= +0.002" in decision.summary
-    worse_loss = decide_promotion({"roc_auc": 0.76, "log_loss": 0.48, "base_rate": 0.25}, CHAMPION, None, SLICES_OK, PromotionGates())
+    worse = {"roc_auc": 0.76, "log_loss": 0.48, "base_rate": 0.25}
+    worse_loss = decide_promotion(worse, CHAMPION, None, SLICES_OK, GATES)
     assert not worse_loss.promote
 
 
 def test_a_slice_regression_keeps_the_champion_and_says_which() -> None:
     slices = [
         {"slice": "origin", "value": "EWR", "rows": 800, "challenger_auc": 0.70, "champion_auc": 0.74},
-        {"slice": "carrier", "value": "HA", "rows": 30, "challenger_auc": 0.40, "champion_auc": 0.90},  # too small to judge
+        {"slice": "carrier", "value": "HA", "rows": 30, "challenger_auc": 0.40, "champion_auc": 0.90},  # too small
     ]
-    decision = decide_promotion({"roc_auc": 0.77, "log_loss": 0.45, "base_rate": 0.25}, CHAMPION, None, slices, PromotionGates())
+    decision = decide_promotion({"roc_auc": 0.77, "log_loss": 0.45, "base_rate": 0.25}, CHAMPION, None, slices, GATES)
     assert not decision.promote
     assert "origin=EWR (800 rows)" in decision.summary and "HA" not in decision.summary
 
@@ -63,5 +83,95 @@ def test_nan_or_out_of_range_scores_are_refused() -> None:
     problem = scores_are_sane(np.array([0.2, float("nan"), 0.4]))
     assert problem == "1 scores are NaN or infinite"
     assert scores_are_sane(np.array([0.2, 1.3])) is not None and scores_are_sane(np.array([0.2, 0.9])) is None
-    decision = decide_promotion({"roc_auc": 0.9, "log_loss": 0.1, "base_rate": 0.25}, CHAMPION, problem, SLICES_OK, PromotionGates())
+    great = {"roc_auc": 0.9, "log_loss": 0.1, "base_rate": 0.25}
+    decision = decide_promotion(great, CHAMPION, problem, SLICES_OK, GATES)
     assert not decision.promote and "refused" in decision.summary
+
+
+def test_promotion_from_a_stored_evaluation_decides_as_from_the_metrics() -> None:
+    challenger = {"roc_auc": 0.77, "pr_auc": 0.5, "log_loss": 0.45, "base_rate": 0.25}
+    champion = {**CHAMPION, "pr_auc": 0.5}
+    slices = [
+        {"slice": "origin", "value": "EWR", "rows": 800, "positives": 200, "base_rate": 0.25, "challenger_auc": 0.70,
+         "champion_auc": 0.74, "challenger_log_loss": 0.5, "champion_log_loss": 0.5},
+        {"slice": "origin", "value": "LGA", "rows": 900, "positives": 0, "base_rate": 0.0,
+         "challenger_auc": math.nan, "champion_auc": math.nan, "challenger_log_loss": 0.1,
+         "champion_log_loss": 0.1},  # one class: not judged
+    ]  # fmt: skip
+    roles = {"challenger": challenger, "champion": champion}
+    result = EvaluationResult.from_evaluation("flights", "v0003", "v0002", "2013-03", roles, slices, None)
+    stored = EvaluationResult.from_json(json.loads(json.dumps(result.to_json(), allow_nan=False)))
+    decision = decide_promotion_from(stored, PromotionGates())
+    assert decision == decide_promotion(challenger, champion, None, slices, PromotionGates())
+    assert not decision.promote and "origin=EWR (800 rows)" in decision.summary and "LGA" not in decision.summary
+    first = EvaluationResult.from_evaluation("flights", "v0001", None, "2013-03", {"challenger": challenger}, [], None)
+    assert decide_promotion_from(first, PromotionGates(first_model_min_pr_lift=1.5)).promote
+
+
+def test_an_undefined_challenger_auc_is_never_promoted() -> None:
+    undefined = {"roc_auc": None, "pr_auc": None, "log_loss": 0.4, "base_rate": 0.0}
+    first = EvaluationResult("flights", "v0001", None, "2013-03", {"challenger": undefined}, (), None)
+    assert not decide_promotion_from(first, PromotionGates()).promote
+
+
+# --- rollback and retraining rules, on typed live summaries ---------------------------------------------------------
+
+REFERENCE = {"share_above_0_99": 0.0, "share_below_0_01": 0.01, "std": 0.15}
+HEALTHY_CHAMPION = VariantLive(version="v0002", rows=5000, live_roc_auc=0.73, live_log_loss=0.5, score_std=0.14,
+                               share_above_0_99=0.0, share_below_0_01=0.02, error_rate=0.0, evaluation_roc_auc=0.75,
+                               auc_drop=0.02)  # fmt: skip
+HEALTHY = LiveSummary("2013-04", 5000, {"champion": HEALTHY_CHAMPION}, {"champion": replace(HEALTHY_CHAMPION, rows=40)})
+
+
+def live(**champion: Any) -> LiveSummary:
+    return replace(HEALTHY, batch={"champion": replace(HEALTHY_CHAMPION, **champion)})
+
+
+def online_errors(rate: float) -> LiveSummary:
+    return replace(HEALTHY, online={"champion": replace(HEALTHY_CHAMPION, rows=40, error_rate=rate)})
+
+
+def test_rollback_rules() -> None:
+    policy = RollbackPolicy()
+    assert rollback_reasons(HEALTHY, 0.75, REFERENCE, policy) == []
+    assert "below the required" in rollback_reasons(live(live_roc_auc=0.69, auc_drop=0.06), 0.75, REFERENCE, policy)[0]
+    assert "extreme" in rollback_reasons(live(share_above_0_99=0.3), 0.75, REFERENCE, policy)[0]
+    assert "collapsed" in rollback_reasons(live(score_std=0.01), 0.75, REFERENCE, policy)[0]
+    assert "failed" in rollback_reasons(online_errors(0.02), 0.75, REFERENCE, policy)[0]
+    # too few labelled rows: quality is not judged (errors still are)
+    assert rollback_reasons(live(rows=50, live_roc_auc=0.5, auc_drop=0.25), 0.75, REFERENCE, policy) == []
+    assert "failed" in rollback_reasons(replace(online_errors(0.02), batch={}), 0.75, REFERENCE, policy)[0]
+    assert np.isclose(policy.max_auc_drop, 0.05)
+
+
+def test_an_undefined_live_auc_is_not_judged_and_not_said() -> None:
+    reasons = rollback_reasons(live(live_roc_auc=None, auc_drop=None), 0.75, REFERENCE, RollbackPolicy())
+    assert reasons == []
+    assert rollback_reasons(live(live_roc_auc=0.5, auc_drop=None), None, REFERENCE, RollbackPolicy()) == []  # no bar
+    assert rollback_reasons(LiveSummary.empty("2013-04"), 0.75, REFERENCE, RollbackPolicy()) == []
+
+
+def test_the_rule_reads_a_stored_summary_and_a_renamed_field_fails_loudly() -> None:
+    bad = live(live_roc_auc=0.69, auc_drop=0.06)
+    stored = json.loads(json.dumps(bad.to_json()))
+    assert rollback_reasons(LiveSummary.from_json(stored), 0.75, REFERENCE, RollbackPolicy()) != []
+    stored["batch"]["champion"]["live_auc"] = stored["batch"]["champion"].pop("live_roc_auc")
+    renamed = r"batch\['champion'\]: missing field\(s\) live_roc_auc; unknown field\(s\) live_auc"
+    with pytest.raises(RecordError, match=renamed):
+        LiveSummary.from_json(stored)  # was: .get("champion_live_roc_auc") -> None -> the AUC rule silently off
+    stored = json.loads(json.dumps(online_errors(0.02).to_json()))
+    stored["online"]["champion"]["errors"] = stored["online"]["champion"].pop("error_rate")
+    with pytest.raises(RecordError, match="error_rate"):
+        LiveSummary.from_json(stored)
+
+
+def test_retrain_reasons() -> None:
+    assert performance_retrain_reason(HEALTHY, 0.02) is None  # a drop of exactly the margin is not more
+    reason = performance_retrain_reason(live(live_roc_auc=0.72, auc_drop=0.03), 0.02)
+    assert reason == "live AUC 0.7200 of v0002 in 2013-04 is 0.0300 below its evaluation AUC 0.7500 (margin 0.02)"
+    assert performance_retrain_reason(live(evaluation_roc_auc=None, auc_drop=None), 0.02) is None
+    assert performance_retrain_reason(LiveSummary.empty("2013-04"), 0.02) is None
+    drifted = DriftSummary("2013-04", "v0002", True, 0.4, ("dep_delay",), "dep_delay (0.30)", None, None,
+                           "4/10 drifted")  # fmt: skip
+    assert drift_retrain_reason(drifted) == "drift in 2013-04: 4/10 drifted"
+    assert drift_retrain_reason(DriftSummary.no_champion("2013-04")) is None

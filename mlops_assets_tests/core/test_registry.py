@@ -1,10 +1,22 @@
-"""The model registry: immutable versions, atomic aliases, an append-only log, and refusal of tampered models."""
+"""The model registry: immutable versions, atomic aliases, an append-only log, refusal of tampered models, and the
+evaluations that promotion and the live rules read."""
 
+from __future__ import annotations
+
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError, UnknownVersionError
+from mlops_assets.core.records import EvaluationResult, RecordError
+from mlops_assets.core.registry import (
+    CHAMPION,
+    Registry,
+    RegistryIntegrityError,
+    UnknownVersionError,
+    evaluated_roc_auc,
+)
 
 MODEL = "tree\nversion=v4\nnum_class=1\n"  # stands for a LightGBM text model: the registry treats it as bytes
 
@@ -42,7 +54,8 @@ def test_aliases_move_with_a_logged_reason_and_refuse_unknown_versions(tmp_path:
     assert registry.alias(CHAMPION) == second
     assert registry.previous_champions() == [second, first]
     last = registry.events()[-1]
-    assert (last["event"], last["version"], last["alias"], last["reason"]) == ("promoted", second, CHAMPION, "better AUC")
+    assert (last["event"], last["version"], last["alias"]) == ("promoted", second, CHAMPION)
+    assert last["reason"] == "better AUC"
     with pytest.raises(UnknownVersionError):
         registry.set_alias(CHAMPION, "v0099", "promoted", "nope")
     assert registry.alias(CHAMPION) == second
@@ -64,3 +77,64 @@ def test_a_registration_that_fails_midway_leaves_no_version(tmp_path: Path, monk
     assert registry.versions() == ["v0001"]
     assert [p.name for p in (tmp_path / "versions").iterdir()] == ["v0001"]  # the staging folder is gone too
     assert _register(registry, MODEL + "next") == "v0002"
+
+
+def _evaluation(challenger: str, champion: str | None, auc: float = 0.74) -> EvaluationResult:
+    values = {"roc_auc": auc, "pr_auc": 0.4, "log_loss": 0.45, "base_rate": 0.2, "rows": 900.0}
+    slices = [{"slice": "origin", "value": "EWR", "rows": 900, "positives": 180, "base_rate": 0.2,
+               "challenger_auc": auc, "challenger_log_loss": 0.45,
+               **({"champion_auc": 0.73, "champion_log_loss": 0.46} if champion else {})}]  # fmt: skip
+    roles = {"challenger": values, **({"champion": {**values, "roc_auc": 0.73}} if champion else {})}
+    return EvaluationResult.from_evaluation("flights", challenger, champion, "2013-03", roles, slices, None)
+
+
+def test_an_evaluation_is_stored_with_its_version_and_read_back(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "registry" / "flights")
+    first, second = _register(registry), _register(registry, MODEL + "2")
+    assert registry.evaluation(first) is None and evaluated_roc_auc(registry, first) is None  # never evaluated
+    registry.save_evaluation(_evaluation(first, None), run_id="r1")
+    registry.save_evaluation(_evaluation(second, first, auc=0.76), run_id="r2")
+    assert registry.evaluation(second) == _evaluation(second, first, auc=0.76)
+    assert evaluated_roc_auc(registry, first) == 0.74 and evaluated_roc_auc(registry, second) == 0.76
+    assert (tmp_path / "registry" / "flights" / "evaluations" / f"{second}.json").exists()
+    last = registry.events()[-1]
+    assert (last["event"], last["version"], last["run_id"], last["champion"]) == ("evaluated", second, "r2", first)
+    assert last["reason"] == f"evaluated on 2013-03 against {first}: ROC AUC 0.7600"
+    registry.save_evaluation(_evaluation(second, None, auc=0.77))  # evaluated again: the latest one counts
+    assert evaluated_roc_auc(registry, second) == 0.77
+    assert [e["event"] for e in registry.events()].count("evaluated") == 3
+    with pytest.raises(UnknownVersionError):
+        registry.save_evaluation(_evaluation("v0099", None))
+
+
+def test_deleting_the_reports_folder_cannot_matter(tmp_path: Path) -> None:
+    """Reports are for people; what promotion and the live rules read is in the registry."""
+    registry = Registry(tmp_path / "registry")
+    version = _register(registry)
+    registry.save_evaluation(_evaluation(version, None))
+    reports = tmp_path / "reports" / "evaluation" / version  # where evaluations used to be read from
+    reports.mkdir(parents=True)
+    (reports / "evaluation.json").write_text(json.dumps({"metrics": {"challenger": {"roc_auc": 0.99}}}))
+    assert evaluated_roc_auc(registry, version) == 0.74
+    shutil.rmtree(tmp_path / "reports")
+    assert evaluated_roc_auc(registry, version) == 0.74
+    assert registry.evaluation(version) == _evaluation(version, None)
+
+
+def test_a_damaged_or_misplaced_evaluation_fails_loudly(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    first, second = _register(registry), _register(registry, MODEL + "2")
+    registry.save_evaluation(_evaluation(first, None))
+    path = registry.evaluations_dir / f"{first}.json"
+    data = json.loads(path.read_text())
+    data["metrics"]["challenger"]["auc"] = data["metrics"]["challenger"].pop("roc_auc")  # renamed by hand
+    path.write_text(json.dumps(data))
+    with pytest.raises(RecordError, match=r"metrics\['challenger'\]: missing metric\(s\) roc_auc"):
+        evaluated_roc_auc(registry, first)  # not None: that would read as "never evaluated"
+    registry.save_evaluation(_evaluation(first, None))
+    shutil.copy(registry.evaluations_dir / f"{first}.json", registry.evaluations_dir / f"{second}.json")
+    with pytest.raises(RecordError, match=f"challenger_version is '{first}', expected '{second}'"):
+        registry.evaluation(second)
+    path.write_text('{"schema": "evaluation", "schema_')  # cannot happen through save_evaluation (atomic)
+    with pytest.raises(RecordError, match="not JSON"):
+        registry.evaluation(first)

@@ -11,7 +11,8 @@ import pytest
 
 from mlops_assets.core.evaluation import roc_auc
 from mlops_assets.core.features import compute_features
-from mlops_assets.core.flights import FLIGHT_FEATURES, FLIGHTS, replay_months
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
+from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import find_landed
 from mlops_assets.core.registry import Registry
@@ -28,7 +29,7 @@ def training_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainingS
     replay_months(root / "landing", MONTHS, every=5)
     with duckdb.connect(str(root / "warehouse.duckdb")) as conn:
         for table in ("airlines", "airports", "planes", "flights", "weather"):
-            spec = FLIGHTS.table(table)
+            spec = NYCFLIGHTS13.table(table)
             for month in MONTHS if spec.monthly else [None]:
                 landed = find_landed(root / "landing", table, month)
                 assert landed is not None
@@ -49,8 +50,11 @@ def test_the_split_is_by_time_and_purged(training_set: TrainingSet) -> None:
     assert train["sched_dep_local"].max() < valid["sched_dep_local"].min()  # type: ignore[operator]
     assert valid["sched_dep_local"].max() < test["sched_dep_local"].min()  # type: ignore[operator]
     assert set(test["_month"].unique()) == {"2013-03"}
-    # no training label became known after the validation weeks began (UTC start of the local day + 4 h)
-    assert train["label_known_at"].max() < datetime(2013, 2, 15, 4)  # type: ignore[operator]
+    # no training label became known after the validation weeks began: local midnight in New York, 05:00 UTC in
+    # February (the spec's time zone gives the exact instant), and none of the validation labels after March began
+    assert train["label_known_at"].max() < datetime(2013, 2, 15, 5)  # type: ignore[operator]
+    assert valid["label_known_at"].max() < datetime(2013, 3, 1, 5)  # type: ignore[operator]
+    assert train["label_known_at"].max() >= datetime(2013, 2, 15, 4)  # type: ignore[operator]  # the boundary is exact, not +4 h
 
 
 def test_training_is_deterministic_to_the_byte(training_set: TrainingSet, model: TrainedModel) -> None:

@@ -11,21 +11,29 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from mlops_assets.core.flights import FLIGHTS, replay_months
+from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import REPO_ROOT, Settings
+from mlops_assets.catalog import CATALOG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.deploy import build_champion_asset
 from mlops_assets.defs.evaluate import build_evaluation_asset
-from mlops_assets.defs.features import build_freshness_check, features_key
-from mlops_assets.defs.jobs import RETRAIN_JOB
-from mlops_assets.defs.monitor import DRIFT_KEY, LIVE_KEY, PREDICTIONS_KEY
+from mlops_assets.core.records import DriftSummary, LiveSummary, RecordError, VariantLive
+from mlops_assets.defs.features import build_freshness_check
+from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, retraining_job_name
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage, build_resources
 from mlops_assets.defs.sensors import CHAMPION_TAG, MONTH_TAG, TRIGGER_TAG, build_drift_sensor, build_performance_sensor
-from mlops_assets.defs.train import CHALLENGER_KEY, CHAMPION_KEY, TRAINING_SET_KEY, build_challenger_asset, build_training_set_asset
+from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13
 
-FEATURES = features_key(FLIGHTS.training_features)
+MODEL = FLIGHT_DELAY
+KEYS = keys_of(MODEL)
+RETRAIN_JOB = retraining_job_name(MODEL)
+FEATURES = features_key(MODEL.features)
+PREDICTIONS_KEY, DRIFT_KEY, LIVE_KEY = KEYS.predictions, KEYS.drift, KEYS.live
+TRAINING_SET_KEY, CHALLENGER_KEY, CHAMPION_KEY = KEYS.training_set, KEYS.challenger, KEYS.champion
 
 
 def _register(registry: Registry) -> str:
@@ -35,19 +43,40 @@ def _register(registry: Registry) -> str:
     return registry.register(booster.model_to_string(), {"data": {"test_month": "2013-03"}}, {}, run_id=None).version
 
 
-@pytest.fixture
-def champion(settings: Settings) -> str:
-    registry = Registry(settings.registry_dir)
+def _champion_of(settings: Settings, model: str) -> str:
+    registry = Registry(settings.model(model).registry_dir)
     version = _register(registry)
     registry.set_alias(CHAMPION, version, "promoted", "test")
     return version
 
 
-def _report(instance: dg.DagsterInstance, key: dg.AssetKey, month: str, **summary: object) -> None:
-    """A materialization of a monitoring asset for ``month`` with its per-month metadata, as the asset writes it."""
+@pytest.fixture
+def champion(settings: Settings) -> str:
+    return _champion_of(settings, MODEL.name)
+
+
+def _drift(month: str, champion: str, drifted: bool, reason: str) -> DriftSummary:
+    return DriftSummary(month=month, champion_version=champion, drifted=drifted, drift_share=0.33 if drifted else 0.0,
+                        drifted_features=("temp",) if drifted else (), top_drifted="temp (0.31)", score_drift=0.05,
+                        label_rate=0.2, reason=reason)  # fmt: skip
+
+
+def _live(month: str, champion: str, auc: float, evaluated: float) -> LiveSummary:
+    variant = VariantLive(version=champion, rows=5000, live_roc_auc=auc, live_log_loss=0.5, score_std=0.14,
+                          share_above_0_99=0.0, share_below_0_01=0.02, error_rate=0.0, evaluation_roc_auc=evaluated,
+                          auc_drop=round(evaluated - auc, 4))  # fmt: skip
+    return LiveSummary(month=month, rows=5000, batch={"champion": variant}, online={})
+
+
+def _report(instance: dg.DagsterInstance, key: dg.AssetKey, record: DriftSummary | LiveSummary) -> None:
+    """A materialization of a monitoring asset for the record's month with its record, as the asset writes it."""
+    _store(instance, key, record.month, record.to_json())
+
+
+def _store(instance: dg.DagsterInstance, key: dg.AssetKey, month: str, stored: dict[str, object]) -> None:
     if month not in instance.get_dynamic_partitions(MONTHS.name):
         instance.add_dynamic_partitions(MONTHS.name, [month])
-    metadata = {"by_month": dg.MetadataValue.json({month: {"month": month, **summary}})}
+    metadata = {"by_month": dg.MetadataValue.json({month: stored})}
     instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=month, metadata=metadata))
 
 
@@ -60,13 +89,14 @@ def _tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, settings: S
 
 
 def test_drift_sensor_requests_one_retrain_per_drift_event(settings: Settings, champion: str) -> None:
-    sensor = build_drift_sensor()
+    sensor = build_drift_sensor(MODEL)
     with dg.instance_for_test() as instance:
-        _report(instance, DRIFT_KEY, "2013-04", champion_version=champion, drifted=True, reason="9/27 features drifted")
+        _report(instance, DRIFT_KEY, _drift("2013-04", champion, True, "9/27 features drifted"))
         first = _tick(sensor, instance, settings, None)
         [request] = first.run_requests or []
-        assert request.run_key == f"drift:2013-04:{champion}"
+        assert request.run_key == f"drift:flight_delay:2013-04:{champion}"
         assert request.tags[TRIGGER_TAG] == "drift" and request.tags[MONTH_TAG] == "2013-04" and request.tags[CHAMPION_TAG] == champion
+        assert request.tags[MODEL_TAG] == "flight_delay"
         assert "9/27 features drifted" in request.tags["mlops/reason"]
 
         # the cursor moved past the event: the next tick asks for nothing
@@ -74,36 +104,62 @@ def test_drift_sensor_requests_one_retrain_per_drift_event(settings: Settings, c
 
         # the same month drifting again for the same champion: its retrain run exists, so no second request
         instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=request.tags))
-        _report(instance, DRIFT_KEY, "2013-04", champion_version=champion, drifted=True, reason="again")
+        _report(instance, DRIFT_KEY, _drift("2013-04", champion, True, "again"))
         again = _tick(sensor, instance, settings, first.cursor)
         assert not again.run_requests and again.cursor != first.cursor
 
 
 def test_drift_sensor_ignores_stable_months_and_stale_champions(settings: Settings, champion: str) -> None:
-    sensor = build_drift_sensor()
+    sensor = build_drift_sensor(MODEL)
     with dg.instance_for_test() as instance:
-        _report(instance, DRIFT_KEY, "2013-04", champion_version=champion, drifted=False, reason="no drift")
-        _report(instance, DRIFT_KEY, "2013-05", champion_version="v0999", drifted=True, reason="drift vs an old champion")
+        _report(instance, DRIFT_KEY, _drift("2013-04", champion, False, "no drift"))
+        _report(instance, DRIFT_KEY, _drift("2013-05", "v0999", True, "drift vs an old champion"))
         # two reports of one drifted month in one tick: one request
-        _report(instance, DRIFT_KEY, "2013-06", champion_version=champion, drifted=True, reason="drift")
-        _report(instance, DRIFT_KEY, "2013-06", champion_version=champion, drifted=True, reason="drift")
+        _report(instance, DRIFT_KEY, _drift("2013-06", champion, True, "drift"))
+        _report(instance, DRIFT_KEY, _drift("2013-06", champion, True, "drift"))
         result = _tick(sensor, instance, settings, None)
-        assert [r.run_key for r in result.run_requests or []] == [f"drift:2013-06:{champion}"]
+        assert [r.run_key for r in result.run_requests or []] == [f"drift:flight_delay:2013-06:{champion}"]
+
+
+def test_a_drift_event_of_one_model_never_retrains_another(settings: Settings) -> None:
+    """Each model's drift sensor reads only its own drift records and asks only for its own retraining job."""
+    champions = {m.name: _champion_of(settings, m.name) for m in CATALOG.models}
+    assert len(champions) >= 2
+    drifting, *others = CATALOG.models
+    with dg.instance_for_test() as instance:
+        _report(instance, keys_of(drifting).drift, _drift("2013-04", champions[drifting.name], True, "heat wave"))
+        [request] = _tick(build_drift_sensor(drifting), instance, settings, None).run_requests or []
+        assert request.tags[MODEL_TAG] == drifting.name
+        assert build_drift_sensor(drifting).job_name == retraining_job_name(drifting)
+        for other in others:
+            sensor = build_drift_sensor(other)
+            assert sensor.job_name == retraining_job_name(other) != retraining_job_name(drifting)
+            assert not _tick(sensor, instance, settings, None).run_requests  # the other model's events are not its own
+
+
+def test_a_renamed_field_in_a_stored_record_stops_the_sensor_loudly(settings: Settings, champion: str) -> None:
+    """A record whose field was renamed must not read as 'no drift' (which would switch the rule off in silence)."""
+    stored = _drift("2013-04", champion, True, "drift").to_json()
+    stored["is_drifted"] = stored.pop("drifted")
+    with dg.instance_for_test() as instance:
+        _store(instance, DRIFT_KEY, "2013-04", stored)
+        with pytest.raises(RecordError, match="drifted"):
+            _tick(build_drift_sensor(MODEL), instance, settings, None)
 
 
 def test_performance_sensor_retrains_when_live_auc_falls_beyond_the_margin(settings: Settings, champion: str) -> None:
-    sensor = build_performance_sensor()
-    live = {"champion_version": champion, "champion_live_roc_auc": 0.70, "champion_evaluation_roc_auc": 0.75}
+    sensor = build_performance_sensor(MODEL)
     with dg.instance_for_test() as instance:
-        _report(instance, LIVE_KEY, "2013-04", **live, champion_auc_drop=0.05)
-        _report(instance, LIVE_KEY, "2013-05", **live, champion_auc_drop=0.01)
+        _report(instance, LIVE_KEY, _live("2013-04", champion, 0.70, 0.75))
+        _report(instance, LIVE_KEY, _live("2013-05", champion, 0.74, 0.75))
         result = _tick(sensor, instance, settings, None)
         [request] = result.run_requests or []
-        assert request.run_key == f"performance:2013-04:{champion}" and "0.0500 below" in request.tags["mlops/reason"]
+        assert request.run_key == f"performance:flight_delay:2013-04:{champion}" and "0.0500 below" in request.tags["mlops/reason"]
         # the margin is configurable
         assert not _tick(sensor, instance, settings, None, MonitoringPolicy(retrain_auc_margin=0.1)).run_requests
         # a month the drift sensor already sent to retraining is not retrained twice
-        instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags={MONTH_TAG: "2013-04", CHAMPION_TAG: champion, TRIGGER_TAG: "drift"}))
+        tags = {MONTH_TAG: "2013-04", CHAMPION_TAG: champion, TRIGGER_TAG: "drift", MODEL_TAG: MODEL.name}
+        instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=tags))
         assert not _tick(sensor, instance, settings, None).run_requests
 
 
@@ -123,7 +179,7 @@ def _features_built(instance: dg.DagsterInstance, month: str, check_passed: bool
 
 
 def test_monitoring_runs_after_a_month_of_features_and_only_then(settings: Settings) -> None:
-    defs = build_definitions(FLIGHTS, settings)
+    defs = build_definitions(CATALOG, settings)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(MONTHS.name, ["2013-04", "2013-05"])
         start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
@@ -147,7 +203,7 @@ def test_monitoring_runs_after_a_month_of_features_and_only_then(settings: Setti
 
 
 def test_a_new_champion_does_not_rescore_old_months(settings: Settings) -> None:
-    defs = build_definitions(FLIGHTS, settings)
+    defs = build_definitions(CATALOG, settings)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(MONTHS.name, ["2013-04"])
         _features_built(instance, "2013-04", check_passed=True)
@@ -161,8 +217,8 @@ def test_a_new_champion_does_not_rescore_old_months(settings: Settings) -> None:
 
 def _lifecycle(settings: Settings, code_version: str) -> dg.Definitions:
     """The lifecycle assets alone, with a chosen training code version."""
-    assets = [build_training_set_asset(FLIGHTS), build_challenger_asset(FLIGHTS, code_version), build_evaluation_asset(FLIGHTS),
-              build_champion_asset(FLIGHTS)]  # fmt: skip
+    assets = [build_training_set_asset(MODEL), build_challenger_asset(MODEL, code_version), build_evaluation_asset(MODEL),
+              build_champion_asset(MODEL)]  # fmt: skip
     return dg.Definitions(assets=assets, resources=build_resources(settings))
 
 
@@ -176,12 +232,12 @@ def test_a_new_training_code_version_retrains_and_re_evaluates(settings: Setting
         changed = dg.evaluate_automation_conditions(defs=_lifecycle(settings, "training-b"), instance=instance, cursor=unchanged.cursor)
         assert _requested(changed, CHALLENGER_KEY) == {None}
         # the rest of the chain follows in the same tick, and the training set is not rebuilt for it
-        assert _requested(changed, dg.AssetKey(["reports", "evaluation"])) == {None} and _requested(changed, CHAMPION_KEY) == {None}
+        assert _requested(changed, KEYS.evaluation) == {None} and _requested(changed, CHAMPION_KEY) == {None}
         assert not _requested(changed, TRAINING_SET_KEY)
 
 
 def test_the_champion_must_be_re_evaluated_every_30_days(settings: Settings) -> None:
-    defs = build_definitions(FLIGHTS, settings)
+    defs = build_definitions(CATALOG, settings)
     spec = defs.resolve_asset_graph().get(CHAMPION_KEY)
     policy = spec.freshness_policy
     assert policy is not None
@@ -201,7 +257,7 @@ def test_one_writer_at_a_time(settings: Settings, tmp_path: Path) -> None:
         config = instance.get_concurrency_config()
         assert config.run_queue_config is not None and config.run_queue_config.max_concurrent_runs == 1
         assert config.pool_config.default_pool_limit == 1
-    defs = build_definitions(FLIGHTS, settings)
+    defs = build_definitions(CATALOG, settings)
     users = [a for a in defs.resolve_asset_graph().assets_defs if "duckdb" in a.required_resource_keys]
     assert len(users) > 20  # assets and checks alike
     assert all(a.op.pool == DUCKDB_POOL for a in users), [a.keys or a.check_keys for a in users if a.op.pool != DUCKDB_POOL]
@@ -212,7 +268,7 @@ def test_features_must_follow_their_landing_within_a_day(settings: Settings) -> 
     two_days_ago = time.time() - 2 * 24 * 3600
     for path in settings.landing_dir.glob("*/2013-01.parquet"):
         os.utime(path, (two_days_ago, two_days_ago))
-    check = build_freshness_check(FLIGHTS.training_features, FLIGHTS)
+    check = build_freshness_check(FLIGHT_DELAY.features, NYCFLIGHTS13)
     resources = {"storage": PlatformStorage(data_dir=str(settings.data_dir))}
     with dg.instance_for_test() as instance:
         stale = check(dg.build_asset_check_context(instance=instance, resources=resources))

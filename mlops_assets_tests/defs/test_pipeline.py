@@ -7,9 +7,11 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from mlops_assets.core.flights import FLIGHTS, replay_months
+from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
+from mlops_assets.catalog import CATALOG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.partitions import range_tags, register_months
 from mlops_assets_tests.conftest import EVERY
@@ -17,28 +19,49 @@ from mlops_assets_tests.conftest import EVERY
 MONTHS_LANDED = ["2013-01", "2013-02"]
 
 
+PER_MODEL = ["training_set", "challenger", "evaluation", "champion", "online_store", "batch_predictions", "drift_report",
+             "live_performance"]  # fmt: skip
+
+
 def test_asset_graph_snapshot(settings: Settings) -> None:
-    defs = build_definitions(FLIGHTS, settings)
+    """The feed's tables once, each feature table once, and every model's own assets under its name."""
+    defs = build_definitions(CATALOG, settings)
     keys = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
     tables = ["airlines", "airports", "flights", "planes", "weather"]
-    expected = [f"{stage}/{t}" for stage in ("landing", "raw", "validated") for t in tables] + [
-        "features/flight_features", "features/training_set", "models/challenger", "reports/evaluation", "models/champion",
-        "predictions/batch", "monitoring/drift_report", "monitoring/live_performance", "features/online_store",
-    ]  # fmt: skip
+    expected = [f"{stage}/{t}" for stage in ("landing", "raw", "validated") for t in tables]
+    expected += [f"features/{f.name}" for f in CATALOG.feature_tables]
+    expected += [f"{m.name}/{name}" for m in CATALOG.models for name in PER_MODEL]
     assert keys == sorted(expected)
+    assert {"flight_delay/champion", "flight_cancellation/champion"} <= set(keys) or len(CATALOG.models) == 1
     checks = sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in defs.resolve_asset_graph().asset_check_keys)
     assert "raw/flights:schema_contract" in checks and "validated/flights:row_contract" in checks
     assert "features/flight_features:one_row_per_entity" in checks
-    assert "models/champion:champion_is_servable" in checks
-    for job in ("feature_pipeline", "training_pipeline", "retraining"):
+    for model in CATALOG.models:
+        assert f"{model.name}/champion:champion_is_servable" in checks
+        assert defs.resolve_job_def(f"{model.name}_retraining") is not None
+        for what in ("drift", "performance", "rollback"):
+            assert defs.resolve_sensor_def(f"{model.name}_{what}_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    for job in ("feature_pipeline", "training_pipeline"):
         assert defs.resolve_job_def(job) is not None
-    for sensor in ("landing_sensor", "drift_sensor", "performance_sensor", "automation"):
+    for sensor in ("landing_sensor", "automation"):
         assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_loading_the_code_location_writes_nothing(settings: Settings) -> None:
+    """Partitions come from the landing sensor and `mlops replay`, month ranges from the launch: never from a load."""
+    replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
+    with dg.instance_for_test() as instance:
+        defs = build_definitions(CATALOG, settings)
+        dg.Definitions.validate_loadable(defs)
+        for job in ("feature_pipeline", "training_pipeline"):
+            assert not any(k.startswith("dagster/asset_partition_range") for k in defs.resolve_job_def(job).tags)
+        assert instance.get_dynamic_partitions("months") == []
+        assert not instance.get_runs()
 
 
 def _run_pipeline(settings: Settings, instance: dg.DagsterInstance, months: list[str]) -> dg.ExecuteInProcessResult:
     register_months(instance, months)
-    job = build_definitions(FLIGHTS, settings).resolve_job_def("feature_pipeline")
+    job = build_definitions(CATALOG, settings).resolve_job_def("feature_pipeline")
     return job.execute_in_process(instance=instance, tags=range_tags(months), raise_on_error=False)
 
 
@@ -102,25 +125,24 @@ def test_a_reshaped_batch_is_stopped_by_the_blocking_check(settings: Settings) -
 
 
 def test_a_run_without_months_explains_what_to_do(settings: Settings) -> None:
-    job = build_definitions(FLIGHTS, settings).resolve_job_def("feature_pipeline")
+    replay_months(settings.landing_dir, [], every=EVERY)  # the reference tables only
+    job = build_definitions(CATALOG, settings).resolve_job_def("feature_pipeline")
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "mlops replay --through 2013-03" in str(failure.event_specific_data.error)  # type: ignore[union-attr]
+    failures = [str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure]  # type: ignore[union-attr]
+    assert failures and all("mlops replay --through 2013-03" in e and "mlops months --tags" in e for e in failures)
 
 
 def test_landing_sources_report_the_file_hash_as_data_version(settings: Settings) -> None:
     replay_months(settings.landing_dir, ["2013-01"], every=EVERY)
-    defs = build_definitions(FLIGHTS, settings)
     key = dg.AssetKey(["landing", "flights"])
+    base = build_definitions(CATALOG, settings)
+    # an observation job of the source: what the UI's "Observe sources" button launches
+    defs = dg.Definitions.merge(base, dg.Definitions(jobs=[dg.define_asset_job("observe_landing", selection=[key])]))
     with dg.instance_for_test() as instance:
         register_months(instance, ["2013-01"])
-        source = next(a for a in defs.assets or [] if getattr(a, "key", None) == key)
-        # dagster has no public in-process `observe` (the UI and the daemon call this one)
-        from dagster._core.definitions.observe import observe
-
-        assert observe([source], instance=instance, resources=defs.resources).success  # type: ignore[list-item]
+        assert defs.resolve_job_def("observe_landing").execute_in_process(instance=instance).success
         [record] = instance.fetch_observations(key, limit=1).records
     observation = record.asset_observation
     assert observation is not None and observation.partition == "2013-01"

@@ -1,12 +1,14 @@
 """A failed training run resumes from its failed step: what had succeeded is not run again."""
 
+from typing import Any
+
 import dagster as dg
 import pytest
 
-from mlops_assets.core.flights import replay_months
+from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
-from mlops_assets.definitions import resume_run, training_pipeline_job
+from mlops_assets.definitions import reconstructable_job, resume_run
 from mlops_assets.defs.partitions import range_tags, register_months
 
 MONTHS = ["2013-01", "2013-02"]
@@ -16,34 +18,61 @@ def _succeeded(result: dg.JobExecutionResult) -> set[str]:
     return {e.step_key for e in result.all_events if e.is_step_success and e.step_key}
 
 
+def _job(name: str) -> Any:
+    """A job of the code location as a separate process would rebuild it (what re-execution needs)."""
+    return reconstructable_job(name)
+
+
 def test_resume_reruns_only_the_failed_step_and_what_follows(settings: Settings) -> None:
     replay_months(settings.landing_dir, MONTHS, every=20)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.registry_dir.write_text("not a folder")  # injected failure: the registry cannot be written
+    registry_dir = settings.model("flight_delay").registry_dir
+    registry_dir.parent.mkdir(parents=True, exist_ok=True)
+    registry_dir.write_text("not a folder")  # injected failure: flight_delay's registry cannot be written
     with dg.instance_for_test() as instance:
         register_months(instance, MONTHS)
-        failed = dg.execute_job(dg.reconstructable(training_pipeline_job), instance=instance, tags=range_tags(MONTHS))
+        failed = dg.execute_job(_job("training_pipeline"), instance=instance, tags=range_tags(MONTHS))
         assert not failed.success
-        assert "models__challenger" not in _succeeded(failed) and "features__training_set" in _succeeded(failed)
+        done = _succeeded(failed)
+        assert "flight_delay__challenger" not in done and "flight_delay__training_set" in done
+        assert "flight_cancellation__challenger" in done  # the other model is not held back by this one's failure
 
-        settings.registry_dir.unlink()  # the cause is fixed
+        registry_dir.unlink()  # the cause is fixed
         resumed = resume_run(failed.run_id, instance)
         with pytest.raises(ValueError, match="already resumed successfully"):
             resume_run(failed.run_id, instance)
     assert resumed.success
     rerun = _succeeded(resumed)
-    assert {"models__challenger", "reports__evaluation", "models__champion"} <= rerun
-    assert not any(step.startswith(("raw__", "validated__", "features__")) for step in rerun), rerun
-    assert Registry(settings.registry_dir).alias(CHAMPION) == "v0001"
+    assert {"flight_delay__challenger", "flight_delay__evaluation", "flight_delay__champion"} <= rerun
+    assert not any(step.startswith(("raw__", "validated__", "features__", "flight_cancellation__")) for step in rerun), rerun
+    assert Registry(registry_dir).alias(CHAMPION) == "v0001"
 
 
 def test_only_a_failed_run_can_be_resumed(settings: Settings) -> None:
     replay_months(settings.landing_dir, MONTHS, every=20)
     with dg.instance_for_test() as instance:
         register_months(instance, MONTHS)
-        ok = dg.execute_job(dg.reconstructable(training_pipeline_job), instance=instance, tags=range_tags(MONTHS))
+        ok = dg.execute_job(_job("training_pipeline"), instance=instance, tags=range_tags(MONTHS))
         assert ok.success
         with pytest.raises(ValueError, match="not FAILURE"):
             resume_run(ok.run_id, instance)
         with pytest.raises(ValueError, match="no run"):
             resume_run("no-such-run", instance)
+
+
+def test_resume_refuses_another_models_run(settings: Settings) -> None:
+    """`mlops resume --model M` resumes only M's runs: a failed flight_delay retraining is not flight_cancellation's."""
+    replay_months(settings.landing_dir, MONTHS, every=20)
+    registry_dir = settings.model("flight_delay").registry_dir
+    with dg.instance_for_test() as instance:
+        register_months(instance, MONTHS)
+        assert dg.execute_job(_job("training_pipeline"), instance=instance, tags=range_tags(MONTHS)).success
+        moved = registry_dir.rename(registry_dir.with_name("moved"))
+        registry_dir.write_text("not a folder")  # the retrain cannot register its version
+        failed = dg.execute_job(_job("flight_delay_retraining"), instance=instance)
+        assert not failed.success and failed.dagster_run.tags["mlops/model"] == "flight_delay"
+        with pytest.raises(ValueError, match="is a run of model 'flight_delay', not 'flight_cancellation'"):
+            resume_run(failed.run_id, instance, model="flight_cancellation")
+        registry_dir.unlink()
+        moved.rename(registry_dir)
+        resumed = resume_run(failed.run_id, instance, model="flight_delay")
+    assert resumed.success and Registry(registry_dir).versions() == ["v0001", "v0002"]

@@ -6,15 +6,16 @@ import json
 import dagster as dg
 import polars as pl
 
-from mlops_assets.core.flights import FLIGHTS, replay_months
+from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
+from mlops_assets.catalog import CATALOG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.resources import PlatformStorage
 
 
 def _tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    sensor = build_definitions(FLIGHTS, settings).resolve_sensor_def("landing_sensor")
+    sensor = build_definitions(CATALOG, settings).resolve_sensor_def("landing_sensor")
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"storage": PlatformStorage(data_dir=str(settings.data_dir))}
     )
@@ -63,8 +64,9 @@ def test_a_new_month_adds_a_partition_and_requests_only_itself(settings: Setting
         # one run refreshes the month end to end; unchanged reference tables are not ingested again
         selected = {k.to_user_string() for k in first.run_requests[0].asset_selection or []}  # type: ignore[index]
         again = {k.to_user_string() for k in second.run_requests[0].asset_selection or []}  # type: ignore[index]
-        month_part = {"raw/flights", "validated/weather", "features/flight_features", "features/online_store",
-                      "predictions/batch", "monitoring/drift_report", "monitoring/live_performance"}  # fmt: skip
+        month_part = {"raw/flights", "validated/weather", *(f"features/{f.name}" for f in CATALOG.feature_tables)}
+        for model in CATALOG.models:  # every model over the feed is refreshed by the same run
+            month_part |= {f"{model.name}/{a}" for a in ("online_store", "batch_predictions", "drift_report", "live_performance")}
         assert month_part <= selected and month_part <= again
         assert "raw/planes" in selected and "raw/planes" not in again
 
@@ -75,7 +77,7 @@ def test_months_already_ingested_by_a_job_are_not_requested_again(settings: Sett
     replay_months(settings.landing_dir, ["2013-01"], every=50)
     with dg.instance_for_test() as instance:
         register_months(instance, ["2013-01"])
-        job = build_definitions(FLIGHTS, settings).resolve_job_def("feature_pipeline")
+        job = build_definitions(CATALOG, settings).resolve_job_def("feature_pipeline")
         assert job.execute_in_process(instance=instance, tags=range_tags(["2013-01"])).success
         first = _tick(settings, instance, None)  # the sensor's first tick, after the job built January
         assert not first.run_requests

@@ -7,7 +7,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from mlops_assets.core.flights import FLIGHTS
+from mlops_assets.catalog import CATALOG
+from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import load_settings
 from mlops_assets.core.status import store_status
@@ -17,7 +18,7 @@ from mlops_assets.simulation import MARKER, SimulationError, reset_data_dir, sim
 def test_the_replayed_year_retrains_on_drift_and_promotes(tmp_path: Path) -> None:
     data_dir = tmp_path / "simulation"
     lines: list[str] = []
-    timeline = simulate(data_dir, "2013-01", "2013-12", every=20, say=lines.append)
+    timeline = simulate(data_dir, FLIGHT_DELAY, "2013-01", "2013-12", every=20, say=lines.append)
 
     assert timeline["month"].to_list() == [f"2013-{m:02d}" for m in range(4, 13)]
     drift_retrains = timeline.filter(pl.col("retrained") & pl.col("retrain_trigger").str.contains("drift"))
@@ -25,23 +26,25 @@ def test_the_replayed_year_retrains_on_drift_and_promotes(tmp_path: Path) -> Non
     assert timeline["promoted"].sum() >= 1
     assert timeline["champion_live_auc"].is_not_null().all() and timeline["frozen_live_auc"].is_not_null().all()
     assert (timeline["frozen_version"] == "v0001").all()  # the first model, frozen as the shadow
-    assert lines[-1].startswith("Done in") and "monitoring.timeline" in lines[-1]
+    assert lines[-1].startswith("Done in") and "flight_delay.timeline" in lines[-1]
 
     settings = load_settings(data_dir)
-    registry = Registry(settings.registry_dir)
+    registry = Registry(settings.model("flight_delay").registry_dir)
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
-        stored = conn.sql("SELECT month, retrained, promoted FROM monitoring.timeline ORDER BY month").pl()
-        scored = conn.sql("SELECT DISTINCT _month, model_version FROM predictions.batch").pl()
+        stored = conn.sql("SELECT month, retrained, promoted FROM flight_delay.timeline ORDER BY month").pl()
+        scored = conn.sql("SELECT DISTINCT _month, model_version FROM flight_delay.batch_predictions").pl()
     assert stored.equals(timeline.select("month", "retrained", "promoted"))
     # out of sample: no month was scored by a model whose training data reached into it
     for month, version in scored.iter_rows():
         assert month >= registry.get(version).metadata["data"]["test_month"], (month, version)
-    assert (settings.reports_dir / "timeline" / "timeline.png").stat().st_size > 10_000
+    reports = settings.model("flight_delay").reports_dir
+    assert (reports / "timeline" / "timeline.png").stat().st_size > 10_000
     # `mlops status` shows the same story: every replayed month with its drift verdict and live AUC
-    monitored = {m["month"]: m for m in store_status(FLIGHTS, settings.landing_dir, settings.warehouse_path)["monitoring"]}
-    assert all(monitored[m]["features"] == len(FLIGHTS.training_features.features) for m in timeline["month"])
+    status = store_status(CATALOG, (FLIGHT_DELAY,), settings)
+    monitored = {m["month"]: m for m in status["models"]["flight_delay"]["monitoring"]}
+    assert all(monitored[m]["features"] == len(FLIGHT_DELAY.features.features) for m in timeline["month"])
     assert all(any(k.startswith("batch champion") for k in monitored[m]["live_roc_auc"]) for m in timeline["month"])
-    assert (settings.reports_dir / "drift" / "2013-06" / "report.md").exists()
+    assert (reports / "drift" / "2013-06" / "report.md").exists()
 
 
 def test_a_simulation_never_clears_a_folder_it_did_not_make(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
-"""Serving fixtures: a real registry and online store from the real training pipeline, and real uvicorn servers.
+"""Serving fixtures: real registries and online stores from the real training pipeline, and real uvicorn servers.
 
-Built once per session (Jan-Mar 2013, every 20th flight): ``training_pipeline`` gives the champion v0001 and the
-online store, ``retraining`` a second version v0002 (the ``challenger`` alias). Each test serves its own copy of the
-registry and the online store, so moving aliases or writing a new export in one test cannot leak into another.
+Built once per session (Jan-Mar 2013, every 20th flight) for every model of the catalog: ``training_pipeline`` gives
+each model its first version and online store (``flight_delay``: the champion v0001), ``flight_delay_retraining`` a
+second ``flight_delay`` version v0002 (the ``challenger`` alias). Each test serves its own copy of the registries and
+online stores, so moving aliases or writing a new export in one test cannot leak into another.
 """
 
 from __future__ import annotations
@@ -23,26 +24,44 @@ import dagster as dg
 import pytest
 import uvicorn
 
-from mlops_assets.core.flights import FLIGHTS, replay_months
-from mlops_assets.core.registry import Registry
-from mlops_assets.core.settings import Settings
+from mlops_assets.catalog import CATALOG
+from mlops_assets.core.catalog import Catalog
+from mlops_assets.core.registry import CHAMPION, Registry
+from mlops_assets.core.settings import ModelPaths, Settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.serving import ServeConfig, create_app
 from mlops_assets.serving.app import uvicorn_config
+from mlops_assets.serving.catalog import ServedCatalog
 from mlops_assets.serving.service import PredictionService
 
 MONTHS = ["2013-01", "2013-02", "2013-03"]
-SPEC = FLIGHTS.training_features
+#: The model most tests talk to, through ``POST /predict`` (``running`` makes it the default).
+DELAY = "flight_delay"
+MODEL = CATALOG.model(DELAY)
+SPEC = MODEL.features
 #: A real flight of the replayed feed (March 2013), as a client would send it.
 FLIGHT = {"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH", "scheduled_departure": "2013-03-02T09:00", "tailnum": "N14228"}
 
 
 @dataclass(frozen=True)
 class BuiltPlatform:
-    """The session's pipeline output: data dir with landing, warehouse, registry and online store."""
+    """The session's pipeline output: data dir with landing, warehouse, registries and online stores, and each
+    registered model's champion after the pipeline (None: it did not pass its first-model gates)."""
 
     settings: Settings
+    champions: dict[str, str | None]
+
+
+def delay(settings: Settings) -> ModelPaths:
+    """``flight_delay``'s folders (registry, online store, prediction log) in ``settings``."""
+    return settings.model(DELAY)
+
+
+def current_store(settings: Settings, model: str = DELAY) -> str:
+    """The online store version ``CURRENT`` names for ``model``."""
+    return (settings.model(model).online_store_dir / "CURRENT").read_text().strip()
 
 
 @pytest.fixture(scope="session")
@@ -52,22 +71,31 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> BuiltPlatform:
     replay_months(settings.landing_dir, MONTHS, every=20)
     with dg.instance_for_test() as instance:
         register_months(instance, MONTHS)
-        definitions = build_definitions(FLIGHTS, settings)
+        definitions = build_definitions(CATALOG, settings)
         tags = range_tags(MONTHS)
         assert definitions.resolve_job_def("training_pipeline").execute_in_process(instance=instance, tags=tags).success
-        assert definitions.resolve_job_def("retraining").execute_in_process(instance=instance, tags=tags).success
-    registry = Registry(settings.registry_dir)
-    assert registry.alias("champion") == "v0001" and registry.alias("challenger") == "v0002"
-    assert (settings.online_store_dir / "CURRENT").exists()
-    return BuiltPlatform(settings)
+        retraining = definitions.resolve_job_def(f"{DELAY}_retraining")
+        assert retraining.execute_in_process(instance=instance, tags=tags).success
+    registry = Registry(delay(settings).registry_dir)
+    assert registry.alias(CHAMPION) == "v0001" and registry.alias("challenger") == "v0002"
+    for model in CATALOG.models:  # every servable model got its own online store
+        if model.features.online is not None:
+            assert (settings.model(model.name).online_store_dir / "CURRENT").exists(), model.name
+    champions = {m.name: Registry(settings.model(m.name).registry_dir).alias(CHAMPION) for m in CATALOG.models}
+    return BuiltPlatform(settings, champions)
+
+
+def copy_served_state(source: Settings, target: Settings) -> None:
+    """The registries and online stores of every model (no warehouse: serving needs none)."""
+    for folder in ("registry", "online_store"):
+        shutil.copytree(source.data_dir / folder, target.data_dir / folder)
 
 
 @pytest.fixture
 def served(platform: BuiltPlatform, tmp_path: Path) -> Settings:
-    """A data dir of this test's own: copies of the registry and the online store (no warehouse: serving needs none)."""
+    """A data dir of this test's own: copies of the registries and the online stores."""
     settings = Settings(data_dir=tmp_path / "served", dagster_home=tmp_path / "served" / "home")
-    for folder in ("registry", "online_store"):
-        shutil.copytree(platform.settings.data_dir / folder, settings.data_dir / folder)
+    copy_served_state(platform.settings, settings)
     return settings
 
 
@@ -103,8 +131,8 @@ class Client:
             return response.status, json.loads(data) if data else None
         raise AssertionError("unreachable")
 
-    def post(self, payload: Any) -> tuple[int, Any]:
-        return self.request("POST", "/predict", json.dumps(payload).encode())
+    def post(self, payload: Any, path: str = "/predict") -> tuple[int, Any]:
+        return self.request("POST", path, json.dumps(payload).encode())
 
     def get(self, path: str) -> tuple[int, Any]:
         return self.request("GET", path)
@@ -117,22 +145,27 @@ class Client:
 
 @dataclass
 class Running:
-    """A live server: its port, a client, and the service behind it (for what HTTP does not show)."""
+    """A live server: its port, a client, and the services behind it (for what HTTP does not show): ``service`` is
+    the default model's."""
 
     port: int
     client: Client
     service: PredictionService
+    served: ServedCatalog
 
     def new_client(self) -> Client:
         return Client(self.port)
 
 
 @contextmanager
-def running(settings: Settings, config: ServeConfig | None = None) -> Iterator[Running]:
-    """The real app on a real uvicorn, in a thread, on a free loopback port (bound here, so no race for it).
-    Leaving the block shuts it down the way SIGTERM does (``should_exit``): requests finish, the log is flushed."""
+def running(
+    settings: Settings, config: ServeConfig | None = None, catalog: Catalog = CATALOG, default_model: str | None = DELAY
+) -> Iterator[Running]:
+    """The real app serving ``catalog`` (``default_model`` on ``POST /predict``; None: the catalog's first) on a real
+    uvicorn, in a thread, on a free loopback port (bound here, so no race for it). Leaving the block shuts it down the
+    way SIGTERM does (``should_exit``): requests finish, the logs are flushed."""
     config = config or ServeConfig(host="127.0.0.1", port=0)
-    app = create_app(settings, SPEC, config)
+    app = create_app(settings, catalog, config, default_model)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -148,7 +181,7 @@ def running(settings: Settings, config: ServeConfig | None = None) -> Iterator[R
         time.sleep(0.02)
     client = Client(port)
     try:
-        yield Running(port, client, app.state.service)
+        yield Running(port, client, app.state.service, app.state.served)
     finally:
         client.close()
         server.should_exit = True

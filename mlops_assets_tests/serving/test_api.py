@@ -1,9 +1,9 @@
-"""The prediction API on a real uvicorn: answers, refusals, batches, shadow and A/B, health and models."""
+"""The prediction API on a real uvicorn: answers, refusals, batches, shadow and A/B, health and models, and every
+registered model on its own route, each with its own registry, online store and prediction log."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 from typing import Any
@@ -11,11 +11,27 @@ from typing import Any
 import polars as pl
 import pytest
 
+from mlops_assets.catalog import CATALOG
 from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.serving import ServeConfig
-from mlops_assets_tests.serving.conftest import FLIGHT, Client, running
+from mlops_assets_tests.serving.conftest import DELAY, FLIGHT, Client, copy_served_state, current_store, delay, running
+
+
+#: What one prediction says, for every model.
+ANSWER_FIELDS = (
+    "request_id",
+    "model",
+    "entity_key",
+    "probability",
+    "predicted",
+    "outcome",
+    "model_version",
+    "variant",
+    "online_store",
+    "features_stale",
+)
 
 
 def _flight(**changes: Any) -> dict[str, Any]:
@@ -27,18 +43,20 @@ def test_one_flight_and_a_batch_are_answered_by_the_champion_and_logged(served: 
         status, body = server.client.post(FLIGHT)
         assert status == 200, body
         answer = body["prediction"]
-        assert answer["model_version"] == "v0001" and answer["variant"] == "champion"
-        assert 0.0 < answer["probability"] < 1.0 and answer["delayed"] == (answer["probability"] >= 0.5)
-        assert answer["flight_key"] == "UA|1545|EWR|2013-03-02T09:00:00"
-        assert answer["online_store"] == (served.online_store_dir / "CURRENT").read_text().strip()
+        assert answer["model"] == DELAY and answer["model_version"] == "v0001" and answer["variant"] == "champion"
+        assert 0.0 < answer["probability"] < 1.0 and answer["predicted"] == (answer["probability"] >= 0.5)
+        assert answer["outcome"] == ("delayed" if answer["predicted"] else "not delayed")
+        assert answer["entity_key"] == "UA|1545|EWR|2013-03-02T09:00:00"
+        assert answer["online_store"] == current_store(served)
         assert answer["features_stale"] is False
+        assert set(answer) == set(ANSWER_FIELDS)
 
         # a batch: one answer per flight, in request order; the same flight scores the same alone and in a batch
         batch = [_flight(flight=n, tailnum=None) for n in (1, 2, 3)] + [FLIGHT]
         status, body = server.client.post(batch)
         assert status == 200, body
         items = body["predictions"]
-        assert [i["flight_key"].split("|")[1] for i in items] == ["1", "2", "3", "1545"]
+        assert [i["entity_key"].split("|")[1] for i in items] == ["1", "2", "3", "1545"]
         assert items[-1]["probability"] == pytest.approx(answer["probability"], abs=1e-12)
         assert len({i["request_id"] for i in items}) == 4
 
@@ -51,16 +69,29 @@ def test_one_flight_and_a_batch_are_answered_by_the_champion_and_logged(served: 
         assert status == 200 and body["prediction"]["features_stale"] is True
         ids = [answer["request_id"], *(i["request_id"] for i in items)]
 
-    log = read_log(served.predictions_dir)  # the shutdown flushed it
+    log = read_log(delay(served).predictions_dir)  # the shutdown flushed it
     assert set(ids) <= set(log["request_id"].to_list())
     row = log.filter(pl.col("request_id") == answer["request_id"]).to_dicts()
     assert len(row) == 1
+    assert list(row[0])[:4] == ["request_id", "logged_at", "model", "entity_key"]
     assert row[0] | {"logged_at": None, "latency_ms": None} == {
-        "request_id": answer["request_id"], "logged_at": None, "flight_key": answer["flight_key"], "carrier": "UA", "flight": 1545, "origin": "EWR",
-        "sched_dep_local": row[0]["sched_dep_local"], "prediction_time": row[0]["prediction_time"], "variant": "champion",
-        "model_version": "v0001", "score": answer["probability"], "served": True, "latency_ms": None, "status": "ok",
+        "request_id": answer["request_id"],
+        "logged_at": None,
+        "model": DELAY,
+        "entity_key": answer["entity_key"],
+        "carrier": "UA",
+        "flight": 1545,
+        "origin": "EWR",
+        "sched_dep_local": row[0]["sched_dep_local"],
+        "prediction_time": row[0]["prediction_time"],
+        "variant": "champion",
+        "model_version": "v0001",
+        "score": answer["probability"],
+        "served": True,
+        "latency_ms": None,
+        "status": "ok",
         "error": None,
-    }  # fmt: skip
+    }
     assert str(row[0]["sched_dep_local"]) == "2013-03-02 09:00:00" and str(row[0]["prediction_time"]) == "2013-03-02 14:00:00"
     assert 0 < row[0]["latency_ms"] < 5000
     # the what-if kept its flight's key in the log (overrides change features, not the flight)
@@ -111,8 +142,7 @@ def test_invalid_requests_get_a_4xx_naming_the_field(payload: Any, status: int, 
 def server_for_refusals(platform: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One server for the many small refusal cases (none of them writes anything)."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("refusals") / "data", dagster_home=platform.settings.dagster_home)
-    for folder in ("registry", "online_store"):
-        shutil.copytree(platform.settings.data_dir / folder, settings.data_dir / folder)
+    copy_served_state(platform.settings, settings)
     with running(settings) as server:
         yield server
 
@@ -156,9 +186,9 @@ def test_oversized_bodies_and_batches_are_refused_with_413(server_for_refusals: 
 
 
 def test_a_shadow_scores_every_request_and_is_logged_but_never_returned(served: Settings) -> None:
-    Registry(served.registry_dir).set_alias("shadow", "v0002", "shadowed", "test: v0002 scores silently")
+    Registry(delay(served).registry_dir).set_alias("shadow", "v0002", "shadowed", "test: v0002 scores silently")
     with running(served) as server:
-        _, models = server.client.get("/models")
+        _, models = server.client.get(f"/models/{DELAY}")
         assert models["shadow"]["version"] == "v0002" and models["shadow"]["serving"] is True and models["shadow_enabled"]
         answers = [server.client.post(_flight(flight=n))[1]["prediction"] for n in range(1, 6)]
         batch = server.client.post([_flight(flight=n) for n in range(10, 20)])[1]["predictions"]
@@ -166,7 +196,7 @@ def test_a_shadow_scores_every_request_and_is_logged_but_never_returned(served: 
     assert all(a["variant"] == "champion" and a["model_version"] == "v0001" for a in answers + batch)
     assert all("shadow" not in json.dumps(a) for a in answers + batch)
 
-    log = read_log(served.predictions_dir)
+    log = read_log(delay(served).predictions_dir)
     assert log.height == 2 * len(served_ids)
     shadow = log.filter(pl.col("variant") == "shadow")
     assert set(shadow["request_id"].to_list()) == set(served_ids)
@@ -180,22 +210,22 @@ def test_ab_split_is_stable_per_flight_and_near_the_share(served: Settings) -> N
     config = ServeConfig(port=0, ab_share=0.3)
     flights = [_flight(flight=n, tailnum=None) for n in range(1, 2001)]
     with running(served, config) as server:
-        _, models = server.client.get("/models")
+        _, models = server.client.get(f"/models/{DELAY}")
         assert models["mode"] == "ab" and models["ab_share"] == 0.3
         assert models["challenger"]["version"] == "v0002" and models["challenger"]["serving"] is True
         first = [i for start in (0, 1000) for i in server.client.post(flights[start : start + 1000])[1]["predictions"]]
         # again, in another order and as single requests for some: the same flight, the same arm
-        again = {i["flight_key"]: i for i in server.client.post(flights[::-1][:1000])[1]["predictions"]}
+        again = {i["entity_key"]: i for i in server.client.post(flights[::-1][:1000])[1]["predictions"]}
         singles = {f["flight"]: server.client.post(f)[1]["prediction"] for f in flights[:60]}
-    variants = {i["flight_key"]: i["variant"] for i in first}
+    variants = {i["entity_key"]: i["variant"] for i in first}
     assert len(variants) == 2000
     share = sum(v == "challenger" for v in variants.values()) / 2000
     assert abs(share - 0.3) <= 0.05, share
     assert all(variants[key] == item["variant"] for key, item in again.items())
-    assert all(variants[a["flight_key"]] == a["variant"] for a in singles.values())
+    assert all(variants[a["entity_key"]] == a["variant"] for a in singles.values())
     assert {(i["variant"], i["model_version"]) for i in first} == {("champion", "v0001"), ("challenger", "v0002")}
 
-    log = read_log(served.predictions_dir).filter(pl.col("served"))
+    log = read_log(delay(served).predictions_dir).filter(pl.col("served"))
     by_request = dict(zip(log["request_id"], log["variant"], strict=True))
     assert all(by_request[i["request_id"]] == i["variant"] for i in first)
 
@@ -206,11 +236,18 @@ def test_health_and_models_describe_what_serves(served: Settings) -> None:
         status, health = server.client.get("/health")
         assert status == 200 and health["status"] == "ok" and health["champion"] == "v0001"
         store = health["online_store"]
-        assert store["version"] == (served.online_store_dir / "CURRENT").read_text().strip()
+        assert store["version"] == current_store(served)
         assert store["newest_month"] == "2013-03" and store["facts_known_through"].startswith("2013-04-01")
         assert health["log"]["rows_written"] >= 0 and health["problems"] == []
-        status, models = server.client.get("/models")
+        # every model's own health, the default model's also at the top level (clients of the one-model service)
+        assert health["default"] == DELAY and list(health["models"]) == [m.name for m in CATALOG.models]
+        assert {k: v for k, v in health["models"][DELAY].items() if k != "uptime_seconds"} == {
+            "status": "ok", **{k: health[k] for k in ("champion", "online_store", "log", "problems")}
+        }
+        assert health["log"]["folder"] == str(delay(served).predictions_dir)
+        status, models = server.client.get(f"/models/{DELAY}")
         assert status == 200 and models["mode"] == "champion" and models["ab_share"] == 0.0
+        assert models["positive"] == "delayed" and models["served"] and models["predict"] == f"/models/{DELAY}/predict"
         champion = models["champion"]
         assert champion["version"] == "v0001" and champion["serving"] and champion["test_month"] == "2013-03"
         assert 0.5 < champion["validation_auc"] < 1 and champion["registered_at"]
@@ -222,16 +259,20 @@ def test_without_a_champion_or_an_online_store_the_service_says_what_to_do(tmp_p
     empty = Settings(data_dir=tmp_path / "empty", dagster_home=tmp_path / "empty" / "home")
     with running(empty) as server:
         status, body = server.client.post(FLIGHT)
-        assert status == 503 and "make pipeline" in body["detail"]
+        assert status == 503 and "make pipeline" in body["detail"] and DELAY in body["detail"]
         status, health = server.client.get("/health")
         assert status == 503 and health["status"] == "unavailable" and any("make pipeline" in p for p in health["problems"])
         assert server.client.post({"carrier": 1})[0] == 422  # validation still answers first
+        for name in server.served.services:  # every model says so, on its own route
+            status, body = server.client.post(FLIGHT, f"/models/{name}/predict")
+            assert status == 503 and name in body["detail"] and "make pipeline" in body["detail"], body
+            assert health["models"][name]["status"] == "unavailable"
 
 
 def _register_broken_version(settings: Settings) -> str:
     """A real registry version whose stored encoder names a feature the store does not compute: it loads (checksum
     fine) but fails when it scores, as a model trained by other feature code would."""
-    registry = Registry(settings.registry_dir)
+    registry = Registry(delay(settings).registry_dir)
     source = registry.get("v0001")
     metadata = {k: v for k, v in source.metadata.items() if k not in ("version", "model_sha256", "registered_at", "run_id")}
     encoder = metadata["encoder"]
@@ -240,7 +281,7 @@ def _register_broken_version(settings: Settings) -> str:
 
 
 def test_a_failing_shadow_never_costs_the_answer_and_a_failing_champion_is_a_logged_error(served: Settings) -> None:
-    registry = Registry(served.registry_dir)
+    registry = Registry(delay(served).registry_dir)
     broken = _register_broken_version(served)
     registry.set_alias("shadow", broken, "shadowed", "test: a shadow that fails")
     with running(served) as server:
@@ -254,7 +295,7 @@ def test_a_failing_shadow_never_costs_the_answer_and_a_failing_champion_is_a_log
             time.sleep(0.05)
         status, failed = server.client.post(FLIGHT)
     assert status == 500 and "scoring failed" in failed["detail"]  # an internal failure, not the request's fault
-    log = read_log(served.predictions_dir)
+    log = read_log(delay(served).predictions_dir)
     shadow_row = log.filter((pl.col("request_id") == shadowed) & (pl.col("variant") == "shadow")).to_dicts()[0]
     assert shadow_row["status"] == "error" and "no_such_feature" in shadow_row["error"] and shadow_row["score"] is None
     error_rows = log.filter(pl.col("status") == "error").filter(pl.col("variant") == "champion").to_dicts()

@@ -20,11 +20,21 @@ from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.serving import ServeConfig, load_serve_config
-from mlops_assets_tests.serving.conftest import FLIGHT, SPEC, BuiltPlatform, Client, free_port, running
+from mlops_assets_tests.serving.conftest import (
+    DELAY,
+    FLIGHT,
+    SPEC,
+    BuiltPlatform,
+    Client,
+    current_store,
+    delay,
+    free_port,
+    running,
+)
 
 
 def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(served: Settings, platform: BuiltPlatform) -> None:
-    old_store = (served.online_store_dir / "CURRENT").read_text().strip()
+    old_store = current_store(served)
     # the next export (another month, so another version), made the way the online_store asset makes it; the test
     # may open DuckDB, the service never does
     with duckdb.connect(str(platform.settings.warehouse_path), read_only=True) as conn:
@@ -52,8 +62,8 @@ def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(serve
             thread.start()
         time.sleep(0.6)
         switched = time.monotonic()
-        new_store = write_export(export, served.online_store_dir)
-        Registry(served.registry_dir).set_alias("champion", "v0002", "promoted", "test: hot reload")
+        new_store = write_export(export, delay(served).online_store_dir)
+        Registry(delay(served).registry_dir).set_alias("champion", "v0002", "promoted", "test: hot reload")
         deadline = switched + 5
         while time.monotonic() < deadline and not all(s and s[-1][2:] == ("v0002", new_store) for s in seen.values()):
             time.sleep(0.05)
@@ -79,7 +89,7 @@ def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(serve
 
 
 def test_a_broken_new_champion_never_serves_and_health_says_why(served: Settings) -> None:
-    registry = Registry(served.registry_dir)
+    registry = Registry(delay(served).registry_dir)
     with running(served) as server:
         model = registry.get("v0002").model_path
         model.write_text(model.read_text().replace("num_leaves=", "num_leaves=9", 1))
@@ -114,7 +124,9 @@ def test_sigterm_shuts_mlops_serve_down_gracefully_and_flushes_the_log(served: S
             assert process.poll() is None, process.communicate()[0]
             assert time.monotonic() < deadline, "mlops serve did not become healthy"
             time.sleep(0.1)
-        assert client.get("/models")[1]["ab_share"] == 0.5  # the flag wins over $MLOPS_AB_SHARE
+        _, models = client.get("/models")
+        assert models["default"] == DELAY  # the catalog's first model answers POST /predict
+        assert all(m["ab_share"] == 0.5 for m in models["models"].values() if m["served"])  # the flag wins over the env
         answers = [client.post({**FLIGHT, "flight": n})[1]["prediction"] for n in range(1, 21)]
         answers += client.post([{**FLIGHT, "flight": n} for n in range(100, 130)])[1]["predictions"]
         client.close()
@@ -127,7 +139,7 @@ def test_sigterm_shuts_mlops_serve_down_gracefully_and_flushes_the_log(served: S
     # uvicorn re-raises the SIGTERM after its graceful shutdown, so the exit is "terminated by SIGTERM" (or 0)
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output, output
-    log = read_log(served.predictions_dir)
+    log = read_log(delay(served).predictions_dir)
     assert set(log["request_id"]) >= {a["request_id"] for a in answers}
     served_rows = log.filter(pl.col("served"))
     assert served_rows.height == len(answers) and set(served_rows["variant"]) == {"champion", "challenger"}

@@ -56,7 +56,7 @@ def compute_features(
     last = last or first
     start = context_start if context_start is not None else context_start_for(spec, first)
     params = {"context_first": month_key(start.year, start.month), "target_last": last, "context_start": start}
-    rows = query_frame(conn, spec.sql, params).sort([spec.time_column, *spec.key])
+    rows = query_frame(conn, spec.sql, used_params(spec.sql, params)).sort([spec.time_column, *spec.key])
     targets = rows.filter(pl.col("_month").is_between(pl.lit(first), pl.lit(last)))
     for lookup in spec.lookups:
         right = rows if lookup.sql is None else query_frame(conn, lookup.sql, used_params(lookup.sql, params))

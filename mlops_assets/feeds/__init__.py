@@ -1,0 +1,1 @@
+"""The shipped feeds, one package each (tables, contracts, replay). Models name the feed they read."""

@@ -1,0 +1,57 @@
+"""Registering a model is all it takes: a throwaway third model on its own tiny feed (``toy_model/``: a spec and its
+SQL, nothing else) is wired beside the shipped ones by the catalog alone, trained, judged and promoted into its own
+registry, without touching the flight models."""
+
+import dagster as dg
+import duckdb
+
+from mlops_assets.catalog import CATALOG
+from mlops_assets.core.catalog import Catalog
+from mlops_assets.core.registry import CHAMPION, Registry
+from mlops_assets.core.settings import Settings
+from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.keys import keys_of, retraining_job_name, sensor_name
+from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.defs.resources import build_resources
+from mlops_assets_tests.toy_model import MONTHS, TOY_FEED, TOY_MODEL
+
+
+def test_a_registered_model_is_wired_trained_and_promoted_on_its_own(settings: Settings) -> None:
+    catalog = Catalog((*CATALOG.models, TOY_MODEL))  # the one registration line
+    defs = build_definitions(catalog, settings)
+    dg.Definitions.validate_loadable(defs)
+    keys = keys_of(TOY_MODEL)
+    graph = defs.resolve_asset_graph()
+    assert {keys.champion, keys.drift, keys.live} <= set(graph.get_all_asset_keys())
+    assert keys.online_store not in graph.get_all_asset_keys()  # no request schema: not served, no online store
+    assert {dg.AssetKey(["raw", "readings"]), dg.AssetKey(["features", "reading_features"])} <= set(graph.get_all_asset_keys())
+    assert defs.resolve_job_def(retraining_job_name(TOY_MODEL)) is not None
+    for what in ("drift", "performance", "rollback"):
+        assert defs.resolve_sensor_def(sensor_name(TOY_MODEL, what)).job_name == retraining_job_name(TOY_MODEL)
+
+    assert TOY_FEED.replay is not None
+    TOY_FEED.replay(settings.landing_dir, MONTHS, 1, None)
+    storage = build_resources(settings)["storage"]
+    with dg.instance_for_test() as instance:  # the landing sensor refreshes the new feed's months for its model
+        tick = defs.resolve_sensor_def("landing_sensor")(dg.build_sensor_context(instance=instance, resources={"storage": storage}))
+        assert isinstance(tick, dg.SensorResult)
+        [first, *_] = [r for r in tick.run_requests or [] if r.tags.get("mlops/feed") == TOY_FEED.name]
+        assert {dg.AssetKey(["raw", "readings"]), keys.drift, keys.live} <= set(first.asset_selection or [])
+    feed_keys = [dg.AssetKey([stage, t.name]) for t in TOY_FEED.tables for stage in ("raw", "validated")]
+    selection = [*feed_keys, dg.AssetKey(["features", "reading_features"]), *keys.lifecycle]
+    with dg.instance_for_test() as instance:
+        register_months(instance, MONTHS)
+        job = defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(instance=instance, tags=range_tags(MONTHS), asset_selection=selection)
+        assert result.success
+    registry = Registry(settings.model(TOY_MODEL.name).registry_dir)
+    assert registry.alias(CHAMPION) == "v0001"
+    evaluation = registry.evaluation("v0001")
+    assert evaluation is not None and evaluation.test_month == MONTHS[-1] and evaluation.roc_auc("challenger") > 0.7
+    assert registry.get("v0001").metadata["params"]["num_leaves"] == 7  # the spec's own training parameters
+    # nothing of the flight models was built or touched
+    for model in CATALOG.models:
+        assert not settings.model(model.name).registry_dir.exists()
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        schemas = {r[0] for r in conn.execute("SELECT DISTINCT table_schema FROM information_schema.tables").fetchall()}
+    assert TOY_MODEL.name in schemas and not {m.name for m in CATALOG.models} & schemas

@@ -722,7 +722,8 @@ def main() -> None:
             history = [FIRST]
             for month in [*NO_CHAMPION, *WITH_CHAMPION]:
                 if month == WITH_CHAMPION[0]:
-                    say(f"repeat {repeat}/{args.repeats}: history, setup: the first model (`retraining` job, untimed)")
+                    say(f"repeat {repeat}/{args.repeats}: history, setup: the first model "
+                        f"(`{MODEL}_retraining`, untimed)")
                     setup_s.append(setup(main_dir, [], args.timeout, bootstrap=True, shadow=args.shadow))
                 m = measure(main_dir, HISTORY, month, list(history), month not in NO_CHAMPION, repeat, args.timeout)
                 measurements.append(m)

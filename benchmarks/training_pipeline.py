@@ -163,7 +163,12 @@ def precheck_contracts(landing: Path, month: str, workdir: Path) -> str | None:
 
 
 def fresh_data_dir(parent: Path, name: str, landing_template: Path) -> Path:
-    """A new data directory with the template's landed files and a Dagster home made by ``mlops home``."""
+    """A new data directory with the template's landed files, a Dagster home made by ``mlops home`` and the landed
+    months added to it as partitions (as ``mlops replay`` does)."""
+    import dagster as dg
+
+    from mlops_assets.defs.partitions import register_months
+
     data_dir = parent / name
     shutil.copytree(landing_template, data_dir / "landing")
     done = subprocess.run(
@@ -171,16 +176,13 @@ def fresh_data_dir(parent: Path, name: str, landing_template: Path) -> Path:
     )
     if done.returncode != 0:
         raise SystemExit(f"mlops home failed: {done.stderr.strip()}")
-    import dagster as dg
-
-    from mlops_assets.defs.partitions import register_months
-
-    with dg.DagsterInstance.from_config(str(data_dir / "dagster_home")) as instance:  # as `mlops replay` does
+    with dg.DagsterInstance.from_config(str(data_dir / "dagster_home")) as instance:
         register_months(instance, landed_months_of(data_dir))
     return data_dir
 
 
 def landed_months_of(data_dir: Path) -> list[str]:
+    """The months landed in ``data_dir`` (what ``mlops months`` lists there)."""
     from mlops_assets.core.landing import landed_months
 
     return landed_months(data_dir / "landing", ["flights", "weather"])

@@ -100,7 +100,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     new = register_landed_months(settings)
     elapsed = time.perf_counter() - started
     partitions = f"; new partitions: {', '.join(new)}" if new else ""
-    print(f"Done in {elapsed:.1f} s: {counts['landed']} new, {counts['replaced']} replaced, {counts['unchanged']} unchanged{partitions}.")
+    print(
+        f"Done in {elapsed:.1f} s: {counts['landed']} new, {counts['replaced']} replaced, {counts['unchanged']} unchanged{partitions}."
+    )
     return 0
 
 
@@ -120,7 +122,11 @@ def cmd_months(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     settings = load_settings()
     overviews = [model_overview(m, _registry(settings, m)) for m in CATALOG.models]
-    print(json.dumps({"default": CATALOG.default.name, "models": overviews}, indent=2) if args.json else format_models(overviews))
+    print(
+        json.dumps({"default": CATALOG.default.name, "models": overviews}, indent=2)
+        if args.json
+        else format_models(overviews)
+    )
     return 0
 
 
@@ -130,7 +136,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = store_status(CATALOG, models, settings)
     except duckdb.IOException as error:
-        print(f"error: cannot read {settings.warehouse_path} ({error}); a run is writing it, try again when it ends", file=sys.stderr)
+        print(
+            f"error: cannot read {settings.warehouse_path} ({error}); a run is writing it, try again when it ends",
+            file=sys.stderr,
+        )
         return 1
     print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
     return 0
@@ -167,7 +176,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     steps = sorted({e.step_key for e in result.all_events if e.is_step_success and e.step_key})
-    print(f"run {result.run_id} (resuming {args.run_id}): {'SUCCESS' if result.success else 'FAILURE'}; re-ran: {', '.join(steps) or 'nothing'}")
+    print(
+        f"run {result.run_id} (resuming {args.run_id}): {'SUCCESS' if result.success else 'FAILURE'}; re-ran: {', '.join(steps) or 'nothing'}"
+    )
     return 0 if result.success else 1
 
 
@@ -183,7 +194,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     model = _model(args)
     data_dir = Path(args.data_dir).resolve() if args.data_dir else load_settings().data_dir / "simulation"
     span = f"{args.start}..{args.through}"
-    print(f"Simulating {model.name} over {span} in {data_dir} (cleared first): sensors and automation decide, tick by tick.")
+    print(
+        f"Simulating {model.name} over {span} in {data_dir} (cleared first): sensors and automation decide, tick by tick."
+    )
     try:
         simulate(data_dir, model, args.start, args.through, every=args.every)
     except SimulationError as error:
@@ -211,7 +224,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlops", description="mlops_assets: a self-maintaining ML platform on Dagster.")
+    parser = argparse.ArgumentParser(
+        prog="mlops", description="mlops_assets: a self-maintaining ML platform on Dagster."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     model_names = [m.name for m in CATALOG.models]
@@ -219,18 +234,26 @@ def build_parser() -> argparse.ArgumentParser:
     def model_option(command: argparse.ArgumentParser, what: str) -> None:
         command.add_argument("--model", choices=model_names, help=f"{what} (registered: {', '.join(model_names)})")
 
-    replay = commands.add_parser("replay", help="land a feed's months into $MLOPS_DATA_DIR/landing and add them as partitions")
+    replay = commands.add_parser(
+        "replay", help="land a feed's months into $MLOPS_DATA_DIR/landing and add them as partitions"
+    )
     which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("--through", type=_month, help="land every month from --from (default: the feed's first) through this one")
+    which.add_argument(
+        "--through", type=_month, help="land every month from --from (default: the feed's first) through this one"
+    )
     which.add_argument("--month", type=_month, help="land exactly this month")
     replay.add_argument("--from", dest="start", type=_month, help="first month with --through")
     feeds = [f.name for f in REPLAYABLE]
-    replay.add_argument("--feed", choices=feeds, default=feeds[0] if feeds else None, help="the feed (default: %(default)s)")
+    replay.add_argument(
+        "--feed", choices=feeds, default=feeds[0] if feeds else None, help="the feed (default: %(default)s)"
+    )
     replay.add_argument("--every", type=int, default=1, help="keep every n-th row (a small real feed for tests)")
     replay.set_defaults(handler=cmd_replay)
 
     months = commands.add_parser("months", help="the landed months; --tags: run tags covering all of them (JSON)")
-    months.add_argument("--tags", action="store_true", help="print the partition-range run tags for `dagster job execute --tags`")
+    months.add_argument(
+        "--tags", action="store_true", help="print the partition-range run tags for `dagster job execute --tags`"
+    )
     months.set_defaults(handler=cmd_months)
 
     models = commands.add_parser("models", help="every registered model: feed, champion and its evaluation metrics")
@@ -258,22 +281,33 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_id", help="the failed run's id (shown by dagster and in the UI)")
     resume.set_defaults(handler=cmd_resume)
 
-    sim = commands.add_parser("simulate", help="replay a year from an empty data dir; sensors and automation keep the model alive")
+    sim = commands.add_parser(
+        "simulate", help="replay a year from an empty data dir; sensors and automation keep the model alive"
+    )
     model_option(sim, "the model simulated (default: %s)" % CATALOG.default.name)
     sim.add_argument("--from", dest="start", type=_month, default="2013-01", help="first month (default 2013-01)")
     sim.add_argument("--through", type=_month, default="2013-12", help="last month (default 2013-12)")
     sim.add_argument("--every", type=int, default=1, help="keep every n-th flight (e.g. 20 for a quick run)")
-    sim.add_argument("--data-dir", help="where the simulation lives (default $MLOPS_DATA_DIR/simulation; cleared first)")
+    sim.add_argument(
+        "--data-dir", help="where the simulation lives (default $MLOPS_DATA_DIR/simulation; cleared first)"
+    )
     sim.set_defaults(handler=cmd_simulate)
 
     home = commands.add_parser("home", help="prepare $DAGSTER_HOME (with the repo's dagster.yaml) and print its path")
     home.set_defaults(handler=cmd_home)
 
-    srv = commands.add_parser("serve", help="the prediction service for every model: POST /models/<model>/predict, POST /predict, GET /health, GET /models")
+    srv = commands.add_parser(
+        "serve",
+        help="the prediction service for every model: POST /models/<model>/predict, POST /predict, GET /health, GET /models",
+    )
     model_option(srv, "the model `POST /predict` answers (default: %s)" % CATALOG.default.name)
     srv.add_argument("--host", help="interface to bind (default 127.0.0.1: loopback only)")
     srv.add_argument("--port", type=int, help="port (default 8000)")
-    srv.add_argument("--ab-share", type=float, help="share of flights answered by the challenger alias (0..1; default $MLOPS_AB_SHARE or 0)")
+    srv.add_argument(
+        "--ab-share",
+        type=float,
+        help="share of flights answered by the challenger alias (0..1; default $MLOPS_AB_SHARE or 0)",
+    )
     srv.set_defaults(handler=cmd_serve)
     return parser
 

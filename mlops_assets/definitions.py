@@ -80,7 +80,9 @@ def job_by_name(name: str, data_dir: str) -> dg.JobDefinition:
 def reconstructable_job(name: str, data_dir: str | None = None) -> Any:
     """A job Dagster can rebuild in another process or for a re-execution (``dg.execute_job`` takes it)."""
     directory = data_dir or str(load_settings().data_dir)
-    return dg.build_reconstructable_job("mlops_assets.definitions", "job_by_name", reconstructable_args=(name, directory))
+    return dg.build_reconstructable_job(
+        "mlops_assets.definitions", "job_by_name", reconstructable_args=(name, directory)
+    )
 
 
 def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = None) -> dg.JobExecutionResult:
@@ -96,10 +98,14 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
         raise ValueError(f"no run {run_id!r} in the Dagster instance at $DAGSTER_HOME")
     owner = run.tags.get(MODEL_TAG)
     if model is not None and owner is not None and owner != model:
-        raise ValueError(f"run {run_id} is a run of model {owner!r}, not {model!r}: `mlops resume --model {owner} {run_id}`")
+        raise ValueError(
+            f"run {run_id} is a run of model {owner!r}, not {model!r}: `mlops resume --model {owner} {run_id}`"
+        )
     if run.status != dg.DagsterRunStatus.FAILURE:
         raise ValueError(f"run {run_id} is {run.status.value}, not FAILURE: nothing to resume")
-    succeeded = instance.get_runs(filters=dg.RunsFilter(job_name=run.job_name, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=200)
+    succeeded = instance.get_runs(
+        filters=dg.RunsFilter(job_name=run.job_name, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=200
+    )
     done = [r.run_id for r in succeeded if r.parent_run_id == run_id]
     if done:
         raise ValueError(f"run {run_id} was already resumed successfully by run {done[0]}")

@@ -26,7 +26,13 @@ from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import ensure_table_like, replace_where
-from mlops_assets.core.timeline import TimelineRow, months_champion_wins, timeline_frame, timeline_markdown, timeline_plot
+from mlops_assets.core.timeline import (
+    TimelineRow,
+    months_champion_wins,
+    timeline_frame,
+    timeline_markdown,
+    timeline_plot,
+)
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.keys import keys_of, retraining_job_name, sensor_name
 from mlops_assets.defs.monitor import SHADOW, latest_month_record
@@ -50,13 +56,17 @@ def reset_data_dir(data_dir: Path) -> None:
     """Start from empty: a folder an earlier simulation made is cleared; any other non-empty folder is refused."""
     if data_dir.exists() and any(data_dir.iterdir()):
         if not (data_dir / MARKER).exists():
-            raise SimulationError(f"{data_dir} is not empty and was not made by `mlops simulate`: pick another --data-dir")
+            raise SimulationError(
+                f"{data_dir} is not empty and was not made by `mlops simulate`: pick another --data-dir"
+            )
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / MARKER).write_text("made by `mlops simulate`; cleared by the next simulation\n")
 
 
-def month_row(model: ModelSpec, month: str, instance: dg.DagsterInstance, registry: Registry, runs: list[ExecutedRun]) -> TimelineRow:
+def month_row(
+    model: ModelSpec, month: str, instance: dg.DagsterInstance, registry: Registry, runs: list[ExecutedRun]
+) -> TimelineRow:
     """What the platform did about ``month``, from the monitoring records, the runs and the registry's events."""
     keys = keys_of(model)
     drift = latest_month_record(instance, keys.drift, DriftSummary, month) or DriftSummary.no_champion(month)
@@ -119,7 +129,9 @@ def simulate(
     """Run the replayed year in ``data_dir`` (cleared first) and return the timeline."""
     months = month_range(first, through)
     if len(months) <= BOOTSTRAP_MONTHS:
-        raise SimulationError(f"simulate needs more than {BOOTSTRAP_MONTHS} months ({first}..{through} has {len(months)})")
+        raise SimulationError(
+            f"simulate needs more than {BOOTSTRAP_MONTHS} months ({first}..{through} has {len(months)})"
+        )
     replay = model.feed.replay
     if replay is None:
         raise SimulationError(f"feed {model.feed.name} has no replay: a simulation needs one")
@@ -141,15 +153,22 @@ def simulate(
     with dg.DagsterInstance.from_config(str(home)) as instance:
         ticker = Ticker(defs, instance, simulation_sensors(model), on_run=on_run)
         boot, rest = months[:BOOTSTRAP_MONTHS], months[BOOTSTRAP_MONTHS:]
-        say(f"[{time.perf_counter() - started:6.1f}s] landing {boot[0]}..{boot[-1]}" + (f" (every {every}th flight)" if every > 1 else ""))
+        say(
+            f"[{time.perf_counter() - started:6.1f}s] landing {boot[0]}..{boot[-1]}"
+            + (f" (every {every}th flight)" if every > 1 else "")
+        )
         replay(settings.landing_dir, boot, every, None)
         ticker.settle()
         say(f"[{time.perf_counter() - started:6.1f}s] first model: the `{retraining}` job on {boot[0]}..{boot[-1]}")
         first_run = ticker.execute_job(retraining, {TRIGGER_TAG: "bootstrap", REASON_TAG: "no model yet"})
         first_model = registry.alias(CHAMPION)
         if not first_run.success or first_model is None:
-            raise SimulationError("the first model was not trained or not promoted: see the run's logs in the Dagster UI")
-        registry.set_alias(SHADOW, first_model, "shadow", "simulation: the first model, frozen, scores every month beside the champion")
+            raise SimulationError(
+                "the first model was not trained or not promoted: see the run's logs in the Dagster UI"
+            )
+        registry.set_alias(
+            SHADOW, first_model, "shadow", "simulation: the first model, frozen, scores every month beside the champion"
+        )
         ticker.settle()
 
         rows = []
@@ -159,14 +178,19 @@ def simulate(
             runs = ticker.settle()
             failed = [r for r in runs if not r.success]
             if failed:
-                raise SimulationError(f"{len(failed)} run(s) failed in {month} (first: {failed[0].run_id}); see `dagster dev` or the logs")
+                raise SimulationError(
+                    f"{len(failed)} run(s) failed in {month} (first: {failed[0].run_id}); see `dagster dev` or the logs"
+                )
             row = month_row(model, month, instance, registry, runs)
             rows.append(row)
             say(
                 f"           {month}: drift={'yes' if row.drifted else 'no'} ({row.drift_share or 0:.0%} features; top {row.top_drifted or '-'}), "
                 f"champion {row.champion_version} AUC {_fmt(row.champion_live_auc)} vs frozen {_fmt(row.frozen_live_auc)}; "
-                + (f"retrained ({row.retrain_trigger}): {row.challenger_version} {'PROMOTED' if row.promoted else 'kept ' + row.champion_after}"
-                   if row.retrained else "no retrain")  # fmt: skip
+                + (
+                    f"retrained ({row.retrain_trigger}): {row.challenger_version} {'PROMOTED' if row.promoted else 'kept ' + row.champion_after}"
+                    if row.retrained
+                    else "no retrain"
+                )
             )
         frame = timeline_frame(rows)
         out = write_timeline(settings, model, frame)

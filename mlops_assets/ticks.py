@@ -46,14 +46,30 @@ class Ticker:
     automation_cursor: object | None = None
 
     def _already_ran(self, sensor: str, run_key: str) -> bool:
-        return bool(self.instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_TAG: sensor}), limit=1))
+        return bool(
+            self.instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_TAG: sensor}), limit=1)
+        )
 
-    def _execute(self, requested_by: str, job: dg.JobDefinition, partition: str | None, tags: dict[str, str],
-                 assets: Sequence[dg.AssetKey] | None = None) -> ExecutedRun:  # fmt: skip
+    def _execute(
+        self,
+        requested_by: str,
+        job: dg.JobDefinition,
+        partition: str | None,
+        tags: dict[str, str],
+        assets: Sequence[dg.AssetKey] | None = None,
+    ) -> ExecutedRun:
         run_config = {"loggers": {"console": {"config": {"log_level": self.log_level}}}}
-        result = job.execute_in_process(run_config=run_config, instance=self.instance, partition_key=partition, tags=tags,
-                                        asset_selection=assets, raise_on_error=False)  # fmt: skip
-        materialized = tuple(sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}))
+        result = job.execute_in_process(
+            run_config=run_config,
+            instance=self.instance,
+            partition_key=partition,
+            tags=tags,
+            asset_selection=assets,
+            raise_on_error=False,
+        )
+        materialized = tuple(
+            sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key})
+        )
         run = ExecutedRun(requested_by, result.run_id, result.success, materialized, partition, dict(tags))
         if self.on_run:
             self.on_run(run)
@@ -67,12 +83,16 @@ class Ticker:
         """One tick of one sensor: its cursor advances and its new run requests execute."""
         sensor = self.defs.resolve_sensor_def(name)
         # the sensor's own function, as the daemon calls it (its result is resolved below as the daemon would)
-        with dg.build_sensor_context(instance=self.instance, cursor=self.cursors.get(name), resources=self.defs.resources, sensor_name=name) as context:
+        with dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursors.get(name), resources=self.defs.resources, sensor_name=name
+        ) as context:
             data = sensor(context)
         if not isinstance(data, dg.SensorResult):
             raise TypeError(f"sensor {name} returned {type(data).__name__}; the ticker expects a SensorResult")
         self.cursors[name] = data.cursor
-        for event in data.asset_events or []:  # a decision the sensor recorded (e.g. a rollback), as the daemon stores it
+        for event in (
+            data.asset_events or []
+        ):  # a decision the sensor recorded (e.g. a rollback), as the daemon stores it
             self.instance.report_runless_asset_event(event)
         for request in data.dynamic_partitions_requests or []:
             if isinstance(request, dg.AddDynamicPartitionsRequest):
@@ -92,7 +112,9 @@ class Ticker:
 
     def evaluate_automation(self) -> list[ExecutedRun]:
         """One tick of the automation conditions: requested partitions run grouped by partition (one run each)."""
-        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.automation_cursor)  # type: ignore[arg-type]
+        result = dg.evaluate_automation_conditions(
+            defs=self.defs, instance=self.instance, cursor=self.automation_cursor
+        )  # type: ignore[arg-type]
         self.automation_cursor = result.cursor
         by_partition: dict[str | None, list[dg.AssetKey]] = defaultdict(list)
         for evaluated in result.results:
@@ -125,4 +147,6 @@ class Ticker:
             runs += new
             if not new:
                 return runs
-        raise RuntimeError(f"sensors and automation still requested runs after {max_ticks} ticks: {[r.assets for r in new]}")
+        raise RuntimeError(
+            f"sensors and automation still requested runs after {max_ticks} ticks: {[r.assets for r in new]}"
+        )

@@ -11,10 +11,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import find_landed
 from mlops_assets.core.settings import Settings, load_settings
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 
 #: Every 10th flight: a real, still representative slice (about 2,700 flights a month).
 EVERY = 10
@@ -38,7 +38,9 @@ def load_month(conn: duckdb.DuckDBPyConnection, settings: Settings, month: str |
         spec = NYCFLIGHTS13.table(name)
         landed = find_landed(settings.landing_dir, name, month if spec.monthly else None)
         assert landed is not None, f"{name} {month} has not landed"
-        ingest_raw(conn, spec, landed, settings.landing_dir, settings.data_dir / "quarantine", "test-run", datetime(2026, 1, 1))
+        ingest_raw(
+            conn, spec, landed, settings.landing_dir, settings.data_dir / "quarantine", "test-run", datetime(2026, 1, 1)
+        )
         validate_partition(conn, spec, month if spec.monthly else None, "test-run", datetime(2026, 1, 1))
 
 

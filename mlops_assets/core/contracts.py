@@ -139,8 +139,12 @@ def rows_as_json(batch: pl.DataFrame) -> pl.Series:
 
 
 _FAILURE_SCHEMA = {
-    "failure_case": pl.String, "schema_context": pl.String, "column": pl.String, "check": pl.String, "index": pl.Int32,
-}  # fmt: skip
+    "failure_case": pl.String,
+    "schema_context": pl.String,
+    "column": pl.String,
+    "check": pl.String,
+    "index": pl.Int32,
+}
 
 
 def _row_failures(data: pl.DataFrame, schema: pa.DataFrameSchema) -> pl.DataFrame:
@@ -151,8 +155,13 @@ def _row_failures(data: pl.DataFrame, schema: pa.DataFrameSchema) -> pl.DataFram
         return errors.failure_cases
     except SchemaError as error:  # a single, non-lazy error: report it the same way
         return pl.DataFrame(
-            {"failure_case": [str(error.failure_cases)], "schema_context": ["DataFrameSchema"], "column": [None],
-             "check": [str(error.check)], "index": [None]},
+            {
+                "failure_case": [str(error.failure_cases)],
+                "schema_context": ["DataFrameSchema"],
+                "column": [None],
+                "check": [str(error.check)],
+                "index": [None],
+            },
             schema=_FAILURE_SCHEMA,
         )
     return pl.DataFrame(schema=_FAILURE_SCHEMA)
@@ -184,7 +193,10 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
     )
     per_row = (
         failures.with_columns(
-            pl.when(pl.col("schema_context") == "Column").then(pl.col("column")).otherwise(frame_rule_column).alias("column")
+            pl.when(pl.col("schema_context") == "Column")
+            .then(pl.col("column"))
+            .otherwise(frame_rule_column)
+            .alias("column")
         )
         .with_columns(pl.concat_str(pl.col("column"), pl.lit(": "), pl.col("check")).alias("failure"))
         .sort("index", "column", "check")
@@ -209,7 +221,11 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
             + f" ({first['failure_case']}); batch rejected whole",
         )
     elif bad_share > spec.max_bad_share:
-        top = per_row.group_by("column_name", "rule").len().sort("len", "column_name", "rule", descending=[True, False, False])
+        top = (
+            per_row.group_by("column_name", "rule")
+            .len()
+            .sort("len", "column_name", "rule", descending=[True, False, False])
+        )
         worst = top.row(0, named=True)
         rejected_reason = (
             str(worst["rule"]),
@@ -223,13 +239,10 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
     json_rows = indexed.select("_row", rows_as_json(data))
     if rejected_reason is not None:
         rule, column, message = rejected_reason
-        quarantined = (
-            json_rows.join(per_row, on="_row", how="left")
-            .with_columns(
-                pl.col("rule").fill_null(RULE_BATCH_REJECTED),
-                pl.col("failures").fill_null(pl.lit(f"batch rejected: {rule}")),
-                pl.lit(True).alias("batch_rejected"),
-            )
+        quarantined = json_rows.join(per_row, on="_row", how="left").with_columns(
+            pl.col("rule").fill_null(RULE_BATCH_REJECTED),
+            pl.col("failures").fill_null(pl.lit(f"batch rejected: {rule}")),
+            pl.lit(True).alias("batch_rejected"),
         )
         verdict = BatchVerdict(False, message, n_rows, 0, n_rows, rule=rule, column=column)
         return RowSplit(indexed.clear(), quarantined.select(list(QUARANTINE_SCHEMA)), verdict)

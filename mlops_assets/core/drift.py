@@ -91,7 +91,9 @@ class DriftVerdict:
     def reason(self) -> str:
         parts = []
         if self.drift_share >= self.thresholds.drift_share:
-            parts.append(f"{len(self.drifted_features)}/{len(self.features)} features drifted (>= {self.thresholds.drift_share:.0%})")
+            parts.append(
+                f"{len(self.drifted_features)}/{len(self.features)} features drifted (>= {self.thresholds.drift_share:.0%})"
+            )
         if self.scores_drifted:
             assert self.scores is not None
             parts.append(f"scores drifted (normalized Wasserstein {self.scores.statistic:.3f})")
@@ -269,7 +271,11 @@ def _score_profile(scores: np.ndarray) -> dict[str, Any]:
 
 
 def reference_profile(
-    frame: pl.DataFrame, numeric: Sequence[str], categorical: Sequence[str], scores: np.ndarray, label: str | None = None
+    frame: pl.DataFrame,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    scores: np.ndarray,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """A compact description of the rows a model trained on and of its scores on them, stored with the model."""
     profile: dict[str, Any] = {
@@ -287,15 +293,31 @@ def reference_profile(
 # --- comparison ----------------------------------------------------------------------------------------------------
 
 
-def compare_numeric(column: str, kind: str, reference: Mapping[str, Any], values: np.ndarray, rows: int, threshold: float,
-                    null_threshold: float) -> ColumnDrift:  # fmt: skip
+def compare_numeric(
+    column: str,
+    kind: str,
+    reference: Mapping[str, Any],
+    values: np.ndarray,
+    rows: int,
+    threshold: float,
+    null_threshold: float,
+) -> ColumnDrift:
     current_null = 1 - len(values) / max(rows, 1)
     reference_null = float(reference.get("null_share", 0.0))
     if "quantiles" not in reference or len(values) == 0:
         # all-null on one side: only the null share can be compared
         moved = abs(current_null - reference_null)
-        return ColumnDrift(column, kind, "null_share", moved, null_threshold, moved > null_threshold,
-                           reference_null_share=reference_null, current_null_share=current_null, rows=rows)  # fmt: skip
+        return ColumnDrift(
+            column,
+            kind,
+            "null_share",
+            moved,
+            null_threshold,
+            moved > null_threshold,
+            reference_null_share=reference_null,
+            current_null_share=current_null,
+            rows=rows,
+        )
     std = float(reference["std"])
     sample = Sample.of(values)
     statistic = normalized_wasserstein(np.asarray(reference["quantiles"]), sample, std)
@@ -318,7 +340,9 @@ def compare_numeric(column: str, kind: str, reference: Mapping[str, Any], values
     )
 
 
-def compare_categorical(column: str, reference: Mapping[str, float], series: pl.Series, threshold: float) -> ColumnDrift:
+def compare_categorical(
+    column: str, reference: Mapping[str, float], series: pl.Series, threshold: float
+) -> ColumnDrift:
     keep = [k for k in reference if k != OTHER]
     current = categorical_shares(series, keep=keep)
     statistic = jensen_shannon(reference, current)
@@ -352,21 +376,41 @@ def compare(
             "(`dagster job execute -m mlops_assets.definitions -j training_pipeline`) to store a current profile"
         )
     features = [
-        compare_numeric(c, "numeric", ref, _numeric_values(frame, c), frame.height, thresholds.numeric, thresholds.null_share_change)
+        compare_numeric(
+            c, "numeric", ref, _numeric_values(frame, c), frame.height, thresholds.numeric, thresholds.null_share_change
+        )
         for c, ref in profile["numeric"].items()
     ]
-    features += [compare_categorical(c, ref, frame[c], thresholds.categorical) for c, ref in profile["categorical"].items()]
+    features += [
+        compare_categorical(c, ref, frame[c], thresholds.categorical) for c, ref in profile["categorical"].items()
+    ]
     score_drift = None
     if scores is not None and len(scores):
-        score_drift = compare_numeric("score", "score", profile["scores"], np.asarray(scores, dtype=float), len(scores),
-                                      thresholds.scores, thresholds.null_share_change)  # fmt: skip
+        score_drift = compare_numeric(
+            "score",
+            "score",
+            profile["scores"],
+            np.asarray(scores, dtype=float),
+            len(scores),
+            thresholds.scores,
+            thresholds.null_share_change,
+        )
     label_drift = None
     if label and label in frame.columns and "label_rate" in profile and frame[label].null_count() < frame.height:
         rate = float(frame[label].cast(pl.Float64).mean())
         reference = {"1": profile["label_rate"], "0": 1 - profile["label_rate"]}
         statistic = jensen_shannon(reference, {"1": rate, "0": 1 - rate})
-        label_drift = ColumnDrift(label, "label", "jensen_shannon", statistic, thresholds.categorical, statistic > thresholds.categorical,
-                                  reference_mean=profile["label_rate"], current_mean=rate, rows=frame.height)  # fmt: skip
+        label_drift = ColumnDrift(
+            label,
+            "label",
+            "jensen_shannon",
+            statistic,
+            thresholds.categorical,
+            statistic > thresholds.categorical,
+            reference_mean=profile["label_rate"],
+            current_mean=rate,
+            rows=frame.height,
+        )
     return DriftVerdict(
         features=features,
         scores=score_drift,
@@ -387,15 +431,34 @@ def histogram_pairs(profile: Mapping[str, Any], frame: pl.DataFrame, columns: Se
         if column in profile["numeric"] and "inner_edges" in profile["numeric"][column]:
             reference = profile["numeric"][column]
             edges = reference["inner_edges"]
-            labels = [f"<{edges[0]:.4g}"] + [f"{a:.4g}-{b:.4g}" for a, b in zip(edges[:-1], edges[1:], strict=True)] + [f">={edges[-1]:.4g}"]
+            labels = (
+                [f"<{edges[0]:.4g}"]
+                + [f"{a:.4g}-{b:.4g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+                + [f">={edges[-1]:.4g}"]
+            )
             current = bucket_shares(_numeric_values(frame, column), edges)
-            pairs.append({"column": column, "labels": labels, "reference": list(reference["shares"]), "current": current.tolist()})
+            pairs.append(
+                {
+                    "column": column,
+                    "labels": labels,
+                    "reference": list(reference["shares"]),
+                    "current": current.tolist(),
+                }
+            )
         elif column in profile["categorical"]:
             reference = profile["categorical"][column]
             current = categorical_shares(frame[column], keep=[k for k in reference if k != OTHER])
-            keys = sorted(set(reference) | set(current), key=lambda k: -max(reference.get(k, 0), current.get(k, 0)))[:12]
-            pairs.append({"column": column, "labels": keys, "reference": [reference.get(k, 0.0) for k in keys],
-                          "current": [current.get(k, 0.0) for k in keys]})  # fmt: skip
+            keys = sorted(set(reference) | set(current), key=lambda k: -max(reference.get(k, 0), current.get(k, 0)))[
+                :12
+            ]
+            pairs.append(
+                {
+                    "column": column,
+                    "labels": keys,
+                    "reference": [reference.get(k, 0.0) for k in keys],
+                    "current": [current.get(k, 0.0) for k in keys],
+                }
+            )
     return pairs
 
 

@@ -58,7 +58,14 @@ def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[
     for b in range(bins):
         mask = index == b
         if mask.any():
-            out.append({"bin": b, "rows": int(mask.sum()), "mean_score": float(p[mask].mean()), "observed": float(y[mask].mean())})
+            out.append(
+                {
+                    "bin": b,
+                    "rows": int(mask.sum()),
+                    "mean_score": float(p[mask].mean()),
+                    "observed": float(y[mask].mean()),
+                }
+            )
     return out
 
 
@@ -81,7 +88,9 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def slice_metrics(frame: pl.DataFrame, label: str, scores: Mapping[str, np.ndarray], slices: Mapping[str, pl.Expr]) -> pl.DataFrame:
+def slice_metrics(
+    frame: pl.DataFrame, label: str, scores: Mapping[str, np.ndarray], slices: Mapping[str, pl.Expr]
+) -> pl.DataFrame:
     """AUC, log loss, rows and positive rows per slice value, for each scored model (columns ``<model>_auc`` ...)."""
     rows: list[dict[str, Any]] = []
     y_all = frame[label].to_numpy().astype(float)
@@ -89,8 +98,13 @@ def slice_metrics(frame: pl.DataFrame, label: str, scores: Mapping[str, np.ndarr
         values = frame.select(expr.cast(pl.String).alias("v"))["v"].to_numpy()
         for value in sorted({v for v in values if v is not None}):
             mask = values == value
-            row: dict[str, Any] = {"slice": slice_name, "value": str(value), "rows": int(mask.sum()),
-                                   "positives": int(y_all[mask].sum()), "base_rate": float(y_all[mask].mean())}  # fmt: skip
+            row: dict[str, Any] = {
+                "slice": slice_name,
+                "value": str(value),
+                "rows": int(mask.sum()),
+                "positives": int(y_all[mask].sum()),
+                "base_rate": float(y_all[mask].mean()),
+            }
             for model, p in scores.items():
                 row[f"{model}_auc"] = roc_auc(y_all[mask], p[mask])
                 row[f"{model}_log_loss"] = log_loss(y_all[mask], p[mask])
@@ -164,7 +178,9 @@ def slice_plot(slices: pl.DataFrame, models: list[str], min_rows: int) -> bytes:
     positions = np.arange(len(labels))
     width = 0.8 / max(len(models), 1)
     for i, model in enumerate(models):
-        axis.barh(positions + i * width, shown[f"{model}_auc"].fill_null(float("nan")).to_numpy(), height=width, label=model)
+        axis.barh(
+            positions + i * width, shown[f"{model}_auc"].fill_null(float("nan")).to_numpy(), height=width, label=model
+        )
     axis.set_yticks(positions + width * (len(models) - 1) / 2, labels)
     axis.set(xlabel="ROC AUC", title=f"AUC per slice (slices with >= {min_rows} rows)", xlim=(0.4, 1.0))
     axis.legend(loc="lower right")

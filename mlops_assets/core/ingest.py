@@ -87,12 +87,24 @@ def _with_lineage(frame: pl.DataFrame, batch: Batch, run_id: str, now: datetime)
 
 
 def _quarantine(
-    conn: duckdb.DuckDBPyConnection, spec: TableSpec, batch: Batch, stage: str, rows: pl.DataFrame, run_id: str, now: datetime
+    conn: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    batch: Batch,
+    stage: str,
+    rows: pl.DataFrame,
+    run_id: str,
+    now: datetime,
 ) -> None:
     """Replace this batch's quarantined rows for this stage (a rerun replaces them; other batches' rows stay)."""
     name = ensure_table(conn, "quarantine", spec.name, quarantine_columns())
     frame = _with_lineage(rows, batch, run_id, now).with_columns(pl.lit(stage).alias("stage"))
-    replace_where(conn, name, frame, "_sha256 = ? AND stage = ? AND _month IS NOT DISTINCT FROM ?", [batch.sha256, stage, batch.month])
+    replace_where(
+        conn,
+        name,
+        frame,
+        "_sha256 = ? AND stage = ? AND _month IS NOT DISTINCT FROM ?",
+        [batch.sha256, stage, batch.month],
+    )
 
 
 def _log(
@@ -230,7 +242,9 @@ def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | Non
             continue
         name = qualified(schema, table)
         (found,) = fetch_row(
-            conn, f"SELECT count(*) FROM {name} WHERE _sha256 = ? AND _month IS NOT DISTINCT FROM ?{extra}", [sha256, month]
+            conn,
+            f"SELECT count(*) FROM {name} WHERE _sha256 = ? AND _month IS NOT DISTINCT FROM ?{extra}",
+            [sha256, month],
         )
         counts[key] = int(found)
     return counts

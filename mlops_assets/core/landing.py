@@ -153,7 +153,11 @@ def find_landed(landing_dir: Path, table: str, month: str | None) -> LandedFile 
 def landed_months(landing_dir: Path, tables: list[str] | None = None) -> list[str]:
     """Sorted months for which at least one monthly table (of ``tables``, when given) has landed."""
     return sorted(
-        {month for table, month, _ in _walk_layout(landing_dir) if month is not None and (tables is None or table in tables)}
+        {
+            month
+            for table, month, _ in _walk_layout(landing_dir)
+            if month is not None and (tables is None or table in tables)
+        }
     )
 
 
@@ -221,7 +225,9 @@ def month_landed_at(landing_dir: Path, tables: list[str]) -> dict[str, float]:
     return landed
 
 
-def stale_months(landed_at: dict[str, float], built_at: dict[str, float | None], now: float, max_delay_s: float) -> list[str]:
+def stale_months(
+    landed_at: dict[str, float], built_at: dict[str, float | None], now: float, max_delay_s: float
+) -> list[str]:
     """Months whose data landed more than ``max_delay_s`` ago but were not built since (never, or before it landed),
     each with why."""
     problems = []

@@ -48,8 +48,10 @@ def score_month(
     ids = frame.select(*spec.key, spec.time_column, "_month")
     for scoring in models:
         if trained_on(scoring, month):
-            skipped.append(f"{scoring.variant} {scoring.version} trained on {month} "
-                           f"(its test month is {scoring.test_month}): not scored")  # fmt: skip
+            skipped.append(
+                f"{scoring.variant} {scoring.version} trained on {month} "
+                f"(its test month is {scoring.test_month}): not scored"
+            )
             continue
         parts.append(
             ids.with_columns(
@@ -93,26 +95,28 @@ def live_performance(
         p = joined["score"].to_numpy()
         m = metrics(y, p)
         evaluated = evaluation_auc.get(str(version))
-        rows.append({
-            "source": source,
-            "variant": variant,
-            "model_version": version,
-            "rows": len(y),
-            "error_rate": errors / group.height,
-            "roc_auc": m["roc_auc"],
-            "log_loss": m["log_loss"],
-            "brier": m["brier"],
-            "calibration_error": m["calibration_error"],
-            "base_rate": m["base_rate"],
-            "mean_score": float(np.mean(p)),
-            "score_std": float(np.std(p)),
-            "score_p10": float(np.quantile(p, 0.1)),
-            "score_p90": float(np.quantile(p, 0.9)),
-            "share_above_0_99": m["share_above_0_99"],
-            "share_below_0_01": m["share_below_0_01"],
-            "evaluation_roc_auc": evaluated,
-            "auc_drop": (evaluated - m["roc_auc"]) if evaluated is not None else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "source": source,
+                "variant": variant,
+                "model_version": version,
+                "rows": len(y),
+                "error_rate": errors / group.height,
+                "roc_auc": m["roc_auc"],
+                "log_loss": m["log_loss"],
+                "brier": m["brier"],
+                "calibration_error": m["calibration_error"],
+                "base_rate": m["base_rate"],
+                "mean_score": float(np.mean(p)),
+                "score_std": float(np.std(p)),
+                "score_p10": float(np.quantile(p, 0.1)),
+                "score_p90": float(np.quantile(p, 0.9)),
+                "share_above_0_99": m["share_above_0_99"],
+                "share_below_0_01": m["share_below_0_01"],
+                "evaluation_roc_auc": evaluated,
+                "auc_drop": (evaluated - m["roc_auc"]) if evaluated is not None else None,
+            }
+        )
     return pl.DataFrame(rows, schema_overrides={"evaluation_roc_auc": pl.Float64, "auc_drop": pl.Float64})
 
 

@@ -64,10 +64,15 @@ class _KeyedLookup:
 
     def __init__(self, candidates: pl.DataFrame, lookup: AsOfLookup) -> None:
         self.lookup = lookup
-        self.dtypes = {c: candidates.schema[c] for c in dict.fromkeys([*lookup.columns, *lookup.value_known_at.values()])}
+        self.dtypes = {
+            c: candidates.schema[c] for c in dict.fromkeys([*lookup.columns, *lookup.value_known_at.values()])
+        }
         self.groups: dict[tuple[Any, ...], tuple[np.ndarray, dict[str, list[Any]]]] = {}
         for key, part in candidates.partition_by(list(lookup.by), as_dict=True, maintain_order=True).items():
-            values = {c: (_micros(part[c]).tolist() if c in lookup.value_known_at.values() else part[c].to_list()) for c in self.dtypes}
+            values = {
+                c: (_micros(part[c]).tolist() if c in lookup.value_known_at.values() else part[c].to_list())
+                for c in self.dtypes
+            }
             self.groups[key] = (_micros(part["_known"]), values)
 
     def columns(self, rows: list[dict[str, Any]], times: np.ndarray) -> dict[str, pl.Series]:
@@ -91,7 +96,10 @@ class _KeyedLookup:
                 out[output].append(value)
             if lookup.age_hours:
                 out[lookup.age_hours].append((t - known) / 3_600_000_000 if found and known is not None else None)
-        series = {output: pl.Series(output, out[output], dtype=self.dtypes[column]) for column, output in lookup.columns.items()}
+        series = {
+            output: pl.Series(output, out[output], dtype=self.dtypes[column])
+            for column, output in lookup.columns.items()
+        }
         if lookup.age_hours:
             series[lookup.age_hours] = pl.Series(lookup.age_hours, out[lookup.age_hours], dtype=pl.Float64)
         return series
@@ -124,13 +132,17 @@ class _KeyedWindow:
             at = np.asarray(where)
             now = np.searchsorted(ts, times[at], "left") - 1
             start = np.searchsorted(ts, times[at] - self.length, "left") - 1
-            total = np.where(now >= 0, sums[np.maximum(now, 0)], 0.0) - np.where(start >= 0, sums[np.maximum(start, 0)], 0.0)
+            total = np.where(now >= 0, sums[np.maximum(now, 0)], 0.0) - np.where(
+                start >= 0, sums[np.maximum(start, 0)], 0.0
+            )
             n = np.where(now >= 0, ns[np.maximum(now, 0)], 0) - np.where(start >= 0, ns[np.maximum(start, 0)], 0)
             counts[at] = n
             with np.errstate(invalid="ignore", divide="ignore"):
                 means[at] = np.where(n > 0, total / n, np.nan)
-        return {self.window.mean_name: pl.Series(self.window.mean_name, means, dtype=pl.Float64).fill_nan(None),
-                self.window.count_name: pl.Series(self.window.count_name, counts, dtype=pl.Float64)}  # fmt: skip
+        return {
+            self.window.mean_name: pl.Series(self.window.mean_name, means, dtype=pl.Float64).fill_nan(None),
+            self.window.count_name: pl.Series(self.window.count_name, counts, dtype=pl.Float64),
+        }
 
 
 @dataclass
@@ -151,7 +163,10 @@ def build_export(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, newest
     start = context_start_for(spec, newest_month)
     params = {"context_first": month_key(start.year, start.month), "target_last": newest_month, "context_start": start}
     events = query_frame(conn, spec.sql, used_params(spec.sql, params))
-    lookups = [events if lookup.sql is None else query_frame(conn, lookup.sql, used_params(lookup.sql, params)) for lookup in spec.lookups]
+    lookups = [
+        events if lookup.sql is None else query_frame(conn, lookup.sql, used_params(lookup.sql, params))
+        for lookup in spec.lookups
+    ]
     reference = {name: query_frame(conn, sql) for name, sql in spec.online.reference_sql.items()}
     known = [c for c in (spec.label_known_at, *(w.known_at for w in spec.windows)) if c in events.columns]
     as_of = events.select(pl.max_horizontal(pl.col(c).max() for c in known)).item() if events.height else None
@@ -162,8 +177,11 @@ def build_export(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, newest
         "context_start": start.isoformat(),
         "serves_through": shift_month(newest_month, 1),
         "facts_known_through": as_of.isoformat() if isinstance(as_of, datetime) else None,
-        "rows": {"events": events.height, **{f"lookup_{i}": f.height for i, f in enumerate(lookups)},
-                 **{f"reference_{n}": f.height for n, f in reference.items()}},  # fmt: skip
+        "rows": {
+            "events": events.height,
+            **{f"lookup_{i}": f.height for i, f in enumerate(lookups)},
+            **{f"reference_{n}": f.height for n, f in reference.items()},
+        },
     }
     return OnlineExport(events, lookups, reference, manifest)
 
@@ -218,17 +236,31 @@ class OnlineStore:
     def __post_init__(self) -> None:
         online = self.spec.online
         self.index = online.index(self.reference) if online is not None and online.index is not None else None
-        self.keyed_lookups = [_KeyedLookup(c, lookup) for c, lookup in zip(self.candidates, self.spec.lookups, strict=True)]
-        self.keyed_windows = [_KeyedWindow(c, window) for c, window in zip(self.cumulatives, self.spec.windows, strict=True)]
+        self.keyed_lookups = [
+            _KeyedLookup(c, lookup) for c, lookup in zip(self.candidates, self.spec.lookups, strict=True)
+        ]
+        self.keyed_windows = [
+            _KeyedWindow(c, window) for c, window in zip(self.cumulatives, self.spec.windows, strict=True)
+        ]
 
     @classmethod
     def from_export(cls, spec: FeatureTableSpec, export: OnlineExport, version: str = "unsaved") -> OnlineStore:
-        candidates = [lookup_candidates(frame, lookup) for frame, lookup in zip(export.lookups, spec.lookups, strict=True)]
+        candidates = [
+            lookup_candidates(frame, lookup) for frame, lookup in zip(export.lookups, spec.lookups, strict=True)
+        ]
         missing = [c for c in spec.key if c not in export.events.columns]
         if missing:
             raise ValueError(f"online store {version} lacks the key column(s) {missing} of {spec.name}")
         key_types = {c: export.events.schema[c] for c in spec.key}
-        return cls(spec, version, export.manifest, export.reference, candidates, window_cumulatives(export.events, spec.windows), key_types)
+        return cls(
+            spec,
+            version,
+            export.manifest,
+            export.reference,
+            candidates,
+            window_cumulatives(export.events, spec.windows),
+            key_types,
+        )
 
     @classmethod
     def load(cls, spec: FeatureTableSpec, root: Path, version: str | None = None) -> OnlineStore:
@@ -246,7 +278,9 @@ class OnlineStore:
         export = OnlineExport(
             events=pl.read_parquet(folder / "events.parquet"),
             lookups=[pl.read_parquet(folder / f"lookup_{i}.parquet") for i in range(len(spec.lookups))],
-            reference={name: pl.read_parquet(folder / f"reference_{name}.parquet") for name in manifest_reference(manifest)},
+            reference={
+                name: pl.read_parquet(folder / f"reference_{name}.parquet") for name in manifest_reference(manifest)
+            },
             manifest=manifest,
         )
         return cls.from_export(spec, export, version)
@@ -272,7 +306,6 @@ class OnlineStore:
         for window in self.keyed_windows:
             rows = rows.hstack(list(window.columns(rows, times).values()))
         return rows.sort(_ORDER).drop(_ORDER)
-
 
     def _features_by_key(self, rows: pl.DataFrame) -> pl.DataFrame:
         """The same lookups and windows for a few rows, by binary search in the per-key arrays."""

@@ -88,13 +88,17 @@ def decide_promotion(
     auc, loss = challenger["roc_auc"], challenger["log_loss"]
     if champion is None:
         reference = base_rate_log_loss(challenger["base_rate"])
-        reasons = [f"first model: AUC {auc:.4f} vs 0.5 for the base-rate model (needs >= {gates.first_model_min_auc})",
-                   f"log loss {loss:.4f} vs {reference:.4f} for the base-rate model"]  # fmt: skip
+        reasons = [
+            f"first model: AUC {auc:.4f} vs 0.5 for the base-rate model (needs >= {gates.first_model_min_auc})",
+            f"log loss {loss:.4f} vs {reference:.4f} for the base-rate model",
+        ]
         ok = auc >= gates.first_model_min_auc and loss < reference
         if gates.first_model_min_pr_lift is not None:
             lift = challenger["pr_auc"] / challenger["base_rate"] if challenger["base_rate"] > 0 else 0.0
-            reasons.append(f"PR AUC {challenger['pr_auc']:.4f} is {lift:.1f}x the base rate "
-                           f"{challenger['base_rate']:.4f} (needs >= {gates.first_model_min_pr_lift}x)")  # fmt: skip
+            reasons.append(
+                f"PR AUC {challenger['pr_auc']:.4f} is {lift:.1f}x the base rate "
+                f"{challenger['base_rate']:.4f} (needs >= {gates.first_model_min_pr_lift}x)"
+            )
             ok = ok and lift >= gates.first_model_min_pr_lift
         return PromotionDecision(ok, reasons)
 
@@ -109,15 +113,19 @@ def decide_promotion(
     if gates.max_pr_auc_drop is not None:
         pr_change = challenger["pr_auc"] - champion["pr_auc"]
         pr_ok = pr_change >= -gates.max_pr_auc_drop
-        reasons.append(f"PR AUC {challenger['pr_auc']:.4f} vs {champion['pr_auc']:.4f} ({pr_change:+.4f}, "
-                       f"may drop by <= {gates.max_pr_auc_drop})")  # fmt: skip
+        reasons.append(
+            f"PR AUC {challenger['pr_auc']:.4f} vs {champion['pr_auc']:.4f} ({pr_change:+.4f}, "
+            f"may drop by <= {gates.max_pr_auc_drop})"
+        )
     regressions = [
         f"{s['slice']}={s['value']} ({s['rows']} rows) AUC {s['challenger_auc']:.3f} vs {s['champion_auc']:.3f}"
         for s in slices
-        if s["rows"] >= gates.slice_min_rows and s.get("positives", s["rows"]) >= gates.slice_min_positives
-        and not math.isnan(s["challenger_auc"]) and not math.isnan(s["champion_auc"])
+        if s["rows"] >= gates.slice_min_rows
+        and s.get("positives", s["rows"]) >= gates.slice_min_positives
+        and not math.isnan(s["challenger_auc"])
+        and not math.isnan(s["champion_auc"])
         and s["champion_auc"] - s["challenger_auc"] > gates.max_slice_auc_drop
-    ]  # fmt: skip
+    ]
     if regressions:
         reasons.append(f"slice regression beyond {gates.max_slice_auc_drop}: " + ", ".join(regressions))
     else:
@@ -135,9 +143,17 @@ def decide_promotion_from(result: EvaluationResult, gates: PromotionGates) -> Pr
     challenger = {name: _nan_if_none(value) for name, value in result.metrics["challenger"].items()}
     stored = result.metrics.get("champion")
     champion = {name: _nan_if_none(value) for name, value in stored.items()} if stored is not None else None
-    slices = [{"slice": s.slice, "value": s.value, "rows": s.rows, "positives": s.positives,
-               "challenger_auc": _nan_if_none(s.challenger_auc), "champion_auc": _nan_if_none(s.champion_auc)}
-              for s in result.slices]  # fmt: skip
+    slices = [
+        {
+            "slice": s.slice,
+            "value": s.value,
+            "rows": s.rows,
+            "positives": s.positives,
+            "challenger_auc": _nan_if_none(s.challenger_auc),
+            "champion_auc": _nan_if_none(s.champion_auc),
+        }
+        for s in result.slices
+    ]
     return decide_promotion(challenger, champion, result.challenger_score_problem, slices, gates)
 
 
@@ -176,14 +192,18 @@ def rollback_reasons(
     if champion is not None and champion.rows >= policy.min_rows:
         auc = champion.live_roc_auc
         if auc is not None and required_auc is not None and required_auc - auc > policy.max_auc_drop:
-            reasons.append(f"live AUC {auc:.4f} is {required_auc - auc:.4f} below the required {required_auc:.4f} "
-                           f"(max drop {policy.max_auc_drop})")  # fmt: skip
+            reasons.append(
+                f"live AUC {auc:.4f} is {required_auc - auc:.4f} below the required {required_auc:.4f} "
+                f"(max drop {policy.max_auc_drop})"
+            )
         extreme = champion.share_above_0_99 + champion.share_below_0_01
         # a profile without scores (features only) has no shares: compared with none, as before
         reference_extreme = sum(reference_scores.get(k, 0.0) for k in ("share_above_0_99", "share_below_0_01"))
         if abs(extreme - reference_extreme) > policy.max_extreme_shift:
-            reasons.append(f"{extreme:.1%} of scores are extreme (< 0.01 or > 0.99) vs {reference_extreme:.1%} in its "
-                           "reference profile")  # fmt: skip
+            reasons.append(
+                f"{extreme:.1%} of scores are extreme (< 0.01 or > 0.99) vs {reference_extreme:.1%} in its "
+                "reference profile"
+            )
         spread, reference_spread = champion.score_std, reference_scores.get("std")
         if reference_spread and spread < policy.min_score_std_ratio * reference_spread:
             reasons.append(f"scores collapsed: spread {spread:.4f} vs {reference_spread:.4f} in its reference profile")

@@ -12,6 +12,7 @@ Rows are buffered and written in batches (by count or age) and on close, each ba
 temporary name and renamed, so a reader never sees half a file and a crash loses at most the unflushed batch; a
 SIGTERM closes the log first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,7 +55,9 @@ class PredictionLog:
     ``append`` never blocks on disk; a background thread writes a batch when it reaches ``flush_rows`` rows or is
     ``flush_seconds`` old; ``close`` writes what is left."""
 
-    def __init__(self, root: Path, schema: dict[str, pl.DataType], flush_rows: int = 2000, flush_seconds: float = 2.0) -> None:
+    def __init__(
+        self, root: Path, schema: dict[str, pl.DataType], flush_rows: int = 2000, flush_seconds: float = 2.0
+    ) -> None:
         self.folder = root / ONLINE_FOLDER
         self.schema = schema
         self.flush_rows = flush_rows
@@ -116,7 +119,8 @@ class PredictionLog:
     def _due(self) -> bool:
         with self._lock:
             return bool(self._rows) and (
-                len(self._rows) >= self.flush_rows or (self._oldest is not None and time.monotonic() - self._oldest >= self.flush_seconds)
+                len(self._rows) >= self.flush_rows
+                or (self._oldest is not None and time.monotonic() - self._oldest >= self.flush_seconds)
             )
 
     def _run(self) -> None:

@@ -175,8 +175,9 @@ class Record:
             if schema != cls.SCHEMA:
                 raise RecordError(f"{where}: {SCHEMA_KEY} is {schema!r}, expected {cls.SCHEMA!r}")
             if type(version) is not int or version != cls.VERSION:
-                raise RecordError(f"{where}: {cls.SCHEMA} {SCHEMA_VERSION_KEY} is {version!r}, "
-                                  f"this code reads {cls.VERSION}")  # fmt: skip
+                raise RecordError(
+                    f"{where}: {cls.SCHEMA} {SCHEMA_VERSION_KEY} is {version!r}, this code reads {cls.VERSION}"
+                )
         expected = _field_types(cls)
         missing = [n for n in expected if n not in values]
         unknown = [n for n in values if n not in expected]
@@ -322,8 +323,9 @@ class LiveSummary(Record):
         by_source: dict[str, dict[str, VariantLive]] = {"batch": {}, "online": {}}
         for row in table.iter_rows(named=True):
             if row["source"] not in by_source:
-                raise RecordError(f"LiveSummary: unknown source {row['source']!r} in the live table "
-                                  "(expected batch or online)")  # fmt: skip
+                raise RecordError(
+                    f"LiveSummary: unknown source {row['source']!r} in the live table (expected batch or online)"
+                )
             by_source[row["source"]][row["variant"]] = VariantLive(
                 version=row["model_version"],
                 rows=int(row["rows"]),
@@ -384,8 +386,10 @@ class EvaluationResult(Record):
         roles = set(self.metrics)
         expected = {"challenger", *(["champion"] if self.champion_version is not None else [])}
         if roles != expected:
-            raise RecordError(f"EvaluationResult.metrics: roles {sorted(roles)}, expected {sorted(expected)} "
-                              f"(champion_version is {self.champion_version!r})")  # fmt: skip
+            raise RecordError(
+                f"EvaluationResult.metrics: roles {sorted(roles)}, expected {sorted(expected)} "
+                f"(champion_version is {self.champion_version!r})"
+            )
         for role, values in self.metrics.items():
             missing = [m for m in REQUIRED_METRICS if m not in values]
             if missing:
@@ -433,8 +437,10 @@ class EvaluationResult(Record):
         undefined (None)."""
         values = self.metrics.get(role)
         if values is None:
-            raise RecordError(f"EvaluationResult: no {role!r} in the evaluation of {self.challenger_version} "
-                              f"(roles: {', '.join(self.metrics)})")  # fmt: skip
+            raise RecordError(
+                f"EvaluationResult: no {role!r} in the evaluation of {self.challenger_version} "
+                f"(roles: {', '.join(self.metrics)})"
+            )
         value = values.get(name)
         if value is None:
             state = "undefined on the test month" if name in values else "absent"

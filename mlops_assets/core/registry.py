@@ -90,8 +90,13 @@ class Registry:
             for _ in range(100):  # another writer may take the next id first: take the one after
                 existing = self.versions()
                 version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
-                full = {**metadata, "version": version, "model_sha256": digest, "registered_at": _now(),
-                        "run_id": run_id}  # fmt: skip
+                full = {
+                    **metadata,
+                    "version": version,
+                    "model_sha256": digest,
+                    "registered_at": _now(),
+                    "run_id": run_id,
+                }
                 (staging / "metadata.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
                 for path in staging.iterdir():
                     with open(path, "rb") as handle:
@@ -143,10 +148,15 @@ class Registry:
         data = json.dumps(result.to_json(), indent=1, allow_nan=False).encode()
         write_atomic(self.evaluations_dir / f"{version}.json", data)
         auc = result.metrics["challenger"].get("roc_auc")
-        self.log_event("evaluated", version=version, run_id=run_id, champion=result.champion_version,
-                       test_month=result.test_month,
-                       reason=f"evaluated on {result.test_month} against {result.champion_version or 'no champion'}: "
-                       f"ROC AUC {'undefined' if auc is None else f'{auc:.4f}'}")  # fmt: skip
+        self.log_event(
+            "evaluated",
+            version=version,
+            run_id=run_id,
+            champion=result.champion_version,
+            test_month=result.test_month,
+            reason=f"evaluated on {result.test_month} against {result.champion_version or 'no champion'}: "
+            f"ROC AUC {'undefined' if auc is None else f'{auc:.4f}'}",
+        )
 
     def evaluation(self, version: str) -> EvaluationResult | None:
         """The latest evaluation of ``version`` (None: never evaluated). Raises :class:`RecordError` when the stored
@@ -160,8 +170,9 @@ class Registry:
             raise RecordError(f"EvaluationResult in {path}: not JSON ({error})") from error
         result = EvaluationResult.from_json(data)
         if result.challenger_version != version:
-            raise RecordError(f"EvaluationResult in {path}: challenger_version is {result.challenger_version!r}, "
-                              f"expected {version!r}")  # fmt: skip
+            raise RecordError(
+                f"EvaluationResult in {path}: challenger_version is {result.challenger_version!r}, expected {version!r}"
+            )
         return result
 
     # --- aliases and events --------------------------------------------------------------------------------------

@@ -238,4 +238,6 @@ class ModelSpec:
             raise ValueError(f"model name {self.name!r} must match {NAME_PATTERN.pattern} (a schema and key prefix)")
         missing = [t for t in self.features.inputs if t not in {s.name for s in self.feed.tables}]
         if missing:
-            raise ValueError(f"model {self.name}: feature table {self.features.name} reads {missing}, not in feed {self.feed.name}")
+            raise ValueError(
+                f"model {self.name}: feature table {self.features.name} reads {missing}, not in feed {self.feed.name}"
+            )

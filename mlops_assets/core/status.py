@@ -47,7 +47,13 @@ def store_status(catalog: Catalog, models: tuple[ModelSpec, ...], settings: Sett
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         for table in catalog.tables:
             rejected = [
-                {"month": v["month"], "stage": stage, "rule": v["rule"], "column": v["column_name"], "message": v["message"]}
+                {
+                    "month": v["month"],
+                    "stage": stage,
+                    "rule": v["rule"],
+                    "column": v["column_name"],
+                    "message": v["message"],
+                }
                 for stage in ("raw", "validated")
                 for v in latest_verdicts(conn, table.name, stage)
                 if v.get("accepted") is False
@@ -77,8 +83,13 @@ def monitoring_status(conn: duckdb.DuckDBPyConnection, model: str) -> list[dict[
                FROM {qualified(model, "drift_report")} GROUP BY 1 ORDER BY 1"""
         ).fetchall()
         for month, version, drifted, features, scores in rows:
-            months[month] = {"month": month, "scored_by": version, "features_drifted": int(drifted), "features": int(features),
-                             "scores_drifted": bool(scores)}  # fmt: skip
+            months[month] = {
+                "month": month,
+                "scored_by": version,
+                "features_drifted": int(drifted),
+                "features": int(features),
+                "scores_drifted": bool(scores),
+            }
     if table_exists(conn, model, "live_performance"):
         rows = conn.execute(
             f"SELECT _month, source, variant, model_version, roc_auc FROM {qualified(model, 'live_performance')} ORDER BY 1, 2, 3"
@@ -87,7 +98,9 @@ def monitoring_status(conn: duckdb.DuckDBPyConnection, model: str) -> list[dict[
             entry = months.setdefault(month, {"month": month})
             # a month with one class has no AUC: absent, not a number
             known = auc is not None and not math.isnan(auc)
-            entry.setdefault("live_roc_auc", {})[f"{source} {variant} {version}"] = round(float(auc), 4) if known else None
+            entry.setdefault("live_roc_auc", {})[f"{source} {variant} {version}"] = (
+                round(float(auc), 4) if known else None
+            )
     return list(months.values())
 
 
@@ -95,11 +108,16 @@ def format_status(status: dict[str, Any]) -> str:
     """A short human summary of :func:`store_status`."""
     lines = [f"Landed months: {', '.join(status['landed_months']) or 'none (run `mlops replay --through 2013-03`)'}"]
     if not status["tables"]:
-        lines.append("Warehouse: not built yet (run `dagster job execute -m mlops_assets.definitions -j feature_pipeline`)")
+        lines.append(
+            "Warehouse: not built yet (run `dagster job execute -m mlops_assets.definitions -j feature_pipeline`)"
+        )
         return "\n".join(lines)
     lines.append(f"{'table':<16}{'validated rows':>16}{'quarantined':>13}  rejected batches")
     for name, info in status["tables"].items():
-        rejected = "; ".join(f"{r['month'] or 'reference'} ({r['stage']}: {r['rule']} on {r['column']})" for r in info["rejected_batches"])
+        rejected = "; ".join(
+            f"{r['month'] or 'reference'} ({r['stage']}: {r['rule']} on {r['column']})"
+            for r in info["rejected_batches"]
+        )
         lines.append(
             f"{name:<16}{sum(info['validated_rows'].values()):>16,}{sum(info['quarantined_rows'].values()):>13,}  {rejected or '-'}"
         )
@@ -107,7 +125,11 @@ def format_status(status: dict[str, Any]) -> str:
         months = ", ".join(f"{m}: {n:,}" for m, n in by_month.items())
         lines.append(f"features.{name}: {sum(by_month.values()):,} rows ({months or 'none'})")
     for name, model in status["models"].items():
-        lines += ["", f"== {name} (feed {model['feed']}, features.{model['features']})", format_registry(model["registry"])]
+        lines += [
+            "",
+            f"== {name} (feed {model['feed']}, features.{model['features']})",
+            format_registry(model["registry"]),
+        ]
         if model["monitoring"]:
             lines.append("Monitoring (month: drift against the champion that scored it; live AUC):")
             lines += [f"  {_monitored_month(entry)}" for entry in model["monitoring"]]
@@ -130,11 +152,17 @@ def registry_status(registry: Registry, events: int = 8) -> dict[str, Any]:
     for version in registry.versions():
         meta = registry.get(version).metadata
         valid = meta.get("metrics", {}).get("valid", {})
-        versions.append({
-            "version": version, "registered_at": meta.get("registered_at"), "valid_roc_auc": valid.get("roc_auc"),
-            "valid_log_loss": valid.get("log_loss"), "training_set_hash": meta.get("training_set_hash"),
-            "feature_set_version": meta.get("feature_set_version"), "test_month": meta.get("data", {}).get("test_month"),
-        })  # fmt: skip
+        versions.append(
+            {
+                "version": version,
+                "registered_at": meta.get("registered_at"),
+                "valid_roc_auc": valid.get("roc_auc"),
+                "valid_log_loss": valid.get("log_loss"),
+                "training_set_hash": meta.get("training_set_hash"),
+                "feature_set_version": meta.get("feature_set_version"),
+                "test_month": meta.get("data", {}).get("test_month"),
+            }
+        )
     return {"versions": versions, "aliases": registry.aliases(), "events": registry.events(limit=events)}
 
 
@@ -177,7 +205,9 @@ def format_models(overviews: list[dict[str, Any]]) -> str:
         cells = [f"{metrics[m]:.4f}" if metrics.get(m) is not None else "-" for m in ("roc_auc", "pr_auc", "base_rate")]
         champion = (o["champion"] or "none") + ("" if o["champion_checksum_ok"] is not False else " (checksum FAILS)")
         test_month = (o["evaluation"] or {}).get("test_month") or "-"
-        lines.append(f"{o['name']:<22}{o['feed']:<14}{champion:<10}{test_month:<12}{cells[0]:>9}{cells[1]:>9}{cells[2]:>11}")
+        lines.append(
+            f"{o['name']:<22}{o['feed']:<14}{champion:<10}{test_month:<12}{cells[0]:>9}{cells[1]:>9}{cells[2]:>11}"
+        )
     return "\n".join(lines)
 
 
@@ -187,7 +217,9 @@ def format_registry(status: dict[str, Any]) -> str:
     aliases = ", ".join(f"{name} -> {version}" for name, version in status["aliases"].items()) or "none"
     lines = [f"Versions: {len(status['versions'])}; aliases: {aliases}", "Latest events:"]
     for event in status["events"]:
-        lines.append(f"  {event['time']}  {event['event']:<11} {event.get('version') or '-':<6} {event.get('reason', '')}")
+        lines.append(
+            f"  {event['time']}  {event['event']:<11} {event.get('version') or '-':<6} {event.get('reason', '')}"
+        )
     return "\n".join(lines)
 
 

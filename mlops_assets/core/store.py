@@ -114,7 +114,9 @@ def fetch_row(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] |
 
 def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     (found,) = fetch_row(
-        conn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
+        conn,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, table],
     )
     return bool(found)
 
@@ -168,7 +170,9 @@ def replace_where(
                 conn.unregister("_incoming")
 
 
-def query_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+def query_frame(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+) -> pl.DataFrame:
     """Run a query with bound parameters and return the result as a polars frame."""
     return conn.sql(sql, params=params).pl()
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.evaluation import figure_png, pyplot, markdown_image
+from mlops_assets.core.evaluation import figure_png, markdown_image, pyplot
 from mlops_assets.core.markdown import frame_to_markdown
 
 
@@ -33,15 +33,23 @@ class TimelineRow:
 
 
 def timeline_frame(rows: list[TimelineRow]) -> pl.DataFrame:
-    return pl.DataFrame([asdict(r) for r in rows], schema_overrides={
-        "drifted": pl.Boolean, "drift_share": pl.Float64, "score_drift": pl.Float64,
-        "champion_live_auc": pl.Float64, "frozen_live_auc": pl.Float64,
-    })  # fmt: skip
+    return pl.DataFrame(
+        [asdict(r) for r in rows],
+        schema_overrides={
+            "drifted": pl.Boolean,
+            "drift_share": pl.Float64,
+            "score_drift": pl.Float64,
+            "champion_live_auc": pl.Float64,
+            "frozen_live_auc": pl.Float64,
+        },
+    )
 
 
 def months_champion_wins(frame: pl.DataFrame, since: str) -> tuple[int, int]:
     """(months from ``since`` on where the serving champion beat the frozen model, months compared)."""
-    compared = frame.filter((pl.col("month") >= since) & pl.col("champion_live_auc").is_not_null() & pl.col("frozen_live_auc").is_not_null())
+    compared = frame.filter(
+        (pl.col("month") >= since) & pl.col("champion_live_auc").is_not_null() & pl.col("frozen_live_auc").is_not_null()
+    )
     wins = compared.filter(pl.col("champion_live_auc") > pl.col("frozen_live_auc")).height
     return wins, compared.height
 
@@ -57,9 +65,18 @@ def timeline_plot(frame: pl.DataFrame) -> bytes:
     top.plot(x, frame["frozen_live_auc"].to_numpy(), marker="s", linestyle="--", label="frozen first model")
     for i, row in enumerate(frame.iter_rows(named=True)):
         if row["promoted"]:
-            top.annotate(f"-> {row['champion_after']}", (i, row["champion_live_auc"] or 0), textcoords="offset points", xytext=(0, 8),
-                         ha="center", fontsize=7, color="green")  # fmt: skip
-    top.set(ylabel="live ROC AUC (month scored before retraining)", title="Replayed 2013: champion vs frozen first model")
+            top.annotate(
+                f"-> {row['champion_after']}",
+                (i, row["champion_live_auc"] or 0),
+                textcoords="offset points",
+                xytext=(0, 8),
+                ha="center",
+                fontsize=7,
+                color="green",
+            )
+    top.set(
+        ylabel="live ROC AUC (month scored before retraining)", title="Replayed 2013: champion vs frozen first model"
+    )
     top.legend(fontsize=8, loc="lower left")
     colors = ["tab:red" if d else "tab:grey" for d in frame["drifted"].fill_null(False).to_list()]
     bottom.bar(x, frame["drift_share"].fill_null(0).to_numpy(), color=colors)
@@ -74,16 +91,30 @@ def timeline_plot(frame: pl.DataFrame) -> bytes:
 
 def timeline_markdown(frame: pl.DataFrame, plot: bytes, since: str = "2013-06") -> str:
     wins, compared = months_champion_wins(frame, since)
-    shown = frame.select("month", "drifted", "drift_share", "top_drifted", "retrained", "retrain_trigger", "champion_version",
-                         "champion_live_auc", "frozen_live_auc", "challenger_version", "promoted", "champion_after")  # fmt: skip
-    return "\n".join([
-        "## Replayed year: the platform keeping its model alive",
-        "",
-        f"From {since} on, the serving champion beat the frozen first model in **{wins} of {compared}** months.",
-        "",
-        markdown_image(plot, "timeline"),
-        "",
-        frame_to_markdown(shown, max_rows=frame.height),
-        "",
-        "Retrain reasons and promotion decisions are in the `retrain_reason` and `decision` columns of `monitoring.timeline`.",
-    ])  # fmt: skip
+    shown = frame.select(
+        "month",
+        "drifted",
+        "drift_share",
+        "top_drifted",
+        "retrained",
+        "retrain_trigger",
+        "champion_version",
+        "champion_live_auc",
+        "frozen_live_auc",
+        "challenger_version",
+        "promoted",
+        "champion_after",
+    )
+    return "\n".join(
+        [
+            "## Replayed year: the platform keeping its model alive",
+            "",
+            f"From {since} on, the serving champion beat the frozen first model in **{wins} of {compared}** months.",
+            "",
+            markdown_image(plot, "timeline"),
+            "",
+            frame_to_markdown(shown, max_rows=frame.height),
+            "",
+            "Retrain reasons and promotion decisions are in the `retrain_reason` and `decision` columns of `monitoring.timeline`.",
+        ]
+    )

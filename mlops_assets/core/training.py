@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
-
 from zoneinfo import ZoneInfo
 
 import lightgbm as lgb
@@ -79,15 +78,23 @@ def split_by_time(features: pl.DataFrame, spec: FeatureTableSpec, test_month: st
     local = pl.col(spec.local_time_column)
     known = pl.col(spec.label_known_at)  # UTC
     split = (
-        pl.when(pl.col("_month") == test_month).then(pl.lit("test"))
-        .when((local >= valid_start) & (local < test_start)).then(pl.lit("valid"))
-        .when(local < valid_start).then(pl.lit("train"))
+        pl.when(pl.col("_month") == test_month)
+        .then(pl.lit("test"))
+        .when((local >= valid_start) & (local < test_start))
+        .then(pl.lit("valid"))
+        .when(local < valid_start)
+        .then(pl.lit("train"))
         .otherwise(pl.lit(None))
-    )  # fmt: skip
+    )
     framed = features.with_columns(split.alias(SPLIT)).filter(pl.col(SPLIT).is_not_null())
     # a label known once the next split has begun (its boundary as a UTC instant at the entity's place) is purged
-    valid_start_utc, test_start_utc = local_to_utc(valid_start, spec.time_zone), local_to_utc(test_start, spec.time_zone)
-    purge = ((pl.col(SPLIT) == "train") & (known >= valid_start_utc)) | ((pl.col(SPLIT) == "valid") & (known >= test_start_utc))
+    valid_start_utc, test_start_utc = (
+        local_to_utc(valid_start, spec.time_zone),
+        local_to_utc(test_start, spec.time_zone),
+    )
+    purge = ((pl.col(SPLIT) == "train") & (known >= valid_start_utc)) | (
+        (pl.col(SPLIT) == "valid") & (known >= test_start_utc)
+    )
     framed = framed.filter(~purge).sort(spec.time_column, *spec.key)
     return TrainingSet(framed, content_hash(framed), test_month, valid_start, test_start)
 
@@ -119,7 +126,9 @@ class FeatureEncoder:
         if frame.height <= SMALL_FRAME:
             return self._small_matrix(frame)
         codes = [
-            frame[c].replace_strict(self.vocabulary[c], list(range(len(self.vocabulary[c]))), default=None, return_dtype=pl.Float64)
+            frame[c].replace_strict(
+                self.vocabulary[c], list(range(len(self.vocabulary[c]))), default=None, return_dtype=pl.Float64
+            )
             for c in self.categorical
         ]
         numeric = [frame[c].cast(pl.Float64) for c in self.numeric]
@@ -145,7 +154,9 @@ class FeatureEncoder:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FeatureEncoder:
-        return cls(tuple(data["numeric"]), tuple(data["categorical"]), {k: list(v) for k, v in data["vocabulary"].items()})
+        return cls(
+            tuple(data["numeric"]), tuple(data["categorical"]), {k: list(v) for k, v in data["vocabulary"].items()}
+        )
 
 
 #: Frames up to this many rows are encoded row by row (served requests); larger ones column by column.
@@ -184,7 +195,11 @@ class TrainedModel:
 
 
 def train_model(
-    training_set: TrainingSet, spec: FeatureTableSpec, params: dict[str, Any], num_boost_round: int, early_stopping_rounds: int
+    training_set: TrainingSet,
+    spec: FeatureTableSpec,
+    params: dict[str, Any],
+    num_boost_round: int,
+    early_stopping_rounds: int,
 ) -> TrainedModel:
     """Fit LightGBM on the train split with early stopping on the valid split."""
     train, valid = training_set.part("train"), training_set.part("valid")
@@ -197,10 +212,15 @@ def train_model(
     full = lightgbm_params(params)
     categorical = list(encoder.categorical)
     datasets = [
-        lgb.Dataset(encoder.matrix(part), label=part[spec.label].to_numpy(), feature_name=encoder.feature_names,
-                    categorical_feature=categorical, free_raw_data=False)
+        lgb.Dataset(
+            encoder.matrix(part),
+            label=part[spec.label].to_numpy(),
+            feature_name=encoder.feature_names,
+            categorical_feature=categorical,
+            free_raw_data=False,
+        )
         for part in (train, valid)
-    ]  # fmt: skip
+    ]
     booster = lgb.train(
         full,
         datasets[0],

@@ -28,7 +28,9 @@ class PromotionConfig(dg.Config):
     max_log_loss_increase: float = Field(default=0.0, description="Allowed log-loss worsening (0 = must not worsen).")
     slice_min_rows: int = Field(default=500, description="Slices with fewer test rows are not judged.")
     max_slice_auc_drop: float = Field(default=0.02, description="Largest AUC loss allowed on any judged slice.")
-    first_model_min_auc: float = Field(default=0.55, description="AUC a first model needs (the base-rate model has 0.5).")
+    first_model_min_auc: float = Field(
+        default=0.55, description="AUC a first model needs (the base-rate model has 0.5)."
+    )
     max_pr_auc_drop: float | None = Field(
         default=None, description="Largest PR AUC loss allowed against the champion (None: PR AUC not judged)."
     )
@@ -64,7 +66,9 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
         "clearly beat the base-rate model). The evaluation it judges is read from the model's registry. The "
         "`champion` alias moves or stays; the reason goes to the registry's event log and to this materialization.",
     )
-    def champion(context: dg.AssetExecutionContext, config: config_class, storage: PlatformStorage) -> dg.MaterializeResult:  # type: ignore[valid-type]
+    def champion(
+        context: dg.AssetExecutionContext, config: config_class, storage: PlatformStorage
+    ) -> dg.MaterializeResult:  # type: ignore[valid-type]
         registry = storage.registry(model.name)
         challenger = registered_challenger(registry, model)
         result = registry.evaluation(challenger)
@@ -85,7 +89,9 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
             registry.set_alias(CHAMPION, challenger, "promoted", decision.summary, run_id=context.run.run_id)
         else:
             registry.log_event("rejected", version=challenger, reason=decision.summary, run_id=context.run.run_id)
-        (context.log.info if decision.promote else context.log.warning)(f"{model.name} {challenger}: {decision.summary}")
+        (context.log.info if decision.promote else context.log.warning)(
+            f"{model.name} {challenger}: {decision.summary}"
+        )
         serving = "challenger" if decision.promote else "champion"
         return dg.MaterializeResult(
             metadata={
@@ -131,7 +137,11 @@ def build_champion_check(model: ModelSpec) -> dg.AssetChecksDefinition:
         return dg.AssetCheckResult(
             passed=problem is None,
             description=problem or f"champion {version} scored {len(scores)} canary rows sanely",
-            metadata={"champion_version": version, "canary_mean_score": float(np.mean(scores)), "canary_rows": len(scores)},
+            metadata={
+                "champion_version": version,
+                "canary_mean_score": float(np.mean(scores)),
+                "canary_rows": len(scores),
+            },
         )
 
     return champion_is_servable

@@ -42,7 +42,9 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
         f"and rollback read it there); the report goes to `$MLOPS_DATA_DIR/reports/{model.name}/evaluation/` "
         "(one folder per version) and is shown here.",
     )
-    def evaluation(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+    def evaluation(
+        context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage
+    ) -> dg.MaterializeResult:
         registry = storage.registry(model.name)
         challenger = registered_challenger(registry, model)
         champion = registry.alias(CHAMPION)
@@ -69,15 +71,23 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
         plots = {
             "roc": roc_plot(y, scores),
             "calibration": calibration_plot(y, scores),
-            "importance": importance_plot(loaded["challenger"].encoder.feature_names, loaded["challenger"].booster.feature_importance("gain")),
+            "importance": importance_plot(
+                loaded["challenger"].encoder.feature_names, loaded["challenger"].booster.feature_importance("gain")
+            ),
             "slices": slice_plot(slices, list(scores), model.gates.slice_min_rows),
         }
         for name, png in plots.items():
             write_atomic(out / f"{name}.png", png)
         report = _report(model, result, versions, plots)
         write_atomic(out / "report.md", report.encode())
-        context.log.info(f"{model.name}, test month {result.test_month}: challenger {challenger} AUC {results['challenger']['roc_auc']:.4f}" + (
-            f", champion {champion} AUC {results['champion']['roc_auc']:.4f}" if "champion" in results else ", no champion yet"))
+        context.log.info(
+            f"{model.name}, test month {result.test_month}: challenger {challenger} AUC {results['challenger']['roc_auc']:.4f}"
+            + (
+                f", champion {champion} AUC {results['champion']['roc_auc']:.4f}"
+                if "champion" in results
+                else ", no champion yet"
+            )
+        )
         numbers = {f"{name}_{metric}": float(value) for name, m in results.items() for metric, value in m.items()}
         return dg.MaterializeResult(
             metadata={
@@ -110,8 +120,14 @@ def _report(model: ModelSpec, result: EvaluationResult, versions: dict[str, str]
     for metric in ("roc_auc", "pr_auc", "log_loss", "brier", "calibration_error", "base_rate"):
         lines.append(f"| {metric} | " + " | ".join(_number(results[n].get(metric)) for n in names) + " |")
     lines.append("| rows | " + " | ".join(_number(results[n].get("rows"), ",.0f") for n in names) + " |")
-    lines += ["", markdown_image(plots["roc"], "ROC"), markdown_image(plots["calibration"], "calibration"),
-              markdown_image(plots["slices"], "AUC per slice"), markdown_image(plots["importance"], "feature importance"), ""]  # fmt: skip
+    lines += [
+        "",
+        markdown_image(plots["roc"], "ROC"),
+        markdown_image(plots["calibration"], "calibration"),
+        markdown_image(plots["slices"], "AUC per slice"),
+        markdown_image(plots["importance"], "feature importance"),
+        "",
+    ]
     header = "| slice | value | rows | positives | base rate | " + " | ".join(f"{n} AUC" for n in names) + " |"
     lines += ["### Slices", "", header, "|---|---|---|---|---|" + "---|" * len(names)]
     for s in result.slices:

@@ -8,8 +8,8 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.features import VERSION_COLUMN, feature_set_version, write_months
 from mlops_assets.core.landing import month_landed_at, stale_months
-from mlops_assets.core.online import build_export, write_export
 from mlops_assets.core.markdown import frame_to_markdown
+from mlops_assets.core.online import build_export, write_export
 from mlops_assets.core.specs import FeatureTableSpec, FeedSpec, ModelSpec
 from mlops_assets.core.store import fetch_row, qualified, query_frame, table_exists
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, validated_key
@@ -37,7 +37,9 @@ def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
         months = run_months(context)
         with duckdb.get_connection() as conn:
             rows = write_months(conn, spec, months)
-            preview = query_frame(conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ? LIMIT 5", [months[-1]])
+            preview = query_frame(
+                conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ? LIMIT 5", [months[-1]]
+            )
         context.log.info(f"{spec.name}: " + ", ".join(f"{m}: {n} rows" for m, n in rows.items()))
         table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
         return dg.MaterializeResult(
@@ -115,7 +117,9 @@ def build_online_store_asset(model: ModelSpec) -> dg.AssetsDefinition:
         "tables. The service runs the same point-in-time engine on them, so online and offline vectors are equal. "
         "Written as a new version folder, then `CURRENT` is replaced atomically; the service reloads it.",
     )
-    def online_store(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+    def online_store(
+        context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage
+    ) -> dg.MaterializeResult:
         with duckdb.get_connection() as conn:
             if not table_exists(conn, "features", spec.name):
                 raise dg.Failure(description=f"features.{spec.name} is empty: build a month first")
@@ -148,7 +152,8 @@ def build_freshness_check(spec: FeatureTableSpec, feed: FeedSpec) -> dg.AssetChe
     @dg.asset_check(
         asset=features_key(spec),
         name="fresh_after_landing",
-        automation_condition=dg.AutomationCondition.cron_tick_passed("0 * * * *") & ~dg.AutomationCondition.in_progress(),
+        automation_condition=dg.AutomationCondition.cron_tick_passed("0 * * * *")
+        & ~dg.AutomationCondition.in_progress(),
         description="Freshness: every month's features were built after its data last landed, at most a day later. "
         "Dagster's own freshness policies judge an asset's last update, which cannot say 'per month, relative to when "
         "that month landed'; this check can, and the automation sensor runs it every hour. It fails (severity warn) "
@@ -173,6 +178,8 @@ def build_freshness_check(spec: FeatureTableSpec, feed: FeedSpec) -> dg.AssetChe
     return fresh_after_landing
 
 
-def build_feature_table(spec: FeatureTableSpec, feed: FeedSpec) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
+def build_feature_table(
+    spec: FeatureTableSpec, feed: FeedSpec
+) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
     """A feature table over ``feed`` with its blocking one-row check and its freshness check."""
     return build_feature_asset(spec), [build_one_row_check(spec, spec.inputs[0]), build_freshness_check(spec, feed)]

@@ -7,13 +7,12 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.ingest import ingest_raw
 from mlops_assets.core.landing import find_landed, scan_landing
-from mlops_assets.core.store import transaction
 from mlops_assets.core.specs import FeedSpec, TableSpec
+from mlops_assets.core.store import transaction
 from mlops_assets.defs.batches import build_batch_check, partitions_for, verdict_metadata
 from mlops_assets.defs.keys import landing_key, raw_key
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import PlatformStorage
-
 
 #: Dagster's tag for the data version of an observation.
 DATA_VERSION_TAG = "dagster/data_version"
@@ -42,7 +41,9 @@ def build_landing_source(table: TableSpec) -> dg.SourceAsset:
         description=f"Landed files of `{table.name}` under $MLOPS_DATA_DIR/landing; data version = sha256. "
         f"{table.description}",
     )
-    def _landing(context: dg.AssetExecutionContext, storage: PlatformStorage) -> dg.DataVersion | dg.DataVersionsByPartition:
+    def _landing(
+        context: dg.AssetExecutionContext, storage: PlatformStorage
+    ) -> dg.DataVersion | dg.DataVersionsByPartition:
         files = [f for f in scan_landing(storage.landing_dir) if f.table == table.name]
         if not table.monthly:
             return dg.DataVersion(files[0].sha256 if files else "not-landed")
@@ -66,7 +67,9 @@ def build_raw_asset(table: TableSpec) -> dg.AssetsDefinition:
         "keeps its last accepted state, the file's bytes are kept under $MLOPS_DATA_DIR/quarantine and the blocking "
         "check `schema_contract` fails with the rule and the column.",
     )
-    def _raw(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+    def _raw(
+        context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage
+    ) -> dg.MaterializeResult:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
         now = datetime.now()
         verdicts = []
@@ -76,8 +79,12 @@ def build_raw_asset(table: TableSpec) -> dg.AssetsDefinition:
                 if landed is None:
                     what = f"month {month}" if month else "the reference file"
                     how = f"mlops replay --month {month}" if month else "mlops replay --through 2013-03"
-                    raise dg.Failure(description=f"Nothing has landed for {table.name}, {what}. Run `{how}`, then run again.")
-                verdict = ingest_raw(conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run.run_id, now)
+                    raise dg.Failure(
+                        description=f"Nothing has landed for {table.name}, {what}. Run `{how}`, then run again."
+                    )
+                verdict = ingest_raw(
+                    conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run.run_id, now
+                )
                 (context.log.info if verdict.accepted else context.log.error)(verdict.message)
                 verdicts.append(verdict)
                 # Record which bytes were ingested as the landing source's data version, per month: the UI shows it

@@ -29,7 +29,9 @@ def feature_pipeline_selection(catalog: Catalog) -> dg.AssetSelection:
 
 
 def training_pipeline_selection(catalog: Catalog) -> dg.AssetSelection:
-    models = [k for m in catalog.models for k in (*keys_of(m).lifecycle, *([keys_of(m).online_store] if served(m) else []))]
+    models = [
+        k for m in catalog.models for k in (*keys_of(m).lifecycle, *([keys_of(m).online_store] if served(m) else []))
+    ]
     return feature_pipeline_selection(catalog) | dg.AssetSelection.assets(*models)
 
 
@@ -46,7 +48,9 @@ def build_retraining_job(model: ModelSpec) -> AssetJob:
 
 def build_jobs(catalog: Catalog) -> list[AssetJob]:
     models = ", ".join(m.name for m in catalog.models)
-    range_hint = "Runs over a month range: `make pipeline`, or add `--tags \"$(mlops months --tags)\"` to `dagster job execute`."
+    range_hint = (
+        'Runs over a month range: `make pipeline`, or add `--tags "$(mlops months --tags)"` to `dagster job execute`.'
+    )
     return [
         dg.define_asset_job(
             name="feature_pipeline",

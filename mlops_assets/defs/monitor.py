@@ -125,7 +125,9 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
         "on it, so that live quality is out of sample. A model never scores a month it trained on. A new champion "
         "does not rescore old months.",
     )
-    def batch_predictions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+    def batch_predictions(
+        context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage
+    ) -> dg.MaterializeResult:
         models = scoring_models(storage.registry(model.name))
         rows: dict[str, int] = {}
         with duckdb.get_connection() as conn:
@@ -138,30 +140,50 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
                     name = ensure_table_like(conn, *keys.predictions.path, scored)
                     replace_where(conn, name, scored, "_month = ?", [month])
                 elif not models:
-                    context.log.warning(f"{month}: no {model.name} champion yet, nothing scored (training_pipeline trains one)")
+                    context.log.warning(
+                        f"{month}: no {model.name} champion yet, nothing scored (training_pipeline trains one)"
+                    )
                 rows[month] = scored.height
         context.log.info(", ".join(f"{m}: {n} scores" for m, n in rows.items()))
         table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
         return dg.MaterializeResult(
-            metadata={"dagster/row_count": sum(rows.values()), "rows_by_month": dg.MetadataValue.md("| month | scores |\n|---|---|\n" + table)}
+            metadata={
+                "dagster/row_count": sum(rows.values()),
+                "rows_by_month": dg.MetadataValue.md("| month | scores |\n|---|---|\n" + table),
+            }
         )
 
     return batch_predictions
 
 
 def drift_report_markdown(month: str, version: str, verdict: DriftVerdict, plot: bytes) -> str:
-    rows = pl.DataFrame(verdict.rows()).select(
-        "column", "kind", "method", "statistic", "threshold", "drifted", "psi", "mean_shift_in_std", "variance_ratio", "current_null_share"
-    ).sort("statistic", descending=True)
-    return "\n".join([
-        f"## Drift of {month} against champion {version}'s training profile",
-        "",
-        f"**Verdict: {'DRIFT' if verdict.drifted else 'no drift'}**: {verdict.reason}.",
-        "",
-        markdown_image(plot, "most drifted features"),
-        "",
-        frame_to_markdown(rows, max_rows=len(rows)),
-    ])  # fmt: skip
+    rows = (
+        pl.DataFrame(verdict.rows())
+        .select(
+            "column",
+            "kind",
+            "method",
+            "statistic",
+            "threshold",
+            "drifted",
+            "psi",
+            "mean_shift_in_std",
+            "variance_ratio",
+            "current_null_share",
+        )
+        .sort("statistic", descending=True)
+    )
+    return "\n".join(
+        [
+            f"## Drift of {month} against champion {version}'s training profile",
+            "",
+            f"**Verdict: {'DRIFT' if verdict.drifted else 'no drift'}**: {verdict.reason}.",
+            "",
+            markdown_image(plot, "most drifted features"),
+            "",
+            frame_to_markdown(rows, max_rows=len(rows)),
+        ]
+    )
 
 
 def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
@@ -196,7 +218,9 @@ def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
             for month in run_months(context):
                 scored = _scores(conn, model, month)
                 champion_scores = scored.filter(pl.col("variant") == "champion") if scored.height else scored
-                version = champion_scores["model_version"].first() if champion_scores.height else registry.alias(CHAMPION)
+                version = (
+                    champion_scores["model_version"].first() if champion_scores.height else registry.alias(CHAMPION)
+                )
                 if version is None:
                     context.log.warning(f"{month}: no {model.name} champion, no reference profile: drift not computed")
                     by_month[month] = DriftSummary.no_champion(month)
@@ -205,17 +229,23 @@ def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 scores = champion_scores["score"].to_numpy() if champion_scores.height else None
                 profile = registry.profile(version)
                 verdict = compare(profile, frame, scores, spec.label, policy.thresholds())
-                table = pl.DataFrame(verdict.rows()).with_columns(pl.lit(month).alias("_month"), pl.lit(version).alias("model_version"))
+                table = pl.DataFrame(verdict.rows()).with_columns(
+                    pl.lit(month).alias("_month"), pl.lit(version).alias("model_version")
+                )
                 name = ensure_table_like(conn, *keys.drift.path, table)
                 replace_where(conn, name, table, "_month = ?", [month])
                 title = f"{model.name} {month}: most drifted features vs {version}'s training data"
-                plot = drift_histograms_plot(histogram_pairs(profile, frame, [c.column for c in verdict.top(TOP_DRIFTED)]), title)
+                plot = drift_histograms_plot(
+                    histogram_pairs(profile, frame, [c.column for c in verdict.top(TOP_DRIFTED)]), title
+                )
                 report = drift_report_markdown(month, version, verdict, plot)
                 write_atomic(reports_dir / month / "histograms.png", plot)
                 write_atomic(reports_dir / month / "report.md", report.encode())
                 by_month[month] = DriftSummary.from_verdict(month, version, verdict)
                 reports.append(report)
-                (context.log.warning if verdict.drifted else context.log.info)(f"{model.name} {month} vs {version}: {verdict.reason}")
+                (context.log.warning if verdict.drifted else context.log.info)(
+                    f"{model.name} {month} vs {version}: {verdict.reason}"
+                )
         metadata = _by_month_metadata(by_month)
         if len(by_month) == 1:
             [summary] = by_month.values()
@@ -248,7 +278,9 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
         "variant and model version (shadow beside champion, in the wild), with the AUC each version had in its "
         f"evaluation. Its `by_month` record drives `{model.name}`'s performance and rollback sensors.",
     )
-    def live(context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage) -> dg.MaterializeResult:
+    def live(
+        context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage
+    ) -> dg.MaterializeResult:
         registry = storage.registry(model.name)
         online_log = read_log(storage.model(model.name).predictions_dir)
         by_month: dict[str, LiveSummary] = {}
@@ -274,7 +306,10 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 replace_where(conn, name, table, "_month = ?", [month])
                 tables.append(table)
                 by_month[month] = LiveSummary.from_table(month, table)
-                judged = (f"{r['source']} {r['variant']} {r['model_version']} AUC {r['roc_auc']:.4f}" for r in table.iter_rows(named=True))
+                judged = (
+                    f"{r['source']} {r['variant']} {r['model_version']} AUC {r['roc_auc']:.4f}"
+                    for r in table.iter_rows(named=True)
+                )
                 context.log.info(f"{model.name} {month}: " + ", ".join(judged))
         metadata = _by_month_metadata(by_month)
         if tables:

@@ -25,7 +25,7 @@ def run_months(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext
     raise dg.Failure(
         description="This run has no month partition. Land data first (`mlops replay --through 2013-03`), then run "
         "the job over the landed months (`make pipeline` does both; by hand: `dagster job execute -m "
-        "mlops_assets.definitions -j training_pipeline --tags \"$(mlops months --tags)\"`), or pick the months to "
+        'mlops_assets.definitions -j training_pipeline --tags "$(mlops months --tags)"`), or pick the months to '
         "materialize in the UI."
     )
 

@@ -45,8 +45,12 @@ def month_refresh_assets(catalog: Catalog, feed: FeedSpec) -> list[dg.AssetKey]:
 def build_landing_sensor(catalog: Catalog) -> dg.SensorDefinition:
     tables = {t.name: t for t in catalog.tables}
     month_assets = {feed.name: month_refresh_assets(catalog, feed) for feed in catalog.feeds}
-    reference_assets = {feed.name: [k for t in feed.reference_tables for k in (raw_key(t), validated_key(t))] for feed in catalog.feeds}
-    target = dg.AssetSelection.assets(*{k for keys in [*month_assets.values(), *reference_assets.values()] for k in keys})
+    reference_assets = {
+        feed.name: [k for t in feed.reference_tables for k in (raw_key(t), validated_key(t))] for feed in catalog.feeds
+    }
+    target = dg.AssetSelection.assets(
+        *{k for keys in [*month_assets.values(), *reference_assets.values()] for k in keys}
+    )
 
     @dg.sensor(
         name="landing_sensor",
@@ -75,17 +79,29 @@ def build_landing_sensor(catalog: Catalog) -> dg.SensorDefinition:
         cursor: dict[str, str] = {}
         for feed in catalog.feeds:
             feed_files = [f for f in files if f.table in {t.name for t in feed.tables}]
-            plan = plan_refresh(feed_files, [t.name for t in feed.monthly_tables], [t.name for t in feed.reference_tables],
-                                {k: v for k, v in previous.items() if k in {f.relative_name for f in feed_files}})  # fmt: skip
+            plan = plan_refresh(
+                feed_files,
+                [t.name for t in feed.monthly_tables],
+                [t.name for t in feed.reference_tables],
+                {k: v for k, v in previous.items() if k in {f.relative_name for f in feed_files}},
+            )
             cursor |= plan.cursor
             new_months += [m for m in plan.months_to_run if m not in known and m not in new_months]
             if plan.waiting:
                 context.log.info(f"{feed.name}: waiting for the rest of months {plan.waiting}")
             # changed reference tables are ingested once, by the first month's run (runs queue one at a time)
             for i, month in enumerate(plan.months_to_run):
-                selection = month_assets[feed.name] + (reference_assets[feed.name] if plan.reference_changed and i == 0 else [])
-                requests.append(dg.RunRequest(run_key=f"{feed.name}:{plan.run_keys[month]}", partition_key=month,
-                                              asset_selection=selection, tags={"mlops/feed": feed.name}))  # fmt: skip
+                selection = month_assets[feed.name] + (
+                    reference_assets[feed.name] if plan.reference_changed and i == 0 else []
+                )
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"{feed.name}:{plan.run_keys[month]}",
+                        partition_key=month,
+                        asset_selection=selection,
+                        tags={"mlops/feed": feed.name},
+                    )
+                )
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[MONTHS.build_add_request(sorted(new_months))] if new_months else [],
@@ -103,7 +119,13 @@ def retrain_already_requested(instance: dg.DagsterInstance, model: ModelSpec, mo
 
 
 def retrain_tags(model: ModelSpec, trigger: str, month: str, champion: str, reason: str) -> dict[str, str]:
-    return {MODEL_TAG: model.name, TRIGGER_TAG: trigger, MONTH_TAG: month, CHAMPION_TAG: champion, REASON_TAG: reason[:900]}
+    return {
+        MODEL_TAG: model.name,
+        TRIGGER_TAG: trigger,
+        MONTH_TAG: month,
+        CHAMPION_TAG: champion,
+        REASON_TAG: reason[:900],
+    }
 
 
 def _retrain_sensor(
@@ -126,7 +148,9 @@ def _retrain_sensor(
         minimum_interval_seconds=30,
         description=description,
     )
-    def _sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.SensorResult:
+    def _sensor(
+        context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy
+    ) -> dg.SensorResult:
         records, cursor = new_month_records(context.instance, asset_key, kind, context.cursor)
         champion = storage.registry(model.name).alias(CHAMPION)
         requests: list[dg.RunRequest] = []
@@ -137,7 +161,9 @@ def _retrain_sensor(
                 continue
             month, scored_by = record.month, record.champion_version
             if champion is None or scored_by != champion:
-                context.log.info(f"{month}: {reason}, but the champion is now {champion} (was {scored_by}): stale, no retrain")
+                context.log.info(
+                    f"{month}: {reason}, but the champion is now {champion} (was {scored_by}): stale, no retrain"
+                )
                 continue
             run_key = f"{trigger}:{model.name}:{month}:{champion}"
             if run_key in seen or retrain_already_requested(context.instance, model, month, champion):
@@ -216,7 +242,9 @@ def build_rollback_sensor(model: ModelSpec) -> dg.SensorDefinition:
         f"`{keys.champion.to_user_string()}` and in the registry's event log; the service picks it up within "
         f"seconds) and a retraining run is requested. Run key `rollback:{model.name}:<month>:<champion>`.",
     )
-    def rollback_sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy) -> dg.SensorResult:
+    def rollback_sensor(
+        context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy
+    ) -> dg.SensorResult:
         records, cursor = new_month_records(context.instance, keys.live, LiveSummary, context.cursor)
         registry = storage.registry(model.name)
         requests: list[dg.RunRequest] = []
@@ -237,12 +265,22 @@ def build_rollback_sensor(model: ModelSpec) -> dg.SensorDefinition:
                 decision = {"decision": "rolled_back", "from_version": champion, "champion_version": safe[0]}
             else:
                 registry.log_event("rollback_impossible", version=champion, reason=f"{why}; no earlier gated champion")
-                context.log.error(f"{model.name} {champion} should be rolled back but no earlier champion passed the gates: {why}")
+                context.log.error(
+                    f"{model.name} {champion} should be rolled back but no earlier champion passed the gates: {why}"
+                )
                 decision = {"decision": "rollback_impossible", "from_version": champion, "champion_version": champion}
             # the decision where Dagster shows it: an observation of the champion asset, with its reasons
-            observations.append(dg.AssetObservation(asset_key=keys.champion, metadata={**decision, "reason": why, "month": record.month}))
-            requests.append(dg.RunRequest(run_key=f"rollback:{model.name}:{record.month}:{champion}",
-                                          tags=retrain_tags(model, "rollback", record.month, champion, why)))  # fmt: skip
+            observations.append(
+                dg.AssetObservation(
+                    asset_key=keys.champion, metadata={**decision, "reason": why, "month": record.month}
+                )
+            )
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"rollback:{model.name}:{record.month}:{champion}",
+                    tags=retrain_tags(model, "rollback", record.month, champion, why),
+                )
+            )
         return dg.SensorResult(run_requests=requests, cursor=cursor, asset_events=observations)
 
     return rollback_sensor

@@ -9,14 +9,21 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from mlops_assets.core import training as training_module
 from mlops_assets.core.drift import reference_profile
 from mlops_assets.core.evaluation import metrics
 from mlops_assets.core.features import feature_set_version
-from mlops_assets.core import training as training_module
 from mlops_assets.core.lineage import code_version, source_version
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.specs import ModelSpec
-from mlops_assets.core.store import ensure_table_like, qualified, query_frame, quote_identifier, replace_where, table_exists
+from mlops_assets.core.store import (
+    ensure_table_like,
+    qualified,
+    query_frame,
+    quote_identifier,
+    replace_where,
+    table_exists,
+)
 from mlops_assets.core.training import TrainingSet, split_by_time, stored_training_set, train_model
 from mlops_assets.defs.configs import with_model_defaults
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, table_of
@@ -35,7 +42,9 @@ def registered_challenger(registry: Registry, model: ModelSpec) -> str:
     """The version the ``challenger`` alias names, or a clear failure when training has not run yet."""
     challenger = registry.alias(CHALLENGER_ALIAS)
     if challenger is None:
-        raise dg.Failure(description=f"no challenger registered for {model.name}: materialize {model.name}/challenger first")
+        raise dg.Failure(
+            description=f"no challenger registered for {model.name}: materialize {model.name}/challenger first"
+        )
     return challenger
 
 
@@ -56,7 +65,8 @@ def read_test_rows(conn: duckdb.DuckDBPyConnection, model: ModelSpec) -> pl.Data
 
 class TrainingSetConfig(dg.Config):
     window_months: int = Field(
-        default=0, description="How many of the newest built months the training set spans (test month included); 0 = all."
+        default=0,
+        description="How many of the newest built months the training set spans (test month included); 0 = all.",
     )
 
 
@@ -78,10 +88,15 @@ class TrainingParams(dg.Config):
 
     def lightgbm(self) -> dict[str, float | int]:
         return {
-            "learning_rate": self.learning_rate, "num_leaves": self.num_leaves, "min_data_in_leaf": self.min_data_in_leaf,
-            "feature_fraction": self.feature_fraction, "lambda_l2": self.lambda_l2, "cat_smooth": self.cat_smooth,
-            "max_bin": self.max_bin, "num_threads": self.num_threads,
-        }  # fmt: skip
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "lambda_l2": self.lambda_l2,
+            "cat_smooth": self.cat_smooth,
+            "max_bin": self.max_bin,
+            "num_threads": self.num_threads,
+        }
 
 
 def training_params_for(model: ModelSpec) -> type[TrainingParams]:
@@ -98,7 +113,11 @@ def retrain_when_champion_stale(model: ModelSpec) -> dg.AutomationCondition:
 
 def retrain_on_new_data_or_code() -> dg.AutomationCondition:
     """Eager after a new training set; also when the training code version changed (the training set exists)."""
-    changed = dg.AutomationCondition.code_version_changed() & ~dg.AutomationCondition.any_deps_missing() & ~dg.AutomationCondition.in_progress()
+    changed = (
+        dg.AutomationCondition.code_version_changed()
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.in_progress()
+    )
     return dg.AutomationCondition.eager() | changed.with_label("training code changed")
 
 
@@ -119,22 +138,38 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
         "rows whose label became known after the next split began are purged. Its content hash (sha256 over every "
         "value) is this asset's data version.",
     )
-    def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    def training_set(
+        context: dg.AssetExecutionContext, config: TrainingSetConfig, duckdb: DuckDBResource
+    ) -> dg.MaterializeResult:
         with duckdb.get_connection() as conn:
             if not table_exists(conn, "features", spec.name):
                 raise dg.Failure(description=f"features.{spec.name} is empty: run feature_pipeline first.")
-            months = [r[0] for r in conn.execute(f"SELECT DISTINCT _month FROM {qualified('features', spec.name)} ORDER BY 1").fetchall()]
+            months = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT DISTINCT _month FROM {qualified('features', spec.name)} ORDER BY 1"
+                ).fetchall()
+            ]
             if config.window_months:
                 months = months[-config.window_months :]
             if len(months) < 2:
-                raise dg.Failure(description=f"only {months} built: training needs at least two months (the newest is the test month).")
-            rows = query_frame(conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month BETWEEN ? AND ?", [months[0], months[-1]])
+                raise dg.Failure(
+                    description=f"only {months} built: training needs at least two months (the newest is the test month)."
+                )
+            rows = query_frame(
+                conn,
+                f"SELECT * FROM {qualified('features', spec.name)} WHERE _month BETWEEN ? AND ?",
+                [months[0], months[-1]],
+            )
             split = split_by_time(rows, spec, months[-1])
             name = ensure_table_like(conn, *keys.training_set.path, split.frame)
             replace_where(conn, name, split.frame, "true", [])
             built = read_training_set(conn, model)
         summary = built.summary(spec.time_column)
-        context.log.info(f"training set {built.content_hash[:12]}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if k.endswith("_rows")))
+        context.log.info(
+            f"training set {built.content_hash[:12]}: "
+            + ", ".join(f"{k}={v}" for k, v in summary.items() if k.endswith("_rows"))
+        )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(built.content_hash),
             metadata={
@@ -197,7 +232,9 @@ def build_challenger_asset(model: ModelSpec, training_code_version: str = TRAINI
         profile = reference_profile(sample, spec.numeric, spec.categorical, trained.predict(sample), spec.label)
         registry = storage.registry(model.name)
         version = registry.register(trained.text, metadata, profile, run_id=context.run.run_id)
-        registry.set_alias(CHALLENGER_ALIAS, version.version, "challenger", "latest trained model", run_id=context.run.run_id)
+        registry.set_alias(
+            CHALLENGER_ALIAS, version.version, "challenger", "latest trained model", run_id=context.run.run_id
+        )
         context.log.info(
             f"registered {version.version}: validation-weeks AUC {valid_metrics['roc_auc']:.4f}, {trained.best_iteration} trees"
         )

@@ -72,7 +72,9 @@ def build_row_count_check(table: TableSpec) -> dg.AssetChecksDefinition:
             if not table_exists(conn, "validated", table.name):
                 return dg.AssetCheckResult(passed=False, description=f"validated.{table.name} does not exist yet")
             counts = dict(
-                conn.execute(f"SELECT _month, count(*) FROM {qualified('validated', table.name)} GROUP BY _month").fetchall()
+                conn.execute(
+                    f"SELECT _month, count(*) FROM {qualified('validated', table.name)} GROUP BY _month"
+                ).fetchall()
             )
         months = checked_months(context, table) or sorted(counts)
         outliers = []

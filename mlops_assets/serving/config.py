@@ -36,7 +36,9 @@ class ServeConfig:
     graceful_shutdown_seconds: float = 10.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.ab_share, int | float) and math.isfinite(self.ab_share) and 0.0 <= self.ab_share <= 1.0):
+        if not (
+            isinstance(self.ab_share, int | float) and math.isfinite(self.ab_share) and 0.0 <= self.ab_share <= 1.0
+        ):
             raise ValueError(f"the A/B share must be a number in [0, 1], got {self.ab_share!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"the port must be in 0..65535, got {self.port}")

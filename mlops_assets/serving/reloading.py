@@ -33,7 +33,9 @@ class Loaded(Generic[T]):
 class Reloading(Generic[T]):
     """``token()`` says what the source is now; ``build(token)`` makes the value for it (may raise)."""
 
-    def __init__(self, name: str, token: Callable[[], str | None], build: Callable[[str | None], T], retry_seconds: float = 10.0) -> None:
+    def __init__(
+        self, name: str, token: Callable[[], str | None], build: Callable[[str | None], T], retry_seconds: float = 10.0
+    ) -> None:
         self.name = name
         self._token = token
         self._build = build
@@ -58,7 +60,11 @@ class Reloading(Generic[T]):
                 return False
             if self._current is not None and token == self._current.token:
                 return False
-            if self._failed is not None and self._failed[0] == token and time.monotonic() - self._failed[1] < self.retry_seconds:
+            if (
+                self._failed is not None
+                and self._failed[0] == token
+                and time.monotonic() - self._failed[1] < self.retry_seconds
+            ):
                 return False  # the same broken source: retry now and then, not on every poll
             try:
                 value = self._build(token)

@@ -147,7 +147,9 @@ def _annotation(python_type: type) -> Any:
         return Annotated[datetime, PlainValidator(_local_datetime, json_schema_input_type=str)]
     if python_type is date:
         return Annotated[date, PlainValidator(_iso_date, json_schema_input_type=str)]
-    raise TypeError(f"request fields of type {python_type.__name__} are not supported (use str, int, float, bool, datetime or date)")
+    raise TypeError(
+        f"request fields of type {python_type.__name__} are not supported (use str, int, float, bool, datetime or date)"
+    )
 
 
 def _key_text(value: Any) -> str:
@@ -184,7 +186,10 @@ class RequestSchema:
                 definitions[name] = (annotation | None, Field(default=None, description=description))
         definitions[OVERRIDES] = (
             dict[str, Any] | None,
-            Field(default=None, description="feature name -> value replacing the computed feature (what-if); null = unknown"),
+            Field(
+                default=None,
+                description="feature name -> value replacing the computed feature (what-if); null = unknown",
+            ),
         )
         name = title or f"{spec.name}_request"
         self.model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="forbid"), **definitions)
@@ -306,4 +311,3 @@ def _summary(errors: Sequence[FieldError]) -> str:
     first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"invalid request: {first.field}: {first.message}{more}"
-

@@ -31,7 +31,15 @@ from mlops_assets.core.registry import Registry, UnknownVersionError
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.serving.config import ServeConfig
-from mlops_assets.serving.models import CHALLENGER, CHAMPION, SHADOW, ModelSet, ServedModel, metadata_summary, reloading_models
+from mlops_assets.serving.models import (
+    CHALLENGER,
+    CHAMPION,
+    SHADOW,
+    ModelSet,
+    ServedModel,
+    metadata_summary,
+    reloading_models,
+)
 from mlops_assets.serving.reloading import Reloading
 from mlops_assets.serving.schema import FieldError, PredictionRequest, RequestError, RequestSchema
 from mlops_assets.serving.store import ServedStore, reloading_store
@@ -149,7 +157,9 @@ class PredictionService:
             )
         return _Snapshot(models.value, store.value)
 
-    def predict(self, requests: Sequence[PredictionRequest], started: float, batch: bool = False) -> list[dict[str, Any]]:
+    def predict(
+        self, requests: Sequence[PredictionRequest], started: float, batch: bool = False
+    ) -> list[dict[str, Any]]:
         """Score validated requests (``started``: ``time.perf_counter()`` when the request arrived; ``batch``: they
         came as a list, so errors name them ``[i].field``) and log them.
 
@@ -187,7 +197,9 @@ class PredictionService:
             except Exception as error:
                 logger.exception("shadow %s failed", shadow.version)
                 shadow_error = f"{type(error).__name__}: {error}"
-        self._log_rows(keys, ids, [r.key for r in requests], arms, scores, latency_ms, shadow, shadow_scores, shadow_error)
+        self._log_rows(
+            keys, ids, [r.key for r in requests], arms, scores, latency_ms, shadow, shadow_scores, shadow_error
+        )
 
         manifest = snapshot.store.store.manifest
         times = keys[self.spec.time_column].to_list()
@@ -239,12 +251,32 @@ class PredictionService:
         rows: list[dict[str, object]] = []
         for i, key in enumerate(keys.to_dicts()):
             base = self._row_base(ids[i], now, entity_keys[i], key)
-            rows.append({**base, "variant": arms[i].variant, "model_version": arms[i].version, "score": float(scores[i]),
-                         "served": True, "latency_ms": latency_ms, "status": "ok", "error": None})  # fmt: skip
+            rows.append(
+                {
+                    **base,
+                    "variant": arms[i].variant,
+                    "model_version": arms[i].version,
+                    "score": float(scores[i]),
+                    "served": True,
+                    "latency_ms": latency_ms,
+                    "status": "ok",
+                    "error": None,
+                }
+            )
             if shadow is not None:
                 score = None if shadow_scores is None else float(shadow_scores[i])
-                rows.append({**base, "variant": SHADOW, "model_version": shadow.version, "score": score, "served": False,
-                             "latency_ms": latency_ms, "status": "ok" if shadow_error is None else "error", "error": shadow_error})  # fmt: skip
+                rows.append(
+                    {
+                        **base,
+                        "variant": SHADOW,
+                        "model_version": shadow.version,
+                        "score": score,
+                        "served": False,
+                        "latency_ms": latency_ms,
+                        "status": "ok" if shadow_error is None else "error",
+                        "error": shadow_error,
+                    }
+                )
         self._append(log, rows)
 
     def _row_base(self, request_id: str, now: datetime, entity_key: str, key: dict[str, Any]) -> dict[str, object]:
@@ -277,7 +309,11 @@ class PredictionService:
             known = keys.to_dicts()
         else:
             known = [{**{c: r.fields.get(c) for c in self.spec.key}, self.spec.time_column: None} for r in requests]
-        latency_ms, now, message = (time.perf_counter() - started) * 1000.0, utc_now(), f"{type(error).__name__}: {error}"[:1000]
+        latency_ms, now, message = (
+            (time.perf_counter() - started) * 1000.0,
+            utc_now(),
+            f"{type(error).__name__}: {error}"[:1000],
+        )
         failed = {"score": None, "served": False, "latency_ms": latency_ms, "status": "error", "error": message}
         rows: list[dict[str, object]] = [
             {
@@ -313,26 +349,39 @@ class PredictionService:
         ready = champion is not None and store is not None
         log = self._log
         return ready, {
-            "status": ("degraded" if problems else "ok") if ready else "unavailable",  # degraded: serving, a reload failed
+            "status": ("degraded" if problems else "ok")
+            if ready
+            else "unavailable",  # degraded: serving, a reload failed
             "champion": champion.version if champion is not None else None,
-            "online_store": None if store is None else {
+            "online_store": None
+            if store is None
+            else {
                 "version": store.value.version,
                 "newest_month": store.value.store.manifest.get("newest_month"),
                 "facts_known_through": store.value.store.manifest.get("facts_known_through"),
                 "loaded_at": store.loaded_at.isoformat(timespec="seconds"),
             },
-            "log": {"rows_written": log.rows_written if log else 0, "files_written": log.files_written if log else 0,
-                    "folder": str(self.paths.predictions_dir)},
+            "log": {
+                "rows_written": log.rows_written if log else 0,
+                "files_written": log.files_written if log else 0,
+                "folder": str(self.paths.predictions_dir),
+            },
             "problems": problems,
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
-        }  # fmt: skip
+        }
 
     def describe_models(self) -> dict[str, Any]:
         """For ``GET /models``: each alias's version and registry summary, whether it serves, the A/B share and mode."""
         loaded = self.models.current
         if loaded is None:
-            return {"mode": None, "ab_share": self.config.ab_share, "champion": None, "challenger": None, "shadow": None,
-                    "problems": [self.models.error or "no registry aliases yet: run `make pipeline`"]}  # fmt: skip
+            return {
+                "mode": None,
+                "ab_share": self.config.ab_share,
+                "champion": None,
+                "challenger": None,
+                "shadow": None,
+                "problems": [self.models.error or "no registry aliases yet: run `make pipeline`"],
+            }
         models = loaded.value
         serving = {CHAMPION: models.champion, CHALLENGER: models.challenger, SHADOW: models.shadow}
         entries: dict[str, Any] = {}
@@ -360,7 +409,9 @@ class PredictionService:
         }
 
 
-def apply_overrides(features: pl.DataFrame, requests: Sequence[PredictionRequest], spec: FeatureTableSpec) -> pl.DataFrame:
+def apply_overrides(
+    features: pl.DataFrame, requests: Sequence[PredictionRequest], spec: FeatureTableSpec
+) -> pl.DataFrame:
     """Replace computed features by the requests' overrides (vectorised: one expression per overridden feature)."""
     names = sorted({name for r in requests for name in r.overrides})
     if not names:

@@ -28,7 +28,9 @@ class ServedStore:
 def load_store(spec: FeatureTableSpec, root: Path, version: str | None) -> ServedStore:
     """The export ``version`` (what ``CURRENT`` said when the change was seen), refusing a missing one."""
     if version is None:
-        raise FileNotFoundError(f"no online store under {root}: run `make pipeline` (or materialize features/online_store)")
+        raise FileNotFoundError(
+            f"no online store under {root}: run `make pipeline` (or materialize features/online_store)"
+        )
     store = OnlineStore.load(spec, root, version)
     return ServedStore(store, store.key_types)
 

@@ -16,10 +16,10 @@ from mlops_assets.core.contracts import (
     RULE_READABLE,
     BatchVerdict,
 )
-from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets.core.ingest import ingest_raw, latest_verdicts, row_accounting, validate_partition
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets_tests.conftest import EVERY, MONTHLY, load_month
 
 MONTH = "2013-03"
@@ -37,17 +37,24 @@ def _clean_flights(settings: Settings) -> pl.DataFrame:
     return pl.read_parquet(landed.path)
 
 
-def _run_batch(conn: duckdb.DuckDBPyConnection, settings: Settings, data: bytes, run: str) -> tuple[BatchVerdict, BatchVerdict | None]:
+def _run_batch(
+    conn: duckdb.DuckDBPyConnection, settings: Settings, data: bytes, run: str
+) -> tuple[BatchVerdict, BatchVerdict | None]:
     """Land ``data`` as the flights batch of MONTH and push it through raw and (when raw accepts it) validated."""
     landed, _ = land_file(settings.landing_dir, "flights", MONTH, data)
     spec = NYCFLIGHTS13.table("flights")
-    raw = ingest_raw(conn, spec, landed, settings.landing_dir, settings.data_dir / "quarantine", run, datetime(2026, 1, 2))
+    raw = ingest_raw(
+        conn, spec, landed, settings.landing_dir, settings.data_dir / "quarantine", run, datetime(2026, 1, 2)
+    )
     validated = validate_partition(conn, spec, MONTH, run, datetime(2026, 1, 2)) if raw.accepted else None
     return raw, validated
 
 
 def _validated_shas(conn: duckdb.DuckDBPyConnection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT DISTINCT _sha256 FROM validated.flights WHERE _month = ?", [MONTH]).fetchall()}
+    return {
+        r[0]
+        for r in conn.execute("SELECT DISTINCT _sha256 FROM validated.flights WHERE _month = ?", [MONTH]).fetchall()
+    }
 
 
 @pytest.fixture
@@ -58,7 +65,9 @@ def loaded(warehouse: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.D
     return warehouse
 
 
-def test_clean_real_month_passes_with_no_quarantined_flights(loaded: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+def test_clean_real_month_passes_with_no_quarantined_flights(
+    loaded: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
     [flights] = latest_verdicts(loaded, "flights", "validated", [MONTH])
     [weather] = latest_verdicts(loaded, "weather", "validated", [MONTH])
     assert flights["accepted"] and flights["rows_quarantined"] == 0
@@ -86,8 +95,18 @@ def test_corrupt_file_is_rejected_and_kept(loaded: duckdb.DuckDBPyConnection, se
     ("mutate", "rule", "column", "hint"),
     [
         (lambda f: f.drop("dep_delay"), RULE_COLUMN_PRESENT, "dep_delay", "is missing"),
-        (lambda f: f.rename({"arr_delay": "arrival_delay"}), RULE_COLUMN_PRESENT, "arr_delay", "renamed to 'arrival_delay'"),
-        (lambda f: f.with_columns(pl.col("dep_delay").cast(pl.String)), RULE_COLUMN_TYPE, "dep_delay", "has type String"),
+        (
+            lambda f: f.rename({"arr_delay": "arrival_delay"}),
+            RULE_COLUMN_PRESENT,
+            "arr_delay",
+            "renamed to 'arrival_delay'",
+        ),
+        (
+            lambda f: f.with_columns(pl.col("dep_delay").cast(pl.String)),
+            RULE_COLUMN_TYPE,
+            "dep_delay",
+            "has type String",
+        ),
     ],
     ids=["missing-column", "renamed-column", "retyped-column"],
 )
@@ -108,7 +127,9 @@ def test_schema_change_rejects_the_batch_whole(
     assert quarantined == (batch.height, rule, column)
     assert _validated_shas(loaded) == good
     # raw still holds the last accepted batch
-    assert {r[0] for r in loaded.execute("SELECT DISTINCT _sha256 FROM raw.flights WHERE _month = ?", [MONTH]).fetchall()} == good
+    assert {
+        r[0] for r in loaded.execute("SELECT DISTINCT _sha256 FROM raw.flights WHERE _month = ?", [MONTH]).fetchall()
+    } == good
 
 
 def test_empty_batch_is_rejected(loaded: duckdb.DuckDBPyConnection, settings: Settings) -> None:
@@ -126,16 +147,24 @@ def _assert_quarantined(
            WHERE stage = 'validated' AND _run_id = 'bad-rows' ORDER BY _row"""
     ).fetchall()
     assert [r[0] for r in found] == rows
-    assert all(rule_part in r[1] and r[2] == column and r[3].startswith("{") and r[4] == f"flights/{MONTH}.parquet" for r in found)
+    assert all(
+        rule_part in r[1] and r[2] == column and r[3].startswith("{") and r[4] == f"flights/{MONTH}.parquet"
+        for r in found
+    )
     assert verdict.rows_valid + verdict.rows_quarantined == verdict.rows_landed
     assert verdict.rows_quarantined == len(rows)
 
 
-def test_out_of_range_rows_are_quarantined_and_the_rest_flows(loaded: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+def test_out_of_range_rows_are_quarantined_and_the_rest_flows(
+    loaded: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
     batch = _clean_flights(settings)
     bad = [3, 17, 50]
     batch = batch.with_columns(
-        pl.when(pl.int_range(pl.len()).is_in(bad)).then(pl.lit(99_999.0)).otherwise(pl.col("dep_delay")).alias("dep_delay")
+        pl.when(pl.int_range(pl.len()).is_in(bad))
+        .then(pl.lit(99_999.0))
+        .otherwise(pl.col("dep_delay"))
+        .alias("dep_delay")
     )
     _, validated = _run_batch(loaded, settings, _parquet(batch), "bad-rows")
     assert validated is not None
@@ -146,7 +175,9 @@ def test_out_of_range_rows_are_quarantined_and_the_rest_flows(loaded: duckdb.Duc
 
 def test_unknown_carrier_is_quarantined(loaded: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     batch = _clean_flights(settings)
-    batch = batch.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("ZZ")).otherwise(pl.col("carrier")).alias("carrier"))
+    batch = batch.with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("ZZ")).otherwise(pl.col("carrier")).alias("carrier")
+    )
     _, validated = _run_batch(loaded, settings, _parquet(batch), "bad-rows")
     assert validated is not None
     _assert_quarantined(loaded, validated, [7], "isin", "carrier")
@@ -177,7 +208,8 @@ def test_too_many_bad_rows_reject_the_batch_and_keep_the_last_good_state(
     assert _validated_shas(loaded) == good
     rules = dict(
         loaded.execute(
-            "SELECT rule = ?, count(*) FROM quarantine.flights WHERE _run_id = 'too-many' GROUP BY 1", [RULE_BATCH_REJECTED]
+            "SELECT rule = ?, count(*) FROM quarantine.flights WHERE _run_id = 'too-many' GROUP BY 1",
+            [RULE_BATCH_REJECTED],
         ).fetchall()
     )
     assert rules == {False: (batch.height + 19) // 20, True: batch.height - (batch.height + 19) // 20}

@@ -12,11 +12,11 @@ from scipy.stats import wasserstein_distance
 
 from mlops_assets.core import drift
 from mlops_assets.core.features import compute_features
+from mlops_assets.core.monitoring import ScoringModel, score_month
+from mlops_assets.core.settings import Settings
+from mlops_assets.core.training import split_by_time, train_model
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.models.flight_delay import FLIGHT_FEATURES
-from mlops_assets.core.settings import Settings
-from mlops_assets.core.monitoring import ScoringModel, score_month
-from mlops_assets.core.training import split_by_time, train_model
 from mlops_assets_tests.conftest import MONTHLY, load_month
 
 SPEC = FLIGHT_FEATURES
@@ -55,7 +55,9 @@ def test_one_sort_gives_numpys_statistics() -> None:
     for values in (rng.normal(5, 2, 10_001), rng.integers(0, 7, 5_000).astype(float), np.array([3.0])):
         sample = drift.Sample.of(values)
         levels = np.linspace(0.1, 0.9, 9)
-        assert np.allclose(sample.quantiles(drift.QUANTILE_LEVELS), np.quantile(values, drift.QUANTILE_LEVELS, method="inverted_cdf"))
+        assert np.allclose(
+            sample.quantiles(drift.QUANTILE_LEVELS), np.quantile(values, drift.QUANTILE_LEVELS, method="inverted_cdf")
+        )
         assert np.allclose(sample.linear_quantiles(levels), np.quantile(values, levels))
         assert sample.mean() == pytest.approx(values.mean()) and sample.std() == pytest.approx(values.std())
         edges = np.unique(np.quantile(values, levels))
@@ -131,7 +133,9 @@ def test_a_heat_wave_is_flagged(january: pl.DataFrame) -> None:
     by_column = {c.column: c for c in verdict.features}
     assert {"temp", "dewp"} <= set(verdict.drifted_features)
     assert by_column["temp"].statistic > 1.0  # 27 F is about two January standard deviations
-    assert by_column["temp"].mean_shift_in_std == pytest.approx(27 / drift.reference_profile(january, ["temp"], [], np.zeros(1))["numeric"]["temp"]["std"], rel=0.01)
+    assert by_column["temp"].mean_shift_in_std == pytest.approx(
+        27 / drift.reference_profile(january, ["temp"], [], np.zeros(1))["numeric"]["temp"]["std"], rel=0.01
+    )
     assert by_column["temp"].psi is not None and by_column["temp"].psi > 0.2
     assert not by_column["carrier"].drifted and not by_column["distance"].drifted
     assert verdict.scores_drifted and verdict.drifted

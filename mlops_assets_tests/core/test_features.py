@@ -10,9 +10,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from mlops_assets.core.features import compute_features, feature_set_version, write_month, write_months
+from mlops_assets.core.settings import Settings
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.models.flight_delay import FLIGHT_FEATURES
-from mlops_assets.core.settings import Settings
 from mlops_assets_tests.conftest import EVERY, MONTHLY, load_month
 
 MONTHS = ["2013-01", "2013-02", "2013-03"]
@@ -90,7 +90,9 @@ def test_a_month_built_alone_equals_the_full_build(store: duckdb.DuckDBPyConnect
     assert incremental.height == full.height == store.execute("SELECT count(*) FROM validated.flights").fetchall()[0][0]
     assert_frame_equal(incremental, full)
     # several months written in one pass (what a multi-month run does) give the same table
-    assert write_months(store, FLIGHT_FEATURES, MONTHS, chunk=2) == {m: full.filter(pl.col("_month") == m).height for m in MONTHS}
+    assert write_months(store, FLIGHT_FEATURES, MONTHS, chunk=2) == {
+        m: full.filter(pl.col("_month") == m).height for m in MONTHS
+    }
     assert_frame_equal(_stored(store), full)
 
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.core.landing import (
     LandedFile,
     land_file,
@@ -17,15 +16,21 @@ from mlops_assets.core.landing import (
     shift_month,
     write_atomic,
 )
+from mlops_assets.feeds.nycflights13 import replay_months
 
 
 def test_replay_lands_months_and_reference_files_with_checksums(tmp_path: Path) -> None:
     results = replay_months(tmp_path, ["2013-01", "2013-02"], every=50)
     names = sorted(landed.relative_name for landed, _ in results)
     assert names == [
-        "flights/2013-01.parquet", "flights/2013-02.parquet", "reference/airlines.parquet",
-        "reference/airports.parquet", "reference/planes.parquet", "weather/2013-01.parquet", "weather/2013-02.parquet",
-    ]  # fmt: skip
+        "flights/2013-01.parquet",
+        "flights/2013-02.parquet",
+        "reference/airlines.parquet",
+        "reference/airports.parquet",
+        "reference/planes.parquet",
+        "weather/2013-01.parquet",
+        "weather/2013-02.parquet",
+    ]
     for landed, status in results:
         assert status == "landed"
         assert landed.sha256 == sha256_file(landed.path)
@@ -50,7 +55,9 @@ def test_changed_bytes_replace_the_file(tmp_path: Path) -> None:
     assert statuses["weather/2013-01.parquet"] == "unchanged"
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_leaves_the_old_file_and_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     landed, _ = land_file(tmp_path, "flights", "2013-01", b"old bytes")
 
     def crash(*_: object) -> None:
@@ -95,7 +102,9 @@ def test_refresh_plan_requests_new_months_once() -> None:
 
 def test_refresh_plan_reruns_a_changed_month_with_a_new_run_key() -> None:
     first = plan_refresh(_files(planes="p1", flights_2013_01="f1", weather_2013_01="w1"), MONTHLY, REFERENCE, {})
-    changed = plan_refresh(_files(planes="p1", flights_2013_01="f2", weather_2013_01="w1"), MONTHLY, REFERENCE, first.cursor)
+    changed = plan_refresh(
+        _files(planes="p1", flights_2013_01="f2", weather_2013_01="w1"), MONTHLY, REFERENCE, first.cursor
+    )
     assert changed.months_to_run == ["2013-01"]
     assert changed.run_keys["2013-01"] != first.run_keys["2013-01"]
 

@@ -2,8 +2,8 @@
 store by the same point-in-time engine, equals its row in ``features.flight_features``."""
 
 import dataclasses
-from datetime import datetime
 import json
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 
 from mlops_assets.core.features import compute_features
-from mlops_assets.feeds.nycflights13 import replay_months
-from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets.core.online import CURRENT, SMALL_BATCH, OnlineStore, build_export, current_version, write_export
 from mlops_assets.core.settings import Settings
+from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets_tests.conftest import MONTHLY, load_month
 
 SPEC = FLIGHT_FEATURES
@@ -35,7 +35,9 @@ def warehouse_two_months(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _requests(features: pl.DataFrame) -> pl.DataFrame:
     """What a client sends for these flights: the request fields only."""
-    return features.select("carrier", "flight", "origin", "dest", pl.col("sched_dep_local").alias("scheduled_departure"), "tailnum")
+    return features.select(
+        "carrier", "flight", "origin", "dest", pl.col("sched_dep_local").alias("scheduled_departure"), "tailnum"
+    )
 
 
 def _assert_same(offline: pl.DataFrame, online: pl.DataFrame) -> None:
@@ -43,7 +45,11 @@ def _assert_same(offline: pl.DataFrame, online: pl.DataFrame) -> None:
     for column in (*SPEC.id_columns, SPEC.time_column, *SPEC.features):
         left, right = offline[column], online[column]
         same = (left == right) | (left.is_null() & right.is_null())
-        assert same.fill_null(False).all(), (column, offline.filter(~same.fill_null(False)).head(3), online.filter(~same.fill_null(False))[column].head(3))
+        assert same.fill_null(False).all(), (
+            column,
+            offline.filter(~same.fill_null(False)).head(3),
+            online.filter(~same.fill_null(False))[column].head(3),
+        )
 
 
 def test_online_vectors_equal_offline_features(warehouse_two_months: Path, tmp_path: Path) -> None:
@@ -72,9 +78,9 @@ def test_a_request_after_the_export_sees_only_facts_known_by_then(warehouse_two_
     missing (as offline), and nothing from the future can exist."""
     with duckdb.connect(str(warehouse_two_months), read_only=True) as conn:
         store = OnlineStore.from_export(SPEC, build_export(conn, SPEC, "2013-02"))
-    request = pl.DataFrame({"carrier": ["UA"], "flight": [1545], "origin": ["EWR"], "dest": ["IAH"], "tailnum": ["N14228"]}).with_columns(
-        pl.datetime(2013, 3, 2, 9, 0).alias("scheduled_departure")
-    )
+    request = pl.DataFrame(
+        {"carrier": ["UA"], "flight": [1545], "origin": ["EWR"], "dest": ["IAH"], "tailnum": ["N14228"]}
+    ).with_columns(pl.datetime(2013, 3, 2, 9, 0).alias("scheduled_departure"))
     [row] = store.features(request).to_dicts()
     assert row["temp"] is None and row["origin_departures_3h"] == 0.0  # nothing known in the 3 h before
     assert row["carrier_flights_7d"] > 0 and row["route_flights_30d"] > 0  # last week's outcomes are known
@@ -101,12 +107,21 @@ def test_request_rows_from_the_index_equal_the_frame_path(warehouse_two_months: 
     with duckdb.connect(str(warehouse_two_months), read_only=True) as conn:
         store = OnlineStore.from_export(SPEC, build_export(conn, SPEC, "2013-02"))
     assert SPEC.online is not None and SPEC.online.entity_rows is not None
-    requests = pl.DataFrame({
-        "carrier": ["UA", "B6", "AA", "ZZ"], "flight": [1545, 27, 1, 9], "origin": ["EWR", "JFK", "LGA", "JFK"],
-        "dest": ["IAH", "SJU", "ORD", "NOWHERE"], "tailnum": ["N14228", None, "NOPLANE", "N14228"],
-        "scheduled_departure": [datetime(2013, 2, 20, 9, 0), datetime(2013, 11, 3, 1, 30), datetime(2013, 3, 10, 2, 30),
-                                datetime(2013, 7, 4, 23, 59)],
-    })  # fmt: skip
+    requests = pl.DataFrame(
+        {
+            "carrier": ["UA", "B6", "AA", "ZZ"],
+            "flight": [1545, 27, 1, 9],
+            "origin": ["EWR", "JFK", "LGA", "JFK"],
+            "dest": ["IAH", "SJU", "ORD", "NOWHERE"],
+            "tailnum": ["N14228", None, "NOPLANE", "N14228"],
+            "scheduled_departure": [
+                datetime(2013, 2, 20, 9, 0),
+                datetime(2013, 11, 3, 1, 30),
+                datetime(2013, 3, 10, 2, 30),
+                datetime(2013, 7, 4, 23, 59),
+            ],
+        }
+    )
     by_frames = SPEC.online.entities(requests, store.reference)
     by_index = SPEC.online.entity_rows(requests.to_dicts(), store.index)
     assert by_index.equals(by_frames, null_equal=True), (by_index, by_frames)

@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 
 from mlops_assets.core.features import compute_features
-from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
-from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import scan_landing
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
+from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 
 MONTHS = ["2013-01", "2013-02"]
 TARGET = "2013-02"
@@ -83,7 +83,9 @@ def test_same_rows_and_columns(both: tuple[pd.DataFrame, pd.DataFrame, dict[str,
     assert list(reference.columns) == [c for c in FLIGHT_FEATURES.output_columns if c in reference.columns]
     assert set(FLIGHT_FEATURES.output_columns) - set(reference.columns) == set()
     assert not ours.duplicated(KEY).any() and not reference.duplicated(KEY).any()
-    assert sorted(map(tuple, ours[KEY].astype(str).to_numpy())) == sorted(map(tuple, reference[KEY].astype(str).to_numpy()))
+    assert sorted(map(tuple, ours[KEY].astype(str).to_numpy())) == sorted(
+        map(tuple, reference[KEY].astype(str).to_numpy())
+    )
     # same order too: prediction time, then carrier, flight, origin, dest
     assert ours["prediction_time"].is_monotonic_increasing
     assert (ours[KEY].to_numpy() == reference[KEY].to_numpy()).all()
@@ -96,7 +98,9 @@ def test_column_agrees(both: tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.Data
     assert len(merged) == len(ours)
     left, right = merged[f"{column}_ours"], merged[f"{column}_pandas"]
     null_mismatch = left.isna() != right.isna()
-    assert not null_mismatch.any(), f"{column}: nulls differ on {int(null_mismatch.sum())} rows:\n{merged[null_mismatch].head(10)}"
+    assert not null_mismatch.any(), (
+        f"{column}: nulls differ on {int(null_mismatch.sum())} rows:\n{merged[null_mismatch].head(10)}"
+    )
     present = left.notna()
     if pd.api.types.is_float_dtype(left) or pd.api.types.is_float_dtype(right):
         a, b = left[present].astype("float64").to_numpy(), right[present].astype("float64").to_numpy()
@@ -125,5 +129,6 @@ def test_windows_against_brute_force(both: tuple[pd.DataFrame, pd.DataFrame, dic
                 n, total = inside.sum(axis=1), inside @ group[value].to_numpy(dtype="float64")
             np.testing.assert_array_equal(targets[count_name].to_numpy(), n, err_msg=f"{count_name} {key}")
             mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
-            np.testing.assert_allclose(targets[mean_name].to_numpy(), mean, rtol=TOLERANCE, atol=TOLERANCE,
-                                       err_msg=f"{mean_name} {key}")  # fmt: skip
+            np.testing.assert_allclose(
+                targets[mean_name].to_numpy(), mean, rtol=TOLERANCE, atol=TOLERANCE, err_msg=f"{mean_name} {key}"
+            )

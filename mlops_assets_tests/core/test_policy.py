@@ -92,12 +92,29 @@ def test_promotion_from_a_stored_evaluation_decides_as_from_the_metrics() -> Non
     challenger = {"roc_auc": 0.77, "pr_auc": 0.5, "log_loss": 0.45, "base_rate": 0.25}
     champion = {**CHAMPION, "pr_auc": 0.5}
     slices = [
-        {"slice": "origin", "value": "EWR", "rows": 800, "positives": 200, "base_rate": 0.25, "challenger_auc": 0.70,
-         "champion_auc": 0.74, "challenger_log_loss": 0.5, "champion_log_loss": 0.5},
-        {"slice": "origin", "value": "LGA", "rows": 900, "positives": 0, "base_rate": 0.0,
-         "challenger_auc": math.nan, "champion_auc": math.nan, "challenger_log_loss": 0.1,
-         "champion_log_loss": 0.1},  # one class: not judged
-    ]  # fmt: skip
+        {
+            "slice": "origin",
+            "value": "EWR",
+            "rows": 800,
+            "positives": 200,
+            "base_rate": 0.25,
+            "challenger_auc": 0.70,
+            "champion_auc": 0.74,
+            "challenger_log_loss": 0.5,
+            "champion_log_loss": 0.5,
+        },
+        {
+            "slice": "origin",
+            "value": "LGA",
+            "rows": 900,
+            "positives": 0,
+            "base_rate": 0.0,
+            "challenger_auc": math.nan,
+            "champion_auc": math.nan,
+            "challenger_log_loss": 0.1,
+            "champion_log_loss": 0.1,
+        },  # one class: not judged
+    ]
     roles = {"challenger": challenger, "champion": champion}
     result = EvaluationResult.from_evaluation("flights", "v0003", "v0002", "2013-03", roles, slices, None)
     stored = EvaluationResult.from_json(json.loads(json.dumps(result.to_json(), allow_nan=False)))
@@ -117,9 +134,18 @@ def test_an_undefined_challenger_auc_is_never_promoted() -> None:
 # --- rollback and retraining rules, on typed live summaries ---------------------------------------------------------
 
 REFERENCE = {"share_above_0_99": 0.0, "share_below_0_01": 0.01, "std": 0.15}
-HEALTHY_CHAMPION = VariantLive(version="v0002", rows=5000, live_roc_auc=0.73, live_log_loss=0.5, score_std=0.14,
-                               share_above_0_99=0.0, share_below_0_01=0.02, error_rate=0.0, evaluation_roc_auc=0.75,
-                               auc_drop=0.02)  # fmt: skip
+HEALTHY_CHAMPION = VariantLive(
+    version="v0002",
+    rows=5000,
+    live_roc_auc=0.73,
+    live_log_loss=0.5,
+    score_std=0.14,
+    share_above_0_99=0.0,
+    share_below_0_01=0.02,
+    error_rate=0.0,
+    evaluation_roc_auc=0.75,
+    auc_drop=0.02,
+)
 HEALTHY = LiveSummary("2013-04", 5000, {"champion": HEALTHY_CHAMPION}, {"champion": replace(HEALTHY_CHAMPION, rows=40)})
 
 
@@ -171,7 +197,8 @@ def test_retrain_reasons() -> None:
     assert reason == "live AUC 0.7200 of v0002 in 2013-04 is 0.0300 below its evaluation AUC 0.7500 (margin 0.02)"
     assert performance_retrain_reason(live(evaluation_roc_auc=None, auc_drop=None), 0.02) is None
     assert performance_retrain_reason(LiveSummary.empty("2013-04"), 0.02) is None
-    drifted = DriftSummary("2013-04", "v0002", True, 0.4, ("dep_delay",), "dep_delay (0.30)", None, None,
-                           "4/10 drifted")  # fmt: skip
+    drifted = DriftSummary(
+        "2013-04", "v0002", True, 0.4, ("dep_delay",), "dep_delay (0.30)", None, None, "4/10 drifted"
+    )
     assert drift_retrain_reason(drifted) == "drift in 2013-04: 4/10 drifted"
     assert drift_retrain_reason(DriftSummary.no_champion("2013-04")) is None

@@ -26,10 +26,20 @@ from mlops_assets.core.records import (
 from mlops_assets.core.specs import FeatureTableSpec
 
 SPEC = FeatureTableSpec(
-    name="toy", sql_path=Path("toy.sql"), inputs=("toy",), id_columns=("id",), key=("id",), label="y",
-    label_known_at="t", time_column="t", local_time_column="t", time_zone="UTC", lookback_days=0,
-    categorical=("colour",), numeric=("x",),
-)  # fmt: skip
+    name="toy",
+    sql_path=Path("toy.sql"),
+    inputs=("toy",),
+    id_columns=("id",),
+    key=("id",),
+    label="y",
+    label_known_at="t",
+    time_column="t",
+    local_time_column="t",
+    time_zone="UTC",
+    lookback_days=0,
+    categorical=("colour",),
+    numeric=("x",),
+)
 
 
 def through_json(record: Record) -> dict[str, Any]:
@@ -39,12 +49,14 @@ def through_json(record: Record) -> dict[str, Any]:
 
 def toy_frame(rng: np.random.Generator, rows: int, shift: float = 0.0) -> pl.DataFrame:
     x = rng.normal(shift, 1.0, rows)
-    return pl.DataFrame({
-        "id": np.arange(rows),
-        "x": x,
-        "colour": rng.choice(["red", "blue"], rows),
-        "y": (rng.random(rows) < 1 / (1 + np.exp(-x))).astype(np.int64),
-    })  # fmt: skip
+    return pl.DataFrame(
+        {
+            "id": np.arange(rows),
+            "x": x,
+            "colour": rng.choice(["red", "blue"], rows),
+            "y": (rng.random(rows) < 1 / (1 + np.exp(-x))).astype(np.int64),
+        }
+    )
 
 
 # --- drift ---------------------------------------------------------------------------------------------------------
@@ -83,18 +95,36 @@ def live_table(one_class_online: bool = False) -> pl.DataFrame:
     rng = np.random.default_rng(2)
     labels = toy_frame(rng, 600)
     p = 1 / (1 + np.exp(-labels["x"].to_numpy()))
-    batch = pl.concat([
-        labels.select("id").with_columns(pl.lit("champion").alias("variant"), pl.lit("v0002").alias("model_version"),
-                                         pl.Series("score", p)),
-        labels.select("id").with_columns(pl.lit("shadow").alias("variant"), pl.lit("v0003").alias("model_version"),
-                                         pl.Series("score", rng.random(600))),
-    ])  # fmt: skip
+    batch = pl.concat(
+        [
+            labels.select("id").with_columns(
+                pl.lit("champion").alias("variant"), pl.lit("v0002").alias("model_version"), pl.Series("score", p)
+            ),
+            labels.select("id").with_columns(
+                pl.lit("shadow").alias("variant"),
+                pl.lit("v0003").alias("model_version"),
+                pl.Series("score", rng.random(600)),
+            ),
+        ]
+    )
     online_ids = labels.filter(pl.col("y") == 1)["id"].head(50) if one_class_online else labels["id"].head(50)
-    online = pl.DataFrame({"id": online_ids, "variant": "champion", "model_version": "v0002",
-                           "score": np.full(50, 0.5), "status": ["error"] + ["ok"] * 49})  # fmt: skip
+    online = pl.DataFrame(
+        {
+            "id": online_ids,
+            "variant": "champion",
+            "model_version": "v0002",
+            "score": np.full(50, 0.5),
+            "status": ["error"] + ["ok"] * 49,
+        }
+    )
     evaluated = {"v0002": 0.8, "v0003": None}
-    return pl.concat([live_performance(batch, labels, SPEC, evaluated, "batch"),
-                      live_performance(online, labels, SPEC, evaluated, "online")], how="diagonal_relaxed")  # fmt: skip
+    return pl.concat(
+        [
+            live_performance(batch, labels, SPEC, evaluated, "batch"),
+            live_performance(online, labels, SPEC, evaluated, "online"),
+        ],
+        how="diagonal_relaxed",
+    )
 
 
 def test_a_live_summary_from_the_live_table_round_trips() -> None:
@@ -127,7 +157,8 @@ def test_an_empty_month() -> None:
 def evaluation(with_champion: bool = True) -> EvaluationResult:
     rng = np.random.default_rng(3)
     test = toy_frame(rng, 800).with_columns(
-        pl.when(pl.col("id") < 20).then(pl.lit("tiny")).otherwise(pl.col("colour")).alias("colour"))
+        pl.when(pl.col("id") < 20).then(pl.lit("tiny")).otherwise(pl.col("colour")).alias("colour")
+    )
     test = test.with_columns(pl.when(pl.col("colour") == "tiny").then(0).otherwise(pl.col("y")).alias("y"))  # one class
     y = test["y"].to_numpy().astype(float)
     scores = {"challenger": 1 / (1 + np.exp(-test["x"].to_numpy()))}
@@ -135,9 +166,14 @@ def evaluation(with_champion: bool = True) -> EvaluationResult:
         scores["champion"] = rng.random(800)
     slices = slice_metrics(test, "y", scores, {"colour": pl.col("colour")})
     return EvaluationResult.from_evaluation(
-        "toy", "v0004", "v0002" if with_champion else None, "2013-03",
-        {role: metrics(y, p) for role, p in scores.items()}, slices, None,
-    )  # fmt: skip
+        "toy",
+        "v0004",
+        "v0002" if with_champion else None,
+        "2013-03",
+        {role: metrics(y, p) for role, p in scores.items()},
+        slices,
+        None,
+    )
 
 
 def test_an_evaluation_round_trips_with_undefined_slice_aucs_as_none() -> None:
@@ -155,8 +191,15 @@ def test_absent_metrics_are_refused_not_defaulted() -> None:
     first = evaluation(with_champion=False)
     with pytest.raises(RecordError, match="no 'champion' in the evaluation of v0004"):
         first.roc_auc("champion")
-    undefined = EvaluationResult.from_evaluation("toy", "v0004", None, "2013-03", {
-        "challenger": {"roc_auc": float("nan"), "pr_auc": 0.2, "log_loss": 0.5, "base_rate": 0.0}}, [], None)
+    undefined = EvaluationResult.from_evaluation(
+        "toy",
+        "v0004",
+        None,
+        "2013-03",
+        {"challenger": {"roc_auc": float("nan"), "pr_auc": 0.2, "log_loss": 0.5, "base_rate": 0.0}},
+        [],
+        None,
+    )
     with pytest.raises(RecordError, match=r"\['roc_auc'\]: undefined on the test month"):
         undefined.roc_auc("challenger")
     with pytest.raises(RecordError, match=r"\['brier'\]: absent"):
@@ -188,8 +231,10 @@ def test_a_renamed_field_fails_loudly_naming_both_names(record: Record) -> None:
     data[f"{field}_renamed"] = data.pop(field)
     with pytest.raises(RecordError) as raised:
         type(record).from_json(data)
-    assert str(raised.value) == (f"{type(record).__name__}: missing field(s) {field}; "
-                                 f"unknown field(s) {field}_renamed (renamed, or another version?)")  # fmt: skip
+    assert str(raised.value) == (
+        f"{type(record).__name__}: missing field(s) {field}; "
+        f"unknown field(s) {field}_renamed (renamed, or another version?)"
+    )
 
 
 @pytest.mark.parametrize("record", records(), ids=lambda r: type(r).__name__)
@@ -256,8 +301,18 @@ def test_nested_fields_are_named_by_their_path() -> None:
 
 
 def test_records_cannot_be_built_wrong_either() -> None:
-    good = dict(version="v1", rows=10, live_roc_auc=0.7, live_log_loss=0.5, score_std=0.1, share_above_0_99=0.0,
-                share_below_0_01=0.0, error_rate=0.0, evaluation_roc_auc=0.75, auc_drop=0.05)  # fmt: skip
+    good = dict(
+        version="v1",
+        rows=10,
+        live_roc_auc=0.7,
+        live_log_loss=0.5,
+        score_std=0.1,
+        share_above_0_99=0.0,
+        share_below_0_01=0.0,
+        error_rate=0.0,
+        evaluation_roc_auc=0.75,
+        auc_drop=0.05,
+    )
     assert VariantLive(**good).rows == 10
     with pytest.raises(RecordError, match="VariantLive.score_std: expected a finite float"):
         VariantLive(**{**good, "score_std": float("nan")})  # NaN is never stored: an undefined value is None

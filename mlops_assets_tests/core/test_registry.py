@@ -81,9 +81,18 @@ def test_a_registration_that_fails_midway_leaves_no_version(tmp_path: Path, monk
 
 def _evaluation(challenger: str, champion: str | None, auc: float = 0.74) -> EvaluationResult:
     values = {"roc_auc": auc, "pr_auc": 0.4, "log_loss": 0.45, "base_rate": 0.2, "rows": 900.0}
-    slices = [{"slice": "origin", "value": "EWR", "rows": 900, "positives": 180, "base_rate": 0.2,
-               "challenger_auc": auc, "challenger_log_loss": 0.45,
-               **({"champion_auc": 0.73, "champion_log_loss": 0.46} if champion else {})}]  # fmt: skip
+    slices = [
+        {
+            "slice": "origin",
+            "value": "EWR",
+            "rows": 900,
+            "positives": 180,
+            "base_rate": 0.2,
+            "challenger_auc": auc,
+            "challenger_log_loss": 0.45,
+            **({"champion_auc": 0.73, "champion_log_loss": 0.46} if champion else {}),
+        }
+    ]
     roles = {"challenger": values, **({"champion": {**values, "roc_auc": 0.73}} if champion else {})}
     return EvaluationResult.from_evaluation("flights", challenger, champion, "2013-03", roles, slices, None)
 

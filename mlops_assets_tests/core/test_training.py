@@ -11,12 +11,12 @@ import pytest
 
 from mlops_assets.core.evaluation import roc_auc
 from mlops_assets.core.features import compute_features
-from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
-from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import find_landed
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.training import SMALL_FRAME, TrainedModel, TrainingSet, load_version, split_by_time, train_model
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
+from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 
 MONTHS = ["2013-01", "2013-02", "2013-03"]
 PARAMS = {"learning_rate": 0.1, "num_leaves": 31, "min_data_in_leaf": 50, "num_threads": 2}
@@ -81,7 +81,9 @@ def test_a_much_higher_origin_delay_does_not_lower_the_risk(training_set: Traini
     assert model.predict(stormy).mean() > model.predict(calm).mean()
 
 
-def test_a_registered_model_scores_exactly_like_the_trained_one(tmp_path: Path, training_set: TrainingSet, model: TrainedModel) -> None:
+def test_a_registered_model_scores_exactly_like_the_trained_one(
+    tmp_path: Path, training_set: TrainingSet, model: TrainedModel
+) -> None:
     registry = Registry(tmp_path)
     version = registry.register(model.text, {"encoder": model.encoder.to_json()}, {}, run_id=None).version
     test = training_set.part("test").head(500)

@@ -11,22 +11,21 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from mlops_assets.feeds.nycflights13 import replay_months
-from mlops_assets.models.flight_delay import FLIGHT_DELAY
+from mlops_assets.catalog import CATALOG
+from mlops_assets.core.records import DriftSummary, LiveSummary, RecordError, VariantLive
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import REPO_ROOT, Settings
-from mlops_assets.catalog import CATALOG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.deploy import build_champion_asset
 from mlops_assets.defs.evaluate import build_evaluation_asset
-from mlops_assets.core.records import DriftSummary, LiveSummary, RecordError, VariantLive
 from mlops_assets.defs.features import build_freshness_check
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, retraining_job_name
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage, build_resources
 from mlops_assets.defs.sensors import CHAMPION_TAG, MONTH_TAG, TRIGGER_TAG, build_drift_sensor, build_performance_sensor
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
-from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
+from mlops_assets.models.flight_delay import FLIGHT_DELAY
 
 MODEL = FLIGHT_DELAY
 KEYS = keys_of(MODEL)
@@ -39,7 +38,9 @@ TRAINING_SET_KEY, CHALLENGER_KEY, CHAMPION_KEY = KEYS.training_set, KEYS.challen
 def _register(registry: Registry) -> str:
     """A real (tiny) LightGBM model registered as a version; the sensors only read which version is champion."""
     rng = np.random.default_rng(0)
-    booster = lgb.train({"verbosity": -1, "num_threads": 1}, lgb.Dataset(rng.random((60, 2)), label=rng.integers(0, 2, 60)), 2)
+    booster = lgb.train(
+        {"verbosity": -1, "num_threads": 1}, lgb.Dataset(rng.random((60, 2)), label=rng.integers(0, 2, 60)), 2
+    )
     return registry.register(booster.model_to_string(), {"data": {"test_month": "2013-03"}}, {}, run_id=None).version
 
 
@@ -56,15 +57,32 @@ def champion(settings: Settings) -> str:
 
 
 def _drift(month: str, champion: str, drifted: bool, reason: str) -> DriftSummary:
-    return DriftSummary(month=month, champion_version=champion, drifted=drifted, drift_share=0.33 if drifted else 0.0,
-                        drifted_features=("temp",) if drifted else (), top_drifted="temp (0.31)", score_drift=0.05,
-                        label_rate=0.2, reason=reason)  # fmt: skip
+    return DriftSummary(
+        month=month,
+        champion_version=champion,
+        drifted=drifted,
+        drift_share=0.33 if drifted else 0.0,
+        drifted_features=("temp",) if drifted else (),
+        top_drifted="temp (0.31)",
+        score_drift=0.05,
+        label_rate=0.2,
+        reason=reason,
+    )
 
 
 def _live(month: str, champion: str, auc: float, evaluated: float) -> LiveSummary:
-    variant = VariantLive(version=champion, rows=5000, live_roc_auc=auc, live_log_loss=0.5, score_std=0.14,
-                          share_above_0_99=0.0, share_below_0_01=0.02, error_rate=0.0, evaluation_roc_auc=evaluated,
-                          auc_drop=round(evaluated - auc, 4))  # fmt: skip
+    variant = VariantLive(
+        version=champion,
+        rows=5000,
+        live_roc_auc=auc,
+        live_log_loss=0.5,
+        score_std=0.14,
+        share_above_0_99=0.0,
+        share_below_0_01=0.02,
+        error_rate=0.0,
+        evaluation_roc_auc=evaluated,
+        auc_drop=round(evaluated - auc, 4),
+    )
     return LiveSummary(month=month, rows=5000, batch={"champion": variant}, online={})
 
 
@@ -80,8 +98,13 @@ def _store(instance: dg.DagsterInstance, key: dg.AssetKey, month: str, stored: d
     instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=month, metadata=metadata))
 
 
-def _tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, settings: Settings, cursor: str | None,
-          policy: MonitoringPolicy | None = None) -> dg.SensorResult:  # fmt: skip
+def _tick(
+    sensor: dg.SensorDefinition,
+    instance: dg.DagsterInstance,
+    settings: Settings,
+    cursor: str | None,
+    policy: MonitoringPolicy | None = None,
+) -> dg.SensorResult:
     resources = {"storage": PlatformStorage(data_dir=str(settings.data_dir)), "policy": policy or MonitoringPolicy()}
     result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
     assert isinstance(result, dg.SensorResult)
@@ -95,7 +118,11 @@ def test_drift_sensor_requests_one_retrain_per_drift_event(settings: Settings, c
         first = _tick(sensor, instance, settings, None)
         [request] = first.run_requests or []
         assert request.run_key == f"drift:flight_delay:2013-04:{champion}"
-        assert request.tags[TRIGGER_TAG] == "drift" and request.tags[MONTH_TAG] == "2013-04" and request.tags[CHAMPION_TAG] == champion
+        assert (
+            request.tags[TRIGGER_TAG] == "drift"
+            and request.tags[MONTH_TAG] == "2013-04"
+            and request.tags[CHAMPION_TAG] == champion
+        )
         assert request.tags[MODEL_TAG] == "flight_delay"
         assert "9/27 features drifted" in request.tags["mlops/reason"]
 
@@ -154,7 +181,10 @@ def test_performance_sensor_retrains_when_live_auc_falls_beyond_the_margin(setti
         _report(instance, LIVE_KEY, _live("2013-05", champion, 0.74, 0.75))
         result = _tick(sensor, instance, settings, None)
         [request] = result.run_requests or []
-        assert request.run_key == f"performance:flight_delay:2013-04:{champion}" and "0.0500 below" in request.tags["mlops/reason"]
+        assert (
+            request.run_key == f"performance:flight_delay:2013-04:{champion}"
+            and "0.0500 below" in request.tags["mlops/reason"]
+        )
         # the margin is configurable
         assert not _tick(sensor, instance, settings, None, MonitoringPolicy(retrain_auc_margin=0.1)).run_requests
         # a month the drift sensor already sent to retraining is not retrained twice
@@ -217,8 +247,12 @@ def test_a_new_champion_does_not_rescore_old_months(settings: Settings) -> None:
 
 def _lifecycle(settings: Settings, code_version: str) -> dg.Definitions:
     """The lifecycle assets alone, with a chosen training code version."""
-    assets = [build_training_set_asset(MODEL), build_challenger_asset(MODEL, code_version), build_evaluation_asset(MODEL),
-              build_champion_asset(MODEL)]  # fmt: skip
+    assets = [
+        build_training_set_asset(MODEL),
+        build_challenger_asset(MODEL, code_version),
+        build_evaluation_asset(MODEL),
+        build_champion_asset(MODEL),
+    ]
     return dg.Definitions(assets=assets, resources=build_resources(settings))
 
 
@@ -227,9 +261,13 @@ def test_a_new_training_code_version_retrains_and_re_evaluates(settings: Setting
         for key in (TRAINING_SET_KEY, CHALLENGER_KEY):
             instance.report_runless_asset_event(dg.AssetMaterialization(key))
         before = dg.evaluate_automation_conditions(defs=_lifecycle(settings, "training-a"), instance=instance)
-        unchanged = dg.evaluate_automation_conditions(defs=_lifecycle(settings, "training-a"), instance=instance, cursor=before.cursor)
+        unchanged = dg.evaluate_automation_conditions(
+            defs=_lifecycle(settings, "training-a"), instance=instance, cursor=before.cursor
+        )
         assert not _requested(unchanged, CHALLENGER_KEY)
-        changed = dg.evaluate_automation_conditions(defs=_lifecycle(settings, "training-b"), instance=instance, cursor=unchanged.cursor)
+        changed = dg.evaluate_automation_conditions(
+            defs=_lifecycle(settings, "training-b"), instance=instance, cursor=unchanged.cursor
+        )
         assert _requested(changed, CHALLENGER_KEY) == {None}
         # the rest of the chain follows in the same tick, and the training set is not rebuilt for it
         assert _requested(changed, KEYS.evaluation) == {None} and _requested(changed, CHAMPION_KEY) == {None}
@@ -260,7 +298,9 @@ def test_one_writer_at_a_time(settings: Settings, tmp_path: Path) -> None:
     defs = build_definitions(CATALOG, settings)
     users = [a for a in defs.resolve_asset_graph().assets_defs if "duckdb" in a.required_resource_keys]
     assert len(users) > 20  # assets and checks alike
-    assert all(a.op.pool == DUCKDB_POOL for a in users), [a.keys or a.check_keys for a in users if a.op.pool != DUCKDB_POOL]
+    assert all(a.op.pool == DUCKDB_POOL for a in users), [
+        a.keys or a.check_keys for a in users if a.op.pool != DUCKDB_POOL
+    ]
 
 
 def test_features_must_follow_their_landing_within_a_day(settings: Settings) -> None:
@@ -274,7 +314,10 @@ def test_features_must_follow_their_landing_within_a_day(settings: Settings) -> 
         stale = check(dg.build_asset_check_context(instance=instance, resources=resources))
         # January landed two days ago and was never built; February landed just now and still has time
         assert not stale.passed and stale.severity == dg.AssetCheckSeverity.WARN
-        assert stale.description.startswith("2013-01: landed 48.0 h ago, never built") and "2013-02" not in stale.description
+        assert (
+            stale.description.startswith("2013-01: landed 48.0 h ago, never built")
+            and "2013-02" not in stale.description
+        )
 
         instance.add_dynamic_partitions(MONTHS.name, ["2013-01"])
         instance.report_runless_asset_event(dg.AssetMaterialization(FEATURES, partition="2013-01"))

@@ -7,20 +7,27 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from mlops_assets.feeds.nycflights13 import replay_months
-from mlops_assets.models.flight_delay import FLIGHT_DELAY
+from mlops_assets.catalog import CATALOG
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
-from mlops_assets.catalog import CATALOG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets_tests.conftest import EVERY
 
 MONTHS_LANDED = ["2013-01", "2013-02"]
 
 
-PER_MODEL = ["training_set", "challenger", "evaluation", "champion", "online_store", "batch_predictions", "drift_report",
-             "live_performance"]  # fmt: skip
+PER_MODEL = [
+    "training_set",
+    "challenger",
+    "evaluation",
+    "champion",
+    "online_store",
+    "batch_predictions",
+    "drift_report",
+    "live_performance",
+]
 
 
 def test_asset_graph_snapshot(settings: Settings) -> None:
@@ -40,7 +47,9 @@ def test_asset_graph_snapshot(settings: Settings) -> None:
         assert f"{model.name}/champion:champion_is_servable" in checks
         assert defs.resolve_job_def(f"{model.name}_retraining") is not None
         for what in ("drift", "performance", "rollback"):
-            assert defs.resolve_sensor_def(f"{model.name}_{what}_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+            assert (
+                defs.resolve_sensor_def(f"{model.name}_{what}_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+            )
     for job in ("feature_pipeline", "training_pipeline"):
         assert defs.resolve_job_def(job) is not None
     for sensor in ("landing_sensor", "automation"):
@@ -79,7 +88,9 @@ def test_feature_pipeline_builds_every_landed_month(settings: Settings) -> None:
         assert event is not None and event.asset_materialization is not None
         assert "feature_set_version" in event.asset_materialization.metadata
     landed = {m: pl.read_parquet(find_landed(settings.landing_dir, "flights", m).path).height for m in MONTHS_LANDED}  # type: ignore[union-attr]
-    assert _rows_by_month(settings) == {table: landed for table in ("raw.flights", "validated.flights", "features.flight_features")}
+    assert _rows_by_month(settings) == {
+        table: landed for table in ("raw.flights", "validated.flights", "features.flight_features")
+    }
 
 
 def _rows_by_month(settings: Settings) -> dict[str, dict[str, int]]:

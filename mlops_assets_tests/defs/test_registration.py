@@ -24,7 +24,9 @@ def test_a_registered_model_is_wired_trained_and_promoted_on_its_own(settings: S
     graph = defs.resolve_asset_graph()
     assert {keys.champion, keys.drift, keys.live} <= set(graph.get_all_asset_keys())
     assert keys.online_store not in graph.get_all_asset_keys()  # no request schema: not served, no online store
-    assert {dg.AssetKey(["raw", "readings"]), dg.AssetKey(["features", "reading_features"])} <= set(graph.get_all_asset_keys())
+    assert {dg.AssetKey(["raw", "readings"]), dg.AssetKey(["features", "reading_features"])} <= set(
+        graph.get_all_asset_keys()
+    )
     assert defs.resolve_job_def(retraining_job_name(TOY_MODEL)) is not None
     for what in ("drift", "performance", "rollback"):
         assert defs.resolve_sensor_def(sensor_name(TOY_MODEL, what)).job_name == retraining_job_name(TOY_MODEL)
@@ -33,7 +35,9 @@ def test_a_registered_model_is_wired_trained_and_promoted_on_its_own(settings: S
     TOY_FEED.replay(settings.landing_dir, MONTHS, 1, None)
     storage = build_resources(settings)["storage"]
     with dg.instance_for_test() as instance:  # the landing sensor refreshes the new feed's months for its model
-        tick = defs.resolve_sensor_def("landing_sensor")(dg.build_sensor_context(instance=instance, resources={"storage": storage}))
+        tick = defs.resolve_sensor_def("landing_sensor")(
+            dg.build_sensor_context(instance=instance, resources={"storage": storage})
+        )
         assert isinstance(tick, dg.SensorResult)
         [first, *_] = [r for r in tick.run_requests or [] if r.tags.get("mlops/feed") == TOY_FEED.name]
         assert {dg.AssetKey(["raw", "readings"]), keys.drift, keys.live} <= set(first.asset_selection or [])

@@ -5,11 +5,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import reconstructable_job, resume_run
 from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.feeds.nycflights13 import replay_months
 
 MONTHS = ["2013-01", "2013-02"]
 
@@ -43,7 +43,9 @@ def test_resume_reruns_only_the_failed_step_and_what_follows(settings: Settings)
     assert resumed.success
     rerun = _succeeded(resumed)
     assert {"flight_delay__challenger", "flight_delay__evaluation", "flight_delay__champion"} <= rerun
-    assert not any(step.startswith(("raw__", "validated__", "features__", "flight_cancellation__")) for step in rerun), rerun
+    assert not any(
+        step.startswith(("raw__", "validated__", "features__", "flight_cancellation__")) for step in rerun
+    ), rerun
     assert Registry(registry_dir).alias(CHAMPION) == "v0001"
 
 

@@ -8,26 +8,28 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import numpy as np
 import polars as pl
 
+from mlops_assets.catalog import CATALOG
 from mlops_assets.core.drift import reference_profile
-from mlops_assets.feeds.nycflights13 import replay_months
-from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.training import TrainingSet, train_model
-from mlops_assets.catalog import CATALOG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.keys import retraining_job_name, sensor_name
 from mlops_assets.defs.sensors import TRIGGER_TAG
 from mlops_assets.defs.train import read_training_set
+from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.ticks import Ticker
 from mlops_assets_tests.serving.conftest import Client, running
 
 SPEC = FLIGHT_DELAY.features
 #: Every model's own sensors, as the daemon would run them: the flight_delay rollback must not move anyone else.
-SENSORS = ("landing_sensor", *(sensor_name(m, what) for m in CATALOG.models for what in ("rollback", "drift", "performance")))
+SENSORS = (
+    "landing_sensor",
+    *(sensor_name(m, what) for m in CATALOG.models for what in ("rollback", "drift", "performance")),
+)
 
 
 def force_bad_champion(settings: Settings, registry: Registry) -> str:
@@ -39,7 +41,12 @@ def force_bad_champion(settings: Settings, registry: Registry) -> str:
     bad = train_model(bad_set, SPEC, {"num_leaves": 63, "min_data_in_leaf": 5, "num_threads": 2}, 200, 200)
     train = bad_set.part("train")
     profile = reference_profile(train, SPEC.numeric, SPEC.categorical, bad.predict(train), SPEC.label)
-    metadata = {"model": "flight_delay", "data": built.summary(SPEC.time_column), "encoder": bad.encoder.to_json(), "note": "shuffled labels"}
+    metadata = {
+        "model": "flight_delay",
+        "data": built.summary(SPEC.time_column),
+        "encoder": bad.encoder.to_json(),
+        "note": "shuffled labels",
+    }
     version = registry.register(bad.text, metadata, profile, run_id=None).version
     registry.set_alias(CHAMPION, version, "forced", "test: a bad model forced past the promotion gates")
     return version
@@ -105,7 +112,11 @@ def test_a_bad_champion_is_rolled_back_by_itself(settings: Settings, tmp_path: P
     retrains = [r for r in runs if r.tags.get(TRIGGER_TAG) == "rollback"]
     assert len(retrains) == 1 and retrains[0].success and retrains[0].tags["mlops/champion"] == bad
     # the drift and performance sensors saw a month judged against a champion that no longer serves: no second retrain
-    assert not [r for r in runs if r.tags.get(TRIGGER_TAG) in ("drift", "performance") and r.tags.get("mlops/model") == "flight_delay"]
+    assert not [
+        r
+        for r in runs
+        if r.tags.get(TRIGGER_TAG) in ("drift", "performance") and r.tags.get("mlops/model") == "flight_delay"
+    ]
     # flight_delay's rollback left the other models alone: no rollback in their logs, and their champion moved (if
     # at all) only by their own promotion, in a run of their own retraining job
     own_runs = {name: {r.run_id for r in runs if r.tags.get("mlops/model") == name} for name in others}

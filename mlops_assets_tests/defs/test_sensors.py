@@ -6,12 +6,12 @@ import json
 import dagster as dg
 import polars as pl
 
-from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.catalog import CATALOG
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
-from mlops_assets.catalog import CATALOG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.resources import PlatformStorage
+from mlops_assets.feeds.nycflights13 import replay_months
 
 
 def _tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
@@ -34,9 +34,12 @@ def test_new_file_one_request_same_file_none_changed_file_a_new_request(settings
         assert [list(r.partition_keys) for r in first.dynamic_partitions_requests or []] == [["2013-01"]]
         cursor = json.loads(first.cursor or "{}")
         assert set(cursor) == {
-            "flights/2013-01.parquet", "weather/2013-01.parquet",
-            "reference/airlines.parquet", "reference/airports.parquet", "reference/planes.parquet",
-        }  # fmt: skip
+            "flights/2013-01.parquet",
+            "weather/2013-01.parquet",
+            "reference/airlines.parquet",
+            "reference/airports.parquet",
+            "reference/planes.parquet",
+        }
         instance.add_dynamic_partitions("months", ["2013-01"])  # what the daemon does with the request
 
         same = _tick(settings, instance, first.cursor)
@@ -66,7 +69,9 @@ def test_a_new_month_adds_a_partition_and_requests_only_itself(settings: Setting
         again = {k.to_user_string() for k in second.run_requests[0].asset_selection or []}  # type: ignore[index]
         month_part = {"raw/flights", "validated/weather", *(f"features/{f.name}" for f in CATALOG.feature_tables)}
         for model in CATALOG.models:  # every model over the feed is refreshed by the same run
-            month_part |= {f"{model.name}/{a}" for a in ("online_store", "batch_predictions", "drift_report", "live_performance")}
+            month_part |= {
+                f"{model.name}/{a}" for a in ("online_store", "batch_predictions", "drift_report", "live_performance")
+            }
         assert month_part <= selected and month_part <= again
         assert "raw/planes" in selected and "raw/planes" not in again
 

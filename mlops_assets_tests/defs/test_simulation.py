@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 
 from mlops_assets.catalog import CATALOG
-from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import load_settings
 from mlops_assets.core.status import store_status
+from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.simulation import MARKER, SimulationError, reset_data_dir, simulate
 
 

@@ -6,15 +6,15 @@ import shutil
 import dagster as dg
 import duckdb
 
-from mlops_assets.feeds.nycflights13 import replay_months
-from mlops_assets.models.flight_delay import FLIGHT_DELAY
+from mlops_assets.catalog import CATALOG
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
-from mlops_assets.catalog import CATALOG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.deploy import build_champion_check
 from mlops_assets.defs.partitions import range_tags, register_months
 from mlops_assets.defs.resources import build_resources
+from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.models.flight_delay import FLIGHT_DELAY
 
 MONTHS = ["2013-01", "2013-02"]
 
@@ -73,7 +73,9 @@ def test_one_run_trains_every_model_each_into_its_own_registry(settings: Setting
         assert result.success
         materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}
         for model in CATALOG.models:
-            assert {f"{model.name}/{a}" for a in ("training_set", "challenger", "evaluation", "champion", "online_store")} <= materialized
+            assert {
+                f"{model.name}/{a}" for a in ("training_set", "challenger", "evaluation", "champion", "online_store")
+            } <= materialized
             run_tags = instance.get_run_by_id(result.run_id).tags  # type: ignore[union-attr]
             assert "dagster/asset_partition_range_start" in run_tags
     for model in CATALOG.models:
@@ -87,12 +89,15 @@ def test_one_run_trains_every_model_each_into_its_own_registry(settings: Setting
         assert len(decision) == 1, f"{model.name}: one promotion decision, by its own gates"
         assert (settings.model(model.name).online_store_dir / "CURRENT").exists()
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
-        schemas = {row[0] for row in conn.execute("SELECT DISTINCT table_schema FROM information_schema.tables").fetchall()}
+        schemas = {
+            row[0] for row in conn.execute("SELECT DISTINCT table_schema FROM information_schema.tables").fetchall()
+        }
         for model in CATALOG.models:
             label = model.features.label
             columns = {r[0] for r in conn.execute(f"DESCRIBE {model.name}.training_set").fetchall()}
-            assert label in columns and all(other.features.label not in columns for other in CATALOG.models
-                                            if other.features.label != label)  # fmt: skip
+            assert label in columns and all(
+                other.features.label not in columns for other in CATALOG.models if other.features.label != label
+            )
     assert {m.name for m in CATALOG.models} <= schemas
 
 

@@ -42,7 +42,14 @@ DELAY = "flight_delay"
 MODEL = CATALOG.model(DELAY)
 SPEC = MODEL.features
 #: A real flight of the replayed feed (March 2013), as a client would send it.
-FLIGHT = {"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH", "scheduled_departure": "2013-03-02T09:00", "tailnum": "N14228"}
+FLIGHT = {
+    "carrier": "UA",
+    "flight": 1545,
+    "origin": "EWR",
+    "dest": "IAH",
+    "scheduled_departure": "2013-03-02T09:00",
+    "tailnum": "N14228",
+}
 
 
 @dataclass(frozen=True)
@@ -113,12 +120,16 @@ class Client:
         self.timeout = timeout
         self._connection: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         for attempt in (0, 1):
             if self._connection is None:
                 self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
             try:
-                self._connection.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+                self._connection.request(
+                    method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})}
+                )
                 response = self._connection.getresponse()
                 data = response.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):

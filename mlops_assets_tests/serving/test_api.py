@@ -18,7 +18,6 @@ from mlops_assets.core.settings import Settings
 from mlops_assets.serving import ServeConfig
 from mlops_assets_tests.serving.conftest import DELAY, FLIGHT, Client, copy_served_state, current_store, delay, running
 
-
 #: What one prediction says, for every model.
 ANSWER_FIELDS = (
     "request_id",
@@ -61,7 +60,9 @@ def test_one_flight_and_a_batch_are_answered_by_the_champion_and_logged(served: 
         assert len({i["request_id"] for i in items}) == 4
 
         # a what-if: an override replaces the computed feature, and changes the answer
-        status, body = server.client.post(_flight(overrides={"origin_dep_delay_mean_3h": 180.0, "prev_leg_dep_delay": 240}))
+        status, body = server.client.post(
+            _flight(overrides={"origin_dep_delay_mean_3h": 180.0, "prev_leg_dep_delay": 240})
+        )
         assert status == 200, body
         assert body["prediction"]["probability"] != answer["probability"]
         # a flight far past the export's facts is answered, flagged as scored on stale features
@@ -92,7 +93,10 @@ def test_one_flight_and_a_batch_are_answered_by_the_champion_and_logged(served: 
         "status": "ok",
         "error": None,
     }
-    assert str(row[0]["sched_dep_local"]) == "2013-03-02 09:00:00" and str(row[0]["prediction_time"]) == "2013-03-02 14:00:00"
+    assert (
+        str(row[0]["sched_dep_local"]) == "2013-03-02 09:00:00"
+        and str(row[0]["prediction_time"]) == "2013-03-02 14:00:00"
+    )
     assert 0 < row[0]["latency_ms"] < 5000
     # the what-if kept its flight's key in the log (overrides change features, not the flight)
     assert set(log["carrier"].to_list()) == {"UA"}
@@ -131,7 +135,9 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("payload", "status", "named"), REFUSED, ids=[str(i) for i in range(len(REFUSED))])
-def test_invalid_requests_get_a_4xx_naming_the_field(payload: Any, status: int, named: str, server_for_refusals: Any) -> None:
+def test_invalid_requests_get_a_4xx_naming_the_field(
+    payload: Any, status: int, named: str, server_for_refusals: Any
+) -> None:
     code, body = server_for_refusals.client.post(payload)
     assert code == status, body
     assert named in body["detail"], body
@@ -141,7 +147,9 @@ def test_invalid_requests_get_a_4xx_naming_the_field(payload: Any, status: int, 
 @pytest.fixture(scope="module")
 def server_for_refusals(platform: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One server for the many small refusal cases (none of them writes anything)."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("refusals") / "data", dagster_home=platform.settings.dagster_home)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("refusals") / "data", dagster_home=platform.settings.dagster_home
+    )
     copy_served_state(platform.settings, settings)
     with running(settings) as server:
         yield server
@@ -149,9 +157,15 @@ def server_for_refusals(platform: Any, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.mark.parametrize(
     ("raw", "named"),
-    [(b"{", "malformed JSON"), (b'{"flight": NaN}', "malformed JSON"), (b"\xff\xfe\x00", "malformed JSON"),
-     (b"[" * 100_000 + b"]" * 100_000, "malformed JSON"), (b"", "malformed JSON"), (b"1" * 5000, "malformed JSON")],
-)  # fmt: skip
+    [
+        (b"{", "malformed JSON"),
+        (b'{"flight": NaN}', "malformed JSON"),
+        (b"\xff\xfe\x00", "malformed JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "malformed JSON"),
+        (b"", "malformed JSON"),
+        (b"1" * 5000, "malformed JSON"),
+    ],
+)
 def test_malformed_json_is_a_400(raw: bytes, named: str, server_for_refusals: Any) -> None:
     code, body = server_for_refusals.client.request("POST", "/predict", raw)
     assert code == 400 and named in body["detail"], body
@@ -174,7 +188,9 @@ def test_oversized_bodies_and_batches_are_refused_with_413(server_for_refusals: 
 
     # a declared 100 MB body is refused before a byte of it is read
     with socket.create_connection(("127.0.0.1", server_for_refusals.port), timeout=10) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n")
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+        )
         head = sock.recv(65536).decode()
     assert head.startswith("HTTP/1.1 413") and "larger than the limit" in head
 
@@ -189,7 +205,9 @@ def test_a_shadow_scores_every_request_and_is_logged_but_never_returned(served: 
     Registry(delay(served).registry_dir).set_alias("shadow", "v0002", "shadowed", "test: v0002 scores silently")
     with running(served) as server:
         _, models = server.client.get(f"/models/{DELAY}")
-        assert models["shadow"]["version"] == "v0002" and models["shadow"]["serving"] is True and models["shadow_enabled"]
+        assert (
+            models["shadow"]["version"] == "v0002" and models["shadow"]["serving"] is True and models["shadow_enabled"]
+        )
         answers = [server.client.post(_flight(flight=n))[1]["prediction"] for n in range(1, 6)]
         batch = server.client.post([_flight(flight=n) for n in range(10, 20)])[1]["predictions"]
     served_ids = [a["request_id"] for a in answers + batch]
@@ -242,7 +260,8 @@ def test_health_and_models_describe_what_serves(served: Settings) -> None:
         # every model's own health, the default model's also at the top level (clients of the one-model service)
         assert health["default"] == DELAY and list(health["models"]) == [m.name for m in CATALOG.models]
         assert {k: v for k, v in health["models"][DELAY].items() if k != "uptime_seconds"} == {
-            "status": "ok", **{k: health[k] for k in ("champion", "online_store", "log", "problems")}
+            "status": "ok",
+            **{k: health[k] for k in ("champion", "online_store", "log", "problems")},
         }
         assert health["log"]["folder"] == str(delay(served).predictions_dir)
         status, models = server.client.get(f"/models/{DELAY}")
@@ -261,7 +280,11 @@ def test_without_a_champion_or_an_online_store_the_service_says_what_to_do(tmp_p
         status, body = server.client.post(FLIGHT)
         assert status == 503 and "make pipeline" in body["detail"] and DELAY in body["detail"]
         status, health = server.client.get("/health")
-        assert status == 503 and health["status"] == "unavailable" and any("make pipeline" in p for p in health["problems"])
+        assert (
+            status == 503
+            and health["status"] == "unavailable"
+            and any("make pipeline" in p for p in health["problems"])
+        )
         assert server.client.post({"carrier": 1})[0] == 422  # validation still answers first
         for name in server.served.services:  # every model says so, on its own route
             status, body = server.client.post(FLIGHT, f"/models/{name}/predict")
@@ -274,7 +297,9 @@ def _register_broken_version(settings: Settings) -> str:
     fine) but fails when it scores, as a model trained by other feature code would."""
     registry = Registry(delay(settings).registry_dir)
     source = registry.get("v0001")
-    metadata = {k: v for k, v in source.metadata.items() if k not in ("version", "model_sha256", "registered_at", "run_id")}
+    metadata = {
+        k: v for k, v in source.metadata.items() if k not in ("version", "model_sha256", "registered_at", "run_id")
+    }
     encoder = metadata["encoder"]
     metadata["encoder"] = {**encoder, "numeric": [*encoder["numeric"][:-1], "no_such_feature"]}
     return registry.register(registry.model_text("v0001"), metadata, registry.profile("v0001"), run_id=None).version
@@ -299,5 +324,9 @@ def test_a_failing_shadow_never_costs_the_answer_and_a_failing_champion_is_a_log
     shadow_row = log.filter((pl.col("request_id") == shadowed) & (pl.col("variant") == "shadow")).to_dicts()[0]
     assert shadow_row["status"] == "error" and "no_such_feature" in shadow_row["error"] and shadow_row["score"] is None
     error_rows = log.filter(pl.col("status") == "error").filter(pl.col("variant") == "champion").to_dicts()
-    assert len(error_rows) == 1 and error_rows[0]["request_id"] in failed["detail"] and error_rows[0]["model_version"] == broken
+    assert (
+        len(error_rows) == 1
+        and error_rows[0]["request_id"] in failed["detail"]
+        and error_rows[0]["model_version"] == broken
+    )
     assert error_rows[0]["served"] is False and str(error_rows[0]["prediction_time"]) == "2013-03-02 14:00:00"

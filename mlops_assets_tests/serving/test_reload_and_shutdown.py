@@ -33,7 +33,9 @@ from mlops_assets_tests.serving.conftest import (
 )
 
 
-def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(served: Settings, platform: BuiltPlatform) -> None:
+def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(
+    served: Settings, platform: BuiltPlatform
+) -> None:
     old_store = current_store(served)
     # the next export (another month, so another version), made the way the online_store asset makes it; the test
     # may open DuckDB, the service never does
@@ -56,7 +58,9 @@ def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(serve
     with running(served) as server:
         threads = [
             threading.Thread(target=keep_asking, args=("single", FLIGHT, server.new_client())),
-            threading.Thread(target=keep_asking, args=("batch", [{**FLIGHT, "flight": n} for n in range(1, 21)], server.new_client())),
+            threading.Thread(
+                target=keep_asking, args=("batch", [{**FLIGHT, "flight": n} for n in range(1, 21)], server.new_client())
+            ),
         ]
         for thread in threads:
             thread.start()
@@ -107,11 +111,19 @@ def test_a_broken_new_champion_never_serves_and_health_says_why(served: Settings
 
 def test_sigterm_shuts_mlops_serve_down_gracefully_and_flushes_the_log(served: Settings) -> None:
     port = free_port()
-    env = {**os.environ, "MLOPS_DATA_DIR": str(served.data_dir), "DAGSTER_HOME": str(served.dagster_home), "MLOPS_AB_SHARE": "0.9"}
+    env = {
+        **os.environ,
+        "MLOPS_DATA_DIR": str(served.data_dir),
+        "DAGSTER_HOME": str(served.dagster_home),
+        "MLOPS_AB_SHARE": "0.9",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "mlops_assets.cli", "serve", "--port", str(port), "--ab-share", "0.5"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         client = Client(port, timeout=10)
         deadline = time.monotonic() + 60

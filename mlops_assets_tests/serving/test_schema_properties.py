@@ -26,18 +26,29 @@ JSON = st.recursive(
     max_leaves=6,
 )
 CODES = st.sampled_from(["UA", "AA", "B6", "EWR", "JFK", "LGA", "IAH", "ORD", "N14228", "ZZZ", " UA ", "ua"])
-VALID_TIMES = st.datetimes(min_value=datetime(2012, 1, 1), max_value=datetime(2015, 1, 1)).map(lambda t: t.isoformat(timespec="minutes"))
-ODD_TIMES = st.datetimes(min_value=datetime(1800, 1, 1), max_value=datetime(2300, 1, 1)).map(lambda t: t.isoformat()) | st.builds(
-    lambda t, minutes: t.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(),
-    st.datetimes(min_value=datetime(2012, 1, 1), max_value=datetime(2015, 1, 1)),
-    st.integers(-600, 600),
-) | st.sampled_from(["2013-03-10T02:30", "2013-11-03T01:30", "2013-03-02", "20130302T0900", "2013-W09-6T09:00", "2013-03-02 09:00"])
+VALID_TIMES = st.datetimes(min_value=datetime(2012, 1, 1), max_value=datetime(2015, 1, 1)).map(
+    lambda t: t.isoformat(timespec="minutes")
+)
+ODD_TIMES = (
+    st.datetimes(min_value=datetime(1800, 1, 1), max_value=datetime(2300, 1, 1)).map(lambda t: t.isoformat())
+    | st.builds(
+        lambda t, minutes: t.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(),
+        st.datetimes(min_value=datetime(2012, 1, 1), max_value=datetime(2015, 1, 1)),
+        st.integers(-600, 600),
+    )
+    | st.sampled_from(
+        ["2013-03-10T02:30", "2013-11-03T01:30", "2013-03-02", "20130302T0900", "2013-W09-6T09:00", "2013-03-02 09:00"]
+    )
+)
 #: per field of the flights request: (plausible and valid, plausible but odd)
 PLAUSIBLE = {
-    "carrier": (CODES, st.text(max_size=70)), "origin": (CODES, st.text(max_size=70)), "dest": (CODES, st.text(max_size=70)),
-    "tailnum": (CODES | st.none(), st.text(max_size=70)), "flight": (st.integers(1, 9999), st.integers(-3, 3) | st.integers()),
+    "carrier": (CODES, st.text(max_size=70)),
+    "origin": (CODES, st.text(max_size=70)),
+    "dest": (CODES, st.text(max_size=70)),
+    "tailnum": (CODES | st.none(), st.text(max_size=70)),
+    "flight": (st.integers(1, 9999), st.integers(-3, 3) | st.integers()),
     "scheduled_departure": (VALID_TIMES, ODD_TIMES),
-}  # fmt: skip
+}
 OVERRIDE_VALUES = st.floats() | st.integers() | st.text(max_size=10) | st.none() | JSON
 
 
@@ -58,8 +69,16 @@ def flights(draw: st.DrawFn) -> Any:
     if _sometimes(draw, 8):
         flight.update(draw(st.dictionaries(st.text(max_size=12), JSON, min_size=1, max_size=2)))
     if _sometimes(draw, 3):
-        names = st.sampled_from(SPEC.features) | st.text(max_size=12) if _sometimes(draw, 4) else st.sampled_from(SPEC.features)
-        values = OVERRIDE_VALUES if _sometimes(draw, 4) else st.floats(-1e6, 1e6) | st.sampled_from(["UA", "JFK", "Turbo-fan"]) | st.none()
+        names = (
+            st.sampled_from(SPEC.features) | st.text(max_size=12)
+            if _sometimes(draw, 4)
+            else st.sampled_from(SPEC.features)
+        )
+        values = (
+            OVERRIDE_VALUES
+            if _sometimes(draw, 4)
+            else st.floats(-1e6, 1e6) | st.sampled_from(["UA", "JFK", "Turbo-fan"]) | st.none()
+        )
         flight["overrides"] = draw(JSON if _sometimes(draw, 10) else st.dictionaries(names, values, max_size=4))
     return flight
 
@@ -119,6 +138,12 @@ def test_the_schema_accepts_typed_flights_or_refuses_naming_a_field(payload: Any
     assert frame.height == len(requests) and frame.schema == SCHEMA.polars_schema
     for request in requests:
         assert isinstance(request.fields["flight"], int) and request.fields["flight"] > 0
-        assert isinstance(request.fields["scheduled_departure"], datetime) and request.fields["scheduled_departure"].tzinfo is None
-        assert all(isinstance(request.fields[f], str) and request.fields[f].isprintable() for f in ("carrier", "origin", "dest"))
+        assert (
+            isinstance(request.fields["scheduled_departure"], datetime)
+            and request.fields["scheduled_departure"].tzinfo is None
+        )
+        assert all(
+            isinstance(request.fields[f], str) and request.fields[f].isprintable()
+            for f in ("carrier", "origin", "dest")
+        )
         assert 0.0 <= request.bucket < 1.0 and request.key.count("|") == len(SPEC.online.key_fields) - 1

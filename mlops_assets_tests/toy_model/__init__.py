@@ -39,18 +39,24 @@ def readings(month: str, every: int = 1) -> pl.DataFrame:
     device = rng.integers(0, DEVICES, READINGS_PER_MONTH)
     temp = rng.normal(60 + 3 * mon, 12, READINGS_PER_MONTH).round(1)
     risk = 1 / (1 + np.exp(-((temp - 75) / 6 + (device % 3 == 0) * 1.5 - 1)))
-    frame = pl.DataFrame({
-        "device": [f"D{d:02d}" for d in device],
-        "read_at": [(start + timedelta(minutes=int(m))).strftime("%Y-%m-%dT%H:%M:%S") for m in minutes],
-        "temp": temp,
-        "failed": (rng.random(READINGS_PER_MONTH) < risk).astype(np.int64),
-        "month": [mon] * READINGS_PER_MONTH,
-    })  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "device": [f"D{d:02d}" for d in device],
+            "read_at": [(start + timedelta(minutes=int(m))).strftime("%Y-%m-%dT%H:%M:%S") for m in minutes],
+            "temp": temp,
+            "failed": (rng.random(READINGS_PER_MONTH) < risk).astype(np.int64),
+            "month": [mon] * READINGS_PER_MONTH,
+        }
+    )
     return frame.gather_every(every)
 
 
-def replay(landing_dir: Path, months: list[str], every: int = 1, progress: ReplayProgress | None = None) -> list[tuple[LandedFile, str]]:
-    devices = pl.DataFrame({"device": [f"D{d:02d}" for d in range(DEVICES)], "site": [f"S{d % 3}" for d in range(DEVICES)]})
+def replay(
+    landing_dir: Path, months: list[str], every: int = 1, progress: ReplayProgress | None = None
+) -> list[tuple[LandedFile, str]]:
+    devices = pl.DataFrame(
+        {"device": [f"D{d:02d}" for d in range(DEVICES)], "site": [f"S{d % 3}" for d in range(DEVICES)]}
+    )
     landed = [land_file(landing_dir, "devices", None, _parquet(devices))]
     landed += [land_file(landing_dir, "readings", month, _parquet(readings(month, every))) for month in months]
     return landed
@@ -73,8 +79,13 @@ def devices_rules(context: ContractContext) -> dict[str, pa.Column]:
 TOY_FEED = FeedSpec(
     name="toy_sensors",
     tables=(
-        TableSpec("readings", {"device": pl.String, "read_at": pl.String, "temp": pl.Float64, "failed": pl.Int64,
-                               "month": pl.Int64}, ("device", "read_at"), True, readings_rules),  # fmt: skip
+        TableSpec(
+            "readings",
+            {"device": pl.String, "read_at": pl.String, "temp": pl.Float64, "failed": pl.Int64, "month": pl.Int64},
+            ("device", "read_at"),
+            True,
+            readings_rules,
+        ),
         TableSpec("devices", {"device": pl.String, "site": pl.String}, ("device",), False, devices_rules),
     ),
     replay=replay,
@@ -97,8 +108,11 @@ TOY_FEATURES = FeatureTableSpec(
     lookback_days=8,
     categorical=("site",),
     numeric=("temp", "device_failure_rate_7d", "device_readings_7d"),
-    windows=(TrailingWindow("device_failure_rate_7d", "device_readings_7d", ("device",), "label_known_at", "failed",
-                            timedelta(days=7)),),  # fmt: skip
+    windows=(
+        TrailingWindow(
+            "device_failure_rate_7d", "device_readings_7d", ("device",), "label_known_at", "failed", timedelta(days=7)
+        ),
+    ),
 )
 
 TOY_MODEL = ModelSpec(

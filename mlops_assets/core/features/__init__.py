@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import duckdb
 import polars as pl
@@ -82,7 +82,9 @@ def write_month(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, month: 
     return frame
 
 
-def write_months(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str], chunk: int = 12) -> dict[str, int]:
+def write_months(
+    conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str], chunk: int = 12
+) -> dict[str, int]:
     """Build several months and replace their partitions; return rows per month.
 
     Consecutive months are built together, up to ``chunk`` at a time (one query and one pass of the engine instead of

@@ -102,13 +102,20 @@ def add_lookup(targets: pl.DataFrame, right: pl.DataFrame, lookup: AsOfLookup, t
     return add_prepared_lookup(targets, lookup_candidates(right, lookup), lookup, time_column)
 
 
-def add_prepared_lookup(targets: pl.DataFrame, candidates: pl.DataFrame, lookup: AsOfLookup, time_column: str) -> pl.DataFrame:
+def add_prepared_lookup(
+    targets: pl.DataFrame, candidates: pl.DataFrame, lookup: AsOfLookup, time_column: str
+) -> pl.DataFrame:
     """``add_lookup`` with the right-hand side already prepared by :func:`lookup_candidates`."""
     by = list(lookup.by)
     joined = targets.select(*by, pl.col(time_column).alias("_t")).join_asof(
-        candidates, left_on="_t", right_on="_known", by=by, strategy="backward",
-        allow_exact_matches=not lookup.strict, check_sortedness=False,
-    )  # fmt: skip
+        candidates,
+        left_on="_t",
+        right_on="_known",
+        by=by,
+        strategy="backward",
+        allow_exact_matches=not lookup.strict,
+        check_sortedness=False,
+    )
     found = pl.col("_known").is_not_null()
     if lookup.max_age is not None:
         found = found & (pl.col("_t") - pl.col("_known") <= lookup.max_age)
@@ -162,9 +169,18 @@ def add_prepared_windows(
             """Cumulative sum and count of the events known strictly before ``at``."""
             return (
                 targets.select(*by, at.alias("_at"))
-                .join_asof(cumulative, left_on="_at", right_on="_ts", by=by, strategy="backward",
-                           allow_exact_matches=False, check_sortedness=False)  # fmt: skip
-                .select(pl.col("_sum").fill_null(0).alias(f"_sum{suffix}"), pl.col("_n").fill_null(0).alias(f"_n{suffix}"))
+                .join_asof(
+                    cumulative,
+                    left_on="_at",
+                    right_on="_ts",
+                    by=by,
+                    strategy="backward",
+                    allow_exact_matches=False,
+                    check_sortedness=False,
+                )
+                .select(
+                    pl.col("_sum").fill_null(0).alias(f"_sum{suffix}"), pl.col("_n").fill_null(0).alias(f"_n{suffix}")
+                )
             )
 
         now = before(pl.col(time_column), "_t")

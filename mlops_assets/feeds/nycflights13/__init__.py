@@ -135,10 +135,26 @@ FLIGHTS_TABLE = TableSpec(
     name="flights",
     description="Every departure from EWR, JFK and LGA: schedule, actual times, delays, carrier, plane and route.",
     columns={
-        "year": I64, "month": I64, "day": I64, "dep_time": F64, "sched_dep_time": I64, "dep_delay": F64,
-        "arr_time": F64, "sched_arr_time": I64, "arr_delay": F64, "carrier": STR, "flight": I64, "tailnum": STR,
-        "origin": STR, "dest": STR, "air_time": F64, "distance": I64, "hour": I64, "minute": I64, "time_hour": STR,
-    },  # fmt: skip
+        "year": I64,
+        "month": I64,
+        "day": I64,
+        "dep_time": F64,
+        "sched_dep_time": I64,
+        "dep_delay": F64,
+        "arr_time": F64,
+        "sched_arr_time": I64,
+        "arr_delay": F64,
+        "carrier": STR,
+        "flight": I64,
+        "tailnum": STR,
+        "origin": STR,
+        "dest": STR,
+        "air_time": F64,
+        "distance": I64,
+        "hour": I64,
+        "minute": I64,
+        "time_hour": STR,
+    },
     key=("carrier", "flight", "year", "month", "day", "sched_dep_time"),
     monthly=True,
     rules=flights_rules,
@@ -148,10 +164,22 @@ WEATHER_TABLE = TableSpec(
     name="weather",
     description="Hourly weather observations at the three NYC airports.",
     columns={
-        "origin": STR, "year": I64, "month": I64, "day": I64, "hour": I64, "temp": F64, "dewp": F64, "humid": F64,
-        "wind_dir": F64, "wind_speed": F64, "wind_gust": F64, "precip": F64, "pressure": F64, "visib": F64,
+        "origin": STR,
+        "year": I64,
+        "month": I64,
+        "day": I64,
+        "hour": I64,
+        "temp": F64,
+        "dewp": F64,
+        "humid": F64,
+        "wind_dir": F64,
+        "wind_speed": F64,
+        "wind_gust": F64,
+        "precip": F64,
+        "pressure": F64,
+        "visib": F64,
         "time_hour": STR,
-    },  # fmt: skip
+    },
     # time_hour (UTC) and not the local hour: the local hour repeats when daylight saving time ends.
     key=("origin", "time_hour"),
     monthly=True,
@@ -161,9 +189,16 @@ PLANES_TABLE = TableSpec(
     name="planes",
     description="Aircraft facts by tail number: year built, seats, engines.",
     columns={
-        "tailnum": STR, "year": F64, "type": STR, "manufacturer": STR, "model": STR, "engines": I64, "seats": I64,
-        "speed": F64, "engine": STR,
-    },  # fmt: skip
+        "tailnum": STR,
+        "year": F64,
+        "type": STR,
+        "manufacturer": STR,
+        "model": STR,
+        "engines": I64,
+        "seats": I64,
+        "speed": F64,
+        "engine": STR,
+    },
     key=("tailnum",),
     monthly=False,
     rules=planes_rules,
@@ -197,7 +232,10 @@ WEATHER_AT_ORIGIN = AsOfLookup(
     strict=False,
 )
 
-def flight_request_rows(requests: pl.DataFrame, reference: Mapping[str, pl.DataFrame], lead: timedelta = timedelta(0)) -> pl.DataFrame:
+
+def flight_request_rows(
+    requests: pl.DataFrame, reference: Mapping[str, pl.DataFrame], lead: timedelta = timedelta(0)
+) -> pl.DataFrame:
     """Prediction requests -> the rows a flight model's feature SQL gives for those flights before the engine runs:
     the scheduled departure in UTC (from the origin's time zone), hour, weekday, route distance and the plane's facts.
 
@@ -210,15 +248,20 @@ def flight_request_rows(requests: pl.DataFrame, reference: Mapping[str, pl.DataF
         pl.col("scheduled_departure").alias("sched_dep_local"),
         pl.col("flight").cast(pl.Int64),
     ).join(zones, on="origin", how="left")
+
     def in_utc(zone: str | None) -> pl.Expr:
-        local = pl.col("sched_dep_local").dt.replace_time_zone(zone or TIME_ZONE, ambiguous="earliest", non_existent="null")
+        local = pl.col("sched_dep_local").dt.replace_time_zone(
+            zone or TIME_ZONE, ambiguous="earliest", non_existent="null"
+        )
         return (local.dt.convert_time_zone("UTC").dt.replace_time_zone(None) - lead).alias("prediction_time")
 
     zones_used = rows["tzone"].unique().to_list()
     if len(zones_used) <= 1:  # the usual case (every NYC airport): one expression, no regrouping
         rows = rows.with_columns(in_utc(zones_used[0] if zones_used else None)).drop("tzone")
     else:
-        parts = [part.with_columns(in_utc(zone)) for (zone,), part in rows.with_row_index("_request").group_by(["tzone"])]
+        parts = [
+            part.with_columns(in_utc(zone)) for (zone,), part in rows.with_row_index("_request").group_by(["tzone"])
+        ]
         rows = pl.concat(parts).sort("_request").drop("_request", "tzone")
     return (
         rows.join(reference["routes"], on=["origin", "dest"], how="left")
@@ -228,18 +271,42 @@ def flight_request_rows(requests: pl.DataFrame, reference: Mapping[str, pl.DataF
             pl.col("sched_dep_local").dt.weekday().cast(pl.Int64).alias("sched_weekday"),
             (pl.col("sched_dep_local").dt.year() - pl.col("plane_year")).cast(pl.Float64).alias("plane_age"),
         )
-        .select("carrier", "flight", "tailnum", "origin", "dest", "sched_dep_local", "prediction_time", "distance", "sched_hour",
-                "sched_weekday", "plane_age", "plane_seats", "plane_engines", "plane_engine")  # fmt: skip
+        .select(
+            "carrier",
+            "flight",
+            "tailnum",
+            "origin",
+            "dest",
+            "sched_dep_local",
+            "prediction_time",
+            "distance",
+            "sched_hour",
+            "sched_weekday",
+            "plane_age",
+            "plane_seats",
+            "plane_engines",
+            "plane_engine",
+        )
     )
 
 
 #: The entity columns of flight_request_rows, with their types.
 FLIGHT_ENTITY_SCHEMA = {
-    "carrier": pl.String(), "flight": pl.Int64(), "tailnum": pl.String(), "origin": pl.String(), "dest": pl.String(),
-    "sched_dep_local": pl.Datetime("us"), "prediction_time": pl.Datetime("us"), "distance": pl.Float64(),
-    "sched_hour": pl.Int64(), "sched_weekday": pl.Int64(), "plane_age": pl.Float64(), "plane_seats": pl.Float64(),
-    "plane_engines": pl.Float64(), "plane_engine": pl.String(),
-}  # fmt: skip
+    "carrier": pl.String(),
+    "flight": pl.Int64(),
+    "tailnum": pl.String(),
+    "origin": pl.String(),
+    "dest": pl.String(),
+    "sched_dep_local": pl.Datetime("us"),
+    "prediction_time": pl.Datetime("us"),
+    "distance": pl.Float64(),
+    "sched_hour": pl.Int64(),
+    "sched_weekday": pl.Int64(),
+    "plane_age": pl.Float64(),
+    "plane_seats": pl.Float64(),
+    "plane_engines": pl.Float64(),
+    "plane_engine": pl.String(),
+}
 
 
 @dataclass(frozen=True)
@@ -252,13 +319,22 @@ class FlightIndex:
 
 
 def flight_index(reference: Mapping[str, pl.DataFrame]) -> FlightIndex:
-    routes = {(o, d): distance for o, d, distance in reference["routes"].select("origin", "dest", "distance").iter_rows()}
-    planes = {row[0]: row[1:] for row in reference["planes"].select("tailnum", "plane_year", "plane_seats", "plane_engines", "plane_engine").iter_rows()}
+    routes = {
+        (o, d): distance for o, d, distance in reference["routes"].select("origin", "dest", "distance").iter_rows()
+    }
+    planes = {
+        row[0]: row[1:]
+        for row in reference["planes"]
+        .select("tailnum", "plane_year", "plane_seats", "plane_engines", "plane_engine")
+        .iter_rows()
+    }
     zones = dict(reference["airports"].select("origin", "tzone").iter_rows())
     return FlightIndex(routes, planes, zones)
 
 
-def flight_entity_rows(requests: list[dict[str, Any]], index: FlightIndex, lead: timedelta = timedelta(0)) -> pl.DataFrame:
+def flight_entity_rows(
+    requests: list[dict[str, Any]], index: FlightIndex, lead: timedelta = timedelta(0)
+) -> pl.DataFrame:
     """:func:`flight_request_rows` for a few requests, from the index (no joins): the same values, which the tests
     check against the feature SQL."""
     rows = []
@@ -269,14 +345,24 @@ def flight_entity_rows(requests: list[dict[str, Any]], index: FlightIndex, lead:
         # a local time inside a daylight-saving gap does not exist there (the frame path gives null for it too)
         exists = utc.astimezone(zone).replace(tzinfo=None) == local
         year, seats, engines, engine = index.planes.get(request.get("tailnum"), (None, None, None, None))
-        rows.append({
-            "carrier": request["carrier"], "flight": request["flight"], "tailnum": request.get("tailnum"),
-            "origin": request["origin"], "dest": request["dest"], "sched_dep_local": local,
-            "prediction_time": utc.replace(tzinfo=None) - lead if exists else None,
-            "distance": index.routes.get((request["origin"], request["dest"])), "sched_hour": local.hour,
-            "sched_weekday": local.isoweekday(), "plane_age": float(local.year - year) if year is not None else None,
-            "plane_seats": seats, "plane_engines": engines, "plane_engine": engine,
-        })  # fmt: skip
+        rows.append(
+            {
+                "carrier": request["carrier"],
+                "flight": request["flight"],
+                "tailnum": request.get("tailnum"),
+                "origin": request["origin"],
+                "dest": request["dest"],
+                "sched_dep_local": local,
+                "prediction_time": utc.replace(tzinfo=None) - lead if exists else None,
+                "distance": index.routes.get((request["origin"], request["dest"])),
+                "sched_hour": local.hour,
+                "sched_weekday": local.isoweekday(),
+                "plane_age": float(local.year - year) if year is not None else None,
+                "plane_seats": seats,
+                "plane_engines": engines,
+                "plane_engine": engine,
+            }
+        )
     return pl.DataFrame(rows, schema=FLIGHT_ENTITY_SCHEMA)
 
 
@@ -290,7 +376,11 @@ def flight_online(lead: timedelta = timedelta(0)) -> OnlineSpec:
             "flight": (int, True, "flight number"),
             "origin": (str, True, "origin airport (EWR, JFK or LGA)"),
             "dest": (str, True, "destination airport code, e.g. ORD"),
-            "scheduled_departure": (datetime, True, "scheduled departure, ISO local time at the origin, e.g. 2013-12-24T08:30"),
+            "scheduled_departure": (
+                datetime,
+                True,
+                "scheduled departure, ISO local time at the origin, e.g. 2013-12-24T08:30",
+            ),
             "tailnum": (str, False, "the plane's tail number, when known"),
         },
         key_fields=("carrier", "flight", "origin", "scheduled_departure"),

@@ -44,7 +44,12 @@ WINDOWS = (
     _cancel_rate("route", ("origin", "dest"), timedelta(days=30), "30d"),
     # departures piling up delay before flights start to be cancelled; known once each has left
     TrailingWindow(
-        "origin_dep_delay_mean_3h", "origin_departures_3h", ("origin",), "dep_actual_utc", "dep_delay", timedelta(hours=3)
+        "origin_dep_delay_mean_3h",
+        "origin_departures_3h",
+        ("origin",),
+        "dep_actual_utc",
+        "dep_delay",
+        timedelta(hours=3),
     ),
 )
 

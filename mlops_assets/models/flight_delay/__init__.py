@@ -36,13 +36,22 @@ FLIGHT_FEATURES = FeatureTableSpec(
     lookback_days=35,
     categorical=("carrier", "origin", "dest", "plane_engine"),
     numeric=(
-        "distance", "sched_hour", "sched_weekday",
+        "distance",
+        "sched_hour",
+        "sched_weekday",
         *WEATHER_FEATURES,
-        "plane_age", "plane_seats", "plane_engines",
-        "origin_dep_delay_mean_3h", "origin_departures_3h",
-        "carrier_delay_rate_7d", "carrier_flights_7d", "route_delay_rate_30d", "route_flights_30d",
-        "prev_leg_dep_delay", "prev_leg_gap_hours",
-    ),  # fmt: skip
+        "plane_age",
+        "plane_seats",
+        "plane_engines",
+        "origin_dep_delay_mean_3h",
+        "origin_departures_3h",
+        "carrier_delay_rate_7d",
+        "carrier_flights_7d",
+        "route_delay_rate_30d",
+        "route_flights_30d",
+        "prev_leg_dep_delay",
+        "prev_leg_gap_hours",
+    ),
     lookups=(
         WEATHER_AT_ORIGIN,
         AsOfLookup(
@@ -56,10 +65,31 @@ FLIGHT_FEATURES = FeatureTableSpec(
         ),
     ),
     windows=(
-        TrailingWindow("origin_dep_delay_mean_3h", "origin_departures_3h", ("origin",), "dep_actual_utc", "dep_delay", timedelta(hours=3)),
-        TrailingWindow("carrier_delay_rate_7d", "carrier_flights_7d", ("carrier",), "label_known_at", "is_delayed", timedelta(days=7)),
-        TrailingWindow("route_delay_rate_30d", "route_flights_30d", ("origin", "dest"), "label_known_at", "is_delayed", timedelta(days=30)),
-    ),  # fmt: skip
+        TrailingWindow(
+            "origin_dep_delay_mean_3h",
+            "origin_departures_3h",
+            ("origin",),
+            "dep_actual_utc",
+            "dep_delay",
+            timedelta(hours=3),
+        ),
+        TrailingWindow(
+            "carrier_delay_rate_7d",
+            "carrier_flights_7d",
+            ("carrier",),
+            "label_known_at",
+            "is_delayed",
+            timedelta(days=7),
+        ),
+        TrailingWindow(
+            "route_delay_rate_30d",
+            "route_flights_30d",
+            ("origin", "dest"),
+            "label_known_at",
+            "is_delayed",
+            timedelta(days=30),
+        ),
+    ),
     online=flight_online(),
 )
 

@@ -192,13 +192,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from mlops_assets.simulation import SimulationError, simulate  # needs Dagster: imported only here
 
     model = _model(args)
+    start, through = args.start or model.feed.first_month, args.through or model.feed.last_month
+    if start is None or through is None:
+        print(f"error: feed {model.feed.name} declares no replay months: give --from and --through", file=sys.stderr)
+        return 2
     data_dir = Path(args.data_dir).resolve() if args.data_dir else load_settings().data_dir / "simulation"
-    span = f"{args.start}..{args.through}"
+    span = f"{start}..{through}"
     print(
         f"Simulating {model.name} over {span} in {data_dir} (cleared first): sensors and automation decide, tick by tick."
     )
     try:
-        simulate(data_dir, model, args.start, args.through, every=args.every)
+        simulate(data_dir, model, start, through, every=args.every)
     except SimulationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -285,9 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate", help="replay a year from an empty data dir; sensors and automation keep the model alive"
     )
     model_option(sim, "the model simulated (default: %s)" % CATALOG.default.name)
-    sim.add_argument("--from", dest="start", type=_month, default="2013-01", help="first month (default 2013-01)")
-    sim.add_argument("--through", type=_month, default="2013-12", help="last month (default 2013-12)")
-    sim.add_argument("--every", type=int, default=1, help="keep every n-th flight (e.g. 20 for a quick run)")
+    sim.add_argument("--from", dest="start", type=_month, help="first month (default: the feed's first, 2013-01)")
+    sim.add_argument("--through", type=_month, help="last month (default: the feed's last, 2013-12)")
+    sim.add_argument("--every", type=int, default=1, help="keep every n-th row (e.g. 20 for a quick run)")
     sim.add_argument(
         "--data-dir", help="where the simulation lives (default $MLOPS_DATA_DIR/simulation; cleared first)"
     )

@@ -43,6 +43,12 @@ MARKER = ".mlops-simulation"
 BOOTSTRAP_MONTHS = 3
 
 
+def compared_from(months: list[str]) -> str:
+    """The first month the champion is compared with the frozen first model: the third month scored (the first two
+    are scored by the first model itself, or by its first successor)."""
+    return months[min(BOOTSTRAP_MONTHS + 2, len(months) - 1)]
+
+
 def simulation_sensors(model: ModelSpec) -> tuple[str, ...]:
     """In the daemon's order of definition: a rollback is decided before drift and performance ask for a retrain."""
     return ("landing_sensor", *(sensor_name(model, what) for what in ("rollback", "drift", "performance")))
@@ -105,7 +111,7 @@ def month_row(
     )
 
 
-def write_timeline(settings: Settings, model: ModelSpec, frame: pl.DataFrame) -> Path:
+def write_timeline(settings: Settings, model: ModelSpec, frame: pl.DataFrame, since: str) -> Path:
     """``<model>.timeline`` in the warehouse, and the report with its plot under reports/<model>/timeline/."""
     with duckdb.connect(str(settings.warehouse_path)) as conn:
         name = ensure_table_like(conn, model.name, "timeline", frame)
@@ -113,7 +119,7 @@ def write_timeline(settings: Settings, model: ModelSpec, frame: pl.DataFrame) ->
     plot = timeline_plot(frame)
     out = settings.model(model.name).reports_dir / "timeline"
     write_atomic(out / "timeline.png", plot)
-    write_atomic(out / "timeline.md", timeline_markdown(frame, plot).encode())
+    write_atomic(out / "timeline.md", timeline_markdown(frame, plot, since, f"{model.name}.timeline").encode())
     write_atomic(out / "timeline.csv", frame.write_csv().encode())
     return out
 
@@ -155,7 +161,7 @@ def simulate(
         boot, rest = months[:BOOTSTRAP_MONTHS], months[BOOTSTRAP_MONTHS:]
         say(
             f"[{time.perf_counter() - started:6.1f}s] landing {boot[0]}..{boot[-1]}"
-            + (f" (every {every}th flight)" if every > 1 else "")
+            + (f" (every {every}th row)" if every > 1 else "")
         )
         replay(settings.landing_dir, boot, every, None)
         ticker.settle()
@@ -193,11 +199,11 @@ def simulate(
                 )
             )
         frame = timeline_frame(rows)
-        out = write_timeline(settings, model, frame)
-    wins, compared = months_champion_wins(frame, "2013-06")
+        out = write_timeline(settings, model, frame, compared_from(months))
+    wins, compared = months_champion_wins(frame, compared_from(months))
     say(
         f"Done in {time.perf_counter() - started:.0f} s: {frame['retrained'].sum()} retrains, {frame['promoted'].sum()} promotions, "
-        f"champion beat the frozen first model in {wins}/{compared} months from 2013-06. Timeline: {out / 'timeline.md'} "
+        f"champion beat the frozen first model in {wins}/{compared} months from {compared_from(months)}. Timeline: {out / 'timeline.md'} "
         f"(plot timeline.png), table {model.name}.timeline in {settings.warehouse_path}."
     )
     return frame

@@ -156,7 +156,7 @@ def calibration_plot(y: np.ndarray, scores: Mapping[str, np.ndarray]) -> bytes:
         bins = calibration_bins(y, p)
         axis.plot([b["mean_score"] for b in bins], [b["observed"] for b in bins], marker="o", label=name)
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
-    axis.set(xlabel="mean predicted probability", ylabel="observed delay rate", title="Calibration (10 bins)")
+    axis.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (10 bins)")
     axis.legend(loc="upper left")
     return figure_png(figure)
 

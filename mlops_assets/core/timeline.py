@@ -75,7 +75,7 @@ def timeline_plot(frame: pl.DataFrame) -> bytes:
                 color="green",
             )
     top.set(
-        ylabel="live ROC AUC (month scored before retraining)", title="Replayed 2013: champion vs frozen first model"
+        ylabel="live ROC AUC (month scored before retraining)", title="Replayed feed: champion vs frozen first model"
     )
     top.legend(fontsize=8, loc="lower left")
     colors = ["tab:red" if d else "tab:grey" for d in frame["drifted"].fill_null(False).to_list()]
@@ -89,7 +89,7 @@ def timeline_plot(frame: pl.DataFrame) -> bytes:
     return figure_png(figure)
 
 
-def timeline_markdown(frame: pl.DataFrame, plot: bytes, since: str = "2013-06") -> str:
+def timeline_markdown(frame: pl.DataFrame, plot: bytes, since: str, table: str) -> str:
     wins, compared = months_champion_wins(frame, since)
     shown = frame.select(
         "month",
@@ -115,6 +115,6 @@ def timeline_markdown(frame: pl.DataFrame, plot: bytes, since: str = "2013-06") 
             "",
             frame_to_markdown(shown, max_rows=frame.height),
             "",
-            "Retrain reasons and promotion decisions are in the `retrain_reason` and `decision` columns of `monitoring.timeline`.",
+            f"Retrain reasons and promotion decisions are in the `retrain_reason` and `decision` columns of `{table}`.",
         ]
     )

@@ -93,13 +93,18 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
             f"{model.name} {challenger}: {decision.summary}"
         )
         serving = "challenger" if decision.promote else "champion"
+        now_serving = registry.alias(CHAMPION)  # absent while no version has passed the gates
         return dg.MaterializeResult(
             metadata={
-                "champion_version": dg.MetadataValue.text(str(registry.alias(CHAMPION))),
+                **({"champion_version": now_serving} if now_serving else {}),
                 "challenger_version": challenger,
                 "promoted": decision.promote,
                 "decision": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
-                **({"champion_roc_auc": result.metrics[serving]["roc_auc"]} if serving in result.metrics else {}),
+                **(
+                    {"champion_roc_auc": result.metrics[serving]["roc_auc"]}
+                    if now_serving and serving in result.metrics
+                    else {}
+                ),
             }
         )
 

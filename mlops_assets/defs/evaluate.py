@@ -93,7 +93,7 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
             metadata={
                 **numbers,
                 "challenger_version": challenger,
-                "champion_version": dg.MetadataValue.text(str(champion)),
+                **({"champion_version": champion} if champion else {}),  # absent for a first model
                 "test_month": result.test_month,
                 "report_path": dg.MetadataValue.path(str(out / "report.md")),
                 "report": dg.MetadataValue.md(report),

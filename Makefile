@@ -53,9 +53,10 @@ $(BENCH_DRIFT_VENV)/bin/.installed: pyproject.toml
 bench-drift: $(BENCH_DRIFT_VENV)/bin/.installed
 	$(BENCH_DRIFT_VENV)/bin/python benchmarks/drift_vs_evidently.py $(BENCH_DRIFT_ARGS)
 
+# the Dagster UI and daemon; one Ctrl-C or SIGTERM stops the webserver, the daemon and the code server (mlops ui)
+UI_PORT ?= 3000
 ui: $(BIN)/.installed
-	@$(BIN)/mlops home >/dev/null
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/mlops ui --port $(UI_PORT)
 
 # the replayed year in $(MLOPS_DATA_DIR)/simulation (cleared first); EVERY=20 for a quick run
 EVERY ?= 1

@@ -182,6 +182,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """The Dagster UI and daemon (`dagster dev`) on the platform's instance, stopped whole by one SIGTERM or Ctrl-C."""
+    from mlops_assets.ui import dagster_dev_command, supervise
+
+    settings = load_settings()
+    os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings.dagster_home))  # the repo's instance config
+    workspace = Path(args.workspace).resolve()
+    where = f"http://{args.host or '127.0.0.1'}:{args.port}"
+    print(f"Dagster UI on {where} (instance {os.environ['DAGSTER_HOME']}); stop it with Ctrl-C or SIGTERM")
+    return supervise(dagster_dev_command(workspace, args.port, args.host))
+
+
 def cmd_home(args: argparse.Namespace) -> int:
     """Create $DAGSTER_HOME under the data directory with the repo's dagster.yaml, and print its absolute path."""
     print(prepare_dagster_home(load_settings().dagster_home))
@@ -296,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", help="where the simulation lives (default $MLOPS_DATA_DIR/simulation; cleared first)"
     )
     sim.set_defaults(handler=cmd_simulate)
+
+    ui = commands.add_parser("ui", help="the Dagster UI and daemon (dagster dev); one SIGTERM or Ctrl-C stops all of it")
+    ui.add_argument("--port", type=int, default=3000, help="the webserver's port (default 3000)")
+    ui.add_argument("--host", help="interface to bind (default 127.0.0.1: loopback only)")
+    ui.add_argument("--workspace", default="workspace.yaml", help="the workspace file (default workspace.yaml)")
+    ui.set_defaults(handler=cmd_ui)
 
     home = commands.add_parser("home", help="prepare $DAGSTER_HOME (with the repo's dagster.yaml) and print its path")
     home.set_defaults(handler=cmd_home)

@@ -1,0 +1,97 @@
+"""`mlops ui` (what `make ui` runs) started the way a script starts it, in the background with SIGINT ignored: one
+SIGTERM stops `dagster dev`, its webserver, its daemon and its code server, leaving no process behind."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mlops_assets.core.settings import REPO_ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    pending, seen = [pid], set()
+    while pending:
+        for child in _children(pending.pop()):
+            if child not in seen:
+                seen.add(child)
+                pending.append(child)
+    return seen
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _ignore_sigint() -> None:
+    """What a non-interactive shell does to a background job (`mlops ui &` in a script)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_one_sigterm_stops_everything_dagster_dev_started(tmp_path: Path) -> None:
+    port = _free_port()
+    mlops = Path(sys.executable).with_name("mlops")
+    log = (tmp_path / "ui.log").open("w")
+    ui = subprocess.Popen(
+        [str(mlops), "ui", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=os.environ.copy(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_ignore_sigint,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert ui.poll() is None, (tmp_path / "ui.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the Dagster UI did not come up: " + (tmp_path / "ui.log").read_text()
+            time.sleep(1)
+        time.sleep(5)  # the daemon and the code server are up too
+        started = _descendants(ui.pid)
+        assert len(started) >= 3, started  # dagster dev, its webserver, its daemon (and code servers)
+
+        ui.send_signal(signal.SIGTERM)
+        assert ui.wait(timeout=90) == 0
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [pid for pid in started if _alive(pid)], (tmp_path / "ui.log").read_text()[-3000:]
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+        log.close()
+    assert "SIGTERM received, stopping dagster dev" in (tmp_path / "ui.log").read_text()

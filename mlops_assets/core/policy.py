@@ -129,7 +129,10 @@ def decide_promotion(
     if regressions:
         reasons.append(f"slice regression beyond {gates.max_slice_auc_drop}: " + ", ".join(regressions))
     else:
-        reasons.append(f"no slice with >= {gates.slice_min_rows} rows loses more than {gates.max_slice_auc_drop} AUC")
+        judged = f">= {gates.slice_min_rows} rows" + (
+            f" and >= {gates.slice_min_positives} positives" if gates.slice_min_positives else ""
+        )
+        reasons.append(f"no slice with {judged} loses more than {gates.max_slice_auc_drop} AUC")
     return PromotionDecision(auc_ok and loss_ok and pr_ok and not regressions, reasons)
 
 

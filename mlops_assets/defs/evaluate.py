@@ -65,7 +65,7 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
             slices=slices,
             challenger_score_problem=scores_are_sane(scores["challenger"]),
         )
-        registry.save_evaluation(result)  # what promotion and rollback decide on
+        registry.save_evaluation(result, run_id=context.run.run_id)  # what promotion and rollback decide on
 
         out = storage.model(model.name).reports_dir / "evaluation" / challenger
         plots = {

@@ -155,24 +155,26 @@ def _retrain_sensor(
         champion = storage.registry(model.name).alias(CHAMPION)
         requests: list[dg.RunRequest] = []
         seen: set[str] = set()
+        skipped: list[str] = []  # why an event asked for nothing: shown as the tick's skip reason in the UI
         for record in records:
             reason = decide(record, policy)
             if reason is None:
                 continue
             month, scored_by = record.month, record.champion_version
             if champion is None or scored_by != champion:
-                context.log.info(
-                    f"{month}: {reason}, but the champion is now {champion} (was {scored_by}): stale, no retrain"
-                )
+                skipped.append(f"{month}: {reason}, but the champion is now {champion} (was {scored_by}): stale")
                 continue
             run_key = f"{trigger}:{model.name}:{month}:{champion}"
             if run_key in seen or retrain_already_requested(context.instance, model, month, champion):
-                context.log.info(f"{month}: retraining of {model.name} for champion {champion} already requested")
+                skipped.append(f"{month}: retraining of {model.name} for champion {champion} already requested")
                 continue
             seen.add(run_key)
             requests.append(dg.RunRequest(run_key=run_key, tags=retrain_tags(model, trigger, month, champion, reason)))
             context.log.info(f"requesting a retrain of {model.name}: {reason}")
-        return dg.SensorResult(run_requests=requests, cursor=cursor)
+        for note in skipped:
+            context.log.info(note)
+        skip_reason = "; ".join(skipped)[:1000] if skipped and not requests else None
+        return dg.SensorResult(run_requests=requests, cursor=cursor, skip_reason=skip_reason)
 
     return _sensor
 

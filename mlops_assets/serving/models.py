@@ -113,7 +113,7 @@ class ModelLoader:
         return ServedModel(variant, version, load_version(self.registry, version), entry.metadata)
 
 
-def reloading_models(registry: Registry, ab_share: float) -> Reloading[ModelSet]:
-    """The served model set, rebuilt when ``aliases.json`` changes."""
+def reloading_models(registry: Registry, ab_share: float, model: str) -> Reloading[ModelSet]:
+    """The served model set of ``model``, rebuilt when its ``aliases.json`` changes."""
     loader = ModelLoader(registry, ab_share)
-    return Reloading("model set", loader.token, loader.build)
+    return Reloading(f"{model} model set", loader.token, loader.build)

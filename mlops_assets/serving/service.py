@@ -89,8 +89,8 @@ class PredictionService:
         self.config = config
         self.schema = RequestSchema(self.spec, config.max_batch, title=f"{model.name}_request")
         self.registry = Registry(self.paths.registry_dir)
-        self.models: Reloading[ModelSet] = reloading_models(self.registry, config.ab_share)
-        self.store: Reloading[ServedStore] = reloading_store(self.spec, self.paths.online_store_dir)
+        self.models: Reloading[ModelSet] = reloading_models(self.registry, config.ab_share, self.model.name)
+        self.store: Reloading[ServedStore] = reloading_store(self.spec, self.paths.online_store_dir, self.model.name)
         self._log: PredictionLog | None = None
         self._log_lock = threading.Lock()
         self._stop = threading.Event()

@@ -29,12 +29,14 @@ def load_store(spec: FeatureTableSpec, root: Path, version: str | None) -> Serve
     """The export ``version`` (what ``CURRENT`` said when the change was seen), refusing a missing one."""
     if version is None:
         raise FileNotFoundError(
-            f"no online store under {root}: run `make pipeline` (or materialize features/online_store)"
+            f"no online store under {root}: run `make pipeline` (or materialize the model's online_store asset)"
         )
     store = OnlineStore.load(spec, root, version)
     return ServedStore(store, store.key_types)
 
 
-def reloading_store(spec: FeatureTableSpec, root: Path) -> Reloading[ServedStore]:
-    """The online store, rebuilt when ``CURRENT`` names another version (versions are immutable folders)."""
-    return Reloading("online store", lambda: current_version(root), lambda version: load_store(spec, root, version))
+def reloading_store(spec: FeatureTableSpec, root: Path, model: str) -> Reloading[ServedStore]:
+    """A model's online store, rebuilt when ``CURRENT`` names another version (versions are immutable folders)."""
+    return Reloading(
+        f"{model} online store", lambda: current_version(root), lambda version: load_store(spec, root, version)
+    )

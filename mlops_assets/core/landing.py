@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REFERENCE_FOLDER = "reference"
-MONTH_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+MONTH_PATTERN = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 
 
 def parse_month(month: str) -> tuple[int, int]:
     """Split ``"2013-03"`` into ``(2013, 3)``; raise ``ValueError`` with the expected format otherwise."""
-    match = MONTH_PATTERN.match(month)
+    match = MONTH_PATTERN.fullmatch(month)  # the whole string: "2013-01\n" is no month (`$` would allow it)
     if not match:
         raise ValueError(f"month {month!r} is not of the form YYYY-MM (e.g. 2013-03)")
     return int(match.group(1)), int(match.group(2))
@@ -132,7 +132,7 @@ def _walk_layout(landing_dir: Path) -> list[tuple[str, str | None, Path]]:
                 continue
             if folder.name == REFERENCE_FOLDER:
                 entries.append((stem, None, path))
-            elif MONTH_PATTERN.match(stem):
+            elif MONTH_PATTERN.fullmatch(stem):
                 entries.append((folder.name, stem, path))
     return entries
 

@@ -611,7 +611,8 @@ def snapshot_code(target: Path) -> Path:
     Someone may edit the working tree while the benchmark runs: without a copy, months would run different code, and a
     changed training module would even make the automation retrain (its code version changed) inside a refresh."""
     shutil.copytree(REPO / "mlops_assets", target / "mlops_assets", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copyfile(REPO / "dagster.yaml", target / "dagster.yaml")  # prepare_dagster_home copies it from there
+    for name in ("dagster.yaml", "dagster.postgres.yaml"):  # prepare_dagster_home copies one of them from there
+        shutil.copyfile(REPO / name, target / name)
     digest = hashlib.sha256()
     for path in sorted(p for p in target.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(target)).encode() + b"\0" + path.read_bytes())

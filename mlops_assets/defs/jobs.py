@@ -18,6 +18,10 @@ from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, raw_key, retraining_job_name, served, validated_key
 
+#: A run that crashed is retried by the daemon (dagster.yaml `run_retries`) from its failure: only the steps that had
+#: not succeeded run again, never a second copy of what was written.
+RETRY_FROM_FAILURE = {"dagster/retry_strategy": "FROM_FAILURE"}
+
 #: What ``dg.define_asset_job`` returns (its class is not part of Dagster's public API).
 AssetJob = Any
 
@@ -39,7 +43,7 @@ def build_retraining_job(model: ModelSpec) -> AssetJob:
     return dg.define_asset_job(
         name=retraining_job_name(model),
         selection=dg.AssetSelection.assets(*keys_of(model).lifecycle),
-        tags={MODEL_TAG: model.name},
+        tags={MODEL_TAG: model.name, **RETRY_FROM_FAILURE},
         description=f"The retraining part of training_pipeline for {model.name}, on the features already built: "
         "training set -> challenger -> evaluation -> promotion decision. Requested by the model's drift, "
         "performance and rollback sensors.",
@@ -55,11 +59,13 @@ def build_jobs(catalog: Catalog) -> list[AssetJob]:
         dg.define_asset_job(
             name="feature_pipeline",
             selection=feature_pipeline_selection(catalog),
+            tags=RETRY_FROM_FAILURE,
             description=f"Ingest -> validate -> features, for every feed and feature table. {range_hint}",
         ),
         dg.define_asset_job(
             name="training_pipeline",
             selection=training_pipeline_selection(catalog),
+            tags=RETRY_FROM_FAILURE,
             description="Ingest -> validate -> features, then for every model "
             f"({models}): training set -> challenger -> evaluation -> promotion decision, and its online store. "
             f"{range_hint}",

@@ -26,6 +26,7 @@ from mlops_assets.defs.keys import (
     sensor_name,
     validated_key,
 )
+from mlops_assets.defs.jobs import RETRY_FROM_FAILURE
 from mlops_assets.defs.monitor import R, new_month_records
 from mlops_assets.defs.partitions import MONTHS
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
@@ -99,7 +100,7 @@ def build_landing_sensor(catalog: Catalog) -> dg.SensorDefinition:
                         run_key=f"{feed.name}:{plan.run_keys[month]}",
                         partition_key=month,
                         asset_selection=selection,
-                        tags={"mlops/feed": feed.name},
+                        tags={"mlops/feed": feed.name, **RETRY_FROM_FAILURE},
                     )
                 )
         return dg.SensorResult(
@@ -125,6 +126,7 @@ def retrain_tags(model: ModelSpec, trigger: str, month: str, champion: str, reas
         MONTH_TAG: month,
         CHAMPION_TAG: champion,
         REASON_TAG: reason[:900],
+        **RETRY_FROM_FAILURE,
     }
 
 

@@ -16,6 +16,9 @@ DAGSTER_HOME_ENV = "DAGSTER_HOME"
 DRIFT_SHARE_ENV = "MLOPS_DRIFT_SHARE"
 #: How far the champion's live AUC may fall below its evaluation AUC before the performance sensor retrains (0.02).
 RETRAIN_AUC_MARGIN_ENV = "MLOPS_RETRAIN_AUC_MARGIN"
+#: A PostgreSQL URL (``postgresql+psycopg2://user:password@host:port/db``): when set, the Dagster instance stores its
+#: runs, event logs and schedules there instead of SQLite files in ``$DAGSTER_HOME``. Every Dagster process reads it.
+DAGSTER_POSTGRES_URL_ENV = "MLOPS_DAGSTER_POSTGRES_URL"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -105,10 +108,61 @@ def _float_env(name: str, default: float) -> float:
         raise ValueError(f"${name} must be a number, got {raw!r}") from None
 
 
-def prepare_dagster_home(home: Path) -> Path:
-    """Create the Dagster home with the repo's dagster.yaml (run queue, DuckDB pool, freshness); return it."""
+#: The instance settings ``prepare_dagster_home`` copies: the embedded default (SQLite) and the same on PostgreSQL.
+SQLITE_INSTANCE_YAML, POSTGRES_INSTANCE_YAML = "dagster.yaml", "dagster.postgres.yaml"
+
+
+def instance_yaml_source(postgres: bool) -> Path:
+    """The repo's instance settings file for the chosen storage: ``dagster.postgres.yaml`` or ``dagster.yaml``."""
+    return REPO_ROOT / (POSTGRES_INSTANCE_YAML if postgres else SQLITE_INSTANCE_YAML)
+
+
+def check_postgres_url(url: str) -> None:
+    """Fail now, with the fix, when SQLAlchemy (under dagster-postgres) could not open ``url``, rather than in every
+    Dagster process at its first connection. The message never repeats the URL: it holds a password.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as the psycopg 3 driver, which is not installed: dagster-postgres
+    brings psycopg2, so the URL to give is ``postgresql+psycopg2://user:password@host:5432/database``.
+    """
+    import sqlalchemy.engine  # a dependency of Dagster's; only this check needs it
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    fix = f"set ${DAGSTER_POSTGRES_URL_ENV} to postgresql+psycopg2://user:password@host:5432/database"
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        dialect = parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise ValueError(f"${DAGSTER_POSTGRES_URL_ENV} is not a database URL SQLAlchemy reads: {fix}") from None
+    if dialect.name != "postgresql":
+        raise ValueError(f"${DAGSTER_POSTGRES_URL_ENV} names a {dialect.name} database, not PostgreSQL: {fix}")
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        raise ValueError(
+            f"${DAGSTER_POSTGRES_URL_ENV} ({parsed.drivername}://...) needs the driver {dialect.driver}, which is "
+            f"not installed (dagster-postgres brings psycopg2): {fix}"
+        ) from None
+
+
+def prepare_dagster_home(home: Path, postgres: bool | None = None) -> Path:
+    """Create the Dagster home with the repo's instance settings (run queue, DuckDB pool, freshness, run monitoring
+    and retries) as its dagster.yaml; return it.
+
+    Args:
+        postgres: PostgreSQL storage (``dagster.postgres.yaml``) or the embedded SQLite default (``dagster.yaml``).
+            None (the default): PostgreSQL exactly when ``$MLOPS_DAGSTER_POSTGRES_URL`` is set. The URL itself is
+            never written: the file names the variable, and Dagster reads it whenever a process opens the instance.
+    """
+    if postgres is None:
+        url = os.environ.get(DAGSTER_POSTGRES_URL_ENV, "")
+        postgres = bool(url)
+        if postgres:
+            check_postgres_url(url)
     home.mkdir(parents=True, exist_ok=True)
-    source, target = REPO_ROOT / "dagster.yaml", home / "dagster.yaml"
+    source, target = instance_yaml_source(postgres), home / "dagster.yaml"
+    if postgres and not source.exists():
+        # the SQLite default may be absent outside a checkout (Dagster's defaults then apply); PostgreSQL may not
+        raise FileNotFoundError(f"{source} is missing: it holds the PostgreSQL instance settings")
     if source.exists() and (not target.exists() or target.read_bytes() != source.read_bytes()):
         shutil.copyfile(source, target)
     return home

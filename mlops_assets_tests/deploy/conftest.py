@@ -1,0 +1,172 @@
+"""Deployment fixtures: a real PostgreSQL server (Debian's ``postgresql`` package) for the Dagster instance.
+
+``postgres_server`` starts one server per session in a temporary directory, on a free loopback port, with password
+authentication; ``postgres_url`` is a database on it, ``fresh_postgres_url`` a new empty database per test. As root
+(CI) the server runs as the ``postgres`` user, since PostgreSQL refuses to run as root. Nothing is mocked; nothing
+listens anywhere but 127.0.0.1 and a socket in the temporary directory. The server is stopped at the session's end.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+#: The database role the tests connect as (the superuser initdb creates).
+PG_USER = "postgres"
+
+
+def postgres_bindir() -> Path | None:
+    """Where ``initdb``, ``pg_ctl`` and ``createdb`` are: ``$MLOPS_PG_BINDIR``, else the newest Debian
+    ``/usr/lib/postgresql/<major>/bin``, else ``$PATH``; None when PostgreSQL is not installed."""
+    candidates = [os.environ.get("MLOPS_PG_BINDIR", "")]
+    # Debian keeps the server binaries off $PATH, one folder per major version; the newest wins
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
+    which = shutil.which("initdb")
+    candidates.append(str(Path(which).parent) if which else "")
+    for candidate in candidates:
+        if candidate and all((Path(candidate) / tool).is_file() for tool in ("initdb", "pg_ctl", "createdb")):
+            return Path(candidate)
+    return None
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    """A running PostgreSQL server of the test session, reachable on ``127.0.0.1:port`` with a password."""
+
+    bindir: Path
+    root: Path
+    port: int
+    password: str
+    #: the OS user the server runs as (None: the current one)
+    os_user: str | None
+    _created: set[str] = field(default_factory=set)
+
+    def url(self, database: str) -> str:
+        """The SQLAlchemy / dagster-postgres URL of ``database``."""
+        return f"postgresql+psycopg2://{PG_USER}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a PostgreSQL client tool (``createdb``, ``psql``, ...) against the server over TCP with the password,
+        failing with its output. Clients may run as root: only the server refuses to."""
+        env = {**os.environ, "PGPASSWORD": self.password, "PGHOST": "127.0.0.1", "PGPORT": str(self.port)}
+        command = [str(self.bindir / tool), *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        assert done.returncode == 0, f"{tool} {' '.join(args)} failed: {done.stdout}{done.stderr}"
+        return done
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database ``name`` (once) and return its URL."""
+        if name not in self._created:
+            self.run("createdb", "-U", PG_USER, name)
+            self._created.add(name)
+        return self.url(name)
+
+
+def _as_user(os_user: str | None, command: list[str]) -> list[str]:
+    """``command`` run as ``os_user`` (``runuser`` needs root, which is exactly when a user is set)."""
+    return ["runuser", "-u", os_user, "--", *command] if os_user else command
+
+
+def _server_os_user() -> str | None:
+    """None when not root; as root, the user PostgreSQL must run as (it refuses root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")  # made by Debian's postgresql package
+    except KeyError:
+        pytest.fail("running as root needs the `postgres` OS user to start PostgreSQL: apt-get install postgresql")
+    return "postgres"
+
+
+def start_postgres_server(root: Path, bindir: Path, os_user: str | None, timeout: float = 60) -> PostgresServer:
+    """initdb a cluster in ``root`` (password auth, no trust) and start it on a free loopback port, its Unix socket
+    in ``root`` too (never the system's /var/run/postgresql). Returns once it accepts connections."""
+    password = secrets.token_urlsafe(16)
+    pwfile = root / "pwfile"
+    pwfile.write_text(password + "\n")
+    if os_user:
+        # the server's user must own its files; /tmp/<dir> is reachable by it (pytest's tmp_path, mode 0700 under
+        # root's folder, would not be)
+        record = pwd.getpwnam(os_user)
+        os.chown(root, record.pw_uid, record.pw_gid)
+        os.chown(pwfile, record.pw_uid, record.pw_gid)
+    data = root / "data"
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "--auth=scram-sha-256"]
+    done = subprocess.run(
+        _as_user(os_user, [*initdb, "-E", "UTF8", "--no-sync"]), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"initdb failed: {done.stdout}{done.stderr}"
+    pwfile.unlink()
+    last_error = ""
+    for _ in range(3):  # the port is free when chosen; another process may take it before the server binds it
+        port = free_port()
+        # fsync off: a throw-away cluster, and the test's many small commits should not wait on the disk
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+        start = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w"]
+        done = subprocess.run(
+            _as_user(os_user, [*start, "-t", str(int(timeout)), "start"]), capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0:
+            return PostgresServer(bindir=bindir, root=root, port=port, password=password, os_user=os_user)
+        log = root / "server.log"
+        last_error = f"{done.stdout}{done.stderr}{log.read_text() if log.exists() else ''}"
+        time.sleep(0.5)
+    raise AssertionError(f"PostgreSQL did not start: {last_error}")
+
+
+def stop_postgres_server(server: PostgresServer) -> None:
+    """Stop the server now (``fast``: open connections are closed, no waiting for clients)."""
+    stop = [str(server.bindir / "pg_ctl"), "-D", str(server.root / "data"), "-m", "fast", "-w", "stop"]
+    subprocess.run(_as_user(server.os_user, stop), capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session; skipped (with the reason) only when the binaries are missing
+    and the tests do not run as root. As root (CI) a missing server is an error: CI installs the package."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        reason = "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql"
+        if os.geteuid() == 0:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="mlops-pg-", dir="/tmp"))  # short: a Unix socket path has ~100 bytes
+    server = start_postgres_server(root, bindir, _server_os_user())
+    try:
+        yield server
+    finally:
+        stop_postgres_server(server)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of the session's database ``mlops`` (shared by the session's tests: a Dagster instance there keeps
+    what earlier tests wrote; use ``fresh_postgres_url`` for an empty one)."""
+    return postgres_server.create_database("mlops")
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database for this test alone."""
+    slug = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    return postgres_server.create_database(f"t_{slug}_{secrets.token_hex(4)}")

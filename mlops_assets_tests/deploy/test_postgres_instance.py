@@ -1,0 +1,130 @@
+"""The Dagster instance ``mlops home`` (``prepare_dagster_home``) writes: SQLite files by default, PostgreSQL when
+``$MLOPS_DAGSTER_POSTGRES_URL`` is set, with the same settings either way (one run at a time, the ``duckdb`` pool of
+one slot, freshness, run monitoring that frees a crashed run's slots, and retries of crashed runs only).
+
+The SQLite instance is loaded as Dagster loads it; the PostgreSQL one is checked as written, then loaded live on a
+real server (``fresh_postgres_url``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import yaml
+
+from mlops_assets.core.settings import (
+    DAGSTER_POSTGRES_URL_ENV,
+    POSTGRES_INSTANCE_YAML,
+    REPO_ROOT,
+    SQLITE_INSTANCE_YAML,
+    prepare_dagster_home,
+)
+
+#: What both instance settings files must say about crashed runs.
+RUN_RETRIES = {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+#: The daemons `dagster-daemon run` must start for these settings (beside sensors, backfills, schedules).
+DAEMONS = {"QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER", "FRESHNESS_DAEMON"}
+
+
+def _written(home: Path) -> dict[str, Any]:
+    return yaml.safe_load((home / "dagster.yaml").read_text())
+
+
+def _assert_platform_settings(instance: dg.DagsterInstance) -> None:
+    """The settings every deployment of the platform needs, whatever its storage, on a loaded instance."""
+    concurrency = instance.get_concurrency_config()
+    assert concurrency.run_queue_config is not None and concurrency.run_queue_config.max_concurrent_runs == 1
+    assert concurrency.pool_config.default_pool_limit == 1
+    assert instance.freshness_enabled and not instance.telemetry_enabled
+    assert instance.run_monitoring_enabled
+    # the default run launcher cannot resume a run: Dagster refuses to load the instance if this were above 0
+    assert instance.run_monitoring_max_resume_run_attempts == 0
+    assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+    assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+    assert not instance.run_retries_retry_on_asset_or_op_failure  # a failed asset or check is not retried
+    assert DAEMONS <= set(instance.get_required_daemon_types())
+
+
+def test_the_embedded_default_is_sqlite_with_monitoring_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DAGSTER_POSTGRES_URL_ENV, raising=False)
+    home = prepare_dagster_home(tmp_path / "home")
+    assert (home / "dagster.yaml").read_bytes() == (REPO_ROOT / SQLITE_INSTANCE_YAML).read_bytes()
+    assert "storage" not in _written(home)  # Dagster's default: SQLite files in $DAGSTER_HOME
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
+        _assert_platform_settings(instance)
+
+
+def test_the_postgres_url_switches_the_storage_and_never_lands_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "postgresql+psycopg2://dagster:s3cret-pw@db.example:5432/dagster"
+    monkeypatch.setenv(DAGSTER_POSTGRES_URL_ENV, url)
+    home = prepare_dagster_home(tmp_path / "home")
+    text = (home / "dagster.yaml").read_text()
+    assert (home / "dagster.yaml").read_bytes() == (REPO_ROOT / POSTGRES_INSTANCE_YAML).read_bytes()
+    assert "s3cret-pw" not in text and url not in text
+    config = yaml.safe_load(text)
+    # Dagster reads the URL from the environment of each process that opens the instance
+    assert config["storage"] == {"postgres": {"postgres_url": {"env": DAGSTER_POSTGRES_URL_ENV}}}
+    assert config["run_retries"] == RUN_RETRIES
+    assert config["run_monitoring"]["enabled"] and config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
+    assert config["concurrency"] == {"runs": {"max_concurrent_runs": 1}, "pools": {"default_limit": 1}}
+
+    # unset again, the next `mlops home` goes back to the embedded default
+    monkeypatch.delenv(DAGSTER_POSTGRES_URL_ENV)
+    assert "storage" not in _written(prepare_dagster_home(home))
+    assert "storage" in _written(prepare_dagster_home(home, postgres=True))
+
+
+def test_both_instance_files_say_the_same_but_for_storage() -> None:
+    """dagster.postgres.yaml is dagster.yaml on PostgreSQL: a setting changed in one must be changed in the other."""
+    sqlite = yaml.safe_load((REPO_ROOT / SQLITE_INSTANCE_YAML).read_text())
+    postgres = yaml.safe_load((REPO_ROOT / POSTGRES_INSTANCE_YAML).read_text())
+    assert set(postgres) - set(sqlite) == {"storage"}
+    assert {k: v for k, v in postgres.items() if k != "storage"} == sqlite
+    assert sqlite["run_retries"] == RUN_RETRIES
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which dagster-postgres does not bring
+        ("postgresql://dagster:s3cret-pw@db:5432/dagster", "needs the driver psycopg"),
+        ("postgres://dagster:s3cret-pw@db:5432/dagster", "not a database URL"),
+        ("mysql://dagster:s3cret-pw@db/dagster", "not PostgreSQL"),
+    ],
+)
+def test_a_url_dagster_could_not_open_is_refused_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, says: str
+) -> None:
+    monkeypatch.setenv(DAGSTER_POSTGRES_URL_ENV, url)
+    with pytest.raises(ValueError, match=says) as refused:
+        prepare_dagster_home(tmp_path / "home")
+    assert "postgresql+psycopg2://" in str(refused.value) and "s3cret-pw" not in str(refused.value)
+    assert not (tmp_path / "home" / "dagster.yaml").exists()
+
+
+def test_the_postgres_instance_loads_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_postgres_url: str
+) -> None:
+    """On a real server: every storage is PostgreSQL's, the platform's settings hold, and what one process writes
+    (the months) another reads."""
+    monkeypatch.setenv(DAGSTER_POSTGRES_URL_ENV, fresh_postgres_url)
+    home = prepare_dagster_home(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+            assert type(storage).__module__.startswith("dagster_postgres"), type(storage)
+        # freeing a crashed run's pool slots needs storage that keeps the slots (global concurrency)
+        assert instance.event_log_storage.supports_global_concurrency_limits
+        _assert_platform_settings(instance)
+        instance.add_dynamic_partitions("months", ["2013-01", "2013-02"])
+    with dg.DagsterInstance.from_config(str(home)) as reopened:
+        assert reopened.get_dynamic_partitions("months") == ["2013-01", "2013-02"]
+    assert (tmp_path / "home").exists() and not list(home.glob("**/*.db"))  # nothing stored in SQLite files

@@ -164,5 +164,9 @@ def prepare_dagster_home(home: Path, postgres: bool | None = None) -> Path:
         # the SQLite default may be absent outside a checkout (Dagster's defaults then apply); PostgreSQL may not
         raise FileNotFoundError(f"{source} is missing: it holds the PostgreSQL instance settings")
     if source.exists() and (not target.exists() or target.read_bytes() != source.read_bytes()):
-        shutil.copyfile(source, target)
+        # atomically: every container of a stack prepares the same home on the shared volume, and a reader must
+        # never see half a file
+        staging = target.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+        shutil.copyfile(source, staging)
+        os.replace(staging, target)
     return home

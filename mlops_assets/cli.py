@@ -17,11 +17,13 @@ Every model-specific command takes ``--model NAME`` (default: the first register
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -72,7 +74,20 @@ def register_landed_months(settings: Settings) -> list[str]:
     months = landed_months(settings.landing_dir, [t.name for f in CATALOG.feeds for t in f.monthly_tables])
     _instance_home(settings)
     with dg.DagsterInstance.get() as instance:
+        _recover_dead_runs(instance)  # the new months start runs (landing sensor): a dead run must not hold them back
         return register_months(instance, months)
+
+
+def _recover_dead_runs(instance: Any = None) -> None:
+    """Before a command starts runs: runs whose process is gone on this host (``kill -9``, a crash) are marked failed
+    and their pool slots freed (``mlops_assets.recovery``); each is reported on stderr."""
+    import dagster as dg
+
+    from mlops_assets.recovery import recover_dead_runs
+
+    with contextlib.nullcontext(instance) if instance is not None else dg.DagsterInstance.get() as opened:
+        for line in recover_dead_runs(opened).messages():
+            print(f"recovered: {line}", file=sys.stderr)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -171,6 +186,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     _instance_home(load_settings())  # the instance the pipeline commands use
     try:
         with dg.DagsterInstance.get() as instance:
+            _recover_dead_runs(instance)  # a killed run (and the run to resume, if it was one) is marked failed first
             result = resume_run(args.run_id, instance, model=_model(args).name if args.model else None)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -188,6 +204,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings.dagster_home))  # the repo's instance config
+    _recover_dead_runs()  # runs killed before the daemon starts would hold the run queue and the duckdb pool
     workspace = Path(args.workspace).resolve()
     where = f"http://{args.host or '127.0.0.1'}:{args.port}"
     print(f"Dagster UI on {where} (instance {os.environ['DAGSTER_HOME']}); stop it with Ctrl-C or SIGTERM")
@@ -309,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(handler=cmd_simulate)
 
-    ui = commands.add_parser("ui", help="the Dagster UI and daemon (dagster dev); one SIGTERM or Ctrl-C stops all of it")
+    ui = commands.add_parser(
+        "ui", help="the Dagster UI and daemon (dagster dev); one SIGTERM or Ctrl-C stops all of it"
+    )
     ui.add_argument("--port", type=int, default=3000, help="the webserver's port (default 3000)")
     ui.add_argument("--host", help="interface to bind (default 127.0.0.1: loopback only)")
     ui.add_argument("--workspace", default="workspace.yaml", help="the workspace file (default workspace.yaml)")

@@ -5,6 +5,7 @@ writes nothing to the instance and reads no data: the months are partitions adde
 ``mlops replay``, and the jobs get their month range when they are launched.
 """
 
+import logging
 import warnings
 from typing import Any
 
@@ -20,14 +21,18 @@ from mlops_assets.defs.ingest import build_ingest
 from mlops_assets.defs.jobs import build_jobs
 from mlops_assets.defs.keys import MODEL_TAG, retraining_job_name, served
 from mlops_assets.defs.monitor import build_monitoring
+from mlops_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from mlops_assets.defs.resources import build_resources
 from mlops_assets.defs.sensors import build_automation_sensor, build_landing_sensor, build_model_sensors
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.defs.validate import build_validate
+from mlops_assets.recovery import HOST_TAG, IN_PROGRESS, PID_TAG, PROCESS_TAG, LeftAlone, recover_dead_runs
 
 # The beta APIs used here (observable sources, single-run backfill policy) are the ones Dagster documents for this
 # job; the warnings only repeat that on every load.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+logger = logging.getLogger(__name__)
 
 
 def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
@@ -87,7 +92,11 @@ def reconstructable_job(name: str, data_dir: str | None = None) -> Any:
 
 def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = None) -> dg.JobExecutionResult:
     """Re-execute a failed run from its failure: only the failed steps and what follows them run again, with the
-    parent run's config and tags (so the same months).
+    parent run's config and tags (so the same months: :func:`reexecution_tags`).
+
+    A run still STARTING/STARTED (or CANCELING) whose process is gone on this host (``kill -9``, a crash) is first
+    marked failed and its pool slots freed (``recovery.recover_dead_runs``), then resumed; one whose process runs, or
+    that is on another host, is refused.
 
     Args:
         model: when given, the run must be that model's (its ``mlops/model`` tag) or one that covers every model
@@ -101,19 +110,64 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
         raise ValueError(
             f"run {run_id} is a run of model {owner!r}, not {model!r}: `mlops resume --model {owner} {run_id}`"
         )
+    children = [  # earlier re-executions of this run (by `mlops resume`, the UI, or the daemon's retries)
+        r
+        for r in instance.get_runs(filters=dg.RunsFilter(job_name=run.job_name), limit=200)
+        if r.parent_run_id == run_id
+    ]
+    busy = [r.run_id for r in children if r.status in (dg.DagsterRunStatus.QUEUED, *IN_PROGRESS)]
+    if run.status in IN_PROGRESS or busy:  # a process may be dead (kill -9): then its run is marked failed here
+        recovery = recover_dead_runs(instance, run_ids=[run_id, *busy])
+        for recovered in recovery.recovered:
+            logger.warning(recovered.message())
+        run = instance.get_run_by_id(run_id) or run
+        if run.status in IN_PROGRESS:
+            found = recovery.of(run_id)
+            why = f": {found.reason}" if isinstance(found, LeftAlone) else ""
+            raise ValueError(
+                f"run {run_id} is {run.status.value}, not FAILURE{why}. It may still be running: wait for it to end "
+                "(or terminate it), then resume it if it failed"
+            )
+        children = [instance.get_run_by_id(r.run_id) or r for r in children]
     if run.status != dg.DagsterRunStatus.FAILURE:
         raise ValueError(f"run {run_id} is {run.status.value}, not FAILURE: nothing to resume")
-    succeeded = instance.get_runs(
-        filters=dg.RunsFilter(job_name=run.job_name, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=200
-    )
-    done = [r.run_id for r in succeeded if r.parent_run_id == run_id]
+    done = [r.run_id for r in children if r.status == dg.DagsterRunStatus.SUCCESS]
     if done:
         raise ValueError(f"run {run_id} was already resumed successfully by run {done[0]}")
+    busy = [r.run_id for r in children if r.status in (dg.DagsterRunStatus.QUEUED, *IN_PROGRESS)]
+    if busy:
+        raise ValueError(
+            f"run {run_id} is being re-executed by run {busy[0]} (e.g. a retry the daemon launched): wait for that run"
+        )
     resumable = ["feature_pipeline", "training_pipeline", *(retraining_job_name(m) for m in CATALOG.models)]
     if run.job_name not in resumable:
         raise ValueError(f"run {run_id} is of job {run.job_name!r}; resumable jobs: {', '.join(resumable)}")
     return dg.execute_job(
         reconstructable_job(run.job_name),
         instance=instance,
+        run_config=run.run_config,
+        tags=reexecution_tags(run),
         reexecution_options=dg.ReexecutionOptions.from_failure(run_id, instance),
     )
+
+
+#: Dagster's tags a re-execution keeps: the months the run covers (a partitioned step re-run needs them).
+_KEPT_SYSTEM_TAGS = ("dagster/partition", "dagster/partition_set", RANGE_START_TAG, RANGE_END_TAG)
+
+
+def reexecution_tags(run: dg.DagsterRun) -> dict[str, str]:
+    """The tags of a re-execution of ``run``, as Dagster's own re-execution sets them: the parent's own tags (the
+    months, ``mlops/model``, the trigger...) without Dagster's bookkeeping of the parent (its failure reason, retries,
+    metrics) or the process that executed it (the new run records its own), marked as resumed from failure."""
+    kept = {
+        key: value
+        for key, value in run.tags.items()
+        if key in _KEPT_SYSTEM_TAGS
+        or not (key.startswith(("dagster/", ".dagster/")) or key in (PROCESS_TAG, PID_TAG, HOST_TAG))
+    }
+    return {
+        **kept,
+        "dagster/parent_run_id": run.run_id,
+        "dagster/root_run_id": run.root_run_id or run.run_id,
+        "dagster/is_resume_retry": "true",
+    }

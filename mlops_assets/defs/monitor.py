@@ -22,7 +22,7 @@ from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
-from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, table_exists
+from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, table_exists, transaction
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, table_of
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
@@ -130,7 +130,7 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         models = scoring_models(storage.registry(model.name))
         rows: dict[str, int] = {}
-        with duckdb.get_connection() as conn:
+        with duckdb.get_connection() as conn, transaction(conn):  # one commit for the run's months
             for month in run_months(context):
                 frame = _month_rows(conn, spec, month)
                 scored, skipped = score_month(frame, spec, models)
@@ -214,7 +214,7 @@ def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
         reports_dir = storage.model(model.name).reports_dir / "drift"
         by_month: dict[str, DriftSummary] = {}
         reports: list[str] = []
-        with duckdb.get_connection() as conn:
+        with duckdb.get_connection() as conn, transaction(conn):  # one commit for the run's months
             for month in run_months(context):
                 scored = _scores(conn, model, month)
                 champion_scores = scored.filter(pl.col("variant") == "champion") if scored.height else scored
@@ -285,7 +285,7 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
         online_log = read_log(storage.model(model.name).predictions_dir)
         by_month: dict[str, LiveSummary] = {}
         tables = []
-        with duckdb.get_connection() as conn:
+        with duckdb.get_connection() as conn, transaction(conn):  # one commit for the run's months
             for month in run_months(context):
                 labels = _month_rows(conn, spec, month)
                 sources = {"batch": _scores(conn, model, month)}

@@ -1,14 +1,17 @@
 """Resources and settings: the one place where the environment is read (through ``core.settings``)."""
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
+from pydantic import PrivateAttr
 
 from mlops_assets.core.drift import DriftThresholds
 from mlops_assets.core.policy import RollbackPolicy
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import ModelPaths, Settings, load_settings
+from mlops_assets.recovery import on_run_start
 
 
 class PlatformStorage(dg.ConfigurableResource):
@@ -62,10 +65,30 @@ class MonitoringPolicy(dg.ConfigurableResource):
         )
 
 
-def warehouse(settings: Settings, memory_limit: str = "4GB", threads: int = 2) -> DuckDBResource:
+class Warehouse(DuckDBResource):
+    """The DuckDB feature store. Every step that opens it needs this resource, so its setup is where a run starts:
+    there the run records its process and recovers runs whose process died (marked failed, their ``duckdb`` pool slot
+    freed; ``mlops_assets.recovery``), before its first step asks for a slot, and keeps watching while it runs."""
+
+    _watch: Any = PrivateAttr(default=None)
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._watch = on_run_start(context)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+
+
+def warehouse(settings: Settings, memory_limit: str = "4GB", threads: int = 2) -> Warehouse:
     """The DuckDB feature store, with a memory limit so a large rebuild spills to disk instead of exhausting RAM."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return DuckDBResource(
+    return Warehouse(
         database=str(settings.warehouse_path),
         connection_config={"memory_limit": memory_limit, "threads": threads},
     )

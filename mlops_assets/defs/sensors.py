@@ -16,6 +16,7 @@ from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc, gated_champions, rollback
 from mlops_assets.core.specs import FeedSpec, ModelSpec
 from mlops_assets.defs.ingest import ingested_version
+from mlops_assets.defs.jobs import RETRY_FROM_FAILURE
 from mlops_assets.defs.keys import (
     MODEL_TAG,
     features_key,
@@ -26,7 +27,6 @@ from mlops_assets.defs.keys import (
     sensor_name,
     validated_key,
 )
-from mlops_assets.defs.jobs import RETRY_FROM_FAILURE
 from mlops_assets.defs.monitor import R, new_month_records
 from mlops_assets.defs.partitions import MONTHS
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage

@@ -23,6 +23,7 @@ from mlops_assets.core.store import (
     quote_identifier,
     replace_where,
     table_exists,
+    transaction,
 )
 from mlops_assets.core.training import TrainingSet, split_by_time, stored_training_set, train_model
 from mlops_assets.defs.configs import with_model_defaults
@@ -162,8 +163,9 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 [months[0], months[-1]],
             )
             split = split_by_time(rows, spec, months[-1])
-            name = ensure_table_like(conn, *keys.training_set.path, split.frame)
-            replace_where(conn, name, split.frame, "true", [])
+            with transaction(conn):  # the table's shape and its rows change together, or not at all
+                name = ensure_table_like(conn, *keys.training_set.path, split.frame)
+                replace_where(conn, name, split.frame, "true", [])
             built = read_training_set(conn, model)
         summary = built.summary(spec.time_column)
         context.log.info(

@@ -5,10 +5,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from mlops_assets.core.landing import landing_path
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import reconstructable_job, resume_run
-from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags, register_months
 from mlops_assets.feeds.nycflights13 import replay_months
 
 MONTHS = ["2013-01", "2013-02"]
@@ -78,3 +79,30 @@ def test_resume_refuses_another_models_run(settings: Settings) -> None:
         moved.rename(registry_dir)
         resumed = resume_run(failed.run_id, instance, model="flight_delay")
     assert resumed.success and Registry(registry_dir).versions() == ["v0001", "v0002"]
+
+
+def test_a_failed_monthly_step_resumes_over_the_runs_months(settings: Settings) -> None:
+    """A monthly step re-executed from failure covers the failed run's months: the re-execution carries the parent's
+    tags (its partition range, ``mlops/*``), as Dagster's own re-execution does, not those of the process that ran it."""
+    replay_months(settings.landing_dir, MONTHS, every=20)
+    weather = landing_path(settings.landing_dir, "weather", MONTHS[-1])
+    aside = weather.rename(
+        settings.data_dir / "weather-aside.parquet"
+    )  # injected failure: a month's weather is missing
+    with dg.instance_for_test() as instance:
+        register_months(instance, MONTHS)
+        tags = {**range_tags(MONTHS), "mlops/trigger": "manual"}
+        failed = dg.execute_job(_job("feature_pipeline"), instance=instance, tags=tags)
+        assert not failed.success and "raw__weather" not in _succeeded(failed)
+        assert failed.dagster_run.run_id in instance.get_run_by_id(failed.run_id).tags["mlops/process"]  # type: ignore[union-attr]
+
+        aside.rename(weather)  # the month lands
+        resumed = resume_run(failed.run_id, instance)
+        child = instance.get_run_by_id(resumed.run_id)
+    assert resumed.success and {"raw__weather", "validated__weather", "features__flight_features"} <= _succeeded(
+        resumed
+    )
+    assert "raw__flights" not in _succeeded(resumed)
+    assert child is not None and child.parent_run_id == failed.run_id
+    assert (child.tags[RANGE_START_TAG], child.tags[RANGE_END_TAG], child.tags["mlops/trigger"]) == (*MONTHS, "manual")
+    assert resumed.run_id in child.tags["mlops/process"]  # recorded by the resumed run itself, not copied

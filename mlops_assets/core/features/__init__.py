@@ -91,10 +91,12 @@ def write_months(
     one per month): the result is the same as month by month, which the tests hold every feature table to.
     """
     rows: dict[str, int] = {}
-    for group in _consecutive_groups(sorted(months), chunk):
-        frame = compute_features(conn, spec, group[0], group[-1])
-        name = ensure_table_like(conn, "features", spec.name, frame)
-        with transaction(conn):
+    # one transaction for every month of the call, a table recreated for a new shape included (DuckDB's DDL is
+    # transactional): a run killed half-way leaves the table as it was
+    with transaction(conn):
+        for group in _consecutive_groups(sorted(months), chunk):
+            frame = compute_features(conn, spec, group[0], group[-1])
+            name = ensure_table_like(conn, "features", spec.name, frame)
             for month in group:
                 part = frame.filter(pl.col("_month") == month)
                 replace_where(conn, name, part, "_month = ?", [month])

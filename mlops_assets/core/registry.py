@@ -39,6 +39,15 @@ class RegistryIntegrityError(RuntimeError):
     """A registry artifact does not match its checksum (tampered or truncated): it is never loaded."""
 
 
+class RegistryDamaged(RuntimeError):
+    """A registry file cannot be read (hand-edited, truncated): one line naming the file, what is wrong and the
+    command that repairs it."""
+
+
+def _repair_hint(root: Path) -> str:
+    return f"`mlops doctor --model {root.name} --repair` rebuilds it from the event log"
+
+
 class UnknownVersionError(LookupError):
     """No such version in the registry."""
 
@@ -180,7 +189,15 @@ class Registry:
     def aliases(self) -> dict[str, str | None]:
         if not self.aliases_path.exists():
             return {}
-        return json.loads(self.aliases_path.read_text())
+        try:
+            aliases = json.loads(self.aliases_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RegistryDamaged(
+                f"{self.aliases_path} is not valid JSON ({error}): {_repair_hint(self.root)}"
+            ) from None
+        if not isinstance(aliases, dict) or not all(isinstance(v, str | None) for v in aliases.values()):
+            raise RegistryDamaged(f"{self.aliases_path} is not a map of alias -> version: {_repair_hint(self.root)}")
+        return aliases
 
     def alias(self, name: str) -> str | None:
         return self.aliases().get(name)
@@ -209,9 +226,21 @@ class Registry:
     def events(self, limit: int | None = None) -> list[dict[str, Any]]:
         if not self.events_path.exists():
             return []
-        lines = [line for line in self.events_path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.events_path.read_text(errors="replace").splitlines() if line.strip()]
         chosen = lines[-limit:] if limit else lines
-        return [json.loads(line) for line in chosen]
+        events = []
+        for number, line in enumerate(chosen, start=len(lines) - len(chosen) + 1):
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise RegistryDamaged(
+                    f"{self.events_path} line {number} is not valid JSON ({error}): `mlops doctor --model "
+                    f"{self.root.name} --repair` sets damaged lines aside in events.damaged.jsonl"
+                ) from None
+            if not isinstance(event, dict) or "event" not in event:
+                raise RegistryDamaged(f"{self.events_path} line {number} is not an event: {_repair_hint(self.root)}")
+            events.append(event)
+        return events
 
     def previous_champions(self) -> list[str]:
         """Versions that were champion, most recent first (the candidates of a rollback)."""
@@ -257,6 +286,87 @@ def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str
     registry.model_text(to)  # refuse a damaged target before it serves
     registry.set_alias(CHAMPION, to, "rolled_back", f"{reason} (from {current})", run_id=run_id)
     return to
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing `mlops doctor` checked: what, whether it is sound, and why not."""
+
+    what: str
+    ok: bool
+    detail: str = ""
+
+
+def examine(registry: Registry) -> list[Finding]:
+    """Check every version's files and checksum, the aliases and the event log; never raises."""
+    findings = []
+    for version in registry.versions():
+        try:
+            registry.model_text(version)
+            json.loads((registry.versions_dir / version / "profile.json").read_text())
+            findings.append(Finding(f"version {version}", True, "model matches its checksum"))
+        except (RegistryIntegrityError, OSError, ValueError) as error:
+            findings.append(Finding(f"version {version}", False, str(error)))
+    try:
+        aliases = registry.aliases()
+        missing = {a: v for a, v in aliases.items() if v is not None and v not in registry.versions()}
+        detail = (
+            f"names unknown versions {missing}" if missing else ", ".join(f"{a} -> {v}" for a, v in aliases.items())
+        )
+        findings.append(Finding("aliases.json", not missing, detail or "no aliases yet"))
+    except RegistryDamaged as error:
+        findings.append(Finding("aliases.json", False, str(error)))
+    try:
+        findings.append(Finding("events.jsonl", True, f"{len(registry.events())} events"))
+    except RegistryDamaged as error:
+        findings.append(Finding("events.jsonl", False, str(error)))
+    return findings
+
+
+def repair(registry: Registry) -> list[str]:
+    """Set damaged event lines aside (``events.damaged.jsonl``, nothing is lost) and rebuild ``aliases.json`` from the
+    event log: each alias gets the version its last alias event named, skipping versions that fail their checksum.
+    Returns what was done."""
+    done: list[str] = []
+    if registry.events_path.exists():
+        good, bad = [], []
+        for line in registry.events_path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+                (good if isinstance(event, dict) and "event" in event else bad).append(line)
+            except json.JSONDecodeError:
+                bad.append(line)
+        if bad:
+            with open(registry.root / "events.damaged.jsonl", "a", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in bad))
+            write_atomic(registry.events_path, "".join(line + "\n" for line in good).encode())
+            done.append(f"set {len(bad)} damaged event line(s) aside in events.damaged.jsonl")
+    sound = set()
+    for version in registry.versions():
+        try:
+            registry.model_text(version)
+            sound.add(version)
+        except (RegistryIntegrityError, OSError, ValueError):
+            pass
+    rebuilt: dict[str, str | None] = {}
+    for event in registry.events():
+        alias, version = event.get("alias"), event.get("version")
+        if alias and (version is None or version in sound):
+            rebuilt[alias] = version
+    try:
+        current = registry.aliases()
+    except RegistryDamaged:
+        current = None
+    if current != rebuilt:
+        registry.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(registry.aliases_path, json.dumps(rebuilt, indent=1, sort_keys=True).encode())
+        registry.log_event(
+            "repaired", version=rebuilt.get(CHAMPION), reason=f"aliases rebuilt from the event log: {rebuilt}"
+        )
+        done.append(f"rebuilt aliases.json from the event log: {rebuilt}")
+    return done
 
 
 def _now() -> str:

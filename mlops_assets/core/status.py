@@ -108,19 +108,16 @@ def format_status(status: dict[str, Any]) -> str:
     """A short human summary of :func:`store_status`."""
     lines = [f"Landed months: {', '.join(status['landed_months']) or 'none (run `mlops replay --through 2013-03`)'}"]
     if not status["tables"]:
-        lines.append(
-            "Warehouse: not built yet (run `dagster job execute -m mlops_assets.definitions -j feature_pipeline`)"
-        )
-        return "\n".join(lines)
-    lines.append(f"{'table':<16}{'validated rows':>16}{'quarantined':>13}  rejected batches")
+        lines.append("Warehouse: not built yet (run `make pipeline`)")
+    else:
+        lines.append(f"{'table':<16}{'validated rows':>16}{'quarantined':>13}  rejected batches")
     for name, info in status["tables"].items():
         rejected = "; ".join(
             f"{r['month'] or 'reference'} ({r['stage']}: {r['rule']} on {r['column']})"
             for r in info["rejected_batches"]
         )
-        lines.append(
-            f"{name:<16}{sum(info['validated_rows'].values()):>16,}{sum(info['quarantined_rows'].values()):>13,}  {rejected or '-'}"
-        )
+        valid, quarantined = sum(info["validated_rows"].values()), sum(info["quarantined_rows"].values())
+        lines.append(f"{name:<16}{valid:>16,}{quarantined:>13,}  {rejected or '-'}")
     for name, by_month in status["features"].items():
         months = ", ".join(f"{m}: {n:,}" for m, n in by_month.items())
         lines.append(f"features.{name}: {sum(by_month.values()):,} rows ({months or 'none'})")
@@ -146,8 +143,16 @@ def _monitored_month(entry: dict[str, Any]) -> str:
     return f"{entry['month']}: {drift}; {live}"
 
 
+def _checksum_ok(registry: Registry, version: str) -> bool:
+    try:
+        registry.model_text(version)
+        return True
+    except (RegistryIntegrityError, OSError, ValueError):
+        return False
+
+
 def registry_status(registry: Registry, events: int = 8) -> dict[str, Any]:
-    """Versions with their key metrics, the aliases, and the latest events."""
+    """Versions with their key metrics and whether each still matches its checksum, the aliases, the latest events."""
     versions = []
     for version in registry.versions():
         meta = registry.get(version).metadata
@@ -161,6 +166,7 @@ def registry_status(registry: Registry, events: int = 8) -> dict[str, Any]:
                 "training_set_hash": meta.get("training_set_hash"),
                 "feature_set_version": meta.get("feature_set_version"),
                 "test_month": meta.get("data", {}).get("test_month"),
+                "checksum_ok": _checksum_ok(registry, version),
             }
         )
     return {"versions": versions, "aliases": registry.aliases(), "events": registry.events(limit=events)}
@@ -215,7 +221,15 @@ def format_registry(status: dict[str, Any]) -> str:
     if not status["versions"]:
         return "Versions: none registered yet (`make pipeline` trains every model)"
     aliases = ", ".join(f"{name} -> {version}" for name, version in status["aliases"].items()) or "none"
-    lines = [f"Versions: {len(status['versions'])}; aliases: {aliases}", "Latest events:"]
+    lines = [f"Versions: {len(status['versions'])}; aliases: {aliases}"]
+    damaged = [v["version"] for v in status["versions"] if not v.get("checksum_ok", True)]
+    if damaged:
+        serving = [a for a, v in status["aliases"].items() if v in damaged]
+        lines.append(
+            f"WARNING: {', '.join(damaged)} fail(s) the checksum (never loaded)"
+            + (f"; named by {', '.join(serving)}: `mlops rollback` or retrain" if serving else "")
+        )
+    lines.append("Latest events:")
     for event in status["events"]:
         lines.append(
             f"  {event['time']}  {event['event']:<11} {event.get('version') or '-':<6} {event.get('reason', '')}"

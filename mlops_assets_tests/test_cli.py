@@ -1,0 +1,128 @@
+"""The command line as a person meets it: a damaged registry file gives one line naming the file and the repair
+(`mlops doctor`), a version failing its checksum is flagged, and wrong arguments get a clear error, not a traceback."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.cli import main
+from mlops_assets.core.registry import CHAMPION, Registry
+from mlops_assets.core.settings import Settings
+
+
+def _registry_with_history(settings: Settings) -> Registry:
+    """flight_delay's registry with two versions: v0001 promoted, then v0002 promoted."""
+    registry = Registry(settings.model("flight_delay").registry_dir)
+    for text in ("tree one", "tree two"):
+        version = registry.register(text, {"data": {"test_month": "2013-03"}}, {}, run_id=None).version
+        registry.set_alias(CHAMPION, version, "promoted", "test")
+    return registry
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_damaged_aliases_file_names_itself_and_the_repair(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = _registry_with_history(settings)
+    registry.aliases_path.write_text('{"champion": "v00')  # a hand edit gone wrong
+    for command in (["status"], ["rollback"], ["models"], ["runs"]):
+        assert main(command) == 1
+        line = _error_line(capsys)
+        assert str(registry.aliases_path) in line and "mlops doctor --model flight_delay --repair" in line
+    assert main(["doctor", "--model", "flight_delay"]) == 1
+    assert "FAIL aliases.json" in capsys.readouterr().out
+    # the repair rebuilds the aliases from the event log: the last promotion named v0002
+    assert main(["doctor", "--model", "flight_delay", "--repair"]) == 0
+    assert registry.alias(CHAMPION) == "v0002"
+    assert main(["status", "--model", "flight_delay"]) == 0
+
+
+def test_a_damaged_event_log_is_set_aside_not_lost(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = _registry_with_history(settings)
+    with open(registry.events_path, "a") as log:
+        log.write("not json at all\n")
+    assert main(["rollback", "--model", "flight_delay"]) == 1
+    line = _error_line(capsys)
+    assert str(registry.events_path) in line and "line 5" in line and "mlops doctor" in line
+    assert main(["doctor", "--repair"]) == 0
+    assert (registry.root / "events.damaged.jsonl").read_text() == "not json at all\n"
+    assert main(["rollback", "--model", "flight_delay"]) == 0 and registry.alias(CHAMPION) == "v0001"
+
+
+def test_status_flags_a_version_failing_its_checksum(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = _registry_with_history(settings)
+    (registry.versions_dir / "v0002" / "model.txt").write_text("tampered")
+    assert main(["status", "--model", "flight_delay"]) == 0
+    assert "WARNING: v0002 fail(s) the checksum (never loaded); named by champion" in capsys.readouterr().out
+    assert main(["status", "--json"]) == 0
+    versions = json.loads(capsys.readouterr().out)["models"]["flight_delay"]["registry"]["versions"]
+    assert [v["checksum_ok"] for v in versions] == [True, False]
+    assert main(["doctor", "--model", "flight_delay"]) == 1
+    assert "FAIL version v0002" in capsys.readouterr().out
+    assert main(["models", "--json"]) == 0
+    [delay] = [m for m in json.loads(capsys.readouterr().out)["models"] if m["name"] == "flight_delay"]
+    assert delay["champion"] == "v0002" and delay["champion_checksum_ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["replay", "--from", "2013-05", "--through", "2013-03"], "2013-05 is after 2013-03"),
+        (["replay", "--month", "2013-01\n"], "is not of the form YYYY-MM"),
+        (["runs", "--last", "0"], "must be a positive number"),
+        (["runs", "--model", "nope"], "invalid choice"),
+    ],
+)
+def test_wrong_arguments_get_a_clear_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse refuses before any command runs
+        code = stop.code  # type: ignore[assignment]
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_make_pipeline_works_in_a_data_dir_whose_path_has_spaces(tmp_path: Path) -> None:
+    """The README's main command on a thin slice (EVERY=20) in `a data dir/`: both models trained, nothing written
+    outside it, and `make clean-data` empties it."""
+    import os
+    import shutil
+    import subprocess
+
+    from mlops_assets.core.settings import REPO_ROOT
+
+    data_dir = tmp_path / "a data dir"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLOPS_DATA_DIR", "DAGSTER_HOME", "MAKEFLAGS", "MFLAGS")}
+    make = shutil.which("make")
+    assert make, "make is one of the README's two commands"
+    done = subprocess.run(
+        [make, "pipeline", f"MLOPS_DATA_DIR={data_dir}", "EVERY=20"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "flight_delay" in done.stdout and "flight_cancellation" in done.stdout
+    for model in ("flight_delay", "flight_cancellation"):
+        assert (data_dir / "registry" / model / "aliases.json").exists()
+    assert (data_dir / "dagster_home" / "dagster.yaml").exists() and (data_dir / "warehouse.duckdb").exists()
+    cleaned = subprocess.run(
+        [make, "clean-data", f"MLOPS_DATA_DIR={data_dir}"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cleaned.returncode == 0 and not any(data_dir.iterdir()), cleaned.stderr

@@ -40,7 +40,9 @@ def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
     assets: list[dg.AssetsDefinition | dg.SourceAsset] = []
     checks: list[dg.AssetChecksDefinition] = []
     for feed in catalog.feeds:  # built once, whatever the number of models reading them
-        for built_assets, built_checks in (build_ingest(feed), build_validate(feed)):
+        # every registered table is known, so one feed's folders are never reported as another's misnamed files
+        known = [t.name for t in catalog.tables]
+        for built_assets, built_checks in (build_ingest(feed, known_tables=known), build_validate(feed)):
             assets += built_assets
             checks += built_checks
     for spec in catalog.feature_tables:  # once, even when several models train on one

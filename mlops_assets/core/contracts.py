@@ -2,11 +2,14 @@
 
 Two levels, both reported with the rule and the column that failed:
 
-* **structure** (raw stage): the file must be readable parquet, non-empty, with exactly the contract's columns and types.
-  A batch that fails is rejected whole.
-* **rows** (validated stage): the pandera contract of the table (types, nullability, ranges, known codes, the partition's
-  month, a unique key). Bad rows are quarantined with their reasons and the rest flows; when the bad share is above the
-  table's limit the whole batch is rejected and nothing of it flows.
+* **structure** (raw stage): the file must match its checksum sidecar and be readable parquet, non-empty, with exactly
+  the contract's columns and types. A batch that fails is rejected whole.
+* **rows** (validated stage): the pandera contract of the table (types, nullability, ranges, known codes, the
+  partition's month, dates that exist, time columns consistent with the parts they repeat) and its key: an exact copy
+  of a row is quarantined and the row flows once; rows that share a key but differ are all quarantined. Bad rows are
+  quarantined with their reasons and the rest flows; when the bad share is above the table's limit, or a batch-level
+  plausibility rule (a label's null share or rate against the accepted months) is broken, the whole batch is rejected
+  and nothing of it flows.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaError, SchemaErrors
 
-from mlops_assets.core.specs import ContractContext, TableSpec
+from mlops_assets.core.specs import ContractContext, ShareRule, TableSpec
 
 RULE_READABLE = "readable_parquet"
 RULE_NON_EMPTY = "non_empty_batch"
@@ -28,6 +32,19 @@ RULE_COLUMN_PRESENT = "column_present"
 RULE_COLUMN_EXPECTED = "column_expected"
 RULE_COLUMN_TYPE = "column_type"
 RULE_BATCH_REJECTED = "batch_rejected"
+#: The landed bytes differ from their ``.sha256`` sidecar, or there is no sidecar to verify them with (raw stage).
+RULE_CHECKSUM_MISMATCH = "checksum_mismatch"
+RULE_CHECKSUM_MISSING = "checksum_missing"
+#: An exact copy of an earlier row of the batch: quarantined, the earlier row flows (validated stage).
+RULE_DUPLICATE_ROW = "duplicate_row"
+#: Rows that share the table's key but differ: all quarantined, since which one is true is unknown.
+RULE_CONFLICTING_KEY = "conflicting_key"
+#: A batch-level share (a label's null share or rate) implausible against the accepted months: rejected whole.
+RULE_LABEL_IMPLAUSIBLE = "label_implausible"
+#: A file in the landing zone whose name does not follow the layout (logged at stage ``landing``, never ingested).
+RULE_MISNAMED_FILE = "misnamed_file"
+#: ``column_name`` of a rule about a whole row rather than one column.
+WHOLE_ROW = "<row>"
 
 #: Columns every quarantine table has, besides the lineage columns of the batch.
 QUARANTINE_SCHEMA: dict[str, type[pl.DataType]] = {
@@ -54,6 +71,9 @@ class BatchVerdict:
     column: str | None = None
     source_file: str | None = None
     sha256: str | None = None
+    #: Of ``rows_quarantined``: exact copies of a row that flowed once, and rows whose key another, different row has.
+    rows_duplicate: int = 0
+    rows_conflicting: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +163,7 @@ _FAILURE_SCHEMA = {
     "schema_context": pl.String,
     "column": pl.String,
     "check": pl.String,
+    "check_number": pl.Int32,
     "index": pl.Int32,
 }
 
@@ -160,6 +181,7 @@ def _row_failures(data: pl.DataFrame, schema: pa.DataFrameSchema) -> pl.DataFram
                 "schema_context": ["DataFrameSchema"],
                 "column": [None],
                 "check": [str(error.check)],
+                "check_number": [None],
                 "index": [None],
             },
             schema=_FAILURE_SCHEMA,
@@ -167,13 +189,81 @@ def _row_failures(data: pl.DataFrame, schema: pa.DataFrameSchema) -> pl.DataFram
     return pl.DataFrame(schema=_FAILURE_SCHEMA)
 
 
+def share_of(batch: pl.DataFrame, rule: ShareRule) -> float:
+    """The share of ``batch``'s rows that meet the rule's condition (a null condition counts as not met)."""
+    if batch.height == 0:
+        return 0.0
+    return float(batch.select(rule.rows.fill_null(False).cast(pl.Float64).mean()).item())
+
+
+def implausible_share(
+    batch: pl.DataFrame, spec: TableSpec, context: ContractContext, label: str
+) -> tuple[str, str, str] | None:
+    """The first plausibility rule of the table the batch breaks, as ``(rule, column, message)``; None when none.
+
+    The history (each accepted month's share but this one's) comes with the context, read from the warehouse by the
+    caller, so that this stays a pure function of the batch.
+    """
+    consequence = "the labels of this month are suspect; batch rejected whole, and nothing downstream (features, "
+    consequence += "scores, drift, retraining, promotion, rollback) uses it"
+    for rule in spec.plausibility:
+        share = share_of(batch, rule)
+        history = context.history.get(rule.name, ())
+        column = "+".join(rule.columns)
+        found = f"{label}: '{rule.name}' holds for {share:.1%} of the rows"
+        if len(history) < rule.min_history:
+            if share > max(rule.min_share, rule.max_share_without_history):
+                why = f"no accepted month to compare with, and above {rule.max_share_without_history:.0%} on its own"
+                return RULE_LABEL_IMPLAUSIBLE, column, f"{found} ({why}): {consequence}"
+            continue
+        typical = median(history)
+        too_high = share > rule.min_share and share > rule.max_ratio * typical
+        too_low = rule.two_sided and typical > rule.min_share and share < typical / rule.max_ratio
+        if too_high or too_low:
+            bound = (
+                f"above {rule.max_ratio:g}x the median and above {rule.min_share:.0%}"
+                if too_high
+                else f"below the median / {rule.max_ratio:g}"
+            )
+            against = f"against a median of {typical:.1%} over {len(history)} accepted month(s)"
+            return RULE_LABEL_IMPLAUSIBLE, column, f"{found} {against} (implausible {bound}): {consequence}"
+    return None
+
+
+def _key_problems(distinct: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
+    """Rows (of a batch without exact copies) whose key another row has, as ``_row``, ``column``, ``order``,
+    ``check``, ``failure``."""
+    key = list(spec.key)
+    if not key:
+        schema = {"_row": pl.Int64, "column": pl.String, "order": pl.Int64, "check": pl.String, "failure": pl.String}
+        return pl.DataFrame(schema=schema)
+    rows_of_key = pl.col("_row").sort().cast(pl.String).str.join(", ").over(key)
+    return distinct.filter(pl.len().over(key) > 1).select(
+        "_row",
+        pl.lit("+".join(key)).alias("column"),
+        pl.lit(0, dtype=pl.Int64).alias("order"),
+        pl.lit(RULE_CONFLICTING_KEY).alias("check"),
+        pl.concat_str(
+            pl.lit("+".join(key)),
+            pl.lit(f": {RULE_CONFLICTING_KEY} (rows "),
+            rows_of_key,
+            pl.lit(" share this key with different values; which one is true is unknown)"),
+        ).alias("failure"),
+    )
+
+
 def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, label: str) -> RowSplit:
-    """Validate the rows of a structurally sound batch against the table's pandera contract and split them.
+    """Validate the rows of a structurally sound batch against the table's contract and split them.
+
+    Exact copies of an earlier row are set aside first (rule ``duplicate_row``; the row itself is judged once), then
+    the remaining rows are checked by the pandera rules and the key (rule ``conflicting_key`` for every row of a key
+    that differing rows share), then the batch-level plausibility rules. Exact copies lose nothing, so they do not
+    count toward the bad-row limit, which is a share of the distinct rows.
 
     Args:
         batch: the batch's data columns, in landed order (row ``i`` is the ``i``-th landed row).
         spec: the table.
-        context: partition month and reference codes.
+        context: partition month, reference codes and the history of the plausibility rules.
         label: how the batch is named in messages, e.g. ``"flights 2013-03"``.
 
     Returns:
@@ -181,37 +271,72 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
         ``batch_rejected``) and the verdict. A rejected batch sends every row to quarantine: the bad ones with their
         rule, the others with rule ``batch_rejected``.
     """
-    data = batch.select(list(spec.columns))
-    failures = _row_failures(data, spec.contract(context))
+    columns = list(spec.columns)
+    data = batch.select(columns)
+    indexed = data.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
+    # The first of identical rows is the one judged (and kept when valid); nulls compare equal here, as they would to a
+    # person. Its copies add nothing, so they are set aside before any rule and the key are checked.
+    first_of_same = pl.col("_row").min().over(columns) if indexed.height else pl.col("_row")
+    marked = indexed.with_columns(first_of_same.alias("_original"))
+    copies = marked.filter(pl.col("_row") != pl.col("_original")).select(
+        "_row",
+        pl.lit(WHOLE_ROW).alias("column"),
+        pl.lit(0, dtype=pl.Int64).alias("order"),
+        pl.lit(RULE_DUPLICATE_ROW).alias("check"),
+        pl.format(
+            "{}: {} (exact copy of row {})",
+            pl.lit(WHOLE_ROW),
+            pl.lit(RULE_DUPLICATE_ROW),
+            pl.col("_original"),
+        ).alias("failure"),
+    )
+    distinct = marked.filter(pl.col("_row") == pl.col("_original")).drop("_original")
+
+    failures = _row_failures(distinct.select(columns), spec.contract(context))
     frame_level = failures.filter(pl.col("index").is_null())
     if frame_level.height:
         first = frame_level.row(0, named=True)
         failures = failures.filter(pl.col("index").is_not_null())
-    # Frame-level rules name the frame, not a column: a key violation is reported on the key's columns.
-    frame_rule_column = (
-        pl.when(pl.col("check").str.contains("uniqueness")).then(pl.lit("+".join(spec.key))).otherwise(pl.lit("<row>"))
-    )
-    per_row = (
+    # pandera's index is a position among the distinct rows: map it back to the row's place in the landed file
+    positions = distinct.select(pl.col("_row"), pl.int_range(pl.len(), dtype=pl.Int64).alias("index"))
+    rule_failures = (
         failures.with_columns(
+            pl.col("index").cast(pl.Int64),
             pl.when(pl.col("schema_context") == "Column")
             .then(pl.col("column"))
-            .otherwise(frame_rule_column)
-            .alias("column")
+            .otherwise(pl.lit(WHOLE_ROW))
+            .alias("column"),
         )
-        .with_columns(pl.concat_str(pl.col("column"), pl.lit(": "), pl.col("check")).alias("failure"))
-        .sort("index", "column", "check")
-        .group_by("index", maintain_order=True)
-        .agg(
-            pl.col("check").first().alias("rule"),
-            pl.col("column").first().alias("column_name"),
-            pl.col("failure").unique(maintain_order=True).str.join("; ").alias("failures"),
+        .join(positions, on="index", how="inner")
+        .select(
+            "_row",
+            "column",
+            # a column's rules in the order the contract declares them: its range before what builds on the range
+            pl.col("check_number").cast(pl.Int64).fill_null(-1).alias("order"),
+            "check",
+            pl.concat_str(pl.col("column"), pl.lit(": "), pl.col("check")).alias("failure"),
         )
-        .rename({"index": "_row"})
-        .with_columns(pl.col("_row").cast(pl.Int64))
     )
-    n_rows, n_bad = data.height, per_row.height
-    bad_share = n_bad / n_rows if n_rows else 0.0
+    conflicts = _key_problems(distinct, spec)
+
+    def per_row_of(problems: pl.DataFrame) -> pl.DataFrame:
+        return (
+            problems.sort("_row", "column", "order", "check")
+            .group_by("_row", maintain_order=True)
+            .agg(
+                pl.col("check").first().alias("rule"),
+                pl.col("column").first().alias("column_name"),
+                pl.col("failure").unique(maintain_order=True).str.join("; ").alias("failures"),
+            )
+        )
+
+    bad = per_row_of(pl.concat([rule_failures, conflicts]))
+    per_row = pl.concat([bad, per_row_of(copies)]).sort("_row")
+    n_rows, n_distinct, n_bad = data.height, distinct.height, bad.height
+    n_copies, n_conflicting = copies.height, conflicts.height
+    bad_share = n_bad / n_distinct if n_distinct else 0.0
     rejected_reason: tuple[str, str | None, str] | None = None
+    implausible = implausible_share(distinct.select(columns), spec, context, label)
     if frame_level.height:
         rejected_reason = (
             str(first["check"]),
@@ -220,9 +345,11 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
             + (f" on column {first['column']!r}" if first["column"] else "")
             + f" ({first['failure_case']}); batch rejected whole",
         )
+    elif implausible is not None:
+        rejected_reason = implausible
     elif bad_share > spec.max_bad_share:
         top = (
-            per_row.group_by("column_name", "rule")
+            bad.group_by("column_name", "rule")
             .len()
             .sort("len", "column_name", "rule", descending=[True, False, False])
         )
@@ -230,13 +357,15 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
         rejected_reason = (
             str(worst["rule"]),
             worst["column_name"],
-            f"{label}: {n_bad} of {n_rows} rows ({bad_share:.2%}) break the contract, above the "
-            f"{spec.max_bad_share:.0%} limit; batch rejected whole. Most common: column {worst['column_name']!r} "
-            f"rule {worst['rule']!r} ({worst['len']} rows)",
+            (
+                f"{label}: {n_bad} of {n_distinct} distinct rows ({bad_share:.2%}) break the contract, above the "
+                f"{spec.max_bad_share:.0%} limit; batch rejected whole. Most common: column {worst['column_name']!r} "
+                f"rule {worst['rule']!r} ({worst['len']} rows)"
+            ),
         )
 
-    indexed = data.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
     json_rows = indexed.select("_row", rows_as_json(data))
+    counts = {"rows_duplicate": n_copies, "rows_conflicting": n_conflicting}
     if rejected_reason is not None:
         rule, column, message = rejected_reason
         quarantined = json_rows.join(per_row, on="_row", how="left").with_columns(
@@ -244,13 +373,18 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
             pl.col("failures").fill_null(pl.lit(f"batch rejected: {rule}")),
             pl.lit(True).alias("batch_rejected"),
         )
-        verdict = BatchVerdict(False, message, n_rows, 0, n_rows, rule=rule, column=column)
+        verdict = BatchVerdict(False, message, n_rows, 0, n_rows, rule=rule, column=column, **counts)
         return RowSplit(indexed.clear(), quarantined.select(list(QUARANTINE_SCHEMA)), verdict)
 
     quarantined = per_row.join(json_rows, on="_row", how="left").with_columns(pl.lit(False).alias("batch_rejected"))
-    valid = indexed.join(per_row.select("_row"), on="_row", how="anti")
+    valid = distinct.join(bad.select("_row"), on="_row", how="anti")
     message = (
-        f"{label}: {n_rows - n_bad} rows valid, {n_bad} quarantined ({bad_share:.2%}, limit {spec.max_bad_share:.0%})"
+        f"{label}: {valid.height} rows valid, {per_row.height} quarantined: {n_bad} break the contract "
+        f"({bad_share:.2%} of {n_distinct} distinct rows, limit {spec.max_bad_share:.0%})"
     )
-    verdict = BatchVerdict(True, message, n_rows, valid.height, n_bad)
+    if n_conflicting:
+        message += f", of which {n_conflicting} share a key with other, different rows (none of them kept)"
+    if n_copies:
+        message += f"; {n_copies} exact copies of other rows (each row is judged once, its copies kept back)"
+    verdict = BatchVerdict(True, message, n_rows, valid.height, per_row.height, **counts)
     return RowSplit(valid, quarantined.select(list(QUARANTINE_SCHEMA)), verdict)

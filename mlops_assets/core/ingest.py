@@ -4,15 +4,20 @@ Each stage appends its verdict to the batch log ``quarantine.batches`` (with the
 the asset checks judge the newest batch of each month from what is stored. A rejected batch never touches the last
 accepted state:
 
-* raw rejects an unreadable, empty or re-shaped file; the exact bytes are copied to ``quarantine/<table>/`` under the
-  data directory and, when readable, every row is kept in ``quarantine.<table>`` as JSON;
-* validated quarantines bad rows with their rule and column; above the table's bad-row limit it quarantines them all.
+* raw rejects a file that does not match its checksum file, or is unreadable, empty or re-shaped; the exact bytes are
+  copied to ``quarantine/<table>/`` under the data directory and, when readable, every row is kept in
+  ``quarantine.<table>`` as JSON;
+* validated quarantines bad rows with their rule and column (and exact copies of a row, judged once); above the
+  table's bad-row limit, or when a plausibility rule of the table is broken against the accepted months' history, it
+  quarantines them all.
 
-Rows are accounted for per landed file (sha256): validated + quarantined = landed.
+Rows are accounted for per landed file (sha256): validated + quarantined = landed. Files of the landing zone whose name
+does not follow the layout are logged too (stage ``landing``, rule ``misnamed_file``), once per file version.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +27,9 @@ import polars as pl
 
 from mlops_assets.core.contracts import (
     QUARANTINE_SCHEMA,
+    RULE_CHECKSUM_MISMATCH,
+    RULE_CHECKSUM_MISSING,
+    RULE_MISNAMED_FILE,
     RULE_READABLE,
     BatchUnreadableError,
     BatchVerdict,
@@ -31,7 +39,15 @@ from mlops_assets.core.contracts import (
     split_rows,
     structure_problems,
 )
-from mlops_assets.core.landing import LandedFile, sha256_bytes, write_atomic
+from mlops_assets.core.landing import (
+    LandedFile,
+    MisnamedFile,
+    checksum_path,
+    recorded_checksum,
+    sha256_bytes,
+    sha256_file,
+    write_atomic,
+)
 from mlops_assets.core.specs import ContractContext, TableSpec
 from mlops_assets.core.store import (
     BATCH_LOG,
@@ -139,6 +155,44 @@ def _log(
     )
 
 
+#: A batch and its checksum file are two renames: a reader between them sees a new file with the old checksum (or
+#: none yet). A mismatch is read again this many times, this far apart, before the batch is rejected.
+CHECKSUM_ATTEMPTS, CHECKSUM_RETRY_S = 3, 0.25
+
+
+def read_verified(path: Path) -> tuple[bytes, str, str | None]:
+    """The bytes of a landed batch, their sha256 and the sha256 its checksum file records (None: no checksum file).
+
+    Reads again, briefly, while the two differ: a file being replaced by ``land_file`` has its checksum file written
+    right after it.
+    """
+    for attempt in range(CHECKSUM_ATTEMPTS):
+        data = path.read_bytes()
+        actual, recorded = sha256_bytes(data), recorded_checksum(path)
+        if recorded == actual or attempt == CHECKSUM_ATTEMPTS - 1:
+            break
+        time.sleep(CHECKSUM_RETRY_S)
+    return data, actual, recorded
+
+
+def checksum_verdict(label: str, path: Path, actual: str, recorded: str | None) -> BatchVerdict | None:
+    """The rejection of a batch whose bytes its checksum file does not vouch for; None when they match."""
+    if recorded == actual:
+        return None
+    sidecar = checksum_path(path).name
+    if recorded is None:
+        message = (
+            f"{label}: no checksum file {sidecar} beside the batch, so its bytes cannot be verified (sha256 {actual}); "
+            "batch rejected whole. Land files with their checksum (`mlops replay` and land_file write both)"
+        )
+        return BatchVerdict(False, message, 0, 0, 0, rule=RULE_CHECKSUM_MISSING)
+    message = (
+        f"{label}: checksum mismatch: the file's sha256 is {actual}, its checksum file {sidecar} says {recorded}; the "
+        "file changed or was damaged after it was landed: batch rejected whole"
+    )
+    return BatchVerdict(False, message, 0, 0, 0, rule=RULE_CHECKSUM_MISMATCH)
+
+
 def ingest_raw(
     conn: duckdb.DuckDBPyConnection,
     spec: TableSpec,
@@ -148,27 +202,32 @@ def ingest_raw(
     run_id: str,
     now: datetime,
 ) -> BatchVerdict:
-    """Copy a landed batch into ``raw.<table>`` (its partition replaced) when its structure matches the contract.
+    """Copy a landed batch into ``raw.<table>`` (its partition replaced) when it matches its checksum file and its
+    structure matches the contract.
 
     The checksum is taken of the bytes actually read, so a file replaced between scan and ingest is still traced right.
-    A rejected batch leaves ``raw`` untouched; its bytes are kept under ``quarantine_dir``.
+    A rejected batch leaves ``raw`` untouched; its bytes are kept under ``quarantine_dir`` and its readable rows in
+    ``quarantine.<table>``.
     """
-    data = landed.path.read_bytes()
-    batch = Batch(spec.name, landed.month, str(landed.path.relative_to(landing_dir)), sha256_bytes(data))
+    data, digest, recorded = read_verified(landed.path)
+    batch = Batch(spec.name, landed.month, str(landed.path.relative_to(landing_dir)), digest)
     ensure_table(conn, "raw", spec.name, data_table_columns(spec))
+    unverified = checksum_verdict(batch.label, landed.path, digest, recorded)
     try:
         frame = read_batch(data)
     except BatchUnreadableError as error:
         frame = None
-        verdict = BatchVerdict(False, f"{batch.label}: {error}", 0, 0, 0, rule=RULE_READABLE)
+        verdict = unverified or BatchVerdict(False, f"{batch.label}: {error}", 0, 0, 0, rule=RULE_READABLE)
     else:
-        verdict = check_structure(frame, spec, batch.label)
+        verdict = unverified or check_structure(frame, spec, batch.label)
+        if unverified is not None:  # the rows are kept in quarantine, so count them
+            verdict = replace(unverified, rows_landed=frame.height, rows_quarantined=frame.height)
 
     if not verdict.accepted:
         kept = quarantine_dir / spec.name / f"{landed.month or spec.name}-{batch.sha256[:16]}.parquet"
         write_atomic(kept, data)
         if frame is not None and frame.height:
-            problems = structure_problems(dict(frame.schema), spec.columns)
+            problems = [] if unverified else structure_problems(dict(frame.schema), spec.columns)
             rule, column, reason = problems[0] if problems else (verdict.rule, verdict.column, verdict.message)
             rows = pl.DataFrame(
                 {
@@ -192,6 +251,80 @@ def ingest_raw(
     return replace(verdict, source_file=batch.source_file, sha256=batch.sha256)
 
 
+#: ``table_name`` in the batch log of a misnamed file that no table's name explains (e.g. one outside any folder).
+LANDING_ZONE = "(landing)"
+
+
+def record_misnamed(
+    conn: duckdb.DuckDBPyConnection, misnamed: list[MisnamedFile], run_id: str, now: datetime
+) -> list[MisnamedFile]:
+    """Log misnamed landing files in ``quarantine.batches`` (stage ``landing``, rule ``misnamed_file``, the reason as
+    message), once per file version; return the ones logged now (the others were logged by an earlier run).
+
+    Stage ``landing`` keeps them apart from the raw and validated verdicts the blocking checks judge: a misnamed file
+    is reported, and no month's ingest waits for it or fails because of it.
+    """
+    log = ensure_batch_log(conn)
+    logged: list[MisnamedFile] = []
+    for item in misnamed:
+        digest = sha256_file(item.path) if item.path.is_file() else None
+        (seen,) = fetch_row(
+            conn,
+            f"SELECT count(*) FROM {log} WHERE stage = 'landing' AND rule = ? AND source_file = ? "
+            "AND sha256 IS NOT DISTINCT FROM ?",
+            [RULE_MISNAMED_FILE, item.relative_name, digest],
+        )
+        if seen:
+            continue
+        append_row(
+            conn,
+            log,
+            {
+                "table_name": item.table or LANDING_ZONE,
+                "month": None,
+                "stage": "landing",
+                "source_file": item.relative_name,
+                "sha256": digest,
+                "accepted": False,
+                "rule": RULE_MISNAMED_FILE,
+                "message": f"{item.relative_name}: not ingested: {item.reason}",
+                "rows_landed": 0,
+                "rows_valid": 0,
+                "rows_quarantined": 0,
+                "run_id": run_id,
+                "checked_at": now,
+            },
+        )
+        logged.append(item)
+    return logged
+
+
+def share_history(conn: duckdb.DuckDBPyConnection, spec: TableSpec, month: str | None) -> dict[str, tuple[float, ...]]:
+    """Each plausibility rule's share in every accepted month of ``validated.<table>`` but ``month``, by rule name.
+
+    Only accepted batches reach ``validated``, so a rejected month never becomes the history a later one is held to.
+    """
+    if not spec.plausibility or not spec.monthly or not table_exists(conn, "validated", spec.name):
+        return {}
+    columns = sorted({c for rule in spec.plausibility for c in rule.columns})
+    selected = ", ".join(quote_identifier(c) for c in ["_month", *columns])
+    frame = query_frame(
+        conn,
+        f"SELECT {selected} FROM {qualified('validated', spec.name)} "
+        "WHERE _month IS NOT NULL AND _month IS DISTINCT FROM ?",
+        [month],
+    )
+    history: dict[str, tuple[float, ...]] = {}
+    for rule in spec.plausibility:
+        shares = (
+            frame.group_by("_month")
+            .agg(rule.rows.fill_null(False).cast(pl.Float64).mean().alias("share"))
+            .sort("_month")["share"]
+        )
+        history[rule.name] = tuple(float(v) for v in shares)
+    return history
+
+
 def read_codes(conn: duckdb.DuckDBPyConnection, spec: TableSpec) -> dict[str, frozenset[str]]:
     """The known codes a contract checks against, read from the validated reference tables."""
     codes: dict[str, frozenset[str]] = {}
@@ -207,9 +340,10 @@ def validate_partition(
 ) -> BatchVerdict:
     """Check the rows of the batch in ``raw`` against the table's contract and publish the good ones.
 
-    Accepted: ``validated.<table>`` for the partition is replaced by the valid rows and bad rows are quarantined.
-    Rejected (bad share above the limit, or a frame-level rule broken): every row is quarantined and the partition of
-    ``validated`` keeps its last accepted state.
+    Accepted: ``validated.<table>`` for the partition is replaced by the valid rows and bad rows (and exact copies of
+    valid ones) are quarantined. Rejected (bad share above the limit, a frame-level rule broken, or a plausibility rule
+    broken against the other accepted months): every row is quarantined and the partition of ``validated`` keeps its
+    last accepted state.
     """
     raw_name = qualified("raw", spec.name)
     where, params = _partition_filter(month)
@@ -218,7 +352,7 @@ def validate_partition(
         raise ValueError(f"raw.{spec.name} has no rows for {month or 'the reference table'}: materialize raw first")
     first = frame.row(0, named=True)
     batch = Batch(spec.name, month, first["_source_file"], first["_sha256"])
-    context = ContractContext(month=month, codes=read_codes(conn, spec))
+    context = ContractContext(month=month, codes=read_codes(conn, spec), history=share_history(conn, spec, month))
     split = split_rows(frame.select(list(spec.columns)), spec, context, batch.label)
 
     validated_name = ensure_table(conn, "validated", spec.name, data_table_columns(spec))

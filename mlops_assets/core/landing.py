@@ -7,7 +7,9 @@ Layout (below ``$MLOPS_DATA_DIR/landing``)::
     reference/<table>.parquet            a reference table that is replaced whole, e.g. reference/planes.parquet
 
 Files are written atomically (temporary file + rename), so a half-written file is never visible, and landing the same
-bytes twice changes nothing.
+bytes twice changes nothing. The ingest step verifies each batch against its checksum file before reading it. A file
+whose name does not follow the layout is never ingested and never skipped in silence: :func:`misnamed_files` lists it
+with the reason, and the ingest step of its table records it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 REFERENCE_FOLDER = "reference"
 MONTH_PATTERN = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+BATCH_SUFFIX = ".parquet"
+CHECKSUM_SUFFIX = ".sha256"
+#: A reference table's file name (before ``.parquet``): a table name, which is a plain lower-case identifier.
+REFERENCE_STEM = re.compile(r"[a-z][a-z0-9_]*")
+#: ``write_atomic``'s temporary files (``.<name>.<random>.tmp``): a write in flight, not a landed file.
+TEMPORARY_NAME = re.compile(r"\..+\.tmp")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_month(month: str) -> tuple[int, int]:
@@ -94,6 +104,25 @@ class LandedFile:
         return f"{folder}/{self.path.name}"
 
 
+def checksum_path(path: Path) -> Path:
+    """The checksum file (``sha256sum`` format) that lands beside a batch."""
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def recorded_checksum(path: Path) -> str | None:
+    """The sha256 the checksum file beside ``path`` records (its first word, lower case), or None when there is none.
+
+    A checksum file that holds no valid digest returns its first word as it is, so that the comparison fails and the
+    message shows what was found.
+    """
+    try:
+        text = checksum_path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    words = text.split()
+    return (words[0].lower() if SHA256_HEX.fullmatch(words[0].lower()) else words[0][:80]) if words else ""
+
+
 def landing_path(landing_dir: Path, table: str, month: str | None) -> Path:
     """Where the batch of ``table`` for ``month`` (or the reference table, when ``month`` is None) lands."""
     if month is None:
@@ -120,25 +149,137 @@ def land_file(landing_dir: Path, table: str, month: str | None, data: bytes) -> 
     return LandedFile(table, month, path, digest), status
 
 
-def _walk_layout(landing_dir: Path) -> list[tuple[str, str | None, Path]]:
-    """``(table, month, path)`` of every file that follows the layout; hidden temporary files are skipped."""
+@dataclass(frozen=True)
+class MisnamedFile:
+    """A file (or folder) in the landing zone whose name does not follow the layout, with why.
+
+    Attributes:
+        relative_name: its path below the landing folder, e.g. ``flights/2013-05 .parquet``.
+        table: the table it was most likely meant for (its folder, or the table a reference file's name spells in
+            another case), or None when nothing says which.
+        reason: what is wrong and what the layout expects.
+    """
+
+    path: Path
+    relative_name: str
+    table: str | None
+    reason: str
+
+
+def _batch_name_problem(folder: str, name: str) -> str | None:
+    """Why ``name`` is not a batch file name in ``folder`` (a table's folder or ``reference``), or None when it is."""
+    pattern = REFERENCE_STEM if folder == REFERENCE_FOLDER else MONTH_PATTERN
+    if name.endswith(BATCH_SUFFIX) and pattern.fullmatch(name.removesuffix(BATCH_SUFFIX)):
+        return None
+    stem, dot, extension = name.rpartition(".")
+    if "%" in name or ".." in name or "\\" in name:  # checked first: '..%2F' also starts like a hidden file
+        why = f"{name!r} looks like an encoded path (a landed file's name never holds one)"
+    elif name.startswith("."):
+        why = "a hidden file"
+    elif not dot:
+        why = "no .parquet extension"
+    elif extension.lower() == "parquet" and extension != "parquet":
+        why = f"the extension '.{extension}' must be '.parquet' in lower case"
+    elif extension != "parquet":
+        why = f"not a parquet file (extension '.{extension}')"
+    elif any(c.isspace() for c in stem):
+        why = f"{stem!r} has white space"
+    elif folder == REFERENCE_FOLDER:
+        why = f"{stem!r} is not a table name (lower-case letters, digits and _)"
+    else:
+        why = f"{stem!r} is not a month of the form YYYY-MM"
+    expected = f"{folder}/<table>.parquet" if folder == REFERENCE_FOLDER else f"{folder}/<YYYY-MM>.parquet"
+    return f"{why}; expected {expected}"
+
+
+def _meant_for(folder: str, name: str) -> str | None:
+    """The table a misnamed file in ``folder`` was most likely meant for."""
+    if folder != REFERENCE_FOLDER:
+        return folder
+    guess = name.strip().lower().partition(".")[0].strip()
+    return guess if REFERENCE_STEM.fullmatch(guess) else None
+
+
+def _survey(
+    landing_dir: Path, tables: Collection[str] | None = None
+) -> tuple[list[tuple[str, str | None, Path]], list[MisnamedFile]]:
+    """Every file of the landing zone, split into batches that follow the layout (``(table, month, path)``) and
+    misnamed files with the reason. ``write_atomic``'s temporary files (a write in flight) are neither.
+
+    Args:
+        tables: the known tables; when given, a folder or reference file of another name is misnamed too.
+    """
     entries: list[tuple[str, str | None, Path]] = []
+    misnamed: list[MisnamedFile] = []
     if not landing_dir.exists():
-        return entries
-    for folder in sorted(p for p in landing_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(folder.glob("*.parquet")):
-            stem = path.name.removesuffix(".parquet")
-            if path.name.startswith("."):
+        return entries, misnamed
+
+    def report(path: Path, table: str | None, reason: str) -> None:
+        misnamed.append(MisnamedFile(path, path.relative_to(landing_dir).as_posix(), table, reason))
+
+    layout = "batches land as <table>/<YYYY-MM>.parquet or reference/<table>.parquet"
+    for top in sorted(landing_dir.iterdir()):
+        if TEMPORARY_NAME.fullmatch(top.name):
+            continue
+        if not top.is_dir():
+            report(top, None, f"a file outside any table folder; {layout}")
+            continue
+        if top.name.startswith("."):
+            report(top, None, f"a hidden folder; {layout}")
+            continue
+        if not REFERENCE_STEM.fullmatch(top.name):  # table names are lower-case identifiers (they name DuckDB tables)
+            report(top, None, f"folder {top.name!r} is not a table name (lower-case letters, digits and _); {layout}")
+            continue
+        if tables is not None and top.name != REFERENCE_FOLDER and top.name not in tables:
+            report(top, None, f"folder {top.name!r} is not a table of any feed (known: {', '.join(sorted(tables))})")
+            continue
+        names = {p.name for p in top.iterdir()}
+        for path in sorted(top.iterdir()):
+            name = path.name
+            if TEMPORARY_NAME.fullmatch(name):
                 continue
-            if folder.name == REFERENCE_FOLDER:
+            if path.is_dir():
+                report(path, _meant_for(top.name, name), f"a folder inside {top.name}/; {layout}")
+                continue
+            batch_name = name.removesuffix(CHECKSUM_SUFFIX)
+            problem = _batch_name_problem(top.name, batch_name)
+            if name.endswith(CHECKSUM_SUFFIX):  # a checksum file: fine beside its (well-named) batch
+                if problem is not None:
+                    report(path, _meant_for(top.name, batch_name), f"the checksum file of a misnamed batch: {problem}")
+                elif batch_name not in names:
+                    report(path, _meant_for(top.name, batch_name), f"a checksum file without its batch {batch_name}")
+                continue
+            if problem is not None:
+                report(path, _meant_for(top.name, name), problem)
+                continue
+            stem = name.removesuffix(BATCH_SUFFIX)
+            if top.name != REFERENCE_FOLDER:
+                entries.append((top.name, stem, path))
+            elif tables is not None and stem not in tables:
+                report(path, None, f"{stem!r} is not a table of any feed (known: {', '.join(sorted(tables))})")
+            else:
                 entries.append((stem, None, path))
-            elif MONTH_PATTERN.fullmatch(stem):
-                entries.append((folder.name, stem, path))
-    return entries
+    return entries, misnamed
+
+
+def _walk_layout(landing_dir: Path) -> list[tuple[str, str | None, Path]]:
+    """``(table, month, path)`` of every file that follows the layout (:func:`misnamed_files` lists the others)."""
+    return _survey(landing_dir)[0]
+
+
+def misnamed_files(landing_dir: Path, tables: Collection[str] | None = None) -> list[MisnamedFile]:
+    """Every file (or folder) of the landing zone whose name does not follow the layout, with the reason: such a file
+    is never ingested, so it must be reported rather than skipped in silence.
+
+    Args:
+        tables: the feeds' tables; when given, a folder or reference file named after no table is reported too.
+    """
+    return _survey(landing_dir, tables)[1]
 
 
 def scan_landing(landing_dir: Path) -> list[LandedFile]:
-    """Every landed parquet file with the sha256 of its current bytes (computed here: checksum files are not trusted)."""
+    """Every landed parquet file with the sha256 of its current bytes (computed here: the ingest step compares them
+    with the checksum files)."""
     return [LandedFile(table, month, path, sha256_file(path)) for table, month, path in _walk_layout(landing_dir)]
 
 

@@ -115,9 +115,14 @@ def live_performance(
                 "share_below_0_01": m["share_below_0_01"],
                 "evaluation_roc_auc": evaluated,
                 "auc_drop": (evaluated - m["roc_auc"]) if evaluated is not None else None,
+                # online requests with a code the store had never seen (a new route or carrier): answered, counted
+                "unknown_code_share": (
+                    float(group["unknown_codes"].is_not_null().mean()) if "unknown_codes" in group.columns else None
+                ),
             }
         )
-    return pl.DataFrame(rows, schema_overrides={"evaluation_roc_auc": pl.Float64, "auc_drop": pl.Float64})
+    overrides = {"evaluation_roc_auc": pl.Float64, "auc_drop": pl.Float64, "unknown_code_share": pl.Float64}
+    return pl.DataFrame(rows, schema_overrides=overrides)
 
 
 def drift_retrain_reason(summary: DriftSummary) -> str | None:

@@ -7,6 +7,12 @@ would give, and the same point-in-time engine (``features/pit.py``) adds the loo
 request's prediction time. So a flight scored online gets exactly the vector it has in ``features.<name>``, which the
 tests check.
 
+The export knows facts up to its horizon, the manifest's ``facts_known_through``. A request whose prediction time lies
+past it gets its lookups and windows as of the horizon (what the export knows), never as of its own time: windows that
+ran past the newest fact would count hours without data as hours without delays, i.e. made-up features. The features
+known in advance (schedule, route, plane, calendar) stay the request's own. How far past the horizon a request may be
+is the service's decision (``ServeConfig.max_feature_age_hours``).
+
 Layout below ``$MLOPS_DATA_DIR/online_store``: ``versions/<id>/`` (Parquet frames + ``manifest.json``), and
 ``CURRENT`` naming the version to serve. A version folder is written under a temporary name and renamed; ``CURRENT`` is
 replaced atomically, so a reader sees the old export or the new one, never half of one.
@@ -20,7 +26,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,8 @@ from mlops_assets.core.store import query_frame
 
 CURRENT = "CURRENT"
 _ORDER = "_request_order"
+#: The time lookups and windows are evaluated at: the prediction time, or the export's horizon when that is earlier.
+_AS_OF = "_features_as_of"
 #: Up to this many requests, features are looked up per key with binary search (microseconds) instead of polars
 #: as-of joins over the whole export (milliseconds); both give the same values, which the tests check.
 SMALL_BATCH = 32
@@ -236,6 +244,16 @@ class OnlineStore:
     def __post_init__(self) -> None:
         online = self.spec.online
         self.index = online.index(self.reference) if online is not None and online.index is not None else None
+        known = self.manifest.get("facts_known_through")
+        #: The newest time the export's facts reach (UTC, naive as every time here); None: it holds no facts.
+        self.horizon: datetime | None = datetime.fromisoformat(known) if known else None
+        self._horizon_us = int(_micros(pl.Series([self.horizon], dtype=pl.Datetime("us")))[0]) if known else None
+        #: Request field -> the values the export has seen (an export written before a frame was declared has no
+        #: entry for its fields: nothing is flagged rather than everything).
+        self.known_codes: dict[str, frozenset[str]] = {}
+        for name, (frame, column) in (online.known_values if online is not None else {}).items():
+            if frame in self.reference and column in self.reference[frame].columns:
+                self.known_codes[name] = frozenset(self.reference[frame][column].drop_nulls().cast(pl.String))
         self.keyed_lookups = [
             _KeyedLookup(c, lookup) for c, lookup in zip(self.candidates, self.spec.lookups, strict=True)
         ]
@@ -285,9 +303,21 @@ class OnlineStore:
         )
         return cls.from_export(spec, export, version)
 
+    def as_of(self, prediction_time: datetime) -> datetime:
+        """When the features of a request at ``prediction_time`` are computed: its own time, or the horizon when the
+        export's facts end before it."""
+        return prediction_time if self.horizon is None or prediction_time <= self.horizon else self.horizon
+
+    def feature_age_hours(self, prediction_time: datetime) -> float:
+        """How many hours ``prediction_time`` lies past the horizon (0: the export knows what the time needs)."""
+        if self.horizon is None or prediction_time <= self.horizon:
+            return 0.0
+        return (prediction_time - self.horizon).total_seconds() / 3600.0
+
     def features(self, requests: pl.DataFrame) -> pl.DataFrame:
-        """Feature rows for ``requests`` (in request order): the entity columns and every feature, as of each
-        request's prediction time, from the facts in this export."""
+        """Feature rows for ``requests`` (in request order): the entity columns (with each request's own prediction
+        time) and every feature, with the lookups and windows as of the prediction time or the export's horizon,
+        whichever is earlier (:meth:`as_of`)."""
         assert self.spec.online is not None
         if requests.height <= SMALL_BATCH:
             online = self.spec.online
@@ -295,21 +325,31 @@ class OnlineStore:
                 return self._features_by_key(online.entity_rows(requests.to_dicts(), self.index))
             return self._features_by_key(online.entities(requests, self.reference))
         rows = self.spec.online.entities(requests, self.reference).with_row_index(_ORDER)
-        time = self.spec.time_column
-        rows = rows.sort([time, _ORDER])
+        rows = rows.with_columns(self._as_of_expr()).sort([_AS_OF, _ORDER])
         for candidates, lookup in zip(self.candidates, self.spec.lookups, strict=True):
-            rows = add_prepared_lookup(rows, candidates, lookup, time)
+            rows = add_prepared_lookup(rows, candidates, lookup, _AS_OF)
         if rows.height > KEYED_WINDOW_ROWS:  # large batches: the as-of joins, as the offline build does
-            return add_prepared_windows(self.cumulatives, rows, self.spec.windows, time).sort(_ORDER).drop(_ORDER)
+            rows = add_prepared_windows(self.cumulatives, rows, self.spec.windows, _AS_OF)
+            return rows.sort(_ORDER).drop(_ORDER, _AS_OF)
         # up to a few thousand rows, per-key binary search: an as-of join re-groups the whole export on every call
-        times = _micros(rows[time])
+        times = _micros(rows[_AS_OF])
         for window in self.keyed_windows:
             rows = rows.hstack(list(window.columns(rows, times).values()))
-        return rows.sort(_ORDER).drop(_ORDER)
+        return rows.sort(_ORDER).drop(_ORDER, _AS_OF)
+
+    def _as_of_expr(self) -> pl.Expr:
+        """The prediction time capped at the horizon (null stays null: a local time that does not exist)."""
+        time = pl.col(self.spec.time_column)
+        if self.horizon is None:
+            return time.alias(_AS_OF)
+        horizon = pl.lit(self.horizon, dtype=pl.Datetime("us"))
+        return pl.when(time > horizon).then(horizon).otherwise(time).cast(pl.Datetime("us")).alias(_AS_OF)
 
     def _features_by_key(self, rows: pl.DataFrame) -> pl.DataFrame:
         """The same lookups and windows for a few rows, by binary search in the per-key arrays."""
         times = _micros(rows[self.spec.time_column])
+        if self._horizon_us is not None:  # NaN (no prediction time) stays NaN: np.minimum propagates it
+            times = np.minimum(times, self._horizon_us)
         dicts = rows.to_dicts()
         columns: dict[str, pl.Series] = {}
         for keyed in self.keyed_lookups:
@@ -321,9 +361,3 @@ class OnlineStore:
 
 def manifest_reference(manifest: dict[str, Any]) -> list[str]:
     return [name.removeprefix("reference_") for name in manifest["rows"] if name.startswith("reference_")]
-
-
-def stale_after(manifest: dict[str, Any], prediction_time: datetime, horizon: timedelta = timedelta(days=45)) -> bool:
-    """Whether a prediction time lies so far past the export's facts that windows and lookups would be empty."""
-    known = manifest.get("facts_known_through")
-    return known is not None and prediction_time - datetime.fromisoformat(known) > horizon

@@ -31,16 +31,48 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 @dataclass(frozen=True)
 class ContractContext:
-    """What a contract may depend on besides the batch: its partition month and the known codes of reference tables."""
+    """What a contract may depend on besides the batch: its partition month, the known codes of reference tables and,
+    per plausibility rule of the table (:class:`ShareRule`, by name), its share in each accepted month but this one."""
 
     month: str | None = None
     codes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    history: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def year_month(self) -> tuple[int, int]:
         if self.month is None:
             raise ValueError("this contract needs a partition month, but the table is not monthly")
         return parse_month(self.month)
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: a polars expression's == builds an expression
+class ShareRule:
+    """A batch-level rule: the share of a batch's rows that meet ``rows`` must be plausible against the same share in
+    the months accepted so far. Meant for outcome columns (labels and what they are computed from), whose nulls or
+    rates no row rule can judge: an all-null ``arr_delay`` is valid row by row, yet turns every label into 1.
+
+    A batch is implausible when its share is above ``min_share`` (small shares move a lot from month to month) and
+    above ``max_ratio`` x the median of the history; with ``two_sided``, also when it is below the median /
+    ``max_ratio`` while that median is above ``min_share`` (a rate that collapses). With fewer than ``min_history``
+    accepted months there is nothing to compare with: only a share above ``max_share_without_history`` is implausible.
+
+    Attributes:
+        name: what is counted, for people, e.g. ``"arr_delay is null"``; also the key of the history.
+        rows: a boolean polars expression over the table's columns; a null counts as false.
+    """
+
+    name: str
+    rows: pl.Expr
+    max_ratio: float = 3.0
+    min_share: float = 0.10
+    max_share_without_history: float = 0.5
+    min_history: int = 1
+    two_sided: bool = False
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns the rule reads (its history is read from these columns of the validated table)."""
+        return tuple(dict.fromkeys(self.rows.meta.root_names()))
 
 
 @dataclass(frozen=True)
@@ -50,12 +82,15 @@ class TableSpec:
     Attributes:
         name: table name in every schema (``raw.<name>``, ``validated.<name>``, ``quarantine.<name>``).
         columns: the landed schema, column -> polars dtype. A batch whose columns or types differ is rejected whole.
-        key: columns that identify a row; duplicates are quarantined.
+        key: columns that identify a row. Exact copies of a row are quarantined and the row itself flows; rows that
+            share a key but differ are all quarantined (which one is true is unknown).
         monthly: True for a monthly batch (one partition per month), False for a reference table replaced whole.
         rules: builds the pandera row rules (column -> ``pa.Column``) for a batch; the key and schema are added for you.
         code_sources: code name -> (reference table, column), e.g. ``{"carrier": ("airlines", "carrier")}``; the codes
             are read from the validated reference table and handed to ``rules`` through the context.
         max_bad_share: a batch with a larger share of bad rows is rejected whole.
+        plausibility: batch-level rules held against the history of accepted months (see :class:`ShareRule`); a batch
+            that breaks one is rejected whole. Not compared (a polars expression has no equality).
     """
 
     name: str
@@ -66,10 +101,15 @@ class TableSpec:
     code_sources: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     max_bad_share: float = 0.01
     description: str = ""
+    plausibility: tuple[ShareRule, ...] = field(default=(), compare=False)
 
     def contract(self, context: ContractContext) -> pa.DataFrameSchema:
-        """The pandera schema of one batch: row rules per column plus key uniqueness."""
-        return pa.DataFrameSchema(self.rules(context), unique=list(self.key), name=self.name)
+        """The pandera schema of one batch: the row rules per column.
+
+        Key uniqueness is judged by the contract's caller (``core/contracts.py``), not by pandera: pandera flags every
+        row of a repeated key alike, while an exact copy (drop it, keep the row) and a conflict (keep neither) differ.
+        """
+        return pa.DataFrameSchema(self.rules(context), name=self.name)
 
 
 @dataclass(frozen=True)
@@ -86,6 +126,13 @@ class OnlineSpec:
         index: optional; builds lookups from the reference frames once, when a store loads.
         entity_rows: optional; the same rows for a few requests (as dicts) from that index, without data-frame
             joins (a served request costs microseconds instead of a millisecond). Tested equal to ``entities``.
+        field_patterns: request field -> regular expression the whole (trimmed) value must match, e.g. a code's
+            form; anything else is refused (422 naming the field) before it reaches a lookup or the log.
+        accepted_values: request field -> the only values accepted (a closed set, e.g. the airports the feed
+            serves); anything else is refused.
+        known_values: request field -> (reference frame, column) of the online store's export holding the values
+            seen so far (an open set: new destinations appear). A well-formed value outside it is answered, and the
+            answer and the prediction log name the field (``unknown_codes``).
     """
 
     request_fields: Mapping[str, tuple[type, bool, str]]
@@ -94,6 +141,23 @@ class OnlineSpec:
     entities: Callable[[pl.DataFrame, Mapping[str, pl.DataFrame]], pl.DataFrame]
     index: Callable[[Mapping[str, pl.DataFrame]], Any] | None = None
     entity_rows: Callable[[list[dict[str, Any]], Any], pl.DataFrame] | None = None
+    field_patterns: Mapping[str, str] = field(default_factory=dict)
+    accepted_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    known_values: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for rules in (self.field_patterns, self.accepted_values, self.known_values):
+            unknown = sorted(set(rules) - set(self.request_fields))
+            if unknown:
+                raise ValueError(f"online spec: rules for {unknown}, which are not request fields")
+        for name, pattern in self.field_patterns.items():
+            re.compile(pattern)  # a typo in a pattern fails when the spec is defined, not on the first request
+            refused = [v for v in self.accepted_values.get(name, ()) if not re.fullmatch(pattern, v)]
+            if refused:
+                raise ValueError(f"online spec: accepted {name} values {refused} do not match {pattern}")
+        for name, (frame, _) in self.known_values.items():
+            if frame not in self.reference_sql:
+                raise ValueError(f"online spec: known {name} values come from {frame!r}, not a reference frame")
 
 
 @dataclass(frozen=True)

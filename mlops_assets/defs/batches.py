@@ -39,6 +39,9 @@ def verdict_metadata(months: Sequence[str | None], verdicts: Sequence[BatchVerdi
             "rows_landed": dg.MetadataValue.int(verdict.rows_landed),
             "rows_valid": dg.MetadataValue.int(verdict.rows_valid),
             "rows_quarantined": dg.MetadataValue.int(verdict.rows_quarantined),
+            # of the quarantined rows: exact copies (their row flowed once) and rows of a key that differing rows share
+            "rows_duplicate": dg.MetadataValue.int(verdict.rows_duplicate),
+            "rows_conflicting": dg.MetadataValue.int(verdict.rows_conflicting),
             "accepted": dg.MetadataValue.bool(verdict.accepted),
             "sha256": dg.MetadataValue.text(verdict.sha256 or ""),
         }

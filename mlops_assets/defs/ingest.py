@@ -1,12 +1,15 @@
 """Ingest: the landing zone as observable sources, and ``raw.<table>`` as exact copies of the landed batches."""
 
+from collections.abc import Collection
 from datetime import datetime
 
 import dagster as dg
+import duckdb as duckdb_module
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets.core.ingest import ingest_raw
-from mlops_assets.core.landing import find_landed, scan_landing
+from mlops_assets.core.contracts import BatchVerdict
+from mlops_assets.core.ingest import ingest_raw, record_misnamed
+from mlops_assets.core.landing import MisnamedFile, find_landed, misnamed_files, scan_landing
 from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import transaction
 from mlops_assets.defs.batches import build_batch_check, partitions_for, verdict_metadata
@@ -18,17 +21,40 @@ from mlops_assets.defs.resources import PlatformStorage
 DATA_VERSION_TAG = "dagster/data_version"
 #: Marks an observation made by the ingest step (these bytes are in raw), as opposed to a plain look at the folder.
 INGESTED_TAG = "mlops/ingested"
+#: Marks an observation that reports a misnamed file in the table's folder (says nothing about what was ingested).
+MISNAMED_TAG = "mlops/misnamed"
 
 
 def ingested_version(instance: dg.DagsterInstance, table: TableSpec, month: str | None) -> str | None:
-    """The sha256 of the file last ingested for ``table`` / ``month``, from Dagster's event log (not DuckDB)."""
+    """The sha256 of the file last ingested for ``table`` / ``month``, from Dagster's event log (not DuckDB).
+
+    Reports of misnamed files (tagged ``mlops/misnamed``) are passed over: they are about other files.
+    """
     records = instance.fetch_observations(
-        dg.AssetRecordsFilter(asset_key=landing_key(table), asset_partitions=[month] if month else None), limit=1
+        dg.AssetRecordsFilter(asset_key=landing_key(table), asset_partitions=[month] if month else None), limit=20
     ).records
-    observation = records[0].asset_observation if records else None
-    if observation is None or observation.tags.get(INGESTED_TAG) != "true":
-        return None
-    return observation.tags.get(DATA_VERSION_TAG)
+    for record in records:
+        observation = record.asset_observation
+        if observation is None or observation.tags.get(MISNAMED_TAG) == "true":
+            continue
+        return observation.tags.get(DATA_VERSION_TAG) if observation.tags.get(INGESTED_TAG) == "true" else None
+    return None
+
+
+def misnamed_of(table: TableSpec, misnamed: list[MisnamedFile]) -> list[MisnamedFile]:
+    """The misnamed files the ingest step of ``table`` reports: those of its folder (or meant for it), and those no
+    table's name explains (each step reports them; the batch log keeps one entry per file version)."""
+    return [m for m in misnamed if m.table in (table.name, None)]
+
+
+def misnamed_metadata(misnamed: list[MisnamedFile]) -> dict[str, dg.MetadataValue]:
+    """The misnamed files as a table in the materialization's metadata, with their count."""
+    lines = ["| file | reason |", "|---|---|"]
+    lines += [f"| `{m.relative_name}` | {m.reason.replace('|', '/')} |" for m in misnamed]
+    return {
+        "misnamed_files": dg.MetadataValue.int(len(misnamed)),
+        "misnamed": dg.MetadataValue.md("\n".join(lines) if misnamed else "none"),
+    }
 
 
 def build_landing_source(table: TableSpec) -> dg.SourceAsset:
@@ -53,7 +79,10 @@ def build_landing_source(table: TableSpec) -> dg.SourceAsset:
     return _landing
 
 
-def build_raw_asset(table: TableSpec) -> dg.AssetsDefinition:
+def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.AssetsDefinition:
+    """``raw.<table>``; ``known_tables`` are every table that has a landing folder (a folder of another name is
+    reported as misnamed)."""
+
     @dg.asset(
         key=raw_key(table),
         deps=[landing_key(table)],
@@ -63,45 +92,65 @@ def build_raw_asset(table: TableSpec) -> dg.AssetsDefinition:
         kinds={"duckdb"},
         pool=DUCKDB_POOL,
         description=f"`raw.{table.name}`: exact copy of each landed `{table.name}` batch plus ingest metadata (source "
-        "file, sha256, row position, run, time). A batch that is unreadable, empty or re-shaped is rejected whole: raw "
-        "keeps its last accepted state, the file's bytes are kept under $MLOPS_DATA_DIR/quarantine and the blocking "
-        "check `schema_contract` fails with the rule and the column.",
+        "file, sha256, row position, run, time). A batch that does not match its `.sha256` checksum file, or is "
+        "unreadable, empty or re-shaped, is rejected whole: raw keeps its last accepted state, the file's bytes are "
+        "kept under $MLOPS_DATA_DIR/quarantine and the blocking check `schema_contract` fails with the rule and "
+        "column. "
+        "Files of the table's folder whose names do not follow the layout are reported in the log, the metadata "
+        "(`misnamed`) and `quarantine.batches` (rule `misnamed_file`), never ingested.",
     )
     def _raw(
         context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage
     ) -> dg.MaterializeResult:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
         now = datetime.now()
-        verdicts = []
-        with duckdb.get_connection() as conn, transaction(conn):  # one commit for all the run's months
-            for month in months:
-                landed = find_landed(storage.landing_dir, table.name, month)
-                if landed is None:
-                    what = f"month {month}" if month else "the reference file"
-                    how = f"mlops replay --month {month}" if month else "mlops replay --through 2013-03"
-                    raise dg.Failure(
-                        description=f"Nothing has landed for {table.name}, {what}. Run `{how}`, then run again."
-                    )
-                verdict = ingest_raw(
-                    conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run.run_id, now
-                )
-                (context.log.info if verdict.accepted else context.log.error)(verdict.message)
-                verdicts.append(verdict)
-                # Record which bytes were ingested as the landing source's data version, per month: the UI shows it
-                # and the landing sensor reads it to skip files that are already in.
-                context.log_event(
-                    dg.AssetObservation(
-                        asset_key=landing_key(table),
-                        partition=month,
-                        tags={DATA_VERSION_TAG: str(verdict.sha256), INGESTED_TAG: "true"},
-                        metadata={
-                            "source_file": str(verdict.source_file),
-                            "rows_landed": verdict.rows_landed,
-                            "accepted": verdict.accepted,
-                        },
-                    )
-                )
-        return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts))
+        misnamed = misnamed_of(table, misnamed_files(storage.landing_dir, known_tables))
+        with duckdb.get_connection() as conn:
+            # A misnamed file is never ingested: say so on every run, and log it once per file version (in its own
+            # commit, so that the report stays when a month below fails).
+            with transaction(conn):
+                newly = record_misnamed(conn, misnamed, context.run.run_id, now)
+            for item in misnamed:
+                seen = "" if item in newly else " (logged before)"
+                context.log.warning(f"misnamed file not ingested: {item.relative_name}: {item.reason}{seen}")
+            with transaction(conn):  # one commit for all the run's months
+                verdicts = [ingest_month(context, conn, storage, month, misnamed, now) for month in months]
+        return dg.MaterializeResult(metadata={**verdict_metadata(months, verdicts), **misnamed_metadata(misnamed)})
+
+    def ingest_month(
+        context: dg.AssetExecutionContext,
+        conn: duckdb_module.DuckDBPyConnection,
+        storage: PlatformStorage,
+        month: str | None,
+        misnamed: list[MisnamedFile],
+        now: datetime,
+    ) -> BatchVerdict:
+        """Ingest one month's batch (or the reference file) and record the bytes read as a landing observation."""
+        landed = find_landed(storage.landing_dir, table.name, month)
+        if landed is None:
+            what = f"month {month}" if month else "the reference file"
+            how = f"mlops replay --month {month}" if month else "mlops replay --through 2013-03"
+            near = "".join(f" Misnamed, not ingested: {m.relative_name} ({m.reason})." for m in misnamed if m.table)
+            raise dg.Failure(
+                description=f"Nothing has landed for {table.name}, {what}.{near} Run `{how}`, then run again."
+            )
+        verdict = ingest_raw(conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run.run_id, now)
+        (context.log.info if verdict.accepted else context.log.error)(verdict.message)
+        # Record which bytes were ingested as the landing source's data version, per month: the UI shows it and the
+        # landing sensor reads it to skip files that are already in.
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=landing_key(table),
+                partition=month,
+                tags={DATA_VERSION_TAG: str(verdict.sha256), INGESTED_TAG: "true"},
+                metadata={
+                    "source_file": str(verdict.source_file),
+                    "rows_landed": verdict.rows_landed,
+                    "accepted": verdict.accepted,
+                },
+            )
+        )
+        return verdict
 
     return _raw
 
@@ -117,8 +166,16 @@ def build_schema_check(table: TableSpec) -> dg.AssetChecksDefinition:
     )
 
 
-def build_ingest(feed: FeedSpec) -> tuple[list[dg.SourceAsset | dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
-    """The feed's landing sources and raw tables (built once, whatever the number of models reading them)."""
+def build_ingest(
+    feed: FeedSpec, known_tables: Collection[str] | None = None
+) -> tuple[list[dg.SourceAsset | dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """The feed's landing sources and raw tables (built once, whatever the number of models reading them).
+
+    Args:
+        known_tables: every registered feed's tables (default: this feed's): a landing folder or reference file named
+            after none of them is reported as misnamed. With several feeds, pass all their tables.
+    """
+    known = set(known_tables) if known_tables is not None else {t.name for t in feed.tables}
     sources = [build_landing_source(t) for t in feed.tables]
-    raws = [build_raw_asset(t) for t in feed.tables]
+    raws = [build_raw_asset(t, known) for t in feed.tables]
     return [*sources, *raws], [build_schema_check(t) for t in feed.tables]

@@ -30,9 +30,12 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
         kinds={"duckdb", "pandera"},
         pool=DUCKDB_POOL,
         description=f"`validated.{table.name}`: rows of the landed batch that pass the pandera contract (types, "
-        "nullability, ranges, known codes, the partition's month, a unique key). Bad rows go to "
-        f"`quarantine.{table.name}` with the rule, the column, the source file and the whole row as JSON. Above "
-        f"{table.max_bad_share:.0%} bad rows the batch is rejected whole and the last accepted state stays.",
+        "nullability, ranges, known codes, the partition's month, dates that exist, time columns consistent with the "
+        f"parts they repeat) and the key. Bad rows go to `quarantine.{table.name}` with the rule, the column, the "
+        "source file and the whole row as JSON; an exact copy of a row is quarantined (`duplicate_row`) and the row "
+        f"flows once; rows that share a key but differ are all quarantined (`conflicting_key`). Above {table.max_bad_share:.0%} bad rows, or when a plausibility rule "
+        "(e.g. a label's null share against the accepted months: `label_implausible`) is broken, the batch is "
+        "rejected whole and the last accepted state stays.",
     )
     def _validated(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
@@ -54,8 +57,10 @@ def build_row_contract_check(table: TableSpec) -> dg.AssetChecksDefinition:
         validated_key(table),
         stage="validated",
         name="row_contract",
-        description=f"The newest batch of each month has at most {table.max_bad_share:.0%} bad rows and no "
-        "frame-level failure, and its rows add up: validated + quarantined = landed. Blocking.",
+        description=f"The newest batch of each month has at most {table.max_bad_share:.0%} bad rows, no "
+        "frame-level failure and no implausible label share against the accepted months, and its rows add up: "
+        "validated + quarantined = landed. Blocking: a rejected month reaches no feature, score, retraining, "
+        "promotion or rollback, and this check says why.",
     )
 
 

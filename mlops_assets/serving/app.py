@@ -10,12 +10,16 @@ Routes:
 * ``GET /models`` (every registered model), ``GET /models/{model}`` (one), ``GET /health`` (every model's health).
 
 A prediction names its ``model``, the ``entity_key`` (the request's key fields joined by ``|``), the ``probability``,
-``predicted`` (probability >= 0.5) and the ``outcome`` in the model's own word (``delayed`` / ``not delayed``).
+``predicted`` (probability >= 0.5) and the ``outcome`` in the model's own word (``delayed`` / ``not delayed``), the
+version and variant, the online store, when its features are from (``features_as_of``, UTC), how many hours past the
+store's newest facts the request is (``feature_age_hours``; ``features_stale`` when above 0) and the request fields
+whose codes the store has never seen (``unknown_codes``).
 
 The body is read and parsed by the model's own schema, not by FastAPI's parameter binding, so the size limit applies
 before parsing and every refusal is a 4xx naming the field: 400 malformed JSON, 413 too large (bytes or entities), 422
-invalid fields, 503 nothing to serve yet for that model. Scoring runs in the thread pool, so the event loop keeps
-accepting requests while polars and LightGBM work.
+invalid fields or a flight further past the online store's facts than the maximum feature age, 503 nothing to serve
+yet for that model. Scoring runs in the thread pool, so the event loop keeps accepting requests while polars and
+LightGBM work.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from mlops_assets.serving.service import PredictionService
 
 OK, DEGRADED, UNAVAILABLE, NOT_SERVED = "ok", "degraded", "unavailable", "not served"
 #: The default model's health fields that stay at the top of ``GET /health`` for clients of the one-model service.
-DEFAULT_HEALTH_FIELDS = ("champion", "online_store", "log", "problems", "uptime_seconds")
+DEFAULT_HEALTH_FIELDS = ("champion", "fallback", "online_store", "log", "problems", "uptime_seconds")
 
 
 class UnknownModel(LookupError):
@@ -98,7 +98,8 @@ class ServedCatalog:
 
         ``status`` is ``ok`` when every served model is ready and not degraded, ``unavailable`` when none is ready,
         else ``degraded``; ``models`` has each model's own health. The default model's fields (``champion``,
-        ``online_store``, ``log``, ``problems``) are repeated at the top level for clients of the one-model service.
+        ``fallback``, ``online_store``, ``log``, ``problems``) are repeated at the top level for clients of the
+        one-model service.
         """
         checked = {name: service.health() for name, service in self.services.items()}
         if not any(ready for ready, _ in checked.values()):

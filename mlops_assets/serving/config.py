@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 #: Share of traffic (0..1) sent to the ``challenger`` alias, by a stable hash of the entity key. 0 (default) = off.
 AB_SHARE_ENV = "MLOPS_AB_SHARE"
+#: How many hours past the online store's newest fact a request may be before it is refused (default 24).
+MAX_FEATURE_AGE_ENV = "MLOPS_MAX_FEATURE_AGE_HOURS"
+DEFAULT_MAX_FEATURE_AGE_HOURS = 24.0
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,9 @@ class ServeConfig:
         reload_seconds: how often the registry aliases and the online store's ``CURRENT`` are checked for a change.
         log_flush_rows, log_flush_seconds: when the prediction log writes a Parquet batch (and always on shutdown).
         graceful_shutdown_seconds: how long SIGTERM waits for requests in flight before closing the log.
+        max_feature_age_hours: a request whose prediction time lies more than this past the online store's newest
+            fact (``facts_known_through``) is refused (422): its features would be that old. Up to it, the request
+            is answered with features as of that fact, and the answer says how old they are.
     """
 
     host: str = "127.0.0.1"
@@ -34,8 +40,12 @@ class ServeConfig:
     log_flush_rows: int = 2000
     log_flush_seconds: float = 2.0
     graceful_shutdown_seconds: float = 10.0
+    max_feature_age_hours: float = DEFAULT_MAX_FEATURE_AGE_HOURS
 
     def __post_init__(self) -> None:
+        age = self.max_feature_age_hours
+        if isinstance(age, bool) or not isinstance(age, int | float) or not (math.isfinite(age) and age >= 0):
+            raise ValueError(f"the maximum feature age (${MAX_FEATURE_AGE_ENV}) must be hours >= 0, got {age!r}")
         if not (
             isinstance(self.ab_share, int | float) and math.isfinite(self.ab_share) and 0.0 <= self.ab_share <= 1.0
         ):
@@ -46,13 +56,33 @@ class ServeConfig:
             raise ValueError("max_body_bytes, max_batch and reload_seconds must be positive")
 
 
-def load_serve_config(host: str | None = None, port: int | None = None, ab_share: float | None = None) -> ServeConfig:
-    """The service's config: explicit arguments (the CLI flags), else ``$MLOPS_AB_SHARE``, else the defaults."""
+def load_serve_config(
+    host: str | None = None,
+    port: int | None = None,
+    ab_share: float | None = None,
+    max_feature_age_hours: float | None = None,
+) -> ServeConfig:
+    """The service's config: explicit arguments (the CLI flags), else ``$MLOPS_AB_SHARE`` and
+    ``$MLOPS_MAX_FEATURE_AGE_HOURS``, else the defaults."""
     if ab_share is None:
-        raw = os.environ.get(AB_SHARE_ENV, "").strip()
-        try:
-            ab_share = float(raw) if raw else 0.0
-        except ValueError:
-            raise ValueError(f"${AB_SHARE_ENV} must be a number in [0, 1], got {raw!r}") from None
+        ab_share = _env_number(AB_SHARE_ENV, 0.0, "a number in [0, 1]")
+    if max_feature_age_hours is None:
+        max_feature_age_hours = _env_number(
+            MAX_FEATURE_AGE_ENV, DEFAULT_MAX_FEATURE_AGE_HOURS, "a number of hours >= 0"
+        )
     defaults = ServeConfig()
-    return ServeConfig(host=host or defaults.host, port=defaults.port if port is None else port, ab_share=ab_share)
+    return ServeConfig(
+        host=host or defaults.host,
+        port=defaults.port if port is None else port,
+        ab_share=ab_share,
+        max_feature_age_hours=max_feature_age_hours,
+    )
+
+
+def _env_number(name: str, default: float, expected: str) -> float:
+    """``$name`` as a float (unset or blank: ``default``); a ValueError naming the variable otherwise."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"${name} must be {expected}, got {raw!r}") from None

@@ -1,13 +1,25 @@
 """The served model set: the champion answers, a challenger takes an A/B share, a shadow scores silently.
 
-Built from the registry's aliases and rebuilt when ``registry/aliases.json`` changes (its bytes are the reload token,
-and the set is built from exactly those bytes, so the token and the set always agree). Versions are immutable, so a
-model already loaded is reused by the next set instead of being read and verified again.
+Built from the registry's aliases and rebuilt when they change. The reload token is the bytes of
+``registry/aliases.json`` plus the file signatures (inode, size, times) of the versions they name, so the set is rebuilt
+when a named version's files change too: a tampered file is noticed, and a restored one clears the fallback. The set
+is built from exactly the alias bytes in the token, so the token and the set always agree. Versions are immutable, so
+a model already loaded is reused by the next set instead of being read and verified again, as long as its files are
+unchanged.
+
+A champion that cannot be loaded (e.g. it fails its checksum) never stops the answers: the set falls back to the
+newest earlier version that loads and verifies (the copy of the same version verified when it was loaded, else the
+champion serving now, else the registry's gated champions, newest promotion first), says so on ``/health`` and in the
+service's log, and records a ``serving_fallback`` event in the model's registry, once per distinct cause; when the
+cause is gone, a ``serving_recovered`` event. A challenger or shadow that cannot be loaded is left out of the set and
+reported: neither ever decides whether a request is answered.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,11 +27,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.registry import Registry
+from mlops_assets.core.registry import VERSION_PATTERN, Registry, gated_champions
 from mlops_assets.core.training import TrainedModel, load_version
 from mlops_assets.serving.reloading import Reloading
 
 CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
+#: The registry events the service records (``Registry.log_event``): a champion it could not serve, and the end of it.
+FALLBACK_EVENT, RECOVERED_EVENT = "serving_fallback", "serving_recovered"
+#: A version's files whose change means its model must be read and verified again.
+VERSION_FILES = ("model.txt", "model.sha256", "metadata.json")
+logger = logging.getLogger("mlops_assets.serving")
 
 
 @dataclass(frozen=True)
@@ -52,11 +69,38 @@ def metadata_summary(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """The champion alias names ``wanted``, which cannot serve (``error``); ``serving`` answers in its place."""
+
+    wanted: str
+    serving: str
+    error: str
+
+    @property
+    def reason(self) -> str:
+        """One sentence for ``/health``, the service's log and the registry's event."""
+        if self.serving == self.wanted:
+            return (
+                f"champion {self.wanted}'s files no longer verify ({self.error}); serving the copy verified when it "
+                "was loaded (a restart would fall back to an earlier champion): restore the files or roll back"
+            )
+        return (
+            f"champion {self.wanted} cannot be served ({self.error}); serving {self.serving} instead, the newest "
+            "earlier champion that loads and verifies: restore the files or roll back (`mlops rollback`)"
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return {"champion_alias": self.wanted, "serving": self.serving, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class ModelSet:
     """One consistent set of served models, as the aliases named them at one moment.
 
     ``challenger`` is set only when A/B is on (share > 0) and the alias names another version than the champion;
     ``shadow`` only when it names another version than the champion. ``aliases`` is the raw alias map.
+    ``fallback`` says the champion alias's version could not be served and which version serves instead;
+    ``left_out`` says why a named challenger or shadow is missing from the set.
     """
 
     champion: ServedModel | None
@@ -64,6 +108,8 @@ class ModelSet:
     shadow: ServedModel | None
     aliases: dict[str, str | None]
     ab_share: float
+    fallback: Fallback | None = None
+    left_out: tuple[str, ...] = ()
 
     def variant_for(self, bucket: float) -> ServedModel:
         """The model that answers a request in A/B ``bucket`` (in [0, 1)); requires a champion."""
@@ -74,46 +120,188 @@ class ModelSet:
     def mode(self) -> str:
         return "ab" if self.challenger is not None else "champion"
 
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong with this set although it serves (``/health`` reports it as ``degraded``)."""
+        return [*((self.fallback.reason,) if self.fallback else ()), *self.left_out]
+
+    def describe(self) -> str:
+        """For the service's log: who answers."""
+        champion = self.champion.version if self.champion else "none"
+        if self.fallback is not None:
+            champion += f" (in place of {self.fallback.wanted})"
+        others = "".join(f", {m.variant} {m.version}" for m in (self.challenger, self.shadow) if m is not None)
+        return f"champion {champion}{others}"
+
+
+def _number(version: str) -> int:
+    return int(version[1:])
+
 
 class ModelLoader:
-    """Builds model sets from alias bytes, reusing loaded versions (immutable, checksum verified once)."""
+    """Builds model sets from reload tokens, reusing loaded versions whose files are unchanged (verified once)."""
 
-    def __init__(self, registry: Registry, ab_share: float) -> None:
+    def __init__(self, registry: Registry, ab_share: float, model: str = "") -> None:
         self.registry = registry
         self.ab_share = ab_share
-        self._cache: dict[str, ServedModel] = {}
+        self.model = model
+        self._cache: dict[str, tuple[str | None, ServedModel]] = {}  # version -> (file signature, loaded model)
+        self._serving: ModelSet | None = None  # the last set built (the reloader swaps every set it gets)
+        self._reported: tuple[str, str, str] | None = None  # the fallback last recorded in the registry
         self._lock = threading.Lock()
 
+    # --- the reload token ----------------------------------------------------------------------------------------
+
     def token(self) -> str | None:
+        """The alias bytes and the signatures of the files of every version they name (None: no aliases yet)."""
         path = self.registry.aliases_path
-        return path.read_text() if path.exists() else None
+        if not path.exists():
+            return None
+        text = path.read_text()
+        try:
+            named = json.loads(text)
+        except json.JSONDecodeError:
+            named = {}  # the build reports it
+        versions = sorted(
+            {v for v in named.values() if isinstance(v, str) and VERSION_PATTERN.match(v)}
+            if isinstance(named, dict)
+            else set()
+        )
+        return json.dumps({"aliases": text, "files": {v: self.signature(v) for v in versions}}, sort_keys=True)
+
+    def signature(self, version: str) -> str:
+        """Inode, size and times of a version's files: any write, replacement or restore changes it."""
+        folder = self.registry.versions_dir / version
+        parts = []
+        for name in VERSION_FILES:
+            try:
+                stat = (folder / name).stat()
+            except FileNotFoundError:
+                parts.append(f"{name}:missing")
+                continue
+            parts.append(f"{name}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}")
+        return ",".join(parts)
+
+    # --- building a set ------------------------------------------------------------------------------------------
 
     def build(self, token: str | None) -> ModelSet:
-        aliases: dict[str, str | None] = json.loads(token) if token else {}
+        state = json.loads(token) if token else {"aliases": None, "files": {}}
+        aliases: dict[str, str | None] = json.loads(state["aliases"]) if state["aliases"] else {}
+        if not isinstance(aliases, dict):
+            raise TypeError(f"{self.registry.aliases_path} must hold a JSON object of alias -> version")
+        signatures: dict[str, str] = state["files"]
         champion = aliases.get(CHAMPION)
         challenger = aliases.get(CHALLENGER) if self.ab_share > 0 else None
         shadow = aliases.get(SHADOW)
         with self._lock:
-            chosen = {
-                CHAMPION: self._load(CHAMPION, champion),
-                CHALLENGER: self._load(CHALLENGER, challenger) if challenger not in (None, champion) else None,
-                SHADOW: self._load(SHADOW, shadow) if shadow not in (None, champion) else None,
-            }
+            loaded: dict[str, tuple[str | None, ServedModel]] = {}
+            fallback: Fallback | None = None
+            served_champion: ServedModel | None = None
+            if champion is not None:
+                served_champion, fallback = self._champion(champion, signatures, loaded)
+            left_out: list[str] = []
+            others: dict[str, ServedModel | None] = {}
+            for variant, version in ((CHALLENGER, challenger), (SHADOW, shadow)):
+                others[variant] = None
+                if version in (None, champion):
+                    continue
+                try:
+                    others[variant] = self._load(variant, version, signatures.get(version), loaded)
+                except Exception as error:  # never the answer's concern: serve without it, and say so
+                    left_out.append(f"{variant} {version} cannot be loaded ({_text(error)}); serving without it")
             # keep only what the new set serves: a retired version's booster is freed with the old set
-            self._cache = {m.version: m for m in chosen.values() if m is not None}
-        return ModelSet(chosen[CHAMPION], chosen[CHALLENGER], chosen[SHADOW], aliases, self.ab_share)
+            self._cache = loaded
+            built = ModelSet(
+                served_champion, others[CHALLENGER], others[SHADOW], aliases, self.ab_share, fallback, tuple(left_out)
+            )
+            self._record(built)
+            self._serving = built
+        return built
 
-    def _load(self, variant: str, version: str | None) -> ServedModel | None:
-        if version is None:
-            return None
-        cached = self._cache.get(version)
-        if cached is not None:
-            return ServedModel(variant, version, cached.model, cached.metadata)
-        entry = self.registry.get(version)
-        return ServedModel(variant, version, load_version(self.registry, version), entry.metadata)
+    def _load(
+        self, variant: str, version: str, signature: str | None, loaded: dict[str, tuple[str | None, ServedModel]]
+    ) -> ServedModel:
+        """``version`` in role ``variant``: the cached model if its files are unchanged, else read and verified
+        (raises e.g. ``RegistryIntegrityError`` for a tampered file, ``UnknownVersionError`` for a missing one)."""
+        cached = self._cache.get(version) or loaded.get(version)
+        if cached is not None and signature is not None and cached[0] == signature:
+            model = cached[1]
+        else:
+            entry = self.registry.get(version)
+            model = ServedModel(variant, version, load_version(self.registry, version), entry.metadata)
+        loaded[version] = (signature, model)
+        return dataclasses.replace(model, variant=variant)
+
+    def _champion(
+        self, wanted: str, signatures: dict[str, str], loaded: dict[str, tuple[str | None, ServedModel]]
+    ) -> tuple[ServedModel, Fallback | None]:
+        """The champion alias's version, or the newest earlier one that loads and verifies (with why). Raises the
+        champion's own error when none does: then no set is built and the last one, if any, keeps serving."""
+        try:
+            return self._load(CHAMPION, wanted, signatures.get(wanted), loaded), None
+        except Exception as error:
+            failure = error
+        cause = _text(failure)
+        verified = self._cache.get(wanted)
+        if verified is not None:  # its files changed after it was verified: the verified copy is that model still
+            loaded[wanted] = (None, verified[1])  # no signature: the next build verifies the files again
+            return dataclasses.replace(verified[1], variant=CHAMPION), Fallback(wanted, wanted, cause)
+        for candidate in self._earlier(wanted):
+            try:
+                model = self._load(CHAMPION, candidate, self.signature(candidate), loaded)
+            except Exception as error:
+                logger.warning(
+                    "model %s: fallback candidate %s cannot be loaded either: %s", self.model, candidate, error
+                )
+                continue
+            return model, Fallback(wanted, candidate, cause)
+        raise failure
+
+    def _earlier(self, wanted: str) -> list[str]:
+        """Fallback candidates older than ``wanted``: the champion serving now, then the gated champions (those the
+        promotion gates let in), most recent promotion first."""
+        candidates: list[str] = []
+        serving = self._serving.champion if self._serving is not None else None
+        if serving is not None:
+            candidates.append(serving.version)
+        try:
+            candidates.extend(gated_champions(self.registry))
+        except (OSError, ValueError) as error:  # an unreadable event log: the serving champion is all we know
+            logger.warning("model %s: cannot read the registry's events for a fallback: %s", self.model, error)
+        if not VERSION_PATTERN.match(wanted):
+            return []
+        older = [v for v in dict.fromkeys(candidates) if VERSION_PATTERN.match(v) and _number(v) < _number(wanted)]
+        return older
+
+    def _record(self, built: ModelSet) -> None:
+        """Say in the log and in the registry's events that the set falls back, or no longer does: once per distinct
+        cause, not on every rebuild."""
+        fallback = built.fallback
+        cause = (fallback.wanted, fallback.serving, fallback.error) if fallback is not None else None
+        if cause == self._reported:
+            return
+        if fallback is not None:
+            logger.error("model %s: %s", self.model, fallback.reason)
+            self._event(FALLBACK_EVENT, fallback.wanted, fallback.reason, served_version=fallback.serving)
+        elif self._reported is not None:
+            champion = built.champion.version if built.champion else None
+            reason = f"the fallback from {self._reported[0]} ended: serving champion {champion or 'none'}"
+            logger.info("model %s: %s", self.model, reason)
+            self._event(RECOVERED_EVENT, champion, reason, served_version=champion)
+        self._reported = cause
+
+    def _event(self, event: str, version: str | None, reason: str, **details: Any) -> None:
+        try:
+            self.registry.log_event(event, version=version, reason=reason, **details)
+        except OSError as error:  # e.g. a read-only registry: serving goes on, the service's log has it
+            logger.warning("model %s: could not record %s in the registry's events: %s", self.model, event, error)
+
+
+def _text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def reloading_models(registry: Registry, ab_share: float, model: str) -> Reloading[ModelSet]:
-    """The served model set of ``model``, rebuilt when its ``aliases.json`` changes."""
-    loader = ModelLoader(registry, ab_share)
-    return Reloading(f"{model} model set", loader.token, loader.build)
+    """The served model set of ``model``, rebuilt when its ``aliases.json`` or a named version's files change."""
+    loader = ModelLoader(registry, ab_share, model)
+    return Reloading(f"{model} model set", loader.token, loader.build, describe=ModelSet.describe)

@@ -4,7 +4,8 @@ The source is summarised by a token (e.g. the bytes of ``registry/aliases.json``
 :meth:`Reloading.refresh` compares it with the token of the value in service; on a change it builds the new value
 completely, off to the side, and only then replaces one reference. A request reads the reference once and keeps that
 value to the end, so it sees the old value or the new one, never a mix, and nothing is torn down under it (the old
-value is freed when its last request finishes). A build that fails leaves the old value serving and is reported.
+value is freed when its last request finishes). A build that fails leaves the old value serving and is reported
+until the source is fixed or back to what serves (then :attr:`Reloading.error` clears).
 """
 
 from __future__ import annotations
@@ -31,14 +32,21 @@ class Loaded(Generic[T]):
 
 
 class Reloading(Generic[T]):
-    """``token()`` says what the source is now; ``build(token)`` makes the value for it (may raise)."""
+    """``token()`` says what the source is now; ``build(token)`` makes the value for it (may raise); ``describe``
+    says what a built value is, for the log (default: the token's start)."""
 
     def __init__(
-        self, name: str, token: Callable[[], str | None], build: Callable[[str | None], T], retry_seconds: float = 10.0
+        self,
+        name: str,
+        token: Callable[[], str | None],
+        build: Callable[[str | None], T],
+        retry_seconds: float = 10.0,
+        describe: Callable[[T], str] | None = None,
     ) -> None:
         self.name = name
         self._token = token
         self._build = build
+        self._describe = describe
         self.retry_seconds = retry_seconds
         self._current: Loaded[T] | None = None
         self._failed: tuple[str | None, float] | None = None  # (token, monotonic time) of the last failed build
@@ -59,6 +67,9 @@ class Reloading(Generic[T]):
                 self._record_failure(None, f"cannot read the {self.name}'s source: {error}")
                 return False
             if self._current is not None and token == self._current.token:
+                if self.error is not None:  # e.g. the aliases moved to a broken version and back: nothing is wrong
+                    logger.info("the %s's source is back to what serves; the earlier failure is gone", self.name)
+                    self._failed, self.error = None, None
                 return False
             if (
                 self._failed is not None
@@ -74,7 +85,8 @@ class Reloading(Generic[T]):
             self._current = Loaded(value, token, datetime.now(UTC))  # the swap: one reference assignment
             self._failed, self.error = None, None
             self.reloads += 1
-            logger.info("serving a new %s (%s)", self.name, (token or "")[:80].replace("\n", " "))
+            about = self._describe(value) if self._describe else (token or "")[:80].replace("\n", " ")
+            logger.info("serving a new %s (%s)", self.name, about)
             return True
 
     def _record_failure(self, token: str | None, message: str) -> None:

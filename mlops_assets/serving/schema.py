@@ -7,6 +7,9 @@ feature, for what-if questions). Every rule names the field it rejects, and :met
 string into either validated requests or a :class:`RequestError` (4xx), never an exception of another kind:
 
 * strings: non-empty after trimming, at most 64 characters, printable (no control characters or lone surrogates);
+* codes: a field with a pattern in the spec (``OnlineSpec.field_patterns``, e.g. a carrier's two capital letters or
+  digits) must match it whole, and a field with accepted values (``OnlineSpec.accepted_values``, e.g. the origin
+  airports the feed serves) must be one of them; both appear in the OpenAPI schema (``pattern``, ``enum``);
 * integers: JSON integers (not ``true``, ``1.0`` or ``"1"``), positive and below 2**31 (identifiers such as a flight
   number);
 * floats: finite JSON numbers; booleans: JSON ``true``/``false``;
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -152,6 +156,27 @@ def _annotation(python_type: type) -> Any:
     )
 
 
+def _code_annotation(pattern: str | None, accepted: tuple[str, ...] | None, description: str) -> Any:
+    """A string request field with the spec's rules: the whole trimmed value matches ``pattern``, and is one of
+    ``accepted`` when given. Messages never echo the value (it may be anything a client sent)."""
+    compiled = re.compile(pattern) if pattern is not None else None
+    allowed = frozenset(accepted) if accepted is not None else None
+
+    def check(value: str) -> str:
+        if compiled is not None and not compiled.fullmatch(value):
+            raise ValueError(f"must match the pattern {pattern}: {description}")
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"must be one of {', '.join(accepted or ())}")
+        return value
+
+    extra: dict[str, Any] = {}
+    if pattern is not None:
+        extra["pattern"] = f"^{pattern}$"
+    if accepted is not None:
+        extra["enum"] = list(accepted)
+    return Annotated[str, Strict(), AfterValidator(_string), AfterValidator(check), Field(json_schema_extra=extra)]
+
+
 def _key_text(value: Any) -> str:
     if value is None:
         return ""
@@ -177,9 +202,17 @@ class RequestSchema:
         self.key_fields = spec.online.key_fields
         if OVERRIDES in self.request_fields:
             raise ValueError(f"a request field may not be called {OVERRIDES!r}: the name is taken by the overrides")
+        online = spec.online
+        coded = set(online.field_patterns) | set(online.accepted_values)
         definitions: dict[str, Any] = {}
         for name, (python_type, required, description) in self.request_fields.items():
-            annotation = _annotation(python_type)
+            if name in coded:
+                if python_type is not str:
+                    raise TypeError(f"request field {name}: patterns and accepted values apply to strings only")
+                rules = online.field_patterns.get(name), online.accepted_values.get(name)
+                annotation = _code_annotation(*rules, description)
+            else:
+                annotation = _annotation(python_type)
             if required:
                 definitions[name] = (annotation, Field(description=description))
             else:
@@ -230,7 +263,7 @@ class RequestSchema:
                     if len(errors) >= MAX_ERRORS:
                         break
             if errors:
-                raise RequestError(422, _summary(errors), errors)
+                raise RequestError(422, error_summary(errors), errors)
             return requests, True
         raise RequestError(422, "expected a JSON object (one request) or a JSON list of objects (a batch)")
 
@@ -238,7 +271,7 @@ class RequestSchema:
         """Validate one request object; ``prefix`` locates it in a batch (e.g. ``[3].``)."""
         if not isinstance(item, dict):
             error = FieldError(prefix.rstrip(".") or "body", "must be a JSON object with the request fields")
-            raise RequestError(422, _summary([error]), [error])
+            raise RequestError(422, error_summary([error]), [error])
         errors: list[FieldError] = []
         validated: dict[str, Any] = {}
         try:
@@ -253,7 +286,7 @@ class RequestSchema:
         overrides, override_errors = self._overrides(item.get(OVERRIDES), prefix)
         errors.extend(override_errors)
         if errors:
-            raise RequestError(422, _summary(errors), errors)
+            raise RequestError(422, error_summary(errors), errors)
         fields = {name: validated.get(name) for name in self.request_fields}
         return PredictionRequest(fields, overrides, "|".join(_key_text(fields[name]) for name in self.key_fields))
 
@@ -307,7 +340,8 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _summary(errors: Sequence[FieldError]) -> str:
+def error_summary(errors: Sequence[FieldError]) -> str:
+    """A refusal's one-line message: the first field at fault, and how many more there are."""
     first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"invalid request: {first.field}: {first.message}{more}"

@@ -6,9 +6,14 @@ set, online store (``online_store/<model>``), request schema and prediction log 
 model without a champion, or with a broken export, never stops another from answering.
 
 A batch is scored vectorised: one ``store.features`` call for all its entities, then one ``predict`` per model version
-(the champion on its rows, the challenger on its A/B rows, the shadow on all). The versions and the online store in use
-are read once per request from their :class:`~mlops_assets.serving.reloading.Reloading` holders, which a watcher thread
-refreshes; the service never opens DuckDB (it reads the registry's files and the online store's Parquet export).
+(the champion on its rows, the challenger on its A/B rows, the shadow on all). Features are computed as of the online
+store's newest facts at the latest (``OnlineStore.as_of``); a request further past them than
+``ServeConfig.max_feature_age_hours`` is refused (422), and every answer says how old its features are and which of
+its codes the store has never seen (``unknown_codes``, also logged, so monitoring can count them).
+
+The versions and the online store in use are read once per request from their
+:class:`~mlops_assets.serving.reloading.Reloading` holders, which a watcher thread refreshes; the service never opens
+DuckDB (it reads the registry's files and the online store's Parquet export).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.online import stale_after
+from mlops_assets.core.online import OnlineStore
 from mlops_assets.core.prediction_log import PredictionLog, log_schema, utc_now
 from mlops_assets.core.registry import Registry, UnknownVersionError
 from mlops_assets.core.settings import Settings
@@ -41,10 +46,14 @@ from mlops_assets.serving.models import (
     reloading_models,
 )
 from mlops_assets.serving.reloading import Reloading
-from mlops_assets.serving.schema import FieldError, PredictionRequest, RequestError, RequestSchema
+from mlops_assets.serving.schema import FieldError, PredictionRequest, RequestError, RequestSchema, error_summary
 from mlops_assets.serving.store import ServedStore, reloading_store
 
 logger = logging.getLogger("mlops_assets.serving")
+#: Columns the service adds to the prediction log's (``core.prediction_log.log_schema``): the request fields whose
+#: codes the online store has never seen (comma-separated; null: none) and how many hours past the store's newest
+#: facts the prediction time was (0: none).
+SERVING_LOG_COLUMNS: dict[str, pl.DataType] = {"unknown_codes": pl.String(), "feature_age_hours": pl.Float64()}
 
 
 class Unavailable(Exception):
@@ -133,7 +142,7 @@ class PredictionService:
         with self._log_lock:
             loaded = self.store.current
             if self._log is None and loaded is not None and not self._stop.is_set():
-                schema = log_schema(self.spec.key, loaded.value.key_types)
+                schema = {**log_schema(self.spec.key, loaded.value.key_types), **SERVING_LOG_COLUMNS}
                 flush_rows, flush_seconds = self.config.log_flush_rows, self.config.log_flush_seconds
                 self._log = PredictionLog(self.paths.predictions_dir, schema, flush_rows, flush_seconds)
             return self._log
@@ -163,20 +172,24 @@ class PredictionService:
         """Score validated requests (``started``: ``time.perf_counter()`` when the request arrived; ``batch``: they
         came as a list, so errors name them ``[i].field``) and log them.
 
-        Raises :class:`Unavailable` (503), :class:`RequestError` (422: a local time that does not exist at the place)
-        or :class:`PredictionFailed` (an internal failure, logged with status ``error``).
+        Raises :class:`Unavailable` (503), :class:`RequestError` (422: a local time that does not exist at the place,
+        or a prediction time further past the online store's facts than the service answers for) or
+        :class:`PredictionFailed` (an internal failure, logged with status ``error``).
         """
         snapshot = self._snapshot()
+        store = snapshot.store.store
         ids = [uuid.uuid4().hex for _ in requests]
         arms = [snapshot.models.variant_for(r.bucket) for r in requests]
         try:
-            features = snapshot.store.store.features(self.schema.frame(requests))
+            features = store.features(self.schema.frame(requests))
             # before overrides: a what-if keeps its entity's key
             keys = features.select(*self.spec.key, self.spec.time_column)
         except Exception as error:
             self._log_failure(requests, ids, arms, started, error)
             raise PredictionFailed(f"computing features failed: {type(error).__name__}", ids) from error
-        self._check_times(keys, batch)
+        times = self._check_times(keys[self.spec.time_column].to_list(), store, snapshot.store.version, batch)
+        ages = [store.feature_age_hours(t) for t in times]
+        unknown = unknown_codes(requests, store)
         try:
             features = apply_overrides(features, requests, self.spec)
             scores = np.empty(len(requests), dtype=np.float64)
@@ -198,11 +211,16 @@ class PredictionService:
                 logger.exception("shadow %s failed", shadow.version)
                 shadow_error = f"{type(error).__name__}: {error}"
         self._log_rows(
-            keys, ids, [r.key for r in requests], arms, scores, latency_ms, shadow, shadow_scores, shadow_error
+            keys,
+            ids,
+            [r.key for r in requests],
+            arms,
+            scores,
+            latency_ms,
+            (shadow, shadow_scores, shadow_error),
+            (unknown, ages),
         )
 
-        manifest = snapshot.store.store.manifest
-        times = keys[self.spec.time_column].to_list()
         predicted = [bool(score >= 0.5) for score in scores]
         return [
             {
@@ -215,20 +233,43 @@ class PredictionService:
                 "model_version": arms[i].version,
                 "variant": arms[i].variant,
                 "online_store": snapshot.store.version,
-                "features_stale": stale_after(manifest, times[i]),
+                "features_as_of": store.as_of(times[i]).isoformat(),
+                "feature_age_hours": round(ages[i], 3),
+                "features_stale": ages[i] > 0,
+                "unknown_codes": unknown[i],
             }
             for i in range(len(requests))
         ]
 
-    def _check_times(self, keys: pl.DataFrame, batch: bool) -> None:
-        """A local time skipped by a daylight-saving change has no prediction time: refuse it, naming the field."""
-        missing = keys[self.spec.time_column].is_null()
-        if not missing.any():
-            return
+    def _check_times(
+        self, times: list[datetime | None], store: OnlineStore, version: str, batch: bool
+    ) -> list[datetime]:
+        """The prediction times, all checked: refuse, naming the field, a local time skipped by a daylight-saving
+        change (it has no prediction time) and one further past the store's newest facts than
+        ``max_feature_age_hours`` (its features would be older than that)."""
         fields = "/".join(self.schema.time_fields) or "request"
-        message = "this local time does not exist at the place (a daylight-saving gap)"
-        errors = [FieldError(f"[{i}].{fields}" if batch else fields, message) for i in missing.arg_true().to_list()]
-        raise RequestError(422, f"invalid request: {errors[0].field}: {errors[0].message}", errors)
+        limit = self.config.max_feature_age_hours
+        errors: list[FieldError] = []
+        for i, time_ in enumerate(times):
+            where = f"[{i}].{fields}" if batch else fields
+            if time_ is None:
+                errors.append(FieldError(where, "this local time does not exist at the place (a daylight-saving gap)"))
+                continue
+            age = store.feature_age_hours(time_)
+            if age > limit:
+                newest = store.horizon.isoformat(timespec="minutes") if store.horizon else "?"
+                errors.append(
+                    FieldError(
+                        where,
+                        f"its prediction time {time_.isoformat(timespec='minutes')} UTC is {age:.1f} h past the "
+                        f"newest facts of online store {version} ({newest} UTC); features older than {limit:g} h are "
+                        f"not served: land newer data and refresh the store (`make pipeline`, or materialize "
+                        f"{self.name}/online_store), then ask again",
+                    )
+                )
+        if errors:
+            raise RequestError(422, error_summary(errors), errors)
+        return [t for t in times if t is not None]
 
     # --- the prediction log --------------------------------------------------------------------------------------
 
@@ -240,17 +281,20 @@ class PredictionService:
         arms: list[ServedModel],
         scores: np.ndarray,
         latency_ms: float,
-        shadow: ServedModel | None,
-        shadow_scores: np.ndarray | None,
-        shadow_error: str | None,
+        shadowed: tuple[ServedModel | None, np.ndarray | None, str | None],
+        flags: tuple[list[list[str]], list[float]],
     ) -> None:
+        """One row per request and served version (``shadowed``: the shadow, its scores or its error; ``flags``: each
+        request's unknown codes and feature age)."""
         log = self._ensure_log()
         if log is None:
             return
+        shadow, shadow_scores, shadow_error = shadowed
+        unknown, ages = flags
         now = utc_now()
         rows: list[dict[str, object]] = []
         for i, key in enumerate(keys.to_dicts()):
-            base = self._row_base(ids[i], now, entity_keys[i], key)
+            base = self._row_base(ids[i], now, entity_keys[i], key, unknown[i], ages[i])
             rows.append(
                 {
                     **base,
@@ -279,8 +323,17 @@ class PredictionService:
                 )
         self._append(log, rows)
 
-    def _row_base(self, request_id: str, now: datetime, entity_key: str, key: dict[str, Any]) -> dict[str, object]:
-        """The columns every log row of one request shares: ids, the model, the entity's key and prediction time."""
+    def _row_base(
+        self,
+        request_id: str,
+        now: datetime,
+        entity_key: str,
+        key: dict[str, Any],
+        unknown: list[str] | None = None,
+        age: float | None = None,
+    ) -> dict[str, object]:
+        """The columns every log row of one request shares: ids, the model, the entity's key and prediction time,
+        the codes the store has never seen and the features' age."""
         return {
             "request_id": request_id,
             "logged_at": now,
@@ -288,6 +341,8 @@ class PredictionService:
             "entity_key": entity_key,
             **{c: key[c] for c in self.spec.key},
             "prediction_time": key[self.spec.time_column],
+            "unknown_codes": ",".join(unknown) if unknown else None,
+            "feature_age_hours": age,
         }
 
     def _log_failure(
@@ -337,10 +392,13 @@ class PredictionService:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(ready, body) for ``GET /health``: ready means a champion and an online store are loaded; ``degraded``
-        means serving, but the newest aliases or export could not be loaded (the last good ones still serve)."""
+        means serving, but the newest aliases or export could not be loaded (the last good ones still serve), or
+        the champion alias's version cannot be served and an earlier one answers (``fallback``)."""
         models, store = self.models.current, self.store.current
         champion = models.value.champion if models is not None else None
-        problems = [p for p in (self.models.error, self.store.error) if p]
+        fallback = models.value.fallback if models is not None else None
+        problems = [*(models.value.problems if models is not None else ())]
+        problems += [p for p in (self.models.error, self.store.error) if p]
         if champion is None:
             problems.append(f"no champion model for {self.name}: run `make pipeline`")
         if store is None:
@@ -351,8 +409,9 @@ class PredictionService:
         return ready, {
             "status": ("degraded" if problems else "ok")
             if ready
-            else "unavailable",  # degraded: serving, a reload failed
+            else "unavailable",  # degraded: serving, but a reload failed or an earlier champion answers
             "champion": champion.version if champion is not None else None,
+            "fallback": fallback.as_dict() if fallback is not None else None,
             "online_store": None
             if store is None
             else {
@@ -391,7 +450,7 @@ class PredictionService:
                 entries[alias] = None
                 continue
             served = serving[alias]
-            if served is not None:
+            if served is not None and served.version == version:
                 entries[alias] = {**served.summary(), "serving": True}
                 continue
             try:  # named but not loaded (A/B off, or the same version as the champion): metadata only
@@ -399,14 +458,27 @@ class PredictionService:
             except (UnknownVersionError, OSError, ValueError) as error:
                 summary = {"error": str(error)}
             entries[alias] = {"version": version, **summary, "serving": False}
+            if served is not None:  # the champion alias's version cannot serve: say who answers instead
+                entries[alias]["served_instead"] = served.version
         return {
             "mode": models.mode,
             "ab_share": self.config.ab_share,
             "shadow_enabled": models.shadow is not None,
             **entries,
+            "fallback": models.fallback.as_dict() if models.fallback is not None else None,
             "loaded_at": loaded.loaded_at.isoformat(timespec="seconds"),
-            "problems": [self.models.error] if self.models.error else [],
+            "problems": [*models.problems, *([self.models.error] if self.models.error else [])],
         }
+
+
+def unknown_codes(requests: Sequence[PredictionRequest], store: OnlineStore) -> list[list[str]]:
+    """Per request, the fields whose (well-formed) value the store's reference export has never seen, e.g. a new
+    destination: answered, but flagged, since its route features are missing."""
+    known = store.known_codes
+    return [
+        [name for name, values in known.items() if (value := r.fields.get(name)) is not None and value not in values]
+        for r in requests
+    ]
 
 
 def apply_overrides(

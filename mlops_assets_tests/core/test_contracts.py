@@ -1,8 +1,10 @@
 """Contract tests: a clean real month passes; each kind of bad batch is rejected or quarantined with the right rule and
-column, rows are accounted for, and a rejected batch never replaces the last accepted state."""
+column, rows are accounted for, and a rejected batch never replaces the last accepted state. (The same faults through
+the Dagster assets, with the month after them: ``defs/test_bad_input.py``.)"""
 
 import io
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -10,15 +12,22 @@ import pytest
 
 from mlops_assets.core.contracts import (
     RULE_BATCH_REJECTED,
+    RULE_CHECKSUM_MISMATCH,
     RULE_COLUMN_PRESENT,
     RULE_COLUMN_TYPE,
+    RULE_CONFLICTING_KEY,
+    RULE_DUPLICATE_ROW,
+    RULE_LABEL_IMPLAUSIBLE,
     RULE_NON_EMPTY,
     RULE_READABLE,
+    WHOLE_ROW,
     BatchVerdict,
+    implausible_share,
 )
-from mlops_assets.core.ingest import ingest_raw, latest_verdicts, row_accounting, validate_partition
-from mlops_assets.core.landing import find_landed, land_file
+from mlops_assets.core.ingest import ingest_raw, latest_verdicts, row_accounting, share_history, validate_partition
+from mlops_assets.core.landing import checksum_path, find_landed, land_file
 from mlops_assets.core.settings import Settings
+from mlops_assets.core.specs import ContractContext, ShareRule, TableSpec
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets_tests.conftest import EVERY, MONTHLY, load_month
 
@@ -87,7 +96,7 @@ def test_corrupt_file_is_rejected_and_kept(loaded: duckdb.DuckDBPyConnection, se
     assert "not readable as parquet" in raw.message
     [entry] = latest_verdicts(loaded, "flights", "raw", [MONTH])
     kept = entry["quarantined_file"]
-    assert kept and open(str(kept), "rb").read() == corrupt  # the exact bytes can be found again
+    assert kept and Path(str(kept)).read_bytes() == corrupt  # the exact bytes can be found again
     assert _validated_shas(loaded) == good  # last good state keeps serving
 
 
@@ -121,7 +130,8 @@ def test_schema_change_rejects_the_batch_whole(
     assert hint in raw.message and column in raw.message
     # every row of the rejected batch is kept in quarantine, as JSON, with the reason
     quarantined = loaded.execute(
-        "SELECT count(*), min(rule), min(column_name) FROM quarantine.flights WHERE stage = 'raw' AND _sha256 <> ALL(?)",
+        "SELECT count(*), min(rule), min(column_name) FROM quarantine.flights "
+        "WHERE stage = 'raw' AND _sha256 <> ALL(?)",
         [list(good)],
     ).fetchone()
     assert quarantined == (batch.height, rule, column)
@@ -183,14 +193,194 @@ def test_unknown_carrier_is_quarantined(loaded: duckdb.DuckDBPyConnection, setti
     _assert_quarantined(loaded, validated, [7], "isin", "carrier")
 
 
-def test_duplicate_keys_are_quarantined(loaded: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+def test_an_exact_copy_is_quarantined_and_the_row_flows_once(
+    loaded: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
     batch = _clean_flights(settings)
-    batch = pl.concat([batch, batch.slice(5, 1)])  # the same flight twice
+    batch = pl.concat([batch, batch.slice(5, 1)])  # the same flight twice, every value equal
     _, validated = _run_batch(loaded, settings, _parquet(batch), "bad-rows")
     assert validated is not None
-    _assert_quarantined(
-        loaded, validated, [5, batch.height - 1], "uniqueness", "carrier+flight+year+month+day+sched_dep_time"
+    _assert_quarantined(loaded, validated, [batch.height - 1], RULE_DUPLICATE_ROW, WHOLE_ROW)
+    assert (validated.rows_duplicate, validated.rows_conflicting) == (1, 0)
+    assert "1 exact copies of other rows" in validated.message
+    [(kept,)] = loaded.execute(
+        "SELECT count(*) FROM validated.flights WHERE _month = ? AND _run_id = 'bad-rows' AND _row = 5", [MONTH]
+    ).fetchall()
+    assert kept == 1
+
+
+def test_rows_sharing_a_key_with_different_values_are_all_quarantined(
+    loaded: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
+    batch = _clean_flights(settings)
+    other_plane = batch.slice(5, 1).with_columns(pl.lit("N999ZZ").alias("tailnum"))
+    batch = pl.concat([batch, other_plane, batch.slice(5, 1)])  # a conflict, and an exact copy of one side of it
+    _, validated = _run_batch(loaded, settings, _parquet(batch), "bad-rows")
+    assert validated is not None and validated.accepted
+    found = loaded.execute(
+        """SELECT _row, rule, column_name, failures FROM quarantine.flights
+           WHERE stage = 'validated' AND _run_id = 'bad-rows' ORDER BY _row"""
+    ).fetchall()
+    key = "carrier+flight+year+month+day+sched_dep_time"
+    last = batch.height - 1
+    assert [r[:3] for r in found] == [
+        (5, RULE_CONFLICTING_KEY, key),
+        (last - 1, RULE_CONFLICTING_KEY, key),
+        (last, RULE_DUPLICATE_ROW, WHOLE_ROW),
+    ]
+    assert f"rows 5, {last - 1} share this key" in found[0][3] and "exact copy of row 5" in found[2][3]
+    assert (validated.rows_duplicate, validated.rows_conflicting, validated.rows_quarantined) == (1, 2, 3)
+    assert validated.rows_valid == batch.height - 3
+
+
+@pytest.mark.parametrize(
+    ("mutate", "rule", "column"),
+    [
+        # one hour off: as if the local hour were another time zone's (UTC-6 instead of New York's UTC-5)
+        (
+            lambda f: _shift_time_hour(f, hours=1),
+            "time_hour_matches_local_hour",
+            "time_hour",
+        ),
+        (
+            lambda f: f.with_columns(pl.lit("2013-02-30T10:00:00Z").alias("time_hour")),  # the pattern, no date
+            "time_hour_matches_local_hour",
+            "time_hour",
+        ),
+        (  # the departure delay moved with it, so only the schedule disagrees with hour and minute
+            lambda f: f.with_columns(pl.col("sched_dep_time") + 1, pl.col("dep_delay") - 1),
+            "sched_dep_time_matches_hour_minute",
+            "sched_dep_time",
+        ),
+        (lambda f: f.with_columns(pl.col("dep_delay") + 7), "dep_delay_matches_dep_time", "dep_delay"),
+        (lambda f: f.with_columns(pl.col("arr_delay") - 60), "arr_delay_matches_arr_time", "arr_delay"),
+        (
+            lambda f: f.with_columns(pl.lit(None, dtype=pl.Float64).alias("dep_delay")),
+            "dep_delay_matches_dep_time",
+            "dep_delay",
+        ),
+        (lambda f: f.with_columns(pl.lit(float("nan")).alias("dep_delay")), "in_range", "dep_delay"),
+        (lambda f: f.with_columns(pl.lit(float("inf")).alias("arr_delay")), "in_range", "arr_delay"),
+    ],
+    ids=[
+        "time-hour-off",
+        "time-hour-no-such-date",
+        "sched-dep-time-vs-hour-minute",
+        "dep-delay-vs-times",
+        "arr-delay-vs-times",
+        "dep-delay-missing-for-a-departure",
+        "nan-delay",
+        "infinite-delay",
+    ],
+)
+def test_values_inconsistent_with_the_columns_they_repeat_are_quarantined(
+    loaded: duckdb.DuckDBPyConnection, settings: Settings, mutate, rule: str, column: str
+) -> None:
+    batch = _clean_flights(settings)
+    departed = batch.with_row_index("i").filter(
+        pl.col("dep_time").is_not_null() & pl.col("arr_delay").is_not_null() & (pl.col("minute") < 59)
     )
+    bad = sorted(departed["i"].head(3).to_list())
+    changed = mutate(batch).with_row_index("i")
+    batch = pl.concat(
+        [changed.filter(pl.col("i").is_in(bad)), batch.with_row_index("i").filter(~pl.col("i").is_in(bad))]
+    )
+    batch = batch.sort("i").drop("i")
+    _, validated = _run_batch(loaded, settings, _parquet(batch), "bad-rows")
+    assert validated is not None
+    _assert_quarantined(loaded, validated, bad, rule, column)
+
+
+def test_a_month_of_null_labels_is_rejected_against_the_accepted_months(
+    loaded: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
+    replay_months(settings.landing_dir, ["2013-01", "2013-02"], every=EVERY)
+    for month in ("2013-01", "2013-02"):
+        load_month(loaded, settings, month, ["flights"])
+    history = share_history(loaded, NYCFLIGHTS13.table("flights"), MONTH)
+    assert len(history["arr_delay is null"]) == 2 and max(history["arr_delay is null"]) < 0.06  # the blizzard: 5%
+    good = _validated_shas(loaded)
+    batch = _clean_flights(settings).with_columns(pl.lit(None, dtype=pl.Float64).alias("arr_delay"))
+    _, validated = _run_batch(loaded, settings, _parquet(batch), "null-labels")
+    assert validated is not None and not validated.accepted
+    assert (validated.rule, validated.column) == (RULE_LABEL_IMPLAUSIBLE, "arr_delay")
+    assert "'arr_delay is null' holds for 100.0% of the rows against a median of" in validated.message
+    assert validated.rows_quarantined == validated.rows_landed == batch.height
+    assert _validated_shas(loaded) == good
+
+
+def _shift_time_hour(batch: pl.DataFrame, hours: int) -> pl.DataFrame:
+    """``time_hour`` moved by ``hours``, still in its ISO UTC form."""
+    utc = pl.col("time_hour").str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%SZ") + pl.duration(hours=hours)
+    return batch.with_columns(utc.dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("time_hour"))
+
+
+def _share_context(history: tuple[float, ...]) -> tuple[TableSpec, ContractContext]:
+    rule = ShareRule("x is null", pl.col("x").is_null(), two_sided=True)
+    spec = TableSpec("t", {"x": pl.Float64}, ("x",), True, lambda context: {}, plausibility=(rule,))
+    return spec, ContractContext(month=MONTH, history={rule.name: history})
+
+
+@pytest.mark.parametrize(
+    ("nulls", "history", "implausible"),
+    [
+        (0.08, (0.02, 0.025, 0.03), False),  # above 3x the median but below the 10% floor: small shares move a lot
+        (0.12, (0.02, 0.025, 0.03), True),  # above 3x the median and above 10%
+        (0.12, (0.05, 0.05, 0.30), False),  # a bad old month does not move the median
+        (0.40, (), False),  # no history: only above 50% is implausible on its own
+        (0.60, (), True),
+        (0.05, (0.25, 0.30, 0.20), True),  # two-sided: a share that collapses (below the median / 3)
+        (0.10, (0.25, 0.30, 0.20), False),
+    ],
+)
+def test_a_share_is_judged_against_the_median_of_the_accepted_months(
+    nulls: float, history: tuple[float, ...], implausible: bool
+) -> None:
+    spec, context = _share_context(history)
+    batch = pl.DataFrame(
+        {"x": [None] * int(nulls * 1000) + [1.0] * (1000 - int(nulls * 1000))}, schema={"x": pl.Float64}
+    )
+    found = implausible_share(batch, spec, context, "t 2013-03")
+    assert (found is not None) == implausible, found
+    if found:
+        assert found[:2] == (RULE_LABEL_IMPLAUSIBLE, "x")
+
+
+def test_a_reference_time_zone_neither_duckdb_nor_python_knows_is_quarantined(
+    loaded: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
+    """The feature SQL converts arrival times with the destination's zone: an unknown one would stop every build."""
+    spec = NYCFLIGHTS13.table("airports")
+    landed = find_landed(settings.landing_dir, "airports", None)
+    assert landed is not None
+    airports = pl.read_parquet(landed.path)
+    airports = airports.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("Mars/Olympus_Mons")).otherwise(pl.col("tzone")).alias("tzone")
+    )
+    landed, _ = land_file(settings.landing_dir, "airports", None, _parquet(airports))
+    now = datetime(2026, 1, 2)
+    assert ingest_raw(loaded, spec, landed, settings.landing_dir, settings.quarantine_dir, "tz", now).accepted
+    verdict = validate_partition(loaded, spec, None, "tz", now)
+    assert verdict.accepted and verdict.rows_quarantined == 1
+    [(row, rule, column)] = loaded.execute(
+        "SELECT _row, rule, column_name FROM quarantine.airports WHERE _run_id = 'tz'"
+    ).fetchall()
+    assert (row, rule, column) == (3, "known_time_zone", "tzone")
+
+
+def test_a_batch_that_does_not_match_its_checksum_file_is_rejected_with_both_hashes(
+    loaded: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
+    good = _validated_shas(loaded)
+    landed = find_landed(settings.landing_dir, "flights", MONTH)
+    assert landed is not None
+    checksum_path(landed.path).write_text(f"{'0' * 64}  {landed.path.name}\n")
+    spec = NYCFLIGHTS13.table("flights")
+    raw = ingest_raw(loaded, spec, landed, settings.landing_dir, settings.quarantine_dir, "sum", datetime(2026, 1, 2))
+    assert not raw.accepted and raw.rule == RULE_CHECKSUM_MISMATCH
+    assert f"sha256 is {landed.sha256}" in raw.message and f"says {'0' * 64}" in raw.message
+    assert raw.rows_quarantined == raw.rows_landed == pl.read_parquet(landed.path).height
+    assert _validated_shas(loaded) == good
 
 
 def test_too_many_bad_rows_reject_the_batch_and_keep_the_last_good_state(

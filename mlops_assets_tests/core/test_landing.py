@@ -1,4 +1,5 @@
-"""The replayed feed: idempotent, atomic, checksummed; and the refresh plan the landing sensor follows."""
+"""The replayed feed: idempotent, atomic, checksummed; misnamed files reported with the reason; and the refresh plan
+the landing sensor follows."""
 
 import os
 from pathlib import Path
@@ -7,10 +8,13 @@ import pytest
 
 from mlops_assets.core.landing import (
     LandedFile,
+    checksum_path,
     land_file,
     landed_months,
+    misnamed_files,
     month_range,
     plan_refresh,
+    recorded_checksum,
     scan_landing,
     sha256_file,
     shift_month,
@@ -120,3 +124,62 @@ def test_refresh_plan_waits_for_a_complete_month() -> None:
     plan = plan_refresh(_files(planes="p1", flights_2013_01="f1"), MONTHLY, REFERENCE, {})
     assert plan.months_to_run == [] and plan.waiting == ["2013-01"]
     assert "flights/2013-01.parquet" not in plan.cursor  # not consumed: it is requested once weather lands
+
+
+TABLES = ["flights", "weather", "planes", "airports", "airlines"]
+
+
+def test_misnamed_files_are_listed_with_the_reason_and_never_taken_as_batches(tmp_path: Path) -> None:
+    replay_months(tmp_path, ["2013-01"], every=50)
+    data = (tmp_path / "flights" / "2013-01.parquet").read_bytes()
+    misnamed = {
+        "flights/2013-05 .parquet": "'2013-05 ' has white space; expected flights/<YYYY-MM>.parquet",
+        "flights/2013-05.PARQUET": "the extension '.PARQUET' must be '.parquet' in lower case",
+        "flights/2013-05.csv": "not a parquet file (extension '.csv')",
+        "flights/..%2F..%2F2013-05.parquet": "looks like an encoded path",
+        "flights/2013-5.parquet": "'2013-5' is not a month of the form YYYY-MM",
+        "flights/2013-13.parquet": "'2013-13' is not a month of the form YYYY-MM",
+        "flights/.2013-05.parquet": "a hidden file",
+        "flights/2013-06.parquet.sha256": "a checksum file without its batch 2013-06.parquet",
+        "reference/Planes.parquet": "'Planes' is not a table name",
+        "reference/routes.parquet": "'routes' is not a table of any feed",
+        "2013-05.parquet": "a file outside any table folder",
+        "Flights": "folder 'Flights' is not a table name",
+        "routes": "folder 'routes' is not a table of any feed",
+    }
+    for name in misnamed:
+        path = tmp_path / name
+        if name in ("Flights", "routes"):
+            path.mkdir()
+            (path / "2013-05.parquet").write_bytes(data)
+        else:
+            path.write_bytes(data)
+    # a write in flight (write_atomic's temporary file) is not a landed file, nor a misnamed one
+    (tmp_path / "flights" / ".2013-02.parquet.abc123.tmp").write_bytes(data)
+
+    found = {m.relative_name: m for m in misnamed_files(tmp_path, TABLES)}
+    assert sorted(found) == sorted(misnamed)
+    for name, reason in misnamed.items():
+        assert reason in found[name].reason, (name, found[name].reason)
+    assert found["flights/2013-05.csv"].table == "flights" and found["reference/Planes.parquet"].table == "planes"
+    assert found["2013-05.parquet"].table is None
+    # none of them is a batch: the months and the files the sensor hashes are the well-named ones only
+    assert landed_months(tmp_path, ["flights", "weather"]) == ["2013-01"]
+    assert {f.relative_name for f in scan_landing(tmp_path) if f.month and f.table in TABLES} == {
+        "flights/2013-01.parquet",
+        "weather/2013-01.parquet",
+    }
+
+
+def test_a_clean_landing_zone_has_no_misnamed_file(tmp_path: Path) -> None:
+    replay_months(tmp_path, ["2013-01", "2013-02"], every=50)
+    assert misnamed_files(tmp_path, TABLES) == []
+
+
+def test_the_checksum_file_records_the_landed_bytes(tmp_path: Path) -> None:
+    landed, _ = land_file(tmp_path, "flights", "2013-01", b"some bytes")
+    assert recorded_checksum(landed.path) == landed.sha256
+    checksum_path(landed.path).write_text("not-a-digest  2013-01.parquet\n")
+    assert recorded_checksum(landed.path) == "not-a-digest"  # shown as found, so the comparison fails
+    checksum_path(landed.path).unlink()
+    assert recorded_checksum(landed.path) is None

@@ -1,19 +1,33 @@
 """No training/serving skew: a flight's online feature vector, computed at request time from the exported online
-store by the same point-in-time engine, equals its row in ``features.flight_features``."""
+store by the same point-in-time engine, equals its row in ``features.flight_features``; and a flight past the
+export's horizon (its newest fact) gets the lookups and windows the offline engine gives at the horizon."""
 
 import dataclasses
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
 
-from mlops_assets.core.features import compute_features
-from mlops_assets.core.online import CURRENT, SMALL_BATCH, OnlineStore, build_export, current_version, write_export
+from mlops_assets.core.features import compute_features, context_start_for, used_params
+from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
+from mlops_assets.core.landing import month_key
+from mlops_assets.core.online import (
+    CURRENT,
+    KEYED_WINDOW_ROWS,
+    SMALL_BATCH,
+    OnlineStore,
+    build_export,
+    current_version,
+    write_export,
+)
 from mlops_assets.core.settings import Settings
+from mlops_assets.core.specs import FeatureTableSpec
+from mlops_assets.core.store import query_frame
 from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.models.flight_cancellation import CANCELLATION_FEATURES
 from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets_tests.conftest import MONTHLY, load_month
 
@@ -40,9 +54,10 @@ def _requests(features: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _assert_same(offline: pl.DataFrame, online: pl.DataFrame) -> None:
+def _assert_same(offline: pl.DataFrame, online: pl.DataFrame, columns: tuple[str, ...] | None = None) -> None:
+    """Same values, nulls included, in ``columns`` (default: the ids, the prediction time and every feature)."""
     assert online.height == offline.height
-    for column in (*SPEC.id_columns, SPEC.time_column, *SPEC.features):
+    for column in columns or (*SPEC.id_columns, SPEC.time_column, *SPEC.features):
         left, right = offline[column], online[column]
         same = (left == right) | (left.is_null() & right.is_null())
         assert same.fill_null(False).all(), (
@@ -73,18 +88,81 @@ def test_online_vectors_equal_offline_features(warehouse_two_months: Path, tmp_p
         _assert_same(one, store.features(_requests(one)))
 
 
+def _as_of_outputs(spec: FeatureTableSpec) -> tuple[str, ...]:
+    """The features the engine adds as of a time (lookups and windows); the others are known in advance."""
+    return (*(o for lookup in spec.lookups for o in lookup.outputs), *(o for w in spec.windows for o in w.outputs))
+
+
+def _offline_at(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, month: str, at: datetime) -> pl.DataFrame:
+    """The offline engine (as ``compute_features`` runs it) for ``month``'s flights, with every lookup and window
+    evaluated at ``at`` instead of each flight's own prediction time."""
+    start = context_start_for(spec, month)
+    params = {"context_first": month_key(start.year, start.month), "target_last": month, "context_start": start}
+    rows = query_frame(conn, spec.sql, used_params(spec.sql, params)).sort([spec.time_column, *spec.key])
+    targets = rows.filter(pl.col("_month") == month).with_columns(
+        pl.lit(at, dtype=pl.Datetime("us")).alias(spec.time_column)
+    )
+    for lookup in spec.lookups:
+        right = rows if lookup.sql is None else query_frame(conn, lookup.sql, used_params(lookup.sql, params))
+        targets = add_lookup(targets, right, lookup, spec.time_column)
+    return add_trailing_windows(rows, targets, spec.windows, spec.time_column)
+
+
+@pytest.mark.parametrize("spec", [FLIGHT_FEATURES, CANCELLATION_FEATURES], ids=lambda s: s.name)
+def test_requests_past_the_horizon_get_the_offline_features_at_the_horizon(
+    warehouse_two_months: Path, spec: FeatureTableSpec
+) -> None:
+    """Every February flight asked about five and six weeks later (same weekday and hour, all past the export's
+    newest fact): its lookups and windows equal the offline engine's at the horizon, its features known in advance
+    stay its own, in one large batch (the as-of joins), in small batches and one at a time (binary search)."""
+    with duckdb.connect(str(warehouse_two_months), read_only=True) as conn:
+        offline = compute_features(conn, spec, "2013-02")
+        store = OnlineStore.from_export(spec, build_export(conn, spec, "2013-02"))
+        assert store.horizon is not None and datetime(2013, 3, 1) < store.horizon < datetime(2013, 3, 2)
+        at_horizon = _offline_at(conn, spec, "2013-02", store.horizon)
+    advance = tuple(c for c in dict.fromkeys((*spec.id_columns, *spec.features)) if c not in _as_of_outputs(spec))
+    joined = offline.select(*advance).join(
+        at_horizon.select(*spec.key, *_as_of_outputs(spec)), on=list(spec.key), how="left"
+    )
+    # no February flight leaves at 02:xx, so none moves into the spring-forward gap (it would have no prediction time)
+    expected = pl.concat(
+        [joined.with_columns(pl.col("sched_dep_local") + timedelta(weeks=weeks)) for weeks in (5, 6)]
+    ).sample(fraction=1.0, shuffle=True, seed=5)
+    assert expected.height > KEYED_WINDOW_ROWS and joined.height == offline.height == at_horizon.height
+    requests = _requests(expected)
+    columns = (*advance, *_as_of_outputs(spec))
+    online = store.features(requests)
+    assert (online[spec.time_column] > store.horizon).all()  # each keeps its own prediction time
+    _assert_same(expected, online, columns)
+    for start in range(0, expected.height, SMALL_BATCH):
+        _assert_same(expected.slice(start, SMALL_BATCH), store.features(requests.slice(start, SMALL_BATCH)), columns)
+    for row in range(0, expected.height, 97):
+        _assert_same(expected.slice(row, 1), store.features(requests.slice(row, 1)), columns)
+
+
 def test_a_request_after_the_export_sees_only_facts_known_by_then(warehouse_two_months: Path) -> None:
-    """A flight a day after the newest data: windows count only what the export knows, weather older than 3 h is
-    missing (as offline), and nothing from the future can exist."""
+    """A flight past the newest data gets the lookups and windows as of the export's horizon, whether it departs
+    just after it or a day later: windows count only what the export knows (never hours without data as hours
+    without delays), the weather is the newest observation known then; its own schedule, route and plane stay."""
     with duckdb.connect(str(warehouse_two_months), read_only=True) as conn:
         store = OnlineStore.from_export(SPEC, build_export(conn, SPEC, "2013-02"))
+    assert store.horizon is not None
+    just_after = store.horizon + timedelta(minutes=1) - timedelta(hours=5)  # EWR local time (EST) of that instant
+    departures = [just_after, just_after + timedelta(days=1), datetime(2013, 3, 2, 9, 0)]
     request = pl.DataFrame(
-        {"carrier": ["UA"], "flight": [1545], "origin": ["EWR"], "dest": ["IAH"], "tailnum": ["N14228"]}
-    ).with_columns(pl.datetime(2013, 3, 2, 9, 0).alias("scheduled_departure"))
-    [row] = store.features(request).to_dicts()
-    assert row["temp"] is None and row["origin_departures_3h"] == 0.0  # nothing known in the 3 h before
-    assert row["carrier_flights_7d"] > 0 and row["route_flights_30d"] > 0  # last week's outcomes are known
-    assert row["distance"] == 1400.0 and row["sched_hour"] == 9 and row["sched_weekday"] == 6
+        {"carrier": ["UA"] * 3, "flight": [1545] * 3, "origin": ["EWR"] * 3, "dest": ["IAH"] * 3}
+    ).with_columns(pl.lit("N14228").alias("tailnum"), pl.Series("scheduled_departure", departures))
+    rows = store.features(request).to_dicts()
+    for row in rows:
+        assert {c: row[c] for c in _as_of_outputs(SPEC)} == {c: rows[0][c] for c in _as_of_outputs(SPEC)}
+        assert row["temp"] is not None  # the newest observation the export knows, under 3 h before the horizon
+        assert row["origin_departures_3h"] == 0.0  # nothing left in the night before the horizon
+        assert row["carrier_flights_7d"] > 0 and row["route_flights_30d"] > 0  # last week's outcomes are known
+        assert row["distance"] == 1400.0 and row[SPEC.time_column] > store.horizon
+    assert [r["sched_weekday"] for r in rows] == [d.isoweekday() for d in departures]
+    assert store.as_of(rows[1][SPEC.time_column]) == store.horizon
+    assert store.feature_age_hours(rows[1][SPEC.time_column]) == pytest.approx(24 + 1 / 60)
+    assert store.feature_age_hours(store.horizon - timedelta(hours=1)) == 0.0
 
 
 def test_the_store_refuses_another_feature_set_version(warehouse_two_months: Path, tmp_path: Path) -> None:

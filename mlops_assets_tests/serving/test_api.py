@@ -29,7 +29,10 @@ ANSWER_FIELDS = (
     "model_version",
     "variant",
     "online_store",
+    "features_as_of",
+    "feature_age_hours",
     "features_stale",
+    "unknown_codes",
 )
 
 
@@ -47,7 +50,9 @@ def test_one_flight_and_a_batch_are_answered_by_the_champion_and_logged(served: 
         assert answer["outcome"] == ("delayed" if answer["predicted"] else "not delayed")
         assert answer["entity_key"] == "UA|1545|EWR|2013-03-02T09:00:00"
         assert answer["online_store"] == current_store(served)
-        assert answer["features_stale"] is False
+        # inside the export: features as of the flight's own prediction time (14:00 UTC), every code known
+        assert answer["features_as_of"] == "2013-03-02T14:00:00" and answer["feature_age_hours"] == 0.0
+        assert answer["features_stale"] is False and answer["unknown_codes"] == []
         assert set(answer) == set(ANSWER_FIELDS)
 
         # a batch: one answer per flight, in request order; the same flight scores the same alone and in a batch
@@ -65,9 +70,6 @@ def test_one_flight_and_a_batch_are_answered_by_the_champion_and_logged(served: 
         )
         assert status == 200, body
         assert body["prediction"]["probability"] != answer["probability"]
-        # a flight far past the export's facts is answered, flagged as scored on stale features
-        status, body = server.client.post(_flight(scheduled_departure="2014-06-01T10:00"))
-        assert status == 200 and body["prediction"]["features_stale"] is True
         ids = [answer["request_id"], *(i["request_id"] for i in items)]
 
     log = read_log(delay(served).predictions_dir)  # the shutdown flushed it
@@ -85,6 +87,8 @@ def test_one_flight_and_a_batch_are_answered_by_the_champion_and_logged(served: 
         "origin": "EWR",
         "sched_dep_local": row[0]["sched_dep_local"],
         "prediction_time": row[0]["prediction_time"],
+        "unknown_codes": None,
+        "feature_age_hours": 0.0,
         "variant": "champion",
         "model_version": "v0001",
         "score": answer["probability"],
@@ -110,6 +114,17 @@ REFUSED = [
     (_flight(flight=15.5), 422, "flight"),
     (_flight(origin=""), 422, "origin"),
     (_flight(origin="   "), 422, "origin"),
+    # codes: their form, and the airports the model serves (the refusal names the field)
+    (_flight(origin="XXX"), 422, "origin"),
+    (_flight(origin="ewr"), 422, "origin"),
+    (_flight(origin="../../etc/passwd"), 422, "origin"),
+    (_flight(carrier="'; drop table x;--"), 422, "carrier"),
+    (_flight(carrier="ua"), 422, "carrier"),
+    (_flight(carrier="UAL"), 422, "carrier"),
+    (_flight(dest="I A H"), 422, "dest"),
+    (_flight(dest="../../etc/passwd"), 422, "dest"),
+    (_flight(tailnum="N1'--"), 422, "tailnum"),
+    ([FLIGHT, _flight(origin="XXX")], 422, "[1].origin"),
     (_flight(dest="X" * 65), 422, "dest"),
     (_flight(tailnum="N1\x00"), 422, "tailnum"),
     (_flight(carrier=["UA"]), 422, "carrier"),
@@ -261,8 +276,9 @@ def test_health_and_models_describe_what_serves(served: Settings) -> None:
         assert health["default"] == DELAY and list(health["models"]) == [m.name for m in CATALOG.models]
         assert {k: v for k, v in health["models"][DELAY].items() if k != "uptime_seconds"} == {
             "status": "ok",
-            **{k: health[k] for k in ("champion", "online_store", "log", "problems")},
+            **{k: health[k] for k in ("champion", "fallback", "online_store", "log", "problems")},
         }
+        assert health["fallback"] is None  # the champion alias's version serves
         assert health["log"]["folder"] == str(delay(served).predictions_dir)
         status, models = server.client.get(f"/models/{DELAY}")
         assert status == 200 and models["mode"] == "champion" and models["ab_share"] == 0.0

@@ -1,8 +1,10 @@
-"""Hot reload without a failed request, a broken new champion that never serves, and SIGTERM flushing the log of a
-real ``mlops serve`` process."""
+"""Hot reload without a failed request, a champion failing its checksum (the service falls back to the newest earlier
+version that verifies, says so, records it in the registry, and recovers when the file is restored), and SIGTERM
+flushing the log of a real ``mlops serve`` process."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +22,8 @@ from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.serving import ServeConfig, load_serve_config
+from mlops_assets.serving.models import FALLBACK_EVENT, RECOVERED_EVENT
+from mlops_assets.serving.reloading import Reloading
 from mlops_assets_tests.serving.conftest import (
     DELAY,
     FLIGHT,
@@ -43,6 +47,8 @@ def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(
         export = build_export(conn, SPEC, "2013-02")
     stop = threading.Event()
     seen: dict[str, list[tuple[float, int, str | None, str | None]]] = {"single": [], "batch": []}
+    # inside both exports' facts (the 2013-02 export's end before March: a March flight would be refused by it)
+    february = {**FLIGHT, "scheduled_departure": "2013-02-27T09:00"}
 
     def keep_asking(name: str, payload: Any, client: Client) -> None:
         while not stop.is_set():
@@ -57,9 +63,10 @@ def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(
 
     with running(served) as server:
         threads = [
-            threading.Thread(target=keep_asking, args=("single", FLIGHT, server.new_client())),
+            threading.Thread(target=keep_asking, args=("single", february, server.new_client())),
             threading.Thread(
-                target=keep_asking, args=("batch", [{**FLIGHT, "flight": n} for n in range(1, 21)], server.new_client())
+                target=keep_asking,
+                args=("batch", [{**february, "flight": n} for n in range(1, 21)], server.new_client()),
             ),
         ]
         for thread in threads:
@@ -92,21 +99,127 @@ def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(
     assert health["champion"] == "v0002" and health["online_store"]["version"] == new_store and health["problems"] == []
 
 
-def test_a_broken_new_champion_never_serves_and_health_says_why(served: Settings) -> None:
+def _tamper(registry: Registry, version: str) -> bytes:
+    """Change one byte-level detail of ``version``'s model file (its checksum no longer matches); return the
+    original bytes."""
+    model = registry.get(version).model_path
+    original = model.read_bytes()
+    model.write_bytes(original.replace(b"num_leaves=", b"num_leaves=9", 1))
+    return original
+
+
+def _health_until(client: Client, done: Any, seconds: float = 5.0) -> dict[str, Any]:
+    """``GET /health`` until ``done(body)`` (the service reloads on its own, every ``reload_seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        _, health = client.get("/health")
+        if done(health):
+            return health
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
+
+
+def _events(registry: Registry, event: str) -> list[dict[str, Any]]:
+    return [e for e in registry.events() if e["event"] == event]
+
+
+def test_a_broken_new_champion_never_serves_health_says_why_and_restoring_it_clears_degraded(
+    served: Settings,
+) -> None:
     registry = Registry(delay(served).registry_dir)
     with running(served) as server:
-        model = registry.get("v0002").model_path
-        model.write_text(model.read_text().replace("num_leaves=", "num_leaves=9", 1))
+        original = _tamper(registry, "v0002")
         registry.set_alias("champion", "v0002", "promoted", "test: a tampered model")
-        deadline = time.monotonic() + 5
-        health: dict[str, Any] = {}
-        while time.monotonic() < deadline and not health.get("problems"):
-            time.sleep(0.1)
-            _, health = server.client.get("/health")
+        health = _health_until(server.client, lambda h: h["problems"])
         status, body = server.client.post(FLIGHT)
-    assert "does not match its checksum" in " ".join(health["problems"]) and health["status"] == "degraded"
-    assert health["champion"] == "v0001"
-    assert status == 200 and body["prediction"]["model_version"] == "v0001"  # the last good set keeps serving
+        assert "does not match its checksum" in " ".join(health["problems"]) and health["status"] == "degraded"
+        assert health["champion"] == "v0001" and health["fallback"]["champion_alias"] == "v0002"
+        assert status == 200 and body["prediction"]["model_version"] == "v0001"  # the last good version serves
+
+        registry.get("v0002").model_path.write_bytes(original)  # the cause is gone: so is "degraded"
+        health = _health_until(server.client, lambda h: h["status"] == "ok")
+        status, body = server.client.post(FLIGHT)
+    assert health["champion"] == "v0002" and health["fallback"] is None and health["problems"] == []
+    assert status == 200 and body["prediction"]["model_version"] == "v0002"
+    [fallback] = _events(registry, FALLBACK_EVENT)
+    assert fallback["version"] == "v0002" and fallback["served_version"] == "v0001"
+    assert [e["version"] for e in _events(registry, RECOVERED_EVENT)] == ["v0002"]
+
+
+def test_a_champion_failing_its_checksum_at_startup_falls_back_to_an_earlier_champion(
+    served: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service starts while the champion's file fails its checksum: it serves the newest earlier gated champion
+    instead of answering 503, says so on /health, /models and in its log, records the event in the registry once
+    (not on every poll), and serves the champion again once its file is restored."""
+    registry = Registry(delay(served).registry_dir)
+    registry.set_alias("champion", "v0002", "promoted", "test: v0002 passed the gates")
+    original = _tamper(registry, "v0002")
+    caplog.set_level(logging.INFO, logger="mlops_assets.serving")
+    with running(served) as server:
+        status, body = server.client.post(FLIGHT)
+        _, health = server.client.get("/health")
+        _, models = server.client.get(f"/models/{DELAY}")
+        time.sleep(1.0)  # two polls at least: still one event
+        events = _events(registry, FALLBACK_EVENT)
+
+        registry.get("v0002").model_path.write_bytes(original)
+        recovered = _health_until(server.client, lambda h: h["status"] == "ok")
+        after = server.client.post(FLIGHT)[1]["prediction"]
+
+    assert status == 200 and body["prediction"]["model_version"] == "v0001", body
+    assert body["prediction"]["variant"] == "champion"
+    assert health["status"] == "degraded" and health["champion"] == "v0001"
+    fallback = health["fallback"]
+    assert fallback["champion_alias"] == "v0002" and fallback["serving"] == "v0001"
+    assert "v0002" in fallback["reason"] and "does not match its checksum" in fallback["reason"]
+    assert fallback["reason"] in health["problems"] and health["models"][DELAY]["fallback"] == fallback
+    champion = models["champion"]
+    assert champion["version"] == "v0002" and champion["serving"] is False and champion["served_instead"] == "v0001"
+    assert models["fallback"] == fallback
+    assert any("cannot be served" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    assert len(events) == 1 and events[0]["version"] == "v0002" and events[0]["served_version"] == "v0001"
+    assert events[0]["reason"] == fallback["reason"]
+
+    assert recovered["champion"] == "v0002" and recovered["fallback"] is None and recovered["problems"] == []
+    assert after["model_version"] == "v0002"
+    assert len(_events(registry, FALLBACK_EVENT)) == 1 and len(_events(registry, RECOVERED_EVENT)) == 1
+
+
+def test_a_serving_champion_whose_file_is_tampered_keeps_its_verified_copy(served: Settings) -> None:
+    """The champion's file changes under the running service: it keeps answering with the copy it verified, and
+    /health says the file on disk no longer verifies until it is restored."""
+    registry = Registry(delay(served).registry_dir)
+    with running(served) as server:
+        assert server.client.post(FLIGHT)[1]["prediction"]["model_version"] == "v0001"
+        original = _tamper(registry, "v0001")
+        health = _health_until(server.client, lambda h: h["status"] == "degraded")
+        status, body = server.client.post(FLIGHT)
+        registry.get("v0001").model_path.write_bytes(original)
+        recovered = _health_until(server.client, lambda h: h["status"] == "ok")
+    assert health["fallback"]["serving"] == health["fallback"]["champion_alias"] == "v0001"
+    assert "no longer verify" in health["fallback"]["reason"] and health["champion"] == "v0001"
+    assert status == 200 and body["prediction"]["model_version"] == "v0001"
+    assert recovered["fallback"] is None and recovered["problems"] == []
+    assert [e["version"] for e in _events(registry, FALLBACK_EVENT)] == ["v0001"]
+
+
+def test_a_reload_failure_clears_when_the_source_is_back_to_what_serves() -> None:
+    """The aliases move to something that cannot be built and back: nothing is wrong any more, so no error stays."""
+    source = {"token": "good"}
+
+    def build(token: str | None) -> str:
+        if token == "broken":
+            raise ValueError("cannot build it")
+        return str(token)
+
+    holder: Reloading[str] = Reloading("thing", lambda: source["token"], build)
+    assert holder.refresh() and holder.error is None
+    source["token"] = "broken"
+    assert not holder.refresh() and holder.error == "ValueError: cannot build it"
+    assert holder.current is not None and holder.current.value == "good"  # the last good value serves
+    source["token"] = "good"
+    assert not holder.refresh() and holder.error is None
 
 
 def test_sigterm_shuts_mlops_serve_down_gracefully_and_flushes_the_log(served: Settings) -> None:
@@ -159,9 +272,19 @@ def test_sigterm_shuts_mlops_serve_down_gracefully_and_flushes_the_log(served: S
 
 
 def test_config_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLOPS_MAX_FEATURE_AGE_HOURS", raising=False)
+    assert load_serve_config().max_feature_age_hours == 24.0
     monkeypatch.setenv("MLOPS_AB_SHARE", "0.25")
     assert load_serve_config() == ServeConfig(ab_share=0.25)
     assert load_serve_config(port=9000, ab_share=0.0) == ServeConfig(port=9000, ab_share=0.0)
+    monkeypatch.setenv("MLOPS_MAX_FEATURE_AGE_HOURS", "72")
+    assert load_serve_config() == ServeConfig(ab_share=0.25, max_feature_age_hours=72.0)
+    assert load_serve_config(max_feature_age_hours=1.5).max_feature_age_hours == 1.5
+    for wrong in ("a day", "-1", "nan"):
+        monkeypatch.setenv("MLOPS_MAX_FEATURE_AGE_HOURS", wrong)
+        with pytest.raises(ValueError, match="MLOPS_MAX_FEATURE_AGE_HOURS"):
+            load_serve_config()
+    monkeypatch.delenv("MLOPS_MAX_FEATURE_AGE_HOURS")
     monkeypatch.setenv("MLOPS_AB_SHARE", "lots")
     with pytest.raises(ValueError, match="MLOPS_AB_SHARE"):
         load_serve_config()

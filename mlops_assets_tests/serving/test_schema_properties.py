@@ -1,8 +1,9 @@
 """Property-based tests of the request schema on a real server: no body, however odd, makes the service answer 500.
 
 Each field gets any JSON value, or a plausible one of its type (so the examples reach deep into scoring: unknown
-airports, far-away years, daylight-saving gaps, overrides of every feature), with fields dropped and arbitrary extra
-fields added, alone or in batches; and raw bytes. Every answer is a 200 with probabilities, or a 4xx saying why.
+destinations and carriers, malformed codes, far-away years and times past the online store's facts, daylight-saving
+gaps, overrides of every feature), with fields dropped and arbitrary extra fields added, alone or in batches; and raw
+bytes. Every answer is a 200 with probabilities, or a 4xx saying why.
 """
 
 from __future__ import annotations
@@ -25,12 +26,24 @@ JSON = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=6,
 )
-CODES = st.sampled_from(["UA", "AA", "B6", "EWR", "JFK", "LGA", "IAH", "ORD", "N14228", "ZZZ", " UA ", "ua"])
-VALID_TIMES = st.datetimes(min_value=datetime(2012, 1, 1), max_value=datetime(2015, 1, 1)).map(
+#: Well-formed codes (some the store has never seen: ZZ, ZZZ), then codes of the wrong form or outside the served set.
+CARRIERS = st.sampled_from(["UA", "AA", "B6", "9E", "ZZ", " UA "])
+ORIGINS = st.sampled_from(["EWR", "JFK", "LGA", " JFK "])
+DESTS = st.sampled_from(["IAH", "ORD", "SJU", "EWR", "ZZZ"])
+TAILNUMS = st.sampled_from(["N14228", "N1", "N0EGMQ", "UA"]) | st.none()
+ODD_CODES = st.sampled_from(["XXX", "ua", "ewr", "UAL", "I A H", "../../etc/passwd", "'; drop table x;--"]) | st.text(
+    max_size=70
+)
+#: Within the session store's facts (January to March 2013), so most plausible flights are answered.
+VALID_TIMES = st.datetimes(min_value=datetime(2013, 1, 1), max_value=datetime(2013, 3, 31)).map(
     lambda t: t.isoformat(timespec="minutes")
 )
 ODD_TIMES = (
     st.datetimes(min_value=datetime(1800, 1, 1), max_value=datetime(2300, 1, 1)).map(lambda t: t.isoformat())
+    # past the store's facts: answered up to the maximum feature age, refused beyond
+    | st.datetimes(min_value=datetime(2013, 3, 31), max_value=datetime(2015, 1, 1)).map(
+        lambda t: t.isoformat(timespec="minutes")
+    )
     | st.builds(
         lambda t, minutes: t.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(),
         st.datetimes(min_value=datetime(2012, 1, 1), max_value=datetime(2015, 1, 1)),
@@ -42,10 +55,10 @@ ODD_TIMES = (
 )
 #: per field of the flights request: (plausible and valid, plausible but odd)
 PLAUSIBLE = {
-    "carrier": (CODES, st.text(max_size=70)),
-    "origin": (CODES, st.text(max_size=70)),
-    "dest": (CODES, st.text(max_size=70)),
-    "tailnum": (CODES | st.none(), st.text(max_size=70)),
+    "carrier": (CARRIERS, ODD_CODES),
+    "origin": (ORIGINS, ODD_CODES),
+    "dest": (DESTS, ODD_CODES),
+    "tailnum": (TAILNUMS, ODD_CODES),
     "flight": (st.integers(1, 9999), st.integers(-3, 3) | st.integers()),
     "scheduled_departure": (VALID_TIMES, ODD_TIMES),
 }
@@ -91,6 +104,9 @@ def _check(status: int, body: Any) -> None:
     if status == 200:
         items = [body["prediction"]] if "prediction" in body else body["predictions"]
         assert items and all(0.0 <= i["probability"] <= 1.0 and i["variant"] == "champion" for i in items)
+        assert all(
+            0.0 <= i["feature_age_hours"] <= 24.0 and set(i["unknown_codes"]) <= {"carrier", "dest"} for i in items
+        )
     else:
         assert isinstance(body["detail"], str) and body["detail"]
 

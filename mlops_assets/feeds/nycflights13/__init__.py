@@ -10,6 +10,12 @@ Facts about the real data that the contracts respect (they are valid rows, not c
 have a tailnum that is absent from ``planes``, about 2.5% are cancelled (no departure time or delays), about 0.3% are
 diverted (departure but no arrival delay), and weather misses some hours. One weather row reports a 1,048 mph wind: the
 contract quarantines it.
+
+What the feature SQL converts, the contract checks first, so that nothing that passes it can fail a later step with a
+conversion error: the date parts name a day that exists, ``time_hour`` is that local hour in New York as UTC, clock
+times are hhmm, the delays agree with the clock times they repeat, and every time zone named is one DuckDB and Python
+know. The outcome columns (``arr_delay``, ``dep_time``) are also held against the accepted months: a month whose
+labels are implausibly null or skewed is rejected whole.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,7 +33,7 @@ import polars as pl
 
 from mlops_assets.core.features.pit import AsOfLookup
 from mlops_assets.core.landing import LandedFile, land_file, month_key, parse_month
-from mlops_assets.core.specs import ContractContext, FeedSpec, OnlineSpec, ReplayProgress, TableSpec
+from mlops_assets.core.specs import ContractContext, FeedSpec, OnlineSpec, ReplayProgress, ShareRule, TableSpec
 
 NYC_AIRPORTS = ("EWR", "JFK", "LGA")
 #: Local times of the feed (scheduled departures) are New York's.
@@ -41,12 +47,87 @@ def _hhmm(name: str) -> pa.Check:
     return pa.Check(lambda data: data.lazyframe.select(pl.col(data.key) % 100 < 60), name=f"{name}_minutes_below_60")
 
 
+def _local_hour() -> pl.Expr:
+    """The row's local date and hour from its ``year``/``month``/``day``/``hour``; null when they name no real hour
+    (e.g. 31 April), so that a rule built on it fails instead of raising."""
+    two_digits = [pl.col(c).cast(pl.String).str.zfill(2) for c in ("month", "day", "hour")]
+    text = pl.format("{}-{}-{} {}:00", pl.col("year"), *two_digits)
+    return text.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M", strict=False)
+
+
+def _date_exists() -> pa.Check:
+    """``year``/``month``/``day`` name a day of the calendar: 31 April passed a 1-31 range and then stopped every
+    feature build that read it (``make_timestamp`` raises on it)."""
+    exists = pl.concat_str(
+        pl.col("year").cast(pl.String), *(pl.col(c).cast(pl.String).str.zfill(2) for c in ("month", "day"))
+    ).str.strptime(pl.Date, "%Y%m%d", strict=False)
+    return pa.Check(lambda data: data.lazyframe.select(exists.is_not_null()), name="date_exists")
+
+
+def _time_hour_matches_local_hour(zone: str) -> pa.Check:
+    """``time_hour`` (UTC) is the row's local ``year``/``month``/``day``/``hour`` in ``zone``: the features take the
+    prediction time from it, so a shifted ``time_hour`` (two months, or another zone's offset) would move every
+    prediction. In the hour repeated when daylight saving time ends, either of its two UTC hours is right."""
+    utc = pl.col("time_hour").str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%SZ", strict=False)
+
+    def in_utc(ambiguous: str) -> pl.Expr:
+        local = _local_hour().dt.replace_time_zone(zone, ambiguous=ambiguous, non_existent="null")
+        return local.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+
+    matches = ((utc == in_utc("earliest")) | (utc == in_utc("latest"))).fill_null(False)
+    return pa.Check(lambda data: data.lazyframe.select(matches), name="time_hour_matches_local_hour")
+
+
+def _minutes(column: str) -> pl.Expr:
+    """An hhmm clock time as minutes after midnight (2400 is 1440, the next midnight)."""
+    return (pl.col(column) // 100) * 60 + pl.col(column) % 100
+
+
+def _delay_matches_times(delay: str, actual: str, scheduled: str, delay_needs_time: bool) -> pa.Check:
+    """A delay agrees with the clock times it repeats: actual - scheduled = delay, modulo a day (a flight may leave or
+    arrive after midnight). A delay without its actual time is wrong; with ``delay_needs_time`` False an actual time
+    without a delay is too (a departure time and delay come together; an arrival time of a diverted flight has
+    none)."""
+    consistent = (_minutes(actual) - _minutes(scheduled) - pl.col(delay)) % 1440 == 0
+    has_delay, has_time = pl.col(delay).is_not_null(), pl.col(actual).is_not_null()
+    together = has_delay == has_time if not delay_needs_time else ~has_delay | has_time
+    rule = pl.when(has_delay & has_time).then(consistent).otherwise(together).fill_null(False)
+    return pa.Check(lambda data: data.lazyframe.select(rule), name=f"{delay}_matches_{actual}")
+
+
+def _sched_matches_hour_minute() -> pa.Check:
+    """``sched_dep_time`` (hhmm) repeats ``hour`` and ``minute``, from which the features take the scheduled time."""
+    rule = pl.col("sched_dep_time") == pl.col("hour") * 100 + pl.col("minute")
+    return pa.Check(
+        lambda data: data.lazyframe.select(rule.fill_null(False)), name="sched_dep_time_matches_hour_minute"
+    )
+
+
+@cache
+def known_time_zones() -> frozenset[str]:
+    """Time-zone names both DuckDB (the feature SQL converts with it) and Python (serving does) know."""
+    import zoneinfo
+
+    import duckdb
+
+    with duckdb.connect() as conn:
+        names = {str(row[0]) for row in conn.execute("SELECT name FROM pg_timezone_names()").fetchall()}
+    return frozenset(names & zoneinfo.available_timezones())
+
+
+def _known_time_zone() -> pa.Check:
+    """A time-zone name DuckDB and Python both know (``pa.Check.isin`` would name its 600 values as the rule)."""
+    zones = sorted(known_time_zones())
+    return pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_in(zones)), name="known_time_zone")
+
+
 def _month_checks(context: ContractContext) -> dict[str, pa.Column]:
+    """The batch's month (and year) are its partition's, and its dates exist."""
     year, month = context.year_month
     return {
         "year": pa.Column(pl.Int64, pa.Check.equal_to(year, error=f"year of partition {context.month}")),
         "month": pa.Column(pl.Int64, pa.Check.equal_to(month, error=f"month of partition {context.month}")),
-        "day": pa.Column(pl.Int64, pa.Check.in_range(1, 31)),
+        "day": pa.Column(pl.Int64, [pa.Check.in_range(1, 31), _date_exists()]),
     }
 
 
@@ -55,11 +136,21 @@ def flights_rules(context: ContractContext) -> dict[str, pa.Column]:
     return {
         **_month_checks(context),
         "dep_time": pa.Column(pl.Float64, [pa.Check.in_range(1, 2400), _hhmm("dep_time")], nullable=True),
-        "sched_dep_time": pa.Column(pl.Int64, [pa.Check.in_range(0, 2359), _hhmm("sched_dep_time")]),
-        "dep_delay": pa.Column(pl.Float64, pa.Check.in_range(-120, 1440), nullable=True),
+        "sched_dep_time": pa.Column(
+            pl.Int64, [pa.Check.in_range(0, 2359), _hhmm("sched_dep_time"), _sched_matches_hour_minute()]
+        ),
+        "dep_delay": pa.Column(
+            pl.Float64,
+            [pa.Check.in_range(-120, 1440), _delay_matches_times("dep_delay", "dep_time", "sched_dep_time", False)],
+            nullable=True,
+        ),
         "arr_time": pa.Column(pl.Float64, [pa.Check.in_range(1, 2400), _hhmm("arr_time")], nullable=True),
         "sched_arr_time": pa.Column(pl.Int64, [pa.Check.in_range(0, 2359), _hhmm("sched_arr_time")]),
-        "arr_delay": pa.Column(pl.Float64, pa.Check.in_range(-180, 1440), nullable=True),
+        "arr_delay": pa.Column(
+            pl.Float64,
+            [pa.Check.in_range(-180, 1440), _delay_matches_times("arr_delay", "arr_time", "sched_arr_time", True)],
+            nullable=True,
+        ),
         "carrier": pa.Column(pl.String, pa.Check.isin(sorted(context.codes.get("carrier", ())))),
         "flight": pa.Column(pl.Int64, pa.Check.in_range(1, 9999)),
         "tailnum": pa.Column(pl.String, pa.Check.str_matches(r"^[A-Z0-9]{2,6}$"), nullable=True),
@@ -69,7 +160,9 @@ def flights_rules(context: ContractContext) -> dict[str, pa.Column]:
         "distance": pa.Column(pl.Int64, [pa.Check.gt(0), pa.Check.le(6000)]),
         "hour": pa.Column(pl.Int64, pa.Check.in_range(0, 23)),
         "minute": pa.Column(pl.Int64, pa.Check.in_range(0, 59)),
-        "time_hour": pa.Column(pl.String, pa.Check.str_matches(ISO_UTC_HOUR)),
+        "time_hour": pa.Column(
+            pl.String, [pa.Check.str_matches(ISO_UTC_HOUR), _time_hour_matches_local_hour(TIME_ZONE)]
+        ),
     }
 
 
@@ -88,7 +181,9 @@ def weather_rules(context: ContractContext) -> dict[str, pa.Column]:
         "precip": pa.Column(pl.Float64, pa.Check.in_range(0, 10), nullable=True),
         "pressure": pa.Column(pl.Float64, pa.Check.in_range(900, 1100), nullable=True),
         "visib": pa.Column(pl.Float64, pa.Check.in_range(0, 10), nullable=True),
-        "time_hour": pa.Column(pl.String, pa.Check.str_matches(ISO_UTC_HOUR)),
+        "time_hour": pa.Column(
+            pl.String, [pa.Check.str_matches(ISO_UTC_HOUR), _time_hour_matches_local_hour(TIME_ZONE)]
+        ),
     }
 
 
@@ -117,7 +212,8 @@ def airports_rules(context: ContractContext) -> dict[str, pa.Column]:
         "alt": pa.Column(pl.Int64, pa.Check.in_range(-1500, 30000)),
         "tz": pa.Column(pl.Int64, pa.Check.in_range(-12, 14)),
         "dst": pa.Column(pl.String, pa.Check.isin(["A", "N", "U"])),
-        "tzone": pa.Column(pl.String, nullable=True),
+        # the feature SQL converts arrival times with it: an unknown name would stop every feature build
+        "tzone": pa.Column(pl.String, _known_time_zone(), nullable=True),
     }
 
 
@@ -159,6 +255,14 @@ FLIGHTS_TABLE = TableSpec(
     monthly=True,
     rules=flights_rules,
     code_sources={"carrier": ("airlines", "carrier")},
+    # The labels: flight_delay's is 1 for a null arr_delay, flight_cancellation's for a null dep_time. Real months
+    # have 1-5% nulls (February's blizzard: 5.4%) and a 15-35% delay rate; three times the median and above 10% is a
+    # broken feed, or a disaster the month's labels cannot be trusted for without a person looking.
+    plausibility=(
+        ShareRule("arr_delay is null", pl.col("arr_delay").is_null()),
+        ShareRule("dep_time is null", pl.col("dep_time").is_null()),
+        ShareRule("arr_delay above 15 minutes", pl.col("arr_delay") > 15, two_sided=True),
+    ),
 )
 WEATHER_TABLE = TableSpec(
     name="weather",
@@ -366,33 +470,55 @@ def flight_entity_rows(
     return pl.DataFrame(rows, schema=FLIGHT_ENTITY_SCHEMA)
 
 
+#: The form of the codes a flight request carries, as the feed's contracts define them (``flights_rules``,
+#: ``airlines_rules``): anything else (``"../../etc/passwd"``, ``"ua"``) is refused before it reaches a lookup.
+CARRIER_FORM = r"[A-Z0-9]{2}"
+AIRPORT_FORM = r"[A-Z]{3}"
+TAILNUM_FORM = r"[A-Z0-9]{2,6}"
+
+
 def flight_online(lead: timedelta = timedelta(0)) -> OnlineSpec:
     """How a flight in a prediction request becomes the entity row of a flight model that predicts ``lead`` before
-    the scheduled departure: the request fields, the reference tables exported with the online store, and the
-    request -> entity-row functions (tested equal to the model's feature SQL)."""
+    the scheduled departure: the request fields and their rules, the reference tables exported with the online
+    store, and the request -> entity-row functions (tested equal to the model's feature SQL).
+
+    The origin must be one of the feed's airports (no weather or departures are known anywhere else); a
+    destination or carrier the store has not seen is answered and flagged (new routes and airlines happen).
+    """
     return OnlineSpec(
         request_fields={
-            "carrier": (str, True, "two-letter carrier code, e.g. UA"),
+            "carrier": (str, True, "two-character carrier code, e.g. UA"),
             "flight": (int, True, "flight number"),
             "origin": (str, True, "origin airport (EWR, JFK or LGA)"),
-            "dest": (str, True, "destination airport code, e.g. ORD"),
+            "dest": (str, True, "three-letter destination airport code, e.g. ORD"),
             "scheduled_departure": (
                 datetime,
                 True,
                 "scheduled departure, ISO local time at the origin, e.g. 2013-12-24T08:30",
             ),
-            "tailnum": (str, False, "the plane's tail number, when known"),
+            "tailnum": (str, False, "the plane's tail number (2-6 capital letters or digits), when known"),
         },
         key_fields=("carrier", "flight", "origin", "scheduled_departure"),
         reference_sql={
-            "routes": "SELECT origin, dest, max(CAST(distance AS DOUBLE)) AS distance FROM validated.flights GROUP BY origin, dest",
+            "routes": "SELECT origin, dest, max(CAST(distance AS DOUBLE)) AS distance FROM validated.flights "
+            "GROUP BY origin, dest",
             "planes": "SELECT tailnum, year AS plane_year, CAST(seats AS DOUBLE) AS plane_seats, "
             "CAST(engines AS DOUBLE) AS plane_engines, engine AS plane_engine FROM validated.planes",
             "airports": "SELECT faa AS origin, tzone FROM validated.airports",
+            # the known carriers (an unknown one is answered and flagged); exported since the code checks
+            "airlines": "SELECT carrier FROM validated.airlines",
         },
         entities=partial(flight_request_rows, lead=lead),
         index=flight_index,
         entity_rows=partial(flight_entity_rows, lead=lead),
+        field_patterns={
+            "carrier": CARRIER_FORM,
+            "origin": AIRPORT_FORM,
+            "dest": AIRPORT_FORM,
+            "tailnum": TAILNUM_FORM,
+        },
+        accepted_values={"origin": NYC_AIRPORTS},
+        known_values={"carrier": ("airlines", "carrier"), "dest": ("routes", "dest")},
     )
 
 

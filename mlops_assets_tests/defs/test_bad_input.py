@@ -1,0 +1,354 @@
+"""Bad input through the real path (issue #11): a real month lands in the landing zone, is corrupted the way the feed
+broke it, and goes through the Dagster assets (``feature_pipeline``: landing -> raw -> validated -> features) on an
+ephemeral instance. Each test asserts the reason, that every landed row is accounted for (validated + quarantined =
+landed), that the months built before are unchanged, and that the next month still builds.
+
+February and March are landed and built once for the module (every 20th flight); each test starts from a copy.
+"""
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from mlops_assets.catalog import CATALOG
+from mlops_assets.core.contracts import (
+    RULE_CHECKSUM_MISMATCH,
+    RULE_CHECKSUM_MISSING,
+    RULE_CONFLICTING_KEY,
+    RULE_DUPLICATE_ROW,
+    RULE_LABEL_IMPLAUSIBLE,
+    RULE_MISNAMED_FILE,
+)
+from mlops_assets.core.landing import checksum_path, find_landed, land_file, sha256_bytes, write_atomic
+from mlops_assets.core.settings import Settings, load_settings
+from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.feeds.nycflights13 import replay_months
+
+EVERY = 20
+BUILT, BAD, NEXT = ["2013-02", "2013-03"], "2013-04", "2013-05"
+FEATURES = [dg.AssetKey(["features", spec.name]) for spec in CATALOG.feature_tables]
+#: What a landed month refreshes up to its features (the landing sensor's run, without the models' monitoring, which
+#: needs a champion): the reference tables are already in.
+MONTH_REFRESH = [dg.AssetKey([stage, t]) for t in ("flights", "weather") for stage in ("raw", "validated")] + FEATURES
+
+
+def _run(
+    settings: Settings, instance: dg.DagsterInstance, months: list[str], whole: bool = False
+) -> dg.ExecuteInProcessResult:
+    """``feature_pipeline`` over ``months``: all of it (``whole``, as `make pipeline` starts it) or the month's
+    refresh up to the features (as the landing sensor starts it)."""
+    register_months(instance, months)
+    job = build_definitions(CATALOG, settings).resolve_job_def("feature_pipeline")
+    selection = None if whole else MONTH_REFRESH
+    return job.execute_in_process(
+        instance=instance, tags=range_tags(months), raise_on_error=False, asset_selection=selection
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory with February and March landed and built."""
+    data_dir = tmp_path_factory.mktemp("built") / "data"
+    settings = load_settings(data_dir)
+    replay_months(settings.landing_dir, BUILT, every=EVERY)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_DATA_DIR", str(data_dir))  # module scope: before the per-test isolation applies
+        with dg.instance_for_test() as instance:
+            assert _run(settings, instance, BUILT, whole=True).success
+    return data_dir
+
+
+@pytest.fixture
+def base(built: Path, settings: Settings) -> Iterator[Settings]:
+    """This test's copy of the built months, with its own Dagster instance's view starting empty."""
+    shutil.copytree(built, settings.data_dir)
+    before = _features(settings, BUILT)
+    yield settings
+    after = _features(settings, BUILT)
+    for name, frame in before.items():  # whatever the bad month did, the months built before are unchanged
+        assert frame.equals(after[name]), f"features.{name} of {BUILT} changed"
+
+
+def _features(settings: Settings, months: list[str]) -> dict[str, pl.DataFrame]:
+    """Every feature table's rows of ``months``, in key order (so two reads compare equal when nothing changed)."""
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        return {
+            spec.name: conn.sql(
+                f"SELECT * FROM features.{spec.name} WHERE _month IN ({', '.join('?' * len(months))}) "
+                f"ORDER BY {', '.join(spec.key)}",
+                params=months,
+            ).pl()
+            for spec in CATALOG.feature_tables
+        }
+
+
+def _clean(settings: Settings, table: str = "flights", month: str = BAD) -> pl.DataFrame:
+    """The real month as the replay lands it."""
+    replay_months(settings.landing_dir, [month], every=EVERY)
+    landed = find_landed(settings.landing_dir, table, month)
+    assert landed is not None
+    return pl.read_parquet(landed.path)
+
+
+def _parquet(frame: pl.DataFrame) -> bytes:
+    """``frame`` as the bytes of a parquet file."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def _land(settings: Settings, frame: pl.DataFrame, table: str = "flights", month: str = BAD) -> None:
+    """Land ``frame`` as the feed would (with its checksum file): the bad delivery of the month."""
+    land_file(settings.landing_dir, table, month, _parquet(frame))
+
+
+def _verdict(settings: Settings, stage: str, table: str = "flights", month: str = BAD) -> dict[str, object]:
+    """The newest batch-log entry of ``table`` / ``month`` at ``stage``."""
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        cursor = conn.execute(
+            "SELECT * FROM quarantine.batches WHERE table_name = ? AND month = ? AND stage = ? "
+            "ORDER BY checked_at DESC LIMIT 1",
+            [table, month, stage],
+        )
+        columns = [d[0] for d in cursor.description]
+        return dict(zip(columns, cursor.fetchone(), strict=True))  # type: ignore[arg-type]
+
+
+def _accounted(settings: Settings, table: str = "flights", month: str = BAD) -> tuple[int, int, int]:
+    """Rows of the landed file: in it, validated, quarantined (at the stage that decided on it). Asserts they add up."""
+    landed = find_landed(settings.landing_dir, table, month)
+    assert landed is not None
+    rows = pl.read_parquet(landed.path).height
+    stage = "validated" if _verdict(settings, "raw", table, month)["accepted"] else "raw"
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        sql = f"SELECT count(*) FROM {{}}.{table} WHERE _sha256 = ? AND _month = ?"
+        [(valid,)] = conn.execute(sql.format("validated"), [landed.sha256, month]).fetchall()
+        [(kept,)] = conn.execute(sql.format("quarantine") + " AND stage = ?", [landed.sha256, month, stage]).fetchall()
+    assert valid + kept == rows, f"{valid} validated + {kept} quarantined != {rows} landed"
+    return rows, valid, kept
+
+
+def _failed_checks(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """``asset:check`` -> description of every check that failed in the run (what the UI shows)."""
+    return {
+        f"{c.asset_key.to_user_string()}:{c.check_name}": c.description or ""
+        for c in result.get_asset_check_evaluations()
+        if not c.passed
+    }
+
+
+def _assert_next_month_builds(settings: Settings) -> None:
+    """A later run is healthy: the next month lands and builds, one feature row per validated flight."""
+    _clean(settings, month=NEXT)
+    with dg.instance_for_test() as instance:
+        result = _run(settings, instance, [NEXT])
+        assert result.success, _failed_checks(result)
+        for key in FEATURES:
+            assert instance.get_materialized_partitions(key) == {NEXT}
+    _, valid, _ = _accounted(settings, month=NEXT)
+    assert {name: frame.height for name, frame in _features(settings, [NEXT]).items()} == {
+        spec.name: valid for spec in CATALOG.feature_tables
+    }
+
+
+def test_a_day_that_does_not_exist_is_quarantined_and_no_later_step_crashes(base: Settings) -> None:
+    """31 April passed a 1-31 range, and '2013-04-31T14:00:00Z' the time_hour pattern; the feature SQL then raised
+    `Date out of range: 2013-4-31` (or failed to parse) on every run until the file was replaced."""
+    april = _clean(base)
+    no_day, no_hour = [4, 40], 400
+    position = pl.int_range(pl.len())
+    april = april.with_columns(
+        pl.when(position.is_in(no_day)).then(31).otherwise(pl.col("day")).alias("day"),
+        pl.when(position == no_hour)
+        .then(pl.lit("2013-04-31T14:00:00Z"))
+        .otherwise(pl.col("time_hour"))
+        .alias("time_hour"),
+    )
+    _land(base, april)
+    with dg.instance_for_test() as instance:
+        result = _run(base, instance, [BAD])
+        assert result.success, _failed_checks(result)
+        assert all(instance.get_materialized_partitions(key) == {BAD} for key in FEATURES)
+    verdict = _verdict(base, "validated")
+    assert verdict["accepted"] and verdict["rows_quarantined"] == 3
+    with duckdb.connect(str(base.warehouse_path), read_only=True) as conn:
+        kept = conn.execute(
+            "SELECT _row, rule, column_name FROM quarantine.flights WHERE _month = ? AND stage = 'validated' "
+            "ORDER BY _row",
+            [BAD],
+        ).fetchall()
+    assert kept == [
+        *((row, "date_exists", "day") for row in no_day),
+        (no_hour, "time_hour_matches_local_hour", "time_hour"),
+    ]
+    rows, valid, quarantined = _accounted(base)
+    assert (valid, quarantined) == (rows - 3, 3)
+    # the month's features are built from every valid flight: nothing that passed the contract stopped them
+    assert {name: frame.height for name, frame in _features(base, [BAD]).items()} == {
+        spec.name: valid for spec in CATALOG.feature_tables
+    }
+    _assert_next_month_builds(base)
+
+
+def test_a_month_of_null_labels_is_rejected_against_the_history(base: Settings) -> None:
+    """An all-null arr_delay is valid row by row, but makes every delay label 1: rejected whole at validated."""
+    _land(base, _clean(base).with_columns(pl.lit(None, dtype=pl.Float64).alias("arr_delay")))
+    with dg.instance_for_test() as instance:
+        result = _run(base, instance, [BAD])
+        assert not result.success
+        failed = _failed_checks(result)
+        assert list(failed) == ["validated/flights:row_contract"]
+        # the UI says why: the share against the accepted months
+        assert (
+            "'arr_delay is null' holds for 100.0% of the rows against a median of"
+            in failed["validated/flights:row_contract"]
+        )
+        assert "over 2 accepted month(s)" in failed["validated/flights:row_contract"]
+        # nothing downstream used the month: no features, so no score, drift, retraining, promotion or rollback
+        assert all(BAD not in instance.get_materialized_partitions(key) for key in FEATURES)
+    verdict = _verdict(base, "validated")
+    assert (verdict["accepted"], verdict["rule"], verdict["column_name"]) == (
+        False,
+        RULE_LABEL_IMPLAUSIBLE,
+        "arr_delay",
+    )
+    rows, valid, quarantined = _accounted(base)
+    assert (valid, quarantined) == (0, rows)
+    assert all(frame.is_empty() for frame in _features(base, [BAD]).values())
+    _assert_next_month_builds(base)
+
+
+def test_a_time_hour_shifted_two_months_is_rejected(base: Settings) -> None:
+    """time_hour matched its pattern, so every April flight got a June prediction time: now it must be the row's
+    local hour in New York as UTC."""
+    april = _clean(base)
+    _land(base, april.with_columns(pl.col("time_hour").str.replace("^2013-04", "2013-06")))
+    with dg.instance_for_test() as instance:
+        result = _run(base, instance, [BAD])
+        assert not result.success
+        failed = _failed_checks(result)
+        assert list(failed) == ["validated/flights:row_contract"]
+        assert "time_hour_matches_local_hour" in failed["validated/flights:row_contract"]
+        assert all(BAD not in instance.get_materialized_partitions(key) for key in FEATURES)
+    verdict = _verdict(base, "validated")
+    assert (verdict["accepted"], verdict["column_name"]) == (False, "time_hour")
+    assert verdict["rule"] == "time_hour_matches_local_hour"
+    assert _accounted(base) == (april.height, 0, april.height)
+    _assert_next_month_builds(base)
+
+
+def test_exact_copies_keep_one_row_and_conflicting_keys_keep_none(base: Settings) -> None:
+    """140 duplicated rows used to quarantine 280: the 140 genuine flights were lost with their copies."""
+    april = _clean(base)
+    copies = april.head(140)
+    # three flights delivered twice with different planes: which one flew is unknown
+    conflicting = april.slice(500, 3).with_columns(pl.lit("N999ZZ").alias("tailnum"))
+    _land(base, pl.concat([april, copies, conflicting]))
+    with dg.instance_for_test() as instance:
+        result = _run(base, instance, [BAD])
+        assert result.success, _failed_checks(result)
+        event = instance.get_latest_materialization_event(dg.AssetKey(["validated", "flights"]))
+        assert event is not None and event.asset_materialization is not None
+        metadata = event.asset_materialization.metadata
+    assert (metadata["rows_duplicate"].value, metadata["rows_conflicting"].value) == (140, 6)
+    verdict = _verdict(base, "validated")
+    assert verdict["accepted"]
+    message = str(verdict["message"])
+    assert "6 share a key with other, different rows" in message and "140 exact copies" in message
+    rows, valid, quarantined = _accounted(base)
+    assert (rows, valid, quarantined) == (april.height + 143, april.height - 3, 146)
+    with duckdb.connect(str(base.warehouse_path), read_only=True) as conn:
+        rules = dict(
+            conn.execute(
+                "SELECT rule, count(*) FROM quarantine.flights WHERE _month = ? AND stage = 'validated' GROUP BY 1",
+                [BAD],
+            ).fetchall()
+        )
+        kept_rows = {
+            r[0] for r in conn.execute("SELECT _row FROM validated.flights WHERE _month = ?", [BAD]).fetchall()
+        }
+    assert rules == {RULE_DUPLICATE_ROW: 140, RULE_CONFLICTING_KEY: 6}
+    assert set(range(140)) <= kept_rows  # the genuine flights flow, once
+    assert not {500, 501, 502} & kept_rows
+    assert {name: frame.height for name, frame in _features(base, [BAD]).items()} == {
+        spec.name: april.height - 3 for spec in CATALOG.feature_tables
+    }
+    _assert_next_month_builds(base)
+
+
+@pytest.mark.parametrize("damage", ["changed-after-landing", "no-checksum-file"])
+def test_a_file_its_checksum_does_not_vouch_for_is_rejected(base: Settings, damage: str) -> None:
+    """The `.sha256` file was never compared with the batch: now a mismatch (or none) rejects it at raw."""
+    april = _clean(base)
+    landed = find_landed(base.landing_dir, "flights", BAD)
+    assert landed is not None
+    recorded = landed.sha256
+    if damage == "changed-after-landing":
+        changed = _parquet(april.head(april.height - 1))  # e.g. re-exported upstream without landing it again
+        write_atomic(landed.path, changed)  # the file alone: its checksum file still names the landed bytes
+        actual = sha256_bytes(changed)
+        assert actual != recorded
+    else:
+        checksum_path(landed.path).unlink()
+        actual = recorded
+    with dg.instance_for_test() as instance:
+        result = _run(base, instance, [BAD])
+        assert not result.success
+        failed = _failed_checks(result)
+        assert list(failed) == ["raw/flights:schema_contract"]
+        assert all(BAD not in instance.get_materialized_partitions(key) for key in FEATURES)
+    verdict = _verdict(base, "raw")
+    assert verdict["accepted"] is False
+    if damage == "changed-after-landing":
+        assert verdict["rule"] == RULE_CHECKSUM_MISMATCH
+        assert f"sha256 is {actual}" in str(verdict["message"]) and f"says {recorded}" in str(verdict["message"])
+    else:
+        assert verdict["rule"] == RULE_CHECKSUM_MISSING and "2013-04.parquet.sha256" in str(verdict["message"])
+    assert str(verdict["message"]) in failed["raw/flights:schema_contract"]
+    rows, valid, quarantined = _accounted(base)
+    assert (valid, quarantined) == (0, rows)
+    _assert_next_month_builds(base)
+
+
+def test_misnamed_files_are_reported_never_skipped_in_silence(base: Settings) -> None:
+    """`2013-05 .parquet`, `2013-05.PARQUET`, `.csv` and an encoded path were ignored in silence."""
+    data = _parquet(_clean(base))
+    names = ["2013-05 .parquet", "2013-05.PARQUET", "2013-05.csv", "..%2F..%2F2013-05.parquet"]
+    for name in names:
+        (base.landing_dir / "flights" / name).write_bytes(data)
+    with dg.instance_for_test() as instance:
+        first = _run(base, instance, [BAD])
+        assert first.success, _failed_checks(first)  # a misnamed file holds nothing else back
+        logs = [e.user_message for e in instance.all_logs(first.run_id)]
+        again = _run(base, instance, [BAD])
+        assert again.success
+        event = instance.get_latest_materialization_event(dg.AssetKey(["raw", "flights"]))
+        assert event is not None and event.asset_materialization is not None
+        metadata = event.asset_materialization.metadata
+    for name in names:
+        assert any(f"misnamed file not ingested: flights/{name}" in line for line in logs), name
+        assert f"`flights/{name}`" in str(metadata["misnamed"].value)
+    assert metadata["misnamed_files"].value == len(names)
+    with duckdb.connect(str(base.warehouse_path), read_only=True) as conn:
+        entries = conn.execute(
+            "SELECT source_file, message, accepted, table_name FROM quarantine.batches "
+            "WHERE stage = 'landing' AND rule = ? ORDER BY source_file",
+            [RULE_MISNAMED_FILE],
+        ).fetchall()
+    # one entry per file, though two runs saw them, each with its reason
+    reasons = {file: message for file, message, _, _ in entries}
+    assert sorted(reasons) == sorted(f"flights/{name}" for name in names)
+    assert all(accepted is False and table == "flights" for _, _, accepted, table in entries)
+    assert "'2013-05 ' has white space" in reasons["flights/2013-05 .parquet"]
+    assert "'.PARQUET' must be '.parquet' in lower case" in reasons["flights/2013-05.PARQUET"]
+    assert "not a parquet file (extension '.csv')" in reasons["flights/2013-05.csv"]
+    assert "looks like an encoded path" in reasons["flights/..%2F..%2F2013-05.parquet"]
+    _accounted(base)
+    _assert_next_month_builds(base)

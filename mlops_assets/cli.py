@@ -59,8 +59,9 @@ def _registry(settings: Settings, model: ModelSpec) -> Registry:
 
 
 def _instance_home(settings: Settings) -> str:
-    """The Dagster home the pipeline commands use: ``$DAGSTER_HOME``, else the data directory's (prepared)."""
-    home = os.environ.get("DAGSTER_HOME") or str(prepare_dagster_home(settings.dagster_home))
+    """The Dagster home the pipeline commands use (``$DAGSTER_HOME``, else the data directory's), created with the
+    repo's instance settings when it does not exist yet."""
+    home = str(prepare_dagster_home(settings.dagster_home))
     os.environ["DAGSTER_HOME"] = home
     return home
 

@@ -9,18 +9,19 @@ from collections.abc import Callable
 import dagster as dg
 
 from mlops_assets.core.catalog import Catalog
-from mlops_assets.core.landing import plan_refresh, scan_landing
+from mlops_assets.core.landing import misnamed_files, plan_refresh, scan_landing, sha256_file
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
 from mlops_assets.core.policy import rollback_reasons
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc, gated_champions, rollback
-from mlops_assets.core.specs import FeedSpec, ModelSpec
-from mlops_assets.defs.ingest import ingested_version
+from mlops_assets.core.specs import FeedSpec, ModelSpec, TableSpec
+from mlops_assets.defs.ingest import MISNAMED_TAG, ingested_version
 from mlops_assets.defs.jobs import RETRY_FROM_FAILURE
 from mlops_assets.defs.keys import (
     MODEL_TAG,
     features_key,
     keys_of,
+    landing_key,
     month_refresh_keys,
     raw_key,
     retraining_job_name,
@@ -103,13 +104,42 @@ def build_landing_sensor(catalog: Catalog) -> dg.SensorDefinition:
                         tags={"mlops/feed": feed.name, **RETRY_FROM_FAILURE},
                     )
                 )
+        observations = misnamed_observations(storage, tables, previous, cursor, context.log.warning)
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[MONTHS.build_add_request(sorted(new_months))] if new_months else [],
             cursor=json.dumps(cursor, sort_keys=True),
+            asset_events=observations,
         )
 
     return landing_sensor
+
+
+def misnamed_observations(
+    storage: PlatformStorage,
+    tables: dict[str, TableSpec],
+    previous: dict[str, str],
+    cursor: dict[str, str],
+    warn: Callable[[str], None],
+) -> list[dg.AssetObservation]:
+    """Files of the landing zone whose names break the layout, each reported once per version as an observation of
+    the landing source it was meant for (the UI shows it there) and as a warning; the cursor remembers what was said.
+    They are never ingested (the ingest step also records them in ``quarantine.batches``)."""
+    observations = []
+    for item in misnamed_files(storage.landing_dir, set(tables)):
+        version = sha256_file(item.path) if item.path.is_file() else "folder"
+        key = f"misnamed:{item.relative_name}"
+        cursor[key] = version
+        if previous.get(key) == version:
+            continue  # reported on an earlier tick
+        warn(f"misnamed file, not ingested: {item.relative_name}: {item.reason}")
+        if item.table in tables:
+            metadata = {"misnamed_file": item.relative_name, "reason": item.reason, "sha256": version}
+            observation = dg.AssetObservation(
+                asset_key=landing_key(tables[item.table]), tags={MISNAMED_TAG: "true"}, metadata=metadata
+            )
+            observations.append(observation)
+    return observations
 
 
 def retrain_already_requested(instance: dg.DagsterInstance, model: ModelSpec, month: str, champion: str) -> bool:

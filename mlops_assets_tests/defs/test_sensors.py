@@ -89,3 +89,20 @@ def test_months_already_ingested_by_a_job_are_not_requested_again(settings: Sett
         assert "flights/2013-01.parquet" in json.loads(first.cursor or "{}")
         replay_months(settings.landing_dir, ["2013-01"], every=40)  # January re-delivered with other bytes
         assert [r.partition_key for r in _tick(settings, instance, first.cursor).run_requests or []] == ["2013-01"]
+
+
+def test_a_misnamed_file_is_reported_once_as_an_observation_and_never_run(settings: Settings) -> None:
+    replay_months(settings.landing_dir, ["2013-01"], every=50)
+    january = find_landed(settings.landing_dir, "flights", "2013-01")
+    assert january is not None
+    (settings.landing_dir / "flights" / "2013-05.PARQUET").write_bytes(january.path.read_bytes())
+    with dg.instance_for_test() as instance:
+        first = _tick(settings, instance, None)
+        assert [r.partition_key for r in first.run_requests or []] == ["2013-01"]  # the misnamed file asks for no run
+        [observation] = first.asset_events
+        assert isinstance(observation, dg.AssetObservation)
+        assert observation.asset_key == dg.AssetKey(["landing", "flights"])
+        assert observation.metadata["misnamed_file"].value == "flights/2013-05.PARQUET"
+        assert "parquet" in str(observation.metadata["reason"].value).lower()
+        again = _tick(settings, instance, first.cursor)
+        assert not again.asset_events  # said once per version of the file

@@ -1,0 +1,371 @@
+"""What every benchmark shares: measuring a process tree or a call, the machine it ran on, targets with verdicts, the
+results file and this folder's README.
+
+A benchmark script builds a ``Report`` (figures, tables, notes), calls ``finish``; ``--smoke`` runs it at a tiny scale,
+checks that it works (any exception or ``Report.broken`` makes the exit status non-zero) and writes nothing to the
+README. ``python benchmarks/harness.py summary`` rewrites the README's summary table from ``benchmarks/results/*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+README = HERE / "README.md"
+RESULTS = HERE / "results"
+GIB = 1024**3
+#: Other load (cores) above which a figure is marked as measured on a busy machine (2 CPUs here).
+BUSY_CORES = 0.3
+
+
+# --- measuring ----------------------------------------------------------------------------------------------------
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (``/proc/stat``: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def vm_hwm(pid: int | str = "self") -> int:
+    """Peak resident memory of one process in bytes (``VmHWM``; ``ru_maxrss`` would carry the parent's over exec)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Measured:
+    """One measured run: wall and CPU seconds, peak memory (bytes), other load (cores) and, for a process, its
+    exit status and output."""
+
+    wall_s: float
+    cpu_s: float
+    peak_bytes: int
+    other_cores: float
+    returncode: int = 0
+    stdout: str = ""
+    stderr: str = ""
+
+    def row(self) -> dict[str, float]:
+        """The numbers, for the results file."""
+        return {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "peak_gib": self.peak_bytes / GIB,
+                "other_cores": self.other_cores}  # fmt: skip
+
+    def json_tail(self) -> dict[str, Any]:
+        """The last stdout line as JSON (what a worker process reports)."""
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+
+def run_process(command: Sequence[str], env: dict[str, str] | None = None, timeout: float = 900,
+                check: bool = True) -> Measured:  # fmt: skip
+    """Run ``command`` in a fresh process (its own session) and measure its whole tree: wall time, CPU time (user +
+    system of every process, from psutil while they live), peak memory (the larger of the largest sampled sum of
+    resident memory, every 50 ms, and the largest per-process ``VmHWM``) and the CPU the rest of the machine used."""
+    try:
+        import psutil
+    except ImportError:  # the Evidently venv has no psutil: the root process's VmHWM and reaped CPU time only
+        psutil = None
+    cpu: dict[int, float] = {}
+    hwm: dict[int, int] = {}
+    peak = [0]
+    done = threading.Event()
+
+    def sample(root: Any) -> None:
+        while psutil is None and not done.is_set():
+            hwm[root] = max(hwm.get(root, 0), vm_hwm(root))
+            done.wait(0.05)
+        while not done.is_set():
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                break
+            total = 0
+            for p in tree:
+                try:
+                    with p.oneshot():
+                        total += p.memory_info().rss
+                        times = p.cpu_times()
+                        cpu[p.pid] = times.user + times.system + times.children_user + times.children_system
+                    hwm[p.pid] = max(hwm.get(p.pid, 0), vm_hwm(p.pid))
+                except psutil.Error:
+                    pass
+            peak[0] = max(peak[0], total)
+            done.wait(0.05)
+
+    busy0, children0, clock = busy_seconds(), os.times(), time.perf_counter()
+    proc = subprocess.Popen(list(command), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    root = proc.pid if psutil is None else psutil.Process(proc.pid)
+    sampler = threading.Thread(target=sample, args=(root,), daemon=True)
+    sampler.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, err = proc.communicate()
+        err += f"\n[harness] stopped after {timeout:.0f} s"
+    wall = time.perf_counter() - clock
+    done.set()
+    sampler.join()
+    children1 = os.times()
+    # the root's own CPU once reaped is exact (children_user/system of this process); its children's as sampled
+    reaped = (children1.children_user - children0.children_user) + (
+        children1.children_system - children0.children_system
+    )
+    cpu_s = max(reaped, sum(cpu.values()))
+    other = max(0.0, busy_seconds() - busy0 - cpu_s) / wall
+    measured = Measured(wall, cpu_s, max(peak[0], *hwm.values(), 0), other, proc.returncode, out, err)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode}):\n{err[-3000:]}")
+    return measured
+
+
+@contextmanager
+def measure_here() -> Iterator[dict[str, float]]:
+    """Measure a block in this process: wall, CPU of the process (all threads), other load; filled in on exit."""
+    out: dict[str, float] = {}
+    busy0, cpu0, clock = busy_seconds(), time.process_time(), time.perf_counter()
+    yield out
+    wall, cpu = time.perf_counter() - clock, time.process_time() - cpu0
+    out.update(wall_s=wall, cpu_s=cpu, other_cores=max(0.0, busy_seconds() - busy0 - cpu) / wall,
+               peak_gib=vm_hwm() / GIB)  # fmt: skip
+
+
+def timed(call: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        clock = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - clock)
+    return times
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and count."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+# --- the platform, through its public entry points -------------------------------------------------------------
+
+
+def tool(name: str) -> str:
+    """A console script of this interpreter's environment (``mlops``, ``dagster``, ``pytest``)."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} is not installed next to {sys.executable} nor on PATH")
+    return found
+
+
+def data_env(data_dir: Path) -> dict[str, str]:
+    """The environment of a process working on ``data_dir`` (its own Dagster home below it)."""
+    return {**os.environ, "MLOPS_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(data_dir / "dagster_home"),
+            "PYTHONUNBUFFERED": "1"}  # fmt: skip
+
+
+def mlops(data_dir: Path, *args: str) -> str:
+    """Run ``mlops <args>`` on ``data_dir`` (untimed); its stdout."""
+    done = subprocess.run(
+        [tool("mlops"), *args], env=data_env(data_dir), cwd=REPO, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"mlops {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def job_command(data_dir: Path, job: str = "training_pipeline") -> list[str]:
+    """``dagster job execute`` of ``job`` over every month landed in ``data_dir`` (the README's command)."""
+    tags = mlops(data_dir, "months", "--tags").strip()
+    return [tool("dagster"), "job", "execute", "-m", "mlops_assets.definitions", "-j", job, "--tags", tags]
+
+
+@contextmanager
+def workdir(keep: bool = False) -> Iterator[Path]:
+    """A temporary directory for everything a benchmark writes (but its results and README section)."""
+    path = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- the machine --------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """CPUs, RAM, Python and library versions, load average and the commit measured."""
+    cpu = platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    versions = {}
+    for name in ("dagster", "duckdb", "polars", "lightgbm", "pandas", "fastapi", "uvicorn", "evidently"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    git = ["git", "-C", str(REPO)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "mlops_assets"], capture_output=True, text=True, check=False
+    )
+    return {
+        "date": date.today().isoformat(), "cpus": os.cpu_count(), "cpu": cpu,
+        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
+        "python": platform.python_version(), "versions": versions, "load_avg": list(os.getloadavg()),
+        "commit": commit + (" (mlops_assets/ modified)" if dirty.stdout.strip() else ""),
+    }  # fmt: skip
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    load = ", ".join(f"{x:.2f}" for x in m["load_avg"])
+    return (f"{m['date']}, commit {m['commit']}: {m['cpus']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM; Python "
+            f"{m['python']}, {versions}; load average at start {load}.")  # fmt: skip
+
+
+# --- report, verdicts, results, README ---------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """One headline number with its target: ``ok`` None is *info* (no target)."""
+
+    name: str
+    value: str
+    target: str = ""
+    ok: bool | None = None
+    baseline: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return "info" if self.ok is None else ("PASS" if self.ok else "FAIL")
+
+
+@dataclass
+class Report:
+    """What a benchmark found: headline figures, detail tables (Markdown), notes, raw numbers, and what is broken."""
+
+    name: str
+    smoke: bool
+    machine: dict[str, Any] = field(default_factory=machine)
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    broken: list[str] = field(default_factory=list)
+
+    def figure(self, name: str, value: str, target: str = "", ok: bool | None = None, baseline: str = "") -> None:
+        """A headline figure; at smoke scale its target does not apply, so its verdict is *info*."""
+        self.figures.append(Figure(name, value, target, None if self.smoke else ok, baseline))
+
+    def require(self, ok: bool, what: str) -> None:
+        """A sanity condition of the benchmark itself (not a target): false makes the run broken."""
+        if not ok:
+            self.broken.append(what)
+
+    def markdown(self) -> str:
+        rows = [[f.name, f.value, f.target, f"**{f.verdict}**" if f.ok is False else f.verdict, f.baseline]
+                for f in self.figures]  # fmt: skip
+        parts = [
+            machine_line(self.machine),
+            markdown_table(["figure", "measured", "target", "verdict", "vs baseline"], rows),
+        ]
+        return "\n\n".join([*parts, *self.tables, *self.notes])
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def replace_readme_section(name: str, text: str, readme: Path = README) -> None:
+    """Rewrite what lies between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in the README, leaving the
+    rest as it is (the idea of the old ``machine.replace_readme_section``); a missing block is appended."""
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    old = readme.read_text()
+    block = f"{start}\n{text.strip()}\n{end}"
+    if start in old and end in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(new)
+
+
+def base_parser(doc: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help="tiny scale, seconds; checks it works, writes no README")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    return parser
+
+
+def finish(report: Report, args: argparse.Namespace) -> int:
+    """Print the figures, save the results (``benchmarks/results/<name>[-smoke].json``), rewrite the README's block
+    of this benchmark (full mode only) and return the exit status: 1 when the benchmark is broken."""
+    for f in report.figures:
+        print(f"{f.verdict:<4}  {f.name}: {f.value}" + (f" (target {f.target})" if f.target else "")
+              + (f"; {f.baseline}" if f.baseline else ""))  # fmt: skip
+    for problem in report.broken:
+        print(f"BROKEN  {problem}")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{report.name}{'-smoke' if report.smoke else ''}.json"
+    payload = {k: v for k, v in asdict(report).items() if k not in ("tables", "notes")}
+    payload["figures"] = [{**asdict(f), "verdict": f.verdict} for f in report.figures]
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    if not report.smoke and not args.no_readme and not report.broken:
+        replace_readme_section(report.name, report.markdown())
+        write_summary()
+    return 1 if report.broken else 0
+
+
+def write_summary() -> None:
+    """The README's summary: every benchmark's headline figures from its last full results file."""
+    rows = []
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.stem.endswith("-smoke"):
+            continue
+        data = json.loads(path.read_text())
+        for f in data["figures"]:
+            if f["target"]:
+                rows.append([f"`{data['name']}.py`", f["name"], f["value"], f["target"], f["verdict"], f["baseline"],
+                             f"{data['machine']['date']}, {data['machine']['commit']}"])  # fmt: skip
+    header = ["benchmark", "figure", "measured", "target", "verdict", "vs baseline", "measured on"]
+    replace_readme_section("summary", markdown_table(header, rows) if rows else "Not measured yet.")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["summary"]:
+        raise SystemExit("usage: python benchmarks/harness.py summary")
+    write_summary()

@@ -1,0 +1,139 @@
+"""The steps of ``training_pipeline`` in one plain process, without Dagster: the baseline of its overhead.
+
+Each step calls the same ``mlops_assets.core`` functions as the job's asset (``mlops_assets/defs/*.py``), on the data
+directory of ``$MLOPS_DATA_DIR``: ingest (``ingest_raw``) and validation (``validate_partition``) of every table and
+landed month, ``write_months`` for every feature table, then for every model the training set (``split_by_time``,
+stored and read back), the challenger (``train_model``, valid metrics, ``reference_profile``, registered), the
+evaluation (``metrics``, ``slice_metrics``, the four plots, the registry's record), the promotion decision
+(``decide_promotion_from``), the champion's canary and the online store (``build_export`` / ``write_export``). Not
+done here: the other asset checks' queries, the evaluation's Markdown report, Dagster's event log. The job's training
+defaults (Dagster configs) come from the parent in ``$MLOPS_BENCH_PLAIN`` (JSON), so this process never imports
+Dagster. The benchmark's smoke mode runs it, so a change of these functions' signatures breaks CI, not the figure.
+
+    MLOPS_DATA_DIR=... MLOPS_BENCH_PLAIN='{...}' python benchmarks/plain_pipeline.py   # see training_pipeline.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from typing import Any
+
+#: Set by ``training_pipeline.py``: per model {params, num_boost_round, early_stopping_rounds}, profile_rows,
+#: canary_rows, window_months.
+CONFIG_ENV = "MLOPS_BENCH_PLAIN"
+
+
+def ingest_and_validate(conn: Any, settings: Any, run_id: str) -> list[str]:
+    """Every landed table and month into ``raw`` and ``validated`` (as the raw and validated assets, one transaction
+    per table and stage); returns the landed months."""
+    from mlops_assets.catalog import CATALOG
+    from mlops_assets.core.ingest import ingest_raw, validate_partition
+    from mlops_assets.core.landing import find_landed, landed_months
+    from mlops_assets.core.store import transaction
+
+    now = datetime.now()
+    for feed in CATALOG.feeds:  # reference tables first: the monthly tables' codes are checked against them
+        months = landed_months(settings.landing_dir, [t.name for t in feed.monthly_tables])
+        for table in sorted(feed.tables, key=lambda t: t.monthly):
+            parts = months if table.monthly else [None]
+            with transaction(conn):
+                for month in parts:
+                    landed = find_landed(settings.landing_dir, table.name, month)
+                    assert landed is not None, (table.name, month)
+                    ingest_raw(conn, table, landed, settings.landing_dir, settings.quarantine_dir, run_id, now)
+            with transaction(conn):
+                for month in parts:
+                    validate_partition(conn, table, month, run_id, now)
+    return months
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Every step once; returns each model's test-month metrics and decision."""
+    import duckdb
+    import numpy as np
+    import polars as pl
+
+    from mlops_assets.catalog import CATALOG
+    from mlops_assets.core import evaluation as ev
+    from mlops_assets.core.drift import reference_profile
+    from mlops_assets.core.features import write_months
+    from mlops_assets.core.landing import write_atomic
+    from mlops_assets.core.online import build_export, write_export
+    from mlops_assets.core.policy import decide_promotion_from, scores_are_sane
+    from mlops_assets.core.records import EvaluationResult
+    from mlops_assets.core.registry import CHAMPION, Registry
+    from mlops_assets.core.settings import load_settings
+    from mlops_assets.core.store import ensure_table_like, fetch_row, query_frame, replace_where, transaction
+    from mlops_assets.core.training import load_version, split_by_time, stored_training_set, train_model
+
+    settings = load_settings()
+    run_id, out = "plain", {}
+    conn = duckdb.connect(str(settings.warehouse_path), config={"memory_limit": "4GB", "threads": 2})
+    months = ingest_and_validate(conn, settings, run_id)
+    for spec in CATALOG.feature_tables:
+        write_months(conn, spec, months)
+    window = config["window_months"]
+    for model in CATALOG.models:
+        spec, own = model.features, config["models"][model.name]
+        # training set: stored and read back in its stored order, as the asset does
+        built_months = months[-window:] if window else months
+        rows = query_frame(conn, f'SELECT * FROM features."{spec.name}" WHERE _month BETWEEN ? AND ?',
+                           [built_months[0], built_months[-1]])  # fmt: skip
+        split = split_by_time(rows, spec, built_months[-1])
+        with transaction(conn):
+            name = ensure_table_like(conn, model.name, "training_set", split.frame)
+            replace_where(conn, name, split.frame, "true", [])
+        order = ", ".join(f'"{c}"' for c in (spec.time_column, *spec.key))
+        built = stored_training_set(query_frame(conn, f"SELECT * FROM {name} ORDER BY {order}"))
+        # challenger
+        trained = train_model(built, spec, own["params"], own["num_boost_round"], own["early_stopping_rounds"])
+        valid, train = built.part("valid"), built.part("train")
+        valid_metrics = ev.metrics(valid[spec.label].to_numpy(), trained.predict(valid))
+        sample = train.gather_every(max(1, train.height // config["profile_rows"]))
+        profile = reference_profile(sample, spec.numeric, spec.categorical, trained.predict(sample), spec.label)
+        registry = Registry(settings.model(model.name).registry_dir)
+        metadata = {"model": model.name, "training_set_hash": built.content_hash, "params": trained.params,
+                    "best_iteration": trained.best_iteration, "metrics": {"valid": valid_metrics},
+                    "data": built.summary(spec.time_column), "encoder": trained.encoder.to_json()}  # fmt: skip
+        challenger = registry.register(trained.text, metadata, profile, run_id=run_id).version
+        registry.set_alias("challenger", challenger, "challenger", "latest trained model", run_id=run_id)
+        # evaluation
+        test = built.part("test")
+        y = test[spec.label].to_numpy().astype(float)
+        champion = registry.alias(CHAMPION)
+        versions = {"challenger": challenger, **({"champion": champion} if champion else {})}
+        loaded = {role: load_version(registry, v) for role, v in versions.items()}
+        scores = {role: m.predict(test) for role, m in loaded.items()}
+        results = {role: ev.metrics(y, p) for role, p in scores.items()}
+        slices = ev.slice_metrics(test, spec.label, scores, model.slices)
+        result = EvaluationResult.from_evaluation(model.name, challenger, champion, str(test["_month"].max()), results,
+                                                  slices, scores_are_sane(scores["challenger"]))  # fmt: skip
+        registry.save_evaluation(result, run_id=run_id)
+        booster, gains = loaded["challenger"], loaded["challenger"].booster.feature_importance("gain")
+        plots = {"roc": ev.roc_plot(y, scores), "calibration": ev.calibration_plot(y, scores),
+                 "importance": ev.importance_plot(booster.encoder.feature_names, gains),
+                 "slices": ev.slice_plot(slices, list(scores), model.gates.slice_min_rows)}  # fmt: skip
+        for plot, png in plots.items():
+            write_atomic(settings.model(model.name).reports_dir / "evaluation" / challenger / f"{plot}.png", png)
+        # promotion decision and the champion's canary
+        decision = decide_promotion_from(result, model.gates)
+        if decision.promote:
+            registry.set_alias(CHAMPION, challenger, "promoted", decision.summary, run_id=run_id)
+        serving = registry.alias(CHAMPION)
+        if serving:
+            canary = load_version(registry, serving).predict(test.head(config["canary_rows"]))
+            assert scores_are_sane(canary) is None and np.ptp(canary) > 0, "canary"
+        # online store
+        if spec.online is not None:
+            (newest,) = fetch_row(conn, f'SELECT max(_month) FROM features."{spec.name}"')
+            write_export(build_export(conn, spec, newest), settings.model(model.name).online_store_dir)
+        out[model.name] = {"test_month": result.test_month, "roc_auc": results["challenger"]["roc_auc"],
+                           "promoted": decision.promote, "rows": int(pl.Series(y).len())}  # fmt: skip
+    conn.close()
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(json.loads(os.environ[CONFIG_ENV]))))

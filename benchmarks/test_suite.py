@@ -1,0 +1,32 @@
+"""The test suite's wall time: ``.venv/bin/pytest`` as ``make test`` runs it (pytest's options are in pyproject.toml),
+timed once in a fresh process tree, with its CPU time and the other load on the machine (the target is for a quiet
+machine: above 0.3 cores of other load the figure is marked). ``--smoke`` times one fast test file.
+
+    python benchmarks/test_suite.py [--smoke] [--no-readme]
+"""
+
+from __future__ import annotations
+
+import harness
+
+TARGET_S = 4 * 60
+SMOKE_FILE = "mlops_assets_tests/core/test_policy.py"
+
+
+def main() -> int:
+    args = harness.base_parser(__doc__).parse_args()
+    report = harness.Report("test_suite", args.smoke)
+    command = [harness.tool("pytest"), "-q", *([SMOKE_FILE] if args.smoke else [])]
+    m = harness.run_process(command, timeout=3600, check=False)
+    summary = (m.stdout.strip().splitlines() or ["no output"])[-1]
+    report.require(m.returncode == 0, f"pytest failed (exit {m.returncode}): {summary}")
+    busy = f"; other load {m.other_cores:.2f} cores" + (" (busy machine)" if m.other_cores > harness.BUSY_CORES else "")
+    report.figure("`make test` (pytest) wall, s" if not args.smoke else f"pytest {SMOKE_FILE}, s", f"{m.wall_s:.0f}",
+                  f"<= {TARGET_S} s", m.wall_s <= TARGET_S, f"CPU {m.cpu_s:.0f} s{busy}")  # fmt: skip
+    report.notes.append(f"pytest: {summary}")
+    report.raw = m.row()
+    return harness.finish(report, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,9 +37,23 @@ TS = "datetime64[us]"
 
 #: (mean column, count column, key columns, known-at column, value column, window)
 WINDOWS: tuple[tuple[str, str, tuple[str, ...], str, str, timedelta], ...] = (
-    ("origin_dep_delay_mean_3h", "origin_departures_3h", ("origin",), "dep_actual_utc", "dep_delay", timedelta(hours=3)),
+    (
+        "origin_dep_delay_mean_3h",
+        "origin_departures_3h",
+        ("origin",),
+        "dep_actual_utc",
+        "dep_delay",
+        timedelta(hours=3),
+    ),
     ("carrier_delay_rate_7d", "carrier_flights_7d", ("carrier",), "label_known_at", "is_delayed", timedelta(days=7)),
-    ("route_delay_rate_30d", "route_flights_30d", ("origin", "dest"), "label_known_at", "is_delayed", timedelta(days=30)),
+    (
+        "route_delay_rate_30d",
+        "route_flights_30d",
+        ("origin", "dest"),
+        "label_known_at",
+        "is_delayed",
+        timedelta(days=30),
+    ),
 )
 
 WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib")

@@ -18,8 +18,11 @@ whose codes the store has never seen (``unknown_codes``).
 The body is read and parsed by the model's own schema, not by FastAPI's parameter binding, so the size limit applies
 before parsing and every refusal is a 4xx naming the field: 400 malformed JSON, 413 too large (bytes or entities), 422
 invalid fields or a flight further past the online store's facts than the maximum feature age, 503 nothing to serve
-yet for that model. Scoring runs in the thread pool, so the event loop keeps accepting requests while polars and
-LightGBM work.
+yet for that model. A small body of a few requests (the few-request path, a fraction of a millisecond) is parsed and
+scored on the event loop: handing it to a worker thread and back cost more than the scoring, and under load the
+threads contended for the GIL. Larger bodies and what-if overrides (polars frames, milliseconds) are parsed and scored
+in the thread pool, so the event loop keeps accepting requests meanwhile. The predict routes take the raw request
+(:class:`RawRoute`): no parameter binding or dependency solving, since the body is parsed by the model's schema.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -41,6 +45,7 @@ from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.settings import Settings
 from mlops_assets.serving.catalog import ServedCatalog, UnknownModel, predict_path
 from mlops_assets.serving.config import ServeConfig
+from mlops_assets.serving.rows import MAX_ROWS
 from mlops_assets.serving.schema import PredictionRequest, RequestError
 from mlops_assets.serving.service import PredictionFailed, PredictionService, Unavailable
 
@@ -48,6 +53,9 @@ logger = logging.getLogger("mlops_assets.serving")
 #: A body declared (or found) larger than this is refused without reading the rest; below it an oversized body is
 #: read and dropped first, so the client reliably gets the 413 rather than a connection reset mid-upload.
 DRAIN_LIMIT_FACTOR = 8
+#: Bodies up to this size are parsed on the event loop (a few requests: tens of microseconds); larger ones, up to a
+#: 1 MiB batch, in the thread pool.
+INLINE_BODY_BYTES = 8 * 1024
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -84,6 +92,20 @@ async def read_body(request: Request, limit: int) -> bytes:
 Endpoint = Callable[[Request], Awaitable[AsciiJSONResponse]]
 
 
+class RawRoute(APIRoute):
+    """A FastAPI route whose endpoint takes the :class:`Request` and returns the :class:`Response` itself: it is in
+    the OpenAPI document as any route (``openapi_extra`` describes the body), but a request skips FastAPI's parameter
+    binding, dependency solving and response serialisation, which the predict routes do not use."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint  # type: ignore[no-any-return]
+
+
+def few(requests: list[PredictionRequest]) -> bool:
+    """Whether ``requests`` take the few-request path (cheap enough to score on the event loop)."""
+    return len(requests) <= MAX_ROWS and not any(r.overrides for r in requests)
+
+
 def predict_endpoint(service: PredictionService, config: ServeConfig) -> Endpoint:
     """The handler of one model's predict route (``POST /models/<name>/predict``, and ``POST /predict`` for the
     default model)."""
@@ -93,12 +115,19 @@ def predict_endpoint(service: PredictionService, config: ServeConfig) -> Endpoin
         requests, batch = service.schema.parse(body)
         return service.predict(requests, started, batch), batch
 
+    async def answer(body: bytes, started: float) -> tuple[list[dict[str, Any]], bool]:
+        if len(body) > INLINE_BODY_BYTES:  # parsing a 1 MiB batch and scoring it are CPU work: off the event loop
+            return await run_in_threadpool(score, body, started)
+        requests, batch = service.schema.parse(body)
+        if few(requests):
+            return service.predict(requests, started, batch), batch
+        return await run_in_threadpool(service.predict, requests, started, batch), batch
+
     async def predict(request: Request) -> AsciiJSONResponse:
         started = time.perf_counter()
         try:
             body = await read_body(request, config.max_body_bytes)
-            # parsing a 1 MiB batch and scoring are CPU work: off the event loop
-            items, batch = await run_in_threadpool(score, body, started)
+            items, batch = await answer(body, started)
         except RequestError as error:
             return _error(error.status, error.body(), close=error.status == 413)
         except ClientDisconnect:
@@ -156,22 +185,24 @@ def create_app(
         return {"requestBody": {"required": True, "content": content}}
 
     for name, service in served.services.items():
-        app.add_api_route(
+        app.router.add_api_route(
             predict_path(name),
             predict_endpoint(service, config),
             methods=["POST"],
             name=f"predict_{name}",
             summary=f"{name}: {service.model.description}",
             openapi_extra=body_schema(service),
+            route_class_override=RawRoute,
         )
     default = served.default_service
-    app.add_api_route(
+    app.router.add_api_route(
         "/predict",
         predict_endpoint(default, config),
         methods=["POST"],
         name="predict",
         summary=f"The default model ({default.name}): {default.model.description}",
         openapi_extra=body_schema(default),
+        route_class_override=RawRoute,
     )
 
     # after the models' own routes, so it only sees names that are not served

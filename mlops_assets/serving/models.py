@@ -30,6 +30,7 @@ import polars as pl
 from mlops_assets.core.registry import VERSION_PATTERN, Registry, gated_champions
 from mlops_assets.core.training import TrainedModel, load_version
 from mlops_assets.serving.reloading import Reloading
+from mlops_assets.serving.rows import RowScorer
 
 CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
 #: The registry events the service records (``Registry.log_event``): a champion it could not serve, and the end of it.
@@ -47,11 +48,21 @@ class ServedModel:
     version: str
     model: TrainedModel = field(repr=False)
     metadata: dict[str, Any] = field(repr=False)
+    #: The same model for feature dicts (the few-request path); set up once per version, shared by its roles.
+    rows: RowScorer = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            object.__setattr__(self, "rows", RowScorer(self.model))
 
     def predict(self, frame: pl.DataFrame) -> np.ndarray:
         """Probabilities for feature rows, on one thread: a request is a few rows, and requests already run in
         parallel."""
         return self.model.predict(frame, num_threads=1)
+
+    def predict_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """The same probabilities for feature dicts (:class:`~mlops_assets.serving.rows.RowScorer`)."""
+        return self.rows.predict(rows)
 
     def summary(self) -> dict[str, Any]:
         return {"version": self.version, **metadata_summary(self.metadata)}

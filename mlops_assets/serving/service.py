@@ -46,6 +46,7 @@ from mlops_assets.serving.models import (
     reloading_models,
 )
 from mlops_assets.serving.reloading import Reloading
+from mlops_assets.serving.rows import MAX_ROWS
 from mlops_assets.serving.schema import FieldError, PredictionRequest, RequestError, RequestSchema, error_summary
 from mlops_assets.serving.store import ServedStore, reloading_store
 
@@ -105,6 +106,8 @@ class PredictionService:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.started_at = time.monotonic()
+        #: What a log row and an answer need of each entity: its key columns and prediction time.
+        self._key_columns = (*self.spec.key, self.spec.time_column)
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -180,22 +183,27 @@ class PredictionService:
         store = snapshot.store.store
         ids = [uuid.uuid4().hex for _ in requests]
         arms = [snapshot.models.variant_for(r.bucket) for r in requests]
-        try:
-            features = store.features(self.schema.frame(requests))
-            # before overrides: a what-if keeps its entity's key
-            keys = features.select(*self.spec.key, self.spec.time_column)
-        except Exception as error:
-            self._log_failure(requests, ids, arms, started, error)
-            raise PredictionFailed(f"computing features failed: {type(error).__name__}", ids) from error
-        times = self._check_times(keys[self.spec.time_column].to_list(), store, snapshot.store.version, batch)
+        features: pl.DataFrame | list[dict[str, Any]] | None = self._feature_rows(requests, snapshot, arms)
+        if features is not None:
+            keys = [{c: row[c] for c in self._key_columns} for row in features]
+        else:
+            try:
+                features = store.features(self.schema.frame(requests))
+                # before overrides: a what-if keeps its entity's key
+                keys = features.select(*self._key_columns).to_dicts()
+            except Exception as error:
+                self._log_failure(requests, ids, arms, started, error)
+                raise PredictionFailed(f"computing features failed: {type(error).__name__}", ids) from error
+        times = self._check_times([k[self.spec.time_column] for k in keys], store, snapshot.store.version, batch)
         ages = [store.feature_age_hours(t) for t in times]
         unknown = unknown_codes(requests, store)
         try:
-            features = apply_overrides(features, requests, self.spec)
+            if isinstance(features, pl.DataFrame):
+                features = apply_overrides(features, requests, self.spec)
             scores = np.empty(len(requests), dtype=np.float64)
             for model in {id(m): m for m in arms}.values():  # one predict per model for the whole batch
                 rows = [i for i, arm in enumerate(arms) if arm is model]
-                scores[rows] = model.predict(features if len(rows) == features.height else features[rows])
+                scores[rows] = _score(model, features, rows)
             if not np.isfinite(scores).all():
                 raise ValueError("the model returned a non-finite score")
         except Exception as error:
@@ -206,7 +214,7 @@ class PredictionService:
         shadow, shadow_scores, shadow_error = snapshot.models.shadow, None, None
         if shadow is not None:  # its failure must never cost the answer: it is logged, not raised
             try:
-                shadow_scores = shadow.predict(features)
+                shadow_scores = _score(shadow, features, range(len(requests)))
             except Exception as error:
                 logger.exception("shadow %s failed", shadow.version)
                 shadow_error = f"{type(error).__name__}: {error}"
@@ -240,6 +248,26 @@ class PredictionService:
             }
             for i in range(len(requests))
         ]
+
+    def _feature_rows(
+        self, requests: Sequence[PredictionRequest], snapshot: _Snapshot, arms: list[ServedModel]
+    ) -> list[dict[str, Any]] | None:
+        """The requests' feature rows as dicts (the few-request path, :mod:`~mlops_assets.serving.rows`), or None
+        for the frame path: a large batch, overrides (what-ifs keep the frame path's casts), a store without dict
+        indexes, a prediction time that does not exist, or a served model reading a feature the rows lack."""
+        features = snapshot.store.rows
+        if len(requests) > MAX_ROWS or not features.available or any(r.overrides for r in requests):
+            return None
+        try:
+            rows = features.rows([r.fields for r in requests])
+        except Exception:  # a bug of this path, not of the request: the frame path answers as it always has
+            logger.warning("model %s: the few-request path failed; using the frame path", self.name, exc_info=True)
+            return None
+        if rows is None:
+            return None
+        shadow = snapshot.models.shadow
+        scorers = {id(m): m.rows for m in (*arms, *((shadow,) if shadow is not None else ()))}
+        return rows if all(scorer.covers(rows[0]) for scorer in scorers.values()) else None
 
     def _check_times(
         self, times: list[datetime | None], store: OnlineStore, version: str, batch: bool
@@ -275,7 +303,7 @@ class PredictionService:
 
     def _log_rows(
         self,
-        keys: pl.DataFrame,
+        keys: list[dict[str, Any]],
         ids: list[str],
         entity_keys: list[str],
         arms: list[ServedModel],
@@ -293,7 +321,7 @@ class PredictionService:
         unknown, ages = flags
         now = utc_now()
         rows: list[dict[str, object]] = []
-        for i, key in enumerate(keys.to_dicts()):
+        for i, key in enumerate(keys):
             base = self._row_base(ids[i], now, entity_keys[i], key, unknown[i], ages[i])
             rows.append(
                 {
@@ -352,7 +380,7 @@ class PredictionService:
         arms: list[ServedModel],
         started: float,
         error: Exception,
-        keys: pl.DataFrame | None = None,
+        keys: list[dict[str, Any]] | None = None,
     ) -> None:
         """An internal failure, logged with status ``error``: with the entities' keys and prediction times when the
         features were computed (so the month's error rate counts it), else the key columns the request carries."""
@@ -361,7 +389,7 @@ class PredictionService:
         if log is None:
             return
         if keys is not None:
-            known = keys.to_dicts()
+            known = keys
         else:
             known = [{**{c: r.fields.get(c) for c in self.spec.key}, self.spec.time_column: None} for r in requests]
         latency_ms, now, message = (
@@ -469,6 +497,13 @@ class PredictionService:
             "loaded_at": loaded.loaded_at.isoformat(timespec="seconds"),
             "problems": [*models.problems, *([self.models.error] if self.models.error else [])],
         }
+
+
+def _score(model: ServedModel, features: pl.DataFrame | list[dict[str, Any]], rows: Sequence[int]) -> np.ndarray:
+    """``model``'s probabilities for the feature rows at positions ``rows`` (all of them in one predict call)."""
+    if isinstance(features, list):
+        return model.predict_rows([features[i] for i in rows])
+    return model.predict(features if len(rows) == features.height else features[list(rows)])
 
 
 def unknown_codes(requests: Sequence[PredictionRequest], store: OnlineStore) -> list[list[str]]:

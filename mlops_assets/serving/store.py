@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -10,15 +10,20 @@ import polars as pl
 from mlops_assets.core.online import OnlineStore, current_version
 from mlops_assets.core.specs import FeatureTableSpec
 from mlops_assets.serving.reloading import Reloading
+from mlops_assets.serving.rows import RowFeatures
 
 
 @dataclass(frozen=True)
 class ServedStore:
-    """A loaded export and the types of the feature table's key columns (the prediction log's schema needs them
-    before the first request)."""
+    """A loaded export, the types of the feature table's key columns (the prediction log's schema needs them
+    before the first request) and its lookups as Python lists for the few-request path (made once per load)."""
 
     store: OnlineStore
     key_types: dict[str, pl.DataType]
+    rows: RowFeatures = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", RowFeatures(self.store))
 
     @property
     def version(self) -> str:

@@ -29,7 +29,7 @@ import duckdb
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.catalog import CatalogError
-from mlops_assets.core.landing import LandedFile, landed_months, month_range, parse_month
+from mlops_assets.core.landing import LandedFile, landed_months, month_range, parse_month, scan_landing
 from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
 from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
 from mlops_assets.core.specs import FeedSpec, ModelSpec
@@ -70,13 +70,17 @@ def register_landed_months(settings: Settings) -> list[str]:
     """Make every landed month a partition of the Dagster instance (idempotent); return the new ones."""
     import dagster as dg  # only the commands that touch the instance need Dagster
 
+    from mlops_assets.defs.ingest import observe_landed
     from mlops_assets.defs.partitions import register_months
 
     months = landed_months(settings.landing_dir, [t.name for f in CATALOG.feeds for t in f.monthly_tables])
     _instance_home(settings)
     with dg.DagsterInstance.get() as instance:
         _recover_dead_runs(instance)  # the new months start runs (landing sensor): a dead run must not hold them back
-        return register_months(instance, months)
+        new = register_months(instance, months)
+        # what landed, as the landing sources' data versions (the UI's lineage starts there)
+        observe_landed(instance, CATALOG.tables, scan_landing(settings.landing_dir))
+        return new
 
 
 def _recover_dead_runs(instance: Any = None) -> None:
@@ -142,12 +146,39 @@ def cmd_months(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     settings = load_settings()
     overviews = [model_overview(m, _registry(settings, m)) for m in CATALOG.models]
-    print(
-        json.dumps({"default": CATALOG.default.name, "models": overviews}, indent=2)
-        if args.json
-        else format_models(overviews)
-    )
+    if args.json:
+        print(json.dumps({"default": CATALOG.default.name, "models": overviews}, indent=2))
+        return 0
+    print(format_models(overviews))
+    print(where_and_next(settings, overviews))
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (shorter to read and to copy)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def where_and_next(settings: Settings, overviews: list[dict[str, Any]]) -> str:
+    """Where each champion's evaluation report is, and what to try next (the end of ``make pipeline``)."""
+    lines = ["", "Evaluation reports (Markdown with ROC, calibration, per-slice and importance plots):"]
+    for overview in overviews:
+        champion = overview["champion"]
+        report = settings.model(overview["name"]).reports_dir / "evaluation" / str(champion) / "report.md"
+        shown = _shown(report) if champion and report.exists() else "none yet (no champion)"
+        lines.append(f"  {overview['name']:<22}{shown}")
+    lines += [
+        "Next:",
+        "  make ui         the Dagster UI on http://127.0.0.1:3000: the asset graph, runs, checks, and the sensors",
+        "                  that refresh, retrain and roll back by themselves",
+        "  make serve      the prediction service on http://127.0.0.1:8000 (API docs at /docs)",
+        "  make simulate   replay 2013 month by month: drift, retraining, promotion and rollback without anyone",
+        "  mlops status    what the platform holds: months, quarantined rows, features, models",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

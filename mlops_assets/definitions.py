@@ -22,8 +22,14 @@ from mlops_assets.defs.jobs import build_jobs
 from mlops_assets.defs.keys import MODEL_TAG, retraining_job_name, served
 from mlops_assets.defs.monitor import build_monitoring
 from mlops_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from mlops_assets.defs.progress import progress_console
 from mlops_assets.defs.resources import build_resources
-from mlops_assets.defs.sensors import build_automation_sensor, build_landing_sensor, build_model_sensors
+from mlops_assets.defs.sensors import (
+    build_automation_sensor,
+    build_landing_job,
+    build_landing_sensor,
+    build_model_sensors,
+)
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.defs.validate import build_validate
 from mlops_assets.recovery import HOST_TAG, IN_PROGRESS, PID_TAG, PROCESS_TAG, LeftAlone, recover_dead_runs
@@ -49,7 +55,8 @@ def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
         feature_asset, feature_checks = build_feature_table(spec, catalog.feed_of_table(spec.inputs[0]))
         assets.append(feature_asset)
         checks += feature_checks
-    sensors: list[dg.SensorDefinition] = [build_landing_sensor(catalog)]
+    landing_job = build_landing_job(catalog)
+    sensors: list[dg.SensorDefinition] = [build_landing_sensor(catalog, landing_job)]
     for model in catalog.models:
         assets += [
             build_training_set_asset(model),
@@ -65,11 +72,13 @@ def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=build_jobs(catalog),
+        jobs=[*build_jobs(catalog), landing_job],
         sensors=sensors,
         resources=build_resources(settings),
         # One process per run: a run never holds two DuckDB connections, and steps skip the ~1.5 s process start.
         executor=dg.in_process_executor,
+        # a job's console prints progress, not Dagster's DEBUG stream (defs/progress.py); the event log keeps all
+        loggers={"console": progress_console},
     )
 
 

@@ -48,6 +48,33 @@ def verdict_metadata(months: Sequence[str | None], verdicts: Sequence[BatchVerdi
     return metadata
 
 
+def log_verdicts(
+    context: dg.AssetExecutionContext,
+    table: TableSpec,
+    stage: str,
+    months: Sequence[str | None],
+    verdicts: Sequence[BatchVerdict],
+) -> None:
+    """One line for the accepted batches of a run (a full year is twelve), and a line each for the rejected ones, whose
+    reasons a person must read."""
+    accepted = [(m, v) for m, v in zip(months, verdicts, strict=True) if v.accepted]
+    for month, verdict in zip(months, verdicts, strict=True):
+        if not verdict.accepted:
+            context.log.error(verdict.message)
+    if len(accepted) == 1 and len(verdicts) == 1:
+        context.log.info(accepted[0][1].message)
+    elif accepted:
+        span = f"{accepted[0][0]}..{accepted[-1][0]}" if len(accepted) > 1 else str(accepted[0][0])
+        valid = sum(v.rows_valid for _, v in accepted)
+        quarantined = sum(v.rows_quarantined for _, v in accepted)
+        rows = (
+            f"{sum(v.rows_landed for _, v in accepted):,} rows"
+            if stage == "raw"
+            else (f"{valid:,} rows valid, {quarantined:,} quarantined")
+        )
+        context.log.info(f"{table.name}: {len(accepted)} month(s) {span} accepted at {stage}: {rows}")
+
+
 def checked_months(context: dg.AssetCheckExecutionContext, table: TableSpec) -> list[str | None] | None:
     """Months a check judges: the run's months, ``[None]`` for a reference table, or all months when run alone."""
     if not table.monthly:

@@ -40,7 +40,8 @@ def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
             preview = query_frame(
                 conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ? LIMIT 5", [months[-1]]
             )
-        context.log.info(f"{spec.name}: " + ", ".join(f"{m}: {n} rows" for m, n in rows.items()))
+        span = f"{months[0]}..{months[-1]}" if len(months) > 1 else months[0]
+        context.log.info(f"{spec.name}: {len(rows)} month(s) {span} built: {sum(rows.values()):,} rows")
         table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
         return dg.MaterializeResult(
             metadata={

@@ -9,10 +9,10 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.contracts import BatchVerdict
 from mlops_assets.core.ingest import ingest_raw, record_misnamed
-from mlops_assets.core.landing import MisnamedFile, find_landed, misnamed_files, scan_landing
+from mlops_assets.core.landing import LandedFile, MisnamedFile, find_landed, misnamed_files, scan_landing
 from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import transaction
-from mlops_assets.defs.batches import build_batch_check, partitions_for, verdict_metadata
+from mlops_assets.defs.batches import build_batch_check, log_verdicts, partitions_for, verdict_metadata
 from mlops_assets.defs.keys import landing_key, raw_key
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import PlatformStorage
@@ -39,6 +39,44 @@ def ingested_version(instance: dg.DagsterInstance, table: TableSpec, month: str 
             continue
         return observation.tags.get(DATA_VERSION_TAG) if observation.tags.get(INGESTED_TAG) == "true" else None
     return None
+
+
+def landed_version(instance: dg.DagsterInstance, table: TableSpec, month: str | None) -> str | None:
+    """The data version of the newest observation of ``table``'s landing source for ``month`` (ingested or not)."""
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=landing_key(table), asset_partitions=[month] if month else None), limit=20
+    ).records
+    for record in records:
+        observation = record.asset_observation
+        if observation is not None and observation.tags.get(MISNAMED_TAG) != "true":
+            return observation.tags.get(DATA_VERSION_TAG)
+    return None
+
+
+def observe_landed(instance: dg.DagsterInstance, tables: Collection[TableSpec], files: Collection[LandedFile]) -> int:
+    """Record each landed file whose bytes Dagster has not seen as an observation of its landing source (data version
+    = sha256); return how many were recorded.
+
+    Whoever lands files calls it (``mlops replay``). A run's raw step records the landing version it read when the
+    step starts; without this, a file's first ingest records none, and the UI shows the raw table "Unsynced" as soon
+    as the ingest step's own observation appears.
+    """
+    by_name = {t.name: t for t in tables}
+    recorded = 0
+    for landed in files:
+        table = by_name.get(landed.table)
+        if table is None or landed_version(instance, table, landed.month) == landed.sha256:
+            continue
+        instance.report_runless_asset_event(
+            dg.AssetObservation(
+                asset_key=landing_key(table),
+                partition=landed.month,
+                tags={DATA_VERSION_TAG: landed.sha256},
+                metadata={"source_file": landed.relative_name},
+            )
+        )
+        recorded += 1
+    return recorded
 
 
 def misnamed_of(table: TableSpec, misnamed: list[MisnamedFile]) -> list[MisnamedFile]:
@@ -115,6 +153,7 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
                 context.log.warning(f"misnamed file not ingested: {item.relative_name}: {item.reason}{seen}")
             with transaction(conn):  # one commit for all the run's months
                 verdicts = [ingest_month(context, conn, storage, month, misnamed, now) for month in months]
+        log_verdicts(context, table, "raw", months, verdicts)
         return dg.MaterializeResult(metadata={**verdict_metadata(months, verdicts), **misnamed_metadata(misnamed)})
 
     def ingest_month(
@@ -135,7 +174,6 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
                 description=f"Nothing has landed for {table.name}, {what}.{near} Run `{how}`, then run again."
             )
         verdict = ingest_raw(conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run.run_id, now)
-        (context.log.info if verdict.accepted else context.log.error)(verdict.message)
         # Record which bytes were ingested as the landing source's data version, per month: the UI shows it and the
         # landing sensor reads it to skip files that are already in.
         context.log_event(

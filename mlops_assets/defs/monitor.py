@@ -205,7 +205,7 @@ def build_drift_asset(model: ModelSpec) -> dg.AssetsDefinition:
         "normalized Wasserstein, categorical: Jensen-Shannon distance, PSI, mean and variance shift beside; the month "
         "drifts when the drift share of the features (`MLOPS_DRIFT_SHARE`) drift or the scores drift. Its `by_month` "
         f"record drives `{model.name}`'s drift sensor. Report with histograms under "
-        f"$MLOPS_DATA_DIR/reports/{model.name}/drift/<month>/.",
+        f"`$MLOPS_DATA_DIR/reports/{model.name}/drift/<month>/`.",
     )
     def drift_report(
         context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage, policy: MonitoringPolicy

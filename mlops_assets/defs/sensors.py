@@ -16,7 +16,7 @@ from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc, gated_champions, rollback
 from mlops_assets.core.specs import FeedSpec, ModelSpec, TableSpec
 from mlops_assets.defs.ingest import MISNAMED_TAG, ingested_version
-from mlops_assets.defs.jobs import RETRY_FROM_FAILURE
+from mlops_assets.defs.jobs import RETRY_FROM_FAILURE, AssetJob
 from mlops_assets.defs.keys import (
     MODEL_TAG,
     features_key,
@@ -44,19 +44,40 @@ def month_refresh_assets(catalog: Catalog, feed: FeedSpec) -> list[dg.AssetKey]:
     return [*tables, *features, *(k for m in models for k in month_refresh_keys(m))]
 
 
-def build_landing_sensor(catalog: Catalog) -> dg.SensorDefinition:
+def reference_refresh_assets(feed: FeedSpec) -> list[dg.AssetKey]:
+    """What a changed reference file of ``feed`` refreshes (with the first month's run): its raw and validated tables."""
+    return [k for t in feed.reference_tables for k in (raw_key(t), validated_key(t))]
+
+
+#: The landing sensor's job: its runs show under this name, and the UI shows the sensor's target by it.
+LANDING_JOB = "landing_refresh"
+
+
+def build_landing_job(catalog: Catalog) -> AssetJob:
+    """``landing_refresh``: everything a landed month can refresh; each run of the landing sensor selects the part of
+    it that one month of one feed needs."""
+    keys = [
+        k for feed in catalog.feeds for k in (*month_refresh_assets(catalog, feed), *reference_refresh_assets(feed))
+    ]
+    return dg.define_asset_job(
+        name=LANDING_JOB,
+        selection=dg.AssetSelection.assets(*dict.fromkeys(keys)),
+        tags=RETRY_FROM_FAILURE,
+        description="The landing sensor's runs, one per newly landed month of a feed: ingest -> validate -> "
+        "features -> for every model over the feed: online store, batch scores, drift report and live performance "
+        "(and the feed's reference tables when their files changed). Launched by `landing_sensor`, not by hand.",
+    )
+
+
+def build_landing_sensor(catalog: Catalog, job: AssetJob) -> dg.SensorDefinition:
+    """The landing sensor, requesting runs of ``job`` (:func:`build_landing_job`)."""
     tables = {t.name: t for t in catalog.tables}
     month_assets = {feed.name: month_refresh_assets(catalog, feed) for feed in catalog.feeds}
-    reference_assets = {
-        feed.name: [k for t in feed.reference_tables for k in (raw_key(t), validated_key(t))] for feed in catalog.feeds
-    }
-    target = dg.AssetSelection.assets(
-        *{k for keys in [*month_assets.values(), *reference_assets.values()] for k in keys}
-    )
+    reference_assets = {feed.name: reference_refresh_assets(feed) for feed in catalog.feeds}
 
     @dg.sensor(
         name="landing_sensor",
-        target=target,
+        job=job,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         description="Watches $MLOPS_DATA_DIR/landing. A month of a feed whose files are new or changed (by sha256), "

@@ -10,7 +10,7 @@ from dagster_duckdb import DuckDBResource
 from mlops_assets.core.ingest import validate_partition
 from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import qualified, table_exists, transaction
-from mlops_assets.defs.batches import build_batch_check, checked_months, partitions_for, verdict_metadata
+from mlops_assets.defs.batches import build_batch_check, checked_months, log_verdicts, partitions_for, verdict_metadata
 from mlops_assets.defs.keys import raw_key, validated_key
 from mlops_assets.defs.partitions import DUCKDB_POOL, SINGLE_RUN, run_months
 
@@ -41,11 +41,8 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
         now = datetime.now()
         with duckdb.get_connection() as conn, transaction(conn):  # one commit for all the run's months
-            verdicts = []
-            for month in months:
-                verdict = validate_partition(conn, table, month, context.run.run_id, now)
-                (context.log.info if verdict.accepted else context.log.error)(verdict.message)
-                verdicts.append(verdict)
+            verdicts = [validate_partition(conn, table, month, context.run.run_id, now) for month in months]
+        log_verdicts(context, table, "validated", months, verdicts)
         return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts))
 
     return _validated

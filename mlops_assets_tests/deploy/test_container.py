@@ -350,7 +350,7 @@ def test_compose_stack_refreshes_a_landed_month(compose: Compose) -> None:
         )
         psql = ["exec", compose.container("postgres"), "psql", "-U", "dagster", "-d", "dagster", "-tA", "-c", sql]
         # (the drift sensors may already have requested each model's retraining after it: not waited for)
-        expected = {"training_pipeline|SUCCESS|", "__anonymous_asset_job_landing_sensor|SUCCESS|2013-04"}
+        expected = {"training_pipeline|SUCCESS|", "landing_refresh|SUCCESS|2013-04"}
         seen: list[list[str]] = [[]]
 
         def runs_done() -> bool:

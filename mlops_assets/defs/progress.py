@@ -1,0 +1,107 @@
+"""What a run prints on its console: a line per step that has something to say, not Dagster's DEBUG stream.
+
+Only the console changes: the instance's event log still records every event (the UI and ``mlops runs`` read it).
+A run gets it from its run config (``loggers: console: config: log_level: INFO``): ``make pipeline`` passes
+``mlops_assets/progress.yaml`` to ``dagster job execute -c``, and ``mlops`` commands that run jobs pass the same.
+Without it (a run from the UI, the daemon's runs) Dagster's own console logger prints its DEBUG stream to the run's
+output as usual. ``log_level: DEBUG`` prints Dagster's whole stream here too, in Dagster's own format.
+"""
+
+import logging
+import sys
+import time
+from typing import Any
+
+import dagster as dg
+
+#: The run config that gives a run this console (what ``mlops_assets/progress.yaml`` holds).
+PROGRESS_CONSOLE_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+#: Dagster events worth a line at INFO even though Dagster logs them at DEBUG.
+_RUN_EVENTS = {"PIPELINE_START": "started", "PIPELINE_SUCCESS": "succeeded", "PIPELINE_FAILURE": "FAILED"}
+
+
+def step_label(step_key: str | None) -> str:
+    """``flight_delay__challenger`` -> ``flight_delay/challenger``: the asset key the UI shows (the step key joins the
+    key's parts with ``__``)."""
+    return (step_key or "").replace("__", "/")
+
+
+class ProgressFormatter(logging.Formatter):
+    """``HH:MM:SS  <step>  <message>`` for the messages of steps, failed steps and checks, and the run's start/end."""
+
+    def __init__(self, threshold: int = logging.INFO) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self._started: float | None = None
+
+    def line(self, record: logging.LogRecord) -> str | None:
+        """The line to print for ``record``, or None to print nothing."""
+        meta: dict[str, Any] = getattr(record, "dagster_meta", None) or {}
+        event = meta.get("dagster_event")
+        label = step_label(meta.get("step_key"))
+        message = str(meta.get("orig_message") or record.getMessage())
+        if event is None:  # a step's own message (context.log.info/warning/error)
+            if record.levelno < self.threshold:
+                return None
+            return f"{label:<44} {message}" if label else message
+        kind = event.event_type_value
+        if kind in _RUN_EVENTS and (self.threshold <= logging.INFO or kind == "PIPELINE_FAILURE"):
+            job = meta.get("job_name") or "run"
+            if kind == "PIPELINE_START":
+                self._started = record.created
+                return f"{job}: run {str(meta.get('run_id'))[:8]} {_RUN_EVENTS[kind]}"
+            took = f" in {record.created - self._started:.1f} s" if self._started is not None else ""
+            return f"{job}: {_RUN_EVENTS[kind]}{took}"
+        if kind == "STEP_FAILURE":
+            error = getattr(event.event_specific_data, "error", None)
+            detail = error.message.strip() if error is not None else message
+            return f"{label:<44} FAILED: {detail}"
+        if kind == "ASSET_CHECK_EVALUATION":
+            check = event.event_specific_data
+            if check.passed:
+                return None
+            severity = "failed" if check.severity == dg.AssetCheckSeverity.ERROR else "warns"
+            return f"{label:<44} check {check.check_name} {severity}: {check.description or ''}"
+        if kind == "STEP_UP_FOR_RETRY" or record.levelno >= logging.ERROR:
+            return f"{label:<44} {message}"
+        return None
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.line(record) or ""
+        return f"{time.strftime('%H:%M:%S', time.localtime(record.created))}  {text}"
+
+
+class _PrintsSomething(logging.Filter):
+    def __init__(self, formatter: ProgressFormatter) -> None:
+        super().__init__()
+        self.formatter = formatter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.formatter.line(record) is not None
+
+
+@dg.logger(
+    config_schema={
+        "log_level": dg.Field(
+            str,
+            is_required=False,
+            default_value="INFO",
+            description="INFO: the steps' own messages, failures, failed checks and the run's start and end. "
+            "DEBUG: Dagster's whole event stream, in its own format.",
+        )
+    },
+    description="The run's console: a line per step that has something to say (the event log keeps everything).",
+)
+def progress_console(init_context: dg.InitLoggerContext) -> logging.Logger:
+    level = str(init_context.logger_config["log_level"]).upper()
+    if level == "DEBUG":  # the whole stream, as Dagster prints it
+        return dg.colored_console_logger.logger_fn(init_context)
+    # Dagster logs its events at DEBUG: every record reaches the handler, whose filter picks what is printed
+    logger = logging.Logger("mlops", level=logging.DEBUG)  # noqa: LOG001 (one per run, never the global registry)
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = ProgressFormatter(logging.getLevelNamesMapping().get(level, logging.INFO))
+    handler.setFormatter(formatter)
+    handler.addFilter(_PrintsSomething(formatter))
+    logger.addHandler(handler)
+    return logger

@@ -16,6 +16,9 @@ DAGSTER_HOME_ENV = "DAGSTER_HOME"
 DRIFT_SHARE_ENV = "MLOPS_DRIFT_SHARE"
 #: How far the champion's live AUC may fall below its evaluation AUC before the performance sensor retrains (0.02).
 RETRAIN_AUC_MARGIN_ENV = "MLOPS_RETRAIN_AUC_MARGIN"
+#: How many of the newest built months a training set spans, the test month included (default 12; 0 = all): a
+#: retrain costs the same however many months have landed.
+TRAINING_WINDOW_ENV = "MLOPS_TRAINING_WINDOW_MONTHS"
 #: A PostgreSQL URL (``postgresql+psycopg2://user:password@host:port/db``): when set, the Dagster instance stores its
 #: runs, event logs and schedules there instead of SQLite files in ``$DAGSTER_HOME``. Every Dagster process reads it.
 DAGSTER_POSTGRES_URL_ENV = "MLOPS_DAGSTER_POSTGRES_URL"
@@ -41,6 +44,7 @@ class Settings:
     dagster_home: Path
     drift_share: float = 0.3
     retrain_auc_margin: float = 0.02
+    training_window_months: int = 12
 
     @property
     def landing_dir(self) -> Path:
@@ -95,7 +99,21 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
         dagster_home=Path(home).expanduser().resolve() if home else resolved / "dagster_home",
         drift_share=_float_env(DRIFT_SHARE_ENV, 0.3),
         retrain_auc_margin=_float_env(RETRAIN_AUC_MARGIN_ENV, 0.02),
+        training_window_months=_int_env(TRAINING_WINDOW_ENV, 12),
     )
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"${name} must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"${name} must be 0 (no limit) or positive, got {value}")
+    return value
 
 
 def _float_env(name: str, default: float) -> float:

@@ -65,6 +65,14 @@ class MonitoringPolicy(dg.ConfigurableResource):
         )
 
 
+class TrainingPolicy(dg.ConfigurableResource):
+    """What a training set spans: the newest ``window_months`` built months, the test month included
+    (``$MLOPS_TRAINING_WINDOW_MONTHS``; 0 = every built month). The window keeps a retrain's cost flat as months
+    land; a run can override it (the training set's ``window_months`` config)."""
+
+    window_months: int = 12
+
+
 class Warehouse(DuckDBResource):
     """The DuckDB feature store. Every step that opens it needs this resource, so its setup is where a run starts:
     there the run records its process and recovers runs whose process died (marked failed, their ``duckdb`` pool slot
@@ -101,4 +109,5 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "duckdb": warehouse(settings),
         "storage": PlatformStorage(data_dir=str(settings.data_dir)),
         "policy": MonitoringPolicy(drift_share=settings.drift_share, retrain_auc_margin=settings.retrain_auc_margin),
+        "training": TrainingPolicy(window_months=settings.training_window_months),
     }

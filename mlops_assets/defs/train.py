@@ -29,7 +29,7 @@ from mlops_assets.core.training import TrainingSet, split_by_time, stored_traini
 from mlops_assets.defs.configs import with_model_defaults
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, table_of
 from mlops_assets.defs.partitions import DUCKDB_POOL
-from mlops_assets.defs.resources import PlatformStorage
+from mlops_assets.defs.resources import PlatformStorage, TrainingPolicy
 
 CHALLENGER_ALIAS = "challenger"
 PROFILE_ROWS = 50_000
@@ -65,9 +65,11 @@ def read_test_rows(conn: duckdb.DuckDBPyConnection, model: ModelSpec) -> pl.Data
 
 
 class TrainingSetConfig(dg.Config):
-    window_months: int = Field(
-        default=0,
-        description="How many of the newest built months the training set spans (test month included); 0 = all.",
+    window_months: int | None = Field(
+        default=None,
+        ge=0,
+        description="How many of the newest built months the training set spans (test month included); 0 = all; "
+        "empty = the platform's setting (`MLOPS_TRAINING_WINDOW_MONTHS`).",
     )
 
 
@@ -134,14 +136,16 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
         tags={MODEL_TAG: model.name},
         kinds={"duckdb"},
         pool=DUCKDB_POOL,
-        description=f"`{model.name}.training_set`: the built months of `features.{spec.name}` split by time: the newest month "
-        "is the test set (no model trains on it), the two weeks before it validate early stopping, the rest trains; "
+        description=f"`{model.name}.training_set`: the newest built months of `features.{spec.name}` (a window: "
+        "`MLOPS_TRAINING_WINDOW_MONTHS`, so a retrain costs the same however many months have landed), split by "
+        "time: the newest month is the test set (no model trains on it), the two weeks before it validate early stopping, the rest trains; "
         "rows whose label became known after the next split began are purged. Its content hash (sha256 over every "
         "value) is this asset's data version.",
     )
     def training_set(
-        context: dg.AssetExecutionContext, config: TrainingSetConfig, duckdb: DuckDBResource
+        context: dg.AssetExecutionContext, config: TrainingSetConfig, duckdb: DuckDBResource, training: TrainingPolicy
     ) -> dg.MaterializeResult:
+        window = training.window_months if config.window_months is None else config.window_months
         with duckdb.get_connection() as conn:
             if not table_exists(conn, "features", spec.name):
                 raise dg.Failure(description=f"features.{spec.name} is empty: run feature_pipeline first.")
@@ -151,8 +155,9 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
                     f"SELECT DISTINCT _month FROM {qualified('features', spec.name)} ORDER BY 1"
                 ).fetchall()
             ]
-            if config.window_months:
-                months = months[-config.window_months :]
+            built_months = len(months)
+            if window:
+                months = months[-window:]
             if len(months) < 2:
                 raise dg.Failure(
                     description=f"only {months} built: training needs at least two months (the newest is the test month)."
@@ -178,6 +183,8 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 **{k: v for k, v in summary.items() if isinstance(v, int)},
                 **{k: dg.MetadataValue.text(str(v)) for k, v in summary.items() if not isinstance(v, int)},
                 "months": dg.MetadataValue.text(", ".join(months)),
+                "window_months": window,
+                "months_left_out": built_months - len(months),
             },
         )
 

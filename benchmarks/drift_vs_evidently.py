@@ -40,8 +40,12 @@ def frames(data: str, scale: int) -> tuple[Any, Any, list[str], list[str]]:
     is_reference = pl.col("_month") <= months[len(months) // 2 - 1]
     columns = [*spec.numeric, *spec.categorical]
     reference, current = (frame.filter(f).select(columns) for f in (is_reference, ~is_reference))
-    return (pl.concat([reference] * scale, rechunk=True), pl.concat([current] * scale, rechunk=True),
-            list(spec.numeric), list(spec.categorical))  # fmt: skip
+    return (
+        pl.concat([reference] * scale, rechunk=True),
+        pl.concat([current] * scale, rechunk=True),
+        list(spec.numeric),
+        list(spec.categorical),
+    )
 
 
 def ours(data: str, scale: int, repeats: int) -> dict[str, Any]:
@@ -62,9 +66,13 @@ def ours(data: str, scale: int, repeats: int) -> dict[str, Any]:
             verdict = compare(profile, current)
         total.append(a["wall_s"] + b["wall_s"])
         compare_only.append(b["wall_s"])
-    return {"times": total, "compare_times": compare_only, "rows": reference.height + current.height,
-            "drifted": {c.column: c.drifted for c in verdict.features},
-            "dataset_drifted": verdict.drift_share >= DriftThresholds().drift_share}  # fmt: skip
+    return {
+        "times": total,
+        "compare_times": compare_only,
+        "rows": reference.height + current.height,
+        "drifted": {c.column: c.drifted for c in verdict.features},
+        "dataset_drifted": verdict.drift_share >= DriftThresholds().drift_share,
+    }
 
 
 def evidently(data: str, scale: int, repeats: int) -> dict[str, Any]:
@@ -74,8 +82,13 @@ def evidently(data: str, scale: int, repeats: int) -> dict[str, Any]:
     from mlops_assets.core.drift import DriftThresholds
 
     t = DriftThresholds()
-    options = {"num_method": "wasserstein", "cat_method": "jensenshannon", "num_threshold": t.numeric,
-               "cat_threshold": t.categorical, "drift_share": t.drift_share}  # fmt: skip
+    options = {
+        "num_method": "wasserstein",
+        "cat_method": "jensenshannon",
+        "num_threshold": t.numeric,
+        "cat_threshold": t.categorical,
+        "drift_share": t.drift_share,
+    }
     reference, current, numeric, categorical = frames(data, scale)
     reference, current = reference.to_pandas(), current.to_pandas()
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
@@ -131,30 +144,59 @@ def main() -> int:
         data = work / "features.parquet"
         frame.select([*spec.numeric, *spec.categorical, "_month"]).write_parquet(data)
         for tool in ("ours",) if args.skip_evidently else ("ours", "evidently"):
-            command = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, str(data),
-                       "--scale", str(args.scale), "--repeats", str(args.repeats)]  # fmt: skip
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                tool,
+                str(data),
+                "--scale",
+                str(args.scale),
+                "--repeats",
+                str(args.repeats),
+            ]
             m = harness.run_process(command)
             results[tool] = {**m.json_tail(), "peak_gib": m.peak_bytes / harness.GIB, "other_cores": m.other_cores}
     o = results["ours"]
     ours_s, compare_s = harness.stats(o["times"])["median"], harness.stats(o["compare_times"])["median"]
     report.require(len(o["drifted"]) == len(spec.numeric) + len(spec.categorical), "ours judged the wrong columns")
-    rows = [["ours: profile + compare", f"{o['rows']:,}", f"{ours_s:.3f}", f"{o['peak_gib']:.2f}",
-             sum(o["drifted"].values()), o["dataset_drifted"]],
-            ["ours: compare only", "", f"{compare_s:.3f}", "", "", ""]]  # fmt: skip
+    rows = [
+        [
+            "ours: profile + compare",
+            f"{o['rows']:,}",
+            f"{ours_s:.3f}",
+            f"{o['peak_gib']:.2f}",
+            sum(o["drifted"].values()),
+            o["dataset_drifted"],
+        ],
+        ["ours: compare only", "", f"{compare_s:.3f}", "", "", ""],
+    ]
     report.figure(f"ours, {o['rows']:,} rows, s", f"{ours_s:.3f}", baseline=f"compare only {compare_s:.3f} s")
     if "evidently" in results:
         e = results["evidently"]
         theirs = harness.stats(e["times"])["median"]
         ratio = theirs / ours_s
-        report.figure("Evidently / ours", f"{ratio:.1f}x", f">= {TARGET_RATIO:g}x", ratio >= TARGET_RATIO,
-                      f"Evidently {theirs:.2f} s")  # fmt: skip
+        report.figure(
+            "Evidently / ours",
+            f"{ratio:.1f}x",
+            f">= {TARGET_RATIO:g}x",
+            ratio >= TARGET_RATIO,
+            f"Evidently {theirs:.2f} s",
+        )
         differ = [c for c, d in o["drifted"].items() if e["drifted"].get(c) != d]
         same = not differ and o["dataset_drifted"] == e["dataset_drifted"]
         verdicts = "all" if same else f"differ: {', '.join(differ) or 'dataset'}"
-        report.figure("same verdicts (columns, dataset)", verdicts,
-                      "all", same)  # fmt: skip
-        rows.append(["Evidently DataDriftPreset", f"{o['rows']:,}", f"{theirs:.3f}", f"{e['peak_gib']:.2f}",
-                     sum(e["drifted"].values()), e["dataset_drifted"]])  # fmt: skip
+        report.figure("same verdicts (columns, dataset)", verdicts, "all", same)
+        rows.append(
+            [
+                "Evidently DataDriftPreset",
+                f"{o['rows']:,}",
+                f"{theirs:.3f}",
+                f"{e['peak_gib']:.2f}",
+                sum(e["drifted"].values()),
+                e["dataset_drifted"],
+            ]
+        )
     else:
         report.notes.append("Evidently not measured (`--skip-evidently`); run `make bench-drift`.")
     header = ["tool", "rows", "median s", "process peak GiB", "drifted columns", "dataset drifted"]

@@ -94,39 +94,78 @@ def main() -> int:
     last_large = f"{2012 + args.scale}-{through[5:]}"
     with harness.workdir() as work:
         base, large = prepare(work, args.every, args.scale, through)
-        jobs = {f"ours, 2013-01..{through} (1x)": ("ours", base, "2013-01", through, args.repeats),
-                f"ours, one month 2013-{month}": ("ours", base, f"2013-{month}", f"2013-{month}", args.repeats),
-                "pandas, the same (1x)": ("pandas", base, "", "", args.repeats),
-                f"ours, 2013..{last_large[:4]} ({args.scale}x)":
-                    ("ours", large, "2013-01", last_large, min(args.repeats, 3)),
-                f"ours, one month {last_large[:4]}-{month} ({args.scale}x history)":
-                    ("ours", large, *[f"{last_large[:4]}-{month}"] * 2, args.repeats)}  # fmt: skip
+        jobs = {
+            f"ours, 2013-01..{through} (1x)": ("ours", base, "2013-01", through, args.repeats),
+            f"ours, one month 2013-{month}": ("ours", base, f"2013-{month}", f"2013-{month}", args.repeats),
+            "pandas, the same (1x)": ("pandas", base, "", "", args.repeats),
+            f"ours, 2013..{last_large[:4]} ({args.scale}x)": (
+                "ours",
+                large,
+                "2013-01",
+                last_large,
+                min(args.repeats, 3),
+            ),
+            f"ours, one month {last_large[:4]}-{month} ({args.scale}x history)": (
+                "ours",
+                large,
+                *[f"{last_large[:4]}-{month}"] * 2,
+                args.repeats,
+            ),
+        }
         if args.pandas_large:
             jobs[f"pandas, {args.scale}x"] = ("pandas", large, "", "", 1)
         results: dict[str, dict[str, Any]] = {}
         for name, (kind, db, first, last, repeats) in jobs.items():
-            command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, str(db), first, last,
-                       "--repeats", str(repeats)]  # fmt: skip
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                kind,
+                str(db),
+                first,
+                last,
+                "--repeats",
+                str(repeats),
+            ]
             m = harness.run_process(command)
             results[name] = {**m.json_tail(), "peak_gib": m.peak_bytes / harness.GIB, "other_cores": m.other_cores}
             print(f"  {name}: {harness.stats(results[name]['times'])['median']:.3f} s", flush=True)
     med = {name: harness.stats(r["times"])["median"] for name, r in results.items()}
     names = list(jobs)
     report.require(results[names[0]]["rows"] == results[names[2]]["rows"], "ours and pandas differ in row count")
-    report.figure(f"{names[0]}, s", f"{med[names[0]]:.3f}", f"<= {TARGETS['year_s']:g} s",
-                  med[names[0]] <= TARGETS["year_s"],
-                  f"pandas {med[names[2]] / med[names[0]]:.1f}x the time")  # fmt: skip
-    report.figure(f"{names[1]}, s", f"{med[names[1]]:.3f}", f"<= {TARGETS['month_s']:g} s",
-                  med[names[1]] <= TARGETS["month_s"])  # fmt: skip
+    report.figure(
+        f"{names[0]}, s",
+        f"{med[names[0]]:.3f}",
+        f"<= {TARGETS['year_s']:g} s",
+        med[names[0]] <= TARGETS["year_s"],
+        f"pandas {med[names[2]] / med[names[0]]:.1f}x the time",
+    )
+    report.figure(
+        f"{names[1]}, s", f"{med[names[1]]:.3f}", f"<= {TARGETS['month_s']:g} s", med[names[1]] <= TARGETS["month_s"]
+    )
     flat = med[names[4]] / med[names[1]]
     report.figure(f"one month flat: {args.scale}x history / 1x", f"{flat:.2f}", "<= 1.25", flat <= 1.25)
     gib = results[names[3]]["peak_gib"]
-    report.figure(f"{names[3]}, s / peak GiB", f"{med[names[3]]:.2f} / {gib:.2f}",
-                  f"<= {TARGETS['large_s']:g} s, <= {TARGETS['large_gib']:g} GiB",
-                  med[names[3]] <= TARGETS["large_s"] and gib <= TARGETS["large_gib"])  # fmt: skip
-    rows = [[name, f"{r['rows']:,}", len(r["times"]), f"{med[name]:.3f}", f"{min(r['times']):.3f}",
-             f"{max(r['times']):.3f}", f"{harness.stats(r['cpu'])['median']:.2f}", f"{r['peak_gib']:.2f}",
-             f"{r['other_cores']:.2f}"] for name, r in results.items()]  # fmt: skip
+    report.figure(
+        f"{names[3]}, s / peak GiB",
+        f"{med[names[3]]:.2f} / {gib:.2f}",
+        f"<= {TARGETS['large_s']:g} s, <= {TARGETS['large_gib']:g} GiB",
+        med[names[3]] <= TARGETS["large_s"] and gib <= TARGETS["large_gib"],
+    )
+    rows = [
+        [
+            name,
+            f"{r['rows']:,}",
+            len(r["times"]),
+            f"{med[name]:.3f}",
+            f"{min(r['times']):.3f}",
+            f"{max(r['times']):.3f}",
+            f"{harness.stats(r['cpu'])['median']:.2f}",
+            f"{r['peak_gib']:.2f}",
+            f"{r['other_cores']:.2f}",
+        ]
+        for name, r in results.items()
+    ]
     header = ["build", "rows", "repeats", "median s", "min s", "max s", "CPU s", "process peak GiB", "other load"]
     report.tables.append(harness.markdown_table(header, rows))
     report.raw = results

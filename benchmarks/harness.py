@@ -71,16 +71,21 @@ class Measured:
 
     def row(self) -> dict[str, float]:
         """The numbers, for the results file."""
-        return {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "peak_gib": self.peak_bytes / GIB,
-                "other_cores": self.other_cores}  # fmt: skip
+        return {
+            "wall_s": self.wall_s,
+            "cpu_s": self.cpu_s,
+            "peak_gib": self.peak_bytes / GIB,
+            "other_cores": self.other_cores,
+        }
 
     def json_tail(self) -> dict[str, Any]:
         """The last stdout line as JSON (what a worker process reports)."""
         return json.loads(self.stdout.strip().splitlines()[-1])
 
 
-def run_process(command: Sequence[str], env: dict[str, str] | None = None, timeout: float = 900,
-                check: bool = True) -> Measured:  # fmt: skip
+def run_process(
+    command: Sequence[str], env: dict[str, str] | None = None, timeout: float = 900, check: bool = True
+) -> Measured:
     """Run ``command`` in a fresh process (its own session) and measure its whole tree: wall time, CPU time (user +
     system of every process, from psutil while they live), peak memory (the larger of the largest sampled sum of
     resident memory, every 50 ms, and the largest per-process ``VmHWM``) and the CPU the rest of the machine used."""
@@ -116,8 +121,15 @@ def run_process(command: Sequence[str], env: dict[str, str] | None = None, timeo
             done.wait(0.05)
 
     busy0, children0, clock = busy_seconds(), os.times(), time.perf_counter()
-    proc = subprocess.Popen(list(command), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        list(command),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     root = proc.pid if psutil is None else psutil.Process(proc.pid)
     sampler = threading.Thread(target=sample, args=(root,), daemon=True)
     sampler.start()
@@ -150,8 +162,9 @@ def measure_here() -> Iterator[dict[str, float]]:
     busy0, cpu0, clock = busy_seconds(), time.process_time(), time.perf_counter()
     yield out
     wall, cpu = time.perf_counter() - clock, time.process_time() - cpu0
-    out.update(wall_s=wall, cpu_s=cpu, other_cores=max(0.0, busy_seconds() - busy0 - cpu) / wall,
-               peak_gib=vm_hwm() / GIB)  # fmt: skip
+    out.update(
+        wall_s=wall, cpu_s=cpu, other_cores=max(0.0, busy_seconds() - busy0 - cpu) / wall, peak_gib=vm_hwm() / GIB
+    )
 
 
 def timed(call: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
@@ -185,8 +198,12 @@ def tool(name: str) -> str:
 
 def data_env(data_dir: Path) -> dict[str, str]:
     """The environment of a process working on ``data_dir`` (its own Dagster home below it)."""
-    return {**os.environ, "MLOPS_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(data_dir / "dagster_home"),
-            "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    return {
+        **os.environ,
+        "MLOPS_DATA_DIR": str(data_dir),
+        "DAGSTER_HOME": str(data_dir / "dagster_home"),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def mlops(data_dir: Path, *args: str) -> str:
@@ -240,18 +257,24 @@ def machine() -> dict[str, Any]:
         [*git, "status", "--porcelain", "--", "mlops_assets"], capture_output=True, text=True, check=False
     )
     return {
-        "date": date.today().isoformat(), "cpus": os.cpu_count(), "cpu": cpu,
+        "date": date.today().isoformat(),
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
         "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
-        "python": platform.python_version(), "versions": versions, "load_avg": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "versions": versions,
+        "load_avg": list(os.getloadavg()),
         "commit": commit + (" (mlops_assets/ modified)" if dirty.stdout.strip() else ""),
-    }  # fmt: skip
+    }
 
 
 def machine_line(m: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     load = ", ".join(f"{x:.2f}" for x in m["load_avg"])
-    return (f"{m['date']}, commit {m['commit']}: {m['cpus']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM; Python "
-            f"{m['python']}, {versions}; load average at start {load}.")  # fmt: skip
+    return (
+        f"{m['date']}, commit {m['commit']}: {m['cpus']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM; Python "
+        f"{m['python']}, {versions}; load average at start {load}."
+    )
 
 
 # --- report, verdicts, results, README ---------------------------------------------------------------------------
@@ -295,8 +318,10 @@ class Report:
             self.broken.append(what)
 
     def markdown(self) -> str:
-        rows = [[f.name, f.value, f.target, f"**{f.verdict}**" if f.ok is False else f.verdict, f.baseline]
-                for f in self.figures]  # fmt: skip
+        rows = [
+            [f.name, f.value, f.target, f"**{f.verdict}**" if f.ok is False else f.verdict, f.baseline]
+            for f in self.figures
+        ]
         parts = [
             machine_line(self.machine),
             markdown_table(["figure", "measured", "target", "verdict", "vs baseline"], rows),
@@ -324,8 +349,9 @@ def replace_readme_section(name: str, text: str, readme: Path = README) -> None:
 
 
 def base_parser(doc: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=(doc or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny scale, seconds; checks it works, writes no README")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     return parser
@@ -335,8 +361,11 @@ def finish(report: Report, args: argparse.Namespace) -> int:
     """Print the figures, save the results (``benchmarks/results/<name>[-smoke].json``), rewrite the README's block
     of this benchmark (full mode only) and return the exit status: 1 when the benchmark is broken."""
     for f in report.figures:
-        print(f"{f.verdict:<4}  {f.name}: {f.value}" + (f" (target {f.target})" if f.target else "")
-              + (f"; {f.baseline}" if f.baseline else ""))  # fmt: skip
+        print(
+            f"{f.verdict:<4}  {f.name}: {f.value}"
+            + (f" (target {f.target})" if f.target else "")
+            + (f"; {f.baseline}" if f.baseline else "")
+        )
     for problem in report.broken:
         print(f"BROKEN  {problem}")
     RESULTS.mkdir(exist_ok=True)
@@ -359,8 +388,17 @@ def write_summary() -> None:
         data = json.loads(path.read_text())
         for f in data["figures"]:
             if f["target"]:
-                rows.append([f"`{data['name']}.py`", f["name"], f["value"], f["target"], f["verdict"], f["baseline"],
-                             f"{data['machine']['date']}, {data['machine']['commit']}"])  # fmt: skip
+                rows.append(
+                    [
+                        f"`{data['name']}.py`",
+                        f["name"],
+                        f["value"],
+                        f["target"],
+                        f["verdict"],
+                        f["baseline"],
+                        f"{data['machine']['date']}, {data['machine']['commit']}",
+                    ]
+                )
     header = ["benchmark", "figure", "measured", "target", "verdict", "vs baseline", "measured on"]
     replace_readme_section("summary", markdown_table(header, rows) if rows else "Not measured yet.")
 

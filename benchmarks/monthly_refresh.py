@@ -51,8 +51,9 @@ def worker(mode: str, bootstrap: list[str], months: list[str], every: int) -> di
         automation = dg.deserialize_value(saved["automation"]) if saved["automation"] else None
         ticker = Ticker(defs, instance, ("landing_sensor",), cursors=saved["sensors"], automation_cursor=automation)
         if bootstrap:
-            harness.mlops(settings.data_dir, "replay", "--from", bootstrap[0], "--through", bootstrap[-1],
-                          "--every", str(every))  # fmt: skip
+            harness.mlops(
+                settings.data_dir, "replay", "--from", bootstrap[0], "--through", bootstrap[-1], "--every", str(every)
+            )
             runs = ticker.settle()
             for model in CATALOG.models:
                 runs.append(ticker.execute_job(retraining_job_name(model), {"mlops/trigger": "bootstrap"}))
@@ -75,8 +76,18 @@ def worker(mode: str, bootstrap: list[str], months: list[str], every: int) -> di
 
 
 def worker_command(mode: str, bootstrap: list[str], months: list[str], every: int) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--bootstrap", ",".join(bootstrap),
-            "--months", ",".join(months), "--every", str(every)]  # fmt: skip
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        mode,
+        "--bootstrap",
+        ",".join(bootstrap),
+        "--months",
+        ",".join(months),
+        "--every",
+        str(every),
+    ]
 
 
 def main() -> int:
@@ -103,8 +114,17 @@ def main() -> int:
         report.require(not inproc["failed"], f"in-process runs failed: {inproc['failed']}")
         by_path["in process"] = {month: r["wall_s"] for month, r in inproc["months"].items()}
         for month, r in inproc["months"].items():
-            rows.append(["in process", month, f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}", f"{r['other_cores']:.2f}",
-                         f"{r['peak_gib']:.2f}", r["runs"]])  # fmt: skip
+            rows.append(
+                [
+                    "in process",
+                    month,
+                    f"{r['wall_s']:.2f}",
+                    f"{r['cpu_s']:.2f}",
+                    f"{r['other_cores']:.2f}",
+                    f"{r['peak_gib']:.2f}",
+                    r["runs"],
+                ]
+            )
         print(f"  in process: {by_path['in process']}", flush=True)
         boot = harness.run_process(worker_command("cold", bootstrap, [], args.every), harness.data_env(cold_dir))
         report.require(not boot.json_tail()["failed"], "cold bootstrap runs failed")
@@ -116,24 +136,42 @@ def main() -> int:
             report.require(not result["failed"], f"cold refresh of {month} failed: {result['failed']}")
             report.require(result["months"][month]["runs"] > 0, f"cold refresh of {month} ran nothing")
             by_path["cold"][month] = m.wall_s
-            rows.append(["cold process", month, f"{m.wall_s:.2f}", f"{m.cpu_s:.2f}", f"{m.other_cores:.2f}",
-                         f"{m.peak_bytes / harness.GIB:.2f}", result["months"][month]["runs"]])  # fmt: skip
+            rows.append(
+                [
+                    "cold process",
+                    month,
+                    f"{m.wall_s:.2f}",
+                    f"{m.cpu_s:.2f}",
+                    f"{m.other_cores:.2f}",
+                    f"{m.peak_bytes / harness.GIB:.2f}",
+                    result["months"][month]["runs"],
+                ]
+            )
             print(f"  cold {month}: {m.wall_s:.2f} s", flush=True)
     for label, key in (("in process", "in_process_s"), ("cold", "cold_s")):
         walls = by_path[label]
         s = harness.stats(list(walls.values()))
         first, last = timed[0], timed[-1]
         flat = walls[last] / walls[first]
-        report.figure(f"monthly refresh {label}, median s over {first}..{last} (max)",
-                      f"{s['median']:.2f} ({s['max']:.2f})",
-                      f"<= {TARGETS[key]:g} s", s["median"] <= TARGETS[key])  # fmt: skip
-        report.figure(f"monthly refresh {label}, flat: {last} / {first}", f"{flat:.2f}", f"<= {TARGETS['flat']:g}",
-                      flat <= TARGETS["flat"])  # fmt: skip
+        report.figure(
+            f"monthly refresh {label}, median s over {first}..{last} (max)",
+            f"{s['median']:.2f} ({s['max']:.2f})",
+            f"<= {TARGETS[key]:g} s",
+            s["median"] <= TARGETS[key],
+        )
+        report.figure(
+            f"monthly refresh {label}, flat: {last} / {first}",
+            f"{flat:.2f}",
+            f"<= {TARGETS['flat']:g}",
+            flat <= TARGETS["flat"],
+        )
         report.raw[label] = walls
     header = ["path", "month", "wall s", "CPU s", "other load (cores)", "peak GiB", "runs"]
     report.tables.append(harness.markdown_table(header, rows))
-    report.notes.append(f"Bootstrap (untimed): {bootstrap[0]}..{bootstrap[-1]}; every {args.every} flight(s). "
-                        "In process, *peak GiB* is the process's high-water mark so far.")  # fmt: skip
+    report.notes.append(
+        f"Bootstrap (untimed): {bootstrap[0]}..{bootstrap[-1]}; every {args.every} flight(s). "
+        "In process, *peak GiB* is the process's high-water mark so far."
+    )
     return harness.finish(report, args)
 
 

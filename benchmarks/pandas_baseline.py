@@ -60,24 +60,59 @@ WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust
 
 #: Output columns, in the order of ``FLIGHT_FEATURES.output_columns`` (without ``feature_set_version``).
 OUTPUT_COLUMNS = (
-    "carrier", "flight", "tailnum", "origin", "dest", "sched_dep_local", "prediction_time", "plane_engine",
-    "distance", "sched_hour", "sched_weekday", *WEATHER_COLUMNS, "plane_age", "plane_seats", "plane_engines",
-    "origin_dep_delay_mean_3h", "origin_departures_3h", "carrier_delay_rate_7d", "carrier_flights_7d",
-    "route_delay_rate_30d", "route_flights_30d", "prev_leg_dep_delay", "prev_leg_gap_hours",
-    "is_delayed", "label_known_at", "_month",
-)  # fmt: skip
+    "carrier",
+    "flight",
+    "tailnum",
+    "origin",
+    "dest",
+    "sched_dep_local",
+    "prediction_time",
+    "plane_engine",
+    "distance",
+    "sched_hour",
+    "sched_weekday",
+    *WEATHER_COLUMNS,
+    "plane_age",
+    "plane_seats",
+    "plane_engines",
+    "origin_dep_delay_mean_3h",
+    "origin_departures_3h",
+    "carrier_delay_rate_7d",
+    "carrier_flights_7d",
+    "route_delay_rate_30d",
+    "route_flights_30d",
+    "prev_leg_dep_delay",
+    "prev_leg_gap_hours",
+    "is_delayed",
+    "label_known_at",
+    "_month",
+)
 
 
 #: The columns of each validated table that the features read.
 INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
     "flights": (
-        "year", "month", "day", "hour", "minute", "sched_arr_time", "dep_delay", "arr_delay", "carrier", "flight",
-        "tailnum", "origin", "dest", "distance", "time_hour", "_month",
+        "year",
+        "month",
+        "day",
+        "hour",
+        "minute",
+        "sched_arr_time",
+        "dep_delay",
+        "arr_delay",
+        "carrier",
+        "flight",
+        "tailnum",
+        "origin",
+        "dest",
+        "distance",
+        "time_hour",
+        "_month",
     ),
     "weather": ("origin", "time_hour", *WEATHER_COLUMNS),
     "planes": ("tailnum", "year", "seats", "engines", "engine"),
     "airports": ("faa", "tzone"),
-}  # fmt: skip
+}
 
 
 def load_validated(conn) -> dict[str, pd.DataFrame]:
@@ -139,9 +174,14 @@ def _weather(f: pd.DataFrame, weather: pd.DataFrame) -> pd.DataFrame:
     obs["known_at"] = _utc(obs.pop("time_hour")) + pd.Timedelta(hours=1)
     queries = f[["rid", "origin", "sched_dep_utc"]].sort_values("sched_dep_utc")
     joined = pd.merge_asof(
-        queries, obs.sort_values("known_at"), left_on="sched_dep_utc", right_on="known_at", by="origin",
-        direction="backward", allow_exact_matches=True,
-    )  # fmt: skip
+        queries,
+        obs.sort_values("known_at"),
+        left_on="sched_dep_utc",
+        right_on="known_at",
+        by="origin",
+        direction="backward",
+        allow_exact_matches=True,
+    )
     fresh = joined["sched_dep_utc"] - joined["known_at"] <= pd.Timedelta(hours=3)
     out = joined[["rid"]].copy()
     for column in WEATHER_COLUMNS:
@@ -158,10 +198,14 @@ def _previous_leg(f: pd.DataFrame) -> pd.DataFrame:
         .sort_values("leg_sched_utc")
     )
     joined = pd.merge_asof(
-        flown[["rid", "tailnum", "sched_dep_utc"]].sort_values("sched_dep_utc"), legs,
-        left_on="sched_dep_utc", right_on="leg_sched_utc", by="tailnum", direction="backward",
+        flown[["rid", "tailnum", "sched_dep_utc"]].sort_values("sched_dep_utc"),
+        legs,
+        left_on="sched_dep_utc",
+        right_on="leg_sched_utc",
+        by="tailnum",
+        direction="backward",
         allow_exact_matches=False,
-    )  # fmt: skip
+    )
     gap = joined["sched_dep_utc"] - joined["leg_sched_utc"]
     recent = gap <= pd.Timedelta(hours=72)
     left_before = joined["leg_dep_actual_utc"] < joined["sched_dep_utc"]  # NaT compares False
@@ -192,8 +236,9 @@ def trailing_window(
 
     def before(at: str) -> pd.DataFrame:
         q = queries[["rid", *by, at]].sort_values(at)
-        joined = pd.merge_asof(q, totals, left_on=at, right_on="_ts", by=by, direction="backward",
-                               allow_exact_matches=False)  # fmt: skip
+        joined = pd.merge_asof(
+            q, totals, left_on=at, right_on="_ts", by=by, direction="backward", allow_exact_matches=False
+        )
         return joined.set_index("rid")[["_sum", "_n"]].fillna(0)
 
     queries = queries.assign(_since=queries["t"] - window)

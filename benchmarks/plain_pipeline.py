@@ -79,8 +79,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         spec, own = model.features, config["models"][model.name]
         # training set: stored and read back in its stored order, as the asset does
         built_months = months[-window:] if window else months
-        rows = query_frame(conn, f'SELECT * FROM features."{spec.name}" WHERE _month BETWEEN ? AND ?',
-                           [built_months[0], built_months[-1]])  # fmt: skip
+        rows = query_frame(
+            conn,
+            f'SELECT * FROM features."{spec.name}" WHERE _month BETWEEN ? AND ?',
+            [built_months[0], built_months[-1]],
+        )
         split = split_by_time(rows, spec, built_months[-1])
         with transaction(conn):
             name = ensure_table_like(conn, model.name, "training_set", split.frame)
@@ -94,9 +97,15 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         sample = train.gather_every(max(1, train.height // config["profile_rows"]))
         profile = reference_profile(sample, spec.numeric, spec.categorical, trained.predict(sample), spec.label)
         registry = Registry(settings.model(model.name).registry_dir)
-        metadata = {"model": model.name, "training_set_hash": built.content_hash, "params": trained.params,
-                    "best_iteration": trained.best_iteration, "metrics": {"valid": valid_metrics},
-                    "data": built.summary(spec.time_column), "encoder": trained.encoder.to_json()}  # fmt: skip
+        metadata = {
+            "model": model.name,
+            "training_set_hash": built.content_hash,
+            "params": trained.params,
+            "best_iteration": trained.best_iteration,
+            "metrics": {"valid": valid_metrics},
+            "data": built.summary(spec.time_column),
+            "encoder": trained.encoder.to_json(),
+        }
         challenger = registry.register(trained.text, metadata, profile, run_id=run_id).version
         registry.set_alias("challenger", challenger, "challenger", "latest trained model", run_id=run_id)
         # evaluation
@@ -108,13 +117,23 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         scores = {role: m.predict(test) for role, m in loaded.items()}
         results = {role: ev.metrics(y, p) for role, p in scores.items()}
         slices = ev.slice_metrics(test, spec.label, scores, model.slices)
-        result = EvaluationResult.from_evaluation(model.name, challenger, champion, str(test["_month"].max()), results,
-                                                  slices, scores_are_sane(scores["challenger"]))  # fmt: skip
+        result = EvaluationResult.from_evaluation(
+            model.name,
+            challenger,
+            champion,
+            str(test["_month"].max()),
+            results,
+            slices,
+            scores_are_sane(scores["challenger"]),
+        )
         registry.save_evaluation(result, run_id=run_id)
         booster, gains = loaded["challenger"], loaded["challenger"].booster.feature_importance("gain")
-        plots = {"roc": ev.roc_plot(y, scores), "calibration": ev.calibration_plot(y, scores),
-                 "importance": ev.importance_plot(booster.encoder.feature_names, gains),
-                 "slices": ev.slice_plot(slices, list(scores), model.gates.slice_min_rows)}  # fmt: skip
+        plots = {
+            "roc": ev.roc_plot(y, scores),
+            "calibration": ev.calibration_plot(y, scores),
+            "importance": ev.importance_plot(booster.encoder.feature_names, gains),
+            "slices": ev.slice_plot(slices, list(scores), model.gates.slice_min_rows),
+        }
         for plot, png in plots.items():
             write_atomic(settings.model(model.name).reports_dir / "evaluation" / challenger / f"{plot}.png", png)
         # promotion decision and the champion's canary
@@ -129,8 +148,12 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         if spec.online is not None:
             (newest,) = fetch_row(conn, f'SELECT max(_month) FROM features."{spec.name}"')
             write_export(build_export(conn, spec, newest), settings.model(model.name).online_store_dir)
-        out[model.name] = {"test_month": result.test_month, "roc_auc": results["challenger"]["roc_auc"],
-                           "promoted": decision.promote, "rows": int(pl.Series(y).len())}  # fmt: skip
+        out[model.name] = {
+            "test_month": result.test_month,
+            "roc_auc": results["challenger"]["roc_auc"],
+            "promoted": decision.promote,
+            "rows": int(pl.Series(y).len()),
+        }
     conn.close()
     return out
 

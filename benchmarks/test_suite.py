@@ -21,8 +21,13 @@ def main() -> int:
     summary = (m.stdout.strip().splitlines() or ["no output"])[-1]
     report.require(m.returncode == 0, f"pytest failed (exit {m.returncode}): {summary}")
     busy = f"; other load {m.other_cores:.2f} cores" + (" (busy machine)" if m.other_cores > harness.BUSY_CORES else "")
-    report.figure("`make test` (pytest) wall, s" if not args.smoke else f"pytest {SMOKE_FILE}, s", f"{m.wall_s:.0f}",
-                  f"<= {TARGET_S} s", m.wall_s <= TARGET_S, f"CPU {m.cpu_s:.0f} s{busy}")  # fmt: skip
+    report.figure(
+        "`make test` (pytest) wall, s" if not args.smoke else f"pytest {SMOKE_FILE}, s",
+        f"{m.wall_s:.0f}",
+        f"<= {TARGET_S} s",
+        m.wall_s <= TARGET_S,
+        f"CPU {m.cpu_s:.0f} s{busy}",
+    )
     report.notes.append(f"pytest: {summary}")
     report.raw = m.row()
     return harness.finish(report, args)

@@ -8,6 +8,9 @@ Routes:
   other name. Each model's route is its own path, so the OpenAPI document shows each model's request schema.
 * ``POST /predict``: the same for the default model (``default_model``, else the catalog's first).
 * ``GET /models`` (every registered model), ``GET /models/{model}`` (one), ``GET /health`` (every model's health).
+* ``GET /docs`` (Swagger UI) and ``GET /redoc`` (ReDoc) over ``/openapi.json``, working offline: their JavaScript,
+  CSS and icon are served from an installed package under ``/static/docs/`` (FastAPI's defaults load them from a CDN,
+  and ReDoc its fonts from Google, so the pages stayed blank without internet).
 
 A prediction names its ``model``, the ``entity_key`` (the request's key fields joined by ``|``), the ``probability``,
 ``predicted`` (probability >= 0.5) and the ``outcome`` in the model's own word (``delayed`` / ``not delayed``), the
@@ -32,12 +35,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -56,6 +63,25 @@ DRAIN_LIMIT_FACTOR = 8
 #: Bodies up to this size are parsed on the event loop (a few requests: tens of microseconds); larger ones, up to a
 #: 1 MiB batch, in the thread pool.
 INLINE_BODY_BYTES = 8 * 1024
+#: Where the docs pages' assets are served: Swagger UI 5 (FastAPI's OpenAPI 3.1 needs 5; the ``swagger-ui-bundle``
+#: package ships 4.15, which refuses to render 3.1), its CSS, ReDoc 2 and an icon, as the ``fastapi-offline`` package
+#: ships them.
+DOCS_STATIC = "/static/docs"
+DOCS_ASSETS = {
+    "swagger_js": "swagger-ui-bundle.js",
+    "swagger_css": "swagger-ui.css",
+    "redoc_js": "redoc.standalone.js",
+    "favicon": "favicon.png",
+}
+
+
+def docs_assets_dir() -> Path:
+    """The installed folder of the docs pages' assets (raises when one is missing: better at startup than blank)."""
+    folder = Path(str(files("fastapi_offline") / "static"))
+    missing = [name for name in DOCS_ASSETS.values() if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the docs assets {missing} are missing from {folder}: reinstall fastapi-offline")
+    return folder
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -175,7 +201,10 @@ def create_app(
         f"`POST /predict` is `{served.default}`.",
         lifespan=lifespan,
         default_response_class=AsciiJSONResponse,
+        docs_url=None,  # both pages are added below, with local assets
+        redoc_url=None,
     )
+    add_offline_docs(app)
     app.state.served = served
     app.state.services = served.services
     app.state.service = served.default_service  # the default model's, as in the one-model service
@@ -231,6 +260,41 @@ def create_app(
             return _error(404, {"detail": str(error), "errors": []})
 
     return app
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """``GET /docs`` (Swagger UI) and ``GET /redoc`` (ReDoc) with every asset served by the app itself (nothing from
+    a CDN or Google Fonts, no online validator badge), relative to the ASGI root path as FastAPI's own pages are."""
+    app.mount(DOCS_STATIC, StaticFiles(directory=docs_assets_dir()), name="docs_static")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    def urls(request: Request) -> tuple[str, dict[str, str]]:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return root + openapi_url, {key: f"{root}{DOCS_STATIC}/{name}" for key, name in DOCS_ASSETS.items()}
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        schema, assets = urls(request)
+        return get_swagger_ui_html(
+            openapi_url=schema,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=assets["swagger_js"],
+            swagger_css_url=assets["swagger_css"],
+            swagger_favicon_url=assets["favicon"],
+            oauth2_redirect_url=None,
+            swagger_ui_parameters={"validatorUrl": None},  # the default badge asks validator.swagger.io
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        schema, assets = urls(request)
+        return get_redoc_html(
+            openapi_url=schema,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=assets["redoc_js"],
+            redoc_favicon_url=assets["favicon"],
+            with_google_fonts=False,
+        )
 
 
 def uvicorn_config(app: FastAPI, config: ServeConfig) -> uvicorn.Config:

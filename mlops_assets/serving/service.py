@@ -182,7 +182,10 @@ class PredictionService:
         snapshot = self._snapshot()
         store = snapshot.store.store
         ids = [uuid.uuid4().hex for _ in requests]
-        arms = [snapshot.models.variant_for(r.bucket) for r in requests]
+        models, champion = snapshot.models, snapshot.models.champion
+        assert champion is not None  # _snapshot refuses a set without one
+        # the A/B bucket is a sha256 of the key: only worth computing when there is a challenger to route to
+        arms = [models.variant_for(r.bucket) for r in requests] if models.challenger else [champion] * len(requests)
         features: pl.DataFrame | list[dict[str, Any]] | None = self._feature_rows(requests, snapshot, arms)
         if features is not None:
             keys = [{c: row[c] for c in self._key_columns} for row in features]

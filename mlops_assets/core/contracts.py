@@ -364,19 +364,29 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
             ),
         )
 
-    json_rows = indexed.select("_row", rows_as_json(data))
+    def as_json(rows: pl.DataFrame) -> pl.DataFrame:
+        """``_row`` and the whole landed row as JSON, for the given rows only (encoding is the costly part)."""
+        return rows.select("_row", rows_as_json(rows.select(columns)))
+
     counts = {"rows_duplicate": n_copies, "rows_conflicting": n_conflicting}
     if rejected_reason is not None:
         rule, column, message = rejected_reason
-        quarantined = json_rows.join(per_row, on="_row", how="left").with_columns(
-            pl.col("rule").fill_null(RULE_BATCH_REJECTED),
-            pl.col("failures").fill_null(pl.lit(f"batch rejected: {rule}")),
-            pl.lit(True).alias("batch_rejected"),
+        quarantined = (
+            as_json(indexed)
+            .join(per_row, on="_row", how="left")
+            .with_columns(
+                pl.col("rule").fill_null(RULE_BATCH_REJECTED),
+                pl.col("failures").fill_null(pl.lit(f"batch rejected: {rule}")),
+                pl.lit(True).alias("batch_rejected"),
+            )
         )
         verdict = BatchVerdict(False, message, n_rows, 0, n_rows, rule=rule, column=column, **counts)
         return RowSplit(indexed.clear(), quarantined.select(list(QUARANTINE_SCHEMA)), verdict)
 
-    quarantined = per_row.join(json_rows, on="_row", how="left").with_columns(pl.lit(False).alias("batch_rejected"))
+    kept_back = indexed.join(per_row.select("_row"), on="_row", how="semi")
+    quarantined = per_row.join(as_json(kept_back), on="_row", how="left").with_columns(
+        pl.lit(False).alias("batch_rejected")
+    )
     valid = distinct.join(bad.select("_row"), on="_row", how="anti")
     message = (
         f"{label}: {valid.height} rows valid, {per_row.height} quarantined: {n_bad} break the contract "

@@ -464,11 +464,10 @@ def histogram_pairs(profile: Mapping[str, Any], frame: pl.DataFrame, columns: Se
 
 def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> bytes:
     """Reference-vs-current bar charts, one panel per column."""
-    from mlops_assets.core.evaluation import figure_png, pyplot
+    from mlops_assets.core.evaluation import figure_png, subplots
 
-    plt = pyplot()
     panels = max(len(pairs), 1)
-    figure, axes = plt.subplots(panels, 1, figsize=(7, 2.6 * panels), squeeze=False)
+    figure, axes = subplots(panels, 1, figsize=(7, 2.6 * panels), squeeze=False)
     for axis, pair in zip(axes[:, 0], pairs, strict=False):
         positions = np.arange(len(pair["labels"]))
         axis.bar(positions - 0.2, pair["reference"], width=0.4, label="reference (training)")
@@ -477,5 +476,4 @@ def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> byt
         axis.set(ylabel="share", title=pair["column"])
         axis.legend(fontsize=7)
     figure.suptitle(title)
-    figure.tight_layout()
     return figure_png(figure)

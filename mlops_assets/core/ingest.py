@@ -36,6 +36,7 @@ from mlops_assets.core.contracts import (
     check_structure,
     read_batch,
     rows_as_json,
+    share_of,
     split_rows,
     structure_problems,
 )
@@ -304,25 +305,31 @@ def share_history(conn: duckdb.DuckDBPyConnection, spec: TableSpec, month: str |
 
     Only accepted batches reach ``validated``, so a rejected month never becomes the history a later one is held to.
     """
+    return history_without(shares_by_month(conn, spec), month)
+
+
+def shares_by_month(conn: duckdb.DuckDBPyConnection, spec: TableSpec) -> dict[str, dict[str, float]]:
+    """Each plausibility rule's share in each accepted month of ``validated.<table>``: ``{rule: {month: share}}``,
+    read in one query (a run over many months reads the history once, not once per month)."""
     if not spec.plausibility or not spec.monthly or not table_exists(conn, "validated", spec.name):
         return {}
     columns = sorted({c for rule in spec.plausibility for c in rule.columns})
     selected = ", ".join(quote_identifier(c) for c in ["_month", *columns])
-    frame = query_frame(
-        conn,
-        f"SELECT {selected} FROM {qualified('validated', spec.name)} "
-        "WHERE _month IS NOT NULL AND _month IS DISTINCT FROM ?",
-        [month],
+    frame = query_frame(conn, f"SELECT {selected} FROM {qualified('validated', spec.name)} WHERE _month IS NOT NULL")
+    shares = frame.group_by("_month").agg(
+        rule.rows.fill_null(False).cast(pl.Float64).mean().alias(rule.name) for rule in spec.plausibility
     )
-    history: dict[str, tuple[float, ...]] = {}
-    for rule in spec.plausibility:
-        shares = (
-            frame.group_by("_month")
-            .agg(rule.rows.fill_null(False).cast(pl.Float64).mean().alias("share"))
-            .sort("_month")["share"]
-        )
-        history[rule.name] = tuple(float(v) for v in shares)
-    return history
+    return {
+        rule.name: dict(zip(shares["_month"].to_list(), shares[rule.name].to_list(), strict=True))
+        for rule in spec.plausibility
+    }
+
+
+def history_without(shares: dict[str, dict[str, float]], month: str | None) -> dict[str, tuple[float, ...]]:
+    """The history a month is held to: every other accepted month's share, in month order, by rule name."""
+    return {
+        rule: tuple(float(v) for m, v in sorted(by_month.items()) if m != month) for rule, by_month in shares.items()
+    }
 
 
 def read_codes(conn: duckdb.DuckDBPyConnection, spec: TableSpec) -> dict[str, frozenset[str]]:
@@ -345,22 +352,39 @@ def validate_partition(
     broken against the other accepted months): every row is quarantined and the partition of ``validated`` keeps its
     last accepted state.
     """
-    raw_name = qualified("raw", spec.name)
-    where, params = _partition_filter(month)
-    frame = query_frame(conn, f"SELECT * FROM {raw_name} WHERE {where} ORDER BY _row", params)
-    if frame.height == 0:
-        raise ValueError(f"raw.{spec.name} has no rows for {month or 'the reference table'}: materialize raw first")
-    first = frame.row(0, named=True)
-    batch = Batch(spec.name, month, first["_source_file"], first["_sha256"])
-    context = ContractContext(month=month, codes=read_codes(conn, spec), history=share_history(conn, spec, month))
-    split = split_rows(frame.select(list(spec.columns)), spec, context, batch.label)
+    [verdict] = validate_partitions(conn, spec, [month], run_id, now)
+    return verdict
 
-    validated_name = ensure_table(conn, "validated", spec.name, data_table_columns(spec))
-    _quarantine(conn, spec, batch, "validated", split.quarantined, run_id, now)
-    if split.verdict.accepted:
-        replace_where(conn, validated_name, _with_lineage(split.valid, batch, run_id, now), where, params)
-    _log(conn, batch, "validated", split.verdict, run_id, now)
-    return replace(split.verdict, source_file=batch.source_file, sha256=batch.sha256)
+
+def validate_partitions(
+    conn: duckdb.DuckDBPyConnection, spec: TableSpec, months: list[str | None], run_id: str, now: datetime
+) -> list[BatchVerdict]:
+    """:func:`validate_partition` for each of ``months`` in order, reading the reference codes and the plausibility
+    history once: each month is held to the accepted months, those accepted earlier in this call included."""
+    codes = read_codes(conn, spec)
+    shares = shares_by_month(conn, spec)
+    raw_name = qualified("raw", spec.name)
+    verdicts = []
+    for month in months:
+        where, params = _partition_filter(month)
+        frame = query_frame(conn, f"SELECT * FROM {raw_name} WHERE {where} ORDER BY _row", params)
+        if frame.height == 0:
+            raise ValueError(f"raw.{spec.name} has no rows for {month or 'the reference table'}: materialize raw first")
+        first = frame.row(0, named=True)
+        batch = Batch(spec.name, month, first["_source_file"], first["_sha256"])
+        context = ContractContext(month=month, codes=codes, history=history_without(shares, month))
+        split = split_rows(frame.select(list(spec.columns)), spec, context, batch.label)
+
+        validated_name = ensure_table(conn, "validated", spec.name, data_table_columns(spec))
+        _quarantine(conn, spec, batch, "validated", split.quarantined, run_id, now)
+        if split.verdict.accepted:
+            replace_where(conn, validated_name, _with_lineage(split.valid, batch, run_id, now), where, params)
+            if month is not None:  # what validated now holds for the month, as the next month's history
+                for rule in spec.plausibility:
+                    shares.setdefault(rule.name, {})[month] = share_of(split.valid, rule)
+        _log(conn, batch, "validated", split.verdict, run_id, now)
+        verdicts.append(replace(split.verdict, source_file=batch.source_file, sha256=batch.sha256))
+    return verdicts
 
 
 def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | None, sha256: str) -> dict[str, int]:

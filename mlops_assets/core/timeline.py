@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.evaluation import figure_png, markdown_image, pyplot
+from mlops_assets.core.evaluation import figure_png, markdown_image, subplots
 from mlops_assets.core.markdown import frame_to_markdown
 
 
@@ -57,8 +57,7 @@ def months_champion_wins(frame: pl.DataFrame, since: str) -> tuple[int, int]:
 def timeline_plot(frame: pl.DataFrame) -> bytes:
     """Live AUC of the serving champion and of the frozen first model per month; drift share as bars; retrains and
     promotions marked."""
-    plt = pyplot()
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    figure, (top, bottom) = subplots(2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     x = np.arange(frame.height)
     months = frame["month"].to_list()
     top.plot(x, frame["champion_live_auc"].to_numpy(), marker="o", label="serving champion (retrained by the platform)")
@@ -85,7 +84,6 @@ def timeline_plot(frame: pl.DataFrame) -> bytes:
             bottom.annotate("retrain", (i, 0), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
     bottom.set(ylabel="share of features drifted\n(red: month drifted)", ylim=(0, 1))
     bottom.set_xticks(x, months, rotation=30)
-    figure.tight_layout()
     return figure_png(figure)
 
 

@@ -7,6 +7,7 @@ began are purged, so no label from the future of a split leaks into an earlier o
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.landing import parse_month, sha256_bytes
+from mlops_assets.core.landing import parse_month
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.specs import FeatureTableSpec
 
@@ -63,11 +64,29 @@ def local_to_utc(local: datetime, zone: str) -> datetime:
     return local.replace(tzinfo=ZoneInfo(zone), fold=0).astimezone(UTC).replace(tzinfo=None)
 
 
+class _DigestSink(io.RawIOBase):
+    """A writable file that only feeds a sha256: the frame's bytes are hashed as they are written, never held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.digest = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        return len(data)
+
+
 def content_hash(frame: pl.DataFrame) -> str:
-    """sha256 over every value of the frame (Arrow IPC bytes, uncompressed), so any change to any row changes it."""
-    buffer = io.BytesIO()
-    frame.write_ipc(buffer, compression="uncompressed")
-    return sha256_bytes(buffer.getvalue())
+    """sha256 over every value of the frame (Arrow IPC bytes, uncompressed), so any change to any row changes it.
+
+    The bytes depend on the frame's memory layout as well as its values, so every reader hashes the frame as the
+    store returns it (:func:`stored_training_set`)."""
+    sink = _DigestSink()
+    frame.write_ipc(sink, compression="uncompressed")
+    return sink.digest.hexdigest()
 
 
 def split_by_time(features: pl.DataFrame, spec: FeatureTableSpec, test_month: str) -> TrainingSet:

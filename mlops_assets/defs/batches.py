@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 from mlops_assets.core.contracts import BatchVerdict
 from mlops_assets.core.ingest import latest_verdicts, row_accounting
 from mlops_assets.core.specs import TableSpec
-from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, run_months
+from mlops_assets.defs.partitions import MONTHS, run_months
 
 
 def partitions_for(table: TableSpec) -> dg.DynamicPartitionsDefinition | None:
@@ -131,13 +131,21 @@ def judge_batches(
     )
 
 
-def build_batch_check(
-    table: TableSpec, asset_key: dg.AssetKey, stage: str, name: str, description: str
-) -> dg.AssetChecksDefinition:
-    """A blocking check of one batch stage (``raw`` or ``validated``) on its asset, judged by :func:`judge_batches`."""
+def batch_check_spec(asset_key: dg.AssetKey, name: str, description: str) -> dg.AssetCheckSpec:
+    """A blocking check of one batch stage, evaluated by the stage's own step (which holds the verdicts) rather than
+    by a step of its own; the UI shows it on the asset like any check."""
+    return dg.AssetCheckSpec(name, asset=asset_key, blocking=True, description=description)
 
-    @dg.asset_check(asset=asset_key, name=name, blocking=True, description=description, pool=DUCKDB_POOL)
-    def _batch_check(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
-        return judge_batches(duckdb, table, stage, checked_months(context, table))
 
-    return _batch_check
+def judge_run_batches(
+    duckdb: DuckDBResource, table: TableSpec, asset_key: dg.AssetKey, stage: str, name: str, months: list[str | None]
+) -> dg.AssetCheckResult:
+    """The result of the stage's blocking check for the run's months (:func:`judge_batches`), for ``check_results``."""
+    result = judge_batches(duckdb, table, stage, months)
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=name,
+        passed=result.passed,
+        description=result.description,
+        metadata=result.metadata,
+    )

@@ -4,6 +4,7 @@ many models train on them), and each model's online store export."""
 import time
 
 import dagster as dg
+import duckdb as duckdb_module
 from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.features import VERSION_COLUMN, feature_set_version, write_months
@@ -32,6 +33,7 @@ def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
         description=f"`features.{spec.name}`: {spec.description} Every feature is computed as of `{spec.time_column}` "
         f"from facts known strictly before it; a month reads only itself and {spec.lookback_days} days before it. "
         f"Feature-set version (hash of the SQL and windows) is stored in every row and is this asset's code version.",
+        check_specs=[one_row_check_spec(spec)],
     )
     def _features(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         months = run_months(context)
@@ -40,6 +42,7 @@ def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
             preview = query_frame(
                 conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ? LIMIT 5", [months[-1]]
             )
+            one_row = judge_one_row(conn, spec, list(months))
         span = f"{months[0]}..{months[-1]}" if len(months) > 1 else months[0]
         context.log.info(f"{spec.name}: {len(rows)} month(s) {span} built: {sum(rows.values()):,} rows")
         table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
@@ -50,54 +53,61 @@ def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
                 "features": len(spec.features),
                 "rows_by_month": dg.MetadataValue.md("| month | rows |\n|---|---|\n" + table),
                 "preview": dg.MetadataValue.md(frame_to_markdown(preview)),
-            }
+            },
+            check_results=[one_row],
         )
 
     return _features
 
 
-def build_one_row_check(spec: FeatureTableSpec, entity_table: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
+#: The feature table's blocking check, evaluated by the step that builds the months.
+ONE_ROW_CHECK = "one_row_per_entity"
+
+
+def one_row_check_spec(spec: FeatureTableSpec) -> dg.AssetCheckSpec:
+    entity_table = spec.inputs[0]
+    return dg.AssetCheckSpec(
+        ONE_ROW_CHECK,
         asset=features_key(spec),
-        name="one_row_per_entity",
-        pool=DUCKDB_POOL,
         blocking=True,
         description=f"Each built month has exactly one row per validated `{entity_table}` row, unique keys "
         f"({', '.join(spec.key)}), a label on every row and the current feature-set version. Blocking.",
     )
-    def _one_row(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
-        months = run_months(context)
-        version = feature_set_version(spec)
-        problems: list[str] = []
-        with duckdb.get_connection() as conn:
-            if not table_exists(conn, "features", spec.name):
-                return dg.AssetCheckResult(passed=False, description=f"features.{spec.name} does not exist")
-            features, source = qualified("features", spec.name), qualified("validated", entity_table)
-            keys = ", ".join(f'"{k}"' for k in spec.key)
-            for month in months:
-                built, distinct, unlabeled, stale = fetch_row(
-                    conn,
-                    f"""SELECT count(*), count(DISTINCT ({keys})), count(*) FILTER ({spec.label} IS NULL),
-                               count(*) FILTER ({VERSION_COLUMN} <> ?)
-                        FROM {features} WHERE _month = ?""",
-                    [version, month],
-                )
-                (expected,) = fetch_row(conn, f"SELECT count(*) FROM {source} WHERE _month = ?", [month])
-                if built != expected:
-                    problems.append(f"{month}: {built} feature rows for {expected} validated {entity_table} rows")
-                if distinct != built:
-                    problems.append(f"{month}: {built - distinct} duplicate keys")
-                if unlabeled:
-                    problems.append(f"{month}: {unlabeled} rows without a label")
-                if stale:
-                    problems.append(f"{month}: {stale} rows from another feature-set version")
-        return dg.AssetCheckResult(
-            passed=not problems,
-            description="; ".join(problems) if problems else f"{len(months)} month(s): one row per {entity_table} row",
-            metadata={"months_checked": len(months), "feature_set_version": version},
-        )
 
-    return _one_row
+
+def judge_one_row(
+    conn: duckdb_module.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str]
+) -> dg.AssetCheckResult:
+    """One row per entity, unique keys, labels and the current feature-set version in every month of the run."""
+    entity_table = spec.inputs[0]
+    version = feature_set_version(spec)
+    problems: list[str] = []
+    features, source = qualified("features", spec.name), qualified("validated", entity_table)
+    keys = ", ".join(f'"{k}"' for k in spec.key)
+    for month in months:
+        built, distinct, unlabeled, stale = fetch_row(
+            conn,
+            f"""SELECT count(*), count(DISTINCT ({keys})), count(*) FILTER ({spec.label} IS NULL),
+                       count(*) FILTER ({VERSION_COLUMN} <> ?)
+                FROM {features} WHERE _month = ?""",
+            [version, month],
+        )
+        (expected,) = fetch_row(conn, f"SELECT count(*) FROM {source} WHERE _month = ?", [month])
+        if built != expected:
+            problems.append(f"{month}: {built} feature rows for {expected} validated {entity_table} rows")
+        if distinct != built:
+            problems.append(f"{month}: {built - distinct} duplicate keys")
+        if unlabeled:
+            problems.append(f"{month}: {unlabeled} rows without a label")
+        if stale:
+            problems.append(f"{month}: {stale} rows from another feature-set version")
+    return dg.AssetCheckResult(
+        asset_key=features_key(spec),
+        check_name=ONE_ROW_CHECK,
+        passed=not problems,
+        description="; ".join(problems) if problems else f"{len(months)} month(s): one row per {entity_table} row",
+        metadata={"months_checked": len(months), "feature_set_version": version},
+    )
 
 
 def build_online_store_asset(model: ModelSpec) -> dg.AssetsDefinition:
@@ -143,6 +153,15 @@ def build_online_store_asset(model: ModelSpec) -> dg.AssetsDefinition:
     return online_store
 
 
+#: The freshness check's name. The automation sensor runs it hourly; jobs leave it out (a run that just built the
+#: months has nothing to tell it, and it would cost each run a step per feature table).
+FRESHNESS_CHECK = "fresh_after_landing"
+
+
+def freshness_check_keys(specs: list[FeatureTableSpec]) -> list[dg.AssetCheckKey]:
+    return [dg.AssetCheckKey(features_key(spec), FRESHNESS_CHECK) for spec in specs]
+
+
 #: Features must be rebuilt within a day of their month's data landing (or changing).
 FEATURES_MAX_DELAY_S = 24 * 3600
 
@@ -152,7 +171,7 @@ def build_freshness_check(spec: FeatureTableSpec, feed: FeedSpec) -> dg.AssetChe
 
     @dg.asset_check(
         asset=features_key(spec),
-        name="fresh_after_landing",
+        name=FRESHNESS_CHECK,
         automation_condition=dg.AutomationCondition.cron_tick_passed("0 * * * *")
         & ~dg.AutomationCondition.in_progress(),
         description="Freshness: every month's features were built after its data last landed, at most a day later. "
@@ -182,5 +201,6 @@ def build_freshness_check(spec: FeatureTableSpec, feed: FeedSpec) -> dg.AssetChe
 def build_feature_table(
     spec: FeatureTableSpec, feed: FeedSpec
 ) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
-    """A feature table over ``feed`` with its blocking one-row check and its freshness check."""
-    return build_feature_asset(spec), [build_one_row_check(spec, spec.inputs[0]), build_freshness_check(spec, feed)]
+    """A feature table over ``feed`` (its blocking one-row check evaluated by the build step) and its freshness check
+    (run hourly by the automation sensor)."""
+    return build_feature_asset(spec), [build_freshness_check(spec, feed)]

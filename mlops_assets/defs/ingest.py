@@ -12,7 +12,13 @@ from mlops_assets.core.ingest import ingest_raw, record_misnamed
 from mlops_assets.core.landing import LandedFile, MisnamedFile, find_landed, misnamed_files, scan_landing
 from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import transaction
-from mlops_assets.defs.batches import build_batch_check, log_verdicts, partitions_for, verdict_metadata
+from mlops_assets.defs.batches import (
+    batch_check_spec,
+    judge_run_batches,
+    log_verdicts,
+    partitions_for,
+    verdict_metadata,
+)
 from mlops_assets.defs.keys import landing_key, raw_key
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import PlatformStorage
@@ -136,6 +142,7 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
         "column. "
         "Files of the table's folder whose names do not follow the layout are reported in the log, the metadata "
         "(`misnamed`) and `quarantine.batches` (rule `misnamed_file`), never ingested.",
+        check_specs=[batch_check_spec(raw_key(table), SCHEMA_CHECK, SCHEMA_CHECK_DESCRIPTION)],
     )
     def _raw(
         context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage
@@ -154,7 +161,10 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
             with transaction(conn):  # one commit for all the run's months
                 verdicts = [ingest_month(context, conn, storage, month, misnamed, now) for month in months]
         log_verdicts(context, table, "raw", months, verdicts)
-        return dg.MaterializeResult(metadata={**verdict_metadata(months, verdicts), **misnamed_metadata(misnamed)})
+        return dg.MaterializeResult(
+            metadata={**verdict_metadata(months, verdicts), **misnamed_metadata(misnamed)},
+            check_results=[judge_run_batches(duckdb, table, raw_key(table), "raw", SCHEMA_CHECK, months)],
+        )
 
     def ingest_month(
         context: dg.AssetExecutionContext,
@@ -193,15 +203,12 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
     return _raw
 
 
-def build_schema_check(table: TableSpec) -> dg.AssetChecksDefinition:
-    return build_batch_check(
-        table,
-        raw_key(table),
-        stage="raw",
-        name="schema_contract",
-        description="The newest landed batch of each month is readable, non-empty and has exactly the contract's "
-        "columns and types. Blocking: nothing downstream runs for a rejected batch.",
-    )
+#: The raw stage's blocking check, evaluated by the ingest step itself (it holds the verdicts).
+SCHEMA_CHECK = "schema_contract"
+SCHEMA_CHECK_DESCRIPTION = (
+    "The newest landed batch of each month is readable, non-empty and has exactly the contract's columns and types. "
+    "Blocking: nothing downstream runs for a rejected batch."
+)
 
 
 def build_ingest(
@@ -216,4 +223,4 @@ def build_ingest(
     known = set(known_tables) if known_tables is not None else {t.name for t in feed.tables}
     sources = [build_landing_source(t) for t in feed.tables]
     raws = [build_raw_asset(t, known) for t in feed.tables]
-    return [*sources, *raws], [build_schema_check(t) for t in feed.tables]
+    return [*sources, *raws], []

@@ -16,6 +16,7 @@ import dagster as dg
 
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.specs import ModelSpec
+from mlops_assets.defs.features import freshness_check_keys
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, raw_key, retraining_job_name, served, validated_key
 
 #: A run that crashed is retried by the daemon (dagster.yaml `run_retries`) from its failure: only the steps that had
@@ -24,6 +25,11 @@ RETRY_FROM_FAILURE = {"dagster/retry_strategy": "FROM_FAILURE"}
 
 #: What ``dg.define_asset_job`` returns (its class is not part of Dagster's public API).
 AssetJob = Any
+
+
+def without_hourly_checks(selection: dg.AssetSelection, catalog: Catalog) -> dg.AssetSelection:
+    """``selection`` without the checks the automation sensor runs on a clock (the features' freshness)."""
+    return selection - dg.AssetSelection.checks(*freshness_check_keys(list(catalog.feature_tables)))
 
 
 def feature_pipeline_selection(catalog: Catalog) -> dg.AssetSelection:
@@ -58,13 +64,13 @@ def build_jobs(catalog: Catalog) -> list[AssetJob]:
     return [
         dg.define_asset_job(
             name="feature_pipeline",
-            selection=feature_pipeline_selection(catalog),
+            selection=without_hourly_checks(feature_pipeline_selection(catalog), catalog),
             tags=RETRY_FROM_FAILURE,
             description=f"Ingest -> validate -> features, for every feed and feature table. {range_hint}",
         ),
         dg.define_asset_job(
             name="training_pipeline",
-            selection=training_pipeline_selection(catalog),
+            selection=without_hourly_checks(training_pipeline_selection(catalog), catalog),
             tags=RETRY_FROM_FAILURE,
             description="Ingest -> validate -> features, then for every model "
             f"({models}): training set -> challenger -> evaluation -> promotion decision, and its online store. "

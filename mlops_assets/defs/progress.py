@@ -27,6 +27,16 @@ def step_label(step_key: str | None) -> str:
     return (step_key or "").replace("__", "/")
 
 
+def root_cause(error: Any) -> str | None:
+    """The innermost error of a step failure (what the step itself raised), in one line: Dagster wraps it in an
+    "Error occurred while executing op" error whose message says nothing about the reason."""
+    if error is None:
+        return None
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return " ".join(str(error.message).split())
+
+
 class ProgressFormatter(logging.Formatter):
     """``HH:MM:SS  <step>  <message>`` for the messages of steps, failed steps and checks, and the run's start/end."""
 
@@ -54,8 +64,7 @@ class ProgressFormatter(logging.Formatter):
             took = f" in {record.created - self._started:.1f} s" if self._started is not None else ""
             return f"{job}: {_RUN_EVENTS[kind]}{took}"
         if kind == "STEP_FAILURE":
-            error = getattr(event.event_specific_data, "error", None)
-            detail = error.message.strip() if error is not None else message
+            detail = root_cause(getattr(event.event_specific_data, "error", None)) or message
             return f"{label:<44} FAILED: {detail}"
         if kind == "ASSET_CHECK_EVALUATION":
             check = event.event_specific_data

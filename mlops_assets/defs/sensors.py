@@ -16,7 +16,7 @@ from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc, gated_champions, rollback
 from mlops_assets.core.specs import FeedSpec, ModelSpec, TableSpec
 from mlops_assets.defs.ingest import MISNAMED_TAG, ingested_version
-from mlops_assets.defs.jobs import RETRY_FROM_FAILURE, AssetJob
+from mlops_assets.defs.jobs import RETRY_FROM_FAILURE, AssetJob, without_hourly_checks
 from mlops_assets.defs.keys import (
     MODEL_TAG,
     features_key,
@@ -61,7 +61,7 @@ def build_landing_job(catalog: Catalog) -> AssetJob:
     ]
     return dg.define_asset_job(
         name=LANDING_JOB,
-        selection=dg.AssetSelection.assets(*dict.fromkeys(keys)),
+        selection=without_hourly_checks(dg.AssetSelection.assets(*dict.fromkeys(keys)), catalog),
         tags=RETRY_FROM_FAILURE,
         description="The landing sensor's runs, one per newly landed month of a feed: ingest -> validate -> "
         "features -> for every model over the feed: online store, batch scores, drift report and live performance "

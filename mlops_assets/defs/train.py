@@ -168,9 +168,11 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 [months[0], months[-1]],
             )
             split = split_by_time(rows, spec, months[-1])
+            del rows  # one copy of the months at a time: the split, then what the store gives back
             with transaction(conn):  # the table's shape and its rows change together, or not at all
                 name = ensure_table_like(conn, *keys.training_set.path, split.frame)
                 replace_where(conn, name, split.frame, "true", [])
+            del split
             built = read_training_set(conn, model)
         summary = built.summary(spec.time_column)
         context.log.info(

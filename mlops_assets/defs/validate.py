@@ -7,10 +7,16 @@ from statistics import median
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets.core.ingest import validate_partition
+from mlops_assets.core.ingest import validate_partitions
 from mlops_assets.core.specs import FeedSpec, TableSpec
-from mlops_assets.core.store import qualified, table_exists, transaction
-from mlops_assets.defs.batches import build_batch_check, checked_months, log_verdicts, partitions_for, verdict_metadata
+from mlops_assets.core.store import qualified, transaction
+from mlops_assets.defs.batches import (
+    batch_check_spec,
+    judge_run_batches,
+    log_verdicts,
+    partitions_for,
+    verdict_metadata,
+)
 from mlops_assets.defs.keys import raw_key, validated_key
 from mlops_assets.defs.partitions import DUCKDB_POOL, SINGLE_RUN, run_months
 
@@ -36,70 +42,73 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
         f"flows once; rows that share a key but differ are all quarantined (`conflicting_key`). Above {table.max_bad_share:.0%} bad rows, or when a plausibility rule "
         "(e.g. a label's null share against the accepted months: `label_implausible`) is broken, the batch is "
         "rejected whole and the last accepted state stays.",
+        check_specs=[
+            batch_check_spec(validated_key(table), ROW_CHECK, row_check_description(table)),
+            *([row_count_check_spec(table)] if table.monthly else []),
+        ],
     )
     def _validated(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
         now = datetime.now()
         with duckdb.get_connection() as conn, transaction(conn):  # one commit for all the run's months
-            verdicts = [validate_partition(conn, table, month, context.run.run_id, now) for month in months]
+            verdicts = validate_partitions(conn, table, months, context.run.run_id, now)
         log_verdicts(context, table, "validated", months, verdicts)
-        return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts))
+        checks = [judge_run_batches(duckdb, table, validated_key(table), "validated", ROW_CHECK, months)]
+        if table.monthly:
+            checks.append(judge_row_counts(duckdb, table, months))
+        return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts), check_results=checks)
 
     return _validated
 
 
-def build_row_contract_check(table: TableSpec) -> dg.AssetChecksDefinition:
-    return build_batch_check(
-        table,
-        validated_key(table),
-        stage="validated",
-        name="row_contract",
-        description=f"The newest batch of each month has at most {table.max_bad_share:.0%} bad rows, no "
-        "frame-level failure and no implausible label share against the accepted months, and its rows add up: "
-        "validated + quarantined = landed. Blocking: a rejected month reaches no feature, score, retraining, "
-        "promotion or rollback, and this check says why.",
+#: The validated stage's checks, evaluated by the validation step itself (it holds the verdicts and the counts).
+ROW_CHECK, ROW_COUNT_CHECK = "row_contract", "row_count_vs_history"
+
+
+def row_check_description(table: TableSpec) -> str:
+    return (
+        f"The newest batch of each month has at most {table.max_bad_share:.0%} bad rows, no frame-level failure and "
+        "no implausible label share against the accepted months, and its rows add up: validated + quarantined = "
+        "landed. Blocking: a rejected month reaches no feature, score, retraining, promotion or rollback, and this "
+        "check says why."
     )
 
 
-def build_row_count_check(table: TableSpec) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
+def row_count_check_spec(table: TableSpec) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        ROW_COUNT_CHECK,
         asset=validated_key(table),
-        name="row_count_vs_history",
-        pool=DUCKDB_POOL,
         description=f"Each month's validated row count is within {ROW_COUNT_RATIO:g}x of the median of the other "
         "months (a warning: a half-delivered month looks valid row by row).",
     )
-    def _row_count(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
-        with duckdb.get_connection() as conn:
-            if not table_exists(conn, "validated", table.name):
-                return dg.AssetCheckResult(passed=False, description=f"validated.{table.name} does not exist yet")
-            counts = dict(
-                conn.execute(
-                    f"SELECT _month, count(*) FROM {qualified('validated', table.name)} GROUP BY _month"
-                ).fetchall()
-            )
-        months = checked_months(context, table) or sorted(counts)
-        outliers = []
-        for month in months:
-            others = [n for m, n in counts.items() if m != month]
-            if not others or month not in counts:
-                continue
-            typical = median(others)
-            if not (typical / ROW_COUNT_RATIO <= counts[month] <= typical * ROW_COUNT_RATIO):
-                outliers.append(f"{month}: {counts[month]} rows vs a median of {typical:g}")
-        return dg.AssetCheckResult(
-            passed=not outliers,
-            severity=dg.AssetCheckSeverity.WARN,
-            description="; ".join(outliers) if outliers else f"{len(months)} month(s) within range",
-            metadata={"months_compared": len(counts)},
-        )
 
-    return _row_count
+
+def judge_row_counts(duckdb: DuckDBResource, table: TableSpec, months: list[str | None]) -> dg.AssetCheckResult:
+    """Warn when a month's validated row count is far from the median of the other months."""
+    with duckdb.get_connection() as conn:
+        counts = dict(
+            conn.execute(
+                f"SELECT _month, count(*) FROM {qualified('validated', table.name)} GROUP BY _month"
+            ).fetchall()
+        )
+    outliers = []
+    for month in months:
+        others = [n for m, n in counts.items() if m != month]
+        if not others or month not in counts:
+            continue
+        typical = median(others)
+        if not (typical / ROW_COUNT_RATIO <= counts[month] <= typical * ROW_COUNT_RATIO):
+            outliers.append(f"{month}: {counts[month]} rows vs a median of {typical:g}")
+    return dg.AssetCheckResult(
+        asset_key=validated_key(table),
+        check_name=ROW_COUNT_CHECK,
+        passed=not outliers,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(outliers) if outliers else f"{len(months)} month(s) within range",
+        metadata={"months_compared": len(counts)},
+    )
 
 
 def build_validate(feed: FeedSpec) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
-    """The feed's validated tables with their contract checks (built once for all models)."""
-    assets = [build_validated_asset(t) for t in feed.tables]
-    checks = [build_row_contract_check(t) for t in feed.tables]
-    checks += [build_row_count_check(t) for t in feed.monthly_tables]
-    return assets, checks
+    """The feed's validated tables, each with its contract checks (built once for all models)."""
+    return [build_validated_asset(t) for t in feed.tables], []

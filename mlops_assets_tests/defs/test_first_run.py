@@ -1,0 +1,122 @@
+"""The first hour of a new user: a run's console says what each step did (not Dagster's DEBUG stream), a clean run
+leaves no table "Unsynced", the UI names the landing sensor's target, descriptions survive Markdown, and the training
+window keeps a retrain's data to the newest months."""
+
+import re
+from dataclasses import replace
+
+import dagster as dg
+import duckdb
+import pytest
+
+from mlops_assets.catalog import CATALOG
+from mlops_assets.cli import main
+from mlops_assets.core.settings import TRAINING_WINDOW_ENV, Settings, load_settings
+from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.keys import keys_of, landing_key, raw_key, retraining_job_name
+from mlops_assets.defs.partitions import range_tags
+from mlops_assets.defs.progress import PROGRESS_CONSOLE_CONFIG, progress_console
+from mlops_assets.defs.resources import build_resources
+from mlops_assets.defs.sensors import LANDING_JOB
+from mlops_assets.models.flight_delay import FLIGHT_DELAY
+
+
+def test_the_progress_console_prints_step_messages_failures_and_the_run_not_the_debug_stream(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    @dg.asset(key=["stage", "built"])
+    def built(context: dg.AssetExecutionContext) -> None:
+        context.log.info("built 42 rows")
+        context.log.debug("a detail nobody asked for")
+
+    @dg.asset(key=["stage", "broken"], deps=[built])
+    def broken() -> None:
+        raise ValueError("the input is gone: land it again")
+
+    defs = dg.Definitions(
+        assets=[built, broken],
+        jobs=[dg.define_asset_job("demo")],
+        loggers={"console": progress_console},
+        executor=dg.in_process_executor,
+    )
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("demo").execute_in_process(
+            run_config=PROGRESS_CONSOLE_CONFIG, instance=instance, raise_on_error=False
+        )
+        stored = {e.dagster_event.event_type_value for e in instance.all_logs(result.run_id) if e.dagster_event}
+    printed = capfd.readouterr().err
+    assert re.search(r"stage/built\s+built 42 rows", printed), printed
+    assert re.search(r"stage/broken\s+FAILED: .*the input is gone: land it again", printed), printed
+    assert "demo: run " in printed and "demo: FAILED in" in printed
+    for noise in ("STEP_START", "DEBUG", "a detail nobody asked for", "RESOURCE_INIT", "LOADED_INPUT"):
+        assert noise not in printed, printed
+    # the console is quieter; the event log is not
+    assert {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "ASSET_MATERIALIZATION"} <= stored
+
+
+def test_a_replayed_month_run_leaves_the_reference_tables_in_sync_with_their_landed_files(settings: Settings) -> None:
+    """`mlops replay` records what landed as the landing sources' data versions, so the raw step records the version
+    it read: nothing shows "Unsynced" after a clean first run."""
+    assert main(["replay", "--through", "2013-01", "--every", "50"]) == 0
+    defs = build_definitions(CATALOG, settings)
+    references = [t for t in CATALOG.tables if not t.monthly]
+    with dg.DagsterInstance.get() as instance:
+        job = defs.resolve_job_def("feature_pipeline")
+        result = job.execute_in_process(
+            instance=instance,
+            tags=range_tags(["2013-01"]),
+            asset_selection=[raw_key(t) for t in references],
+        )
+        assert result.success
+        for table in references:
+            landing = instance.fetch_observations(landing_key(table), limit=1).records[0].asset_observation
+            raw = instance.fetch_materializations(raw_key(table), limit=1).records[0].asset_materialization
+            assert landing is not None and raw is not None
+            recorded = raw.tags[f"dagster/input_data_version/{landing_key(table).to_user_string()}"]
+            assert recorded == landing.tags["dagster/data_version"] != "INITIAL", table.name
+
+
+def test_the_landing_sensor_targets_a_named_job_and_descriptions_keep_their_placeholders(settings: Settings) -> None:
+    defs = build_definitions(CATALOG, settings)
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    assert [t.job_name for t in sensor.targets] == [LANDING_JOB]
+    assert defs.resolve_job_def(LANDING_JOB).description
+    # Markdown drops <word> outside code spans: every placeholder in a description must sit in backticks
+    graph = defs.resolve_asset_graph()
+    texts = [graph.get(k).description or "" for k in graph.get_all_asset_keys()]
+    texts += [s.description or "" for s in defs.sensors or []]
+    for text in texts:
+        outside_code = re.sub(r"`[^`]*`", "", text)
+        assert not re.search(r"<[a-z_]+>", outside_code), text
+
+
+def test_the_training_window_keeps_the_newest_months(settings: Settings) -> None:
+    """Three months built, a window of two ($MLOPS_TRAINING_WINDOW_MONTHS=2): the training set spans the newest two
+    (the test month included)."""
+    months = ["2013-01", "2013-02", "2013-03"]
+    assert main(["replay", "--through", "2013-03", "--every", "20"]) == 0
+    defs = build_definitions(CATALOG, replace(settings, training_window_months=2))
+    training_set = keys_of(FLIGHT_DELAY).training_set
+    with dg.DagsterInstance.get() as instance:
+        assert defs.resolve_job_def("feature_pipeline").execute_in_process(instance=instance, tags=range_tags(months))
+        retraining = defs.resolve_job_def(retraining_job_name(FLIGHT_DELAY))
+        result = retraining.execute_in_process(instance=instance, asset_selection=[training_set])
+        assert result.success
+        [materialization] = result.asset_materializations_for_node(result.all_node_events[0].node_name)
+    assert materialization.metadata["months"].value == "2013-02, 2013-03"
+    assert materialization.metadata["months_left_out"].value == 1
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        stored = conn.execute(f'SELECT DISTINCT _month FROM {FLIGHT_DELAY.name}."training_set" ORDER BY 1').fetchall()
+    assert [m for (m,) in stored] == ["2013-02", "2013-03"]
+
+
+def test_the_training_window_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TRAINING_WINDOW_ENV, "6")
+    assert load_settings().training_window_months == 6
+    assert build_resources(load_settings())["training"].window_months == 6  # type: ignore[attr-defined]
+    monkeypatch.delenv(TRAINING_WINDOW_ENV)
+    assert load_settings().training_window_months == 12
+    for wrong in ("-1", "twelve"):
+        monkeypatch.setenv(TRAINING_WINDOW_ENV, wrong)
+        with pytest.raises(ValueError, match=TRAINING_WINDOW_ENV):
+            load_settings()

@@ -1,7 +1,7 @@
 """The steps of ``training_pipeline`` in one plain process, without Dagster: the baseline of its overhead.
 
 Each step calls the same ``mlops_assets.core`` functions as the job's asset (``mlops_assets/defs/*.py``), on the data
-directory of ``$MLOPS_DATA_DIR``: ingest (``ingest_raw``) and validation (``validate_partition``) of every table and
+directory of ``$MLOPS_DATA_DIR``: ingest (``ingest_raw``) and validation (``validate_partitions``, one call per table) of every table and
 landed month, ``write_months`` for every feature table, then for every model the training set (``split_by_time``,
 stored and read back), the challenger (``train_model``, valid metrics, ``reference_profile``, registered), the
 evaluation (``metrics``, ``slice_metrics``, the four plots, the registry's record), the promotion decision
@@ -29,7 +29,7 @@ def ingest_and_validate(conn: Any, settings: Any, run_id: str) -> list[str]:
     """Every landed table and month into ``raw`` and ``validated`` (as the raw and validated assets, one transaction
     per table and stage); returns the landed months."""
     from mlops_assets.catalog import CATALOG
-    from mlops_assets.core.ingest import ingest_raw, validate_partition
+    from mlops_assets.core.ingest import ingest_raw, validate_partitions
     from mlops_assets.core.landing import find_landed, landed_months
     from mlops_assets.core.store import transaction
 
@@ -44,8 +44,7 @@ def ingest_and_validate(conn: Any, settings: Any, run_id: str) -> list[str]:
                     assert landed is not None, (table.name, month)
                     ingest_raw(conn, table, landed, settings.landing_dir, settings.quarantine_dir, run_id, now)
             with transaction(conn):
-                for month in parts:
-                    validate_partition(conn, table, month, run_id, now)
+                validate_partitions(conn, table, parts, run_id, now)
     return months
 
 

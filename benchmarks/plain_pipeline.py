@@ -2,8 +2,8 @@
 
 Each step calls the same ``mlops_assets.core`` functions as the job's asset (``mlops_assets/defs/*.py``), on the data
 directory of ``$MLOPS_DATA_DIR``: ingest (``ingest_raw``) and validation (``validate_partitions``, one call per
-table) of every table and landed month, ``write_months`` for every feature table, then for every model the training set (``split_by_time``,
-stored and read back), the challenger (``train_model``, valid metrics, ``reference_profile``, registered), the
+table) of every table and landed month, ``write_months`` for every feature table, then for every model the training
+set (``split_by_time``, stored and read back), the challenger (``train_model``, valid metrics, ``reference_profile``, registered), the
 evaluation (``metrics``, ``slice_metrics``, the four plots, the registry's record), the promotion decision
 (``decide_promotion_from``), the champion's canary and the online store (``build_export`` / ``write_export``). Not
 done here: the other asset checks' queries, the evaluation's Markdown report, Dagster's event log. The job's training

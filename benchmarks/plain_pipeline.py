@@ -1,13 +1,13 @@
 """The steps of ``training_pipeline`` in one plain process, without Dagster: the baseline of its overhead.
 
 Each step calls the same ``mlops_assets.core`` functions as the job's asset (``mlops_assets/defs/*.py``), on the data
-directory of ``$MLOPS_DATA_DIR``: ingest (``ingest_raw``) and validation (``validate_partitions``, one call per
-table) of every table and landed month, ``write_months`` for every feature table, then for every model the training
-set (``split_by_time``, stored and read back), the challenger (``train_model``, valid metrics, ``reference_profile``, registered), the
-evaluation (``metrics``, ``slice_metrics``, the four plots, the registry's record), the promotion decision
-(``decide_promotion_from``), the champion's canary and the online store (``build_export`` / ``write_export``). Not
-done here: the other asset checks' queries, the evaluation's Markdown report, Dagster's event log. The job's training
-defaults (Dagster configs) come from the parent in ``$MLOPS_BENCH_PLAIN`` (JSON), so this process never imports
+directory of ``$MLOPS_DATA_DIR``: ingest (``ingest_raw``) and validation (``validate_partitions``, one call per table)
+of every table and landed month, ``write_months`` for every feature table, then for every model the training set
+(``split_by_time``, stored and read back), the challenger (``train_model``, valid metrics, ``reference_profile``,
+registered), the evaluation (``metrics``, ``slice_metrics``, the four plots, the registry's record), the promotion
+decision (``decide_promotion_from``), the champion's canary and the online store (``build_export`` / ``write_export``).
+Not done here: the other asset checks' queries, the evaluation's Markdown report, Dagster's event log. The job's
+training defaults (Dagster configs) come from the parent in ``$MLOPS_BENCH_PLAIN`` (JSON), so this process never imports
 Dagster. The benchmark's smoke mode runs it, so a change of these functions' signatures breaks CI, not the figure.
 
     MLOPS_DATA_DIR=... MLOPS_BENCH_PLAIN='{...}' python benchmarks/plain_pipeline.py   # see training_pipeline.py

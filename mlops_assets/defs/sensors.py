@@ -45,7 +45,8 @@ def month_refresh_assets(catalog: Catalog, feed: FeedSpec) -> list[dg.AssetKey]:
 
 
 def reference_refresh_assets(feed: FeedSpec) -> list[dg.AssetKey]:
-    """What a changed reference file of ``feed`` refreshes (with the first month's run): its raw and validated tables."""
+    """What a changed reference file of ``feed`` refreshes (with the first month's run): its raw and validated
+    tables."""
     return [k for t in feed.reference_tables for k in (raw_key(t), validated_key(t))]
 
 

@@ -2,7 +2,17 @@
 
 Nothing is mocked: the feed writes real parquet files, the stages write a real DuckDB file, Dagster runs on an
 ephemeral instance. Nothing is written outside ``tmp_path``.
+
+The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject.toml): see
+``pytest_collection_modifyitems`` below for which tests share a worker and in which order they start.
 """
+
+import os
+
+# LightGBM's OpenMP threads spin while they wait for work: with two test workers on two cores, each training with two
+# threads, the spinning threads take the cores from the working ones (a 3 s training measured at 85 s). Passive
+# waiting changes no result. Set before anything loads libgomp; the subprocesses of the tests inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from collections.abc import Iterator
 from datetime import datetime
@@ -57,3 +67,70 @@ def warehouse(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
     load_month(conn, settings, None, REFERENCE)
     yield conn
     conn.close()
+
+
+# --- how the suite is spread over the xdist workers -----------------------------------------------------------------
+
+#: Seconds the slowest tests take on a quiet 2-core machine (``pytest --durations``), by node id prefix (a file, or a
+#: test). The longest start first, so that none of them starts last, alone, while the other worker idles; unlisted
+#: tests take 0 and keep their order. Estimates only: a stale one costs time, never a result.
+SECONDS = {
+    "mlops_assets_tests/deploy/test_container.py": 200,  # + the image build, once per session
+    "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_year": 150,
+    "mlops_assets_tests/defs/test_rollback.py": 90,
+    "mlops_assets_tests/serving/": 1,  # ~80 tests
+    "mlops_assets_tests/deploy/test_postgres_daemon.py": 60,
+    "mlops_assets_tests/defs/test_recovery.py::test_kill_9": 45,
+    "mlops_assets_tests/defs/test_recovery.py::test_a_run_waiting": 45,
+    "mlops_assets_tests/defs/test_recovery.py::test_mlops_resume": 30,
+    "mlops_assets_tests/test_cli.py::test_make_pipeline": 45,
+    "mlops_assets_tests/defs/test_training_pipeline.py": 12,
+    "mlops_assets_tests/defs/test_training_pipeline.py::test_training_pipeline_promotes": 30,
+    "mlops_assets_tests/defs/test_bad_input.py": 8,
+    "mlops_assets_tests/defs/test_resume.py": 15,
+    "mlops_assets_tests/test_ui.py": 20,
+    "mlops_assets_tests/defs/test_registration.py": 10,
+    "mlops_assets_tests/defs/test_pipeline.py": 4,
+    "mlops_assets_tests/defs/test_sensors.py": 2,
+    "mlops_assets_tests/defs/test_automation.py": 1,
+}
+
+
+def _shared_fixture_group(item: pytest.Item) -> str | None:
+    """Where a session- or module-scoped fixture of the suite's own (not a plugin's) is set up: tests using it run on
+    one worker, so it is set up once (a podman image, the PostgreSQL server, the serving platform, a module's built
+    data), and tests that must not overlap (one image tag, one server install) never do. A session fixture wins over
+    a module one: the serving tests, say, are one group, not one per module."""
+    fixtureinfo = getattr(item, "_fixtureinfo", None)
+    if fixtureinfo is None:
+        return None
+    where = {"session": set(), "module": set()}
+    for name in fixtureinfo.names_closure:
+        for fixturedef in fixtureinfo.name2fixturedefs.get(name, ()):
+            if fixturedef.scope in where and fixturedef.baseid.startswith("mlops_assets_tests"):
+                where[fixturedef.scope].add(fixturedef.baseid)
+    if where["session"]:
+        return min(where["session"])
+    if where["module"]:
+        return item.nodeid.split("::", 1)[0]
+    return None
+
+
+def _seconds(nodeid: str) -> float:
+    matches = [prefix for prefix in SECONDS if nodeid.startswith(prefix)]
+    return SECONDS[max(matches, key=len)] if matches else 0.0
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group the tests sharing an expensive fixture (``xdist_group``: one worker runs them, in their order) and start
+    the longest units (a group or a test) first."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        group = _shared_fixture_group(item)
+        if group is not None and not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(group))
+        marked = [m.args[0] if m.args else m.kwargs.get("name", "default") for m in item.iter_markers("xdist_group")]
+        units.setdefault(f"group {'_'.join(sorted(marked))}" if marked else item.nodeid, []).append(item)
+    ordered = sorted(units.values(), key=lambda unit: -sum(_seconds(i.nodeid) for i in unit))  # stable: ties keep order
+    items[:] = [item for unit in ordered for item in unit]

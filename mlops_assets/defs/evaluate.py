@@ -3,15 +3,7 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets.core.evaluation import (
-    calibration_plot,
-    importance_plot,
-    markdown_image,
-    metrics,
-    roc_plot,
-    slice_metrics,
-    slice_plot,
-)
+from mlops_assets.core.evaluation import evaluation_plots, markdown_image, metrics, slice_metrics
 from mlops_assets.core.landing import write_atomic
 from mlops_assets.core.policy import scores_are_sane
 from mlops_assets.core.records import EvaluationResult
@@ -68,14 +60,15 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
         registry.save_evaluation(result, run_id=context.run.run_id)  # what promotion and rollback decide on
 
         out = storage.model(model.name).reports_dir / "evaluation" / challenger
-        plots = {
-            "roc": roc_plot(y, scores),
-            "calibration": calibration_plot(y, scores),
-            "importance": importance_plot(
-                loaded["challenger"].encoder.feature_names, loaded["challenger"].booster.feature_importance("gain")
-            ),
-            "slices": slice_plot(slices, list(scores), model.gates.slice_min_rows),
-        }
+        challenger_model = loaded["challenger"]
+        plots = evaluation_plots(
+            y,
+            scores,
+            challenger_model.encoder.feature_names,
+            challenger_model.booster.feature_importance("gain"),
+            slices,
+            model.gates.slice_min_rows,
+        )
         for name, png in plots.items():
             write_atomic(out / f"{name}.png", png)
         report = _report(model, result, versions, plots)

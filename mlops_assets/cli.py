@@ -70,7 +70,7 @@ def register_landed_months(settings: Settings) -> list[str]:
     """Make every landed month a partition of the Dagster instance (idempotent); return the new ones."""
     import dagster as dg  # only the commands that touch the instance need Dagster
 
-    from mlops_assets.defs.ingest import observe_landed
+    from mlops_assets.defs.ingest import landed_observations
     from mlops_assets.defs.partitions import register_months
 
     months = landed_months(settings.landing_dir, [t.name for f in CATALOG.feeds for t in f.monthly_tables])
@@ -79,7 +79,8 @@ def register_landed_months(settings: Settings) -> list[str]:
         _recover_dead_runs(instance)  # the new months start runs (landing sensor): a dead run must not hold them back
         new = register_months(instance, months)
         # what landed, as the landing sources' data versions (the UI's lineage starts there)
-        observe_landed(instance, CATALOG.tables, scan_landing(settings.landing_dir))
+        for observation in landed_observations(instance, CATALOG.tables, scan_landing(settings.landing_dir)):
+            instance.report_runless_asset_event(observation)
         return new
 
 

@@ -59,21 +59,23 @@ def landed_version(instance: dg.DagsterInstance, table: TableSpec, month: str | 
     return None
 
 
-def observe_landed(instance: dg.DagsterInstance, tables: Collection[TableSpec], files: Collection[LandedFile]) -> int:
-    """Record each landed file whose bytes Dagster has not seen as an observation of its landing source (data version
-    = sha256); return how many were recorded.
+def landed_observations(
+    instance: dg.DagsterInstance, tables: Collection[TableSpec], files: Collection[LandedFile]
+) -> list[dg.AssetObservation]:
+    """An observation of its landing source (data version = sha256) for each landed file whose bytes Dagster has not
+    seen yet.
 
-    Whoever lands files calls it (``mlops replay``). A run's raw step records the landing version it read when the
-    step starts; without this, a file's first ingest records none, and the UI shows the raw table "Unsynced" as soon
-    as the ingest step's own observation appears.
+    Whoever notices a landed file records them (``mlops replay``, the landing sensor) before any run ingests it: a raw
+    step records the landing version it read when it starts, so without them a file's first ingest records none, and
+    the UI shows the raw table "Unsynced" as soon as the ingest step's own observation appears.
     """
     by_name = {t.name: t for t in tables}
-    recorded = 0
+    observations = []
     for landed in files:
         table = by_name.get(landed.table)
         if table is None or landed_version(instance, table, landed.month) == landed.sha256:
             continue
-        instance.report_runless_asset_event(
+        observations.append(
             dg.AssetObservation(
                 asset_key=landing_key(table),
                 partition=landed.month,
@@ -81,8 +83,7 @@ def observe_landed(instance: dg.DagsterInstance, tables: Collection[TableSpec], 
                 metadata={"source_file": landed.relative_name},
             )
         )
-        recorded += 1
-    return recorded
+    return observations
 
 
 def misnamed_of(table: TableSpec, misnamed: list[MisnamedFile]) -> list[MisnamedFile]:

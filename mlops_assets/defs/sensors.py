@@ -15,7 +15,7 @@ from mlops_assets.core.policy import rollback_reasons
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc, gated_champions, rollback
 from mlops_assets.core.specs import FeedSpec, ModelSpec, TableSpec
-from mlops_assets.defs.ingest import MISNAMED_TAG, ingested_version
+from mlops_assets.defs.ingest import MISNAMED_TAG, ingested_version, landed_observations
 from mlops_assets.defs.jobs import RETRY_FROM_FAILURE, AssetJob, without_hourly_checks
 from mlops_assets.defs.keys import (
     MODEL_TAG,
@@ -127,6 +127,9 @@ def build_landing_sensor(catalog: Catalog, job: AssetJob) -> dg.SensorDefinition
                     )
                 )
         observations = misnamed_observations(storage, tables, previous, cursor, context.log.warning)
+        # new or changed files as the landing sources' data versions, before their run reads them (no "Unsynced")
+        unseen = [f for f in files if previous.get(f.relative_name) != f.sha256]
+        observations += landed_observations(context.instance, list(tables.values()), unseen)
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[MONTHS.build_add_request(sorted(new_months))] if new_months else [],

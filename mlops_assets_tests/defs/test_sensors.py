@@ -10,6 +10,7 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.ingest import MISNAMED_TAG
 from mlops_assets.defs.resources import PlatformStorage
 from mlops_assets.feeds.nycflights13 import replay_months
 
@@ -99,7 +100,11 @@ def test_a_misnamed_file_is_reported_once_as_an_observation_and_never_run(settin
     with dg.instance_for_test() as instance:
         first = _tick(settings, instance, None)
         assert [r.partition_key for r in first.run_requests or []] == ["2013-01"]  # the misnamed file asks for no run
-        [observation] = first.asset_events
+        misnamed = [e for e in first.asset_events or [] if e.tags.get(MISNAMED_TAG) == "true"]
+        landed = {str(e.metadata["source_file"].value) for e in first.asset_events or [] if e not in misnamed}
+        # the landed files are recorded as the landing sources' versions before their run (never the misnamed one)
+        assert "flights/2013-01.parquet" in landed and "flights/2013-05.PARQUET" not in landed
+        [observation] = misnamed
         assert isinstance(observation, dg.AssetObservation)
         assert observation.asset_key == dg.AssetKey(["landing", "flights"])
         assert observation.metadata["misnamed_file"].value == "flights/2013-05.PARQUET"

@@ -474,6 +474,6 @@ def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> byt
         axis.bar(positions + 0.2, pair["current"], width=0.4, label="current month")
         axis.set_xticks(positions, pair["labels"], rotation=30, ha="right", fontsize=7)
         axis.set(ylabel="share", title=pair["column"])
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="upper right")
     figure.suptitle(title)
     return figure_png(figure)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,10 @@ def feature_set_version(spec: FeatureTableSpec) -> str:
     digest = hashlib.sha256(spec.sql.encode())
     for lookup in spec.lookups:
         digest.update((lookup.sql or "").encode())
-    digest.update(repr((spec.output_columns, spec.lookups, spec.windows, spec.lookback_days)).encode())
+    # the lookups' SQL files by content (above), never by path: the same code installed elsewhere (a container, another
+    # checkout) builds the same features and must carry the same version
+    lookups = [replace(lookup, sql_path=None) for lookup in spec.lookups]
+    digest.update(repr((spec.output_columns, lookups, spec.windows, spec.lookback_days)).encode())
     return digest.hexdigest()[:12]
 
 

@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 from mlops_assets.core.contracts import BatchVerdict
 from mlops_assets.core.ingest import latest_verdicts, row_accounting
 from mlops_assets.core.specs import TableSpec
-from mlops_assets.defs.partitions import MONTHS, run_months
+from mlops_assets.defs.partitions import MONTHS
 
 
 def partitions_for(table: TableSpec) -> dg.DynamicPartitionsDefinition | None:
@@ -73,15 +73,6 @@ def log_verdicts(
             else (f"{valid:,} rows valid, {quarantined:,} quarantined")
         )
         context.log.info(f"{table.name}: {len(accepted)} month(s) {span} accepted at {stage}: {rows}")
-
-
-def checked_months(context: dg.AssetCheckExecutionContext, table: TableSpec) -> list[str | None] | None:
-    """Months a check judges: the run's months, ``[None]`` for a reference table, or all months when run alone."""
-    if not table.monthly:
-        return [None]
-    if context.has_partition_key_range or context.has_partition_key:
-        return list(run_months(context))
-    return None
 
 
 def judge_batches(

@@ -57,11 +57,12 @@ def prepare(work: Path, every: int, scale: int, through: str) -> tuple[Path, Pat
 
     from mlops_assets.core.settings import load_settings
 
-    data = work / "data"
-    harness.mlops(data, "replay", "--through", through, "--every", str(every))
+    data = harness.landed(work / "data", through, every)  # shared under make bench-smoke
     base, large = data / "warehouse.duckdb", work / f"x{scale}.duckdb"
     with duckdb.connect(str(base), config=dict(DUCKDB_CONFIG)) as conn:
         plain_pipeline.ingest_and_validate(conn, load_settings(data), "bench")
+    if scale == 1:
+        return base, base
     shutil.copyfile(base, large)
     with duckdb.connect(str(large), config=dict(DUCKDB_CONFIG)) as conn:
 

@@ -27,6 +27,7 @@ def main() -> int:
         f"<= {TARGET_S} s",
         m.wall_s <= TARGET_S,
         f"CPU {m.cpu_s:.0f} s{busy}",
+        key="make_test",
     )
     report.notes.append(f"pytest: {summary}")
     report.raw = m.row()

@@ -75,24 +75,24 @@ def warehouse(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
 #: test). The longest start first, so that none of them starts last, alone, while the other worker idles; unlisted
 #: tests take 0 and keep their order. Estimates only: a stale one costs time, never a result.
 SECONDS = {
-    "mlops_assets_tests/deploy/test_container.py": 200,  # + the image build, once per session
-    "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_year": 150,
-    "mlops_assets_tests/defs/test_rollback.py": 90,
-    "mlops_assets_tests/serving/": 1,  # ~80 tests
-    "mlops_assets_tests/deploy/test_postgres_daemon.py": 60,
-    "mlops_assets_tests/defs/test_recovery.py::test_kill_9": 45,
-    "mlops_assets_tests/defs/test_recovery.py::test_a_run_waiting": 45,
-    "mlops_assets_tests/defs/test_recovery.py::test_mlops_resume": 30,
-    "mlops_assets_tests/test_cli.py::test_make_pipeline": 45,
-    "mlops_assets_tests/defs/test_training_pipeline.py": 12,
-    "mlops_assets_tests/defs/test_training_pipeline.py::test_training_pipeline_promotes": 30,
-    "mlops_assets_tests/defs/test_bad_input.py": 8,
-    "mlops_assets_tests/defs/test_resume.py": 15,
-    "mlops_assets_tests/test_ui.py": 20,
-    "mlops_assets_tests/defs/test_registration.py": 10,
-    "mlops_assets_tests/defs/test_pipeline.py": 4,
-    "mlops_assets_tests/defs/test_sensors.py": 2,
-    "mlops_assets_tests/defs/test_automation.py": 1,
+    "mlops_assets_tests/deploy/test_container.py": 90,  # two tests: ~180 s with the image builds (cached layers)
+    "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_year": 125,
+    "mlops_assets_tests/deploy/test_postgres_daemon.py": 70,
+    "mlops_assets_tests/defs/test_rollback.py": 50,
+    "mlops_assets_tests/serving/": 0.8,  # ~80 tests and the session's platform: ~60 s
+    "mlops_assets_tests/defs/test_recovery.py::test_kill_9": 30,
+    "mlops_assets_tests/defs/test_recovery.py::test_a_run_waiting": 29,
+    "mlops_assets_tests/defs/test_recovery.py::test_mlops_resume": 15,
+    "mlops_assets_tests/test_cli.py::test_make_pipeline": 21,
+    "mlops_assets_tests/test_ui.py": 18,
+    "mlops_assets_tests/defs/test_training_pipeline.py": 8,
+    "mlops_assets_tests/defs/test_bad_input.py": 8,  # seven tests and the module's built months: ~60 s
+    "mlops_assets_tests/defs/test_resume.py": 7,
+    "mlops_assets_tests/defs/test_first_run.py": 2,
+    "mlops_assets_tests/defs/test_automation.py": 1.5,
+    "mlops_assets_tests/defs/test_pipeline.py": 3,
+    "mlops_assets_tests/defs/test_registration.py": 4,
+    "mlops_assets_tests/defs/test_sensors.py": 1,
 }
 
 

@@ -1,14 +1,21 @@
 """training_pipeline end to end on a real instance: every registered model trained by one run, each judged by its own
-gates into its own registry; a kept champion; a refused tampered model; promotion decided on the registry's record."""
+gates into its own registry; a kept champion; a refused tampered model; promotion decided on the registry's record.
+
+The two runs are made once for the module (``trained``): the first trains every model, the second, on the same data,
+an identical challenger. Each test reads them, or writes in its own copy of the data directory as it was after the
+first or the second run."""
 
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import dagster as dg
 import duckdb
+import pytest
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.registry import CHAMPION, Registry
-from mlops_assets.core.settings import Settings
+from mlops_assets.core.settings import Settings, load_settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.deploy import build_champion_check
 from mlops_assets.defs.partitions import range_tags, register_months
@@ -29,30 +36,68 @@ def _registry(settings: Settings, model: str) -> Registry:
     return Registry(settings.model(model).registry_dir)
 
 
-def test_training_pipeline_promotes_a_first_champion_then_keeps_it(settings: Settings) -> None:
-    replay_months(settings.landing_dir, MONTHS, every=10)
-    registry = _registry(settings, "flight_delay")
-    with dg.instance_for_test() as instance:
-        first = _run(settings, instance)
-        assert first.success
-        champion = registry.alias(CHAMPION)
-        assert champion == "v0001"
-        meta = registry.get(champion).metadata
-        assert meta["model"] == "flight_delay" and meta["metrics"]["valid"]["roc_auc"] > 0.6
-        assert meta["training_set_hash"] and meta["feature_set_version"] and meta["dagster_run_id"] == first.run_id
-        assert {"params", "code_version", "data", "encoder", "best_iteration"} <= set(meta)
-        checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in first.get_asset_check_evaluations()}
-        assert checks[("flight_delay/champion", "champion_is_servable")]
-        evaluation = instance.get_latest_materialization_event(dg.AssetKey(["flight_delay", "evaluation"]))
-        assert evaluation is not None and evaluation.asset_materialization is not None
-        report = evaluation.asset_materialization.metadata["report"].value
-        assert "data:image/png;base64," in str(report) and "| roc_auc |" in str(report)
-        reports = settings.model("flight_delay").reports_dir
-        assert (reports / "evaluation" / champion / "roc.png").stat().st_size > 1000
+@dataclass(frozen=True)
+class Trained:
+    """The module's two runs on one instance, and the data directory as each of them left it (read only)."""
 
-        # the same data again: an identical challenger cannot beat the champion by the margin, so it stays
+    instance: dg.DagsterInstance
+    first: dg.ExecuteInProcessResult
+    #: flight_delay's latest evaluation materialization right after the first run
+    first_evaluation: dg.EventLogEntry | None
+    #: the champion right after the first run (read then: the second run may not move it)
+    first_champion: str | None
+    after_first: Settings
+    second: dg.ExecuteInProcessResult
+    after_second: Settings
+
+    def copy(self, of: Settings, to: Settings) -> Settings:
+        """A copy of ``of``'s data directory in ``to``'s (a test's own, to write in)."""
+        shutil.copytree(of.data_dir, to.data_dir)
+        return to
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    data_dir = tmp_path_factory.mktemp("trained") / "data"
+    settings = load_settings(data_dir)
+    replay_months(settings.landing_dir, MONTHS, every=10)
+    after_first = load_settings(data_dir.parent / "after_first")
+    with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
+        patch.setenv("MLOPS_DATA_DIR", str(data_dir))  # module scope: before the per-test isolation applies
+        first = _run(settings, instance)
+        evaluation = instance.get_latest_materialization_event(dg.AssetKey(["flight_delay", "evaluation"]))
+        champion = _registry(settings, "flight_delay").alias(CHAMPION)
+        shutil.copytree(data_dir, after_first.data_dir)
+        # the same data again: an identical challenger
         second = _run(settings, instance)
-        assert second.success
+        patch.undo()
+        yield Trained(instance, first, evaluation, champion, after_first, second, settings)
+
+
+def test_training_pipeline_promotes_a_first_champion_then_keeps_it(trained: Trained, settings: Settings) -> None:
+    first = trained.first
+    assert first.success
+    champion = trained.first_champion
+    assert champion == "v0001"
+    registry = _registry(trained.after_first, "flight_delay")
+    meta = registry.get(champion).metadata
+    assert meta["model"] == "flight_delay" and meta["metrics"]["valid"]["roc_auc"] > 0.6
+    assert meta["training_set_hash"] and meta["feature_set_version"] and meta["dagster_run_id"] == first.run_id
+    assert {"params", "code_version", "data", "encoder", "best_iteration"} <= set(meta)
+    checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in first.get_asset_check_evaluations()}
+    assert checks[("flight_delay/champion", "champion_is_servable")]
+    evaluation = trained.first_evaluation
+    assert evaluation is not None and evaluation.asset_materialization is not None
+    assert evaluation.run_id == first.run_id
+    report = evaluation.asset_materialization.metadata["report"].value
+    assert "data:image/png;base64," in str(report) and "| roc_auc |" in str(report)
+    reports = trained.after_first.model("flight_delay").reports_dir
+    assert (reports / "evaluation" / champion / "roc.png").stat().st_size > 1000
+
+    # the same data again: an identical challenger cannot beat the champion by the margin, so it stays
+    assert trained.second.success
+    settings = trained.copy(trained.after_second, settings)  # this test deletes the reports
+    registry = _registry(settings, "flight_delay")
     assert registry.alias(CHAMPION) == "v0001" and registry.versions() == ["v0001", "v0002"]
     assert registry.model_text("v0001") == registry.model_text("v0002")  # deterministic training
     rejected = registry.events()[-1]
@@ -64,20 +109,18 @@ def test_training_pipeline_promotes_a_first_champion_then_keeps_it(settings: Set
     assert registry.evaluation("v0002") == result
 
 
-def test_one_run_trains_every_model_each_into_its_own_registry(settings: Settings) -> None:
+def test_one_run_trains_every_model_each_into_its_own_registry(trained: Trained) -> None:
     """One `training_pipeline` run: every registered model gets its own versions, evaluation and decision, judged by
     its own gates; no model's folder or table holds another's state."""
-    replay_months(settings.landing_dir, MONTHS, every=10)
-    with dg.instance_for_test() as instance:
-        result = _run(settings, instance)
-        assert result.success
-        materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}
-        for model in CATALOG.models:
-            assert {
-                f"{model.name}/{a}" for a in ("training_set", "challenger", "evaluation", "champion", "online_store")
-            } <= materialized
-            run_tags = instance.get_run_by_id(result.run_id).tags  # type: ignore[union-attr]
-            assert "dagster/asset_partition_range_start" in run_tags
+    settings, result = trained.after_first, trained.first
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events() if e.asset_key}
+    for model in CATALOG.models:
+        assert {
+            f"{model.name}/{a}" for a in ("training_set", "challenger", "evaluation", "champion", "online_store")
+        } <= materialized
+        run_tags = trained.instance.get_run_by_id(result.run_id).tags  # type: ignore[union-attr]
+        assert "dagster/asset_partition_range_start" in run_tags
     for model in CATALOG.models:
         registry = _registry(settings, model.name)
         [version] = registry.versions()
@@ -101,29 +144,26 @@ def test_one_run_trains_every_model_each_into_its_own_registry(settings: Setting
     assert {m.name for m in CATALOG.models} <= schemas
 
 
-def test_a_tampered_champion_fails_the_blocking_check(settings: Settings) -> None:
-    replay_months(settings.landing_dir, MONTHS, every=10)
+def test_a_tampered_champion_fails_the_blocking_check(trained: Trained, settings: Settings) -> None:
+    assert trained.first.success
+    settings = trained.copy(trained.after_first, settings)
     registry = _registry(settings, "flight_delay")
-    with dg.instance_for_test() as instance:
-        assert _run(settings, instance).success
-        path = registry.get("v0001").model_path
-        path.write_text(path.read_text().replace("num_leaves=", "num_leaves=9", 1))
+    path = registry.get("v0001").model_path
+    assert path.is_relative_to(settings.data_dir)  # the copy's, not the module's
+    path.write_text(path.read_text().replace("num_leaves=", "num_leaves=9", 1))
     resources = build_resources(settings)
     evaluation = build_champion_check(FLIGHT_DELAY)(duckdb=resources["duckdb"], storage=resources["storage"])
     assert isinstance(evaluation, dg.AssetCheckResult)
     assert not evaluation.passed and "does not match its checksum" in (evaluation.description or "")
 
 
-def test_promotion_refuses_an_evaluation_made_against_another_champion(settings: Settings) -> None:
-    import pytest
-
+def test_promotion_refuses_an_evaluation_made_against_another_champion(trained: Trained, settings: Settings) -> None:
     from mlops_assets.defs.deploy import PromotionConfig, build_champion_asset
 
-    replay_months(settings.landing_dir, MONTHS, every=10)
+    assert trained.first.success  # v0001 champion
+    assert trained.second.success  # v0002 evaluated against v0001, kept out
+    settings = trained.copy(trained.after_second, settings)
     registry = _registry(settings, "flight_delay")
-    with dg.instance_for_test() as instance:
-        assert _run(settings, instance).success  # v0001 champion
-        assert _run(settings, instance).success  # v0002 evaluated against v0001, kept out
     registry.set_alias(CHAMPION, None, "cleared", "by hand, after the evaluation")
     storage = build_resources(settings)["storage"]
     with pytest.raises(dg.Failure, match="the champion changed since the evaluation"):

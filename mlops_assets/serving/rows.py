@@ -120,6 +120,7 @@ class RowFeatures:
         self.store = store
         online = store.spec.online
         self._entity_rows = online.entity_rows if online is not None else None
+        self._entity_dicts = online.entity_dicts if online is not None else None
         self._time_column = store.spec.time_column
         horizon = store.horizon
         self._horizon = micros(horizon) if horizon is not None else None
@@ -135,7 +136,10 @@ class RowFeatures:
         """Feature rows for the requests' fields, in order; None when one has no prediction time (a local time in
         a daylight-saving gap), which the frame path refuses as it always has."""
         assert self._entity_rows is not None and self.store.index is not None
-        rows = self._entity_rows(list(fields), self.store.index).to_dicts()
+        if self._entity_dicts is not None:  # the same values without a frame built and read back
+            rows = self._entity_dicts(list(fields), self.store.index)
+        else:
+            rows = self._entity_rows(list(fields), self.store.index).to_dicts()
         for row in rows:
             moment = row[self._time_column]
             if moment is None:

@@ -204,3 +204,11 @@ def test_request_rows_from_the_index_equal_the_frame_path(warehouse_two_months: 
     by_index = SPEC.online.entity_rows(requests.to_dicts(), store.index)
     assert by_index.equals(by_frames, null_equal=True), (by_index, by_frames)
     assert by_index["prediction_time"].to_list()[1:3] == [datetime(2013, 11, 3, 5, 30), None]
+    # the service's few-request path: the same rows as dicts, value for value and type for type
+    assert SPEC.online.entity_dicts is not None
+    as_dicts = SPEC.online.entity_dicts(requests.to_dicts(), store.index)
+    expected = by_index.to_dicts()
+    assert as_dicts == expected
+    assert [{k: type(v) for k, v in row.items()} for row in as_dicts] == [
+        {k: type(v) for k, v in row.items()} for row in expected
+    ]

@@ -78,11 +78,14 @@ def log_verdicts(
 def judge_batches(
     conn_resource: DuckDBResource,
     table: TableSpec,
+    asset_key: dg.AssetKey,
     stage: str,
-    months: list[str | None] | None,
+    check_name: str,
+    months: list[str | None],
 ) -> dg.AssetCheckResult:
-    """Pass when the newest batch of every month was accepted at ``stage`` and, for the validated stage, when its rows
-    add up: validated + quarantined = landed."""
+    """The stage's blocking check for the run's months, for the step's ``check_results``: it passes when the newest
+    batch of every month was accepted at ``stage`` and, for the validated stage, when its rows add up: validated +
+    quarantined = landed."""
     with conn_resource.get_connection() as conn:
         verdicts = latest_verdicts(conn, table.name, stage, months)
         accounting = {
@@ -116,6 +119,8 @@ def judge_batches(
         metadata["column"] = str(rejected[0]["column_name"])
         metadata["quarantined_file"] = str(rejected[0].get("quarantined_file"))
     return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=check_name,
         passed=not problems,
         description="; ".join(problems) if problems else f"{len(verdicts)} batch(es) accepted",
         metadata=metadata,
@@ -126,17 +131,3 @@ def batch_check_spec(asset_key: dg.AssetKey, name: str, description: str) -> dg.
     """A blocking check of one batch stage, evaluated by the stage's own step (which holds the verdicts) rather than
     by a step of its own; the UI shows it on the asset like any check."""
     return dg.AssetCheckSpec(name, asset=asset_key, blocking=True, description=description)
-
-
-def judge_run_batches(
-    duckdb: DuckDBResource, table: TableSpec, asset_key: dg.AssetKey, stage: str, name: str, months: list[str | None]
-) -> dg.AssetCheckResult:
-    """The result of the stage's blocking check for the run's months (:func:`judge_batches`), for ``check_results``."""
-    result = judge_batches(duckdb, table, stage, months)
-    return dg.AssetCheckResult(
-        asset_key=asset_key,
-        check_name=name,
-        passed=result.passed,
-        description=result.description,
-        metadata=result.metadata,
-    )

@@ -14,7 +14,7 @@ from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import transaction
 from mlops_assets.defs.batches import (
     batch_check_spec,
-    judge_run_batches,
+    judge_batches,
     log_verdicts,
     partitions_for,
     verdict_metadata,
@@ -31,32 +31,34 @@ INGESTED_TAG = "mlops/ingested"
 MISNAMED_TAG = "mlops/misnamed"
 
 
-def ingested_version(instance: dg.DagsterInstance, table: TableSpec, month: str | None) -> str | None:
-    """The sha256 of the file last ingested for ``table`` / ``month``, from Dagster's event log (not DuckDB).
-
-    Reports of misnamed files (tagged ``mlops/misnamed``) are passed over: they are about other files.
-    """
-    records = instance.fetch_observations(
-        dg.AssetRecordsFilter(asset_key=landing_key(table), asset_partitions=[month] if month else None), limit=20
-    ).records
-    for record in records:
-        observation = record.asset_observation
-        if observation is None or observation.tags.get(MISNAMED_TAG) == "true":
-            continue
-        return observation.tags.get(DATA_VERSION_TAG) if observation.tags.get(INGESTED_TAG) == "true" else None
-    return None
-
-
-def landed_version(instance: dg.DagsterInstance, table: TableSpec, month: str | None) -> str | None:
-    """The data version of the newest observation of ``table``'s landing source for ``month`` (ingested or not)."""
+def newest_landing_observation(
+    instance: dg.DagsterInstance, table: TableSpec, month: str | None
+) -> dg.AssetObservation | None:
+    """The newest observation of ``table``'s landing source for ``month`` that is about its landed file: reports of
+    misnamed files (tagged ``mlops/misnamed``) are passed over, they are about other files."""
     records = instance.fetch_observations(
         dg.AssetRecordsFilter(asset_key=landing_key(table), asset_partitions=[month] if month else None), limit=20
     ).records
     for record in records:
         observation = record.asset_observation
         if observation is not None and observation.tags.get(MISNAMED_TAG) != "true":
-            return observation.tags.get(DATA_VERSION_TAG)
+            return observation
     return None
+
+
+def ingested_version(instance: dg.DagsterInstance, table: TableSpec, month: str | None) -> str | None:
+    """The sha256 of the file last ingested for ``table`` / ``month``, from Dagster's event log (not DuckDB); None
+    when the newest look at the file is not an ingest (it landed, or changed, since)."""
+    observation = newest_landing_observation(instance, table, month)
+    if observation is None or observation.tags.get(INGESTED_TAG) != "true":
+        return None
+    return observation.tags.get(DATA_VERSION_TAG)
+
+
+def landed_version(instance: dg.DagsterInstance, table: TableSpec, month: str | None) -> str | None:
+    """The data version of the newest observation of ``table``'s landing source for ``month`` (ingested or not)."""
+    observation = newest_landing_observation(instance, table, month)
+    return None if observation is None else observation.tags.get(DATA_VERSION_TAG)
 
 
 def landed_observations(
@@ -164,7 +166,7 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
         log_verdicts(context, table, "raw", months, verdicts)
         return dg.MaterializeResult(
             metadata={**verdict_metadata(months, verdicts), **misnamed_metadata(misnamed)},
-            check_results=[judge_run_batches(duckdb, table, raw_key(table), "raw", SCHEMA_CHECK, months)],
+            check_results=[judge_batches(duckdb, table, raw_key(table), "raw", SCHEMA_CHECK, months)],
         )
 
     def ingest_month(

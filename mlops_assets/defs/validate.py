@@ -12,7 +12,7 @@ from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import qualified, transaction
 from mlops_assets.defs.batches import (
     batch_check_spec,
-    judge_run_batches,
+    judge_batches,
     log_verdicts,
     partitions_for,
     verdict_metadata,
@@ -53,7 +53,7 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
         with duckdb.get_connection() as conn, transaction(conn):  # one commit for all the run's months
             verdicts = validate_partitions(conn, table, months, context.run.run_id, now)
         log_verdicts(context, table, "validated", months, verdicts)
-        checks = [judge_run_batches(duckdb, table, validated_key(table), "validated", ROW_CHECK, months)]
+        checks = [judge_batches(duckdb, table, validated_key(table), "validated", ROW_CHECK, months)]
         if table.monthly:
             checks.append(judge_row_counts(duckdb, table, months))
         return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts), check_results=checks)

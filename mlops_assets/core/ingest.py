@@ -300,14 +300,6 @@ def record_misnamed(
     return logged
 
 
-def share_history(conn: duckdb.DuckDBPyConnection, spec: TableSpec, month: str | None) -> dict[str, tuple[float, ...]]:
-    """Each plausibility rule's share in every accepted month of ``validated.<table>`` but ``month``, by rule name.
-
-    Only accepted batches reach ``validated``, so a rejected month never becomes the history a later one is held to.
-    """
-    return history_without(shares_by_month(conn, spec), month)
-
-
 def shares_by_month(conn: duckdb.DuckDBPyConnection, spec: TableSpec) -> dict[str, dict[str, float]]:
     """Each plausibility rule's share in each accepted month of ``validated.<table>``: ``{rule: {month: share}}``,
     read in one query (a run over many months reads the history once, not once per month)."""

@@ -19,12 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaError, SchemaErrors
 
-from mlops_assets.core.specs import ContractContext, ShareRule, TableSpec
+from mlops_assets.core.specs import PARTITION_COLUMN, ContractContext, ShareRule, TableSpec
 
 RULE_READABLE = "readable_parquet"
 RULE_NON_EMPTY = "non_empty_batch"
@@ -86,6 +87,16 @@ class RowSplit:
     valid: pl.DataFrame
     quarantined: pl.DataFrame
     verdict: BatchVerdict
+
+
+@dataclass(frozen=True)
+class RuleFailures:
+    """What the pandera contract found in some rows: one row per (row, rule) broken (``_row``, ``column``,
+    ``order``, ``check``, ``failure``; ``_month`` too when the rows have a partition), and the first failure about
+    the frame as a whole (None when none)."""
+
+    per_row: pl.DataFrame
+    frame_level: dict[str, Any] | None
 
 
 class BatchUnreadableError(ValueError):
@@ -252,7 +263,48 @@ def _key_problems(distinct: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
     )
 
 
-def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, label: str) -> RowSplit:
+def rule_failures(rows: pl.DataFrame, spec: TableSpec, context: ContractContext) -> RuleFailures:
+    """Check ``rows`` against the table's pandera contract in one call.
+
+    ``rows`` has the contract's columns, ``_row`` (the row's place in its landed file) and, for a monthly table,
+    :data:`PARTITION_COLUMN` (each row's partition month), so one call can check the rows of many months; the failures
+    carry ``_row`` and the partition column to find each row again.
+    """
+    by_row = [PARTITION_COLUMN, "_row"] if PARTITION_COLUMN in rows.columns else ["_row"]
+    failures = _row_failures(rows.drop("_row"), spec.contract(context))
+    frame_level = failures.filter(pl.col("index").is_null())
+    first = frame_level.row(0, named=True) if frame_level.height else None
+    # pandera's index is the row's position in ``rows``: map it back to the row
+    positions = rows.select(*by_row, pl.int_range(pl.len(), dtype=pl.Int64).alias("index"))
+    per_row = (
+        failures.filter(pl.col("index").is_not_null())
+        .with_columns(
+            pl.col("index").cast(pl.Int64),
+            pl.when(pl.col("schema_context") == "Column")
+            .then(pl.col("column"))
+            .otherwise(pl.lit(WHOLE_ROW))
+            .alias("column"),
+        )
+        .join(positions, on="index", how="inner")
+        .select(
+            *by_row,
+            "column",
+            # a column's rules in the order the contract declares them: its range before what builds on the range
+            pl.col("check_number").cast(pl.Int64).fill_null(-1).alias("order"),
+            "check",
+            pl.concat_str(pl.col("column"), pl.lit(": "), pl.col("check")).alias("failure"),
+        )
+    )
+    return RuleFailures(per_row, first)
+
+
+def split_rows(
+    batch: pl.DataFrame,
+    spec: TableSpec,
+    context: ContractContext,
+    label: str,
+    checked: RuleFailures | None = None,
+) -> RowSplit:
     """Validate the rows of a structurally sound batch against the table's contract and split them.
 
     Exact copies of an earlier row are set aside first (rule ``duplicate_row``; the row itself is judged once), then
@@ -265,6 +317,8 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
         spec: the table.
         context: partition month, reference codes and the history of the plausibility rules.
         label: how the batch is named in messages, e.g. ``"flights 2013-03"``.
+        checked: the pandera failures of this batch's rows when the caller checked many batches in one call
+            (:func:`rule_failures`, with ``_row`` the place in this batch); None checks the batch here.
 
     Returns:
         Valid rows, quarantined rows (``_row``, ``rule``, ``column_name``, ``failures``, ``row_json``,
@@ -292,30 +346,13 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
     )
     distinct = marked.filter(pl.col("_row") == pl.col("_original")).drop("_original")
 
-    failures = _row_failures(distinct.select(columns), spec.contract(context))
-    frame_level = failures.filter(pl.col("index").is_null())
-    if frame_level.height:
-        first = frame_level.row(0, named=True)
-        failures = failures.filter(pl.col("index").is_not_null())
-    # pandera's index is a position among the distinct rows: map it back to the row's place in the landed file
-    positions = distinct.select(pl.col("_row"), pl.int_range(pl.len(), dtype=pl.Int64).alias("index"))
-    rule_failures = (
-        failures.with_columns(
-            pl.col("index").cast(pl.Int64),
-            pl.when(pl.col("schema_context") == "Column")
-            .then(pl.col("column"))
-            .otherwise(pl.lit(WHOLE_ROW))
-            .alias("column"),
-        )
-        .join(positions, on="index", how="inner")
-        .select(
-            "_row",
-            "column",
-            # a column's rules in the order the contract declares them: its range before what builds on the range
-            pl.col("check_number").cast(pl.Int64).fill_null(-1).alias("order"),
-            "check",
-            pl.concat_str(pl.col("column"), pl.lit(": "), pl.col("check")).alias("failure"),
-        )
+    if checked is None:
+        partition = [pl.lit(context.month).alias(PARTITION_COLUMN)] if context.month is not None else []
+        checked = rule_failures(distinct.with_columns(*partition), spec, context)
+    first = checked.frame_level
+    # an exact copy fails as its original does: only the distinct rows' failures count
+    rule_failures_of_rows = checked.per_row.select(pl.exclude(PARTITION_COLUMN)).join(
+        distinct.select("_row"), on="_row", how="semi"
     )
     conflicts = _key_problems(distinct, spec)
 
@@ -330,14 +367,14 @@ def split_rows(batch: pl.DataFrame, spec: TableSpec, context: ContractContext, l
             )
         )
 
-    bad = per_row_of(pl.concat([rule_failures, conflicts]))
+    bad = per_row_of(pl.concat([rule_failures_of_rows, conflicts]))
     per_row = pl.concat([bad, per_row_of(copies)]).sort("_row")
     n_rows, n_distinct, n_bad = data.height, distinct.height, bad.height
     n_copies, n_conflicting = copies.height, conflicts.height
     bad_share = n_bad / n_distinct if n_distinct else 0.0
     rejected_reason: tuple[str, str | None, str] | None = None
     implausible = implausible_share(distinct.select(columns), spec, context, label)
-    if frame_level.height:
+    if first is not None:
         rejected_reason = (
             str(first["check"]),
             first["column"],

@@ -33,9 +33,11 @@ from mlops_assets.core.contracts import (
     RULE_READABLE,
     BatchUnreadableError,
     BatchVerdict,
+    RuleFailures,
     check_structure,
     read_batch,
     rows_as_json,
+    rule_failures,
     share_of,
     split_rows,
     structure_problems,
@@ -348,35 +350,97 @@ def validate_partition(
     return verdict
 
 
+#: Rows checked by one pandera call at most: a run's months go to the contract together up to this many rows (a year
+#: of flights is about 340k rows), so the per-call cost is paid once per table while memory stays bounded at 10x.
+CONTRACT_CALL_ROWS = 1_000_000
+
+
+def _contract_groups(
+    conn: duckdb.DuckDBPyConnection, raw_name: str, months: list[str | None]
+) -> list[list[str | None]]:
+    """``months`` in order, cut into runs of consecutive months of at most :data:`CONTRACT_CALL_ROWS` raw rows."""
+    counts = dict(conn.execute(f"SELECT _month, count(*) FROM {raw_name} GROUP BY _month").fetchall())
+    groups: list[list[str | None]] = [[]]
+    rows = 0
+    for month in months:
+        if groups[-1] and rows + counts.get(month, 0) > CONTRACT_CALL_ROWS:
+            groups.append([])
+            rows = 0
+        groups[-1].append(month)
+        rows += counts.get(month, 0)
+    return groups
+
+
 def validate_partitions(
     conn: duckdb.DuckDBPyConnection, spec: TableSpec, months: list[str | None], run_id: str, now: datetime
 ) -> list[BatchVerdict]:
     """:func:`validate_partition` for each of ``months`` in order, reading the reference codes and the plausibility
-    history once: each month is held to the accepted months, those accepted earlier in this call included."""
+    history once: each month is held to the accepted months, those accepted earlier in this call included.
+
+    The rows of all the months go through the pandera contract in one call (up to :data:`CONTRACT_CALL_ROWS` rows
+    per call; a row's partition is its ``_month`` column); duplicates, keys, limits and plausibility are judged
+    month by month from those failures. A failure about a whole frame cannot be told to one month: then each month is
+    checked on its own, as a single month would be.
+    """
     codes = read_codes(conn, spec)
     shares = shares_by_month(conn, spec)
     raw_name = qualified("raw", spec.name)
+    columns = [quote_identifier(c) for c in spec.columns]
     verdicts = []
-    for month in months:
-        where, params = _partition_filter(month)
-        frame = query_frame(conn, f"SELECT * FROM {raw_name} WHERE {where} ORDER BY _row", params)
-        if frame.height == 0:
-            raise ValueError(f"raw.{spec.name} has no rows for {month or 'the reference table'}: materialize raw first")
-        first = frame.row(0, named=True)
-        batch = Batch(spec.name, month, first["_source_file"], first["_sha256"])
-        context = ContractContext(month=month, codes=codes, history=history_without(shares, month))
-        split = split_rows(frame.select(list(spec.columns)), spec, context, batch.label)
-
-        validated_name = ensure_table(conn, "validated", spec.name, data_table_columns(spec))
-        _quarantine(conn, spec, batch, "validated", split.quarantined, run_id, now)
-        if split.verdict.accepted:
-            replace_where(conn, validated_name, _with_lineage(split.valid, batch, run_id, now), where, params)
-            if month is not None:  # what validated now holds for the month, as the next month's history
-                for rule in spec.plausibility:
-                    shares.setdefault(rule.name, {})[month] = share_of(split.valid, rule)
-        _log(conn, batch, "validated", split.verdict, run_id, now)
-        verdicts.append(replace(split.verdict, source_file=batch.source_file, sha256=batch.sha256))
+    for group in _contract_groups(conn, raw_name, months):
+        # raw's _row is the row's place in its landed file (0, 1, ...), as split_rows numbers a batch's rows
+        if group == [None]:
+            where, params = _partition_filter(None)
+        else:
+            where, params = f"_month IN ({', '.join('?' for _ in group)})", list(group)
+        frame = query_frame(
+            conn,
+            f"SELECT {', '.join(columns)}, _row, _month, _source_file, _sha256 FROM {raw_name} "
+            f"WHERE {where} ORDER BY _month, _row",
+            params,
+        )
+        checked = rule_failures(frame.select(*spec.columns, "_row", "_month"), spec, ContractContext(codes=codes))
+        for month in group:
+            rows = frame.filter(pl.col("_month").eq_missing(month))
+            if rows.height == 0:
+                raise ValueError(
+                    f"raw.{spec.name} has no rows for {month or 'the reference table'}: materialize raw first"
+                )
+            own = None
+            if checked.frame_level is None:
+                own = RuleFailures(checked.per_row.filter(pl.col("_month").eq_missing(month)), None)
+            verdicts.append(_validate_month(conn, spec, rows, own, codes, shares, run_id, now))
     return verdicts
+
+
+def _validate_month(
+    conn: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    rows: pl.DataFrame,
+    checked: RuleFailures | None,
+    codes: dict[str, frozenset[str]],
+    shares: dict[str, dict[str, float]],
+    run_id: str,
+    now: datetime,
+) -> BatchVerdict:
+    """Judge one month's raw rows (in landed order; ``checked``: their pandera failures, None to check them here),
+    quarantine the bad ones, publish the good ones when the batch is accepted and log the verdict."""
+    first = rows.row(0, named=True)
+    month = first["_month"]
+    batch = Batch(spec.name, month, first["_source_file"], first["_sha256"])
+    where, params = _partition_filter(month)
+    context = ContractContext(month=month, codes=codes, history=history_without(shares, month))
+    split = split_rows(rows.select(list(spec.columns)), spec, context, batch.label, checked)
+
+    validated_name = ensure_table(conn, "validated", spec.name, data_table_columns(spec))
+    _quarantine(conn, spec, batch, "validated", split.quarantined, run_id, now)
+    if split.verdict.accepted:
+        replace_where(conn, validated_name, _with_lineage(split.valid, batch, run_id, now), where, params)
+        if month is not None:  # what validated now holds for the month, as the next month's history
+            for rule in spec.plausibility:
+                shares.setdefault(rule.name, {})[month] = share_of(split.valid, rule)
+    _log(conn, batch, "validated", split.verdict, run_id, now)
+    return replace(split.verdict, source_file=batch.source_file, sha256=batch.sha256)
 
 
 def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | None, sha256: str) -> dict[str, int]:

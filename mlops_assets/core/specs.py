@@ -22,27 +22,39 @@ import pandera.polars as pa
 import polars as pl
 
 from mlops_assets.core.features.pit import AsOfLookup, TrailingWindow
-from mlops_assets.core.landing import LandedFile, parse_month
+from mlops_assets.core.landing import LandedFile
 from mlops_assets.core.policy import PromotionGates
 
 #: A model's name is a DuckDB schema, a Dagster asset-key prefix and part of job and sensor names.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
+#: The column that holds a row's partition month (``YYYY-MM``) in the frames a contract checks: a contract can hold
+#: each row to its own partition, so one call checks many months at once (``core/ingest.validate_partitions``).
+PARTITION_COLUMN = "_month"
+
+
+def of_partition(part: str) -> pa.Check:
+    """A pandera check that the column equals the ``year`` or ``month`` (``part``) of the row's partition."""
+    start, length = {"year": (0, 4), "month": (5, 2)}[part]
+    expected = pl.col(PARTITION_COLUMN).str.slice(start, length).cast(pl.Int64)
+    return pa.Check(
+        lambda data: data.lazyframe.select((pl.col(data.key) == expected).fill_null(False)), name=f"{part}_of_partition"
+    )
+
+
 @dataclass(frozen=True)
 class ContractContext:
     """What a contract may depend on besides the batch: its partition month, the known codes of reference tables and,
-    per plausibility rule of the table (:class:`ShareRule`, by name), its share in each accepted month but this one."""
+    per plausibility rule of the table (:class:`ShareRule`, by name), its share in each accepted month but this one.
+
+    Row rules about the partition read it from each row's :data:`PARTITION_COLUMN` (see :func:`of_partition`), not
+    from ``month``: the same contract then checks one month or many in one call.
+    """
 
     month: str | None = None
     codes: Mapping[str, frozenset[str]] = field(default_factory=dict)
     history: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
-
-    @property
-    def year_month(self) -> tuple[int, int]:
-        if self.month is None:
-            raise ValueError("this contract needs a partition month, but the table is not monthly")
-        return parse_month(self.month)
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: a polars expression's == builds an expression

@@ -31,12 +31,13 @@ from mlops_assets.core.ingest import (
     row_accounting,
     shares_by_month,
     validate_partition,
+    validate_partitions,
 )
 from mlops_assets.core.landing import checksum_path, find_landed, land_file
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import ContractContext, ShareRule, TableSpec
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
-from mlops_assets_tests.conftest import EVERY, MONTHLY, load_month
+from mlops_assets_tests.conftest import EVERY, MONTHLY, REFERENCE, load_month
 
 MONTH = "2013-03"
 
@@ -417,7 +418,7 @@ def test_batch_of_the_wrong_month_is_rejected(loaded: duckdb.DuckDBPyConnection,
     april = _clean_flights(settings).with_columns(pl.lit(4, dtype=pl.Int64).alias("month"))
     _, validated = _run_batch(loaded, settings, _parquet(april), "wrong-month")
     assert validated is not None and not validated.accepted
-    assert validated.column == "month" and str(validated.rule) == "month of partition 2013-03"
+    assert validated.column == "month" and str(validated.rule) == "month_of_partition"
     assert _validated_shas(loaded) == good
 
 
@@ -426,3 +427,61 @@ def test_reference_codes_come_from_the_validated_reference_table(loaded: duckdb.
 
     codes = read_codes(loaded, NYCFLIGHTS13.table("flights"))
     assert "UA" in codes["carrier"] and len(codes["carrier"]) == 16
+
+
+def _snapshot(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[object, ...]]]:
+    """What validation wrote, without the run's id and clock: validated and quarantined rows, the batch log."""
+    lineage = "_run_id, _written_at"
+    return {
+        table: conn.execute(f"SELECT * EXCLUDE ({lineage}) FROM {table} ORDER BY ALL").fetchall()
+        for table in ("validated.flights", "quarantine.flights")
+    } | {
+        "log": conn.execute(
+            "SELECT * EXCLUDE (run_id, checked_at) FROM quarantine.batches WHERE stage = 'validated' ORDER BY ALL"
+        ).fetchall()
+    }
+
+
+def test_months_checked_in_one_contract_call_are_judged_as_one_by_one(
+    warehouse: duckdb.DuckDBPyConnection, settings: Settings, tmp_path: Path
+) -> None:
+    """Validation sends a run's months through pandera together (each row held to its own partition): the verdicts,
+    valid rows, quarantined rows and their reasons are those of validating each month alone."""
+    months = ["2013-01", "2013-02", "2013-03"]
+    replay_months(settings.landing_dir, months, every=EVERY)
+    spec = NYCFLIGHTS13.table("flights")
+    row = pl.int_range(pl.len())
+    faults = {
+        # an exact copy of the first row, and three hours out of range
+        "2013-02": lambda f: pl.concat([f, f.head(1)]).with_columns(
+            pl.when(row.is_between(1, 3)).then(24).otherwise(pl.col("hour")).alias("hour")
+        ),
+        # one row that says it is from April
+        "2013-03": lambda f: f.with_columns(pl.when(row == 5).then(4).otherwise(pl.col("month")).alias("month")),
+    }
+    for month, fault in faults.items():
+        landed = find_landed(settings.landing_dir, "flights", month)
+        assert landed is not None
+        land_file(settings.landing_dir, "flights", month, _parquet(fault(pl.read_parquet(landed.path))))
+    one_by_one = duckdb.connect(str(tmp_path / "one_by_one.duckdb"))
+    load_month(one_by_one, settings, None, REFERENCE)
+    now = datetime(2026, 1, 3)
+    for conn in (warehouse, one_by_one):
+        for month in months:
+            landed = find_landed(settings.landing_dir, "flights", month)
+            assert landed is not None
+            ingest_raw(conn, spec, landed, settings.landing_dir, settings.data_dir / "quarantine", "batch", now)
+
+    together = validate_partitions(warehouse, spec, list(months), "together", now)
+    alone = [validate_partition(one_by_one, spec, month, "alone", now) for month in months]
+
+    assert together == alone
+    assert [v.rows_quarantined for v in together] == [0, 4, 1] and all(v.accepted for v in together)
+    assert _snapshot(warehouse) == _snapshot(one_by_one)
+    reasons = warehouse.execute("SELECT _month, rule FROM quarantine.flights ORDER BY ALL").fetchall()
+    assert reasons == [
+        ("2013-02", "duplicate_row"),
+        *[("2013-02", "in_range(0, 23)")] * 3,
+        ("2013-03", "month_of_partition"),
+    ]
+    one_by_one.close()

@@ -18,7 +18,15 @@ import polars as pl
 
 from mlops_assets.core.features.pit import TrailingWindow
 from mlops_assets.core.landing import LandedFile, land_file, month_range, parse_month
-from mlops_assets.core.specs import ContractContext, FeatureTableSpec, FeedSpec, ModelSpec, ReplayProgress, TableSpec
+from mlops_assets.core.specs import (
+    ContractContext,
+    FeatureTableSpec,
+    FeedSpec,
+    ModelSpec,
+    ReplayProgress,
+    TableSpec,
+    of_partition,
+)
 
 DEVICES = 12
 READINGS_PER_MONTH = 1500
@@ -68,7 +76,7 @@ def readings_rules(context: ContractContext) -> dict[str, pa.Column]:
         "read_at": pa.Column(pl.String, pa.Check.str_matches(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")),
         "temp": pa.Column(pl.Float64, pa.Check.in_range(-50, 200)),
         "failed": pa.Column(pl.Int64, pa.Check.isin([0, 1])),
-        "month": pa.Column(pl.Int64, pa.Check.equal_to(context.year_month[1])),
+        "month": pa.Column(pl.Int64, of_partition("month")),
     }
 
 

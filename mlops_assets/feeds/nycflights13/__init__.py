@@ -33,7 +33,15 @@ import polars as pl
 
 from mlops_assets.core.features.pit import AsOfLookup
 from mlops_assets.core.landing import LandedFile, land_file, month_key, parse_month
-from mlops_assets.core.specs import ContractContext, FeedSpec, OnlineSpec, ReplayProgress, ShareRule, TableSpec
+from mlops_assets.core.specs import (
+    ContractContext,
+    FeedSpec,
+    OnlineSpec,
+    ReplayProgress,
+    ShareRule,
+    TableSpec,
+    of_partition,
+)
 
 NYC_AIRPORTS = ("EWR", "JFK", "LGA")
 #: Local times of the feed (scheduled departures) are New York's.
@@ -121,12 +129,11 @@ def _known_time_zone() -> pa.Check:
     return pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_in(zones)), name="known_time_zone")
 
 
-def _month_checks(context: ContractContext) -> dict[str, pa.Column]:
-    """The batch's month (and year) are its partition's, and its dates exist."""
-    year, month = context.year_month
+def _month_checks() -> dict[str, pa.Column]:
+    """A row's month (and year) are its partition's, and its dates exist."""
     return {
-        "year": pa.Column(pl.Int64, pa.Check.equal_to(year, error=f"year of partition {context.month}")),
-        "month": pa.Column(pl.Int64, pa.Check.equal_to(month, error=f"month of partition {context.month}")),
+        "year": pa.Column(pl.Int64, of_partition("year")),
+        "month": pa.Column(pl.Int64, of_partition("month")),
         "day": pa.Column(pl.Int64, [pa.Check.in_range(1, 31), _date_exists()]),
     }
 
@@ -134,7 +141,7 @@ def _month_checks(context: ContractContext) -> dict[str, pa.Column]:
 def flights_rules(context: ContractContext) -> dict[str, pa.Column]:
     """Row rules of a monthly flights batch."""
     return {
-        **_month_checks(context),
+        **_month_checks(),
         "dep_time": pa.Column(pl.Float64, [pa.Check.in_range(1, 2400), _hhmm("dep_time")], nullable=True),
         "sched_dep_time": pa.Column(
             pl.Int64, [pa.Check.in_range(0, 2359), _hhmm("sched_dep_time"), _sched_matches_hour_minute()]
@@ -170,7 +177,7 @@ def weather_rules(context: ContractContext) -> dict[str, pa.Column]:
     """Row rules of a monthly weather batch (hourly observations at the three NYC airports)."""
     return {
         "origin": pa.Column(pl.String, pa.Check.isin(list(NYC_AIRPORTS))),
-        **_month_checks(context),
+        **_month_checks(),
         "hour": pa.Column(pl.Int64, pa.Check.in_range(0, 23)),
         "temp": pa.Column(pl.Float64, pa.Check.in_range(-40, 130), nullable=True),
         "dewp": pa.Column(pl.Float64, pa.Check.in_range(-60, 100), nullable=True),

@@ -115,10 +115,11 @@ def slice_metrics(
 # --- plots -------------------------------------------------------------------------------------------------------
 
 
-def figure_png(figure: Any) -> bytes:
-    """A matplotlib figure as PNG bytes, laid out tightly once (a layout engine would lay it out again at every draw;
-    ``bbox_inches="tight"`` draws it twice)."""
-    figure.tight_layout()
+def figure_png(figure: Any, tight: bool = True) -> bytes:
+    """A matplotlib figure as PNG bytes, laid out tightly once unless ``tight`` is False (the figure placed its axes
+    itself). A layout engine would lay it out again at every draw; ``bbox_inches="tight"`` draws it twice."""
+    if tight:
+        figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()

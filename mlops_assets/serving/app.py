@@ -46,8 +46,10 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.settings import Settings
@@ -56,6 +58,7 @@ from mlops_assets.serving.config import ServeConfig
 from mlops_assets.serving.rows import MAX_ROWS
 from mlops_assets.serving.schema import PredictionRequest, RequestError
 from mlops_assets.serving.service import PredictionFailed, PredictionService, Unavailable
+from mlops_assets.serving.transport import JoinedHTTPProtocol
 
 logger = logging.getLogger("mlops_assets.serving")
 #: A body declared (or found) larger than this is refused without reading the rest; below it an oversized body is
@@ -85,27 +88,45 @@ def docs_assets_dir() -> Path:
     return folder
 
 
+#: ``json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))``, made once (``dumps`` builds an
+#: encoder on every call with these arguments).
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def ascii_json(content: Any) -> bytes:
+    """Compact JSON with non-ASCII escaped."""
+    return _ENCODER.encode(content).encode("ascii")
+
+
 class AsciiJSONResponse(JSONResponse):
     """JSON with non-ASCII escaped: an echoed client string (e.g. an unknown field name with a lone surrogate) can
     always be encoded, so rendering an error can never itself fail."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+        return ascii_json(content)
 
 
 def _error(status: int, body: dict[str, Any], close: bool = False) -> AsciiJSONResponse:
     return AsciiJSONResponse(body, status_code=status, headers={"Connection": "close"} if close else None)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) more than ``limit`` bytes whether declared by Content-Length or streamed."""
+async def read_body(declared: str, receive: Receive, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes whether declared by Content-Length (``declared``)
+    or streamed; read from ``receive`` as Starlette's ``Request.stream`` reads it."""
     drain = limit * DRAIN_LIMIT_FACTOR
-    declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > drain:
         raise RequestError(413, f"request body of {int(declared):,} bytes is larger than the limit of {limit:,} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] != "http.request":
+            continue
+        chunk: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
         size += len(chunk)
         if size <= limit:
             chunks.append(chunk)
@@ -113,10 +134,21 @@ async def read_body(request: Request, limit: int) -> bytes:
             break  # stop reading: the connection is closed after the answer
     if size > limit:
         raise RequestError(413, f"request body larger than the limit of {limit:,} bytes; send fewer per request")
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-Endpoint = Callable[[Request], Awaitable[AsciiJSONResponse]]
+def content_length(scope: Scope) -> str:
+    """The request's Content-Length header as text ("" when absent), as ``Request.headers`` gives it."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return str(value.decode("latin-1"))
+    return ""
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+#: Scores the shadow and writes the prediction log rows of an answer (:meth:`PredictionService.answer`).
+Finish = Callable[[], None]
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 class RawRoute(APIRoute):
@@ -128,49 +160,109 @@ class RawRoute(APIRoute):
         return self.endpoint  # type: ignore[no-any-return]
 
 
+class ServingApp(FastAPI):
+    """The service's FastAPI app, with ``POST`` to a predict route's exact path dispatched straight to that route's
+    ASGI handler (:class:`PredictHandler`): FastAPI's telemetry check, middleware stack and route matching cost more
+    than scoring a flight, and the handler answers every request itself (no dependencies, no exception handlers to
+    run). Every other request, and any under a root path, goes through FastAPI, whose predict routes answer the same
+    (the OpenAPI document lists them). The prediction log, not OpenTelemetry, is the record of predictions."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.predict_handlers: dict[str, ASGIApp] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not (self.root_path or scope.get("root_path")):
+            handler = self.predict_handlers.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def few(requests: list[PredictionRequest]) -> bool:
     """Whether ``requests`` take the few-request path (cheap enough to score on the event loop)."""
     return len(requests) <= MAX_ROWS and not any(r.overrides for r in requests)
 
 
-def predict_endpoint(service: PredictionService, config: ServeConfig) -> Endpoint:
-    """The handler of one model's predict route (``POST /models/<name>/predict``, and ``POST /predict`` for the
-    default model)."""
+class PredictHandler:
+    """One model's predict route (``POST /models/<name>/predict``, and ``POST /predict`` for the default model): an
+    ASGI app (:class:`ServingApp` dispatches to it) and the FastAPI endpoint (:attr:`endpoint`), answering alike.
 
-    def score(body: bytes, started: float) -> tuple[list[dict[str, Any]], bool]:
+    A few requests are answered before their shadow is scored and their prediction log rows are written (``finish``,
+    right after the answer is sent, on the event loop): the client has its answer while that runs."""
+
+    def __init__(self, service: PredictionService, config: ServeConfig) -> None:
+        self.service = service
+        self.limit = config.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        outcome, finish = await self._outcome(content_length(scope), receive, time.perf_counter())
+        if isinstance(outcome, bytes):  # what AsciiJSONResponse sends, built directly
+            length = (b"content-length", str(len(outcome)).encode("latin-1"))
+            await send({"type": "http.response.start", "status": 200, "headers": [length, _JSON_TYPE]})
+            await send({"type": "http.response.body", "body": outcome})
+        else:
+            await outcome(scope, receive, send)
+        if finish is not None:
+            self._finish(finish)
+
+    async def endpoint(self, request: Request) -> Response:
+        outcome, finish = await self._outcome(
+            request.headers.get("content-length", ""), request.receive, time.perf_counter()
+        )
+        if not isinstance(outcome, bytes):
+            return outcome
+        if finish is None:
+            return Response(outcome, media_type="application/json")
+
+        async def after() -> None:
+            self._finish(finish)
+
+        return Response(outcome, media_type="application/json", background=BackgroundTask(after))
+
+    def _finish(self, finish: Finish) -> None:
+        try:
+            finish()
+        except Exception:  # the answer is sent: say so in the service's log
+            logger.exception("logging the prediction failed after POST %s", predict_path(self.service.name))
+
+    def _score(self, body: bytes, started: float) -> tuple[list[dict[str, Any]], bool]:
         requests: list[PredictionRequest]
-        requests, batch = service.schema.parse(body)
-        return service.predict(requests, started, batch), batch
+        requests, batch = self.service.schema.parse(body)
+        return self.service.predict(requests, started, batch), batch
 
-    async def answer(body: bytes, started: float) -> tuple[list[dict[str, Any]], bool]:
+    async def _answer(self, body: bytes, started: float) -> tuple[list[dict[str, Any]], bool, Finish | None]:
+        service = self.service
         if len(body) > INLINE_BODY_BYTES:  # parsing a 1 MiB batch and scoring it are CPU work: off the event loop
-            return await run_in_threadpool(score, body, started)
+            return (*(await run_in_threadpool(self._score, body, started)), None)
         requests, batch = service.schema.parse(body)
         if few(requests):
-            return service.predict(requests, started, batch), batch
-        return await run_in_threadpool(service.predict, requests, started, batch), batch
+            items, finish = service.answer(requests, started, batch)
+            return items, batch, finish
+        return await run_in_threadpool(service.predict, requests, started, batch), batch, None
 
-    async def predict(request: Request) -> AsciiJSONResponse:
-        started = time.perf_counter()
+    async def _outcome(
+        self, declared: str, receive: Receive, started: float
+    ) -> tuple[bytes | AsciiJSONResponse, Finish | None]:
+        """The 200 answer's JSON and what finishes it, or the refusal's response."""
         try:
-            body = await read_body(request, config.max_body_bytes)
-            items, batch = await answer(body, started)
+            body = await read_body(declared, receive, self.limit)
+            items, batch, finish = await self._answer(body, started)
         except RequestError as error:
-            return _error(error.status, error.body(), close=error.status == 413)
+            return _error(error.status, error.body(), close=error.status == 413), None
         except ClientDisconnect:
             disconnected = "the client disconnected before sending the whole body"
-            return _error(400, {"detail": disconnected, "errors": []}, close=True)
+            return _error(400, {"detail": disconnected, "errors": []}, close=True), None
         except Unavailable as error:
-            return _error(503, {"detail": str(error), "errors": []})
+            return _error(503, {"detail": str(error), "errors": []}), None
         except PredictionFailed as error:
             logged = ", ".join(error.request_ids[:5])
-            return _error(500, {"detail": f"{error}; logged as request(s) {logged}", "errors": []})
+            return _error(500, {"detail": f"{error}; logged as request(s) {logged}", "errors": []}), None
         except Exception:  # a bug, not the request: still a JSON answer, and a traceback in the service's log
-            logger.exception("unexpected failure in POST %s", predict_path(service.name))
-            return _error(500, {"detail": "internal error (see the service's log)", "errors": []})
-        return AsciiJSONResponse({"predictions": items} if batch else {"prediction": items[0]})
-
-    return predict
+            logger.exception("unexpected failure in POST %s", predict_path(self.service.name))
+            return _error(500, {"detail": "internal error (see the service's log)", "errors": []}), None
+        return ascii_json({"predictions": items} if batch else {"prediction": items[0]}), finish
 
 
 def freeze_heap() -> None:
@@ -212,7 +304,7 @@ def create_app(
             logger.info("prediction logs flushed on shutdown (%d row(s) in the last batches)", written)
 
     listed = "; ".join(f"`{name}`: {s.model.description}" for name, s in served.services.items())
-    app = FastAPI(
+    app = ServingApp(
         title="mlops_assets prediction service",
         description=f"Online predictions by each model's registry champion (A/B challenger, shadow). {listed}. "
         f"`POST /predict` is `{served.default}`.",
@@ -231,9 +323,11 @@ def create_app(
         return {"requestBody": {"required": True, "content": content}}
 
     for name, service in served.services.items():
+        handler = PredictHandler(service, config)
+        app.predict_handlers[predict_path(name)] = handler
         app.router.add_api_route(
             predict_path(name),
-            predict_endpoint(service, config),
+            handler.endpoint,
             methods=["POST"],
             name=f"predict_{name}",
             summary=f"{name}: {service.model.description}",
@@ -241,9 +335,11 @@ def create_app(
             route_class_override=RawRoute,
         )
     default = served.default_service
+    handler = PredictHandler(default, config)
+    app.predict_handlers["/predict"] = handler
     app.router.add_api_route(
         "/predict",
-        predict_endpoint(default, config),
+        handler.endpoint,
         methods=["POST"],
         name="predict",
         summary=f"The default model ({default.name}): {default.model.description}",
@@ -316,9 +412,11 @@ def add_offline_docs(app: FastAPI) -> None:
 
 def uvicorn_config(app: FastAPI, config: ServeConfig) -> uvicorn.Config:
     """uvicorn for the service: graceful shutdown on SIGTERM/SIGINT (requests in flight finish, then the lifespan
-    shutdown flushes the log), no access log (the prediction log is the record), no Server header."""
+    shutdown flushes the log), no access log (the prediction log is the record), no Server header, and an answer's
+    headers sent with its body (:class:`~mlops_assets.serving.transport.JoinedHTTPProtocol`)."""
     return uvicorn.Config(
         app,
+        http=JoinedHTTPProtocol,
         host=config.host,
         port=config.port,
         lifespan="on",

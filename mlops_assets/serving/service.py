@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -179,6 +179,16 @@ class PredictionService:
         or a prediction time further past the online store's facts than the service answers for) or
         :class:`PredictionFailed` (an internal failure, logged with status ``error``).
         """
+        answers, finish = self.answer(requests, started, batch)
+        finish()
+        return answers
+
+    def answer(
+        self, requests: Sequence[PredictionRequest], started: float, batch: bool = False
+    ) -> tuple[list[dict[str, Any]], Callable[[], None]]:
+        """:meth:`predict`'s answers, and ``finish``, which scores the shadow and writes the prediction log rows:
+        call it once, after sending the answers (the client need not wait for either; it never raises for the
+        shadow, whose failure is logged)."""
         snapshot = self._snapshot()
         store = snapshot.store.store
         ids = [uuid.uuid4().hex for _ in requests]
@@ -213,24 +223,26 @@ class PredictionService:
             self._log_failure(requests, ids, arms, started, error, keys)
             raise PredictionFailed(f"scoring failed: {type(error).__name__}", ids) from error
         latency_ms = (time.perf_counter() - started) * 1000.0
+        scored = features
 
-        shadow, shadow_scores, shadow_error = snapshot.models.shadow, None, None
-        if shadow is not None:  # its failure must never cost the answer: it is logged, not raised
-            try:
-                shadow_scores = _score(shadow, features, range(len(requests)))
-            except Exception as error:
-                logger.exception("shadow %s failed", shadow.version)
-                shadow_error = f"{type(error).__name__}: {error}"
-        self._log_rows(
-            keys,
-            ids,
-            [r.key for r in requests],
-            arms,
-            scores,
-            latency_ms,
-            (shadow, shadow_scores, shadow_error),
-            (unknown, ages),
-        )
+        def finish() -> None:
+            shadow, shadow_scores, shadow_error = snapshot.models.shadow, None, None
+            if shadow is not None:  # its failure must never cost the answer: it is logged, not raised
+                try:
+                    shadow_scores = _score(shadow, scored, range(len(requests)))
+                except Exception as error:
+                    logger.exception("shadow %s failed", shadow.version)
+                    shadow_error = f"{type(error).__name__}: {error}"
+            self._log_rows(
+                keys,
+                ids,
+                [r.key for r in requests],
+                arms,
+                scores,
+                latency_ms,
+                (shadow, shadow_scores, shadow_error),
+                (unknown, ages),
+            )
 
         predicted = [bool(score >= 0.5) for score in scores]
         return [
@@ -250,7 +262,7 @@ class PredictionService:
                 "unknown_codes": unknown[i],
             }
             for i in range(len(requests))
-        ]
+        ], finish
 
     def _feature_rows(
         self, requests: Sequence[PredictionRequest], snapshot: _Snapshot, arms: list[ServedModel]

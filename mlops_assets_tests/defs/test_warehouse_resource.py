@@ -1,0 +1,69 @@
+"""The warehouse resource: a run opens the DuckDB file once for all its steps and lets it go when the run ends, so
+another process can open it as soon as the run is over, and a step that fails leaves nothing half-written."""
+
+import subprocess
+import sys
+
+import dagster as dg
+import duckdb
+import pytest
+
+from mlops_assets.core.settings import Settings
+from mlops_assets.core.store import transaction
+from mlops_assets.defs.resources import Warehouse, warehouse
+
+OPEN_IN_ANOTHER_PROCESS = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
+
+
+def _opens_elsewhere(settings: Settings) -> bool:
+    """Whether another process can open the file for writing now (DuckDB allows one writing process per file)."""
+    opened = subprocess.run(
+        [sys.executable, "-c", OPEN_IN_ANOTHER_PROCESS, str(settings.warehouse_path)], capture_output=True, check=False
+    )
+    return opened.returncode == 0
+
+
+def _definitions(settings: Settings, seen: dict[str, object]) -> dg.Definitions:
+    @dg.asset
+    def first(duckdb: Warehouse) -> None:
+        with duckdb.get_connection() as conn, transaction(conn):
+            conn.execute("CREATE TABLE numbers AS SELECT range AS n FROM range(3)")
+        seen["held_during_run"] = not _opens_elsewhere(settings)
+
+    @dg.asset(deps=[first])
+    def second(duckdb: Warehouse) -> None:
+        with duckdb.get_connection() as conn:
+            seen["rows"] = conn.execute("SELECT count(*) FROM numbers").fetchall()[0][0]
+
+    @dg.asset(deps=[second])
+    def failing(duckdb: Warehouse) -> None:
+        with duckdb.get_connection() as conn, transaction(conn):
+            conn.execute("INSERT INTO numbers VALUES (99)")
+            raise RuntimeError("a step that fails half-way")
+
+    return dg.Definitions(assets=[first, second, failing], resources={"duckdb": warehouse(settings)})
+
+
+def test_a_run_holds_the_file_for_its_steps_and_lets_it_go_at_the_end(settings: Settings) -> None:
+    seen: dict[str, object] = {}
+    defs = _definitions(settings, seen)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+    assert not result.success  # `failing` failed, after `first` and `second` succeeded
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["first", "second"]
+    assert seen["held_during_run"] is True and seen["rows"] == 3
+    assert _opens_elsewhere(settings), "the run ended but the DuckDB file is still held"
+    with duckdb.connect(str(settings.warehouse_path)) as conn:  # the failed step's insert was rolled back
+        assert conn.execute("SELECT count(*) FROM numbers").fetchall()[0][0] == 3
+
+
+def test_outside_a_run_each_use_opens_and_closes_the_file(settings: Settings) -> None:
+    """A check invoked directly (no run set the resource up) gets a connection of its own, closed after use."""
+    resource = warehouse(settings)
+    with resource.get_connection() as conn:
+        conn.execute("CREATE TABLE t AS SELECT 1 AS one")
+    assert _opens_elsewhere(settings)
+    with pytest.raises(duckdb.ConnectionException):
+        conn.execute("SELECT 1")

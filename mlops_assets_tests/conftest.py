@@ -14,9 +14,28 @@ import os
 # waiting changes no result. Set before anything loads libgomp; the subprocesses of the tests inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import tempfile
+from pathlib import Path
+
+
+def _temp_in_memory() -> None:
+    """Temporary folders on the RAM-backed /dev/shm, unless $TMPDIR was chosen. Dagster's SQLite storage commits
+    (fsync) for every event and DuckDB checkpoints: on a disk-backed /tmp, a bad-input test waited as long as it
+    computed (26 s wall -> 14 s, same CPU seconds). Set before pytest picks its base temp folder; the xdist workers
+    and every subprocess of a test inherit it. The folders are still pytest's own (3 sessions kept) and Dagster's."""
+    shm = Path("/dev/shm")
+    if "TMPDIR" in os.environ or not (shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)):
+        return
+    root = shm / f"mlops-tests-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    os.environ["TMPDIR"] = str(root)
+    tempfile.tempdir = None  # gettempdir() reads $TMPDIR again
+
+
+_temp_in_memory()
+
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import duckdb
 import pytest

@@ -71,7 +71,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_file(
     with pytest.raises(OSError, match="disk full"):
         write_atomic(landed.path, b"new bytes that never fully land")
     assert landed.path.read_bytes() == b"old bytes"
-    assert [p.name for p in landed.path.parent.iterdir()] == ["2013-01.parquet", "2013-01.parquet.sha256"]
+    assert sorted(p.name for p in landed.path.parent.iterdir()) == ["2013-01.parquet", "2013-01.parquet.sha256"]
 
 
 def test_months_outside_the_data_are_refused(tmp_path: Path) -> None:

@@ -241,7 +241,7 @@ class RequestSchema:
     def parse(self, body: bytes) -> tuple[list[PredictionRequest], bool]:
         """Validated requests from a raw body, and whether it was a batch. Raises :class:`RequestError` only."""
         try:
-            document = json.loads(body, parse_constant=_no_constant)
+            document = _decode(body)
         except RecursionError:
             raise RequestError(400, "malformed JSON: nested too deeply") from None
         except ValueError as error:  # JSONDecodeError, invalid UTF-8, an integer of more than 4300 digits, NaN
@@ -275,7 +275,7 @@ class RequestSchema:
         errors: list[FieldError] = []
         validated: dict[str, Any] = {}
         try:
-            validated = self.model.model_validate(item).model_dump()
+            validated = self.model.model_validate(item).__dict__  # the fields' values, as model_dump copies them
         except ValidationError as error:
             for detail in error.errors(include_url=False, include_input=False, include_context=False):
                 location = ".".join(safe_name(str(part)) for part in detail["loc"]) or "body"
@@ -324,6 +324,18 @@ class RequestSchema:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+#: ``json.loads(..., parse_constant=_no_constant)``'s decoder, made once (``loads`` makes one per call when given a
+#: hook).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _decode(body: bytes | str) -> Any:
+    """What ``json.loads(body, parse_constant=_no_constant)`` gives (bytes decoded as ``loads`` decodes them)."""
+    if not isinstance(body, bytes | bytearray):
+        return json.loads(body, parse_constant=_no_constant)
+    return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
 
 
 def _raise(message: str) -> str:

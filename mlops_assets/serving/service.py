@@ -55,6 +55,8 @@ logger = logging.getLogger("mlops_assets.serving")
 #: codes the online store has never seen (comma-separated; null: none) and how many hours past the store's newest
 #: facts the prediction time was (0: none).
 SERVING_LOG_COLUMNS: dict[str, pl.DataType] = {"unknown_codes": pl.String(), "feature_age_hours": pl.Float64()}
+#: Request ids drawn ahead after an answer (:meth:`PredictionService._draw_ids`): a few requests' worth.
+DRAWN_IDS = 8
 
 
 class Unavailable(Exception):
@@ -108,6 +110,7 @@ class PredictionService:
         self.started_at = time.monotonic()
         #: What a log row and an answer need of each entity: its key columns and prediction time.
         self._key_columns = (*self.spec.key, self.spec.time_column)
+        self._ids: list[str] = []  # request ids drawn ahead (list.pop and extend are atomic: no lock)
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -191,7 +194,7 @@ class PredictionService:
         shadow, whose failure is logged)."""
         snapshot = self._snapshot()
         store = snapshot.store.store
-        ids = [uuid.uuid4().hex for _ in requests]
+        ids = self._request_ids(len(requests))
         models, champion = snapshot.models, snapshot.models.champion
         assert champion is not None  # _snapshot refuses a set without one
         # the A/B bucket is a sha256 of the key: only worth computing when there is a challenger to route to
@@ -226,6 +229,7 @@ class PredictionService:
         scored = features
 
         def finish() -> None:
+            self._draw_ids()
             shadow, shadow_scores, shadow_error = snapshot.models.shadow, None, None
             if shadow is not None:  # its failure must never cost the answer: it is logged, not raised
                 try:
@@ -263,6 +267,24 @@ class PredictionService:
             }
             for i in range(len(requests))
         ], finish
+
+    def _request_ids(self, count: int) -> list[str]:
+        """``count`` new request ids (uuid4, hex): drawn ahead, after an earlier answer (:meth:`_draw_ids`), when
+        there are enough."""
+        drawn = self._ids
+        if count > len(drawn):
+            return [uuid.uuid4().hex for _ in range(count)]
+        try:
+            return [drawn.pop() for _ in range(count)]
+        except IndexError:  # another thread took them meanwhile
+            return [uuid.uuid4().hex for _ in range(count)]
+
+    def _draw_ids(self) -> None:
+        """Draw request ids ahead (a few requests' worth), after an answer is sent: an answer need not wait for the
+        random bytes."""
+        missing = DRAWN_IDS - len(self._ids)
+        if missing > 0:
+            self._ids.extend(uuid.uuid4().hex for _ in range(missing))
 
     def _feature_rows(
         self, requests: Sequence[PredictionRequest], snapshot: _Snapshot, arms: list[ServedModel]

@@ -13,6 +13,7 @@ a champion yet answers 503 saying what to do, the others keep answering).
 * ``catalog``: a service per servable model of the catalog, and the service-wide health and model listing.
 * ``app``: the FastAPI routes (``POST /models/{model}/predict``, ``POST /predict`` for the default model, ``GET
   /models``, ``GET /models/{model}``, ``GET /health``) and uvicorn.
+* ``transport``: uvicorn's HTTP protocol sending an answer's headers and body in one write.
 """
 
 from mlops_assets.serving.app import create_app, serve

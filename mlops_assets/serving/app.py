@@ -25,7 +25,9 @@ yet for that model. A small body of a few requests (the few-request path, a frac
 scored on the event loop: handing it to a worker thread and back cost more than the scoring, and under load the
 threads contended for the GIL. Larger bodies and what-if overrides (polars frames, milliseconds) are parsed and scored
 in the thread pool, so the event loop keeps accepting requests meanwhile. The predict routes take the raw request
-(:class:`RawRoute`): no parameter binding or dependency solving, since the body is parsed by the model's schema.
+(:class:`RawRoute`): no parameter binding or dependency solving, since the body is parsed by the model's schema; a
+``POST`` to one of their paths is dispatched straight to its handler, past FastAPI's middleware and route matching
+(:class:`ServingApp`). A few requests' shadow scores and prediction log rows are made after the answer is sent.
 """
 
 from __future__ import annotations

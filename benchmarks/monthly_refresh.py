@@ -78,11 +78,33 @@ def worker(mode: str, bootstrap: list[str], months: list[str], every: int, prepa
                 **measured,
                 "runs": len(runs),
                 "assets": sorted({a for r in runs for a in r.assets}),
+                "steps": step_seconds(instance, [r.run_id for r in runs]),
             }
             out["failed"] += [r.run_id for r in runs if not r.success]
         cursor = dg.serialize_value(ticker.automation_cursor) if ticker.automation_cursor is not None else None
         path.write_text(json.dumps({"sensors": ticker.cursors, "automation": cursor}))
     return out
+
+
+def step_seconds(instance: Any, run_ids: list[str]) -> dict[str, float]:
+    """Where a refresh's time went, from Dagster's own events: each step's duration (summed over the runs), ``run
+    overhead`` (a run's start to its end, less its steps: planning, resources, event writes between steps)."""
+    import dagster as dg
+
+    seconds: dict[str, float] = {}
+    for run_id in run_ids:
+        events = [r.event_log_entry for r in instance.get_records_for_run(run_id, limit=10_000).records]
+        stamps = [e.timestamp for e in events if e.dagster_event is not None]
+        steps = 0.0
+        for entry in events:
+            event = entry.dagster_event
+            if event is not None and event.event_type == dg.DagsterEventType.STEP_SUCCESS and event.step_key:
+                took = event.event_specific_data.duration_ms / 1000
+                seconds[event.step_key] = seconds.get(event.step_key, 0.0) + took
+                steps += took
+        if stamps:
+            seconds["run overhead"] = seconds.get("run overhead", 0.0) + max(stamps) - min(stamps) - steps
+    return seconds
 
 
 def worker_command(mode: str, bootstrap: list[str], months: list[str], every: int, prepared: bool = False) -> list[str]:
@@ -192,6 +214,20 @@ def main() -> int:
         report.raw[label] = walls
     header = ["path", "month", "wall s", "CPU s", "other load (cores)", "peak GiB", "runs"]
     report.tables.append(harness.markdown_table(header, rows))
+    # where the in-process refresh spends its time: each step's median over the months, the rest is the sensor and
+    # automation ticks (the evaluation that finds nothing more to do included)
+    by_step: dict[str, list[float]] = {}
+    for result in inproc["months"].values():
+        for step, took in result["steps"].items():
+            by_step.setdefault(step, []).append(took)
+        by_step.setdefault("sensor and automation ticks", []).append(result["wall_s"] - sum(result["steps"].values()))
+    medians = sorted(((harness.stats(v)["median"], k) for k, v in by_step.items()), reverse=True)
+    report.tables.append(
+        harness.markdown_table(
+            ["in process: step (median over the months)", "s"], [[k, f"{v:.2f}"] for v, k in medians]
+        )
+    )
+    report.raw["steps"] = {month: r["steps"] for month, r in inproc["months"].items()}
     report.notes.append(
         f"Bootstrap (untimed): {bootstrap[0] if bootstrap else '2013-01'}..{bootstrap[-1] if bootstrap else '2013-03'}; "
         f"every {args.every} flight(s). "

@@ -167,11 +167,18 @@ def misnamed_observations(
     return observations
 
 
+#: A retraining run in one of these states has not read its training months yet: it will train on the newest.
+NOT_YET_TRAINING = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING)
+
+
 def retrain_already_requested(instance: dg.DagsterInstance, model: ModelSpec, month: str, champion: str) -> bool:
-    """Whether a retraining run of ``model`` was already requested for this month and champion (by any of its sensors)."""
-    tags = {MONTH_TAG: month, CHAMPION_TAG: champion, MODEL_TAG: model.name}
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=retraining_job_name(model), tags=tags), limit=1)
-    return bool(runs)
+    """Whether a retraining run of ``model`` against this champion (asked by any of its sensors) already covers
+    ``month``: one asked for this month or a later one (a retrain trains on the newest months there are), or one that
+    has not started yet (it will read ``month`` too). A retrain per month would train the same window again: with a
+    few months landing at once (a replay, a feed catching up) the queue filled with identical retrains."""
+    tags = {CHAMPION_TAG: champion, MODEL_TAG: model.name}
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=retraining_job_name(model), tags=tags), limit=100)
+    return any(run.status in NOT_YET_TRAINING or run.tags.get(MONTH_TAG, "") >= month for run in runs)
 
 
 def retrain_tags(model: ModelSpec, trigger: str, month: str, champion: str, reason: str) -> dict[str, str]:
@@ -194,9 +201,10 @@ def _retrain_sensor(
     description: str,
 ) -> dg.SensorDefinition:
     """A sensor of ``model`` that reads the records of ``asset_key`` (one of the model's monitoring assets) after its
-    cursor, never DuckDB, and requests the model's retraining run when ``decide`` gives a reason. One request per
-    month and champion: the run key names both, a month whose champion has been replaced since is stale, and a month
-    another of the model's sensors already asked to retrain is skipped."""
+    cursor, never DuckDB, and requests the model's retraining run when ``decide`` gives a reason. At most one request
+    per tick, for the newest month with a reason (the run key names the month and the champion); a month whose
+    champion has been replaced since is stale, and a month already covered by a retrain of the same champion (asked
+    by any of the model's sensors for it or a later month, or not started yet) is skipped."""
 
     @dg.sensor(
         name=sensor_name(model, trigger),
@@ -211,9 +219,9 @@ def _retrain_sensor(
         records, cursor = new_month_records(context.instance, asset_key, kind, context.cursor)
         champion = storage.registry(model.name).alias(CHAMPION)
         requests: list[dg.RunRequest] = []
-        seen: set[str] = set()
+        requested: str | None = None  # the month this tick asked to retrain for: it covers the earlier ones
         skipped: list[str] = []  # why an event asked for nothing: shown as the tick's skip reason in the UI
-        for record in records:
+        for record in sorted(records, key=lambda r: r.month, reverse=True):  # newest first
             reason = decide(record, policy)
             if reason is None:
                 continue
@@ -221,11 +229,13 @@ def _retrain_sensor(
             if champion is None or scored_by != champion:
                 skipped.append(f"{month}: {reason}, but the champion is now {champion} (was {scored_by}): stale")
                 continue
-            run_key = f"{trigger}:{model.name}:{month}:{champion}"
-            if run_key in seen or retrain_already_requested(context.instance, model, month, champion):
-                skipped.append(f"{month}: retraining of {model.name} for champion {champion} already requested")
+            if requested is not None or retrain_already_requested(context.instance, model, month, champion):
+                skipped.append(
+                    f"{month}: a retraining of {model.name} for champion {champion} that covers it is already requested"
+                )
                 continue
-            seen.add(run_key)
+            requested = month
+            run_key = f"{trigger}:{model.name}:{month}:{champion}"
             requests.append(dg.RunRequest(run_key=run_key, tags=retrain_tags(model, trigger, month, champion, reason)))
             context.log.info(f"requesting a retrain of {model.name}: {reason}")
         for note in skipped:
@@ -247,7 +257,8 @@ def build_drift_sensor(model: ModelSpec) -> dg.SensorDefinition:
         f"Reads each new `{keys.drift.to_user_string()}` record (materialization metadata, never DuckDB): when the "
         f"month drifted against the {model.name} champion that scored it, requests `{retraining_job_name(model)}` "
         f"(training set -> challenger -> evaluation -> promotion decision). Run key `drift:{model.name}:<month>:"
-        "<champion>`: one request per drift event.",
+        "<champion>`: one request for the newest drifted month; a month a retrain of the same champion already "
+        "covers (asked for it or a later month, or still queued) asks nothing.",
     )
 
 
@@ -261,8 +272,9 @@ def build_performance_sensor(model: ModelSpec) -> dg.SensorDefinition:
         lambda summary, policy: performance_retrain_reason(summary, policy.retrain_auc_margin),
         f"Reads each new `{keys.live.to_user_string()}` record: when the {model.name} champion's live AUC on a month "
         "fell more than `$MLOPS_RETRAIN_AUC_MARGIN` below its evaluation AUC, requests "
-        f"`{retraining_job_name(model)}`. Run key `performance:{model.name}:<month>:<champion>`; skipped when the "
-        "drift sensor already asked for that month.",
+        f"`{retraining_job_name(model)}`. Run key `performance:{model.name}:<month>:<champion>`; skipped when a "
+        "retrain of the same champion already covers the month (asked by either sensor for it or a later month, or "
+        "still queued).",
     )
 
 

@@ -148,6 +148,34 @@ def test_drift_sensor_ignores_stable_months_and_stale_champions(settings: Settin
         assert [r.run_key for r in result.run_requests or []] == [f"drift:flight_delay:2013-06:{champion}"]
 
 
+def test_a_retrain_covers_the_months_before_it_and_a_waiting_one_covers_all(settings: Settings, champion: str) -> None:
+    """A retraining run trains on the newest months there are: months drifting together ask for one retrain (the
+    newest), a month an earlier retrain covered asks nothing, and while a retrain waits to start nothing more is
+    asked (with a retrain per month, a replay filled the queue with retrains of the same window)."""
+    sensor = build_drift_sensor(MODEL)
+    with dg.instance_for_test() as instance:
+        for month in ("2013-04", "2013-05", "2013-06"):
+            _report(instance, DRIFT_KEY, _drift(month, champion, True, f"{month} drifted"))
+        first = _tick(sensor, instance, settings, None)
+        [request] = first.run_requests or []
+        assert request.tags[MONTH_TAG] == "2013-06" and "2013-06 drifted" in request.tags["mlops/reason"]
+        done = dg.DagsterRunStatus.SUCCESS
+        instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=request.tags, status=done))
+
+        _report(instance, DRIFT_KEY, _drift("2013-05", champion, True, "a late report of a covered month"))
+        covered = _tick(sensor, instance, settings, first.cursor)
+        assert not covered.run_requests
+
+        _report(instance, DRIFT_KEY, _drift("2013-07", champion, True, "2013-07 drifted"))
+        later = _tick(sensor, instance, settings, covered.cursor)
+        [again] = later.run_requests or []
+        assert again.tags[MONTH_TAG] == "2013-07"
+        instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=again.tags))  # not started yet
+
+        _report(instance, DRIFT_KEY, _drift("2013-08", champion, True, "2013-08 drifted"))
+        assert not _tick(sensor, instance, settings, later.cursor).run_requests  # the waiting one will read it
+
+
 def test_a_drift_event_of_one_model_never_retrains_another(settings: Settings) -> None:
     """Each model's drift sensor reads only its own drift records and asks only for its own retraining job."""
     champions = {m.name: _champion_of(settings, m.name) for m in CATALOG.models}

@@ -19,13 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandera.polars as pa
 import polars as pl
-from pandera.errors import SchemaError, SchemaErrors
 
 from mlops_assets.core.specs import PARTITION_COLUMN, ContractContext, ShareRule, TableSpec
+
+if TYPE_CHECKING:  # imported by the row check itself: a process that never validates skips its import
+    import pandera.polars as pa
 
 RULE_READABLE = "readable_parquet"
 RULE_NON_EMPTY = "non_empty_batch"
@@ -181,6 +182,8 @@ _FAILURE_SCHEMA = {
 
 def _row_failures(data: pl.DataFrame, schema: pa.DataFrameSchema) -> pl.DataFrame:
     """Pandera's failure cases, one row per (row, rule); empty when the batch passes."""
+    from pandera.errors import SchemaError, SchemaErrors
+
     try:
         schema.validate(data, lazy=True)
     except SchemaErrors as errors:

@@ -16,14 +16,16 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandera.polars as pa
 import polars as pl
 
 from mlops_assets.core.features.pit import AsOfLookup, TrailingWindow
 from mlops_assets.core.landing import LandedFile
 from mlops_assets.core.policy import PromotionGates
+
+if TYPE_CHECKING:  # pandera is imported where a contract is built: most processes never build one
+    import pandera.polars as pa
 
 #: A model's name is a DuckDB schema, a Dagster asset-key prefix and part of job and sensor names.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -36,6 +38,8 @@ PARTITION_COLUMN = "_month"
 
 def of_partition(part: str) -> pa.Check:
     """A pandera check that the column equals the ``year`` or ``month`` (``part``) of the row's partition."""
+    import pandera.polars as pa
+
     start, length = {"year": (0, 4), "month": (5, 2)}[part]
     expected = pl.col(PARTITION_COLUMN).str.slice(start, length).cast(pl.Int64)
     return pa.Check(
@@ -121,6 +125,8 @@ class TableSpec:
         Key uniqueness is judged by the contract's caller (``core/contracts.py``), not by pandera: pandera flags every
         row of a repeated key alike, while an exact copy (drop it, keep the row) and a conflict (keep neither) differ.
         """
+        import pandera.polars as pa
+
         return pa.DataFrameSchema(self.rules(context), name=self.name)
 
 

@@ -1,12 +1,9 @@
 """Resources and settings: the one place where the environment is read (through ``core.settings``)."""
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
@@ -79,19 +76,9 @@ class TrainingPolicy(dg.ConfigurableResource):
 class Warehouse(DuckDBResource):
     """The DuckDB feature store. Every step that opens it needs this resource, so its setup is where a run starts:
     there the run records its process and recovers runs whose process died (marked failed, their ``duckdb`` pool slot
-    freed; ``mlops_assets.recovery``), before its first step asks for a slot, and keeps watching while it runs.
-
-    A run opens the database once, at its first step that asks for it, and closes it when the run ends: every
-    ``get_connection`` is a cursor of that one connection (DuckDB's own connection to the same database, with its own
-    transactions). Opening and closing per step cost a catalog load and a checkpoint each time (a year's run has
-    about 70 such steps and checks). DuckDB allows one writing process per file, and runs go one at a time
-    (``dagster.yaml``), so holding the file for the run takes nothing from anyone; readers such as ``mlops status``
-    already wait for a run to end.
-    """
+    freed; ``mlops_assets.recovery``), before its first step asks for a slot, and keeps watching while it runs."""
 
     _watch: Any = PrivateAttr(default=None)
-    _held: ExitStack | None = PrivateAttr(default=None)
-    _conn: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
@@ -99,29 +86,11 @@ class Warehouse(DuckDBResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._watch = on_run_start(context)
-        self._held = ExitStack()  # closed by the teardown: only a run's resource holds the file between steps
-
-    @contextmanager
-    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        if self._held is None:  # not set up by a run (a check invoked directly): a connection of its own
-            with super().get_connection() as conn:
-                yield conn
-            return
-        if self._conn is None:  # DuckDBResource's connect, with its retries while another process holds the file
-            self._conn = self._held.enter_context(super().get_connection())
-        cursor = self._conn.cursor()
-        try:
-            yield cursor
-        finally:
-            cursor.close()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._watch is not None:
             self._watch.stop()
             self._watch = None
-        if self._held is not None:
-            self._held.close()
-            self._held, self._conn = None, None
 
 
 def warehouse(settings: Settings, memory_limit: str = "4GB", threads: int = 2) -> Warehouse:

@@ -1,5 +1,8 @@
-"""The warehouse resource: a run opens the DuckDB file once for all its steps and lets it go when the run ends, so
-another process can open it as soon as the run is over, and a step that fails leaves nothing half-written."""
+"""The warehouse resource: each step opens the DuckDB file for its own work and lets it go, so another process can
+open it as soon as the run is over, and a step that fails leaves nothing half-written.
+
+(Holding one connection for a whole run was tried: 5% faster at 1x, but DuckDB's cache of the early steps then stayed
+resident through training, and the 10x run went from 2.18 to 2.49 GiB against a 2.5 GiB budget.)"""
 
 import subprocess
 import sys
@@ -28,7 +31,6 @@ def _definitions(settings: Settings, seen: dict[str, object]) -> dg.Definitions:
     def first(duckdb: Warehouse) -> None:
         with duckdb.get_connection() as conn, transaction(conn):
             conn.execute("CREATE TABLE numbers AS SELECT range AS n FROM range(3)")
-        seen["held_during_run"] = not _opens_elsewhere(settings)
 
     @dg.asset(deps=[first])
     def second(duckdb: Warehouse) -> None:
@@ -44,7 +46,7 @@ def _definitions(settings: Settings, seen: dict[str, object]) -> dg.Definitions:
     return dg.Definitions(assets=[first, second, failing], resources={"duckdb": warehouse(settings)})
 
 
-def test_a_run_holds_the_file_for_its_steps_and_lets_it_go_at_the_end(settings: Settings) -> None:
+def test_a_run_lets_the_file_go_at_the_end_and_a_failed_step_leaves_nothing(settings: Settings) -> None:
     seen: dict[str, object] = {}
     defs = _definitions(settings, seen)
     with dg.instance_for_test() as instance:
@@ -53,14 +55,14 @@ def test_a_run_holds_the_file_for_its_steps_and_lets_it_go_at_the_end(settings: 
         )
     assert not result.success  # `failing` failed, after `first` and `second` succeeded
     assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["first", "second"]
-    assert seen["held_during_run"] is True and seen["rows"] == 3
+    assert seen["rows"] == 3
     assert _opens_elsewhere(settings), "the run ended but the DuckDB file is still held"
     with duckdb.connect(str(settings.warehouse_path)) as conn:  # the failed step's insert was rolled back
         assert conn.execute("SELECT count(*) FROM numbers").fetchall()[0][0] == 3
 
 
-def test_outside_a_run_each_use_opens_and_closes_the_file(settings: Settings) -> None:
-    """A check invoked directly (no run set the resource up) gets a connection of its own, closed after use."""
+def test_each_use_opens_and_closes_the_file(settings: Settings) -> None:
+    """A step (or a check invoked directly) gets a connection of its own, closed after use."""
     resource = warehouse(settings)
     with resource.get_connection() as conn:
         conn.execute("CREATE TABLE t AS SELECT 1 AS one")

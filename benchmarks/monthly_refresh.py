@@ -229,7 +229,7 @@ def main() -> int:
     )
     report.raw["steps"] = {month: r["steps"] for month, r in inproc["months"].items()}
     report.notes.append(
-        f"Bootstrap (untimed): {bootstrap[0] if bootstrap else '2013-01'}..{bootstrap[-1] if bootstrap else '2013-03'}; "
+        f"Bootstrap (untimed): {(bootstrap or ['2013-01'])[0]}..{(bootstrap or ['2013-03'])[-1]}; "
         f"every {args.every} flight(s). "
         "In process, *peak GiB* is the process's high-water mark so far."
     )

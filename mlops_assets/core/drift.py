@@ -463,7 +463,8 @@ def histogram_pairs(profile: Mapping[str, Any], frame: pl.DataFrame, columns: Se
 
 
 def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> bytes:
-    """Reference-vs-current bar charts, one panel per column, three panels a row under one legend.
+    """Reference-vs-current bar charts, one panel per column under one legend: two panels a row (a report's top four
+    drifted columns make a 2x2 grid), three when there are more than four.
 
     Laid out by fixed margins rather than ``tight_layout`` (which measures every label of every panel: most of the
     drawing time of a dozen panels) and a grid rather than one tall column (fewer pixels to compress, one screen).

@@ -4,7 +4,8 @@ Only the console changes: the instance's event log still records every event (th
 A run gets it from its run config (``loggers: console: config: log_level: INFO``): ``make pipeline`` passes
 ``mlops_assets/progress.yaml`` to ``dagster job execute -c``, the replayed year's runs (``mlops simulate``) ask
 for ``WARNING``, and ``mlops resume`` keeps the run config of the run it resumes. Without it (a run from the UI, the
-daemon's runs) Dagster's own console logger prints its DEBUG stream to the run's output as usual. ``log_level: DEBUG`` prints Dagster's whole stream here too, in Dagster's own format.
+daemon's runs) Dagster's own console logger prints its DEBUG stream to the run's output as usual.
+``log_level: DEBUG`` prints Dagster's whole stream here too, in Dagster's own format.
 """
 
 import logging

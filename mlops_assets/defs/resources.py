@@ -1,9 +1,12 @@
 """Resources and settings: the one place where the environment is read (through ``core.settings``)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
@@ -86,6 +89,17 @@ class Warehouse(DuckDBResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._watch = on_run_start(context)
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDBResource's connection, closed even when the step fails: its own is closed only when the block ends
+        normally, so a failed step's connection (kept alive by the error's traceback) held the file, and no other
+        process could open it until garbage collection."""
+        with super().get_connection() as conn:
+            try:
+                yield conn
+            finally:
+                conn.close()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._watch is not None:

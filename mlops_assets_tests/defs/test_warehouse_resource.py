@@ -69,3 +69,13 @@ def test_each_use_opens_and_closes_the_file(settings: Settings) -> None:
     assert _opens_elsewhere(settings)
     with pytest.raises(duckdb.ConnectionException):
         conn.execute("SELECT 1")
+
+
+def test_a_failed_block_closes_its_connection_while_it_is_still_referenced(settings: Settings) -> None:
+    """dagster_duckdb closes its connection only when the block ends normally; a failed step's connection, kept
+    alive by the error's traceback, held the file (this test's ``conn`` keeps it alive the same way)."""
+    resource = warehouse(settings)
+    with pytest.raises(RuntimeError, match="fails half-way"), resource.get_connection() as conn:
+        conn.execute("CREATE TABLE t AS SELECT 1 AS one")
+        raise RuntimeError("a step that fails half-way")
+    assert conn is not None and _opens_elsewhere(settings)

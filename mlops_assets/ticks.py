@@ -9,6 +9,7 @@ very sensor and automation code that ``dagster dev`` runs; only the loop around 
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -136,16 +137,12 @@ class Ticker:
         if not self._changed and state == self._evaluated_state:
             return []
         self._changed, self._evaluated_state = False, state
-        result = dg.evaluate_automation_conditions(
-            defs=self.defs, instance=self.instance, cursor=self.automation_cursor
-        )  # type: ignore[arg-type]
-        self.automation_cursor = result.cursor
+        self.automation_cursor, requested = evaluate_automation_conditions(
+            self.defs, self.instance, self.automation_cursor
+        )
         by_partition: dict[str | None, list[dg.AssetKey]] = defaultdict(list)
-        for evaluated in result.results:
-            key = evaluated.key
-            if not isinstance(key, dg.AssetKey):
-                continue  # asset checks run with their asset
-            for partition in result.get_requested_partitions(key):
+        for key, partitions in requested.items():
+            for partition in partitions:
                 by_partition[partition].append(key)
         job = self.defs.resolve_implicit_global_asset_job_def()
         runs = []
@@ -174,6 +171,63 @@ class Ticker:
         raise RuntimeError(
             f"sensors and automation still requested runs after {max_ticks} ticks: {[r.assets for r in new]}"
         )
+
+
+def evaluate_automation_conditions(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: object | None
+) -> tuple[object, dict[dg.AssetKey, set[str | None]]]:
+    """One evaluation of every automation condition of ``defs``: the new cursor and the partitions requested per asset
+    (asset checks run with their asset, so only assets are returned).
+
+    What ``dg.evaluate_automation_conditions`` (Dagster's testing API, 1.13) does, with one difference: the new cursor
+    is built inside the evaluation's own partition loading context, whose dynamic partitions are cached per
+    evaluation, as the automation daemon builds it (``AutomationTickEvaluationContext``). The testing API builds it
+    against the bare instance: one storage query per partition subset in the cursor, ~750 per evaluation at a year
+    of months (1.5 s of a 2 s evaluation). The decisions are the same; only the cursor's construction is cheaper.
+    """
+    from dagster._core.definitions.asset_daemon_cursor import AssetDaemonCursor
+    from dagster._core.definitions.declarative_automation.automation_condition_evaluator import (
+        AutomationConditionEvaluator,
+    )
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    graph = defs.resolve_asset_graph()
+    selection = dg.AssetSelection.all(include_sources=True) | dg.AssetSelection.all_asset_checks()
+    # the cursor goes through its stored form, as the daemon reads it back from storage at every tick
+    previous = (
+        dg.deserialize_value(dg.serialize_value(cursor), AssetDaemonCursor)  # type: ignore[arg-type]
+        if cursor is not None
+        else AssetDaemonCursor.empty()
+    )
+    evaluator = AutomationConditionEvaluator(
+        asset_graph=graph,
+        instance=instance,
+        entity_keys={
+            key
+            for key in selection.resolve(graph) | selection.resolve_checks(graph)
+            if graph.get(key).automation_condition is not None
+        }
+        | graph.automatable_asset_job_keys,
+        emit_backfills=False,
+        logger=logging.getLogger("mlops_assets.ticks"),
+        cursor=previous,
+        evaluation_id=previous.evaluation_id,
+    )
+    results, requested_subsets = evaluator.evaluate()
+    with partition_loading_context(new_ctx=evaluator.asset_graph_view.partition_loading_context):
+        new_cursor = previous.with_updates(
+            evaluation_timestamp=evaluator.evaluation_time.timestamp(),
+            newly_observe_requested_asset_keys=[],
+            evaluation_id=previous.evaluation_id + 1,
+            condition_cursors=[result.get_new_cursor() for result in results],
+            asset_graph=graph,
+        )
+        requested: dict[dg.AssetKey, set[str | None]] = defaultdict(set)
+        for subset in requested_subsets:
+            if isinstance(subset.key, dg.AssetKey):
+                for asset_partition in subset.expensively_compute_asset_partitions():
+                    requested[asset_partition.asset_key].add(asset_partition.partition_key)
+    return new_cursor, dict(requested)
 
 
 def _dynamic_partition_names(defs: dg.Definitions) -> list[str]:

@@ -57,7 +57,7 @@ def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
         assets.append(feature_asset)
         checks += feature_checks
     landing_job = build_landing_job(catalog)
-    sensors: list[dg.SensorDefinition] = [build_landing_sensor(catalog, landing_job)]
+    sensors: list[dg.SensorDefinition] = [build_landing_sensor(catalog, landing_job, settings.sensor_interval_s)]
     for model in catalog.models:
         assets += [
             build_training_set_asset(model),
@@ -68,8 +68,8 @@ def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
             *build_monitoring(model),
         ]
         checks.append(build_champion_check(model))
-        sensors += build_model_sensors(model)
-    sensors.append(build_automation_sensor())
+        sensors += build_model_sensors(model, settings.sensor_interval_s)
+    sensors.append(build_automation_sensor(settings.sensor_interval_s))
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

@@ -19,6 +19,11 @@ RETRAIN_AUC_MARGIN_ENV = "MLOPS_RETRAIN_AUC_MARGIN"
 #: How many of the newest built months a training set spans, the test month included (default 12; 0 = all): a
 #: retrain costs the same however many months have landed.
 TRAINING_WINDOW_ENV = "MLOPS_TRAINING_WINDOW_MONTHS"
+#: Seconds between two evaluations of each sensor by the daemon (landing, drift, performance, rollback, automation):
+#: how soon a landed month or a drifted one is acted on. Dagster's sensor daemon looks about every 5 s, so lower
+#: values change nothing.
+SENSOR_INTERVAL_ENV = "MLOPS_SENSOR_INTERVAL_S"
+DEFAULT_SENSOR_INTERVAL_S = 30
 #: A PostgreSQL URL (``postgresql+psycopg2://user:password@host:port/db``): when set, the Dagster instance stores its
 #: runs, event logs and schedules there instead of SQLite files in ``$DAGSTER_HOME``. Every Dagster process reads it.
 DAGSTER_POSTGRES_URL_ENV = "MLOPS_DAGSTER_POSTGRES_URL"
@@ -45,6 +50,7 @@ class Settings:
     drift_share: float = 0.3
     retrain_auc_margin: float = 0.02
     training_window_months: int = 12
+    sensor_interval_s: int = DEFAULT_SENSOR_INTERVAL_S
 
     @property
     def landing_dir(self) -> Path:
@@ -100,7 +106,15 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
         drift_share=_float_env(DRIFT_SHARE_ENV, 0.3),
         retrain_auc_margin=_float_env(RETRAIN_AUC_MARGIN_ENV, 0.02),
         training_window_months=_int_env(TRAINING_WINDOW_ENV, 12),
+        sensor_interval_s=_positive_int_env(SENSOR_INTERVAL_ENV, DEFAULT_SENSOR_INTERVAL_S),
     )
+
+
+def _positive_int_env(name: str, default: int) -> int:
+    value = _int_env(name, default)
+    if value == 0:
+        raise ValueError(f"${name} must be at least 1, got 0")
+    return value
 
 
 def _int_env(name: str, default: int) -> int:

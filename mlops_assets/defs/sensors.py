@@ -14,6 +14,7 @@ from mlops_assets.core.monitoring import drift_retrain_reason, performance_retra
 from mlops_assets.core.policy import rollback_reasons
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc, gated_champions, rollback
+from mlops_assets.core.settings import DEFAULT_SENSOR_INTERVAL_S
 from mlops_assets.core.specs import FeedSpec, ModelSpec, TableSpec
 from mlops_assets.defs.ingest import MISNAMED_TAG, ingested_version, landed_observations
 from mlops_assets.defs.jobs import RETRY_FROM_FAILURE, AssetJob, without_hourly_checks
@@ -70,8 +71,10 @@ def build_landing_job(catalog: Catalog) -> AssetJob:
     )
 
 
-def build_landing_sensor(catalog: Catalog, job: AssetJob) -> dg.SensorDefinition:
-    """The landing sensor, requesting runs of ``job`` (:func:`build_landing_job`)."""
+def build_landing_sensor(
+    catalog: Catalog, job: AssetJob, interval_s: int = DEFAULT_SENSOR_INTERVAL_S
+) -> dg.SensorDefinition:
+    """The landing sensor, requesting runs of ``job`` (:func:`build_landing_job`), evaluated every ``interval_s``."""
     tables = {t.name: t for t in catalog.tables}
     month_assets = {feed.name: month_refresh_assets(catalog, feed) for feed in catalog.feeds}
     reference_assets = {feed.name: reference_refresh_assets(feed) for feed in catalog.feeds}
@@ -80,7 +83,7 @@ def build_landing_sensor(catalog: Catalog, job: AssetJob) -> dg.SensorDefinition
         name="landing_sensor",
         job=job,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval_s,
         description="Watches $MLOPS_DATA_DIR/landing. A month of a feed whose files are new or changed (by sha256), "
         "or all its months when a reference file changed, gets one run for that month: ingest -> validate -> "
         "features -> for every model over the feed: online store, batch scores, drift report and live performance "
@@ -199,6 +202,7 @@ def _retrain_sensor(
     kind: type[R],
     decide: Callable[[R, MonitoringPolicy], str | None],
     description: str,
+    interval_s: int,
 ) -> dg.SensorDefinition:
     """A sensor of ``model`` that reads the records of ``asset_key`` (one of the model's monitoring assets) after its
     cursor, never DuckDB, and requests the model's retraining run when ``decide`` gives a reason. At most one request
@@ -210,7 +214,7 @@ def _retrain_sensor(
         name=sensor_name(model, trigger),
         job_name=retraining_job_name(model),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval_s,
         description=description,
     )
     def _sensor(
@@ -246,7 +250,7 @@ def _retrain_sensor(
     return _sensor
 
 
-def build_drift_sensor(model: ModelSpec) -> dg.SensorDefinition:
+def build_drift_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.SensorDefinition:
     keys = keys_of(model)
     return _retrain_sensor(
         model,
@@ -259,10 +263,11 @@ def build_drift_sensor(model: ModelSpec) -> dg.SensorDefinition:
         f"(training set -> challenger -> evaluation -> promotion decision). Run key `drift:{model.name}:<month>:"
         "<champion>`: one request for the newest drifted month; a month a retrain of the same champion already "
         "covers (asked for it or a later month, or still queued) asks nothing.",
+        interval_s,
     )
 
 
-def build_performance_sensor(model: ModelSpec) -> dg.SensorDefinition:
+def build_performance_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.SensorDefinition:
     keys = keys_of(model)
     return _retrain_sensor(
         model,
@@ -275,15 +280,16 @@ def build_performance_sensor(model: ModelSpec) -> dg.SensorDefinition:
         f"`{retraining_job_name(model)}`. Run key `performance:{model.name}:<month>:<champion>`; skipped when a "
         "retrain of the same champion already covers the month (asked by either sensor for it or a later month, or "
         "still queued).",
+        interval_s,
     )
 
 
-def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+def build_automation_sensor(interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "automation",
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval_s,
         description="Evaluates every asset's automation condition: monitoring assets run after a month's features "
         "(eager, once the blocking checks passed), the lifecycle follows a new training set, a changed training code "
         "version retrains, a champion past its freshness policy is retrained and re-evaluated.",
@@ -298,14 +304,14 @@ def required_auc(registry: Registry, version: str) -> float | None:
     return evaluated_roc_auc(registry, bar) if bar else None
 
 
-def build_rollback_sensor(model: ModelSpec) -> dg.SensorDefinition:
+def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.SensorDefinition:
     keys = keys_of(model)
 
     @dg.sensor(
         name=sensor_name(model, "rollback"),
         job_name=retraining_job_name(model),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval_s,
         description=f"Reads each new `{keys.live.to_user_string()}` record: when the {model.name} champion that scored "
         "the month lost more AUC than the rollback policy allows against the AUC it must hold, its scores collapsed or "
         "went extreme against its reference profile, or too many of its online predictions failed, the `champion` "
@@ -357,6 +363,11 @@ def build_rollback_sensor(model: ModelSpec) -> dg.SensorDefinition:
     return rollback_sensor
 
 
-def build_model_sensors(model: ModelSpec) -> list[dg.SensorDefinition]:
-    """A model's own sensors, in the order the daemon should judge them: rollback before retraining."""
-    return [build_rollback_sensor(model), build_drift_sensor(model), build_performance_sensor(model)]
+def build_model_sensors(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> list[dg.SensorDefinition]:
+    """A model's own sensors, in the order the daemon should judge them: rollback before retraining; each evaluated
+    every ``interval_s`` (``$MLOPS_SENSOR_INTERVAL_S``)."""
+    return [
+        build_rollback_sensor(model, interval_s),
+        build_drift_sensor(model, interval_s),
+        build_performance_sensor(model, interval_s),
+    ]

@@ -1,14 +1,16 @@
-"""The landing sensor evaluated on a real instance: run requests, new partitions and the cursor."""
+"""The landing sensor evaluated on a real instance: run requests, new partitions and the cursor; how often the daemon
+evaluates the sensors."""
 
 import io
 import json
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.landing import find_landed, land_file
-from mlops_assets.core.settings import Settings
+from mlops_assets.core.settings import DEFAULT_SENSOR_INTERVAL_S, SENSOR_INTERVAL_ENV, Settings, load_settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.ingest import MISNAMED_TAG
 from mlops_assets.defs.resources import PlatformStorage
@@ -111,3 +113,17 @@ def test_a_misnamed_file_is_reported_once_as_an_observation_and_never_run(settin
         assert "parquet" in str(observation.metadata["reason"].value).lower()
         again = _tick(settings, instance, first.cursor)
         assert not again.asset_events  # said once per version of the file
+
+
+def test_how_often_the_daemon_evaluates_every_sensor_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$MLOPS_SENSOR_INTERVAL_S`` reaches every sensor of the code location (landing, each model's, automation)."""
+    intervals = {s.name: s.minimum_interval_seconds for s in build_definitions(CATALOG, load_settings()).sensors or []}
+    assert len(intervals) == 2 + 3 * len(CATALOG.models)
+    assert set(intervals.values()) == {DEFAULT_SENSOR_INTERVAL_S}
+    monkeypatch.setenv(SENSOR_INTERVAL_ENV, "5")
+    intervals = {s.name: s.minimum_interval_seconds for s in build_definitions(CATALOG, load_settings()).sensors or []}
+    assert set(intervals.values()) == {5} and "landing_sensor" in intervals and "automation" in intervals
+    for wrong in ("0", "-5", "soon"):
+        monkeypatch.setenv(SENSOR_INTERVAL_ENV, wrong)
+        with pytest.raises(ValueError, match=SENSOR_INTERVAL_ENV):
+            load_settings()

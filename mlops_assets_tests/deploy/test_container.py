@@ -287,6 +287,7 @@ def compose(podman: Podman, platform_image: str, postgres_image: str) -> Iterato
         for name in ("MLOPS_POSTGRES_PORT", "MLOPS_CODE_SERVER_PORT", "MLOPS_WEBSERVER_PORT", "MLOPS_SERVE_PORT")
     }
     env = {**podman.env, **ports, "MLOPS_IMAGE": platform_image, "MLOPS_POSTGRES_IMAGE": postgres_image}
+    env["MLOPS_SENSOR_INTERVAL_S"] = "5"  # the daemon looks at the landing zone every 5 s instead of 30
     stack = Compose(podman, _podman_compose(podman), f"mlopstest{secrets.token_hex(4)}", env)
     try:
         yield stack

@@ -26,7 +26,7 @@ import dagster as dg
 import pytest
 
 from mlops_assets.catalog import CATALOG
-from mlops_assets.core.settings import DAGSTER_POSTGRES_URL_ENV
+from mlops_assets.core.settings import DAGSTER_POSTGRES_URL_ENV, SENSOR_INTERVAL_ENV
 from mlops_assets.defs.keys import keys_of
 from mlops_assets_tests.deploy.conftest import PostgresServer, free_port
 
@@ -178,6 +178,8 @@ def deployment(
         "DAGSTER_HOME": str(data / "dagster_home"),
         DAGSTER_POSTGRES_URL_ENV: url,
         "PYTHONUNBUFFERED": "1",
+        # the daemon looks at the landing zone every 5 s instead of 30: April's refresh starts sooner
+        SENSOR_INTERVAL_ENV: "5",
     }
     # the test process opens the same instance to watch it: Dagster reads the URL from its environment too
     monkeypatch.setenv(DAGSTER_POSTGRES_URL_ENV, url)
@@ -254,6 +256,7 @@ def test_training_and_a_landed_month_run_through_the_daemon_on_postgres(deployme
         for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
             assert type(storage).__module__.startswith("dagster_postgres"), type(storage)
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 1  # type: ignore[union-attr]
+        assert instance.run_coordinator.dequeue_interval_seconds == 1  # type: ignore[attr-defined]
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
         assert instance.run_retries_max_retries == 2 and not instance.run_retries_retry_on_asset_or_op_failure
         assert sorted(instance.get_dynamic_partitions("months")) == ["2013-01", "2013-02", "2013-03"]

@@ -94,10 +94,10 @@ def warehouse(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
 #: test). The longest start first, so that none of them starts last, alone, while the other worker idles; unlisted
 #: tests take 0 and keep their order. Estimates only: a stale one costs time, never a result.
 SECONDS = {
-    "mlops_assets_tests/deploy/test_container.py": 90,  # two tests: ~180 s with the image builds (cached layers)
-    "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_year": 125,
-    "mlops_assets_tests/deploy/test_postgres_daemon.py": 70,
-    "mlops_assets_tests/defs/test_rollback.py": 50,
+    "mlops_assets_tests/deploy/test_container.py": 60,  # two tests: ~120 s with the image build (cached layers)
+    "mlops_assets_tests/deploy/test_postgres_daemon.py": 75,
+    "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_year": 55,
+    "mlops_assets_tests/defs/test_rollback.py": 25,
     "mlops_assets_tests/serving/": 0.8,  # ~80 tests and the session's platform: ~60 s
     "mlops_assets_tests/defs/test_recovery.py::test_kill_9": 30,
     "mlops_assets_tests/defs/test_recovery.py::test_a_run_waiting": 29,
@@ -115,11 +115,18 @@ SECONDS = {
 }
 
 
+#: The deployment tests (the container images and compose stack, the PostgreSQL daemon) mostly wait on processes that
+#: start, poll and idle: one worker runs them one after the other while the other worker computes.
+DEPLOY_TESTS = "mlops_assets_tests/deploy/"
+
+
 def _shared_fixture_group(item: pytest.Item) -> str | None:
-    """Where a session- or module-scoped fixture of the suite's own (not a plugin's) is set up: tests using it run on
-    one worker, so it is set up once (a podman image, the PostgreSQL server, the serving platform, a module's built
-    data), and tests that must not overlap (one image tag, one server install) never do. A session fixture wins over
-    a module one: the serving tests, say, are one group, not one per module."""
+    """The deployment tests, together (:data:`DEPLOY_TESTS`); else where a session- or module-scoped fixture of the
+    suite's own (not a plugin's) is set up: tests using it run on one worker, so it is set up once (the serving
+    platform, a module's built data). A session fixture wins over a module one: the serving tests, say, are one
+    group, not one per module."""
+    if item.nodeid.startswith(DEPLOY_TESTS):
+        return DEPLOY_TESTS
     fixtureinfo = getattr(item, "_fixtureinfo", None)
     if fixtureinfo is None:
         return None

@@ -72,8 +72,12 @@ class Ticker:
         partition: str | None,
         tags: dict[str, str],
         assets: Sequence[dg.AssetKey] | None = None,
+        checks: Sequence[dg.AssetCheckKey] | None = None,
     ) -> ExecutedRun:
         run_config = {"loggers": {"console": {"config": {"log_level": self.log_level}}}}
+        if checks is not None:  # the request names its checks: the run is the job's subset of assets and checks
+            job = job.get_subset(asset_selection=set(assets or ()), asset_check_selection=set(checks))
+            assets = None
         result = job.execute_in_process(
             run_config=run_config,
             instance=self.instance,
@@ -100,7 +104,11 @@ class Ticker:
         sensor = self.defs.resolve_sensor_def(name)
         # the sensor's own function, as the daemon calls it (its result is resolved below as the daemon would)
         with dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursors.get(name), resources=self.defs.resources, sensor_name=name
+            instance=self.instance,
+            cursor=self.cursors.get(name),
+            resources=self.defs.resources,
+            sensor_name=name,
+            definitions=self.defs,
         ) as context:
             data = sensor(context)
         if not isinstance(data, dg.SensorResult):
@@ -125,7 +133,8 @@ class Ticker:
             job = self.defs.get_repository_def().get_job(request.job_name or sensor.job_name)
             tags = {**request.tags, SENSOR_TAG: name, **({RUN_KEY_TAG: request.run_key} if request.run_key else {})}
             selection = list(request.asset_selection) if request.asset_selection else None
-            runs.append(self._execute(name, job, request.partition_key, tags, selection))
+            checks = list(request.asset_check_keys) if request.asset_check_keys is not None else None
+            runs.append(self._execute(name, job, request.partition_key, tags, selection, checks))
         return runs
 
     def evaluate_automation(self) -> list[ExecutedRun]:

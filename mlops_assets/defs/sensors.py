@@ -126,6 +126,7 @@ def build_landing_sensor(
                         run_key=f"{feed.name}:{plan.run_keys[month]}",
                         partition_key=month,
                         asset_selection=selection,
+                        asset_check_keys=checks_to_run(context, catalog, selection),
                         tags={"mlops/feed": feed.name, **RETRY_FROM_FAILURE},
                     )
                 )
@@ -141,6 +142,20 @@ def build_landing_sensor(
         )
 
     return landing_sensor
+
+
+def checks_to_run(
+    context: dg.SensorEvaluationContext, catalog: Catalog, selection: list[dg.AssetKey]
+) -> list[dg.AssetCheckKey] | None:
+    """The checks a landing run of ``selection`` runs: those of its assets but the hourly ones, as in the
+    ``landing_refresh`` job (a request's asset selection alone would bring every check of its assets, the features'
+    freshness included, which the automation sensor runs on its clock). None (every check) when the sensor is
+    evaluated without its code location."""
+    repository = context.repository_def
+    if repository is None:
+        return None
+    wanted = without_hourly_checks(dg.AssetSelection.assets(*selection), catalog)
+    return sorted(wanted.resolve_checks(repository.asset_graph), key=lambda key: key.to_user_string())
 
 
 def misnamed_observations(

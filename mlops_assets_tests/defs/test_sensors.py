@@ -12,9 +12,12 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import DEFAULT_SENSOR_INTERVAL_S, SENSOR_INTERVAL_ENV, Settings, load_settings
 from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.features import freshness_check_keys
 from mlops_assets.defs.ingest import MISNAMED_TAG
+from mlops_assets.defs.keys import features_key, raw_key
 from mlops_assets.defs.resources import PlatformStorage
-from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
+from mlops_assets.ticks import Ticker
 
 
 def _tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
@@ -127,3 +130,19 @@ def test_how_often_the_daemon_evaluates_every_sensor_is_a_setting(monkeypatch: p
         monkeypatch.setenv(SENSOR_INTERVAL_ENV, wrong)
         with pytest.raises(ValueError, match=SENSOR_INTERVAL_ENV):
             load_settings()
+
+
+def test_a_landing_run_runs_the_checks_of_its_assets_but_not_the_hourly_freshness(settings: Settings) -> None:
+    """The run a landing request starts evaluates the blocking checks of what it writes; the features' freshness is
+    left to the automation sensor's clock, as in the ``landing_refresh`` job."""
+    replay_months(settings.landing_dir, ["2013-01"], every=50)
+    defs = build_definitions(CATALOG, settings)
+    freshness = set(freshness_check_keys(list(CATALOG.feature_tables)))
+    with dg.instance_for_test() as instance:
+        [run] = Ticker(defs, instance, ("landing_sensor",), automation=False).tick()
+        assert run.success and run.partition == "2013-01"
+        stored = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+        evaluated = {r.event_log_entry.dagster_event.event_specific_data.asset_check_key for r in stored}  # type: ignore[union-attr]
+    assert dg.AssetCheckKey(raw_key(NYCFLIGHTS13.table("flights")), "schema_contract") in evaluated
+    assert {key.asset_key for key in evaluated} >= {features_key(spec) for spec in CATALOG.feature_tables}
+    assert not evaluated & freshness

@@ -27,6 +27,7 @@ import pytest
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.settings import DAGSTER_POSTGRES_URL_ENV, SENSOR_INTERVAL_ENV
+from mlops_assets.defs.features import freshness_check_keys
 from mlops_assets.defs.keys import keys_of
 from mlops_assets_tests.deploy.conftest import PostgresServer, free_port
 
@@ -282,6 +283,10 @@ def test_training_and_a_landed_month_run_through_the_daemon_on_postgres(deployme
             # launched by the daemon's landing sensor for April, nothing else
             assert refresh.tags.get("dagster/sensor_name") == "landing_sensor", refresh.tags
             assert refresh.tags.get("dagster/partition") == "2013-04", refresh.tags
+            # with the checks of what it writes, but not the features' freshness (the automation sensor's clock)
+            checks = refresh.asset_check_selection or frozenset()
+            assert {c.name for c in checks} >= {"schema_contract", "row_contract"}, checks
+            assert not checks & set(freshness_check_keys(list(CATALOG.feature_tables))), checks
             finished = d.wait_for(
                 "April's refresh run finished", lambda rid=refresh_id: _run_status(instance, rid), deadline
             )

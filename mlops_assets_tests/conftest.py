@@ -116,7 +116,8 @@ SECONDS = {
 
 
 #: The deployment tests (the container images and compose stack, the PostgreSQL daemon) mostly wait on processes that
-#: start, poll and idle: one worker runs them one after the other while the other worker computes.
+#: start, poll and idle: one worker runs them one after the other while the other worker computes. They also share
+#: the podman images and the PostgreSQL server, which two workers must not set up at once.
 DEPLOY_TESTS = "mlops_assets_tests/deploy/"
 
 

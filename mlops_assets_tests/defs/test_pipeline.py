@@ -13,7 +13,7 @@ from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.partitions import range_tags, register_months
 from mlops_assets.feeds.nycflights13 import replay_months
-from mlops_assets_tests.conftest import EVERY
+from mlops_assets_tests.conftest import EVERY, instance_for_test
 
 MONTHS_LANDED = ["2013-01", "2013-02"]
 
@@ -59,7 +59,7 @@ def test_asset_graph_snapshot(settings: Settings) -> None:
 def test_loading_the_code_location_writes_nothing(settings: Settings) -> None:
     """Partitions come from the landing sensor and `mlops replay`, month ranges from the launch: never from a load."""
     replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         defs = build_definitions(CATALOG, settings)
         dg.Definitions.validate_loadable(defs)
         for job in ("feature_pipeline", "training_pipeline"):
@@ -76,7 +76,7 @@ def _run_pipeline(settings: Settings, instance: dg.DagsterInstance, months: list
 
 def test_feature_pipeline_builds_every_landed_month(settings: Settings) -> None:
     replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = _run_pipeline(settings, instance, MONTHS_LANDED)
         assert result.success
         checks = result.get_asset_check_evaluations()
@@ -103,7 +103,7 @@ def _rows_by_month(settings: Settings) -> dict[str, dict[str, int]]:
 
 def test_rerunning_the_pipeline_replaces_partitions(settings: Settings) -> None:
     replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         assert _run_pipeline(settings, instance, MONTHS_LANDED).success
         first = _rows_by_month(settings)
         assert _run_pipeline(settings, instance, MONTHS_LANDED).success
@@ -112,7 +112,7 @@ def test_rerunning_the_pipeline_replaces_partitions(settings: Settings) -> None:
 
 def test_a_reshaped_batch_is_stopped_by_the_blocking_check(settings: Settings) -> None:
     replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         assert _run_pipeline(settings, instance, MONTHS_LANDED).success
         # February is re-delivered with a renamed column
         february = pl.read_parquet(find_landed(settings.landing_dir, "flights", "2013-02").path)  # type: ignore[union-attr]
@@ -138,7 +138,7 @@ def test_a_reshaped_batch_is_stopped_by_the_blocking_check(settings: Settings) -
 def test_a_run_without_months_explains_what_to_do(settings: Settings) -> None:
     replay_months(settings.landing_dir, [], every=EVERY)  # the reference tables only
     job = build_definitions(CATALOG, settings).resolve_job_def("feature_pipeline")
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     failures = [str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure]  # type: ignore[union-attr]
@@ -151,7 +151,7 @@ def test_landing_sources_report_the_file_hash_as_data_version(settings: Settings
     base = build_definitions(CATALOG, settings)
     # an observation job of the source: what the UI's "Observe sources" button launches
     defs = dg.Definitions.merge(base, dg.Definitions(jobs=[dg.define_asset_job("observe_landing", selection=[key])]))
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         register_months(instance, ["2013-01"])
         assert defs.resolve_job_def("observe_landing").execute_in_process(instance=instance).success
         [record] = instance.fetch_observations(key, limit=1).records

@@ -47,6 +47,7 @@ from mlops_assets.recovery import (
     recorded_process,
     recover_dead_runs,
 )
+from mlops_assets_tests.conftest import instance_for_test
 
 BIN = Path(sys.executable).parent
 #: How long the run after a kill may take, start to success (the issue: it waited forever).
@@ -93,7 +94,7 @@ def test_a_process_is_judged_by_host_boot_namespace_pid_and_start_time() -> None
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as test_instance:
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as test_instance:
         yield test_instance
 
 

@@ -13,6 +13,7 @@ from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.keys import keys_of, retraining_job_name, sensor_name
 from mlops_assets.defs.partitions import range_tags, register_months
 from mlops_assets.defs.resources import build_resources
+from mlops_assets_tests.conftest import instance_for_test
 from mlops_assets_tests.toy_model import MONTHS, TOY_FEED, TOY_MODEL
 
 
@@ -34,7 +35,7 @@ def test_a_registered_model_is_wired_trained_and_promoted_on_its_own(settings: S
     assert TOY_FEED.replay is not None
     TOY_FEED.replay(settings.landing_dir, MONTHS, 1, None)
     storage = build_resources(settings)["storage"]
-    with dg.instance_for_test() as instance:  # the landing sensor refreshes the new feed's months for its model
+    with instance_for_test() as instance:  # the landing sensor refreshes the new feed's months for its model
         tick = defs.resolve_sensor_def("landing_sensor")(
             dg.build_sensor_context(instance=instance, resources={"storage": storage})
         )
@@ -43,7 +44,7 @@ def test_a_registered_model_is_wired_trained_and_promoted_on_its_own(settings: S
         assert {dg.AssetKey(["raw", "readings"]), keys.drift, keys.live} <= set(first.asset_selection or [])
     feed_keys = [dg.AssetKey([stage, t.name]) for t in TOY_FEED.tables for stage in ("raw", "validated")]
     selection = [*feed_keys, dg.AssetKey(["features", "reading_features"]), *keys.lifecycle]
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         register_months(instance, MONTHS)
         job = defs.resolve_implicit_global_asset_job_def()
         result = job.execute_in_process(instance=instance, tags=range_tags(MONTHS), asset_selection=selection)

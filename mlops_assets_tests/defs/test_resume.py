@@ -11,6 +11,7 @@ from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import reconstructable_job, resume_run
 from mlops_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags, register_months
 from mlops_assets.feeds.nycflights13 import replay_months
+from mlops_assets_tests.conftest import instance_for_test
 
 MONTHS = ["2013-01", "2013-02"]
 
@@ -29,7 +30,7 @@ def test_resume_reruns_only_the_failed_step_and_what_follows(settings: Settings)
     registry_dir = settings.model("flight_delay").registry_dir
     registry_dir.parent.mkdir(parents=True, exist_ok=True)
     registry_dir.write_text("not a folder")  # injected failure: flight_delay's registry cannot be written
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         register_months(instance, MONTHS)
         failed = dg.execute_job(_job("training_pipeline"), instance=instance, tags=range_tags(MONTHS))
         assert not failed.success
@@ -52,7 +53,7 @@ def test_resume_reruns_only_the_failed_step_and_what_follows(settings: Settings)
 
 def test_only_a_failed_run_can_be_resumed(settings: Settings) -> None:
     replay_months(settings.landing_dir, MONTHS, every=20)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         register_months(instance, MONTHS)
         ok = dg.execute_job(_job("training_pipeline"), instance=instance, tags=range_tags(MONTHS))
         assert ok.success
@@ -66,7 +67,7 @@ def test_resume_refuses_another_models_run(settings: Settings) -> None:
     """`mlops resume --model M` resumes only M's runs: a failed flight_delay retraining is not flight_cancellation's."""
     replay_months(settings.landing_dir, MONTHS, every=20)
     registry_dir = settings.model("flight_delay").registry_dir
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         register_months(instance, MONTHS)
         assert dg.execute_job(_job("training_pipeline"), instance=instance, tags=range_tags(MONTHS)).success
         moved = registry_dir.rename(registry_dir.with_name("moved"))
@@ -89,7 +90,7 @@ def test_a_failed_monthly_step_resumes_over_the_runs_months(settings: Settings) 
     aside = weather.rename(
         settings.data_dir / "weather-aside.parquet"
     )  # injected failure: a month's weather is missing
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         register_months(instance, MONTHS)
         tags = {**range_tags(MONTHS), "mlops/trigger": "manual"}
         failed = dg.execute_job(_job("feature_pipeline"), instance=instance, tags=tags)

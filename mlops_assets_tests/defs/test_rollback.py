@@ -22,6 +22,7 @@ from mlops_assets.defs.train import read_training_set
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.ticks import Ticker
+from mlops_assets_tests.conftest import instance_for_test
 from mlops_assets_tests.serving.conftest import Client, running
 
 SPEC = FLIGHT_DELAY.features
@@ -81,7 +82,7 @@ def test_a_bad_champion_is_rolled_back_by_itself(settings: Settings, tmp_path: P
     registry = Registry(settings.model("flight_delay").registry_dir)
     others = {m.name: Registry(settings.model(m.name).registry_dir) for m in CATALOG.models if m.name != "flight_delay"}
     defs = build_definitions(CATALOG, settings)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         ticker = Ticker(defs, instance, SENSORS)
         ticker.settle()
         for model in CATALOG.models:

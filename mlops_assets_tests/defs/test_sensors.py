@@ -18,6 +18,7 @@ from mlops_assets.defs.keys import features_key, raw_key
 from mlops_assets.defs.resources import PlatformStorage
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets.ticks import Ticker
+from mlops_assets_tests.conftest import instance_for_test
 
 
 def _tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
@@ -32,7 +33,7 @@ def _tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None) 
 
 def test_new_file_one_request_same_file_none_changed_file_a_new_request(settings: Settings) -> None:
     replay_months(settings.landing_dir, ["2013-01"], every=50)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         first = _tick(settings, instance, None)
         assert [(r.partition_key, r.run_key) for r in first.run_requests or []] == [
             ("2013-01", first.run_requests[0].run_key)  # type: ignore[index]
@@ -63,7 +64,7 @@ def test_new_file_one_request_same_file_none_changed_file_a_new_request(settings
 
 def test_a_new_month_adds_a_partition_and_requests_only_itself(settings: Settings) -> None:
     replay_months(settings.landing_dir, ["2013-01"], every=50)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         first = _tick(settings, instance, None)
         instance.add_dynamic_partitions("months", ["2013-01"])
         replay_months(settings.landing_dir, ["2013-02"], every=50)
@@ -86,7 +87,7 @@ def test_months_already_ingested_by_a_job_are_not_requested_again(settings: Sett
     from mlops_assets.defs.partitions import range_tags, register_months
 
     replay_months(settings.landing_dir, ["2013-01"], every=50)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         register_months(instance, ["2013-01"])
         job = build_definitions(CATALOG, settings).resolve_job_def("feature_pipeline")
         assert job.execute_in_process(instance=instance, tags=range_tags(["2013-01"])).success
@@ -102,7 +103,7 @@ def test_a_misnamed_file_is_reported_once_as_an_observation_and_never_run(settin
     january = find_landed(settings.landing_dir, "flights", "2013-01")
     assert january is not None
     (settings.landing_dir / "flights" / "2013-05.PARQUET").write_bytes(january.path.read_bytes())
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         first = _tick(settings, instance, None)
         assert [r.partition_key for r in first.run_requests or []] == ["2013-01"]  # the misnamed file asks for no run
         misnamed = [e for e in first.asset_events or [] if e.tags.get(MISNAMED_TAG) == "true"]
@@ -138,7 +139,7 @@ def test_a_landing_run_runs_the_checks_of_its_assets_but_not_the_hourly_freshnes
     replay_months(settings.landing_dir, ["2013-01"], every=50)
     defs = build_definitions(CATALOG, settings)
     freshness = set(freshness_check_keys(list(CATALOG.feature_tables)))
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         [run] = Ticker(defs, instance, ("landing_sensor",), automation=False).tick()
         assert run.success and run.partition == "2013-01"
         stored = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records

@@ -22,6 +22,7 @@ from mlops_assets.defs.partitions import range_tags, register_months
 from mlops_assets.defs.resources import build_resources
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.models.flight_delay import FLIGHT_DELAY
+from mlops_assets_tests.conftest import instance_for_test
 
 MONTHS = ["2013-01", "2013-02"]
 
@@ -62,7 +63,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     settings = load_settings(data_dir)
     replay_months(settings.landing_dir, MONTHS, every=10)
     after_first = load_settings(data_dir.parent / "after_first")
-    with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
+    with pytest.MonkeyPatch.context() as patch, instance_for_test() as instance:
         patch.setenv("MLOPS_DATA_DIR", str(data_dir))  # module scope: before the per-test isolation applies
         first = _run(settings, instance)
         evaluation = instance.get_latest_materialization_event(dg.AssetKey(["flight_delay", "evaluation"]))

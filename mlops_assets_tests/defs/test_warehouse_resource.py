@@ -14,6 +14,7 @@ import pytest
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.store import transaction
 from mlops_assets.defs.resources import Warehouse, warehouse
+from mlops_assets_tests.conftest import instance_for_test
 
 OPEN_IN_ANOTHER_PROCESS = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
 
@@ -49,7 +50,7 @@ def _definitions(settings: Settings, seen: dict[str, object]) -> dg.Definitions:
 def test_a_run_lets_the_file_go_at_the_end_and_a_failed_step_leaves_nothing(settings: Settings) -> None:
     seen: dict[str, object] = {}
     defs = _definitions(settings, seen)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, raise_on_error=False
         )

@@ -1,6 +1,7 @@
-"""The Dagster instance ``mlops home`` (``prepare_dagster_home``) writes: SQLite files by default, PostgreSQL when
-``$MLOPS_DAGSTER_POSTGRES_URL`` is set, with the same settings either way (one run at a time, the ``duckdb`` pool of
-one slot, freshness, run monitoring that frees a crashed run's slots, and retries of crashed runs only).
+"""The Dagster instance ``mlops home`` (``prepare_dagster_home``) writes: SQLite files by default (Dagster's, on kept
+connections), PostgreSQL when ``$MLOPS_DAGSTER_POSTGRES_URL`` is set, with the same settings either way (one run at
+a time, the ``duckdb`` pool of one slot, freshness, run monitoring that frees a crashed run's slots, and retries of
+crashed runs only).
 
 The SQLite instance is loaded as Dagster loads it; the PostgreSQL one is checked as written, then loaded live on a
 real server (``fresh_postgres_url``).
@@ -22,9 +23,18 @@ from mlops_assets.core.settings import (
     SQLITE_INSTANCE_YAML,
     prepare_dagster_home,
 )
+from mlops_assets.sqlite_storage import PooledSqliteEventLogStorage, PooledSqliteRunStorage, PooledSqliteScheduleStorage
 
 #: What both instance settings files must say about crashed runs.
 RUN_RETRIES = {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+#: The embedded default's storage: Dagster's SQLite files in $DAGSTER_HOME, on kept connections (sqlite_storage.py).
+SQLITE_STORAGE = {
+    "custom": {
+        "module": "mlops_assets.sqlite_storage",
+        "class": "PooledSqliteStorage",
+        "config": {"base_dir": {"env": "DAGSTER_HOME"}},
+    }
+}
 #: The daemons `dagster-daemon run` must start for these settings (beside sensors, backfills, schedules).
 DAEMONS = {"QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER", "FRESHNESS_DAEMON"}
 
@@ -54,10 +64,14 @@ def test_the_embedded_default_is_sqlite_with_monitoring_and_retries(
     monkeypatch.delenv(DAGSTER_POSTGRES_URL_ENV, raising=False)
     home = prepare_dagster_home(tmp_path / "home")
     assert (home / "dagster.yaml").read_bytes() == (REPO_ROOT / SQLITE_INSTANCE_YAML).read_bytes()
-    assert "storage" not in _written(home)  # Dagster's default: SQLite files in $DAGSTER_HOME
+    # Dagster's SQLite files in $DAGSTER_HOME, on kept connections (mlops_assets/sqlite_storage.py)
+    assert _written(home)["storage"] == SQLITE_STORAGE
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
-        assert type(instance.event_log_storage).__name__ == "SqliteEventLogStorage"
+        assert isinstance(instance.run_storage, PooledSqliteRunStorage)
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        assert isinstance(instance.schedule_storage, PooledSqliteScheduleStorage)
+        assert Path(instance.event_log_storage.path_for_shard("index")).parent == home / "history" / "runs"
         _assert_platform_settings(instance)
 
 
@@ -79,16 +93,16 @@ def test_the_postgres_url_switches_the_storage_and_never_lands_on_disk(
 
     # unset again, the next `mlops home` goes back to the embedded default
     monkeypatch.delenv(DAGSTER_POSTGRES_URL_ENV)
-    assert "storage" not in _written(prepare_dagster_home(home))
-    assert "storage" in _written(prepare_dagster_home(home, postgres=True))
+    assert _written(prepare_dagster_home(home))["storage"] == SQLITE_STORAGE
+    assert "postgres" in _written(prepare_dagster_home(home, postgres=True))["storage"]
 
 
 def test_both_instance_files_say_the_same_but_for_storage() -> None:
     """dagster.postgres.yaml is dagster.yaml on PostgreSQL: a setting changed in one must be changed in the other."""
     sqlite = yaml.safe_load((REPO_ROOT / SQLITE_INSTANCE_YAML).read_text())
     postgres = yaml.safe_load((REPO_ROOT / POSTGRES_INSTANCE_YAML).read_text())
-    assert set(postgres) - set(sqlite) == {"storage"}
-    assert {k: v for k, v in postgres.items() if k != "storage"} == sqlite
+    assert set(postgres) == set(sqlite)
+    assert {k: v for k, v in postgres.items() if k != "storage"} == {k: v for k, v in sqlite.items() if k != "storage"}
     assert sqlite["run_retries"] == RUN_RETRIES
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import pytest
 import uvicorn
 
@@ -35,6 +34,7 @@ from mlops_assets.serving import ServeConfig, create_app
 from mlops_assets.serving.app import uvicorn_config
 from mlops_assets.serving.catalog import ServedCatalog
 from mlops_assets.serving.service import PredictionService
+from mlops_assets_tests.conftest import instance_for_test
 
 MONTHS = ["2013-01", "2013-02", "2013-03"]
 #: The model most tests talk to, through ``POST /predict`` (``running`` makes it the default).
@@ -76,7 +76,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> BuiltPlatform:
     root = tmp_path_factory.mktemp("serving-platform")
     settings = Settings(data_dir=root / "data", dagster_home=root / "home")
     replay_months(settings.landing_dir, MONTHS, every=20)
-    with dg.instance_for_test() as instance:
+    with instance_for_test() as instance:
         register_months(instance, MONTHS)
         definitions = build_definitions(CATALOG, settings)
         tags = range_tags(MONTHS)

@@ -1,0 +1,133 @@
+"""The embedded instance storage (``mlops_assets.sqlite_storage``, named by dagster.yaml) on real SQLite files: what one
+process commits, every other process reads at once, a watcher of the run's log hears it (the UI's live log), a
+``kill -9`` loses nothing committed, a fork never shares a connection, and a long-lived process does not keep every
+run's database open.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mlops_assets.core.settings import prepare_dagster_home
+from mlops_assets.sqlite_storage import KEPT_RUN_SHARDS, PooledSqliteEventLogStorage
+
+#: Stores ``count`` engine events for a run in the instance at $DAGSTER_HOME, then exits as asked: ``kill-9`` at once,
+#: ``exit`` when its stdin closes (its connections stay open until then, as a run worker's do during a run).
+WRITER = """
+import os, signal, sys
+import dagster as dg
+run_id, count, exit_how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+instance = dg.DagsterInstance.get()
+run = instance.get_run_by_id(run_id)
+for i in range(count):
+    instance.report_engine_event(f"event {i} from {os.getpid()}", run)
+if exit_how == "kill-9":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.read()
+instance.dispose()
+"""
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    """The instance at $DAGSTER_HOME (set under tmp_path by conftest) with the repo's dagster.yaml."""
+    prepare_dagster_home(Path(os.environ["DAGSTER_HOME"]), postgres=False)
+    with dg.DagsterInstance.get() as loaded:
+        assert isinstance(loaded.event_log_storage, PooledSqliteEventLogStorage)
+        yield loaded
+
+
+def _new_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
+    return instance.add_run(dg.DagsterRun(job_name="training_pipeline", run_id=str(uuid.uuid4())))
+
+
+def _messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+    return [r.event_log_entry.dagster_event.message or "" for r in records]  # type: ignore[union-attr]
+
+
+def _writer(run_id: str, count: int, exit_how: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-c", WRITER, run_id, str(count), exit_how]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, text=True)
+
+
+def test_another_process_reads_each_commit_and_a_watcher_of_the_run_hears_it(instance: dg.DagsterInstance) -> None:
+    run = _new_run(instance)
+    instance.report_engine_event("from the test", run)  # this process's connections are open before the writer's
+    heard: list[str] = []
+    all_heard = threading.Event()
+
+    def on_event(entry: dg.EventLogEntry, _cursor: str) -> None:
+        heard.append(entry.dagster_event.message if entry.dagster_event else "")
+        if sum("from" in m for m in heard) >= 6:
+            all_heard.set()
+
+    instance.event_log_storage.watch(run.run_id, None, on_event)
+    writer = _writer(run.run_id, 5, "exit")
+    try:
+        # the UI's live log, while the writer still runs: woken by the write-ahead log its kept connections commit to
+        assert all_heard.wait(30), heard
+        assert len(_messages(instance, run.run_id)) == 6
+    finally:
+        instance.event_log_storage.end_watch(run.run_id, on_event)
+        writer.communicate("", timeout=30)
+    assert writer.returncode == 0
+
+
+def test_a_kill_9_loses_nothing_committed(instance: dg.DagsterInstance) -> None:
+    run = _new_run(instance)
+    writer = _writer(run.run_id, 40, "kill-9")
+    assert writer.wait(60) == -9
+    messages = _messages(instance, run.run_id)
+    assert len(messages) == 40 and messages[-1].startswith("event 39 ")
+    instance.report_engine_event("after the kill", run)  # the killed process left no lock behind
+    assert len(_messages(instance, run.run_id)) == 41
+
+
+def test_a_forked_child_opens_its_own_connections(instance: dg.DagsterInstance) -> None:
+    run = _new_run(instance)
+    instance.report_engine_event("parent, before the fork", run)
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through its exit status)
+        try:
+            instance.report_engine_event("child", run)
+            os._exit(0)
+        except BaseException:  # noqa: BLE001 (the child must never return into pytest)
+            os._exit(1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    instance.report_engine_event("parent, after the fork", run)  # its connections were not closed by the child
+    assert _messages(instance, run.run_id) == ["parent, before the fork", "child", "parent, after the fork"]
+
+
+def _open_run_databases(instance: dg.DagsterInstance) -> set[str]:
+    runs_dir = Path(instance.event_log_storage.path_for_shard("index")).parent  # type: ignore[attr-defined]
+    opened = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = Path(os.readlink(fd))
+        except OSError:
+            continue
+        if target.parent == runs_dir and target.suffix == ".db" and target.stem != "index":
+            opened.add(target.stem)
+    return opened
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+def test_a_long_lived_process_keeps_only_its_recent_run_logs_open(instance: dg.DagsterInstance) -> None:
+    runs = [_new_run(instance) for _ in range(KEPT_RUN_SHARDS + 6)]
+    for run in runs:  # what a webserver does as runs are looked at
+        instance.report_engine_event("looked at", run)
+        assert len(_messages(instance, run.run_id)) == 1
+    opened = _open_run_databases(instance)
+    assert opened <= {r.run_id for r in runs[-KEPT_RUN_SHARDS:]}, opened
+    assert runs[-1].run_id in opened
+    assert _messages(instance, runs[0].run_id) == ["looked at"]  # a closed one opens again when needed

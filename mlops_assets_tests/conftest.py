@@ -109,7 +109,7 @@ def warehouse(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
 SECONDS = {
     "mlops_assets_tests/deploy/test_container.py": 60,  # two tests: ~120 s with the image build (cached layers)
     "mlops_assets_tests/deploy/test_postgres_daemon.py": 75,
-    "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_year": 55,
+    "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_months": 22,
     "mlops_assets_tests/defs/test_rollback.py": 25,
     "mlops_assets_tests/serving/": 0.8,  # ~80 tests and the session's platform: ~60 s
     "mlops_assets_tests/defs/test_recovery.py::test_kill_9": 30,

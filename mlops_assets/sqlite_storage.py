@@ -75,7 +75,9 @@ class _Engines:
             if engine is not None:
                 self._engines.move_to_end(conn_string)
                 return engine, False
-            engine = create_engine(conn_string, connect_args={"timeout": BUSY_TIMEOUT_S})
+            # no overflow limit: a burst of threads (the webserver's request pool) opens extra connections, closed
+            # again when returned, instead of waiting for a kept one
+            engine = create_engine(conn_string, connect_args={"timeout": BUSY_TIMEOUT_S}, max_overflow=-1)
             self._engines[conn_string] = engine
             unpinned = [key for key in self._engines if key not in self._pinned]
             for key in unpinned[: max(0, len(unpinned) - self._keep)]:

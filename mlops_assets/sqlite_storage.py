@@ -7,7 +7,11 @@ log). A run stores hundreds (the year's ``training_pipeline``: ~350 events, 88 p
 version lookup and pool slot claim per step), and so does every test that executes a job.
 
 :class:`PooledSqliteStorage` is Dagster's SQLite storage with the same files, schema and migrations, whose three
-storages keep one engine (a pool of open connections) per database file and process. What changes:
+storages keep one engine (a pool of open connections) per database file and process. dagster.yaml names
+:class:`PlatformInstance` as its ``instance_class``: Dagster's instance, whose default storage (when the file names no
+``storage``, as dagster.yaml does not) is this one in the instance's own folder, exactly where Dagster's default
+SQLite storage would be, whichever way the instance is opened (``$DAGSTER_HOME``, ``DagsterInstance.from_config(dir)``).
+What changes:
 
 * **Durability**: none. The files stay in WAL mode with SQLite's default ``synchronous=FULL``; a commit is on disk
   when it returns, as before, so a ``kill -9`` loses nothing that was committed.
@@ -26,10 +30,13 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import yaml
+from dagster import DagsterInstance
+from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
@@ -173,14 +180,14 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
 class PooledSqliteStorage(DagsterSqliteStorage):
     """The instance's storage (runs, event logs, schedules) in Dagster's SQLite files under ``base_dir``, on kept
-    connections. In ``dagster.yaml``::
+    connections: :class:`PlatformInstance`'s default, or named in a ``dagster.yaml``::
 
         storage:
           custom:
             module: mlops_assets.sqlite_storage
             class: PooledSqliteStorage
             config:
-              base_dir: {env: DAGSTER_HOME}
+              base_dir: /path/to/dagster_home
     """
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
@@ -194,3 +201,26 @@ class PooledSqliteStorage(DagsterSqliteStorage):
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Any) -> PooledSqliteStorage:  # type: ignore[override]
         return cls.from_local(inst_data=inst_data, **config_value)
+
+
+class PlatformInstance(DagsterInstance):
+    """Dagster's instance, unchanged but for its default storage: :class:`PooledSqliteStorage` in the instance's own
+    folder (Dagster's default is its SQLite storage there). Named in dagster.yaml::
+
+        instance_class:
+          module: mlops_assets.sqlite_storage
+          class: PlatformInstance
+
+    A ``storage`` in the file (dagster.postgres.yaml's PostgreSQL) wins over the default, as with Dagster's."""
+
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        return {}  # no settings of its own beyond Dagster's
+
+    @staticmethod
+    def config_defaults(base_dir: str) -> Mapping[str, ConfigurableClassData | None]:
+        defaults = dict(InstanceRef.config_defaults(base_dir))
+        defaults["storage"] = ConfigurableClassData(
+            __name__, PooledSqliteStorage.__name__, yaml.dump({"base_dir": base_dir}, default_flow_style=False)
+        )
+        return defaults

@@ -52,14 +52,14 @@ from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 
 #: Every 10th flight: a real, still representative slice (about 2,700 flights a month).
 EVERY = 10
-#: The instance storage the platform ships (dagster.yaml): Dagster's SQLite files on kept connections.
-SHIPPED_STORAGE = yaml.safe_load((REPO_ROOT / SQLITE_INSTANCE_YAML).read_text())["storage"]
+#: The instance class the platform ships (dagster.yaml): Dagster's, its SQLite storage on kept connections.
+SHIPPED_INSTANCE_CLASS = yaml.safe_load((REPO_ROOT / SQLITE_INSTANCE_YAML).read_text())["instance_class"]
 
 
 def instance_for_test(overrides: dict[str, Any] | None = None) -> AbstractContextManager[dg.DagsterInstance]:
-    """``dg.instance_for_test`` (a temporary Dagster home) on the storage the platform ships, so the tests run on what
-    users run."""
-    return dg.instance_for_test(overrides={"storage": SHIPPED_STORAGE, **(overrides or {})})
+    """``dg.instance_for_test`` (a temporary Dagster home) with the instance class and storage the platform ships, so
+    the tests run on what users run."""
+    return dg.instance_for_test(overrides={"instance_class": SHIPPED_INSTANCE_CLASS, **(overrides or {})})
 
 
 @pytest.fixture(autouse=True)

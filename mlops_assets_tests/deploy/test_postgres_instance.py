@@ -23,18 +23,17 @@ from mlops_assets.core.settings import (
     SQLITE_INSTANCE_YAML,
     prepare_dagster_home,
 )
-from mlops_assets.sqlite_storage import PooledSqliteEventLogStorage, PooledSqliteRunStorage, PooledSqliteScheduleStorage
+from mlops_assets.sqlite_storage import (
+    PlatformInstance,
+    PooledSqliteEventLogStorage,
+    PooledSqliteRunStorage,
+    PooledSqliteScheduleStorage,
+)
 
 #: What both instance settings files must say about crashed runs.
 RUN_RETRIES = {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
-#: The embedded default's storage: Dagster's SQLite files in $DAGSTER_HOME, on kept connections (sqlite_storage.py).
-SQLITE_STORAGE = {
-    "custom": {
-        "module": "mlops_assets.sqlite_storage",
-        "class": "PooledSqliteStorage",
-        "config": {"base_dir": {"env": "DAGSTER_HOME"}},
-    }
-}
+#: Both files' instance class: Dagster's, whose default storage is its SQLite files on kept connections.
+INSTANCE_CLASS = {"module": "mlops_assets.sqlite_storage", "class": "PlatformInstance"}
 #: The daemons `dagster-daemon run` must start for these settings (beside sensors, backfills, schedules).
 DAEMONS = {"QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER", "FRESHNESS_DAEMON"}
 
@@ -64,10 +63,12 @@ def test_the_embedded_default_is_sqlite_with_monitoring_and_retries(
     monkeypatch.delenv(DAGSTER_POSTGRES_URL_ENV, raising=False)
     home = prepare_dagster_home(tmp_path / "home")
     assert (home / "dagster.yaml").read_bytes() == (REPO_ROOT / SQLITE_INSTANCE_YAML).read_bytes()
-    # Dagster's SQLite files in $DAGSTER_HOME, on kept connections (mlops_assets/sqlite_storage.py)
-    assert _written(home)["storage"] == SQLITE_STORAGE
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    # Dagster's SQLite files in the instance's folder, on kept connections (mlops_assets/sqlite_storage.py), wherever
+    # $DAGSTER_HOME points
+    assert "storage" not in _written(home) and _written(home)["instance_class"] == INSTANCE_CLASS
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "another_home"))
     with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance, PlatformInstance)
         assert isinstance(instance.run_storage, PooledSqliteRunStorage)
         assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
         assert isinstance(instance.schedule_storage, PooledSqliteScheduleStorage)
@@ -93,7 +94,7 @@ def test_the_postgres_url_switches_the_storage_and_never_lands_on_disk(
 
     # unset again, the next `mlops home` goes back to the embedded default
     monkeypatch.delenv(DAGSTER_POSTGRES_URL_ENV)
-    assert _written(prepare_dagster_home(home))["storage"] == SQLITE_STORAGE
+    assert "storage" not in _written(prepare_dagster_home(home))
     assert "postgres" in _written(prepare_dagster_home(home, postgres=True))["storage"]
 
 
@@ -101,8 +102,9 @@ def test_both_instance_files_say_the_same_but_for_storage() -> None:
     """dagster.postgres.yaml is dagster.yaml on PostgreSQL: a setting changed in one must be changed in the other."""
     sqlite = yaml.safe_load((REPO_ROOT / SQLITE_INSTANCE_YAML).read_text())
     postgres = yaml.safe_load((REPO_ROOT / POSTGRES_INSTANCE_YAML).read_text())
-    assert set(postgres) == set(sqlite)
-    assert {k: v for k, v in postgres.items() if k != "storage"} == {k: v for k, v in sqlite.items() if k != "storage"}
+    assert set(postgres) - set(sqlite) == {"storage"}
+    assert {k: v for k, v in postgres.items() if k != "storage"} == sqlite
+    assert sqlite["instance_class"] == INSTANCE_CLASS
     assert sqlite["run_retries"] == RUN_RETRIES
 
 

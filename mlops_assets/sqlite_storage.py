@@ -98,40 +98,33 @@ class _Engines:
             self._engines.clear()
 
 
-class PooledSqliteRunStorage(SqliteRunStorage):
+class _OneKeptEngine:
+    """``connect()`` of Dagster's single-file SQLite storages (runs, schedules) on one kept engine; mixed in before
+    the storage class, whose ``_conn_string`` it reads."""
+
+    _conn_string: str
+
+    def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None) -> None:
+        self._engines = _Engines(keep=1)
+        super().__init__(conn_string, inst_data)  # type: ignore[call-arg]
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        engine, _ = self._engines.get(self._conn_string)
+        with engine.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        self._engines.dispose()
+        super().dispose()  # type: ignore[misc]
+
+
+class PooledSqliteRunStorage(_OneKeptEngine, SqliteRunStorage):
     """Dagster's SQLite run storage on one kept engine."""
 
-    def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None) -> None:
-        self._engines = _Engines(keep=1)
-        super().__init__(conn_string, inst_data)
 
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        engine, _ = self._engines.get(self._conn_string)
-        with engine.connect() as conn, conn.begin():
-            yield conn
-
-    def dispose(self) -> None:
-        self._engines.dispose()
-        super().dispose()
-
-
-class PooledSqliteScheduleStorage(SqliteScheduleStorage):
+class PooledSqliteScheduleStorage(_OneKeptEngine, SqliteScheduleStorage):
     """Dagster's SQLite schedule (and sensor tick) storage on one kept engine."""
-
-    def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None) -> None:
-        self._engines = _Engines(keep=1)
-        super().__init__(conn_string, inst_data)
-
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        engine, _ = self._engines.get(self._conn_string)
-        with engine.connect() as conn, conn.begin():
-            yield conn
-
-    def dispose(self) -> None:
-        self._engines.dispose()
-        super().dispose()
 
 
 class _WalAwareWatchdog(SqliteEventLogStorageWatchdog):

@@ -7,8 +7,9 @@ in its own process group, watched line by line until it reaches the kill point (
 registry folder of the registration), then ``kill -9`` of the group; then another ``dagster job execute`` and
 ``mlops resume <killed run>``, as a person would type them. The kill point is seen on the run's console log, which
 Dagster writes as it stores each event (so the kill lands within milliseconds, inside the step), and checked in the
-instance's event log afterwards. Runtime on 2 cores: 35-50 s per kill point (4 points), 30-50 s for the run that waits
-while the slot holder dies, ~16 s for `mlops resume` alone, ~5 s for the rest: 3.5-4.5 minutes in all.
+instance's event log afterwards. Runtime on 2 cores beside another test worker: 20-37 s per kill point (4 points),
+22-37 s for the run that waits while the slot holder dies, ~10 s for `mlops resume` alone, ~5 s for the rest: about
+2.5 minutes in all.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ def _temp_in_memory() -> None:
 
 
 _temp_in_memory()
+# Hypothesis keeps its example database and caches in ./.hypothesis by default: in the temporary folder instead, so a
+# test run writes nothing into the checkout
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "mlops-hypothesis"))
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager

@@ -72,8 +72,8 @@ class _Engines:
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
-    def get(self, conn_string: str) -> tuple[Engine, bool]:
-        """The engine of ``conn_string`` and whether it was just created."""
+    def get(self, conn_string: str) -> Engine:
+        """The engine of ``conn_string``, created on first use."""
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's connections are not ours to use or close
                 for engine in self._engines.values():
@@ -83,7 +83,7 @@ class _Engines:
             engine = self._engines.get(conn_string)
             if engine is not None:
                 self._engines.move_to_end(conn_string)
-                return engine, False
+                return engine
             # no overflow limit: a burst of threads (the webserver's request pool) opens extra connections, closed
             # again when returned, instead of waiting for a kept one
             engine = create_engine(conn_string, connect_args={"timeout": BUSY_TIMEOUT_S}, max_overflow=-1)
@@ -91,7 +91,7 @@ class _Engines:
             unpinned = [key for key in self._engines if key not in self._pinned]
             for key in unpinned[: max(0, len(unpinned) - self._keep)]:
                 self._engines.pop(key).dispose()
-            return engine, True
+            return engine
 
     def dispose(self) -> None:
         with self._lock:
@@ -112,7 +112,7 @@ class _OneKeptEngine:
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        engine, _ = self._engines.get(self._conn_string)
+        engine = self._engines.get(self._conn_string)
         with engine.connect() as conn, conn.begin():
             yield conn
 
@@ -152,7 +152,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
         with self._db_lock:  # as Dagster's: one statement at a time per process (its event watcher is a thread)
-            engine, _ = self._engines.get(self.conn_string_for_shard(shard))
+            engine = self._engines.get(self.conn_string_for_shard(shard))
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
@@ -194,7 +194,9 @@ class PooledSqliteStorage(DagsterSqliteStorage):
         super(DagsterSqliteStorage, self).__init__()
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Any) -> PooledSqliteStorage:  # type: ignore[override]
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData, config_value: Any
+    ) -> PooledSqliteStorage:
         return cls.from_local(inst_data=inst_data, **config_value)
 
 

@@ -3,9 +3,8 @@
 What ``dagster dev``'s daemon does every ``$MLOPS_SENSOR_INTERVAL_S`` seconds (30), done here on demand: evaluate
 each sensor with its cursor, add the partitions it asks for, skip run keys it already ran, and evaluate the assets'
 automation conditions; then execute the requested runs in this process, one at a time (so DuckDB never sees two
-writers). The decisions are made by the
-very sensor and automation code that ``dagster dev`` runs; only the loop around them is ours. Used by
-``mlops simulate`` and by the tests.
+writers). The decisions are made by the very sensor and automation code that ``dagster dev`` runs; only the loop
+around them is ours. Used by ``mlops simulate`` and by the tests.
 """
 
 from __future__ import annotations
@@ -142,7 +141,8 @@ class Ticker:
         """One tick of the automation conditions: requested partitions run grouped by partition (one run each).
 
         Skipped when nothing changed since the last evaluation requested nothing (no run, no event, no partition):
-        the conditions would decide the same (~0.3-0.5 s an evaluation at a year of months)."""
+        the conditions would decide the same (the monthly refresh benchmark's sensor and automation ticks together:
+        0.23 s a month, median over 2013-04..12)."""
         state = self._instance_state()
         if not self._changed and state == self._evaluated_state:
             return []

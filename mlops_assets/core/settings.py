@@ -106,18 +106,11 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
         drift_share=_float_env(DRIFT_SHARE_ENV, 0.3),
         retrain_auc_margin=_float_env(RETRAIN_AUC_MARGIN_ENV, 0.02),
         training_window_months=_int_env(TRAINING_WINDOW_ENV, 12),
-        sensor_interval_s=_positive_int_env(SENSOR_INTERVAL_ENV, DEFAULT_SENSOR_INTERVAL_S),
+        sensor_interval_s=_int_env(SENSOR_INTERVAL_ENV, DEFAULT_SENSOR_INTERVAL_S, minimum=1),
     )
 
 
-def _positive_int_env(name: str, default: int) -> int:
-    value = _int_env(name, default)
-    if value == 0:
-        raise ValueError(f"${name} must be at least 1, got 0")
-    return value
-
-
-def _int_env(name: str, default: int) -> int:
+def _int_env(name: str, default: int, minimum: int = 0) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -125,8 +118,9 @@ def _int_env(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"${name} must be a whole number, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"${name} must be 0 (no limit) or positive, got {value}")
+    if value < minimum:
+        allowed = "0 (no limit) or positive" if minimum == 0 else f"at least {minimum}"
+        raise ValueError(f"${name} must be {allowed}, got {value}")
     return value
 
 

@@ -7,9 +7,10 @@ in its own process group, watched line by line until it reaches the kill point (
 registry folder of the registration), then ``kill -9`` of the group; then another ``dagster job execute`` and
 ``mlops resume <killed run>``, as a person would type them. The kill point is seen on the run's console log, which
 Dagster writes as it stores each event (so the kill lands within milliseconds, inside the step), and checked in the
-instance's event log afterwards. Runtime on 2 cores beside another test worker: 20-37 s per kill point (4 points),
-22-37 s for the run that waits while the slot holder dies, ~10 s for `mlops resume` alone, ~5 s for the rest: about
-2.5 minutes in all.
+instance's event log afterwards. The four kill points are one chain of runs on one data directory: each run recovers
+the run killed before it and is killed further on, so every kill is followed by a run that proceeds, with 9 processes
+instead of 12 (each costs ~3 s of CPU to start). Runtime on 2 cores beside another test worker: ~60-80 s for the
+chain, 22-37 s for the run that waits while the slot holder dies, ~10 s for `mlops resume` alone, ~5 s for the rest.
 """
 
 from __future__ import annotations
@@ -404,65 +405,88 @@ def assert_registry_consistent(settings: Settings, champions_seen: set[tuple[str
         assert {v for m, v in champions_seen if m == model.name} <= set(versions)
 
 
+#: Where the runs of the chain are killed, one run each, in this order (a step's STEP_START, or None: inside
+#: flight_delay's registry write, see _kill_at_registration; last, as it needs a registry no earlier run wrote).
 KILL_POINTS = {
     "ingest": "raw__flights",
     "feature_build": "features__flight_features",
     "training": "flight_delay__challenger",
-    "registration": None,  # inside flight_delay's registry write (see _kill_at_registration)
+    "registration": None,
 }
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_kill_9_of_a_run_then_the_next_run_proceeds_and_the_killed_run_resumes(platform: Platform, point: str) -> None:
-    step = KILL_POINTS[point]
-    registry_dir = platform.settings.model("flight_delay").registry_dir
-    with ChampionWatch(platform.settings) as champions, dg.DagsterInstance.get() as instance:
-        # 1. the run is killed at the kill point
-        stop = threading.Event()
-        if step is not None:
-            killed = platform.job_execute(on_line=_on_step_start(step, signal.SIGKILL))
-        else:
-            killed = platform.job_execute()
-            threading.Thread(target=_kill_at_registration, args=(killed, registry_dir, stop), daemon=True).start()
-        code = killed.wait(timeout=NEXT_RUN_LIMIT_S)
-        stop.set()
-        assert code == -signal.SIGKILL, f"the run was not killed at {point}:\n{killed.output()[-4000:]}"
-        # what the issue saw: the run stays STARTED, and (killed in a step) its duckdb slot stays claimed
-        run = _only_started_run(instance)
-        assert run.tags[PID_TAG] == str(killed.pid) and run.tags[HOST_TAG] == socket.gethostname()
-        if step is not None:
-            started_steps = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_START).records
-            assert step in {r.event_log_entry.step_key for r in started_steps}
-            assert _holders(instance) == {run.run_id}
+def _killed_run(platform: Platform, step: str | None) -> RunProcess:
+    """A ``dagster job execute`` killed at ``step`` (None: inside the registration), waited for."""
+    stop = threading.Event()
+    if step is not None:
+        killed = platform.job_execute(on_line=_on_step_start(step, signal.SIGKILL))
+    else:
+        killed = platform.job_execute()
+        registry_dir = platform.settings.model("flight_delay").registry_dir
+        threading.Thread(target=_kill_at_registration, args=(killed, registry_dir, stop), daemon=True).start()
+    code = killed.wait(timeout=NEXT_RUN_LIMIT_S)
+    stop.set()
+    assert code == -signal.SIGKILL, f"the run was not killed at {step or 'registration'}:\n{killed.output()[-4000:]}"
+    return killed
 
-        # 2. the next run recovers the killed one, says so, and succeeds within two minutes
+
+def _assert_recovered(instance: dg.DagsterInstance, run: dg.DagsterRun, pid: int, by: RunProcess) -> None:
+    """``by``, the next run, said that it recovered ``run`` (killed, process ``pid``), which is now FAILURE."""
+    said = re.search(
+        rf"mlops recovery: run {run.run_id} \(training_pipeline\) was STARTED but process {pid} on \S+ is "
+        rf"gone: marked failed, (freed its duckdb slot \(step \w+\)|it held no pool slot); resume it with "
+        rf"`mlops resume {run.run_id}`",
+        by.output(),
+    )
+    assert said, by.output()[-6000:]
+    failed = instance.get_run_by_id(run.run_id)
+    assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+
+
+def test_kill_9_at_each_point_the_next_run_proceeds_and_every_killed_run_resumes(platform: Platform) -> None:
+    """A chain of runs on one data directory: each is killed at the next kill point, after recovering the run killed
+    before it and going past the point where that one died (its step re-run, its slot claimed again). The run after
+    the last kill succeeds within two minutes; then `mlops resume` re-executes each killed run from its failure."""
+    killed_runs: list[tuple[str, str | None, dg.DagsterRun]] = []
+    with ChampionWatch(platform.settings) as champions, dg.DagsterInstance.get() as instance:
+        previous: tuple[dg.DagsterRun, int] | None = None
+        for point, step in KILL_POINTS.items():
+            # 1. the run is killed at the kill point: it stays STARTED, and (killed in a step) its slot stays claimed
+            killed = _killed_run(platform, step)
+            run = _only_started_run(instance)
+            assert run.tags[PID_TAG] == str(killed.pid) and run.tags[HOST_TAG] == socket.gethostname()
+            if step is not None:
+                started_steps = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+                assert step in {r.event_log_entry.step_key for r in started_steps.records}, point
+                assert _holders(instance) == {run.run_id}, point  # the previous run's slot was freed
+            # 2. it began by recovering the run killed before it (marked failed, its slot freed), then went on
+            if previous is not None:
+                _assert_recovered(instance, *previous, by=killed)
+            killed_runs.append((point, step, run))
+            previous = (run, killed.pid)
+
+        # the run after the last kill recovers it and succeeds within two minutes
+        assert previous is not None
         started = time.monotonic()
         following = platform.job_execute()
         assert following.wait(timeout=NEXT_RUN_LIMIT_S) == 0, following.output()[-6000:]
         assert time.monotonic() - started < NEXT_RUN_LIMIT_S
-        said = re.search(
-            rf"mlops recovery: run {run.run_id} \(training_pipeline\) was STARTED but process {killed.pid} on \S+ is "
-            rf"gone: marked failed, (freed its duckdb slot \(step \w+\)|it held no pool slot); resume it with "
-            rf"`mlops resume {run.run_id}`",
-            following.output(),
-        )
-        assert said, following.output()[-6000:]
-        failed = instance.get_run_by_id(run.run_id)
-        assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+        _assert_recovered(instance, *previous, by=following)
         assert _holders(instance) == set()
 
-        # 3. `mlops resume` re-executes the killed run from its failure
-        resumed = platform.mlops("resume", run.run_id)
-        assert resumed.wait(timeout=NEXT_RUN_LIMIT_S) == 0, resumed.output()[-6000:]
-        summary = re.search(rf"run (\S+) \(resuming {run.run_id}\): SUCCESS; re-ran: (.*)", resumed.output())
-        assert summary, resumed.output()[-6000:]
-        rerun = set(summary.group(2).split(", "))
-        if step is not None:
-            assert step in rerun  # the step the kill interrupted ran again
-        assert "flight_delay__champion" in rerun  # and everything after it
-        child = instance.get_run_by_id(summary.group(1))
-        assert child is not None and child.parent_run_id == run.run_id
-        assert child.status == dg.DagsterRunStatus.SUCCESS
+        # 3. `mlops resume` re-executes every killed run from its failure
+        for point, step, run in killed_runs:
+            resumed = platform.mlops("resume", run.run_id)
+            assert resumed.wait(timeout=NEXT_RUN_LIMIT_S) == 0, (point, resumed.output()[-6000:])
+            summary = re.search(rf"run (\S+) \(resuming {run.run_id}\): SUCCESS; re-ran: (.*)", resumed.output())
+            assert summary, (point, resumed.output()[-6000:])
+            rerun = set(summary.group(2).split(", "))
+            if step is not None:
+                assert step in rerun, point  # the step the kill interrupted ran again
+            assert "flight_delay__champion" in rerun, point  # and everything after it
+            child = instance.get_run_by_id(summary.group(1))
+            assert child is not None and child.parent_run_id == run.run_id
+            assert child.status == dg.DagsterRunStatus.SUCCESS
 
     # 4. nothing duplicated, nothing half-written, the champion only ever a complete version
     assert champions.unreadable == []

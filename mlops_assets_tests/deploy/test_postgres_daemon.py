@@ -3,9 +3,9 @@
 A real PostgreSQL server (``postgres_server``), ``mlops home`` with ``$MLOPS_DAGSTER_POSTGRES_URL`` set, a code
 location server (``dagster code-server start``) and the daemon (``dagster-daemon run``) against a workspace file that
 points at the server's gRPC port. Jan-Mar 2013 land (``mlops replay``, a thin slice), ``training_pipeline`` goes
-through the daemon's run queue (``dagster job launch``) to SUCCESS; then April lands and the daemon's
-``landing_sensor`` refreshes it: every model gets an April drift report, recorded in PostgreSQL. Every process is
-stopped at the end, its whole process group, and the test checks none is left.
+through the daemon's run queue (``dagster job launch``) to SUCCESS while April lands; then the daemon's
+``landing_sensor`` is started and refreshes April: every model gets an April drift report, recorded in PostgreSQL.
+Every process is stopped at the end, its whole process group, and the test checks none is left.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
@@ -266,7 +267,12 @@ def test_training_and_a_landed_month_run_through_the_daemon_on_postgres(deployme
         launch = ["job", "launch", "-w", str(workspace), "-j", "training_pipeline", "--tags", tags, "--run-id", run_id]
         d.cli("dagster", *launch)
         d.mark("training_pipeline submitted to the run queue")
-        status = d.wait_for("training_pipeline finished", lambda: _run_status(instance, run_id), deadline)
+        # April lands while the training runs, as a feed does whenever it likes: the run's months are its tags, and
+        # the landing sensor, still stopped, is what will notice April
+        with ThreadPoolExecutor(1) as landing:
+            april_landed = landing.submit(d.cli, "mlops", "replay", "--month", "2013-04", "--every", str(EVERY))
+            status = d.wait_for("training_pipeline finished", lambda: _run_status(instance, run_id), deadline)
+            april_landed.result()
         assert status == dg.DagsterRunStatus.SUCCESS, _failure_details(instance, run_id) + d.diagnostics()
         # it went through the queue (the daemon dequeued and launched it), over the months of the launch tags
         assert instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED), "the run skipped the queue"
@@ -274,8 +280,7 @@ def test_training_and_a_landed_month_run_through_the_daemon_on_postgres(deployme
         assert run is not None and json.loads(tags).items() <= run.tags.items()
 
         d.cli("dagster", "sensor", "start", "landing_sensor", "-w", str(workspace))
-        d.cli("mlops", "replay", "--month", "2013-04", "--every", str(EVERY))
-        d.mark("April landed, landing_sensor on")
+        d.mark("landing_sensor on, April landed")
         records = d.wait_for("every model's April drift report", lambda: _april_drift_reports(instance), deadline)
         for refresh_id in {record.run_id for record in records}:
             refresh = instance.get_run_by_id(refresh_id)

@@ -8,10 +8,13 @@ daemon's runs) Dagster's own console logger prints its DEBUG stream to the run's
 ``log_level: DEBUG`` prints Dagster's whole stream here too, in Dagster's own format.
 """
 
+import io
 import logging
+import os
 import sys
 import time
-from typing import Any
+import weakref
+from typing import IO, Any
 
 import dagster as dg
 
@@ -91,6 +94,20 @@ class _PrintsSomething(logging.Filter):
         return self.formatter.line(record) is not None
 
 
+def terminal_stderr() -> IO[str]:
+    """A stream on a duplicate of this process's stderr, taken when the run starts, before any step runs.
+
+    Dagster captures the steps' stdout and stderr into the run's compute log file and mirrors that file to the
+    terminal through ``tail -F``, which it stops as soon as the steps end: on a busy machine the last lines (a step's
+    FAILED line) never reached the terminal (dagster issue #23336; seen in this suite's parallel runs). Written to the
+    duplicate, the lines bypass the capture: they appear at once and in order. The event log keeps what they say."""
+    try:
+        fd = os.dup(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return sys.stderr  # not a file descriptor (a test's in-memory stream): nothing captures it at that level
+    return os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+
+
 @dg.logger(
     config_schema={
         "log_level": dg.Field(
@@ -109,7 +126,10 @@ def progress_console(init_context: dg.InitLoggerContext) -> logging.Logger:
         return dg.colored_console_logger.logger_fn(init_context)
     # Dagster logs its events at DEBUG: every record reaches the handler, whose filter picks what is printed
     logger = logging.Logger("mlops", level=logging.DEBUG)  # noqa: LOG001 (one per run, never the global registry)
-    handler = logging.StreamHandler(sys.stderr)
+    stream = terminal_stderr()
+    handler = logging.StreamHandler(stream)
+    if stream is not sys.stderr:  # a long-lived process runs many runs: each run's duplicate is closed with its logger
+        weakref.finalize(handler, stream.close)
     formatter = ProgressFormatter(logging.getLevelNamesMapping().get(level, logging.INFO))
     handler.setFormatter(formatter)
     handler.addFilter(_PrintsSomething(formatter))

@@ -18,9 +18,11 @@ does not follow the layout are logged too (stage ``landing``, rule ``misnamed_fi
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -55,11 +57,13 @@ from mlops_assets.core.specs import ContractContext, TableSpec
 from mlops_assets.core.store import (
     BATCH_LOG,
     LINEAGE_COLUMNS,
+    PartitionWriter,
     append_row,
     duckdb_type,
     ensure_batch_log,
     ensure_table,
     fetch_row,
+    partition_writer,
     qualified,
     query_frame,
     quote_identifier,
@@ -103,6 +107,23 @@ def _with_lineage(frame: pl.DataFrame, batch: Batch, run_id: str, now: datetime)
         pl.lit(run_id).alias("_run_id"),
         pl.lit(now).alias("_written_at"),
     )
+
+
+def _replace(
+    conn: duckdb.DuckDBPyConnection,
+    name: str,
+    frame: pl.DataFrame,
+    where: str,
+    params: Sequence[Any],
+    writer: PartitionWriter | None,
+) -> None:
+    """:func:`replace_where` on ``name``, through ``writer`` when given (which must write that table)."""
+    if writer is None:
+        replace_where(conn, name, frame, where, params)
+        return
+    if writer.name != name:
+        raise ValueError(f"a writer of {writer.name} cannot replace rows of {name}")
+    writer.replace(frame, where, params)
 
 
 def _quarantine(
@@ -204,9 +225,11 @@ def ingest_raw(
     quarantine_dir: Path,
     run_id: str,
     now: datetime,
+    raw_rows: PartitionWriter | None = None,
 ) -> BatchVerdict:
     """Copy a landed batch into ``raw.<table>`` (its partition replaced) when it matches its checksum file and its
-    structure matches the contract.
+    structure matches the contract; through ``raw_rows`` (a writer of ``raw.<table>``) when given, which inserts the
+    rows of several batches at once.
 
     The checksum is taken of the bytes actually read, so a file replaced between scan and ingest is still traced right.
     A rejected batch leaves ``raw`` untouched; its bytes are kept under ``quarantine_dir`` and its readable rows in
@@ -249,7 +272,7 @@ def ingest_raw(
 
     rows = _with_lineage(frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64)), batch, run_id, now)
     where, params = _partition_filter(batch.month)
-    replace_where(conn, qualified("raw", spec.name), rows, where, params)
+    _replace(conn, qualified("raw", spec.name), rows, where, params, raw_rows)
     _log(conn, batch, "raw", verdict, run_id, now)
     return replace(verdict, source_file=batch.source_file, sha256=batch.sha256)
 
@@ -388,29 +411,32 @@ def validate_partitions(
     raw_name = qualified("raw", spec.name)
     columns = [quote_identifier(c) for c in spec.columns]
     verdicts = []
-    for group in _contract_groups(conn, raw_name, months):
-        # raw's _row is the row's place in its landed file (0, 1, ...), as split_rows numbers a batch's rows
-        if group == [None]:
-            where, params = _partition_filter(None)
-        else:
-            where, params = f"_month IN ({', '.join('?' for _ in group)})", list(group)
-        frame = query_frame(
-            conn,
-            f"SELECT {', '.join(columns)}, _row, _month, _source_file, _sha256 FROM {raw_name} "
-            f"WHERE {where} ORDER BY _month, _row",
-            params,
-        )
-        checked = rule_failures(frame.select(*spec.columns, "_row", "_month"), spec, ContractContext(codes=codes))
-        for month in group:
-            rows = frame.filter(pl.col("_month").eq_missing(month))
-            if rows.height == 0:
-                raise ValueError(
-                    f"raw.{spec.name} has no rows for {month or 'the reference table'}: materialize raw first"
-                )
-            own = None
-            if checked.frame_level is None:
-                own = RuleFailures(checked.per_row.filter(pl.col("_month").eq_missing(month)), None)
-            verdicts.append(_validate_month(conn, spec, rows, own, codes, shares, run_id, now))
+    # validated rows of all the months inserted together (a row group at a time), in this one transaction
+    with partition_writer(conn, qualified("validated", spec.name)) as validated_rows:
+        for group in _contract_groups(conn, raw_name, months):
+            # raw's _row is the row's place in its landed file (0, 1, ...), as split_rows numbers a batch's rows
+            if group == [None]:
+                where, params = _partition_filter(None)
+            else:
+                where, params = f"_month IN ({', '.join('?' for _ in group)})", list(group)
+            frame = query_frame(
+                conn,
+                f"SELECT {', '.join(columns)}, _row, _month, _source_file, _sha256 FROM {raw_name} "
+                f"WHERE {where} ORDER BY _month, _row",
+                params,
+            )
+            checked = rule_failures(frame.select(*spec.columns, "_row", "_month"), spec, ContractContext(codes=codes))
+            for month in group:
+                rows = frame.filter(pl.col("_month").eq_missing(month))
+                if rows.height == 0:
+                    raise ValueError(
+                        f"raw.{spec.name} has no rows for {month or 'the reference table'}: materialize raw first"
+                    )
+                own = None
+                if checked.frame_level is None:
+                    own = RuleFailures(checked.per_row.filter(pl.col("_month").eq_missing(month)), None)
+                verdict = _validate_month(conn, spec, rows, own, codes, shares, run_id, now, validated_rows)
+                verdicts.append(verdict)
     return verdicts
 
 
@@ -423,9 +449,11 @@ def _validate_month(
     shares: dict[str, dict[str, float]],
     run_id: str,
     now: datetime,
+    validated_rows: PartitionWriter,
 ) -> BatchVerdict:
     """Judge one month's raw rows (in landed order; ``checked``: their pandera failures, None to check them here),
-    quarantine the bad ones, publish the good ones when the batch is accepted and log the verdict."""
+    quarantine the bad ones, publish the good ones when the batch is accepted (through ``validated_rows``, a writer
+    of ``validated.<table>``) and log the verdict."""
     first = rows.row(0, named=True)
     month = first["_month"]
     batch = Batch(spec.name, month, first["_source_file"], first["_sha256"])
@@ -436,7 +464,7 @@ def _validate_month(
     validated_name = ensure_table(conn, "validated", spec.name, data_table_columns(spec))
     _quarantine(conn, spec, batch, "validated", split.quarantined, run_id, now)
     if split.verdict.accepted:
-        replace_where(conn, validated_name, _with_lineage(split.valid, batch, run_id, now), where, params)
+        _replace(conn, validated_name, _with_lineage(split.valid, batch, run_id, now), where, params, validated_rows)
         if month is not None:  # what validated now holds for the month, as the next month's history
             for rule in spec.plausibility:
                 shares.setdefault(rule.name, {})[month] = share_of(split.valid, rule)

@@ -163,11 +163,59 @@ def replace_where(
     with transaction(conn):
         conn.execute(f"DELETE FROM {name} WHERE {where}", list(params))
         if frame is not None and frame.height:
-            conn.register("_incoming", frame.to_arrow())
-            try:
-                conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _incoming")
-            finally:
-                conn.unregister("_incoming")
+            _insert(conn, name, frame)
+
+
+def _insert(conn: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    conn.register("_incoming", frame.to_arrow())
+    try:
+        conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _incoming")
+    finally:
+        conn.unregister("_incoming")
+
+
+class PartitionWriter:
+    """:func:`replace_where` for many partitions of one table, the inserts gathered until ``batch_rows`` rows are
+    pending. Made by :func:`partition_writer`, which holds it in one transaction and writes the rest at the end.
+
+    Each DELETE runs at once; the rows follow in batches. DuckDB writes an insert of at least a row group (122,880
+    rows) straight into the table's storage, but a smaller one into its WAL first and into the table again at the
+    checkpoint: 120 monthly inserts of a 31-column table took 6.2 s, one insert of the same rows 3.6 s. Nobody reads
+    the table before the transaction ends; ``batch_rows`` bounds the rows held in memory.
+    """
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, name: str, batch_rows: int) -> None:
+        self.conn, self.name, self.batch_rows = conn, name, batch_rows
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+
+    def replace(self, frame: pl.DataFrame | None, where: str, params: Sequence[Any]) -> None:
+        """Delete the rows matching ``where`` now; insert ``frame`` with the next batch."""
+        self.conn.execute(f"DELETE FROM {self.name} WHERE {where}", list(params))
+        if frame is not None and frame.height:
+            self._pending.append(frame)
+            self._pending_rows += frame.height
+            if self._pending_rows >= self.batch_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        """Insert the pending rows."""
+        if self._pending:
+            rows = pl.concat(self._pending, how="diagonal_relaxed") if len(self._pending) > 1 else self._pending[0]
+            self._pending, self._pending_rows = [], 0
+            _insert(self.conn, self.name, rows)
+
+
+@contextmanager
+def partition_writer(
+    conn: duckdb.DuckDBPyConnection, name: str, batch_rows: int = 400_000
+) -> Iterator[PartitionWriter]:
+    """A :class:`PartitionWriter` for ``name`` in one transaction (joining the caller's), flushed at the end; an error
+    rolls all of it back."""
+    with transaction(conn):
+        writer = PartitionWriter(conn, name, batch_rows)
+        yield writer
+        writer.flush()
 
 
 def query_frame(

@@ -11,7 +11,7 @@ from mlops_assets.core.contracts import BatchVerdict
 from mlops_assets.core.ingest import ingest_raw, record_misnamed
 from mlops_assets.core.landing import LandedFile, MisnamedFile, find_landed, misnamed_files, scan_landing
 from mlops_assets.core.specs import FeedSpec, TableSpec
-from mlops_assets.core.store import transaction
+from mlops_assets.core.store import PartitionWriter, partition_writer, qualified, transaction
 from mlops_assets.defs.batches import (
     batch_check_spec,
     judge_batches,
@@ -161,8 +161,9 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
             for item in misnamed:
                 seen = "" if item in newly else " (logged before)"
                 context.log.warning(f"misnamed file not ingested: {item.relative_name}: {item.reason}{seen}")
-            with transaction(conn):  # one commit for all the run's months
-                verdicts = [ingest_month(context, conn, storage, month, misnamed, now) for month in months]
+            # one commit for all the run's months, their rows inserted together (a row group at a time)
+            with partition_writer(conn, qualified("raw", table.name)) as raw_rows:
+                verdicts = [ingest_month(context, conn, storage, month, misnamed, now, raw_rows) for month in months]
         log_verdicts(context, table, "raw", months, verdicts)
         return dg.MaterializeResult(
             metadata={**verdict_metadata(months, verdicts), **misnamed_metadata(misnamed)},
@@ -176,8 +177,10 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
         month: str | None,
         misnamed: list[MisnamedFile],
         now: datetime,
+        raw_rows: PartitionWriter,
     ) -> BatchVerdict:
-        """Ingest one month's batch (or the reference file) and record the bytes read as a landing observation."""
+        """Ingest one month's batch (or the reference file) through ``raw_rows`` and record the bytes read as a
+        landing observation."""
         landed = find_landed(storage.landing_dir, table.name, month)
         if landed is None:
             what = f"month {month}" if month else "the reference file"
@@ -186,7 +189,9 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
             raise dg.Failure(
                 description=f"Nothing has landed for {table.name}, {what}.{near} Run `{how}`, then run again."
             )
-        verdict = ingest_raw(conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run.run_id, now)
+        verdict = ingest_raw(
+            conn, table, landed, storage.landing_dir, storage.quarantine_dir, context.run.run_id, now, raw_rows
+        )
         # Record which bytes were ingested as the landing source's data version, per month: the UI shows it and the
         # landing sensor reads it to skip files that are already in.
         context.log_event(

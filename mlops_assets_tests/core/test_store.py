@@ -1,0 +1,51 @@
+"""The warehouse's write helpers on a real DuckDB file: partitions replaced many at a time, never duplicated."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from mlops_assets.core.store import partition_writer, replace_where
+
+
+def _month(month: str, rows: int, value: int) -> pl.DataFrame:
+    return pl.DataFrame({"_month": [month] * rows, "_row": list(range(rows)), "value": [value] * rows})
+
+
+def _table(conn: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return conn.execute("SELECT _month, count(*), min(value), max(value) FROM t GROUP BY 1 ORDER BY 1").fetchall()
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    connection = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    connection.execute("CREATE TABLE t (_month VARCHAR, _row BIGINT, value BIGINT)")
+    for month in ("2013-01", "2013-02", "2013-03"):
+        replace_where(connection, "t", _month(month, 5, 0), "_month = ?", [month])
+    yield connection
+    connection.close()
+
+
+def test_the_writer_replaces_each_partition_as_replace_where_does(conn: duckdb.DuckDBPyConnection) -> None:
+    # batches of 7 rows: the first two months (10 rows) are written with the second, the rest at the end
+    with partition_writer(conn, "t", batch_rows=7) as writer:
+        writer.replace(_month("2013-02", 4, 1), "_month = ?", ["2013-02"])
+        writer.replace(_month("2013-03", 6, 1), "_month = ?", ["2013-03"])
+        # 10 rows pending reached 7: written (seen inside the transaction); 2013-01 untouched so far
+        assert _table(conn) == [("2013-01", 5, 0, 0), ("2013-02", 4, 1, 1), ("2013-03", 6, 1, 1)]
+        writer.replace(_month("2013-04", 3, 1), "_month = ?", ["2013-04"])
+        assert ("2013-04", 3, 1, 1) not in _table(conn)  # pending until the end
+        writer.replace(None, "_month = ?", ["2013-01"])  # a month emptied
+    assert _table(conn) == [("2013-02", 4, 1, 1), ("2013-03", 6, 1, 1), ("2013-04", 3, 1, 1)]
+
+
+def test_an_error_in_the_middle_rolls_every_partition_back(conn: duckdb.DuckDBPyConnection) -> None:
+    before = _table(conn)
+    failing = pytest.raises(RuntimeError, match="the third month is unreadable")
+    with failing, partition_writer(conn, "t", batch_rows=3) as writer:
+        writer.replace(_month("2013-01", 4, 2), "_month = ?", ["2013-01"])  # flushed at once
+        writer.replace(_month("2013-02", 2, 2), "_month = ?", ["2013-02"])  # pending
+        raise RuntimeError("the third month is unreadable")
+    assert _table(conn) == before

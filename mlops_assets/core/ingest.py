@@ -472,24 +472,29 @@ def _validate_month(
     return replace(split.verdict, source_file=batch.source_file, sha256=batch.sha256)
 
 
-def row_accounting(conn: duckdb.DuckDBPyConnection, table: str, month: str | None, sha256: str) -> dict[str, int]:
-    """Rows of one landed file in each table: landed (raw), validated, quarantined at the validated stage."""
-    counts: dict[str, int] = {}
+def row_accounting(
+    conn: duckdb.DuckDBPyConnection, table: str, batches: Sequence[tuple[str | None, str]]
+) -> dict[tuple[str | None, str], dict[str, int]]:
+    """Rows of each landed file ``(month, sha256)`` in each table: landed (raw), validated, quarantined at the
+    validated stage. One grouped query per table for all the batches (a query per month scanned the table each time:
+    ten years of flights, 1.3 s)."""
+    counts: dict[tuple[str | None, str], dict[str, int]] = {batch: {} for batch in batches}
+    digests = sorted({sha256 for _, sha256 in batches})
     for key, schema, extra in (
         ("landed", "raw", ""),
         ("validated", "validated", ""),
         ("quarantined", "quarantine", " AND stage = 'validated'"),
     ):
-        if not table_exists(conn, schema, table):
-            counts[key] = 0
-            continue
-        name = qualified(schema, table)
-        (found,) = fetch_row(
-            conn,
-            f"SELECT count(*) FROM {name} WHERE _sha256 = ? AND _month IS NOT DISTINCT FROM ?{extra}",
-            [sha256, month],
-        )
-        counts[key] = int(found)
+        found: dict[tuple[str | None, str], int] = {}
+        if table_exists(conn, schema, table):
+            rows = conn.execute(
+                f"SELECT _month, _sha256, count(*) FROM {qualified(schema, table)} "
+                f"WHERE list_contains(?, _sha256){extra} GROUP BY ALL",
+                [digests],
+            ).fetchall()
+            found = {(month, sha256): int(n) for month, sha256, n in rows}
+        for batch in batches:
+            counts[batch][key] = found.get(batch, 0)
     return counts
 
 

@@ -88,11 +88,9 @@ def judge_batches(
     quarantined = landed."""
     with conn_resource.get_connection() as conn:
         verdicts = latest_verdicts(conn, table.name, stage, months)
-        accounting = {
-            str(v["month"]): row_accounting(conn, table.name, v["month"], str(v["sha256"]))  # type: ignore[arg-type]
-            for v in verdicts
-            if stage == "validated" and v.get("accepted")
-        }
+        accepted = [(v["month"], str(v["sha256"])) for v in verdicts if stage == "validated" and v.get("accepted")]
+        counted = row_accounting(conn, table.name, accepted)  # type: ignore[arg-type]
+        accounting = {str(month): counted[(month, sha256)] for month, sha256 in accepted}
     problems: list[str] = []
     for verdict in verdicts:
         label = verdict["month"] or "reference"

@@ -84,15 +84,24 @@ def judge_one_row(
     problems: list[str] = []
     features, source = qualified("features", spec.name), qualified("validated", entity_table)
     keys = ", ".join(f'"{k}"' for k in spec.key)
-    for month in months:
-        built, distinct, unlabeled, stale = fetch_row(
-            conn,
-            f"""SELECT count(*), count(DISTINCT ({keys})), count(*) FILTER ({spec.label} IS NULL),
+    # one grouped query per table for all the months (a query per month scanned the tables each time)
+    counted = {
+        month: rest
+        for month, *rest in conn.execute(
+            f"""SELECT _month, count(*), count(DISTINCT ({keys})), count(*) FILTER ({spec.label} IS NULL),
                        count(*) FILTER ({VERSION_COLUMN} <> ?)
-                FROM {features} WHERE _month = ?""",
-            [version, month],
-        )
-        (expected,) = fetch_row(conn, f"SELECT count(*) FROM {source} WHERE _month = ?", [month])
+                FROM {features} WHERE list_contains(?, _month) GROUP BY _month""",
+            [version, months],
+        ).fetchall()
+    }
+    validated = dict(
+        conn.execute(
+            f"SELECT _month, count(*) FROM {source} WHERE list_contains(?, _month) GROUP BY _month", [months]
+        ).fetchall()
+    )
+    for month in months:
+        built, distinct, unlabeled, stale = counted.get(month, (0, 0, 0, 0))
+        expected = validated.get(month, 0)
         if built != expected:
             problems.append(f"{month}: {built} feature rows for {expected} validated {entity_table} rows")
         if distinct != built:

@@ -91,8 +91,34 @@ def test_clean_real_month_passes_with_no_quarantined_flights(
     assert flights["rows_valid"] == _clean_flights(settings).height
     # real weather: at most a handful of physically impossible readings
     assert weather["accepted"] and weather["rows_quarantined"] <= 2
-    counts = row_accounting(loaded, "flights", MONTH, str(flights["sha256"]))
+    batch = (MONTH, str(flights["sha256"]))
+    counted = row_accounting(loaded, "flights", [batch, (MONTH, "a file never landed")])
+    counts = counted[batch]
     assert counts["validated"] + counts["quarantined"] == counts["landed"] == flights["rows_landed"]
+    assert counted[(MONTH, "a file never landed")] == {"landed": 0, "validated": 0, "quarantined": 0}
+
+
+def test_the_row_check_fails_when_a_months_rows_do_not_add_up(
+    loaded: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
+    import dagster as dg
+    from dagster_duckdb import DuckDBResource
+
+    from mlops_assets.defs.batches import judge_batches
+
+    def judge() -> dg.AssetCheckResult:
+        """The validated stage's blocking check, on a connection of its own, as the step runs it."""
+        resource = DuckDBResource(database=str(settings.warehouse_path))
+        flights = NYCFLIGHTS13.table("flights")
+        return judge_batches(resource, flights, dg.AssetKey("validated"), "validated", "row_contract", [MONTH])
+
+    loaded.close()  # the check opens the file with the step's own settings
+    assert judge().passed
+    with duckdb.connect(str(settings.warehouse_path)) as conn:
+        conn.execute("DELETE FROM validated.flights WHERE _row = (SELECT min(_row) FROM validated.flights)")
+    result = judge()
+    assert not result.passed
+    assert f"flights {MONTH}: rows do not add up: " in (result.description or ""), result.description
 
 
 def test_corrupt_file_is_rejected_and_kept(loaded: duckdb.DuckDBPyConnection, settings: Settings) -> None:

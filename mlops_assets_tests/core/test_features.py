@@ -125,3 +125,28 @@ def test_every_row_carries_the_feature_set_version_which_follows_the_sql(
     edited.write_text(FLIGHT_FEATURES.sql.replace("arr_delay > 15", "arr_delay > 30"))
     assert edited.read_text() != FLIGHT_FEATURES.sql
     assert feature_set_version(dataclasses.replace(FLIGHT_FEATURES, sql_path=edited)) != version
+
+
+def test_the_one_row_check_names_each_broken_month_and_passes_the_others(store: duckdb.DuckDBPyConnection) -> None:
+    from mlops_assets.defs.features import judge_one_row
+
+    write_months(store, FLIGHT_FEATURES, MONTHS)
+    assert judge_one_row(store, FLIGHT_FEATURES, MONTHS).passed
+    table = f"features.{FLIGHT_FEATURES.name}"
+    # February: a row twice (a duplicate key, one row too many) and a label gone; March: untouched
+    store.execute(f"INSERT INTO {table} SELECT * FROM {table} WHERE _month = '2013-02' LIMIT 1")
+    store.execute(
+        f"UPDATE {table} SET {FLIGHT_FEATURES.label} = NULL WHERE _month = '2013-02' AND rowid = "
+        f"(SELECT min(rowid) FROM {table} WHERE _month = '2013-02')"
+    )
+    store.execute(f"DELETE FROM {table} WHERE _month = '2013-01'")  # January: nothing built
+    result = judge_one_row(store, FLIGHT_FEATURES, MONTHS)
+    assert not result.passed
+    problems = (result.description or "").split("; ")
+    validated = dict(store.execute("SELECT _month, count(*) FROM validated.flights GROUP BY 1").fetchall())
+    assert problems == [
+        f"2013-01: 0 feature rows for {validated['2013-01']} validated flights rows",
+        f"2013-02: {validated['2013-02'] + 1} feature rows for {validated['2013-02']} validated flights rows",
+        "2013-02: 1 duplicate keys",
+        "2013-02: 1 rows without a label",
+    ]

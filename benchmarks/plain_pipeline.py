@@ -27,22 +27,23 @@ CONFIG_ENV = "MLOPS_BENCH_PLAIN"
 
 def ingest_and_validate(conn: Any, settings: Any, run_id: str) -> list[str]:
     """Every landed table and month into ``raw`` and ``validated`` (as the raw and validated assets, one transaction
-    per table and stage); returns the landed months."""
+    per table and stage, raw's rows written together); returns the landed months."""
     from mlops_assets.catalog import CATALOG
     from mlops_assets.core.ingest import ingest_raw, validate_partitions
     from mlops_assets.core.landing import find_landed, landed_months
-    from mlops_assets.core.store import transaction
+    from mlops_assets.core.store import partition_writer, qualified, transaction
 
     now = datetime.now()
     for feed in CATALOG.feeds:  # reference tables first: the monthly tables' codes are checked against them
         months = landed_months(settings.landing_dir, [t.name for t in feed.monthly_tables])
         for table in sorted(feed.tables, key=lambda t: t.monthly):
             parts = months if table.monthly else [None]
-            with transaction(conn):
+            with partition_writer(conn, qualified("raw", table.name)) as raw_rows:
                 for month in parts:
                     landed = find_landed(settings.landing_dir, table.name, month)
                     assert landed is not None, (table.name, month)
-                    ingest_raw(conn, table, landed, settings.landing_dir, settings.quarantine_dir, run_id, now)
+                    quarantine = settings.quarantine_dir
+                    ingest_raw(conn, table, landed, settings.landing_dir, quarantine, run_id, now, raw_rows)
             with transaction(conn):
                 validate_partitions(conn, table, parts, run_id, now)
     return months

@@ -11,6 +11,8 @@ import harness
 
 TARGET_S = 4 * 60
 SMOKE_FILE = "mlops_assets_tests/core/test_policy.py"
+#: Cores the suite's own services (containers, PostgreSQL) use outside its process tree, on average (measured 0.60)
+SUITE_SERVICES_CORES = 0.6
 
 
 def main() -> int:
@@ -20,7 +22,11 @@ def main() -> int:
     m = harness.run_process(command, timeout=3600, check=False)
     summary = (m.stdout.strip().splitlines() or ["no output"])[-1]
     report.require(m.returncode == 0, f"pytest failed (exit {m.returncode}): {summary}")
-    busy = f"; other load {m.other_cores:.2f} cores" + (" (busy machine)" if m.other_cores > harness.BUSY_CORES else "")
+    # the containers and the PostgreSQL server the deployment tests start run outside pytest's process tree: their
+    # CPU shows as other load (about 0.3-0.6 cores over the suite), so that alone does not mark the machine busy
+    busy = f"; other load {m.other_cores:.2f} cores, the suite's containers and PostgreSQL included" + (
+        " (busy machine)" if m.other_cores > harness.BUSY_CORES + SUITE_SERVICES_CORES else ""
+    )
     report.figure(
         "`make test` (pytest) wall, s" if not args.smoke else f"pytest {SMOKE_FILE}, s",
         f"{m.wall_s:.0f}",

@@ -7,7 +7,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from mlops_assets.core.store import partition_writer, replace_where
+from mlops_assets.core.store import ensure_table, partition_writer, replace_where, table_exists, transaction
 
 
 def _month(month: str, rows: int, value: int) -> pl.DataFrame:
@@ -49,3 +49,15 @@ def test_an_error_in_the_middle_rolls_every_partition_back(conn: duckdb.DuckDBPy
         writer.replace(_month("2013-02", 2, 2), "_month = ?", ["2013-02"])  # pending
         raise RuntimeError("the third month is unreadable")
     assert _table(conn) == before
+
+
+def test_a_table_made_sure_of_in_a_rolled_back_transaction_is_made_again(conn: duckdb.DuckDBPyConnection) -> None:
+    columns = {"_month": "VARCHAR"}
+    with pytest.raises(RuntimeError), transaction(conn):
+        ensure_table(conn, "quarantine", "t", columns)
+        ensure_table(conn, "quarantine", "t", columns)  # once per transaction: the second asks nothing
+        raise RuntimeError("the step failed")
+    assert not table_exists(conn, "quarantine", "t")  # the rollback undid the CREATE
+    with transaction(conn):
+        ensure_table(conn, "quarantine", "t", columns)
+    assert table_exists(conn, "quarantine", "t")

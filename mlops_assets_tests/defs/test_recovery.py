@@ -9,7 +9,7 @@ registry folder of the registration), then ``kill -9`` of the group; then anothe
 Dagster writes as it stores each event (so the kill lands within milliseconds, inside the step), and checked in the
 instance's event log afterwards. The four kill points are one chain of runs on one data directory: each run recovers
 the run killed before it and is killed further on, so every kill is followed by a run that proceeds, with 9 processes
-instead of 12 (each costs ~3 s of CPU to start). Runtime on 2 cores beside another test worker: ~60-80 s for the
+instead of 12 (each costs ~3 s of CPU to start). Runtime on 2 cores beside another test worker: ~50-60 s for the
 chain, 22-37 s for the run that waits while the slot holder dies, ~10 s for `mlops resume` alone, ~5 s for the rest.
 """
 

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import polars as pl
@@ -107,23 +106,6 @@ def _with_lineage(frame: pl.DataFrame, batch: Batch, run_id: str, now: datetime)
         pl.lit(run_id).alias("_run_id"),
         pl.lit(now).alias("_written_at"),
     )
-
-
-def _replace(
-    conn: duckdb.DuckDBPyConnection,
-    name: str,
-    frame: pl.DataFrame,
-    where: str,
-    params: Sequence[Any],
-    writer: PartitionWriter | None,
-) -> None:
-    """:func:`replace_where` on ``name``, through ``writer`` when given (which must write that table)."""
-    if writer is None:
-        replace_where(conn, name, frame, where, params)
-        return
-    if writer.name != name:
-        raise ValueError(f"a writer of {writer.name} cannot replace rows of {name}")
-    writer.replace(frame, where, params)
 
 
 def _quarantine(
@@ -272,7 +254,13 @@ def ingest_raw(
 
     rows = _with_lineage(frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64)), batch, run_id, now)
     where, params = _partition_filter(batch.month)
-    _replace(conn, qualified("raw", spec.name), rows, where, params, raw_rows)
+    raw_name = qualified("raw", spec.name)
+    if raw_rows is None:
+        replace_where(conn, raw_name, rows, where, params)
+    elif raw_rows.name != raw_name:
+        raise ValueError(f"a writer of {raw_rows.name} cannot take the rows of {raw_name}")
+    else:
+        raw_rows.replace(rows, where, params)
     _log(conn, batch, "raw", verdict, run_id, now)
     return replace(verdict, source_file=batch.source_file, sha256=batch.sha256)
 
@@ -461,10 +449,10 @@ def _validate_month(
     context = ContractContext(month=month, codes=codes, history=history_without(shares, month))
     split = split_rows(rows.select(list(spec.columns)), spec, context, batch.label, checked)
 
-    validated_name = ensure_table(conn, "validated", spec.name, data_table_columns(spec))
+    ensure_table(conn, "validated", spec.name, data_table_columns(spec))
     _quarantine(conn, spec, batch, "validated", split.quarantined, run_id, now)
     if split.verdict.accepted:
-        _replace(conn, validated_name, _with_lineage(split.valid, batch, run_id, now), where, params, validated_rows)
+        validated_rows.replace(_with_lineage(split.valid, batch, run_id, now), where, params)
         if month is not None:  # what validated now holds for the month, as the next month's history
             for rule in spec.plausibility:
                 shares.setdefault(rule.name, {})[month] = share_of(split.valid, rule)

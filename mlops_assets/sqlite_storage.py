@@ -22,7 +22,7 @@ What changes:
   :data:`KEPT_RUN_SHARDS` most recently used run databases and disposes of older ones.
 * **Forks**: an engine is never used across a fork; a child process opens its own.
 
-PostgreSQL (``dagster.postgres.yaml``) pools its connections already and is not affected. The classes extend Dagster's
+PostgreSQL (``dagster.postgres.yaml``) has its own: ``mlops_assets/postgres_storage.py``. The classes extend Dagster's
 own, from its private modules; the pin ``dagster<1.14`` (pyproject.toml) holds them, and
 ``mlops_assets_tests/test_sqlite_storage.py`` exercises every method overridden here.
 """

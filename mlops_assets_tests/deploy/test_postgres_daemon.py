@@ -30,6 +30,11 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.core.settings import DAGSTER_POSTGRES_URL_ENV, SENSOR_INTERVAL_ENV
 from mlops_assets.defs.features import freshness_check_keys
 from mlops_assets.defs.keys import keys_of
+from mlops_assets.postgres_storage import (
+    PooledPostgresEventLogStorage,
+    PooledPostgresRunStorage,
+    PooledPostgresScheduleStorage,
+)
 from mlops_assets_tests.deploy.conftest import PostgresServer, free_port
 
 #: Every 20th flight: the thinnest slice on which both models still train and pass their gates quickly.
@@ -254,9 +259,11 @@ def test_training_and_a_landed_month_run_through_the_daemon_on_postgres(deployme
     d.start("daemon", "dagster-daemon", "run", "-w", str(workspace))
 
     with dg.DagsterInstance.get() as instance:
-        # the live instance: PostgreSQL storage, one run at a time, run monitoring and retries from crashes only
-        for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
-            assert type(storage).__module__.startswith("dagster_postgres"), type(storage)
+        # the live instance: PostgreSQL storage (Dagster's, on kept connections), one run at a time, run monitoring
+        # and retries from crashes only
+        assert isinstance(instance.run_storage, PooledPostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PooledPostgresScheduleStorage)
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 1  # type: ignore[union-attr]
         assert instance.run_coordinator.dequeue_interval_seconds == 1  # type: ignore[attr-defined]
         assert instance.run_monitoring_enabled and instance.run_retries_enabled

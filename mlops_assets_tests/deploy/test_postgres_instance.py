@@ -1,19 +1,24 @@
 """The Dagster instance ``mlops home`` (``prepare_dagster_home``) writes: SQLite files by default (Dagster's, on kept
-connections), PostgreSQL when ``$MLOPS_DAGSTER_POSTGRES_URL`` is set, with the same settings either way (one run at
-a time, the ``duckdb`` pool of one slot, freshness, run monitoring that frees a crashed run's slots, and retries of
-crashed runs only).
+connections), PostgreSQL when ``$MLOPS_DAGSTER_POSTGRES_URL`` is set (Dagster's tables, on kept connections too), with
+the same settings either way (one run at a time, the ``duckdb`` pool of one slot, freshness, run monitoring that
+frees a crashed run's slots, and retries of crashed runs only).
 
 The SQLite instance is loaded as Dagster loads it; the PostgreSQL one is checked as written, then loaded live on a
-real server (``fresh_postgres_url``).
+real server (``fresh_postgres_url``): its connections are kept, survive the server ending them, and a forked child
+never touches its parent's.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
+import sqlalchemy
 import yaml
 
 from mlops_assets.core.settings import (
@@ -22,6 +27,12 @@ from mlops_assets.core.settings import (
     REPO_ROOT,
     SQLITE_INSTANCE_YAML,
     prepare_dagster_home,
+)
+from mlops_assets.postgres_storage import (
+    KEPT_CONNECTIONS,
+    PooledPostgresEventLogStorage,
+    PooledPostgresRunStorage,
+    PooledPostgresScheduleStorage,
 )
 from mlops_assets.sqlite_storage import (
     PlatformInstance,
@@ -87,7 +98,13 @@ def test_the_postgres_url_switches_the_storage_and_never_lands_on_disk(
     assert "s3cret-pw" not in text and url not in text
     config = yaml.safe_load(text)
     # Dagster reads the URL from the environment of each process that opens the instance
-    assert config["storage"] == {"postgres": {"postgres_url": {"env": DAGSTER_POSTGRES_URL_ENV}}}
+    assert config["storage"] == {
+        "custom": {
+            "module": "mlops_assets.postgres_storage",
+            "class": "PooledPostgresStorage",
+            "config": {"postgres_url": {"env": DAGSTER_POSTGRES_URL_ENV}},
+        }
+    }
     assert config["run_retries"] == RUN_RETRIES
     assert config["run_monitoring"]["enabled"] and config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
     assert config["concurrency"] == {"runs": {"max_concurrent_runs": 1}, "pools": {"default_limit": 1}}
@@ -95,7 +112,7 @@ def test_the_postgres_url_switches_the_storage_and_never_lands_on_disk(
     # unset again, the next `mlops home` goes back to the embedded default
     monkeypatch.delenv(DAGSTER_POSTGRES_URL_ENV)
     assert "storage" not in _written(prepare_dagster_home(home))
-    assert "postgres" in _written(prepare_dagster_home(home, postgres=True))["storage"]
+    assert "PooledPostgresStorage" in str(_written(prepare_dagster_home(home, postgres=True))["storage"])
 
 
 def test_both_instance_files_say_the_same_but_for_storage() -> None:
@@ -135,8 +152,10 @@ def test_the_postgres_instance_loads_live(
     monkeypatch.setenv(DAGSTER_POSTGRES_URL_ENV, fresh_postgres_url)
     home = prepare_dagster_home(tmp_path / "home")
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
-            assert type(storage).__module__.startswith("dagster_postgres"), type(storage)
+        # Dagster's PostgreSQL storages (dagster_postgres), on kept connections
+        assert isinstance(instance.run_storage, PooledPostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PooledPostgresScheduleStorage)
         # freeing a crashed run's pool slots needs storage that keeps the slots (global concurrency)
         assert instance.event_log_storage.supports_global_concurrency_limits
         _assert_platform_settings(instance)
@@ -144,3 +163,93 @@ def test_the_postgres_instance_loads_live(
     with dg.DagsterInstance.from_config(str(home)) as reopened:
         assert reopened.get_dynamic_partitions("months") == ["2013-01", "2013-02"]
     assert (tmp_path / "home").exists() and not list(home.glob("**/*.db"))  # nothing stored in SQLite files
+
+
+@pytest.fixture
+def postgres_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_postgres_url: str
+) -> Iterator[dg.DagsterInstance]:
+    """The instance `mlops home` writes for PostgreSQL, live on a new database."""
+    monkeypatch.setenv(DAGSTER_POSTGRES_URL_ENV, fresh_postgres_url)
+    with dg.DagsterInstance.from_config(str(prepare_dagster_home(tmp_path / "home"))) as instance:
+        yield instance
+
+
+def _count_new_connections(instance: dg.DagsterInstance) -> list[int]:
+    """A counter, in a one-item list, of the connections the instance's storages open to the server from now on."""
+    opened = [0]
+
+    def count(*_: object) -> None:
+        opened[0] += 1
+
+    for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+        sqlalchemy.event.listen(storage._engine, "connect", count)  # type: ignore[attr-defined]
+    return opened
+
+
+def _new_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
+    return instance.add_run(dg.DagsterRun(job_name="training_pipeline", run_id=str(uuid.uuid4())))
+
+
+def _messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+    return [r.event_log_entry.dagster_event.message or "" for r in records]  # type: ignore[union-attr]
+
+
+def test_the_postgres_storage_keeps_its_connections(postgres_instance: dg.DagsterInstance) -> None:
+    """Dagster's own opens a connection (a server process, a password exchange) for every call: a run's hundreds of
+    events, a daemon's every tick. Here one thread's hundred calls reuse what the storages keep."""
+    instance = postgres_instance
+    opened = _count_new_connections(instance)
+    run = _new_run(instance)
+    for i in range(40):
+        instance.report_engine_event(f"event {i}", run)
+        instance.get_run_by_id(run.run_id)
+        instance.get_dynamic_partitions("months")
+    assert len(_messages(instance, run.run_id)) == 40
+    assert 1 <= opened[0] <= 3, f"{opened[0]} connections opened for 121 calls"
+
+
+def test_the_postgres_storage_reconnects_after_the_server_ends_its_connections(
+    postgres_instance: dg.DagsterInstance, fresh_postgres_url: str
+) -> None:
+    """A PostgreSQL restart or an administrator ends the kept connections: the next call tests its connection
+    first and opens a new one, instead of failing."""
+    instance = postgres_instance
+    run = _new_run(instance)
+    instance.report_engine_event("before", run)
+    admin = sqlalchemy.create_engine(fresh_postgres_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
+    with admin.connect() as conn:
+        ended = conn.execute(
+            sqlalchemy.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    admin.dispose()
+    assert ended >= 1  # the storages' kept connections
+    instance.report_engine_event("after", run)
+    assert _messages(instance, run.run_id) == ["before", "after"]
+
+
+def test_a_forked_child_never_uses_the_parents_postgres_connections(postgres_instance: dg.DagsterInstance) -> None:
+    instance = postgres_instance
+    run = _new_run(instance)
+    instance.report_engine_event("parent, before the fork", run)
+    opened = _count_new_connections(instance)
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through its exit status)
+        try:
+            for _ in range(KEPT_CONNECTIONS + 2):
+                instance.report_engine_event("child", run)
+            instance.dispose()  # closes what the child opened: closing a parent's would end it for the parent too
+            os._exit(0)
+        except BaseException:  # noqa: BLE001 (the child must never return into pytest)
+            os._exit(1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's kept connection was neither used nor closed by the child: no reconnection here
+    instance.report_engine_event("parent, after the fork", run)
+    assert opened[0] == 0
+    children = ["child"] * (KEPT_CONNECTIONS + 2)
+    assert _messages(instance, run.run_id) == ["parent, before the fork", *children, "parent, after the fork"]

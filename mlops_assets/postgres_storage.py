@@ -1,0 +1,153 @@
+"""Dagster's PostgreSQL instance storage, with its connections kept open between calls.
+
+Dagster's PostgreSQL storages (runs, event log, schedules) use SQLAlchemy's ``NullPool`` in every process but the
+webserver: each read and each write opens a new connection and closes it. A PostgreSQL connection is a new server
+process and, with password authentication (SCRAM-SHA-256, PostgreSQL's default), a key derivation on both sides. In
+the daemon of the PostgreSQL deployment test, two thirds of its busy samples were in ``psycopg2.connect`` (py-spy), and
+a run worker opens one connection per event it stores. Dagster tracks this upstream (dagster issue #20325, PRs
+#33791 and #33936).
+
+:class:`PooledPostgresStorage` is Dagster's PostgreSQL storage, same tables, migrations and settings, whose three
+storages keep up to :data:`KEPT_CONNECTIONS` connections each per process:
+
+* a burst of threads (the daemon's) opens extra connections, closed again when returned, rather than waiting;
+* a kept connection is tested before use (``pool_pre_ping``): after a PostgreSQL restart the next call reconnects;
+* a forked child never uses or closes its parent's connections (``os.register_at_fork``);
+* the webserver still replaces the engines with its own (Dagster's ``optimize_for_webserver``).
+
+dagster.postgres.yaml names it as the instance's ``storage``. The classes extend ``dagster_postgres``'s, whose engine
+attribute they replace; the pin ``dagster<1.14`` (pyproject.toml) holds them, and
+``mlops_assets_tests/deploy/test_postgres_instance.py`` tests them on a real server.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+import sqlalchemy
+from dagster._core.storage.config import PostgresStorageConfig
+from dagster._serdes import ConfigurableClassData
+from dagster_postgres import (
+    DagsterPostgresStorage,
+    PostgresEventLogStorage,
+    PostgresRunStorage,
+    PostgresScheduleStorage,
+)
+from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
+
+#: Connections each storage keeps open per process (three storages: up to three times this many per process; the
+#: compose stack's daemon, code server, run worker and webserver stay far below PostgreSQL's 100 connections).
+KEPT_CONNECTIONS = 3
+
+
+def _dispose_in_child(engine_ref: weakref.ref[sqlalchemy.engine.Engine]) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.dispose(close=False)  # the parent's connections: forget them, never close them from here
+
+
+def kept_connections_engine(postgres_url: str, token_provider: Any = None) -> sqlalchemy.engine.Engine:
+    """An engine whose pool keeps :data:`KEPT_CONNECTIONS` open connections, with Dagster's settings (autocommit)."""
+    engine = create_pg_engine(
+        postgres_url,
+        token_provider,
+        isolation_level="AUTOCOMMIT",
+        pool_size=KEPT_CONNECTIONS,
+        max_overflow=-1,
+        pool_pre_ping=True,
+    )
+    engine_ref = weakref.ref(engine)
+    os.register_at_fork(after_in_child=lambda: _dispose_in_child(engine_ref))
+    return engine
+
+
+def _settings(config_value: PostgresStorageConfig) -> dict[str, Any]:
+    """The storage's arguments from its dagster.yaml settings, as ``dagster_postgres`` reads them."""
+    return {
+        "postgres_url": pg_url_from_config(config_value),
+        "should_autocreate_tables": config_value.get("should_autocreate_tables", True),
+        "token_provider": get_token_provider_from_config(config_value),
+    }
+
+
+class _KeptConnections:
+    """Mixed in before a ``dagster_postgres`` storage: once it is set up (tables checked or created on a throw-away
+    connection), its engine is replaced by one that keeps its connections."""
+
+    postgres_url: str
+    _engine: sqlalchemy.engine.Engine
+    _token_provider: Any
+
+    def __init__(
+        self,
+        postgres_url: str,
+        should_autocreate_tables: bool = True,
+        inst_data: ConfigurableClassData | None = None,
+        token_provider: Any = None,
+    ) -> None:
+        super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)  # type: ignore[call-arg]
+        self._engine.dispose()
+        self._engine = kept_connections_engine(self.postgres_url, self._token_provider)
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: PostgresStorageConfig
+    ) -> Any:
+        return cls(inst_data=inst_data, **_settings(config_value))
+
+    def dispose(self) -> None:
+        super().dispose()  # type: ignore[misc]
+        self._engine.dispose()
+
+
+class PooledPostgresRunStorage(_KeptConnections, PostgresRunStorage):
+    """Dagster's PostgreSQL run storage on kept connections."""
+
+
+class PooledPostgresEventLogStorage(_KeptConnections, PostgresEventLogStorage):
+    """Dagster's PostgreSQL event log on kept connections."""
+
+
+class PooledPostgresScheduleStorage(_KeptConnections, PostgresScheduleStorage):
+    """Dagster's PostgreSQL schedule (and sensor tick) storage on kept connections."""
+
+
+class PooledPostgresStorage(DagsterPostgresStorage):
+    """The instance's storage (runs, event logs, schedules) in Dagster's PostgreSQL tables, on kept connections. Named
+    in dagster.postgres.yaml::
+
+        storage:
+          custom:
+            module: mlops_assets.postgres_storage
+            class: PooledPostgresStorage
+            config:
+              postgres_url:
+                env: MLOPS_DAGSTER_POSTGRES_URL
+    """
+
+    def __init__(
+        self,
+        postgres_url: str,
+        should_autocreate_tables: bool = True,
+        inst_data: ConfigurableClassData | None = None,
+        token_provider: Any = None,
+    ) -> None:
+        self.postgres_url = postgres_url
+        self.should_autocreate_tables = should_autocreate_tables
+        self._inst_data = inst_data
+        self._run_storage = PooledPostgresRunStorage(postgres_url, should_autocreate_tables, None, token_provider)
+        self._event_log_storage = PooledPostgresEventLogStorage(
+            postgres_url, should_autocreate_tables, None, token_provider
+        )
+        self._schedule_storage = PooledPostgresScheduleStorage(
+            postgres_url, should_autocreate_tables, None, token_provider
+        )
+        super(DagsterPostgresStorage, self).__init__()
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: PostgresStorageConfig
+    ) -> PooledPostgresStorage:
+        return cls(inst_data=inst_data, **_settings(config_value))

@@ -110,9 +110,9 @@ def warehouse(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
 #: test). The longest start first, so that none of them starts last, alone, while the other worker idles; unlisted
 #: tests take 0 and keep their order. Estimates only: a stale one costs time, never a result.
 SECONDS = {
-    "mlops_assets_tests/deploy/test_container.py": 60,  # two tests: ~120 s with the image build (cached layers)
-    "mlops_assets_tests/deploy/test_postgres_daemon.py": 75,
-    "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_months": 22,
+    "mlops_assets_tests/deploy/test_container.py": 45,  # two tests: ~90 s with the image build (cached layers)
+    "mlops_assets_tests/deploy/test_postgres_daemon.py": 38,
+    "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_months": 17,
     "mlops_assets_tests/defs/test_rollback.py": 25,
     "mlops_assets_tests/serving/": 0.8,  # ~80 tests and the session's platform: ~60 s
     "mlops_assets_tests/defs/test_recovery.py::test_kill_9": 55,  # one chain of four kill points

@@ -50,6 +50,24 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+#: What `dagster dev` starts, by a word of each process's command line: the webserver, the daemon, a code server.
+ROLES = ("dagster_webserver", "dagster._daemon", "api grpc")
+
+
+def _roles_started(pid: int) -> set[int] | None:
+    """The descendants of ``pid`` once every one of :data:`ROLES` is among them (None before)."""
+    started = _descendants(pid)
+    lines = [_command_line(child) for child in started]
+    return started if all(any(role in line for line in lines) for role in ROLES) else None
+
+
 def _ignore_sigint() -> None:
     """What a non-interactive shell does to a background job (`mlops ui &` in a script)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -80,9 +98,10 @@ def test_one_sigterm_stops_everything_dagster_dev_started(tmp_path: Path) -> Non
                 pass
             assert time.monotonic() < deadline, "the Dagster UI did not come up: " + (tmp_path / "ui.log").read_text()
             time.sleep(1)
-        time.sleep(5)  # the daemon and the code server are up too
-        started = _descendants(ui.pid)
-        assert len(started) >= 3, started  # dagster dev, its webserver, its daemon (and code servers)
+        # the daemon and a code server are started too (the webserver's code server may come first)
+        while (started := _roles_started(ui.pid)) is None:
+            assert time.monotonic() < deadline, f"not all of {ROLES} started: " + (tmp_path / "ui.log").read_text()
+            time.sleep(0.2)
 
         ui.send_signal(signal.SIGTERM)
         assert ui.wait(timeout=90) == 0

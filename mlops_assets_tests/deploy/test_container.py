@@ -47,6 +47,8 @@ PODMAN_COMPOSE = "podman-compose==1.6.0"
 #: Thin slice: every 20th flight (the whole pipeline in the container stays under a minute).
 EVERY = "20"
 BOTH_MODELS = ("flight_delay", "flight_cancellation")
+#: The compose stack's long-running services (deploy/compose.yaml; the `mlops` one-off tool service is not started).
+SERVICES = ("postgres", "code-server", "webserver", "daemon", "serve")
 
 T = TypeVar("T")
 
@@ -260,7 +262,7 @@ class Compose:
 
     def logs(self) -> str:
         parts = []
-        for service in ("postgres", "code-server", "webserver", "daemon", "serve"):
+        for service in SERVICES:
             result = self.podman.run("logs", "--tail", "40", self.container(service), check=False)
             parts.append(f"--- {service}\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
         return "\n".join(parts)
@@ -292,6 +294,10 @@ def compose(podman: Podman, platform_image: str, postgres_image: str) -> Iterato
     try:
         yield stack
     finally:
+        # the platform's services stopped at once (podman-compose's `down` stops them one after the other: ~12 s),
+        # before PostgreSQL (which `down` stops and removes with the rest)
+        platform = [stack.container(service) for service in SERVICES if service != "postgres"]
+        podman.run("stop", "--time", "20", *platform, timeout=120, check=False)
         stack("--profile", "tools", "down", "--volumes", timeout=180, check=False)
 
 
@@ -365,7 +371,7 @@ def test_compose_stack_refreshes_a_landed_month(compose: Compose) -> None:
         step("2013-04 refreshed")
 
         # every role's health check (compose.yaml) passes; podman runs them on demand (its timers need systemd)
-        for service in ("postgres", "code-server", "webserver", "daemon", "serve"):
+        for service in SERVICES:
             result = compose.podman.run("healthcheck", "run", compose.container(service), check=False, timeout=60)
             assert result.returncode == 0, (service, result.stdout, result.stderr)
         step("checked")

@@ -1,10 +1,10 @@
 """Training: the time-split training set and the challenger model, registered as a new immutable version."""
 
 from datetime import timedelta
+from importlib.metadata import version
 
 import dagster as dg
 import duckdb
-import lightgbm
 import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
@@ -34,7 +34,7 @@ from mlops_assets.defs.resources import PlatformStorage, TrainingPolicy
 CHALLENGER_ALIAS = "challenger"
 PROFILE_ROWS = 50_000
 #: The challenger's code version: the training code and the LightGBM version. When it changes, automation retrains.
-TRAINING_CODE_VERSION = source_version(training_module, extra=f"lightgbm {lightgbm.__version__}")
+TRAINING_CODE_VERSION = source_version(training_module, extra=f"lightgbm {version('lightgbm')}")
 #: How stale the champion may get: re-evaluated (retrained and judged) at least every 30 days, warned at 25.
 CHAMPION_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=30), warn_window=timedelta(days=25))
 

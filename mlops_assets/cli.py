@@ -133,7 +133,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_months(args: argparse.Namespace) -> int:
     """The landed months, or (``--tags``) the run tags that make a job cover all of them, as JSON."""
-    from mlops_assets.defs.partitions import range_tags
+    from mlops_assets.defs.run_tags import range_tags
 
     settings = load_settings()
     months = landed_months(settings.landing_dir, [t.name for f in CATALOG.feeds for t in f.monthly_tables])

@@ -22,9 +22,9 @@ from mlops_assets.defs.ingest import build_ingest
 from mlops_assets.defs.jobs import build_jobs
 from mlops_assets.defs.keys import MODEL_TAG, retraining_job_name, served
 from mlops_assets.defs.monitor import build_monitoring
-from mlops_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from mlops_assets.defs.progress import progress_console
 from mlops_assets.defs.resources import build_resources
+from mlops_assets.defs.run_tags import RANGE_END_TAG, RANGE_START_TAG
 from mlops_assets.defs.sensors import (
     build_automation_sensor,
     build_landing_job,

@@ -15,8 +15,6 @@ SINGLE_RUN = dg.BackfillPolicy.single_run()
 #: The concurrency pool every step that writes the warehouse belongs to (limit 1 in dagster.yaml).
 DUCKDB_POOL = "duckdb"
 
-RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-
 
 def run_months(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> list[str]:
     """The months a run covers: its partition, its partition range, or a clear error when it has neither."""
@@ -28,11 +26,6 @@ def run_months(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext
         'mlops_assets.definitions -j training_pipeline --tags "$(mlops months --tags)"`), or pick the months to '
         "materialize in the UI."
     )
-
-
-def range_tags(months: list[str]) -> dict[str, str]:
-    """Run tags that make one run cover the months ``months[0]..months[-1]``."""
-    return {RANGE_START_TAG: months[0], RANGE_END_TAG: months[-1]}
 
 
 def register_months(instance: dg.DagsterInstance, months: list[str]) -> list[str]:

@@ -28,7 +28,8 @@ from mlops_assets.core.contracts import (
 from mlops_assets.core.landing import checksum_path, find_landed, land_file, sha256_bytes, write_atomic
 from mlops_assets.core.settings import Settings, load_settings
 from mlops_assets.definitions import build_definitions
-from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.defs.partitions import register_months
+from mlops_assets.defs.run_tags import range_tags
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets_tests.conftest import instance_for_test
 

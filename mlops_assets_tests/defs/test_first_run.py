@@ -14,9 +14,9 @@ from mlops_assets.cli import main
 from mlops_assets.core.settings import TRAINING_WINDOW_ENV, Settings, load_settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.keys import keys_of, landing_key, raw_key, retraining_job_name
-from mlops_assets.defs.partitions import range_tags
 from mlops_assets.defs.progress import PROGRESS_CONSOLE_CONFIG, progress_console
 from mlops_assets.defs.resources import build_resources
+from mlops_assets.defs.run_tags import range_tags
 from mlops_assets.defs.sensors import LANDING_JOB
 from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets_tests.conftest import instance_for_test

@@ -11,7 +11,8 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import build_definitions
-from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.defs.partitions import register_months
+from mlops_assets.defs.run_tags import range_tags
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets_tests.conftest import EVERY, instance_for_test
 

@@ -11,8 +11,9 @@ from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.keys import keys_of, retraining_job_name, sensor_name
-from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.resources import build_resources
+from mlops_assets.defs.run_tags import range_tags
 from mlops_assets_tests.conftest import instance_for_test
 from mlops_assets_tests.toy_model import MONTHS, TOY_FEED, TOY_MODEL
 

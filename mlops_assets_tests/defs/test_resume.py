@@ -9,7 +9,8 @@ from mlops_assets.core.landing import landing_path
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import reconstructable_job, resume_run
-from mlops_assets.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, range_tags, register_months
+from mlops_assets.defs.partitions import register_months
+from mlops_assets.defs.run_tags import RANGE_END_TAG, RANGE_START_TAG, range_tags
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets_tests.conftest import instance_for_test
 

@@ -84,7 +84,8 @@ def test_a_new_month_adds_a_partition_and_requests_only_itself(settings: Setting
 
 
 def test_months_already_ingested_by_a_job_are_not_requested_again(settings: Settings) -> None:
-    from mlops_assets.defs.partitions import range_tags, register_months
+    from mlops_assets.defs.partitions import register_months
+    from mlops_assets.defs.run_tags import range_tags
 
     replay_months(settings.landing_dir, ["2013-01"], every=50)
     with instance_for_test() as instance:

@@ -18,8 +18,9 @@ from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings, load_settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.deploy import build_champion_check
-from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.resources import build_resources
+from mlops_assets.defs.run_tags import range_tags
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets_tests.conftest import instance_for_test

@@ -28,7 +28,8 @@ from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import ModelPaths, Settings
 from mlops_assets.definitions import build_definitions
-from mlops_assets.defs.partitions import range_tags, register_months
+from mlops_assets.defs.partitions import register_months
+from mlops_assets.defs.run_tags import range_tags
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.serving import ServeConfig, create_app
 from mlops_assets.serving.app import uvicorn_config

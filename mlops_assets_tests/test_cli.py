@@ -2,6 +2,9 @@
 (`mlops doctor`), a version failing its checksum is flagged, and wrong arguments get a clear error, not a traceback."""
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,7 +99,6 @@ def test_make_pipeline_works_in_a_data_dir_whose_path_has_spaces(tmp_path: Path)
     outside it, and `make clean-data` empties it."""
     import os
     import shutil
-    import subprocess
 
     from mlops_assets.core.settings import REPO_ROOT
 
@@ -126,3 +128,24 @@ def test_make_pipeline_works_in_a_data_dir_whose_path_has_spaces(tmp_path: Path)
         timeout=60,
     )
     assert cleaned.returncode == 0 and not any(data_dir.iterdir()), cleaned.stderr
+
+
+def test_the_code_server_health_check_says_why_it_fails() -> None:
+    """Nothing listens on the port: unhealthy, with the reason (a live code server answers SERVING in
+    deploy/test_postgres_daemon.py and in the compose stack's health checks)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        done = subprocess.run(
+            [sys.executable, "-m", "mlops_assets.healthcheck", "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1, done
+    assert f"code server 127.0.0.1:{port} did not answer" in done.stderr, done.stderr
+    usage = subprocess.run(
+        [sys.executable, "-m", "mlops_assets.healthcheck"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert usage.returncode == 2 and "usage:" in usage.stderr

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import dagster as dg
+import grpc
 import pytest
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.settings import DAGSTER_POSTGRES_URL_ENV, SENSOR_INTERVAL_ENV
 from mlops_assets.defs.features import freshness_check_keys
 from mlops_assets.defs.keys import keys_of
+from mlops_assets.healthcheck import code_server_status
 from mlops_assets.postgres_storage import (
     PooledPostgresEventLogStorage,
     PooledPostgresRunStorage,
@@ -247,9 +249,11 @@ def test_training_and_a_landed_month_run_through_the_daemon_on_postgres(deployme
     tags = d.cli("mlops", "months", "--tags").strip()
 
     def serving() -> bool | None:
-        health = [str(BIN / "dagster"), "api", "grpc-health-check", "-h", "127.0.0.1", "-p", str(port)]
-        done = subprocess.run(health, env=d.env, capture_output=True, timeout=60, check=False)
-        return True if done.returncode == 0 else None
+        """The compose stack's health check of the code server (mlops_assets/healthcheck.py), here in process."""
+        try:
+            return True if code_server_status("127.0.0.1", port) == "SERVING" else None
+        except grpc.RpcError:
+            return None
 
     d.wait_for("code server serving", serving, deadline, every=1.0)
     # The initial training comes before the feed is watched, as `make pipeline` before `make ui`: with the sensor on,

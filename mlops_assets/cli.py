@@ -7,7 +7,7 @@
     mlops status [--model M] [--json]  landed months, rows, quarantine, features; per model versions, aliases, events
     mlops runs [--model M] [--last N]  a model's training runs side by side: params, data hash, metrics
     mlops rollback [--model M] [--to]  move a model's champion back by hand (recorded in its event log)
-    mlops resume [--model M] RUN_ID    re-execute a failed run from its failed step (Dagster re-execution)
+    mlops resume [--model M] RUN_ID... re-execute failed runs from their failed step (Dagster re-execution)
     mlops simulate [--model M] ...     replay a year from empty: sensors and automation retrain and promote; timeline
     mlops home                         prepare $DAGSTER_HOME (dagster.yaml from the repo) and print its path
     mlops serve [--model M] [--port]   the prediction service for every model (FastAPI on uvicorn, 127.0.0.1:8000);
@@ -216,23 +216,29 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    """Re-execute each failed run from its failure, one after the other in this process (a crash that killed several
+    runs is resumed with one command, paying Dagster's start once). Exit 1 when any could not be resumed or failed."""
     import dagster as dg  # only this command needs Dagster itself
 
     from mlops_assets.definitions import resume_run
 
     _instance_home(load_settings())  # the instance the pipeline commands use
-    try:
-        with dg.DagsterInstance.get() as instance:
-            _recover_dead_runs(instance)  # a killed run (and the run to resume, if it was one) is marked failed first
-            result = resume_run(args.run_id, instance, model=_model(args).name if args.model else None)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    steps = sorted({e.step_key for e in result.all_events if e.is_step_success and e.step_key})
-    print(
-        f"run {result.run_id} (resuming {args.run_id}): {'SUCCESS' if result.success else 'FAILURE'}; re-ran: {', '.join(steps) or 'nothing'}"
-    )
-    return 0 if result.success else 1
+    model = _model(args).name if args.model else None
+    all_succeeded = True
+    with dg.DagsterInstance.get() as instance:
+        _recover_dead_runs(instance)  # a killed run (and the runs to resume, if they were) is marked failed first
+        for run_id in args.run_id:
+            try:
+                result = resume_run(run_id, instance, model=model)
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                all_succeeded = False
+                continue
+            steps = sorted({e.step_key for e in result.all_events if e.is_step_success and e.step_key})
+            outcome = "SUCCESS" if result.success else "FAILURE"
+            print(f"run {result.run_id} (resuming {run_id}): {outcome}; re-ran: {', '.join(steps) or 'nothing'}")
+            all_succeeded = all_succeeded and result.success
+    return 0 if all_succeeded else 1
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -346,9 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--reason", default="rolled back by hand", help="recorded in the event log")
     back.set_defaults(handler=cmd_rollback)
 
-    resume = commands.add_parser("resume", help="re-execute a failed run from its failure")
-    model_option(resume, "refuse the run unless it is this model's (default: the run's own model)")
-    resume.add_argument("run_id", help="the failed run's id (shown by dagster and in the UI)")
+    resume = commands.add_parser("resume", help="re-execute failed runs from their failure, one after the other")
+    model_option(resume, "refuse a run unless it is this model's (default: the run's own model)")
+    resume.add_argument(
+        "run_id", nargs="+", help="a failed run's id (shown by dagster and in the UI); several: in turn"
+    )
     resume.set_defaults(handler=cmd_resume)
 
     sim = commands.add_parser(

@@ -42,10 +42,17 @@ from dagster_postgres.utils import create_pg_engine, get_token_provider_from_con
 KEPT_CONNECTIONS = 3
 
 
-def _dispose_in_child(engine_ref: weakref.ref[sqlalchemy.engine.Engine]) -> None:
-    engine = engine_ref()
-    if engine is not None:
+#: Every kept-connections engine of this process: a forked child forgets their connections (the parent's sockets).
+_ENGINES: weakref.WeakSet[sqlalchemy.engine.Engine] = weakref.WeakSet()
+
+
+def _forget_parent_connections() -> None:
+    for engine in list(_ENGINES):
         engine.dispose(close=False)  # the parent's connections: forget them, never close them from here
+
+
+# one hook for the process (not one per engine: an engine is made per instance opened, many in a long-lived process)
+os.register_at_fork(after_in_child=_forget_parent_connections)
 
 
 def kept_connections_engine(postgres_url: str, token_provider: Any = None) -> sqlalchemy.engine.Engine:
@@ -58,8 +65,7 @@ def kept_connections_engine(postgres_url: str, token_provider: Any = None) -> sq
         max_overflow=-1,
         pool_pre_ping=True,
     )
-    engine_ref = weakref.ref(engine)
-    os.register_at_fork(after_in_child=lambda: _dispose_in_child(engine_ref))
+    _ENGINES.add(engine)
     return engine
 
 

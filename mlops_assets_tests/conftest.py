@@ -38,6 +38,7 @@ _temp_in_memory()
 # test run writes nothing into the checkout
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "mlops-hypothesis"))
 
+import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -63,6 +64,17 @@ def instance_for_test(overrides: dict[str, Any] | None = None) -> AbstractContex
     """``dg.instance_for_test`` (a temporary Dagster home) with the instance class and storage the platform ships, so
     the tests run on what users run."""
     return dg.instance_for_test(overrides={"instance_class": SHIPPED_INSTANCE_CLASS, **(overrides or {})})
+
+
+def new_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
+    """A run record of ``training_pipeline`` to store events against (the storage tests)."""
+    return instance.add_run(dg.DagsterRun(job_name="training_pipeline", run_id=str(uuid.uuid4())))
+
+
+def engine_event_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The messages of a run's engine events, in the order they were stored."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+    return [r.event_log_entry.dagster_event.message or "" for r in records]  # type: ignore[union-attr]
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -18,6 +17,7 @@ import pytest
 
 from mlops_assets.core.settings import prepare_dagster_home
 from mlops_assets.sqlite_storage import KEPT_RUN_SHARDS, PooledSqliteEventLogStorage
+from mlops_assets_tests.conftest import engine_event_messages, new_run
 
 #: Stores ``count`` engine events for a run in the instance at $DAGSTER_HOME, then exits as asked: ``kill-9`` at once,
 #: ``exit`` when its stdin closes (its connections stay open until then, as a run worker's do during a run).
@@ -45,22 +45,13 @@ def instance() -> dg.DagsterInstance:
         yield loaded
 
 
-def _new_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
-    return instance.add_run(dg.DagsterRun(job_name="training_pipeline", run_id=str(uuid.uuid4())))
-
-
-def _messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
-    return [r.event_log_entry.dagster_event.message or "" for r in records]  # type: ignore[union-attr]
-
-
 def _writer(run_id: str, count: int, exit_how: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-c", WRITER, run_id, str(count), exit_how]
     return subprocess.Popen(command, stdin=subprocess.PIPE, text=True)
 
 
 def test_another_process_reads_each_commit_and_a_watcher_of_the_run_hears_it(instance: dg.DagsterInstance) -> None:
-    run = _new_run(instance)
+    run = new_run(instance)
     instance.report_engine_event("from the test", run)  # this process's connections are open before the writer's
     heard: list[str] = []
     all_heard = threading.Event()
@@ -75,7 +66,7 @@ def test_another_process_reads_each_commit_and_a_watcher_of_the_run_hears_it(ins
     try:
         # the UI's live log, while the writer still runs: woken by the write-ahead log its kept connections commit to
         assert all_heard.wait(30), heard
-        assert len(_messages(instance, run.run_id)) == 6
+        assert len(engine_event_messages(instance, run.run_id)) == 6
     finally:
         instance.event_log_storage.end_watch(run.run_id, on_event)
         writer.communicate("", timeout=30)
@@ -83,17 +74,17 @@ def test_another_process_reads_each_commit_and_a_watcher_of_the_run_hears_it(ins
 
 
 def test_a_kill_9_loses_nothing_committed(instance: dg.DagsterInstance) -> None:
-    run = _new_run(instance)
+    run = new_run(instance)
     writer = _writer(run.run_id, 40, "kill-9")
     assert writer.wait(60) == -9
-    messages = _messages(instance, run.run_id)
+    messages = engine_event_messages(instance, run.run_id)
     assert len(messages) == 40 and messages[-1].startswith("event 39 ")
     instance.report_engine_event("after the kill", run)  # the killed process left no lock behind
-    assert len(_messages(instance, run.run_id)) == 41
+    assert len(engine_event_messages(instance, run.run_id)) == 41
 
 
 def test_a_forked_child_opens_its_own_connections(instance: dg.DagsterInstance) -> None:
-    run = _new_run(instance)
+    run = new_run(instance)
     instance.report_engine_event("parent, before the fork", run)
     child = os.fork()
     if child == 0:  # pragma: no cover (the child reports through its exit status)
@@ -105,7 +96,7 @@ def test_a_forked_child_opens_its_own_connections(instance: dg.DagsterInstance) 
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     instance.report_engine_event("parent, after the fork", run)  # its connections were not closed by the child
-    assert _messages(instance, run.run_id) == ["parent, before the fork", "child", "parent, after the fork"]
+    assert engine_event_messages(instance, run.run_id) == ["parent, before the fork", "child", "parent, after the fork"]
 
 
 def _open_run_databases(instance: dg.DagsterInstance) -> set[str]:
@@ -121,13 +112,13 @@ def _open_run_databases(instance: dg.DagsterInstance) -> set[str]:
     return opened
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
 def test_a_long_lived_process_keeps_only_its_recent_run_logs_open(instance: dg.DagsterInstance) -> None:
-    runs = [_new_run(instance) for _ in range(KEPT_RUN_SHARDS + 6)]
+    assert Path("/proc/self/fd").is_dir(), "the open files are counted through /proc (Linux, as the platform)"
+    runs = [new_run(instance) for _ in range(KEPT_RUN_SHARDS + 6)]
     for run in runs:  # what a webserver does as runs are looked at
         instance.report_engine_event("looked at", run)
-        assert len(_messages(instance, run.run_id)) == 1
+        assert len(engine_event_messages(instance, run.run_id)) == 1
     opened = _open_run_databases(instance)
     assert opened <= {r.run_id for r in runs[-KEPT_RUN_SHARDS:]}, opened
     assert runs[-1].run_id in opened
-    assert _messages(instance, runs[0].run_id) == ["looked at"]  # a closed one opens again when needed
+    assert engine_event_messages(instance, runs[0].run_id) == ["looked at"]  # a closed one opens again when needed

@@ -10,8 +10,8 @@ Dagster writes as it stores each event (so the kill lands within milliseconds, i
 instance's event log afterwards. The four kill points are one chain of runs on one data directory: each run recovers
 the run killed before it and is killed further on, so every kill is followed by a run that proceeds, and one `mlops
 resume` re-executes the four killed runs: 6 processes instead of 12 (each costs ~2-3 s of CPU to start). Runtime on 2
-cores beside another test worker: ~50-60 s for the chain, 22-37 s for the run that waits while the slot holder dies,
-~10 s for `mlops resume` alone, ~5 s for the rest.
+cores: ~37 s for the chain alone (more beside another test worker), 22-37 s for the run that waits while the slot
+holder dies, ~10 s for `mlops resume` alone, ~5 s for the rest.
 """
 
 from __future__ import annotations

@@ -164,10 +164,11 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
             # one commit for all the run's months, their rows inserted together (a row group at a time)
             with partition_writer(conn, qualified("raw", table.name)) as raw_rows:
                 verdicts = [ingest_month(context, conn, storage, month, misnamed, now, raw_rows) for month in months]
+            schema_check = judge_batches(conn, table, raw_key(table), "raw", SCHEMA_CHECK, months)
         log_verdicts(context, table, "raw", months, verdicts)
         return dg.MaterializeResult(
             metadata={**verdict_metadata(months, verdicts), **misnamed_metadata(misnamed)},
-            check_results=[judge_batches(duckdb, table, raw_key(table), "raw", SCHEMA_CHECK, months)],
+            check_results=[schema_check],
         )
 
     def ingest_month(

@@ -5,6 +5,7 @@ from datetime import datetime
 from statistics import median
 
 import dagster as dg
+import duckdb as duckdb_module  # the steps' resource parameter is named duckdb
 from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.ingest import validate_partitions
@@ -50,12 +51,13 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
     def _validated(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
         now = datetime.now()
-        with duckdb.get_connection() as conn, transaction(conn):  # one commit for all the run's months
-            verdicts = validate_partitions(conn, table, months, context.run.run_id, now)
+        with duckdb.get_connection() as conn:
+            with transaction(conn):  # one commit for all the run's months
+                verdicts = validate_partitions(conn, table, months, context.run.run_id, now)
+            checks = [judge_batches(conn, table, validated_key(table), "validated", ROW_CHECK, months)]
+            if table.monthly:
+                checks.append(judge_row_counts(conn, table, months))
         log_verdicts(context, table, "validated", months, verdicts)
-        checks = [judge_batches(duckdb, table, validated_key(table), "validated", ROW_CHECK, months)]
-        if table.monthly:
-            checks.append(judge_row_counts(duckdb, table, months))
         return dg.MaterializeResult(metadata=verdict_metadata(months, verdicts), check_results=checks)
 
     return _validated
@@ -83,14 +85,13 @@ def row_count_check_spec(table: TableSpec) -> dg.AssetCheckSpec:
     )
 
 
-def judge_row_counts(duckdb: DuckDBResource, table: TableSpec, months: list[str | None]) -> dg.AssetCheckResult:
+def judge_row_counts(
+    conn: duckdb_module.DuckDBPyConnection, table: TableSpec, months: list[str | None]
+) -> dg.AssetCheckResult:
     """Warn when a month's validated row count is far from the median of the other months."""
-    with duckdb.get_connection() as conn:
-        counts = dict(
-            conn.execute(
-                f"SELECT _month, count(*) FROM {qualified('validated', table.name)} GROUP BY _month"
-            ).fetchall()
-        )
+    counts = dict(
+        conn.execute(f"SELECT _month, count(*) FROM {qualified('validated', table.name)} GROUP BY _month").fetchall()
+    )
     outliers = []
     for month in months:
         others = [n for m, n in counts.items() if m != month]

@@ -102,20 +102,16 @@ def test_the_row_check_fails_when_a_months_rows_do_not_add_up(
     loaded: duckdb.DuckDBPyConnection, settings: Settings
 ) -> None:
     import dagster as dg
-    from dagster_duckdb import DuckDBResource
 
     from mlops_assets.defs.batches import judge_batches
 
     def judge() -> dg.AssetCheckResult:
-        """The validated stage's blocking check, on a connection of its own, as the step runs it."""
-        resource = DuckDBResource(database=str(settings.warehouse_path))
+        """The validated stage's blocking check, on the connection that wrote the batch, as the step runs it."""
         flights = NYCFLIGHTS13.table("flights")
-        return judge_batches(resource, flights, dg.AssetKey("validated"), "validated", "row_contract", [MONTH])
+        return judge_batches(loaded, flights, dg.AssetKey("validated"), "validated", "row_contract", [MONTH])
 
-    loaded.close()  # the check opens the file with the step's own settings
     assert judge().passed
-    with duckdb.connect(str(settings.warehouse_path)) as conn:
-        conn.execute("DELETE FROM validated.flights WHERE _row = (SELECT min(_row) FROM validated.flights)")
+    loaded.execute("DELETE FROM validated.flights WHERE _row = (SELECT min(_row) FROM validated.flights)")
     result = judge()
     assert not result.passed
     assert f"flights {MONTH}: rows do not add up: " in (result.description or ""), result.description

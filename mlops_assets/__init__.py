@@ -6,11 +6,17 @@ import os
 
 __version__ = "0.1.0"
 
-# LightGBM's OpenMP threads spin while they wait by default. On a machine whose cores are shared (a daemon, a webserver,
-# another run, the test workers), spinning threads steal the cores the working ones need: a 6 s training measured 17 s.
-# Passive waiting costs next to nothing when the cores are free. libgomp reads this once, when it is loaded (with
-# LightGBM), so it is set before anything here imports LightGBM; a value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# LightGBM's two OpenMP threads wait for each other thousands of times per tree. How long a waiting thread spins before
+# it sleeps decides the training time (the year's delay model, 82 trees, measured on 2 cores):
+#   libgomp's default (~3 ms of spinning): 1.9 s on a quiet machine, 10-13 s with the other core busy (the spinning
+#     thread takes the core the working one needs);
+#   no spinning (OMP_WAIT_POLICY=PASSIVE): 3.3 s quiet (every wait pays a wake-up: two threads barely beat one),
+#     3.8 s busy;
+#   ~10 us of spinning (GOMP_SPINCOUNT=1000): 2.0 s quiet, 5.0 s busy. The default here.
+# libgomp reads these once, when it is loaded (with LightGBM), so they are set before anything here imports LightGBM;
+# either variable set by the user wins (the tests, two workers on two cores, wait passively: conftest.py).
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 # At exit, Python's last garbage collection walks every object still alive: ~0.7 s for a process that loaded the
 # definitions (~260k objects), paid by every `dagster job execute`, run worker, `mlops` command and test subprocess

@@ -45,10 +45,10 @@ class KeptConnection:
         self._state = threading.Condition()
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._in_use = False
+        self._close_on_release = False  # close() was called while a block used the connection
         self._released_at = 0.0
         self._closer: threading.Thread | None = None
         self._pid = os.getpid()
-        self.opened = 0  # connections made for kept use (a test reads it)
         _ALL.add(self)
 
     @contextmanager
@@ -70,13 +70,13 @@ class KeptConnection:
         try:
             if self._conn is None:  # outside the lock: opening may wait for another process to let the file go
                 self._conn = self._connect()
-                self.opened += 1
             yield self._conn
             succeeded = True
         finally:
             with self._state:
                 self._in_use = False
-                if not succeeded:
+                if not succeeded or self._close_on_release:
+                    self._close_on_release = False
                     self._close()
                 else:
                     self._released_at = time.monotonic()
@@ -84,15 +84,19 @@ class KeptConnection:
                     self._state.notify_all()
 
     def close(self) -> None:
-        """Close the connection now (the run ended) and stop waiting; a later use opens a new one."""
+        """Close the connection now (the run ended; a block using it closes it when it ends); a later use opens a new
+        one."""
         with self._state:
             self._forget_after_fork()
-            if not self._in_use:
+            if self._in_use:
+                self._close_on_release = True
+            else:
                 self._close()
             self._state.notify_all()
 
     @property
     def is_open(self) -> bool:
+        """Whether the kept connection is open (in use or waiting for the next use)."""
         with self._state:
             return self._conn is not None
 
@@ -107,6 +111,7 @@ class KeptConnection:
             if self._conn is not None:
                 _INHERITED.append(self._conn)
             self._pid, self._conn, self._in_use, self._closer = os.getpid(), None, False, None
+            self._close_on_release = False
 
     def _start_closer(self) -> None:
         if self._closer is None or not self._closer.is_alive():

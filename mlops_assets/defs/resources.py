@@ -123,6 +123,11 @@ class Warehouse(DuckDBResource):
         if self._kept is not None:
             self._kept.close()
 
+    @property
+    def holds_connection(self) -> bool:
+        """Whether this process holds the file through the kept connection (in use or idle)."""
+        return self._kept is not None and self._kept.is_open
+
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close_kept()
         if self._watch is not None:

@@ -83,6 +83,14 @@ def test_consecutive_uses_share_a_connection_let_go_when_idle(settings: Settings
     assert _opens_elsewhere(settings)
 
 
+def test_closing_while_in_use_closes_when_the_block_ends(settings: Settings) -> None:
+    resource = warehouse(settings)
+    with resource.get_connection() as conn:
+        resource.close_kept()
+        assert conn.execute("SELECT 1").fetchall() == [(1,)]  # the block keeps its connection until it ends
+    assert not resource.holds_connection and _opens_elsewhere(settings)
+
+
 def test_a_nested_use_gets_a_connection_of_its_own(settings: Settings) -> None:
     resource = warehouse(settings)
     with resource.get_connection() as outer, resource.get_connection() as inner:
@@ -111,7 +119,7 @@ def test_another_process_opens_the_file_soon_after_the_last_use(settings: Settin
 
 def _wait_until_closed(resource: Warehouse, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while resource._kept.is_open:
+    while resource.holds_connection:
         assert time.monotonic() < deadline, "the idle connection was never closed"
         time.sleep(0.05)
 

@@ -98,9 +98,7 @@ def test_clean_real_month_passes_with_no_quarantined_flights(
     assert counted[(MONTH, "a file never landed")] == {"landed": 0, "validated": 0, "quarantined": 0}
 
 
-def test_the_row_check_fails_when_a_months_rows_do_not_add_up(
-    loaded: duckdb.DuckDBPyConnection, settings: Settings
-) -> None:
+def test_the_row_check_fails_when_a_months_rows_do_not_add_up(loaded: duckdb.DuckDBPyConnection) -> None:
     import dagster as dg
 
     from mlops_assets.defs.batches import judge_batches

@@ -18,6 +18,13 @@ __version__ = "0.1.0"
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
+# Python's cyclic garbage collector runs its young generation every 700 allocations and, every 100 of those, walks
+# every object alive: the ~260k of a process that loaded the definitions, ~0.25 s a walk. A run worker refreshing a
+# month spent 0.87 s in it, a year's training run 0.86 s. Collecting the young generation every 10,000 allocations
+# instead takes a cold refresh to 0.34 s; cyclic garbage lives a little longer, reference counting frees the rest as
+# before.
+gc.set_threshold(10_000, 10, 10)
+
 # At exit, Python's last garbage collection walks every object still alive: ~0.7 s for a process that loaded the
 # definitions (~260k objects), paid by every `dagster job execute`, run worker, `mlops` command and test subprocess
 # (measured 0.71 s -> 0.06 s from the last line to the exit). Freezing them first (at exit, after every handler

@@ -12,8 +12,8 @@ is kept for the next one, and closed once it has been idle for ``idle_s``:
 * a use that fails closes the connection at once (its transaction rolled back), as a step's own connection did;
 * a use while the kept connection is in use (a nested block) gets a connection of its own, closed after it.
 
-The connection is only ever used by one thread at a time; a timer thread closes it when idle. A forked child never
-touches its parent's connection.
+The connection is only ever used by one thread at a time; a timer thread closes it when idle. A forked child forgets
+its parent's connection (one fork hook for the process, as ``postgres_storage`` does for its engines).
 """
 
 from __future__ import annotations
@@ -48,14 +48,12 @@ class KeptConnection:
         self._close_on_release = False  # close() was called while a block used the connection
         self._released_at = 0.0
         self._closer: threading.Thread | None = None
-        self._pid = os.getpid()
         _ALL.add(self)
 
     @contextmanager
     def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The kept connection (opened if needed), or a connection of its own when the kept one is in use."""
         with self._state:
-            self._forget_after_fork()
             shared = not self._in_use
             if shared:
                 self._in_use = True
@@ -87,7 +85,6 @@ class KeptConnection:
         """Close the connection now (the run ended; a block using it closes it when it ends); a later use opens a new
         one."""
         with self._state:
-            self._forget_after_fork()
             if self._in_use:
                 self._close_on_release = True
             else:
@@ -105,13 +102,13 @@ class KeptConnection:
             conn, self._conn = self._conn, None
             conn.close()
 
-    def _forget_after_fork(self) -> None:
-        """In a forked child, the parent's connection and timer thread are not ours: start afresh."""
-        if os.getpid() != self._pid:
-            if self._conn is not None:
-                _INHERITED.append(self._conn)
-            self._pid, self._conn, self._in_use, self._closer = os.getpid(), None, False, None
-            self._close_on_release = False
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's connection, timer thread and lock (perhaps held by a parent's thread at the
+        fork) are not ours; start afresh."""
+        if self._conn is not None:
+            _INHERITED.append(self._conn)
+        self._state = threading.Condition()
+        self._conn, self._in_use, self._close_on_release, self._closer = None, False, False, None
 
     def _start_closer(self) -> None:
         if self._closer is None or not self._closer.is_alive():
@@ -129,6 +126,14 @@ class KeptConnection:
                     self._close()
                     return
                 self._state.wait(left)
+
+
+def _forget_parent_connections() -> None:
+    for kept in list(_ALL):
+        kept._forget_parent()
+
+
+os.register_at_fork(after_in_child=_forget_parent_connections)
 
 
 @atexit.register

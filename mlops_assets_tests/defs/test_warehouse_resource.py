@@ -6,6 +6,8 @@ and lets the file go at once.
 resident through training, and the 10x run went from 2.18 to 2.49 GiB against a 2.5 GiB budget. The idle close lets
 it go before a model trains.)"""
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +117,27 @@ def test_another_process_opens_the_file_soon_after_the_last_use(settings: Settin
         [sys.executable, "-c", other, str(settings.warehouse_path)], capture_output=True, text=True, check=False
     )
     assert opened.returncode == 0 and opened.stdout.strip() == "[(1,)]", opened.stderr[-2000:]
+
+
+def test_a_forked_child_forgets_the_parents_connection(settings: Settings) -> None:
+    """A child forked while the parent keeps a connection starts without it (closing it there would checkpoint the
+    parent's file from another process); the parent's connection keeps working."""
+    from mlops_assets.core.kept_connection import KeptConnection
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    kept = KeptConnection(lambda: duckdb.connect(str(settings.warehouse_path)), idle_s=60)
+    with kept.connection() as conn:
+        conn.execute("CREATE TABLE t AS SELECT 1 AS one")
+    pid = os.fork()
+    if pid == 0:  # the child: report whether it still holds the parent's connection, then leave without cleanup
+        signal.alarm(10)  # a lock inherited held would hang the child: the alarm ends it, and the test fails
+        os._exit(0 if not kept.is_open else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child kept, or hung on, the parent's connection"
+    with kept.connection() as again:
+        assert again is conn and again.execute("SELECT one FROM t").fetchall() == [(1,)]
+    kept.close()
+    assert _opens_elsewhere(settings)
 
 
 def _wait_until_closed(resource: Warehouse, timeout: float = 10.0) -> None:

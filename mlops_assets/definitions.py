@@ -34,6 +34,7 @@ from mlops_assets.defs.sensors import (
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.defs.validate import build_validate
 from mlops_assets.recovery import HOST_TAG, IN_PROGRESS, PID_TAG, PROCESS_TAG, LeftAlone, recover_dead_runs
+from mlops_assets.threaded_executor import threaded_executor
 
 # The beta APIs used here (observable sources, single-run backfill policy) are the ones Dagster documents for this
 # job; the warnings only repeat that on every load.
@@ -75,9 +76,9 @@ def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
         asset_checks=checks,
         jobs=[*build_jobs(catalog), landing_job],
         sensors=sensors,
-        resources=build_resources(settings),
+        resources=build_resources(settings, catalog),
         # One process per run: a run never holds two DuckDB connections, and steps skip the ~1.5 s process start.
-        executor=dg.in_process_executor,
+        executor=threaded_executor,
         # a job's console prints progress, not Dagster's DEBUG stream (defs/progress.py); the event log keeps all
         loggers={"console": progress_console},
     )

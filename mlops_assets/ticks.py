@@ -3,8 +3,8 @@
 What ``dagster dev``'s daemon does every ``$MLOPS_SENSOR_INTERVAL_S`` seconds (30), done here on demand: evaluate
 each sensor with its cursor, add the partitions it asks for, skip run keys it already ran, and evaluate the assets'
 automation conditions; then execute the requested runs in this process, one at a time (so DuckDB never sees two
-writers). The decisions are made by the very sensor and automation code that ``dagster dev`` runs; only the loop
-around them is ours. Used by ``mlops simulate`` and by the tests.
+writing processes), each on its job's own executor as a run worker would. The decisions are made by the very sensor
+and automation code that ``dagster dev`` runs; only the loop around them is ours. Used by ``mlops simulate`` and by the tests.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
+
+from mlops_assets.threaded_executor import execute_with_job_executor
 
 RUN_KEY_TAG, SENSOR_TAG = "dagster/run_key", "dagster/sensor_name"
 AUTOMATION = "automation"
@@ -78,7 +80,8 @@ class Ticker:
         if checks is not None:  # the request names its checks: the run is the job's subset of assets and checks
             job = job.get_subset(asset_selection=set(assets or ()), asset_check_selection=set(checks))
             assets = None
-        result = job.execute_in_process(
+        result = execute_with_job_executor(  # as the daemon's run worker would: the job's own executor
+            job,
             run_config=run_config,
             instance=self.instance,
             partition_key=partition,

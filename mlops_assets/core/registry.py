@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,8 @@ from mlops_assets.core.records import EvaluationResult, RecordError
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 CHAMPION = "champion"
+#: Serializes alias updates within a process (every registry: they are rare and quick).
+_ALIASES_LOCK = threading.Lock()
 
 
 class RegistryIntegrityError(RuntimeError):
@@ -206,9 +209,10 @@ class Registry:
         """Point ``name`` at ``version`` (or clear it) atomically, and log why."""
         if version is not None:
             self.get(version)
-        aliases = {**self.aliases(), name: version}
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
+        with _ALIASES_LOCK:  # a read-modify-write: two steps of a run may set aliases at once (threaded executor)
+            aliases = {**self.aliases(), name: version}
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
         self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id)
 
     def log_event(

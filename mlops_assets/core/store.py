@@ -244,3 +244,20 @@ def append_row(conn: duckdb.DuckDBPyConnection, name: str, row: Mapping[str, Any
 
 def ensure_batch_log(conn: duckdb.DuckDBPyConnection) -> str:
     return ensure_table(conn, *BATCH_LOG, BATCH_LOG_COLUMNS)
+
+
+#: The schemas of the data every feed goes through; each model adds one of its own (its name).
+DATA_SCHEMAS: tuple[str, ...] = ("raw", "validated", "quarantine", "features")
+
+
+def prepare_catalog(conn: duckdb.DuckDBPyConnection, schemas: Sequence[str]) -> None:
+    """Create ``schemas`` and the tables that several steps write (the batch log), each committed at once.
+
+    A run's independent steps write the warehouse concurrently, each in its own transaction. DuckDB lets concurrent
+    transactions write different rows and create different tables, but two that both create the same new schema or
+    table conflict ("Catalog write-write conflict"): what more than one step might create is created here first."""
+    if _OPEN_TRANSACTIONS.get(id(conn)):
+        raise RuntimeError("prepare_catalog commits as it goes: call it outside a transaction")
+    for schema in schemas:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
+    ensure_batch_log(conn)

@@ -1,5 +1,6 @@
 """Resources and settings: the one place where the environment is read (through ``core.settings``)."""
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,13 +10,16 @@ from typing import Any
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
+from mlops_assets.catalog import CATALOG
+from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.drift import DriftThresholds
 from mlops_assets.core.kept_connection import KeptConnection
 from mlops_assets.core.policy import RollbackPolicy
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import ModelPaths, Settings, load_settings
+from mlops_assets.core.store import DATA_SCHEMAS, prepare_catalog
 from mlops_assets.recovery import on_run_start
 
 
@@ -86,8 +90,15 @@ class Warehouse(DuckDBResource):
     Consecutive steps share one connection, closed a quarter of a second after the last use and at the run's end
     (``core.kept_connection``): opening and closing the file cost ~45 ms per step."""
 
+    schemas: list[str] = Field(
+        default_factory=lambda: list(DATA_SCHEMAS),
+        description="Schemas created before the run's first use, with the tables several steps write "
+        "(``store.prepare_catalog``): the run's steps may write concurrently.",
+    )
     _watch: Any = PrivateAttr(default=None)
     _kept: Any = PrivateAttr(default=None)
+    _prepared: bool = PrivateAttr(default=False)
+    _prepare_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
@@ -102,6 +113,12 @@ class Warehouse(DuckDBResource):
         A block that fails closes it (its transaction rolled back), so a failed step never holds the file."""
         if self._kept is None:
             self._kept = KeptConnection(self.connect)
+        if not self._prepared:
+            with self._prepare_lock:  # the run's first concurrent steps wait for the one that prepares
+                if not self._prepared:
+                    with self._kept.connection() as conn:
+                        prepare_catalog(conn, self.schemas)
+                    self._prepared = True
         with self._kept.connection() as conn:
             yield conn
 
@@ -139,20 +156,28 @@ class Warehouse(DuckDBResource):
 CONNECT_RETRIES = 10
 
 
-def warehouse(settings: Settings, memory_limit: str = "4GB", threads: int = 2) -> Warehouse:
-    """The DuckDB feature store, with a memory limit so a large rebuild spills to disk instead of exhausting RAM."""
+def warehouse(
+    settings: Settings, memory_limit: str = "4GB", threads: int = 2, catalog: Catalog | None = None
+) -> Warehouse:
+    """The DuckDB feature store, with a memory limit so a large rebuild spills to disk instead of exhausting RAM;
+    the schemas of the data and of each of the catalog's models."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    models = [model.name for model in catalog.models] if catalog is not None else []
     return Warehouse(
         database=str(settings.warehouse_path),
         connection_config={"memory_limit": memory_limit, "threads": threads},
+        schemas=[*DATA_SCHEMAS, *models],
     )
 
 
-def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
-    """All resources, from the given settings or from the environment (``MLOPS_DATA_DIR``)."""
+def build_resources(
+    settings: Settings | None = None, catalog: Catalog | None = None
+) -> dict[str, dg.ConfigurableResource]:
+    """All resources, from the given settings or from the environment (``MLOPS_DATA_DIR``), for the catalog's models
+    (default: the registered catalog)."""
     settings = settings or load_settings()
     return {
-        "duckdb": warehouse(settings),
+        "duckdb": warehouse(settings, catalog=catalog or CATALOG),
         "storage": PlatformStorage(data_dir=str(settings.data_dir)),
         "policy": MonitoringPolicy(drift_share=settings.drift_share, retrain_auc_margin=settings.retrain_auc_margin),
         "training": TrainingPolicy(window_months=settings.training_window_months),

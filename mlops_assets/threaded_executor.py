@@ -1,0 +1,311 @@
+"""A Dagster executor that runs a run's independent steps concurrently on threads of one process.
+
+Dagster offers steps in one process, one at a time (``in_process_executor``), or concurrently in a process each
+(``multiprocess_executor``), where each step pays a fresh interpreter, the imports and the definitions (~1.5-2 s here,
+longer than most of this platform's steps) and DuckDB's one-writer-per-file rule would make the steps of a run wait
+for each other's file anyway. This is the third way Dagster's tracker asks for (dagster-io/dagster#4041): the
+in-process executor's loop, with each step's event sequence run on a thread of its own, at most ``max_concurrent`` at
+a time (default: the CPUs), so that DuckDB, polars and LightGBM, which release the GIL, keep both cores busy. The
+work it overlaps: the tables of a month (raw, validated), the feature tables, and each model's chain (training set,
+challenger, evaluation, drift report, batch scores) beside the other model's.
+
+What stays as in Dagster's own executors:
+
+* **Events**: each step stores its events from its thread (as a multiprocess step does from its process); the
+  run's loop handles them in order per step, triggers hooks and skips downstream steps of a failure.
+* **Pools**: a step in a pool claims a slot before it starts. Steps of one run share the slot their run claimed
+  first and hold it until the run's steps end: the ``duckdb`` pool (limit 1) still keeps other runs' steps off the
+  warehouse while this run's steps write it concurrently from one process, which DuckDB allows (one database
+  instance per process, one connection per thread: ``Warehouse.get_connection``).
+* **Interrupts**: a termination request (SIGTERM or SIGINT, a run cancelled from the UI) starts no new step; steps
+  already running finish (a Python thread cannot be stopped from outside), then the run ends interrupted, as the
+  multiprocess executor waits for its children.
+* **Retries** and ``step_dependency_config``: as the in-process executor's config.
+
+It extends Dagster's executor from its private modules (as ``sqlite_storage.py`` does its storage); the pin
+``dagster<1.14`` (pyproject.toml) holds them, and ``mlops_assets_tests/test_threaded_executor.py`` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from types import TracebackType
+from typing import Any
+
+import dagster as dg
+from dagster._core.definitions.partitions.context import partition_loading_context
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.execution.api import ExecuteRunWithPlanIterable
+from dagster._core.execution.compute_logs import create_compute_log_file_key
+from dagster._core.execution.context.system import PlanExecutionContext, PlanOrchestrationContext
+from dagster._core.execution.context_creation_job import PlanExecutionContextManager
+from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_event_sequence_for_step
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.execution.step_dependency_config import (
+    StepDependencyConfig,
+    get_step_dependency_config_field,
+)
+from dagster._core.executor.base import Executor
+from dagster._utils.error import serializable_error_info_from_exc_info
+from dagster._utils.timing import time_execution_scope
+from dagster_shared.utils.timing import format_duration
+
+#: Seconds the run's loop waits for a step's next event before it looks for interrupts again.
+_POLL_S = 0.1
+
+
+class _RunHoldsPools(InstanceConcurrencyContext):
+    """Pool slots claimed once per run: the first step of a pool claims its slot as usual; the run's later steps in
+    that pool use the same slot, which is freed when the run's steps end, not after each step."""
+
+    def __init__(self, instance: dg.DagsterInstance, dagster_run: dg.DagsterRun) -> None:
+        super().__init__(instance, dagster_run)
+        self._held: dict[str, str] = {}  # pool -> the step key its slot was claimed under
+
+    def claim(self, concurrency_key: str, step_key: str, step_priority: int = 0) -> bool:
+        if concurrency_key in self._held:
+            # a step that waited for the slot while another run held it no longer waits (or the run never ends)
+            self._pending_claims.discard(step_key)
+            self._pending_timeouts.pop(step_key, None)
+            self._pending_claim_counts.pop(step_key, None)
+            return True
+        claimed = super().claim(concurrency_key, step_key, step_priority)
+        if claimed:
+            self._held[concurrency_key] = step_key
+        return claimed
+
+    def free_step(self, step_key: str) -> None:
+        """Held for the run: freed at exit."""
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for step_key in self._held.values():
+            super().free_step(step_key)
+        self._held.clear()
+        super().__exit__(exc_type, exc_value, traceback)
+
+
+_DONE = object()  # a step thread's last item
+
+
+def _run_step(step_context: Any, out: queue.Queue[tuple[str, Any]]) -> None:
+    """One step's events into ``out``, then ``_DONE`` (or the exception that broke Dagster's own step machinery:
+    user code's errors are failure events already)."""
+    key = step_context.step.key
+    try:
+        for event in dagster_event_sequence_for_step(step_context):
+            out.put((key, event))
+        out.put((key, _DONE))
+    except BaseException as error:  # noqa: BLE001 - handed to the run's thread, which raises it
+        out.put((key, error))
+
+
+def threaded_plan_iterator(
+    job_context: PlanExecutionContext, execution_plan: ExecutionPlan, max_concurrent: int
+) -> Iterator[DagsterEvent]:
+    """Dagster's in-process plan loop (``inner_plan_execution_iterator``), each step on a thread of its own."""
+    compute_log_manager = job_context.instance.compute_log_manager
+    step_keys = [step.key for step in execution_plan.get_steps_to_execute_in_topo_order()]
+    with ExitStack() as stack:
+        pools = stack.enter_context(_RunHoldsPools(job_context.instance, job_context.dagster_run))
+        active = stack.enter_context(
+            execution_plan.start(
+                retry_mode=job_context.retry_mode,
+                max_concurrent=max_concurrent,
+                instance_concurrency_context=pools,
+                step_dependency_config=job_context.step_dependency_config,
+            )
+        )
+        # the process's output is captured once for the whole run, as the in-process executor does
+        log_key = compute_log_manager.build_log_key_for_run(job_context.run_id, create_compute_log_file_key())
+        log_context = stack.enter_context(compute_log_manager.capture_logs(log_key))
+        yield DagsterEvent.capture_logs(job_context, step_keys, log_key, log_context)
+
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        running: dict[str, tuple[Any, list[DagsterEvent]]] = {}  # step key -> (its context, its events so far)
+        interrupted = False
+        try:
+            while running or not (interrupted or active.is_complete):
+                if not interrupted and active.check_for_interrupts():
+                    interrupted = True
+                    active.mark_interrupted()
+                    yield DagsterEvent.engine_event(
+                        job_context,
+                        f"Termination requested: no new step starts; waiting for {sorted(running)} to finish",
+                        EngineEventData.interrupted(sorted(running)),
+                    )
+                if not interrupted:
+                    for step in active.get_steps_to_execute(limit=max_concurrent - len(running)):
+                        step_context = job_context.for_step(step, active.get_known_state())
+                        running[step.key] = (step_context, [])
+                        thread = threading.Thread(
+                            target=_run_step, args=(step_context, events), name=f"step {step.key}", daemon=True
+                        )
+                        thread.start()
+                    yield from active.concurrency_event_iterator(job_context)
+                if not running:
+                    if not interrupted:
+                        active.sleep_til_ready()
+                    continue
+                try:
+                    key, item = events.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                step_context, step_events = running[key]
+                if isinstance(item, BaseException):
+                    raise item
+                if item is _DONE:
+                    del running[key]
+                    active.verify_complete(job_context, key)
+                    for event in active.plan_events_iterator(job_context):  # skips and abandons downstream
+                        step_events.append(event)
+                        yield event
+                    yield from _trigger_hook(step_context, step_events)
+                    continue
+                step_events.append(item)
+                yield item
+                active.handle_event(item)
+        except BaseException:
+            if running:  # the threads are daemons; say which steps were left running
+                yield DagsterEvent.engine_event(
+                    job_context,
+                    f"The run's loop failed while {sorted(running)} were running",
+                    EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
+                )
+            raise
+        if interrupted:
+            raise DagsterExecutionInterruptedError()
+
+
+class ThreadedExecutor(Executor):
+    """Runs a run's steps in its process, independent steps concurrently on threads (see the module docstring)."""
+
+    def __init__(
+        self,
+        retries: RetryMode,
+        max_concurrent: int,
+        step_dependency_config: StepDependencyConfig | None = None,
+    ) -> None:
+        self._retries = retries
+        self._max_concurrent = max_concurrent
+        self._step_dependency_config = step_dependency_config or StepDependencyConfig.default()
+
+    @property
+    def retries(self) -> RetryMode:
+        return self._retries
+
+    @property
+    def step_dependency_config(self) -> StepDependencyConfig:
+        return self._step_dependency_config
+
+    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
+        step_keys = execution_plan.step_keys_to_execute
+        pid = os.getpid()
+        yield DagsterEvent.engine_event(
+            plan_context,
+            f"Executing steps in process (pid: {pid}) on up to {self._max_concurrent} threads",
+            event_specific_data=EngineEventData.in_process(pid, step_keys),
+        )
+        max_concurrent = self._max_concurrent
+
+        def iterator(job_context: PlanExecutionContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
+            return threaded_plan_iterator(job_context, execution_plan, max_concurrent)
+
+        with time_execution_scope() as timer:
+            yield from iter(
+                ExecuteRunWithPlanIterable(
+                    execution_plan=plan_context.execution_plan,
+                    iterator=iterator,
+                    execution_context_manager=PlanExecutionContextManager(
+                        job=plan_context.job,
+                        retry_mode=plan_context.retry_mode,
+                        execution_plan=plan_context.execution_plan,
+                        run_config=plan_context.run_config,
+                        dagster_run=plan_context.dagster_run,
+                        instance=plan_context.instance,
+                        raise_on_error=plan_context.raise_on_error,
+                        output_capture=plan_context.output_capture,
+                        step_dependency_config=self.step_dependency_config,
+                    ),
+                )
+            )
+        yield DagsterEvent.engine_event(
+            plan_context,
+            f"Finished steps in process (pid: {pid}) in {format_duration(timer.millis)}",
+            event_specific_data=EngineEventData.in_process(pid, step_keys),
+        )
+
+
+@dg.executor(
+    name="threaded",
+    config_schema={
+        "max_concurrent": dg.Field(
+            dg.Noneable(int),
+            default_value=None,
+            description="Steps running at once (default: the CPUs this process may use). 1 runs them one by one.",
+        ),
+        "retries": get_retries_config(),
+        "step_dependency_config": get_step_dependency_config_field(),
+    },
+)
+def threaded_executor(init_context: dg.InitExecutorContext) -> ThreadedExecutor:
+    """Steps in the run's process; independent steps concurrently, on threads (``max_concurrent``, default the CPUs)."""
+    config = init_context.executor_config
+    return ThreadedExecutor(
+        retries=RetryMode.from_config(config["retries"]),  # type: ignore[arg-type]
+        max_concurrent=config["max_concurrent"] or len(os.sched_getaffinity(0)),
+        step_dependency_config=StepDependencyConfig.from_config(config.get("step_dependency_config")),  # type: ignore[arg-type]
+    )
+
+
+def execute_with_job_executor(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    run_config: dict[str, Any] | None = None,
+    partition_key: str | None = None,
+    tags: dict[str, str] | None = None,
+    asset_selection: Sequence[dg.AssetKey] | None = None,
+    raise_on_error: bool = False,
+) -> dg.ExecuteInProcessResult:
+    """``job.execute_in_process``, but on the job's own executor (Dagster's replaces it with a serial one): a run
+    here executes as the daemon's run worker executes it. The job's executor must run in this process (the threaded
+    or in-process executor: the multiprocess executor needs a job it can rebuild in its children)."""
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.execution.execute_in_process import core_execute_in_process, merge_run_tags
+
+    selection = list(asset_selection or [])
+    run_config = dict(run_config or {})
+    selected = job.get_subset(asset_selection=frozenset(selection)) if selection else job
+    if partition_key and selected.partitions_def:
+        with partition_loading_context(dynamic_partitions_store=instance) as context:
+            selected.validate_partition_key(partition_key, selected_asset_keys=set(selection), context=context)
+    if not run_config and selected.partitioned_config and partition_key:
+        run_config = dict(selected.partitioned_config.get_run_config_for_partition_key(partition_key))
+    return core_execute_in_process(
+        job=InMemoryJob(job_def=selected),
+        run_config=run_config,
+        instance=instance,
+        output_capturing_enabled=True,
+        raise_on_error=raise_on_error,
+        run_tags=merge_run_tags(
+            job_def=job,
+            partition_key=partition_key,
+            tags=tags,
+            asset_selection=selection,
+            instance=instance,
+            run_config=run_config,
+        ),
+        asset_selection=frozenset(selection),
+    )

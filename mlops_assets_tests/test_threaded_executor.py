@@ -1,0 +1,162 @@
+"""The threaded executor (``mlops_assets.threaded_executor``) on a real instance of the shipped storage: independent
+steps run at once, a failure skips what depends on it and nothing else, a pool's slot is held once for the run and
+freed at its end, ``max_concurrent: 1`` runs steps one by one, and a termination request lets running steps finish
+and starts no more.
+
+Concurrency is proven by a barrier, not by timing: two steps that wait for each other at a ``threading.Barrier`` can
+only both pass when they run at the same time; run one after the other, the first one's wait times out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import dagster as dg
+
+from mlops_assets.threaded_executor import execute_with_job_executor, threaded_executor
+from mlops_assets_tests.conftest import instance_for_test
+
+#: Seconds a step waits at the barrier for its sibling (long enough for a busy machine, short enough to fail fast).
+MEET_S = 20.0
+
+
+def _job(assets: list[dg.AssetsDefinition], config: dict | None = None) -> dg.JobDefinition:
+    executor = threaded_executor.configured(config) if config else threaded_executor
+    defs = dg.Definitions(assets=assets, jobs=[dg.define_asset_job("job", executor_def=executor)])
+    return defs.resolve_job_def("job")
+
+
+def _meeting_assets(barrier: threading.Barrier, pool: str | None = None) -> list[dg.AssetsDefinition]:
+    @dg.asset(pool=pool)
+    def left() -> None:
+        barrier.wait(MEET_S)
+
+    @dg.asset(pool=pool)
+    def right() -> None:
+        barrier.wait(MEET_S)
+
+    @dg.asset(deps=[left, right])
+    def joined() -> None:
+        """Runs only after both."""
+
+    return [left, right, joined]
+
+
+def test_independent_steps_run_at_the_same_time() -> None:
+    barrier = threading.Barrier(2)
+    with instance_for_test() as instance:
+        result = execute_with_job_executor(_job(_meeting_assets(barrier)), instance)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == {"left", "right", "joined"}
+        # the dependent step started after both of its upstream steps ended
+        stamps = {
+            (entry.dagster_event.event_type, entry.dagster_event.step_key): entry.timestamp
+            for entry in instance.all_logs(result.run_id)
+            if entry.dagster_event is not None
+        }
+        start, success = dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS
+        assert stamps[start, "joined"] >= max(stamps[success, "left"], stamps[success, "right"])
+
+
+def test_max_concurrent_one_runs_steps_one_by_one() -> None:
+    running, overlaps, lock = [0], [], threading.Lock()
+
+    def work() -> None:
+        with lock:
+            running[0] += 1
+            overlaps.append(running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+
+    @dg.asset
+    def first() -> None:
+        work()
+
+    @dg.asset
+    def second() -> None:
+        work()
+
+    with instance_for_test() as instance:
+        result = execute_with_job_executor(_job([first, second], {"max_concurrent": 1}), instance)
+    assert result.success and overlaps == [1, 1]
+
+
+def test_a_failure_skips_its_downstream_and_not_its_siblings() -> None:
+    @dg.asset
+    def broken() -> None:
+        raise ValueError("bad input")
+
+    @dg.asset(deps=[broken])
+    def after_broken() -> None:
+        """Never runs."""
+
+    @dg.asset
+    def fine() -> None:
+        time.sleep(0.3)  # still running when its sibling fails
+
+    with instance_for_test() as instance:
+        result = execute_with_job_executor(_job([broken, after_broken, fine]), instance)
+        assert not result.success
+        assert [e.asset_key.path[-1] for e in result.get_asset_materialization_events()] == ["fine"]
+        failures = [e for e in result.all_events if e.is_step_failure]
+        assert [e.step_key for e in failures] == ["broken"]
+        assert "bad input" in str(failures[0].step_failure_data.error)
+        assert {e.step_key for e in result.all_events if e.is_step_start} == {"broken", "fine"}
+        assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_a_pool_slot_is_claimed_once_for_the_run_and_freed_at_its_end() -> None:
+    """Both steps are in a pool of one slot and still meet: the run holds the slot, its steps share it (another run's
+    steps in the pool would wait)."""
+    barrier = threading.Barrier(2)
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        result = execute_with_job_executor(_job(_meeting_assets(barrier, pool="warehouse")), instance)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        info = instance.event_log_storage.get_concurrency_info("warehouse")
+        assert info.slot_count == 1 and info.active_slot_count == 0 and info.pending_step_count == 0
+
+
+def test_steps_that_waited_for_another_runs_slot_all_start_once_it_is_free() -> None:
+    """Another run holds the pool's only slot when this run starts: both steps wait; once it is freed, the first
+    claims it for the run, the second shares it, and the run ends (a step left waiting would keep it running)."""
+    barrier = threading.Barrier(2)
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        storage = instance.event_log_storage
+        storage.initialize_concurrency_limit_to_default("warehouse")
+        assert storage.claim_concurrency_slot("warehouse", "another-run", "its-step").is_claimed
+        job, results = _job(_meeting_assets(barrier, pool="warehouse")), []
+        runner = threading.Thread(target=lambda: results.append(execute_with_job_executor(job, instance)))
+        runner.start()
+        time.sleep(1.0)
+        assert not results and storage.get_concurrency_info("warehouse").pending_step_count == 2
+        storage.free_concurrency_slots_for_run("another-run")
+        runner.join(60)
+        assert not runner.is_alive() and results[0].success
+        assert storage.get_concurrency_info("warehouse").active_slot_count == 0
+
+
+def test_a_termination_request_lets_running_steps_finish_and_starts_no_more() -> None:
+    finished = threading.Event()
+
+    @dg.asset
+    def running_when_asked() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # what `dagster` does to a run worker asked to stop (SIGTERM alike)
+        time.sleep(0.3)
+        finished.set()
+
+    @dg.asset(deps=[running_when_asked])
+    def never_started() -> None:
+        """Would run next."""
+
+    with instance_for_test() as instance:
+        result = execute_with_job_executor(_job([running_when_asked, never_started]), instance)
+        assert finished.is_set() and not result.success
+        steps_started = {e.step_key for e in result.all_events if e.is_step_start}
+        assert steps_started == {"running_when_asked"}
+        assert instance.get_run_by_id(result.run_id).status in (
+            dg.DagsterRunStatus.CANCELED,
+            dg.DagsterRunStatus.FAILURE,
+        )

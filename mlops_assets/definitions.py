@@ -77,7 +77,8 @@ def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
         jobs=[*build_jobs(catalog), landing_job],
         sensors=sensors,
         resources=build_resources(settings, catalog),
-        # One process per run: a run never holds two DuckDB connections, and steps skip the ~1.5 s process start.
+        # One process per run (steps skip the ~1.5 s process start, one process writes DuckDB), its independent steps
+        # at once on threads: both cores for DuckDB, polars and LightGBM, which release the GIL.
         executor=threaded_executor,
         # a job's console prints progress, not Dagster's DEBUG stream (defs/progress.py); the event log keeps all
         loggers={"console": progress_console},

@@ -28,6 +28,7 @@ It extends Dagster's executor from its private modules (as ``sqlite_storage.py``
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import sys
@@ -100,6 +101,20 @@ class _RunHoldsPools(InstanceConcurrencyContext):
 _DONE = object()  # a step thread's last item
 
 
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim(0)``: give the memory a finished step freed back to the system. glibc keeps what a
+    thread freed in that thread's arena for its next allocations; with steps on threads, the 10x training pipeline
+    peaked at 2.58 GiB (one step at a time: 2.28 GiB). A no-op elsewhere than glibc."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
+
+
 def _run_step(step_context: Any, out: queue.Queue[tuple[str, Any]]) -> None:
     """One step's events into ``out``, then ``_DONE`` (or the exception that broke Dagster's own step machinery:
     user code's errors are failure events already)."""
@@ -107,6 +122,7 @@ def _run_step(step_context: Any, out: queue.Queue[tuple[str, Any]]) -> None:
     try:
         for event in dagster_event_sequence_for_step(step_context):
             out.put((key, event))
+        _TRIM()
         out.put((key, _DONE))
     except BaseException as error:  # noqa: BLE001 - handed to the run's thread, which raises it
         out.put((key, error))

@@ -10,6 +10,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.core import training as training_module
+from mlops_assets.core.cores import all_cores
 from mlops_assets.core.drift import reference_profile
 from mlops_assets.core.evaluation import metrics
 from mlops_assets.core.features import feature_set_version
@@ -218,9 +219,11 @@ def build_challenger_asset(model: ModelSpec, training_code_version: str = TRAINI
         duckdb: DuckDBResource,
         storage: PlatformStorage,
     ) -> dg.MaterializeResult:
-        with duckdb.get_connection() as conn:
-            built = read_training_set(conn, model)
-        trained = train_model(built, spec, config.lightgbm(), config.num_boost_round, config.early_stopping_rounds)
+        # the training set is read when the cores are ours, not held while another step's build or training runs
+        with all_cores():
+            with duckdb.get_connection() as conn:
+                built = read_training_set(conn, model)
+            trained = train_model(built, spec, config.lightgbm(), config.num_boost_round, config.early_stopping_rounds)
         valid = built.part("valid")
         valid_scores = trained.predict(valid)
         valid_metrics = metrics(valid[spec.label].to_numpy(), valid_scores)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import polars as pl
 
+from mlops_assets.core.cores import all_cores
 from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
 from mlops_assets.core.landing import month_key, parse_month, shift_month
 from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, transaction
@@ -96,8 +97,8 @@ def write_months(
     """
     rows: dict[str, int] = {}
     # one transaction for every month of the call, a table recreated for a new shape included (DuckDB's DDL is
-    # transactional): a run killed half-way leaves the table as it was
-    with transaction(conn):
+    # transactional): a run killed half-way leaves the table as it was. A build uses every core: one at a time
+    with all_cores(), transaction(conn):
         for group in _consecutive_groups(sorted(months), chunk):
             frame = compute_features(conn, spec, group[0], group[-1])
             name = ensure_table_like(conn, "features", spec.name, frame)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -97,8 +98,9 @@ def write_months(
     """
     rows: dict[str, int] = {}
     # one transaction for every month of the call, a table recreated for a new shape included (DuckDB's DDL is
-    # transactional): a run killed half-way leaves the table as it was. A build uses every core: one at a time
-    with all_cores(), transaction(conn):
+    # transactional): a run killed half-way leaves the table as it was. A build of many months uses every core and
+    # the most memory of a run: one at a time; a month's build (the monthly refresh: flat as history grows) is light
+    with all_cores() if len(months) > 1 else nullcontext(), transaction(conn):
         for group in _consecutive_groups(sorted(months), chunk):
             frame = compute_features(conn, spec, group[0], group[-1])
             name = ensure_table_like(conn, "features", spec.name, frame)

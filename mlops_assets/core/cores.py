@@ -1,11 +1,11 @@
 """Work that keeps every core busy by itself runs one at a time in a process.
 
 A run's independent steps run at once (``mlops_assets/threaded_executor.py``), which pays where a step keeps one core
-busy or waits (Python, pandera, matplotlib, the event log). A feature table's build (DuckDB and polars on every core)
-and a LightGBM training (``num_threads`` the cores) gain nothing from a second one beside them: they take turns on the
-same cores and hold their largest frames at the same time. Measured on the year's ``training_pipeline``: the delay
-model trained in 5.3 s beside the cancellation model, ~2.3 s alone; at 10x the data, the two feature tables built at
-once took the run's peak memory from 2.2 to 3.5 GiB.
+busy or waits (Python, pandera, matplotlib, the event log). A feature table's build of many months (DuckDB and polars
+on every core; a month's build is light) and a LightGBM training (``num_threads`` the cores) gain nothing from a
+second one beside them: they take turns on the same cores and hold their largest frames at the same time. Measured on
+the year's ``training_pipeline``: the delay model trained in 5.3 s beside the cancellation model, ~2.3 s alone; at 10x
+the data, the two feature tables built at once took the run's peak memory from 2.2 to 3.5 GiB.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ It extends Dagster's executor from its private modules (as ``sqlite_storage.py``
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import queue
 import sys
@@ -115,10 +116,14 @@ def _malloc_trim() -> Any:
 _TRIM = _malloc_trim()
 
 
-def _run_step(step_context: Any, out: queue.Queue[tuple[str, Any]]) -> None:
-    """One step's events into ``out``, then ``_DONE`` (or the exception that broke Dagster's own step machinery:
-    user code's errors are failure events already)."""
-    key = step_context.step.key
+def _steps(running: dict[int, tuple[Any, list[DagsterEvent]]]) -> list[str]:
+    """The keys of the steps running."""
+    return sorted({context.step.key for context, _ in running.values()})
+
+
+def _run_step(step_context: Any, key: int, out: queue.Queue[tuple[int, Any]]) -> None:
+    """One attempt of a step: its events into ``out`` under ``key``, then ``_DONE`` (or the exception that broke
+    Dagster's own step machinery: user code's errors are failure events already)."""
     try:
         for event in dagster_event_sequence_for_step(step_context):
             out.put((key, event))
@@ -149,8 +154,11 @@ def threaded_plan_iterator(
         log_context = stack.enter_context(compute_log_manager.capture_logs(log_key))
         yield DagsterEvent.capture_logs(job_context, step_keys, log_key, log_context)
 
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        running: dict[str, tuple[Any, list[DagsterEvent]]] = {}  # step key -> (its context, its events so far)
+        events: queue.Queue[tuple[int, Any]] = queue.Queue()
+        # attempt -> (its step's context, its events so far). By attempt, not step key: a step up for retry may start
+        # again before its previous attempt's thread has said it is done
+        running: dict[int, tuple[Any, list[DagsterEvent]]] = {}
+        attempts = itertools.count()
         interrupted = False
         try:
             while running or not (interrupted or active.is_complete):
@@ -159,32 +167,36 @@ def threaded_plan_iterator(
                     active.mark_interrupted()
                     yield DagsterEvent.engine_event(
                         job_context,
-                        f"Termination requested: no new step starts; waiting for {sorted(running)} to finish",
-                        EngineEventData.interrupted(sorted(running)),
+                        f"Termination requested: no new step starts; waiting for {_steps(running)} to finish",
+                        EngineEventData.interrupted(_steps(running)),
                     )
                 if not interrupted:
                     for step in active.get_steps_to_execute(limit=max_concurrent - len(running)):
                         step_context = job_context.for_step(step, active.get_known_state())
-                        running[step.key] = (step_context, [])
+                        attempt = next(attempts)
+                        running[attempt] = (step_context, [])
                         thread = threading.Thread(
-                            target=_run_step, args=(step_context, events), name=f"step {step.key}", daemon=True
+                            target=_run_step, args=(step_context, attempt, events), name=f"step {step.key}", daemon=True
                         )
                         thread.start()
                     yield from active.concurrency_event_iterator(job_context)
-                if not running:
+                if not running:  # settle skipped and abandoned steps, then wait for a pool slot or a retry
+                    yield from active.plan_events_iterator(job_context)
                     if not interrupted:
                         active.sleep_til_ready()
                     continue
                 try:
-                    key, item = events.get(timeout=_POLL_S)
+                    attempt, item = events.get(timeout=_POLL_S)
                 except queue.Empty:
                     continue
-                step_context, step_events = running[key]
+                step_context, step_events = running[attempt]
                 if isinstance(item, BaseException):
                     raise item
                 if item is _DONE:
-                    del running[key]
-                    active.verify_complete(job_context, key)
+                    del running[attempt]
+                    key = step_context.step.key
+                    if key not in _steps(running):  # else it was up for retry, and its next attempt runs
+                        active.verify_complete(job_context, key)
                     for event in active.plan_events_iterator(job_context):  # skips and abandons downstream
                         step_events.append(event)
                         yield event
@@ -193,11 +205,13 @@ def threaded_plan_iterator(
                 step_events.append(item)
                 yield item
                 active.handle_event(item)
+        except GeneratorExit:  # the caller stopped iterating: nothing more may be yielded
+            raise
         except BaseException:
             if running:  # the threads are daemons; say which steps were left running
                 yield DagsterEvent.engine_event(
                     job_context,
-                    f"The run's loop failed while {sorted(running)} were running",
+                    f"The run's loop failed while {_steps(running)} were running",
                     EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
                 )
             raise

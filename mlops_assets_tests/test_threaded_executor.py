@@ -108,6 +108,25 @@ def test_a_failure_skips_its_downstream_and_not_its_siblings() -> None:
         assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
 
 
+def test_a_step_retried_by_its_policy_runs_again_and_the_run_succeeds() -> None:
+    attempts = []
+
+    @dg.asset(retry_policy=dg.RetryPolicy(max_retries=1))
+    def flaky() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("the first attempt fails")
+
+    @dg.asset(deps=[flaky])
+    def after_flaky() -> None:
+        """Runs once its upstream succeeded."""
+
+    with instance_for_test() as instance:
+        result = execute_with_job_executor(_job([flaky, after_flaky]), instance)
+    assert result.success and len(attempts) == 2
+    assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == {"flaky", "after_flaky"}
+
+
 def test_a_pool_slot_is_claimed_once_for_the_run_and_freed_at_its_end() -> None:
     """Both steps are in a pool of one slot and still meet: the run holds the slot, its steps share it (another run's
     steps in the pool would wait)."""

@@ -7,7 +7,9 @@ for each other's file anyway. This is the third way Dagster's tracker asks for (
 in-process executor's loop, with each step's event sequence run on a thread of its own, at most ``max_concurrent`` at
 a time (default: the CPUs), so that DuckDB, polars and LightGBM, which release the GIL, keep both cores busy. The
 work it overlaps: the tables of a month (raw, validated), the feature tables, and each model's chain (training set,
-challenger, evaluation, drift report, batch scores) beside the other model's.
+challenger, evaluation, drift report, batch scores) beside the other model's. Work that uses every core by itself
+(a feature build of many months, a LightGBM training) still waits its turn (``core/cores.py``), and a finished step
+gives the memory it freed back to the system (glibc keeps it in the thread's arena otherwise).
 
 What stays as in Dagster's own executors:
 
@@ -20,7 +22,8 @@ What stays as in Dagster's own executors:
 * **Interrupts**: a termination request (SIGTERM or SIGINT, a run cancelled from the UI) starts no new step; steps
   already running finish (a Python thread cannot be stopped from outside), then the run ends interrupted, as the
   multiprocess executor waits for its children.
-* **Retries** and ``step_dependency_config``: as the in-process executor's config.
+* **Retries** and ``step_dependency_config``: as the in-process executor's config. Each attempt of a step has a
+  thread of its own.
 
 It extends Dagster's executor from its private modules (as ``sqlite_storage.py`` does its storage); the pin
 ``dagster<1.14`` (pyproject.toml) holds them, and ``mlops_assets_tests/test_threaded_executor.py`` runs it.

@@ -295,11 +295,11 @@ class ThreadedExecutor(Executor):
 )
 def threaded_executor(init_context: dg.InitExecutorContext) -> ThreadedExecutor:
     """Steps in the run's process; independent steps concurrently, on threads (``max_concurrent``, default the CPUs)."""
-    config = init_context.executor_config
+    config: dict[str, Any] = dict(init_context.executor_config)
     return ThreadedExecutor(
-        retries=RetryMode.from_config(config["retries"]),  # type: ignore[arg-type]
+        retries=RetryMode.from_config(config["retries"]),
         max_concurrent=config["max_concurrent"] or len(os.sched_getaffinity(0)),
-        step_dependency_config=StepDependencyConfig.from_config(config.get("step_dependency_config")),  # type: ignore[arg-type]
+        step_dependency_config=StepDependencyConfig.from_config(config.get("step_dependency_config")),
     )
 
 

@@ -4,7 +4,8 @@ What ``dagster dev``'s daemon does every ``$MLOPS_SENSOR_INTERVAL_S`` seconds (3
 each sensor with its cursor, add the partitions it asks for, skip run keys it already ran, and evaluate the assets'
 automation conditions; then execute the requested runs in this process, one at a time (so DuckDB never sees two
 writing processes), each on its job's own executor as a run worker would. The decisions are made by the very sensor
-and automation code that ``dagster dev`` runs; only the loop around them is ours. Used by ``mlops simulate`` and by the tests.
+and automation code that ``dagster dev`` runs; only the loop around them is ours. Used by ``mlops simulate`` and by
+the tests.
 """
 
 from __future__ import annotations

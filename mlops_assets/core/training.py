@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.cores import all_cores
 from mlops_assets.core.landing import parse_month
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.specs import FeatureTableSpec
@@ -235,25 +234,24 @@ def train_model(
     encoder = FeatureEncoder.fit(train, spec)
     full = lightgbm_params(params)
     categorical = list(encoder.categorical)
-    with all_cores():  # LightGBM's threads are as many as the cores: one training at a time in a process
-        datasets = [
-            lgb.Dataset(
-                encoder.matrix(part),
-                label=part[spec.label].to_numpy(),
-                feature_name=encoder.feature_names,
-                categorical_feature=categorical,
-                free_raw_data=False,
-            )
-            for part in (train, valid)
-        ]
-        booster = lgb.train(
-            full,
-            datasets[0],
-            num_boost_round=num_boost_round,
-            valid_sets=[datasets[1]],
-            valid_names=["valid"],
-            callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+    datasets = [
+        lgb.Dataset(
+            encoder.matrix(part),
+            label=part[spec.label].to_numpy(),
+            feature_name=encoder.feature_names,
+            categorical_feature=categorical,
+            free_raw_data=False,
         )
+        for part in (train, valid)
+    ]
+    booster = lgb.train(
+        full,
+        datasets[0],
+        num_boost_round=num_boost_round,
+        valid_sets=[datasets[1]],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+    )
     best = booster.best_iteration or booster.current_iteration()
     return TrainedModel(booster, encoder, best, full)
 

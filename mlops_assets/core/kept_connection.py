@@ -40,8 +40,8 @@ _INHERITED: list[duckdb.DuckDBPyConnection] = []
 class KeptConnection:
     """A connection made by ``connect`` on first use, handed to one block at a time, closed after ``idle_s`` idle."""
 
-    def __init__(self, connect: Callable[[], duckdb.DuckDBPyConnection], idle_s: float = IDLE_S) -> None:
-        self._connect, self._idle_s = connect, idle_s
+    def __init__(self, connect: Callable[[], duckdb.DuckDBPyConnection], idle_s: float | None = None) -> None:
+        self._connect, self._idle_s = connect, IDLE_S if idle_s is None else idle_s  # IDLE_S read now: tests set it
         self._state = threading.Condition()
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._in_use = False

@@ -16,6 +16,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from mlops_assets.core import kept_connection
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.store import transaction
 from mlops_assets.defs.resources import Warehouse, warehouse
@@ -67,8 +68,13 @@ def test_a_run_lets_the_file_go_at_the_end_and_a_failed_step_leaves_nothing(sett
         assert conn.execute("SELECT count(*) FROM numbers").fetchall()[0][0] == 3
 
 
-def test_consecutive_uses_share_a_connection_let_go_when_idle(settings: Settings) -> None:
-    """Uses that follow one another share one connection; it is closed once idle, and a later use opens another."""
+def test_consecutive_uses_share_a_connection_let_go_when_idle(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uses that follow one another share one connection; it is closed once idle, and a later use opens another.
+    Idle here means 2 s, not 0.25: "right after a use" must outlast the start of the process that checks (~0.1 s
+    quiet, more than 0.25 s on a machine busy with the whole suite)."""
+    monkeypatch.setattr(kept_connection, "IDLE_S", 2.0)
     resource = warehouse(settings)
     with resource.get_connection() as conn:
         conn.execute("CREATE TABLE t AS SELECT 1 AS one")

@@ -147,7 +147,20 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
         self._engines = _Engines(keep=KEPT_RUN_SHARDS, pinned=(INDEX_SHARD_NAME,))
+        self._tables_found: set[str] = set()
         super().__init__(base_dir, inst_data)
+
+    def has_table(self, table_name: str) -> bool:
+        """Whether the index has the table. Dagster's asks SQLite on a new engine and connection each time, and asks
+        before every dynamic partition lookup (several per step of a partitioned run) and every tagged
+        materialization. A table once there stays (migrations add tables, a wipe deletes rows): a found one is
+        remembered. Not under the storage's lock: Dagster asks while holding it (storing a materialization)."""
+        if table_name not in self._tables_found:
+            engine = self._engines.get(self.conn_string_for_shard(INDEX_SHARD_NAME))
+            with engine.connect() as conn:
+                if engine.dialect.has_table(conn, table_name):
+                    self._tables_found.add(table_name)
+        return table_name in self._tables_found
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:

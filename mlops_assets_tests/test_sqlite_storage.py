@@ -1,7 +1,7 @@
 """The embedded instance storage (``mlops_assets.sqlite_storage``, named by dagster.yaml) on real SQLite files: what one
 process commits, every other process reads at once, a watcher of the run's log hears it (the UI's live log), a
-``kill -9`` loses nothing committed, a fork never shares a connection, and a long-lived process does not keep every
-run's database open.
+``kill -9`` loses nothing committed, a fork never shares a connection, a long-lived process does not keep every
+run's database open, and a table lookup remembers only what it found.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy
 
 from mlops_assets.core.settings import prepare_dagster_home
 from mlops_assets.sqlite_storage import KEPT_RUN_SHARDS, PooledSqliteEventLogStorage
@@ -122,3 +123,28 @@ def test_a_long_lived_process_keeps_only_its_recent_run_logs_open(instance: dg.D
     assert opened <= {r.run_id for r in runs[-KEPT_RUN_SHARDS:]}, opened
     assert runs[-1].run_id in opened
     assert engine_event_messages(instance, runs[0].run_id) == ["looked at"]  # a closed one opens again when needed
+
+
+def test_table_lookups_remember_a_found_table_and_ask_again_for_a_missing_one(instance: dg.DagsterInstance) -> None:
+    storage = instance.event_log_storage
+    assert isinstance(storage, PooledSqliteEventLogStorage)
+    assert storage.has_table("dynamic_partitions")
+    assert not storage.has_table("added_later")
+    with sqlalchemy.create_engine(storage.conn_string_for_shard("index")).begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE added_later (x INTEGER)"))  # as a migration would
+    assert storage.has_table("added_later")
+
+    # what asks: a step of a dynamically partitioned asset, whose materialization is stored under the storage's lock
+    months = dg.DynamicPartitionsDefinition(name="months")
+
+    @dg.asset(partitions_def=months)
+    def monthly() -> None:
+        """A month's materialization: its partition tag is stored with it."""
+
+    instance.add_dynamic_partitions("months", ["2013-01", "2013-02"])
+    for month in ("2013-01", "2013-02"):
+        assert dg.materialize([monthly], instance=instance, partition_key=month).success
+    assert instance.has_dynamic_partition("months", "2013-02")
+    assert not instance.has_dynamic_partition("months", "2013-03")
+    records = instance.fetch_materializations(dg.AssetKey("monthly"), limit=10).records
+    assert sorted(r.partition_key for r in records) == ["2013-01", "2013-02"]

@@ -462,6 +462,18 @@ def histogram_pairs(profile: Mapping[str, Any], frame: pl.DataFrame, columns: Se
     return pairs
 
 
+def _bars(centers: np.ndarray, heights: Sequence[float], width: float, label: str, color: str) -> Any:
+    """Bars as one polygon collection: ``Axes.bar`` makes an artist per bar and updates the limits for each (most of
+    a report's drawing time), and the axes' limits are set once by the caller."""
+    from matplotlib.collections import PolyCollection
+
+    left, right = centers - width / 2, centers + width / 2
+    base = np.zeros(len(centers))
+    tops = np.asarray(heights, dtype=float)
+    corners = np.stack([np.c_[left, base], np.c_[left, tops], np.c_[right, tops], np.c_[right, base]], axis=1)
+    return PolyCollection(corners, facecolors=color, edgecolors="none", label=label)
+
+
 def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> bytes:
     """Reference-vs-current bar charts, one panel per column under one legend: two panels a row (a report's top four
     drifted columns make a 2x2 grid), three when there are more than four.
@@ -469,6 +481,8 @@ def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> byt
     Laid out by fixed margins rather than ``tight_layout`` (which measures every label of every panel: most of the
     drawing time of a dozen panels) and a grid rather than one tall column (fewer pixels to compress, one screen).
     """
+    from matplotlib.ticker import MaxNLocator
+
     from mlops_assets.core.evaluation import figure_png, subplots
 
     columns = min(max(len(pairs), 1), 2 if len(pairs) <= 4 else 3)
@@ -492,11 +506,17 @@ def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> byt
         axis.set_axis_off()
     for axis, pair in zip(axes.flat, pairs, strict=False):
         positions = np.arange(len(pair["labels"]))
-        axis.bar(positions - 0.2, pair["reference"], width=0.4, label="reference (training)", color="tab:blue")
-        axis.bar(positions + 0.2, pair["current"], width=0.4, label="current month", color="tab:orange")
+        for offset, shares, label, color in (
+            (-0.2, pair["reference"], "reference (training)", "tab:blue"),
+            (0.2, pair["current"], "current month", "tab:orange"),
+        ):
+            axis.add_collection(_bars(positions + offset, shares, 0.4, label, color), autolim=False)
+        top = max(max(pair["reference"], default=0.0), max(pair["current"], default=0.0)) or 1.0
+        axis.set(xlim=(-0.6, len(positions) - 0.4), ylim=(0.0, 1.05 * top))
         axis.set_xticks(positions, pair["labels"], rotation=30, ha="right", fontsize=6)
         axis.tick_params(axis="y", labelsize=7)
-        axis.set_title(pair["column"], fontsize=9)
+        axis.yaxis.set_major_locator(MaxNLocator(4))
+        axis.set_title(pair["column"], fontsize=9, y=1.0)  # a set y skips matplotlib's search for a free spot
     figure.supylabel("share of the rows", x=0.005, fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     legend_top = 1 - 0.45 / height  # a line below the title, which may span the width

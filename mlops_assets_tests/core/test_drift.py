@@ -173,3 +173,28 @@ def test_a_model_never_scores_a_month_it_trained_on(two_months: pl.DataFrame) ->
     scored, skipped = score_month(february, SPEC, [scoring])
     assert scored.height == february.height and not skipped
     assert scored["score"].is_between(0, 1).all() and set(scored["variant"]) == {"champion"}
+
+
+def test_the_report_histograms_draw_each_share_as_a_bar_of_its_height() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    pair = {"column": "dep_delay", "labels": ["a", "b", "c"], "reference": [0.5, 0.5, 0.0], "current": [0.0, 0.0, 1.0]}
+    image = np.asarray(Image.open(BytesIO(drift.drift_histograms_plot([pair], "one panel"))).convert("RGB"))
+
+    def bars(rgb: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns of the pixels of one series' colour."""
+        return np.nonzero(np.all(np.abs(image.astype(int) - rgb) <= 2, axis=-1))
+
+    blue_rows, blue_columns = bars((0x1F, 0x77, 0xB4))  # reference (matplotlib's tab:blue)
+    orange_rows, orange_columns = bars((0xFF, 0x7F, 0x0E))  # current month (tab:orange)
+    legend_below = image.shape[0] * 0.25  # the legend's colour swatches sit above the panel
+    blue_rows, blue_columns = blue_rows[blue_rows > legend_below], blue_columns[blue_rows > legend_below]
+    orange_rows, orange_columns = orange_rows[orange_rows > legend_below], orange_columns[orange_rows > legend_below]
+    blue_height = blue_rows.max() - blue_rows.min() + 1
+    orange_height = orange_rows.max() - orange_rows.min() + 1
+    assert abs(orange_height / blue_height - 2.0) < 0.1, (orange_height, blue_height)  # shares 1.0 and 0.5
+    assert orange_rows.max() == blue_rows.max()  # on the same baseline
+    assert orange_columns.min() > blue_columns.max()  # the current month's bar is the third bucket's
+    assert len(np.unique(blue_columns)) > 2 * len(np.unique(orange_columns)) * 0.9  # two reference bars, one current

@@ -75,6 +75,15 @@ def duckdb_type(dtype: type[pl.DataType] | pl.DataType) -> str:
     return _DUCKDB_TYPES[name]
 
 
+def ensure_schema(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
+    """Create the schema when it is missing. Asked first: DuckDB's ``CREATE SCHEMA IF NOT EXISTS`` of a schema that
+    exists still waits to write the catalog, behind the commits of the run's other steps (0.26-0.49 s in a monthly
+    refresh), where a read of the catalog does not wait."""
+    (found,) = fetch_row(conn, "SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?", [schema])
+    if not found:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
+
+
 def ensure_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, columns: Mapping[str, str]) -> str:
     """Create the schema and table when missing; return the qualified name. Inside a :func:`transaction`, a table is
     made sure of once (a step writing 120 months asked ~1,200 times: ~1 s of DDL)."""
@@ -82,9 +91,10 @@ def ensure_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, colum
     ensured = _ENSURED.get(id(conn))
     if ensured is not None and name in ensured:
         return name
-    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-    ddl = ", ".join(f'"{column}" {sql_type}' for column, sql_type in columns.items())
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ({ddl})")
+    if not table_exists(conn, schema, table):
+        ensure_schema(conn, schema)
+        ddl = ", ".join(f'"{column}" {sql_type}' for column, sql_type in columns.items())
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ({ddl})")
     if ensured is not None:
         ensured.add(name)
     return name
@@ -94,7 +104,7 @@ def ensure_table_like(conn: duckdb.DuckDBPyConnection, schema: str, table: str, 
     """Make ``schema.table`` have exactly the columns and types of ``frame``: create it, or recreate it when its shape
     differs (the caller then rebuilds what it needs). Returns the qualified name."""
     name = qualified(schema, table)
-    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
+    ensure_schema(conn, schema)
     conn.register("_shape", frame.head(0).to_arrow())
     try:
         wanted = conn.execute("SELECT * FROM _shape LIMIT 0").description
@@ -259,5 +269,5 @@ def prepare_catalog(conn: duckdb.DuckDBPyConnection, schemas: Sequence[str]) -> 
     if _OPEN_TRANSACTIONS.get(id(conn)):
         raise RuntimeError("prepare_catalog commits as it goes: call it outside a transaction")
     for schema in schemas:
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
+        ensure_schema(conn, schema)
     ensure_batch_log(conn)

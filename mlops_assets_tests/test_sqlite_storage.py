@@ -1,12 +1,13 @@
 """The embedded instance storage (``mlops_assets.sqlite_storage``, named by dagster.yaml) on real SQLite files: what one
 process commits, every other process reads at once, a watcher of the run's log hears it (the UI's live log), a
 ``kill -9`` loses nothing committed, a fork never shares a connection, a long-lived process does not keep every
-run's database open, and a table lookup remembers only what it found.
+run's database open, a table lookup remembers only what it found, and a run's new database is Dagster's own.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from mlops_assets.core.settings import prepare_dagster_home
 from mlops_assets.sqlite_storage import KEPT_RUN_SHARDS, PooledSqliteEventLogStorage
@@ -148,3 +150,25 @@ def test_table_lookups_remember_a_found_table_and_ask_again_for_a_missing_one(in
     assert not instance.has_dynamic_partition("months", "2013-03")
     records = instance.fetch_materializations(dg.AssetKey("monthly"), limit=10).records
     assert sorted(r.partition_key for r in records) == ["2013-01", "2013-02"]
+
+
+def test_a_new_run_database_is_made_as_dagster_makes_it(instance: dg.DagsterInstance, tmp_path: Path) -> None:
+    storage = instance.event_log_storage
+    assert isinstance(storage, PooledSqliteEventLogStorage)
+    run = new_run(instance)
+    instance.report_engine_event("the run's first event", run)  # its database is made here
+    dagsters = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'dagsters.db'}")
+    SqliteEventLogStorage._initdb(storage, dagsters)  # Dagster's own way, on another file
+
+    def described(path: str) -> tuple[object, ...]:
+        with sqlite3.connect(path) as db:
+            return (
+                db.execute("PRAGMA journal_mode").fetchall(),
+                db.execute("SELECT version_num FROM alembic_version").fetchall(),
+                db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall(),
+            )
+
+    ours, theirs = described(storage.path_for_shard(run.run_id)), described(str(tmp_path / "dagsters.db"))
+    assert ours == theirs
+    assert ours[0] == [("wal",)] and len(ours[1]) == 1 and len(ours[2]) > 10
+    assert engine_event_messages(instance, run.run_id) == ["the run's first event"]

@@ -19,6 +19,8 @@ reported beside the verdict. The label's rate is compared when the month has lab
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -462,16 +464,105 @@ def histogram_pairs(profile: Mapping[str, Any], frame: pl.DataFrame, columns: Se
     return pairs
 
 
-def _bars(centers: np.ndarray, heights: Sequence[float], width: float, label: str, color: str) -> Any:
-    """Bars as one polygon collection: ``Axes.bar`` makes an artist per bar and updates the limits for each (most of
-    a report's drawing time), and the axes' limits are set once by the caller."""
-    from matplotlib.collections import PolyCollection
-
+def _bar_corners(centers: np.ndarray, heights: Sequence[float], width: float) -> np.ndarray:
+    """The four corners of each bar, for one polygon collection per series: ``Axes.bar`` makes an artist per bar and
+    updates the axes' limits for each (most of a report's drawing time)."""
     left, right = centers - width / 2, centers + width / 2
-    base = np.zeros(len(centers))
-    tops = np.asarray(heights, dtype=float)
-    corners = np.stack([np.c_[left, base], np.c_[left, tops], np.c_[right, tops], np.c_[right, base]], axis=1)
-    return PolyCollection(corners, facecolors=color, edgecolors="none", label=label)
+    base, tops = np.zeros(len(centers)), np.asarray(heights, dtype=float)
+    return np.stack([np.c_[left, base], np.c_[left, tops], np.c_[right, tops], np.c_[right, base]], axis=1)
+
+
+_SERIES = (("reference (training)", "tab:blue", -0.2), ("current month", "tab:orange", 0.2))
+
+
+class _HistogramGrid:
+    """A figure of ``rows`` x ``columns`` panels that draws one report's histograms at a time: its panels, bar
+    collections, legend and ticks are made once and given each report's data (a quarter of the drawing time was
+    making them)."""
+
+    def __init__(self, rows: int, columns: int) -> None:
+        from matplotlib.collections import PolyCollection
+        from matplotlib.ticker import MaxNLocator
+
+        from mlops_assets.core.evaluation import subplots
+
+        height = 1.1 + 2.3 * rows  # inches: the title and legend band, then each row of panels with its tick labels
+        self.figure, axes = subplots(
+            rows,
+            columns,
+            figsize=(4.2 * columns, height),
+            squeeze=False,
+            gridspec_kw={
+                "left": 0.08,
+                "right": 0.99,
+                "top": 1 - 1.0 / height,
+                "bottom": 0.65 / height,
+                "hspace": 0.75,
+                "wspace": 0.22,
+            },
+        )
+        self.axes = list(axes.flat)
+        self.bars = []
+        for axis in self.axes:
+            series = [
+                PolyCollection([], facecolors=color, edgecolors="none", label=label) for label, color, _ in _SERIES
+            ]
+            for collection in series:
+                axis.add_collection(collection, autolim=False)
+            self.bars.append(series)
+            axis.tick_params(axis="y", labelsize=7)
+            axis.tick_params(axis="x", labelsize=6, labelrotation=30)
+            axis.yaxis.set_major_locator(MaxNLocator(4))
+        self.figure.supylabel("share of the rows", x=0.005, fontsize=8)
+        legend_top = 1 - 0.45 / height  # a line below the title, which may span the width
+        self.figure.legend(
+            self.bars[0],
+            [label for label, _, _ in _SERIES],
+            loc="upper right",
+            bbox_to_anchor=(0.99, legend_top),
+            ncols=2,
+            fontsize=8,
+            frameon=False,
+        )
+        self.title = self.figure.suptitle("", x=0.08, ha="left", y=1 - 0.15 / height, va="top")
+
+    def draw(self, pairs: Sequence[Mapping[str, Any]], title: str) -> bytes:
+        from mlops_assets.core.evaluation import figure_png
+
+        self.title.set_text(title)
+        for axis, series, pair in zip(self.axes, self.bars, [*pairs, *[None] * len(self.axes)], strict=False):
+            if pair is None:  # a panel this report does not fill
+                for collection in series:
+                    collection.set_verts([])
+                axis.set_title("")
+                axis.set_axis_off()
+                continue
+            axis.set_axis_on()
+            positions = np.arange(len(pair["labels"]))
+            for collection, shares, (_, _, offset) in zip(
+                series, (pair["reference"], pair["current"]), _SERIES, strict=True
+            ):
+                collection.set_verts(_bar_corners(positions + offset, shares, 0.4))
+            top = max(max(pair["reference"], default=0.0), max(pair["current"], default=0.0)) or 1.0
+            axis.set(xlim=(-0.6, len(positions) - 0.4), ylim=(0.0, 1.05 * top))
+            axis.set_xticks(positions, pair["labels"], ha="right")
+            axis.set_title(pair["column"], fontsize=9, y=1.0)  # a set y skips matplotlib's search for a free spot
+        return figure_png(self.figure, tight=False)
+
+
+#: One grid per shape in this process, drawn under a lock (a run's two drift reports may draw on two threads).
+_GRIDS: dict[tuple[int, int], _HistogramGrid] = {}
+_GRIDS_LOCK = threading.Lock()
+
+
+def _forget_grids_in_child() -> None:
+    """A forked child starts without its parent's figures, whose lock a parent's thread may have held."""
+    global _GRIDS_LOCK
+    _GRIDS_LOCK = threading.Lock()
+    _GRIDS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_grids_in_child)
 
 
 def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> bytes:
@@ -480,48 +571,13 @@ def drift_histograms_plot(pairs: Sequence[Mapping[str, Any]], title: str) -> byt
 
     Laid out by fixed margins rather than ``tight_layout`` (which measures every label of every panel: most of the
     drawing time of a dozen panels) and a grid rather than one tall column (fewer pixels to compress, one screen).
+    Each grid shape's figure is made once per process and drawn again for each report (a test checks that nothing
+    of one report shows in the next).
     """
-    from matplotlib.ticker import MaxNLocator
-
-    from mlops_assets.core.evaluation import figure_png, subplots
-
     columns = min(max(len(pairs), 1), 2 if len(pairs) <= 4 else 3)
     rows = max(-(-len(pairs) // columns), 1)
-    height = 1.1 + 2.3 * rows  # inches: the title and legend band, then each row of panels with its tick labels
-    figure, axes = subplots(
-        rows,
-        columns,
-        figsize=(4.2 * columns, height),
-        squeeze=False,
-        gridspec_kw={
-            "left": 0.08,
-            "right": 0.99,
-            "top": 1 - 1.0 / height,
-            "bottom": 0.65 / height,
-            "hspace": 0.75,
-            "wspace": 0.22,
-        },
-    )
-    for axis in axes.flat[len(pairs) :]:
-        axis.set_axis_off()
-    for axis, pair in zip(axes.flat, pairs, strict=False):
-        positions = np.arange(len(pair["labels"]))
-        for offset, shares, label, color in (
-            (-0.2, pair["reference"], "reference (training)", "tab:blue"),
-            (0.2, pair["current"], "current month", "tab:orange"),
-        ):
-            axis.add_collection(_bars(positions + offset, shares, 0.4, label, color), autolim=False)
-        top = max(max(pair["reference"], default=0.0), max(pair["current"], default=0.0)) or 1.0
-        axis.set(xlim=(-0.6, len(positions) - 0.4), ylim=(0.0, 1.05 * top))
-        axis.set_xticks(positions, pair["labels"], rotation=30, ha="right", fontsize=6)
-        axis.tick_params(axis="y", labelsize=7)
-        axis.yaxis.set_major_locator(MaxNLocator(4))
-        axis.set_title(pair["column"], fontsize=9, y=1.0)  # a set y skips matplotlib's search for a free spot
-    figure.supylabel("share of the rows", x=0.005, fontsize=8)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    legend_top = 1 - 0.45 / height  # a line below the title, which may span the width
-    figure.legend(
-        handles, labels, loc="upper right", bbox_to_anchor=(0.99, legend_top), ncols=2, fontsize=8, frameon=False
-    )
-    figure.suptitle(title, x=0.08, ha="left", y=1 - 0.15 / height, va="top")
-    return figure_png(figure, tight=False)
+    with _GRIDS_LOCK:
+        grid = _GRIDS.get((rows, columns))
+        if grid is None:
+            grid = _GRIDS[rows, columns] = _HistogramGrid(rows, columns)
+        return grid.draw(pairs, title)

@@ -198,3 +198,29 @@ def test_the_report_histograms_draw_each_share_as_a_bar_of_its_height() -> None:
     assert orange_rows.max() == blue_rows.max()  # on the same baseline
     assert orange_columns.min() > blue_columns.max()  # the current month's bar is the third bucket's
     assert len(np.unique(blue_columns)) > 2 * len(np.unique(orange_columns)) * 0.9  # two reference bars, one current
+
+
+def test_a_report_drawn_after_another_looks_as_if_drawn_first() -> None:
+    """The histogram figure of each grid shape is made once per process: nothing of one report stays in the next."""
+
+    def pair(column: str, labels: list[str], seed: int) -> dict[str, object]:
+        rng = np.random.default_rng(seed)
+        return {
+            "column": column,
+            "labels": labels,
+            "reference": rng.dirichlet(np.ones(len(labels))).tolist(),
+            "current": rng.dirichlet(np.ones(len(labels))).tolist(),
+        }
+
+    four = [pair(f"a{i}", [f"{j}-{j + 1}" for j in range(12)], i) for i in range(4)]
+    three = [pair(f"b{i}", ["UA", "AA", "B6", "<other>"], 10 + i) for i in range(3)]  # the same 2x2 grid, one empty
+    drift._GRIDS.clear()
+    three_alone = drift.drift_histograms_plot(three, "three")
+    drift._GRIDS.clear()
+    four_first = drift.drift_histograms_plot(four, "four")
+    three_after = drift.drift_histograms_plot(three, "three")
+    four_again = drift.drift_histograms_plot(four, "four")
+    assert len(drift._GRIDS) == 1  # both reports were drawn on one figure
+    assert three_after == three_alone
+    assert four_again == four_first
+    assert three_after != four_first

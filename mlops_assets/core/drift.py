@@ -477,8 +477,8 @@ _SERIES = (("reference (training)", "tab:blue", -0.2), ("current month", "tab:or
 
 class _HistogramGrid:
     """A figure of ``rows`` x ``columns`` panels that draws one report's histograms at a time: its panels, bar
-    collections, legend and ticks are made once and given each report's data (a quarter of the drawing time was
-    making them)."""
+    collections, legend and ticks are made once and given each report's data (making them was ~15% of a report's
+    drawing time: ~150 -> ~130 ms)."""
 
     def __init__(self, rows: int, columns: int) -> None:
         from matplotlib.collections import PolyCollection

@@ -3,7 +3,7 @@ results file and this folder's README.
 
 A benchmark script builds a ``Report`` (figures, tables, notes), calls ``finish``; ``--smoke`` runs it at a tiny scale,
 checks that it works (any exception or ``Report.broken`` makes the exit status non-zero) and writes nothing to the
-README. ``python benchmarks/harness.py summary`` rewrites the README's summary table from ``benchmarks/results/*.json``.
+README. ``python benchmarks/harness.py summary`` rewrites the README's summary table from ``data/benchmarks/*.json``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 README = HERE / "README.md"
-RESULTS = HERE / "results"
+
+
+def _results_dir() -> Path:
+    """Where the results files go: ``benchmarks/`` in the platform's data directory (``$MLOPS_DATA_DIR``, else the
+    checkout's ``data/``), like every other output; read at import, before a benchmark points the variable at its runs."""
+    from mlops_assets.core.settings import load_settings
+
+    return load_settings().data_dir / "benchmarks"
+
+
+RESULTS = _results_dir()
 GIB = 1024**3
 #: Other load (cores) above which a figure is marked as measured on a busy machine (2 CPUs here).
 BUSY_CORES = 0.3
@@ -438,7 +448,7 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 def finish(report: Report, args: argparse.Namespace) -> int:
-    """Print the figures, save the results (``benchmarks/results/<name>[-smoke].json``), rewrite the README's block
+    """Print the figures, save the results (``data/benchmarks/<name>[-smoke].json``), rewrite the README's block
     of this benchmark (full mode only) and return the exit status: 1 when the benchmark is broken."""
     for f in report.figures:
         print(
@@ -448,7 +458,7 @@ def finish(report: Report, args: argparse.Namespace) -> int:
         )
     for problem in report.broken:
         print(f"BROKEN  {problem}")
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{report.name}{'-smoke' if report.smoke else ''}.json"
     payload = {k: v for k, v in asdict(report).items() if k not in ("tables", "notes")}
     payload["figures"] = [{**asdict(f), "verdict": f.verdict} for f in report.figures]
@@ -481,7 +491,7 @@ def _measured_on(data: dict[str, Any]) -> str:
 def write_summary() -> None:
     """The README's summary: every figure of issue #12 with its target and verdict (*not measured* when its
     benchmark has no full results yet), then the other benchmarks' figures with targets, from the last full results
-    files (``benchmarks/results/<name>.json``; smoke results never count)."""
+    files (``data/benchmarks/<name>.json``; smoke results never count)."""
     results = {}
     for path in sorted(RESULTS.glob("*.json")):
         if not path.stem.endswith("-smoke"):

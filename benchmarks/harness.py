@@ -488,12 +488,36 @@ def _measured_on(data: dict[str, Any]) -> str:
     return f"{m['date']}, {m['commit']}, load {m['load_avg'][0]:.1f}"
 
 
-def write_summary() -> None:
-    """The README's summary: every figure of issue #12 with its target and verdict (*not measured* when its
-    benchmark has no full results yet), then the other benchmarks' figures with targets, from the last full results
-    files (``data/benchmarks/<name>.json``; smoke results never count)."""
+def _summary_rows(readme: Path = README) -> tuple[dict[str, list[str]], dict[str, list[list[str]]]]:
+    """The rows of the README's summary as they stand: issue #12's by figure, the other benchmarks' by script name."""
+    text = readme.read_text()
+    start, end = "<!-- results:summary -->", "<!-- /results:summary -->"
+    issue: dict[str, list[str]] = {}
+    others: dict[str, list[list[str]]] = {}
+    if start not in text or end not in text:
+        return issue, others
+    table = ""
+    for line in text[text.index(start) : text.index(end)].splitlines():
+        if not line.startswith("| "):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if cells[0] in ("figure", "benchmark"):  # a table's header says which table follows
+            table = cells[0]
+        elif table == "figure":
+            issue[cells[0]] = cells
+        elif table == "benchmark":
+            others.setdefault(cells[0].strip("`").removesuffix(".py"), []).append(cells)
+    return issue, others
+
+
+def write_summary(readme: Path = README, results_dir: Path = RESULTS) -> None:
+    """The README's summary: every figure of issue #12 with its target and verdict, then the other benchmarks' figures
+    with targets, from the last full results files (``data/benchmarks/<name>.json``; smoke results never count). A
+    benchmark with no results file here (a fresh checkout that ran only some) keeps the rows the summary already has,
+    with their own dates and commits; *not measured* only when it has none."""
+    previous_issue, previous_others = _summary_rows(readme)
     results = {}
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(results_dir.glob("*.json")):
         if not path.stem.endswith("-smoke"):
             data = json.loads(path.read_text())
             results[data["name"]] = data
@@ -502,7 +526,8 @@ def write_summary() -> None:
         data = results.get(bench, {})
         found = next((f for f in data.get("figures", []) if f.get("key") == key), None)
         if found is None:
-            issue.append([what, "not measured", target, "-", "", f"`{bench}.py`"])
+            kept = previous_issue.get(what) if bench not in results else None
+            issue.append(kept or [what, "not measured", target, "-", "", f"`{bench}.py`"])
             continue
         listed.add((bench, key))
         verdict = f"**{found['verdict']}**" if found["verdict"] == "FAIL" else found["verdict"]
@@ -514,6 +539,8 @@ def write_summary() -> None:
         for f in data["figures"]
         if f["target"] and (name, f.get("key", "")) not in listed
     ]
+    # the other benchmarks' rows kept for those with no results file here (first cell: the script's name)
+    others += [row for name, rows in previous_others.items() if name not in results for row in rows]
     parts = [
         "Issue #12:",
         markdown_table(["figure", "measured", "target", "verdict", "detail", "measured on"], issue),
@@ -521,7 +548,7 @@ def write_summary() -> None:
     if others:
         header = ["benchmark", "figure", "measured", "target", "verdict", "vs baseline", "measured on"]
         parts += ["The other benchmarks:", markdown_table(header, others)]
-    replace_readme_section("summary", "\n\n".join(parts))
+    replace_readme_section("summary", "\n\n".join(parts), readme)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ README = HERE / "README.md"
 
 def _results_dir() -> Path:
     """Where the results files go: ``benchmarks/`` in the platform's data directory (``$MLOPS_DATA_DIR``, else the
-    checkout's ``data/``), like every other output; read at import, before a benchmark points the variable at its runs."""
+    checkout's ``data/``), like every other output. Read at import, before a benchmark points the variable at its
+    runs."""
     from mlops_assets.core.settings import load_settings
 
     return load_settings().data_dir / "benchmarks"

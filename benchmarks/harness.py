@@ -513,9 +513,10 @@ def _summary_rows(readme: Path = README) -> tuple[dict[str, list[str]], dict[str
 
 def write_summary(readme: Path = README, results_dir: Path = RESULTS) -> None:
     """The README's summary: every figure of issue #12 with its target and verdict, then the other benchmarks' figures
-    with targets, from the last full results files (``data/benchmarks/<name>.json``; smoke results never count). A
-    benchmark with no results file here (a fresh checkout that ran only some) keeps the rows the summary already has,
-    with their own dates and commits; *not measured* only when it has none."""
+    with targets, from the last full results files (``data/benchmarks/<name>.json``; smoke results never count). What
+    is not in them keeps the row the summary already has, with its own date and commit (a fresh checkout that ran one
+    benchmark, a run with ``--skip-10x``): an issue figure by figure, another benchmark's rows by benchmark; *not
+    measured* only when nothing was ever recorded."""
     previous_issue, previous_others = _summary_rows(readme)
     results = {}
     for path in sorted(results_dir.glob("*.json")):
@@ -527,8 +528,8 @@ def write_summary(readme: Path = README, results_dir: Path = RESULTS) -> None:
         data = results.get(bench, {})
         found = next((f for f in data.get("figures", []) if f.get("key") == key), None)
         if found is None:
-            kept = previous_issue.get(what) if bench not in results else None
-            issue.append(kept or [what, "not measured", target, "-", "", f"`{bench}.py`"])
+            # not measured here (no results file, or a run that skipped it, like --skip-10x): the recorded row stays
+            issue.append(previous_issue.get(what) or [what, "not measured", target, "-", "", f"`{bench}.py`"])
             continue
         listed.add((bench, key))
         verdict = f"**{found['verdict']}**" if found["verdict"] == "FAIL" else found["verdict"]

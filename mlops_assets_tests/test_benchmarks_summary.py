@@ -1,5 +1,6 @@
 """The benchmarks' summary in ``benchmarks/README.md``: rebuilt from the results files there are, it keeps the recorded
-rows of the benchmarks that have none (a fresh checkout that ran one benchmark must not blank the others)."""
+rows of what they do not hold (a fresh checkout that ran one benchmark, or a run that skipped a figure, must not blank
+the others)."""
 
 import json
 import shutil

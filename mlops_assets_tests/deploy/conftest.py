@@ -3,7 +3,9 @@
 ``postgres_server`` starts one server per session in a temporary directory, on a free loopback port, with password
 authentication; ``postgres_url`` is a database on it, ``fresh_postgres_url`` a new empty database per test. As root
 (CI) the server runs as the ``postgres`` user, since PostgreSQL refuses to run as root. Nothing is mocked; nothing
-listens anywhere but 127.0.0.1 and a socket in the temporary directory. The server is stopped at the session's end.
+listens anywhere but 127.0.0.1 and a socket in the temporary directory. The server is stopped at the session's end;
+one whose session was killed before its end (``pg_ctl`` detaches the server, so it outlives the session) is stopped
+and removed by the next session (``stop_abandoned_servers``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -25,6 +28,9 @@ import pytest
 
 #: The database role the tests connect as (the superuser initdb creates).
 PG_USER = "postgres"
+#: A session's server lives in ``/tmp/mlops-pg-*`` (short: a Unix socket path has ~100 bytes) with this file naming
+#: the process of the session, so that a later session knows when the server was abandoned.
+ROOT_PREFIX, OWNER_FILE = "mlops-pg-", "owner.pid"
 
 
 def postgres_bindir() -> Path | None:
@@ -139,6 +145,50 @@ def stop_postgres_server(server: PostgresServer) -> None:
     subprocess.run(_as_user(server.os_user, stop), capture_output=True, text=True, timeout=60, check=False)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _postmaster_of(data: Path) -> int | None:
+    """The running postmaster of the cluster in ``data``: the pid its ``postmaster.pid`` names, if that process is
+    still a server of this folder (not a reused pid)."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    return pid if str(data) in command else None
+
+
+def stop_abandoned_servers(parent: Path = Path("/tmp"), timeout: float = 30) -> list[Path]:
+    """Stop and remove the servers of earlier sessions whose process is gone (killed by SIGTERM or SIGKILL, they never
+    ran their teardown); returns the folders removed. A server of a live session, or a folder without an owner file,
+    is left alone. Immediate shutdown (SIGQUIT): nothing in a throw-away cluster is worth a checkpoint."""
+    removed = []
+    for root in sorted(parent.glob(f"{ROOT_PREFIX}*")):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        postmaster = _postmaster_of(root / "data")
+        if postmaster is not None:
+            os.kill(postmaster, signal.SIGQUIT)
+            deadline = time.monotonic() + timeout
+            while _alive(postmaster) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    return removed
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the whole session. Missing binaries are installed from Debian's package when
@@ -155,7 +205,9 @@ def postgres_server() -> Iterator[PostgresServer]:
         bindir = postgres_bindir()
     if bindir is None:
         pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: `apt-get install postgresql` (as root)")
-    root = Path(tempfile.mkdtemp(prefix="mlops-pg-", dir="/tmp"))  # short: a Unix socket path has ~100 bytes
+    stop_abandoned_servers()
+    root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir="/tmp"))
+    (root / OWNER_FILE).write_text(str(os.getpid()))
     server = start_postgres_server(root, bindir, _server_os_user())
     try:
         yield server

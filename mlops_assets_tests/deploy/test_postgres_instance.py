@@ -202,6 +202,30 @@ def test_the_postgres_storage_keeps_its_connections(postgres_instance: dg.Dagste
     assert opened[0] in (1, 2, 3), f"{opened[0]} connections opened for 121 calls"
 
 
+def test_table_lookups_remember_a_found_table_and_ask_again_for_a_missing_one(
+    postgres_instance: dg.DagsterInstance, fresh_postgres_url: str
+) -> None:
+    storage = postgres_instance.event_log_storage
+    assert isinstance(storage, PooledPostgresEventLogStorage)
+    statements: list[str] = []
+    sqlalchemy.event.listen(storage._engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    assert storage.has_table("dynamic_partitions")
+    asked = len(statements)
+    assert asked >= 1, "the first lookup asks the server"
+    for _ in range(20):
+        assert storage.has_table("dynamic_partitions")
+    assert len(statements) == asked, "a found table is asked for again"
+    assert not storage.has_table("added_later")
+    admin = sqlalchemy.create_engine(fresh_postgres_url, poolclass=sqlalchemy.NullPool)
+    with admin.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE added_later (x INTEGER)"))  # as a migration would
+    admin.dispose()
+    assert storage.has_table("added_later"), "a missing table is asked for again, and found once it is there"
+    # what asks in a run: the instance's dynamic partitions, read and written through the same storage
+    postgres_instance.add_dynamic_partitions("months", ["2013-01"])
+    assert postgres_instance.get_dynamic_partitions("months") == ["2013-01"]
+
+
 def test_the_postgres_storage_reconnects_after_the_server_ends_its_connections(
     postgres_instance: dg.DagsterInstance, fresh_postgres_url: str
 ) -> None:

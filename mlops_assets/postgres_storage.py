@@ -15,6 +15,8 @@ storages keep up to :data:`KEPT_CONNECTIONS` connections each per process:
 * a forked child never uses or closes its parent's connections (``os.register_at_fork``);
 * the webserver still replaces the engines with its own (Dagster's ``optimize_for_webserver``).
 
+The event log also remembers the tables it found, instead of asking the server again at every lookup.
+
 dagster.postgres.yaml names it as the instance's ``storage``. The classes extend ``dagster_postgres``'s, whose engine
 attribute they replace; the pin ``dagster<1.14`` (pyproject.toml) holds them, and
 ``mlops_assets_tests/deploy/test_postgres_instance.py`` tests them on a real server.

@@ -180,7 +180,10 @@ def stop_abandoned_servers(parent: Path = Path("/tmp"), timeout: float = 30) -> 
             continue
         postmaster = _postmaster_of(root / "data")
         if postmaster is not None:
-            os.kill(postmaster, signal.SIGQUIT)
+            try:
+                os.kill(postmaster, signal.SIGQUIT)
+            except PermissionError:  # another user's server: theirs to stop
+                continue
             deadline = time.monotonic() + timeout
             while _alive(postmaster) and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -26,11 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from mlops_assets.core.processes import Liveness, ProcessIdentity, judge, process_identity
+
 #: The database role the tests connect as (the superuser initdb creates).
 PG_USER = "postgres"
-#: A session's server lives in ``/tmp/mlops-pg-*`` (short: a Unix socket path has ~100 bytes) with this file naming
-#: the process of the session, so that a later session knows when the server was abandoned.
-ROOT_PREFIX, OWNER_FILE = "mlops-pg-", "owner.pid"
+#: A session's server lives in ``/tmp/mlops-pg-*`` (short: a Unix socket path has ~100 bytes) with this file holding
+#: the identity of the session's process (``core.processes``), so that a later session knows when it was abandoned.
+ROOT_PREFIX, OWNER_FILE = "mlops-pg-", "owner.json"
 
 
 def postgres_bindir() -> Path | None:
@@ -145,16 +147,6 @@ def stop_postgres_server(server: PostgresServer) -> None:
     subprocess.run(_as_user(server.os_user, stop), capture_output=True, text=True, timeout=60, check=False)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
 def _postmaster_of(data: Path) -> int | None:
     """The running postmaster of the cluster in ``data``: the pid its ``postmaster.pid`` names, if that process is
     still a server of this folder (not a reused pid)."""
@@ -168,15 +160,16 @@ def _postmaster_of(data: Path) -> int | None:
 
 def stop_abandoned_servers(parent: Path = Path("/tmp"), timeout: float = 30) -> list[Path]:
     """Stop and remove the servers of earlier sessions whose process is gone (killed by SIGTERM or SIGKILL, they never
-    ran their teardown); returns the folders removed. A server of a live session, or a folder without an owner file,
-    is left alone. Immediate shutdown (SIGQUIT): nothing in a throw-away cluster is worth a checkpoint."""
+    ran their teardown; judged as run recovery judges a run's process, a reused pid included); returns the folders
+    removed. A server of a live session, or a folder without an owner file, is left alone. Immediate shutdown
+    (SIGQUIT): nothing in a throw-away cluster is worth a checkpoint."""
     removed = []
     for root in sorted(parent.glob(f"{ROOT_PREFIX}*")):
         try:
-            owner = int((root / OWNER_FILE).read_text())
+            owner = ProcessIdentity.from_json((root / OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if _alive(owner):
+        if judge(owner).liveness is not Liveness.GONE:
             continue
         postmaster = _postmaster_of(root / "data")
         if postmaster is not None:
@@ -185,7 +178,8 @@ def stop_abandoned_servers(parent: Path = Path("/tmp"), timeout: float = 30) -> 
             except PermissionError:  # another user's server: theirs to stop
                 continue
             deadline = time.monotonic() + timeout
-            while _alive(postmaster) and time.monotonic() < deadline:
+            # until the process has ended and been reaped by its parent (init): no entry left in /proc
+            while Path(f"/proc/{postmaster}").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
         shutil.rmtree(root, ignore_errors=True)
         removed.append(root)
@@ -210,7 +204,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: `apt-get install postgresql` (as root)")
     stop_abandoned_servers()
     root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir="/tmp"))
-    (root / OWNER_FILE).write_text(str(os.getpid()))
+    (root / OWNER_FILE).write_text(process_identity().to_json())
     server = start_postgres_server(root, bindir, _server_os_user())
     try:
         yield server

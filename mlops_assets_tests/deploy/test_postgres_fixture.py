@@ -3,12 +3,12 @@ is stopped and removed by the next session, and a live session's server is left 
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
+from mlops_assets.core.processes import ProcessIdentity, process_identity
 from mlops_assets_tests.deploy.conftest import (
     OWNER_FILE,
     ROOT_PREFIX,
@@ -35,7 +35,7 @@ def test_a_server_of_a_killed_session_is_stopped_and_removed_and_a_live_one_kept
     gone = subprocess.Popen(["true"])  # a session's process that has ended: its pid names no live process
     gone.wait()
     root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir="/tmp"))
-    (root / OWNER_FILE).write_text(str(gone.pid))
+    (root / OWNER_FILE).write_text(process_identity(gone.pid).to_json())
     abandoned = start_postgres_server(root, bindir, _server_os_user())
     postmaster = _postmaster_of(root / "data")
     assert postmaster is not None and _accepts(abandoned.port)
@@ -47,5 +47,5 @@ def test_a_server_of_a_killed_session_is_stopped_and_removed_and_a_live_one_kept
     assert not _accepts(abandoned.port)
     # this session's own server (its owner is this live process) still runs and answers
     assert postgres_server.root not in removed and postgres_server.root.exists()
-    assert (postgres_server.root / OWNER_FILE).read_text() == str(os.getpid())
+    assert ProcessIdentity.from_json((postgres_server.root / OWNER_FILE).read_text()) == process_identity()
     postgres_server.run("psql", "-U", "postgres", "-d", "postgres", "-c", "SELECT 1")

@@ -32,19 +32,18 @@ REPO = HERE.parent
 README = HERE / "README.md"
 
 
-def _results_dir() -> Path:
-    """Where the results files go: ``benchmarks/`` in the platform's data directory (``$MLOPS_DATA_DIR``, else the
-    checkout's ``data/``), like every other output. Read at import, before a benchmark points the variable at its
-    runs."""
-    from mlops_assets.core.settings import load_settings
-
-    return load_settings().data_dir / "benchmarks"
-
-
-RESULTS = _results_dir()
 GIB = 1024**3
 #: Other load (cores) above which a figure is marked as measured on a busy machine (2 CPUs here).
 BUSY_CORES = 0.3
+
+
+def results_dir() -> Path:
+    """Where the results files go: ``benchmarks/`` in the platform's data directory (``$MLOPS_DATA_DIR``, else the
+    checkout's ``data/``), like every other output. The benchmarks point that variable at their runs only in the
+    environments of the processes they start, never in their own."""
+    from mlops_assets.core.settings import load_settings
+
+    return load_settings().data_dir / "benchmarks"
 
 
 # --- measuring ----------------------------------------------------------------------------------------------------
@@ -459,8 +458,9 @@ def finish(report: Report, args: argparse.Namespace) -> int:
         )
     for problem in report.broken:
         print(f"BROKEN  {problem}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{report.name}{'-smoke' if report.smoke else ''}.json"
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{report.name}{'-smoke' if report.smoke else ''}.json"
     payload = {k: v for k, v in asdict(report).items() if k not in ("tables", "notes")}
     payload["figures"] = [{**asdict(f), "verdict": f.verdict} for f in report.figures]
     path.write_text(json.dumps(payload, indent=1, default=str))
@@ -511,21 +511,21 @@ def _summary_rows(readme: Path = README) -> tuple[dict[str, list[str]], dict[str
     return issue, others
 
 
-def write_summary(readme: Path = README, results_dir: Path = RESULTS) -> None:
+def write_summary(readme: Path = README, results: Path | None = None) -> None:
     """The README's summary: every figure of issue #12 with its target and verdict, then the other benchmarks' figures
     with targets, from the last full results files (``data/benchmarks/<name>.json``; smoke results never count). What
     is not in them keeps the row the summary already has, with its own date and commit (a fresh checkout that ran one
     benchmark, a run with ``--skip-10x``): an issue figure by figure, another benchmark's rows by benchmark; *not
     measured* only when nothing was ever recorded."""
     previous_issue, previous_others = _summary_rows(readme)
-    results = {}
-    for path in sorted(results_dir.glob("*.json")):
+    measured = {}
+    for path in sorted((results or results_dir()).glob("*.json")):
         if not path.stem.endswith("-smoke"):
             data = json.loads(path.read_text())
-            results[data["name"]] = data
+            measured[data["name"]] = data
     issue, listed = [], set()
     for bench, key, what, target in ISSUE_12:
-        data = results.get(bench, {})
+        data = measured.get(bench, {})
         found = next((f for f in data.get("figures", []) if f.get("key") == key), None)
         if found is None:
             # not measured here (no results file, or a run that skipped it, like --skip-10x): the recorded row stays
@@ -537,12 +537,12 @@ def write_summary(readme: Path = README, results_dir: Path = RESULTS) -> None:
         issue.append([what, found["value"], found["target"], verdict, baseline, _measured_on(data)])
     others = [
         [f"`{name}.py`", f["name"], f["value"], f["target"], f["verdict"], f["baseline"], _measured_on(data)]
-        for name, data in results.items()
+        for name, data in measured.items()
         for f in data["figures"]
         if f["target"] and (name, f.get("key", "")) not in listed
     ]
     # the other benchmarks' rows kept for those with no results file here (first cell: the script's name)
-    others += [row for name, rows in previous_others.items() if name not in results for row in rows]
+    others += [row for name, rows in previous_others.items() if name not in measured for row in rows]
     parts = [
         "Issue #12:",
         markdown_table(["figure", "measured", "target", "verdict", "detail", "measured on"], issue),

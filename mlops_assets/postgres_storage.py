@@ -117,15 +117,18 @@ class PooledPostgresRunStorage(_KeptConnections, PostgresRunStorage):
 class PooledPostgresEventLogStorage(_KeptConnections, PostgresEventLogStorage):
     """Dagster's PostgreSQL event log on kept connections."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._tables_found: set[str] = set()  # before Dagster's setup, which may already ask
+        super().__init__(*args, **kwargs)
+
     def has_table(self, table_name: str) -> bool:
         """Whether the event log has the table. Dagster's asks the server every time, and asks before every dynamic
         partition lookup and every tagged materialization: a round trip each, over the network to a managed server.
         A table once there stays (migrations add tables, a wipe deletes rows): a found one is remembered, a missing
         one asked again (as :class:`~mlops_assets.sqlite_storage.PooledSqliteEventLogStorage` does)."""
-        found: set[str] = self.__dict__.setdefault("_tables_found", set())
-        if table_name not in found and super().has_table(table_name):
-            found.add(table_name)
-        return table_name in found
+        if table_name not in self._tables_found and super().has_table(table_name):
+            self._tables_found.add(table_name)
+        return table_name in self._tables_found
 
 
 class PooledPostgresScheduleStorage(_KeptConnections, PostgresScheduleStorage):

@@ -41,7 +41,7 @@ test: $(BIN)/.installed
 
 # Every benchmark in full (many minutes: run it on a quiet machine); each rewrites its block of benchmarks/README.md
 # and its results in data/benchmarks/. Drift against Evidently needs its own venv: `make bench-drift`.
-BENCHMARKS := feature_build training_pipeline monthly_refresh serving_load test_suite
+BENCHMARKS := feature_build training_pipeline training_settings monthly_refresh serving_load test_suite
 
 # The benchmarks' extra dependencies, installed when pyproject.toml changed (not at every run)
 $(BIN)/.installed-bench: $(BIN)/.installed pyproject.toml

@@ -23,6 +23,11 @@ What changes:
 * **Forks**: an engine is never used across a fork; a child process opens its own.
 * **A run's new database** is made as Dagster makes it (its tables, WAL, stamped at the newest migration), with
   the migration scripts read once per process rather than twice per run.
+* **Batches**: Dagster sends a run's planned events and a partitioned step's materializations as batches, and
+  :class:`PlatformInstance` has them stored as such (Dagster's ``$DAGSTER_EVENT_BATCH_SIZE``, off in Dagster by
+  default): the same rows in two transactions per batch instead of two per event, about half the time per event.
+  The year's ``training_pipeline`` stores 104 planned events before its first step: it starts that step a median
+  0.37 s sooner (7 paired runs, -0.4 to +0.9 s); at 10x, ~750 of them: ~1.5 s sooner (3 paired runs).
 
 PostgreSQL (``dagster.postgres.yaml``) has its own: ``mlops_assets/postgres_storage.py``. The classes extend Dagster's
 own, from its private modules; the pin ``dagster<1.14`` (pyproject.toml) holds them, and
@@ -36,7 +41,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,6 +49,9 @@ import yaml
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from dagster import DagsterInstance
+from dagster._core.errors import DagsterInvariantViolationError
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
 from dagster._core.storage.event_log.sqlite import sqlite_event_log as sqlite_event_log_module
@@ -55,6 +63,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 from dagster._core.storage.sql import get_alembic_config
+from dagster._core.storage.sqlalchemy_compat import db_result
 from dagster._core.storage.sqlite_storage import (
     DagsterSqliteStorage,
     _event_logs_directory,
@@ -70,6 +79,9 @@ from sqlalchemy.engine import Connection, Engine
 KEPT_RUN_SHARDS = 8
 #: Seconds a connection waits for another process's write lock (Dagster's own SQLite busy timeout).
 BUSY_TIMEOUT_S = 15
+#: Events of a batch stored at once at most (:meth:`PlatformInstance._get_event_batch_size`); Dagster's batches end
+#: sooner (a run's planned events, a partitioned step's months).
+EVENT_BATCH_SIZE = 1000
 
 
 class _Engines:
@@ -198,6 +210,43 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                     self._tables_found.add(table_name)
         return table_name in self._tables_found
 
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Store Dagster's batches as :meth:`store_event` stores each of their events, in fewer transactions: the
+        events into the run's log in one, their asset events' copies and asset rows into the index in one, instead of
+        two per event. Dagster sends two kinds (see :class:`PlatformInstance`): a run's planned materializations and
+        checks (the year's ``training_pipeline``: 104 at its start) and a partitioned step's materializations (one per
+        month). The check and run-status events are copied into the index one by one afterwards, by Dagster's own
+        code (it takes the storage's lock itself); events of more than one run go one by one."""
+        if len({event.run_id for event in events}) != 1:
+            for event in events:
+                self.store_event(event)
+            return
+        statements = [self.prepare_insert_event(event) for event in events]
+        with self.run_connection(events[0].run_id) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        typed = [
+            (event, statement, event.dagster_event_type) for event, statement in zip(events, statements, strict=True)
+        ]
+        assets = [(event, statement) for event, statement, kind in typed if kind in ASSET_EVENTS]
+        if assets:
+            with self.index_transaction() as conn:
+                for event, statement in assets:
+                    with db_result(conn, statement) as result:
+                        event_id = result.inserted_primary_key[0]
+                    if event_id is None:
+                        raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
+                    self._store_asset_event_tags(conn, [event], [event_id])
+                    self._store_asset_event(conn, event, event_id)
+        for event, statement, kind in typed:
+            if kind in ASSET_CHECK_EVENTS:
+                with self.index_connection() as conn, db_result(conn, statement) as result:
+                    event_id = result.inserted_primary_key[0]
+                self.store_asset_check_event(event, event_id)
+            if kind in EVENT_TYPE_TO_PIPELINE_RUN_STATUS:
+                with self.index_connection() as conn:
+                    conn.execute(statement)
+
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
         with self._db_lock:  # as Dagster's: one statement at a time per process (its event watcher is a thread)
@@ -262,6 +311,14 @@ class PlatformInstance(DagsterInstance):
     @classmethod
     def config_schema(cls) -> dict[str, Any]:
         return {}  # no settings of its own beyond Dagster's
+
+    def _get_event_batch_size(self) -> int:
+        """Dagster sends some events as batches (a run's planned events, a partitioned step's materializations) but
+        stores them as batches only when ``$DAGSTER_EVENT_BATCH_SIZE`` (Dagster's setting, default 0: off) is above 0;
+        a batch is stored when it ends or reaches this size. On here by default: the SQLite storage stores a batch in
+        two transactions instead of two per event (:meth:`PooledSqliteEventLogStorage.store_event_batch`), Dagster's
+        PostgreSQL storage a batch of materializations in one statement. ``DAGSTER_EVENT_BATCH_SIZE=0`` turns it off."""
+        return int(os.environ.get("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE))
 
     @staticmethod
     def config_defaults(base_dir: str) -> Mapping[str, ConfigurableClassData | None]:

@@ -1,7 +1,8 @@
 """The embedded instance storage (``mlops_assets.sqlite_storage``, named by dagster.yaml) on real SQLite files: what one
 process commits, every other process reads at once, a watcher of the run's log hears it (the UI's live log), a
 ``kill -9`` loses nothing committed, a fork never shares a connection, a long-lived process does not keep every
-run's database open, a table lookup remembers only what it found, and a run's new database is Dagster's own.
+run's database open, a table lookup remembers only what it found, a run's new database is Dagster's own, and
+Dagster's batches of events are stored as their events one by one would be.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from mlops_assets.core.settings import prepare_dagster_home
@@ -172,3 +174,87 @@ def test_a_new_run_database_is_made_as_dagster_makes_it(instance: dg.DagsterInst
     assert ours == theirs
     assert ours[0] == [("wal",)] and len(ours[1]) == 1 and len(ours[2]) > 10
     assert engine_event_messages(instance, run.run_id) == ["the run's first event"]
+
+
+def test_batches_are_stored_as_their_events_one_by_one_would_be(
+    instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = instance.event_log_storage
+    assert isinstance(storage, PooledSqliteEventLogStorage)
+    batches: list[list[str]] = []
+    store_batch = storage.store_event_batch
+
+    def recording(events: list[EventLogEntry]) -> None:
+        batches.append([e.dagster_event_type.value for e in events])  # type: ignore[union-attr]
+        store_batch(events)
+
+    monkeypatch.setattr(storage, "store_event_batch", recording)
+    months = dg.StaticPartitionsDefinition(["2013-01", "2013-02", "2013-03"])
+
+    check_key = dg.AssetCheckKey(dg.AssetKey("monthly"), "monthly_is_complete")
+    planned_checks: list[str] = []  # the check's execution as the asset's step sees it, before the check runs
+
+    @dg.asset(partitions_def=months)
+    def monthly(context) -> dg.MaterializeResult:  # type: ignore[no-untyped-def]  # a string annotation fails here
+        """Every month of the run's range at once, as the platform's monthly assets build them."""
+        history = context.instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1)
+        planned_checks.extend(c.status.value for c in history if c.run_id == context.run.run_id)
+        return dg.MaterializeResult(metadata={"months": len(context.partition_keys)}, data_version=dg.DataVersion("v1"))
+
+    @dg.asset_check(asset=monthly)
+    def monthly_is_complete() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=True)
+
+    whole_range = {"dagster/asset_partition_range_start": "2013-01", "dagster/asset_partition_range_end": "2013-03"}
+
+    def stored(batch_size: str) -> tuple[object, ...]:
+        """Run the range with ``DAGSTER_EVENT_BATCH_SIZE``; what the run's log and the index hold of it."""
+        monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", batch_size)
+        planned_checks.clear()
+        result = dg.materialize([monthly, monthly_is_complete], instance=instance, tags=whole_range)
+        assert result.success
+        run_id = result.run_id
+        key = dg.AssetKey("monthly")
+        materialized = instance.fetch_materializations(key, limit=10).records
+        planned = [
+            instance.get_latest_planned_materialization_info(key, month) for month in months.get_partition_keys()
+        ]
+        in_index = (
+            sorted(
+                (
+                    r.partition_key,
+                    r.asset_materialization.metadata["months"].value,  # type: ignore[union-attr]
+                    storage.get_event_tags_for_asset(key, filter_event_id=r.storage_id),  # the indexed tags
+                )
+                for r in materialized
+                if r.run_id == run_id
+            ),
+            [p is not None and p.run_id == run_id for p in planned],
+        )
+        checks = [
+            (c.status.value, c.evaluation is not None)
+            for c in storage.get_asset_check_execution_history(check_key, limit=10)
+            if c.run_id == run_id
+        ]
+        entry = instance.get_asset_records([dg.AssetKey("monthly")])[0].asset_entry
+        return (
+            list(planned_checks),
+            [e.dagster_event_type for e in instance.all_logs(run_id) if e.is_dagster_event],
+            in_index,
+            checks,
+            entry.last_materialization_record.run_id == run_id,  # type: ignore[union-attr]
+        )
+
+    batched = stored("1000")
+    assert sorted(map(sorted, batches)) == [
+        ["ASSET_CHECK_EVALUATION_PLANNED", *["ASSET_MATERIALIZATION_PLANNED"] * 3],  # the run's, one per month
+        ["ASSET_MATERIALIZATION"] * 3,  # the step's months
+    ]
+    batches.clear()
+    one_by_one = stored("0")
+    assert batches == []
+    assert batched == one_by_one
+    assert batched[0] == ["PLANNED"]
+    tags = [{"dagster/data_version": "v1"}]
+    assert batched[2] == ([(m, 3, tags) for m in months.get_partition_keys()], [True, True, True])
+    assert batched[3] == [("SUCCEEDED", True)] and batched[4] is True

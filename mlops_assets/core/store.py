@@ -188,11 +188,11 @@ def replace_where(
 
 
 def _insert(conn: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
-    conn.register("_incoming", frame.to_arrow())
-    try:
-        conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _incoming")
-    finally:
-        conn.unregister("_incoming")
+    # Through a relation over the rows, not ``conn.register``: DuckDB keeps a registered object alive until the
+    # transaction ends, unregistered or not, so each insert of a many-insert transaction (a feature table's ten years,
+    # raw's 120 months) held its Arrow copy of the rows to the end: +0.3 GiB for ten inserts of a year's features.
+    # An INSERT given to ``query`` runs at the call; the relation and its rows go when it does.
+    conn.from_arrow(frame.to_arrow()).query("_incoming", f"INSERT INTO {name} BY NAME SELECT * FROM _incoming")
 
 
 class PartitionWriter:

@@ -7,7 +7,8 @@ run of the same steps, ``benchmarks/plain_pipeline.py`` (same core functions, no
 10x: 2013 landed again as 2014..2022 (``year`` and ``time_hour`` shifted; the months added as partitions), the job
 alone. Wall, CPU and peak memory are the process tree's (``harness.run_process``). The plain runs also say where
 their time goes, stage by stage, and the CPU seconds over the cores give the wall time no schedule of the same work
-could beat on this machine.
+could beat on this machine. Each pair is followed by the plain run of the catalog's first model alone (its feature
+table; the same feed): one model's work, as the platform did until f94e43d added the second.
 
     python benchmarks/training_pipeline.py [--repeats 3] [--scale 10] [--skip-10x] [--every 1] [--smoke] [--no-readme]
 """
@@ -140,6 +141,9 @@ def main() -> int:
         runs: dict[str, list[harness.Measured]] = {"job": [], "plain": []}
         stages: list[dict[str, dict[str, float]]] = []  # each plain run's time by stage
         env_plain = {**harness.data_env(work / "run"), CONFIG_ENV: json.dumps(config)}
+        first = next(iter(config["models"]))
+        env_alone = {**env_plain, CONFIG_ENV: json.dumps({**config, "models": {first: config["models"][first]}})}
+        alone: list[harness.Measured] = []
         command = harness.job_command(template)  # the tags name the landed months; the copies land the same
         for i in range(args.repeats):
             for kind in ("job", "plain") if i % 2 == 0 else ("plain", "job"):
@@ -157,6 +161,12 @@ def main() -> int:
                     runs["plain"].append(m)
                     stages.append(tail["stages"])
                 print(f"  1x {kind}: {runs[kind][-1].wall_s:.1f} s", flush=True)
+            # one model's work: the catalog's first model alone, its feature table and the data it reads
+            fresh_copy(template, work / "run")
+            alone.append(
+                harness.run_process([harness.sys.executable, str(harness.HERE / "plain_pipeline.py")], env_alone)
+            )
+            print(f"  1x plain, {first} alone: {alone[-1].wall_s:.1f} s", flush=True)
         # the job failing exits non-zero (run_process raises); at smoke scale a model may rightly not be promoted
         job, plain = (harness.stats([m.wall_s for m in runs[k]]) for k in ("job", "plain"))
         ratios = harness.stats([j.wall_s / p.wall_s for j, p in zip(runs["job"], runs["plain"], strict=True)])
@@ -170,6 +180,13 @@ def main() -> int:
             job["median"] <= TARGETS["cold_s"],
             f"plain {plain['median']:.1f} s",
             key="cold_1x",
+        )
+        one = {k: harness.stats([getattr(m, k) for m in alone])["median"] for k in ("wall_s", "cpu_s")}
+        report.figure(
+            f"plain run, `{first}` alone (one model's work), median s / CPU s",
+            f"{one['wall_s']:.1f} / {one['cpu_s']:.1f}",
+            baseline=f"both models: {plain['median']:.1f} s",
+            key="plain_one_model",
         )
         report.figure(
             "job / plain, median of the paired ratios",
@@ -190,9 +207,10 @@ def main() -> int:
                 f"{max(m.wall_s for m in ms):.2f}",
                 f"{max(m.peak_bytes for m in ms) / harness.GIB:.2f}",
             ]
-            for kind, ms in runs.items()
+            for kind, ms in {**runs, f"plain, {first} alone": alone}.items()
         ]
         report.raw["1x"] = {k: [m.row() for m in ms] for k, ms in runs.items()}
+        report.raw["1x_plain_one_model"] = [m.row() for m in alone]
         report.raw["1x_plain_stages"] = stages
         report.tables.append(stage_table(runs["plain"], stages))
         report.notes.append(cpu_floor_note(runs, stages, report.machine["cpus"]))

@@ -89,11 +89,11 @@ def fresh_copy(template: Path, target: Path) -> Path:
 
 def stage_table(plain: list[harness.Measured], stages: list[dict[str, dict[str, float]]]) -> str:
     """Where the plain run's time goes: median wall and CPU seconds per stage (``plain_pipeline.Stages``), the
-    interpreter's start-up and exit being the whole process less its stages."""
+    rest (the interpreter's start-up and exit, connecting to the warehouse) being the whole process less its stages."""
     per_run = [
         {
             **s,
-            "interpreter start-up and exit": {
+            "the rest (interpreter start-up and exit, connecting)": {
                 "wall_s": m.wall_s - sum(v["wall_s"] for v in s.values()),
                 "cpu_s": m.cpu_s - sum(v["cpu_s"] for v in s.values()),
             },

@@ -87,6 +87,15 @@ def fresh_copy(template: Path, target: Path) -> Path:
     return target
 
 
+def run_plain(env: dict[str, str], report: harness.Report) -> tuple[harness.Measured, dict[str, dict[str, float]]]:
+    """``plain_pipeline.py`` in a fresh process: its measurement and its time by stage (every model it ran must
+    report metrics, or the benchmark is broken)."""
+    m = harness.run_process([harness.sys.executable, str(harness.HERE / "plain_pipeline.py")], env)
+    tail = m.json_tail()
+    report.require(all("roc_auc" in v for v in tail["models"].values()), "plain run: no metrics")
+    return m, tail["stages"]
+
+
 def stage_table(plain: list[harness.Measured], stages: list[dict[str, dict[str, float]]]) -> str:
     """Where the plain run's time goes: median wall and CPU seconds per stage (``plain_pipeline.Stages``), the
     rest (the interpreter's start-up and exit, connecting to the warehouse) being the whole process less its stages."""
@@ -118,9 +127,9 @@ def cpu_floor_note(
     return (
         f"The plain run's {cpu['plain']:.1f} CPU s over this machine's {cores} cores is "
         f"{cpu['plain'] / cores:.1f} s, the job's {cpu['job']:.1f} CPU s {cpu['job'] / cores:.1f} s: with every core "
-        f"busy from its first instant, the same work could end no sooner. LightGBM's training is {training:.1f} CPU s "
-        f"of it; the job's {cpu['job'] - cpu['plain']:+.1f} CPU s over the plain run are what it does beyond the "
-        "same steps (Dagster's start-up and event log, the checks, the Markdown reports)."
+        "busy from its first instant, the same work at the same CPU cost could end no sooner. LightGBM's training is "
+        f"{training:.1f} CPU s of it; the job's {cpu['job'] - cpu['plain']:+.1f} CPU s over the plain run are what it "
+        "does beyond the same steps (Dagster's start-up and event log, the checks, the Markdown reports)."
     )
 
 
@@ -153,19 +162,13 @@ def main() -> int:
                     # make bench-smoke: this run is what serving_load and monthly_refresh start from
                     harness.publish(harness.pipeline_name(args.through, args.every), work / "run")
                 else:
-                    m = harness.run_process(
-                        [harness.sys.executable, str(harness.HERE / "plain_pipeline.py")], env_plain
-                    )
-                    tail = m.json_tail()
-                    report.require(all("roc_auc" in v for v in tail["models"].values()), "plain run: no metrics")
+                    m, stage_times = run_plain(env_plain, report)
                     runs["plain"].append(m)
-                    stages.append(tail["stages"])
+                    stages.append(stage_times)
                 print(f"  1x {kind}: {runs[kind][-1].wall_s:.1f} s", flush=True)
-            # one model's work: the catalog's first model alone, its feature table and the data it reads
+            # one model's work: the catalog's first model alone, with its feature table, on the same feed
             fresh_copy(template, work / "run")
-            alone.append(
-                harness.run_process([harness.sys.executable, str(harness.HERE / "plain_pipeline.py")], env_alone)
-            )
+            alone.append(run_plain(env_alone, report)[0])
             print(f"  1x plain, {first} alone: {alone[-1].wall_s:.1f} s", flush=True)
         # the job failing exits non-zero (run_process raises); at smoke scale a model may rightly not be promoted
         job, plain = (harness.stats([m.wall_s for m in runs[k]]) for k in ("job", "plain"))

@@ -31,13 +31,18 @@ VALIDATION_DAYS = 14
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """Rows with a ``split`` column (train / valid / test), their content hash and where the splits fall."""
+    """Rows with a ``split`` column (train / valid / test), where the splits fall, and their content hash."""
 
     frame: pl.DataFrame
-    content_hash: str
     test_month: str
     valid_start: datetime
     test_start: datetime
+
+    @cached_property
+    def content_hash(self) -> str:
+        """:func:`content_hash` of the rows, taken when first asked: the training-set step hashes what the store
+        gives back, not the split it stores, and the challenger after its training, not while it holds the cores."""
+        return content_hash(self.frame)
 
     def part(self, name: str) -> pl.DataFrame:
         return self.frame.filter(pl.col(SPLIT) == name)
@@ -58,7 +63,7 @@ def stored_training_set(frame: pl.DataFrame) -> TrainingSet:
     test_month = str(frame.filter(pl.col(SPLIT) == "test")["_month"].max())
     year, month = parse_month(test_month)
     test_start = datetime(year, month, 1)
-    return TrainingSet(frame, content_hash(frame), test_month, test_start - timedelta(days=VALIDATION_DAYS), test_start)
+    return TrainingSet(frame, test_month, test_start - timedelta(days=VALIDATION_DAYS), test_start)
 
 
 def local_to_utc(local: datetime, zone: str) -> datetime:
@@ -117,7 +122,7 @@ def split_by_time(features: pl.DataFrame, spec: FeatureTableSpec, test_month: st
         (pl.col(SPLIT) == "valid") & (known >= test_start_utc)
     )
     framed = framed.filter(~purge).sort(spec.time_column, *spec.key)
-    return TrainingSet(framed, content_hash(framed), test_month, valid_start, test_start)
+    return TrainingSet(framed, test_month, valid_start, test_start)
 
 
 @dataclass(frozen=True)

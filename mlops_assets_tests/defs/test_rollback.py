@@ -38,7 +38,7 @@ def force_bad_champion(settings: Settings, registry: Registry) -> str:
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         built = read_training_set(conn, FLIGHT_DELAY)
     shuffled = built.frame.with_columns(pl.col(SPEC.label).shuffle(seed=7))
-    bad_set = TrainingSet(shuffled, built.content_hash, built.test_month, built.valid_start, built.test_start)
+    bad_set = TrainingSet(shuffled, built.test_month, built.valid_start, built.test_start)
     bad = train_model(bad_set, SPEC, {"num_leaves": 63, "min_data_in_leaf": 5, "num_threads": 2}, 200, 200)
     train = bad_set.part("train")
     profile = reference_profile(train, SPEC.numeric, SPEC.categorical, bad.predict(train), SPEC.label)

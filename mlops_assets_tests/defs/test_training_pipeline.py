@@ -85,6 +85,13 @@ def test_training_pipeline_promotes_a_first_champion_then_keeps_it(trained: Trai
     meta = registry.get(champion).metadata
     assert meta["model"] == "flight_delay" and meta["metrics"]["valid"]["roc_auc"] > 0.6
     assert meta["training_set_hash"] and meta["feature_set_version"] and meta["dagster_run_id"] == first.run_id
+    # the model's record names the very training set the run materialized: its data version is the same hash
+    (training_set,) = [
+        event.step_materialization_data.materialization
+        for event in first.get_asset_materialization_events()
+        if event.asset_key == dg.AssetKey(["flight_delay", "training_set"])
+    ]
+    assert training_set.tags is not None and training_set.tags["dagster/data_version"] == meta["training_set_hash"]
     assert {"params", "code_version", "data", "encoder", "best_iteration"} <= set(meta)
     checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in first.get_asset_check_evaluations()}
     assert checks[("flight_delay/champion", "champion_is_servable")]

@@ -121,6 +121,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
                 replace_where(conn, name, split.frame, "true", [])
             order = ", ".join(f'"{c}"' for c in (spec.time_column, *spec.key))
             built = stored_training_set(query_frame(conn, f"SELECT * FROM {name} ORDER BY {order}"))
+            training_set_hash = built.content_hash  # hashed here, as the asset hashes it for its data version
         with stage("LightGBM training (train_model)"):
             trained = train_model(built, spec, own["params"], own["num_boost_round"], own["early_stopping_rounds"])
         with stage("challenger's registration (validation scores, profile, registry)"):
@@ -131,7 +132,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             registry = Registry(settings.model(model.name).registry_dir)
             metadata = {
                 "model": model.name,
-                "training_set_hash": built.content_hash,
+                "training_set_hash": training_set_hash,
                 "params": trained.params,
                 "best_iteration": trained.best_iteration,
                 "metrics": {"valid": valid_metrics},

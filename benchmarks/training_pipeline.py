@@ -5,12 +5,13 @@ copy of it. Pairs of runs, alternating which goes first: the README's command in
 ``dagster job execute -m mlops_assets.definitions -j training_pipeline --tags "$(mlops months --tags)"``, and the plain
 run of the same steps, ``benchmarks/plain_pipeline.py`` (same core functions, no Dagster), in a fresh process too.
 10x: 2013 landed again as 2014..2022 (``year`` and ``time_hour`` shifted; the months added as partitions), the job
-alone. Wall, CPU and peak memory are the process tree's (``harness.run_process``). The plain runs also say where
-their time goes, stage by stage, and the CPU seconds over the cores give the wall time no schedule of the same work
-could beat on this machine. Each pair is followed by the plain run of the catalog's first model alone (its feature
+alone, ``--repeats-10x`` times (median wall, largest peak). Wall, CPU and peak memory are the process tree's
+(``harness.run_process``). The plain runs also say where their time goes, stage by stage, and the CPU seconds over
+the cores give the wall time no schedule of the same work could beat on this machine. Each pair is followed by the plain run of the catalog's first model alone (its feature
 table; the same feed): one model's work, as the platform did until f94e43d added the second.
 
-    python benchmarks/training_pipeline.py [--repeats 3] [--scale 10] [--skip-10x] [--every 1] [--smoke] [--no-readme]
+    python benchmarks/training_pipeline.py [--repeats 3] [--scale 10] [--repeats-10x 3] [--skip-10x] [--every 1]
+        [--smoke] [--no-readme]
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=10, help="years of the large run (2013 repeated)")
     parser.add_argument("--every", type=int, default=1, help="keep every n-th flight (1: the target's feed)")
     parser.add_argument("--through", default="2013-12", help="last month of 2013 landed")
+    parser.add_argument("--repeats-10x", type=int, default=3, help="runs of the job at scale (the median counts)")
     parser.add_argument("--skip-10x", action="store_true")
     args = parser.parse_args()
     if args.smoke:
@@ -228,29 +230,35 @@ def main() -> int:
             report.require(f"{2012 + args.scale}-" in command_large[-1], f"{args.scale}x months not registered")
             report.notes.append(f"Smoke: the {args.scale}x data and command prepared, the job not run.")
         elif not args.skip_10x:
-            m = harness.run_process(command_large, harness.data_env(fresh_copy(large, work / "run")))
-            print(f"  {args.scale}x job: {m.wall_s:.1f} s", flush=True)
+            large_runs = []
+            for _ in range(args.repeats_10x):  # a single run of a minute moved by ~10% from one hour to the next
+                m = harness.run_process(command_large, harness.data_env(fresh_copy(large, work / "run")))
+                print(f"  {args.scale}x job: {m.wall_s:.1f} s", flush=True)
+                large_runs.append(m)
+            wall = harness.stats([m.wall_s for m in large_runs])
+            cpu = harness.stats([m.cpu_s for m in large_runs])["median"]
+            other = harness.stats([m.other_cores for m in large_runs])["median"]
+            gib = max(m.peak_bytes for m in large_runs) / harness.GIB  # the largest: the target is a limit
             rows.append(
                 [
                     f"job, {args.scale}x",
-                    1,
-                    f"{m.wall_s:.2f}",
-                    f"{m.cpu_s:.2f}",
-                    f"{m.other_cores:.2f}",
-                    "",
-                    "",
-                    f"{m.peak_bytes / harness.GIB:.2f}",
+                    len(large_runs),
+                    f"{wall['median']:.2f}",
+                    f"{cpu:.2f}",
+                    f"{other:.2f}",
+                    f"{wall['min']:.2f}",
+                    f"{wall['max']:.2f}",
+                    f"{gib:.2f}",
                 ]
             )
-            gib = m.peak_bytes / harness.GIB
             report.figure(
-                f"cold `training_pipeline`, {args.scale}x{scale_note}, s / peak GiB",
-                f"{m.wall_s:.1f} / {gib:.2f}",
+                f"cold `training_pipeline`, {args.scale}x{scale_note}, median s / largest peak GiB",
+                f"{wall['median']:.1f} / {gib:.2f}",
                 f"<= {TARGETS['large_s']:g} s, <= {TARGETS['large_gib']} GiB",
-                m.wall_s <= TARGETS["large_s"] and gib <= TARGETS["large_gib"],
+                wall["median"] <= TARGETS["large_s"] and gib <= TARGETS["large_gib"],
                 key="cold_10x",
             )
-            report.raw["10x"] = m.row()
+            report.raw["10x"] = [m.row() for m in large_runs]
     header = ["run", "runs", "median wall s", "CPU s", "other load (cores)", "min s", "max s", "peak GiB"]
     report.tables.append(harness.markdown_table(header, rows))
     return harness.finish(report, args)

@@ -7,8 +7,9 @@ run of the same steps, ``benchmarks/plain_pipeline.py`` (same core functions, no
 10x: 2013 landed again as 2014..2022 (``year`` and ``time_hour`` shifted; the months added as partitions), the job
 alone, ``--repeats-10x`` times (median wall, largest peak). Wall, CPU and peak memory are the process tree's
 (``harness.run_process``). The plain runs also say where their time goes, stage by stage, and the CPU seconds over
-the cores give the wall time no schedule of the same work could beat on this machine. Each pair is followed by the plain run of the catalog's first model alone (its feature
-table; the same feed): one model's work, as the platform did until f94e43d added the second.
+the cores give the wall time no schedule of the same work could beat on this machine. Each pair is followed by the
+plain run of the catalog's first model alone (its feature table; the same feed): one model's work, as the platform
+did until f94e43d added the second.
 
     python benchmarks/training_pipeline.py [--repeats 3] [--scale 10] [--repeats-10x 3] [--skip-10x] [--every 1]
         [--smoke] [--no-readme]

@@ -135,6 +135,19 @@ def cpu_floor_note(
     )
 
 
+def run_row(kind: str, runs: list[harness.Measured]) -> list[str | int]:
+    """A row of the runs table: medians of wall, CPU and other load, the wall's range, the largest peak."""
+    medians = (harness.stats([getattr(m, f) for m in runs])["median"] for f in ("wall_s", "cpu_s", "other_cores"))
+    return [
+        kind,
+        len(runs),
+        *(f"{value:.2f}" for value in medians),
+        f"{min(m.wall_s for m in runs):.2f}",
+        f"{max(m.wall_s for m in runs):.2f}",
+        f"{max(m.peak_bytes for m in runs) / harness.GIB:.2f}",
+    ]
+
+
 def main() -> int:
     parser = harness.base_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="pairs of 1x runs (job, plain)")
@@ -201,20 +214,7 @@ def main() -> int:
             ratios["median"] <= TARGETS["ratio"],
             key="ratio",
         )
-        rows = [
-            [
-                kind,
-                len(ms),
-                *(
-                    f"{harness.stats([getattr(m, f) for m in ms])['median']:.2f}"
-                    for f in ("wall_s", "cpu_s", "other_cores")
-                ),
-                f"{min(m.wall_s for m in ms):.2f}",
-                f"{max(m.wall_s for m in ms):.2f}",
-                f"{max(m.peak_bytes for m in ms) / harness.GIB:.2f}",
-            ]
-            for kind, ms in {**runs, f"plain, {first} alone": alone}.items()
-        ]
+        rows = [run_row(kind, ms) for kind, ms in {**runs, f"plain, {first} alone": alone}.items()]
         report.raw["1x"] = {k: [m.row() for m in ms] for k, ms in runs.items()}
         report.raw["1x_plain_one_model"] = [m.row() for m in alone]
         report.raw["1x_plain_stages"] = stages
@@ -236,22 +236,9 @@ def main() -> int:
                 m = harness.run_process(command_large, harness.data_env(fresh_copy(large, work / "run")))
                 print(f"  {args.scale}x job: {m.wall_s:.1f} s", flush=True)
                 large_runs.append(m)
+            rows.append(run_row(f"job, {args.scale}x", large_runs))
             wall = harness.stats([m.wall_s for m in large_runs])
-            cpu = harness.stats([m.cpu_s for m in large_runs])["median"]
-            other = harness.stats([m.other_cores for m in large_runs])["median"]
             gib = max(m.peak_bytes for m in large_runs) / harness.GIB  # the largest: the target is a limit
-            rows.append(
-                [
-                    f"job, {args.scale}x",
-                    len(large_runs),
-                    f"{wall['median']:.2f}",
-                    f"{cpu:.2f}",
-                    f"{other:.2f}",
-                    f"{wall['min']:.2f}",
-                    f"{wall['max']:.2f}",
-                    f"{gib:.2f}",
-                ]
-            )
             report.figure(
                 f"cold `training_pipeline`, {args.scale}x{scale_note}, median s / largest peak GiB",
                 f"{wall['median']:.1f} / {gib:.2f}",

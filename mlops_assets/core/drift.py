@@ -513,6 +513,10 @@ class _HistogramGrid:
             axis.tick_params(axis="y", labelsize=7)
             axis.tick_params(axis="x", labelsize=6, labelrotation=30)
             axis.yaxis.set_major_locator(MaxNLocator(4))
+            # the panels have no axis labels: fixed label spots spare matplotlib measuring every tick label at each
+            # draw to place them (~10% of a report's drawing time)
+            axis.xaxis.set_label_coords(0.5, -0.2)
+            axis.yaxis.set_label_coords(-0.1, 0.5)
         self.figure.supylabel("share of the rows", x=0.005, fontsize=8)
         legend_top = 1 - 0.45 / height  # a line below the title, which may span the width
         self.figure.legend(

@@ -147,8 +147,15 @@ def _cumulative(events: pl.DataFrame, spec: TrailingWindow) -> pl.DataFrame:
 
 
 def window_cumulatives(events: pl.DataFrame, windows: tuple[TrailingWindow, ...]) -> list[pl.DataFrame]:
-    """Each window's per-key cumulative sums over ``events``: computed once, then any number of targets look up."""
-    return [_cumulative(events, spec) for spec in windows]
+    """Each window's per-key cumulative sums over ``events``: computed once, then any number of targets look up.
+    Windows of the same key, time and value (a 3 h and a 24 h rate by origin) share one: only the window's start
+    differs."""
+    shared: dict[tuple[tuple[str, ...], str, str], pl.DataFrame] = {}
+    for spec in windows:
+        source = (spec.by, spec.known_at, spec.value)
+        if source not in shared:
+            shared[source] = _cumulative(events, spec)
+    return [shared[(spec.by, spec.known_at, spec.value)] for spec in windows]
 
 
 def add_trailing_windows(
@@ -162,6 +169,7 @@ def add_prepared_windows(
     cumulatives: list[pl.DataFrame], targets: pl.DataFrame, windows: tuple[TrailingWindow, ...], time_column: str
 ) -> pl.DataFrame:
     """``add_trailing_windows`` with the cumulative sums already computed by :func:`window_cumulatives`."""
+    sums_now: dict[int, pl.DataFrame] = {}  # per shared cumulative: the sums up to each target's time, looked up once
     for spec, cumulative in zip(windows, cumulatives, strict=True):
         by = list(spec.by)
 
@@ -183,7 +191,9 @@ def add_prepared_windows(
                 )
             )
 
-        now = before(pl.col(time_column), "_t")
+        now = sums_now.get(id(cumulative))
+        if now is None:
+            now = sums_now[id(cumulative)] = before(pl.col(time_column), "_t")
         start = before(pl.col(time_column) - spec.window, "_0")  # same order: t - window is monotonic in t
         counts = pl.concat([now, start], how="horizontal").select(
             (pl.col("_sum_t") - pl.col("_sum_0")).alias("_sum"), (pl.col("_n_t") - pl.col("_n_0")).alias("_n")

@@ -115,13 +115,21 @@ def slice_metrics(
 # --- plots -------------------------------------------------------------------------------------------------------
 
 
+#: Every report plot's resolution, the figure's own as well as the PNG's: layout and printing then share one renderer
+#: and its cache of text measurements.
+PLOT_DPI = 90
+
+
 def figure_png(figure: Any, tight: bool = True) -> bytes:
     """A matplotlib figure as PNG bytes, laid out tightly once unless ``tight`` is False (the figure placed its axes
     itself). A layout engine would lay it out again at every draw; ``bbox_inches="tight"`` draws it twice."""
     if tight:
         figure.tight_layout()
+        # ``tight_layout`` leaves a placeholder layout engine, and ``savefig`` draws a figure with any engine once
+        # more before printing it: without one, the figure is drawn once (~a quarter of a plot's time)
+        figure.set_layout_engine(None)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
+    figure.savefig(buffer, format="png", dpi=PLOT_DPI)
     return buffer.getvalue()
 
 
@@ -132,7 +140,7 @@ def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=kwargs.pop("figsize", None))
+    figure = Figure(figsize=kwargs.pop("figsize", None), dpi=PLOT_DPI)
     # an Agg canvas of its own: ``savefig`` would make a new canvas and renderer at every call, and a figure drawn
     # again (a drift report's grid) would measure every label's text anew (~12% of its drawing time)
     FigureCanvasAgg(figure)

@@ -81,6 +81,11 @@ class TrailingWindow:
     def outputs(self) -> tuple[str, str]:
         return (self.mean_name, self.count_name)
 
+    @property
+    def source(self) -> tuple[tuple[str, ...], str, str]:
+        """What the window aggregates, whatever its length: windows of one source share their cumulative sums."""
+        return (self.by, self.known_at, self.value)
+
 
 def lookup_candidates(right: pl.DataFrame, lookup: AsOfLookup) -> pl.DataFrame:
     """The right-hand rows of ``lookup`` ready for as-of joins: keyed, deduplicated, sorted by when they were known.
@@ -152,10 +157,9 @@ def window_cumulatives(events: pl.DataFrame, windows: tuple[TrailingWindow, ...]
     differs."""
     shared: dict[tuple[tuple[str, ...], str, str], pl.DataFrame] = {}
     for spec in windows:
-        source = (spec.by, spec.known_at, spec.value)
-        if source not in shared:
-            shared[source] = _cumulative(events, spec)
-    return [shared[(spec.by, spec.known_at, spec.value)] for spec in windows]
+        if spec.source not in shared:
+            shared[spec.source] = _cumulative(events, spec)
+    return [shared[spec.source] for spec in windows]
 
 
 def add_trailing_windows(

@@ -77,7 +77,6 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     """Every step once; returns each model's test-month metrics and decision, and the time of each stage."""
     stage = Stages()
     with stage("imports"):
-        import duckdb
         import numpy as np
         import polars as pl
 
@@ -91,14 +90,21 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         from mlops_assets.core.records import EvaluationResult
         from mlops_assets.core.registry import CHAMPION, Registry
         from mlops_assets.core.settings import load_settings
-        from mlops_assets.core.store import ensure_table_like, fetch_row, query_frame, replace_where, transaction
+        from mlops_assets.core.store import (
+            connect_warehouse,
+            ensure_table_like,
+            fetch_row,
+            query_frame,
+            replace_where,
+            transaction,
+        )
         from mlops_assets.core.training import load_version, split_by_time, stored_training_set, train_model
 
     settings = load_settings()
     run_id, out = "plain", {}
     # the models the parent passed settings for (all the catalog's, or one alone), and their feature tables
     models = [model for model in CATALOG.models if model.name in config["models"]]
-    conn = duckdb.connect(str(settings.warehouse_path), config={"memory_limit": "4GB", "threads": 2})
+    conn = connect_warehouse(settings.warehouse_path, {"memory_limit": "4GB", "threads": 2})
     with stage("ingest and validation"):
         months = ingest_and_validate(conn, settings, run_id)
     with stage("features"):

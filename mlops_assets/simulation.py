@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import polars as pl
 
 from mlops_assets.core.catalog import Catalog
@@ -25,7 +24,7 @@ from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
 from mlops_assets.core.specs import ModelSpec
-from mlops_assets.core.store import ensure_table_like, replace_where
+from mlops_assets.core.store import connect_warehouse, ensure_table_like, replace_where
 from mlops_assets.core.timeline import (
     TimelineRow,
     months_champion_wins,
@@ -113,7 +112,7 @@ def month_row(
 
 def write_timeline(settings: Settings, model: ModelSpec, frame: pl.DataFrame, since: str) -> Path:
     """``<model>.timeline`` in the warehouse, and the report with its plot under reports/<model>/timeline/."""
-    with duckdb.connect(str(settings.warehouse_path)) as conn:
+    with connect_warehouse(settings.warehouse_path) as conn:
         name = ensure_table_like(conn, model.name, "timeline", frame)
         replace_where(conn, name, frame, "true", [])
     plot = timeline_plot(frame)

@@ -19,7 +19,7 @@ from mlops_assets.core.kept_connection import KeptConnection
 from mlops_assets.core.policy import RollbackPolicy
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import ModelPaths, Settings, load_settings
-from mlops_assets.core.store import DATA_SCHEMAS, prepare_catalog
+from mlops_assets.core.store import DATA_SCHEMAS, connect_warehouse, prepare_catalog
 from mlops_assets.recovery import on_run_start
 
 
@@ -129,11 +129,11 @@ class Warehouse(DuckDBResource):
         delay = 0.1
         for _ in range(CONNECT_RETRIES):
             try:
-                return duckdb.connect(self.database, read_only=False, config=config)
+                return connect_warehouse(self.database, config)
             except (RuntimeError, duckdb.IOException):
                 time.sleep(delay)
                 delay *= 2
-        return duckdb.connect(self.database, read_only=False, config=config)
+        return connect_warehouse(self.database, config)
 
     def close_kept(self) -> None:
         """Close the kept connection now (the run's end)."""

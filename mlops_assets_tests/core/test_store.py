@@ -1,4 +1,5 @@
-"""The warehouse's write helpers on a real DuckDB file: partitions replaced many at a time, never duplicated."""
+"""The warehouse's write helpers on a real DuckDB file: partitions replaced many at a time, never duplicated; the
+warehouse's connections (row groups of ``ROW_GROUP_ROWS``, one database per process)."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -7,7 +8,15 @@ import duckdb
 import polars as pl
 import pytest
 
-from mlops_assets.core.store import ensure_table, partition_writer, replace_where, table_exists, transaction
+from mlops_assets.core.store import (
+    ROW_GROUP_ROWS,
+    connect_warehouse,
+    ensure_table,
+    partition_writer,
+    replace_where,
+    table_exists,
+    transaction,
+)
 
 
 def _month(month: str, rows: int, value: int) -> pl.DataFrame:
@@ -61,3 +70,50 @@ def test_a_table_made_sure_of_in_a_rolled_back_transaction_is_made_again(conn: d
     with transaction(conn):
         ensure_table(conn, "quarantine", "t", columns)
     assert table_exists(conn, "quarantine", "t")
+
+
+def _row_groups(conn: duckdb.DuckDBPyConnection, table: str) -> list[int]:
+    """The rows of each row group of ``table``, in order."""
+    return [
+        rows
+        for _, rows in conn.execute(
+            "SELECT row_group_id, max(count) FROM pragma_storage_info(?) GROUP BY 1 ORDER BY 1", [table]
+        ).fetchall()
+    ]
+
+
+def test_the_warehouse_is_written_in_row_groups_of_row_group_rows(tmp_path: Path) -> None:
+    """Every writer connects through ``connect_warehouse``, whose groups are small enough that a month's rows are
+    written compressed at its insert: DuckDB would put 40,000 rows in one default group (122,880 rows)."""
+    path = tmp_path / "warehouse.duckdb"
+    months = 40_000
+    with connect_warehouse(path) as conn:
+        conn.execute("CREATE TABLE t AS SELECT range AS i FROM range(?)", [months])
+        first = _row_groups(conn, "t")
+    with connect_warehouse(path) as conn:  # the size is the connection's, not the file's: set again on reopening
+        conn.execute("INSERT INTO t SELECT range FROM range(?)", [months])
+        both = _row_groups(conn, "t")
+    assert sum(first) == months and len(first) >= months // ROW_GROUP_ROWS and max(first) <= ROW_GROUP_ROWS
+    assert sum(both) == 2 * months and max(both) <= ROW_GROUP_ROWS
+    with duckdb.connect(str(path), read_only=True) as reader:  # checkpointed and let go when the last one closed
+        assert reader.execute("SELECT count(*), count(DISTINCT i) FROM t").fetchall() == [(2 * months, months)]
+
+
+def test_connections_of_one_process_share_the_warehouse(tmp_path: Path) -> None:
+    """Two connections of a process are one database, as two ``duckdb.connect(<path>)`` were: concurrent steps of a
+    run see each other's commits, and a second attach of the file never fails."""
+    path = tmp_path / "warehouse.duckdb"
+    first = connect_warehouse(path)
+    second = connect_warehouse(path)
+    try:
+        first.execute("CREATE TABLE t AS SELECT 1 AS one")
+        assert second.execute("SELECT one FROM t").fetchall() == [(1,)]
+        second.execute("BEGIN TRANSACTION")
+        second.execute("INSERT INTO t VALUES (2)")
+        assert first.execute("SELECT count(*) FROM t").fetchall() == [(1,)]  # not committed yet
+        second.execute("COMMIT")
+        assert first.execute("SELECT count(*) FROM t").fetchall() == [(2,)]
+        assert table_exists(first, "main", "t") and not table_exists(first, "main", "missing")
+    finally:
+        first.close()
+        second.close()

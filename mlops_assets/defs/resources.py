@@ -123,8 +123,8 @@ class Warehouse(DuckDBResource):
             yield conn
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """Open the file as ``DuckDBResource`` does: while another process holds it, retry after 0.1, 0.2, 0.4 ...
-        s (~100 s in all), then raise."""
+        """Open the file (``store.connect_warehouse``: the warehouse's row groups) as ``DuckDBResource`` does: while
+        another process holds it, retry after 0.1, 0.2, 0.4 ... s (~100 s in all), then raise."""
         config = {"custom_user_agent": "dagster", **self.connection_config}
         delay = 0.1
         for _ in range(CONNECT_RETRIES):

@@ -51,20 +51,21 @@ def worker(kind: str, database: str, first: str, last: str, repeats: int) -> dic
 
 
 def prepare(work: Path, every: int, scale: int, through: str) -> tuple[Path, Path]:
-    """The 1x and the ``scale``x DuckDB files of the validated tables."""
-    import duckdb
+    """The 1x and the ``scale``x DuckDB files of the validated tables, written as the platform writes its warehouse
+    (``connect_warehouse``: its row groups), so the builds read the layout they read in a run."""
     import plain_pipeline
 
     from mlops_assets.core.settings import load_settings
+    from mlops_assets.core.store import connect_warehouse
 
     data = harness.landed(work / "data", through, every)  # shared under make bench-smoke
     base, large = data / "warehouse.duckdb", work / f"x{scale}.duckdb"
-    with duckdb.connect(str(base), config=dict(DUCKDB_CONFIG)) as conn:
+    with connect_warehouse(base, DUCKDB_CONFIG) as conn:
         plain_pipeline.ingest_and_validate(conn, load_settings(data), "bench")
     if scale == 1:
         return base, base
     shutil.copyfile(base, large)
-    with duckdb.connect(str(large), config=dict(DUCKDB_CONFIG)) as conn:
+    with connect_warehouse(large, DUCKDB_CONFIG) as conn:
 
         def shifted(column: str, years: int) -> str:
             return f"printf('%04d', CAST(substr({column}, 1, 4) AS INTEGER) + {years}) || substr({column}, 5)"

@@ -78,7 +78,7 @@ def connect_warehouse(
     the same database (as it does for a file's path), so the run's concurrent steps share one database and its
     transactions, and the file is checkpointed and let go when the last connection closes. Another process holding
     the file raises ``duckdb.IOException``, as ``duckdb.connect(<path>)`` does."""
-    resolved = os.path.abspath(path)
+    resolved = os.path.realpath(path)  # one name per file, however the path is spelled
     name = ":memory:warehouse_" + hashlib.sha256(resolved.encode()).hexdigest()[:16]
     conn = duckdb.connect(name, config=dict(config or {}))
     try:

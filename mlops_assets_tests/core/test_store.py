@@ -101,10 +101,11 @@ def test_the_warehouse_is_written_in_row_groups_of_row_group_rows(tmp_path: Path
 
 def test_connections_of_one_process_share_the_warehouse(tmp_path: Path) -> None:
     """Two connections of a process are one database, as two ``duckdb.connect(<path>)`` were: concurrent steps of a
-    run see each other's commits, and a second attach of the file never fails."""
+    run see each other's commits, and a second attach of the file never fails, however its path is spelled."""
     path = tmp_path / "warehouse.duckdb"
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
     first = connect_warehouse(path)
-    second = connect_warehouse(path)
+    second = connect_warehouse(tmp_path / "link" / "warehouse.duckdb")
     try:
         first.execute("CREATE TABLE t AS SELECT 1 AS one")
         assert second.execute("SELECT one FROM t").fetchall() == [(1,)]

@@ -77,10 +77,11 @@ def connect_warehouse(
     in-memory database named after its path: ``duckdb.connect`` hands every connection of this process to that name
     the same database (as it does for a file's path), so the run's concurrent steps share one database and its
     transactions, and the file is checkpointed and let go when the last connection closes. Another process holding
-    the file raises ``duckdb.IOException``, as ``duckdb.connect(<path>)`` does."""
+    the file raises ``duckdb.IOException``, as ``duckdb.connect(<path>)`` does. What DuckDB spills goes beside the
+    file (``<path>.tmp``, as for a file's own database; an in-memory one would spill into the working directory)."""
     resolved = os.path.realpath(path)  # one name per file, however the path is spelled
     name = ":memory:warehouse_" + hashlib.sha256(resolved.encode()).hexdigest()[:16]
-    conn = duckdb.connect(name, config=dict(config or {}))
+    conn = duckdb.connect(name, config={"temp_directory": f"{resolved}.tmp", **(config or {})})
     try:
         conn.execute(f"ATTACH IF NOT EXISTS ? AS {WAREHOUSE_CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})", [resolved])
         conn.execute(f"USE {WAREHOUSE_CATALOG}")

@@ -90,6 +90,8 @@ def test_the_warehouse_is_written_in_row_groups_of_row_group_rows(tmp_path: Path
     with connect_warehouse(path) as conn:
         conn.execute("CREATE TABLE t AS SELECT range AS i FROM range(?)", [months])
         first = _row_groups(conn, "t")
+        # what DuckDB spills stays beside the file, as for duckdb.connect(<path>), not in the working directory
+        assert conn.execute("SELECT current_setting('temp_directory')").fetchall() == [(f"{path.resolve()}.tmp",)]
     with connect_warehouse(path) as conn:  # the size is the connection's, not the file's: set again on reopening
         conn.execute("INSERT INTO t SELECT range FROM range(?)", [months])
         both = _row_groups(conn, "t")

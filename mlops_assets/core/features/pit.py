@@ -173,7 +173,8 @@ def add_prepared_windows(
     cumulatives: list[pl.DataFrame], targets: pl.DataFrame, windows: tuple[TrailingWindow, ...], time_column: str
 ) -> pl.DataFrame:
     """``add_trailing_windows`` with the cumulative sums already computed by :func:`window_cumulatives`."""
-    sums_now: dict[int, pl.DataFrame] = {}  # per shared cumulative: the sums up to each target's time, looked up once
+    # per source (its windows share one cumulative): the sums up to each target's time, looked up once
+    sums_now: dict[tuple[tuple[str, ...], str, str], pl.DataFrame] = {}
     for spec, cumulative in zip(windows, cumulatives, strict=True):
         by = list(spec.by)
 
@@ -195,9 +196,9 @@ def add_prepared_windows(
                 )
             )
 
-        now = sums_now.get(id(cumulative))
+        now = sums_now.get(spec.source)
         if now is None:
-            now = sums_now[id(cumulative)] = before(pl.col(time_column), "_t")
+            now = sums_now[spec.source] = before(pl.col(time_column), "_t")
         start = before(pl.col(time_column) - spec.window, "_0")  # same order: t - window is monotonic in t
         counts = pl.concat([now, start], how="horizontal").select(
             (pl.col("_sum_t") - pl.col("_sum_0")).alias("_sum"), (pl.col("_n_t") - pl.col("_n_0")).alias("_n")

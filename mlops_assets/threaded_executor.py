@@ -9,7 +9,8 @@ a time (default: the CPUs), so that DuckDB, polars and LightGBM, which release t
 work it overlaps: the tables of a month (raw, validated), the feature tables, and each model's chain (training set,
 challenger, evaluation, drift report, batch scores) beside the other model's. Work that uses every core by itself
 (a feature build of many months, a LightGBM training) still waits its turn (``core/cores.py``), and a finished step
-gives the memory it freed back to the system (glibc keeps it in the thread's arena otherwise).
+gives the memory it freed back to the system (glibc keeps it in the thread's arena otherwise). When more steps are
+ready than threads are free, the one that starts the longest chain of steps goes first (``longest_chain_first``).
 
 What stays as in Dagster's own executors:
 
@@ -37,7 +38,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from types import TracebackType
 from typing import Any
@@ -53,12 +54,14 @@ from dagster._core.execution.context_creation_job import PlanExecutionContextMan
 from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_event_sequence_for_step
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.execution.step_dependency_config import (
     StepDependencyConfig,
     get_step_dependency_config_field,
 )
 from dagster._core.executor.base import Executor
+from dagster._core.storage.tags import PRIORITY_TAG
 from dagster._utils.error import serializable_error_info_from_exc_info
 from dagster._utils.timing import time_execution_scope
 from dagster_shared.utils.timing import format_duration
@@ -136,6 +139,25 @@ def _run_step(step_context: Any, key: int, out: queue.Queue[tuple[int, Any]]) ->
         out.put((key, error))
 
 
+def longest_chain_first(execution_plan: ExecutionPlan) -> Callable[[ExecutionStep], float]:
+    """The order in which ready steps start: a step's ``dagster/priority`` tag first, as in Dagster's executors, then
+    the longest chain of steps that still waits on it. With fewer threads than ready steps, the step that starts the
+    run's longest chain (a model's training set, before that model's online store) starts first, rather than the one
+    listed first; steps that tie keep Dagster's order."""
+    downstream: dict[str, list[str]] = {key: [] for key in execution_plan.step_keys_to_execute}
+    for key, upstream in execution_plan.get_executable_step_deps().items():
+        for dependency in upstream:
+            downstream.setdefault(dependency, []).append(key)
+    chain: dict[str, int] = {}
+    for step in reversed(execution_plan.get_steps_to_execute_in_topo_order()):
+        chain[step.key] = 1 + max((chain.get(key, 0) for key in downstream.get(step.key, ())), default=0)
+
+    def sort_key(step: ExecutionStep) -> float:
+        return -(int(step.tags.get(PRIORITY_TAG, 0)) * 1_000_000 + chain.get(step.key, 0))
+
+    return sort_key
+
+
 def threaded_plan_iterator(
     job_context: PlanExecutionContext, execution_plan: ExecutionPlan, max_concurrent: int
 ) -> Iterator[DagsterEvent]:
@@ -147,6 +169,7 @@ def threaded_plan_iterator(
         active = stack.enter_context(
             execution_plan.start(
                 retry_mode=job_context.retry_mode,
+                sort_key_fn=longest_chain_first(execution_plan),
                 max_concurrent=max_concurrent,
                 instance_concurrency_context=pools,
                 step_dependency_config=job_context.step_dependency_config,

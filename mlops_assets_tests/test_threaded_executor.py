@@ -1,6 +1,7 @@
 """The threaded executor (``mlops_assets.threaded_executor``) on a real instance of the shipped storage: independent
 steps run at once, a failure skips what depends on it and nothing else, a pool's slot is held once for the run and
-freed at its end, ``max_concurrent: 1`` runs steps one by one, and a termination request lets running steps finish
+freed at its end, ``max_concurrent: 1`` runs steps one by one, of the ready steps the one that starts the longest
+chain starts first (a ``dagster/priority`` tag before that), and a termination request lets running steps finish
 and starts no more.
 
 Concurrency is proven by a barrier, not by timing: two steps that wait for each other at a ``threading.Barrier`` can
@@ -82,6 +83,48 @@ def test_max_concurrent_one_runs_steps_one_by_one() -> None:
     with instance_for_test() as instance:
         result = execute_with_job_executor(_job([first, second], {"max_concurrent": 1}), instance)
     assert result.success and overlaps == [1, 1]
+
+
+def _order_of_steps(priority: str | None = None) -> list[str]:
+    """The order in which one thread runs ``source``, then ``aa_leaf`` (no step after it; first in Dagster's order)
+    and ``chain_start`` -> ``chain_middle`` -> ``chain_end``; ``priority``: ``aa_leaf``'s ``dagster/priority``."""
+    ran: list[str] = []
+
+    @dg.asset
+    def source() -> None:
+        ran.append("source")
+
+    @dg.asset(deps=[source], op_tags={"dagster/priority": priority} if priority else None)
+    def aa_leaf() -> None:
+        ran.append("aa_leaf")
+
+    @dg.asset(deps=[source])
+    def chain_start() -> None:
+        ran.append("chain_start")
+
+    @dg.asset(deps=[chain_start])
+    def chain_middle() -> None:
+        ran.append("chain_middle")
+
+    @dg.asset(deps=[chain_middle])
+    def chain_end() -> None:
+        ran.append("chain_end")
+
+    assets = [source, aa_leaf, chain_start, chain_middle, chain_end]
+    with instance_for_test() as instance:
+        result = execute_with_job_executor(_job(assets, {"max_concurrent": 1}), instance)
+    assert result.success
+    return ran
+
+
+def test_of_the_ready_steps_the_one_starting_the_longest_chain_starts_first() -> None:
+    ran = _order_of_steps()
+    assert sorted(ran) == ["aa_leaf", "chain_end", "chain_middle", "chain_start", "source"]
+    assert ran[:3] == ["source", "chain_start", "chain_middle"]  # in Dagster's order alone, aa_leaf comes second
+
+
+def test_a_priority_tag_comes_before_the_longest_chain() -> None:
+    assert _order_of_steps(priority="1")[:2] == ["source", "aa_leaf"]
 
 
 def test_a_failure_skips_its_downstream_and_not_its_siblings() -> None:

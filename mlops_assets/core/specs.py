@@ -29,6 +29,13 @@ if TYPE_CHECKING:  # pandera is imported where a contract is built: most process
 
 #: A model's name is a DuckDB schema, a Dagster asset-key prefix and part of job and sensor names.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+#: Names a model cannot take, as its schema and key prefix would be another's: the feeds' stages (``landing/``,
+#: ``raw``, ``validated``, ``quarantine``, ``features``: ``core/store.py``'s ``DATA_SCHEMAS``), DuckDB's own schemas and
+#: catalogs, and the warehouse file's catalog (``warehouse.duckdb``: ``warehouse.x`` would be ambiguous to DuckDB).
+RESERVED_MODEL_NAMES = frozenset(
+    {"landing", "raw", "validated", "quarantine", "features"}
+    | {"main", "information_schema", "pg_catalog", "temp", "system", "memory", "warehouse"}
+)
 
 
 #: The column that holds a row's partition month (``YYYY-MM``) in the frames a contract checks: a contract can hold
@@ -321,6 +328,11 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
             raise ValueError(f"model name {self.name!r} must match {NAME_PATTERN.pattern} (a schema and key prefix)")
+        if self.name in RESERVED_MODEL_NAMES:
+            raise ValueError(
+                f"model name {self.name!r} is taken by the platform (a schema and key prefix of its own): choose "
+                f"another; reserved: {', '.join(sorted(RESERVED_MODEL_NAMES))}"
+            )
         missing = [t for t in self.features.inputs if t not in {s.name for s in self.feed.tables}]
         if missing:
             raise ValueError(

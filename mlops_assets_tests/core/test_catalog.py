@@ -1,0 +1,35 @@
+"""Registering models: names that would clash with another model or with the platform's own schemas are refused when
+the catalog is built, with what to do, not deep inside a run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.catalog import CATALOG
+from mlops_assets.core.catalog import Catalog, CatalogError
+from mlops_assets.core.settings import Settings
+from mlops_assets.core.specs import RESERVED_MODEL_NAMES
+from mlops_assets.core.store import DATA_SCHEMAS
+from mlops_assets_tests.toy_model import TOY_MODEL
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_MODEL_NAMES))
+def test_a_model_cannot_take_a_name_the_platform_uses(name: str) -> None:
+    with pytest.raises(ValueError, match=f"model name '{name}' is taken by the platform.*choose another"):
+        dataclasses.replace(TOY_MODEL, name=name)
+
+
+def test_the_reserved_names_cover_every_schema_and_the_warehouse_catalog(tmp_path: Path) -> None:
+    # a model's schema beside the feed's stages, and DuckDB's catalog named after the warehouse file
+    assert set(DATA_SCHEMAS) <= RESERVED_MODEL_NAMES
+    assert Settings.for_data_dir(tmp_path).warehouse_path.stem in RESERVED_MODEL_NAMES
+    assert not {model.name for model in CATALOG.models} & RESERVED_MODEL_NAMES
+
+
+def test_two_models_of_one_name_are_refused() -> None:
+    twin = dataclasses.replace(TOY_MODEL, description="another model under the same name")
+    with pytest.raises(CatalogError, match=f"two registered models are called '{TOY_MODEL.name}': rename one"):
+        Catalog(models=(TOY_MODEL, twin))

@@ -36,6 +36,9 @@ RESERVED_MODEL_NAMES = frozenset(
     {"landing", "raw", "validated", "quarantine", "features"}
     | {"main", "information_schema", "pg_catalog", "temp", "system", "memory", "warehouse"}
 )
+#: Names a feed's table cannot take: ``quarantine.batches`` is the batch log (``core/store.py``'s ``BATCH_LOG``) beside
+#: each table's ``quarantine.<table>``.
+RESERVED_TABLE_NAMES = frozenset({"batches"})
 
 
 #: The column that holds a row's partition month (``YYYY-MM``) in the frames a contract checks: a contract can hold
@@ -283,6 +286,12 @@ class FeedSpec:
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
             raise ValueError(f"feed name {self.name!r} must match {NAME_PATTERN.pattern}")
+        for table in self.tables:
+            if not NAME_PATTERN.match(table.name) or table.name in RESERVED_TABLE_NAMES:
+                raise ValueError(
+                    f"feed {self.name}: table name {table.name!r} must match {NAME_PATTERN.pattern} and not be "
+                    f"{', '.join(sorted(RESERVED_TABLE_NAMES))} (the quarantine's batch log): rename the table"
+                )
 
     @property
     def partitions_name(self) -> str:

@@ -4,6 +4,7 @@ the catalog is built, with what to do, not deep inside a run."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ import pytest
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.catalog import Catalog, CatalogError
 from mlops_assets.core.settings import Settings
-from mlops_assets.core.specs import RESERVED_MODEL_NAMES
-from mlops_assets.core.store import DATA_SCHEMAS
-from mlops_assets_tests.toy_model import TOY_MODEL
+from mlops_assets.core.specs import RESERVED_MODEL_NAMES, RESERVED_TABLE_NAMES
+from mlops_assets.core.store import BATCH_LOG, DATA_SCHEMAS
+from mlops_assets_tests.toy_model import TOY_FEED, TOY_MODEL
 
 
 @pytest.mark.parametrize("name", sorted(RESERVED_MODEL_NAMES))
@@ -27,6 +28,14 @@ def test_the_reserved_names_cover_every_schema_and_the_warehouse_catalog(tmp_pat
     assert set(DATA_SCHEMAS) <= RESERVED_MODEL_NAMES
     assert Settings.for_data_dir(tmp_path).warehouse_path.stem in RESERVED_MODEL_NAMES
     assert not {model.name for model in CATALOG.models} & RESERVED_MODEL_NAMES
+    assert BATCH_LOG[1] in RESERVED_TABLE_NAMES  # quarantine.<table> beside the batch log
+
+
+@pytest.mark.parametrize("name", ["batches", "Readings", "readings; drop table raw.readings"])
+def test_a_feed_table_cannot_take_the_batch_logs_name_or_one_that_is_no_identifier(name: str) -> None:
+    renamed = dataclasses.replace(TOY_FEED.tables[0], name=name)
+    with pytest.raises(ValueError, match=rf"table name '{re.escape(name)}' must match .*rename the table"):
+        dataclasses.replace(TOY_FEED, tables=(renamed, *TOY_FEED.tables[1:]))
 
 
 def test_two_models_of_one_name_are_refused() -> None:

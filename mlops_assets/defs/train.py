@@ -16,6 +16,7 @@ from mlops_assets.core.evaluation import metrics
 from mlops_assets.core.features import feature_set_version
 from mlops_assets.core.lineage import code_version, source_version
 from mlops_assets.core.registry import Registry
+from mlops_assets.core.settings import TRAINING_WINDOW_ENV
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import (
     ensure_table_like,
@@ -160,8 +161,14 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
             if window:
                 months = months[-window:]
             if len(months) < 2:
+                fix = (
+                    f"widen the training window (window_months, {TRAINING_WINDOW_ENV}: now {window})"
+                    if built_months >= 2
+                    else "land another month (`mlops replay --month YYYY-MM`) and build its features"
+                )
                 raise dg.Failure(
-                    description=f"only {months} built: training needs at least two months (the newest is the test month)."
+                    description=f"training needs at least two months (the newest is the test month), and it has "
+                    f"{months} of the {built_months} built: {fix}, then run it again."
                 )
             rows = query_frame(
                 conn,

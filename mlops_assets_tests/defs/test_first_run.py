@@ -112,6 +112,32 @@ def test_the_training_window_keeps_the_newest_months(settings: Settings) -> None
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         stored = conn.execute(f'SELECT DISTINCT _month FROM {FLIGHT_DELAY.name}."training_set" ORDER BY 1').fetchall()
     assert [m for (m,) in stored] == ["2013-02", "2013-03"]
+    # a window of one month leaves no test month: the run says so, and what to change
+    narrow = build_definitions(CATALOG, replace(settings, training_window_months=1))
+    with dg.DagsterInstance.get() as instance:
+        failed = narrow.resolve_job_def(retraining_job_name(FLIGHT_DELAY)).execute_in_process(
+            instance=instance, asset_selection=[training_set], raise_on_error=False
+        )
+    assert not failed.success
+    [failure] = [event for event in failed.all_events if event.is_step_failure]
+    message = str(failure.step_failure_data.user_failure_data.description)
+    assert "it has ['2013-03'] of the 3 built: widen the training window" in message
+    assert "MLOPS_TRAINING_WINDOW_MONTHS: now 1" in message
+
+
+def test_training_on_one_built_month_says_to_land_another(settings: Settings) -> None:
+    assert main(["replay", "--month", "2013-02", "--every", "50"]) == 0
+    defs = build_definitions(CATALOG, settings)
+    with dg.DagsterInstance.get() as instance:
+        assert defs.resolve_job_def("feature_pipeline").execute_in_process(
+            instance=instance, tags=range_tags(["2013-02"])
+        )
+        result = defs.resolve_job_def(retraining_job_name(FLIGHT_DELAY)).execute_in_process(
+            instance=instance, asset_selection=[keys_of(FLIGHT_DELAY).training_set], raise_on_error=False
+        )
+    [failure] = [event for event in result.all_events if event.is_step_failure]
+    message = str(failure.step_failure_data.user_failure_data.description)
+    assert "it has ['2013-02'] of the 1 built: land another month (`mlops replay --month YYYY-MM`)" in message
 
 
 def test_the_training_window_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,9 +8,11 @@ daemon's runs) Dagster's own console logger prints its DEBUG stream to the run's
 ``log_level: DEBUG`` prints Dagster's whole stream here too, in Dagster's own format.
 """
 
+import ast
 import io
 import logging
 import os
+import re
 import sys
 import time
 import weakref
@@ -31,6 +33,28 @@ def step_label(step_key: str | None) -> str:
     return (step_key or "").replace("__", "/")
 
 
+#: Dagster's message for a step it does not run because a step it needs failed or was not run either
+#: (``ActiveExecution``): "Dependencies for step <key> failed: [...] were not executed: [...]. Not executing."
+_NOT_RUN = re.compile(
+    r"^Dependencies for step \S+(?: failed: (?P<failed>\[[^\]]*\]))?(?: were not executed: (?P<skipped>\[[^\]]*\]))?"
+    r"\. Not executing\.$"
+)
+
+
+def not_run_line(message: str) -> str | None:
+    """``not run: flight_delay/training_set failed`` for Dagster's "Dependencies for step ... Not executing." message
+    (None for any other message: it is printed as it is)."""
+    found = _NOT_RUN.match(message)
+    if found is None or not (found["failed"] or found["skipped"]):
+        return None
+    reasons = []
+    for group, why in (("failed", "failed"), ("skipped", "not run")):
+        if found[group]:
+            keys = ", ".join(step_label(key) for key in ast.literal_eval(found[group]))
+            reasons.append(f"{keys} {why}")
+    return "not run: " + "; ".join(reasons)
+
+
 def root_cause(error: Any) -> str | None:
     """The innermost error of a step failure (what the step itself raised), in one line: Dagster wraps it in an
     "Error occurred while executing op" error whose message says nothing about the reason."""
@@ -38,7 +62,10 @@ def root_cause(error: Any) -> str | None:
         return None
     while getattr(error, "cause", None) is not None:
         error = error.cause
-    return " ".join(str(error.message).split())
+    message = " ".join(str(error.message).split())
+    if getattr(error, "cls_name", None) == "Failure":  # dg.Failure: a step's own explanation, said without its class
+        message = message.split(": ", 1)[-1]
+    return message
 
 
 class ProgressFormatter(logging.Formatter):
@@ -55,9 +82,10 @@ class ProgressFormatter(logging.Formatter):
         event = meta.get("dagster_event")
         label = step_label(meta.get("step_key"))
         message = str(meta.get("orig_message") or record.getMessage())
-        if event is None:  # a step's own message (context.log.info/warning/error)
+        if event is None:  # a step's own message (context.log.info/warning/error), or the engine's about a step
             if record.levelno < self.threshold:
                 return None
+            message = not_run_line(message) or message
             return f"{label:<44} {message}" if label else message
         kind = event.event_type_value
         if kind in _RUN_EVENTS and (self.threshold <= logging.INFO or kind == "PIPELINE_FAILURE"):

@@ -34,8 +34,18 @@ def test_the_progress_console_prints_step_messages_failures_and_the_run_not_the_
     def broken() -> None:
         raise ValueError("the input is gone: land it again")
 
+    @dg.asset(key=["stage", "after"], deps=[broken])
+    def after() -> None: ...
+
+    @dg.asset(key=["stage", "refused"], deps=[built])
+    def refused() -> None:
+        raise dg.Failure(description="only one month: land another")
+
+    @dg.asset(key=["stage", "last"], deps=[after])
+    def last() -> None: ...
+
     defs = dg.Definitions(
-        assets=[built, broken],
+        assets=[built, broken, after, last, refused],
         jobs=[dg.define_asset_job("demo")],
         loggers={"console": progress_console},
         executor=dg.in_process_executor,
@@ -52,7 +62,12 @@ def test_the_progress_console_prints_step_messages_failures_and_the_run_not_the_
     # machine: 6 runs in 30 beside three busy loops; written past the capture, 0 in 30: progress.terminal_stderr)
     assert re.search(r"stage/broken\s+FAILED: .*the input is gone: land it again", printed), f"{printed}\n{events}"
     assert "demo: run " in printed and "demo: FAILED in" in printed
-    for noise in ("STEP_START", "DEBUG", "a detail nobody asked for", "RESOURCE_INIT", "LOADED_INPUT"):
+    # a step's dg.Failure is its own explanation: printed without the exception's class
+    assert re.search(r"stage/refused\s+FAILED: only one month: land another\n", printed), printed
+    # the steps Dagster does not run say why in a few words
+    assert re.search(r"stage/after\s+not run: stage/broken failed\n", printed), printed
+    assert re.search(r"stage/last\s+not run: stage/after not run\n", printed), printed
+    for noise in ("STEP_START", "DEBUG", "a detail nobody asked for", "RESOURCE_INIT", "LOADED_INPUT", "Not executing"):
         assert noise not in printed, printed
     # the console is quieter; the event log is not
     assert {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "ASSET_MATERIALIZATION"} <= stored

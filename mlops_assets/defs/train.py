@@ -161,14 +161,14 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
             if window:
                 months = months[-window:]
             if len(months) < 2:
-                fix = (
-                    f"widen the training window (window_months, {TRAINING_WINDOW_ENV}: now {window})"
-                    if built_months >= 2
-                    else "land another month (`mlops replay --month YYYY-MM`) and build its features"
-                )
+                fixes = []
+                if built_months < 2:
+                    fixes.append("land another month (`mlops replay --month YYYY-MM`) and build its features")
+                if window == 1:  # a window of two or more months always holds two once two are built
+                    fixes.append(f"widen the training window (window_months, {TRAINING_WINDOW_ENV}: now 1)")
                 raise dg.Failure(
                     description=f"training needs at least two months (the newest is the test month), and it has "
-                    f"{months} of the {built_months} built: {fix}, then run it again."
+                    f"{months} of the {built_months} built: {' and '.join(fixes)}, then run it again."
                 )
             rows = query_frame(
                 conn,

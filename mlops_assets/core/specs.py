@@ -23,22 +23,22 @@ import polars as pl
 from mlops_assets.core.features.pit import AsOfLookup, TrailingWindow
 from mlops_assets.core.landing import LandedFile
 from mlops_assets.core.policy import PromotionGates
+from mlops_assets.core.store import BATCH_LOG, DATA_SCHEMAS, WAREHOUSE_CATALOG
 
 if TYPE_CHECKING:  # pandera is imported where a contract is built: most processes never build one
     import pandera.polars as pa
 
 #: A model's name is a DuckDB schema, a Dagster asset-key prefix and part of job and sensor names.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-#: Names a model cannot take, as its schema and key prefix would be another's: the feeds' stages (``landing/``,
-#: ``raw``, ``validated``, ``quarantine``, ``features``: ``core/store.py``'s ``DATA_SCHEMAS``), DuckDB's own schemas and
-#: catalogs, and the warehouse file's catalog (``warehouse.duckdb``: ``warehouse.x`` would be ambiguous to DuckDB).
+#: Names a model cannot take, as its schema and key prefix would be another's: the feeds' stages (``landing/`` and the
+#: warehouse's data schemas), DuckDB's own schemas and catalogs, and the warehouse's catalog (a schema of the same name
+#: makes ``warehouse.x`` ambiguous to DuckDB, as ``memory.x``, ``temp.x`` and ``system.x``: a binder error in a run).
 RESERVED_MODEL_NAMES = frozenset(
-    {"landing", "raw", "validated", "quarantine", "features"}
-    | {"main", "information_schema", "pg_catalog", "temp", "system", "memory", "warehouse"}
+    {"landing", *DATA_SCHEMAS, WAREHOUSE_CATALOG}
+    | {"main", "information_schema", "pg_catalog", "temp", "system", "memory"}
 )
-#: Names a feed's table cannot take: ``quarantine.batches`` is the batch log (``core/store.py``'s ``BATCH_LOG``) beside
-#: each table's ``quarantine.<table>``.
-RESERVED_TABLE_NAMES = frozenset({"batches"})
+#: Names a feed's table cannot take: the batch log (``quarantine.batches``) sits beside each ``quarantine.<table>``.
+RESERVED_TABLE_NAMES = frozenset({BATCH_LOG[1]})
 
 
 #: The column that holds a row's partition month (``YYYY-MM``) in the frames a contract checks: a contract can hold

@@ -13,7 +13,7 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.core.catalog import Catalog, CatalogError
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import RESERVED_MODEL_NAMES, RESERVED_TABLE_NAMES
-from mlops_assets.core.store import BATCH_LOG, DATA_SCHEMAS
+from mlops_assets.core.store import BATCH_LOG, DATA_SCHEMAS, WAREHOUSE_CATALOG
 from mlops_assets_tests.toy_model import TOY_FEED, TOY_MODEL
 
 
@@ -24,9 +24,10 @@ def test_a_model_cannot_take_a_name_the_platform_uses(name: str) -> None:
 
 
 def test_the_reserved_names_cover_every_schema_and_the_warehouse_catalog(tmp_path: Path) -> None:
-    # a model's schema beside the feed's stages, and DuckDB's catalog named after the warehouse file
+    # a model's schema beside the feed's stages, and the catalog the warehouse file is attached as
     assert set(DATA_SCHEMAS) <= RESERVED_MODEL_NAMES
     assert Settings.for_data_dir(tmp_path).warehouse_path.stem in RESERVED_MODEL_NAMES
+    assert WAREHOUSE_CATALOG in RESERVED_MODEL_NAMES
     assert not {model.name for model in CATALOG.models} & RESERVED_MODEL_NAMES
     assert BATCH_LOG[1] in RESERVED_TABLE_NAMES  # quarantine.<table> beside the batch log
 

@@ -18,7 +18,7 @@ export DAGSTER_HOME
 THROUGH ?= 2013-03
 EVERY ?= 1
 
-.PHONY: pipeline test bench bench-smoke bench-drift ui simulate serve clean-data
+.PHONY: pipeline test lint bench bench-smoke bench-drift ui simulate serve clean-data
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> installing mlops_assets into $(VENV)"
@@ -38,6 +38,11 @@ pipeline: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/pytest
+
+# ruff's rules (its defaults, pinned to one minor version in pyproject.toml) and its formatting at 120 columns
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Every benchmark in full (many minutes: run it on a quiet machine); each rewrites its block of benchmarks/README.md
 # and its results in data/benchmarks/. Drift against Evidently needs its own venv: `make bench-drift`.

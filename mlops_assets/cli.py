@@ -342,12 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=cmd_status)
 
     runs = commands.add_parser("runs", help="a model's training runs side by side: params, data hash, metrics")
-    model_option(runs, "the model (default: %s)" % CATALOG.default.name)
+    model_option(runs, f"the model (default: {CATALOG.default.name})")
     runs.add_argument("--last", type=_positive, default=10, help="how many of the newest versions (positive)")
     runs.set_defaults(handler=cmd_runs)
 
     back = commands.add_parser("rollback", help="move a model's champion back (to the previous champion by default)")
-    model_option(back, "the model (default: %s)" % CATALOG.default.name)
+    model_option(back, f"the model (default: {CATALOG.default.name})")
     back.add_argument("--to", help="the version to serve, e.g. v0003")
     back.add_argument("--reason", default="rolled back by hand", help="recorded in the event log")
     back.set_defaults(handler=cmd_rollback)
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser(
         "simulate", help="replay a year from an empty data dir; sensors and automation keep the model alive"
     )
-    model_option(sim, "the model simulated (default: %s)" % CATALOG.default.name)
+    model_option(sim, f"the model simulated (default: {CATALOG.default.name})")
     sim.add_argument("--from", dest="start", type=_month, help="first month (default: the feed's first, 2013-01)")
     sim.add_argument("--through", type=_month, help="last month (default: the feed's last, 2013-12)")
     sim.add_argument("--every", type=int, default=1, help="keep every n-th row (e.g. 20 for a quick run)")
@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="the prediction service for every model: POST /models/<model>/predict, POST /predict, GET /health, GET /models",
     )
-    model_option(srv, "the model `POST /predict` answers (default: %s)" % CATALOG.default.name)
+    model_option(srv, f"the model `POST /predict` answers (default: {CATALOG.default.name})")
     srv.add_argument("--host", help="interface to bind (default 127.0.0.1: loopback only)")
     srv.add_argument("--port", type=int, help="port (default 8000)")
     srv.add_argument(

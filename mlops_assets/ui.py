@@ -48,7 +48,8 @@ def session_members(session: int) -> list[int]:
 def supervise(command: Sequence[str], grace_seconds: float = GRACE_SECONDS, say: Callable[[str], None] = print) -> int:
     """Run ``command`` (``dagster dev ...``) until it exits or this process gets SIGTERM / SIGINT / SIGHUP; then stop
     it and everything it started. Returns its exit code (0 after a requested stop)."""
-    child = subprocess.Popen(list(command), preexec_fn=_restore_sigint, start_new_session=True)
+    # preexec_fn is safe here: the CLI starts no thread before this
+    child = subprocess.Popen(list(command), preexec_fn=_restore_sigint, start_new_session=True)  # noqa: PLW1509
     stopping: list[int] = []
 
     def request_stop(signum: int, frame: object) -> None:

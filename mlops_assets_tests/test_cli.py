@@ -113,6 +113,7 @@ def test_make_pipeline_works_in_a_data_dir_whose_path_has_spaces(tmp_path: Path)
         capture_output=True,
         text=True,
         timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "flight_delay" in done.stdout and "flight_cancellation" in done.stdout
@@ -126,6 +127,7 @@ def test_make_pipeline_works_in_a_data_dir_whose_path_has_spaces(tmp_path: Path)
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert cleaned.returncode == 0 and not any(data_dir.iterdir()), cleaned.stderr
 

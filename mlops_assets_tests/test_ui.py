@@ -68,22 +68,18 @@ def _roles_started(pid: int) -> set[int] | None:
     return started if all(any(role in line for line in lines) for role in ROLES) else None
 
 
-def _ignore_sigint() -> None:
-    """What a non-interactive shell does to a background job (`mlops ui &` in a script)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def test_one_sigterm_stops_everything_dagster_dev_started(tmp_path: Path) -> None:
     port = _free_port()
     mlops = Path(sys.executable).with_name("mlops")
     log = (tmp_path / "ui.log").open("w")
+    # started as a non-interactive shell starts a background job (`mlops ui &` in a script): SIGINT ignored. By the
+    # shell itself rather than a preexec_fn, which is unsafe in pytest-xdist's threaded worker.
     ui = subprocess.Popen(
-        [str(mlops), "ui", "--port", str(port)],
+        ["sh", "-c", 'trap "" INT; exec "$0" "$@"', str(mlops), "ui", "--port", str(port)],
         cwd=REPO_ROOT,
         env=os.environ.copy(),
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=_ignore_sigint,
         start_new_session=True,
     )
     try:

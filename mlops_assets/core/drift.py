@@ -23,6 +23,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -435,11 +436,7 @@ def histogram_pairs(profile: Mapping[str, Any], frame: pl.DataFrame, columns: Se
         if column in profile["numeric"] and "inner_edges" in profile["numeric"][column]:
             reference = profile["numeric"][column]
             edges = reference["inner_edges"]
-            labels = (
-                [f"<{edges[0]:.4g}"]
-                + [f"{a:.4g}-{b:.4g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
-                + [f">={edges[-1]:.4g}"]
-            )
+            labels = [f"<{edges[0]:.4g}"] + [f"{a:.4g}-{b:.4g}" for a, b in pairwise(edges)] + [f">={edges[-1]:.4g}"]
             current = bucket_shares(_numeric_values(frame, column), edges)
             pairs.append(
                 {

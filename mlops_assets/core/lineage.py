@@ -16,7 +16,9 @@ def code_version() -> dict[str, Any]:
     """``{"package": "0.1.0", "git_commit": "abc..." | None, "git_dirty": bool | None}``."""
     info: dict[str, Any] = {"package": __version__, "git_commit": None, "git_dirty": None}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=False
+        )
         if commit.returncode == 0:
             info["git_commit"] = commit.stdout.strip()
             status = subprocess.run(
@@ -25,6 +27,7 @@ def code_version() -> dict[str, Any]:
                 capture_output=True,
                 text=True,
                 timeout=5,
+                check=False,
             )
             info["git_dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):

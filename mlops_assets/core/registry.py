@@ -251,9 +251,8 @@ class Registry:
         seen: list[str] = []
         for event in reversed(self.events()):
             moved = event.get("alias") == CHAMPION and event.get("event") in ("promoted", "rolled_back")
-            if moved and event["version"]:
-                if event["version"] not in seen:
-                    seen.append(event["version"])
+            if moved and event["version"] and event["version"] not in seen:
+                seen.append(event["version"])
         return seen
 
 

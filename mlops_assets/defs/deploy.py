@@ -133,7 +133,7 @@ def build_champion_check(model: ModelSpec) -> dg.AssetChecksDefinition:
             )
         try:
             loaded = load_version(registry, version)
-        except Exception as error:  # integrity and parse errors alike mean: cannot serve
+        except Exception as error:  # noqa: BLE001 - integrity and parse errors alike mean: cannot serve
             return dg.AssetCheckResult(passed=False, description=f"champion {version} cannot be loaded: {error}")
         with duckdb.get_connection() as conn:
             canary = read_test_rows(conn, model).head(CANARY_ROWS)

@@ -97,9 +97,9 @@ def build_landing_sensor(
         # Files the cursor has not seen may already be in (e.g. `dagster job execute` ran before the first tick):
         # Dagster's record of what the ingest step read says so, and those files need no run.
         for landed in files:
-            if landed.relative_name not in previous and landed.table in tables:
-                if ingested_version(context.instance, tables[landed.table], landed.month) == landed.sha256:
-                    previous[landed.relative_name] = landed.sha256
+            unseen = landed.relative_name not in previous and landed.table in tables
+            if unseen and ingested_version(context.instance, tables[landed.table], landed.month) == landed.sha256:
+                previous[landed.relative_name] = landed.sha256
         known = set(context.instance.get_dynamic_partitions(MONTHS.name))
         requests: list[dg.RunRequest] = []
         new_months: list[str] = []

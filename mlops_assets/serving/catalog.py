@@ -85,7 +85,8 @@ class ServedCatalog:
         for service in self.services.values():
             try:
                 written += service.close()
-            except Exception as error:  # e.g. a full disk: still close the other models' logs, then report it
+            # e.g. a full disk: still close the other models' logs, then report it
+            except Exception as error:  # noqa: BLE001
                 failure = failure or error
         if failure is not None:
             raise failure

@@ -218,7 +218,7 @@ class ModelLoader:
                     continue
                 try:
                     others[variant] = self._load(variant, version, signatures.get(version), loaded)
-                except Exception as error:  # never the answer's concern: serve without it, and say so
+                except Exception as error:  # noqa: BLE001 - never the answer's concern: serve without it, and say so
                     left_out.append(f"{variant} {version} cannot be loaded ({_text(error)}); serving without it")
             # keep only what the new set serves: a retired version's booster is freed with the old set
             self._cache = loaded
@@ -250,7 +250,7 @@ class ModelLoader:
         champion's own error when none does: then no set is built and the last one, if any, keeps serving."""
         try:
             return self._load(CHAMPION, wanted, signatures.get(wanted), loaded), None
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure to load it: fall back to an earlier champion
             failure = error
         cause = _text(failure)
         verified = self._cache.get(wanted)
@@ -260,7 +260,7 @@ class ModelLoader:
         for candidate in self._earlier(wanted):
             try:
                 model = self._load(CHAMPION, candidate, self.signature(candidate), loaded)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - try the next earlier one
                 logger.warning(
                     "model %s: fallback candidate %s cannot be loaded either: %s", self.model, candidate, error
                 )

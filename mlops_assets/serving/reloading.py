@@ -63,7 +63,7 @@ class Reloading(Generic[T]):
         with self._lock:
             try:
                 token = self._token()
-            except Exception as error:  # e.g. a permission error: keep serving what we have
+            except Exception as error:  # noqa: BLE001 - e.g. a permission error: keep serving what we have
                 self._record_failure(None, f"cannot read the {self.name}'s source: {error}")
                 return False
             if self._current is not None and token == self._current.token:
@@ -79,7 +79,7 @@ class Reloading(Generic[T]):
                 return False  # the same broken source: retry now and then, not on every poll
             try:
                 value = self._build(token)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - a broken new source never stops serving the current one
                 self._record_failure(token, f"{type(error).__name__}: {error}")
                 return False
             self._current = Loaded(value, token, datetime.now(UTC))  # the swap: one reference assignment

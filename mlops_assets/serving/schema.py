@@ -108,7 +108,8 @@ def _string(value: str) -> str:
 
 def _local_datetime(value: Any) -> datetime:
     if not isinstance(value, str):
-        raise ValueError("must be an ISO 8601 local date and time string, e.g. 2013-12-24T08:30")
+        # a field's problem is a ValueError (collected by the request's parser), whatever its cause
+        raise ValueError("must be an ISO 8601 local date and time string, e.g. 2013-12-24T08:30")  # noqa: TRY004
     text = value.strip()
     if len(text) > MAX_STRING:
         raise ValueError(f"must be at most {MAX_STRING} characters")
@@ -127,7 +128,7 @@ def _local_datetime(value: Any) -> datetime:
 
 def _iso_date(value: Any) -> date:
     if not isinstance(value, str):
-        raise ValueError("must be an ISO 8601 date string, e.g. 2013-12-24")
+        raise ValueError("must be an ISO 8601 date string, e.g. 2013-12-24")  # noqa: TRY004 - as above
     try:
         parsed = date.fromisoformat(value.strip())
     except ValueError:

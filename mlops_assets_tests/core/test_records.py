@@ -301,18 +301,18 @@ def test_nested_fields_are_named_by_their_path() -> None:
 
 
 def test_records_cannot_be_built_wrong_either() -> None:
-    good = dict(
-        version="v1",
-        rows=10,
-        live_roc_auc=0.7,
-        live_log_loss=0.5,
-        score_std=0.1,
-        share_above_0_99=0.0,
-        share_below_0_01=0.0,
-        error_rate=0.0,
-        evaluation_roc_auc=0.75,
-        auc_drop=0.05,
-    )
+    good = {
+        "version": "v1",
+        "rows": 10,
+        "live_roc_auc": 0.7,
+        "live_log_loss": 0.5,
+        "score_std": 0.1,
+        "share_above_0_99": 0.0,
+        "share_below_0_01": 0.0,
+        "error_rate": 0.0,
+        "evaluation_roc_auc": 0.75,
+        "auc_drop": 0.05,
+    }
     assert VariantLive(**good).rows == 10
     with pytest.raises(RecordError, match="VariantLive.score_std: expected a finite float"):
         VariantLive(**{**good, "score_std": float("nan")})  # NaN is never stored: an undefined value is None

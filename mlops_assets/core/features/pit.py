@@ -169,6 +169,25 @@ def add_trailing_windows(
     return add_prepared_windows(window_cumulatives(events, windows), targets, windows, time_column)
 
 
+def _known_before(
+    targets: pl.DataFrame, by: list[str], cumulative: pl.DataFrame, at: pl.Expr, suffix: str
+) -> pl.DataFrame:
+    """Cumulative sum and count of the events known strictly before ``at``, for each row of ``targets``."""
+    return (
+        targets.select(*by, at.alias("_at"))
+        .join_asof(
+            cumulative,
+            left_on="_at",
+            right_on="_ts",
+            by=by,
+            strategy="backward",
+            allow_exact_matches=False,
+            check_sortedness=False,
+        )
+        .select(pl.col("_sum").fill_null(0).alias(f"_sum{suffix}"), pl.col("_n").fill_null(0).alias(f"_n{suffix}"))
+    )
+
+
 def add_prepared_windows(
     cumulatives: list[pl.DataFrame], targets: pl.DataFrame, windows: tuple[TrailingWindow, ...], time_column: str
 ) -> pl.DataFrame:
@@ -177,29 +196,12 @@ def add_prepared_windows(
     sums_now: dict[tuple[tuple[str, ...], str, str], pl.DataFrame] = {}
     for spec, cumulative in zip(windows, cumulatives, strict=True):
         by = list(spec.by)
-
-        def before(at: pl.Expr, suffix: str) -> pl.DataFrame:
-            """Cumulative sum and count of the events known strictly before ``at``."""
-            return (
-                targets.select(*by, at.alias("_at"))
-                .join_asof(
-                    cumulative,
-                    left_on="_at",
-                    right_on="_ts",
-                    by=by,
-                    strategy="backward",
-                    allow_exact_matches=False,
-                    check_sortedness=False,
-                )
-                .select(
-                    pl.col("_sum").fill_null(0).alias(f"_sum{suffix}"), pl.col("_n").fill_null(0).alias(f"_n{suffix}")
-                )
-            )
-
         now = sums_now.get(spec.source)
         if now is None:
-            now = sums_now[spec.source] = before(pl.col(time_column), "_t")
-        start = before(pl.col(time_column) - spec.window, "_0")  # same order: t - window is monotonic in t
+            now = sums_now[spec.source] = _known_before(targets, by, cumulative, pl.col(time_column), "_t")
+        start = _known_before(
+            targets, by, cumulative, pl.col(time_column) - spec.window, "_0"
+        )  # same order: t - window is monotonic in t
         counts = pl.concat([now, start], how="horizontal").select(
             (pl.col("_sum_t") - pl.col("_sum_0")).alias("_sum"), (pl.col("_n_t") - pl.col("_n_0")).alias("_n")
         )

@@ -18,6 +18,7 @@ writes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -115,8 +116,10 @@ class Registry:
                         os.fsync(handle.fileno())
                 try:
                     os.rename(staging, self.versions_dir / version)
-                except OSError:
-                    continue
+                except OSError as error:
+                    if error.errno in (errno.EEXIST, errno.ENOTEMPTY):  # taken meanwhile: try the next id
+                        continue
+                    raise  # a full disk or a permission: say so, not "could not allocate"
                 break
             else:
                 raise RuntimeError("could not allocate a registry version id")
@@ -205,15 +208,17 @@ class Registry:
     def alias(self, name: str) -> str | None:
         return self.aliases().get(name)
 
-    def set_alias(self, name: str, version: str | None, event: str, reason: str, run_id: str | None = None) -> None:
-        """Point ``name`` at ``version`` (or clear it) atomically, and log why."""
+    def set_alias(
+        self, name: str, version: str | None, event: str, reason: str, run_id: str | None = None, **details: Any
+    ) -> None:
+        """Point ``name`` at ``version`` (or clear it) atomically, and log why (with ``details`` in the event)."""
         if version is not None:
             self.get(version)
         with _ALIASES_LOCK:  # a read-modify-write: two steps of a run may set aliases at once (threaded executor)
             aliases = {**self.aliases(), name: version}
             self.root.mkdir(parents=True, exist_ok=True)
             write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
-        self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id)
+        self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id, **details)
 
     def log_event(
         self, event: str, version: str | None, reason: str, run_id: str | None = None, **details: Any
@@ -266,6 +271,13 @@ def gated_champions(registry: Registry) -> list[str]:
     return seen
 
 
+def rollback_targets(registry: Registry) -> list[str]:
+    """The gated champions, most recent first, less every version a rollback took out of service (automatically or
+    by hand): a rollback never hands the champion back to a model that was rolled back for its live quality."""
+    taken_out = {e.get("from_version") for e in registry.events() if e.get("event") == "rolled_back"}
+    return [v for v in gated_champions(registry) if v not in taken_out]
+
+
 def evaluated_roc_auc(registry: Registry, version: str) -> float | None:
     """The ROC AUC ``version`` had on its own test month when it was evaluated as the challenger (None: never
     evaluated, or undefined on that month)."""
@@ -287,7 +299,7 @@ def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str
     if to == current:
         raise ValueError(f"{to} is already the champion")
     registry.model_text(to)  # refuse a damaged target before it serves
-    registry.set_alias(CHAMPION, to, "rolled_back", f"{reason} (from {current})", run_id=run_id)
+    registry.set_alias(CHAMPION, to, "rolled_back", f"{reason} (from {current})", run_id=run_id, from_version=current)
     return to
 
 

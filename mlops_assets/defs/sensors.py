@@ -13,7 +13,14 @@ from mlops_assets.core.landing import misnamed_files, plan_refresh, scan_landing
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
 from mlops_assets.core.policy import rollback_reasons
 from mlops_assets.core.records import DriftSummary, LiveSummary
-from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc, gated_champions, rollback
+from mlops_assets.core.registry import (
+    CHAMPION,
+    Registry,
+    evaluated_roc_auc,
+    gated_champions,
+    rollback,
+    rollback_targets,
+)
 from mlops_assets.core.settings import DEFAULT_SENSOR_INTERVAL_S
 from mlops_assets.core.specs import FeedSpec, ModelSpec, TableSpec
 from mlops_assets.defs.ingest import MISNAMED_TAG, ingested_version, landed_observations
@@ -330,7 +337,8 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
         description=f"Reads each new `{keys.live.to_user_string()}` record: when the {model.name} champion that scored "
         "the month lost more AUC than the rollback policy allows against the AUC it must hold, its scores collapsed or "
         "went extreme against its reference profile, or too many of its online predictions failed, the `champion` "
-        "alias moves back to the last version that passed the promotion gates (recorded as an observation of "
+        "alias moves back to the last version that passed the promotion gates and was never rolled back itself "
+        "(recorded as an observation of "
         f"`{keys.champion.to_user_string()}` and in the registry's event log; the service picks it up within "
         f"seconds) and a retraining run is requested. Run key `rollback:{model.name}:<month>:<champion>`.",
     )
@@ -350,15 +358,20 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
             if not reasons:
                 continue
             why = f"automatic rollback after {record.month}: " + "; ".join(reasons)
-            safe = [v for v in gated_champions(registry) if v != champion]
+            safe = [v for v in rollback_targets(registry) if v != champion]
             if safe:
                 rollback(registry, why, to=safe[0], run_id=None)
                 context.log.warning(f"{model.name}: rolled back {champion} -> {safe[0]}: {why}")
                 decision = {"decision": "rolled_back", "from_version": champion, "champion_version": safe[0]}
             else:
-                registry.log_event("rollback_impossible", version=champion, reason=f"{why}; no earlier gated champion")
+                registry.log_event(
+                    "rollback_impossible",
+                    version=champion,
+                    reason=f"{why}; no gated champion left that was never rolled back",
+                )
                 context.log.error(
-                    f"{model.name} {champion} should be rolled back but no earlier champion passed the gates: {why}"
+                    f"{model.name} {champion} should be rolled back but no other champion passed the gates and was never "
+                    f"rolled back: {why}"
                 )
                 decision = {"decision": "rollback_impossible", "from_version": champion, "champion_version": champion}
             # the decision where Dagster shows it: an observation of the champion asset, with its reasons

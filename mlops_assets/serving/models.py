@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.registry import VERSION_PATTERN, Registry, gated_champions
+from mlops_assets.core.registry import VERSION_PATTERN, Registry, rollback_targets
 from mlops_assets.core.training import TrainedModel, load_version
 from mlops_assets.serving.reloading import Reloading
 from mlops_assets.serving.rows import RowScorer
@@ -270,13 +270,13 @@ class ModelLoader:
 
     def _earlier(self, wanted: str) -> list[str]:
         """Fallback candidates older than ``wanted``: the champion serving now, then the gated champions (those the
-        promotion gates let in), most recent promotion first."""
+        promotion gates let in) that no rollback took out of service, most recent promotion first."""
         candidates: list[str] = []
         serving = self._serving.champion if self._serving is not None else None
         if serving is not None:
             candidates.append(serving.version)
         try:
-            candidates.extend(gated_champions(self.registry))
+            candidates.extend(rollback_targets(self.registry))
         except (OSError, ValueError) as error:  # an unreadable event log: the serving champion is all we know
             logger.warning("model %s: cannot read the registry's events for a fallback: %s", self.model, error)
         if not VERSION_PATTERN.match(wanted):

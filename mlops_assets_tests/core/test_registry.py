@@ -16,6 +16,8 @@ from mlops_assets.core.registry import (
     RegistryIntegrityError,
     UnknownVersionError,
     evaluated_roc_auc,
+    rollback,
+    rollback_targets,
 )
 
 MODEL = "tree\nversion=v4\nnum_class=1\n"  # stands for a LightGBM text model: the registry treats it as bytes
@@ -59,6 +61,21 @@ def test_aliases_move_with_a_logged_reason_and_refuse_unknown_versions(tmp_path:
     with pytest.raises(UnknownVersionError):
         registry.set_alias(CHAMPION, "v0099", "promoted", "nope")
     assert registry.alias(CHAMPION) == second
+
+
+def test_a_rollback_never_returns_to_a_version_that_was_rolled_back(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    v1, v2, v3 = _register(registry), _register(registry, MODEL + "2"), _register(registry, MODEL + "3")
+    registry.set_alias(CHAMPION, v1, "promoted", "first model")
+    registry.set_alias(CHAMPION, v2, "promoted", "better AUC")
+    assert rollback(registry, "v2 lost its live AUC", to=rollback_targets(registry)[1]) == v1
+    assert registry.events()[-1]["from_version"] == v2
+    # v1 degrades in turn: v2, the most recent promotion, was taken out for the same reason and is no way back
+    assert rollback_targets(registry) == [v1]
+    registry.set_alias(CHAMPION, v3, "promoted", "retrained")
+    assert rollback_targets(registry) == [v3, v1]
+    rollback(registry, "by hand", to=v1)
+    assert rollback_targets(registry) == [v1]  # a rollback by hand takes v3 out as well
 
 
 def test_a_registration_that_fails_midway_leaves_no_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

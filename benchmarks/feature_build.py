@@ -67,14 +67,17 @@ def prepare(work: Path, every: int, scale: int, through: str) -> tuple[Path, Pat
     shutil.copyfile(base, large)
     with connect_warehouse(large, DUCKDB_CONFIG) as conn:
 
-        def shifted(column: str, years: int) -> str:
-            return f"printf('%04d', CAST(substr({column}, 1, 4) AS INTEGER) + {years}) || substr({column}, 5)"
+        def shifted(column: str) -> str:
+            return f"printf('%04d', CAST(substr({column}, 1, 4) AS INTEGER) + $years) || substr({column}, 5)"
 
         for table in ("flights", "weather"):
             for y in range(1, scale):
-                conn.execute(f"""INSERT INTO validated.{table} BY NAME SELECT * REPLACE (year + {y} AS year,
-                             {shifted("time_hour", y)} AS time_hour, {shifted("_month", y)} AS _month)
-                             FROM validated.{table} WHERE _month BETWEEN '2013-01' AND '2013-12'""")
+                conn.execute(
+                    f"""INSERT INTO validated.{table} BY NAME SELECT * REPLACE (year + $years AS year,
+                        {shifted("time_hour")} AS time_hour, {shifted("_month")} AS _month)
+                        FROM validated.{table} WHERE _month BETWEEN '2013-01' AND '2013-12'""",
+                    {"years": y},
+                )
     return base, large
 
 

@@ -17,11 +17,11 @@ from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import qualified, table_exists
 
 
-def _counts_by_month(conn: duckdb.DuckDBPyConnection, schema: str, table: str, where: str = "") -> dict[str, int]:
+def _counts_by_month(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, int]:
     if not table_exists(conn, schema, table):
         return {}
     rows = conn.execute(
-        f"SELECT coalesce(_month, 'reference'), count(*) FROM {qualified(schema, table)} {where} GROUP BY 1 ORDER BY 1"
+        f"SELECT coalesce(_month, 'reference'), count(*) FROM {qualified(schema, table)} GROUP BY 1 ORDER BY 1"
     ).fetchall()
     return {str(month): int(n) for month, n in rows}
 

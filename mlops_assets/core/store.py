@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import duckdb
@@ -200,11 +200,19 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     conn.execute("BEGIN TRANSACTION")
     _OPEN_TRANSACTIONS[key], _ENSURED[key] = 1, set()
     try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            # a COMMIT that fails (a conflict, a full disk) has usually ended the transaction already: its error is
+            # the one to report, not the "no transaction is active" of a ROLLBACK after it
+            with suppress(duckdb.TransactionException):
+                conn.execute("ROLLBACK")
+            raise
     finally:
         _OPEN_TRANSACTIONS.pop(key, None)
         _ENSURED.pop(key, None)

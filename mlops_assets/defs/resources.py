@@ -112,7 +112,9 @@ class Warehouse(DuckDBResource):
         """A connection to the warehouse: the one the previous step released if it is still open, else a new one.
         A block that fails closes it (its transaction rolled back), so a failed step never holds the file."""
         if self._kept is None:
-            self._kept = KeptConnection(self.connect)
+            with self._prepare_lock:  # one kept connection, also when the run's first steps start at once
+                if self._kept is None:
+                    self._kept = KeptConnection(self.connect)
         if not self._prepared:
             with self._prepare_lock:  # the run's first concurrent steps wait for the one that prepares
                 if not self._prepared:

@@ -88,18 +88,19 @@ def row_count_check_spec(table: TableSpec) -> dg.AssetCheckSpec:
 def judge_row_counts(
     conn: duckdb_module.DuckDBPyConnection, table: TableSpec, months: list[str | None]
 ) -> dg.AssetCheckResult:
-    """Warn when a month's validated row count is far from the median of the other months."""
+    """Warn when a month's validated row count is far from the median of the other months (a month with no
+    validated row, its whole batch quarantined, counts as 0)."""
     counts = dict(
         conn.execute(f"SELECT _month, count(*) FROM {qualified('validated', table.name)} GROUP BY _month").fetchall()
     )
     outliers = []
     for month in months:
         others = [n for m, n in counts.items() if m != month]
-        if not others or month not in counts:
+        if not others:
             continue
-        typical = median(others)
-        if not (typical / ROW_COUNT_RATIO <= counts[month] <= typical * ROW_COUNT_RATIO):
-            outliers.append(f"{month}: {counts[month]} rows vs a median of {typical:g}")
+        typical, count = median(others), counts.get(month, 0)
+        if not (typical / ROW_COUNT_RATIO <= count <= typical * ROW_COUNT_RATIO):
+            outliers.append(f"{month}: {count} rows vs a median of {typical:g}")
     return dg.AssetCheckResult(
         asset_key=validated_key(table),
         check_name=ROW_COUNT_CHECK,

@@ -60,6 +60,22 @@ def test_an_error_in_the_middle_rolls_every_partition_back(conn: duckdb.DuckDBPy
     assert _table(conn) == before
 
 
+def test_a_commit_that_fails_reports_its_own_error_and_leaves_the_connection_usable() -> None:
+    db = duckdb.connect()
+    db.execute("CREATE TABLE k (id INTEGER PRIMARY KEY)")
+    ours, other = db.cursor(), db.cursor()
+    other.execute("BEGIN TRANSACTION")
+    # the other transaction commits the same key first: ours fails at its COMMIT (a constraint conflict)
+    with pytest.raises(duckdb.Error, match="(?i)duplicate key|constraint") as raised, transaction(ours):
+        ours.execute("INSERT INTO k VALUES (5)")
+        other.execute("INSERT INTO k VALUES (5)")
+        other.execute("COMMIT")
+    assert "no transaction is active" not in str(raised.value)
+    with transaction(ours):  # no transaction left open on it
+        ours.execute("INSERT INTO k VALUES (6)")
+    assert db.execute("SELECT id FROM k ORDER BY id").fetchall() == [(5,), (6,)]
+
+
 def test_a_table_made_sure_of_in_a_rolled_back_transaction_is_made_again(conn: duckdb.DuckDBPyConnection) -> None:
     columns = {"_month": "VARCHAR"}
     with pytest.raises(RuntimeError), transaction(conn):

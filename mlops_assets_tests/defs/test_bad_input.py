@@ -354,3 +354,20 @@ def test_misnamed_files_are_reported_never_skipped_in_silence(base: Settings) ->
     assert "looks like an encoded path" in reasons["flights/..%2F..%2F2013-05.parquet"]
     _accounted(base)
     _assert_next_month_builds(base)
+
+
+def test_a_month_far_from_the_history_or_empty_is_flagged_by_the_row_count_check() -> None:
+    from mlops_assets.defs.validate import ROW_COUNT_CHECK, judge_row_counts
+
+    flights = next(t for t in CATALOG.tables if t.name == "flights")
+    conn = duckdb.connect()
+    conn.execute("CREATE SCHEMA validated")
+    conn.execute("CREATE TABLE validated.flights (_month VARCHAR)")
+    for month, rows in (("2013-01", 100), ("2013-02", 110), ("2013-03", 90), ("2013-04", 20)):
+        conn.execute("INSERT INTO validated.flights SELECT ? FROM range(?)", [month, rows])
+    typical = judge_row_counts(conn, flights, ["2013-02", "2013-03"])
+    assert typical.check_name == ROW_COUNT_CHECK and typical.passed, typical.description
+    # a half-delivered month, and one with no validated row at all (its whole batch quarantined)
+    flagged = judge_row_counts(conn, flights, ["2013-04", "2013-05"])
+    assert not flagged.passed and flagged.severity == dg.AssetCheckSeverity.WARN
+    assert flagged.description == "2013-04: 20 rows vs a median of 100; 2013-05: 0 rows vs a median of 95"

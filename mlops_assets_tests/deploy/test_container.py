@@ -10,8 +10,8 @@
   daemon (landing sensor -> run in the code server) and the service answers from the new online store.
 
 Needs podman with a local ``python:3.11-slim``: ``../shared/tools/container-base.sh`` (beside the repo) installs and
-prepares both, on a machine that reaches no container registry; the session runs it (it is idempotent). The tests
-are skipped only when that fails (podman cannot be installed here), and fail instead under CI (``$CI`` set).
+prepares both, on a machine that reaches no container registry; the session runs it (it is idempotent). When that
+fails (podman cannot be installed here) the tests fail and say why: they never skip.
 Nothing listens beyond 127.0.0.1; every container, volume and file made here is removed at the end.
 """
 

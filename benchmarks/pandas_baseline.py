@@ -251,8 +251,8 @@ def trailing_window(
 def build_features_pandas(
     flights: pd.DataFrame, weather: pd.DataFrame, planes: pd.DataFrame, airports: pd.DataFrame
 ) -> pd.DataFrame:
-    """Features of every flight given (its whole history is both the events and the targets), in prediction-time
-    order (then carrier, flight, origin, dest), with the columns of ``features.flight_features``."""
+    """Features of every flight given with a tail number (its whole history is both the events and the targets), in
+    prediction-time order (then carrier, flight, origin, dest), with the columns of ``features.flight_features``."""
     f = flight_rows(flights, airports)
     out = f[["rid", "carrier", "flight", "tailnum", "origin", "dest", "sched_dep_local", "_month"]].copy()
     out["prediction_time"] = f["sched_dep_utc"]
@@ -278,4 +278,5 @@ def build_features_pandas(
         out[count_name] = n.astype("float64")
 
     out = out.merge(_previous_leg(f), on="rid", how="left")
+    out = out[out["tailnum"].notna()]  # flights with a recorded aircraft only, every flight an event above
     return out.sort_values("rid", ignore_index=True)[list(OUTPUT_COLUMNS)]

@@ -70,6 +70,15 @@ def score_month(
     return pl.concat(parts), skipped
 
 
+def online_rows_of(online_log: pl.DataFrame, labels: pl.DataFrame, spec: FeatureTableSpec) -> pl.DataFrame:
+    """The serving log's rows about the entities of ``labels`` (one month's feature rows), by their key: a month is
+    the entity's local month (``_month``), which the UTC prediction time leaves for flights near a month's edge (an
+    evening departure on the 31st is the next month in UTC; a cancellation scored 2 h early, the previous one)."""
+    if online_log.height == 0:
+        return online_log
+    return online_log.join(labels.select(*spec.key).unique(), on=list(spec.key), how="semi")
+
+
 def live_performance(
     scored: pl.DataFrame,
     labels: pl.DataFrame,

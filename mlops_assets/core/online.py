@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -176,8 +176,9 @@ def build_export(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, newest
         for lookup in spec.lookups
     ]
     reference = {name: query_frame(conn, sql) for name, sql in spec.online.reference_sql.items()}
-    known = [c for c in (spec.label_known_at, *(w.known_at for w in spec.windows)) if c in events.columns]
-    as_of = events.select(pl.max_horizontal(pl.col(c).max() for c in known)).item() if events.height else None
+    # Facts are complete up to the newest prediction time exported, not up to the newest fact: an outcome known hours
+    # after the month's last departure does not mean that nothing of the next month (not exported) happened meanwhile.
+    as_of = events[spec.time_column].max() if events.height else None
     manifest = {
         "feature_table": spec.name,
         "feature_set_version": feature_set_version(spec),
@@ -248,6 +249,12 @@ class OnlineStore:
         #: The newest time the export's facts reach (UTC, naive as every time here); None: it holds no facts.
         self.horizon: datetime | None = datetime.fromisoformat(known) if known else None
         self._horizon_us = int(_micros(pl.Series([self.horizon], dtype=pl.Datetime("us")))[0]) if known else None
+        start = self.manifest.get("context_start")
+        #: The earliest prediction time whose look-back the export holds whole (its newest month's start): before it
+        #: the windows would miss the days before the export began and count them as days without delays.
+        self.serves_from: datetime | None = (
+            datetime.fromisoformat(start) + timedelta(days=self.spec.lookback_days) if start else None
+        )
         #: Request field -> the values the export has seen (an export written before a frame was declared has no
         #: entry for its fields: nothing is flagged rather than everything).
         self.known_codes: dict[str, frozenset[str]] = {}
@@ -307,6 +314,10 @@ class OnlineStore:
         """When the features of a request at ``prediction_time`` are computed: its own time, or the horizon when the
         export's facts end before it."""
         return prediction_time if self.horizon is None or prediction_time <= self.horizon else self.horizon
+
+    def before_its_facts(self, prediction_time: datetime) -> bool:
+        """Whether ``prediction_time`` lies before :attr:`serves_from`: the export cannot give its features."""
+        return self.serves_from is not None and prediction_time < self.serves_from
 
     def feature_age_hours(self, prediction_time: datetime) -> float:
         """How many hours ``prediction_time`` lies past the horizon (0: the export knows what the time needs)."""

@@ -222,6 +222,11 @@ class FeatureTableSpec:
         windows: trailing-window aggregates added by the engine.
         online: how a prediction request becomes the entity row the SQL would give (see :class:`OnlineSpec`);
             the as-of lookups and windows are then added by the same engine, from the online store's export.
+        entity_filter: a DuckDB condition naming the entity rows the table covers (one feature row each), on columns
+            the entity table and the SQL's output share (e.g. ``tailnum IS NOT NULL``); empty: every row. The others
+            get no feature row, so no model of the table trains on, scores or is evaluated on them, while they still
+            count as events of the trailing windows and lookups. For rows whose missing facts would give the label
+            away; the one-row check counts the validated rows through it.
     """
 
     name: str
@@ -241,6 +246,7 @@ class FeatureTableSpec:
     windows: tuple[TrailingWindow, ...] = ()
     online: OnlineSpec | None = None
     description: str = ""
+    entity_filter: str = ""
 
     @property
     def sql(self) -> str:

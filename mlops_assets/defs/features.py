@@ -64,13 +64,17 @@ def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
 ONE_ROW_CHECK = "one_row_per_entity"
 
 
+def covered_rows(spec: FeatureTableSpec) -> str:
+    """The entity rows the table covers, in words: ``flights`` or ``flights with `tailnum IS NOT NULL```."""
+    return f"{spec.inputs[0]} with `{spec.entity_filter}`" if spec.entity_filter else spec.inputs[0]
+
+
 def one_row_check_spec(spec: FeatureTableSpec) -> dg.AssetCheckSpec:
-    entity_table = spec.inputs[0]
     return dg.AssetCheckSpec(
         ONE_ROW_CHECK,
         asset=features_key(spec),
         blocking=True,
-        description=f"Each built month has exactly one row per validated `{entity_table}` row, unique keys "
+        description=f"Each built month has exactly one row per validated {covered_rows(spec)} row, unique keys "
         f"({', '.join(spec.key)}), a label on every row and the current feature-set version. Blocking.",
     )
 
@@ -94,16 +98,18 @@ def judge_one_row(
             [version, months],
         ).fetchall()
     }
+    covered = f"AND ({spec.entity_filter})" if spec.entity_filter else ""
     validated = dict(
         conn.execute(
-            f"SELECT _month, count(*) FROM {source} WHERE list_contains(?, _month) GROUP BY _month", [months]
+            f"SELECT _month, count(*) FROM {source} WHERE list_contains(?, _month) {covered} GROUP BY _month",
+            [months],
         ).fetchall()
     )
     for month in months:
         built, distinct, unlabeled, stale = counted.get(month, (0, 0, 0, 0))
         expected = validated.get(month, 0)
         if built != expected:
-            problems.append(f"{month}: {built} feature rows for {expected} validated {entity_table} rows")
+            problems.append(f"{month}: {built} feature rows for {expected} validated {covered_rows(spec)} rows")
         if distinct != built:
             problems.append(f"{month}: {built - distinct} duplicate keys")
         if unlabeled:
@@ -114,7 +120,9 @@ def judge_one_row(
         asset_key=features_key(spec),
         check_name=ONE_ROW_CHECK,
         passed=not problems,
-        description="; ".join(problems) if problems else f"{len(months)} month(s): one row per {entity_table} row",
+        description="; ".join(problems)
+        if problems
+        else f"{len(months)} month(s): one row per {covered_rows(spec)} row",
         metadata={"months_checked": len(months), "feature_set_version": version},
     )
 

@@ -17,7 +17,7 @@ from mlops_assets.core.drift import DriftVerdict, compare, drift_histograms_plot
 from mlops_assets.core.evaluation import markdown_image
 from mlops_assets.core.landing import write_atomic
 from mlops_assets.core.markdown import frame_to_markdown
-from mlops_assets.core.monitoring import SCORING_VARIANTS, ScoringModel, live_performance, score_month
+from mlops_assets.core.monitoring import SCORING_VARIANTS, ScoringModel, live_performance, online_rows_of, score_month
 from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc
@@ -290,7 +290,7 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 labels = _month_rows(conn, spec, month)
                 sources = {"batch": _scores(conn, model, month)}
                 if online_log.height:
-                    sources["online"] = online_log.filter(pl.col("prediction_time").dt.strftime("%Y-%m") == month)
+                    sources["online"] = online_rows_of(online_log, labels, spec)
                 parts = []
                 for source, scored in sources.items():
                     if scored.height:

@@ -310,8 +310,9 @@ class PredictionService:
         self, times: list[datetime | None], store: OnlineStore, version: str, batch: bool
     ) -> list[datetime]:
         """The prediction times, all checked: refuse, naming the field, a local time skipped by a daylight-saving
-        change (it has no prediction time) and one further past the store's newest facts than
-        ``max_feature_age_hours`` (its features would be older than that)."""
+        change (it has no prediction time), one before the store's facts begin (its windows would miss their
+        start) and one further past the store's newest facts than ``max_feature_age_hours`` (its features would be
+        older than that)."""
         fields = "/".join(self.schema.time_fields) or "request"
         limit = self.config.max_feature_age_hours
         errors: list[FieldError] = []
@@ -319,6 +320,18 @@ class PredictionService:
             where = f"[{i}].{fields}" if batch else fields
             if time_ is None:
                 errors.append(FieldError(where, "this local time does not exist at the place (a daylight-saving gap)"))
+                continue
+            if store.before_its_facts(time_):
+                begins = store.serves_from.isoformat(timespec="minutes") if store.serves_from else "?"
+                errors.append(
+                    FieldError(
+                        where,
+                        f"its prediction time {time_.isoformat(timespec='minutes')} UTC is before online store "
+                        f"{version}, which serves flights from {begins} (its newest month, "
+                        f"{store.manifest.get('newest_month')}, with the days its windows look back): earlier "
+                        f"flights are scored in batch ({self.name}/batch_predictions), not here",
+                    )
+                )
                 continue
             age = store.feature_age_hours(time_)
             if age > limit:
@@ -328,8 +341,8 @@ class PredictionService:
                         where,
                         f"its prediction time {time_.isoformat(timespec='minutes')} UTC is {age:.1f} h past the "
                         f"newest facts of online store {version} ({newest} UTC); features older than {limit:g} h are "
-                        f"not served: land newer data and refresh the store (`make pipeline`, or materialize "
-                        f"{self.name}/online_store), then ask again",
+                        f"not served: land newer months (`mlops replay --month YYYY-MM`) and refresh the store (the "
+                        f"landing sensor of `make ui` does it, or `make pipeline THROUGH=YYYY-MM`), then ask again",
                     )
                 )
         if errors:

@@ -87,13 +87,36 @@ def test_a_month_built_alone_equals_the_full_build(store: duckdb.DuckDBPyConnect
         write_month(store, FLIGHT_FEATURES, month)
     incremental = _stored(store)
     full = compute_features(store, FLIGHT_FEATURES, MONTHS[0], MONTHS[-1], context_start=datetime(2000, 1, 1))
-    assert incremental.height == full.height == store.execute("SELECT count(*) FROM validated.flights").fetchall()[0][0]
+    covered = store.execute("SELECT count(*) FROM validated.flights WHERE tailnum IS NOT NULL").fetchall()[0][0]
+    assert incremental.height == full.height == covered
     assert_frame_equal(incremental, full)
     # several months written in one pass (what a multi-month run does) give the same table
     assert write_months(store, FLIGHT_FEATURES, MONTHS, chunk=2) == {
         m: full.filter(pl.col("_month") == m).height for m in MONTHS
     }
     assert_frame_equal(_stored(store), full)
+
+
+def test_a_flight_without_a_tail_number_gets_no_delay_features_but_stays_an_event(
+    store: duckdb.DuckDBPyConnection,
+) -> None:
+    """The data records no aircraft only for cancelled flights: such a row's missing plane facts and previous leg
+    would give its label away (a cancellation counts as delayed). It gets no feature row, so the delay model never
+    trains on, scores or is evaluated on it, and every other flight's features are what they were without the filter:
+    its cancellation still counts in the windows."""
+    rows, cancelled = store.execute(
+        "SELECT count(*), count(*) FILTER (dep_time IS NULL) FROM validated.flights WHERE tailnum IS NULL"
+    ).fetchall()[0]
+    assert rows > 0 and rows == cancelled
+    assert FLIGHT_FEATURES.entity_filter == "tailnum IS NOT NULL"
+    filtered = compute_features(store, FLIGHT_FEATURES, "2013-02", "2013-03")
+    unfiltered = compute_features(store, dataclasses.replace(FLIGHT_FEATURES, entity_filter=""), "2013-02", "2013-03")
+    assert filtered["tailnum"].null_count() == 0 and unfiltered["tailnum"].null_count() > 0
+    same = unfiltered.filter(pl.col("tailnum").is_not_null()).drop("feature_set_version")
+    assert_frame_equal(filtered.drop("feature_set_version"), same)
+    assert feature_set_version(FLIGHT_FEATURES) != feature_set_version(
+        dataclasses.replace(FLIGHT_FEATURES, entity_filter="")
+    )
 
 
 def test_rerunning_a_month_replaces_it(store: duckdb.DuckDBPyConnection) -> None:
@@ -143,10 +166,13 @@ def test_the_one_row_check_names_each_broken_month_and_passes_the_others(store: 
     result = judge_one_row(store, FLIGHT_FEATURES, MONTHS)
     assert not result.passed
     problems = (result.description or "").split("; ")
-    validated = dict(store.execute("SELECT _month, count(*) FROM validated.flights GROUP BY 1").fetchall())
+    validated = dict(
+        store.execute("SELECT _month, count(*) FROM validated.flights WHERE tailnum IS NOT NULL GROUP BY 1").fetchall()
+    )
+    rows = "validated flights with `tailnum IS NOT NULL` rows"
     assert problems == [
-        f"2013-01: 0 feature rows for {validated['2013-01']} validated flights rows",
-        f"2013-02: {validated['2013-02'] + 1} feature rows for {validated['2013-02']} validated flights rows",
+        f"2013-01: 0 feature rows for {validated['2013-01']} {rows}",
+        f"2013-02: {validated['2013-02'] + 1} feature rows for {validated['2013-02']} {rows}",
         "2013-02: 1 duplicate keys",
         "2013-02: 1 rows without a label",
     ]

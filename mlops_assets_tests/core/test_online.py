@@ -11,7 +11,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from mlops_assets.core.features import compute_features, context_start_for, used_params
+from mlops_assets.core.features import compute_features, context_start_for, covered, feature_rows, used_params
 from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
 from mlops_assets.core.landing import month_key
 from mlops_assets.core.online import (
@@ -98,8 +98,8 @@ def _offline_at(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, month: 
     evaluated at ``at`` instead of each flight's own prediction time."""
     start = context_start_for(spec, month)
     params = {"context_first": month_key(start.year, start.month), "target_last": month, "context_start": start}
-    rows = query_frame(conn, spec.sql, used_params(spec.sql, params)).sort([spec.time_column, *spec.key])
-    targets = rows.filter(pl.col("_month") == month).with_columns(
+    rows = feature_rows(conn, spec, params)
+    targets = covered(rows.filter(pl.col("_month") == month), spec).with_columns(
         pl.lit(at, dtype=pl.Datetime("us")).alias(spec.time_column)
     )
     for lookup in spec.lookups:
@@ -145,8 +145,14 @@ def test_a_request_after_the_export_sees_only_facts_known_by_then(warehouse_two_
     just after it or a day later: windows count only what the export knows (never hours without data as hours
     without delays), the weather is the newest observation known then; its own schedule, route and plane stay."""
     with duckdb.connect(str(warehouse_two_months), read_only=True) as conn:
-        store = OnlineStore.from_export(SPEC, build_export(conn, SPEC, "2013-02"))
-    assert store.horizon is not None
+        export = build_export(conn, SPEC, "2013-02")
+    store = OnlineStore.from_export(SPEC, export)
+    assert store.horizon is not None and store.horizon == export.events[SPEC.time_column].max()
+    # EWR's departures in the 3 h before the horizon (the export's newest scheduled departure), by brute force
+    left = export.events.filter(
+        (pl.col("origin") == "EWR")
+        & pl.col("dep_actual_utc").is_between(store.horizon - timedelta(hours=3), store.horizon, closed="left")
+    ).height
     just_after = store.horizon + timedelta(minutes=1) - timedelta(hours=5)  # EWR local time (EST) of that instant
     departures = [just_after, just_after + timedelta(days=1), datetime(2013, 3, 2, 9, 0)]
     request = pl.DataFrame(
@@ -156,7 +162,7 @@ def test_a_request_after_the_export_sees_only_facts_known_by_then(warehouse_two_
     for row in rows:
         assert {c: row[c] for c in _as_of_outputs(SPEC)} == {c: rows[0][c] for c in _as_of_outputs(SPEC)}
         assert row["temp"] is not None  # the newest observation the export knows, under 3 h before the horizon
-        assert row["origin_departures_3h"] == 0.0  # nothing left in the night before the horizon
+        assert row["origin_departures_3h"] == left  # what left before the horizon, nothing after
         assert row["carrier_flights_7d"] > 0 and row["route_flights_30d"] > 0  # last week's outcomes are known
         assert row["distance"] == 1400.0 and row[SPEC.time_column] > store.horizon
     assert [r["sched_weekday"] for r in rows] == [d.isoweekday() for d in departures]

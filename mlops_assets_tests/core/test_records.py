@@ -4,6 +4,7 @@ refused loudly, naming the record and the field, when what is read does not matc
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from mlops_assets.core.drift import compare, reference_profile
 from mlops_assets.core.evaluation import metrics, slice_metrics
-from mlops_assets.core.monitoring import live_performance
+from mlops_assets.core.monitoring import live_performance, online_rows_of
 from mlops_assets.core.records import (
     DriftSummary,
     EvaluationResult,
@@ -137,6 +138,26 @@ def test_a_live_summary_from_the_live_table_round_trips() -> None:
     assert summary.batch["shadow"].evaluation_roc_auc is None and summary.batch["shadow"].auc_drop is None
     assert summary.online_champion is not None and summary.online_champion.error_rate == pytest.approx(0.02)
     assert LiveSummary.from_json(through_json(summary)) == summary
+
+
+def test_online_predictions_count_in_their_flights_local_month_not_the_utc_one() -> None:
+    from mlops_assets.models.flight_delay import FLIGHT_FEATURES
+
+    def flight(number: int, local: datetime) -> dict[str, object]:
+        return {"carrier": "UA", "flight": number, "origin": "EWR", "sched_dep_local": local}
+
+    # March 31st, 22:00 in New York is April 1st, 02:00 in UTC: still a March flight, labelled with March
+    edge, april = flight(1, datetime(2013, 3, 31, 22, 0)), flight(2, datetime(2013, 4, 1, 9, 0))
+    march_labels = pl.DataFrame([{**edge, "is_delayed": 1}, {**flight(3, datetime(2013, 3, 2, 9)), "is_delayed": 0}])
+    log = pl.DataFrame(
+        [
+            {**edge, "prediction_time": datetime(2013, 4, 1, 2, 0), "score": 0.9, "status": "ok"},
+            {**april, "prediction_time": datetime(2013, 4, 1, 13, 0), "score": 0.1, "status": "ok"},
+        ]
+    )
+    chosen = online_rows_of(log, march_labels, FLIGHT_FEATURES)
+    assert chosen["flight"].to_list() == [1]
+    assert online_rows_of(log.head(0), march_labels, FLIGHT_FEATURES).height == 0
 
 
 def test_an_undefined_live_auc_is_none_and_so_is_its_drop() -> None:

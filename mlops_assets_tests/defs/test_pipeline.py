@@ -88,9 +88,13 @@ def test_feature_pipeline_builds_every_landed_month(settings: Settings) -> None:
         event = instance.get_latest_materialization_event(features)
         assert event is not None and event.asset_materialization is not None
         assert "feature_set_version" in event.asset_materialization.metadata
-    landed = {m: pl.read_parquet(find_landed(settings.landing_dir, "flights", m).path).height for m in MONTHS_LANDED}  # type: ignore[union-attr]
+    frames = {m: pl.read_parquet(find_landed(settings.landing_dir, "flights", m).path) for m in MONTHS_LANDED}  # type: ignore[union-attr]
+    landed = {m: f.height for m, f in frames.items()}
+    with_tail = {m: f.filter(pl.col("tailnum").is_not_null()).height for m, f in frames.items()}  # entity_filter
     assert _rows_by_month(settings) == {
-        table: landed for table in ("raw.flights", "validated.flights", "features.flight_features")
+        "raw.flights": landed,
+        "validated.flights": landed,
+        "features.flight_features": with_tail,
     }
 
 
@@ -133,7 +137,8 @@ def test_a_reshaped_batch_is_stopped_by_the_blocking_check(settings: Settings) -
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         rows = conn.execute("SELECT count(*) FROM features.flight_features WHERE _month = '2013-02'").fetchone()
         kept = conn.execute("SELECT count(*) FROM validated.flights WHERE _month = '2013-02'").fetchone()
-    assert rows == kept == (february.height,)  # the last good February keeps serving
+    # the last good February keeps serving (features: its flights with a tailnum, the table's entity_filter)
+    assert kept == (february.height,) and rows == (february.filter(pl.col("tailnum").is_not_null()).height,)
 
 
 def test_a_run_without_months_explains_what_to_do(settings: Settings) -> None:

@@ -105,13 +105,31 @@ def test_a_flight_further_past_the_horizon_than_the_max_age_is_refused_saying_wh
     assert [e["field"] for e in body["errors"]] == ["scheduled_departure"]
     detail = body["detail"]
     assert "25.0 h past the newest facts" in detail and horizon.isoformat(timespec="minutes") in detail
-    assert "land newer data" in detail and "make pipeline" in detail and "older than 24 h" in detail, detail
+    assert "mlops replay --month" in detail and "make pipeline THROUGH=" in detail and "older than 24 h" in detail
     assert batch_status == 422 and [e["field"] for e in batch["errors"]] == [
         "[1].scheduled_departure",
         "[2].scheduled_departure",
     ], batch
     log = read_log(delay(served).predictions_dir)
     assert log["request_id"].to_list() == [ok["prediction"]["request_id"]]  # refusals are not predictions
+
+
+def test_a_flight_before_the_stores_facts_begin_is_refused_not_answered_from_nothing(served: Settings) -> None:
+    """The store holds March 2013 and the 35 days before it: a flight of February 20th would get windows that miss
+    their first days (counted as days without delays), one of 2000 no facts at all."""
+    with running(served) as server:
+        first_status, first = server.client.post({**FLIGHT, "scheduled_departure": "2013-03-01T06:00"})
+        statuses = [
+            server.client.post({**FLIGHT, "scheduled_departure": when})
+            for when in ("2013-02-20T09:00", "2000-01-01T09:00")
+        ]
+    assert first_status == 200, first
+    for status, body in statuses:
+        assert status == 422 and [e["field"] for e in body["errors"]] == ["scheduled_departure"], body
+        assert "serves flights from 2013-03-01T00:00 (its newest month, 2013-03" in body["detail"], body["detail"]
+        assert "flight_delay/batch_predictions" in body["detail"]
+    log = read_log(delay(served).predictions_dir)
+    assert log["request_id"].to_list() == [first["prediction"]["request_id"]]
 
 
 def test_unknown_but_well_formed_codes_are_answered_flagged_and_logged(served: Settings) -> None:

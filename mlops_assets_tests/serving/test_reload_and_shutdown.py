@@ -47,8 +47,9 @@ def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(
         export = build_export(conn, SPEC, "2013-02")
     stop = threading.Event()
     seen: dict[str, list[tuple[float, int, str | None, str | None]]] = {"single": [], "batch": []}
-    # inside both exports' facts (the 2013-02 export's end before March: a March flight would be refused by it)
-    february = {**FLIGHT, "scheduled_departure": "2013-02-27T09:00"}
+    # inside both exports' facts: the 2013-03 export serves flights from March 1st, the 2013-02 one up to 24 h past
+    # its last February departure
+    edge_flight = {**FLIGHT, "scheduled_departure": "2013-03-01T09:00"}
 
     def keep_asking(name: str, payload: Any, client: Client) -> None:
         while not stop.is_set():
@@ -63,10 +64,10 @@ def test_hot_reload_swaps_champion_and_online_store_with_no_failed_request(
 
     with running(served) as server:
         threads = [
-            threading.Thread(target=keep_asking, args=("single", february, server.new_client())),
+            threading.Thread(target=keep_asking, args=("single", edge_flight, server.new_client())),
             threading.Thread(
                 target=keep_asking,
-                args=("batch", [{**february, "flight": n} for n in range(1, 21)], server.new_client()),
+                args=("batch", [{**edge_flight, "flight": n} for n in range(1, 21)], server.new_client()),
             ),
         ]
         for thread in threads:

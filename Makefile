@@ -98,4 +98,4 @@ serve: $(BIN)/.installed
 clean-data:
 	rm -rf "$(MLOPS_DATA_DIR)"/landing "$(MLOPS_DATA_DIR)"/quarantine "$(MLOPS_DATA_DIR)"/warehouse.duckdb* \
 		"$(MLOPS_DATA_DIR)"/dagster_home "$(MLOPS_DATA_DIR)"/registry "$(MLOPS_DATA_DIR)"/online_store \
-		"$(MLOPS_DATA_DIR)"/reports "$(MLOPS_DATA_DIR)"/predictions
+		"$(MLOPS_DATA_DIR)"/reports "$(MLOPS_DATA_DIR)"/predictions "$(MLOPS_DATA_DIR)"/simulation

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -171,15 +172,31 @@ def where_and_next(settings: Settings, overviews: list[dict[str, Any]]) -> str:
         report = settings.model(overview["name"]).reports_dir / "evaluation" / str(champion) / "report.md"
         shown = _shown(report) if champion and report.exists() else "none yet (no champion)"
         lines.append(f"  {overview['name']:<22}{shown}")
+    if not any(overview["champion"] for overview in overviews):
+        lines += ["Next:", "  make pipeline   land Jan-Mar 2013 and train every model (then this lists them)"]
+        return "\n".join(lines)
+    mlops = _this_command()
     lines += [
         "Next:",
         "  make ui         the Dagster UI on http://127.0.0.1:3000: the asset graph, runs, checks, and the sensors",
         "                  that refresh, retrain and roll back by themselves",
         "  make serve      the prediction service on http://127.0.0.1:8000 (API docs at /docs)",
-        "  make simulate   replay 2013 month by month: drift, retraining, promotion and rollback without anyone",
-        "  mlops status    what the platform holds: months, quarantined rows, features, models",
+        "  make simulate   replay 2013 month by month: drift, retraining, promotion and rollback with nobody at the",
+        "                  keyboard",
+        f"  {mlops} status",
+        "                  what the platform holds: months, quarantined rows, features, models",
     ]
     return "\n".join(lines)
+
+
+def _this_command() -> str:
+    """How to call ``mlops`` again: the path it was run by (``.venv/bin/mlops`` from ``make``, which is not on the
+    PATH until the venv is activated), or plain ``mlops`` when it was found on the PATH."""
+    invoked = Path(sys.argv[0])
+    on_path = shutil.which("mlops")
+    if invoked.name != "mlops" or (on_path is not None and Path(on_path).resolve() == invoked.resolve()):
+        return "mlops"
+    return _shown(invoked.absolute())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -308,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_names = [m.name for m in CATALOG.models]
 
     def model_option(command: argparse.ArgumentParser, what: str) -> None:
-        command.add_argument("--model", choices=model_names, help=f"{what} (registered: {', '.join(model_names)})")
+        command.add_argument("--model", choices=model_names, help=f"{what}; registered: {', '.join(model_names)}")
 
     replay = commands.add_parser(
         "replay", help="land a feed's months into $MLOPS_DATA_DIR/landing and add them as partitions"

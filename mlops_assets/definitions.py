@@ -125,7 +125,11 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
     """
     run = instance.get_run_by_id(run_id)
     if run is None:
-        raise ValueError(f"no run {run_id!r} in the Dagster instance at $DAGSTER_HOME")
+        home = instance.root_directory if instance.is_persistent else "(an ephemeral instance)"
+        raise ValueError(
+            f"no run {run_id!r} in the Dagster instance at {home}: copy a failed run's id from `dagster run list` "
+            "or the UI's Runs page"
+        )
     owner = run.tags.get(MODEL_TAG)
     if model is not None and owner is not None and owner != model:
         raise ValueError(

@@ -67,12 +67,16 @@ def supervise(command: Sequence[str], grace_seconds: float = GRACE_SECONDS, say:
         signal.signal(signum, request_stop)
     while child.poll() is None and not stopping:
         time.sleep(0.2)
-    deadline = time.monotonic() + grace_seconds
-    while child.poll() is None and time.monotonic() < deadline:
+    started = time.monotonic()
+    deadline = started + grace_seconds
+    # the grace period is for everything dagster dev started (the session id is its pid: start_new_session), not
+    # only for dagster dev itself: its code server may still be closing when it has exited
+    while time.monotonic() < deadline and (child.poll() is None or session_members(child.pid)):
         time.sleep(0.2)
-    leftovers = session_members(child.pid)  # the session id is the child's pid (start_new_session)
+    leftovers = session_members(child.pid)
     if leftovers:
-        say(f"mlops ui: {len(leftovers)} process(es) still running after {grace_seconds:g} s: killed")
+        waited = time.monotonic() - started
+        say(f"mlops ui: {len(leftovers)} process(es) still running {waited:.0f} s after the stop request: killed")
         for pid in leftovers:
             try:
                 os.kill(pid, signal.SIGKILL)

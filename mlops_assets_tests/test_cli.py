@@ -151,3 +151,19 @@ def test_the_code_server_health_check_says_why_it_fails() -> None:
         [sys.executable, "-m", "mlops_assets.healthcheck"], capture_output=True, text=True, timeout=60, check=False
     )
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_the_summary_says_what_to_do_next_and_how_to_call_mlops(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["models"]) == 0  # nothing trained yet: the one thing to do
+    out = capsys.readouterr().out
+    assert "none yet (no champion)" in out and "make pipeline" in out and "make serve" not in out
+    _registry_with_history(settings)
+    # run as `make pipeline` runs it: by its path in the venv, which is not on the PATH
+    monkeypatch.setattr(sys, "argv", [str(Path(sys.executable).with_name("mlops")), "models"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "make ui" in out and "make serve" in out
+    assert f"{Path(sys.executable).with_name('mlops')} status" in out or ".venv/bin/mlops status" in out, out

@@ -196,16 +196,19 @@ def build_export(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, newest
 
 
 def write_export(export: OnlineExport, root: Path) -> str:
-    """Write an export as a new version folder and point ``CURRENT`` at it; return the version id (content hash)."""
+    """Write an export as a new version folder and point ``CURRENT`` at it; return the version id (content hash).
+
+    Each frame is written in a canonical row order (DuckDB returns rows in whatever order its threads finish), so the
+    same facts make the same version: a rerun finds it there and adds nothing."""
     versions = root / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
     try:
-        export.events.write_parquet(staging / "events.parquet")
+        _canonical(export.events).write_parquet(staging / "events.parquet")
         for i, frame in enumerate(export.lookups):
-            frame.write_parquet(staging / f"lookup_{i}.parquet")
+            _canonical(frame).write_parquet(staging / f"lookup_{i}.parquet")
         for name, frame in export.reference.items():
-            frame.write_parquet(staging / f"reference_{name}.parquet")
+            _canonical(frame).write_parquet(staging / f"reference_{name}.parquet")
         digest = hashlib.sha256()
         for path in sorted(staging.iterdir()):
             digest.update(path.name.encode() + path.read_bytes())
@@ -221,6 +224,10 @@ def write_export(export: OnlineExport, root: Path) -> str:
         raise
     write_atomic(root / CURRENT, version.encode())
     return version
+
+
+def _canonical(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.sort(frame.columns, nulls_last=True, maintain_order=True) if frame.width else frame
 
 
 def current_version(root: Path) -> str | None:

@@ -274,8 +274,13 @@ def gated_champions(registry: Registry) -> list[str]:
 def rollback_targets(registry: Registry) -> list[str]:
     """The gated champions, most recent first, less every version a rollback took out of service (automatically or
     by hand): a rollback never hands the champion back to a model that was rolled back for its live quality."""
-    taken_out = {e.get("from_version") for e in registry.events() if e.get("event") == "rolled_back"}
+    taken_out = rolled_back_from(registry)
     return [v for v in gated_champions(registry) if v not in taken_out]
+
+
+def rolled_back_from(registry: Registry) -> set[str]:
+    """The versions a rollback took out of service."""
+    return {e["from_version"] for e in registry.events() if e.get("event") == "rolled_back" and e.get("from_version")}
 
 
 def evaluated_roc_auc(registry: Registry, version: str) -> float | None:
@@ -286,15 +291,22 @@ def evaluated_roc_auc(registry: Registry, version: str) -> float | None:
 
 
 def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str | None = None) -> str:
-    """Move the champion back to ``to`` or, by default, to the champion before the current one; log ``rolled_back``.
+    """Move the champion back to ``to`` or, by default, to the champion before the current one that no rollback took
+    out of service (rolling back twice goes further back, not to and fro); log ``rolled_back``.
 
     Returns the new champion. Raises ``ValueError`` when there is nothing to roll back to.
     """
     current = registry.alias(CHAMPION)
     if to is None:
-        earlier = [v for v in registry.previous_champions() if v != current]
+        taken_out = rolled_back_from(registry)
+        earlier = [v for v in registry.previous_champions() if v != current and v not in taken_out]
         if not earlier:
-            raise ValueError(f"no earlier champion to roll back to (current: {current}); name one with --to")
+            if current is None:
+                raise ValueError("no champion yet, nothing to roll back: run `make pipeline` first")
+            raise ValueError(
+                f"no earlier champion to roll back to (current: {current}; rolled back before: "
+                f"{', '.join(sorted(taken_out)) or 'none'}); name one with --to"
+            )
         to = earlier[0]
     if to == current:
         raise ValueError(f"{to} is already the champion")

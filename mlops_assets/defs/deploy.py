@@ -78,7 +78,10 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
             )
         current = registry.alias(CHAMPION)
         if current == challenger:
-            return dg.MaterializeResult(metadata={"champion_version": current, "decision": "already champion"})
+            return dg.MaterializeResult(
+                metadata={"champion_version": current, "decision": "already champion"},
+                data_version=dg.DataVersion(current),
+            )
         if result.champion_version != current:
             raise dg.Failure(
                 description=f"the champion changed since the evaluation (evaluated against {result.champion_version}, "
@@ -95,6 +98,8 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
         serving = "challenger" if decision.promote else "champion"
         now_serving = registry.alias(CHAMPION)  # absent while no version has passed the gates
         return dg.MaterializeResult(
+            # the version serving is the data: a decision that keeps it leaves the months it scored up to date
+            data_version=dg.DataVersion(now_serving or "none"),
             metadata={
                 **({"champion_version": now_serving} if now_serving else {}),
                 "challenger_version": challenger,
@@ -105,7 +110,7 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
                     if now_serving and serving in result.metrics
                     else {}
                 ),
-            }
+            },
         )
 
     return champion

@@ -138,7 +138,9 @@ def build_online_store_asset(model: ModelSpec) -> dg.AssetsDefinition:
         kinds={"parquet", "polars"},
         pool=DUCKDB_POOL,
         code_version=feature_set_version(spec),
-        automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+        automation_condition=(
+            dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+        ).with_label("eager, upstream checks passed"),
         description=f"`$MLOPS_DATA_DIR/online_store/{model.name}/`: what the prediction service needs to compute "
         f"`{spec.name}` at request time, exported after each new month: the feature SQL's rows for the newest month "
         "and its look-back (with when each fact became known), the rows of the as-of lookups and the reference "

@@ -123,7 +123,9 @@ def retrain_on_new_data_or_code() -> dg.AutomationCondition:
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.in_progress()
     )
-    return dg.AutomationCondition.eager() | changed.with_label("training code changed")
+    return (dg.AutomationCondition.eager() | changed.with_label("training code changed")).with_label(
+        "eager, or training code changed"
+    )
 
 
 def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:

@@ -305,10 +305,11 @@ def create_app(
             written = await run_in_threadpool(served.close)
             logger.info("prediction logs flushed on shutdown (%d row(s) in the last batches)", written)
 
-    listed = "; ".join(f"`{name}`: {s.model.description}" for name, s in served.services.items())
+    # one line per model in Markdown (the docs page renders it), each description ending as written
+    listed = "\n".join(f"- `{name}`: {s.model.description}" for name, s in served.services.items())
     app = ServingApp(
         title="mlops_assets prediction service",
-        description=f"Online predictions by each model's registry champion (A/B challenger, shadow). {listed}. "
+        description=f"Online predictions by each model's registry champion (A/B challenger, shadow).\n\n{listed}\n\n"
         f"`POST /predict` is `{served.default}`.",
         lifespan=lifespan,
         default_response_class=AsciiJSONResponse,

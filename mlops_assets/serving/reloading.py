@@ -91,5 +91,8 @@ class Reloading(Generic[T]):
 
     def _record_failure(self, token: str | None, message: str) -> None:
         if self.error != message:
-            logger.error("could not load the %s; still serving the previous one: %s", self.name, message)
+            if self._current is None:  # nothing loaded yet (a fresh data directory): nothing to keep serving
+                logger.warning("no %s to serve yet: %s", self.name, message)
+            else:
+                logger.error("could not load the %s; still serving the previous one: %s", self.name, message)
         self._failed, self.error = (token, time.monotonic()), message

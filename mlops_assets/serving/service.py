@@ -476,12 +476,16 @@ class PredictionService:
         champion = models.value.champion if models is not None else None
         fallback = models.value.fallback if models is not None else None
         problems = [*(models.value.problems if models is not None else ())]
-        problems += [p for p in (self.models.error, self.store.error) if p]
+        # each problem once: what failed to load, or what is missing and how to make it
         if champion is None:
-            problems.append(f"no champion model for {self.name}: run `make pipeline`")
+            problems.append(f"no champion model for {self.name}: {self.models.error or 'run `make pipeline`'}")
+        elif self.models.error:
+            problems.append(self.models.error)
         if store is None:
-            materialize = f"materialize {self.name}/online_store"
-            problems.append(f"no online store for {self.name}: run `make pipeline` (or {materialize})")
+            missing = f"run `make pipeline` (or materialize {self.name}/online_store)"
+            problems.append(f"no online store for {self.name}: {self.store.error or missing}")
+        elif self.store.error:
+            problems.append(self.store.error)
         ready = champion is not None and store is not None
         log = self._log
         return ready, {

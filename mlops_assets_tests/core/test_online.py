@@ -171,6 +171,21 @@ def test_a_request_after_the_export_sees_only_facts_known_by_then(warehouse_two_
     assert store.feature_age_hours(store.horizon - timedelta(hours=1)) == 0.0
 
 
+def test_the_same_facts_in_another_row_order_are_the_same_version(warehouse_two_months: Path, tmp_path: Path) -> None:
+    """DuckDB's threads return rows in varying order: a rerun of the same month must not add a version."""
+    with duckdb.connect(str(warehouse_two_months), read_only=True) as conn:
+        export = build_export(conn, SPEC, "2013-02")
+    shuffled = dataclasses.replace(
+        export,
+        events=export.events.sample(fraction=1.0, shuffle=True, seed=1),
+        lookups=[f.sample(fraction=1.0, shuffle=True, seed=2) for f in export.lookups],
+        reference={n: f.sample(fraction=1.0, shuffle=True, seed=3) for n, f in export.reference.items()},
+    )
+    root = tmp_path / "online_store"
+    assert write_export(export, root) == write_export(shuffled, root)
+    assert len(list((root / "versions").iterdir())) == 1
+
+
 def test_the_store_refuses_another_feature_set_version(warehouse_two_months: Path, tmp_path: Path) -> None:
     with duckdb.connect(str(warehouse_two_months), read_only=True) as conn:
         export = build_export(conn, SPEC, "2013-02")

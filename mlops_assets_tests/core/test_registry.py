@@ -76,6 +76,9 @@ def test_a_rollback_never_returns_to_a_version_that_was_rolled_back(tmp_path: Pa
     assert rollback_targets(registry) == [v3, v1]
     rollback(registry, "by hand", to=v1)
     assert rollback_targets(registry) == [v1]  # a rollback by hand takes v3 out as well
+    # by hand without --to: never to and fro between two versions
+    with pytest.raises(ValueError, match="no earlier champion to roll back to .current: v0001; rolled back before"):
+        rollback(registry, "again")
 
 
 def test_a_registration_that_fails_midway_leaves_no_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

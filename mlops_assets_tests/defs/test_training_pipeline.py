@@ -111,6 +111,14 @@ def test_training_pipeline_promotes_a_first_champion_then_keeps_it(trained: Trai
     assert registry.model_text("v0001") == registry.model_text("v0002")  # deterministic training
     rejected = registry.events()[-1]
     assert rejected["event"] == "rejected" and "needs >= +0.002" in rejected["reason"]
+    # the champion asset's data version is the version serving: kept, it leaves what it scored up to date in the UI
+    versions = [
+        event.step_materialization_data.materialization.tags["dagster/data_version"]  # type: ignore[index]
+        for run in (trained.first, trained.second)
+        for event in run.get_asset_materialization_events()
+        if event.asset_key == dg.AssetKey(["flight_delay", "champion"])
+    ]
+    assert versions == ["v0001", "v0001"]
     # the decision's input lives in the registry, not in reports/ (which is for people and may be deleted)
     result = registry.evaluation("v0002")
     assert result is not None and (result.challenger_version, result.champion_version) == ("v0002", "v0001")

@@ -268,7 +268,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     workspace = Path(args.workspace).resolve()
     where = f"http://{args.host or '127.0.0.1'}:{args.port}"
     print(f"Dagster UI on {where} (instance {os.environ['DAGSTER_HOME']}); stop it with Ctrl-C or SIGTERM")
-    return supervise(dagster_dev_command(workspace, args.port, args.host))
+    # Run from the instance's folder: from the repo, Dagster warns that the dagster.yaml there is not the instance's
+    # (it is its template). Click's note that `dagster dev` is superseded by `dg dev` (which needs a `dg` project,
+    # not used here) is filtered as `make pipeline` does.
+    warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore::FutureWarning:click.core"]))
+    env = {**os.environ, "PYTHONWARNINGS": warnings}
+    return supervise(
+        dagster_dev_command(workspace, args.port, args.host), cwd=Path(os.environ["DAGSTER_HOME"]), env=env
+    )
 
 
 def cmd_home(args: argparse.Namespace) -> int:

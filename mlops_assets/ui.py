@@ -45,11 +45,23 @@ def session_members(session: int) -> list[int]:
     return members
 
 
-def supervise(command: Sequence[str], grace_seconds: float = GRACE_SECONDS, say: Callable[[str], None] = print) -> int:
-    """Run ``command`` (``dagster dev ...``) until it exits or this process gets SIGTERM / SIGINT / SIGHUP; then stop
-    it and everything it started. Returns its exit code (0 after a requested stop)."""
+def supervise(
+    command: Sequence[str],
+    grace_seconds: float = GRACE_SECONDS,
+    say: Callable[[str], None] = print,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Run ``command`` (``dagster dev ...``, in ``cwd`` with ``env``) until it exits or this process gets SIGTERM /
+    SIGINT / SIGHUP; then stop it and everything it started. Returns its exit code (0 after a requested stop)."""
     # preexec_fn is safe here: the CLI starts no thread before this
-    child = subprocess.Popen(list(command), preexec_fn=_restore_sigint, start_new_session=True)  # noqa: PLW1509
+    child = subprocess.Popen(
+        list(command),
+        cwd=cwd,
+        env=env,
+        preexec_fn=_restore_sigint,  # noqa: PLW1509
+        start_new_session=True,
+    )
     stopping: list[int] = []
 
     def request_stop(signum: int, frame: object) -> None:

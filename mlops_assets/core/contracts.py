@@ -43,6 +43,8 @@ RULE_DUPLICATE_ROW = "duplicate_row"
 RULE_CONFLICTING_KEY = "conflicting_key"
 #: A batch-level share (a label's null share or rate) implausible against the accepted months: rejected whole.
 RULE_LABEL_IMPLAUSIBLE = "label_implausible"
+#: A batch of a month after the current one (by the clock, UTC): data from the future, e.g. a wrong year (raw stage).
+RULE_FUTURE_MONTH = "month_in_future"
 #: A file in the landing zone whose name does not follow the layout (logged at stage ``landing``, never ingested).
 RULE_MISNAMED_FILE = "misnamed_file"
 #: ``column_name`` of a rule about a whole row rather than one column.

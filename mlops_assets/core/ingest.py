@@ -30,6 +30,7 @@ from mlops_assets.core.contracts import (
     QUARANTINE_SCHEMA,
     RULE_CHECKSUM_MISMATCH,
     RULE_CHECKSUM_MISSING,
+    RULE_FUTURE_MONTH,
     RULE_MISNAMED_FILE,
     RULE_READABLE,
     BatchUnreadableError,
@@ -199,6 +200,31 @@ def checksum_verdict(label: str, path: Path, actual: str, recorded: str | None) 
     return BatchVerdict(False, message, 0, 0, 0, rule=RULE_CHECKSUM_MISMATCH)
 
 
+def with_next_step(verdict: BatchVerdict, batch: Batch) -> BatchVerdict:
+    """A rejection that says what to do about it (the checksum and future-month rejections say it already)."""
+    if verdict.accepted or verdict.rule in (RULE_CHECKSUM_MISSING, RULE_FUTURE_MONTH):
+        return verdict
+    step = (
+        f". Next: land a corrected landing/{batch.source_file} with its checksum file (`land_file` writes both); "
+        "until then the last accepted data keeps serving, and the rejected rows stay in quarantine"
+    )
+    return replace(verdict, message=verdict.message.rstrip(". ") + step)
+
+
+def future_month_verdict(label: str, month: str | None, now: datetime) -> BatchVerdict | None:
+    """The rejection of a batch of a month after ``now``'s (UTC): no feed delivers the future, and such a month would
+    become the newest: the one every model serves and retrains from (a 2031 month landed beside 2013 ones took over
+    the online store and left the training window no validation month). None for any other batch."""
+    current = f"{now.year:04d}-{now.month:02d}"
+    if month is None or month <= current:
+        return None
+    message = (
+        f"{label}: month {month} is after the current month {current}: a batch cannot hold the future (a wrong year "
+        f"in the file name or the data?); batch rejected whole. Land it under the month its rows are from"
+    )
+    return BatchVerdict(False, message, 0, 0, 0, rule=RULE_FUTURE_MONTH)
+
+
 def ingest_raw(
     conn: duckdb.DuckDBPyConnection,
     spec: TableSpec,
@@ -209,8 +235,8 @@ def ingest_raw(
     now: datetime,
     raw_rows: PartitionWriter | None = None,
 ) -> BatchVerdict:
-    """Copy a landed batch into ``raw.<table>`` (its partition replaced) when it matches its checksum file and its
-    structure matches the contract; through ``raw_rows`` (a writer of ``raw.<table>``) when given, which inserts the
+    """Copy a landed batch into ``raw.<table>`` (its partition replaced) when it matches its checksum file, is not of a
+    month after the current one and its structure matches the contract; through ``raw_rows`` (a writer of ``raw.<table>``) when given, which inserts the
     rows of several batches at once.
 
     The checksum is taken of the bytes actually read, so a file replaced between scan and ingest is still traced right.
@@ -220,22 +246,24 @@ def ingest_raw(
     data, digest, recorded = read_verified(landed.path)
     batch = Batch(spec.name, landed.month, str(landed.path.relative_to(landing_dir)), digest)
     ensure_table(conn, "raw", spec.name, data_table_columns(spec))
-    unverified = checksum_verdict(batch.label, landed.path, digest, recorded)
+    refused = checksum_verdict(batch.label, landed.path, digest, recorded) or future_month_verdict(
+        batch.label, landed.month, now
+    )
     try:
         frame = read_batch(data)
     except BatchUnreadableError as error:
         frame = None
-        verdict = unverified or BatchVerdict(False, f"{batch.label}: {error}", 0, 0, 0, rule=RULE_READABLE)
+        verdict = refused or BatchVerdict(False, f"{batch.label}: {error}", 0, 0, 0, rule=RULE_READABLE)
     else:
-        verdict = unverified or check_structure(frame, spec, batch.label)
-        if unverified is not None:  # the rows are kept in quarantine, so count them
-            verdict = replace(unverified, rows_landed=frame.height, rows_quarantined=frame.height)
+        verdict = refused or check_structure(frame, spec, batch.label)
+        if refused is not None:  # the rows are kept in quarantine, so count them
+            verdict = replace(refused, rows_landed=frame.height, rows_quarantined=frame.height)
 
     if not verdict.accepted:
         kept = quarantine_dir / spec.name / f"{landed.month or spec.name}-{batch.sha256[:16]}.parquet"
         write_atomic(kept, data)
         if frame is not None and frame.height:
-            problems = [] if unverified else structure_problems(dict(frame.schema), spec.columns)
+            problems = [] if refused else structure_problems(dict(frame.schema), spec.columns)
             rule, column, reason = problems[0] if problems else (verdict.rule, verdict.column, verdict.message)
             rows = pl.DataFrame(
                 {
@@ -249,6 +277,7 @@ def ingest_raw(
                 schema=QUARANTINE_SCHEMA,
             )
             _quarantine(conn, spec, batch, "raw", rows, run_id, now)
+        verdict = with_next_step(verdict, batch)
         _log(conn, batch, "raw", verdict, run_id, now, quarantined_file=str(kept))
         return replace(verdict, source_file=batch.source_file, sha256=batch.sha256)
 
@@ -456,8 +485,9 @@ def _validate_month(
         if month is not None:  # what validated now holds for the month, as the next month's history
             for rule in spec.plausibility:
                 shares.setdefault(rule.name, {})[month] = share_of(split.valid, rule)
-    _log(conn, batch, "validated", split.verdict, run_id, now)
-    return replace(split.verdict, source_file=batch.source_file, sha256=batch.sha256)
+    verdict = with_next_step(split.verdict, batch)
+    _log(conn, batch, "validated", verdict, run_id, now)
+    return replace(verdict, source_file=batch.source_file, sha256=batch.sha256)
 
 
 def row_accounting(

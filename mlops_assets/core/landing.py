@@ -97,6 +97,16 @@ class LandedFile:
     month: str | None
     path: Path
     sha256: str
+    #: Empty when the checksum file beside it vouches for its bytes (or was not read), else what it records instead
+    #: (``no checksum file`` or the recorded digest).
+    unverified: str = ""
+
+    @property
+    def version(self) -> str:
+        """What the landing sensor compares between ticks: the bytes' sha256, and whether their checksum file vouches
+        for them, so that a batch rejected for its checksum file is ingested again once only that file is fixed (or
+        lands after the batch, as ``land_file`` writes it)."""
+        return f"{self.sha256}:unverified:{self.unverified}" if self.unverified else self.sha256
 
     @property
     def relative_name(self) -> str:
@@ -280,7 +290,13 @@ def misnamed_files(landing_dir: Path, tables: Collection[str] | None = None) -> 
 def scan_landing(landing_dir: Path) -> list[LandedFile]:
     """Every landed parquet file with the sha256 of its current bytes (computed here: the ingest step compares them
     with the checksum files)."""
-    return [LandedFile(table, month, path, sha256_file(path)) for table, month, path in _walk_layout(landing_dir)]
+    return [_scanned(table, month, path) for table, month, path in _walk_layout(landing_dir)]
+
+
+def _scanned(table: str, month: str | None, path: Path) -> LandedFile:
+    digest, recorded = sha256_file(path), recorded_checksum(path)
+    unverified = "" if recorded == digest else (recorded or "no checksum file")
+    return LandedFile(table, month, path, digest, unverified)
 
 
 def find_landed(landing_dir: Path, table: str, month: str | None) -> LandedFile | None:
@@ -326,13 +342,13 @@ def plan_refresh(
     Args:
         files: the current landing zone (``scan_landing``).
         monthly_tables / reference_tables: the tables a month needs.
-        cursor: ``{relative file name: sha256}`` from the previous evaluation.
+        cursor: ``{relative file name: version}`` (:attr:`LandedFile.version`) from the previous evaluation.
 
     Returns:
         The plan; its ``cursor`` holds the hashes of all files of ready months and of the reference files.
     """
-    current = {f.relative_name: f.sha256 for f in files}
-    reference = {f.relative_name: f.sha256 for f in files if f.month is None and f.table in reference_tables}
+    current = {f.relative_name: f.version for f in files}
+    reference = {f.relative_name: f.version for f in files if f.month is None and f.table in reference_tables}
     months = sorted({f.month for f in files if f.month is not None and f.table in monthly_tables})
     reference_ready = len(reference) == len(reference_tables)
     reference_changed = any(cursor.get(name) != sha for name, sha in reference.items())
@@ -342,7 +358,7 @@ def plan_refresh(
     waiting: list[str] = []
     next_cursor = {name: sha for name, sha in cursor.items() if name in current}
     for month in months:
-        month_files = {f.relative_name: f.sha256 for f in files if f.month == month and f.table in monthly_tables}
+        month_files = {f.relative_name: f.version for f in files if f.month == month and f.table in monthly_tables}
         if len(month_files) < len(monthly_tables) or not reference_ready:
             waiting.append(month)
             continue

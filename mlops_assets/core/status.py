@@ -8,13 +8,12 @@ from typing import Any
 import duckdb
 
 from mlops_assets.core.catalog import Catalog
-from mlops_assets.core.ingest import latest_verdicts
 from mlops_assets.core.landing import landed_months
 from mlops_assets.core.records import EvaluationResult
 from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import ModelSpec
-from mlops_assets.core.store import qualified, table_exists
+from mlops_assets.core.store import BATCH_LOG, qualified, table_exists
 
 
 def _counts_by_month(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, int]:
@@ -24,6 +23,38 @@ def _counts_by_month(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -
         f"SELECT coalesce(_month, 'reference'), count(*) FROM {qualified(schema, table)} GROUP BY 1 ORDER BY 1"
     ).fetchall()
     return {str(month): int(n) for month, n in rows}
+
+
+def newest_verdicts(conn: duckdb.DuckDBPyConnection, table: str) -> list[dict[str, Any]]:
+    """Per month, the batch log's newest entry over both stages: the verdict on the newest version landed (a raw
+    verdict after a validated one is a newer file's, rejected before validation)."""
+    if not table_exists(conn, *BATCH_LOG):
+        return []
+    cursor = conn.execute(
+        f"""SELECT * FROM {qualified(*BATCH_LOG)} WHERE table_name = ?
+            QUALIFY row_number() OVER (PARTITION BY month ORDER BY checked_at DESC, stage = 'validated' DESC) = 1
+            ORDER BY month""",
+        [table],
+    )
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _quarantined_by_version(
+    conn: duckdb.DuckDBPyConnection, table: str, newest: list[dict[str, Any]]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Quarantined rows per month: of its newest landed version (by sha256), and of its earlier versions."""
+    if not table_exists(conn, "quarantine", table):
+        return {}, {}
+    wanted = {v["month"] or "reference": v["sha256"] for v in newest}
+    current: dict[str, int] = {}
+    earlier: dict[str, int] = {}
+    for month, sha, n in conn.execute(
+        f"SELECT coalesce(_month, 'reference'), _sha256, count(*) FROM {qualified('quarantine', table)} GROUP BY 1, 2"
+    ).fetchall():
+        counts = current if wanted.get(month) == sha else earlier
+        counts[month] = counts.get(month, 0) + int(n)
+    return dict(sorted(current.items())), dict(sorted(earlier.items()))
 
 
 def store_status(catalog: Catalog, models: tuple[ModelSpec, ...], settings: Settings) -> dict[str, Any]:
@@ -46,21 +77,29 @@ def store_status(catalog: Catalog, models: tuple[ModelSpec, ...], settings: Sett
         return status
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         for table in catalog.tables:
+            newest = newest_verdicts(conn, table.name)
+            validated = _counts_by_month(conn, "validated", table.name)
             rejected = [
                 {
                     "month": v["month"],
-                    "stage": stage,
+                    "stage": v["stage"],
                     "rule": v["rule"],
                     "column": v["column_name"],
                     "message": v["message"],
+                    # what serves meanwhile: the month's last accepted version, if one was ever accepted
+                    "serving": "the last accepted version"
+                    if (v["month"] or "reference") in validated
+                    else "nothing of this month",
                 }
-                for stage in ("raw", "validated")
-                for v in latest_verdicts(conn, table.name, stage)
-                if v.get("accepted") is False
+                for v in newest
+                if v["accepted"] is False
             ]
+            current, earlier = _quarantined_by_version(conn, table.name, newest)
             status["tables"][table.name] = {
-                "validated_rows": _counts_by_month(conn, "validated", table.name),
-                "quarantined_rows": _counts_by_month(conn, "quarantine", table.name),
+                "validated_rows": validated,
+                # the newest landed version of each month; earlier versions' rows stay in quarantine, counted apart
+                "quarantined_rows": current,
+                "quarantined_rows_earlier_versions": earlier,
                 "rejected_batches": rejected,
             }
         for spec in catalog.feature_tables:
@@ -110,14 +149,16 @@ def format_status(status: dict[str, Any]) -> str:
     if not status["tables"]:
         lines.append("Warehouse: not built yet (run `make pipeline`)")
     else:
-        lines.append(f"{'table':<16}{'validated rows':>16}{'quarantined':>13}  rejected batches")
-    for name, info in status["tables"].items():
-        rejected = "; ".join(
-            f"{r['month'] or 'reference'} ({r['stage']}: {r['rule']} on {r['column']})"
-            for r in info["rejected_batches"]
+        lines.append(
+            f"{'table':<16}{'validated rows':>16}{'quarantined':>13}  rejected batches (newest version landed)"
         )
+    for name, info in status["tables"].items():
+        rejected = "; ".join(_rejected(r) for r in info["rejected_batches"])
         valid, quarantined = sum(info["validated_rows"].values()), sum(info["quarantined_rows"].values())
+        earlier = sum(info["quarantined_rows_earlier_versions"].values())
         lines.append(f"{name:<16}{valid:>16,}{quarantined:>13,}  {rejected or '-'}")
+        if earlier:
+            lines.append(f"{'':<16}{'':>16}{'+' + f'{earlier:,}':>13}  of earlier versions of a month (kept)")
     for name, by_month in status["features"].items():
         months = ", ".join(f"{m}: {n:,}" for m, n in by_month.items())
         lines.append(f"features.{name}: {sum(by_month.values()):,} rows ({months or 'none'})")
@@ -131,6 +172,11 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append("Monitoring (month: drift against the champion that scored it; live AUC):")
             lines += [f"  {_monitored_month(entry)}" for entry in model["monitoring"]]
     return "\n".join(lines)
+
+
+def _rejected(batch: dict[str, Any]) -> str:
+    on = f" on {batch['column']}" if batch["column"] else ""
+    return f"{batch['month'] or 'reference'} ({batch['stage']}: {batch['rule']}{on}; serving {batch['serving']})"
 
 
 def _monitored_month(entry: dict[str, Any]) -> str:

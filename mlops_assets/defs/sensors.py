@@ -106,7 +106,7 @@ def build_landing_sensor(
         for landed in files:
             unseen = landed.relative_name not in previous and landed.table in tables
             if unseen and ingested_version(context.instance, tables[landed.table], landed.month) == landed.sha256:
-                previous[landed.relative_name] = landed.sha256
+                previous[landed.relative_name] = landed.version
         known = set(context.instance.get_dynamic_partitions(MONTHS.name))
         requests: list[dg.RunRequest] = []
         new_months: list[str] = []
@@ -139,7 +139,7 @@ def build_landing_sensor(
                 )
         observations = misnamed_observations(storage, tables, previous, cursor, context.log.warning)
         # new or changed files as the landing sources' data versions, before their run reads them (no "Unsynced")
-        unseen = [f for f in files if previous.get(f.relative_name) != f.sha256]
+        unseen = [f for f in files if previous.get(f.relative_name) != f.version]
         observations += landed_observations(context.instance, list(tables.values()), unseen)
         return dg.SensorResult(
             run_requests=requests,

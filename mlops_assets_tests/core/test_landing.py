@@ -126,6 +126,30 @@ def test_refresh_plan_waits_for_a_complete_month() -> None:
     assert "flights/2013-01.parquet" not in plan.cursor  # not consumed: it is requested once weather lands
 
 
+def test_a_batch_is_requested_again_when_only_its_checksum_file_is_fixed(tmp_path: Path) -> None:
+    """Rejected for a missing (or wrong) checksum file, a month is refreshed again once the file is right, the bytes
+    unchanged; and a checksum file that lands after its batch (``land_file`` writes the batch first) is no loss."""
+    replay_months(tmp_path, ["2013-01"], every=50)
+    sidecar = checksum_path(tmp_path / "flights" / "2013-01.parquet")
+    good = sidecar.read_text()
+    sidecar.unlink()
+    monthly, reference = ["flights", "weather"], ["planes", "airports", "airlines"]
+    missing = plan_refresh(scan_landing(tmp_path), monthly, reference, {})
+    assert missing.months_to_run == ["2013-01"]
+    assert missing.cursor["flights/2013-01.parquet"].endswith(":unverified:no checksum file")
+    assert plan_refresh(scan_landing(tmp_path), monthly, reference, missing.cursor).months_to_run == []
+    sidecar.write_text("0" * 64 + "  2013-01.parquet\n")  # a wrong one: another version again
+    wrong = plan_refresh(scan_landing(tmp_path), monthly, reference, missing.cursor)
+    assert wrong.months_to_run == ["2013-01"] and wrong.run_keys != missing.run_keys
+    sidecar.write_text(good)
+    fixed = plan_refresh(scan_landing(tmp_path), monthly, reference, wrong.cursor)
+    assert fixed.months_to_run == ["2013-01"] and fixed.run_keys["2013-01"] not in (
+        missing.run_keys["2013-01"],
+        wrong.run_keys["2013-01"],
+    )
+    assert fixed.cursor["flights/2013-01.parquet"] == sha256_file(tmp_path / "flights" / "2013-01.parquet")
+
+
 TABLES = ["flights", "weather", "planes", "airports", "airlines"]
 
 

@@ -323,9 +323,39 @@ def test_a_file_its_checksum_does_not_vouch_for_is_rejected(base: Settings, dama
     else:
         assert verdict["rule"] == RULE_CHECKSUM_MISSING and "2013-04.parquet.sha256" in str(verdict["message"])
     assert str(verdict["message"]) in failed["raw/flights:schema_contract"]
+    if damage == "changed-after-landing":  # says what to do, as every rejection does
+        assert (
+            "Next: land a corrected landing/flights/2013-04.parquet with its checksum file"
+            in failed["raw/flights:schema_contract"]
+        )
     rows, valid, quarantined = _accounted(base)
     assert (valid, quarantined) == (0, rows)
     _assert_next_month_builds(base)
+
+
+def test_a_month_after_the_current_one_is_rejected_and_never_takes_over(base: Settings) -> None:
+    """April landed as April 2031 (its rows say 2031 too, so every row matches its partition): it would have become
+    the newest month, the one the online store serves and the training window ends at."""
+    future = "2031-04"
+    april = _clean(base)
+    shifted = april.with_columns(pl.lit(2031, dtype=april["year"].dtype).alias("year"))
+    shifted = shifted.with_columns(pl.col("time_hour").str.replace("^2013", "2031"))
+    _land(base, shifted, month=future)
+    weather = _clean(base, table="weather")
+    _land(base, weather.with_columns(pl.col("time_hour").str.replace("^2013", "2031")), "weather", future)
+    before = _features(base, BUILT)
+    with instance_for_test() as instance:
+        result = _run(base, instance, [future])
+        assert not result.success
+        failed = _failed_checks(result)
+        assert sorted(failed) == ["raw/flights:schema_contract", "raw/weather:schema_contract"]
+        assert "month 2031-04 is after the current month" in failed["raw/flights:schema_contract"]
+        assert all(future not in instance.get_materialized_partitions(key) for key in FEATURES)
+    verdict = _verdict(base, "raw", month=future)
+    assert (verdict["accepted"], verdict["rule"]) == (False, "month_in_future")
+    assert _accounted(base, month=future) == (shifted.height, 0, shifted.height)  # every row kept, in quarantine
+    after = _features(base, BUILT)
+    assert all(frame.equals(after[name]) for name, frame in before.items())
 
 
 def test_misnamed_files_are_reported_never_skipped_in_silence(base: Settings) -> None:
@@ -380,3 +410,32 @@ def test_a_month_far_from_the_history_or_empty_is_flagged_by_the_row_count_check
     flagged = judge_row_counts(conn, flights, ["2013-04", "2013-05"])
     assert not flagged.passed and flagged.severity == dg.AssetCheckSeverity.WARN
     assert flagged.description == "2013-04: 20 rows vs a median of 100; 2013-05: 0 rows vs a median of 95"
+
+
+def test_status_tells_the_newest_version_of_a_month_from_earlier_ones(base: Settings) -> None:
+    """Two versions of April: five bad rows (accepted, five quarantined), then one without a column (rejected at
+    raw, every row kept), and `mlops status` speaks of the newest: its rejection, what still serves, its rows; the
+    earlier versions' quarantined rows are counted apart, never added to the newest's."""
+    from mlops_assets.core.status import format_status, store_status
+
+    april = _clean(base)
+    negative = pl.lit(-1, dtype=april["distance"].dtype)
+    five_bad = pl.when(pl.int_range(pl.len()) < 5).then(negative).otherwise(pl.col("distance")).alias("distance")
+    _land(base, april.with_columns(five_bad))
+    with instance_for_test() as instance:
+        assert _run(base, instance, [BAD]).success
+        _land(base, april.drop("distance"))
+        assert not _run(base, instance, [BAD]).success
+    status = store_status(CATALOG, CATALOG.models, base)["tables"]["flights"]
+    assert status["quarantined_rows"][BAD] == april.height  # the newest version: every row, rejected at raw
+    assert status["quarantined_rows_earlier_versions"] == {BAD: 5}
+    assert status["validated_rows"][BAD] == april.height - 5  # the accepted version still serves
+    [rejected] = [r for r in status["rejected_batches"] if r["month"] == BAD]
+    assert (rejected["stage"], rejected["rule"], rejected["serving"]) == (
+        "raw",
+        "column_present",
+        "the last accepted version",
+    )
+    shown = format_status(store_status(CATALOG, CATALOG.models, base))
+    assert "2013-04 (raw: column_present on distance; serving the last accepted version)" in shown, shown
+    assert "+5  of earlier versions of a month (kept)" in shown, shown

@@ -15,6 +15,7 @@ SIGTERM closes the log first.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -71,6 +72,8 @@ class PredictionLog:
         self.files_written = 0
         self.rows_written = 0
         self.failed_flushes = 0
+        #: Rows that did not fit the schema, kept as ``*.unwritable.jsonl`` beside the log.
+        self.rows_set_aside = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -94,27 +97,45 @@ class PredictionLog:
         if not rows:
             return 0
         try:
-            self._write(rows, sequence)
+            written = self._write(rows, sequence)
         except BaseException:
             with self._lock:  # put them back in front, in order: nothing is lost by a failed write
                 self._rows[:0] = rows
                 self._oldest = self._oldest or time.monotonic()
             raise
-        self.files_written += 1
-        self.rows_written += len(rows)
-        return len(rows)
+        self.files_written += 1 if written else 0
+        self.rows_written += written
+        return written
 
-    def _write(self, rows: list[dict[str, object]], sequence: int) -> None:
-        frame = pl.DataFrame(rows, schema=self.schema, orient="row")
+    def _write(self, rows: list[dict[str, object]], sequence: int) -> int:
+        """Write ``rows`` as one Parquet file; return how many went into it (0: set aside, see :meth:`_set_aside`)."""
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         folder = self.folder / day
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"{time.time_ns()}-{os.getpid()}-{sequence:06d}.parquet"
-        temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"
-        frame.write_parquet(temporary)
-        with open(temporary, "rb") as handle:
+        name = f"{time.time_ns()}-{os.getpid()}-{sequence:06d}"
+        try:
+            frame = pl.DataFrame(rows, schema=self.schema, orient="row")
+        except Exception as error:  # noqa: BLE001 - rows the schema cannot hold: retrying would never succeed
+            self._set_aside(rows, folder / f"{name}.unwritable.jsonl", error)
+            return 0
+        temporary = folder / f".{name}.parquet.{uuid.uuid4().hex}.tmp"
+        try:
+            frame.write_parquet(temporary)
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, folder / f"{name}.parquet")
+        finally:
+            temporary.unlink(missing_ok=True)  # after a failed write (a full disk): no half file left behind
+        return len(rows)
+
+    def _set_aside(self, rows: list[dict[str, object]], path: Path, error: Exception) -> None:
+        """Keep rows that do not fit the log's schema as JSON lines beside it (found again, never retried)."""
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+            handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, folder / name)
+        self.rows_set_aside += len(rows)
+        logger.error("%d prediction log row(s) do not fit its schema (%s): kept in %s", len(rows), error, path)
 
     def _due(self) -> bool:
         with self._lock:
@@ -130,7 +151,7 @@ class PredictionLog:
             if self._due():
                 try:
                     self.flush()
-                except OSError as error:  # e.g. disk full: keep the rows and the thread, try again next round
+                except Exception as error:  # noqa: BLE001 - e.g. disk full: keep the rows and the thread, retry
                     self.failed_flushes += 1
                     logger.error("prediction log flush failed (%s); rows kept in memory, retrying", error)
 

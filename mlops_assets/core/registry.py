@@ -19,12 +19,15 @@ writes.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,11 +217,20 @@ class Registry:
         """Point ``name`` at ``version`` (or clear it) atomically, and log why (with ``details`` in the event)."""
         if version is not None:
             self.get(version)
-        with _ALIASES_LOCK:  # a read-modify-write: two steps of a run may set aliases at once (threaded executor)
+        with self._aliases_locked():
             aliases = {**self.aliases(), name: version}
-            self.root.mkdir(parents=True, exist_ok=True)
             write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
         self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id, **details)
+
+    @contextmanager
+    def _aliases_locked(self) -> Iterator[None]:
+        """The aliases' read-modify-write, one at a time: across threads (two steps of a run, threaded executor) and
+        across processes (`mlops rollback` by hand while the daemon's rollback sensor or a run's promotion moves
+        another alias), so that neither move is lost."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _ALIASES_LOCK, open(self.root / "aliases.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def log_event(
         self, event: str, version: str | None, reason: str, run_id: str | None = None, **details: Any

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,19 @@ def test_a_damaged_or_misplaced_evaluation_fails_loudly(tmp_path: Path) -> None:
     path.write_text('{"schema": "evaluation", "schema_')  # cannot happen through save_evaluation (atomic)
     with pytest.raises(RecordError, match="not JSON"):
         registry.evaluation(first)
+
+
+def test_aliases_moved_by_two_processes_at_once_lose_no_move(tmp_path: Path) -> None:
+    """`mlops rollback` by hand and the daemon's sensor, or a run's promotion, are separate processes: each
+    read-modify-write of the aliases must see the other's, or one move is silently undone. Each process sets 150
+    aliases of its own, each once: a move lost to the other process's write is never made again, so it shows."""
+    registry = Registry(tmp_path)
+    version = _register(registry)
+    script = (
+        "import sys; from pathlib import Path; from mlops_assets.core.registry import Registry\n"
+        "registry = Registry(Path(sys.argv[1]))\n"
+        "for i in range(150): registry.set_alias(f'{sys.argv[2]}{i}', sys.argv[3], 'promoted', 'race')\n"
+    )
+    movers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), prefix, version]) for prefix in ("a", "b")]
+    assert [mover.wait(timeout=120) for mover in movers] == [0, 0]
+    assert registry.aliases() == {f"{prefix}{i}": version for prefix in ("a", "b") for i in range(150)}

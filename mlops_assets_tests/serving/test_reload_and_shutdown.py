@@ -4,6 +4,7 @@ flushing the log of a real ``mlops serve`` process."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -291,3 +293,23 @@ def test_config_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) 
         load_serve_config()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         load_serve_config(ab_share=1.5)
+
+
+def test_a_row_the_log_cannot_hold_is_set_aside_and_the_writer_goes_on(tmp_path: Path) -> None:
+    """A row that does not fit the log's schema used to stop its writer thread for good, or be retried in front of
+    every later row forever: it is kept as JSON beside the log, and the rows after it are written."""
+    from mlops_assets.core.prediction_log import PredictionLog, log_schema
+
+    schema = log_schema(["flight"], {"flight": pl.Int64()})
+    log = PredictionLog(tmp_path, schema, flush_rows=1000, flush_seconds=0.2)
+    good = {name: None for name in schema} | {"request_id": "r1", "flight": 1, "score": 0.5, "status": "ok"}
+    log.append([{**good, "score": "not a number", "request_id": "bad"}])  # a bug upstream, say
+    deadline = time.monotonic() + 10
+    while log.rows_set_aside == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log.append([good])
+    assert log.close() == 1 and log.rows_set_aside == 1 and log.failed_flushes == 0
+    assert read_log(tmp_path)["request_id"].to_list() == ["r1"]
+    [aside] = list((tmp_path / "online").glob("*/*.unwritable.jsonl"))
+    assert json.loads(aside.read_text())["request_id"] == "bad"
+    assert not list((tmp_path / "online").glob("*/.*.tmp"))

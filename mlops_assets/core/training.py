@@ -269,6 +269,14 @@ def load_model(text: str, encoder_json: dict[str, Any]) -> TrainedModel:
     return TrainedModel(booster, FeatureEncoder.from_json(encoder_json), booster.current_iteration(), {})
 
 
+def trained_through(metadata: dict[str, Any]) -> datetime | None:
+    """The newest prediction time a registered model learnt from (its validation rows steer early stopping, so they
+    count), from its registry record; None when the record does not say."""
+    data = metadata.get("data") or {}
+    newest = data.get("valid_to") or data.get("train_to")
+    return datetime.fromisoformat(str(newest)) if newest else None
+
+
 def load_version(registry: Registry, version: str) -> TrainedModel:
     """A registered model, checksum verified (a tampered file raises ``RegistryIntegrityError``), never unpickled."""
     return load_model(registry.model_text(version), registry.get(version).metadata["encoder"])

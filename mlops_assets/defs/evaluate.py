@@ -9,7 +9,7 @@ from mlops_assets.core.policy import scores_are_sane
 from mlops_assets.core.records import EvaluationResult
 from mlops_assets.core.registry import CHAMPION
 from mlops_assets.core.specs import ModelSpec
-from mlops_assets.core.training import load_version
+from mlops_assets.core.training import load_version, trained_through
 from mlops_assets.defs.keys import MODEL_TAG, keys_of
 from mlops_assets.defs.partitions import DUCKDB_POOL
 from mlops_assets.defs.resources import PlatformStorage
@@ -44,6 +44,15 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
             test = read_test_rows(conn, model)
         y = test[spec.label].to_numpy().astype(float)
         versions = {"challenger": challenger, **({"champion": champion} if champion and champion != challenger else {})}
+        if "champion" in versions:  # judged on rows it learnt from, it would win by memory, not by skill
+            seen = trained_through(registry.get(champion).metadata)
+            first = test[spec.time_column].min()
+            if seen is not None and first is not None and seen >= first:
+                raise dg.Failure(
+                    description=f"champion {champion} learnt from rows up to {seen}, inside the test month "
+                    f"{test['_month'].max()} (from {first}): it cannot be compared on it. Evaluate on a month after "
+                    f"its training data: land and build one (`mlops replay --month YYYY-MM`), then retrain"
+                )
         loaded = {name: load_version(registry, version) for name, version in versions.items()}
         scores = {name: m.predict(test) for name, m in loaded.items()}
         results = {name: metrics(y, p) for name, p in scores.items()}

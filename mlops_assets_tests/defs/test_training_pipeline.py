@@ -185,3 +185,24 @@ def test_promotion_refuses_an_evaluation_made_against_another_champion(trained: 
     storage = build_resources(settings)["storage"]
     with pytest.raises(dg.Failure, match="the champion changed since the evaluation"):
         build_champion_asset(FLIGHT_DELAY)(context=dg.build_asset_context(), config=PromotionConfig(), storage=storage)
+
+
+def test_a_champion_is_never_judged_on_rows_it_learnt_from(trained: Trained, settings: Settings) -> None:
+    """A champion trained on newer data than the test month (a rerun over an older range, a month rebuilt) would be
+    compared on rows it learnt from: the evaluation refuses and says what to do."""
+    import json
+
+    from mlops_assets.defs.evaluate import build_evaluation_asset
+
+    assert trained.second.success  # v0001 champion, v0002 the challenger (both tested on February)
+    settings = trained.copy(trained.after_second, settings)
+    registry = _registry(settings, "flight_delay")
+    # the champion's record as if it had learnt from February (its model file, checksummed, is untouched)
+    metadata_path = registry.get("v0001").path / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["data"]["valid_to"] = "2013-02-10 12:00:00"
+    metadata_path.write_text(json.dumps(metadata))
+    resources = build_resources(settings)
+    asset = build_evaluation_asset(FLIGHT_DELAY)
+    with pytest.raises(dg.Failure, match=r"champion v0001 learnt from rows up to 2013-02-10 12:00:00, inside the test"):
+        asset(context=dg.build_asset_context(), duckdb=resources["duckdb"], storage=resources["storage"])

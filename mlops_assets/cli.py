@@ -103,11 +103,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.month:
         months = [args.month]
     else:
+        start = args.start or feed.first_month
         try:
-            months = month_range(args.start or feed.first_month, args.through)
+            months = month_range(start, args.through)
         except ValueError as error:  # e.g. --from after --through
-            print(f"error: {error}: give --from at or before --through", file=sys.stderr)
+            hint = "give --from at or before --through" if args.start else f"{feed.name} starts at {start}"
+            print(f"error: {error}: {hint}", file=sys.stderr)
             return 2
+    outside = [m for m in months if not (feed.first_month or m) <= m <= (feed.last_month or m)]
+    if outside:  # said before anything is landed, not after "Landing ..."
+        print(
+            f"error: {feed.name} covers {feed.first_month}..{feed.last_month}; {', '.join(outside)} has no data",
+            file=sys.stderr,
+        )
+        return 2
     every = f" (every {args.every}th row)" if args.every > 1 else ""
     print(f"Landing {len(months)} month(s) of {feed.name} into {settings.landing_dir}{every}")
     counts = {"landed": 0, "replaced": 0, "unchanged": 0}

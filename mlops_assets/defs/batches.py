@@ -72,7 +72,11 @@ def log_verdicts(
             if stage == "raw"
             else (f"{valid:,} rows valid, {quarantined:,} quarantined")
         )
-        context.log.info(f"{table.name}: {len(accepted)} month(s) {span} accepted at {stage}: {rows}")
+        rejected = [str(m) for m, v in zip(months, verdicts, strict=True) if not v.accepted]
+        # "2 month(s) 2013-01..2013-03" would read as if February were in: name the rejected ones
+        of = f" of {len(verdicts)}" if rejected else ""
+        left_out = f" (rejected: {', '.join(rejected)})" if rejected else ""
+        context.log.info(f"{table.name}: {len(accepted)}{of} month(s) {span} accepted at {stage}{left_out}: {rows}")
 
 
 def judge_batches(

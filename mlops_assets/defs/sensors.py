@@ -229,7 +229,8 @@ def _retrain_sensor(
     """A sensor of ``model`` that reads the records of ``asset_key`` (one of the model's monitoring assets) after its
     cursor, never DuckDB, and requests the model's retraining run when ``decide`` gives a reason. At most one request
     per tick, for the newest month with a reason (the run key names the month and the champion); a month whose
-    champion has been replaced since is stale, and a month already covered by a retrain of the same champion (asked
+    champion has been replaced since is stale, a month up to the champion's test month (re-landed) adds nothing it
+    did not see, and a month already covered by a retrain of the same champion (asked
     by any of the model's sensors for it or a later month, or not started yet) is skipped."""
 
     @dg.sensor(
@@ -243,7 +244,11 @@ def _retrain_sensor(
         context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy
     ) -> dg.SensorResult:
         records, cursor = new_month_records(context.instance, asset_key, kind, context.cursor)
-        champion = storage.registry(model.name).alias(CHAMPION)
+        registry = storage.registry(model.name)
+        champion = registry.alias(CHAMPION)
+        # the newest month the champion saw (its test month): a month up to it, re-landed (a correction), asks for a
+        # retrain that would see nothing newer than the champion did
+        tested_on = registry.get(champion).metadata.get("data", {}).get("test_month") if champion else None
         requests: list[dg.RunRequest] = []
         requested: str | None = None  # the month this tick asked to retrain for: it covers the earlier ones
         skipped: list[str] = []  # why an event asked for nothing: shown as the tick's skip reason in the UI
@@ -254,6 +259,12 @@ def _retrain_sensor(
             month, scored_by = record.month, record.champion_version
             if champion is None or scored_by != champion:
                 skipped.append(f"{month}: {reason}, but the champion is now {champion} (was {scored_by}): stale")
+                continue
+            if tested_on is not None and month <= tested_on:
+                skipped.append(
+                    f"{month}: {reason}, but champion {champion} was trained and tested on months through {tested_on}: "
+                    "a retrain would see nothing newer"
+                )
                 continue
             if requested is not None or retrain_already_requested(context.instance, model, month, champion):
                 skipped.append(

@@ -150,6 +150,17 @@ def test_drift_sensor_ignores_stable_months_and_stale_champions(settings: Settin
         assert [r.run_key for r in result.run_requests or []] == [f"drift:flight_delay:2013-06:{champion}"]
 
 
+def test_a_month_the_champion_saw_asks_no_retrain(settings: Settings, champion: str) -> None:
+    """March re-landed (a correction) drifts against a champion tested on March: a retrain would train on nothing
+    newer than the champion did (it was kept at the same AUC), so nothing is asked, and the tick says why."""
+    sensor = build_drift_sensor(MODEL)
+    with instance_for_test() as instance:
+        _report(instance, DRIFT_KEY, _drift("2013-03", champion, True, "March corrected"))
+        result = _tick(sensor, instance, settings, None)
+        assert not result.run_requests
+        assert result.skip_reason and "trained and tested on months through 2013-03" in result.skip_reason.skip_message
+
+
 def test_a_retrain_covers_the_months_before_it_and_a_waiting_one_covers_all(settings: Settings, champion: str) -> None:
     """A retraining run trains on the newest months there are: months drifting together ask for one retrain (the
     newest), a month an earlier retrain covered asks nothing, and while a retrain waits to start nothing more is

@@ -400,7 +400,7 @@ def split_rows(
             str(worst["rule"]),
             worst["column_name"],
             (
-                f"{label}: {n_bad} of {n_distinct} distinct rows ({bad_share:.2%}) break the contract, above the "
+                f"{label}: {n_bad:,} of {n_distinct:,} distinct rows ({bad_share:.2%}) break the contract, above the "
                 f"{spec.max_bad_share:.0%} limit; batch rejected whole. Most common: column {worst['column_name']!r} "
                 f"rule {worst['rule']!r} ({worst['len']} rows)"
             ),
@@ -431,8 +431,8 @@ def split_rows(
     )
     valid = distinct.join(bad.select("_row"), on="_row", how="anti")
     message = (
-        f"{label}: {valid.height} rows valid, {per_row.height} quarantined: {n_bad} break the contract "
-        f"({bad_share:.2%} of {n_distinct} distinct rows, limit {spec.max_bad_share:.0%})"
+        f"{label}: {valid.height:,} rows valid, {per_row.height:,} quarantined: {n_bad:,} break the contract "
+        f"({bad_share:.2%} of {n_distinct:,} distinct rows, limit {spec.max_bad_share:.0%})"
     )
     if n_conflicting:
         message += f", of which {n_conflicting} share a key with other, different rows (none of them kept)"

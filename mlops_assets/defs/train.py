@@ -186,8 +186,9 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
             built = read_training_set(conn, model)
         summary = built.summary(spec.time_column)
         context.log.info(
-            f"training set {built.content_hash[:12]}: "
-            + ", ".join(f"{k}={v}" for k, v in summary.items() if k.endswith("_rows"))
+            f"training set {built.content_hash[:12]}, test month {built.test_month}: "
+            + ", ".join(f"{summary[f'{part}_rows']:,} {part}" for part in ("train", "valid", "test"))
+            + " rows"
         )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(built.content_hash),

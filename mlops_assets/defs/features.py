@@ -7,7 +7,7 @@ import dagster as dg
 import duckdb as duckdb_module
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets.core.features import VERSION_COLUMN, feature_set_version, write_months
+from mlops_assets.core.features import FeatureBuildError, feature_set_version, one_row_problems, write_months
 from mlops_assets.core.landing import month_landed_at, stale_months
 from mlops_assets.core.markdown import frame_to_markdown
 from mlops_assets.core.online import build_export, write_export
@@ -38,11 +38,14 @@ def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
     def _features(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         months = run_months(context)
         with duckdb.get_connection() as conn:
-            rows = write_months(conn, spec, months)
+            try:  # the build checks its rows before it commits: a broken one is rolled back, never published
+                rows = write_months(conn, spec, months)
+            except FeatureBuildError as error:
+                raise dg.Failure(description=str(error), metadata={"problems": "; ".join(error.problems)}) from None
             preview = query_frame(
                 conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ? LIMIT 5", [months[-1]]
             )
-            one_row = judge_one_row(conn, spec, list(months))
+        one_row = _one_row_result(spec, list(months), [])  # what write_months checked before it committed
         span = f"{months[0]}..{months[-1]}" if len(months) > 1 else months[0]
         context.log.info(f"{spec.name}: {len(rows)} month(s) {span} built: {sum(rows.values()):,} rows")
         table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
@@ -75,7 +78,9 @@ def one_row_check_spec(spec: FeatureTableSpec) -> dg.AssetCheckSpec:
         asset=features_key(spec),
         blocking=True,
         description=f"Each built month has exactly one row per validated {covered_rows(spec)} row, unique keys "
-        f"({', '.join(spec.key)}), a label on every row and the current feature-set version. Blocking.",
+        f"({', '.join(spec.key)}), a label on every row and the current feature-set version. Checked before the build "
+        "commits: a build that breaks it is rolled back and the step fails naming the months, so no reader ever sees "
+        "it and the last good build stays (blocking as well).",
     )
 
 
@@ -83,39 +88,10 @@ def judge_one_row(
     conn: duckdb_module.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str]
 ) -> dg.AssetCheckResult:
     """One row per entity, unique keys, labels and the current feature-set version in every month of the run."""
-    entity_table = spec.inputs[0]
-    version = feature_set_version(spec)
-    problems: list[str] = []
-    features, source = qualified("features", spec.name), qualified("validated", entity_table)
-    keys = ", ".join(f'"{k}"' for k in spec.key)
-    # one grouped query per table for all the months (a query per month scanned the tables each time)
-    counted = {
-        month: rest
-        for month, *rest in conn.execute(
-            f"""SELECT _month, count(*), count(DISTINCT ({keys})), count(*) FILTER ({spec.label} IS NULL),
-                       count(*) FILTER ({VERSION_COLUMN} <> ?)
-                FROM {features} WHERE list_contains(?, _month) GROUP BY _month""",
-            [version, months],
-        ).fetchall()
-    }
-    covered = f"AND ({spec.entity_filter})" if spec.entity_filter else ""
-    validated = dict(
-        conn.execute(
-            f"SELECT _month, count(*) FROM {source} WHERE list_contains(?, _month) {covered} GROUP BY _month",
-            [months],
-        ).fetchall()
-    )
-    for month in months:
-        built, distinct, unlabeled, stale = counted.get(month, (0, 0, 0, 0))
-        expected = validated.get(month, 0)
-        if built != expected:
-            problems.append(f"{month}: {built} feature rows for {expected} validated {covered_rows(spec)} rows")
-        if distinct != built:
-            problems.append(f"{month}: {built - distinct} duplicate keys")
-        if unlabeled:
-            problems.append(f"{month}: {unlabeled} rows without a label")
-        if stale:
-            problems.append(f"{month}: {stale} rows from another feature-set version")
+    return _one_row_result(spec, months, one_row_problems(conn, spec, months))
+
+
+def _one_row_result(spec: FeatureTableSpec, months: list[str], problems: list[str]) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         asset_key=features_key(spec),
         check_name=ONE_ROW_CHECK,
@@ -123,7 +99,7 @@ def judge_one_row(
         description="; ".join(problems)
         if problems
         else f"{len(months)} month(s): one row per {covered_rows(spec)} row",
-        metadata={"months_checked": len(months), "feature_set_version": version},
+        metadata={"months_checked": len(months), "feature_set_version": feature_set_version(spec)},
     )
 
 

@@ -9,7 +9,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from mlops_assets.core.features import compute_features, feature_set_version, write_month, write_months
+from mlops_assets.core.features import (
+    FeatureBuildError,
+    compute_features,
+    feature_set_version,
+    write_month,
+    write_months,
+)
 from mlops_assets.core.settings import Settings
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.models.flight_delay import FLIGHT_FEATURES
@@ -117,6 +123,24 @@ def test_a_flight_without_a_tail_number_gets_no_delay_features_but_stays_an_even
     assert feature_set_version(FLIGHT_FEATURES) != feature_set_version(
         dataclasses.replace(FLIGHT_FEATURES, entity_filter="")
     )
+
+
+def test_a_build_that_breaks_the_one_row_rule_is_rolled_back_never_published(
+    store: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """Feature SQL edited into a join that repeats rows: the build raises before it commits, and readers (a training
+    set, the monitoring) still see the last good months, as the design's "publish on success" asks."""
+    write_months(store, FLIGHT_FEATURES, MONTHS)
+    good = _stored(store)
+    edited = tmp_path / "repeating.sql"
+    edited.write_text(
+        f"SELECT * FROM (\n{FLIGHT_FEATURES.sql}\n)\nUNION ALL\nSELECT * FROM (\n{FLIGHT_FEATURES.sql}\n) WHERE carrier = 'UA'"
+    )
+    broken = dataclasses.replace(FLIGHT_FEATURES, sql_path=edited)
+    with pytest.raises(FeatureBuildError, match=r"not published .*2013-02: \d+ duplicate keys") as raised:
+        write_months(store, broken, MONTHS)
+    assert all("duplicate keys" in p or "feature rows for" in p for p in raised.value.problems)
+    assert_frame_equal(_stored(store), good)  # the last good build, untouched
 
 
 def test_rerunning_a_month_replaces_it(store: duckdb.DuckDBPyConnection) -> None:

@@ -19,7 +19,7 @@ import polars as pl
 from mlops_assets.core.cores import all_cores
 from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
 from mlops_assets.core.landing import month_key, parse_month, shift_month
-from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, transaction
+from mlops_assets.core.store import ensure_table_like, qualified, query_frame, replace_where, transaction
 
 if TYPE_CHECKING:  # specs imports the point-in-time engine from this package: import the type only for checkers
     from mlops_assets.core.specs import FeatureTableSpec
@@ -106,13 +106,65 @@ def write_month(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, month: 
     return frame
 
 
+class FeatureBuildError(RuntimeError):
+    """A build whose rows break the one-row rule: rolled back, never published."""
+
+    def __init__(self, spec: FeatureTableSpec, problems: list[str]) -> None:
+        super().__init__(
+            f"features.{spec.name} not published (the months keep their last good build): {'; '.join(problems)}"
+        )
+        self.problems = problems
+
+
+def one_row_problems(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str]) -> list[str]:
+    """What breaks the one-row rule in ``months`` of ``features.<name>``: exactly one row per validated entity row
+    (through the spec's ``entity_filter``), unique keys, a label on every row, the current feature-set version."""
+    entity_table = spec.inputs[0]
+    version = feature_set_version(spec)
+    features, source = qualified("features", spec.name), qualified("validated", entity_table)
+    keys = ", ".join(f'"{k}"' for k in spec.key)
+    # one grouped query per table for all the months (a query per month scanned the tables each time)
+    counted = {
+        month: rest
+        for month, *rest in conn.execute(
+            f"""SELECT _month, count(*), count(DISTINCT ({keys})), count(*) FILTER ({spec.label} IS NULL),
+                       count(*) FILTER ({VERSION_COLUMN} <> ?)
+                FROM {features} WHERE list_contains(?, _month) GROUP BY _month""",
+            [version, months],
+        ).fetchall()
+    }
+    covered = f"AND ({spec.entity_filter})" if spec.entity_filter else ""
+    validated = dict(
+        conn.execute(
+            f"SELECT _month, count(*) FROM {source} WHERE list_contains(?, _month) {covered} GROUP BY _month",
+            [months],
+        ).fetchall()
+    )
+    rows = f"{entity_table} with `{spec.entity_filter}`" if spec.entity_filter else entity_table
+    problems: list[str] = []
+    for month in months:
+        built, distinct, unlabeled, stale = counted.get(month, (0, 0, 0, 0))
+        expected = validated.get(month, 0)
+        if built != expected:
+            problems.append(f"{month}: {built} feature rows for {expected} validated {rows} rows")
+        if distinct != built:
+            problems.append(f"{month}: {built - distinct} duplicate keys")
+        if unlabeled:
+            problems.append(f"{month}: {unlabeled} rows without a label")
+        if stale:
+            problems.append(f"{month}: {stale} rows from another feature-set version")
+    return problems
+
+
 def write_months(
     conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str], chunk: int = 12
 ) -> dict[str, int]:
     """Build several months and replace their partitions; return rows per month.
 
     Consecutive months are built together, up to ``chunk`` at a time (one query and one pass of the engine instead of
-    one per month): the result is the same as month by month, which the tests hold every feature table to.
+    one per month): the result is the same as month by month, which the tests hold every feature table to. The rows
+    are checked (:func:`one_row_problems`) before the transaction commits: a build that breaks the rule raises
+    :class:`FeatureBuildError` and is rolled back, so no reader ever sees it and the last good build stays.
     """
     rows: dict[str, int] = {}
     # one transaction for every month of the call, a table recreated for a new shape included (DuckDB's DDL is
@@ -127,6 +179,9 @@ def write_months(
             replace_where(conn, name, frame, "_month BETWEEN ? AND ?", [group[0], group[-1]])
             counts = dict(frame.group_by("_month").len().iter_rows())
             rows.update({month: counts.get(month, 0) for month in group})
+        problems = one_row_problems(conn, spec, sorted(months))
+        if problems:
+            raise FeatureBuildError(spec, problems)  # inside the transaction: rolled back
     return rows
 
 

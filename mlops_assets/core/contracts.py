@@ -108,6 +108,11 @@ class BatchUnreadableError(ValueError):
 
 def read_batch(source: Path | bytes) -> pl.DataFrame:
     """Read a landed parquet batch; a corrupt file raises :class:`BatchUnreadableError` with the reader's reason."""
+    size = len(source) if isinstance(source, bytes) else source.stat().st_size
+    if size == 0:  # the reader would say "must contain a header and footer with at least 12 bytes"
+        raise BatchUnreadableError(
+            "not readable as parquet: the file is empty (0 bytes): an upload that never finished?"
+        )
     try:
         return pl.read_parquet(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception as error:  # polars raises several error types for corrupt input; all mean the same here

@@ -115,6 +115,12 @@ def test_the_row_check_fails_when_a_months_rows_do_not_add_up(loaded: duckdb.Duc
     assert f"flights {MONTH}: rows do not add up: " in (result.description or ""), result.description
 
 
+def test_an_empty_file_says_so(loaded: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    raw, validated = _run_batch(loaded, settings, b"", "empty")
+    assert not raw.accepted and raw.rule == RULE_READABLE and validated is None
+    assert "the file is empty (0 bytes)" in raw.message and "Next: land a corrected" in raw.message
+
+
 def test_corrupt_file_is_rejected_and_kept(loaded: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     good = _validated_shas(loaded)
     data = _parquet(_clean_flights(settings))

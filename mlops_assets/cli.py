@@ -281,7 +281,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     # (it is its template). Click's note that `dagster dev` is superseded by `dg dev` (which needs a `dg` project,
     # not used here) is filtered as `make pipeline` does.
     warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore::FutureWarning:click.core"]))
-    env = {**os.environ, "PYTHONWARNINGS": warnings}
+    # the data directory absolute: the processes run elsewhere than this one
+    env = {**os.environ, "PYTHONWARNINGS": warnings, "MLOPS_DATA_DIR": str(settings.data_dir)}
     return supervise(
         dagster_dev_command(workspace, args.port, args.host), cwd=Path(os.environ["DAGSTER_HOME"]), env=env
     )
@@ -379,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--last", type=_positive, default=10, help="how many of the newest versions (positive)")
     runs.set_defaults(handler=cmd_runs)
 
-    back = commands.add_parser("rollback", help="move a model's champion back (to the previous champion by default)")
+    back = commands.add_parser(
+        "rollback", help="move a model's champion back (default: the previous one no rollback took out)"
+    )
     model_option(back, f"the model (default: {CATALOG.default.name})")
     back.add_argument("--to", help="the version to serve, e.g. v0003")
     back.add_argument("--reason", default="rolled back by hand", help="recorded in the event log")

@@ -83,12 +83,13 @@ def supervise(
     deadline = started + grace_seconds
     # the grace period is for everything dagster dev started (the session id is its pid: start_new_session), not
     # only for dagster dev itself: its code server may still be closing when it has exited
-    while time.monotonic() < deadline and (child.poll() is None or session_members(child.pid)):
+    while stopping and time.monotonic() < deadline and (child.poll() is None or session_members(child.pid)):
         time.sleep(0.2)
     leftovers = session_members(child.pid)
     if leftovers:
         waited = time.monotonic() - started
-        say(f"mlops ui: {len(leftovers)} process(es) still running {waited:.0f} s after the stop request: killed")
+        after = f"{waited:.0f} s after the stop request" if stopping else "after dagster dev exited"
+        say(f"mlops ui: {len(leftovers)} process(es) still running {after}: killed")
         for pid in leftovers:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -70,12 +70,16 @@ def score_month(
     return pl.concat(parts), skipped
 
 
-def online_rows_of(online_log: pl.DataFrame, labels: pl.DataFrame, spec: FeatureTableSpec) -> pl.DataFrame:
-    """The serving log's rows about the entities of ``labels`` (one month's feature rows), by their key: a month is
-    the entity's local month (``_month``), which the UTC prediction time leaves for flights near a month's edge (an
-    evening departure on the 31st is the next month in UTC; a cancellation scored 2 h early, the previous one)."""
+def online_rows_of(online_log: pl.DataFrame, labels: pl.DataFrame, spec: FeatureTableSpec, month: str) -> pl.DataFrame:
+    """The serving log's rows of ``month``: the entity's local month (``_month``), which the UTC prediction time
+    leaves for flights near a month's edge (an evening departure on the 31st is the next month in UTC; a
+    cancellation scored 2 h early, the previous one). By the entity's local time when the log holds it (a key
+    column: failed predictions count too, also for entities without a feature row), else by the month's keys."""
     if online_log.height == 0:
         return online_log
+    local = spec.local_time_column
+    if local in online_log.columns:
+        return online_log.filter(pl.col(local).dt.strftime("%Y-%m") == month)
     return online_log.join(labels.select(*spec.key).unique(), on=list(spec.key), how="semi")
 
 

@@ -108,16 +108,27 @@ class PredictionLog:
         return written
 
     def _write(self, rows: list[dict[str, object]], sequence: int) -> int:
-        """Write ``rows`` as one Parquet file; return how many went into it (0: set aside, see :meth:`_set_aside`)."""
+        """Write ``rows`` as one Parquet file; return how many went into it (those that do not fit the schema are set
+        aside, see :meth:`_set_aside`)."""
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         folder = self.folder / day
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns()}-{os.getpid()}-{sequence:06d}"
         try:
             frame = pl.DataFrame(rows, schema=self.schema, orient="row")
-        except Exception as error:  # noqa: BLE001 - rows the schema cannot hold: retrying would never succeed
-            self._set_aside(rows, folder / f"{name}.unwritable.jsonl", error)
-            return 0
+        except Exception as error:  # noqa: BLE001 - a row the schema cannot hold: retrying would never succeed
+            # find it (them) row by row: only those are set aside, the others are written as usual
+            fitting, unfit = [], []
+            for row in rows:
+                try:
+                    pl.DataFrame([row], schema=self.schema, orient="row")
+                    fitting.append(row)
+                except Exception:  # noqa: BLE001 - the same failure, row by row
+                    unfit.append(row)
+            self._set_aside(unfit, folder / f"{name}.unwritable.jsonl", error)
+            if not fitting:
+                return 0
+            rows, frame = fitting, pl.DataFrame(fitting, schema=self.schema, orient="row")
         temporary = folder / f".{name}.parquet.{uuid.uuid4().hex}.tmp"
         try:
             frame.write_parquet(temporary)

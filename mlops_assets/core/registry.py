@@ -40,6 +40,12 @@ VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 CHAMPION = "champion"
 #: Serializes alias updates within a process (every registry: they are rare and quick).
 _ALIASES_LOCK = threading.Lock()
+#: ``set_alias(expected=...)``'s default: move the alias whatever it names now.
+ANY_VERSION: Any = object()
+
+
+class AliasMovedError(ValueError):
+    """An alias moved by another process between a decision and its move."""
 
 
 class RegistryIntegrityError(RuntimeError):
@@ -212,15 +218,29 @@ class Registry:
         return self.aliases().get(name)
 
     def set_alias(
-        self, name: str, version: str | None, event: str, reason: str, run_id: str | None = None, **details: Any
+        self,
+        name: str,
+        version: str | None,
+        event: str,
+        reason: str,
+        run_id: str | None = None,
+        expected: str | None = ANY_VERSION,
+        **details: Any,
     ) -> None:
-        """Point ``name`` at ``version`` (or clear it) atomically, and log why (with ``details`` in the event)."""
+        """Point ``name`` at ``version`` (or clear it) atomically, and log why (with ``details`` in the event).
+
+        ``expected``: the version the caller decided from; when another process moved the alias meanwhile, the move
+        is refused (:class:`AliasMovedError`) rather than undoing that one in silence.
+        """
         if version is not None:
             self.get(version)
-        with self._aliases_locked():
+        with self._aliases_locked():  # the event too: the log's order is the aliases' order
+            current = self.aliases().get(name)
+            if expected is not ANY_VERSION and current != expected:
+                raise AliasMovedError(f"{name} is {current} now, not {expected}: another process moved it; look again")
             aliases = {**self.aliases(), name: version}
             write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
-        self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id, **details)
+            self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id, **details)
 
     @contextmanager
     def _aliases_locked(self) -> Iterator[None]:
@@ -291,8 +311,21 @@ def rollback_targets(registry: Registry) -> list[str]:
 
 
 def rolled_back_from(registry: Registry) -> set[str]:
-    """The versions a rollback took out of service."""
-    return {e["from_version"] for e in registry.events() if e.get("event") == "rolled_back" and e.get("from_version")}
+    """The versions a rollback took out of service (events before ``from_version`` was recorded name it in their
+    reason, "... (from v0003)")."""
+    taken_out: set[str] = set()
+    for event in registry.events():
+        if event.get("event") != "rolled_back":
+            continue
+        named = event.get("from_version") or _FROM_IN_REASON.search(str(event.get("reason") or ""))
+        if isinstance(named, re.Match):
+            named = named.group(1)
+        if named:
+            taken_out.add(str(named))
+    return taken_out
+
+
+_FROM_IN_REASON = re.compile(r"\(from (v\d{4,})\)$")
 
 
 def evaluated_roc_auc(registry: Registry, version: str) -> float | None:
@@ -323,7 +356,9 @@ def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str
     if to == current:
         raise ValueError(f"{to} is already the champion")
     registry.model_text(to)  # refuse a damaged target before it serves
-    registry.set_alias(CHAMPION, to, "rolled_back", f"{reason} (from {current})", run_id=run_id, from_version=current)
+    registry.set_alias(
+        CHAMPION, to, "rolled_back", f"{reason} (from {current})", run_id=run_id, expected=current, from_version=current
+    )
     return to
 
 

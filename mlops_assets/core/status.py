@@ -31,7 +31,7 @@ def newest_verdicts(conn: duckdb.DuckDBPyConnection, table: str) -> list[dict[st
     if not table_exists(conn, *BATCH_LOG):
         return []
     cursor = conn.execute(
-        f"""SELECT * FROM {qualified(*BATCH_LOG)} WHERE table_name = ?
+        f"""SELECT * FROM {qualified(*BATCH_LOG)} WHERE table_name = ? AND stage IN ('raw', 'validated')
             QUALIFY row_number() OVER (PARTITION BY month ORDER BY checked_at DESC, stage = 'validated' DESC) = 1
             ORDER BY month""",
         [table],

@@ -210,7 +210,7 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
         except BaseException:
             # a COMMIT that fails (a conflict, a full disk) has usually ended the transaction already: its error is
             # the one to report, not the "no transaction is active" of a ROLLBACK after it
-            with suppress(duckdb.TransactionException):
+            with suppress(duckdb.Error):
                 conn.execute("ROLLBACK")
             raise
     finally:

@@ -89,7 +89,10 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
             )
         decision = decide_promotion_from(result, config.gates())
         if decision.promote:
-            registry.set_alias(CHAMPION, challenger, "promoted", decision.summary, run_id=context.run.run_id)
+            # expected: the champion it was judged against (a rollback meanwhile refuses the move, not undone by it)
+            registry.set_alias(
+                CHAMPION, challenger, "promoted", decision.summary, run_id=context.run.run_id, expected=current
+            )
         else:
             registry.log_event("rejected", version=challenger, reason=decision.summary, run_id=context.run.run_id)
         (context.log.info if decision.promote else context.log.warning)(

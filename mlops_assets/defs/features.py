@@ -4,10 +4,9 @@ many models train on them), and each model's online store export."""
 import time
 
 import dagster as dg
-import duckdb as duckdb_module
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets.core.features import FeatureBuildError, feature_set_version, one_row_problems, write_months
+from mlops_assets.core.features import FeatureBuildError, feature_set_version, write_months
 from mlops_assets.core.landing import month_landed_at, stale_months
 from mlops_assets.core.markdown import frame_to_markdown
 from mlops_assets.core.online import build_export, write_export
@@ -82,13 +81,6 @@ def one_row_check_spec(spec: FeatureTableSpec) -> dg.AssetCheckSpec:
         "commits: a build that breaks it is rolled back and the step fails naming the months, so no reader ever sees "
         "it and the last good build stays (blocking as well).",
     )
-
-
-def judge_one_row(
-    conn: duckdb_module.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str]
-) -> dg.AssetCheckResult:
-    """One row per entity, unique keys, labels and the current feature-set version in every month of the run."""
-    return _one_row_result(spec, months, one_row_problems(conn, spec, months))
 
 
 def _one_row_result(spec: FeatureTableSpec, months: list[str], problems: list[str]) -> dg.AssetCheckResult:

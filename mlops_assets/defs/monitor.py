@@ -290,7 +290,7 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 labels = _month_rows(conn, spec, month)
                 sources = {"batch": _scores(conn, model, month)}
                 if online_log.height:
-                    sources["online"] = online_rows_of(online_log, labels, spec)
+                    sources["online"] = online_rows_of(online_log, labels, spec, month)
                 parts = []
                 for source, scored in sources.items():
                     if scored.height:

@@ -248,7 +248,7 @@ def _retrain_sensor(
         champion = registry.alias(CHAMPION)
         # the newest month the champion saw (its test month): a month up to it, re-landed (a correction), asks for a
         # retrain that would see nothing newer than the champion did
-        tested_on = registry.get(champion).metadata.get("data", {}).get("test_month") if champion else None
+        tested_on = champion_test_month(registry, champion)
         requests: list[dg.RunRequest] = []
         requested: str | None = None  # the month this tick asked to retrain for: it covers the earlier ones
         skipped: list[str] = []  # why an event asked for nothing: shown as the tick's skip reason in the UI
@@ -327,6 +327,17 @@ def build_automation_sensor(interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.A
         "(eager, once the blocking checks passed), the lifecycle follows a new training set, a changed training code "
         "version retrains, a champion past its freshness policy is retrained and re-evaluated.",
     )
+
+
+def champion_test_month(registry: Registry, champion: str | None) -> str | None:
+    """The champion's test month from its registry record; None when there is none or it cannot be read (the
+    champion's checks say why: a sensor keeps running)."""
+    if champion is None:
+        return None
+    try:
+        return (registry.get(champion).metadata.get("data") or {}).get("test_month")
+    except (OSError, ValueError, LookupError):
+        return None
 
 
 def required_auc(registry: Registry, version: str) -> float | None:

@@ -179,7 +179,8 @@ class PredictionService:
         came as a list, so errors name them ``[i].field``) and log them.
 
         Raises :class:`Unavailable` (503), :class:`RequestError` (422: a local time that does not exist at the place,
-        or a prediction time further past the online store's facts than the service answers for) or
+        a prediction time before the online store's newest month, or one further past the online store's facts than
+        the service answers for) or
         :class:`PredictionFailed` (an internal failure, logged with status ``error``).
         """
         answers, finish = self.answer(requests, started, batch)

@@ -13,6 +13,7 @@ from mlops_assets.core.features import (
     FeatureBuildError,
     compute_features,
     feature_set_version,
+    one_row_problems,
     write_month,
     write_months,
 )
@@ -175,10 +176,8 @@ def test_every_row_carries_the_feature_set_version_which_follows_the_sql(
 
 
 def test_the_one_row_check_names_each_broken_month_and_passes_the_others(store: duckdb.DuckDBPyConnection) -> None:
-    from mlops_assets.defs.features import judge_one_row
-
     write_months(store, FLIGHT_FEATURES, MONTHS)
-    assert judge_one_row(store, FLIGHT_FEATURES, MONTHS).passed
+    assert one_row_problems(store, FLIGHT_FEATURES, MONTHS) == []
     table = f"features.{FLIGHT_FEATURES.name}"
     # February: a row twice (a duplicate key, one row too many) and a label gone; March: untouched
     store.execute(f"INSERT INTO {table} SELECT * FROM {table} WHERE _month = '2013-02' LIMIT 1")
@@ -187,9 +186,7 @@ def test_the_one_row_check_names_each_broken_month_and_passes_the_others(store: 
         f"(SELECT min(rowid) FROM {table} WHERE _month = '2013-02')"
     )
     store.execute(f"DELETE FROM {table} WHERE _month = '2013-01'")  # January: nothing built
-    result = judge_one_row(store, FLIGHT_FEATURES, MONTHS)
-    assert not result.passed
-    problems = (result.description or "").split("; ")
+    problems = one_row_problems(store, FLIGHT_FEATURES, MONTHS)
     validated = dict(
         store.execute("SELECT _month, count(*) FROM validated.flights WHERE tailnum IS NOT NULL GROUP BY 1").fetchall()
     )

@@ -149,15 +149,19 @@ def test_online_predictions_count_in_their_flights_local_month_not_the_utc_one()
     # March 31st, 22:00 in New York is April 1st, 02:00 in UTC: still a March flight, labelled with March
     edge, april = flight(1, datetime(2013, 3, 31, 22, 0)), flight(2, datetime(2013, 4, 1, 9, 0))
     march_labels = pl.DataFrame([{**edge, "is_delayed": 1}, {**flight(3, datetime(2013, 3, 2, 9)), "is_delayed": 0}])
+    # a failed prediction of a March flight without a feature row (no tailnum) still counts in March's error rate
+    failed = {**flight(4, datetime(2013, 3, 31, 23, 0)), "prediction_time": None, "score": None, "status": "error"}
     log = pl.DataFrame(
         [
             {**edge, "prediction_time": datetime(2013, 4, 1, 2, 0), "score": 0.9, "status": "ok"},
             {**april, "prediction_time": datetime(2013, 4, 1, 13, 0), "score": 0.1, "status": "ok"},
+            failed,
         ]
     )
-    chosen = online_rows_of(log, march_labels, FLIGHT_FEATURES)
-    assert chosen["flight"].to_list() == [1]
-    assert online_rows_of(log.head(0), march_labels, FLIGHT_FEATURES).height == 0
+    chosen = online_rows_of(log, march_labels, FLIGHT_FEATURES, "2013-03")
+    assert chosen["flight"].to_list() == [1, 4]
+    assert online_rows_of(log, march_labels, FLIGHT_FEATURES, "2013-04")["flight"].to_list() == [2]
+    assert online_rows_of(log.head(0), march_labels, FLIGHT_FEATURES, "2013-03").height == 0
 
 
 def test_an_undefined_live_auc_is_none_and_so_is_its_drop() -> None:

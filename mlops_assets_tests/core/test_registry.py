@@ -14,12 +14,14 @@ import pytest
 from mlops_assets.core.records import EvaluationResult, RecordError
 from mlops_assets.core.registry import (
     CHAMPION,
+    AliasMovedError,
     Registry,
     RegistryIntegrityError,
     UnknownVersionError,
     evaluated_roc_auc,
     rollback,
     rollback_targets,
+    rolled_back_from,
 )
 
 MODEL = "tree\nversion=v4\nnum_class=1\n"  # stands for a LightGBM text model: the registry treats it as bytes
@@ -78,6 +80,12 @@ def test_a_rollback_never_returns_to_a_version_that_was_rolled_back(tmp_path: Pa
     assert rollback_targets(registry) == [v3, v1]
     rollback(registry, "by hand", to=v1)
     assert rollback_targets(registry) == [v1]  # a rollback by hand takes v3 out as well
+    # a rollback recorded before from_version existed names the version in its reason
+    registry.log_event("rolled_back", version=v1, alias=CHAMPION, reason="by hand (from v0002)")
+    assert "v0002" in rolled_back_from(registry)
+    # a move decided from a champion another process has moved since is refused, not made over it
+    with pytest.raises(AliasMovedError, match="champion is v0001 now, not v0003"):
+        registry.set_alias(CHAMPION, v2, "promoted", "judged against v0003", expected=v3)
     # by hand without --to: never to and fro between two versions
     with pytest.raises(ValueError, match="no earlier champion to roll back to .current: v0001; rolled back before"):
         rollback(registry, "again")

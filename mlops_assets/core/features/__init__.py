@@ -79,8 +79,9 @@ def feature_rows(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, params
     """The feature SQL's rows in prediction-time order (then key): every one an event of the lookups and windows,
     marked :data:`COVERED` when the spec has an ``entity_filter``."""
     sql = spec.sql
-    if spec.entity_filter:
-        sql = f"SELECT *, coalesce(({spec.entity_filter}), false) AS {COVERED} FROM (\n{sql}\n)"
+    if spec.entity_filter:  # a statement's closing semicolon cannot stand inside the subquery
+        inner = sql.rstrip().removesuffix(";")
+        sql = f"SELECT *, coalesce(({spec.entity_filter}), false) AS {COVERED} FROM (\n{inner}\n)"
     return query_frame(conn, sql, used_params(sql, params)).sort([spec.time_column, *spec.key])
 
 

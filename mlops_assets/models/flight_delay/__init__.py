@@ -22,7 +22,8 @@ from mlops_assets.feeds.nycflights13 import (
 
 FLIGHT_FEATURES = FeatureTableSpec(
     name="flight_features",
-    description="One row per flight with features as of its scheduled departure (UTC) and the label is_delayed.",
+    description="One row per flight with a recorded aircraft (tailnum), with features as of its scheduled departure "
+    "(UTC) and the label is_delayed.",
     sql_path=Path(__file__).parent / "flight_features.sql",
     inputs=("flights", "weather", "planes", "airports"),
     id_columns=("carrier", "flight", "tailnum", "origin", "dest", "sched_dep_local"),

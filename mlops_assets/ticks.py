@@ -114,6 +114,8 @@ class Ticker:
             sensor_name=name,
             definitions=self.defs,
         ) as context:
+            # warnings and errors only: what it decided is printed by the simulation, a line per month
+            context.log.setLevel(logging.WARNING)
             data = sensor(context)
         if not isinstance(data, dg.SensorResult):
             raise TypeError(f"sensor {name} returned {type(data).__name__}; the ticker expects a SensorResult")

@@ -161,6 +161,8 @@ class OnlineExport:
     lookups: list[pl.DataFrame]
     reference: dict[str, pl.DataFrame]
     manifest: dict[str, Any]
+    #: Columns that order the events uniquely (time, key): written in that order (else sorted by every column)
+    events_order: tuple[str, ...] = ()
 
 
 def build_export(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, newest_month: str) -> OnlineExport:
@@ -192,7 +194,7 @@ def build_export(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, newest
             **{f"reference_{n}": f.height for n, f in reference.items()},
         },
     }
-    return OnlineExport(events, lookups, reference, manifest)
+    return OnlineExport(events, lookups, reference, manifest, (spec.time_column, *spec.key))
 
 
 def write_export(export: OnlineExport, root: Path) -> str:
@@ -204,7 +206,10 @@ def write_export(export: OnlineExport, root: Path) -> str:
     versions.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
     try:
-        _canonical(export.events).write_parquet(staging / "events.parquet")
+        # the entity rows by time and key (unique, and cheaper than sorting by every column)
+        order = list(export.events_order)
+        events = export.events.sort(order, nulls_last=True) if order else _canonical(export.events)
+        events.write_parquet(staging / "events.parquet")
         for i, frame in enumerate(export.lookups):
             _canonical(frame).write_parquet(staging / f"lookup_{i}.parquet")
         for name, frame in export.reference.items():

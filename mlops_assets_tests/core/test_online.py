@@ -99,7 +99,7 @@ def _offline_at(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, month: 
     start = context_start_for(spec, month)
     params = {"context_first": month_key(start.year, start.month), "target_last": month, "context_start": start}
     rows = feature_rows(conn, spec, params)
-    targets = covered(rows.filter(pl.col("_month") == month), spec).with_columns(
+    targets = rows.filter((pl.col("_month") == month) & covered(spec)).with_columns(
         pl.lit(at, dtype=pl.Datetime("us")).alias(spec.time_column)
     )
     for lookup in spec.lookups:

@@ -148,10 +148,10 @@ def one_row_problems(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, mo
             [version, months],
         ).fetchall()
     }
-    covered = f"AND ({spec.entity_filter})" if spec.entity_filter else ""
+    in_scope = f"AND ({spec.entity_filter})" if spec.entity_filter else ""
     validated = dict(
         conn.execute(
-            f"SELECT _month, count(*) FROM {source} WHERE list_contains(?, _month) {covered} GROUP BY _month",
+            f"SELECT _month, count(*) FROM {source} WHERE list_contains(?, _month) {in_scope} GROUP BY _month",
             [months],
         ).fetchall()
     )

@@ -9,7 +9,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.core.policy import PromotionGates, decide_promotion_from, scores_are_sane
-from mlops_assets.core.registry import CHAMPION
+from mlops_assets.core.registry import CHAMPION, AliasMovedError
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.configs import with_model_defaults
@@ -90,9 +90,14 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
         decision = decide_promotion_from(result, config.gates())
         if decision.promote:
             # expected: the champion it was judged against (a rollback meanwhile refuses the move, not undone by it)
-            registry.set_alias(
-                CHAMPION, challenger, "promoted", decision.summary, run_id=context.run.run_id, expected=current
-            )
+            try:
+                registry.set_alias(
+                    CHAMPION, challenger, "promoted", decision.summary, run_id=context.run.run_id, expected=current
+                )
+            except AliasMovedError as error:
+                raise dg.Failure(
+                    description=f"{error} (since the evaluation): materialize {model.name}/evaluation again"
+                ) from None
         else:
             registry.log_event("rejected", version=challenger, reason=decision.summary, run_id=context.run.run_id)
         (context.log.info if decision.promote else context.log.warning)(

@@ -236,8 +236,8 @@ def ingest_raw(
     raw_rows: PartitionWriter | None = None,
 ) -> BatchVerdict:
     """Copy a landed batch into ``raw.<table>`` (its partition replaced) when it matches its checksum file, is not of a
-    month after the current one and its structure matches the contract; through ``raw_rows`` (a writer of ``raw.<table>``) when given, which inserts the
-    rows of several batches at once.
+    month after the current one and its structure matches the contract; through ``raw_rows`` (a writer of
+    ``raw.<table>``) when given, which inserts the rows of several batches at once.
 
     The checksum is taken of the bytes actually read, so a file replaced between scan and ingest is still traced right.
     A rejected batch leaves ``raw`` untouched; its bytes are kept under ``quarantine_dir`` and its readable rows in
@@ -519,23 +519,29 @@ def row_accounting(
 
 
 def latest_verdicts(
-    conn: duckdb.DuckDBPyConnection, table: str, stage: str, months: list[str | None] | None = None
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    stage: str | tuple[str, ...],
+    months: list[str | None] | None = None,
 ) -> list[dict[str, object]]:
-    """The newest batch-log entry per month for a table and stage (all months when ``months`` is None).
+    """The newest batch-log entry per month for a table and stage (all months when ``months`` is None). Several
+    stages: the newest over them, the verdict on the newest version landed (a raw verdict after a validated one is a
+    newer file's, rejected before validation; a tie goes to the later stage, validated).
 
     A month with no entry is returned as ``{"month": month, "accepted": None}``.
     """
     if not table_exists(conn, *BATCH_LOG):
         return [{"month": month, "accepted": None} for month in months or []]
     name = qualified(*BATCH_LOG)
+    stages = [stage] if isinstance(stage, str) else list(stage)
     cursor = conn.execute(
         f"""
         SELECT * FROM {name}
-        WHERE table_name = ? AND stage = ?
-        QUALIFY row_number() OVER (PARTITION BY month ORDER BY checked_at DESC) = 1
+        WHERE table_name = ? AND list_contains(?, stage)
+        QUALIFY row_number() OVER (PARTITION BY month ORDER BY checked_at DESC, stage = 'validated' DESC) = 1
         ORDER BY month
         """,
-        [table, stage],
+        [table, stages],
     )
     columns = [d[0] for d in cursor.description]
     rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]

@@ -20,6 +20,7 @@ import re
 import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 REFERENCE_FOLDER = "reference"
@@ -31,6 +32,11 @@ REFERENCE_STEM = re.compile(r"[a-z][a-z0-9_]*")
 #: ``write_atomic``'s temporary files (``.<name>.<random>.tmp``): a write in flight, not a landed file.
 TEMPORARY_NAME = re.compile(r"\..+\.tmp")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def utc_now() -> datetime:
+    """Now in UTC, naive as every time the platform stores (DuckDB columns, the serving log)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def parse_month(month: str) -> tuple[int, int]:

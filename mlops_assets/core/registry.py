@@ -235,10 +235,12 @@ class Registry:
         if version is not None:
             self.get(version)
         with self._aliases_locked():  # the event too: the log's order is the aliases' order
-            current = self.aliases().get(name)
-            if expected is not ANY_VERSION and current != expected:
-                raise AliasMovedError(f"{name} is {current} now, not {expected}: another process moved it; look again")
-            aliases = {**self.aliases(), name: version}
+            aliases = self.aliases()
+            if expected is not ANY_VERSION and aliases.get(name) != expected:
+                raise AliasMovedError(
+                    f"{name} is {aliases.get(name)} now, not {expected}: another process moved it; look again"
+                )
+            aliases = {**aliases, name: version}
             write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
             self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id, **details)
 
@@ -315,13 +317,11 @@ def rolled_back_from(registry: Registry) -> set[str]:
     reason, "... (from v0003)")."""
     taken_out: set[str] = set()
     for event in registry.events():
-        if event.get("event") != "rolled_back":
-            continue
-        named = event.get("from_version") or _FROM_IN_REASON.search(str(event.get("reason") or ""))
-        if isinstance(named, re.Match):
-            named = named.group(1)
-        if named:
-            taken_out.add(str(named))
+        if event.get("event") == "rolled_back":
+            older = _FROM_IN_REASON.search(str(event.get("reason") or ""))
+            named = event.get("from_version") or (older.group(1) if older else None)
+            if named:
+                taken_out.add(str(named))
     return taken_out
 
 

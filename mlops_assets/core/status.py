@@ -8,12 +8,13 @@ from typing import Any
 import duckdb
 
 from mlops_assets.core.catalog import Catalog
+from mlops_assets.core.ingest import latest_verdicts
 from mlops_assets.core.landing import landed_months
 from mlops_assets.core.records import EvaluationResult
 from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import ModelSpec
-from mlops_assets.core.store import BATCH_LOG, qualified, table_exists
+from mlops_assets.core.store import qualified, table_exists
 
 
 def _counts_by_month(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, int]:
@@ -25,23 +26,8 @@ def _counts_by_month(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -
     return {str(month): int(n) for month, n in rows}
 
 
-def newest_verdicts(conn: duckdb.DuckDBPyConnection, table: str) -> list[dict[str, Any]]:
-    """Per month, the batch log's newest entry over both stages: the verdict on the newest version landed (a raw
-    verdict after a validated one is a newer file's, rejected before validation)."""
-    if not table_exists(conn, *BATCH_LOG):
-        return []
-    cursor = conn.execute(
-        f"""SELECT * FROM {qualified(*BATCH_LOG)} WHERE table_name = ? AND stage IN ('raw', 'validated')
-            QUALIFY row_number() OVER (PARTITION BY month ORDER BY checked_at DESC, stage = 'validated' DESC) = 1
-            ORDER BY month""",
-        [table],
-    )
-    columns = [d[0] for d in cursor.description]
-    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-
-
 def _quarantined_by_version(
-    conn: duckdb.DuckDBPyConnection, table: str, newest: list[dict[str, Any]]
+    conn: duckdb.DuckDBPyConnection, table: str, newest: list[dict[str, object]]
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Quarantined rows per month: of its newest landed version (by sha256), and of its earlier versions."""
     if not table_exists(conn, "quarantine", table):
@@ -77,7 +63,7 @@ def store_status(catalog: Catalog, models: tuple[ModelSpec, ...], settings: Sett
         return status
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         for table in catalog.tables:
-            newest = newest_verdicts(conn, table.name)
+            newest = latest_verdicts(conn, table.name, ("raw", "validated"))
             validated = _counts_by_month(conn, "validated", table.name)
             rejected = [
                 {

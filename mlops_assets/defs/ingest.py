@@ -1,7 +1,7 @@
 """Ingest: the landing zone as observable sources, and ``raw.<table>`` as exact copies of the landed batches."""
 
 from collections.abc import Collection
-from datetime import UTC, datetime
+from datetime import datetime
 
 import dagster as dg
 import duckdb as duckdb_module
@@ -9,7 +9,7 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.contracts import BatchVerdict
 from mlops_assets.core.ingest import ingest_raw, record_misnamed
-from mlops_assets.core.landing import LandedFile, MisnamedFile, find_landed, misnamed_files, scan_landing
+from mlops_assets.core.landing import LandedFile, MisnamedFile, find_landed, misnamed_files, scan_landing, utc_now
 from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import PartitionWriter, partition_writer, qualified, transaction
 from mlops_assets.defs.batches import (
@@ -151,7 +151,7 @@ def build_raw_asset(table: TableSpec, known_tables: Collection[str]) -> dg.Asset
         context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage
     ) -> dg.MaterializeResult:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
-        now = datetime.now(UTC).replace(tzinfo=None)  # UTC: the verdicts' order must not jump back with the clocks
+        now = utc_now()  # UTC: the verdicts' order must not jump back with the clocks
         misnamed = misnamed_of(table, misnamed_files(storage.landing_dir, known_tables))
         with duckdb.get_connection() as conn:
             # A misnamed file is never ingested: say so on every run, and log it once per file version (in its own

@@ -1,7 +1,6 @@
 """Validation: ``validated.<table>`` holds the rows that pass the table's pandera contract; the rest go to
 ``quarantine.<table>`` with the rule, the column and the source file."""
 
-from datetime import UTC, datetime
 from statistics import median
 
 import dagster as dg
@@ -9,6 +8,7 @@ import duckdb as duckdb_module  # the steps' resource parameter is named duckdb
 from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.ingest import validate_partitions
+from mlops_assets.core.landing import utc_now
 from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import qualified, transaction
 from mlops_assets.defs.batches import (
@@ -50,7 +50,7 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
     )
     def _validated(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         months: list[str | None] = list(run_months(context)) if table.monthly else [None]
-        now = datetime.now(UTC).replace(tzinfo=None)  # UTC: the verdicts' order must not jump back with the clocks
+        now = utc_now()  # UTC: the verdicts' order must not jump back with the clocks
         with duckdb.get_connection() as conn:
             with transaction(conn):  # one commit for all the run's months
                 verdicts = validate_partitions(conn, table, months, context.run.run_id, now)

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from mlops_assets.core.landing import utc_now
 from mlops_assets.core.online import OnlineStore
-from mlops_assets.core.prediction_log import PredictionLog, log_schema, utc_now
+from mlops_assets.core.prediction_log import PredictionLog, log_schema
 from mlops_assets.core.registry import Registry, UnknownVersionError
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
@@ -329,8 +330,8 @@ class PredictionService:
                         where,
                         f"its prediction time {time_.isoformat(timespec='minutes')} UTC is before online store "
                         f"{version}, which serves flights from {begins} (its newest month, "
-                        f"{store.manifest.get('newest_month')}, with the days its windows look back): earlier "
-                        f"flights are scored in batch ({self.name}/batch_predictions), not here",
+                        f"{store.manifest.get('newest_month')}): an earlier flight's windows would reach before its "
+                        f"data. Earlier flights are scored in batch ({self.name}/batch_predictions), not here",
                     )
                 )
                 continue

@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 
 from mlops_assets.core.features import (
     FeatureBuildError,
+    as_subquery,
     compute_features,
     feature_set_version,
     one_row_problems,
@@ -124,6 +125,24 @@ def test_a_flight_without_a_tail_number_gets_no_delay_features_but_stays_an_even
     assert feature_set_version(FLIGHT_FEATURES) != feature_set_version(
         dataclasses.replace(FLIGHT_FEATURES, entity_filter="")
     )
+
+
+def test_a_feature_sql_ending_in_a_semicolon_and_a_comment_builds_as_without_them(
+    store: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """The entity filter wraps the SQL in a subquery: its closing semicolon and any comment after it are left out
+    (found by DuckDB's tokenizer, so a semicolon inside a string or a comment stays), and two statements are refused."""
+    edited = tmp_path / "with_semicolon.sql"
+    edited.write_text(FLIGHT_FEATURES.sql.rstrip() + "; -- the flights of the month\n/* end */\n")
+    with_semicolon = dataclasses.replace(FLIGHT_FEATURES, sql_path=edited)
+    assert_frame_equal(  # the feature-set version follows the SQL's text, so it differs
+        compute_features(store, with_semicolon, "2013-02", "2013-03").drop("feature_set_version"),
+        compute_features(store, FLIGHT_FEATURES, "2013-02", "2013-03").drop("feature_set_version"),
+    )
+    assert as_subquery("SELECT ';' AS a -- ;\n;") == "SELECT ';' AS a -- ;\n"
+    assert as_subquery("SELECT 1 AS a /* ; */") == "SELECT 1 AS a /* ; */"
+    with pytest.raises(ValueError, match="one SELECT statement"):
+        as_subquery("SELECT 1; SELECT 2")
 
 
 def test_a_build_that_breaks_the_one_row_rule_is_rolled_back_never_published(

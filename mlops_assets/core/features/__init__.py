@@ -82,10 +82,20 @@ def feature_rows(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, params
     """The feature SQL's rows in prediction-time order (then key): every one an event of the lookups and windows,
     marked :data:`COVERED` when the spec has an ``entity_filter``."""
     sql = spec.sql
-    if spec.entity_filter:  # a statement's closing semicolon cannot stand inside the subquery
-        inner = sql.rstrip().removesuffix(";")
-        sql = f"SELECT *, coalesce(({spec.entity_filter}), false) AS {COVERED} FROM (\n{inner}\n)"
+    if spec.entity_filter:
+        sql = f"SELECT *, coalesce(({spec.entity_filter}), false) AS {COVERED} FROM (\n{as_subquery(sql)}\n)"
     return query_frame(conn, sql, used_params(sql, params)).sort([spec.time_column, *spec.key])
+
+
+def as_subquery(sql: str) -> str:
+    """One SELECT statement's text without its closing semicolon and the comments after it, which cannot stand inside
+    a subquery (``SELECT 1; -- note``). DuckDB's tokenizer tells a semicolon from one inside a string or comment."""
+    if len(duckdb.extract_statements(sql)) != 1:
+        raise ValueError(f"a feature SQL must be one SELECT statement; this one has several:\n{sql}")
+    code = [(position, kind) for position, kind in duckdb.tokenize(sql) if kind != duckdb.token_type.comment]
+    if code and sql[code[-1][0]] == ";":
+        return sql[: code[-1][0]]
+    return sql
 
 
 def event_columns(spec: FeatureTableSpec, columns: list[str]) -> list[str]:

@@ -31,6 +31,7 @@ import duckdb
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.catalog import CatalogError
 from mlops_assets.core.landing import LandedFile, landed_months, month_range, parse_month, scan_landing
+from mlops_assets.core.records import json_safe
 from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
 from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
 from mlops_assets.core.specs import FeedSpec, ModelSpec
@@ -158,7 +159,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     settings = load_settings()
     overviews = [model_overview(m, _registry(settings, m)) for m in CATALOG.models]
     if args.json:
-        print(json.dumps({"default": CATALOG.default.name, "models": overviews}, indent=2))
+        print(json.dumps(json_safe({"default": CATALOG.default.name, "models": overviews}), indent=2, allow_nan=False))
         return 0
     print(format_models(overviews))
     print(where_and_next(settings, overviews))
@@ -219,7 +220,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+    print(json.dumps(json_safe(status), indent=2, default=str, allow_nan=False) if args.json else format_status(status))
     return 0
 
 

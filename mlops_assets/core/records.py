@@ -189,6 +189,19 @@ class Record:
         return cls(**{n: _convert(values[n], tp, f"{where}.{n}", decoding=True) for n, tp in expected.items()})
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float inside it (dicts, lists, tuples) made None, so that it is strict JSON
+    (``allow_nan=False``): a metric that could not be computed, such as the AUC of validation weeks holding one class,
+    is null to a JSON parser, never the ``NaN`` token that only Python reads."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def _defined(value: float | None, digits: int | None = None) -> float | None:
     """None for a missing or undefined (NaN) number, else the float (rounded when ``digits`` is given)."""
     if value is None or math.isnan(value):

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops_assets.core.landing import sha256_bytes, write_atomic
-from mlops_assets.core.records import EvaluationResult, RecordError
+from mlops_assets.core.records import EvaluationResult, RecordError, json_safe
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 CHAMPION = "champion"
@@ -119,7 +119,9 @@ class Registry:
                     "registered_at": _now(),
                     "run_id": run_id,
                 }
-                (staging / "metadata.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
+                (staging / "metadata.json").write_text(
+                    json.dumps(json_safe(full), indent=1, sort_keys=True, default=str, allow_nan=False)
+                )
                 for path in staging.iterdir():
                     with open(path, "rb") as handle:
                         os.fsync(handle.fileno())

@@ -236,6 +236,14 @@ def train_model(
             f"the training set has {train.height} train and {valid.height} validation rows: land and build at least "
             "two months (the newest is the test month)"
         )
+    if valid[spec.label].n_unique() < 2:
+        # no validation metric measures anything then: LightGBM reports an AUC of 1.0 from the first round, the log
+        # loss is best for the model that learnt least, and early stopping would keep a one-tree model
+        raise ValueError(
+            f"the validation weeks' {valid.height:,} rows hold one class only ({spec.label} is always "
+            f"{valid[spec.label][0]}): early stopping has nothing to measure. Land full months rather than a sample "
+            "(`mlops replay --every 1`), or wait for another month; the champion keeps serving"
+        )
     encoder = FeatureEncoder.fit(train, spec)
     full = lightgbm_params(params)
     categorical = list(encoder.categorical)

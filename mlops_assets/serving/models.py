@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from mlops_assets.core.records import json_safe
 from mlops_assets.core.registry import VERSION_PATTERN, Registry, rollback_targets
 from mlops_assets.core.training import TrainedModel, load_version
 from mlops_assets.serving.reloading import Reloading
@@ -69,14 +70,17 @@ class ServedModel:
 
 
 def metadata_summary(metadata: dict[str, Any]) -> dict[str, Any]:
-    """What ``GET /models`` shows of a version's registry metadata."""
+    """What ``GET /models`` shows of a version's registry metadata (strict JSON: a version registered before metrics
+    were stored as such may hold a NaN)."""
     metrics = metadata.get("metrics") or {}
-    return {
-        "validation_auc": (metrics.get("valid") or {}).get("roc_auc"),
-        "test_month": (metadata.get("data") or {}).get("test_month"),
-        "registered_at": metadata.get("registered_at"),
-        "feature_set_version": metadata.get("feature_set_version"),
-    }
+    return json_safe(
+        {
+            "validation_auc": (metrics.get("valid") or {}).get("roc_auc"),
+            "test_month": (metadata.get("data") or {}).get("test_month"),
+            "registered_at": metadata.get("registered_at"),
+            "feature_set_version": metadata.get("feature_set_version"),
+        }
+    )
 
 
 @dataclass(frozen=True)

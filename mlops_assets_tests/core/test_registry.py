@@ -23,6 +23,7 @@ from mlops_assets.core.registry import (
     rollback_targets,
     rolled_back_from,
 )
+from mlops_assets.serving.models import metadata_summary
 
 MODEL = "tree\nversion=v4\nnum_class=1\n"  # stands for a LightGBM text model: the registry treats it as bytes
 
@@ -40,6 +41,21 @@ def test_versions_are_numbered_immutable_folders_with_checksums(tmp_path: Path) 
     assert registry.model_text("v0001") == MODEL
     assert not [p for p in (tmp_path / "versions").iterdir() if p.name.startswith(".")]  # no staging left behind
     assert [e["event"] for e in registry.events()] == ["registered", "registered"]
+
+
+def test_a_metric_that_could_not_be_computed_is_stored_as_null_in_strict_json(tmp_path: Path) -> None:
+    """Validation weeks holding one class give no AUC (NaN): metadata.json stays JSON any parser reads, and what
+    reads it back (``GET /models``, ``mlops status --json``) gets None."""
+    registry = Registry(tmp_path)
+    metrics = {"valid": {"roc_auc": float("nan"), "log_loss": 0.12, "brier": float("inf")}}
+    version = registry.register(MODEL, {"metrics": metrics}, {"rows": 1}, run_id="run-1").version
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{token} in metadata.json")
+
+    stored = json.loads((registry.get(version).path / "metadata.json").read_text(), parse_constant=refuse)
+    assert stored["metrics"] == {"valid": {"roc_auc": None, "log_loss": 0.12, "brier": None}}
+    assert metadata_summary({"metrics": metrics})["validation_auc"] is None  # a version stored before this change
 
 
 @pytest.mark.parametrize("damage", ["tamper", "truncate"])

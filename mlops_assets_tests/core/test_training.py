@@ -62,6 +62,19 @@ def test_training_is_deterministic_to_the_byte(training_set: TrainingSet, model:
     assert again.text == model.text
 
 
+def test_validation_weeks_of_one_class_are_refused_not_trained_into_a_one_tree_model(training_set: TrainingSet) -> None:
+    """Validation weeks without a single delayed flight (sampled data, a rare label): LightGBM would report an AUC of
+    1.0 from the first round and early stopping would keep one tree, which could pass a first model's gate. The
+    training is refused with the reason and what to do."""
+    label = FLIGHT_FEATURES.label
+    frame = training_set.frame.with_columns(
+        pl.when(pl.col("split") == "valid").then(0).otherwise(pl.col(label)).alias(label)
+    )
+    one_class = TrainingSet(frame, training_set.test_month, training_set.valid_start, training_set.test_start)
+    with pytest.raises(ValueError, match=rf"hold one class only \({label} is always 0\).*--every 1"):
+        train_model(one_class, FLIGHT_FEATURES, PARAMS, num_boost_round=300, early_stopping_rounds=30)
+
+
 def test_auc_on_the_held_out_month_is_above_a_floor(training_set: TrainingSet, model: TrainedModel) -> None:
     test = training_set.part("test")
     auc = roc_auc(test["is_delayed"].to_numpy(), model.predict(test))

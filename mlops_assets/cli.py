@@ -296,12 +296,17 @@ def cmd_home(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from mlops_assets.simulation import SimulationError, simulate  # needs Dagster: imported only here
+    from mlops_assets.simulation import SimulationError, simulate, simulated_months  # Dagster: imported only here
 
     model = _model(args)
     start, through = args.start or model.feed.first_month, args.through or model.feed.last_month
     if start is None or through is None:
         print(f"error: feed {model.feed.name} declares no replay months: give --from and --through", file=sys.stderr)
+        return 2
+    try:
+        simulated_months(model, start, through, args.every)
+    except SimulationError as error:  # said before the data directory is cleared
+        print(f"error: {error}", file=sys.stderr)
         return 2
     data_dir = Path(args.data_dir).resolve() if args.data_dir else load_settings().data_dir / "simulation"
     span = f"{start}..{through}"
@@ -358,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--feed", choices=feeds, default=feeds[0] if feeds else None, help="the feed (default: %(default)s)"
     )
-    replay.add_argument("--every", type=int, default=1, help="keep every n-th row (a small real feed for tests)")
+    replay.add_argument("--every", type=_positive, default=1, help="keep every n-th row (a small real feed for tests)")
     replay.set_defaults(handler=cmd_replay)
 
     months = commands.add_parser("months", help="the landed months; --tags: run tags covering all of them (JSON)")
@@ -402,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_option(sim, f"the model simulated (default: {CATALOG.default.name})")
     sim.add_argument("--from", dest="start", type=_month, help="first month (default: the feed's first, 2013-01)")
     sim.add_argument("--through", type=_month, help="last month (default: the feed's last, 2013-12)")
-    sim.add_argument("--every", type=int, default=1, help="keep every n-th row (e.g. 20 for a quick run)")
+    sim.add_argument("--every", type=_positive, default=1, help="keep every n-th row (e.g. 20 for a quick run)")
     sim.add_argument(
         "--data-dir", help="where the simulation lives (default $MLOPS_DATA_DIR/simulation; cleared first)"
     )

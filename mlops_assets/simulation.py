@@ -123,6 +123,31 @@ def write_timeline(settings: Settings, model: ModelSpec, frame: pl.DataFrame, si
     return out
 
 
+def simulated_months(model: ModelSpec, first: str, through: str, every: int) -> list[str]:
+    """The months a simulation of ``model`` over ``first..through`` replays, or :class:`SimulationError` saying what to
+    give instead: checked before anything is cleared or landed."""
+    feed = model.feed
+    if feed.replay is None:
+        raise SimulationError(f"feed {feed.name} has no replay: a simulation needs one")
+    try:
+        months = month_range(first, through)
+    except ValueError as error:  # e.g. --from after --through
+        raise SimulationError(f"{error}: give --from at or before --through") from None
+    outside = [m for m in months if not (feed.first_month or m) <= m <= (feed.last_month or m)]
+    if outside:
+        raise SimulationError(
+            f"{feed.name} covers {feed.first_month}..{feed.last_month}; {', '.join(outside)} has no data: "
+            "give --from and --through inside it"
+        )
+    if every < 1:
+        raise SimulationError(f"--every must be 1 or more (every n-th row), not {every}")
+    if len(months) <= BOOTSTRAP_MONTHS:
+        raise SimulationError(
+            f"simulate needs more than {BOOTSTRAP_MONTHS} months ({first}..{through} has {len(months)})"
+        )
+    return months
+
+
 def simulate(
     data_dir: Path,
     model: ModelSpec,
@@ -132,14 +157,9 @@ def simulate(
     say: Callable[[str], None] = print,
 ) -> pl.DataFrame:
     """Run the replayed year in ``data_dir`` (cleared first) and return the timeline."""
-    months = month_range(first, through)
-    if len(months) <= BOOTSTRAP_MONTHS:
-        raise SimulationError(
-            f"simulate needs more than {BOOTSTRAP_MONTHS} months ({first}..{through} has {len(months)})"
-        )
+    months = simulated_months(model, first, through, every)
     replay = model.feed.replay
-    if replay is None:
-        raise SimulationError(f"feed {model.feed.name} has no replay: a simulation needs one")
+    assert replay is not None  # simulated_months checked it
     reset_data_dir(data_dir)
     settings = load_settings(data_dir)
     home = prepare_dagster_home(data_dir / "dagster_home")

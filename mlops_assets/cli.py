@@ -33,7 +33,7 @@ from mlops_assets.core.catalog import CatalogError
 from mlops_assets.core.landing import LandedFile, landed_months, month_range, parse_month, scan_landing
 from mlops_assets.core.records import json_safe
 from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
-from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
+from mlops_assets.core.settings import Settings, SettingsError, load_settings, prepare_dagster_home
 from mlops_assets.core.specs import FeedSpec, ModelSpec
 from mlops_assets.core.status import format_models, format_runs, format_status, model_overview, store_status
 
@@ -118,6 +118,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    _instance_home(settings)  # its storage settings checked (a PostgreSQL URL) before anything lands
     every = f" (every {args.every}th row)" if args.every > 1 else ""
     print(f"Landing {len(months)} month(s) of {feed.name} into {settings.landing_dir}{every}")
     counts = {"landed": 0, "replaced": 0, "unchanged": 0}
@@ -481,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryDamaged as error:  # one line naming the file and the repair, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except SettingsError as error:  # an environment variable out of range: which, and what it accepts
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

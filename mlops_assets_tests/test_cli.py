@@ -209,3 +209,47 @@ def test_every_must_be_a_positive_number_of_rows(command: str, capsys: pytest.Ca
     with pytest.raises(SystemExit) as exited:
         main([command, "--every", "0"])
     assert exited.value.code == 2 and "--every" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("MLOPS_DRIFT_SHARE", "abc", "$MLOPS_DRIFT_SHARE must be a number above 0 and at most 1, got 'abc'"),
+        ("MLOPS_DRIFT_SHARE", "0", "$MLOPS_DRIFT_SHARE must be a number above 0"),
+        ("MLOPS_DRIFT_SHARE", "nan", "$MLOPS_DRIFT_SHARE must be a number above 0"),
+        ("MLOPS_RETRAIN_AUC_MARGIN", "-0.1", "$MLOPS_RETRAIN_AUC_MARGIN must be a number at least 0 and at most 1"),
+        ("MLOPS_RETRAIN_AUC_MARGIN", "inf", "$MLOPS_RETRAIN_AUC_MARGIN must be a number at least 0"),
+        ("MLOPS_TRAINING_WINDOW_MONTHS", "-3", "$MLOPS_TRAINING_WINDOW_MONTHS must be 0 (no limit) or positive"),
+        ("MLOPS_SENSOR_INTERVAL_S", "5.5", "$MLOPS_SENSOR_INTERVAL_S must be a whole number"),
+        ("MLOPS_DAGSTER_POSTGRES_URL", "mysql://u:p@h/db", "$MLOPS_DAGSTER_POSTGRES_URL names a mysql database"),
+    ],
+)
+def test_a_setting_out_of_range_is_one_error_line_and_nothing_lands(
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    said: str,
+) -> None:
+    """Every command reads the settings first: a bad value is named with what it accepts (exit 2), not a traceback,
+    and `mlops replay` lands nothing (the PostgreSQL URL checked before the files)."""
+    monkeypatch.setenv(variable, value)
+    commands = [["replay", "--month", "2013-01"]]
+    if variable != "MLOPS_DAGSTER_POSTGRES_URL":  # the instance's storage: only the commands that open it
+        commands.append(["status"])
+    for command in commands:
+        assert main(command) == 2, command
+        printed = capsys.readouterr()
+        assert said in printed.err and "Traceback" not in printed.err, printed.err
+        assert not settings.landing_dir.exists()
+
+
+def test_a_data_dir_that_is_a_file_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a_file = tmp_path / "data"
+    a_file.write_text("not a folder")
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(a_file))
+    assert main(["status"]) == 2
+    assert f"the data directory {a_file} is a file: point $MLOPS_DATA_DIR at a folder" in capsys.readouterr().err

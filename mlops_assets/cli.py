@@ -338,7 +338,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     names = ", ".join(m.name for m in CATALOG.models)
     routes = f"POST /models/<model>/predict, POST /predict: {default.name}; A/B share {config.ab_share:g}"
-    print(f"Serving {names} from {settings.data_dir} on http://{config.host}:{config.port} ({routes})")
+    where = f"http://{config.host}:{config.port}" if config.port else f"a free port of {config.host} (uvicorn names it)"
+    print(f"Serving {names} from {settings.data_dir} on {where} ({routes})")
     serve(settings, CATALOG, config, default_model=default.name)
     return 0
 

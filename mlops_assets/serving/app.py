@@ -32,6 +32,7 @@ in the thread pool, so the event loop keeps accepting requests meanwhile. The pr
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -112,12 +113,23 @@ def _error(status: int, body: dict[str, Any], close: bool = False) -> AsciiJSONR
     return AsciiJSONResponse(body, status_code=status, headers={"Connection": "close"} if close else None)
 
 
-async def read_body(declared: str, receive: Receive, limit: int) -> bytes:
+async def read_body(declared: str, receive: Receive, limit: int, timeout: float = 30.0) -> bytes:
     """The request body, refusing (413) more than ``limit`` bytes whether declared by Content-Length (``declared``)
-    or streamed; read from ``receive`` as Starlette's ``Request.stream`` reads it."""
+    or streamed, and (408) a body not whole within ``timeout`` seconds; read from ``receive`` as Starlette's
+    ``Request.stream`` reads it."""
     drain = limit * DRAIN_LIMIT_FACTOR
     if declared.isdigit() and int(declared) > drain:
         raise RequestError(413, f"request body of {int(declared):,} bytes is larger than the limit of {limit:,} bytes")
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(receive, limit, drain)
+    except TimeoutError:
+        raise RequestError(
+            408, f"the request body was not whole after {timeout:g} s: send the bytes its Content-Length declares"
+        ) from None
+
+
+async def _read_body(receive: Receive, limit: int, drain: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     more = True
@@ -197,6 +209,7 @@ class PredictHandler:
     def __init__(self, service: PredictionService, config: ServeConfig) -> None:
         self.service = service
         self.limit = config.max_body_bytes
+        self.body_timeout = config.body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome, finish = await self._outcome(content_length(scope), receive, time.perf_counter())
@@ -249,10 +262,10 @@ class PredictHandler:
     ) -> tuple[bytes | AsciiJSONResponse, Finish | None]:
         """The 200 answer's JSON and what finishes it, or the refusal's response."""
         try:
-            body = await read_body(declared, receive, self.limit)
+            body = await read_body(declared, receive, self.limit, self.body_timeout)
             items, batch, finish = await self._answer(body, started)
         except RequestError as error:
-            return _error(error.status, error.body(), close=error.status == 413), None
+            return _error(error.status, error.body(), close=error.status in (408, 413)), None
         except ClientDisconnect:
             disconnected = "the client disconnected before sending the whole body"
             return _error(400, {"detail": disconnected, "errors": []}, close=True), None

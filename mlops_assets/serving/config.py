@@ -22,6 +22,8 @@ class ServeConfig:
         host, port: where uvicorn binds; loopback by default, so nothing is exposed unless asked for.
         ab_share: share of entity keys answered by the challenger (when it exists and differs from the champion).
         max_body_bytes: larger request bodies get 413 (before JSON parsing, so memory stays bounded).
+        body_timeout_seconds: a body not whole within this many seconds of its first read gets 408 and the connection
+            is closed (a client that declares more bytes than it sends would otherwise hold it open for ever).
         max_batch: most entities in one batch request (413 beyond).
         reload_seconds: how often the registry aliases and the online store's ``CURRENT`` are checked for a change.
         log_flush_rows, log_flush_seconds: when the prediction log writes a Parquet batch (and always on shutdown).
@@ -35,6 +37,7 @@ class ServeConfig:
     port: int = 8000
     ab_share: float = 0.0
     max_body_bytes: int = 1 << 20
+    body_timeout_seconds: float = 30.0
     max_batch: int = 1000
     reload_seconds: float = 0.5
     log_flush_rows: int = 2000
@@ -52,8 +55,13 @@ class ServeConfig:
             raise ValueError(f"the A/B share must be a number in [0, 1], got {self.ab_share!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"the port must be in 0..65535, got {self.port}")
-        if self.max_body_bytes <= 0 or self.max_batch <= 0 or self.reload_seconds <= 0:
-            raise ValueError("max_body_bytes, max_batch and reload_seconds must be positive")
+        if (
+            self.max_body_bytes <= 0
+            or self.max_batch <= 0
+            or self.reload_seconds <= 0
+            or self.body_timeout_seconds <= 0
+        ):
+            raise ValueError("max_body_bytes, max_batch, reload_seconds and body_timeout_seconds must be positive")
 
 
 def load_serve_config(

@@ -216,6 +216,24 @@ def test_oversized_bodies_and_batches_are_refused_with_413(server_for_refusals: 
     assert client.post(FLIGHT)[0] == 200
 
 
+def test_a_body_shorter_than_declared_gets_408_and_frees_its_connection(served: Settings) -> None:
+    """A client that declares more bytes than it sends no longer holds its connection for ever: after the body
+    timeout it gets a 408 saying what to send, the connection is closed, and the service answers others meanwhile."""
+    with running(served, ServeConfig(host="127.0.0.1", port=0, body_timeout_seconds=1.0)) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            sock.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                + b'{"carrier":'
+            )
+            assert server.client.post(FLIGHT)[0] == 200  # another client is answered while this body waits
+            answer = b""
+            while chunk := sock.recv(65536):  # until the service closes the connection
+                answer += chunk
+        head, _, body = answer.decode().partition("\r\n\r\n")
+        assert head.startswith("HTTP/1.1 408") and "connection: close" in head.lower(), head
+        assert "not whole after 1 s: send the bytes its Content-Length declares" in json.loads(body)["detail"]
+
+
 def test_a_shadow_scores_every_request_and_is_logged_but_never_returned(served: Settings) -> None:
     Registry(delay(served).registry_dir).set_alias("shadow", "v0002", "shadowed", "test: v0002 scores silently")
     with running(served) as server:

@@ -113,7 +113,7 @@ def _error(status: int, body: dict[str, Any], close: bool = False) -> AsciiJSONR
     return AsciiJSONResponse(body, status_code=status, headers={"Connection": "close"} if close else None)
 
 
-async def read_body(declared: str, receive: Receive, limit: int, timeout: float = 30.0) -> bytes:
+async def read_body(declared: str, receive: Receive, limit: int, timeout: float) -> bytes:
     """The request body, refusing (413) more than ``limit`` bytes whether declared by Content-Length (``declared``)
     or streamed, and (408) a body not whole within ``timeout`` seconds; read from ``receive`` as Starlette's
     ``Request.stream`` reads it."""

@@ -103,6 +103,8 @@ def live_performance(
         ok = group.filter(pl.col("status") == "ok")
         joined = ok.join(labelled, on=list(spec.key), how="inner").filter(pl.col(spec.label).is_not_null())
         if joined.height == 0:
+            if errors:  # every prediction failed: no quality to measure, but the strongest reason to roll back
+                rows.append(_failures_only(source, variant, version, errors / group.height, evaluation_auc))
             continue
         y = joined[spec.label].cast(pl.Float64).to_numpy()
         p = joined["score"].to_numpy()
@@ -134,8 +136,37 @@ def live_performance(
                 ),
             }
         )
-    overrides = {"evaluation_roc_auc": pl.Float64, "auc_drop": pl.Float64, "unknown_code_share": pl.Float64}
+    overrides = {
+        "evaluation_roc_auc": pl.Float64,
+        "auc_drop": pl.Float64,
+        "unknown_code_share": pl.Float64,
+        **{name: pl.Float64 for name in _QUALITY},
+    }
     return pl.DataFrame(rows, schema_overrides=overrides)
+
+
+#: The numbers measured on a group's labelled, answered rows (None when it has none: only failed predictions).
+_QUALITY = ("roc_auc", "log_loss", "brier", "calibration_error", "base_rate", "mean_score", "score_p10", "score_p90")
+
+
+def _failures_only(
+    source: str, variant: object, version: object, error_rate: float, evaluation_auc: Mapping[str, float | None]
+) -> dict[str, Any]:
+    """The row of a variant whose every prediction of the month failed: its error rate, no quality, no scores."""
+    return {
+        "source": source,
+        "variant": variant,
+        "model_version": version,
+        "rows": 0,
+        "error_rate": error_rate,
+        **dict.fromkeys(_QUALITY),
+        "score_std": 0.0,
+        "share_above_0_99": 0.0,
+        "share_below_0_01": 0.0,
+        "evaluation_roc_auc": evaluation_auc.get(str(version)),
+        "auc_drop": None,
+        "unknown_code_share": None,
+    }
 
 
 def drift_retrain_reason(summary: DriftSummary) -> str | None:

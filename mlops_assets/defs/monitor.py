@@ -307,7 +307,9 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 tables.append(table)
                 by_month[month] = LiveSummary.from_table(month, table)
                 judged = (
-                    f"{r['source']} {r['variant']} {r['model_version']} AUC {r['roc_auc']:.4f}"
+                    f"{r['source']} {r['variant']} {r['model_version']} "
+                    + (f"AUC {r['roc_auc']:.4f}" if r["roc_auc"] is not None else "no AUC")
+                    + (f", {r['error_rate']:.1%} failed" if r["error_rate"] else "")
                     for r in table.iter_rows(named=True)
                 )
                 context.log.info(f"{model.name} {month}: " + ", ".join(judged))

@@ -140,6 +140,43 @@ def test_a_live_summary_from_the_live_table_round_trips() -> None:
     assert LiveSummary.from_json(through_json(summary)) == summary
 
 
+def test_a_champion_whose_every_online_prediction_failed_is_rolled_back() -> None:
+    """A total outage has no answered, labelled row to measure quality on, but it is the strongest reason to roll
+    back: the online champion is still recorded, with its error rate and no AUC, and the rule fires."""
+    from mlops_assets.core.policy import RollbackPolicy, rollback_reasons
+
+    rng = np.random.default_rng(3)
+    labels = toy_frame(rng, 600)
+    p = 1 / (1 + np.exp(-labels["x"].to_numpy()))
+    batch = labels.select("id").with_columns(
+        pl.lit("champion").alias("variant"), pl.lit("v0002").alias("model_version"), pl.Series("score", p)
+    )
+    failed = (
+        labels.select("id")
+        .head(300)
+        .with_columns(
+            pl.lit("champion").alias("variant"),
+            pl.lit("v0002").alias("model_version"),
+            pl.lit(None, pl.Float64).alias("score"),
+            pl.lit("error").alias("status"),
+        )
+    )
+    evaluated = {"v0002": 0.8}
+    table = pl.concat(
+        [
+            live_performance(batch, labels, SPEC, evaluated, "batch"),
+            live_performance(failed, labels, SPEC, evaluated, "online"),
+        ],
+        how="diagonal_relaxed",
+    )
+    summary = LiveSummary.from_table("2013-04", table)
+    online = summary.online_champion
+    assert online is not None and online.error_rate == 1.0 and online.rows == 0 and online.live_roc_auc is None
+    assert LiveSummary.from_json(through_json(summary)) == summary
+    reasons = rollback_reasons(summary, 0.7, {"std": float(np.std(p))}, RollbackPolicy())  # batch quality: fine
+    assert reasons == ["100.0% of online predictions failed (max 1%)"], reasons
+
+
 def test_online_predictions_count_in_their_flights_local_month_not_the_utc_one() -> None:
     from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 

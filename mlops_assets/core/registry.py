@@ -364,6 +364,21 @@ def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str
     return to
 
 
+def rollback_to_first_sound(
+    registry: Registry, reason: str, targets: list[str], run_id: str | None = None
+) -> tuple[str | None, list[str]]:
+    """Roll back to the first of ``targets`` whose model passes its checksum (a damaged one is skipped, not left to
+    stop every later rollback); return the new champion (None: no target was sound) and the damaged ones, each with
+    why."""
+    damaged: list[str] = []
+    for version in targets:
+        try:
+            return rollback(registry, reason, to=version, run_id=run_id), damaged
+        except RegistryIntegrityError as error:
+            damaged.append(f"{version} ({error})")
+    return None, damaged
+
+
 @dataclass(frozen=True)
 class Finding:
     """One thing `mlops doctor` checked: what, whether it is sound, and why not."""

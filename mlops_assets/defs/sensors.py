@@ -18,8 +18,8 @@ from mlops_assets.core.registry import (
     Registry,
     evaluated_roc_auc,
     gated_champions,
-    rollback,
     rollback_targets,
+    rollback_to_first_sound,
 )
 from mlops_assets.core.settings import DEFAULT_SENSOR_INTERVAL_S
 from mlops_assets.core.specs import FeedSpec, ModelSpec, TableSpec
@@ -381,20 +381,18 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
                 continue
             why = f"automatic rollback after {record.month}: " + "; ".join(reasons)
             safe = [v for v in rollback_targets(registry) if v != champion]
-            if safe:
-                rollback(registry, why, to=safe[0], run_id=None)
-                context.log.warning(f"{model.name}: rolled back {champion} -> {safe[0]}: {why}")
-                decision = {"decision": "rolled_back", "from_version": champion, "champion_version": safe[0]}
+            target, damaged = rollback_to_first_sound(registry, why, safe)
+            if damaged:
+                context.log.error(f"{model.name}: rollback skipped damaged version(s): {'; '.join(damaged)}")
+            if target is not None:
+                context.log.warning(f"{model.name}: rolled back {champion} -> {target}: {why}")
+                decision = {"decision": "rolled_back", "from_version": champion, "champion_version": target}
             else:
-                registry.log_event(
-                    "rollback_impossible",
-                    version=champion,
-                    reason=f"{why}; no gated champion left that was never rolled back",
+                left = "no gated champion left that was never rolled back" + (
+                    f" and passes its checksum (damaged: {'; '.join(damaged)})" if damaged else ""
                 )
-                context.log.error(
-                    f"{model.name} {champion} should be rolled back but no other champion passed the gates and was never "
-                    f"rolled back: {why}"
-                )
+                registry.log_event("rollback_impossible", version=champion, reason=f"{why}; {left}")
+                context.log.error(f"{model.name} {champion} should be rolled back but {left}: {why}")
                 decision = {"decision": "rollback_impossible", "from_version": champion, "champion_version": champion}
             # the decision where Dagster shows it: an observation of the champion asset, with its reasons
             observations.append(

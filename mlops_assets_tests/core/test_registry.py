@@ -21,6 +21,7 @@ from mlops_assets.core.registry import (
     evaluated_roc_auc,
     rollback,
     rollback_targets,
+    rollback_to_first_sound,
     rolled_back_from,
 )
 from mlops_assets.serving.models import metadata_summary
@@ -66,6 +67,21 @@ def test_a_damaged_model_is_refused(tmp_path: Path, damage: str) -> None:
     path.write_text(MODEL.replace("num_class=1", "num_class=2") if damage == "tamper" else MODEL[:5])
     with pytest.raises(RegistryIntegrityError, match="does not match its checksum"):
         registry.model_text(version)
+
+
+def test_a_rollback_skips_a_damaged_target_for_the_next_sound_one(tmp_path: Path) -> None:
+    """The newest safe target fails its checksum: the rollback goes to the next one (the sensor used to raise on every
+    tick, stuck, the bad champion serving); with none sound, nothing moves and each damaged one is named."""
+    registry = Registry(tmp_path)
+    first, second, third = (_register(registry, MODEL + str(n)) for n in range(3))
+    for version in (first, second, third):
+        registry.set_alias(CHAMPION, version, "promoted", "better AUC")
+    registry.get(second).model_path.write_text("tampered")
+    target, damaged = rollback_to_first_sound(registry, "live AUC fell", [second, first])
+    assert target == first and registry.alias(CHAMPION) == first
+    assert len(damaged) == 1 and damaged[0].startswith(f"{second} (") and "checksum" in damaged[0]
+    assert rollback_to_first_sound(registry, "again", [second]) == (None, damaged)
+    assert registry.alias(CHAMPION) == first
 
 
 def test_aliases_move_with_a_logged_reason_and_refuse_unknown_versions(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ functions of evaluation and live results, so every decision can be explained and
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,9 +140,15 @@ def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def decide_promotion_from(result: EvaluationResult, gates: PromotionGates) -> PromotionDecision:
+def decide_promotion_from(
+    result: EvaluationResult, gates: PromotionGates, rolled_back: Collection[str] = ()
+) -> PromotionDecision:
     """:func:`decide_promotion` on a stored evaluation. Undefined metrics (None) go in as NaN, so they fail every
-    gate that compares them and an undefined slice AUC is not judged, exactly as with the raw metrics."""
+    gate that compares them and an undefined slice AUC is not judged, exactly as with the raw metrics. A challenger
+    in ``rolled_back`` (versions a rollback took out of service) is not promoted again on its old evaluation: only a
+    person brings it back (``mlops rollback --to``)."""
+    if result.challenger_version in rolled_back:
+        return PromotionDecision(False, [f"{result.challenger_version} was rolled back before: never promoted again"])
     challenger = {name: _nan_if_none(value) for name, value in result.metrics["challenger"].items()}
     stored = result.metrics.get("champion")
     champion = {name: _nan_if_none(value) for name, value in stored.items()} if stored is not None else None

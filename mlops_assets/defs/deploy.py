@@ -9,7 +9,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.core.policy import PromotionGates, decide_promotion_from, scores_are_sane
-from mlops_assets.core.registry import CHAMPION, AliasMovedError
+from mlops_assets.core.registry import CHAMPION, AliasMovedError, rolled_back_from
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.configs import with_model_defaults
@@ -87,7 +87,7 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 description=f"the champion changed since the evaluation (evaluated against {result.champion_version}, "
                 f"now {current}): materialize {model.name}/evaluation again"
             )
-        decision = decide_promotion_from(result, config.gates())
+        decision = decide_promotion_from(result, config.gates(), rolled_back=rolled_back_from(registry))
         if decision.promote:
             # expected: the champion it was judged against (a rollback meanwhile refuses the move, not undone by it)
             try:

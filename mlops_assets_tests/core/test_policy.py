@@ -123,6 +123,9 @@ def test_promotion_from_a_stored_evaluation_decides_as_from_the_metrics() -> Non
     assert not decision.promote and "origin=EWR (800 rows)" in decision.summary and "LGA" not in decision.summary
     first = EvaluationResult.from_evaluation("flights", "v0001", None, "2013-03", {"challenger": challenger}, [], None)
     assert decide_promotion_from(first, PromotionGates(first_model_min_pr_lift=1.5)).promote
+    # a version a rollback took out of service is not promoted again on the evaluation that once let it in
+    again = decide_promotion_from(first, PromotionGates(first_model_min_pr_lift=1.5), rolled_back={"v0001"})
+    assert not again.promote and again.reasons == ["v0001 was rolled back before: never promoted again"]
 
 
 def test_an_undefined_challenger_auc_is_never_promoted() -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from mlops_assets.core.records import json_safe
-from mlops_assets.core.registry import VERSION_PATTERN, Registry, rollback_targets
+from mlops_assets.core.registry import VERSION_PATTERN, Registry, rollback_targets, rolled_back_from
 from mlops_assets.core.training import TrainedModel, load_version
 from mlops_assets.serving.reloading import Reloading
 from mlops_assets.serving.rows import RowScorer
@@ -216,9 +216,14 @@ class ModelLoader:
                 served_champion, fallback = self._champion(champion, signatures, loaded)
             left_out: list[str] = []
             others: dict[str, ServedModel | None] = {}
+            # a version live quality took out of service answers no A/B traffic (it may still score as a shadow)
+            taken_out = rolled_back_from(self.registry) if challenger not in (None, champion) else set()
             for variant, version in ((CHALLENGER, challenger), (SHADOW, shadow)):
                 others[variant] = None
                 if version in (None, champion):
+                    continue
+                if variant == CHALLENGER and version in taken_out:
+                    left_out.append(f"challenger {version} was rolled back: it answers no A/B traffic")
                     continue
                 try:
                     others[variant] = self._load(variant, version, signatures.get(version), loaded)

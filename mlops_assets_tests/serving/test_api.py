@@ -13,7 +13,7 @@ import pytest
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.prediction_log import read_log
-from mlops_assets.core.registry import Registry
+from mlops_assets.core.registry import Registry, rollback
 from mlops_assets.core.settings import Settings
 from mlops_assets.serving import ServeConfig
 from mlops_assets_tests.serving.conftest import DELAY, FLIGHT, Client, copy_served_state, current_store, delay, running
@@ -279,6 +279,19 @@ def test_ab_split_is_stable_per_flight_and_near_the_share(served: Settings) -> N
     log = read_log(delay(served).predictions_dir).filter(pl.col("served"))
     by_request = dict(zip(log["request_id"], log["variant"], strict=True))
     assert all(by_request[i["request_id"]] == i["variant"] for i in first)
+
+
+def test_a_rolled_back_challenger_answers_no_ab_traffic(served: Settings) -> None:
+    """v0002 was promoted, then rolled back: the `challenger` alias still names it, but it gets no A/B share."""
+    registry = Registry(delay(served).registry_dir)
+    registry.set_alias("champion", "v0002", "promoted", "test: better AUC")
+    rollback(registry, "test: live AUC fell", to="v0001")
+    assert registry.alias("challenger") == "v0002"
+    with running(served, ServeConfig(port=0, ab_share=0.3)) as server:
+        _, models = server.client.get(f"/models/{DELAY}")
+        answers = server.client.post([_flight(flight=n, tailnum=None) for n in range(1, 201)])[1]["predictions"]
+    assert models["mode"] != "ab" or not models["challenger"]["serving"], models
+    assert {(a["variant"], a["model_version"]) for a in answers} == {("champion", "v0001")}
 
 
 def test_health_and_models_describe_what_serves(served: Settings) -> None:

@@ -147,7 +147,8 @@ class OnlineSpec:
 
     Attributes:
         request_fields: field -> (python type, required, description) of one prediction request.
-        key_fields: request fields that identify an entity (logged, and hashed for A/B assignment).
+        key_fields: request fields that identify an entity (logged, and hashed for A/B assignment), in the order of
+            the feature table's ``key`` when there are as many (a failed request is logged under that key).
         reference_sql: name -> SQL over the validated tables, exported with the online store (e.g. route distances).
         entities: (requests, reference frames) -> entity rows with the columns the feature SQL returns for the time
             and the features known in advance. The tests hold it to the SQL: same flight, same values.

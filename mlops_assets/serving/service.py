@@ -442,8 +442,13 @@ class PredictionService:
             return
         if keys is not None:
             known = keys
-        else:
-            known = [{**{c: r.fields.get(c) for c in self.spec.key}, self.spec.time_column: None} for r in requests]
+        else:  # the key from the request's key fields (OnlineSpec.key_fields: the key's order), so the month counts it
+            fields = self.spec.online.key_fields if self.spec.online is not None else ()
+            named = dict(zip(self.spec.key, fields, strict=True)) if len(fields) == len(self.spec.key) else {}
+            known = [
+                {**{c: r.fields.get(named.get(c, c)) for c in self.spec.key}, self.spec.time_column: None}
+                for r in requests
+            ]
         latency_ms, now, message = (
             (time.perf_counter() - started) * 1000.0,
             utc_now(),

@@ -16,6 +16,7 @@ from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.registry import Registry, rollback
 from mlops_assets.core.settings import Settings
 from mlops_assets.serving import ServeConfig
+from mlops_assets.serving.rows import MAX_ROWS
 from mlops_assets_tests.serving.conftest import DELAY, FLIGHT, Client, copy_served_state, current_store, delay, running
 
 #: What one prediction says, for every model.
@@ -337,6 +338,31 @@ def test_without_a_champion_or_an_online_store_the_service_says_what_to_do(tmp_p
             status, body = server.client.post(FLIGHT, f"/models/{name}/predict")
             assert status == 503 and name in body["detail"] and "make pipeline" in body["detail"], body
             assert health["models"][name]["status"] == "unavailable"
+
+
+def test_a_request_whose_features_fail_is_logged_under_its_flight_and_month(
+    served: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Computing the features fails (a bug in the store's code, injected here): the 500 is logged with the flight's
+    key from its request fields, local departure time included, so the month's error rate counts it."""
+    from mlops_assets.core.monitoring import online_rows_of
+    from mlops_assets.core.online import OnlineStore
+    from mlops_assets.models.flight_delay import FLIGHT_FEATURES
+
+    def broken(self: OnlineStore, requests: pl.DataFrame) -> pl.DataFrame:
+        raise RuntimeError("injected: the store's feature code failed")
+
+    monkeypatch.setattr(OnlineStore, "features", broken)
+    flights = [_flight(flight=n) for n in range(1, MAX_ROWS + 2)]  # past the few-request path: the frame path
+    with running(served) as server:
+        status, failed = server.client.post(flights)
+    assert status == 500 and "computing features failed" in failed["detail"]
+    log = read_log(delay(served).predictions_dir).filter(pl.col("status") == "error")
+    assert log.height == len(flights) and sorted(log["flight"].to_list()) == [f["flight"] for f in flights]
+    row = log.filter(pl.col("flight") == 1).to_dicts()[0]
+    assert (row["carrier"], row["origin"]) == (FLIGHT["carrier"], FLIGHT["origin"])
+    assert str(row["sched_dep_local"]) == FLIGHT["scheduled_departure"].replace("T", " ") + ":00"
+    assert online_rows_of(log, log.head(0), FLIGHT_FEATURES, "2013-03").height == len(flights)
 
 
 def _register_broken_version(settings: Settings) -> str:

@@ -174,12 +174,13 @@ def drift_retrain_reason(summary: DriftSummary) -> str | None:
     return f"drift in {summary.month}: {summary.reason}" if summary.drifted else None
 
 
-def performance_retrain_reason(summary: LiveSummary, margin: float) -> str | None:
-    """Why a month's live performance asks for a retrain: the batch champion's live AUC fell more than ``margin``
-    below the AUC it had in its evaluation (None: it did not, or there is nothing to compare: no champion, a live AUC
-    undefined on one class, or a version never evaluated)."""
+def performance_retrain_reason(summary: LiveSummary, margin: float, min_rows: int = 200) -> str | None:
+    """Why a month's live performance asks for a retrain: the batch champion's live AUC, on at least ``min_rows``
+    labelled rows (the rollback rule's floor: an AUC of a handful of rows is noise), fell more than ``margin`` below
+    the AUC it had in its evaluation (None: it did not, or there is nothing to compare: no champion, too few rows, a
+    live AUC undefined on one class, or a version never evaluated)."""
     champion = summary.champion
-    if champion is None or champion.auc_drop is None or champion.auc_drop <= margin:
+    if champion is None or champion.rows < min_rows or champion.auc_drop is None or champion.auc_drop <= margin:
         return None
     # a VariantLive has an auc_drop only with both AUCs (checked when it is built or read)
     assert champion.live_roc_auc is not None and champion.evaluation_roc_auc is not None

@@ -307,7 +307,9 @@ def build_performance_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_
         "performance",
         keys.live,
         LiveSummary,
-        lambda summary, policy: performance_retrain_reason(summary, policy.retrain_auc_margin),
+        lambda summary, policy: performance_retrain_reason(
+            summary, policy.retrain_auc_margin, policy.rollback().min_rows
+        ),
         f"Reads each new `{keys.live.to_user_string()}` record: when the {model.name} champion's live AUC on a month "
         "fell more than `$MLOPS_RETRAIN_AUC_MARGIN` below its evaluation AUC, requests "
         f"`{retraining_job_name(model)}`. Run key `performance:{model.name}:<month>:<champion>`; skipped when a "

@@ -200,6 +200,9 @@ def test_retrain_reasons() -> None:
     assert reason == "live AUC 0.7200 of v0002 in 2013-04 is 0.0300 below its evaluation AUC 0.7500 (margin 0.02)"
     assert performance_retrain_reason(live(evaluation_roc_auc=None, auc_drop=None), 0.02) is None
     assert performance_retrain_reason(LiveSummary.empty("2013-04"), 0.02) is None
+    # four labelled rows with an AUC of 0.5 say nothing: no retrain below the rollback rule's floor of rows
+    few = live(rows=4, live_roc_auc=0.5, auc_drop=0.25)
+    assert performance_retrain_reason(few, 0.02) is None and performance_retrain_reason(few, 0.02, min_rows=4)
     drifted = DriftSummary(
         "2013-04", "v0002", True, 0.4, ("dep_delay",), "dep_delay (0.30)", None, None, "4/10 drifted"
     )

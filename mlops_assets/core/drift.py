@@ -391,11 +391,13 @@ def compare(
     ]
     score_drift = None
     if scores is not None and len(scores):
+        finite = np.asarray(scores, dtype=float)
+        finite = finite[np.isfinite(finite)]  # as for a feature: a NaN score is missing, counted in the null share
         score_drift = compare_numeric(
             "score",
             "score",
             profile["scores"],
-            np.asarray(scores, dtype=float),
+            finite,
             len(scores),
             thresholds.scores,
             thresholds.null_share_change,

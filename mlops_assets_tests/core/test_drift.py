@@ -125,6 +125,15 @@ def test_an_unchanged_month_does_not_drift(january: pl.DataFrame) -> None:
     assert verdict.label is not None and not verdict.label.drifted
 
 
+def test_shifted_scores_drift_even_with_a_nan_among_them(january: pl.DataFrame) -> None:
+    """One NaN score made the score statistic NaN, and a NaN never exceeds the threshold: the month read "not
+    drifted". Non-finite scores are missing values, as for a feature, counted in the null share."""
+    scores = np.linspace(0.05, 0.6, january.height) + 0.2
+    scores[0] = np.nan
+    verdict = drift.compare(_profile(january), january, scores, SPEC.label)
+    assert verdict.scores is not None and verdict.scores.drifted and np.isfinite(verdict.scores.statistic)
+
+
 def test_a_heat_wave_is_flagged(january: pl.DataFrame) -> None:
     """Temperatures (and dew points, which move with them) 15 C = 27 F warmer, with the scores the heat brings."""
     hot = january.with_columns(pl.col("temp") + 27, pl.col("dewp") + 27)

@@ -44,13 +44,15 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
             test = read_test_rows(conn, model)
         y = test[spec.label].to_numpy().astype(float)
         versions = {"challenger": challenger, **({"champion": champion} if champion and champion != challenger else {})}
-        if "champion" in versions:  # judged on rows it learnt from, it would win by memory, not by skill
-            seen = trained_through(registry.get(champion).metadata)
-            first = test[spec.time_column].min()
+        # judged on rows it learnt from, a version would win by memory, not by skill: the champion, or the challenger
+        # itself when it is the champion evaluated again on a training set whose test month it trained on
+        first = test[spec.time_column].min()
+        for role, version in versions.items():
+            seen = trained_through(registry.get(version).metadata)
             if seen is not None and first is not None and seen >= first:
                 raise dg.Failure(
-                    description=f"champion {champion} learnt from rows up to {seen}, inside the test month "
-                    f"{test['_month'].max()} (from {first}): it cannot be compared on it. Evaluate on a month after "
+                    description=f"{role} {version} learnt from rows up to {seen}, inside the test month "
+                    f"{test['_month'].max()} (from {first}): it cannot be judged on it. Evaluate on a month after "
                     f"its training data: land and build one (`mlops replay --month YYYY-MM`), then retrain"
                 )
         loaded = {name: load_version(registry, version) for name, version in versions.items()}

@@ -206,3 +206,10 @@ def test_a_champion_is_never_judged_on_rows_it_learnt_from(trained: Trained, set
     asset = build_evaluation_asset(FLIGHT_DELAY)
     with pytest.raises(dg.Failure, match=r"champion v0001 learnt from rows up to 2013-02-10 12:00:00, inside the test"):
         asset(context=dg.build_asset_context(), duckdb=resources["duckdb"], storage=resources["storage"])
+    # the champion evaluated again as the challenger (the alias names it): its own record is not overwritten by a
+    # judgement on rows it learnt from
+    registry.set_alias("challenger", "v0001", "challenger", "test: the champion evaluated again")
+    before = registry.evaluation("v0001")
+    with pytest.raises(dg.Failure, match=r"challenger v0001 learnt from rows up to 2013-02-10 12:00:00"):
+        asset(context=dg.build_asset_context(), duckdb=resources["duckdb"], storage=resources["storage"])
+    assert registry.evaluation("v0001") == before

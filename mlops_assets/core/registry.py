@@ -374,7 +374,7 @@ def rollback_to_first_sound(
     for version in targets:
         try:
             return rollback(registry, reason, to=version, run_id=run_id), damaged
-        except RegistryIntegrityError as error:
+        except (RegistryIntegrityError, UnknownVersionError) as error:  # a damaged or a missing version
             damaged.append(f"{version} ({error})")
     return None, damaged
 

@@ -11,7 +11,7 @@ import dagster as dg
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.landing import misnamed_files, plan_refresh, scan_landing, sha256_file
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
-from mlops_assets.core.policy import rollback_reasons
+from mlops_assets.core.policy import RollbackPolicy, rollback_reasons
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import (
     CHAMPION,
@@ -311,7 +311,7 @@ def build_performance_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_
             summary, policy.retrain_auc_margin, policy.rollback().min_rows
         ),
         f"Reads each new `{keys.live.to_user_string()}` record: when the {model.name} champion's live AUC on a month "
-        "fell more than `$MLOPS_RETRAIN_AUC_MARGIN` below its evaluation AUC, requests "
+        f"(on at least {RollbackPolicy().min_rows} labelled rows) fell more than `$MLOPS_RETRAIN_AUC_MARGIN` below its evaluation AUC, requests "
         f"`{retraining_job_name(model)}`. Run key `performance:{model.name}:<month>:<champion>`; skipped when a "
         "retrain of the same champion already covers the month (asked by either sensor for it or a later month, or "
         "still queued).",

@@ -114,7 +114,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             hint = "give --from at or before --through" if args.start else f"{feed.name} starts at {start}"
             print(f"error: {error}: {hint}", file=sys.stderr)
             return 2
-    outside = [m for m in months if not (feed.first_month or m) <= m <= (feed.last_month or m)]
+    outside = feed.months_without_data(months)
     if outside:  # said before anything is landed, not after "Landing ..."
         print(
             f"error: {feed.name} covers {feed.first_month}..{feed.last_month}; {', '.join(outside)} has no data",

@@ -133,7 +133,7 @@ def simulated_months(model: ModelSpec, first: str, through: str, every: int) -> 
         months = month_range(first, through)
     except ValueError as error:  # e.g. --from after --through
         raise SimulationError(f"{error}: give --from at or before --through") from None
-    outside = [m for m in months if not (feed.first_month or m) <= m <= (feed.last_month or m)]
+    outside = feed.months_without_data(months)
     if outside:
         raise SimulationError(
             f"{feed.name} covers {feed.first_month}..{feed.last_month}; {', '.join(outside)} has no data: "

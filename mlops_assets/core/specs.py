@@ -304,6 +304,10 @@ class FeedSpec:
     def partitions_name(self) -> str:
         return f"{self.name}_months"
 
+    def months_without_data(self, months: list[str]) -> list[str]:
+        """Those of ``months`` outside the months a replay can land (none when the feed declares no bounds)."""
+        return [m for m in months if not (self.first_month or m) <= m <= (self.last_month or m)]
+
     def table(self, name: str) -> TableSpec:
         for table in self.tables:
             if table.name == name:

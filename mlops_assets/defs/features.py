@@ -6,7 +6,7 @@ import time
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets.core.features import FeatureBuildError, feature_set_version, write_months
+from mlops_assets.core.features import FeatureBuildError, covered_rows, feature_set_version, write_months
 from mlops_assets.core.landing import month_landed_at, stale_months
 from mlops_assets.core.markdown import frame_to_markdown
 from mlops_assets.core.online import build_export, write_export
@@ -64,11 +64,6 @@ def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
 
 #: The feature table's blocking check, evaluated by the step that builds the months.
 ONE_ROW_CHECK = "one_row_per_entity"
-
-
-def covered_rows(spec: FeatureTableSpec) -> str:
-    """The entity rows the table covers, in words: ``flights`` or ``flights with `tailnum IS NOT NULL```."""
-    return f"{spec.inputs[0]} with `{spec.entity_filter}`" if spec.entity_filter else spec.inputs[0]
 
 
 def one_row_check_spec(spec: FeatureTableSpec) -> dg.AssetCheckSpec:

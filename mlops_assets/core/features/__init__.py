@@ -118,6 +118,11 @@ def event_columns(spec: FeatureTableSpec, columns: list[str]) -> list[str]:
     return [c for c in columns if c in wanted]
 
 
+def covered_rows(spec: FeatureTableSpec) -> str:
+    """The entity rows the table covers, in words: ``flights`` or ``flights with `tailnum IS NOT NULL```."""
+    return f"{spec.inputs[0]} with `{spec.entity_filter}`" if spec.entity_filter else spec.inputs[0]
+
+
 def covered(spec: FeatureTableSpec) -> pl.Expr:
     """Which rows of :func:`feature_rows` get a feature row (all of them without an ``entity_filter``)."""
     return pl.col(COVERED) if spec.entity_filter else pl.lit(True)
@@ -174,7 +179,7 @@ def one_row_problems(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, mo
             [months],
         ).fetchall()
     )
-    rows = f"{entity_table} with `{spec.entity_filter}`" if spec.entity_filter else entity_table
+    rows = covered_rows(spec)
     problems: list[str] = []
     for month in months:
         built, distinct, unlabeled, stale = counted.get(month, (0, 0, 0, 0))

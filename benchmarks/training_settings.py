@@ -34,6 +34,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], int | None]] = {
     "max_cat_threshold 16": ({"max_cat_threshold": 16}, None),
     "learning_rate 0.15": ({"learning_rate": 0.15}, None),
     "early_stopping_rounds 10": ({}, 10),
+    "learning_rate 0.15 and early_stopping_rounds 10": ({"learning_rate": 0.15}, 10),
     "bagging 0.7 of rows each round": ({"bagging_fraction": 0.7, "bagging_freq": 1}, None),
 }
 #: Every setting is trained with each seed; 13 is the platform's (``training.lightgbm_params``). One seed alone

@@ -8,13 +8,16 @@ import duckdb
 import polars as pl
 
 from mlops_assets.catalog import CATALOG
+from mlops_assets.core.features import write_months
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.features import one_row_result
 from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.run_tags import range_tags
 from mlops_assets.feeds.nycflights13 import replay_months
-from mlops_assets_tests.conftest import EVERY, instance_for_test
+from mlops_assets.models.flight_delay import FLIGHT_FEATURES
+from mlops_assets_tests.conftest import EVERY, MONTHLY, instance_for_test, load_month
 
 MONTHS_LANDED = ["2013-01", "2013-02"]
 
@@ -96,6 +99,25 @@ def test_feature_pipeline_builds_every_landed_month(settings: Settings) -> None:
         "validated.flights": landed,
         "features.flight_features": with_tail,
     }
+
+
+def test_the_one_row_check_reports_what_the_committed_months_hold(
+    warehouse: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
+    """The feature step's check result is the rule evaluated on the committed months, not a constant: it passes on
+    the build and fails, naming the month and the problem, once the table breaks the rule behind the build's back."""
+    replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
+    for month in MONTHS_LANDED:
+        load_month(warehouse, settings, month, MONTHLY)
+    write_months(warehouse, FLIGHT_FEATURES, MONTHS_LANDED)
+    clean = one_row_result(warehouse, FLIGHT_FEATURES, MONTHS_LANDED)
+    assert clean.passed, clean.description
+    table = f"features.{FLIGHT_FEATURES.name}"
+    warehouse.execute(f"INSERT INTO {table} SELECT * FROM {table} WHERE _month = '2013-02' LIMIT 1")
+    broken = one_row_result(warehouse, FLIGHT_FEATURES, MONTHS_LANDED)
+    assert not broken.passed
+    assert broken.description is not None and "2013-02: 1 duplicate keys" in broken.description
+    assert "2013-01:" not in broken.description  # January is as built
 
 
 def _rows_by_month(settings: Settings) -> dict[str, dict[str, int]]:

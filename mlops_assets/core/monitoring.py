@@ -92,7 +92,8 @@ def live_performance(
 ) -> pl.DataFrame:
     """Per variant and model version: AUC, log loss, calibration, score distribution and extremes on the labelled
     rows, the share of failed predictions (online), the AUC the version had in its own evaluation and the drop from
-    it. ``scored`` has the key columns, ``variant``, ``model_version``, ``score`` and, for the online log,
+    it. ``requests`` counts every prediction asked of the variant's version, answered or failed, labelled or not
+    (what the error rate divides by). ``scored`` has the key columns, ``variant``, ``model_version``, ``score`` and, for the online log,
     ``status``."""
     if "status" not in scored.columns:
         scored = scored.with_columns(pl.lit("ok").alias("status"))
@@ -104,7 +105,7 @@ def live_performance(
         joined = ok.join(labelled, on=list(spec.key), how="inner").filter(pl.col(spec.label).is_not_null())
         if joined.height == 0:
             if errors:  # every prediction failed: no quality to measure, but the strongest reason to roll back
-                rows.append(_failures_only(source, variant, version, errors / group.height, evaluation_auc))
+                rows.append(_failures_only(source, variant, version, group.height, errors, evaluation_auc))
             continue
         y = joined[spec.label].cast(pl.Float64).to_numpy()
         p = joined["score"].to_numpy()
@@ -116,6 +117,7 @@ def live_performance(
                 "variant": variant,
                 "model_version": version,
                 "rows": len(y),
+                "requests": group.height,
                 "error_rate": errors / group.height,
                 "roc_auc": m["roc_auc"],
                 "log_loss": m["log_loss"],
@@ -150,15 +152,22 @@ _QUALITY = ("roc_auc", "log_loss", "brier", "calibration_error", "base_rate", "m
 
 
 def _failures_only(
-    source: str, variant: object, version: object, error_rate: float, evaluation_auc: Mapping[str, float | None]
+    source: str,
+    variant: object,
+    version: object,
+    requests: int,
+    errors: int,
+    evaluation_auc: Mapping[str, float | None],
 ) -> dict[str, Any]:
-    """The row of a variant whose every prediction of the month failed: its error rate, no quality, no scores."""
+    """The row of a variant none of whose labelled predictions of the month was answered: its error rate, no quality,
+    no scores."""
     return {
         "source": source,
         "variant": variant,
         "model_version": version,
         "rows": 0,
-        "error_rate": error_rate,
+        "requests": requests,
+        "error_rate": errors / requests,
         **dict.fromkeys(_QUALITY),
         "score_std": 0.0,
         "share_above_0_99": 0.0,

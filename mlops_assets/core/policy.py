@@ -177,6 +177,8 @@ class RollbackPolicy:
             profile (outputs exploding to certainty).
         min_score_std_ratio: the scores' spread may not shrink below this share of the reference spread (collapse).
         max_error_rate: share of failed online predictions.
+        min_requests: online predictions asked of the champion in the month before their error rate is judged (one
+            failure in two requests is not a failure rate).
         min_rows: labelled rows needed before quality is judged at all.
     """
 
@@ -184,6 +186,7 @@ class RollbackPolicy:
     max_extreme_shift: float = 0.1
     min_score_std_ratio: float = 0.25
     max_error_rate: float = 0.01
+    min_requests: int = 100
     min_rows: int = 200
 
 
@@ -194,7 +197,8 @@ def rollback_reasons(
 
     Quality (AUC, extreme scores, spread) is judged on the batch champion once it has ``policy.min_rows`` labelled
     rows; a live AUC of None (the month has one class) is not judged. Failed predictions are judged on the online
-    champion. ``reference_scores`` is the ``scores`` part of the champion's reference profile.
+    champion once it was asked ``policy.min_requests`` predictions in the month (a record that did not count them is
+    not judged on them). ``reference_scores`` is the ``scores`` part of the champion's reference profile.
     """
     reasons: list[str] = []
     champion = live.champion
@@ -217,6 +221,12 @@ def rollback_reasons(
         if reference_spread and spread < policy.min_score_std_ratio * reference_spread:
             reasons.append(f"scores collapsed: spread {spread:.4f} vs {reference_spread:.4f} in its reference profile")
     online = live.online_champion
-    if online is not None and online.error_rate > policy.max_error_rate:
-        reasons.append(f"{online.error_rate:.1%} of online predictions failed (max {policy.max_error_rate:.0%})")
+    if (
+        online is not None
+        and (online.requests or 0) >= policy.min_requests
+        and online.error_rate > policy.max_error_rate
+    ):
+        reasons.append(
+            f"{online.error_rate:.1%} of {online.requests:,} online predictions failed (max {policy.max_error_rate:.0%})"
+        )
     return reasons

@@ -155,6 +155,12 @@ class Record:
     def _check(self) -> None:
         """Rules across fields (raise :class:`RecordError`); none by default."""
 
+    @classmethod
+    def _upgrade(cls, version: int, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """The fields of a record written at an earlier ``version``, as this version has them. None by default: a
+        record whose shape changed says how to read its earlier versions, or they are refused."""
+        raise RecordError(f"{where}: {cls.SCHEMA} {SCHEMA_VERSION_KEY} is {version}, this code reads {cls.VERSION}")
+
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (``schema`` and ``schema_version`` first for top-level records)."""
         header = {SCHEMA_KEY: self.SCHEMA, SCHEMA_VERSION_KEY: self.VERSION} if self.SCHEMA is not None else {}
@@ -174,10 +180,12 @@ class Record:
             schema, version = values.pop(SCHEMA_KEY, None), values.pop(SCHEMA_VERSION_KEY, None)
             if schema != cls.SCHEMA:
                 raise RecordError(f"{where}: {SCHEMA_KEY} is {schema!r}, expected {cls.SCHEMA!r}")
-            if type(version) is not int or version != cls.VERSION:
+            if type(version) is not int or version > cls.VERSION or version < 1:
                 raise RecordError(
                     f"{where}: {cls.SCHEMA} {SCHEMA_VERSION_KEY} is {version!r}, this code reads {cls.VERSION}"
                 )
+            if version < cls.VERSION:  # written by earlier code: brought up to this version, or refused by name
+                values = cls._upgrade(version, values, where)
         expected = _field_types(cls)
         missing = [n for n in expected if n not in values]
         unknown = [n for n in values if n not in expected]
@@ -262,12 +270,15 @@ class DriftSummary(Record):
 class VariantLive(Record):
     """One source's and variant's live numbers on a month's labelled rows (a row of ``live_performance``).
 
-    ``live_roc_auc`` is None when the month's labelled rows have one class; ``evaluation_roc_auc`` when the version
-    was never evaluated; ``auc_drop`` (evaluation minus live AUC) when either is None.
+    ``rows`` are the labelled rows it answered, ``requests`` every prediction asked of it in the month, answered or
+    failed (None in records written before it was counted, live_summary version 1). ``live_roc_auc`` is None when
+    the month's labelled rows have one class; ``evaluation_roc_auc`` when the version was never evaluated;
+    ``auc_drop`` (evaluation minus live AUC) when either is None.
     """
 
     version: str
     rows: int
+    requests: int | None
     live_roc_auc: float | None
     live_log_loss: float | None
     score_std: float
@@ -289,7 +300,7 @@ class LiveSummary(Record):
     variant (champion / challenger / shadow). ``rows`` is the batch's labelled rows."""
 
     SCHEMA = "live_summary"
-    VERSION = 1
+    VERSION = 2  # 2: each variant's ``requests``
 
     month: str
     rows: int
@@ -301,6 +312,21 @@ class LiveSummary(Record):
             unknown = sorted(set(variants) - set(VARIANTS))
             if unknown:
                 raise RecordError(f"LiveSummary.{source}: unknown variant(s) {unknown}, expected some of {VARIANTS}")
+
+    @classmethod
+    def _upgrade(cls, version: int, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """Version 1 did not count requests: its variants read with ``requests`` None (not known)."""
+        if version != 1:
+            return super()._upgrade(version, values, where)
+        upgraded = dict(values)
+        for source in ("batch", "online"):
+            variants = values.get(source)
+            if isinstance(variants, Mapping):  # anything else is refused by the strict reading that follows
+                upgraded[source] = {
+                    name: {**variant, "requests": None} if isinstance(variant, Mapping) else variant
+                    for name, variant in variants.items()
+                }
+        return upgraded
 
     @property
     def champion(self) -> VariantLive | None:
@@ -325,7 +351,7 @@ class LiveSummary(Record):
     @classmethod
     def from_table(cls, month: str, table: pl.DataFrame) -> LiveSummary:
         """The summary of ``core.monitoring.live_performance`` tables concatenated over sources (columns ``source``,
-        ``variant``, ``model_version``, ``rows``, ``roc_auc``, ``log_loss``, ``score_std``, ``share_above_0_99``,
+        ``variant``, ``model_version``, ``rows``, ``requests``, ``roc_auc``, ``log_loss``, ``score_std``, ``share_above_0_99``,
         ``share_below_0_01``, ``error_rate``, ``evaluation_roc_auc``, ``auc_drop``).
 
         A variant that served two versions in the month (online: a promotion or rollback mid-month) keeps the later
@@ -342,6 +368,7 @@ class LiveSummary(Record):
             by_source[row["source"]][row["variant"]] = VariantLive(
                 version=row["model_version"],
                 rows=int(row["rows"]),
+                requests=int(row["requests"]),
                 live_roc_auc=_defined(row["roc_auc"], 4),
                 live_log_loss=_defined(row["log_loss"], 4),
                 score_std=round(float(row["score_std"]), 6),

@@ -61,9 +61,14 @@ class MonitoringPolicy(dg.ConfigurableResource):
     retrain_auc_margin: float = 0.02
     rollback_auc_drop: float = 0.05
     rollback_max_error_rate: float = 0.01
+    rollback_min_requests: int = 100
 
     def rollback(self) -> RollbackPolicy:
-        return RollbackPolicy(max_auc_drop=self.rollback_auc_drop, max_error_rate=self.rollback_max_error_rate)
+        return RollbackPolicy(
+            max_auc_drop=self.rollback_auc_drop,
+            max_error_rate=self.rollback_max_error_rate,
+            min_requests=self.rollback_min_requests,
+        )
 
     def thresholds(self) -> DriftThresholds:
         return DriftThresholds(

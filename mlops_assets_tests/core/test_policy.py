@@ -140,6 +140,7 @@ REFERENCE = {"share_above_0_99": 0.0, "share_below_0_01": 0.01, "std": 0.15}
 HEALTHY_CHAMPION = VariantLive(
     version="v0002",
     rows=5000,
+    requests=5000,
     live_roc_auc=0.73,
     live_log_loss=0.5,
     score_std=0.14,
@@ -156,8 +157,8 @@ def live(**champion: Any) -> LiveSummary:
     return replace(HEALTHY, batch={"champion": replace(HEALTHY_CHAMPION, **champion)})
 
 
-def online_errors(rate: float) -> LiveSummary:
-    return replace(HEALTHY, online={"champion": replace(HEALTHY_CHAMPION, rows=40, error_rate=rate)})
+def online_errors(rate: float, requests: int | None = 400) -> LiveSummary:
+    return replace(HEALTHY, online={"champion": replace(HEALTHY_CHAMPION, rows=40, requests=requests, error_rate=rate)})
 
 
 def test_rollback_rules() -> None:
@@ -171,6 +172,30 @@ def test_rollback_rules() -> None:
     assert rollback_reasons(live(rows=50, live_roc_auc=0.5, auc_drop=0.25), 0.75, REFERENCE, policy) == []
     assert "failed" in rollback_reasons(replace(online_errors(0.02), batch={}), 0.75, REFERENCE, policy)[0]
     assert np.isclose(policy.max_auc_drop, 0.05)
+
+
+def test_failed_online_predictions_are_judged_on_enough_requests_only() -> None:
+    """One failure in two requests is not a failure rate: the error rate is judged from ``min_requests`` requests of
+    the month on, and a record written before requests were counted (live_summary version 1) is not judged on it."""
+    policy = RollbackPolicy()
+    assert rollback_reasons(online_errors(0.5, requests=2), 0.75, REFERENCE, policy) == []
+    assert rollback_reasons(online_errors(1.0, requests=policy.min_requests - 1), 0.75, REFERENCE, policy) == []
+    at_floor = rollback_reasons(online_errors(0.02, requests=policy.min_requests), 0.75, REFERENCE, policy)
+    assert at_floor == [f"2.0% of {policy.min_requests} online predictions failed (max 1%)"]
+    version_1 = json.loads(json.dumps(online_errors(1.0).to_json()))
+    version_1["schema_version"] = 1
+    for variants in (version_1["batch"], version_1["online"]):
+        for variant in variants.values():
+            del variant["requests"]
+    read = LiveSummary.from_json(version_1)
+    assert read.online_champion is not None and read.online_champion.requests is None
+    assert read.champion is not None and read.champion.rows == HEALTHY_CHAMPION.rows  # the rest as written
+    assert rollback_reasons(read, 0.75, REFERENCE, policy) == []
+    version_0 = {**version_1, "schema_version": 0}
+    with pytest.raises(RecordError, match="live_summary schema_version is 0, this code reads 2"):
+        LiveSummary.from_json(version_0)
+    with pytest.raises(RecordError, match="live_summary schema_version is 3, this code reads 2"):
+        LiveSummary.from_json({**version_1, "schema_version": 3})
 
 
 def test_an_undefined_live_auc_is_not_judged_and_not_said() -> None:

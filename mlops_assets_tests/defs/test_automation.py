@@ -76,6 +76,7 @@ def _live(month: str, champion: str, auc: float, evaluated: float) -> LiveSummar
     variant = VariantLive(
         version=champion,
         rows=5000,
+        requests=5000,
         live_roc_auc=auc,
         live_log_loss=0.5,
         score_std=0.14,

@@ -253,7 +253,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     from mlops_assets.definitions import resume_run
 
-    _instance_home(load_settings())  # the instance the pipeline commands use
+    settings = load_settings()
+    if not settings.dagster_home.is_dir():  # a mistyped data directory: no run ever started there, nothing to resume
+        print(
+            f"error: no Dagster instance at {settings.dagster_home}, so no run to resume there: point "
+            "$MLOPS_DATA_DIR (or $DAGSTER_HOME) at the data directory the runs used",
+            file=sys.stderr,
+        )
+        return 1
+    _instance_home(settings)  # the instance the pipeline commands use
     model = _model(args).name if args.model else None
     all_succeeded = True
     with dg.DagsterInstance.get() as instance:

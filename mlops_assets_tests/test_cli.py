@@ -254,3 +254,15 @@ def test_a_data_dir_that_is_a_file_is_named(
     monkeypatch.setenv("MLOPS_DATA_DIR", str(a_file))
     assert main(["status"]) == 2
     assert f"the data directory {a_file} is a file: point $MLOPS_DATA_DIR at a folder" in capsys.readouterr().err
+
+
+def test_resume_in_a_data_dir_where_nothing_ran_says_so_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mistyped = tmp_path / "dta"
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(mistyped))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["resume", "0f6b1c2e-0000-4000-8000-000000000000"]) == 1
+    line = _error_line(capsys)
+    assert f"no Dagster instance at {mistyped / 'dagster_home'}" in line and "$MLOPS_DATA_DIR" in line
+    assert not mistyped.exists()  # nothing created where nothing ran

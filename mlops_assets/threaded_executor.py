@@ -19,7 +19,8 @@ What stays as in Dagster's own executors:
 * **Pools**: a step in a pool claims a slot before it starts. Steps of one run share the slot their run claimed
   first and hold it until the run's steps end: the ``duckdb`` pool (limit 1) still keeps other runs' steps off the
   warehouse while this run's steps write it concurrently from one process, which DuckDB allows (one database
-  instance per process, one connection per thread: ``Warehouse.get_connection``).
+  instance per process, one connection per thread: ``Warehouse.get_connection``). When the run's loop itself fails,
+  its running steps still end before the slot is freed.
 * **Interrupts**: a termination request (SIGTERM or SIGINT, a run cancelled from the UI) starts no new step; steps
   already running finish (a Python thread cannot be stopped from outside), then the run ends interrupted, as the
   multiprocess executor waits for its children.
@@ -139,6 +140,19 @@ def _run_step(step_context: Any, key: int, out: queue.Queue[tuple[int, Any]]) ->
         out.put((key, error))
 
 
+def _until_ended(
+    running: dict[int, tuple[Any, list[DagsterEvent]]], events: queue.Queue[tuple[int, Any]]
+) -> Iterator[DagsterEvent]:
+    """The events of the steps still running after the run's loop failed, until each has ended (done or broken):
+    the run's pool slots are freed after that, never while one of its steps may still write (the one-writer rule)."""
+    while running:
+        attempt, item = events.get()
+        if item is _DONE or isinstance(item, BaseException):
+            del running[attempt]
+        else:
+            yield item
+
+
 def longest_chain_first(execution_plan: ExecutionPlan) -> Callable[[ExecutionStep], float]:
     """The order in which ready steps start: a step's ``dagster/priority`` tag first, as in Dagster's executors, then
     the longest chain of steps that still waits on it. With fewer threads than ready steps, the step that starts the
@@ -217,6 +231,7 @@ def threaded_plan_iterator(
                     continue
                 step_context, step_events = running[attempt]
                 if isinstance(item, BaseException):
+                    del running[attempt]  # its thread has ended
                     raise item
                 if item is _DONE:
                     del running[attempt]
@@ -232,14 +247,18 @@ def threaded_plan_iterator(
                 yield item
                 active.handle_event(item)
         except GeneratorExit:  # the caller stopped iterating: nothing more may be yielded
+            for _ in _until_ended(running, events):  # still, the run's pool slots outlive its steps
+                pass
             raise
         except BaseException:
-            if running:  # the threads are daemons; say which steps were left running
+            if running:
                 yield DagsterEvent.engine_event(
                     job_context,
-                    f"The run's loop failed while {_steps(running)} were running",
+                    f"The run's loop failed while {_steps(running)} were running: they finish before the run frees "
+                    "its pool slots, so that no other run's step writes beside them",
                     EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
                 )
+                yield from _until_ended(running, events)
             raise
         if interrupted:
             raise DagsterExecutionInterruptedError()

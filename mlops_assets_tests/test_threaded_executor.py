@@ -1,8 +1,8 @@
 """The threaded executor (``mlops_assets.threaded_executor``) on a real instance of the shipped storage: independent
 steps run at once, a failure skips what depends on it and nothing else, a pool's slot is held once for the run and
-freed at its end, ``max_concurrent: 1`` runs steps one by one, of the ready steps the one that starts the longest
-chain starts first (a ``dagster/priority`` tag before that), and a termination request lets running steps finish
-and starts no more.
+freed at its end (after its running steps, even when the run's loop fails), ``max_concurrent: 1`` runs steps one by
+one, of the ready steps the one that starts the longest chain starts first (a ``dagster/priority`` tag before that),
+and a termination request lets running steps finish and starts no more.
 
 Concurrency is proven by a barrier, not by timing: two steps that wait for each other at a ``threading.Barrier`` can
 only both pass when they run at the same time; run one after the other, the first one's wait times out."""
@@ -15,6 +15,7 @@ import threading
 import time
 
 import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError
 
 from mlops_assets.threaded_executor import execute_with_job_executor, threaded_executor
 from mlops_assets_tests.conftest import instance_for_test
@@ -222,3 +223,29 @@ def test_a_termination_request_lets_running_steps_finish_and_starts_no_more() ->
             dg.DagsterRunStatus.CANCELED,
             dg.DagsterRunStatus.FAILURE,
         )
+
+
+def test_a_run_whose_loop_fails_frees_its_pool_slot_only_after_its_running_steps_end() -> None:
+    """A step breaks Dagster's own step machinery (an interrupt raised inside it, which Dagster re-raises), so the
+    run's loop fails while a sibling in the same pool still runs: the sibling still holds the run's slot until it
+    ends (another run's step would otherwise write beside it), and the slot is freed after it."""
+    sibling_started, seen_by_sibling = threading.Event(), []
+
+    @dg.asset(pool="warehouse")
+    def broken() -> None:
+        assert sibling_started.wait(MEET_S)
+        raise DagsterExecutionInterruptedError("the step machinery broke")
+
+    @dg.asset(pool="warehouse")
+    def still_writing(context) -> None:  # unannotated: Dagster reads no string annotation of a local function
+        sibling_started.set()
+        time.sleep(1.0)  # the loop has failed by now
+        seen_by_sibling.append(context.instance.event_log_storage.get_concurrency_info("warehouse").active_slot_count)
+
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        result = execute_with_job_executor(_job([broken, still_writing]), instance)
+        assert not result.success
+        said = [e.message or "" for e in result.all_events if e.is_engine_event]
+        assert any("The run's loop failed while ['still_writing'] were running" in m for m in said), said
+        assert seen_by_sibling == [1]  # the run still held the slot while its step ran
+        assert instance.event_log_storage.get_concurrency_info("warehouse").active_slot_count == 0

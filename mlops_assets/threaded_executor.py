@@ -214,11 +214,13 @@ def threaded_plan_iterator(
                     for step in active.get_steps_to_execute(limit=max_concurrent - len(running)):
                         step_context = job_context.for_step(step, active.get_known_state())
                         attempt = next(attempts)
-                        running[attempt] = (step_context, [])
                         thread = threading.Thread(
                             target=_run_step, args=(step_context, attempt, events), name=f"step {step.key}", daemon=True
                         )
                         thread.start()
+                        # counted once started: a thread that failed to start would be waited for for ever. Its
+                        # events wait in the queue, which only this loop reads, until the line below has run
+                        running[attempt] = (step_context, [])
                     yield from active.concurrency_event_iterator(job_context)
                 if not running:  # settle skipped and abandoned steps, then wait for a pool slot or a retry
                     yield from active.plan_events_iterator(job_context)
@@ -251,14 +253,19 @@ def threaded_plan_iterator(
                 pass
             raise
         except BaseException:
-            if running:
-                yield DagsterEvent.engine_event(
-                    job_context,
-                    f"The run's loop failed while {_steps(running)} were running: they finish before the run frees "
-                    "its pool slots, so that no other run's step writes beside them",
-                    EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
-                )
-                yield from _until_ended(running, events)
+            try:
+                if running:
+                    yield DagsterEvent.engine_event(
+                        job_context,
+                        f"The run's loop failed while {_steps(running)} were running: they finish before the run "
+                        "frees its pool slots, so that no other run's step writes beside them",
+                        EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
+                    )
+                    yield from _until_ended(running, events)
+            except GeneratorExit:  # the caller stopped iterating meanwhile: wait without yielding
+                for _ in _until_ended(running, events):
+                    pass
+                raise
             raise
         if interrupted:
             raise DagsterExecutionInterruptedError()

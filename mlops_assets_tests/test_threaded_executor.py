@@ -239,7 +239,10 @@ def test_a_run_whose_loop_fails_frees_its_pool_slot_only_after_its_running_steps
     @dg.asset(pool="warehouse")
     def still_writing(context) -> None:  # unannotated: Dagster reads no string annotation of a local function
         sibling_started.set()
-        time.sleep(1.0)  # the loop has failed by now
+        deadline = time.monotonic() + MEET_S
+        while not any("loop failed" in (e.message or "") for e in context.instance.all_logs(context.run.run_id)):
+            assert time.monotonic() < deadline, "the run's loop never failed"
+            time.sleep(0.05)
         seen_by_sibling.append(context.instance.event_log_storage.get_concurrency_info("warehouse").active_slot_count)
 
     with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:

@@ -33,7 +33,13 @@ from mlops_assets.core.catalog import CatalogError
 from mlops_assets.core.landing import LandedFile, landed_months, month_range, parse_month, scan_landing
 from mlops_assets.core.records import json_safe
 from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
-from mlops_assets.core.settings import Settings, SettingsError, load_settings, prepare_dagster_home
+from mlops_assets.core.settings import (
+    DAGSTER_POSTGRES_URL_ENV,
+    Settings,
+    SettingsError,
+    load_settings,
+    prepare_dagster_home,
+)
 from mlops_assets.core.specs import FeedSpec, ModelSpec
 from mlops_assets.core.status import format_models, format_runs, format_status, model_overview, store_status
 
@@ -254,7 +260,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from mlops_assets.definitions import resume_run
 
     settings = load_settings()
-    if not settings.dagster_home.is_dir():  # a mistyped data directory: no run ever started there, nothing to resume
+    # a mistyped data directory: no run ever started there, nothing to resume (on PostgreSQL the runs live in the
+    # database, and a host that never ran one has no home folder yet)
+    if not settings.dagster_home.is_dir() and not os.environ.get(DAGSTER_POSTGRES_URL_ENV):
         print(
             f"error: no Dagster instance at {settings.dagster_home}, so no run to resume there: point "
             "$MLOPS_DATA_DIR (or $DAGSTER_HOME) at the data directory the runs used",

@@ -262,6 +262,7 @@ def test_resume_in_a_data_dir_where_nothing_ran_says_so_and_creates_nothing(
     mistyped = tmp_path / "dta"
     monkeypatch.setenv("MLOPS_DATA_DIR", str(mistyped))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv("MLOPS_DAGSTER_POSTGRES_URL", raising=False)  # on PostgreSQL the runs live in the database
     assert main(["resume", "0f6b1c2e-0000-4000-8000-000000000000"]) == 1
     line = _error_line(capsys)
     assert f"no Dagster instance at {mistyped / 'dagster_home'}" in line and "$MLOPS_DATA_DIR" in line

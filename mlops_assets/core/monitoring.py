@@ -117,7 +117,6 @@ def live_performance(
                 "variant": variant,
                 "model_version": version,
                 "rows": len(y),
-                "requests": group.height,
                 "error_rate": errors / group.height,
                 "roc_auc": m["roc_auc"],
                 "log_loss": m["log_loss"],
@@ -136,6 +135,7 @@ def live_performance(
                 "unknown_code_share": (
                     float(group["unknown_codes"].is_not_null().mean()) if "unknown_codes" in group.columns else None
                 ),
+                "requests": group.height,  # last: the column a stored table gained (see LIVE_COLUMNS)
             }
         )
     overrides = {
@@ -149,6 +149,30 @@ def live_performance(
 
 #: The numbers measured on a group's labelled, answered rows (None when it has none: only failed predictions).
 _QUALITY = ("roc_auc", "log_loss", "brier", "calibration_error", "base_rate", "mean_score", "score_p10", "score_p90")
+#: The live table's columns in their order (every row is written in it, so the stored table keeps its shape).
+#: ``requests`` came last (live_summary version 2): a table stored before gains it at its end and keeps its rows.
+LIVE_COLUMNS = (
+    "source",
+    "variant",
+    "model_version",
+    "rows",
+    "error_rate",
+    "roc_auc",
+    "log_loss",
+    "brier",
+    "calibration_error",
+    "base_rate",
+    "mean_score",
+    "score_std",
+    "score_p10",
+    "score_p90",
+    "share_above_0_99",
+    "share_below_0_01",
+    "evaluation_roc_auc",
+    "auc_drop",
+    "unknown_code_share",
+    "requests",
+)
 
 
 def _failures_only(
@@ -159,23 +183,22 @@ def _failures_only(
     errors: int,
     evaluation_auc: Mapping[str, float | None],
 ) -> dict[str, Any]:
-    """The row of a variant none of whose labelled predictions of the month was answered: its error rate, no quality,
-    no scores."""
-    return {
-        "source": source,
-        "variant": variant,
-        "model_version": version,
-        "rows": 0,
-        "requests": requests,
-        "error_rate": errors / requests,
-        **dict.fromkeys(_QUALITY),
-        "score_std": 0.0,
-        "share_above_0_99": 0.0,
-        "share_below_0_01": 0.0,
-        "evaluation_roc_auc": evaluation_auc.get(str(version)),
-        "auc_drop": None,
-        "unknown_code_share": None,
-    }
+    """The row of a variant none of whose labelled predictions of the month was answered: its error rate, no quality
+    (None), no scores; in the order of :data:`LIVE_COLUMNS`, as every row."""
+    row: dict[str, Any] = dict.fromkeys(LIVE_COLUMNS)
+    row.update(
+        source=source,
+        variant=variant,
+        model_version=version,
+        rows=0,
+        error_rate=errors / requests,
+        score_std=0.0,
+        share_above_0_99=0.0,
+        share_below_0_01=0.0,
+        evaluation_roc_auc=evaluation_auc.get(str(version)),
+        requests=requests,
+    )
+    return row
 
 
 def drift_retrain_reason(summary: DriftSummary) -> str | None:

@@ -271,14 +271,15 @@ class VariantLive(Record):
     """One source's and variant's live numbers on a month's labelled rows (a row of ``live_performance``).
 
     ``rows`` are the labelled rows it answered, ``requests`` every prediction asked of it in the month, answered or
-    failed (None in records written before it was counted, live_summary version 1). ``live_roc_auc`` is None when
+    failed, labelled or not (so never fewer than ``rows``; read from a live_summary version 1, which did not count
+    them, it is the least its rows and error rate imply). ``live_roc_auc`` is None when
     the month's labelled rows have one class; ``evaluation_roc_auc`` when the version was never evaluated;
     ``auc_drop`` (evaluation minus live AUC) when either is None.
     """
 
     version: str
     rows: int
-    requests: int | None
+    requests: int
     live_roc_auc: float | None
     live_log_loss: float | None
     score_std: float
@@ -289,6 +290,8 @@ class VariantLive(Record):
     auc_drop: float | None
 
     def _check(self) -> None:
+        if self.requests < self.rows:
+            raise RecordError(f"VariantLive.requests: {self.requests} requests cannot have answered {self.rows} rows")
         if self.auc_drop is not None and (self.live_roc_auc is None or self.evaluation_roc_auc is None):
             raise RecordError(f"VariantLive.auc_drop: {self.auc_drop} without both a live and an evaluation AUC")
 
@@ -315,17 +318,19 @@ class LiveSummary(Record):
 
     @classmethod
     def _upgrade(cls, version: int, values: dict[str, Any], where: str) -> dict[str, Any]:
-        """Version 1 did not count requests: its variants read with ``requests`` None (not known)."""
+        """Version 1 did not count requests: each variant gets the least number its answered rows and error rate
+        imply (``rows / (1 - error_rate)``; 1 when every prediction failed), so its error rate is judged only when
+        that bound reaches the rule's floor. A version-1 variant that has ``requests`` is refused (not version 1)."""
         if version != 1:
             return super()._upgrade(version, values, where)
         upgraded = dict(values)
         for source in ("batch", "online"):
             variants = values.get(source)
-            if isinstance(variants, Mapping):  # anything else is refused by the strict reading that follows
-                upgraded[source] = {
-                    name: {**variant, "requests": None} if isinstance(variant, Mapping) else variant
-                    for name, variant in variants.items()
-                }
+            if not isinstance(variants, Mapping):
+                continue  # refused by the strict reading that follows
+            upgraded[source] = {
+                name: _version_1_variant(v, f"{where}.{source}[{name!r}]") for name, v in variants.items()
+            }
         return upgraded
 
     @property
@@ -380,6 +385,21 @@ class LiveSummary(Record):
             )
         rows = max((v.rows for v in by_source["batch"].values()), default=0)
         return cls(month, rows, by_source["batch"], by_source["online"])
+
+
+def _version_1_variant(variant: Any, where: str) -> Any:
+    """A live_summary version 1 variant with the least ``requests`` its rows and error rate imply."""
+    if not isinstance(variant, Mapping):
+        return variant  # refused by the strict reading that follows
+    if "requests" in variant:
+        raise RecordError(
+            f"{where}: unknown field(s) requests in a live_summary version 1 (renamed, or another version?)"
+        )
+    rows, rate = variant.get("rows"), variant.get("error_rate")
+    if type(rows) is not int or not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        # the strict reading that follows refuses the variant, naming the field that is wrong
+        return {**variant, "requests": rows if type(rows) is int else 0}
+    return {**variant, "requests": max(rows, round(rows / (1 - rate))) if rate < 1 else max(rows, 1)}
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------------

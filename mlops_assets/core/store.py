@@ -159,6 +159,28 @@ def ensure_table_like(conn: duckdb.DuckDBPyConnection, schema: str, table: str, 
     return name
 
 
+def add_appended_columns(conn: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pl.DataFrame) -> list[str]:
+    """When ``frame`` has the stored table's columns (names and types, in order) followed by new ones, add those to
+    the table (its rows read null in them) and return their names: a table whose rows gained a field keeps its
+    history, where :func:`ensure_table_like` would recreate it. Any other difference is left to that function."""
+    if not table_exists(conn, schema, table):
+        return []
+    name = qualified(schema, table)
+    current = [(d[0], d[1]) for d in conn.execute(f"SELECT * FROM {name} LIMIT 0").description]
+    conn.register("_shape", frame.head(0).to_arrow())
+    try:
+        wanted = conn.execute("DESCRIBE SELECT * FROM _shape").fetchall()  # name, DuckDB type, ...
+        described = [(d[0], d[1]) for d in conn.execute("SELECT * FROM _shape LIMIT 0").description]
+    finally:
+        conn.unregister("_shape")
+    if len(described) <= len(current) or described[: len(current)] != current:
+        return []
+    added = [(column, column_type) for column, column_type, *_ in wanted[len(current) :]]
+    for column, column_type in added:  # names and types come from the frame's schema, written by this package
+        conn.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {column_type}')
+    return [column for column, _ in added]
+
+
 def fetch_row(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:
     """The single row of a query, with its result fully consumed (DuckDB 2 refuses new work on a connection while a
     result is partly fetched)."""

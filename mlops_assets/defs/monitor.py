@@ -22,7 +22,14 @@ from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
-from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, table_exists, transaction
+from mlops_assets.core.store import (
+    add_appended_columns,
+    ensure_table_like,
+    query_frame,
+    replace_where,
+    table_exists,
+    transaction,
+)
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, table_of
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
@@ -301,7 +308,13 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 if not parts:
                     by_month[month] = LiveSummary.empty(month)
                     continue
-                table = pl.concat(parts, how="diagonal_relaxed").with_columns(pl.lit(month).alias("_month"))
+                # `requests` after `_month`: the column a table stored before it gains at its end, keeping its rows
+                table = (
+                    pl.concat(parts, how="diagonal_relaxed")
+                    .with_columns(pl.lit(month).alias("_month"))
+                    .select(pl.exclude("requests"), "requests")
+                )
+                add_appended_columns(conn, *keys.live.path, table)
                 name = ensure_table_like(conn, *keys.live.path, table)
                 replace_where(conn, name, table, "_month = ?", [month])
                 tables.append(table)

@@ -157,8 +157,11 @@ def live(**champion: Any) -> LiveSummary:
     return replace(HEALTHY, batch={"champion": replace(HEALTHY_CHAMPION, **champion)})
 
 
-def online_errors(rate: float, requests: int | None = 400) -> LiveSummary:
-    return replace(HEALTHY, online={"champion": replace(HEALTHY_CHAMPION, rows=40, requests=requests, error_rate=rate)})
+def online_errors(rate: float, requests: int = 400) -> LiveSummary:
+    """The online champion asked ``requests`` predictions, ``rate`` of them failed, half of the answered labelled."""
+    answered_labelled = int(requests * (1 - rate)) // 2
+    online = replace(HEALTHY_CHAMPION, rows=answered_labelled, requests=requests, error_rate=rate)
+    return replace(HEALTHY, online={"champion": online})
 
 
 def test_rollback_rules() -> None:
@@ -176,26 +179,38 @@ def test_rollback_rules() -> None:
 
 def test_failed_online_predictions_are_judged_on_enough_requests_only() -> None:
     """One failure in two requests is not a failure rate: the error rate is judged from ``min_requests`` requests of
-    the month on, and a record written before requests were counted (live_summary version 1) is not judged on it."""
+    the month on; a record written before requests were counted (live_summary version 1) is judged on the least
+    number of requests its rows and error rate imply."""
     policy = RollbackPolicy()
     assert rollback_reasons(online_errors(0.5, requests=2), 0.75, REFERENCE, policy) == []
     assert rollback_reasons(online_errors(1.0, requests=policy.min_requests - 1), 0.75, REFERENCE, policy) == []
     at_floor = rollback_reasons(online_errors(0.02, requests=policy.min_requests), 0.75, REFERENCE, policy)
     assert at_floor == [f"2.0% of {policy.min_requests} online predictions failed (max 1%)"]
-    version_1 = json.loads(json.dumps(online_errors(1.0).to_json()))
-    version_1["schema_version"] = 1
-    for variants in (version_1["batch"], version_1["online"]):
-        for variant in variants.values():
-            del variant["requests"]
-    read = LiveSummary.from_json(version_1)
-    assert read.online_champion is not None and read.online_champion.requests is None
-    assert read.champion is not None and read.champion.rows == HEALTHY_CHAMPION.rows  # the rest as written
-    assert rollback_reasons(read, 0.75, REFERENCE, policy) == []
-    version_0 = {**version_1, "schema_version": 0}
+    # live_summary version 1 did not count requests: read as the least its rows and error rate imply
+    for summary, least, judged in ((online_errors(1.0), 1, False), (online_errors(0.02, requests=8000), 4000, True)):
+        version_1 = json.loads(json.dumps(summary.to_json()))
+        version_1["schema_version"] = 1
+        for variants in (version_1["batch"], version_1["online"]):
+            for variant in variants.values():
+                del variant["requests"]
+        read = LiveSummary.from_json(version_1)
+        assert read.online_champion is not None and read.online_champion.requests == least
+        assert read.champion == HEALTHY_CHAMPION  # 5000 rows, no error: 5000 requests, the rest as written
+        assert bool(rollback_reasons(read, 0.75, REFERENCE, policy)) is judged
+    with pytest.raises(
+        RecordError, match=r"^LiveSummary.batch\['champion'\]: unknown field\(s\) requests in a live_summary version 1"
+    ):
+        LiveSummary.from_json({**json.loads(json.dumps(online_errors(0.5).to_json())), "schema_version": 1})
+    unknown = json.loads(json.dumps(online_errors(0.5).to_json()))
+    unknown["online"]["champion"]["requests"] = None  # version 2 counts them: an unknown count is refused
+    with pytest.raises(RecordError, match=r"requests: expected int, found NoneType"):
+        LiveSummary.from_json(unknown)
     with pytest.raises(RecordError, match="live_summary schema_version is 0, this code reads 2"):
-        LiveSummary.from_json(version_0)
+        LiveSummary.from_json({**version_1, "schema_version": 0})
     with pytest.raises(RecordError, match="live_summary schema_version is 3, this code reads 2"):
         LiveSummary.from_json({**version_1, "schema_version": 3})
+    with pytest.raises(RecordError, match="VariantLive.requests: 2 requests cannot have answered 40 rows"):
+        replace(HEALTHY_CHAMPION, rows=40, requests=2)
 
 
 def test_an_undefined_live_auc_is_not_judged_and_not_said() -> None:

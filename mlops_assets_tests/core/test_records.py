@@ -14,7 +14,7 @@ import pytest
 
 from mlops_assets.core.drift import compare, reference_profile
 from mlops_assets.core.evaluation import metrics, slice_metrics
-from mlops_assets.core.monitoring import live_performance, online_rows_of
+from mlops_assets.core.monitoring import LIVE_COLUMNS, live_performance, online_rows_of
 from mlops_assets.core.records import (
     DriftSummary,
     EvaluationResult,
@@ -171,6 +171,8 @@ def test_a_champion_whose_every_online_prediction_failed_is_rolled_back() -> Non
         how="diagonal_relaxed",
     )
     summary = LiveSummary.from_table("2013-04", table)
+    # a failures-only row in the order of every row: the stored table's shape does not depend on which comes first
+    assert live_performance(failed, labels, SPEC, evaluated, "online").columns == list(LIVE_COLUMNS) == table.columns
     online = summary.online_champion
     assert online is not None and online.error_rate == 1.0 and online.rows == 0 and online.live_roc_auc is None
     assert online.requests == 300

@@ -93,8 +93,8 @@ def live_performance(
     """Per variant and model version: AUC, log loss, calibration, score distribution and extremes on the labelled
     rows, the share of failed predictions (online), the AUC the version had in its own evaluation and the drop from
     it. ``requests`` counts every prediction asked of the variant's version, answered or failed, labelled or not
-    (what the error rate divides by). ``scored`` has the key columns, ``variant``, ``model_version``, ``score`` and, for the online log,
-    ``status``."""
+    (what the error rate divides by). ``scored`` has the key columns, ``variant``, ``model_version``, ``score`` and,
+    for the online log, ``status``."""
     if "status" not in scored.columns:
         scored = scored.with_columns(pl.lit("ok").alias("status"))
     labelled = labels.select(*spec.key, spec.label)

@@ -197,7 +197,8 @@ def rollback_reasons(
 
     Quality (AUC, extreme scores, spread) is judged on the batch champion once it has ``policy.min_rows`` labelled
     rows; a live AUC of None (the month has one class) is not judged. Failed predictions are judged on the online
-    champion once it was asked ``policy.min_requests`` predictions in the month. ``reference_scores`` is the ``scores`` part of the champion's reference profile.
+    champion once it was asked ``policy.min_requests`` predictions in the month. ``reference_scores`` is the
+    ``scores`` part of the champion's reference profile.
     """
     reasons: list[str] = []
     champion = live.champion

@@ -319,8 +319,9 @@ class LiveSummary(Record):
     @classmethod
     def _upgrade(cls, version: int, values: dict[str, Any], where: str) -> dict[str, Any]:
         """Version 1 did not count requests: each variant gets the least number its answered rows and error rate
-        imply (``rows / (1 - error_rate)``; 1 when every prediction failed), so its error rate is judged only when
-        that bound reaches the rule's floor. A version-1 variant that has ``requests`` is refused (not version 1)."""
+        imply (``rows / (1 - error_rate)``, at least 1 with a failure), so its error rate is judged only when that
+        bound reaches the rule's floor: a version-1 total outage (no answered row) is not. A version-1 variant that
+        has ``requests`` is refused (not version 1)."""
         if version != 1:
             return super()._upgrade(version, values, where)
         upgraded = dict(values)
@@ -356,8 +357,8 @@ class LiveSummary(Record):
     @classmethod
     def from_table(cls, month: str, table: pl.DataFrame) -> LiveSummary:
         """The summary of ``core.monitoring.live_performance`` tables concatenated over sources (columns ``source``,
-        ``variant``, ``model_version``, ``rows``, ``requests``, ``roc_auc``, ``log_loss``, ``score_std``, ``share_above_0_99``,
-        ``share_below_0_01``, ``error_rate``, ``evaluation_roc_auc``, ``auc_drop``).
+        ``variant``, ``model_version``, ``rows``, ``requests``, ``roc_auc``, ``log_loss``, ``score_std``,
+        ``share_above_0_99``, ``share_below_0_01``, ``error_rate``, ``evaluation_roc_auc``, ``auc_drop``).
 
         A variant that served two versions in the month (online: a promotion or rollback mid-month) keeps the later
         row, which is the version that started serving last. AUCs are rounded to 4 digits, shares to 6.
@@ -399,7 +400,10 @@ def _version_1_variant(variant: Any, where: str) -> Any:
     if type(rows) is not int or not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
         # the strict reading that follows refuses the variant, naming the field that is wrong
         return {**variant, "requests": rows if type(rows) is int else 0}
-    return {**variant, "requests": max(rows, round(rows / (1 - rate))) if rate < 1 else max(rows, 1)}
+    # version 1 rounded the rate to 6 digits: the least it stood for, so the count is never more than it was
+    least_rate = max(0.0, rate - 5e-7)
+    implied = math.floor(rows / (1 - least_rate)) if least_rate < 1 else rows
+    return {**variant, "requests": max(implied, rows, 1 if rate > 0 else 0)}  # a failure is a request
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------------

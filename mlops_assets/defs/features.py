@@ -79,9 +79,9 @@ def one_row_check_spec(spec: FeatureTableSpec) -> dg.AssetCheckSpec:
         asset=features_key(spec),
         blocking=True,
         description=f"Each built month has exactly one row per validated {covered_rows(spec)} row, unique keys "
-        f"({', '.join(spec.key)}), a label on every row and the current feature-set version. Held twice: before the build "
-        "commits (a build that breaks it is rolled back and the step fails naming the months, so no reader ever sees "
-        "it and the last good build stays), then this check evaluates it on the committed months (blocking).",
+        f"({', '.join(spec.key)}), a label on every row and the current feature-set version. Held twice: before "
+        "the build commits (a build that breaks it is rolled back and the step fails naming the months, so no reader "
+        "ever sees it and the last good build stays), then this check evaluates it on the committed months (blocking).",
     )
 
 

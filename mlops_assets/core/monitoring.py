@@ -149,8 +149,8 @@ def live_performance(
 
 #: The numbers measured on a group's labelled, answered rows (None when it has none: only failed predictions).
 _QUALITY = ("roc_auc", "log_loss", "brier", "calibration_error", "base_rate", "mean_score", "score_p10", "score_p90")
-#: The live table's columns in their order (every row is written in it, so the stored table keeps its shape).
-#: ``requests`` came last (live_summary version 2): a table stored before gains it at its end and keeps its rows.
+#: The live table's columns in their order (every row is written in it). ``requests`` came last (live_summary
+#: version 2): a table stored before gains it and keeps its rows (``store.evolve_table_like``).
 LIVE_COLUMNS = (
     "source",
     "variant",

@@ -159,26 +159,29 @@ def ensure_table_like(conn: duckdb.DuckDBPyConnection, schema: str, table: str, 
     return name
 
 
-def add_appended_columns(conn: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pl.DataFrame) -> list[str]:
-    """When ``frame`` has the stored table's columns (names and types, in order) followed by new ones, add those to
-    the table (its rows read null in them) and return their names: a table whose rows gained a field keeps its
-    history, where :func:`ensure_table_like` would recreate it. Any other difference is left to that function."""
+def evolve_table_like(conn: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """For a table whose rows may gain fields (the live table's ``requests``): the columns ``frame`` has and the
+    stored table lacks are added to the table (its rows read null in them), and ``frame`` comes back in the table's
+    column order, so that :func:`ensure_table_like` keeps the table and its history whatever order the frame was
+    built in (rows are inserted by name). When the frame lacks one of the table's columns or changed its type, the
+    frame comes back as it is, and ``ensure_table_like`` recreates the table as for any other new shape."""
     if not table_exists(conn, schema, table):
-        return []
+        return frame
     name = qualified(schema, table)
     current = [(d[0], d[1]) for d in conn.execute(f"SELECT * FROM {name} LIMIT 0").description]
     conn.register("_shape", frame.head(0).to_arrow())
     try:
-        wanted = conn.execute("DESCRIBE SELECT * FROM _shape").fetchall()  # name, DuckDB type, ...
-        described = [(d[0], d[1]) for d in conn.execute("SELECT * FROM _shape LIMIT 0").description]
+        described = {d[0]: d[1] for d in conn.execute("SELECT * FROM _shape LIMIT 0").description}
+        sql_types = {row[0]: row[1] for row in conn.execute("DESCRIBE SELECT * FROM _shape").fetchall()}
     finally:
         conn.unregister("_shape")
-    if len(described) <= len(current) or described[: len(current)] != current:
-        return []
-    added = [(column, column_type) for column, column_type, *_ in wanted[len(current) :]]
-    for column, column_type in added:  # names and types come from the frame's schema, written by this package
-        conn.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {column_type}')
-    return [column for column, _ in added]
+    if any(described.get(column) != column_type for column, column_type in current):
+        return frame
+    known = {column for column, _ in current}
+    added = [column for column in frame.columns if column not in known]
+    for column in added:  # names and types come from the frame's schema, which this package builds
+        conn.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {sql_types[column]}')
+    return frame.select(*(column for column, _ in current), *added)
 
 
 def fetch_row(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:

@@ -23,8 +23,8 @@ from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.store import (
-    add_appended_columns,
     ensure_table_like,
+    evolve_table_like,
     query_frame,
     replace_where,
     table_exists,
@@ -308,13 +308,9 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 if not parts:
                     by_month[month] = LiveSummary.empty(month)
                     continue
-                # `requests` after `_month`: the column a table stored before it gains at its end, keeping its rows
-                table = (
-                    pl.concat(parts, how="diagonal_relaxed")
-                    .with_columns(pl.lit(month).alias("_month"))
-                    .select(pl.exclude("requests"), "requests")
-                )
-                add_appended_columns(conn, *keys.live.path, table)
+                table = pl.concat(parts, how="diagonal_relaxed").with_columns(pl.lit(month).alias("_month"))
+                # a table stored before the rows gained `requests` gains the column and keeps its months
+                table = evolve_table_like(conn, *keys.live.path, table)
                 name = ensure_table_like(conn, *keys.live.path, table)
                 replace_where(conn, name, table, "_month = ?", [month])
                 tables.append(table)

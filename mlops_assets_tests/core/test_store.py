@@ -10,10 +10,10 @@ import pytest
 
 from mlops_assets.core.store import (
     ROW_GROUP_ROWS,
-    add_appended_columns,
     connect_warehouse,
     ensure_table,
     ensure_table_like,
+    evolve_table_like,
     partition_writer,
     replace_where,
     table_exists,
@@ -140,22 +140,26 @@ def test_connections_of_one_process_share_the_warehouse(tmp_path: Path) -> None:
         second.close()
 
 
-def test_a_table_whose_rows_gained_a_column_at_the_end_keeps_its_history(conn: duckdb.DuckDBPyConnection) -> None:
-    """A record that gained a field (the live table's ``requests``): the stored table gains the column, its earlier
-    months stay (null in it); a frame shaped otherwise is left to ``ensure_table_like``, which recreates the table."""
+def test_a_table_whose_rows_gained_a_column_keeps_its_history_whatever_the_order(
+    conn: duckdb.DuckDBPyConnection,
+) -> None:
+    """A record that gained a field (the live table's ``requests``): the stored table gains the column and keeps its
+    earlier months (null in it), also when the frame lists the columns in another order; a frame that lacks one of
+    the table's columns or changed a type is left to ``ensure_table_like``, which recreates the table."""
     old = pl.DataFrame({"variant": ["champion"], "error_rate": [0.0], "_month": ["2013-04"]})
     name = ensure_table_like(conn, "m", "live", old)
     replace_where(conn, name, old, "_month = ?", ["2013-04"])
-    new = pl.DataFrame({"variant": ["champion"], "error_rate": [0.5], "_month": ["2013-05"], "requests": [2]})
-    assert add_appended_columns(conn, "m", "live", new) == ["requests"]
-    assert ensure_table_like(conn, "m", "live", new) == name
-    replace_where(conn, name, new, "_month = ?", ["2013-05"])
+    new = pl.DataFrame({"requests": [2], "_month": ["2013-05"], "variant": ["champion"], "error_rate": [0.5]})
+    aligned = evolve_table_like(conn, "m", "live", new)
+    assert aligned.columns == ["variant", "error_rate", "_month", "requests"]
+    assert ensure_table_like(conn, "m", "live", aligned) == name
+    replace_where(conn, name, aligned, "_month = ?", ["2013-05"])
     assert conn.execute(f"SELECT _month, requests FROM {name} ORDER BY 1").fetchall() == [
         ("2013-04", None),
         ("2013-05", 2),
     ]
-    assert add_appended_columns(conn, "m", "live", new) == []  # the same shape: nothing to add
-    reordered = new.select("_month", "variant", "error_rate", "requests")
-    assert add_appended_columns(conn, "m", "live", reordered) == []
-    ensure_table_like(conn, "m", "live", reordered)
+    assert evolve_table_like(conn, "m", "live", new).columns == aligned.columns  # nothing more to add
+    retyped = new.with_columns(pl.col("error_rate").cast(pl.Utf8))
+    assert evolve_table_like(conn, "m", "live", retyped).columns == retyped.columns  # left as it is
+    ensure_table_like(conn, "m", "live", retyped)
     assert conn.execute(f"SELECT count(*) FROM {name}").fetchone() == (0,)  # recreated, as before

@@ -157,8 +157,8 @@ class Record:
 
     @classmethod
     def _upgrade(cls, version: int, values: dict[str, Any], where: str) -> dict[str, Any]:
-        """The fields of a record written at an earlier ``version``, as this version has them. None by default: a
-        record whose shape changed says how to read its earlier versions, or they are refused."""
+        """The fields of a record written at an earlier ``version``, as this version has them. Refused by default: a
+        record whose shape changed says here how to read its earlier versions."""
         raise RecordError(f"{where}: {cls.SCHEMA} {SCHEMA_VERSION_KEY} is {version}, this code reads {cls.VERSION}")
 
     def to_json(self) -> dict[str, Any]:
@@ -272,9 +272,9 @@ class VariantLive(Record):
 
     ``rows`` are the labelled rows it answered, ``requests`` every prediction asked of it in the month, answered or
     failed, labelled or not (so never fewer than ``rows``; read from a live_summary version 1, which did not count
-    them, it is the least its rows and error rate imply). ``live_roc_auc`` is None when
-    the month's labelled rows have one class; ``evaluation_roc_auc`` when the version was never evaluated;
-    ``auc_drop`` (evaluation minus live AUC) when either is None.
+    them, it is the least its rows and error rate imply). ``live_roc_auc`` is None when the month's labelled rows
+    have one class; ``evaluation_roc_auc`` when the version was never evaluated; ``auc_drop`` (evaluation minus live
+    AUC) when either is None.
     """
 
     version: str

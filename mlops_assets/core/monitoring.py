@@ -135,7 +135,7 @@ def live_performance(
                 "unknown_code_share": (
                     float(group["unknown_codes"].is_not_null().mean()) if "unknown_codes" in group.columns else None
                 ),
-                "requests": group.height,  # last: the column a stored table gained (see LIVE_COLUMNS)
+                "requests": group.height,  # last (see LIVE_COLUMNS)
             }
         )
     overrides = {
@@ -149,8 +149,8 @@ def live_performance(
 
 #: The numbers measured on a group's labelled, answered rows (None when it has none: only failed predictions).
 _QUALITY = ("roc_auc", "log_loss", "brier", "calibration_error", "base_rate", "mean_score", "score_p10", "score_p90")
-#: The live table's columns in their order (every row is written in it). ``requests`` came last (live_summary
-#: version 2): a table stored before gains it and keeps its rows (``store.evolve_table_like``).
+#: The live table's columns in their order (every row is written in it, a failures-only one too). ``requests``
+#: came last (live_summary version 2): a table stored before gains it and keeps its rows (``ensure_table_like``).
 LIVE_COLUMNS = (
     "source",
     "variant",

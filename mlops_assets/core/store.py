@@ -139,17 +139,29 @@ def ensure_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, colum
     return name
 
 
-def ensure_table_like(conn: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pl.DataFrame) -> str:
+def ensure_table_like(
+    conn: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pl.DataFrame, add_columns: bool = False
+) -> str:
     """Make ``schema.table`` have exactly the columns and types of ``frame``: create it, or recreate it when its shape
-    differs (the caller then rebuilds what it needs). Returns the qualified name."""
+    differs (the caller then rebuilds what it needs). Returns the qualified name.
+
+    ``add_columns``: for a table whose rows may gain fields (the live table's ``requests``), columns the frame has
+    and the table lacks are added instead (its rows read null in them), whatever order either lists them in (rows
+    are inserted by name); a column the frame lacks, or one whose type changed, still recreates it."""
     name = qualified(schema, table)
     ensure_schema(conn, schema)
     conn.register("_shape", frame.head(0).to_arrow())
     try:
-        wanted = conn.execute("SELECT * FROM _shape LIMIT 0").description
+        wanted = [(d[0], d[1]) for d in conn.execute("SELECT * FROM _shape LIMIT 0").description]
         if table_exists(conn, schema, table):
-            current = conn.execute(f"SELECT * FROM {name} LIMIT 0").description
-            if [(d[0], d[1]) for d in current] == [(d[0], d[1]) for d in wanted]:
+            current = [(d[0], d[1]) for d in conn.execute(f"SELECT * FROM {name} LIMIT 0").description]
+            if current == wanted:
+                return name
+            if add_columns and set(current) <= set(wanted):
+                known = {column for column, _ in current}
+                sql_types = dict(conn.execute("SELECT column_name, column_type FROM (DESCRIBE _shape)").fetchall())
+                for column in (column for column, _ in wanted if column not in known):
+                    conn.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {sql_types[column]}')
                 return name
             conn.execute(f"DROP TABLE {name}")
             _ENSURED.get(id(conn), set()).discard(name)
@@ -157,31 +169,6 @@ def ensure_table_like(conn: duckdb.DuckDBPyConnection, schema: str, table: str, 
     finally:
         conn.unregister("_shape")
     return name
-
-
-def evolve_table_like(conn: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pl.DataFrame) -> pl.DataFrame:
-    """For a table whose rows may gain fields (the live table's ``requests``): the columns ``frame`` has and the
-    stored table lacks are added to the table (its rows read null in them), and ``frame`` comes back in the table's
-    column order, so that :func:`ensure_table_like` keeps the table and its history whatever order the frame was
-    built in (rows are inserted by name). When the frame lacks one of the table's columns or changed its type, the
-    frame comes back as it is, and ``ensure_table_like`` recreates the table as for any other new shape."""
-    if not table_exists(conn, schema, table):
-        return frame
-    name = qualified(schema, table)
-    current = [(d[0], d[1]) for d in conn.execute(f"SELECT * FROM {name} LIMIT 0").description]
-    conn.register("_shape", frame.head(0).to_arrow())
-    try:
-        described = {d[0]: d[1] for d in conn.execute("SELECT * FROM _shape LIMIT 0").description}
-        sql_types = {row[0]: row[1] for row in conn.execute("DESCRIBE SELECT * FROM _shape").fetchall()}
-    finally:
-        conn.unregister("_shape")
-    if any(described.get(column) != column_type for column, column_type in current):
-        return frame
-    known = {column for column, _ in current}
-    added = [column for column in frame.columns if column not in known]
-    for column in added:  # names and types come from the frame's schema, which this package builds
-        conn.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {sql_types[column]}')
-    return frame.select(*(column for column, _ in current), *added)
 
 
 def fetch_row(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:

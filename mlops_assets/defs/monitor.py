@@ -24,7 +24,6 @@ from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.store import (
     ensure_table_like,
-    evolve_table_like,
     query_frame,
     replace_where,
     table_exists,
@@ -310,8 +309,7 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
                     continue
                 table = pl.concat(parts, how="diagonal_relaxed").with_columns(pl.lit(month).alias("_month"))
                 # a table stored before the rows gained `requests` gains the column and keeps its months
-                table = evolve_table_like(conn, *keys.live.path, table)
-                name = ensure_table_like(conn, *keys.live.path, table)
+                name = ensure_table_like(conn, *keys.live.path, table, add_columns=True)
                 replace_where(conn, name, table, "_month = ?", [month])
                 tables.append(table)
                 by_month[month] = LiveSummary.from_table(month, table)

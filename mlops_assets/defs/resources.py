@@ -59,9 +59,10 @@ class MonitoringPolicy(dg.ConfigurableResource):
     categorical_threshold: float = 0.1
     score_threshold: float = 0.1
     retrain_auc_margin: float = 0.02
-    rollback_auc_drop: float = 0.05
-    rollback_max_error_rate: float = 0.01
-    rollback_min_requests: int = 100
+    # the rollback rule's own defaults (core.policy.RollbackPolicy), settable here
+    rollback_auc_drop: float = RollbackPolicy.max_auc_drop
+    rollback_max_error_rate: float = RollbackPolicy.max_error_rate
+    rollback_min_requests: int = RollbackPolicy.min_requests
 
     def rollback(self) -> RollbackPolicy:
         return RollbackPolicy(

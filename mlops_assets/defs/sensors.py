@@ -311,7 +311,8 @@ def build_performance_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_
             summary, policy.retrain_auc_margin, policy.rollback().min_rows
         ),
         f"Reads each new `{keys.live.to_user_string()}` record: when the {model.name} champion's live AUC on a month "
-        f"(on at least {RollbackPolicy().min_rows} labelled rows) fell more than `$MLOPS_RETRAIN_AUC_MARGIN` below its evaluation AUC, requests "
+        f"(on at least {RollbackPolicy.min_rows} labelled rows) fell more than `$MLOPS_RETRAIN_AUC_MARGIN` below its "
+        "evaluation AUC, requests "
         f"`{retraining_job_name(model)}`. Run key `performance:{model.name}:<month>:<champion>`; skipped when a "
         "retrain of the same champion already covers the month (asked by either sensor for it or a later month, or "
         "still queued).",

@@ -13,7 +13,6 @@ from mlops_assets.core.store import (
     connect_warehouse,
     ensure_table,
     ensure_table_like,
-    evolve_table_like,
     partition_writer,
     replace_where,
     table_exists,
@@ -143,23 +142,24 @@ def test_connections_of_one_process_share_the_warehouse(tmp_path: Path) -> None:
 def test_a_table_whose_rows_gained_a_column_keeps_its_history_whatever_the_order(
     conn: duckdb.DuckDBPyConnection,
 ) -> None:
-    """A record that gained a field (the live table's ``requests``): the stored table gains the column and keeps its
-    earlier months (null in it), also when the frame lists the columns in another order; a frame that lacks one of
-    the table's columns or changed a type is left to ``ensure_table_like``, which recreates the table."""
+    """A record that gained a field (the live table's ``requests``): with ``add_columns`` the stored table gains the
+    column and keeps its earlier months (null in it), also when the frame lists the columns in another order; a
+    frame that changed a column's type still recreates the table."""
     old = pl.DataFrame({"variant": ["champion"], "error_rate": [0.0], "_month": ["2013-04"]})
     name = ensure_table_like(conn, "m", "live", old)
     replace_where(conn, name, old, "_month = ?", ["2013-04"])
     new = pl.DataFrame({"requests": [2], "_month": ["2013-05"], "variant": ["champion"], "error_rate": [0.5]})
-    aligned = evolve_table_like(conn, "m", "live", new)
-    assert aligned.columns == ["variant", "error_rate", "_month", "requests"]
-    assert ensure_table_like(conn, "m", "live", aligned) == name
-    replace_where(conn, name, aligned, "_month = ?", ["2013-05"])
+    assert ensure_table_like(conn, "m", "live", new, add_columns=True) == name
+    columns = [d[0] for d in conn.execute(f"SELECT * FROM {name} LIMIT 0").description]
+    assert columns == ["variant", "error_rate", "_month", "requests"]
+    replace_where(conn, name, new, "_month = ?", ["2013-05"])
     assert conn.execute(f"SELECT _month, requests FROM {name} ORDER BY 1").fetchall() == [
         ("2013-04", None),
         ("2013-05", 2),
     ]
-    assert evolve_table_like(conn, "m", "live", new).columns == aligned.columns  # nothing more to add
+    ensure_table_like(conn, "m", "live", new, add_columns=True)  # nothing more to add
+    assert [d[0] for d in conn.execute(f"SELECT * FROM {name} LIMIT 0").description] == columns
+    assert conn.execute(f"SELECT count(*) FROM {name}").fetchone() == (2,)
     retyped = new.with_columns(pl.col("error_rate").cast(pl.Utf8))
-    assert evolve_table_like(conn, "m", "live", retyped).columns == retyped.columns  # left as it is
-    ensure_table_like(conn, "m", "live", retyped)
+    ensure_table_like(conn, "m", "live", retyped, add_columns=True)
     assert conn.execute(f"SELECT count(*) FROM {name}").fetchone() == (0,)  # recreated, as before

@@ -3,6 +3,7 @@ column, rows are accounted for, and a rejected batch never replaces the last acc
 the Dagster assets, with the month after them: ``defs/test_bad_input.py``.)"""
 
 import io
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from mlops_assets.core.landing import checksum_path, find_landed, land_file
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import ContractContext, ShareRule, TableSpec
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
-from mlops_assets_tests.conftest import EVERY, MONTHLY, REFERENCE, load_month
+from mlops_assets_tests.conftest import EVERY, REFERENCE, BuiltData, load_month
 
 MONTH = "2013-03"
 
@@ -75,11 +76,10 @@ def _validated_shas(conn: duckdb.DuckDBPyConnection) -> set[str]:
 
 
 @pytest.fixture
-def loaded(warehouse: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.DuckDBPyConnection:
+def loaded(settings: Settings, built_data: BuiltData) -> Iterator[duckdb.DuckDBPyConnection]:
     """Reference tables plus a clean, accepted March."""
-    replay_months(settings.landing_dir, [MONTH], every=EVERY)
-    load_month(warehouse, settings, MONTH, MONTHLY)
-    return warehouse
+    with built_data.warehouse(settings, (MONTH,)) as conn:
+        yield conn
 
 
 def test_clean_real_month_passes_with_no_quarantined_flights(

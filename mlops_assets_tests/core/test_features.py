@@ -1,6 +1,7 @@
 """Point-in-time features: no future leaks in, a month built alone equals a full build, reruns replace."""
 
 import dataclasses
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,9 +20,8 @@ from mlops_assets.core.features import (
     write_months,
 )
 from mlops_assets.core.settings import Settings
-from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets.models.flight_delay import FLIGHT_FEATURES
-from mlops_assets_tests.conftest import EVERY, MONTHLY, load_month
+from mlops_assets_tests.conftest import BuiltData
 
 MONTHS = ["2013-01", "2013-02", "2013-03"]
 #: Scheduled departure (UTC) of a flight, from the validated columns.
@@ -29,11 +29,9 @@ SCHEDULED = "strptime(time_hour, '%Y-%m-%dT%H:%M:%SZ') + to_minutes(minute)"
 
 
 @pytest.fixture
-def store(warehouse: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.DuckDBPyConnection:
-    replay_months(settings.landing_dir, MONTHS, every=EVERY)
-    for month in MONTHS:
-        load_month(warehouse, settings, month, MONTHLY)
-    return warehouse
+def store(settings: Settings, built_data: BuiltData) -> Iterator[duckdb.DuckDBPyConnection]:
+    with built_data.warehouse(settings, tuple(MONTHS)) as conn:
+        yield conn
 
 
 def test_features_before_t_do_not_change_when_the_future_changes(store: duckdb.DuckDBPyConnection) -> None:

@@ -36,7 +36,10 @@ pipeline: $(BIN)/.installed
 		-c mlops_assets/progress.yaml --tags "$$($(BIN)/mlops months --tags)"
 	@$(BIN)/mlops models
 
+# Python reads compiled modules even where $PYTHONDONTWRITEBYTECODE stops it writing them (as on these machines):
+# compiled here, the suite's ~100 processes skip compiling the package (~0.12 s of CPU each; ~50 ms when up to date)
 test: $(BIN)/.installed
+	$(BIN)/python -m compileall -q mlops_assets
 	$(BIN)/pytest
 
 # ruff's rules (its defaults, pinned to one minor version in pyproject.toml) and its formatting at 120 columns

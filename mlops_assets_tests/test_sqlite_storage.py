@@ -1,8 +1,8 @@
 """The embedded instance storage (``mlops_assets.sqlite_storage``, named by dagster.yaml) on real SQLite files: what one
 process commits, every other process reads at once, a watcher of the run's log hears it (the UI's live log), a
 ``kill -9`` loses nothing committed, a fork never shares a connection, a long-lived process does not keep every
-run's database open, a table lookup remembers only what it found, a run's new database is Dagster's own, and
-Dagster's batches of events are stored as their events one by one would be.
+run's database open, a table lookup remembers only what it found, a new instance's and a run's new database are
+Dagster's own, and Dagster's batches of events are stored as their events one by one would be.
 """
 
 from __future__ import annotations
@@ -19,9 +19,17 @@ import pytest
 import sqlalchemy
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.runs.schema import RunStorageSqlMetadata
+from dagster._core.storage.runs.sqlite import sqlite_run_storage
+from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
 
 from mlops_assets.core.settings import prepare_dagster_home
-from mlops_assets.sqlite_storage import KEPT_RUN_SHARDS, PooledSqliteEventLogStorage
+from mlops_assets.sqlite_storage import (
+    KEPT_RUN_SHARDS,
+    PooledSqliteEventLogStorage,
+    PooledSqliteStorage,
+    _made_or_stamped,
+)
 from mlops_assets_tests.conftest import engine_event_messages, new_run
 
 #: Stores ``count`` engine events for a run in the instance at $DAGSTER_HOME, then exits as asked: ``kill-9`` at once,
@@ -174,6 +182,54 @@ def test_a_new_run_database_is_made_as_dagster_makes_it(instance: dg.DagsterInst
     assert ours == theirs
     assert ours[0] == [("wal",)] and len(ours[1]) == 1 and len(ours[2]) > 10
     assert engine_event_messages(instance, run.run_id) == ["the run's first event"]
+
+
+def _databases(home: Path) -> dict[str, tuple[object, ...]]:
+    """Every SQLite file of an instance's storage, by path under ``home``: what Dagster makes and later reads of it."""
+    described = {}
+    for path in sorted(home.rglob("*.db")):
+        with sqlite3.connect(path) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            described[str(path.relative_to(home))] = (
+                db.execute("PRAGMA journal_mode").fetchall(),
+                db.execute("SELECT version_num FROM alembic_version").fetchall(),
+                db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall(),
+                # the data migrations a new database is marked as having done (Dagster would run them again)
+                sorted(db.execute("SELECT name FROM secondary_indexes").fetchall())
+                if "secondary_indexes" in tables
+                else None,
+            )
+    return described
+
+
+def test_a_new_instance_is_made_as_dagster_makes_it_and_opened_again_without_migrating(tmp_path: Path) -> None:
+    """The runs, schedules and event log index databases of a new instance are Dagster's own to the byte of their
+    schema, stamp, journal mode and data migrations, though the migration scripts are read once per process; an
+    instance opened again is used as it is; a database with tables but no stamp is left to Dagster, which stamps it."""
+    DagsterSqliteStorage.from_local(str(tmp_path / "dagsters")).dispose()
+    PooledSqliteStorage.from_local(str(tmp_path / "ours")).dispose()
+    ours, theirs = _databases(tmp_path / "ours"), _databases(tmp_path / "dagsters")
+    assert ours == theirs
+    assert set(ours) == {"history/runs.db", "history/runs/index.db", "schedules/schedules.db"}
+    assert all(d[0] == [("wal",)] and len(d[1]) == 1 and d[3] for d in ours.values())
+
+    runs = tmp_path / "ours" / "history" / "runs.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{runs}")
+    try:
+        migrations_beside = sqlite_run_storage.__file__
+        assert _made_or_stamped(engine, RunStorageSqlMetadata, migrations_beside, ("instance_info",)) is False
+        assert _made_or_stamped(engine, RunStorageSqlMetadata, migrations_beside, ("no_such_table",)) is None
+    finally:
+        engine.dispose()
+    with sqlite3.connect(runs) as db:
+        db.execute("DELETE FROM alembic_version")  # tables but no stamp: as SQLAlchemy 2.0 once left them
+    reopened = PooledSqliteStorage.from_local(str(tmp_path / "ours"))
+    try:
+        assert reopened.run_storage.get_runs() == []
+    finally:
+        reopened.dispose()
+    with sqlite3.connect(runs) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() != []  # Dagster stamped it
 
 
 def test_batches_are_stored_as_their_events_one_by_one_would_be(

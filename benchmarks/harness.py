@@ -94,11 +94,17 @@ class Measured:
 
 
 def run_process(
-    command: Sequence[str], env: dict[str, str] | None = None, timeout: float = 900, check: bool = True
+    command: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    check: bool = True,
+    sample: bool = True,
 ) -> Measured:
     """Run ``command`` in a fresh process (its own session) and measure its whole tree: wall time, CPU time (user +
     system of every process, from psutil while they live), peak memory (the larger of the largest sampled sum of
-    resident memory, every 50 ms, and the largest per-process ``VmHWM``) and the CPU the rest of the machine used."""
+    resident memory, every 50 ms, and the largest per-process ``VmHWM``) and the CPU the rest of the machine used.
+    ``sample=False``: no sampling (its walk of a tree of tens of processes every 50 ms costs a share of a core beside
+    them): the CPU of the processes that were waited for, no peak memory."""
     try:
         import psutil
     except ImportError:  # the Evidently venv has no psutil: the root process's VmHWM and reaped CPU time only
@@ -108,7 +114,7 @@ def run_process(
     peak = [0]
     done = threading.Event()
 
-    def sample(root: Any) -> None:
+    def sampled(root: Any) -> None:
         while psutil is None and not done.is_set():
             hwm[root] = max(hwm.get(root, 0), vm_hwm(root))
             done.wait(0.05)
@@ -143,8 +149,9 @@ def run_process(
         start_new_session=True,
     )
     root = proc.pid if psutil is None else psutil.Process(proc.pid)
-    sampler = threading.Thread(target=sample, args=(root,), daemon=True)
-    sampler.start()
+    sampler = threading.Thread(target=sampled, args=(root,), daemon=True)
+    if sample:
+        sampler.start()
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -153,7 +160,8 @@ def run_process(
         err += f"\n[harness] stopped after {timeout:.0f} s"
     wall = time.perf_counter() - clock
     done.set()
-    sampler.join()
+    if sample:
+        sampler.join()
     children1 = os.times()
     # the whole tree's CPU once reaped is exact (children_user/system of this process) for every process that its
     # parent waited for; the sampled sum covers the others (a daemon's children, killed processes)

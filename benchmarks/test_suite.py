@@ -26,7 +26,9 @@ def main() -> int:
     # as `make test`: the package compiled first (the machine may forbid Python to write what it compiles)
     subprocess.run([sys.executable, "-m", "compileall", "-q", "mlops_assets"], cwd=harness.REPO, check=True)
     command = [harness.tool("pytest"), "-q", *([SMOKE_FILE] if args.smoke else [])]
-    m = harness.run_process(command, timeout=3600, check=False)
+    # not sampled: the suite's processes are waited for (their CPU is exact without it), and walking its tree of tens
+    # of processes every 50 ms took a share of a core from the suite
+    m = harness.run_process(command, timeout=3600, check=False, sample=False)
     summary = (m.stdout.strip().splitlines() or ["no output"])[-1]
     report.require(m.returncode == 0, f"pytest failed (exit {m.returncode}): {summary}")
     # the containers and the PostgreSQL server the deployment tests start run outside pytest's process tree: their

@@ -18,7 +18,7 @@ export DAGSTER_HOME
 THROUGH ?= 2013-03
 EVERY ?= 1
 
-.PHONY: pipeline test lint bench bench-smoke bench-drift ui simulate serve clean-data
+.PHONY: pipeline test compile lint bench bench-smoke bench-drift ui simulate serve clean-data
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> installing mlops_assets into $(VENV)"
@@ -27,7 +27,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $@
 
-pipeline: $(BIN)/.installed
+pipeline: $(BIN)/.installed compile
 	$(BIN)/mlops replay --through $(THROUGH) --every $(EVERY)
 	@# progress.yaml: a line per step, not Dagster's DEBUG stream (the event log keeps it all). The filter hides
 	@# click's note that `dagster job execute` is superseded by `dg launch`, which needs a `dg` project (not used here).
@@ -36,11 +36,14 @@ pipeline: $(BIN)/.installed
 		-c mlops_assets/progress.yaml --tags "$$($(BIN)/mlops months --tags)"
 	@$(BIN)/mlops models
 
-# Python reads compiled modules even where $PYTHONDONTWRITEBYTECODE stops it writing them (as on these machines):
-# compiled here, the suite's ~100 processes skip compiling the package (~0.12 s of CPU each; ~50 ms when up to date)
-test: $(BIN)/.installed
-	$(BIN)/python -m compileall -q mlops_assets
+test: $(BIN)/.installed compile
 	$(BIN)/pytest
+
+# Python reads compiled modules even where $PYTHONDONTWRITEBYTECODE stops it writing them (as on these machines):
+# compiled first by every command here that runs the platform, none of its processes compiles the package again
+# (~0.12 s of CPU each: the test suite starts ~100; ~50 ms when up to date)
+compile: $(BIN)/.installed
+	@$(BIN)/python -m compileall -q mlops_assets
 
 # ruff's rules (its defaults, pinned to one minor version in pyproject.toml) and its formatting at 120 columns
 lint: $(BIN)/.installed
@@ -56,7 +59,7 @@ $(BIN)/.installed-bench: $(BIN)/.installed pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	@touch $@
 
-bench: $(BIN)/.installed-bench
+bench: $(BIN)/.installed-bench compile
 	set -e; for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py; done
 	$(BIN)/python benchmarks/harness.py summary
 
@@ -64,7 +67,7 @@ bench: $(BIN)/.installed-bench
 # drift_vs_evidently runs ours only here (--skip-evidently): Evidently lives in its own venv (bench-drift).
 # MLOPS_BENCH_SHARED: the data they prepare alike (months landed, training_pipeline run) is built once, in a
 # temporary directory removed at the end (benchmarks/README.md).
-bench-smoke: $(BIN)/.installed-bench
+bench-smoke: $(BIN)/.installed-bench compile
 	set -e; shared="$$(mktemp -d)"; trap 'rm -rf "$$shared"' EXIT; \
 	for b in $(BENCHMARKS) drift_vs_evidently; do start=$$(date +%s); echo "==> $$b --smoke"; \
 		MLOPS_BENCH_SHARED="$$shared" $(BIN)/python benchmarks/$$b.py --smoke; \
@@ -86,16 +89,16 @@ bench-drift: $(BENCH_DRIFT_VENV)/bin/.installed
 
 # the Dagster UI and daemon; one Ctrl-C or SIGTERM stops the webserver, the daemon and the code server (mlops ui)
 UI_PORT ?= 3000
-ui: $(BIN)/.installed
+ui: $(BIN)/.installed compile
 	$(BIN)/mlops ui --port $(UI_PORT)
 
 # the replayed year in $(MLOPS_DATA_DIR)/simulation (cleared first); EVERY=20 for a quick run
-simulate: $(BIN)/.installed
+simulate: $(BIN)/.installed compile
 	$(BIN)/mlops simulate --from 2013-01 --through 2013-12 --every $(EVERY)
 
 # the prediction service on 127.0.0.1:8000 (after `make pipeline`); PORT=8001 to change
 PORT ?= 8000
-serve: $(BIN)/.installed
+serve: $(BIN)/.installed compile
 	$(BIN)/mlops serve --port $(PORT)
 
 clean-data:

@@ -17,8 +17,8 @@ import time
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError
 
-from mlops_assets.threaded_executor import execute_with_job_executor, threaded_executor
-from mlops_assets_tests.conftest import instance_for_test
+from mlops_assets.threaded_executor import _RunHoldsPools, execute_with_job_executor, threaded_executor
+from mlops_assets_tests.conftest import instance_for_test, new_run
 
 #: Seconds a step waits at the barrier for its sibling (long enough for a busy machine, short enough to fail fast).
 MEET_S = 20.0
@@ -199,6 +199,26 @@ def test_steps_that_waited_for_another_runs_slot_all_start_once_it_is_free() -> 
         runner.join(60)
         assert not runner.is_alive() and results[0].success
         assert storage.get_concurrency_info("warehouse").active_slot_count == 0
+
+
+def test_a_run_whose_steps_wait_for_a_slot_sleeps_until_it_may_claim_again() -> None:
+    """A step refused a slot (another run holds it) is tried again after Dagster's back-off; until then the run's loop
+    sleeps, at most a second at a time. Dagster's own interval is never above 0: the loop spun, a core busy."""
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        storage = instance.event_log_storage
+        storage.initialize_concurrency_limit_to_default("warehouse")
+        assert storage.claim_concurrency_slot("warehouse", "another-run", "its-step").is_claimed
+        with _RunHoldsPools(instance, new_run(instance)) as pools:
+            assert pools.interval_to_next_pending_claim_check() == 0.0  # nothing waits
+            assert not pools.claim("warehouse", "first")
+            assert 0.5 < pools.interval_to_next_pending_claim_check() <= 1.0  # Dagster's first back-off: 1 s
+            assert not pools.claim("warehouse", "first")  # asked again before its time: refused without asking
+            storage.free_concurrency_slots_for_run("another-run")
+            deadline = time.monotonic() + 30
+            while not pools.claim("warehouse", "first"):
+                assert time.monotonic() < deadline
+                time.sleep(pools.interval_to_next_pending_claim_check())
+            assert pools.interval_to_next_pending_claim_check() == 0.0
 
 
 def test_a_termination_request_lets_running_steps_finish_and_starts_no_more() -> None:

@@ -123,6 +123,7 @@ class BuiltData:
         template = self.built.get(months)
         if template is None:
             template = self.root / ("_".join(months) or "reference") / "data"
+            shutil.rmtree(template, ignore_errors=True)  # what a build that failed before left
             _build(load_settings(template), months)
             self.built[months] = template
         shutil.copytree(template, settings.data_dir, dirs_exist_ok=True)

@@ -7,12 +7,14 @@ Dagster's own, and Dagster's batches of events are stored as their events one by
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -214,13 +216,9 @@ def test_a_new_instance_is_made_as_dagster_makes_it_and_opened_again_without_mig
     assert all(d[0] == [("wal",)] and len(d[1]) == 1 and d[3] for d in ours.values())
 
     runs = tmp_path / "ours" / "history" / "runs.db"
-    engine = sqlalchemy.create_engine(f"sqlite:///{runs}")
-    try:
-        migrations_beside = sqlite_run_storage.__file__
-        assert _made_or_stamped(engine, RunStorageSqlMetadata, migrations_beside, ("instance_info",)) is False
-        assert _made_or_stamped(engine, RunStorageSqlMetadata, migrations_beside, ("no_such_table",)) is None
-    finally:
-        engine.dispose()
+    url, migrations_beside = f"sqlite:///{runs}", sqlite_run_storage.__file__
+    assert _made_or_stamped(url, RunStorageSqlMetadata, migrations_beside, ("instance_info",)) is False
+    assert _made_or_stamped(url, RunStorageSqlMetadata, migrations_beside, ("no_such_table",)) is None
     with sqlite3.connect(runs) as db:
         db.execute("DELETE FROM alembic_version")  # tables but no stamp: as SQLAlchemy 2.0 once left them
     reopened = PooledSqliteStorage.from_local(str(tmp_path / "ours"))
@@ -230,6 +228,35 @@ def test_a_new_instance_is_made_as_dagster_makes_it_and_opened_again_without_mig
         reopened.dispose()
     with sqlite3.connect(runs) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() != []  # Dagster stamped it
+
+
+def _make_instance_storage(root: str, start: Any, outcome: Any) -> None:
+    start.wait()
+    try:
+        PooledSqliteStorage.from_local(root).dispose()
+        outcome.put("made")
+    except Exception as error:  # noqa: BLE001 - reported to the test, which names it
+        outcome.put(repr(error))
+
+
+def test_processes_making_a_new_instance_at_once_make_it_once(tmp_path: Path) -> None:
+    """Three processes open the same new instance at the same moment (a webserver and a daemon started together):
+    each succeeds, and each database carries one stamp, the newest migration's, as Dagster's own new instance does.
+    Made without SQLite's write lock, one process found another's tables half made and Dagster stamped them as an
+    old database, or twice (which no process could open again)."""
+    DagsterSqliteStorage.from_local(str(tmp_path / "dagsters")).dispose()
+    newest = {db: described[1] for db, described in _databases(tmp_path / "dagsters").items()}
+    fork = multiprocessing.get_context("fork")  # no new interpreter: the processes start within milliseconds
+    for trial in range(3):
+        root = tmp_path / f"together-{trial}"
+        start, outcome = fork.Barrier(3), fork.Queue()
+        processes = [fork.Process(target=_make_instance_storage, args=(str(root), start, outcome)) for _ in range(3)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)
+        assert [outcome.get(timeout=10) for _ in processes] == ["made"] * 3
+        assert {db: described[1] for db, described in _databases(root).items()} == newest, trial
 
 
 def test_batches_are_stored_as_their_events_one_by_one_would_be(

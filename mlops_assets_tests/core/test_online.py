@@ -10,15 +10,23 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from mlops_assets.core.features import compute_features, context_start_for, covered, feature_rows, used_params
-from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
+from mlops_assets.core.features.pit import (
+    AsOfLookup,
+    add_lookup,
+    add_prepared_lookup,
+    add_trailing_windows,
+    lookup_candidates,
+)
 from mlops_assets.core.landing import month_key
 from mlops_assets.core.online import (
     CURRENT,
     KEYED_WINDOW_ROWS,
     SMALL_BATCH,
     OnlineStore,
+    _KeyedLookup,
     build_export,
     current_version,
     write_export,
@@ -234,3 +242,40 @@ def test_request_rows_from_the_index_equal_the_frame_path(warehouse_two_months: 
     assert [{k: type(v) for k, v in row.items()} for row in as_dicts] == [
         {k: type(v) for k, v in row.items()} for row in expected
     ]
+
+
+def test_the_per_key_lookup_equals_the_as_of_join_for_every_key_and_unknown_value() -> None:
+    """The few-request path (`_KeyedLookup`: each key's rows as slices of one sorted frame) gives what the offline
+    as-of join gives, for keys in any order, a key with one row, a null key and a value whose own known-at time is
+    null (unknown: no value, as offline; a NaN there had compared as known)."""
+    lookup = AsOfLookup(
+        name="previous leg",
+        by=("tail",),
+        known_at="sched",
+        columns={"delay": "prev_delay"},
+        max_age=timedelta(hours=72),
+        value_known_at={"prev_delay": "left_at"},
+        age_hours="prev_age_h",
+    )
+    t = datetime(2013, 1, 1)
+    right = pl.DataFrame(
+        {
+            "tail": ["B", "A", "B", "A", "C", None, "A"],
+            "sched": [t + timedelta(hours=h) for h in (5, 1, 2, 3, 4, 6, 30)],
+            "delay": [7.0, 1.0, 2.0, 3.0, 4.0, 6.0, 9.0],
+            "left_at": [t + timedelta(hours=h) for h in (5, 1, 2, 3, 4, 6)] + [None],
+        }
+    )
+    candidates = lookup_candidates(right, lookup)
+    targets = pl.DataFrame(
+        {
+            "tail": ["A", "B", "A", "C", "A", "B", None, "D", "A"],
+            "at": [t + timedelta(hours=h) for h in (0, 3, 2, 5, 31, 6, 7, 8, 200)],
+        }
+    ).sort("at")
+    expected = add_prepared_lookup(targets, candidates, lookup, "at").select(lookup.outputs)
+    keyed = _KeyedLookup(candidates, lookup)
+    times = targets["at"].dt.cast_time_unit("us").cast(pl.Int64).to_numpy()
+    got = pl.DataFrame(list(keyed.columns(targets.to_dicts(), times).values()))
+    assert_frame_equal(got.select(lookup.outputs), expected)
+    assert expected["prev_delay"].to_list()[-2:] == [None, None]  # A at 31 h: its newest leg's departure is unknown

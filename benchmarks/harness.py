@@ -331,9 +331,10 @@ def trained(target: Path, through: str, every: int, model: str) -> Path:
 
 
 def python_loop_ms() -> float:
-    """This machine's speed now: a million steps of a Python loop, best of 5, in ms. A machine here can run 10%
+    """The interpreter's speed now: a million steps of a Python loop, best of 5, in ms. A machine here can run 10%
     slower than an hour before, and machines differ by more (README.md: the monthly refresh on two of them), so
-    every block records it beside its figures: figures compare at similar loop times."""
+    every block records it beside its figures. It does not see everything: the pipeline's threaded, memory-heavy
+    work has run ~1.6x slower at the same loop time (benchmarks/README.md); ratios measured in turn compare best."""
     import timeit
 
     def loop() -> int:

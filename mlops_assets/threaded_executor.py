@@ -160,11 +160,20 @@ def _until_ended(
     running: dict[int, tuple[Any, list[DagsterEvent]]], events: queue.Queue[tuple[int, Any]]
 ) -> Iterator[DagsterEvent]:
     """The events of the steps still running after the run's loop failed, until each has ended (done or broken):
-    the run's pool slots are freed after that, never while one of its steps may still write (the one-writer rule)."""
+    the run's pool slots are freed after that, never while one of its steps may still write (the one-writer rule).
+    A step whose machinery breaks meanwhile gets an engine event with its error (stored as it is made, so a caller
+    that no longer iterates loses it neither): the run raises the first error only."""
     while running:
         attempt, item = events.get()
-        if item is _DONE or isinstance(item, BaseException):
+        if item is _DONE:
             del running[attempt]
+        elif isinstance(item, BaseException):
+            step_context, _ = running.pop(attempt)
+            yield DagsterEvent.engine_event(
+                step_context,
+                f"Step {step_context.step.key} broke while the run's loop was failing: {item!r}",
+                EngineEventData(error=serializable_error_info_from_exc_info((type(item), item, item.__traceback__))),
+            )
         else:
             yield item
 

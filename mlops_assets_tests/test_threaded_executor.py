@@ -245,30 +245,47 @@ def test_a_termination_request_lets_running_steps_finish_and_starts_no_more() ->
         )
 
 
+def _wait_for_the_loop_to_fail(context: dg.AssetExecutionContext) -> None:
+    deadline = time.monotonic() + MEET_S
+    while not any("loop failed" in (e.message or "") for e in context.instance.all_logs(context.run.run_id)):
+        assert time.monotonic() < deadline, "the run's loop never failed"
+        time.sleep(0.05)
+
+
 def test_a_run_whose_loop_fails_frees_its_pool_slot_only_after_its_running_steps_end() -> None:
     """A step breaks Dagster's own step machinery (an interrupt raised inside it, which Dagster re-raises), so the
-    run's loop fails while a sibling in the same pool still runs: the sibling still holds the run's slot until it
-    ends (another run's step would otherwise write beside it), and the slot is freed after it."""
-    sibling_started, seen_by_sibling = threading.Event(), []
+    run's loop fails while siblings in the same pool still run: they still hold the run's slot until they end
+    (another run's step would otherwise write beside them), and the slot is freed after them. A sibling whose
+    machinery breaks too meanwhile is reported with its error, not dropped."""
+    sibling_started, seen_by_sibling = threading.Barrier(3), []
 
     @dg.asset(pool="warehouse")
     def broken() -> None:
-        assert sibling_started.wait(MEET_S)
+        sibling_started.wait(MEET_S)
         raise DagsterExecutionInterruptedError("the step machinery broke")
 
     @dg.asset(pool="warehouse")
     def still_writing(context) -> None:  # unannotated: Dagster reads no string annotation of a local function
-        sibling_started.set()
-        deadline = time.monotonic() + MEET_S
-        while not any("loop failed" in (e.message or "") for e in context.instance.all_logs(context.run.run_id)):
-            assert time.monotonic() < deadline, "the run's loop never failed"
-            time.sleep(0.05)
+        sibling_started.wait(MEET_S)
+        _wait_for_the_loop_to_fail(context)
         seen_by_sibling.append(context.instance.event_log_storage.get_concurrency_info("warehouse").active_slot_count)
 
+    @dg.asset(pool="warehouse")
+    def broken_later(context) -> None:
+        sibling_started.wait(MEET_S)
+        _wait_for_the_loop_to_fail(context)
+        raise DagsterExecutionInterruptedError("a second step's machinery broke")
+
+    config = {"max_concurrent": 3}
     with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
-        result = execute_with_job_executor(_job([broken, still_writing]), instance)
+        result = execute_with_job_executor(_job([broken, still_writing, broken_later], config), instance)
         assert not result.success
         said = [e.message or "" for e in result.all_events if e.is_engine_event]
-        assert any("The run's loop failed while ['still_writing'] were running" in m for m in said), said
+        assert any("The run's loop failed while ['broken_later', 'still_writing'] were running" in m for m in said), (
+            said
+        )
         assert seen_by_sibling == [1]  # the run still held the slot while its step ran
+        second = [e for e in instance.all_logs(result.run_id) if "broke while the run's loop" in (e.message or "")]
+        assert [e.step_key for e in second] == ["broken_later"]
+        assert "a second step's machinery broke" in str(second[0].dagster_event.engine_event_data.error)
         assert instance.event_log_storage.get_concurrency_info("warehouse").active_slot_count == 0

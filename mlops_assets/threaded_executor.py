@@ -73,6 +73,10 @@ from dagster_shared.utils.timing import format_duration
 _POLL_S = 0.1
 #: Seconds the run's loop sleeps at most while its ready steps wait for a pool slot (interrupts are looked for after).
 _MAX_CLAIM_WAIT_S = 1.0
+#: Seconds it sleeps at least while a step waits for a slot: a back-off that has run out is tried again next (so
+#: ~50 ms late), and one whose step is no longer tried (abandoned while it waited) stays run out for ever, which
+#: must not make the loop spin.
+_MIN_CLAIM_WAIT_S = 0.05
 
 
 class _RunHoldsPools(InstanceConcurrencyContext):
@@ -100,15 +104,15 @@ class _RunHoldsPools(InstanceConcurrencyContext):
 
     def interval_to_next_pending_claim_check(self) -> float:
         """Seconds until a step waiting for a slot may claim again (after Dagster's back-off: 1 s, growing to 15 s),
-        at most :data:`_MAX_CLAIM_WAIT_S`, so that a termination request is seen while the run waits. Dagster's own
-        returns ``min(0, ...)``, never more than 0: its loop never slept, and a run waiting for another run's slot
-        kept a core busy (measured: ~10 CPU-s of a test's run while it waited; dagster-io/dagster#20367, closed
-        unmerged, saw the same)."""
+        at most :data:`_MAX_CLAIM_WAIT_S`, so that a termination request is seen while the run waits, and at least
+        :data:`_MIN_CLAIM_WAIT_S`. Dagster's own returns ``min(0, ...)``, never more than 0: its loop never slept, and
+        a run waiting for another run's slot kept a core busy (measured: ~10 CPU-s of a test's run while it waited;
+        dagster-io/dagster#20367, closed unmerged, saw the same)."""
         if not self._pending_claims:
             return 0.0
         now = time.time()
         earliest = min((ready_at - now for ready_at in self._pending_timeouts.values()), default=0.0)
-        return min(_MAX_CLAIM_WAIT_S, max(0.0, earliest))
+        return min(_MAX_CLAIM_WAIT_S, max(_MIN_CLAIM_WAIT_S, earliest))
 
     def __exit__(
         self,

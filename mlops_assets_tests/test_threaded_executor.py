@@ -221,6 +221,19 @@ def test_a_run_whose_steps_wait_for_a_slot_sleeps_until_it_may_claim_again() -> 
             assert pools.interval_to_next_pending_claim_check() == 0.0
 
 
+def test_a_step_no_longer_tried_after_its_back_off_leaves_the_loop_sleeping() -> None:
+    """A step refused a slot and then no longer tried (abandoned while it waited) keeps a back-off that has run out
+    for ever; the loop still sleeps between looks (at least 50 ms) instead of spinning."""
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        storage = instance.event_log_storage
+        storage.initialize_concurrency_limit_to_default("warehouse")
+        assert storage.claim_concurrency_slot("warehouse", "another-run", "its-step").is_claimed
+        with _RunHoldsPools(instance, new_run(instance)) as pools:
+            assert not pools.claim("warehouse", "abandoned")
+            time.sleep(1.1)  # Dagster's first back-off (1 s) runs out, and nobody asks for the step again
+            assert pools.interval_to_next_pending_claim_check() >= 0.05
+
+
 def test_a_termination_request_lets_running_steps_finish_and_starts_no_more() -> None:
     finished = threading.Event()
 

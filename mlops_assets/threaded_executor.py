@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
 import os
 import queue
 import sys
@@ -68,6 +69,8 @@ from dagster._core.storage.tags import PRIORITY_TAG
 from dagster._utils.error import serializable_error_info_from_exc_info
 from dagster._utils.timing import time_execution_scope
 from dagster_shared.utils.timing import format_duration
+
+logger = logging.getLogger(__name__)
 
 #: Seconds the run's loop waits for a step's next event before it looks for interrupts again.
 _POLL_S = 0.1
@@ -173,13 +176,41 @@ def _until_ended(
             del running[attempt]
         elif isinstance(item, BaseException):
             step_context, _ = running.pop(attempt)
-            yield DagsterEvent.engine_event(
-                step_context,
-                f"Step {step_context.step.key} broke while the run's loop was failing: {item!r}",
-                EngineEventData(error=serializable_error_info_from_exc_info((type(item), item, item.__traceback__))),
-            )
+            report = _reported(f"the error of step {step_context.step.key}", _broken_step_event, step_context, item)
+            if report is not None:
+                yield report
         else:
             yield item
+
+
+def _broken_step_event(step_context: Any, error: BaseException) -> DagsterEvent:
+    return DagsterEvent.engine_event(
+        step_context,
+        f"Step {step_context.step.key} broke while the run's loop was failing: {error!r}",
+        EngineEventData(error=serializable_error_info_from_exc_info((type(error), error, error.__traceback__))),
+    )
+
+
+def _loop_failed_event(
+    job_context: PlanExecutionContext, running: dict[int, tuple[Any, list[DagsterEvent]]], exc_info: Any
+) -> DagsterEvent:
+    return DagsterEvent.engine_event(
+        job_context,
+        f"The run's loop failed while {_steps(running)} were running: they finish before the run frees its pool "
+        "slots, so that no other run's step writes beside them",
+        EngineEventData(error=serializable_error_info_from_exc_info(exc_info)),
+    )
+
+
+def _reported(what: str, make: Callable[..., DagsterEvent], *args: Any) -> DagsterEvent | None:
+    """The engine event ``make(*args)`` makes (and stores), or None when that fails too (the event log may be what
+    broke the run): the failure goes to this module's log, and the wait for the run's running steps goes on, since
+    their pool slots must outlive them."""
+    try:
+        return make(*args)
+    except Exception:
+        logger.exception("could not record %s in the run's event log", what)
+        return None
 
 
 def longest_chain_first(execution_plan: ExecutionPlan) -> Callable[[ExecutionStep], float]:
@@ -284,12 +315,11 @@ def threaded_plan_iterator(
         except BaseException:
             try:
                 if running:
-                    yield DagsterEvent.engine_event(
-                        job_context,
-                        f"The run's loop failed while {_steps(running)} were running: they finish before the run "
-                        "frees its pool slots, so that no other run's step writes beside them",
-                        EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
+                    failed = _reported(
+                        "the failure of the run's loop", _loop_failed_event, job_context, running, sys.exc_info()
                     )
+                    if failed is not None:
+                        yield failed
                     yield from _until_ended(running, events)
             except GeneratorExit:  # the caller stopped iterating meanwhile: wait without yielding
                 for _ in _until_ended(running, events):

@@ -15,6 +15,7 @@ import threading
 import time
 
 import dagster as dg
+import pytest
 from dagster._core.errors import DagsterExecutionInterruptedError
 
 from mlops_assets.threaded_executor import _RunHoldsPools, execute_with_job_executor, threaded_executor
@@ -219,6 +220,53 @@ def test_a_run_whose_steps_wait_for_a_slot_sleeps_until_it_may_claim_again() -> 
                 assert time.monotonic() < deadline
                 time.sleep(pools.interval_to_next_pending_claim_check())
             assert pools.interval_to_next_pending_claim_check() == 0.0
+
+
+class _Unprintable(DagsterExecutionInterruptedError):
+    """An interrupt whose text cannot be made: no event can carry it."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def test_a_step_error_that_cannot_be_recorded_still_leaves_the_slot_held_until_the_steps_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The run's loop fails; then a second step breaks with an error no event can carry (its text cannot be made):
+    the error goes to the executor's log, and the run still waits for its last running step before it frees the
+    slot (the wait had ended at that error, and the slot was freed under the step)."""
+    meeting, broke_too, seen_by_writer = threading.Barrier(3), threading.Event(), []
+
+    @dg.asset(pool="warehouse")
+    def broken() -> None:
+        meeting.wait(MEET_S)
+        raise DagsterExecutionInterruptedError("the step machinery broke")
+
+    @dg.asset(pool="warehouse")
+    def broken_unprintably(context) -> None:  # unannotated: Dagster reads no string annotation of a local function
+        meeting.wait(MEET_S)
+        _wait_for_the_loop_to_fail(context)
+        broke_too.set()
+        raise _Unprintable()
+
+    @dg.asset(pool="warehouse")
+    def still_writing(context) -> None:
+        meeting.wait(MEET_S)
+        _wait_for_the_loop_to_fail(context)
+        assert broke_too.wait(MEET_S)
+        time.sleep(0.5)  # the run's wait has met the unrecordable error by now
+        seen_by_writer.append(context.instance.event_log_storage.get_concurrency_info("warehouse").active_slot_count)
+
+    assets = [broken, broken_unprintably, still_writing]
+    with instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        result = execute_with_job_executor(_job(assets, {"max_concurrent": 3}), instance)
+        assert not result.success
+        assert seen_by_writer == [1]  # the run held the slot until its last step ended
+        assert instance.event_log_storage.get_concurrency_info("warehouse").active_slot_count == 0
+    assert "could not record the error of step broken_unprintably" in caplog.text
 
 
 def test_a_step_no_longer_tried_after_its_back_off_leaves_the_loop_sleeping() -> None:

@@ -112,7 +112,9 @@ class _KeyedLookup:
         for row, t in zip(rows, times, strict=True):
             group = self.groups.get(_key(row, lookup.by))
             index = -1
-            if group is not None and not any(v is None for v in _key(row, lookup.by)):
+            # as the as-of join: a null key, or no prediction time (NaN: a local time that does not exist), matches
+            # nothing, even where no max_age would turn the newest row away
+            if group is not None and not np.isnan(t) and not any(v is None for v in _key(row, lookup.by)):
                 index = int(np.searchsorted(group[0], t, side="left" if lookup.strict else "right")) - 1
             known = int(group[0][index]) if index >= 0 and group is not None else None
             found = known is not None and (max_age is None or t - known <= max_age)

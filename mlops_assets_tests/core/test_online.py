@@ -244,16 +244,18 @@ def test_request_rows_from_the_index_equal_the_frame_path(warehouse_two_months: 
     ]
 
 
-def test_the_per_key_lookup_equals_the_as_of_join_for_every_key_and_unknown_value() -> None:
+@pytest.mark.parametrize("max_age", [timedelta(hours=72), None], ids=["max_age", "no_max_age"])
+def test_the_per_key_lookup_equals_the_as_of_join_for_every_key_and_unknown_value(max_age: timedelta | None) -> None:
     """The few-request path (`_KeyedLookup`: each key's rows as slices of one sorted frame) gives what the offline
-    as-of join gives, for keys in any order, a key with one row, a null key and a value whose own known-at time is
-    null (unknown: no value, as offline; a NaN there had compared as known)."""
+    as-of join gives, for keys in any order, a key with one row, a null key, a request without a prediction time
+    (a local time that does not exist) and a value whose own known-at time is null (unknown: no value, as offline;
+    a NaN there had compared as known)."""
     lookup = AsOfLookup(
         name="previous leg",
         by=("tail",),
         known_at="sched",
         columns={"delay": "prev_delay"},
-        max_age=timedelta(hours=72),
+        max_age=max_age,
         value_known_at={"prev_delay": "left_at"},
         age_hours="prev_age_h",
     )
@@ -269,13 +271,16 @@ def test_the_per_key_lookup_equals_the_as_of_join_for_every_key_and_unknown_valu
     candidates = lookup_candidates(right, lookup)
     targets = pl.DataFrame(
         {
-            "tail": ["A", "B", "A", "C", "A", "B", None, "D", "A"],
-            "at": [t + timedelta(hours=h) for h in (0, 3, 2, 5, 31, 6, 7, 8, 200)],
-        }
+            "tail": ["A", "B", "A", "C", "A", "B", None, "D", "A", "B"],
+            "at": [t + timedelta(hours=h) for h in (0, 3, 2, 5, 31, 6, 7, 8, 200)] + [None],
+        },
+        schema={"tail": pl.String, "at": pl.Datetime("us")},
     ).sort("at")
     expected = add_prepared_lookup(targets, candidates, lookup, "at").select(lookup.outputs)
     keyed = _KeyedLookup(candidates, lookup)
     times = targets["at"].dt.cast_time_unit("us").cast(pl.Int64).to_numpy()
     got = pl.DataFrame(list(keyed.columns(targets.to_dicts(), times).values()))
     assert_frame_equal(got.select(lookup.outputs), expected)
-    assert expected["prev_delay"].to_list()[-2:] == [None, None]  # A at 31 h: its newest leg's departure is unknown
+    unknown = expected.filter(targets["at"] > t + timedelta(hours=30))["prev_delay"]
+    assert unknown.to_list() == [None, None]  # A after 30 h: its newest leg's departure is unknown
+    assert expected["prev_delay"][0] is None  # no prediction time: nothing found

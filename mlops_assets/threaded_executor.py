@@ -168,8 +168,8 @@ def _until_ended(
 ) -> Iterator[DagsterEvent]:
     """The events of the steps still running after the run's loop failed, until each has ended (done or broken):
     the run's pool slots are freed after that, never while one of its steps may still write (the one-writer rule).
-    A step whose machinery breaks meanwhile gets an engine event with its error (stored as it is made, so a caller
-    that no longer iterates loses it neither): the run raises the first error only."""
+    A step whose machinery breaks meanwhile gets an engine event with its error, stored as it is made (a caller that
+    no longer iterates does not lose it): the run raises the first error only."""
     while running:
         attempt, item = events.get()
         if item is _DONE:

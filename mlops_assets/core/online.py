@@ -40,6 +40,7 @@ from mlops_assets.core.features.pit import (
     TrailingWindow,
     add_prepared_lookup,
     add_prepared_windows,
+    hours_from_micros,
     lookup_candidates,
     window_cumulatives,
 )
@@ -127,7 +128,7 @@ class _KeyedLookup:
                         value = None
                 out[output].append(value)
             if lookup.age_hours:
-                out[lookup.age_hours].append((t - known) / 3_600_000_000 if found and known is not None else None)
+                out[lookup.age_hours].append(hours_from_micros(t - known) if found and known is not None else None)
         series = {
             output: pl.Series(output, out[output], dtype=self.dtypes[column])
             for column, output in lookup.columns.items()

@@ -27,6 +27,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from mlops_assets.core.features.pit import hours_from_micros
 from mlops_assets.core.online import OnlineStore
 from mlops_assets.core.training import TrainedModel
 
@@ -34,7 +35,6 @@ from mlops_assets.core.training import TrainedModel
 MAX_ROWS = 32
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
-_MICROS_PER_HOUR = 3_600_000_000
 
 
 def micros(moment: datetime) -> int:
@@ -76,7 +76,7 @@ class _Lookup:
                     value = None
             row[output] = value
         if self.age_hours:
-            row[self.age_hours] = (t - known) / _MICROS_PER_HOUR if found and known is not None else None
+            row[self.age_hours] = hours_from_micros(t - known) if found and known is not None else None
 
 
 class _Window:

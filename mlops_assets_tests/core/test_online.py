@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -18,6 +19,7 @@ from mlops_assets.core.features.pit import (
     add_lookup,
     add_prepared_lookup,
     add_trailing_windows,
+    hours_from_micros,
     lookup_candidates,
 )
 from mlops_assets.core.landing import month_key
@@ -271,8 +273,10 @@ def test_the_per_key_lookup_equals_the_as_of_join_for_every_key_and_unknown_valu
     candidates = lookup_candidates(right, lookup)
     targets = pl.DataFrame(
         {
-            "tail": ["A", "B", "A", "C", "A", "B", None, "D", "A", "B"],
-            "at": [t + timedelta(hours=h) for h in (0, 3, 2, 5, 31, 6, 7, 8, 200)] + [None],
+            "tail": ["A", "B", "A", "C", "A", "B", None, "D", "A", "B", "A", "A"],
+            # hours, and times with seconds and a fraction of one (a request may carry them): ages to the last bit
+            "at": [t + timedelta(hours=h) for h in (0, 3, 2, 5, 31, 6, 7, 8, 200)]
+            + [None, t + timedelta(hours=1, seconds=24), t + timedelta(hours=3, minutes=54, seconds=34.25)],
         },
         schema={"tail": pl.String, "at": pl.Datetime("us")},
     ).sort("at")
@@ -280,7 +284,32 @@ def test_the_per_key_lookup_equals_the_as_of_join_for_every_key_and_unknown_valu
     keyed = _KeyedLookup(candidates, lookup)
     times = targets["at"].dt.cast_time_unit("us").cast(pl.Int64).to_numpy()
     got = pl.DataFrame(list(keyed.columns(targets.to_dicts(), times).values()))
-    assert_frame_equal(got.select(lookup.outputs), expected)
+    assert_frame_equal(got.select(lookup.outputs), expected, check_exact=True)
     unknown = expected.filter(targets["at"] > t + timedelta(hours=30))["prev_delay"]
     assert unknown.to_list() == [None, None]  # A after 30 h: its newest leg's departure is unknown
     assert expected["prev_delay"][0] is None  # no prediction time: nothing found
+
+
+def test_a_lookup_age_in_hours_is_the_as_of_join_s_to_the_last_bit() -> None:
+    """`hours_from_micros` (the per-key paths: a few requests, the service's rows) against the as-of join's
+    expression, over spans with seconds and fractions of one, where an exact division differed in the last digit."""
+    spans = np.random.default_rng(13).integers(0, 72 * 3_600_000_000, 20_000)
+    joined = (pl.Series(spans, dtype=pl.Duration("us")).dt.total_seconds(fractional=True) / 3600.0).to_list()
+    assert [hours_from_micros(int(span)) for span in spans] == joined
+    assert hours_from_micros(3_600_000_000) == 1.0
+
+
+def test_a_route_s_distance_is_its_newest() -> None:
+    """The online store's route distance is the one the route's next flights carry, its newest: the offline features
+    take each flight's own, and JFK-EGE went from 1747 to 1746 miles in 2013 (the longest ever had been served)."""
+    assert SPEC.online is not None
+    with duckdb.connect() as conn:
+        conn.execute("CREATE SCHEMA validated")
+        conn.execute(
+            "CREATE TABLE validated.flights AS SELECT * FROM (VALUES "
+            "('JFK', 'EGE', 1747, '2013-02-20T17:00:00Z'), ('JFK', 'EGE', 1746, '2013-03-02T17:00:00Z'), "
+            "('JFK', 'EGE', 1746, '2013-03-09T17:00:00Z'), ('EWR', 'ORD', 719, '2013-03-01T12:00:00Z')) "
+            "AS t(origin, dest, distance, time_hour)"
+        )
+        routes = query_frame(conn, SPEC.online.reference_sql["routes"]).sort("origin", "dest")
+    assert routes.rows() == [("EWR", "ORD", 719.0), ("JFK", "EGE", 1746.0)]

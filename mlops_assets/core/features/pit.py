@@ -102,6 +102,14 @@ def lookup_candidates(right: pl.DataFrame, lookup: AsOfLookup) -> pl.DataFrame:
     )
 
 
+def hours_from_micros(micros: int) -> float:
+    """Hours in a span of ``micros`` microseconds, to the last bit as the as-of join computes a lookup's age
+    (:func:`add_prepared_lookup`): polars takes a duration's seconds as microseconds times 1e-6 and divides by a
+    literal as a product with its reciprocal. An exact division differed in the last digit for ~0.6% of the spans
+    with seconds, so a request with seconds got another value alone than in a batch; the tests hold the two equal."""
+    return (micros * 1e-6) * (1 / 3600.0)
+
+
 def add_lookup(targets: pl.DataFrame, right: pl.DataFrame, lookup: AsOfLookup, time_column: str) -> pl.DataFrame:
     """Add ``lookup``'s output columns to ``targets`` (sorted by ``time_column``), keeping its order."""
     return add_prepared_lookup(targets, lookup_candidates(right, lookup), lookup, time_column)
@@ -134,7 +142,7 @@ def add_prepared_lookup(
     ]
     if lookup.age_hours:
         age = (pl.col("_t") - pl.col("_known")).dt.total_seconds(fractional=True) / 3600.0
-        values.append(pl.when(found).then(age).alias(lookup.age_hours))
+        values.append(pl.when(found).then(age).alias(lookup.age_hours))  # as hours_from_micros
     return targets.hstack(joined.select(values))
 
 

@@ -347,8 +347,10 @@ def flight_online(lead: timedelta = timedelta(0)) -> OnlineSpec:
         },
         key_fields=("carrier", "flight", "origin", "scheduled_departure"),
         reference_sql={
-            "routes": "SELECT origin, dest, max(CAST(distance AS DOUBLE)) AS distance FROM validated.flights "
-            "GROUP BY origin, dest",
+            # each route's newest distance, as its next flights will carry it (JFK-EGE measured 1747 miles until
+            # February 2013, 1746 after: the longest ever gave every later flight a distance its features lacked)
+            "routes": "SELECT origin, dest, CAST(distance AS DOUBLE) AS distance FROM validated.flights "
+            "QUALIFY row_number() OVER (PARTITION BY origin, dest ORDER BY time_hour DESC, distance DESC) = 1",
             "planes": "SELECT tailnum, year AS plane_year, CAST(seats AS DOUBLE) AS plane_seats, "
             "CAST(engines AS DOUBLE) AS plane_engines, engine AS plane_engine FROM validated.planes",
             "airports": "SELECT faa AS origin, tzone FROM validated.airports",

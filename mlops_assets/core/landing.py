@@ -255,7 +255,11 @@ def _survey(
             if TEMPORARY_NAME.fullmatch(name):
                 continue
             if path.is_dir():
-                report(path, _meant_for(top.name, name), f"a folder inside {top.name}/; {layout}")
+                if _batch_name_problem(top.name, name) is None:  # e.g. flights/2013-03.parquet/part-0.parquet
+                    reason = f"a folder named like a batch inside {top.name}/ (a dataset written as a folder of parts?)"
+                    report(path, _meant_for(top.name, name), f"{reason}: land it as one file; {layout}")
+                else:
+                    report(path, _meant_for(top.name, name), f"a folder inside {top.name}/; {layout}")
                 continue
             batch_name = name.removesuffix(CHECKSUM_SUFFIX)
             problem = _batch_name_problem(top.name, batch_name)
@@ -308,7 +312,7 @@ def _scanned(table: str, month: str | None, path: Path) -> LandedFile:
 def find_landed(landing_dir: Path, table: str, month: str | None) -> LandedFile | None:
     """The landed file of ``table`` for ``month`` with its current checksum, or ``None`` when nothing has landed."""
     path = landing_path(landing_dir, table, month)
-    if not path.exists():
+    if not path.is_file():  # a folder of that name is no batch (misnamed_files reports it)
         return None
     return LandedFile(table, month, path, sha256_file(path))
 

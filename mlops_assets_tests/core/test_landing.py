@@ -9,6 +9,7 @@ import pytest
 from mlops_assets.core.landing import (
     LandedFile,
     checksum_path,
+    find_landed,
     land_file,
     landed_months,
     misnamed_files,
@@ -170,10 +171,11 @@ def test_misnamed_files_are_listed_with_the_reason_and_never_taken_as_batches(tm
         "2013-05.parquet": "a file outside any table folder",
         "Flights": "folder 'Flights' is not a table name",
         "routes": "folder 'routes' is not a table of any feed",
+        "flights/2013-04.parquet": "a folder named like a batch inside flights/ (a dataset written as a folder of parts?)",
     }
     for name in misnamed:
         path = tmp_path / name
-        if name in ("Flights", "routes"):
+        if name in ("Flights", "routes", "flights/2013-04.parquet"):
             path.mkdir()
             (path / "2013-05.parquet").write_bytes(data)
         else:
@@ -189,6 +191,7 @@ def test_misnamed_files_are_listed_with_the_reason_and_never_taken_as_batches(tm
     assert found["2013-05.parquet"].table is None
     # none of them is a batch: the months and the files the sensor hashes are the well-named ones only
     assert landed_months(tmp_path, ["flights", "weather"]) == ["2013-01"]
+    assert find_landed(tmp_path, "flights", "2013-04") is None  # the folder named like a batch is not read as one
     assert {f.relative_name for f in scan_landing(tmp_path) if f.month and f.table in TABLES} == {
         "flights/2013-01.parquet",
         "weather/2013-01.parquet",

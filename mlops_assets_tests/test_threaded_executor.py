@@ -240,10 +240,7 @@ def test_a_step_error_that_cannot_be_recorded_still_leaves_the_slot_held_until_t
     slot (the wait had ended at that error, and the slot was freed under the step)."""
     meeting, broke_too, seen_by_writer = threading.Barrier(3), threading.Event(), []
 
-    @dg.asset(pool="warehouse")
-    def broken() -> None:
-        meeting.wait(MEET_S)
-        raise DagsterExecutionInterruptedError("the step machinery broke")
+    broken = _breaks_the_loop(meeting)
 
     @dg.asset(pool="warehouse")
     def broken_unprintably(context) -> None:  # unannotated: Dagster reads no string annotation of a local function
@@ -306,6 +303,18 @@ def test_a_termination_request_lets_running_steps_finish_and_starts_no_more() ->
         )
 
 
+def _breaks_the_loop(meeting: threading.Barrier) -> dg.AssetsDefinition:
+    """A step in the ``warehouse`` pool that meets its siblings, then breaks Dagster's own step machinery (an
+    interrupt raised inside it, which Dagster re-raises): the run's loop fails while they still run."""
+
+    @dg.asset(pool="warehouse")
+    def broken() -> None:
+        meeting.wait(MEET_S)
+        raise DagsterExecutionInterruptedError("the step machinery broke")
+
+    return broken
+
+
 def _wait_for_the_loop_to_fail(context: dg.AssetExecutionContext) -> None:
     deadline = time.monotonic() + MEET_S
     while not any("loop failed" in (e.message or "") for e in context.instance.all_logs(context.run.run_id)):
@@ -320,10 +329,7 @@ def test_a_run_whose_loop_fails_frees_its_pool_slot_only_after_its_running_steps
     machinery breaks too meanwhile is reported with its error, not dropped."""
     sibling_started, seen_by_sibling = threading.Barrier(3), []
 
-    @dg.asset(pool="warehouse")
-    def broken() -> None:
-        sibling_started.wait(MEET_S)
-        raise DagsterExecutionInterruptedError("the step machinery broke")
+    broken = _breaks_the_loop(sibling_started)
 
     @dg.asset(pool="warehouse")
     def still_writing(context) -> None:  # unannotated: Dagster reads no string annotation of a local function

@@ -118,7 +118,8 @@ def read_batch(source: Path | bytes) -> pl.DataFrame:
     corrupt file must come back as an error, never as a crash: single bytes changed in a 36 kB batch made polars'
     own reader abort the whole process on 8 of the first 9,000 positions (it asked for 2^61 bytes: nothing to catch,
     the run gone) and panic on more; after Arrow's reader had read them, the process aborted as it exited. DuckDB's
-    reader, over ~145,000 such corruptions (every position, four values each), raised an error or read the file."""
+    reader raised an error or read the file over ~145,000 such corruptions (every position, four values each, read
+    from a file; from bytes, as here, the first 12,000 positions with five values each)."""
     from polars.exceptions import PanicException  # a panic is no Exception: caught too, should one happen
 
     data = source if isinstance(source, bytes) else source.read_bytes()

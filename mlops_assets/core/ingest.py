@@ -524,9 +524,11 @@ def latest_verdicts(
     stage: str | tuple[str, ...],
     months: list[str | None] | None = None,
 ) -> list[dict[str, object]]:
-    """The newest batch-log entry per month for a table and stage (all months when ``months`` is None). Several
-    stages: the newest over them, the verdict on the newest version landed (a raw verdict after a validated one is a
-    newer file's, rejected before validation; a tie goes to the later stage, validated).
+    """The newest batch-log entry per month for a table and stage (all months when ``months`` is None).
+
+    Several stages, raw among them: the verdict on the newest version landed, the file raw judged last. Its raw
+    rejection when raw rejected it (raw keeps the last accepted file, so a later validation is of that earlier file,
+    and must not hide the rejection); else that file's newest later-stage verdict (validated); else raw's acceptance.
 
     A month with no entry is returned as ``{"month": month, "accepted": None}``.
     """
@@ -536,12 +538,20 @@ def latest_verdicts(
     stages = [stage] if isinstance(stage, str) else list(stage)
     cursor = conn.execute(
         f"""
-        SELECT * FROM {name}
-        WHERE table_name = ? AND list_contains(?, stage)
-        QUALIFY row_number() OVER (PARTITION BY month ORDER BY checked_at DESC, stage = 'validated' DESC) = 1
+        WITH entries AS (SELECT * FROM {name} WHERE table_name = ? AND list_contains(?, stage)),
+        newest_raw AS (
+            SELECT month, sha256, accepted FROM entries WHERE stage = 'raw' AND len(?) > 1
+            QUALIFY row_number() OVER (PARTITION BY month ORDER BY checked_at DESC) = 1
+        )
+        SELECT entries.* FROM entries ANTI JOIN newest_raw ON entries.month IS NOT DISTINCT FROM newest_raw.month
+        QUALIFY row_number() OVER (PARTITION BY month ORDER BY checked_at DESC) = 1
+        UNION ALL BY NAME
+        SELECT entries.* FROM entries JOIN newest_raw ON entries.month IS NOT DISTINCT FROM newest_raw.month
+        WHERE CASE WHEN newest_raw.accepted THEN entries.sha256 = newest_raw.sha256 ELSE entries.stage = 'raw' END
+        QUALIFY row_number() OVER (PARTITION BY entries.month ORDER BY stage = 'raw', checked_at DESC) = 1
         ORDER BY month
         """,
-        [table, stages],
+        [table, stages, stages],
     )
     columns = [d[0] for d in cursor.description]
     rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]

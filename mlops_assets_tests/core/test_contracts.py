@@ -40,6 +40,7 @@ from mlops_assets.core.ingest import (
 from mlops_assets.core.landing import checksum_path, find_landed, land_file
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import ContractContext, ShareRule, TableSpec
+from mlops_assets.core.store import append_row, ensure_batch_log
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets_tests.conftest import EVERY, REFERENCE, BuiltData, load_month
 
@@ -99,6 +100,62 @@ def test_clean_real_month_passes_with_no_quarantined_flights(
     counts = counted[batch]
     assert counts["validated"] + counts["quarantined"] == counts["landed"] == flights["rows_landed"]
     assert counted[(MONTH, "a file never landed")] == {"landed": 0, "validated": 0, "quarantined": 0}
+
+
+#: (stage, file, accepted) entries of one month's batch log, oldest first; the verdict status gives for the month.
+LOG_HISTORIES = {
+    "validated after raw": ([("raw", "v1", True), ("validated", "v1", True)], ("validated", "v1", True)),
+    "raw rejects a new file": (
+        [("raw", "v1", True), ("validated", "v1", True), ("raw", "v2", False)],
+        ("raw", "v2", False),
+    ),
+    # raw keeps v1, so validating again re-judges v1, not the newest file
+    "then the serving file is validated again": (
+        [("raw", "v1", True), ("validated", "v1", True), ("raw", "v2", False), ("validated", "v1", True)],
+        ("raw", "v2", False),
+    ),
+    # the same bytes with a checksum file that does not vouch for them, then validated again
+    "raw rejects the same bytes": (
+        [("raw", "v1", True), ("validated", "v1", True), ("raw", "v1", False), ("validated", "v1", True)],
+        ("raw", "v1", False),
+    ),
+    # raw takes the file again; validated's rejection of it still stands until validated judges it again
+    "raw accepts a file validated rejected": (
+        [("raw", "v1", True), ("validated", "v1", False), ("raw", "v1", True)],
+        ("validated", "v1", False),
+    ),
+    "the good file landed again": (
+        [("raw", "v1", True), ("validated", "v1", True), ("raw", "v2", False), ("raw", "v1", True)],
+        ("validated", "v1", True),
+    ),
+    "raw accepted a new file, not validated yet": (
+        [("raw", "v1", True), ("validated", "v1", True), ("raw", "v2", True)],
+        ("raw", "v2", True),
+    ),
+}
+
+
+@pytest.mark.parametrize("history", LOG_HISTORIES.values(), ids=LOG_HISTORIES)
+def test_status_gives_the_verdict_on_the_newest_landed_file(
+    history: tuple[list[tuple[str, str, bool]], tuple[str, str, bool]],
+) -> None:
+    entries, expected = history
+    with duckdb.connect() as conn:
+        log = ensure_batch_log(conn)
+        for i, (stage, sha256, accepted) in enumerate(entries):
+            for month in (MONTH, None):  # a month, and the reference table's one partition
+                row = {"table_name": "flights", "month": month, "stage": stage, "sha256": sha256, "accepted": accepted}
+                append_row(conn, log, {**row, "checked_at": datetime(2026, 1, 1, 0, i)})
+        verdicts = latest_verdicts(conn, "flights", ("raw", "validated"))
+        assert [(v["month"], v["stage"], v["sha256"], v["accepted"]) for v in verdicts] == [
+            (MONTH, *expected),
+            (None, *expected),
+        ]
+        # one stage: its newest entry, whatever the other stage logged
+        for stage in ("raw", "validated"):
+            newest = [e for e in entries if e[0] == stage][-1]
+            [verdict] = latest_verdicts(conn, "flights", stage, [MONTH])
+            assert (verdict["stage"], verdict["sha256"], verdict["accepted"]) == newest
 
 
 def test_the_row_check_fails_when_a_months_rows_do_not_add_up(loaded: duckdb.DuckDBPyConnection) -> None:

@@ -439,3 +439,31 @@ def test_status_tells_the_newest_version_of_a_month_from_earlier_ones(base: Sett
     shown = format_status(store_status(CATALOG, CATALOG.models, base))
     assert "2013-04 (raw: column_present on distance; serving the last accepted version)" in shown, shown
     assert "+5  of earlier versions of a month (kept)" in shown, shown
+
+
+def test_revalidating_the_serving_version_keeps_the_newest_versions_rejection_in_status(base: Settings) -> None:
+    """April's second version is rejected at raw; re-materializing `validated/flights` alone then re-validates the
+    version raw still holds (the first, accepted again). `mlops status` still names the newest version's rejection;
+    landing the good version again clears it."""
+    from mlops_assets.core.status import store_status
+
+    def rejected() -> list[tuple[str, str]]:
+        status = store_status(CATALOG, CATALOG.models, base)["tables"]["flights"]
+        return [(r["stage"], r["rule"]) for r in status["rejected_batches"] if r["month"] == BAD]
+
+    april = _clean(base)
+    validated_flights = [dg.AssetKey(["validated", "flights"])]
+    with instance_for_test() as instance:
+        assert _run(base, instance, [BAD]).success
+        _land(base, april.drop("distance"))
+        assert not _run(base, instance, [BAD]).success
+        assert rejected() == [("raw", "column_present")]
+        register_months(instance, [BAD])
+        job = build_definitions(CATALOG, base).resolve_job_def("feature_pipeline")
+        again = job.execute_in_process(instance=instance, tags=range_tags([BAD]), asset_selection=validated_flights)
+        assert again.success
+        assert _verdict(base, "validated")["accepted"] is True  # the serving version, validated again
+        assert rejected() == [("raw", "column_present")]  # still the newest version's verdict
+        _land(base, april)  # the good version again, as a person restoring the month would
+        assert _run(base, instance, [BAD]).success
+    assert rejected() == []

@@ -30,7 +30,14 @@ import duckdb
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.catalog import CatalogError
-from mlops_assets.core.landing import LandedFile, landed_months, month_range, parse_month, scan_landing
+from mlops_assets.core.landing import (
+    LandedFile,
+    incomplete_months,
+    landed_months,
+    month_range,
+    parse_month,
+    scan_landing,
+)
 from mlops_assets.core.records import json_safe
 from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
 from mlops_assets.core.settings import (
@@ -157,10 +164,28 @@ def cmd_months(args: argparse.Namespace) -> int:
     from mlops_assets.defs.run_tags import range_tags
 
     settings = load_settings()
-    months = landed_months(settings.landing_dir, [t.name for f in CATALOG.feeds for t in f.monthly_tables])
+    tables = [t.name for f in CATALOG.feeds for t in f.monthly_tables]
+    months = landed_months(settings.landing_dir, tables)
     if not months:
         print("error: no month has landed yet: run `mlops replay --through 2013-03` first", file=sys.stderr)
         return 1
+    incomplete = incomplete_months(settings.landing_dir, tables)
+    if incomplete:
+        # a run over a month some table has not landed for fails at that table's ingest: the range stops before the
+        # first such month, which waits (as the landing sensor waits) until its files land
+        ready = [m for m in months if m < min(incomplete)]
+        for month, missing in incomplete.items():
+            print(
+                f"note: {month} waits for {', '.join(missing)} "
+                f"(land {', '.join(f'{t}/{month}.parquet' for t in missing)} or `mlops replay --month {month}`)",
+                file=sys.stderr,
+            )
+        if not ready:
+            print(f"error: no landed month is complete before {min(incomplete)}: land the files above", file=sys.stderr)
+            return 1
+        if ready[-1] != months[-1]:
+            print(f"note: the months covered end at {ready[-1]}", file=sys.stderr)
+        months = ready
     print(json.dumps(range_tags(months)) if args.tags else "\n".join(months))
     return 0
 
@@ -387,7 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--every", type=_positive, default=1, help="keep every n-th row (a small real feed for tests)")
     replay.set_defaults(handler=cmd_replay)
 
-    months = commands.add_parser("months", help="the landed months; --tags: run tags covering all of them (JSON)")
+    months = commands.add_parser(
+        "months",
+        help="the landed months, up to the first that a table has not landed for (named on stderr); --tags: run "
+        "tags covering them (JSON)",
+    )
     months.add_argument(
         "--tags", action="store_true", help="print the partition-range run tags for `dagster job execute --tags`"
     )

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from mlops_assets.cli import main
+from mlops_assets.core.landing import land_file
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
+from mlops_assets.defs.run_tags import range_tags
 
 
 def _registry_with_history(settings: Settings) -> Registry:
@@ -185,6 +187,35 @@ def test_a_replay_outside_the_feed_says_why_before_landing_anything(
     printed = capsys.readouterr()
     assert said in printed.err and "Traceback" not in printed.err
     assert "Landing" not in printed.out and not settings.landing_dir.exists()
+
+
+def test_months_stop_before_a_month_a_table_has_not_landed_for(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run over a month whose weather has not landed would fail at its ingest: `mlops months` covers the complete
+    months before it, names what is missing and how to land it (the landing sensor waits for such a month too)."""
+    for table, month in [
+        ("flights", "2013-01"),
+        ("weather", "2013-01"),
+        ("flights", "2013-02"),
+        ("flights", "2013-03"),
+    ]:
+        land_file(settings.landing_dir, table, month, b"only the layout is read")
+    land_file(settings.landing_dir, "weather", "2013-03", b"only the layout is read")
+    assert main(["months", "--tags"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == range_tags(["2013-01"])
+    assert "note: 2013-02 waits for weather (land weather/2013-02.parquet or `mlops replay --month 2013-02`)" in (
+        printed.err
+    )
+    assert "note: the months covered end at 2013-01" in printed.err and "2013-03" not in printed.err
+    land_file(settings.landing_dir, "weather", "2013-02", b"only the layout is read")
+    assert main(["months"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.split() == ["2013-01", "2013-02", "2013-03"] and printed.err == ""
+    (settings.landing_dir / "weather" / "2013-01.parquet").unlink()
+    assert main(["months", "--tags"]) == 1
+    assert "error: no landed month is complete before 2013-01: land the files above" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -328,6 +328,17 @@ def landed_months(landing_dir: Path, tables: list[str] | None = None) -> list[st
     )
 
 
+def incomplete_months(landing_dir: Path, tables: list[str]) -> dict[str, list[str]]:
+    """Landed months that some of ``tables`` (the feeds' monthly tables) have not landed for yet: ``{month: the
+    missing tables}``. Such a month is not ready (the landing sensor waits for it, see :func:`plan_refresh`)."""
+    landed: dict[str, set[str]] = {}
+    for table, month, _ in _walk_layout(landing_dir):
+        if month is not None and table in tables:
+            landed.setdefault(month, set()).add(table)
+    missing = {month: [t for t in tables if t not in have] for month, have in sorted(landed.items())}
+    return {month: tables_missing for month, tables_missing in missing.items() if tables_missing}
+
+
 @dataclass(frozen=True)
 class RefreshPlan:
     """What the landing sensor should do: months to (re)build with their run keys, months still incomplete, and the

@@ -242,9 +242,12 @@ class Registry:
                 raise AliasMovedError(
                     f"{name} is {aliases.get(name)} now, not {expected}: another process moved it; look again"
                 )
+            # the event first: a crash between the two leaves a move the log names and the aliases lack, which a
+            # retried promotion completes (the alias still differs) and `mlops doctor` reports; the other order left
+            # a champion no event names, that no retry logged and the doctor's repair silently undid
+            self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id, **details)
             aliases = {**aliases, name: version}
             write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
-            self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id, **details)
 
     @contextmanager
     def _aliases_locked(self) -> Iterator[None]:
@@ -354,7 +357,13 @@ def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str
                 f"no earlier champion to roll back to (current: {current}; rolled back before: "
                 f"{', '.join(sorted(taken_out)) or 'none'}); name one with --to"
             )
-        to = earlier[0]
+        sound = [v for v in earlier if _is_sound(registry, v)]  # a damaged one is passed over, as the sensor does
+        if not sound:
+            raise RegistryIntegrityError(
+                f"every earlier champion fails its checksum or is missing ({', '.join(earlier)}): `mlops doctor` "
+                "says which file; name another version with --to, or retrain (`make pipeline`)"
+            )
+        to = sound[0]
     if to == current:
         raise ValueError(f"{to} is already the champion")
     registry.model_text(to)  # refuse a damaged target before it serves
@@ -362,6 +371,15 @@ def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str
         CHAMPION, to, "rolled_back", f"{reason} (from {current})", run_id=run_id, expected=current, from_version=current
     )
     return to
+
+
+def _is_sound(registry: Registry, version: str) -> bool:
+    """Whether ``version``'s model is there and passes its checksum."""
+    try:
+        registry.model_text(version)
+    except (RegistryIntegrityError, UnknownVersionError, OSError):
+        return False
+    return True
 
 
 def rollback_to_first_sound(
@@ -405,6 +423,11 @@ def examine(registry: Registry) -> list[Finding]:
             f"names unknown versions {missing}" if missing else ", ".join(f"{a} -> {v}" for a, v in aliases.items())
         )
         findings.append(Finding("aliases.json", not missing, detail or "no aliases yet"))
+        logged = logged_aliases(registry)
+        unlogged = {a: v for a, v in aliases.items() if logged.get(a, v) != v}
+        if unlogged:  # a move cut short between its event and the aliases (or a hand edit of either file)
+            said = "; ".join(f"{a} is {v} but the event log's last move named {logged[a]}" for a, v in unlogged.items())
+            findings.append(Finding("aliases.json vs events.jsonl", False, f"{said}: {_repair_hint(registry.root)}"))
     except RegistryDamaged as error:
         findings.append(Finding("aliases.json", False, str(error)))
     try:
@@ -416,8 +439,19 @@ def examine(registry: Registry) -> list[Finding]:
 
 def repair(registry: Registry) -> list[str]:
     """Set damaged event lines aside (``events.damaged.jsonl``, nothing is lost) and rebuild ``aliases.json`` from the
-    event log: each alias gets the version its last alias event named, skipping versions that fail their checksum.
-    Returns what was done."""
+    event log: each alias gets the version its last alias event named, skipping versions that fail their checksum
+    (and, for the champion, versions a rollback took out of service). Holds the aliases' lock throughout. Returns
+    what was done."""
+    with registry._aliases_locked():  # no alias move (a promotion, the rollback sensor) lands between read and write
+        return _repair_locked(registry)
+
+
+def logged_aliases(registry: Registry) -> dict[str, str | None]:
+    """Each alias as the event log's last move of it named it."""
+    return {event["alias"]: event.get("version") for event in registry.events() if event.get("alias")}
+
+
+def _repair_locked(registry: Registry) -> list[str]:
     done: list[str] = []
     if registry.events_path.exists():
         good, bad = [], []
@@ -441,10 +475,12 @@ def repair(registry: Registry) -> list[str]:
             sound.add(version)
         except (RegistryIntegrityError, OSError, ValueError):
             pass
+    taken_out = rolled_back_from(registry)
     rebuilt: dict[str, str | None] = {}
     for event in registry.events():
         alias, version = event.get("alias"), event.get("version")
-        if alias and (version is None or version in sound):
+        # a version a rollback took out of service is never made champion again by a repair
+        if alias and (version is None or (version in sound and not (alias == CHAMPION and version in taken_out))):
             rebuilt[alias] = version
     try:
         current = registry.aliases()
@@ -457,6 +493,11 @@ def repair(registry: Registry) -> list[str]:
             "repaired", version=rebuilt.get(CHAMPION), reason=f"aliases rebuilt from the event log: {rebuilt}"
         )
         done.append(f"rebuilt aliases.json from the event log: {rebuilt}")
+    if current and current.get(CHAMPION) and not rebuilt.get(CHAMPION):
+        done.append(
+            "no sound champion left that no rollback took out of service: retrain (`make pipeline`) or name one "
+            "with `mlops rollback --to V`"
+        )
     return done
 
 

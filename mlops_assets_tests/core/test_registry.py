@@ -19,6 +19,8 @@ from mlops_assets.core.registry import (
     RegistryIntegrityError,
     UnknownVersionError,
     evaluated_roc_auc,
+    examine,
+    repair,
     rollback,
     rollback_targets,
     rollback_to_first_sound,
@@ -225,3 +227,82 @@ def test_aliases_moved_by_two_processes_at_once_lose_no_move(tmp_path: Path) -> 
     movers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), prefix, version]) for prefix in ("a", "b")]
     assert [mover.wait(timeout=120) for mover in movers] == [0, 0]
     assert registry.aliases() == {f"{prefix}{i}": version for prefix in ("a", "b") for i in range(150)}
+
+
+def test_a_move_cut_short_after_its_event_is_reported_and_completed_by_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills (or the process dies) between a promotion's event and its aliases write: the event names the
+    move, so the version counts as gated, `mlops doctor` reports the difference, and the retried promotion (the alias
+    still differs) completes it."""
+    import mlops_assets.core.registry as registry_module
+
+    registry = Registry(tmp_path)
+    first, second = _register(registry), _register(registry, MODEL + "2")
+    registry.set_alias(CHAMPION, first, "promoted", "first model")
+    real_write = registry_module.write_atomic
+
+    def full_disk(path: Path, data: bytes) -> None:
+        if path == registry.aliases_path:
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(registry_module, "write_atomic", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        registry.set_alias(CHAMPION, second, "promoted", "better AUC", expected=first)
+    monkeypatch.undo()
+    assert registry.alias(CHAMPION) == first and registry.events()[-1]["version"] == second
+    [finding] = [f for f in examine(registry) if f.what == "aliases.json vs events.jsonl"]
+    assert not finding.ok and f"champion is {first} but the event log's last move named {second}" in finding.detail
+    registry.set_alias(CHAMPION, second, "promoted", "better AUC", expected=first)  # the step's retry
+    assert registry.alias(CHAMPION) == second and all(f.ok for f in examine(registry))
+
+
+def test_a_repair_never_hands_the_champion_back_to_a_rolled_back_version(tmp_path: Path) -> None:
+    """v2 was rolled back to v1 for its live quality, then v1's file is damaged: the repair drops the damaged
+    champion and does not fall back on v2, the last promotion in the log; it says there is no sound champion."""
+    registry = Registry(tmp_path)
+    v1, v2 = _register(registry), _register(registry, MODEL + "2")
+    registry.set_alias(CHAMPION, v1, "promoted", "first model")
+    registry.set_alias(CHAMPION, v2, "promoted", "better AUC")
+    rollback(registry, "live AUC fell", to=v1)
+    registry.get(v1).model_path.write_text("tampered")
+    done = repair(registry)
+    assert registry.alias(CHAMPION) is None, done
+    assert any("no sound champion" in line for line in done), done
+
+
+def test_a_rollback_without_a_target_passes_over_a_damaged_champion(tmp_path: Path) -> None:
+    """`mlops rollback` with no --to: the newest earlier champion fails its checksum, so the one before it is taken
+    (the error used to name the damaged one again at every try); with none sound it says what to do."""
+    registry = Registry(tmp_path)
+    v1, v2, v3 = (_register(registry, MODEL + str(n)) for n in range(3))
+    for version in (v1, v2, v3):
+        registry.set_alias(CHAMPION, version, "promoted", "better AUC")
+    registry.get(v2).model_path.write_text("tampered")
+    assert rollback(registry, "by hand") == v1
+    registry.set_alias(CHAMPION, v3, "promoted", "retrained")
+    registry.get(v1).model_path.write_text("tampered")
+    with pytest.raises(RegistryIntegrityError, match="every earlier champion fails its checksum or is missing"):
+        rollback(registry, "by hand")
+    assert registry.alias(CHAMPION) == v3
+
+
+def test_a_repair_and_alias_moves_in_another_process_lose_no_move(tmp_path: Path) -> None:
+    """`mlops doctor --repair` rebuilds the aliases while a promotion moves them in another process: the repair
+    holds the aliases' lock, so no move is undone by its stale map."""
+    registry = Registry(tmp_path)
+    version = _register(registry)
+    script = (
+        "import sys; from pathlib import Path; from mlops_assets.core.registry import Registry\n"
+        "registry = Registry(Path(sys.argv[1]))\n"
+        "for i in range(150): registry.set_alias(f'a{i}', sys.argv[2], 'promoted', 'race')\n"
+    )
+    mover = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), version])
+    while mover.poll() is None:
+        # a damaged line makes every repair rewrite the log and rebuild the aliases
+        with open(registry.events_path, "a", encoding="utf-8") as handle:
+            handle.write("{damaged\n")
+        repair(registry)
+    assert mover.wait(timeout=120) == 0
+    assert registry.aliases() == {f"a{i}": version for i in range(150)}

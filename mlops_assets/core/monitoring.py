@@ -99,7 +99,18 @@ def live_performance(
         scored = scored.with_columns(pl.lit("ok").alias("status"))
     labelled = labels.select(*spec.key, spec.label)
     rows: list[dict[str, Any]] = []
-    for (variant, version), group in scored.group_by(["variant", "model_version"], maintain_order=True):
+    # the groups in the order each last served (by ``logged_at`` online, else the rows' order): a variant that served
+    # v2, v3, then v2 again (v3 rolled back mid-month) has v2 last, the version serving now
+    at = "logged_at" if "logged_at" in scored.columns else "_row"
+    order = (
+        scored.with_row_index("_row")
+        .group_by(["variant", "model_version"])
+        .agg(pl.col(at).max().alias("_at"))
+        .sort("_at", maintain_order=True)
+    )
+    groups = scored.partition_by(["variant", "model_version"], as_dict=True)
+    for variant, version in order.select("variant", "model_version").iter_rows():
+        group = groups[(variant, version)]
         errors = group.filter(pl.col("status") != "ok").height
         ok = group.filter(pl.col("status") == "ok")
         joined = ok.join(labelled, on=list(spec.key), how="inner").filter(pl.col(spec.label).is_not_null())

@@ -197,7 +197,8 @@ def rollback_reasons(
 
     Quality (AUC, extreme scores, spread) is judged on the batch champion once it has ``policy.min_rows`` labelled
     rows; a live AUC of None (the month has one class) is not judged. Failed predictions are judged on the online
-    champion once it was asked ``policy.min_requests`` predictions in the month. ``reference_scores`` is the
+    champion once it was asked ``policy.min_requests`` predictions in the month, when it is the version that scored
+    the batch (the one judged). ``reference_scores`` is the
     ``scores`` part of the champion's reference profile.
     """
     reasons: list[str] = []
@@ -221,7 +222,9 @@ def rollback_reasons(
         if reference_spread and spread < policy.min_score_std_ratio * reference_spread:
             reasons.append(f"scores collapsed: spread {spread:.4f} vs {reference_spread:.4f} in its reference profile")
     online = live.online_champion
-    if online is not None and online.requests >= policy.min_requests and online.error_rate > policy.max_error_rate:
+    # another version's failures (one promoted, then rolled back, mid-month) say nothing of the champion judged here
+    judged = online is not None and (live.champion is None or online.version == live.champion_version)
+    if judged and online.requests >= policy.min_requests and online.error_rate > policy.max_error_rate:
         reasons.append(
             f"{online.error_rate:.1%} of {online.requests:,} online predictions failed (max {policy.max_error_rate:.0%})"
         )

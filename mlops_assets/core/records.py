@@ -361,7 +361,8 @@ class LiveSummary(Record):
         ``share_above_0_99``, ``share_below_0_01``, ``error_rate``, ``evaluation_roc_auc``, ``auc_drop``).
 
         A variant that served two versions in the month (online: a promotion or rollback mid-month) keeps the later
-        row, which is the version that started serving last. AUCs are rounded to 4 digits, shares to 6.
+        row, which is the version that served last (``live_performance`` orders them so). AUCs are rounded to 4
+        digits, shares to 6.
         """
         if table.height == 0:
             return cls.empty(month)

@@ -141,6 +141,45 @@ def test_a_live_summary_from_the_live_table_round_trips() -> None:
     assert LiveSummary.from_json(through_json(summary)) == summary
 
 
+def test_the_version_serving_last_is_judged_not_one_rolled_back_mid_month() -> None:
+    """Online, the champion served v0002, then v0003 (failing every request, rolled back by hand), then v0002 again:
+    the summary's online champion is v0002, the version serving last, and nothing calls for rolling it back. Had the
+    failing version served last, its failures would still not be held against the batch champion v0002."""
+    from mlops_assets.core.policy import RollbackPolicy, rollback_reasons
+
+    rng = np.random.default_rng(4)
+    labels = toy_frame(rng, 900)
+    p = 1 / (1 + np.exp(-labels["x"].to_numpy()))
+    batch = labels.select("id").with_columns(
+        pl.lit("champion").alias("variant"), pl.lit("v0002").alias("model_version"), pl.Series("score", p)
+    )
+    served = ["v0002"] * 300 + ["v0003"] * 300 + ["v0002"] * 300
+    failed = [False] * 300 + [True] * 300 + [False] * 300
+    online = labels.select("id").with_columns(
+        pl.lit("champion").alias("variant"),
+        pl.Series("model_version", served),
+        pl.Series("score", [None if bad else float(x) for bad, x in zip(failed, p, strict=True)], pl.Float64),
+        pl.Series("status", ["error" if bad else "ok" for bad in failed]),
+    )
+    evaluated = {"v0002": 0.8, "v0003": 0.82}
+    reference = {"std": float(np.std(p))}
+    logged = online.with_columns(  # the serving log's own times, its files read in any order
+        pl.datetime_range(datetime(2013, 4, 1), datetime(2013, 4, 1, 14, 59), "1m", eager=True).alias("logged_at")
+    ).sample(fraction=1.0, shuffle=True, seed=0)
+    for log, serving_last in ((online, "v0002"), (online.head(600), "v0003"), (logged, "v0002")):
+        table = pl.concat(
+            [
+                live_performance(batch, labels, SPEC, evaluated, "batch"),
+                live_performance(log, labels, SPEC, evaluated, "online"),
+            ],
+            how="diagonal_relaxed",
+        )
+        summary = LiveSummary.from_table("2013-04", table)
+        assert summary.online_champion is not None and summary.online_champion.version == serving_last
+        assert summary.champion_version == "v0002"
+        assert rollback_reasons(summary, 0.7, reference, RollbackPolicy()) == []
+
+
 def test_a_champion_whose_every_online_prediction_failed_is_rolled_back() -> None:
     """A total outage has no answered, labelled row to measure quality on, but it is the strongest reason to roll
     back: the online champion is still recorded, with its error rate and no AUC, and the rule fires."""

@@ -519,7 +519,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if not sound:
         print(
             "Some checks failed: `mlops doctor --repair` fixes aliases and the event log; a version failing its "
-            "checksum is never loaded: roll back (`mlops rollback --model M`) or retrain (`make pipeline`)."
+            "checksum is never loaded: a damaged champion is rolled back (`mlops rollback --model M`, which passes "
+            "over damaged versions) before a retraining can be judged against it."
         )
     return 0 if sound else 1
 

@@ -334,8 +334,14 @@ _FROM_IN_REASON = re.compile(r"\(from (v\d{4,})\)$")
 
 
 def evaluated_roc_auc(registry: Registry, version: str) -> float | None:
-    """The ROC AUC ``version`` had on its own test month when it was evaluated as the challenger (None: never
-    evaluated, or undefined on that month)."""
+    """The ROC AUC ``version`` had on its own test month when it passed the promotion gates, as its promotion
+    recorded it; for a version never promoted (or promoted before promotions recorded it), its latest evaluation's
+    (None: never evaluated, or undefined on that month). A champion evaluated again later, on a newer month, keeps the
+    AUC it was promoted on: the bar the rollback rule holds it to does not move with its own decline."""
+    for event in reversed(registry.events()):
+        promoted = event.get("event") == "promoted" and event.get("alias") == CHAMPION
+        if promoted and event.get("version") == version and "roc_auc" in event:
+            return event["roc_auc"]
     result = registry.evaluation(version)
     return result.metrics["challenger"]["roc_auc"] if result is not None else None
 

@@ -249,6 +249,14 @@ def format_models(overviews: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _fix_for(aliases: list[str]) -> str:
+    """What to do when ``aliases`` name a damaged version: a damaged champion is rolled back first (no retraining can
+    be judged against it); a damaged challenger is trained again."""
+    if CHAMPION in aliases:
+        return "`mlops rollback` (it passes over damaged versions), then retrain if you like"
+    return "retrain (`make pipeline`)"
+
+
 def format_registry(status: dict[str, Any]) -> str:
     if not status["versions"]:
         return "Versions: none registered yet (`make pipeline` trains every model)"
@@ -259,7 +267,7 @@ def format_registry(status: dict[str, Any]) -> str:
         serving = [a for a, v in status["aliases"].items() if v in damaged]
         lines.append(
             f"WARNING: {', '.join(damaged)} fail(s) the checksum (never loaded)"
-            + (f"; named by {', '.join(serving)}: `mlops rollback` or retrain" if serving else "")
+            + (f"; named by {', '.join(serving)}: {_fix_for(serving)}" if serving else "")
         )
     lines.append("Latest events:")
     for event in status["events"]:

@@ -91,8 +91,15 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
         if decision.promote:
             # expected: the champion it was judged against (a rollback meanwhile refuses the move, not undone by it)
             try:
-                registry.set_alias(
-                    CHAMPION, challenger, "promoted", decision.summary, run_id=context.run.run_id, expected=current
+                registry.set_alias(  # with the evaluation it passed on: the AUC the rollback rule holds it to
+                    CHAMPION,
+                    challenger,
+                    "promoted",
+                    decision.summary,
+                    run_id=context.run.run_id,
+                    expected=current,
+                    roc_auc=result.metrics["challenger"]["roc_auc"],
+                    test_month=result.test_month,
                 )
             except AliasMovedError as error:
                 raise dg.Failure(

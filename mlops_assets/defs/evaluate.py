@@ -7,7 +7,7 @@ from mlops_assets.core.evaluation import evaluation_plots, markdown_image, metri
 from mlops_assets.core.landing import write_atomic
 from mlops_assets.core.policy import scores_are_sane
 from mlops_assets.core.records import EvaluationResult
-from mlops_assets.core.registry import CHAMPION
+from mlops_assets.core.registry import CHAMPION, RegistryIntegrityError
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version, trained_through
 from mlops_assets.defs.keys import MODEL_TAG, keys_of
@@ -55,7 +55,20 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
                     f"{test['_month'].max()} (from {first}): it cannot be judged on it. Evaluate on a month after "
                     f"its training data: land and build one (`mlops replay --month YYYY-MM`), then retrain"
                 )
-        loaded = {name: load_version(registry, version) for name, version in versions.items()}
+        loaded = {}
+        for name, version in versions.items():
+            try:
+                loaded[name] = load_version(registry, version)
+            except RegistryIntegrityError as error:
+                # a damaged champion cannot be judged against, nor a challenger promoted over it: the way on is a
+                # rollback to a sound version (which passes over damaged ones), then this evaluation again
+                fix = (
+                    f"roll back first (`mlops rollback --model {model.name}`), then materialize {model.name}/evaluation "
+                    "again"
+                    if name == "champion"
+                    else "retrain (materialize the challenger again)"
+                )
+                raise dg.Failure(description=f"{name} {version}: {error}: {fix}") from None
         scores = {name: m.predict(test) for name, m in loaded.items()}
         results = {name: metrics(y, p) for name, p in scores.items()}
         slices = slice_metrics(test, spec.label, scores, model.slices)

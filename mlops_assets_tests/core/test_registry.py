@@ -176,6 +176,12 @@ def test_an_evaluation_is_stored_with_its_version_and_read_back(tmp_path: Path) 
     registry.save_evaluation(_evaluation(second, None, auc=0.77))  # evaluated again: the latest one counts
     assert evaluated_roc_auc(registry, second) == 0.77
     assert [e["event"] for e in registry.events()].count("evaluated") == 3
+    # promoted on 0.77 (as the champion step records it), then evaluated again as the champion on a newer month where
+    # it does worse: the bar it is held to live stays the AUC it was promoted on
+    registry.set_alias(CHAMPION, second, "promoted", "better AUC", roc_auc=0.77, test_month="2013-03")
+    registry.save_evaluation(_evaluation(second, None, auc=0.71))
+    assert registry.evaluation(second) == _evaluation(second, None, auc=0.71)
+    assert evaluated_roc_auc(registry, second) == 0.77
     with pytest.raises(UnknownVersionError):
         registry.save_evaluation(_evaluation("v0099", None))
 

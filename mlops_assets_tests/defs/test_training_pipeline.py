@@ -147,6 +147,9 @@ def test_one_run_trains_every_model_each_into_its_own_registry(trained: Trained)
         assert evaluation is not None and evaluation.model == model.name
         decision = [e for e in registry.events() if e["event"] in ("promoted", "rejected")]
         assert len(decision) == 1, f"{model.name}: one promotion decision, by its own gates"
+        if decision[0]["event"] == "promoted":  # with the evaluation it passed on (the AUC it must hold live)
+            promoted_on = (decision[0]["roc_auc"], decision[0]["test_month"])
+            assert promoted_on == (evaluation.metrics["challenger"]["roc_auc"], evaluation.test_month)
         assert (settings.model(model.name).online_store_dir / "CURRENT").exists()
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         schemas = {
@@ -167,11 +170,22 @@ def test_a_tampered_champion_fails_the_blocking_check(trained: Trained, settings
     registry = _registry(settings, "flight_delay")
     path = registry.get("v0001").model_path
     assert path.is_relative_to(settings.data_dir)  # the copy's, not the module's
-    path.write_text(path.read_text().replace("num_leaves=", "num_leaves=9", 1))
+    sound_text = path.read_text()
+    path.write_text(sound_text.replace("num_leaves=", "num_leaves=9", 1))
     resources = build_resources(settings)
     evaluation = build_champion_check(FLIGHT_DELAY)(duckdb=resources["duckdb"], storage=resources["storage"])
     assert isinstance(evaluation, dg.AssetCheckResult)
     assert not evaluation.passed and "does not match its checksum" in (evaluation.description or "")
+    # a challenger cannot be judged against it: the evaluation says to roll back first, not to retrain (which fails
+    # the same way), and records nothing
+    from mlops_assets.defs.evaluate import build_evaluation_asset
+
+    registry.register(sound_text + "\n", registry.get("v0001").metadata, {}, run_id=None)
+    registry.set_alias("challenger", "v0002", "challenger", "test: a new challenger")
+    with pytest.raises(dg.Failure, match=r"champion v0001: .*checksum.*: roll back first \(`mlops rollback --model"):
+        asset = build_evaluation_asset(FLIGHT_DELAY)
+        asset(context=dg.build_asset_context(), duckdb=resources["duckdb"], storage=resources["storage"])
+    assert registry.evaluation("v0002") is None
 
 
 def test_promotion_refuses_an_evaluation_made_against_another_champion(trained: Trained, settings: Settings) -> None:

@@ -22,7 +22,7 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=keys.evaluation,
-        deps=[keys.challenger],
+        deps=[keys.challenger, keys.training_set],  # it scores the training set's test month
         automation_condition=dg.AutomationCondition.eager(),
         group_name=model.name,
         tags={MODEL_TAG: model.name},

@@ -18,9 +18,11 @@ Every model-specific command takes ``--model NAME`` (default: the first register
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -313,10 +315,32 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0 if all_succeeded else 1
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process listens on ``host:port`` (a bind there fails as in use)."""
+    if port == 0:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """The Dagster UI and daemon (`dagster dev`) on the platform's instance, stopped whole by one SIGTERM or Ctrl-C."""
     from mlops_assets.ui import dagster_dev_command, supervise
 
+    if port_taken(args.host or "127.0.0.1", args.port):
+        # dagster dev would start its daemon anyway, a second one on the instance, before its webserver fails
+        print(
+            f"error: port {args.port} is in use (another `make ui`?): stop that one, or pick another port "
+            "(`make ui UI_PORT=3001`, `mlops ui --port 3001`)",
+            file=sys.stderr,
+        )
+        return 1
     settings = load_settings()
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings.dagster_home))  # the repo's instance config
     _recover_dead_runs()  # runs killed before the daemon starts would hold the run queue and the duckdb pool
@@ -376,6 +400,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if config.port and port_taken(config.host, config.port):
+        print(
+            f"error: port {config.port} is in use (another `make serve`?): stop that one, or pick another port "
+            f"(`make serve PORT={config.port + 1}`, `mlops serve --port {config.port + 1}`)",
+            file=sys.stderr,
+        )
+        return 1
     settings = load_settings()
     names = ", ".join(m.name for m in CATALOG.models)
     routes = f"POST /models/<model>/predict, POST /predict: {default.name}; A/B share {config.ab_share:g}"
@@ -528,13 +559,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a reader that is gone shows here, handled below, not as an error at the exit's flush
+        return code
     except RegistryDamaged as error:  # one line naming the file and the repair, not a traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     except SettingsError as error:  # an environment variable out of range: which, and what it accepts
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (`mlops status --json | head`): end quietly, as `cat` does
+        # the output still buffered would fail again at exit: it goes nowhere instead (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

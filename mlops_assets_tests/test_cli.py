@@ -2,6 +2,7 @@
 (`mlops doctor`), a version failing its checksum is flagged, and wrong arguments get a clear error, not a traceback."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -132,6 +133,43 @@ def test_make_pipeline_works_in_a_data_dir_whose_path_has_spaces(tmp_path: Path)
         check=False,
     )
     assert cleaned.returncode == 0 and not any(data_dir.iterdir()), cleaned.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [("serve", "`make serve PORT={next}`, `mlops serve --port {next}`"), ("ui", "`mlops ui --port 3001`")],
+)
+def test_a_server_on_a_port_in_use_says_so_before_starting_anything(
+    settings: Settings, capsys: pytest.CaptureFixture[str], command: str, hint: str
+) -> None:
+    """A second `make ui` used to start a second Dagster daemon on the instance before its webserver failed to bind;
+    a second `make serve` loaded every model and printed its banner first."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([command, "--port", str(port)]) == 1
+    error = _error_line(capsys)
+    assert f"error: port {port} is in use" in error and hint.format(next=port + 1) in error, error
+    assert not settings.dagster_home.exists()  # nothing started, not even the instance's folder
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    """`mlops status --json | head -c 20`: the reader is gone before the command writes (here: from the start, so it
+    shows every time); it ends with exit 1 and no BrokenPipeError traceback, during the command or at exit."""
+    script = (
+        "import os, sys\n"
+        "read, write = os.pipe()\n"
+        "os.close(read)\n"
+        "os.dup2(write, 1)\n"
+        "from mlops_assets.cli import main\n"
+        "sys.exit(main(['status', '--json']))\n"
+    )
+    env = {**os.environ, "MLOPS_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and done.stderr == "", done.stderr
 
 
 def test_the_code_server_health_check_says_why_it_fails() -> None:

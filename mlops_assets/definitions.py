@@ -7,6 +7,7 @@ writes nothing to the instance and reads no data: the months are partitions adde
 
 import functools
 import logging
+import shlex
 import warnings
 from typing import Any
 
@@ -125,10 +126,14 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
     """
     run = instance.get_run_by_id(run_id)
     if run is None:
-        home = instance.root_directory if instance.is_persistent else "(an ephemeral instance)"
+        if instance.is_persistent:
+            home = instance.root_directory
+            listing = f"`DAGSTER_HOME={shlex.quote(home)} dagster run list`"  # as given: this instance's runs
+        else:
+            home, listing = "(an ephemeral instance)", "`dagster run list`"
         raise ValueError(
-            f"no run {run_id!r} in the Dagster instance at {home}: copy a failed run's id from `dagster run list` "
-            "or the UI's Runs page"
+            f"no run {run_id!r} in the Dagster instance at {home}: copy a failed run's id from {listing} or the UI's "
+            "Runs page"
         )
     owner = run.tags.get(MODEL_TAG)
     if model is not None and owner is not None and owner != model:

@@ -88,34 +88,42 @@ def decide_promotion(
     auc, loss = challenger["roc_auc"], challenger["log_loss"]
     if champion is None:
         reference = base_rate_log_loss(challenger["base_rate"])
+        auc_ok, loss_ok = auc >= gates.first_model_min_auc, loss < reference
         reasons = [
-            f"first model: AUC {auc:.4f} vs 0.5 for the base-rate model (needs >= {gates.first_model_min_auc})",
-            f"log loss {loss:.4f} vs {reference:.4f} for the base-rate model",
+            f"first model: AUC {auc:.4f} vs 0.5 for the base-rate model (needs >= {gates.first_model_min_auc})"
+            + _failed(auc_ok),
+            f"log loss {loss:.4f} vs {reference:.4f} for the base-rate model (needs lower)" + _failed(loss_ok),
         ]
-        ok = auc >= gates.first_model_min_auc and loss < reference
+        ok = auc_ok and loss_ok
         if gates.first_model_min_pr_lift is not None:
             lift = challenger["pr_auc"] / challenger["base_rate"] if challenger["base_rate"] > 0 else 0.0
+            lift_ok = lift >= gates.first_model_min_pr_lift
             reasons.append(
                 f"PR AUC {challenger['pr_auc']:.4f} is {lift:.1f}x the base rate "
-                f"{challenger['base_rate']:.4f} (needs >= {gates.first_model_min_pr_lift}x)"
+                f"{challenger['base_rate']:.4f} (needs >= {gates.first_model_min_pr_lift}x)" + _failed(lift_ok)
             )
-            ok = ok and lift >= gates.first_model_min_pr_lift
+            ok = ok and lift_ok
         return PromotionDecision(ok, reasons)
 
     reasons: list[str] = []
     gain = auc - champion["roc_auc"]
     auc_ok = gain >= gates.min_auc_gain
-    reasons.append(f"AUC {auc:.4f} vs {champion['roc_auc']:.4f} ({gain:+.4f}, needs >= +{gates.min_auc_gain})")
+    reasons.append(
+        f"AUC {auc:.4f} vs {champion['roc_auc']:.4f} ({gain:+.4f}, needs >= +{gates.min_auc_gain})" + _failed(auc_ok)
+    )
     loss_change = loss - champion["log_loss"]
     loss_ok = loss_change <= gates.max_log_loss_increase
-    reasons.append(f"log loss {loss:.4f} vs {champion['log_loss']:.4f} ({loss_change:+.4f})")
+    reasons.append(
+        f"log loss {loss:.4f} vs {champion['log_loss']:.4f} ({loss_change:+.4f}, may rise by <= "
+        f"{gates.max_log_loss_increase:g})" + _failed(loss_ok)
+    )
     pr_ok = True
     if gates.max_pr_auc_drop is not None:
         pr_change = challenger["pr_auc"] - champion["pr_auc"]
         pr_ok = pr_change >= -gates.max_pr_auc_drop
         reasons.append(
             f"PR AUC {challenger['pr_auc']:.4f} vs {champion['pr_auc']:.4f} ({pr_change:+.4f}, "
-            f"may drop by <= {gates.max_pr_auc_drop})"
+            f"may drop by <= {gates.max_pr_auc_drop})" + _failed(pr_ok)
         )
     regressions = [
         f"{s['slice']}={s['value']} ({s['rows']} rows) AUC {s['challenger_auc']:.3f} vs {s['champion_auc']:.3f}"
@@ -127,13 +135,20 @@ def decide_promotion(
         and s["champion_auc"] - s["challenger_auc"] > gates.max_slice_auc_drop
     ]
     if regressions:
-        reasons.append(f"slice regression beyond {gates.max_slice_auc_drop}: " + ", ".join(regressions))
+        reasons.append(
+            f"slice regression beyond {gates.max_slice_auc_drop}: " + ", ".join(regressions) + _failed(False)
+        )
     else:
         judged = f">= {gates.slice_min_rows} rows" + (
             f" and >= {gates.slice_min_positives} positives" if gates.slice_min_positives else ""
         )
         reasons.append(f"no slice with {judged} loses more than {gates.max_slice_auc_drop} AUC")
     return PromotionDecision(auc_ok and loss_ok and pr_ok and not regressions, reasons)
+
+
+def _failed(passed: bool) -> str:
+    """The mark on a gate's clause that failed, so a kept-out challenger's summary says which gate kept it out."""
+    return "" if passed else " [FAILED]"
 
 
 def _nan_if_none(value: float | None) -> float:

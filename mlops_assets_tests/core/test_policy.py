@@ -56,10 +56,13 @@ def test_a_better_challenger_is_promoted() -> None:
 def test_a_worse_challenger_is_kept_out() -> None:
     small_gain = {"roc_auc": 0.751, "log_loss": 0.46, "base_rate": 0.25}
     decision = decide_promotion(small_gain, CHAMPION, None, SLICES_OK, GATES)
-    assert not decision.promote and "needs >= +0.002" in decision.summary
+    assert not decision.promote and "needs >= +0.002) [FAILED]" in decision.summary
     worse = {"roc_auc": 0.76, "log_loss": 0.48, "base_rate": 0.25}
     worse_loss = decide_promotion(worse, CHAMPION, None, SLICES_OK, GATES)
     assert not worse_loss.promote
+    # the summary marks the gate that kept it out, and that one only
+    assert worse_loss.summary.count("[FAILED]") == 1
+    assert "may rise by <= 0) [FAILED]" in worse_loss.summary, worse_loss.summary
 
 
 def test_a_slice_regression_keeps_the_champion_and_says_which() -> None:

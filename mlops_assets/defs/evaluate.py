@@ -128,8 +128,9 @@ def _number(value: float | None, spec: str = ".4f") -> str:
 def _report(model: ModelSpec, result: EvaluationResult, versions: dict[str, str], plots: dict[str, bytes]) -> str:
     results = result.metrics
     names = list(results)
+    held_out = "held out from both models" if len(names) > 1 else "held out from the model; no champion yet"
     lines = [
-        f"## {model.name}: evaluation on {result.test_month} (held out from both models)",
+        f"## {model.name}: evaluation on {result.test_month} ({held_out})",
         "",
         "| metric | " + " | ".join(f"{n} ({versions[n]})" for n in names) + " |",
         "|---|" + "---|" * len(names),

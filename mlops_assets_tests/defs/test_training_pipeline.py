@@ -100,6 +100,7 @@ def test_training_pipeline_promotes_a_first_champion_then_keeps_it(trained: Trai
     assert evaluation.run_id == first.run_id
     report = evaluation.asset_materialization.metadata["report"].value
     assert "data:image/png;base64," in str(report) and "| roc_auc |" in str(report)
+    assert "(held out from the model; no champion yet)" in str(report)  # one model judged, not "both"
     reports = trained.after_first.model("flight_delay").reports_dir
     assert (reports / "evaluation" / champion / "roc.png").stat().st_size > 1000
 
@@ -110,7 +111,9 @@ def test_training_pipeline_promotes_a_first_champion_then_keeps_it(trained: Trai
     assert registry.alias(CHAMPION) == "v0001" and registry.versions() == ["v0001", "v0002"]
     assert registry.model_text("v0001") == registry.model_text("v0002")  # deterministic training
     rejected = registry.events()[-1]
-    assert rejected["event"] == "rejected" and "needs >= +0.002" in rejected["reason"]
+    assert rejected["event"] == "rejected" and "needs >= +0.002) [FAILED]" in rejected["reason"]
+    second_report = (settings.model("flight_delay").reports_dir / "evaluation" / "v0002" / "report.md").read_text()
+    assert "(held out from both models)" in second_report
     # the champion asset's data version is the version serving: kept, it leaves what it scored up to date in the UI
     versions = [
         event.step_materialization_data.materialization.tags["dagster/data_version"]  # type: ignore[index]

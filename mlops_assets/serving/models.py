@@ -12,7 +12,9 @@ newest earlier version that loads and verifies (the copy of the same version ver
 champion serving now, else the registry's gated champions, newest promotion first), says so on ``/health`` and in the
 service's log, and records a ``serving_fallback`` event in the model's registry, once per distinct cause; when the
 cause is gone, a ``serving_recovered`` event. A challenger or shadow that cannot be loaded is left out of the set and
-reported: neither ever decides whether a request is answered.
+reported: neither ever decides whether a request is answered. The challenger answers A/B requests only once its
+evaluation stands (stored, its scores sane) and no rollback took it out of service; with A/B on, the token includes
+its evaluation file, so an evaluation stored after the alias moved is picked up.
 """
 
 from __future__ import annotations
@@ -22,18 +24,21 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.records import json_safe
+from mlops_assets.core.records import RecordError, json_safe
 from mlops_assets.core.registry import VERSION_PATTERN, Registry, rollback_targets, rolled_back_from
 from mlops_assets.core.training import TrainedModel, load_version
 from mlops_assets.serving.reloading import Reloading
 from mlops_assets.serving.rows import RowScorer
 
 CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
+#: Why a challenger takes no A/B traffic while its evaluation is still to come.
+NOT_EVALUATED = "is not evaluated yet"
 #: The registry events the service records (``Registry.log_event``): a champion it could not serve, and the end of it.
 FALLBACK_EVENT, RECOVERED_EVENT = "serving_fallback", "serving_recovered"
 #: A version's files whose change means its model must be read and verified again.
@@ -115,7 +120,8 @@ class ModelSet:
     ``challenger`` is set only when A/B is on (share > 0) and the alias names another version than the champion;
     ``shadow`` only when it names another version than the champion. ``aliases`` is the raw alias map.
     ``fallback`` says the champion alias's version could not be served and which version serves instead;
-    ``left_out`` says why a named challenger or shadow is missing from the set.
+    ``left_out`` says why a named challenger or shadow is missing from the set (a problem: ``/health`` says
+    ``degraded``); ``waiting`` why one is not in the set yet, which is no problem (a challenger being evaluated).
     """
 
     champion: ServedModel | None
@@ -125,6 +131,7 @@ class ModelSet:
     ab_share: float
     fallback: Fallback | None = None
     left_out: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
 
     def variant_for(self, bucket: float) -> ServedModel:
         """The model that answers a request in A/B ``bucket`` (in [0, 1)); requires a champion."""
@@ -182,7 +189,20 @@ class ModelLoader:
             if isinstance(named, dict)
             else set()
         )
-        return json.dumps({"aliases": text, "files": {v: self.signature(v) for v in versions}}, sort_keys=True)
+        state = {"aliases": text, "files": {v: self.signature(v) for v in versions}}
+        challenger = named.get(CHALLENGER) if isinstance(named, dict) and self.ab_share > 0 else None
+        if isinstance(challenger, str) and VERSION_PATTERN.match(challenger):
+            # its evaluation decides whether it takes A/B traffic: stored after the alias moved, it must reload too
+            state["evaluation"] = self._file_signature(self.registry.evaluations_dir / f"{challenger}.json")
+        return json.dumps(state, sort_keys=True)
+
+    @staticmethod
+    def _file_signature(path: Path) -> str:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return "missing"
+        return f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
 
     def signature(self, version: str) -> str:
         """Inode, size and times of a version's files: any write, replacement or restore changes it."""
@@ -198,6 +218,21 @@ class ModelLoader:
         return ",".join(parts)
 
     # --- building a set ------------------------------------------------------------------------------------------
+
+    def _not_ab_ready(self, version: str) -> str | None:
+        """Why ``version`` may not answer real requests as the A/B challenger (None: it may). Only a version whose
+        evaluation stands may: a freshly trained one is not evaluated yet, and one whose scores the evaluation
+        refused (NaN, outside [0, 1]) would answer with them. Gates it narrowly missed do not keep it out: that is
+        what an A/B test measures."""
+        try:
+            result = self.registry.evaluation(version)
+        except (RecordError, OSError) as error:
+            return f"has an unreadable evaluation ({_text(error)})"
+        if result is None:
+            return NOT_EVALUATED
+        if result.challenger_score_problem:
+            return f"had its scores refused at its evaluation ({result.challenger_score_problem})"
+        return None
 
     def build(self, token: str | None) -> ModelSet:
         state = json.loads(token) if token else {"aliases": None, "files": {}}
@@ -215,6 +250,7 @@ class ModelLoader:
             if champion is not None:
                 served_champion, fallback = self._champion(champion, signatures, loaded)
             left_out: list[str] = []
+            waiting: list[str] = []
             others: dict[str, ServedModel | None] = {}
             # a version live quality took out of service answers no A/B traffic (it may still score as a shadow)
             taken_out = rolled_back_from(self.registry) if challenger not in (None, champion) else set()
@@ -225,6 +261,12 @@ class ModelLoader:
                 if variant == CHALLENGER and version in taken_out:
                     left_out.append(f"challenger {version} was rolled back: it answers no A/B traffic")
                     continue
+                if variant == CHALLENGER and (unready := self._not_ab_ready(version)):
+                    # one still being evaluated is the pipeline's normal course; anything else is a problem
+                    (waiting if unready == NOT_EVALUATED else left_out).append(
+                        f"challenger {version} {unready}: it answers no A/B traffic"
+                    )
+                    continue
                 try:
                     others[variant] = self._load(variant, version, signatures.get(version), loaded)
                 except Exception as error:  # noqa: BLE001 - never the answer's concern: serve without it, and say so
@@ -232,7 +274,14 @@ class ModelLoader:
             # keep only what the new set serves: a retired version's booster is freed with the old set
             self._cache = loaded
             built = ModelSet(
-                served_champion, others[CHALLENGER], others[SHADOW], aliases, self.ab_share, fallback, tuple(left_out)
+                served_champion,
+                others[CHALLENGER],
+                others[SHADOW],
+                aliases,
+                self.ab_share,
+                fallback,
+                tuple(left_out),
+                tuple(waiting),
             )
             self._record(built)
             self._serving = built

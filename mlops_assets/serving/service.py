@@ -557,6 +557,7 @@ class PredictionService:
             "fallback": models.fallback.as_dict() if models.fallback is not None else None,
             "loaded_at": loaded.loaded_at.isoformat(timespec="seconds"),
             "problems": [*models.problems, *([self.models.error] if self.models.error else [])],
+            "waiting": list(models.waiting),  # not in the set yet, and no problem (a challenger being evaluated)
         }
 
 

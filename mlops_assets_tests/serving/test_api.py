@@ -3,6 +3,7 @@ registered model on its own route, each with its own registry, online store and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import time
@@ -293,6 +294,46 @@ def test_a_rolled_back_challenger_answers_no_ab_traffic(served: Settings) -> Non
         answers = server.client.post([_flight(flight=n, tailnum=None) for n in range(1, 201)])[1]["predictions"]
     assert models["mode"] != "ab" or not models["challenger"]["serving"], models
     assert {(a["variant"], a["model_version"]) for a in answers} == {("champion", "v0001")}
+
+
+def test_a_challenger_answers_ab_traffic_only_once_its_evaluation_stands(served: Settings) -> None:
+    """A freshly trained challenger (the alias moves before its evaluation) takes no A/B share; once its evaluation is
+    stored with refused scores, still none; once evaluated sound, it takes its share without a restart."""
+    registry = Registry(delay(served).registry_dir)
+    sound = registry.evaluation("v0002")
+    assert sound is not None and sound.challenger_score_problem is None
+    fresh = registry.register(registry.model_text("v0002") + "\n", registry.get("v0002").metadata, {}, run_id=None)
+    registry.set_alias("challenger", fresh.version, "challenger", "test: just trained")
+    flights = [_flight(flight=n, tailnum=None) for n in range(1, 201)]
+
+    def arms() -> set[tuple[str, str]]:
+        return {(a["variant"], a["model_version"]) for a in server.client.post(flights)[1]["predictions"]}
+
+    def challenger_serving(expected: bool) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while True:  # the aliases and the evaluation are looked at every 0.5 s
+            models = server.client.get(f"/models/{DELAY}")[1]
+            if bool(models["challenger"]["serving"]) == expected or time.monotonic() > deadline:
+                return models
+            time.sleep(0.2)
+
+    with running(served, ServeConfig(port=0, ab_share=0.5)) as server:
+        models = challenger_serving(False)
+        assert not models["challenger"]["serving"] and arms() == {("champion", "v0001")}, models
+        assert models["waiting"] == [f"challenger {fresh.version} is not evaluated yet: it answers no A/B traffic"]
+        assert models["problems"] == [] and server.client.get("/health")[1]["status"] == "ok"  # the normal course
+        refused = dataclasses.replace(
+            sound, challenger_version=fresh.version, challenger_score_problem="3 scores are NaN"
+        )
+        registry.save_evaluation(refused)
+        time.sleep(1.5)  # two reload looks
+        models = challenger_serving(False)
+        assert not models["challenger"]["serving"] and arms() == {("champion", "v0001")}
+        refusal = f"challenger {fresh.version} had its scores refused at its evaluation (3 scores are NaN)"
+        assert models["problems"] == [f"{refusal}: it answers no A/B traffic"]
+        registry.save_evaluation(dataclasses.replace(sound, challenger_version=fresh.version))
+        assert challenger_serving(True)["challenger"]["serving"]
+        assert arms() == {("champion", "v0001"), ("challenger", fresh.version)}
 
 
 def test_health_and_models_describe_what_serves(served: Settings) -> None:

@@ -170,6 +170,7 @@ def cmd_months(args: argparse.Namespace) -> int:
     months = landed_months(settings.landing_dir, tables)
     if not months:
         print("error: no month has landed yet: run `mlops replay --through 2013-03` first", file=sys.stderr)
+        _no_tags(args)
         return 1
     incomplete = incomplete_months(settings.landing_dir, tables)
     if incomplete:
@@ -184,12 +185,20 @@ def cmd_months(args: argparse.Namespace) -> int:
             )
         if not ready:
             print(f"error: no landed month is complete before {min(incomplete)}: land the files above", file=sys.stderr)
+            _no_tags(args)
             return 1
         if ready[-1] != months[-1]:
             print(f"note: the months covered end at {ready[-1]}", file=sys.stderr)
         months = ready
     print(json.dumps(range_tags(months)) if args.tags else "\n".join(months))
     return 0
+
+
+def _no_tags(args: argparse.Namespace) -> None:
+    """With --tags and no month to run: empty tags on stdout, so that `dagster job execute --tags "$(mlops months
+    --tags)"` runs without a range and each step says what to do, rather than failing on an empty JSON string."""
+    if args.tags:
+        print("{}")
 
 
 def cmd_models(args: argparse.Namespace) -> int:

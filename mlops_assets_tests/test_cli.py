@@ -253,7 +253,9 @@ def test_months_stop_before_a_month_a_table_has_not_landed_for(
     assert printed.out.split() == ["2013-01", "2013-02", "2013-03"] and printed.err == ""
     (settings.landing_dir / "weather" / "2013-01.parquet").unlink()
     assert main(["months", "--tags"]) == 1
-    assert "error: no landed month is complete before 2013-01: land the files above" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "error: no landed month is complete before 2013-01: land the files above" in printed.err
+    assert printed.out == "{}\n"  # `--tags "$(mlops months --tags)"` stays valid JSON: each step then says what to do
 
 
 @pytest.mark.parametrize(

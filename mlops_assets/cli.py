@@ -277,10 +277,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from mlops_assets.core.features import feature_set_version
+
     model = _model(args)
     registry = _registry(load_settings(), model)
     try:
-        version = rollback(registry, reason=args.reason, to=args.to)
+        # never to a version trained on other features than today's: the service could not score a request with it
+        version = rollback(registry, reason=args.reason, to=args.to, feature_set=feature_set_version(model.features))
     except (ValueError, LookupError, RegistryIntegrityError) as error:
         print(f"error: {model.name}: {error}", file=sys.stderr)
         return 1

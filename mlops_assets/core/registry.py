@@ -346,9 +346,32 @@ def evaluated_roc_auc(registry: Registry, version: str) -> float | None:
     return result.metrics["challenger"]["roc_auc"] if result is not None else None
 
 
-def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str | None = None) -> str:
+class IncompatibleFeaturesError(ValueError):
+    """A version trained on another feature set than the one the features are built with now: the online store
+    holds none of the columns it may need, so it could not score a request."""
+
+
+def check_feature_set(registry: Registry, version: str, feature_set: str | None) -> None:
+    """Raise :class:`IncompatibleFeaturesError` when ``version`` was trained on another feature set than
+    ``feature_set`` (None: not checked; a version whose record names none is not refused)."""
+    trained_on = registry.get(version).metadata.get("feature_set_version")
+    if feature_set is not None and trained_on is not None and trained_on != feature_set:
+        raise IncompatibleFeaturesError(
+            f"{version} was trained on feature set {trained_on}, the features are now {feature_set}: it could not "
+            "score a request; retrain instead (`make pipeline`)"
+        )
+
+
+def rollback(
+    registry: Registry,
+    reason: str,
+    to: str | None = None,
+    run_id: str | None = None,
+    feature_set: str | None = None,
+) -> str:
     """Move the champion back to ``to`` or, by default, to the champion before the current one that no rollback took
-    out of service (rolling back twice goes further back, not to and fro); log ``rolled_back``.
+    out of service (rolling back twice goes further back, not to and fro); log ``rolled_back``. With
+    ``feature_set`` (the features' version now), a version trained on another one is never the target.
 
     Returns the new champion. Raises ``ValueError`` when there is nothing to roll back to.
     """
@@ -356,6 +379,14 @@ def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str
     if to is None:
         taken_out = rolled_back_from(registry)
         earlier = [v for v in registry.previous_champions() if v != current and v not in taken_out]
+        if feature_set is not None and earlier:
+            compatible = [v for v in earlier if not _trained_on_other_features(registry, v, feature_set)]
+            if not compatible:
+                raise IncompatibleFeaturesError(
+                    f"every earlier champion ({', '.join(earlier)}) was trained on another feature set than today's "
+                    f"{feature_set}: none could score a request; retrain instead (`make pipeline`)"
+                )
+            earlier = compatible
         if not earlier:
             if current is None:
                 raise ValueError("no champion yet, nothing to roll back: run `make pipeline` first")
@@ -372,11 +403,22 @@ def rollback(registry: Registry, reason: str, to: str | None = None, run_id: str
         to = sound[0]
     if to == current:
         raise ValueError(f"{to} is already the champion")
+    check_feature_set(registry, to, feature_set)
     registry.model_text(to)  # refuse a damaged target before it serves
     registry.set_alias(
         CHAMPION, to, "rolled_back", f"{reason} (from {current})", run_id=run_id, expected=current, from_version=current
     )
     return to
+
+
+def _trained_on_other_features(registry: Registry, version: str, feature_set: str) -> bool:
+    try:
+        check_feature_set(registry, version, feature_set)
+    except IncompatibleFeaturesError:
+        return True
+    except (UnknownVersionError, RegistryIntegrityError, OSError, ValueError):
+        return False  # judged where it is used (a missing or damaged version is passed over there)
+    return False
 
 
 def _is_sound(registry: Registry, version: str) -> bool:
@@ -389,18 +431,18 @@ def _is_sound(registry: Registry, version: str) -> bool:
 
 
 def rollback_to_first_sound(
-    registry: Registry, reason: str, targets: list[str], run_id: str | None = None
+    registry: Registry, reason: str, targets: list[str], run_id: str | None = None, feature_set: str | None = None
 ) -> tuple[str | None, list[str]]:
-    """Roll back to the first of ``targets`` whose model passes its checksum (a damaged one is skipped, not left to
-    stop every later rollback); return the new champion (None: no target was sound) and the damaged ones, each with
-    why."""
-    damaged: list[str] = []
+    """Roll back to the first of ``targets`` whose model passes its checksum and, given ``feature_set``, was trained
+    on it (a damaged or incompatible one is passed over, not left to stop every later rollback); return the new
+    champion (None: no target was fit) and the ones passed over, each with why."""
+    passed_over: list[str] = []
     for version in targets:
         try:
-            return rollback(registry, reason, to=version, run_id=run_id), damaged
-        except (RegistryIntegrityError, UnknownVersionError) as error:  # a damaged or a missing version
-            damaged.append(f"{version} ({error})")
-    return None, damaged
+            return rollback(registry, reason, to=version, run_id=run_id, feature_set=feature_set), passed_over
+        except (RegistryIntegrityError, UnknownVersionError, IncompatibleFeaturesError) as error:
+            passed_over.append(f"{version} ({error})")
+    return None, passed_over
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from mlops_assets.core.catalog import Catalog
+from mlops_assets.core.features import feature_set_version
 from mlops_assets.core.landing import misnamed_files, plan_refresh, scan_landing, sha256_file
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
 from mlops_assets.core.policy import RollbackPolicy, rollback_reasons
@@ -372,6 +373,7 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
     ) -> dg.SensorResult:
         records, cursor = new_month_records(context.instance, keys.live, LiveSummary, context.cursor)
         registry = storage.registry(model.name)
+        features_now = feature_set_version(model.features)
         requests: list[dg.RunRequest] = []
         observations: list[dg.AssetObservation] = []
         for record in records:
@@ -384,15 +386,18 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
                 continue
             why = f"automatic rollback after {record.month}: " + "; ".join(reasons)
             safe = [v for v in rollback_targets(registry) if v != champion]
-            target, damaged = rollback_to_first_sound(registry, why, safe)
+            # a version trained on other features than today's could not score a request: never the target
+            target, damaged = rollback_to_first_sound(registry, why, safe, feature_set=features_now)
             if damaged:
-                context.log.error(f"{model.name}: rollback skipped damaged version(s): {'; '.join(damaged)}")
+                context.log.error(f"{model.name}: rollback passed over version(s): {'; '.join(damaged)}")
             if target is not None:
                 context.log.warning(f"{model.name}: rolled back {champion} -> {target}: {why}")
                 decision = {"decision": "rolled_back", "from_version": champion, "champion_version": target}
             else:
                 left = "no gated champion left that was never rolled back" + (
-                    f" and passes its checksum (damaged: {'; '.join(damaged)})" if damaged else ""
+                    f", passes its checksum and was trained on today's features (passed over: {'; '.join(damaged)})"
+                    if damaged
+                    else ""
                 )
                 registry.log_event("rollback_impossible", version=champion, reason=f"{why}; {left}")
                 context.log.error(f"{model.name} {champion} should be rolled back but {left}: {why}")

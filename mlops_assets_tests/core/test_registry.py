@@ -15,6 +15,7 @@ from mlops_assets.core.records import EvaluationResult, RecordError
 from mlops_assets.core.registry import (
     CHAMPION,
     AliasMovedError,
+    IncompatibleFeaturesError,
     Registry,
     RegistryIntegrityError,
     UnknownVersionError,
@@ -312,3 +313,28 @@ def test_a_repair_and_alias_moves_in_another_process_lose_no_move(tmp_path: Path
         repair(registry)
     assert mover.wait(timeout=120) == 0
     assert registry.aliases() == {f"a{i}": version for i in range(150)}
+
+
+def test_a_rollback_never_goes_to_a_version_trained_on_other_features(tmp_path: Path) -> None:
+    """The feature SQL changed and v3 was trained on the new features; v2 and v1 on the old ones. v3 degrades: a
+    rollback to v2 would serve a model whose columns the online store no longer has (every request would fail), so the
+    sensor's rollback passes over them and `mlops rollback` refuses them, saying to retrain."""
+    registry = Registry(tmp_path)
+
+    def trained_on(features: str, n: int) -> str:
+        return registry.register(MODEL + str(n), {"feature_set_version": features}, {"rows": 1}, run_id=None).version
+
+    v1, v2, v3 = trained_on("old", 1), trained_on("old", 2), trained_on("new", 3)
+    for version in (v1, v2, v3):
+        registry.set_alias(CHAMPION, version, "promoted", "better AUC")
+    target, passed_over = rollback_to_first_sound(registry, "live AUC fell", [v2, v1], feature_set="new")
+    assert target is None and registry.alias(CHAMPION) == v3
+    assert [p.split(" ")[0] for p in passed_over] == [v2, v1]
+    assert "trained on feature set old, the features are now new" in passed_over[0]
+    with pytest.raises(IncompatibleFeaturesError, match="every earlier champion .* another feature set"):
+        rollback(registry, "by hand", feature_set="new")
+    with pytest.raises(IncompatibleFeaturesError, match=f"{v1} was trained on feature set old"):
+        rollback(registry, "by hand", to=v1, feature_set="new")
+    v4 = trained_on("new", 4)
+    registry.set_alias(CHAMPION, v4, "promoted", "retrained")
+    assert rollback(registry, "by hand", feature_set="new") == v3  # the newest earlier one on today's features

@@ -282,7 +282,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     model = _model(args)
     registry = _registry(load_settings(), model)
     try:
-        # never to a version trained on other features than today's: the service could not score a request with it
+        # never to a version trained on other features than today's: the service would feed it features it never learnt
         version = rollback(registry, reason=args.reason, to=args.to, feature_set=feature_set_version(model.features))
     except (ValueError, LookupError, RegistryIntegrityError) as error:
         print(f"error: {model.name}: {error}", file=sys.stderr)

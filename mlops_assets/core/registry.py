@@ -347,8 +347,8 @@ def evaluated_roc_auc(registry: Registry, version: str) -> float | None:
 
 
 class IncompatibleFeaturesError(ValueError):
-    """A version trained on another feature set than the one the features are built with now: the online store
-    holds none of the columns it may need, so it could not score a request."""
+    """A version trained on another feature set than the one the features are built with now: the online store no
+    longer computes its features as it learnt them (a column may be missing, or mean something else)."""
 
 
 def check_feature_set(registry: Registry, version: str, feature_set: str | None) -> None:
@@ -357,8 +357,8 @@ def check_feature_set(registry: Registry, version: str, feature_set: str | None)
     trained_on = registry.get(version).metadata.get("feature_set_version")
     if feature_set is not None and trained_on is not None and trained_on != feature_set:
         raise IncompatibleFeaturesError(
-            f"{version} was trained on feature set {trained_on}, the features are now {feature_set}: it could not "
-            "score a request; retrain instead (`make pipeline`)"
+            f"{version} was trained on feature set {trained_on}, the features are now {feature_set}: it would be fed "
+            "features it never learnt; retrain instead (`make pipeline`)"
         )
 
 
@@ -384,7 +384,7 @@ def rollback(
             if not compatible:
                 raise IncompatibleFeaturesError(
                     f"every earlier champion ({', '.join(earlier)}) was trained on another feature set than today's "
-                    f"{feature_set}: none could score a request; retrain instead (`make pipeline`)"
+                    f"{feature_set}: each would be fed features it never learnt; retrain instead (`make pipeline`)"
                 )
             earlier = compatible
         if not earlier:

@@ -386,7 +386,7 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
                 continue
             why = f"automatic rollback after {record.month}: " + "; ".join(reasons)
             safe = [v for v in rollback_targets(registry) if v != champion]
-            # a version trained on other features than today's could not score a request: never the target
+            # a version trained on other features than today's would be fed features it never learnt: never the target
             target, damaged = rollback_to_first_sound(registry, why, safe, feature_set=features_now)
             if damaged:
                 context.log.error(f"{model.name}: rollback passed over version(s): {'; '.join(damaged)}")

@@ -387,11 +387,27 @@ def plan_refresh(
         if changed or reference_changed:
             to_run.append(month)
             inputs = sorted({**month_files, **reference}.items())
-            keys[month] = f"{month}:{sha256_bytes(repr(inputs).encode())[:16]}"
+            # when the inputs landed too: a month corrected and then restored (A, B, A again) is a new landing of
+            # A, whose run key must differ from A's first (Dagster requests a run key once)
+            landed = max(_landed_at(f) for f in files if f.month in (month, None))
+            keys[month] = f"{month}:{sha256_bytes(repr(inputs).encode())[:16]}:{landed}"
         next_cursor.update(month_files)
-    if reference_ready:
+    # the reference files are consumed by the run of a month only: landed before any month is ready, they stay
+    # "changed" until a month's run carries them (else no run would ever ingest them)
+    if reference_ready and (to_run or not reference_changed):
         next_cursor.update(reference)
-    return RefreshPlan(to_run, keys, next_cursor, waiting, reference_changed and reference_ready)
+    return RefreshPlan(to_run, keys, next_cursor, waiting, reference_changed and reference_ready and bool(to_run))
+
+
+def _landed_at(landed: LandedFile) -> int:
+    """When a file or its checksum file was last written (ns; 0 when neither is there, e.g. a plan made in a test)."""
+    times = []
+    for path in (landed.path, checksum_path(landed.path)):
+        try:
+            times.append(path.stat().st_mtime_ns)
+        except OSError:
+            continue
+    return max(times, default=0)
 
 
 def month_landed_at(landing_dir: Path, tables: list[str]) -> dict[str, float]:

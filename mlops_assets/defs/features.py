@@ -115,9 +115,12 @@ def build_online_store_asset(model: ModelSpec) -> dg.AssetsDefinition:
         kinds={"parquet", "polars"},
         pool=DUCKDB_POOL,
         code_version=feature_set_version(spec),
+        # eager, less its "no dep missing": every month is a partition of the features, and a month whose batch was
+        # rejected stays missing for good, which stopped every later refresh; the export needs the newest month only
         automation_condition=(
-            dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-        ).with_label("eager, upstream checks passed"),
+            dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+            & dg.AutomationCondition.all_deps_blocking_checks_passed()
+        ).with_label("eager (a month never built does not hold it back), upstream checks passed"),
         description=f"`$MLOPS_DATA_DIR/online_store/{model.name}/`: what the prediction service needs to compute "
         f"`{spec.name}` at request time, exported after each new month: the feature SQL's rows for the newest month "
         "and its look-back (with when each fact became known), the rows of the as-of lookups and the reference "

@@ -202,9 +202,17 @@ def retrain_already_requested(instance: dg.DagsterInstance, model: ModelSpec, mo
     ``month``: one asked for this month or a later one (a retrain trains on the newest months there are), or one that
     has not started yet (it will read ``month`` too). A retrain per month would train the same window again: with a
     few months landing at once (a replay, a feed catching up) the queue filled with identical retrains."""
+    job = retraining_job_name(model)
+    # one not started yet covers the month whatever champion it was asked against: a rollback's retrain is asked
+    # against the version it took out, and the drift of the next month against the version it restored
+    waiting = instance.get_runs(
+        filters=dg.RunsFilter(job_name=job, tags={MODEL_TAG: model.name}, statuses=list(NOT_YET_TRAINING)), limit=1
+    )
+    if waiting:
+        return True
     tags = {CHAMPION_TAG: champion, MODEL_TAG: model.name}
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=retraining_job_name(model), tags=tags), limit=100)
-    return any(run.status in NOT_YET_TRAINING or run.tags.get(MONTH_TAG, "") >= month for run in runs)
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job, tags=tags), limit=100)
+    return any(run.tags.get(MONTH_TAG, "") >= month for run in runs)
 
 
 def retrain_tags(model: ModelSpec, trigger: str, month: str, champion: str, reason: str) -> dict[str, str]:
@@ -408,20 +416,24 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
                     asset_key=keys.champion, metadata={**decision, "reason": why, "month": record.month}
                 )
             )
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"rollback:{model.name}:{record.month}:{champion}",
-                    tags=retrain_tags(model, "rollback", record.month, champion, why),
+            # the alias moves whatever else is asked; the retrain only when no retrain covers the month yet (the
+            # daemon judges the sensors in no fixed order: a drift or performance retrain may be asked first)
+            if not retrain_already_requested(context.instance, model, record.month, champion):
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"rollback:{model.name}:{record.month}:{champion}",
+                        tags=retrain_tags(model, "rollback", record.month, champion, why),
+                    )
                 )
-            )
         return dg.SensorResult(run_requests=requests, cursor=cursor, asset_events=observations)
 
     return rollback_sensor
 
 
 def build_model_sensors(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> list[dg.SensorDefinition]:
-    """A model's own sensors, in the order the daemon should judge them: rollback before retraining; each evaluated
-    every ``interval_s`` (``$MLOPS_SENSOR_INTERVAL_S``)."""
+    """A model's own sensors, rollback first (the simulation's ticker judges them in this order; Dagster's daemon in
+    no fixed order, so each asks for a retrain only when none covers the month yet); each evaluated every
+    ``interval_s`` (``$MLOPS_SENSOR_INTERVAL_S``)."""
     return [
         build_rollback_sensor(model, interval_s),
         build_drift_sensor(model, interval_s),

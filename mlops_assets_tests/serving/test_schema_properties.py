@@ -116,14 +116,14 @@ def test_no_request_makes_the_service_answer_500(served: Settings) -> None:
         client = server.client
         answered: dict[int, int] = {}
 
-        @settings(max_examples=800, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(BODIES)
         def any_json(payload: Any) -> None:
             status, body = client.request("POST", "/predict", json.dumps(payload).encode())  # NaN/Infinity included
             _check(status, body)
             answered[status] = answered.get(status, 0) + 1
 
-        @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(st.binary(max_size=300) | st.text(max_size=100).map(str.encode))
         def any_bytes(raw: bytes) -> None:
             _check(*client.request("POST", "/predict", raw))
@@ -137,7 +137,7 @@ def test_no_request_makes_the_service_answer_500(served: Settings) -> None:
 SCHEMA = RequestSchema(SPEC)
 
 
-@settings(max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(BODIES)
 def test_the_schema_accepts_typed_flights_or_refuses_naming_a_field(payload: Any) -> None:
     """In process and faster, so many more examples: parsing raises nothing but a 4xx ``RequestError``; what it

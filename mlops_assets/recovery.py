@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -46,6 +48,25 @@ HOST_TAG = "mlops/host"
 IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 #: How often a running run looks again for dead runs (one query of the run storage).
 WATCH_INTERVAL_S = 10.0
+#: Overrides :data:`WATCH_INTERVAL_S` (seconds, > 0): how soon a run waiting for a slot notices its holder died.
+WATCH_INTERVAL_ENV = "MLOPS_RECOVERY_WATCH_S"
+
+
+def watch_interval_s() -> float:
+    """``$MLOPS_RECOVERY_WATCH_S`` when it is a positive number, else :data:`WATCH_INTERVAL_S` (a bad value is
+    logged, never a reason for the run to fail)."""
+    raw = os.environ.get(WATCH_INTERVAL_ENV, "").strip()
+    if not raw:
+        return WATCH_INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        logger.warning(f"${WATCH_INTERVAL_ENV}={raw!r} is not a positive number of seconds: using {WATCH_INTERVAL_S}")
+        return WATCH_INTERVAL_S
+    return value
+
 
 logger = logging.getLogger("mlops_assets.recovery")
 
@@ -344,4 +365,4 @@ def on_run_start(context: dg.InitResourceContext) -> RecoveryWatch | None:
     log = context.log
     for line in report.messages():
         (log.warning if log is not None else logger.warning)(f"mlops recovery: {line}")
-    return RecoveryWatch(instance, current, log).start()
+    return RecoveryWatch(instance, current, log, interval=watch_interval_s()).start()

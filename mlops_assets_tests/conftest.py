@@ -165,7 +165,7 @@ SECONDS = {
     "mlops_assets_tests/defs/test_rollback.py": 25,
     "mlops_assets_tests/serving/": 0.8,  # ~80 tests and the session's platform: ~60 s
     "mlops_assets_tests/defs/test_recovery.py::test_kill_9": 45,  # one chain of four kill points
-    "mlops_assets_tests/defs/test_recovery.py::test_a_run_waiting": 29,
+    "mlops_assets_tests/defs/test_recovery.py::test_a_run_waiting": 10,  # the watch looks every second here
     "mlops_assets_tests/defs/test_recovery.py::test_mlops_resume": 15,
     "mlops_assets_tests/test_cli.py::test_make_pipeline": 21,
     "mlops_assets_tests/test_ui.py": 18,

@@ -47,9 +47,12 @@ from mlops_assets.recovery import (
     HOST_TAG,
     PID_TAG,
     PROCESS_TAG,
+    WATCH_INTERVAL_ENV,
+    WATCH_INTERVAL_S,
     RecoveredRun,
     recorded_process,
     recover_dead_runs,
+    watch_interval_s,
 )
 from mlops_assets_tests.conftest import instance_for_test
 
@@ -277,10 +280,12 @@ def _cli(*args: str) -> str:
 
 
 @pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Platform]:
-    """MLOPS_DATA_DIR and DAGSTER_HOME point below ``tmp_path`` (conftest); the subprocesses inherit them."""
+def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    """MLOPS_DATA_DIR and DAGSTER_HOME point below ``tmp_path`` (conftest); the subprocesses inherit them, and a
+    running run's recovery watch looks every second (10 by default) for a dead slot holder."""
     from mlops_assets.core.settings import load_settings
 
+    monkeypatch.setenv(WATCH_INTERVAL_ENV, "1")
     _cli("home")  # the repo's dagster.yaml: the duckdb pool of one slot, one run at a time
     _cli("replay", "--through", "2013-03", "--every", "20")
     made = Platform(tmp_path, load_settings(), _cli("months", "--tags"), [])
@@ -494,6 +499,17 @@ def test_kill_9_at_each_point_the_next_run_proceeds_and_every_killed_run_resumes
     assert champions.unreadable == []
     assert_no_duplicate_keys(platform.settings)
     assert_registry_consistent(platform.settings, champions.seen)
+
+
+@pytest.mark.parametrize(("value", "interval"), [(None, WATCH_INTERVAL_S), ("2.5", 2.5), ("0", None), ("soon", None)])
+def test_the_watch_interval_is_a_setting(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, interval: float | None
+) -> None:
+    """`$MLOPS_RECOVERY_WATCH_S`: a positive number of seconds; anything else keeps the default (logged), since
+    recovery is never a reason for a run to fail."""
+    if value is not None:
+        monkeypatch.setenv(WATCH_INTERVAL_ENV, value)
+    assert watch_interval_s() == (interval if interval is not None else WATCH_INTERVAL_S)
 
 
 def test_a_run_waiting_for_the_slot_is_released_when_the_holder_dies(platform: Platform) -> None:

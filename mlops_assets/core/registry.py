@@ -320,14 +320,16 @@ def rollback_targets(registry: Registry) -> list[str]:
 def rolled_back_from(registry: Registry) -> set[str]:
     """The versions a rollback took out of service (events before ``from_version`` was recorded name it in their
     reason, "... (from v0003)")."""
-    taken_out: set[str] = set()
-    for event in registry.events():
-        if event.get("event") == "rolled_back":
-            older = _FROM_IN_REASON.search(str(event.get("reason") or ""))
-            named = event.get("from_version") or (older.group(1) if older else None)
-            if named:
-                taken_out.add(str(named))
-    return taken_out
+    return {named for event in registry.events() if (named := _taken_out_by(event))}
+
+
+def _taken_out_by(event: dict[str, Any]) -> str | None:
+    """The version a ``rolled_back`` event took out of service (None for any other event)."""
+    if event.get("event") != "rolled_back":
+        return None
+    older = _FROM_IN_REASON.search(str(event.get("reason") or ""))
+    named = event.get("from_version") or (older.group(1) if older else None)
+    return str(named) if named else None
 
 
 _FROM_IN_REASON = re.compile(r"\(from (v\d{4,})\)$")
@@ -471,13 +473,17 @@ def examine(registry: Registry) -> list[Finding]:
             f"names unknown versions {missing}" if missing else ", ".join(f"{a} -> {v}" for a, v in aliases.items())
         )
         findings.append(Finding("aliases.json", not missing, detail or "no aliases yet"))
-        logged = logged_aliases(registry)
-        unlogged = {a: v for a, v in aliases.items() if logged.get(a, v) != v}
-        if unlogged:  # a move cut short between its event and the aliases (or a hand edit of either file)
-            said = "; ".join(f"{a} is {v} but the event log's last move named {logged[a]}" for a, v in unlogged.items())
-            findings.append(Finding("aliases.json vs events.jsonl", False, f"{said}: {_repair_hint(registry.root)}"))
     except RegistryDamaged as error:
         findings.append(Finding("aliases.json", False, str(error)))
+        aliases = None
+    try:
+        logged = logged_aliases(registry) if aliases is not None else {}
+    except RegistryDamaged:
+        logged = {}  # a damaged event log is its own finding, below
+    unlogged = {a: v for a, v in (aliases or {}).items() if logged.get(a, v) != v}
+    if unlogged:  # a move cut short between its event and the aliases (or a hand edit of either file)
+        said = "; ".join(f"{a} is {v} but the event log's last move named {logged[a]}" for a, v in unlogged.items())
+        findings.append(Finding("aliases.json vs events.jsonl", False, f"{said}: {_repair_hint(registry.root)}"))
     try:
         findings.append(Finding("events.jsonl", True, f"{len(registry.events())} events"))
     except RegistryDamaged as error:
@@ -523,23 +529,35 @@ def _repair_locked(registry: Registry) -> list[str]:
             sound.add(version)
         except (RegistryIntegrityError, OSError, ValueError):
             pass
-    taken_out = rolled_back_from(registry)
+    # from the newest event back: each alias gets the newest version it named that is sound and, for the champion,
+    # that no rollback took out after that move (a version a person brought back with `mlops rollback --to` counts
+    # from then on)
     rebuilt: dict[str, str | None] = {}
-    for event in registry.events():
+    taken_out_later: set[str] = set()
+    for event in reversed(registry.events()):
         alias, version = event.get("alias"), event.get("version")
-        # a version a rollback took out of service is never made champion again by a repair
-        if alias and (version is None or (version in sound and not (alias == CHAMPION and version in taken_out))):
+        taken_out = alias == CHAMPION and version in taken_out_later
+        if alias and alias not in rebuilt and (version is None or (version in sound and not taken_out)):
             rebuilt[alias] = version
+        if named := _taken_out_by(event):
+            taken_out_later.add(named)
+    rebuilt = {alias: version for alias, version in sorted(rebuilt.items()) if version is not None}  # cleared: absent
     try:
-        current = registry.aliases()
+        current = {alias: version for alias, version in registry.aliases().items() if version is not None}
     except RegistryDamaged:
         current = None
     if current != rebuilt:
         registry.root.mkdir(parents=True, exist_ok=True)
+        # one event per alias moved, naming it: the event log's last word on each alias is what the aliases say
+        for alias in sorted({*(current or {}), *rebuilt}):
+            if (current or {}).get(alias) != rebuilt.get(alias):
+                registry.log_event(
+                    "repaired",
+                    version=rebuilt.get(alias),
+                    alias=alias,
+                    reason=f"aliases rebuilt from the event log: {rebuilt}",
+                )
         write_atomic(registry.aliases_path, json.dumps(rebuilt, indent=1, sort_keys=True).encode())
-        registry.log_event(
-            "repaired", version=rebuilt.get(CHAMPION), reason=f"aliases rebuilt from the event log: {rebuilt}"
-        )
         done.append(f"rebuilt aliases.json from the event log: {rebuilt}")
     if current and current.get(CHAMPION) and not rebuilt.get(CHAMPION):
         done.append(

@@ -203,18 +203,28 @@ def retrain_already_requested(instance: dg.DagsterInstance, model: ModelSpec, mo
     ``month``: one asked for this month or a later one (a retrain trains on the newest months there are), or one that
     has not started yet (it will read ``month`` too). A retrain per month would train the same window again: with a
     few months landing at once (a replay, a feed catching up) the queue filled with identical retrains."""
-    job = retraining_job_name(model)
     # one not started yet covers the month whatever champion it was asked against: a rollback's retrain is asked
     # against the version it took out, and the drift of the next month against the version it restored
-    waiting = instance.get_runs(
-        filters=dg.RunsFilter(job_name=job, tags={MODEL_TAG: model.name}, statuses=list(NOT_YET_TRAINING)), limit=1
-    )
-    if waiting:
+    if retrain_waiting(instance, model):
         return True
     tags = {CHAMPION_TAG: champion, MODEL_TAG: model.name}
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job, tags=tags), limit=100)
-    # a retrain that failed (its retries spent) or was canceled trained nothing: it covers no month
-    return any(run.tags.get(MONTH_TAG, "") >= month and run.status not in NOT_TRAINED for run in runs)
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=retraining_job_name(model), tags=tags), limit=100)
+    # a retrain that failed for good (no retry coming) or was canceled trained nothing: it covers no month
+    return any(run.tags.get(MONTH_TAG, "") >= month and _may_train(run) for run in runs)
+
+
+def retrain_waiting(instance: dg.DagsterInstance, model: ModelSpec) -> bool:
+    """Whether a retraining run of ``model`` waits to start (it will train on the newest months there are, and be
+    judged against the champion of when it evaluates)."""
+    waiting = dg.RunsFilter(
+        job_name=retraining_job_name(model), tags={MODEL_TAG: model.name}, statuses=list(NOT_YET_TRAINING)
+    )
+    return bool(instance.get_runs(filters=waiting, limit=1))
+
+
+def _may_train(run: dg.DagsterRun) -> bool:
+    """Whether ``run`` trained, trains or will train (a failed run whose automatic retry is still to come will)."""
+    return run.status not in NOT_TRAINED or run.is_complete_and_waiting_to_retry
 
 
 def retrain_tags(model: ModelSpec, trigger: str, month: str, champion: str, reason: str) -> dict[str, str]:
@@ -418,9 +428,10 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
                     asset_key=keys.champion, metadata={**decision, "reason": why, "month": record.month}
                 )
             )
-            # the alias moves whatever else is asked; the retrain only when no retrain covers the month yet (the
-            # daemon judges the sensors in no fixed order: a drift or performance retrain may be asked first)
-            if not retrain_already_requested(context.instance, model, record.month, champion):
+            # the alias moves whatever else is asked; the retrain only when none waits to start (the daemon judges
+            # the sensors in no fixed order: a drift or performance retrain may be asked first). One already started
+            # was judged against the version taken out: it does not count
+            if not retrain_waiting(context.instance, model):
                 requests.append(
                     dg.RunRequest(
                         run_key=f"rollback:{model.name}:{record.month}:{champion}",

@@ -277,6 +277,24 @@ def test_a_repair_never_hands_the_champion_back_to_a_rolled_back_version(tmp_pat
     done = repair(registry)
     assert registry.alias(CHAMPION) is None, done
     assert any("no sound champion" in line for line in done), done
+    assert all(f.ok for f in examine(registry) if f.what.startswith("aliases")), examine(registry)
+    assert repair(registry) == []  # repaired once: the event log and the aliases agree
+
+
+def test_a_repair_keeps_a_version_a_person_brought_back_after_its_rollback(tmp_path: Path) -> None:
+    """v2 was rolled back to v1, then brought back by hand (`mlops rollback --to v2`): v2 counts from then on, so a
+    repair (of another damage) keeps it as the champion; the doctor is satisfied afterwards."""
+    registry = Registry(tmp_path)
+    v1, v2 = _register(registry), _register(registry, MODEL + "2")
+    registry.set_alias(CHAMPION, v1, "promoted", "first model")
+    registry.set_alias(CHAMPION, v2, "promoted", "better AUC")
+    rollback(registry, "live AUC fell", to=v1)
+    rollback(registry, "it was the data, not the model", to=v2)
+    registry.aliases_path.write_text("{damaged")
+    done = repair(registry)
+    assert registry.alias(CHAMPION) == v2, done
+    assert all(f.ok for f in examine(registry)), examine(registry)
+    assert repair(registry) == []
 
 
 def test_a_rollback_without_a_target_passes_over_a_damaged_champion(tmp_path: Path) -> None:

@@ -190,10 +190,16 @@ def test_a_retrain_covers_the_months_before_it_and_a_waiting_one_covers_all(sett
         waited = _tick(sensor, instance, settings, later.cursor)
         assert not waited.run_requests  # the waiting one will read it
 
-        # that one failed for good (its retries spent): it trained nothing, so July's live AUC falling asks again
+        # that one failed, its automatic retry still to come: it will train, so July's live AUC falling asks nothing
         [waiting] = instance.get_runs(dg.RunsFilter(job_name=RETRAIN_JOB, statuses=[dg.DagsterRunStatus.NOT_STARTED]))
         instance.report_run_failed(waiting)
+        instance.add_run_tags(waiting.run_id, {"dagster/will_retry": "true"})
         _report(instance, LIVE_KEY, _live("2013-07", champion, auc=0.60, evaluated=0.72))
+        performance = _tick(build_performance_sensor(MODEL), instance, settings, None)
+        assert not performance.run_requests
+        # its retries spent (no retry coming): it trained nothing, so the next look asks again
+        instance.add_run_tags(waiting.run_id, {"dagster/will_retry": "false"})
+        _report(instance, LIVE_KEY, _live("2013-07", champion, auc=0.59, evaluated=0.72))
         [retried] = _tick(build_performance_sensor(MODEL), instance, settings, None).run_requests or []
         assert retried.tags[MONTH_TAG] == "2013-07" and retried.tags[TRIGGER_TAG] == "performance"
 
@@ -309,7 +315,8 @@ def test_a_rollback_and_a_retrain_sensor_ask_for_one_retrain_in_either_order(set
     good, bad = _register(registry), _register(registry)
     registry.set_alias(CHAMPION, good, "promoted", "gates passed", roc_auc=0.72, test_month="2013-03")
     registry.set_alias(CHAMPION, bad, "forced", "by hand")
-    for drift_first in (True, False):
+    queued, started = dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED
+    for drift_first, drift_run in ((True, queued), (True, started), (False, None)):
         registry.set_alias(CHAMPION, bad, "forced", "by hand again")
         with instance_for_test() as instance:
             _report(instance, LIVE_KEY, _live("2013-04", bad, auc=0.50, evaluated=0.72))
@@ -317,8 +324,8 @@ def test_a_rollback_and_a_retrain_sensor_ask_for_one_retrain_in_either_order(set
             if drift_first:
                 _report(instance, DRIFT_KEY, _drift("2013-04", bad, True, "9/27 features drifted"))
                 asked += _tick(build_drift_sensor(MODEL), instance, settings, None).run_requests or []
-                for request in asked:  # queued, as the daemon does with a request
-                    instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=request.tags))
+                for request in asked:  # queued (as the daemon does with a request), or already training
+                    instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=request.tags, status=drift_run))
             rolled = _tick(build_rollback_sensor(MODEL), instance, settings, None)
             assert registry.alias(CHAMPION) == good  # the alias moves either way
             asked += rolled.run_requests or []
@@ -327,7 +334,8 @@ def test_a_rollback_and_a_retrain_sensor_ask_for_one_retrain_in_either_order(set
             if not drift_first:
                 _report(instance, DRIFT_KEY, _drift("2013-05", good, True, "May drifted"))
                 asked += _tick(build_drift_sensor(MODEL), instance, settings, None).run_requests or []
-            assert len(asked) == 1, [r.run_key for r in asked]
+            # a retrain already training was judged against the version taken out: the rollback asks its own
+            assert len(asked) == (2 if drift_run == started else 1), [r.run_key for r in asked]
 
 
 def test_a_new_champion_does_not_rescore_old_months(settings: Settings) -> None:

@@ -41,7 +41,7 @@ WINDOWS: tuple[tuple[str, str, tuple[str, ...], str, str, timedelta], ...] = (
         "origin_dep_delay_mean_3h",
         "origin_departures_3h",
         ("origin",),
-        "dep_actual_utc",
+        "dep_known_utc",
         "dep_delay",
         timedelta(hours=3),
     ),
@@ -157,6 +157,10 @@ def flight_rows(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
     f["sched_arr_utc"] = arr_same_day.where(arr_same_day >= f["sched_dep_utc"], arr_next_day)
 
     f["dep_actual_utc"] = f["sched_dep_utc"] + _minutes(f["dep_delay"])
+    # for the windows: not before the schedule (a flight's own early departure is no fact of its own features)
+    f["dep_known_utc"] = f["dep_actual_utc"].where(
+        f["dep_actual_utc"].isna() | (f["dep_actual_utc"] >= f["sched_dep_utc"]), f["sched_dep_utc"]
+    )
     f["is_delayed"] = (f["arr_delay"].isna() | (f["arr_delay"] > 15)).astype("int64")
     outcome = f["sched_arr_utc"] + _minutes(f["arr_delay"])  # arrived
     diverted = f["sched_arr_utc"] + _minutes(f["dep_delay"].clip(lower=0))

@@ -14,10 +14,11 @@ from mlops_assets.core.cores import all_cores
 from mlops_assets.core.drift import reference_profile
 from mlops_assets.core.evaluation import metrics
 from mlops_assets.core.features import feature_set_version
+from mlops_assets.core.landing import shift_month
 from mlops_assets.core.lineage import code_version, source_version
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import TRAINING_WINDOW_ENV
-from mlops_assets.core.specs import ModelSpec
+from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.store import (
     ensure_table_like,
     qualified,
@@ -128,6 +129,33 @@ def retrain_on_new_data_or_code() -> dg.AutomationCondition:
     )
 
 
+def _refuse_an_unfit_window(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str]) -> None:
+    """Fail, saying what to do, when the window's months cannot make a sound training set: a month built by another
+    feature set than today's (the model would learn from other features than it is tested and served on, and its
+    record would name today's), or no month before the test month (its last two weeks validate early stopping)."""
+    today = feature_set_version(spec)
+    built_by = conn.execute(
+        f"SELECT _month, string_agg(DISTINCT feature_set_version, ', ' ORDER BY feature_set_version) "
+        f"FROM {qualified('features', spec.name)} WHERE _month BETWEEN ? AND ? GROUP BY 1 ORDER BY 1",
+        [months[0], months[-1]],
+    ).fetchall()
+    stale = [(month, versions) for month, versions in built_by if versions != today]
+    if stale:
+        listed = ", ".join(f"{month} (by {versions})" for month, versions in stale)
+        raise dg.Failure(
+            description=f"features.{spec.name} of {listed} were built by another feature set than today's {today}: "
+            f"rebuild those months first (materialize features/{spec.name} for them in the UI, or run "
+            "feature_pipeline over them), then run this again"
+        )
+    before_test = shift_month(months[-1], -1)
+    if before_test not in months:
+        raise dg.Failure(
+            description=f"no features for {before_test}, the month before the test month {months[-1]} (never "
+            f"built, or its batch was rejected): its last two weeks validate early stopping. Land and build it "
+            f"(`mlops replay --month {before_test}`, or land a corrected file), then run this again"
+        )
+
+
 def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
     spec = model.features
     keys = keys_of(model)
@@ -172,6 +200,7 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
                     description=f"training needs at least two months (the newest is the test month), and it has "
                     f"{months} of the {built_months} built: {' and '.join(fixes)}, then run it again."
                 )
+            _refuse_an_unfit_window(conn, spec, months)
             rows = query_frame(
                 conn,
                 f"SELECT * FROM {qualified('features', spec.name)} WHERE _month BETWEEN ? AND ?",

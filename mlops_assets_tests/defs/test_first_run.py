@@ -139,6 +139,30 @@ def test_the_training_window_keeps_the_newest_months(settings: Settings) -> None
     assert "it has ['2013-03'] of the 3 built: widen the training window" in message
     assert "MLOPS_TRAINING_WINDOW_MONTHS: now 1" in message
 
+    def refusal() -> str:
+        with dg.DagsterInstance.get() as instance:
+            refused = defs.resolve_job_def(retraining_job_name(FLIGHT_DELAY)).execute_in_process(
+                instance=instance, asset_selection=[training_set], raise_on_error=False
+            )
+        assert not refused.success
+        [failure] = [event for event in refused.all_events if event.is_step_failure]
+        return str(failure.step_failure_data.user_failure_data.description)
+
+    # February built by an older feature set (the feature code changed; only the new month was rebuilt since): the
+    # model would learn from other features than it is tested and served on, under today's feature set in its record
+    table = f"features.{FLIGHT_DELAY.features.name}"
+    with duckdb.connect(str(settings.warehouse_path)) as conn:
+        conn.execute(f"UPDATE {table} SET feature_set_version = 'an0lder0ne00' WHERE _month = '2013-02'")
+    message = refusal()
+    assert "of 2013-02 (by an0lder0ne00) were built by another feature set than today's" in message, message
+    assert "rebuild those months first" in message
+    # February never built (its batch rejected): no validation weeks before the test month March
+    with duckdb.connect(str(settings.warehouse_path)) as conn:
+        conn.execute(f"DELETE FROM {table} WHERE _month = '2013-02'")
+    message = refusal()
+    assert "no features for 2013-02, the month before the test month 2013-03" in message, message
+    assert "`mlops replay --month 2013-02`" in message
+
 
 def test_training_on_one_built_month_says_to_land_another(settings: Settings) -> None:
     assert main(["replay", "--month", "2013-02", "--every", "50"]) == 0

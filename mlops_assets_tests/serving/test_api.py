@@ -66,10 +66,11 @@ def test_one_flight_and_a_batch_are_answered_by_the_champion_and_logged(served: 
         assert items[-1]["probability"] == pytest.approx(answer["probability"], abs=1e-12)
         assert len({i["request_id"] for i in items}) == 4
 
-        # a what-if: an override replaces the computed feature, and changes the answer
-        status, body = server.client.post(
-            _flight(overrides={"origin_dep_delay_mean_3h": 180.0, "prev_leg_dep_delay": 240})
-        )
+        # a what-if: overrides replace the computed features, and change the answer (a bad day everywhere: the small
+        # test model splits on some of them, not necessarily on each)
+        bad_day = {"origin_dep_delay_mean_3h": 180.0, "prev_leg_dep_delay": 240}
+        bad_day |= {"carrier_delay_rate_7d": 0.95, "route_delay_rate_30d": 0.95, "visib": 0.5, "precip": 1.0}
+        status, body = server.client.post(_flight(overrides=bad_day))
         assert status == 200, body
         assert body["prediction"]["probability"] != answer["probability"]
         ids = [answer["request_id"], *(i["request_id"] for i in items)]

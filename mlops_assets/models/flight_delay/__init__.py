@@ -72,11 +72,11 @@ FLIGHT_FEATURES = FeatureTableSpec(
         ),
     ),
     windows=(
-        TrailingWindow(
+        TrailingWindow(  # known once a flight has left, and not before its schedule: never its own departure
             "origin_dep_delay_mean_3h",
             "origin_departures_3h",
             ("origin",),
-            "dep_actual_utc",
+            "dep_known_utc",
             "dep_delay",
             timedelta(hours=3),
         ),

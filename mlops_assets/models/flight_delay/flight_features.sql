@@ -5,7 +5,10 @@
 -- only the target months.
 --
 -- When a fact counts as known:
---   a departure delay     at the actual departure (scheduled departure + dep_delay);
+--   a departure delay     at the actual departure (scheduled departure + dep_delay) for the previous leg; for the
+--                         trailing windows at the actual departure but never before the scheduled one, so that a
+--                         flight that left early is no fact of its own features (a request for a flight never knows
+--                         how it left);
 --   an arrival outcome    at the actual arrival (scheduled arrival in the destination's time zone + arr_delay),
 --                         a cancellation at the scheduled departure, a diversion at the scheduled arrival + dep_delay.
 --
@@ -60,6 +63,8 @@ SELECT
     -- facts of this flight that later flights' features use, each with the time it became known
     t.dep_delay,
     t.dep_actual_utc,
+    -- (a cancelled flight never left: NULL, as its actual departure; greatest alone would ignore the NULL)
+    CASE WHEN t.dep_actual_utc IS NOT NULL THEN greatest(t.dep_actual_utc, t.sched_dep_utc) END AS dep_known_utc,
     -- the label and when it became known (training must not use a label before then)
     CASE WHEN t.arr_delay IS NULL OR t.arr_delay > 15 THEN 1 ELSE 0 END AS is_delayed,
     greatest(

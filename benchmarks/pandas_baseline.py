@@ -14,9 +14,10 @@ Times are naive ``datetime64[us]`` in UTC, as in the feature table. Rules, resta
   'America/Puerto_Rico' when the code is missing or has no zone), plus one day when that is before the departure;
   a repeated local time (DST ends) is read as standard time and a skipped one (DST starts) with the offset in force
   before the change, as DuckDB (ICU) does;
-* a departure delay is known at the actual departure; the label (arrival delay > 15 min, or no arrival) when the
-  outcome is known: scheduled departure if cancelled, scheduled arrival + max(dep_delay, 0) if diverted, actual
-  arrival otherwise, and never before the actual departure;
+* a departure delay is known at the actual departure (for the origin window never before the scheduled one); the
+  label (arrival delay > 15 min, or no arrival) when the outcome is known: scheduled departure if cancelled,
+  scheduled arrival + max(dep_delay, 0) if diverted, actual arrival otherwise, and never before the actual departure
+  nor the scheduled one;
 * weather: the latest hourly observation at the origin known (at the end of its hour) by the prediction time, if
   known for at most 3 hours;
 * previous leg: the plane's latest scheduled departure strictly before this one (duplicates merged with max), if at
@@ -166,7 +167,9 @@ def flight_rows(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
     diverted = f["sched_arr_utc"] + _minutes(f["dep_delay"].clip(lower=0))
     outcome = outcome.where(f["arr_delay"].notna(), diverted)
     outcome = outcome.where(f["dep_delay"].notna(), f["sched_dep_utc"])  # cancelled
-    f["label_known_at"] = np.maximum(outcome, f["dep_actual_utc"].fillna(f["sched_dep_utc"]))
+    f["label_known_at"] = np.maximum(
+        np.maximum(outcome, f["dep_actual_utc"].fillna(f["sched_dep_utc"])), f["sched_dep_utc"]
+    )
     f = f.sort_values(["sched_dep_utc", "carrier", "flight", "origin", "dest"], kind="stable", ignore_index=True)
     f["rid"] = np.arange(len(f))
     return f

@@ -161,7 +161,7 @@ def test_a_request_after_the_export_sees_only_facts_known_by_then(warehouse_two_
     # EWR's departures in the 3 h before the horizon (the export's newest scheduled departure), by brute force
     left = export.events.filter(
         (pl.col("origin") == "EWR")
-        & pl.col("dep_actual_utc").is_between(store.horizon - timedelta(hours=3), store.horizon, closed="left")
+        & pl.col("dep_known_utc").is_between(store.horizon - timedelta(hours=3), store.horizon, closed="left")
     ).height
     assert left > 0  # late-evening departures: the count is what the export knows, not zero
     just_after = store.horizon + timedelta(minutes=1) - timedelta(hours=5)  # EWR local time (EST) of that instant

@@ -67,11 +67,14 @@ SELECT
     CASE WHEN t.dep_actual_utc IS NOT NULL THEN greatest(t.dep_actual_utc, t.sched_dep_utc) END AS dep_known_utc,
     -- the label and when it became known (training must not use a label before then)
     CASE WHEN t.arr_delay IS NULL OR t.arr_delay > 15 THEN 1 ELSE 0 END AS is_delayed,
+    -- never before the flight's own scheduled departure (its prediction time): a short flight that left early can
+    -- land before it, and its own outcome must not count in its own carrier and route windows
     greatest(
         CASE WHEN t.dep_delay IS NULL THEN t.sched_dep_utc
              WHEN t.arr_delay IS NULL THEN t.sched_arr_utc + to_minutes(CAST(greatest(t.dep_delay, 0) AS BIGINT))
              ELSE t.sched_arr_utc + to_minutes(CAST(t.arr_delay AS BIGINT)) END,
-        coalesce(t.dep_actual_utc, t.sched_dep_utc)
+        coalesce(t.dep_actual_utc, t.sched_dep_utc),
+        t.sched_dep_utc
     ) AS label_known_at,
     t._month
 FROM timed AS t

@@ -116,7 +116,7 @@ def test_no_request_makes_the_service_answer_500(served: Settings) -> None:
         client = server.client
         answered: dict[int, int] = {}
 
-        @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=800, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(BODIES)
         def any_json(payload: Any) -> None:
             status, body = client.request("POST", "/predict", json.dumps(payload).encode())  # NaN/Infinity included

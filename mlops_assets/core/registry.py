@@ -427,7 +427,7 @@ def _is_sound(registry: Registry, version: str) -> bool:
     """Whether ``version``'s model is there and passes its checksum."""
     try:
         registry.model_text(version)
-    except (RegistryIntegrityError, UnknownVersionError, OSError):
+    except (RegistryIntegrityError, UnknownVersionError, OSError, ValueError):
         return False
     return True
 
@@ -522,13 +522,7 @@ def _repair_locked(registry: Registry) -> list[str]:
                 handle.write("".join(line + "\n" for line in bad))
             write_atomic(registry.events_path, "".join(line + "\n" for line in good).encode())
             done.append(f"set {len(bad)} damaged event line(s) aside in events.damaged.jsonl")
-    sound = set()
-    for version in registry.versions():
-        try:
-            registry.model_text(version)
-            sound.add(version)
-        except (RegistryIntegrityError, OSError, ValueError):
-            pass
+    sound = {version for version in registry.versions() if _is_sound(registry, version)}
     # from the newest event back: each alias gets the newest version it named that is sound and, for the champion,
     # that no rollback took out after that move (a version a person brought back with `mlops rollback --to` counts
     # from then on)

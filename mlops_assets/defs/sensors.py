@@ -407,16 +407,16 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
             why = f"automatic rollback after {record.month}: " + "; ".join(reasons)
             safe = [v for v in rollback_targets(registry) if v != champion]
             # a version trained on other features than today's would be fed features it never learnt: never the target
-            target, damaged = rollback_to_first_sound(registry, why, safe, feature_set=features_now)
-            if damaged:
-                context.log.error(f"{model.name}: rollback passed over version(s): {'; '.join(damaged)}")
+            target, passed_over = rollback_to_first_sound(registry, why, safe, feature_set=features_now)
+            if passed_over:
+                context.log.error(f"{model.name}: rollback passed over version(s): {'; '.join(passed_over)}")
             if target is not None:
                 context.log.warning(f"{model.name}: rolled back {champion} -> {target}: {why}")
                 decision = {"decision": "rolled_back", "from_version": champion, "champion_version": target}
             else:
                 left = "no gated champion left that was never rolled back" + (
-                    f", passes its checksum and was trained on today's features (passed over: {'; '.join(damaged)})"
-                    if damaged
+                    f", passes its checksum and was trained on today's features (passed over: {'; '.join(passed_over)})"
+                    if passed_over
                     else ""
                 )
                 registry.log_event("rollback_impossible", version=champion, reason=f"{why}; {left}")

@@ -207,15 +207,7 @@ class ModelLoader:
     def signature(self, version: str) -> str:
         """Inode, size and times of a version's files: any write, replacement or restore changes it."""
         folder = self.registry.versions_dir / version
-        parts = []
-        for name in VERSION_FILES:
-            try:
-                stat = (folder / name).stat()
-            except FileNotFoundError:
-                parts.append(f"{name}:missing")
-                continue
-            parts.append(f"{name}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}")
-        return ",".join(parts)
+        return ",".join(f"{name}:{self._file_signature(folder / name)}" for name in VERSION_FILES)
 
     # --- building a set ------------------------------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ import re
 import sys
 import time
 import weakref
+from collections.abc import Mapping
 from typing import IO, Any
 
 import dagster as dg
+from dagster._core.definitions.dependency import NodeHandle
 
 #: The run config that gives a run this console (what ``mlops_assets/progress.yaml`` holds).
 PROGRESS_CONSOLE_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -27,10 +29,27 @@ PROGRESS_CONSOLE_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO
 _RUN_EVENTS = {"PIPELINE_START": "started", "PIPELINE_SUCCESS": "succeeded", "PIPELINE_FAILURE": "FAILED"}
 
 
-def step_label(step_key: str | None) -> str:
+def step_label(step_key: str | None, check_steps: Mapping[str, str] | None = None) -> str:
     """``flight_delay__challenger`` -> ``flight_delay/challenger``: the asset key the UI shows (the step key joins the
-    key's parts with ``__``)."""
+    key's parts with ``__``). A check's own step reads as its asset and check (``check_steps``, from
+    :func:`check_step_labels`): its step key glues the check's name to the asset's (``flight_delay__champion_``
+    ``champion_is_servable``)."""
+    if step_key and check_steps and step_key in check_steps:
+        return check_steps[step_key]
     return (step_key or "").replace("__", "/")
+
+
+def check_step_labels(job: dg.JobDefinition | None) -> dict[str, str]:
+    """Step key -> ``flight_delay/champion check champion_is_servable`` for each step of ``job`` that runs a check and
+    materializes nothing (a check an asset's step evaluates itself is left out: that step is the asset's)."""
+    if job is None:
+        return {}
+    labels = {}
+    for node in job.graph.nodes:
+        keys = job.asset_layer.get_selected_entity_keys_for_node(NodeHandle(node.name, parent=None))
+        if len(keys) == 1 and isinstance(key := next(iter(keys)), dg.AssetCheckKey):
+            labels[node.name] = f"{key.asset_key.to_user_string()} check {key.name}"
+    return labels
 
 
 #: Dagster's message for a step it does not run because a step it needs failed or was not run either
@@ -41,7 +60,7 @@ _NOT_RUN = re.compile(
 )
 
 
-def not_run_line(message: str) -> str | None:
+def not_run_line(message: str, check_steps: Mapping[str, str] | None = None) -> str | None:
     """``not run: flight_delay/training_set failed`` for Dagster's "Dependencies for step ... Not executing." message
     (None for any other message: it is printed as it is)."""
     found = _NOT_RUN.match(message)
@@ -50,7 +69,7 @@ def not_run_line(message: str) -> str | None:
     reasons = []
     for group, why in (("failed", "failed"), ("skipped", "not run")):
         if found[group]:
-            keys = ", ".join(step_label(key) for key in ast.literal_eval(found[group]))
+            keys = ", ".join(step_label(key, check_steps) for key in ast.literal_eval(found[group]))
             reasons.append(f"{keys} {why}")
     return "not run: " + "; ".join(reasons)
 
@@ -71,21 +90,22 @@ def root_cause(error: Any) -> str | None:
 class ProgressFormatter(logging.Formatter):
     """``HH:MM:SS  <step>  <message>`` for the messages of steps, failed steps and checks, and the run's start/end."""
 
-    def __init__(self, threshold: int = logging.INFO) -> None:
+    def __init__(self, threshold: int = logging.INFO, check_steps: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.threshold = threshold
+        self.check_steps = dict(check_steps or {})
         self._started: float | None = None
 
     def line(self, record: logging.LogRecord) -> str | None:
         """The line to print for ``record``, or None to print nothing."""
         meta: dict[str, Any] = getattr(record, "dagster_meta", None) or {}
         event = meta.get("dagster_event")
-        label = step_label(meta.get("step_key"))
+        label = step_label(meta.get("step_key"), self.check_steps)
         message = str(meta.get("orig_message") or record.getMessage())
         if event is None:  # a step's own message (context.log.info/warning/error), or the engine's about a step
             if record.levelno < self.threshold:
                 return None
-            message = not_run_line(message) or message
+            message = not_run_line(message, self.check_steps) or message
             return f"{label:<44} {message}" if label else message
         kind = event.event_type_value
         if kind in _RUN_EVENTS and (self.threshold <= logging.INFO or kind == "PIPELINE_FAILURE"):
@@ -103,7 +123,8 @@ class ProgressFormatter(logging.Formatter):
             if check.passed:
                 return None
             severity = "failed" if check.severity == dg.AssetCheckSeverity.ERROR else "warns"
-            return f"{label:<44} check {check.check_name} {severity}: {check.description or ''}"
+            asset = check.asset_key.to_user_string()  # the asset's label, whichever step evaluated the check
+            return f"{asset:<44} check {check.check_name} {severity}: {check.description or ''}"
         if kind == "STEP_UP_FOR_RETRY" or record.levelno >= logging.ERROR:
             return f"{label:<44} {message}"
         return None
@@ -158,7 +179,8 @@ def progress_console(init_context: dg.InitLoggerContext) -> logging.Logger:
     handler = logging.StreamHandler(stream)
     if stream is not sys.stderr:  # a long-lived process runs many runs: each run's duplicate is closed with its logger
         weakref.finalize(handler, stream.close)
-    formatter = ProgressFormatter(logging.getLevelNamesMapping().get(level, logging.INFO))
+    threshold = logging.getLevelNamesMapping().get(level, logging.INFO)
+    formatter = ProgressFormatter(threshold, check_step_labels(init_context.job_def))
     handler.setFormatter(formatter)
     handler.addFilter(_PrintsSomething(formatter))
     logger.addHandler(handler)

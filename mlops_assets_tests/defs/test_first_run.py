@@ -44,8 +44,18 @@ def test_the_progress_console_prints_step_messages_failures_and_the_run_not_the_
     @dg.asset(key=["stage", "last"], deps=[after])
     def last() -> None: ...
 
+    # checks run by steps of their own: their lines name the asset and the check, not the glued step key
+    @dg.asset_check(asset=built, name="rows_match")
+    def rows_match() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False, description="41 rows, 42 expected")
+
+    @dg.asset_check(asset=built, name="source_readable")
+    def source_readable() -> dg.AssetCheckResult:
+        raise OSError("the source file is gone")
+
     defs = dg.Definitions(
         assets=[built, broken, after, last, refused],
+        asset_checks=[rows_match, source_readable],
         jobs=[dg.define_asset_job("demo")],
         loggers={"console": progress_console},
         executor=dg.in_process_executor,
@@ -67,7 +77,18 @@ def test_the_progress_console_prints_step_messages_failures_and_the_run_not_the_
     # the steps Dagster does not run say why in a few words
     assert re.search(r"stage/after\s+not run: stage/broken failed\n", printed), printed
     assert re.search(r"stage/last\s+not run: stage/after not run\n", printed), printed
-    for noise in ("STEP_START", "DEBUG", "a detail nobody asked for", "RESOURCE_INIT", "LOADED_INPUT", "Not executing"):
+    assert re.search(r"stage/built\s+check rows_match failed: 41 rows, 42 expected\n", printed), printed
+    assert re.search(r"stage/built check source_readable\s+FAILED: .*the source file is gone", printed), printed
+    for noise in (
+        "built_rows_match",
+        "built_source_readable",
+        "STEP_START",
+        "DEBUG",
+        "a detail nobody asked for",
+        "RESOURCE_INIT",
+        "LOADED_INPUT",
+        "Not executing",
+    ):
         assert noise not in printed, printed
     # the console is quieter; the event log is not
     assert {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "ASSET_MATERIALIZATION"} <= stored

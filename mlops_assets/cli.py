@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -231,18 +232,38 @@ def where_and_next(settings: Settings, overviews: list[dict[str, Any]]) -> str:
     if not any(overview["champion"] for overview in overviews):
         lines += ["Next:", "  make pipeline   land Jan-Mar 2013 and train every model (then this lists them)"]
         return "\n".join(lines)
-    mlops = _this_command()
-    lines += [
-        "Next:",
-        "  make ui         the Dagster UI on http://127.0.0.1:3000: the asset graph, runs, checks, and the sensors",
-        "                  that refresh, retrain and roll back by themselves",
-        "  make serve      the prediction service on http://127.0.0.1:8000 (API docs at /docs)",
-        "  make simulate   replay 2013 month by month: drift, retraining, promotion and rollback with nobody at the",
-        "                  keyboard",
-        f"  {mlops} status",
-        "                  what the platform holds: months, quarantined rows, features, models",
+    steps = [
+        (
+            "make ui",
+            (
+                "the Dagster UI on http://127.0.0.1:3000: the asset graph, runs, checks, and the sensors that "
+                "refresh, retrain and roll back by themselves"
+            ),
+        ),
+        ("make serve", "the prediction service on http://127.0.0.1:8000 (API docs at /docs)"),
+        (
+            "make simulate",
+            "replay 2013 month by month: drift, retraining, promotion and rollback with nobody at the keyboard",
+        ),
+        (f"{_this_command()} status", "what the platform holds: months, quarantined rows, features, models"),
     ]
+    lines += ["Next:", *command_table(steps)]
     return "\n".join(lines)
+
+
+def command_table(rows: list[tuple[str, str]], width: int = 116, widest_command: int = 28) -> list[str]:
+    """Commands and what they do, the descriptions in a column of their own wrapped to ``width``; a command longer
+    than ``widest_command`` (an absolute path to ``mlops``) gets its description on the lines below it."""
+    column = 2 + max((len(command) for command, _ in rows if len(command) <= widest_command), default=0) + 2
+    lines = []
+    for command, description in rows:
+        wrapped = textwrap.wrap(description, width - column)
+        if 2 + len(command) + 2 > column:
+            lines.append(f"  {command}")
+        else:
+            lines.append(f"  {command:<{column - 2}}{wrapped.pop(0)}")
+        lines += [" " * column + line for line in wrapped]
+    return lines
 
 
 def _this_command() -> str:

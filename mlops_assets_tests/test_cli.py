@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_assets.cli import main
+from mlops_assets.cli import command_table, main
 from mlops_assets.core.landing import land_file
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
@@ -207,6 +207,23 @@ def test_the_summary_says_what_to_do_next_and_how_to_call_mlops(
     out = capsys.readouterr().out
     assert "make ui" in out and "make serve" in out
     assert f"{Path(sys.executable).with_name('mlops')} status" in out or ".venv/bin/mlops status" in out, out
+    assert "what the platform holds" in out.split("status", 1)[1], out
+
+
+def test_the_next_steps_line_up_each_command_beside_what_it_does() -> None:
+    lines = command_table(
+        [("make ui", "the Dagster UI " + "and more " * 20), (".venv/bin/mlops status", "what the platform holds")]
+    )
+    assert lines[-1] == "  .venv/bin/mlops status  what the platform holds"
+    assert lines[0].startswith("  make ui                 the Dagster UI and more")
+    assert all(len(line) <= 116 for line in lines) and lines[1].startswith(" " * 26 + "more and")
+    # a long absolute path to mlops: its description goes below it rather than pushing the column to the right
+    long_path = "/home/someone/projects/mlops/.venv/bin/mlops status"
+    assert command_table([("make ui", "the UI"), (long_path, "what it holds")]) == [
+        "  make ui  the UI",
+        f"  {long_path}",
+        "           what it holds",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 The split is by time, like production: the newest month is the test set (neither model trains on it), the two weeks
 before it validate early stopping, everything earlier trains. Rows whose label became known only after the next split
-began are purged, so no label from the future of a split leaks into an earlier one.
+began (its boundary, or its first prediction if a model predicts ahead of the event) are purged, so no label from the
+future of a split leaks into an earlier one.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def content_hash(frame: pl.DataFrame) -> str:
     return sink.digest.hexdigest()
 
 
+def _split_begins(framed: pl.DataFrame, split: str, boundary_utc: datetime, time_column: str) -> datetime:
+    """When a split begins: its boundary, or its first prediction time (UTC, naive) if that comes first."""
+    first = framed.filter(pl.col(SPLIT) == split)[time_column].min()
+    return min(boundary_utc, first) if isinstance(first, datetime) else boundary_utc
+
+
 def split_by_time(features: pl.DataFrame, spec: FeatureTableSpec, test_month: str) -> TrainingSet:
     """Split feature rows of several months into train / valid / test by time (see the module docstring)."""
     year, month = parse_month(test_month)
@@ -113,13 +120,16 @@ def split_by_time(features: pl.DataFrame, spec: FeatureTableSpec, test_month: st
         .otherwise(pl.lit(None))
     )
     framed = features.with_columns(split.alias(SPLIT)).filter(pl.col(SPLIT).is_not_null())
-    # a label known once the next split has begun (its boundary as a UTC instant at the entity's place) is purged
-    valid_start_utc, test_start_utc = (
-        local_to_utc(valid_start, spec.time_zone),
-        local_to_utc(test_start, spec.time_zone),
+    # a label known once the next split has begun is purged. It begins at its boundary (local midnight at the
+    # entity's place, as a UTC instant) or at its first prediction if that is earlier: a model that predicts ahead
+    # of the event (flight_cancellation, 2 h before departure) makes the first prediction of a flight just after
+    # midnight on the evening before, and a label known between the two would be a fact from that prediction's future
+    valid_begins, test_begins = (
+        _split_begins(framed, name, local_to_utc(boundary, spec.time_zone), spec.time_column)
+        for name, boundary in (("valid", valid_start), ("test", test_start))
     )
-    purge = ((pl.col(SPLIT) == "train") & (known >= valid_start_utc)) | (
-        (pl.col(SPLIT) == "valid") & (known >= test_start_utc)
+    purge = ((pl.col(SPLIT) == "train") & (known >= valid_begins)) | (
+        (pl.col(SPLIT) == "valid") & (known >= test_begins)
     )
     framed = framed.filter(~purge).sort(spec.time_column, *spec.key)
     return TrainingSet(framed, test_month, valid_start, test_start)

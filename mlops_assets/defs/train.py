@@ -171,7 +171,8 @@ def build_training_set_asset(model: ModelSpec) -> dg.AssetsDefinition:
         description=f"`{model.name}.training_set`: the newest built months of `features.{spec.name}` (a window: "
         "`MLOPS_TRAINING_WINDOW_MONTHS`, so a retrain costs the same however many months have landed), split by "
         "time: the newest month is the test set (no model trains on it), the two weeks before it validate early stopping, the rest trains; "
-        "rows whose label became known after the next split began are purged. Its content hash (sha256 over every "
+        "rows whose label became known after the next split began (at its boundary, or at its first prediction if a "
+        "model predicts ahead of it) are purged. Its content hash (sha256 over every "
         "value) is this asset's data version.",
     )
     def training_set(

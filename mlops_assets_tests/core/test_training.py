@@ -1,7 +1,7 @@
 """The model on a real three-month slice: the time split, determinism, a floor on AUC, invariance and direction."""
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -14,8 +14,17 @@ from mlops_assets.core.features import compute_features
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import find_landed
 from mlops_assets.core.registry import Registry
-from mlops_assets.core.training import SMALL_FRAME, TrainedModel, TrainingSet, load_version, split_by_time, train_model
+from mlops_assets.core.training import (
+    SMALL_FRAME,
+    TrainedModel,
+    TrainingSet,
+    load_version,
+    local_to_utc,
+    split_by_time,
+    train_model,
+)
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
+from mlops_assets.models.flight_cancellation import CANCELLATION_FEATURES
 from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 
 MONTHS = ["2013-01", "2013-02", "2013-03"]
@@ -55,6 +64,47 @@ def test_the_split_is_by_time_and_purged(training_set: TrainingSet) -> None:
     assert train["label_known_at"].max() < datetime(2013, 2, 15, 5)  # type: ignore[operator]
     assert valid["label_known_at"].max() < datetime(2013, 3, 1, 5)  # type: ignore[operator]
     assert train["label_known_at"].max() >= datetime(2013, 2, 15, 4)  # type: ignore[operator]  # the boundary is exact, not +4 h
+
+
+def test_a_model_that_predicts_ahead_purges_labels_known_after_the_first_prediction_of_the_next_split() -> None:
+    """flight_cancellation predicts 2 h before departure: a flight at 00:30 on the first validation day (New York,
+    05:30 UTC) is predicted at 03:30 UTC, before the split's midnight boundary (05:00 UTC). A training label known
+    at 04:00 UTC is from that prediction's future and is purged; one known at 03:00 UTC stays. The same at the test
+    month's start for a validation label."""
+    spec = CANCELLATION_FEATURES
+
+    def row(local: datetime, known: datetime, month: str) -> dict[str, object]:
+        utc = local_to_utc(local, spec.time_zone)
+        return {
+            "carrier": "UA",
+            "flight": local.day * 100 + local.hour,
+            "origin": "EWR",
+            "sched_dep_local": local,
+            "prediction_time": utc - timedelta(hours=2),
+            "is_cancelled": 0,
+            "label_known_at": known,
+            "_month": month,
+        }
+
+    rows = pl.DataFrame(
+        [
+            row(
+                datetime(2013, 2, 10, 9), datetime(2013, 2, 15, 3), "2013-02"
+            ),  # train, known before any valid prediction
+            row(datetime(2013, 2, 10, 10), datetime(2013, 2, 15, 4), "2013-02"),  # train, known after the first one
+            row(datetime(2013, 2, 15, 0, 30), datetime(2013, 2, 15, 5, 30), "2013-02"),  # valid: predicted 03:30 UTC
+            row(datetime(2013, 2, 27, 9), datetime(2013, 3, 1, 3), "2013-02"),  # valid, known before the test's first
+            row(datetime(2013, 2, 27, 10), datetime(2013, 3, 1, 4), "2013-02"),  # valid, known after it
+            row(datetime(2013, 3, 1, 0, 30), datetime(2013, 3, 1, 5, 30), "2013-03"),  # test: predicted 03:30 UTC
+        ]
+    )
+    kept = split_by_time(rows, spec, "2013-03").frame
+    assert sorted(zip(kept["split"], kept["label_known_at"], strict=True)) == [
+        ("test", datetime(2013, 3, 1, 5, 30)),
+        ("train", datetime(2013, 2, 15, 3)),
+        ("valid", datetime(2013, 2, 15, 5, 30)),
+        ("valid", datetime(2013, 3, 1, 3)),
+    ]
 
 
 def test_training_is_deterministic_to_the_byte(training_set: TrainingSet, model: TrainedModel) -> None:

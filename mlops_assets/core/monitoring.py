@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import numpy as np
 import polars as pl
 
 from mlops_assets.core.evaluation import metrics
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.specs import FeatureTableSpec
+from mlops_assets.core.store import ensure_table_like, replace_where
 from mlops_assets.core.training import TrainedModel
 
 #: The roles that score every month: the champion answers, a shadow (when set) is only recorded.
@@ -68,6 +70,20 @@ def score_month(
         )
         return empty, skipped
     return pl.concat(parts), skipped
+
+
+def store_month_scores(
+    conn: duckdb.DuckDBPyConnection, schema: str, table: str, scored: pl.DataFrame, month: str
+) -> None:
+    """Replace ``month``'s scores of the variants in ``scored``, keeping the others' rows: a variant that cannot score
+    the month now (a champion retrained on a re-landed month) keeps the out-of-sample scores it made before, as when
+    no model scores it at all."""
+    if scored.height == 0:
+        return
+    variants = sorted(scored["variant"].unique().to_list())
+    name = ensure_table_like(conn, schema, table, scored)
+    placeholders = ", ".join("?" for _ in variants)
+    replace_where(conn, name, scored, f"_month = ? AND variant IN ({placeholders})", [month, *variants])
 
 
 def online_rows_of(online_log: pl.DataFrame, labels: pl.DataFrame, spec: FeatureTableSpec, month: str) -> pl.DataFrame:

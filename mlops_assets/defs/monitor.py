@@ -17,7 +17,14 @@ from mlops_assets.core.drift import DriftVerdict, compare, drift_histograms_plot
 from mlops_assets.core.evaluation import markdown_image
 from mlops_assets.core.landing import write_atomic
 from mlops_assets.core.markdown import frame_to_markdown
-from mlops_assets.core.monitoring import SCORING_VARIANTS, ScoringModel, live_performance, online_rows_of, score_month
+from mlops_assets.core.monitoring import (
+    SCORING_VARIANTS,
+    ScoringModel,
+    live_performance,
+    online_rows_of,
+    score_month,
+    store_month_scores,
+)
 from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc
@@ -122,8 +129,8 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
         automation_condition=after_features(keys.champion),
         description=f"`{model.name}.batch_predictions`: the month's `{spec.name}` rows scored by the champion (and by "
         "the `shadow` model when that alias is set) as soon as the month's features are built, before any retraining "
-        "on it, so that live quality is out of sample. A model never scores a month it trained on. A new champion "
-        "does not rescore old months.",
+        "on it, so that live quality is out of sample. A model never scores a month it trained on: a re-landed month "
+        "keeps the earlier scores of a model that trained on it since. A new champion does not rescore old months.",
     )
     def batch_predictions(
         context: dg.AssetExecutionContext, duckdb: DuckDBResource, storage: PlatformStorage
@@ -136,10 +143,8 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 scored, skipped = score_month(frame, spec, models)
                 for reason in skipped:
                     context.log.warning(reason)
-                if scored.height:
-                    name = ensure_table_like(conn, *keys.predictions.path, scored)
-                    replace_where(conn, name, scored, "_month = ?", [month])
-                elif not models:
+                store_month_scores(conn, *keys.predictions.path, scored, month)
+                if not models:
                     context.log.warning(
                         f"{month}: no {model.name} champion yet, nothing scored (training_pipeline trains one)"
                     )

@@ -2,6 +2,7 @@
 month unchanged is not; scoring never touches a month a model trained on."""
 
 import math
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -12,7 +13,7 @@ from scipy.stats import wasserstein_distance
 
 from mlops_assets.core import drift
 from mlops_assets.core.features import compute_features
-from mlops_assets.core.monitoring import ScoringModel, score_month
+from mlops_assets.core.monitoring import ScoringModel, score_month, store_month_scores
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.training import split_by_time, train_model
 from mlops_assets.feeds.nycflights13 import replay_months
@@ -182,6 +183,28 @@ def test_a_model_never_scores_a_month_it_trained_on(two_months: pl.DataFrame) ->
     scored, skipped = score_month(february, SPEC, [scoring])
     assert scored.height == february.height and not skipped
     assert scored["score"].is_between(0, 1).all() and set(scored["variant"]) == {"champion"}
+
+
+def test_a_month_rescored_by_the_shadow_alone_keeps_the_champions_earlier_scores(
+    two_months: pl.DataFrame, tmp_path: Path
+) -> None:
+    """A corrected month re-landed after the champion retrained on it: the champion may not score it again, the shadow
+    may. The shadow's rows are replaced; the champion's out-of-sample scores from before stay in the table."""
+    training_set = split_by_time(two_months, SPEC, "2013-02")
+    model = train_model(training_set, SPEC, {"num_leaves": 7, "num_threads": 1}, 20, 5)
+    february = two_months.filter(pl.col("_month") == "2013-02")
+    before = [ScoringModel("champion", "v0001", "2013-02", model), ScoringModel("shadow", "v0002", "2013-02", model)]
+    after = [ScoringModel("champion", "v0003", "2013-03", model), before[1]]  # v0003 trained on February
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+        conn.execute("CREATE SCHEMA flight_delay")
+        store_month_scores(conn, "flight_delay", "batch_predictions", score_month(february, SPEC, before)[0], "2013-02")
+        scored, skipped = score_month(february, SPEC, after)
+        assert set(scored["variant"]) == {"shadow"} and "v0003 trained on 2013-02" in skipped[0]
+        store_month_scores(conn, "flight_delay", "batch_predictions", scored, "2013-02")
+        kept = conn.sql(
+            "SELECT variant, model_version, count(*) FROM flight_delay.batch_predictions GROUP BY ALL ORDER BY 1"
+        ).fetchall()
+    assert kept == [("champion", "v0001", february.height), ("shadow", "v0002", february.height)]
 
 
 def test_the_report_histograms_draw_each_share_as_a_bar_of_its_height() -> None:

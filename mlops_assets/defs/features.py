@@ -14,11 +14,12 @@ from mlops_assets.core.features import (
     one_row_problems,
     write_months,
 )
-from mlops_assets.core.landing import month_landed_at, stale_months
+from mlops_assets.core.landing import stale_months
 from mlops_assets.core.markdown import frame_to_markdown
 from mlops_assets.core.online import build_export, write_export
 from mlops_assets.core.specs import FeatureTableSpec, FeedSpec, ModelSpec
 from mlops_assets.core.store import fetch_row, qualified, query_frame, table_exists
+from mlops_assets.defs.ingest import month_changed_at
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, validated_key
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import PlatformStorage
@@ -173,13 +174,14 @@ def build_freshness_check(spec: FeatureTableSpec, feed: FeedSpec) -> dg.AssetChe
         name=FRESHNESS_CHECK,
         automation_condition=dg.AutomationCondition.cron_tick_passed("0 * * * *")
         & ~dg.AutomationCondition.in_progress(),
-        description="Freshness: every month's features were built after its data last landed, at most a day later. "
+        description="Freshness: every month's features were built after its data last changed (new bytes landed; the "
+        "same bytes landed again are no change), at most a day later. "
         "Dagster's own freshness policies judge an asset's last update, which cannot say 'per month, relative to when "
         "that month landed'; this check can, and the automation sensor runs it every hour. It fails (severity warn) "
         "with the stale months, e.g. when the landing sensor is stopped.",
     )
     def fresh_after_landing(context: dg.AssetCheckExecutionContext, storage: PlatformStorage) -> dg.AssetCheckResult:
-        landed = month_landed_at(storage.landing_dir, monthly)
+        landed = month_changed_at(context.instance, storage.landing_dir, [feed.table(name) for name in monthly])
         built: dict[str, float | None] = {}
         for month in landed:
             records = context.instance.fetch_materializations(

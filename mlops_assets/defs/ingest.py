@@ -2,6 +2,7 @@
 
 from collections.abc import Collection
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import duckdb as duckdb_module
@@ -9,7 +10,15 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.contracts import BatchVerdict
 from mlops_assets.core.ingest import ingest_raw, record_misnamed
-from mlops_assets.core.landing import LandedFile, MisnamedFile, find_landed, misnamed_files, scan_landing, utc_now
+from mlops_assets.core.landing import (
+    LandedFile,
+    MisnamedFile,
+    find_landed,
+    misnamed_files,
+    month_landed_at,
+    scan_landing,
+    utc_now,
+)
 from mlops_assets.core.specs import FeedSpec, TableSpec
 from mlops_assets.core.store import PartitionWriter, partition_writer, qualified, transaction
 from mlops_assets.defs.batches import (
@@ -31,19 +40,45 @@ INGESTED_TAG = "mlops/ingested"
 MISNAMED_TAG = "mlops/misnamed"
 
 
-def newest_landing_observation(
+def newest_landing_record(
     instance: dg.DagsterInstance, table: TableSpec, month: str | None
-) -> dg.AssetObservation | None:
-    """The newest observation of ``table``'s landing source for ``month`` that is about its landed file: reports of
-    misnamed files (tagged ``mlops/misnamed``) are passed over, they are about other files."""
+) -> dg.EventLogRecord | None:
+    """The newest observation record of ``table``'s landing source for ``month`` that is about its landed file:
+    reports of misnamed files (tagged ``mlops/misnamed``) are passed over, they are about other files."""
     records = instance.fetch_observations(
         dg.AssetRecordsFilter(asset_key=landing_key(table), asset_partitions=[month] if month else None), limit=20
     ).records
     for record in records:
         observation = record.asset_observation
         if observation is not None and observation.tags.get(MISNAMED_TAG) != "true":
-            return observation
+            return record
     return None
+
+
+def newest_landing_observation(
+    instance: dg.DagsterInstance, table: TableSpec, month: str | None
+) -> dg.AssetObservation | None:
+    """The observation of :func:`newest_landing_record`."""
+    record = newest_landing_record(instance, table, month)
+    return None if record is None else record.asset_observation
+
+
+def month_changed_at(instance: dg.DagsterInstance, landing_dir: Path, tables: list[TableSpec]) -> dict[str, float]:
+    """When each landed month's data last changed (epoch seconds): the newest of its files' modification times, but
+    for a file whose bytes are the ones last ingested, the time of that ingest: the same bytes landed again (a
+    re-delivery) change nothing, and the landing sensor rightly asks for no run."""
+    changed: dict[str, float] = {}
+    for month in month_landed_at(landing_dir, [t.name for t in tables]):
+        for table in tables:
+            landed = find_landed(landing_dir, table.name, month)
+            if landed is None:
+                continue
+            record = newest_landing_record(instance, table, month)
+            tags = record.asset_observation.tags if record is not None and record.asset_observation else {}
+            same = tags.get(INGESTED_TAG) == "true" and tags.get(DATA_VERSION_TAG) == landed.sha256
+            at = record.timestamp if same and record is not None else landed.path.stat().st_mtime
+            changed[month] = max(changed.get(month, 0.0), at)
+    return changed
 
 
 def ingested_version(instance: dg.DagsterInstance, table: TableSpec, month: str | None) -> str | None:

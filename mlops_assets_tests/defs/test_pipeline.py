@@ -2,16 +2,19 @@
 bad batch stopped by a blocking check while the last good state stays."""
 
 import io
+import time
 
 import dagster as dg
 import duckdb
 import polars as pl
+import pytest
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.features import write_months
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import build_definitions
+from mlops_assets.defs import features as features_defs
 from mlops_assets.defs.features import one_row_result
 from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.run_tags import range_tags
@@ -126,6 +129,49 @@ def _rows_by_month(settings: Settings) -> dict[str, dict[str, int]]:
             table: dict(conn.execute(f"SELECT _month, count(*) FROM {table} GROUP BY 1").fetchall())  # type: ignore[misc]
             for table in ("raw.flights", "validated.flights", "features.flight_features")
         }
+
+
+def test_the_freshness_check_tells_new_bytes_from_the_same_bytes_landed_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A month is stale when its data changed after its features were built. The same bytes landed again (a
+    re-delivery: a newer file time, nothing new to ingest, and the landing sensor asks for no run) are no change and
+    no false alarm; new bytes are a change until the features are built again."""
+    monkeypatch.setattr(features_defs, "FEATURES_MAX_DELAY_S", 0)  # judged at once rather than a day later
+    replay_months(settings.landing_dir, MONTHS_LANDED, every=EVERY)
+    defs = build_definitions(CATALOG, settings)
+    check_step = f"features__{FLIGHT_FEATURES.name}_{features_defs.FRESHNESS_CHECK}"
+
+    def freshness(instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
+        job = defs.resolve_implicit_global_asset_job_def()
+        [evaluation] = job.execute_in_process(
+            instance=instance, op_selection=[check_step]
+        ).get_asset_check_evaluations()
+        return evaluation
+
+    with instance_for_test() as instance:
+        assert _run_pipeline(settings, instance, MONTHS_LANDED).success
+        assert freshness(instance).passed
+        landed = find_landed(settings.landing_dir, "flights", "2013-02")
+        assert landed is not None
+        time.sleep(0.01)
+        landed.path.write_bytes(landed.path.read_bytes())  # the same bytes, written again
+        assert (
+            landed.path.stat().st_mtime
+            > instance.get_latest_materialization_event(dg.AssetKey(["features", FLIGHT_FEATURES.name])).timestamp
+        )  # type: ignore[union-attr]
+        again = freshness(instance)
+        assert again.passed, again.description
+        frame = pl.read_parquet(landed.path)
+        buffer = io.BytesIO()
+        frame.head(frame.height - 1).write_parquet(buffer)
+        land_file(settings.landing_dir, "flights", "2013-02", buffer.getvalue())  # new bytes
+        stale = freshness(instance)
+        assert not stale.passed and stale.description is not None
+        assert "2013-02: landed" in stale.description and "built before its data last changed" in stale.description
+        assert "2013-01" not in stale.description
+        assert _run_pipeline(settings, instance, ["2013-02"]).success
+        assert freshness(instance).passed
 
 
 def test_rerunning_the_pipeline_replaces_partitions(settings: Settings) -> None:

@@ -366,9 +366,11 @@ def champion_test_month(registry: Registry, champion: str | None) -> str | None:
 
 def required_auc(registry: Registry, version: str) -> float | None:
     """The AUC a champion must hold live: its own evaluation AUC when it came in through the gates, else (forced in
-    by hand) the evaluation AUC of the last champion that passed them."""
+    by hand) the evaluation AUC of the last champion that passed them and was not rolled back since (the last one
+    that passed them, when every one was)."""
     gated = gated_champions(registry)
-    bar = version if version in gated else (gated[0] if gated else None)
+    standing = rollback_targets(registry)
+    bar = version if version in gated else next(iter(standing or gated), None)
     return evaluated_roc_auc(registry, bar) if bar else None
 
 

@@ -27,6 +27,7 @@ from mlops_assets.core.registry import (
     rollback_to_first_sound,
     rolled_back_from,
 )
+from mlops_assets.defs.sensors import required_auc
 from mlops_assets.serving.models import metadata_summary
 
 MODEL = "tree\nversion=v4\nnum_class=1\n"  # stands for a LightGBM text model: the registry treats it as bytes
@@ -185,6 +186,24 @@ def test_an_evaluation_is_stored_with_its_version_and_read_back(tmp_path: Path) 
     assert evaluated_roc_auc(registry, second) == 0.77
     with pytest.raises(UnknownVersionError):
         registry.save_evaluation(_evaluation("v0099", None))
+
+
+def test_a_champion_forced_in_by_hand_is_held_to_the_last_gated_champion_still_standing(tmp_path: Path) -> None:
+    """v1 and v2 came in through the gates; v2 was rolled back for its live quality. A v3 forced in by hand is held
+    to v1's AUC, not to that of v2, which no longer stands; a gated champion is held to its own."""
+    registry = Registry(tmp_path)
+    v1, v2, v3 = _register(registry), _register(registry, MODEL + "2"), _register(registry, MODEL + "3")
+    registry.set_alias(CHAMPION, v1, "promoted", "first model", roc_auc=0.70, test_month="2013-02")
+    registry.set_alias(CHAMPION, v2, "promoted", "better AUC", roc_auc=0.80, test_month="2013-03")
+    assert required_auc(registry, v2) == 0.80
+    rollback(registry, "v2 lost its live AUC")
+    registry.set_alias(CHAMPION, v3, "forced", "by hand, past the gates")
+    assert required_auc(registry, v3) == 0.70
+    assert required_auc(registry, v1) == 0.70
+    # every gated champion rolled back: the last one that passed the gates is the only bar there is
+    rollback(registry, "by hand", to=v1)
+    registry.log_event("rolled_back", version=v3, alias=CHAMPION, reason="by hand", from_version=v1)
+    assert required_auc(registry, v3) == 0.80
 
 
 def test_deleting_the_reports_folder_cannot_matter(tmp_path: Path) -> None:

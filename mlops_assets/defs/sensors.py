@@ -374,6 +374,15 @@ def required_auc(registry: Registry, version: str) -> float | None:
     return evaluated_roc_auc(registry, bar) if bar else None
 
 
+def _impossible_recorded(registry: Registry, champion: str, month: str) -> bool:
+    """Whether the registry already says that ``champion`` should have been rolled back after ``month`` but could
+    not be."""
+    return any(
+        (event.get("event"), event.get("version"), event.get("month")) == ("rollback_impossible", champion, month)
+        for event in registry.events()
+    )
+
+
 def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.SensorDefinition:
     keys = keys_of(model)
 
@@ -415,13 +424,15 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
             if target is not None:
                 context.log.warning(f"{model.name}: rolled back {champion} -> {target}: {why}")
                 decision = {"decision": "rolled_back", "from_version": champion, "champion_version": target}
+            elif _impossible_recorded(registry, champion, record.month):
+                continue  # the month's record materialized again: said once, its retrain already asked
             else:
                 left = "no gated champion left that was never rolled back" + (
                     f", passes its checksum and was trained on today's features (passed over: {'; '.join(passed_over)})"
                     if passed_over
                     else ""
                 )
-                registry.log_event("rollback_impossible", version=champion, reason=f"{why}; {left}")
+                registry.log_event("rollback_impossible", version=champion, reason=f"{why}; {left}", month=record.month)
                 context.log.error(f"{model.name} {champion} should be rolled back but {left}: {why}")
                 decision = {"decision": "rollback_impossible", "from_version": champion, "champion_version": champion}
             # the decision where Dagster shows it: an observation of the champion asset, with its reasons

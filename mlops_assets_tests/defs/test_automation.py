@@ -338,6 +338,29 @@ def test_a_rollback_and_a_retrain_sensor_ask_for_one_retrain_in_either_order(set
             assert len(asked) == (2 if drift_run == started else 1), [r.run_key for r in asked]
 
 
+def test_a_rollback_with_nowhere_to_go_is_said_once_per_month(settings: Settings) -> None:
+    """The only gated champion loses its live AUC: there is no version to go back to. The registry, Dagster and the
+    retraining job hear it once for April, however often April's live record is materialized again; May's decline
+    is news again."""
+    from mlops_assets.defs.sensors import build_rollback_sensor
+
+    registry = Registry(settings.model(MODEL.name).registry_dir)
+    only = _register(registry)
+    registry.set_alias(CHAMPION, only, "promoted", "gates passed", roc_auc=0.72, test_month="2013-03")
+    with instance_for_test() as instance:
+        cursor, said = None, []
+        for month in ("2013-04", "2013-04", "2013-05"):
+            _report(instance, LIVE_KEY, _live(month, only, auc=0.50, evaluated=0.72))
+            result = _tick(build_rollback_sensor(MODEL), instance, settings, cursor)
+            cursor = result.cursor
+            said.append((len(result.asset_events), len(result.run_requests or [])))
+    assert registry.alias(CHAMPION) == only
+    impossible = [e for e in registry.events() if e["event"] == "rollback_impossible"]
+    assert [e["month"] for e in impossible] == ["2013-04", "2013-05"]
+    assert "no gated champion left" in impossible[0]["reason"]
+    assert said == [(1, 1), (0, 0), (1, 1)]
+
+
 def test_a_new_champion_does_not_rescore_old_months(settings: Settings) -> None:
     defs = build_definitions(CATALOG, settings)
     with instance_for_test() as instance:

@@ -46,10 +46,15 @@ class PromotionGates:
 class PromotionDecision:
     promote: bool
     reasons: list[str] = field(default_factory=list)
+    #: no champion to keep: the challenger was judged against the base-rate model
+    first_model: bool = False
 
     @property
     def summary(self) -> str:
-        return ("promote: " if self.promote else "keep the champion: ") + "; ".join(self.reasons)
+        verdict = (
+            "promote" if self.promote else "not promoted, no champion yet" if self.first_model else "keep the champion"
+        )
+        return f"{verdict}: " + "; ".join(self.reasons)
 
 
 def base_rate_log_loss(base_rate: float) -> float:
@@ -84,7 +89,7 @@ def decide_promotion(
         slices: per-slice rows with ``rows``, ``challenger_auc`` and ``champion_auc``.
     """
     if score_problem:
-        return PromotionDecision(False, [f"challenger refused: {score_problem}"])
+        return PromotionDecision(False, [f"challenger refused: {score_problem}"], first_model=champion is None)
     auc, loss = challenger["roc_auc"], challenger["log_loss"]
     if champion is None:
         reference = base_rate_log_loss(challenger["base_rate"])
@@ -103,7 +108,7 @@ def decide_promotion(
                 f"{challenger['base_rate']:.4f} (needs >= {gates.first_model_min_pr_lift}x)" + _failed(lift_ok)
             )
             ok = ok and lift_ok
-        return PromotionDecision(ok, reasons)
+        return PromotionDecision(ok, reasons, first_model=True)
 
     reasons: list[str] = []
     gain = auc - champion["roc_auc"]

@@ -80,6 +80,13 @@ def test_the_first_model_must_clearly_beat_the_base_rate() -> None:
     assert good.promote and base_rate_log_loss(0.25) > 0.50
     weak = decide_promotion({"roc_auc": 0.52, "log_loss": 0.56, "base_rate": 0.25}, None, None, [], PromotionGates())
     assert not weak.promote
+    # there is no champion to keep: the summary says so rather than "keep the champion"
+    assert good.summary.startswith("promote: first model: AUC 0.7000")
+    assert weak.summary.startswith("not promoted, no champion yet: first model: AUC 0.5200"), weak.summary
+    refused = decide_promotion({"roc_auc": 0.7, "log_loss": 0.5, "base_rate": 0.25}, None, "NaN", [], GATES)
+    assert refused.summary == "not promoted, no champion yet: challenger refused: NaN"
+    kept = decide_promotion({"roc_auc": 0.70, "log_loss": 0.60, "base_rate": 0.25}, CHAMPION, None, SLICES_OK, GATES)
+    assert kept.summary.startswith("keep the champion: ")
 
 
 def test_nan_or_out_of_range_scores_are_refused() -> None:

@@ -37,6 +37,7 @@ from mlops_assets.core.landing import (
     LandedFile,
     incomplete_months,
     landed_months,
+    landing_path,
     month_range,
     parse_month,
     scan_landing,
@@ -171,6 +172,18 @@ def cmd_months(args: argparse.Namespace) -> int:
     months = landed_months(settings.landing_dir, tables)
     if not months:
         print("error: no month has landed yet: run `mlops replay --through 2013-03` first", file=sys.stderr)
+        _no_tags(args)
+        return 1
+    references = [t.name for f in CATALOG.feeds for t in f.tables if not t.monthly]
+    unlanded = [t for t in references if not landing_path(settings.landing_dir, t, None).exists()]
+    if unlanded:
+        # every month's validation and features read the reference tables: no month can run without them
+        files = ", ".join(str(landing_path(Path("landing"), t, None)) for t in unlanded)
+        print(
+            f"error: the reference table(s) {', '.join(unlanded)} have not landed: land {files} "
+            f"or run `mlops replay --through {months[-1]}`",
+            file=sys.stderr,
+        )
         _no_tags(args)
         return 1
     incomplete = incomplete_months(settings.landing_dir, tables)

@@ -257,6 +257,8 @@ def test_months_stop_before_a_month_a_table_has_not_landed_for(
     ]:
         land_file(settings.landing_dir, table, month, b"only the layout is read")
     land_file(settings.landing_dir, "weather", "2013-03", b"only the layout is read")
+    for table in ("airlines", "airports", "planes"):
+        land_file(settings.landing_dir, table, None, b"only the layout is read")
     assert main(["months", "--tags"]) == 0
     printed = capsys.readouterr()
     assert json.loads(printed.out) == range_tags(["2013-01"])
@@ -273,6 +275,16 @@ def test_months_stop_before_a_month_a_table_has_not_landed_for(
     printed = capsys.readouterr()
     assert "error: no landed month is complete before 2013-01: land the files above" in printed.err
     assert printed.out == "{}\n"  # `--tags "$(mlops months --tags)"` stays valid JSON: each step then says what to do
+    # every month's validation and features read the reference tables: without one, no month can run
+    land_file(settings.landing_dir, "weather", "2013-01", b"only the layout is read")
+    (settings.landing_dir / "reference" / "planes.parquet").unlink()
+    assert main(["months", "--tags"]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "{}\n"
+    assert "the reference table(s) planes have not landed: land landing/reference/planes.parquet" in printed.err
+    assert "or run `mlops replay --through 2013-03`" in printed.err
+    assert main(["status"]) == 0
+    assert "Reference tables not landed: planes (no month can be built without them" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.ingest import latest_verdicts
-from mlops_assets.core.landing import landed_months
+from mlops_assets.core.landing import landed_months, landing_path
 from mlops_assets.core.records import EvaluationResult
 from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError
 from mlops_assets.core.settings import Settings
@@ -48,6 +49,12 @@ def store_status(catalog: Catalog, models: tuple[ModelSpec, ...], settings: Sett
     table its rows by month; and per model (of ``models``) its registry and monitored months."""
     status: dict[str, Any] = {
         "landed_months": landed_months(settings.landing_dir, [t.name for f in catalog.feeds for t in f.monthly_tables]),
+        # reference tables with no landed file: every month's validation and features need them
+        "reference_not_landed": [
+            t.name
+            for t in catalog.tables
+            if not t.monthly and not landing_path(settings.landing_dir, t.name, None).exists()
+        ],
         "tables": {},
         "features": {},
         "models": {},
@@ -132,6 +139,13 @@ def monitoring_status(conn: duckdb.DuckDBPyConnection, model: str) -> list[dict[
 def format_status(status: dict[str, Any]) -> str:
     """A short human summary of :func:`store_status`."""
     lines = [f"Landed months: {', '.join(status['landed_months']) or 'none (run `mlops replay --through 2013-03`)'}"]
+    if status["landed_months"] and status.get("reference_not_landed"):
+        missing = status["reference_not_landed"]
+        files = ", ".join(str(landing_path(Path("landing"), name, None)) for name in missing)
+        lines.append(
+            f"Reference tables not landed: {', '.join(missing)} (no month can be built without them: land {files} "
+            f"or run `mlops replay --through {status['landed_months'][-1]}`)"
+        )
     if not status["tables"]:
         lines.append("Warehouse: not built yet (run `make pipeline`)")
     else:

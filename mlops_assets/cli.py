@@ -160,6 +160,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(
         f"Done in {elapsed:.1f} s: {counts['landed']} new, {counts['replaced']} replaced, {counts['unchanged']} unchanged{partitions}."
     )
+    if args.month and counts["landed"] + counts["replaced"]:
+        # (a range is what `make pipeline` lands before running the job itself: no hint in the middle of its output)
+        print(
+            f"Next: with `make ui` running, the landing sensor refreshes {args.month} by itself (validation, features,\n"
+            f"      monitoring, a retrain if it drifted); or `make pipeline THROUGH={args.month}` lands every month up to it\n"
+            "      in full and runs training_pipeline over them."
+        )
     return 0
 
 

@@ -185,8 +185,14 @@ def test_the_training_window_keeps_the_newest_months(settings: Settings) -> None
     assert "`mlops replay --month 2013-02`" in message
 
 
-def test_training_on_one_built_month_says_to_land_another(settings: Settings) -> None:
+def test_training_on_one_built_month_says_to_land_another(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["replay", "--month", "2013-02", "--every", "50"]) == 0
+    # one month landed by hand: what happens next (a range is what `make pipeline` lands before running the job)
+    assert "Next: with `make ui` running, the landing sensor refreshes 2013-02 by itself" in capsys.readouterr().out
+    assert main(["replay", "--through", "2013-02", "--every", "50"]) == 0
+    assert "Next:" not in capsys.readouterr().out
     defs = build_definitions(CATALOG, settings)
     with dg.DagsterInstance.get() as instance:
         assert defs.resolve_job_def("feature_pipeline").execute_in_process(

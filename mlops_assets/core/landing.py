@@ -158,10 +158,14 @@ def land_file(landing_dir: Path, table: str, month: str | None, data: bytes) -> 
     status = "landed"
     if path.exists():
         if sha256_file(path) == digest:
+            # the same bytes: a checksum file that is missing or names other bytes (the batch was rejected for it)
+            # is written again, so landing the batch again is the fix its rejection message gives
+            if recorded_checksum(path) != digest:
+                write_atomic(checksum_path(path), f"{digest}  {path.name}\n".encode())
             return LandedFile(table, month, path, digest), "unchanged"
         status = "replaced"
     write_atomic(path, data)
-    write_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
+    write_atomic(checksum_path(path), f"{digest}  {path.name}\n".encode())
     return LandedFile(table, month, path, digest), status
 
 

@@ -247,3 +247,18 @@ def test_the_checksum_file_records_the_landed_bytes(tmp_path: Path) -> None:
     assert recorded_checksum(landed.path) == "not-a-digest"  # shown as found, so the comparison fails
     checksum_path(landed.path).unlink()
     assert recorded_checksum(landed.path) is None
+
+
+def test_landing_the_same_bytes_again_restores_a_missing_or_wrong_checksum_file(tmp_path: Path) -> None:
+    """A batch rejected for its checksum file is fixed by landing it again, as the rejection says, even when the bytes
+    are the ones already there."""
+    landed, _ = land_file(tmp_path, "flights", "2013-01", b"some bytes")
+    checksum_path(landed.path).unlink()
+    again, status = land_file(tmp_path, "flights", "2013-01", b"some bytes")
+    assert status == "unchanged" and recorded_checksum(again.path) == landed.sha256
+    checksum_path(landed.path).write_text("0" * 64 + "  2013-01.parquet\n")
+    land_file(tmp_path, "flights", "2013-01", b"some bytes")
+    assert recorded_checksum(landed.path) == landed.sha256
+    written = checksum_path(landed.path).stat().st_mtime_ns
+    land_file(tmp_path, "flights", "2013-01", b"some bytes")  # a sound checksum file is left as it is
+    assert checksum_path(landed.path).stat().st_mtime_ns == written

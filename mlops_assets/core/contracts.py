@@ -202,10 +202,13 @@ def check_structure(batch: pl.DataFrame, spec: TableSpec, label: str) -> BatchVe
 def rows_as_json(batch: pl.DataFrame) -> pl.Series:
     """Each row as one JSON object, so a quarantined row keeps every original value whatever its schema. JSON has no
     NaN or infinity (polars writes them as null, a value the row may well hold legally): such a value is written as
-    the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, the rest of its row as polars writes it."""
+    the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, the rest of its row as polars writes it. Bytes (a
+    binary column, as some writers store strings) are written as hex: polars cannot write them to JSON."""
     if batch.width == 0:
         return pl.Series("row_json", [None] * batch.height, dtype=pl.String)
-    encoded = batch.select(pl.struct(pl.all()).struct.json_encode().alias("row_json")).to_series()
+    binary = [name for name, dtype in batch.schema.items() if dtype == pl.Binary]
+    as_text = batch.with_columns(pl.col(binary).bin.encode("hex")) if binary else batch
+    encoded = as_text.select(pl.struct(pl.all()).struct.json_encode().alias("row_json")).to_series()
     floats = [name for name, dtype in batch.schema.items() if dtype.is_float()]
     if not floats:
         return encoded

@@ -210,8 +210,16 @@ def test_corrupt_file_is_rejected_and_kept(loaded: duckdb.DuckDBPyConnection, se
             "dep_delay",
             "has type String",
         ),
+        # strings written as untagged bytes (as some writers do): polars cannot write bytes to JSON, which crashed the
+        # ingest before anything was quarantined
+        (
+            lambda f: f.with_columns(pl.col("tailnum").cast(pl.Binary)),
+            RULE_COLUMN_TYPE,
+            "tailnum",
+            "has type Binary",
+        ),
     ],
-    ids=["missing-column", "renamed-column", "retyped-column"],
+    ids=["missing-column", "renamed-column", "retyped-column", "bytes-column"],
 )
 def test_schema_change_rejects_the_batch_whole(
     loaded: duckdb.DuckDBPyConnection, settings: Settings, mutate, rule: str, column: str, hint: str
@@ -229,6 +237,12 @@ def test_schema_change_rejects_the_batch_whole(
         [list(good)],
     ).fetchone()
     assert quarantined == (batch.height, rule, column)
+    if column == "tailnum":  # the bytes are kept, as hex
+        tailnum = batch["tailnum"].drop_nulls()[0]
+        kept = loaded.execute(
+            "SELECT count(*) FROM quarantine.flights WHERE stage = 'raw' AND row_json LIKE ?", [f'%"{tailnum.hex()}"%']
+        ).fetchone()
+        assert kept is not None and kept[0] >= 1
     assert _validated_shas(loaded) == good
     # raw still holds the last accepted batch
     assert {

@@ -35,6 +35,26 @@ class ExecutedRun:
     tags: dict[str, str]
 
 
+def apply_partition_requests(
+    instance: dg.DagsterInstance,
+    requests: Sequence[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest],
+) -> bool:
+    """Apply a sensor's partition requests in order, as Dagster's daemon does; whether any partition changed."""
+    changed = False
+    for request in requests:
+        known = set(instance.get_dynamic_partitions(request.partitions_def_name))
+        if isinstance(request, dg.DeleteDynamicPartitionsRequest):
+            for key in (k for k in request.partition_keys if k in known):
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+                changed = True
+        else:
+            missing = [k for k in request.partition_keys if k not in known]
+            if missing:
+                instance.add_dynamic_partitions(request.partitions_def_name, missing)
+                changed = True
+    return changed
+
+
 @dataclass
 class Ticker:
     """Evaluates ``sensors`` (in this order, then the automation conditions) and executes what they request."""
@@ -125,13 +145,8 @@ class Ticker:
         ):  # a decision the sensor recorded (e.g. a rollback), as the daemon stores it
             self.instance.report_runless_asset_event(event)
             self._changed = True
-        for request in data.dynamic_partitions_requests or []:
-            if isinstance(request, dg.AddDynamicPartitionsRequest):
-                known = set(self.instance.get_dynamic_partitions(request.partitions_def_name))
-                missing = [k for k in request.partition_keys if k not in known]
-                if missing:
-                    self.instance.add_dynamic_partitions(request.partitions_def_name, missing)
-                    self._changed = True
+        if apply_partition_requests(self.instance, data.dynamic_partitions_requests or []):
+            self._changed = True
         runs = []
         for request in data.run_requests or []:
             if request.run_key and self._already_ran(name, request.run_key):

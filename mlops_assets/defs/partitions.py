@@ -28,10 +28,27 @@ def run_months(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext
     )
 
 
+def calendar_order(known: list[str], months: list[str]) -> tuple[list[str], list[str]]:
+    """The partitions to delete and to add (in this order) so that ``known`` plus ``months`` end up in calendar order.
+
+    Dynamic partitions keep the order they were added in, and a run over a range of months covers the partitions
+    between its ends in that order: April landed after May (or December 2012 after 2013) would be left out of
+    ``make pipeline``'s range, or make it empty. The known partitions from the first one out of place on are deleted
+    and added again after the new ones; a partition's materializations and checks are kept by key, so nothing is
+    lost."""
+    wanted = sorted(set(known) | set(months))
+    first_out_of_place = next((i for i, (k, w) in enumerate(zip(known, wanted, strict=False)) if k != w), len(known))
+    return known[first_out_of_place:], wanted[first_out_of_place:]
+
+
 def register_months(instance: dg.DagsterInstance, months: list[str]) -> list[str]:
-    """Add the months that are not partitions yet; return them. Idempotent."""
-    known = set(instance.get_dynamic_partitions(MONTHS.name))
-    missing = [m for m in months if m not in known]
-    if missing:
-        instance.add_dynamic_partitions(MONTHS.name, missing)
+    """Add the months that are not partitions yet, keeping every partition in calendar order
+    (:func:`calendar_order`); return the new ones. Idempotent."""
+    known = instance.get_dynamic_partitions(MONTHS.name)
+    missing = sorted(set(months) - set(known))
+    delete, add = calendar_order(known, months)
+    for month in delete:
+        instance.delete_dynamic_partition(MONTHS.name, month)
+    if add:
+        instance.add_dynamic_partitions(MONTHS.name, add)
     return missing

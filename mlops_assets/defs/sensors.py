@@ -38,7 +38,7 @@ from mlops_assets.defs.keys import (
     validated_key,
 )
 from mlops_assets.defs.monitor import R, new_month_records
-from mlops_assets.defs.partitions import MONTHS
+from mlops_assets.defs.partitions import MONTHS, calendar_order
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
 
 TRIGGER_TAG, MONTH_TAG, CHAMPION_TAG, REASON_TAG = "mlops/trigger", "mlops/month", "mlops/champion", "mlops/reason"
@@ -108,7 +108,8 @@ def build_landing_sensor(
             unseen = landed.relative_name not in previous and landed.table in tables
             if unseen and ingested_version(context.instance, tables[landed.table], landed.month) == landed.sha256:
                 previous[landed.relative_name] = landed.version
-        known = set(context.instance.get_dynamic_partitions(MONTHS.name))
+        known_in_order = context.instance.get_dynamic_partitions(MONTHS.name)
+        known = set(known_in_order)
         requests: list[dg.RunRequest] = []
         new_months: list[str] = []
         cursor: dict[str, str] = {}
@@ -142,9 +143,17 @@ def build_landing_sensor(
         # new or changed files as the landing sources' data versions, before their run reads them (no "Unsynced")
         unseen = [f for f in files if previous.get(f.relative_name) != f.version]
         observations += landed_observations(context.instance, list(tables.values()), unseen)
+        # new months in calendar order: the ones after them are deleted and added again (runs over a range of months
+        # cover the partitions between its ends in the order they were added)
+        delete, add = calendar_order(known_in_order, new_months)
+        partition_requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+        if delete:
+            partition_requests.append(MONTHS.build_delete_request(delete))
+        if add:
+            partition_requests.append(MONTHS.build_add_request(add))
         return dg.SensorResult(
             run_requests=requests,
-            dynamic_partitions_requests=[MONTHS.build_add_request(sorted(new_months))] if new_months else [],
+            dynamic_partitions_requests=partition_requests,
             cursor=json.dumps(cursor, sort_keys=True),
             asset_events=observations,
         )

@@ -15,9 +15,10 @@ from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.features import freshness_check_keys
 from mlops_assets.defs.ingest import MISNAMED_TAG
 from mlops_assets.defs.keys import features_key, raw_key
+from mlops_assets.defs.partitions import calendar_order, register_months
 from mlops_assets.defs.resources import PlatformStorage
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
-from mlops_assets.ticks import Ticker
+from mlops_assets.ticks import Ticker, apply_partition_requests
 from mlops_assets_tests.conftest import instance_for_test
 
 
@@ -60,6 +61,39 @@ def test_new_file_one_request_same_file_none_changed_file_a_new_request(settings
         [request] = changed.run_requests or []
         assert request.partition_key == "2013-01" and request.run_key != first.run_requests[0].run_key  # type: ignore[index]
         assert not changed.dynamic_partitions_requests  # the month is a partition already
+
+
+def test_a_late_month_is_put_in_calendar_order_with_its_history(settings: Settings) -> None:
+    """April lands after May: a run over a range of months covers the partitions between its ends in the order they
+    were added, so April would be left out of `make pipeline`'s range. The sensor deletes May and adds April and May
+    again; May keeps its materializations. The same through `mlops replay` (register_months), and for a month before
+    every other (December 2012)."""
+    replay_months(settings.landing_dir, ["2013-01", "2013-02", "2013-03", "2013-05"], every=50)
+    features = features_key(CATALOG.models[0].features)
+    with instance_for_test() as instance:
+        first = _tick(settings, instance, None)
+        apply_partition_requests(instance, first.dynamic_partitions_requests or [])  # as the daemon does
+        assert instance.get_dynamic_partitions("months") == ["2013-01", "2013-02", "2013-03", "2013-05"]
+        instance.report_runless_asset_event(dg.AssetMaterialization(features, partition="2013-05"))
+        replay_months(settings.landing_dir, ["2013-04"], every=50)
+        second = _tick(settings, instance, first.cursor)
+        assert [r.partition_key for r in second.run_requests or []] == ["2013-04"]
+        apply_partition_requests(instance, second.dynamic_partitions_requests or [])
+        assert instance.get_dynamic_partitions("months") == ["2013-01", "2013-02", "2013-03", "2013-04", "2013-05"]
+        assert instance.get_materialized_partitions(features) == {"2013-05"}
+        assert register_months(instance, ["2012-12", "2013-06"]) == ["2012-12", "2013-06"]
+        assert instance.get_dynamic_partitions("months")[0] == "2012-12"
+        assert instance.get_dynamic_partitions("months") == sorted(instance.get_dynamic_partitions("months"))
+        assert instance.get_materialized_partitions(features) == {"2013-05"}
+
+
+def test_partitions_out_of_place_are_the_only_ones_moved() -> None:
+    assert calendar_order(["01", "02", "03"], ["04"]) == ([], ["04"])
+    assert calendar_order(["01", "02", "05"], ["04"]) == (["05"], ["04", "05"])
+    assert calendar_order(["01", "02", "05", "04"], []) == (["05", "04"], ["04", "05"])  # an instance out of order
+    assert calendar_order(["02", "03"], ["01", "03"]) == (["02", "03"], ["01", "02", "03"])
+    assert calendar_order([], ["02", "01"]) == ([], ["01", "02"])
+    assert calendar_order(["01"], []) == ([], [])
 
 
 def test_a_new_month_adds_a_partition_and_requests_only_itself(settings: Settings) -> None:

@@ -90,9 +90,12 @@ def online_rows_of(online_log: pl.DataFrame, labels: pl.DataFrame, spec: Feature
     """The serving log's rows of ``month``: the entity's local month (``_month``), which the UTC prediction time
     leaves for flights near a month's edge (an evening departure on the 31st is the next month in UTC; a
     cancellation scored 2 h early, the previous one). By the entity's local time when the log holds it (a key
-    column: failed predictions count too, also for entities without a feature row), else by the month's keys."""
+    column: failed predictions count too, also for entities without a feature row), else by the month's keys. What-ifs
+    (requests that overrode features, ``what_if``) are left out: their answers are about flights that did not happen."""
     if online_log.height == 0:
         return online_log
+    if "what_if" in online_log.columns:  # a what-if's answer is about a flight that did not happen: not live quality
+        online_log = online_log.filter(~pl.col("what_if").fill_null(False))
     local = spec.local_time_column
     if local in online_log.columns:
         return online_log.filter(pl.col(local).dt.strftime("%Y-%m") == month)

@@ -54,8 +54,13 @@ from mlops_assets.serving.store import ServedStore, reloading_store
 logger = logging.getLogger("mlops_assets.serving")
 #: Columns the service adds to the prediction log's (``core.prediction_log.log_schema``): the request fields whose
 #: codes the online store has never seen (comma-separated; null: none) and how many hours past the store's newest
-#: facts the prediction time was (0: none).
-SERVING_LOG_COLUMNS: dict[str, pl.DataType] = {"unknown_codes": pl.String(), "feature_age_hours": pl.Float64()}
+#: facts the prediction time was (0: none), and whether the request was a what-if (it overrode features: its answer is
+#: about a flight that did not happen, and the month's live quality leaves it out).
+SERVING_LOG_COLUMNS: dict[str, pl.DataType] = {
+    "unknown_codes": pl.String(),
+    "feature_age_hours": pl.Float64(),
+    "what_if": pl.Boolean(),
+}
 #: Request ids drawn ahead after an answer (:meth:`PredictionService._draw_ids`): a few requests' worth.
 DRAWN_IDS = 8
 
@@ -242,7 +247,7 @@ class PredictionService:
             self._log_rows(
                 keys,
                 ids,
-                [r.key for r in requests],
+                requests,
                 arms,
                 scores,
                 latency_ms,
@@ -357,7 +362,7 @@ class PredictionService:
         self,
         keys: list[dict[str, Any]],
         ids: list[str],
-        entity_keys: list[str],
+        requests: Sequence[PredictionRequest],
         arms: list[ServedModel],
         scores: np.ndarray,
         latency_ms: float,
@@ -374,7 +379,7 @@ class PredictionService:
         now = utc_now()
         rows: list[dict[str, object]] = []
         for i, key in enumerate(keys):
-            base = self._row_base(ids[i], now, entity_keys[i], key, unknown[i], ages[i])
+            base = self._row_base(ids[i], now, requests[i], key, unknown[i], ages[i])
             rows.append(
                 {
                     **base,
@@ -407,22 +412,23 @@ class PredictionService:
         self,
         request_id: str,
         now: datetime,
-        entity_key: str,
+        request: PredictionRequest,
         key: dict[str, Any],
         unknown: list[str] | None = None,
         age: float | None = None,
     ) -> dict[str, object]:
         """The columns every log row of one request shares: ids, the model, the entity's key and prediction time,
-        the codes the store has never seen and the features' age."""
+        the codes the store has never seen, the features' age and whether the request was a what-if."""
         return {
             "request_id": request_id,
             "logged_at": now,
             "model": self.name,
-            "entity_key": entity_key,
+            "entity_key": request.key,
             **{c: key[c] for c in self.spec.key},
             "prediction_time": key[self.spec.time_column],
             "unknown_codes": ",".join(unknown) if unknown else None,
             "feature_age_hours": age,
+            "what_if": bool(request.overrides),
         }
 
     def _log_failure(
@@ -457,7 +463,7 @@ class PredictionService:
         failed = {"score": None, "served": False, "latency_ms": latency_ms, "status": "error", "error": message}
         rows: list[dict[str, object]] = [
             {
-                **self._row_base(ids[i], now, requests[i].key, key),
+                **self._row_base(ids[i], now, requests[i], key),
                 "variant": arms[i].variant,
                 "model_version": arms[i].version,
                 **failed,

@@ -242,6 +242,29 @@ def test_online_predictions_count_in_their_flights_local_month_not_the_utc_one()
     assert chosen["flight"].to_list() == [1, 4]
     assert online_rows_of(log, march_labels, FLIGHT_FEATURES, "2013-04")["flight"].to_list() == [2]
     assert online_rows_of(log.head(0), march_labels, FLIGHT_FEATURES, "2013-03").height == 0
+    # a what-if (a request that overrode features, as any client may) is about a flight that did not happen: left
+    # out of the month's live quality, failed or answered; a log written before `what_if` existed counts every row
+    what_ifs = pl.DataFrame(
+        [
+            {
+                **flight(5, datetime(2013, 3, 3, 9)),
+                "prediction_time": datetime(2013, 3, 3, 14),
+                "score": 0.99,
+                "status": "ok",
+                "what_if": True,
+            },
+            {**failed, "flight": 6, "what_if": True},
+            {
+                **flight(7, datetime(2013, 3, 3, 9)),
+                "prediction_time": datetime(2013, 3, 3, 14),
+                "score": 0.2,
+                "status": "ok",
+                "what_if": False,
+            },
+        ]
+    )
+    marked = pl.concat([log, what_ifs], how="diagonal_relaxed")
+    assert online_rows_of(marked, march_labels, FLIGHT_FEATURES, "2013-03")["flight"].to_list() == [1, 4, 7]
 
 
 def test_an_undefined_live_auc_is_none_and_so_is_its_drop() -> None:

@@ -121,7 +121,8 @@ class ModelSet:
     ``shadow`` only when it names another version than the champion. ``aliases`` is the raw alias map.
     ``fallback`` says the champion alias's version could not be served and which version serves instead;
     ``left_out`` says why a named challenger or shadow is missing from the set (a problem: ``/health`` says
-    ``degraded``); ``waiting`` why one is not in the set yet, which is no problem (a challenger being evaluated).
+    ``degraded``); ``waiting`` why one is not in the set yet, which is no problem (a challenger being evaluated, or
+    one rolled back until the next is trained).
     """
 
     champion: ServedModel | None
@@ -251,7 +252,11 @@ class ModelLoader:
                 if version in (None, champion):
                     continue
                 if variant == CHALLENGER and version in taken_out:
-                    left_out.append(f"challenger {version} was rolled back: it answers no A/B traffic")
+                    # a rollback's normal course (by hand or by the rollback sensor), not a fault: until the next
+                    # challenger is trained
+                    waiting.append(
+                        f"challenger {version} was rolled back: it answers no A/B traffic until a new one is trained"
+                    )
                     continue
                 if variant == CHALLENGER and (unready := self._not_ab_ready(version)):
                     # one still being evaluated is the pipeline's normal course; anything else is a problem

@@ -298,8 +298,14 @@ def test_a_rolled_back_challenger_answers_no_ab_traffic(served: Settings) -> Non
     with running(served, ServeConfig(port=0, ab_share=0.3)) as server:
         _, models = server.client.get(f"/models/{DELAY}")
         answers = server.client.post([_flight(flight=n, tailnum=None) for n in range(1, 201)])[1]["predictions"]
+        health = server.client.get("/health")[1]
     assert models["mode"] != "ab" or not models["challenger"]["serving"], models
     assert {(a["variant"], a["model_version"]) for a in answers} == {("champion", "v0001")}
+    # a rollback's normal course, not a fault: /health stays ok until the next challenger is trained
+    assert models["waiting"] == [
+        "challenger v0002 was rolled back: it answers no A/B traffic until a new one is trained"
+    ]
+    assert models["problems"] == [] and health["status"] == "ok", health
 
 
 def test_a_challenger_answers_ab_traffic_only_once_its_evaluation_stands(served: Settings) -> None:

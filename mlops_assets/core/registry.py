@@ -207,8 +207,19 @@ class Registry:
         if not self.aliases_path.exists():
             return {}
         try:
-            aliases = json.loads(self.aliases_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            text = self.aliases_path.read_text()
+        except UnicodeDecodeError as error:
+            raise RegistryDamaged(
+                f"{self.aliases_path} is not valid JSON ({error}): {_repair_hint(self.root)}"
+            ) from None
+        return self.parse_aliases(text)
+
+    def parse_aliases(self, text: str) -> dict[str, str | None]:
+        """The aliases in ``text`` (what ``aliases.json`` held when read), or :class:`RegistryDamaged` naming the file
+        and the command that repairs it."""
+        try:
+            aliases = json.loads(text)
+        except json.JSONDecodeError as error:
             raise RegistryDamaged(
                 f"{self.aliases_path} is not valid JSON ({error}): {_repair_hint(self.root)}"
             ) from None

@@ -229,9 +229,8 @@ class ModelLoader:
 
     def build(self, token: str | None) -> ModelSet:
         state = json.loads(token) if token else {"aliases": None, "files": {}}
-        aliases: dict[str, str | None] = json.loads(state["aliases"]) if state["aliases"] else {}
-        if not isinstance(aliases, dict):
-            raise TypeError(f"{self.registry.aliases_path} must hold a JSON object of alias -> version")
+        # a damaged file is refused naming itself and the repair (the set serving now keeps serving)
+        aliases = self.registry.parse_aliases(state["aliases"]) if state["aliases"] else {}
         signatures: dict[str, str] = state["files"]
         champion = aliases.get(CHAMPION)
         challenger = aliases.get(CHALLENGER) if self.ab_share > 0 else None

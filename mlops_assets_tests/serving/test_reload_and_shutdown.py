@@ -207,6 +207,22 @@ def test_a_serving_champion_whose_file_is_tampered_keeps_its_verified_copy(serve
     assert [e["version"] for e in _events(registry, FALLBACK_EVENT)] == ["v0001"]
 
 
+def test_a_damaged_aliases_file_names_itself_and_the_repair_while_the_last_set_serves(served: Settings) -> None:
+    registry = Registry(delay(served).registry_dir)
+    original = registry.aliases_path.read_bytes()
+    with running(served) as server:
+        registry.aliases_path.write_text('{"champion": "v0009"')  # a hand edit cut short
+        health = _health_until(server.client, lambda h: h["status"] == "degraded")
+        status, body = server.client.post(FLIGHT)
+        registry.aliases_path.write_bytes(original)
+        recovered = _health_until(server.client, lambda h: h["status"] == "ok")
+    problems = " ".join(health["problems"])
+    assert str(registry.aliases_path) in problems and "is not valid JSON" in problems, problems
+    assert "mlops doctor --model flight_delay --repair" in problems
+    assert status == 200 and body["prediction"]["model_version"] == "v0001"  # the last good set serves
+    assert recovered["problems"] == []
+
+
 def test_a_reload_failure_clears_when_the_source_is_back_to_what_serves() -> None:
     """The aliases move to something that cannot be built and back: nothing is wrong any more, so no error stays."""
     source = {"token": "good"}

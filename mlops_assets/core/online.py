@@ -301,6 +301,12 @@ class OnlineStore:
         for name, (frame, column) in (online.known_values if online is not None else {}).items():
             if frame in self.reference and column in self.reference[frame].columns:
                 self.known_codes[name] = frozenset(self.reference[frame][column].drop_nulls().cast(pl.String))
+        #: Name -> (request fields, the combinations of their values the export has seen).
+        self.known_combinations: dict[str, tuple[tuple[str, ...], frozenset[tuple[str, ...]]]] = {}
+        for name, (frame, fields) in (online.known_combinations if online is not None else {}).items():
+            if frame in self.reference and set(fields) <= set(self.reference[frame].columns):
+                seen = self.reference[frame].select(pl.col(f).cast(pl.String) for f in fields).drop_nulls()
+                self.known_combinations[name] = (tuple(fields), frozenset(seen.iter_rows()))
         self.keyed_lookups = [
             _KeyedLookup(c, lookup) for c, lookup in zip(self.candidates, self.spec.lookups, strict=True)
         ]

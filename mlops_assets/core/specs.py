@@ -164,6 +164,10 @@ class OnlineSpec:
         known_values: request field -> (reference frame, column) of the online store's export holding the values
             seen so far (an open set: new destinations appear). A well-formed value outside it is answered, and the
             answer and the prediction log name the field (``unknown_codes``).
+        known_combinations: name -> (reference frame, request fields that are also its columns): values each known
+            alone whose combination the export has never seen (a route flown from another airport), flagged under
+            ``name`` in ``unknown_codes``: the features of that combination (a route's distance, its windows) are
+            missing.
     """
 
     request_fields: Mapping[str, tuple[type, bool, str]]
@@ -176,6 +180,7 @@ class OnlineSpec:
     field_patterns: Mapping[str, str] = field(default_factory=dict)
     accepted_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     known_values: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    known_combinations: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for rules in (self.field_patterns, self.accepted_values, self.known_values):
@@ -190,6 +195,12 @@ class OnlineSpec:
         for name, (frame, _) in self.known_values.items():
             if frame not in self.reference_sql:
                 raise ValueError(f"online spec: known {name} values come from {frame!r}, not a reference frame")
+        for name, (frame, fields) in self.known_combinations.items():
+            if frame not in self.reference_sql or not set(fields) <= set(self.request_fields):
+                raise ValueError(
+                    f"online spec: known {name} combinations need a reference frame ({frame!r}) and request fields "
+                    f"({list(fields)})"
+                )
 
 
 @dataclass(frozen=True)

@@ -576,12 +576,20 @@ def _score(model: ServedModel, features: pl.DataFrame | list[dict[str, Any]], ro
 
 def unknown_codes(requests: Sequence[PredictionRequest], store: OnlineStore) -> list[list[str]]:
     """Per request, the fields whose (well-formed) value the store's reference export has never seen, e.g. a new
-    destination: answered, but flagged, since its route features are missing."""
-    known = store.known_codes
-    return [
-        [name for name, values in known.items() if (value := r.fields.get(name)) is not None and value not in values]
-        for r in requests
-    ]
+    destination, then the combinations of known values it has never seen (``route``: a destination flown only from
+    another airport): answered, but flagged, since their features (a route's distance and windows) are missing."""
+    known, combinations = store.known_codes, store.known_combinations
+    flagged = []
+    for r in requests:
+        names = [
+            name for name, values in known.items() if (value := r.fields.get(name)) is not None and value not in values
+        ]
+        for name, (fields, seen) in combinations.items():
+            values = tuple(r.fields.get(f) for f in fields)
+            if None not in values and not set(fields) & set(names) and values not in seen:
+                names.append(name)
+        flagged.append(names)
+    return flagged
 
 
 def apply_overrides(

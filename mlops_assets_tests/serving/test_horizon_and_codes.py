@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import pytest
 
+from mlops_assets.core.online import OnlineStore
 from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.settings import Settings
 from mlops_assets.serving import ServeConfig
@@ -147,3 +148,17 @@ def test_unknown_but_well_formed_codes_are_answered_flagged_and_logged(served: S
     assert [flagged[a["request_id"]] for a in answers] == [None, "dest", "carrier,dest"]
     # what monitoring counts: the share of answered requests with a code the store has never seen
     assert log.filter(pl.col("served"))["unknown_codes"].is_not_null().sum() == 3
+
+
+def test_a_route_never_flown_from_its_origin_is_flagged_though_both_airports_are_known(served: Settings) -> None:
+    """A destination the store knows, flown only from another New York airport: its route's distance and windows are
+    missing, which the model never saw in training. Answered, and flagged as `route` (not as `dest`: that is known)."""
+    routes = OnlineStore.load(SPEC, delay(served).online_store_dir).reference["routes"]
+    from_origin = set(routes.filter(pl.col("origin") == FLIGHT["origin"])["dest"])
+    elsewhere = sorted(set(routes.filter(pl.col("origin") != FLIGHT["origin"])["dest"]) - from_origin)
+    assert elsewhere, "the served data holds a destination flown only from another airport"
+    with running(served) as server:
+        status, body = server.client.post({**FLIGHT, "dest": elsewhere[0]})
+    assert status == 200 and body["prediction"]["unknown_codes"] == ["route"], body
+    log = read_log(delay(served).predictions_dir)
+    assert log.filter(pl.col("served"))["unknown_codes"].to_list() == ["route"]

@@ -105,7 +105,8 @@ def _check(status: int, body: Any) -> None:
         items = [body["prediction"]] if "prediction" in body else body["predictions"]
         assert items and all(0.0 <= i["probability"] <= 1.0 and i["variant"] == "champion" for i in items)
         assert all(
-            0.0 <= i["feature_age_hours"] <= 24.0 and set(i["unknown_codes"]) <= {"carrier", "dest"} for i in items
+            0.0 <= i["feature_age_hours"] <= 24.0 and set(i["unknown_codes"]) <= {"carrier", "dest", "route"}
+            for i in items
         )
     else:
         assert isinstance(body["detail"], str) and body["detail"]

@@ -369,6 +369,7 @@ def flight_online(lead: timedelta = timedelta(0)) -> OnlineSpec:
         },
         accepted_values={"origin": NYC_AIRPORTS},
         known_values={"carrier": ("airlines", "carrier"), "dest": ("routes", "dest")},
+        known_combinations={"route": ("routes", ("origin", "dest"))},
     )
 
 

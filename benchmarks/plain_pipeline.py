@@ -51,7 +51,7 @@ def ingest_and_validate(conn: Any, settings: Any, run_id: str) -> list[str]:
                     quarantine = settings.quarantine_dir
                     ingest_raw(conn, table, landed, settings.landing_dir, quarantine, run_id, now, raw_rows)
             with transaction(conn):
-                validate_partitions(conn, table, parts, run_id, now)
+                validate_partitions(conn, table, parts, run_id, now, feed.code_users(table.name))
     return months
 
 

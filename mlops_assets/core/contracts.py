@@ -48,6 +48,8 @@ RULE_DUPLICATE_ROW = "duplicate_row"
 RULE_CONFLICTING_KEY = "conflicting_key"
 #: A batch-level share (a label's null share or rate) implausible against the accepted months: rejected whole.
 RULE_LABEL_IMPLAUSIBLE = "label_implausible"
+#: A reference batch that drops codes accepted rows of other tables still use: rejected whole (validated stage).
+RULE_CODES_STILL_USED = "codes_still_used"
 #: A batch of a month after the current one (by the clock, UTC): data from the future, e.g. a wrong year (raw stage).
 RULE_FUTURE_MONTH = "month_in_future"
 #: A file in the landing zone whose name does not follow the layout (logged at stage ``landing``, never ingested).
@@ -266,6 +268,26 @@ def share_of(batch: pl.DataFrame, rule: ShareRule) -> float:
     return float(batch.select(rule.rows.fill_null(False).cast(pl.Float64).mean()).item())
 
 
+def dropped_codes(valid: pl.DataFrame, context: ContractContext, label: str) -> tuple[str, str, str] | None:
+    """``(rule, column, message)`` when the valid rows of a reference batch lack codes that accepted rows of other
+    tables use (``context.still_used``); None when they keep them all."""
+    for column, used in sorted(context.still_used.items()):
+        kept = set(valid[column].drop_nulls().cast(pl.String)) if column in valid.columns else set()
+        missing = sorted(used - kept)
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            return (
+                RULE_CODES_STILL_USED,
+                column,
+                (
+                    f"{label}: drops {column} {shown}, still used by accepted rows of other tables: batch rejected whole "
+                    "(the accepted months would lose those rows); the last accepted version keeps serving. A reference "
+                    "file keeps every code the data has used"
+                ),
+            )
+    return None
+
+
 def implausible_share(
     batch: pl.DataFrame, spec: TableSpec, context: ContractContext, label: str
 ) -> tuple[str, str, str] | None:
@@ -433,6 +455,7 @@ def split_rows(
     bad_share = n_bad / n_distinct if n_distinct else 0.0
     rejected_reason: tuple[str, str | None, str] | None = None
     implausible = implausible_share(distinct.select(columns), spec, context, label)
+    dropped = dropped_codes(distinct.join(bad.select("_row"), on="_row", how="anti"), context, label)
     if first is not None:
         rejected_reason = (
             str(first["check"]),
@@ -443,6 +466,8 @@ def split_rows(
         )
     elif implausible is not None:
         rejected_reason = implausible
+    elif dropped is not None:
+        rejected_reason = dropped
     elif bad_share > spec.max_bad_share:
         top = (
             bad.group_by("column_name", "rule")

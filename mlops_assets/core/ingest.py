@@ -18,7 +18,7 @@ does not follow the layout are logged too (stage ``landing``, rule ``misnamed_fi
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -412,8 +412,31 @@ def _contract_groups(
     return groups
 
 
+def read_used_codes(
+    conn: duckdb.DuckDBPyConnection, users: Mapping[str, Sequence[tuple[str, str]]]
+) -> dict[str, frozenset[str]]:
+    """Per column of a reference table, the codes the accepted (validated) rows of its users hold."""
+    used: dict[str, frozenset[str]] = {}
+    for column, pairs in users.items():
+        values: set[str] = set()
+        for table, code in pairs:
+            if table_exists(conn, "validated", table):
+                col = quote_identifier(code)
+                found = conn.execute(
+                    f"SELECT DISTINCT {col} FROM {qualified('validated', table)} WHERE {col} IS NOT NULL"
+                )
+                values |= {str(v[0]) for v in found.fetchall()}
+        used[column] = frozenset(values)
+    return used
+
+
 def validate_partitions(
-    conn: duckdb.DuckDBPyConnection, spec: TableSpec, months: list[str | None], run_id: str, now: datetime
+    conn: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    months: list[str | None],
+    run_id: str,
+    now: datetime,
+    code_users: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> list[BatchVerdict]:
     """:func:`validate_partition` for each of ``months`` in order, reading the reference codes and the plausibility
     history once: each month is held to the accepted months, those accepted earlier in this call included.
@@ -422,8 +445,12 @@ def validate_partitions(
     per call; a row's partition is its ``_month`` column); duplicates, keys, limits and plausibility are judged
     month by month from those failures. A failure about a whole frame cannot be told to one month: then each month is
     checked on its own, as a single month would be.
+
+    ``code_users`` (a reference table's, ``FeedSpec.code_users``): a batch that drops a code their accepted rows use
+    is rejected whole (``codes_still_used``).
     """
     codes = read_codes(conn, spec)
+    still_used = read_used_codes(conn, code_users) if code_users and not spec.monthly else {}
     shares = shares_by_month(conn, spec)
     raw_name = qualified("raw", spec.name)
     columns = [quote_identifier(c) for c in spec.columns]
@@ -452,7 +479,7 @@ def validate_partitions(
                 own = None
                 if checked.frame_level is None:
                     own = RuleFailures(checked.per_row.filter(pl.col("_month").eq_missing(month)), None)
-                verdict = _validate_month(conn, spec, rows, own, codes, shares, run_id, now, validated_rows)
+                verdict = _validate_month(conn, spec, rows, own, codes, shares, run_id, now, validated_rows, still_used)
                 verdicts.append(verdict)
     return verdicts
 
@@ -467,6 +494,7 @@ def _validate_month(
     run_id: str,
     now: datetime,
     validated_rows: PartitionWriter,
+    still_used: Mapping[str, frozenset[str]] | None = None,
 ) -> BatchVerdict:
     """Judge one month's raw rows (in landed order; ``checked``: their pandera failures, None to check them here),
     quarantine the bad ones, publish the good ones when the batch is accepted (through ``validated_rows``, a writer
@@ -475,7 +503,9 @@ def _validate_month(
     month = first["_month"]
     batch = Batch(spec.name, month, first["_source_file"], first["_sha256"])
     where, params = _partition_filter(month)
-    context = ContractContext(month=month, codes=codes, history=history_without(shares, month))
+    context = ContractContext(
+        month=month, codes=codes, history=history_without(shares, month), still_used=still_used or {}
+    )
     split = split_rows(rows.select(list(spec.columns)), spec, context, batch.label, checked)
 
     ensure_table(conn, "validated", spec.name, data_table_columns(spec))

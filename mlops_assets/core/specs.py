@@ -69,6 +69,9 @@ class ContractContext:
     month: str | None = None
     codes: Mapping[str, frozenset[str]] = field(default_factory=dict)
     history: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    #: For a reference table: per column, the codes accepted rows of other tables use (``FeedSpec.code_users``). A
+    #: batch that drops one is rejected whole: accepted months would lose rows to a new reference file.
+    still_used: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: a polars expression's == builds an expression
@@ -324,6 +327,16 @@ class FeedSpec:
             if table.name == name:
                 return table
         raise KeyError(f"feed {self.name} has no table {name!r}; known: {[t.name for t in self.tables]}")
+
+    def code_users(self, table: str) -> dict[str, list[tuple[str, str]]]:
+        """Per column of the reference table ``table``: the (table, column) pairs whose values its codes vouch for
+        (``code_sources`` of the other tables, for a code named as the column that holds it)."""
+        users: dict[str, list[tuple[str, str]]] = {}
+        for user in self.tables:
+            for code, (source, column) in user.code_sources.items():
+                if source == table and code in user.columns:
+                    users.setdefault(column, []).append((user.name, code))
+        return users
 
     @property
     def monthly_tables(self) -> tuple[TableSpec, ...]:

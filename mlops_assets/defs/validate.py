@@ -25,8 +25,10 @@ from mlops_assets.defs.partitions import DUCKDB_POOL, SINGLE_RUN, run_months
 ROW_COUNT_RATIO = 2.0
 
 
-def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
+def build_validated_asset(table: TableSpec, feed: FeedSpec) -> dg.AssetsDefinition:
     code_tables = sorted({source for source, _ in table.code_sources.values()})
+    # a reference table whose codes other tables' accepted rows use may not drop them (read, not a dependency)
+    code_users = feed.code_users(table.name) if not table.monthly else {}
 
     @dg.asset(
         key=validated_key(table),
@@ -53,7 +55,7 @@ def build_validated_asset(table: TableSpec) -> dg.AssetsDefinition:
         now = utc_now()  # UTC: the verdicts' order must not jump back with the clocks
         with duckdb.get_connection() as conn:
             with transaction(conn):  # one commit for all the run's months
-                verdicts = validate_partitions(conn, table, months, context.run.run_id, now)
+                verdicts = validate_partitions(conn, table, months, context.run.run_id, now, code_users)
             checks = [judge_batches(conn, table, validated_key(table), "validated", ROW_CHECK, months)]
             if table.monthly:
                 checks.append(judge_row_counts(conn, table, months))
@@ -113,4 +115,4 @@ def judge_row_counts(
 
 def build_validate(feed: FeedSpec) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
     """The feed's validated tables, each with its contract checks (built once for all models)."""
-    return [build_validated_asset(t) for t in feed.tables], []
+    return [build_validated_asset(t, feed) for t in feed.tables], []

@@ -20,6 +20,7 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.core.contracts import (
     RULE_CHECKSUM_MISMATCH,
     RULE_CHECKSUM_MISSING,
+    RULE_CODES_STILL_USED,
     RULE_CONFLICTING_KEY,
     RULE_DUPLICATE_ROW,
     RULE_LABEL_IMPLAUSIBLE,
@@ -123,11 +124,11 @@ def _land(settings: Settings, frame: pl.DataFrame, table: str = "flights", month
     land_file(settings.landing_dir, table, month, _parquet(frame))
 
 
-def _verdict(settings: Settings, stage: str, table: str = "flights", month: str = BAD) -> dict[str, object]:
+def _verdict(settings: Settings, stage: str, table: str = "flights", month: str | None = BAD) -> dict[str, object]:
     """The newest batch-log entry of ``table`` / ``month`` at ``stage``."""
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         cursor = conn.execute(
-            "SELECT * FROM quarantine.batches WHERE table_name = ? AND month = ? AND stage = ? "
+            "SELECT * FROM quarantine.batches WHERE table_name = ? AND month IS NOT DISTINCT FROM ? AND stage = ? "
             "ORDER BY checked_at DESC LIMIT 1",
             [table, month, stage],
         )
@@ -167,6 +168,44 @@ def _assert_next_month_builds(settings: Settings) -> None:
         for key in FEATURES:
             assert instance.get_materialized_partitions(key) == {NEXT}
     assert {name: frame.height for name, frame in _features(settings, [NEXT]).items()} == _covered(settings, NEXT)
+
+
+def test_a_reference_file_that_drops_a_code_still_in_use_is_rejected_and_the_accepted_months_keep_their_rows(
+    base: Settings,
+) -> None:
+    """A new airlines file without a carrier that accepted flights fly: accepted, it would quarantine those flights
+    from every accepted month (or, for a large carrier, reject every month with advice to correct the flights). It is
+    rejected whole instead, naming the carrier; the last accepted airlines keep serving and no month changes (the
+    fixture checks the features of the built months at the end)."""
+    with duckdb.connect(str(base.warehouse_path), read_only=True) as conn:
+        [(rarest,)] = conn.execute(
+            "SELECT carrier FROM validated.flights GROUP BY carrier ORDER BY count(*), carrier LIMIT 1"
+        ).fetchall()
+        flights_before = conn.execute("SELECT count(*) FROM validated.flights").fetchall()
+    airlines = pl.read_parquet(find_landed(base.landing_dir, "airlines", None).path)  # type: ignore[union-attr]
+    land_file(base.landing_dir, "airlines", None, _parquet(airlines.filter(pl.col("carrier") != rarest)))
+    with instance_for_test() as instance:
+        result = _run(base, instance, BUILT, whole=True)
+        failed = _failed_checks(result)
+    verdict = _verdict(base, "validated", "airlines", None)
+    assert verdict["accepted"] is False and verdict["rule"] == RULE_CODES_STILL_USED
+    message = str(verdict["message"])
+    assert f"drops carrier {rarest}, still used by accepted rows of other tables" in message, message
+    assert "Next: land a corrected landing/reference/airlines.parquet" in message
+    assert message in failed["validated/airlines:row_contract"]
+    with duckdb.connect(str(base.warehouse_path), read_only=True) as conn:
+        kept = conn.execute("SELECT count(*) FROM validated.airlines WHERE carrier = ?", [rarest]).fetchall()
+        assert kept == [(1,)]  # the last accepted airlines serve
+        assert conn.execute("SELECT count(*) FROM validated.flights").fetchall() == flights_before
+        [(quarantined,)] = conn.execute(
+            "SELECT count(*) FROM quarantine.airlines WHERE stage = 'validated' AND batch_rejected"
+        ).fetchall()
+    assert quarantined == airlines.height - 1  # every row of the rejected file can be found again
+    # a file that keeps the codes (here: the original) is accepted again
+    land_file(base.landing_dir, "airlines", None, _parquet(airlines))
+    with instance_for_test() as instance:
+        assert _run(base, instance, BUILT, whole=True).success
+    assert _verdict(base, "validated", "airlines", None)["accepted"] is True
 
 
 def test_a_day_that_does_not_exist_is_quarantined_and_no_later_step_crashes(base: Settings) -> None:

@@ -413,9 +413,11 @@ def _contract_groups(
 
 
 def read_used_codes(
-    conn: duckdb.DuckDBPyConnection, users: Mapping[str, Sequence[tuple[str, str]]]
+    conn: duckdb.DuckDBPyConnection, spec: TableSpec, users: Mapping[str, Sequence[tuple[str, str]]]
 ) -> dict[str, frozenset[str]]:
-    """Per column of a reference table, the codes the accepted (validated) rows of its users hold."""
+    """Per column of the reference table ``spec``, the values its accepted version holds that the accepted
+    (validated) rows of its users use: what a new version must keep (values it never held, e.g. airports the source
+    lacks, are not asked of it)."""
     used: dict[str, frozenset[str]] = {}
     for column, pairs in users.items():
         values: set[str] = set()
@@ -426,7 +428,14 @@ def read_used_codes(
                     f"SELECT DISTINCT {col} FROM {qualified('validated', table)} WHERE {col} IS NOT NULL"
                 )
                 values |= {str(v[0]) for v in found.fetchall()}
-        used[column] = frozenset(values)
+        held: set[str] = set()
+        if values and table_exists(conn, "validated", spec.name):
+            col = quote_identifier(column)
+            held = {
+                str(v[0])
+                for v in conn.execute(f"SELECT DISTINCT {col} FROM {qualified('validated', spec.name)}").fetchall()
+            }
+        used[column] = frozenset(values & held)
     return used
 
 
@@ -450,7 +459,7 @@ def validate_partitions(
     is rejected whole (``codes_still_used``).
     """
     codes = read_codes(conn, spec)
-    still_used = read_used_codes(conn, code_users) if code_users and not spec.monthly else {}
+    still_used = read_used_codes(conn, spec, code_users) if code_users and not spec.monthly else {}
     shares = shares_by_month(conn, spec)
     raw_name = qualified("raw", spec.name)
     columns = [quote_identifier(c) for c in spec.columns]

@@ -120,6 +120,10 @@ class TableSpec:
         max_bad_share: a batch with a larger share of bad rows is rejected whole.
         plausibility: batch-level rules held against the history of accepted months (see :class:`ShareRule`); a batch
             that breaks one is rejected whole. Not compared (a polars expression has no equality).
+        keeps: for a reference table, column -> the (table, column) pairs of other tables that look its values up:
+            a new version must keep every value it held that their accepted rows use (``codes_still_used``), as it
+            must for the codes other tables are checked against (``code_sources``). E.g. an airports file that drops
+            an airport flights fly to would move those flights' features to another time zone.
     """
 
     name: str
@@ -131,6 +135,7 @@ class TableSpec:
     max_bad_share: float = 0.01
     description: str = ""
     plausibility: tuple[ShareRule, ...] = field(default=(), compare=False)
+    keeps: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def contract(self, context: ContractContext) -> pa.DataFrameSchema:
         """The pandera schema of one batch: the row rules per column.
@@ -329,13 +334,15 @@ class FeedSpec:
         raise KeyError(f"feed {self.name} has no table {name!r}; known: {[t.name for t in self.tables]}")
 
     def code_users(self, table: str) -> dict[str, list[tuple[str, str]]]:
-        """Per column of the reference table ``table``: the (table, column) pairs whose values its codes vouch for
-        (``code_sources`` of the other tables, for a code named as the column that holds it)."""
+        """Per column of the reference table ``table``: the (table, column) pairs whose values it vouches for
+        (``code_sources`` of the other tables, for a code named as the column that holds it, and its own ``keeps``)."""
         users: dict[str, list[tuple[str, str]]] = {}
         for user in self.tables:
             for code, (source, column) in user.code_sources.items():
                 if source == table and code in user.columns:
                     users.setdefault(column, []).append((user.name, code))
+        for column, pairs in self.table(table).keeps.items():
+            users.setdefault(column, []).extend(pair for pair in pairs if pair not in users.get(column, []))
         return users
 
     @property

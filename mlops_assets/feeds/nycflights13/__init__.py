@@ -141,6 +141,7 @@ PLANES_TABLE = TableSpec(
     key=("tailnum",),
     monthly=False,
     rules=_rules("planes"),
+    keeps={"tailnum": (("flights", "tailnum"),)},  # the plane features of accepted flights
 )
 AIRPORTS_TABLE = TableSpec(
     name="airports",
@@ -149,6 +150,7 @@ AIRPORTS_TABLE = TableSpec(
     key=("faa",),
     monthly=False,
     rules=_rules("airports"),
+    keeps={"faa": (("flights", "origin"), ("flights", "dest"))},  # each flight's local times and labels
 )
 AIRLINES_TABLE = TableSpec(
     name="airlines",

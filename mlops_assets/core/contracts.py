@@ -281,8 +281,8 @@ def dropped_codes(valid: pl.DataFrame, context: ContractContext, label: str) -> 
                 column,
                 (
                     f"{label}: drops {column} {shown}, still used by accepted rows of other tables: batch rejected whole "
-                    "(the accepted months would lose those rows); the last accepted version keeps serving. A reference "
-                    "file keeps every code the data has used"
+                    "(those rows would be dropped or change their features); the last accepted version keeps serving. "
+                    "A reference file keeps every value the accepted data uses"
                 ),
             )
     return None

@@ -76,6 +76,33 @@ def test_status_flags_a_version_failing_its_checksum(settings: Settings, capsys:
     assert delay["champion"] == "v0002" and delay["champion_checksum_ok"] is False
 
 
+def test_an_alias_naming_a_missing_version_or_a_damaged_metadata_file_is_flagged_not_a_traceback(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = _registry_with_history(settings)
+    registry.aliases_path.write_text('{"champion": "v0042", "challenger": "v0002"}')  # a version that never was
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "v0042 (missing)" in out and "Traceback" not in out
+    header, row = out.splitlines()[0], next(line for line in out.splitlines() if line.startswith("flight_delay"))
+    assert row.index("v0042 (missing)") + len("v0042 (missing)") < header.index("test month")  # its own column
+    assert main(["status", "--model", "flight_delay"]) == 0
+    warning = "WARNING: aliases name versions that do not exist (champion -> v0042): `mlops doctor --model flight_delay"
+    assert warning in capsys.readouterr().out
+    # a version whose metadata.json was cut short: status, runs and the doctor name the file, nothing crashes
+    registry.aliases_path.write_text('{"champion": "v0002"}')
+    damaged = registry.versions_dir / "v0001" / "metadata.json"
+    damaged.write_text('{"x":')
+    assert main(["status", "--model", "flight_delay"]) == 0
+    assert f"WARNING: {damaged} is not valid JSON" in capsys.readouterr().out
+    assert main(["runs", "--model", "flight_delay"]) == 0
+    assert "DAMAGED" in capsys.readouterr().out
+    assert main(["doctor", "--model", "flight_delay"]) == 1
+    assert f"FAIL version v0001: {damaged} is not valid JSON" in capsys.readouterr().out
+    assert main(["rollback", "--model", "flight_delay"]) == 1  # the only earlier champion is damaged: said in a line
+    assert "every earlier champion fails its checksum or is missing" in _error_line(capsys)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -40,6 +40,8 @@ VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 CHAMPION = "champion"
 #: Serializes alias updates within a process (every registry: they are rare and quick).
 _ALIASES_LOCK = threading.Lock()
+#: Serializes event-log appends and rewrites within a process (taken after ``_ALIASES_LOCK`` when both are).
+_EVENTS_LOCK = threading.Lock()
 #: ``set_alias(expected=...)``'s default: move the alias whatever it names now.
 ANY_VERSION: Any = object()
 
@@ -144,7 +146,16 @@ class Registry:
         path = self.versions_dir / version
         if not VERSION_PATTERN.match(version) or not (path / "metadata.json").exists():
             raise UnknownVersionError(f"no model version {version!r}; known: {', '.join(self.versions()) or 'none'}")
-        return ModelVersion(version, path, json.loads((path / "metadata.json").read_text()))
+        try:
+            metadata = json.loads((path / "metadata.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RegistryIntegrityError(
+                f"{path / 'metadata.json'} is not valid JSON ({error}): version {version} was damaged and will not be "
+                "loaded (rollbacks pass over it). Restore the file, or retrain."
+            ) from None
+        if not isinstance(metadata, dict):
+            raise RegistryIntegrityError(f"{path / 'metadata.json'} is not a JSON object: version {version} is damaged")
+        return ModelVersion(version, path, metadata)
 
     def model_text(self, version: str) -> str:
         """The model's text, after verifying it against both recorded checksums."""
@@ -270,15 +281,30 @@ class Registry:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             yield
 
+    @contextmanager
+    def _events_locked(self) -> Iterator[None]:
+        """Appends to the event log and its rewrite by ``repair`` one at a time, across threads and processes: a
+        repair that rewrote the log while a run appended lost the append. Taken after the aliases' lock, never
+        before it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _EVENTS_LOCK, open(self.root / "events.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            yield
+
     def log_event(
         self, event: str, version: str | None, reason: str, run_id: str | None = None, **details: Any
     ) -> None:
-        """Append one event (one line: appends of this size are atomic) and flush it to disk."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Append one event as a line of its own and flush it to disk. A log whose last line was cut short (a crash,
+        a full disk, a hand edit) gets the new event on a new line: glued to the fragment, it was set aside with it."""
         entry = {"time": _now(), "event": event, "version": version, "reason": reason, "run_id": run_id, **details}
         line = json.dumps(entry, default=str)
-        with open(self.events_path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        with self._events_locked(), open(self.events_path, "a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    line = "\n" + line
+            handle.write((line + "\n").encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -296,8 +322,11 @@ class Registry:
                     f"{self.events_path} line {number} is not valid JSON ({error}): `mlops doctor --model "
                     f"{self.root.name} --repair` sets damaged lines aside in events.damaged.jsonl"
                 ) from None
-            if not isinstance(event, dict) or "event" not in event:
-                raise RegistryDamaged(f"{self.events_path} line {number} is not an event: {_repair_hint(self.root)}")
+            problem = _event_problem(event)
+            if problem:
+                raise RegistryDamaged(
+                    f"{self.events_path} line {number} is not an event ({problem}): {_repair_hint(self.root)}"
+                )
             events.append(event)
         return events
 
@@ -309,6 +338,22 @@ class Registry:
             if moved and event["version"] and event["version"] not in seen:
                 seen.append(event["version"])
         return seen
+
+
+#: What every event line holds (``log_event`` writes them all): a line without one cannot be read for what it says.
+EVENT_FIELDS = ("time", "event", "version", "reason")
+
+
+def _event_problem(event: Any) -> str | None:
+    """Why a parsed line is not an event (None: it is one)."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    missing = [name for name in EVENT_FIELDS if name not in event]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(event["event"], str) or not (event["version"] is None or isinstance(event["version"], str)):
+        return "event or version of the wrong type"
+    return None
 
 
 def gated_champions(registry: Registry) -> list[str]:
@@ -519,20 +564,21 @@ def logged_aliases(registry: Registry) -> dict[str, str | None]:
 def _repair_locked(registry: Registry) -> list[str]:
     done: list[str] = []
     if registry.events_path.exists():
-        good, bad = [], []
-        for line in registry.events_path.read_text(errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-                (good if isinstance(event, dict) and "event" in event else bad).append(line)
-            except json.JSONDecodeError:
-                bad.append(line)
-        if bad:
-            with open(registry.root / "events.damaged.jsonl", "a", encoding="utf-8") as handle:
-                handle.write("".join(line + "\n" for line in bad))
-            write_atomic(registry.events_path, "".join(line + "\n" for line in good).encode())
-            done.append(f"set {len(bad)} damaged event line(s) aside in events.damaged.jsonl")
+        with registry._events_locked():  # no event appended between the read and the rewrite is lost
+            good, bad = [], []
+            for line in registry.events_path.read_text(errors="replace").splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                    (bad if _event_problem(event) else good).append(line)
+                except json.JSONDecodeError:
+                    bad.append(line)
+            if bad:
+                with open(registry.root / "events.damaged.jsonl", "a", encoding="utf-8") as handle:
+                    handle.write("".join(line + "\n" for line in bad))
+                write_atomic(registry.events_path, "".join(line + "\n" for line in good).encode())
+                done.append(f"set {len(bad)} damaged event line(s) aside in events.damaged.jsonl")
     sound = {version for version in registry.versions() if _is_sound(registry, version)}
     # from the newest event back: each alias gets the newest version it named that is sound and, for the champion,
     # that no rollback took out after that move (a version a person brought back with `mlops rollback --to` counts

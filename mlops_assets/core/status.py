@@ -12,7 +12,7 @@ from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.ingest import latest_verdicts
 from mlops_assets.core.landing import landed_months, landing_path
 from mlops_assets.core.records import EvaluationResult
-from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError
+from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError, UnknownVersionError
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import qualified, table_exists
@@ -201,7 +201,11 @@ def registry_status(registry: Registry, events: int = 8) -> dict[str, Any]:
     """Versions with their key metrics and whether each still matches its checksum, the aliases, the latest events."""
     versions = []
     for version in registry.versions():
-        meta = registry.get(version).metadata
+        try:
+            meta = registry.get(version).metadata
+        except RegistryIntegrityError as error:  # a damaged metadata.json: listed with why, never a traceback
+            versions.append({"version": version, "checksum_ok": False, "damaged": str(error)})
+            continue
         valid = meta.get("metrics", {}).get("valid", {})
         versions.append(
             {
@@ -215,21 +219,33 @@ def registry_status(registry: Registry, events: int = 8) -> dict[str, Any]:
                 "checksum_ok": _checksum_ok(registry, version),
             }
         )
-    return {"versions": versions, "aliases": registry.aliases(), "events": registry.events(limit=events)}
+    aliases = registry.aliases()
+    known = {v["version"] for v in versions}
+    missing = {alias: version for alias, version in aliases.items() if version is not None and version not in known}
+    return {
+        "model": registry.root.name,
+        "versions": versions,
+        "aliases": aliases,
+        "missing": missing,
+        "events": registry.events(limit=events),
+    }
 
 
 def model_overview(model: ModelSpec, registry: Registry) -> dict[str, Any]:
     """For ``mlops models``: the model, its feed, its champion and the metrics the champion had in its evaluation
     (read from the registry; absent when it has no champion or was never evaluated)."""
     champion = registry.alias(CHAMPION)
-    evaluation = registry.evaluation(champion) if champion else None
     verified: bool | None = None
+    problem: str | None = None
     if champion:
         try:
             registry.model_text(champion)
             verified = True
+        except UnknownVersionError:
+            verified, problem = False, "missing"
         except (RegistryIntegrityError, OSError):
-            verified = False
+            verified, problem = False, "checksum FAILS"
+    evaluation = registry.evaluation(champion) if champion and problem != "missing" else None
     return {
         "name": model.name,
         "feed": model.feed.name,
@@ -237,6 +253,7 @@ def model_overview(model: ModelSpec, registry: Registry) -> dict[str, Any]:
         "label": model.features.label,
         "champion": champion,
         "champion_checksum_ok": verified,
+        "champion_problem": problem,
         "versions": len(registry.versions()),
         "evaluation": _evaluation_overview(evaluation),
     }
@@ -251,14 +268,19 @@ def _evaluation_overview(evaluation: EvaluationResult | None) -> dict[str, Any] 
 
 def format_models(overviews: list[dict[str, Any]]) -> str:
     """One line per model: its champion and the champion's evaluation metrics."""
-    lines = [f"{'model':<22}{'feed':<14}{'champion':<10}{'test month':<12}{'ROC AUC':>9}{'PR AUC':>9}{'base rate':>11}"]
-    for o in overviews:
+    champions = [
+        (o["champion"] or "none") + (f" ({o['champion_problem']})" if o.get("champion_problem") else "")
+        for o in overviews
+    ]
+    width = max(10, *(len(c) + 2 for c in champions))  # a flag never runs into the next column
+    header = f"{'model':<22}{'feed':<14}{'champion':<{width}}{'test month':<12}{'ROC AUC':>9}{'PR AUC':>9}"
+    lines = [header + f"{'base rate':>11}"]
+    for o, champion in zip(overviews, champions, strict=True):
         metrics = (o["evaluation"] or {}).get("metrics") or {}
         cells = [f"{metrics[m]:.4f}" if metrics.get(m) is not None else "-" for m in ("roc_auc", "pr_auc", "base_rate")]
-        champion = (o["champion"] or "none") + ("" if o["champion_checksum_ok"] is not False else " (checksum FAILS)")
         test_month = (o["evaluation"] or {}).get("test_month") or "-"
         lines.append(
-            f"{o['name']:<22}{o['feed']:<14}{champion:<10}{test_month:<12}{cells[0]:>9}{cells[1]:>9}{cells[2]:>11}"
+            f"{o['name']:<22}{o['feed']:<14}{champion:<{width}}{test_month:<12}{cells[0]:>9}{cells[1]:>9}{cells[2]:>11}"
         )
     return "\n".join(lines)
 
@@ -276,6 +298,16 @@ def format_registry(status: dict[str, Any]) -> str:
         return "Versions: none registered yet (`make pipeline` trains every model)"
     aliases = ", ".join(f"{name} -> {version}" for name, version in status["aliases"].items()) or "none"
     lines = [f"Versions: {len(status['versions'])}; aliases: {aliases}"]
+    for version in status["versions"]:
+        if version.get("damaged"):
+            lines.append(f"WARNING: {version['damaged']}")
+    missing = status.get("missing") or {}
+    if missing:
+        named = ", ".join(f"{alias} -> {version}" for alias, version in missing.items())
+        lines.append(
+            f"WARNING: aliases name versions that do not exist ({named}): "
+            f"`mlops doctor --model {status.get('model', '<model>')} --repair` rebuilds the aliases from the event log"
+        )
     damaged = [v["version"] for v in status["versions"] if not v.get("checksum_ok", True)]
     if damaged:
         serving = [a for a, v in status["aliases"].items() if v in damaged]
@@ -291,12 +323,20 @@ def format_registry(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _metadata_or_damaged(registry: Registry, version: str) -> dict[str, Any]:
+    """A version's metadata; for a damaged one, a column that says so (``mlops doctor`` names the file)."""
+    try:
+        return registry.get(version).metadata
+    except RegistryIntegrityError:
+        return {"registered_at": "DAMAGED", "code_version": {"git_commit": "mlops doctor"}}
+
+
 def format_runs(registry: Registry, last: int = 10) -> str:
     """Training runs side by side, newest last: one column per version."""
     versions = registry.versions()[-last:]
     if not versions:
         return "No training runs yet."
-    metas = [registry.get(v).metadata for v in versions]
+    metas = [_metadata_or_damaged(registry, v) for v in versions]
     rows: list[tuple[str, list[str]]] = [
         ("registered", [str(m.get("registered_at", ""))[:16] for m in metas]),
         ("git commit", [str((m.get("code_version") or {}).get("git_commit") or "-")[:10] for m in metas]),

@@ -17,6 +17,7 @@ from mlops_assets.core.registry import (
     AliasMovedError,
     IncompatibleFeaturesError,
     Registry,
+    RegistryDamaged,
     RegistryIntegrityError,
     UnknownVersionError,
     evaluated_roc_auc,
@@ -314,6 +315,66 @@ def test_a_repair_keeps_a_version_a_person_brought_back_after_its_rollback(tmp_p
     assert registry.alias(CHAMPION) == v2, done
     assert all(f.ok for f in examine(registry)), examine(registry)
     assert repair(registry) == []
+
+
+def test_an_event_after_a_cut_line_starts_a_line_of_its_own_and_survives_the_repair(tmp_path: Path) -> None:
+    """The log's last line was cut short (a crash, a full disk). A rollback by hand then appended its event to the
+    fragment, the repair set the whole line aside, and the champion went back to the version the person had left."""
+    registry = Registry(tmp_path)
+    v1, v2 = _register(registry), _register(registry, MODEL + "2")
+    registry.set_alias(CHAMPION, v1, "promoted", "first model")
+    registry.set_alias(CHAMPION, v2, "promoted", "better AUC")
+    data = registry.events_path.read_bytes()
+    registry.events_path.write_bytes(data[:-40])  # v2's promotion, cut short
+    assert rollback(registry, "by hand", to=v1) == v1
+    done = repair(registry)
+    assert registry.alias(CHAMPION) == v1, done
+    assert [e["event"] for e in registry.events()][-2:] == ["promoted", "rolled_back"]
+    assert (tmp_path / "events.damaged.jsonl").read_bytes() == data[:-40].splitlines(keepends=True)[-1] + b"\n"
+
+
+def test_an_event_line_missing_its_fields_is_damage_named_and_set_aside(tmp_path: Path) -> None:
+    """Valid JSON, but no time, version or reason: every reader of the log stopped on a KeyError, and the repair read
+    it as 'champion cleared' and removed a sound champion."""
+    registry = Registry(tmp_path)
+    v1 = _register(registry)
+    registry.set_alias(CHAMPION, v1, "promoted", "first model")
+    with open(registry.events_path, "a") as log:
+        log.write('{"event": "promoted", "alias": "champion"}\n')
+    with pytest.raises(RegistryDamaged, match=r"line 3 is not an event \(no time, version, reason\)"):
+        registry.events()
+    assert not next(f for f in examine(registry) if f.what == "events.jsonl").ok
+    repair(registry)
+    assert registry.alias(CHAMPION) == v1 and len(registry.events()) == 2
+
+
+def test_a_repair_loses_no_event_appended_meanwhile_by_another_process(tmp_path: Path) -> None:
+    """A run (another process) logs events while the doctor repairs a damaged line: the repair rewrote the log
+    under the aliases' lock only, and events appended between its read and its rewrite were lost."""
+    registry = Registry(tmp_path)
+    registry.log_event("registered", version="v0001", reason="first")
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; from pathlib import Path; from mlops_assets.core.registry import Registry\n"
+                "r = Registry(Path(sys.argv[1]))\n"
+                "for i in range(600): r.log_event('evaluated', version='v0001', reason=f'append {i}')"
+            ),
+            str(tmp_path),
+        ]
+    )
+    repairs = 0
+    while writer.poll() is None or repairs == 0:
+        with open(registry.events_path, "a") as log:  # damage for the repair to set aside
+            log.write("garbage\n")
+        repair(registry)
+        repairs += 1
+    assert writer.wait() == 0
+    repair(registry)
+    appended = [e for e in registry.events() if e["reason"].startswith("append ")]
+    assert len(appended) == 600, (len(appended), repairs)
 
 
 def test_a_rollback_without_a_target_passes_over_a_damaged_champion(tmp_path: Path) -> None:

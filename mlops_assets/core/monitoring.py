@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from mlops_assets.core.evaluation import metrics
+from mlops_assets.core.policy import TOLERANCE
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.specs import FeatureTableSpec
 from mlops_assets.core.store import ensure_table_like, replace_where
@@ -242,7 +243,12 @@ def performance_retrain_reason(summary: LiveSummary, margin: float, min_rows: in
     the AUC it had in its evaluation (None: it did not, or there is nothing to compare: no champion, too few rows, a
     live AUC undefined on one class, or a version never evaluated)."""
     champion = summary.champion
-    if champion is None or champion.rows < min_rows or champion.auc_drop is None or champion.auc_drop <= margin:
+    if (
+        champion is None
+        or champion.rows < min_rows
+        or champion.auc_drop is None
+        or champion.auc_drop <= margin + TOLERANCE
+    ):
         return None
     # a VariantLive has an auc_drop only with both AUCs (checked when it is built or read)
     assert champion.live_roc_auc is not None and champion.evaluation_roc_auc is not None

@@ -42,6 +42,11 @@ class PromotionGates:
     slice_min_positives: int = 0
 
 
+#: Metrics are compared with the gates after floating-point noise: a bound met exactly is met (0.75 - 0.73 is
+#: 0.020000000000000018, which refused a slice that lost exactly the 0.02 AUC the gate allows).
+TOLERANCE = 1e-9
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     promote: bool
@@ -93,7 +98,7 @@ def decide_promotion(
     auc, loss = challenger["roc_auc"], challenger["log_loss"]
     if champion is None:
         reference = base_rate_log_loss(challenger["base_rate"])
-        auc_ok, loss_ok = auc >= gates.first_model_min_auc, loss < reference
+        auc_ok, loss_ok = auc >= gates.first_model_min_auc - TOLERANCE, loss < reference
         reasons = [
             f"first model: AUC {auc:.4f} vs 0.5 for the base-rate model (needs >= {gates.first_model_min_auc})"
             + _failed(auc_ok),
@@ -102,7 +107,7 @@ def decide_promotion(
         ok = auc_ok and loss_ok
         if gates.first_model_min_pr_lift is not None:
             lift = challenger["pr_auc"] / challenger["base_rate"] if challenger["base_rate"] > 0 else 0.0
-            lift_ok = lift >= gates.first_model_min_pr_lift
+            lift_ok = lift >= gates.first_model_min_pr_lift - TOLERANCE
             reasons.append(
                 f"PR AUC {challenger['pr_auc']:.4f} is {lift:.1f}x the base rate "
                 f"{challenger['base_rate']:.4f} (needs >= {gates.first_model_min_pr_lift}x)" + _failed(lift_ok)
@@ -112,12 +117,12 @@ def decide_promotion(
 
     reasons: list[str] = []
     gain = auc - champion["roc_auc"]
-    auc_ok = gain >= gates.min_auc_gain
+    auc_ok = gain >= gates.min_auc_gain - TOLERANCE
     reasons.append(
         f"AUC {auc:.4f} vs {champion['roc_auc']:.4f} ({gain:+.4f}, needs >= +{gates.min_auc_gain})" + _failed(auc_ok)
     )
     loss_change = loss - champion["log_loss"]
-    loss_ok = loss_change <= gates.max_log_loss_increase
+    loss_ok = loss_change <= gates.max_log_loss_increase + TOLERANCE
     reasons.append(
         f"log loss {loss:.4f} vs {champion['log_loss']:.4f} ({loss_change:+.4f}, may rise by <= "
         f"{gates.max_log_loss_increase:g})" + _failed(loss_ok)
@@ -125,7 +130,7 @@ def decide_promotion(
     pr_ok = True
     if gates.max_pr_auc_drop is not None:
         pr_change = challenger["pr_auc"] - champion["pr_auc"]
-        pr_ok = pr_change >= -gates.max_pr_auc_drop
+        pr_ok = pr_change >= -gates.max_pr_auc_drop - TOLERANCE
         reasons.append(
             f"PR AUC {challenger['pr_auc']:.4f} vs {champion['pr_auc']:.4f} ({pr_change:+.4f}, "
             f"may drop by <= {gates.max_pr_auc_drop})" + _failed(pr_ok)
@@ -137,7 +142,7 @@ def decide_promotion(
         and s.get("positives", s["rows"]) >= gates.slice_min_positives
         and not math.isnan(s["challenger_auc"])
         and not math.isnan(s["champion_auc"])
-        and s["champion_auc"] - s["challenger_auc"] > gates.max_slice_auc_drop
+        and s["champion_auc"] - s["challenger_auc"] > gates.max_slice_auc_drop + TOLERANCE
     ]
     if regressions:
         reasons.append(
@@ -225,7 +230,7 @@ def rollback_reasons(
     champion = live.champion
     if champion is not None and champion.rows >= policy.min_rows:
         auc = champion.live_roc_auc
-        if auc is not None and required_auc is not None and required_auc - auc > policy.max_auc_drop:
+        if auc is not None and required_auc is not None and required_auc - auc > policy.max_auc_drop + TOLERANCE:
             reasons.append(
                 f"live AUC {auc:.4f} is {required_auc - auc:.4f} below the required {required_auc:.4f} "
                 f"(max drop {policy.max_auc_drop})"
@@ -233,7 +238,7 @@ def rollback_reasons(
         extreme = champion.share_above_0_99 + champion.share_below_0_01
         # a profile without scores (features only) has no shares: compared with none, as before
         reference_extreme = sum(reference_scores.get(k, 0.0) for k in ("share_above_0_99", "share_below_0_01"))
-        if abs(extreme - reference_extreme) > policy.max_extreme_shift:
+        if abs(extreme - reference_extreme) > policy.max_extreme_shift + TOLERANCE:
             reasons.append(
                 f"{extreme:.1%} of scores are extreme (< 0.01 or > 0.99) vs {reference_extreme:.1%} in its "
                 "reference profile"
@@ -244,7 +249,7 @@ def rollback_reasons(
     online = live.online_champion
     # another version's failures (one promoted, then rolled back, mid-month) say nothing of the champion judged here
     judged = online is not None and (live.champion is None or online.version == live.champion_version)
-    if judged and online.requests >= policy.min_requests and online.error_rate > policy.max_error_rate:
+    if judged and online.requests >= policy.min_requests and online.error_rate > policy.max_error_rate + TOLERANCE:
         reasons.append(
             f"{online.error_rate:.1%} of {online.requests:,} online predictions failed (max {policy.max_error_rate:.0%})"
         )

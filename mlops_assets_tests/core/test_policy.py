@@ -187,6 +187,20 @@ def test_rollback_rules() -> None:
     assert np.isclose(policy.max_auc_drop, 0.05)
 
 
+def test_a_bound_met_exactly_is_met_whatever_the_floating_point_noise() -> None:
+    """0.75 - 0.73 is 0.020000000000000018 in floating point: a slice that lost exactly the 0.02 AUC the gate allows
+    was refused (83% of such 4-digit pairs), and a live AUC exactly 0.05 below the bar was rolled back (57%)."""
+    exact = [{"slice": "origin", "value": "EWR", "rows": 600, "challenger_auc": 0.73, "champion_auc": 0.75}]
+    better = {"roc_auc": CHAMPION["roc_auc"] + 0.002, "log_loss": 0.47, "base_rate": 0.25}
+    assert decide_promotion(better, CHAMPION, None, exact, GATES).promote
+    beyond = [{**exact[0], "challenger_auc": 0.7299}]
+    assert not decide_promotion(better, CHAMPION, None, beyond, GATES).promote
+    policy = RollbackPolicy()
+    for required, auc in ((0.79, 0.74), (0.7123, 0.6623), (0.81, 0.76)):
+        assert rollback_reasons(live(live_roc_auc=auc), required, REFERENCE, policy) == [], (required, auc)
+    assert rollback_reasons(live(live_roc_auc=0.7399), 0.79, REFERENCE, policy)
+
+
 def test_failed_online_predictions_are_judged_on_enough_requests_only() -> None:
     """One failure in two requests is not a failure rate: the error rate is judged from ``min_requests`` requests of
     the month on; a record written before requests were counted (live_summary version 1) is judged on the least

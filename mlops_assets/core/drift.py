@@ -99,7 +99,13 @@ class DriftVerdict:
             )
         if self.scores_drifted:
             assert self.scores is not None
-            parts.append(f"scores drifted (normalized Wasserstein {self.scores.statistic:.3f})")
+            if self.scores.method == "null_share":  # no finite score on one side: their share is what moved
+                parts.append(
+                    f"scores drifted (finite scores {1 - self.scores.reference_null_share:.0%} of rows in the "
+                    f"reference, {1 - self.scores.current_null_share:.0%} now)"
+                )
+            else:
+                parts.append(f"scores drifted (normalized Wasserstein {self.scores.statistic:.3f})")
         if not parts:
             parts.append(f"{len(self.drifted_features)}/{len(self.features)} features drifted, scores stable: no drift")
         return "; ".join(parts)
@@ -252,11 +258,12 @@ def numeric_profile(values: np.ndarray, rows: int) -> dict[str, Any]:
 
 
 def categorical_shares(series: pl.Series, keep: Sequence[str] | None = None) -> dict[str, float]:
-    """Value shares (nulls as ``<null>``); with ``keep``, values outside it are pooled as ``<other>``."""
+    """Value shares (nulls as ``<null>``, never pooled: their share is reported as such); with ``keep``, values
+    outside it are pooled as ``<other>``."""
     counts = series.cast(pl.String).fill_null(NULL).value_counts(name="n").sort("n", descending=True)
     values, n = counts[series.name].to_list(), counts["n"].to_list()
     total = max(sum(n), 1)
-    allowed = set(keep) if keep is not None else set(values[:MAX_CATEGORIES])
+    allowed = {*(keep if keep is not None else values[:MAX_CATEGORIES]), NULL}
     shares: dict[str, float] = {}
     for value, count in zip(values, n, strict=True):
         key = value if value in allowed else OTHER
@@ -338,11 +345,19 @@ def compare_numeric(
         reference_mean=float(reference["mean"]),
         current_mean=current_mean,
         mean_shift_in_std=(current_mean - float(reference["mean"])) / max(std, 1e-3),
-        variance_ratio=current_std**2 / max(std**2, 1e-12),
+        variance_ratio=variance_ratio(current_std, std),
         reference_null_share=reference_null,
         current_null_share=current_null,
         rows=rows,
     )
+
+
+def variance_ratio(current_std: float, reference_std: float) -> float | None:
+    """Current variance over the reference's: 1.0 for a column constant in both, None (undefined) when only the
+    reference is constant."""
+    if reference_std**2 < 1e-12:
+        return 1.0 if current_std**2 < 1e-12 else None
+    return current_std**2 / reference_std**2
 
 
 def compare_categorical(
@@ -390,7 +405,9 @@ def compare(
         compare_categorical(c, ref, frame[c], thresholds.categorical) for c, ref in profile["categorical"].items()
     ]
     score_drift = None
-    if scores is not None and len(scores):
+    # a profile that describes no scores (stored without them) has nothing to compare a month's scores with
+    described = "quantiles" in profile.get("scores", {})
+    if scores is not None and len(scores) and described:
         finite = np.asarray(scores, dtype=float)
         finite = finite[np.isfinite(finite)]  # as for a feature: a NaN score is missing, counted in the null share
         score_drift = compare_numeric(

@@ -168,6 +168,26 @@ def test_a_changed_carrier_mix_is_flagged_by_jensen_shannon(january: pl.DataFram
     assert column.method == "jensen_shannon" and column.drifted and column.statistic > 0.3
 
 
+def test_edge_columns_report_what_they_hold(january: pl.DataFrame) -> None:
+    """A categorical column that becomes all null reports a null share of 1.0 (its nulls were pooled as `<other>`
+    and reported as 0); a column constant in both the reference and the month keeps a variance ratio of 1.0 (it read
+    0.0, "the variance vanished"); a profile stored without scores compares no scores (it reported drift)."""
+    column = drift.compare_categorical("carrier", {"UA": 0.5, "AA": 0.5}, pl.Series("carrier", [None] * 50), 0.1)
+    assert column.current_null_share == 1.0 and column.reference_null_share == 0.0 and column.drifted
+    assert drift.variance_ratio(0.0, 0.0) == 1.0 and drift.variance_ratio(1.0, 0.0) is None
+    assert drift.variance_ratio(2.0, 1.0) == 4.0
+    constant = january.with_columns(pl.lit(5.0).alias("temp"))
+    profile = drift.reference_profile(constant, ["temp"], [], np.array([]))
+    verdict = drift.compare(profile, constant, scores=np.full(constant.height, 0.3))
+    [temp] = verdict.features
+    assert temp.variance_ratio == 1.0 and not temp.drifted
+    assert verdict.scores is None and not verdict.scores_drifted
+    # scores described on one side only (all NaN now): the reason says what moved, not a Wasserstein distance
+    scored = drift.reference_profile(constant, ["temp"], [], np.full(constant.height, 0.3))
+    nan_now = drift.compare(scored, constant, scores=np.full(constant.height, np.nan))
+    assert nan_now.scores_drifted and "finite scores 100% of rows in the reference, 0% now" in nan_now.reason
+
+
 def test_a_profile_without_quantiles_asks_for_a_retrain(january: pl.DataFrame) -> None:
     with pytest.raises(ValueError, match="retrain"):
         drift.compare({"numeric": {}, "categorical": {}}, january)

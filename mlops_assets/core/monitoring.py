@@ -131,8 +131,13 @@ def live_performance(
     groups = scored.partition_by(["variant", "model_version"], as_dict=True)
     for variant, version in order.select("variant", "model_version").iter_rows():
         group = groups[(variant, version)]
-        errors = group.filter(pl.col("status") != "ok").height
-        ok = group.filter(pl.col("status") == "ok")
+        # a score that is not a number (NaN, infinite, missing) is a failed prediction: ranked, it would move the AUC
+        # at random; kept, it would leave the month without a live record (no rule could judge it)
+        answered = (
+            (pl.col("status") == "ok") & pl.col("score").is_not_null() & pl.col("score").cast(pl.Float64).is_finite()
+        )
+        errors = group.filter(~answered).height
+        ok = group.filter(answered)
         joined = ok.join(labelled, on=list(spec.key), how="inner").filter(pl.col(spec.label).is_not_null())
         if joined.height == 0:
             if errors:  # every prediction failed: no quality to measure, but the strongest reason to roll back

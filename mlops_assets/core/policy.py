@@ -223,8 +223,8 @@ def rollback_reasons(
     Quality (AUC, extreme scores, spread) is judged on the batch champion once it has ``policy.min_rows`` labelled
     rows; a live AUC of None (the month has one class) is not judged. Failed predictions are judged on the online
     champion once it was asked ``policy.min_requests`` predictions in the month, when it is the version that scored
-    the batch (the one judged). ``reference_scores`` is the
-    ``scores`` part of the champion's reference profile.
+    the batch (the one judged), and on the batch champion's scores that were not finite (counted as failed).
+    ``reference_scores`` is the ``scores`` part of the champion's reference profile.
     """
     reasons: list[str] = []
     champion = live.champion
@@ -246,6 +246,13 @@ def rollback_reasons(
         spread, reference_spread = champion.score_std, reference_scores.get("std")
         if reference_spread and spread < policy.min_score_std_ratio * reference_spread:
             reasons.append(f"scores collapsed: spread {spread:.4f} vs {reference_spread:.4f} in its reference profile")
+    # the batch champion's scores that were not numbers (a damaged model), judged on as many rows as requests are
+    failing = champion is not None and champion.error_rate > policy.max_error_rate + TOLERANCE
+    if failing and champion is not None and champion.requests >= policy.min_requests:
+        reasons.append(
+            f"{champion.error_rate:.1%} of its {champion.requests:,} scores on the month's rows were not finite "
+            f"(max {policy.max_error_rate:.0%})"
+        )
     online = live.online_champion
     # another version's failures (one promoted, then rolled back, mid-month) say nothing of the champion judged here
     judged = online is not None and (live.champion is None or online.version == live.champion_version)

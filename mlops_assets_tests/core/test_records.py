@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from mlops_assets.core.drift import compare, reference_profile
-from mlops_assets.core.evaluation import metrics, slice_metrics
+from mlops_assets.core.evaluation import metrics, roc_auc, slice_metrics
 from mlops_assets.core.monitoring import LIVE_COLUMNS, live_performance, online_rows_of
 from mlops_assets.core.records import (
     DriftSummary,
@@ -218,6 +218,38 @@ def test_a_champion_whose_every_online_prediction_failed_is_rolled_back() -> Non
     assert LiveSummary.from_json(through_json(summary)) == summary
     reasons = rollback_reasons(summary, 0.7, {"std": float(np.std(p))}, RollbackPolicy())  # batch quality: fine
     assert reasons == ["100.0% of 300 online predictions failed (max 1%)"], reasons
+
+
+def test_a_champion_whose_scores_are_not_numbers_is_judged_and_rolled_back() -> None:
+    """A damaged champion scores 5% of the month's rows NaN (or infinite). Ranked, a NaN moved the AUC at random;
+    kept, its spread was NaN and the month got no live record, so no rule judged it. The scores that are not numbers
+    count as failed, quality is measured on the rest, and the rollback rule fires on them; all of them NaN is judged
+    too."""
+    from mlops_assets.core.policy import RollbackPolicy, rollback_reasons
+
+    rng = np.random.default_rng(5)
+    labels = toy_frame(rng, 1000)
+    p = 1 / (1 + np.exp(-labels["x"].to_numpy()))
+    damaged = p.copy()
+    damaged[:40], damaged[40:50] = np.nan, np.inf
+
+    def summary_of(scores: np.ndarray) -> LiveSummary:
+        batch = labels.select("id").with_columns(
+            pl.lit("champion").alias("variant"), pl.lit("v0002").alias("model_version"), pl.Series("score", scores)
+        )
+        return LiveSummary.from_table("2013-04", live_performance(batch, labels, SPEC, {"v0002": 0.8}, "batch"))
+
+    summary = summary_of(damaged)
+    champion = summary.champion
+    assert champion is not None and champion.error_rate == 0.05 and champion.requests == 1000
+    finite = labels.slice(50)
+    assert champion.live_roc_auc == round(roc_auc(finite["y"].to_numpy(), p[50:]), 4)  # records keep 4 digits
+    reference = {"std": float(np.std(p))}
+    reasons = rollback_reasons(summary, 0.7, reference, RollbackPolicy())
+    assert reasons == ["5.0% of its 1,000 scores on the month's rows were not finite (max 1%)"], reasons
+    all_nan = rollback_reasons(summary_of(np.full(1000, np.nan)), 0.7, reference, RollbackPolicy())
+    assert all_nan == ["100.0% of its 1,000 scores on the month's rows were not finite (max 1%)"], all_nan
+    assert rollback_reasons(summary_of(p), 0.7, reference, RollbackPolicy()) == []
 
 
 def test_online_predictions_count_in_their_flights_local_month_not_the_utc_one() -> None:

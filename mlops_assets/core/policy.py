@@ -198,8 +198,8 @@ class RollbackPolicy:
     Attributes:
         max_auc_drop: live AUC may fall at most this far below the AUC the champion must hold (its own evaluation AUC
             when it came in through the gates; the last gated champion's when it was forced in).
-        max_extreme_shift: the share of scores above 0.99 or below 0.01 may move at most this far from the reference
-            profile (outputs exploding to certainty).
+        max_extreme_shift: the share of scores above 0.99 or below 0.01 may rise at most this far above the
+            reference profile's (outputs exploding to certainty).
         min_score_std_ratio: the scores' spread may not shrink below this share of the reference spread (collapse).
         max_error_rate: share of failed online predictions.
         min_requests: online predictions asked of the champion in the month before their error rate is judged (one
@@ -238,7 +238,9 @@ def rollback_reasons(
         extreme = champion.share_above_0_99 + champion.share_below_0_01
         # a profile without scores (features only) has no shares: compared with none, as before
         reference_extreme = sum(reference_scores.get(k, 0.0) for k in ("share_above_0_99", "share_below_0_01"))
-        if abs(extreme - reference_extreme) > policy.max_extreme_shift + TOLERANCE:
+        # a rise only: fewer near-certain scores is no explosion (a rare label in a season that has more of it; a
+        # collapse towards the middle is the spread rule's). Both ways rolled a sound champion back to a worse one
+        if extreme - reference_extreme > policy.max_extreme_shift + TOLERANCE:
             reasons.append(
                 f"{extreme:.1%} of scores are extreme (< 0.01 or > 0.99) vs {reference_extreme:.1%} in its "
                 "reference profile"

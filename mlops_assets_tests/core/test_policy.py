@@ -179,6 +179,10 @@ def test_rollback_rules() -> None:
     assert rollback_reasons(HEALTHY, 0.75, REFERENCE, policy) == []
     assert "below the required" in rollback_reasons(live(live_roc_auc=0.69, auc_drop=0.06), 0.75, REFERENCE, policy)[0]
     assert "extreme" in rollback_reasons(live(share_above_0_99=0.3), 0.75, REFERENCE, policy)[0]
+    # fewer extreme scores than in the reference is no explosion (a rare label's season): not a reason
+    fewer = {**REFERENCE, "share_below_0_01": 0.62}
+    assert rollback_reasons(live(share_below_0_01=0.497), 0.75, fewer, policy) == []
+    assert "extreme" in rollback_reasons(live(share_below_0_01=0.75), 0.75, fewer, policy)[0]
     assert "collapsed" in rollback_reasons(live(score_std=0.01), 0.75, REFERENCE, policy)[0]
     assert "failed" in rollback_reasons(online_errors(0.02), 0.75, REFERENCE, policy)[0]
     # too few labelled rows: quality is not judged (errors still are)

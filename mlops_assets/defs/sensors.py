@@ -9,7 +9,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from mlops_assets.core.catalog import Catalog
-from mlops_assets.core.features import feature_set_version
+from mlops_assets.core.features import feature_set_version, months_reading
 from mlops_assets.core.landing import misnamed_files, plan_refresh, scan_landing, sha256_file
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
 from mlops_assets.core.policy import RollbackPolicy, rollback_reasons
@@ -40,6 +40,7 @@ from mlops_assets.defs.keys import (
 from mlops_assets.defs.monitor import R, new_month_records
 from mlops_assets.defs.partitions import MONTHS, calendar_order
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
+from mlops_assets.defs.run_tags import range_tags
 
 TRIGGER_TAG, MONTH_TAG, CHAMPION_TAG, REASON_TAG = "mlops/trigger", "mlops/month", "mlops/champion", "mlops/reason"
 
@@ -85,6 +86,10 @@ def build_landing_sensor(
     """The landing sensor, requesting runs of ``job`` (:func:`build_landing_job`), evaluated every ``interval_s``."""
     tables = {t.name: t for t in catalog.tables}
     month_assets = {feed.name: month_refresh_assets(catalog, feed) for feed in catalog.feeds}
+    feature_specs = {
+        feed.name: list({m.features.name: m.features for m in catalog.models_of(feed)}.values())
+        for feed in catalog.feeds
+    }
     reference_assets = {feed.name: reference_refresh_assets(feed) for feed in catalog.feeds}
 
     @dg.sensor(
@@ -95,7 +100,9 @@ def build_landing_sensor(
         description="Watches $MLOPS_DATA_DIR/landing. A month of a feed whose files are new or changed (by sha256), "
         "or all its months when a reference file changed, gets one run for that month: ingest -> validate -> "
         "features -> for every model over the feed: online store, batch scores, drift report and live performance "
-        "(the reference tables too when their files changed); the month becomes a partition first. The cursor holds "
+        "(the reference tables too when their files changed); the month becomes a partition first (in calendar "
+        "order). A month that lands late or is corrected is run with the built months whose look-back reads it, "
+        "through the last of them: their features were built without it. The cursor holds "
         "the file hashes, so the same file twice requests nothing; files that an earlier run already ingested "
         "(Dagster's observations of the landing sources) need no run either.",
     )
@@ -130,13 +137,20 @@ def build_landing_sensor(
                 selection = month_assets[feed.name] + (
                     reference_assets[feed.name] if plan.reference_changed and i == 0 else []
                 )
+                # a month that lands late or is corrected: the built months whose look-back reads it were built
+                # without it (or with its old rows), so its run covers them too, through the last one (a month that
+                # is itself to run gets its own run, after this one)
+                readers = months_reading(
+                    month, [m for m in known_in_order if m not in plan.months_to_run], feature_specs[feed.name]
+                )
+                span = range_tags([month, readers[-1]]) if readers else {}
                 requests.append(
                     dg.RunRequest(
                         run_key=f"{feed.name}:{plan.run_keys[month]}",
-                        partition_key=month,
+                        partition_key=None if readers else month,
                         asset_selection=selection,
                         asset_check_keys=checks_to_run(context, catalog, selection),
-                        tags={"mlops/feed": feed.name, **RETRY_FROM_FAILURE},
+                        tags={"mlops/feed": feed.name, **span, **RETRY_FROM_FAILURE},
                     )
                 )
         observations = misnamed_observations(storage, tables, previous, cursor, context.log.warning)

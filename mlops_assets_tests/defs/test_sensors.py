@@ -5,10 +5,12 @@ import io
 import json
 
 import dagster as dg
+import duckdb
 import polars as pl
 import pytest
 
 from mlops_assets.catalog import CATALOG
+from mlops_assets.core.features import compute_features
 from mlops_assets.core.landing import find_landed, land_file
 from mlops_assets.core.settings import DEFAULT_SENSOR_INTERVAL_S, SENSOR_INTERVAL_ENV, Settings, load_settings
 from mlops_assets.definitions import build_definitions
@@ -17,6 +19,7 @@ from mlops_assets.defs.ingest import MISNAMED_TAG
 from mlops_assets.defs.keys import features_key, raw_key
 from mlops_assets.defs.partitions import calendar_order, register_months
 from mlops_assets.defs.resources import PlatformStorage
+from mlops_assets.defs.run_tags import RANGE_END_TAG, RANGE_START_TAG
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets.ticks import Ticker, apply_partition_requests
 from mlops_assets_tests.conftest import instance_for_test
@@ -77,14 +80,45 @@ def test_a_late_month_is_put_in_calendar_order_with_its_history(settings: Settin
         instance.report_runless_asset_event(dg.AssetMaterialization(features, partition="2013-05"))
         replay_months(settings.landing_dir, ["2013-04"], every=50)
         second = _tick(settings, instance, first.cursor)
-        assert [r.partition_key for r in second.run_requests or []] == ["2013-04"]
+        # May's features were built without April (their 35-day look-back reads it): April's run rebuilds May too
+        [late] = second.run_requests or []
+        assert late.partition_key is None and late.tags[RANGE_START_TAG] == "2013-04", late.tags
+        assert late.tags[RANGE_END_TAG] == "2013-05"
         apply_partition_requests(instance, second.dynamic_partitions_requests or [])
+        # a corrected February: March reads its end, and so does April (35 days before April 1st is February 25th)
+        february = pl.read_parquet(find_landed(settings.landing_dir, "flights", "2013-02").path)  # type: ignore[union-attr]
+        buffer = io.BytesIO()
+        february.head(february.height - 1).write_parquet(buffer)
+        land_file(settings.landing_dir, "flights", "2013-02", buffer.getvalue())
+        [corrected] = _tick(settings, instance, second.cursor).run_requests or []
+        assert (corrected.tags[RANGE_START_TAG], corrected.tags[RANGE_END_TAG]) == ("2013-02", "2013-04")
         assert instance.get_dynamic_partitions("months") == ["2013-01", "2013-02", "2013-03", "2013-04", "2013-05"]
         assert instance.get_materialized_partitions(features) == {"2013-05"}
         assert register_months(instance, ["2012-12", "2013-06"]) == ["2012-12", "2013-06"]
         assert instance.get_dynamic_partitions("months")[0] == "2012-12"
         assert instance.get_dynamic_partitions("months") == sorted(instance.get_dynamic_partitions("months"))
         assert instance.get_materialized_partitions(features) == {"2013-05"}
+
+
+def test_a_late_month_leaves_the_months_after_it_as_a_full_rebuild_would_build_them(settings: Settings) -> None:
+    """June landed before May: June's features were built without May (its route and carrier windows read the 35
+    days before it) and stayed so, and the models evaluated, scored and retrained on them. With May's run covering
+    June, June's stored features equal those of a build of June with every month there."""
+    replay_months(settings.landing_dir, ["2013-04", "2013-06"], every=50)
+    defs = build_definitions(CATALOG, settings)
+    with instance_for_test() as instance:
+        ticker = Ticker(defs, instance, ("landing_sensor",), automation=False)
+        ticker.settle()
+        replay_months(settings.landing_dir, ["2013-05"], every=50)
+        [late] = ticker.settle()
+        assert late.success and late.partition is None  # a range: May through June
+    spec = CATALOG.models[0].features
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        stored = conn.sql(f"SELECT * FROM features.{spec.name} WHERE _month = '2013-06'").pl()
+        rebuilt = compute_features(conn, spec, "2013-06")
+    order = [*spec.key]
+    assert stored.height == rebuilt.height > 0
+    assert stored.sort(order).equals(rebuilt.select(stored.columns).sort(order))
 
 
 def test_partitions_out_of_place_are_the_only_ones_moved() -> None:

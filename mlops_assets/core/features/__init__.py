@@ -50,6 +50,15 @@ def context_start_for(spec: FeatureTableSpec, first: str) -> datetime:
     return datetime(year, month, 1) - timedelta(days=spec.lookback_days)
 
 
+def months_reading(month: str, later: list[str], specs: list[FeatureTableSpec]) -> list[str]:
+    """The months of ``later`` whose build of any of ``specs`` reads ``month``: their look-back begins before it ends
+    (35 days reach back one month, two from a short one: April reads the end of February). When ``month`` lands late
+    or is corrected, their features were built without it, or with what it held before, and must be built again."""
+    year, number = parse_month(shift_month(month, 1))
+    end = datetime(year, number, 1)
+    return [m for m in sorted(later) if m > month and any(context_start_for(spec, m) < end for spec in specs)]
+
+
 def compute_features(
     conn: duckdb.DuckDBPyConnection,
     spec: FeatureTableSpec,

@@ -10,7 +10,7 @@ import dagster as dg
 
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.features import feature_set_version, months_reading
-from mlops_assets.core.landing import misnamed_files, plan_refresh, scan_landing, sha256_file
+from mlops_assets.core.landing import misnamed_files, plan_refresh, scan_landing, sha256_file, shift_month
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
 from mlops_assets.core.policy import RollbackPolicy, rollback_reasons
 from mlops_assets.core.records import DriftSummary, LiveSummary
@@ -309,6 +309,12 @@ def _retrain_sensor(
                     f"{month}: {reason}, but champion {champion} was trained and tested on months through {tested_on}: "
                     "a retrain would see nothing newer"
                 )
+                continue
+            gap = shift_month(month, -1)
+            if gap not in context.instance.get_materialized_partitions(features_key(model.features)):
+                # its training set would fail (no validation weeks before the month): wait for that month, whose
+                # landing run rebuilds this one and records it again
+                skipped.append(f"{month}: {reason}, but {gap}, the month before it, has no features yet: waiting")
                 continue
             if requested is not None or retrain_already_requested(context.instance, model, month, champion):
                 skipped.append(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mlops_assets.catalog import CATALOG
+from mlops_assets.core.landing import shift_month
 from mlops_assets.core.records import DriftSummary, LiveSummary, RecordError, VariantLive
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import REPO_ROOT, Settings
@@ -90,7 +91,11 @@ def _live(month: str, champion: str, auc: float, evaluated: float) -> LiveSummar
 
 
 def _report(instance: dg.DagsterInstance, key: dg.AssetKey, record: DriftSummary | LiveSummary) -> None:
-    """A materialization of a monitoring asset for the record's month with its record, as the asset writes it."""
+    """A materialization of a monitoring asset for the record's month with its record, as the asset writes it; the
+    month before has its features (a retrain's training set needs them: without, the sensors wait)."""
+    before = shift_month(record.month, -1)
+    if before not in instance.get_materialized_partitions(FEATURES):
+        _features_built(instance, before, None)
     _store(instance, key, record.month, record.to_json())
 
 
@@ -137,6 +142,26 @@ def test_drift_sensor_requests_one_retrain_per_drift_event(settings: Settings, c
         _report(instance, DRIFT_KEY, _drift("2013-04", champion, True, "again"))
         again = _tick(sensor, instance, settings, first.cursor)
         assert not again.run_requests and again.cursor != first.cursor
+
+
+def test_a_drifted_month_whose_month_before_has_no_features_waits_rather_than_fail_a_retrain(
+    settings: Settings, champion: str
+) -> None:
+    """June landed before May and drifted: its retrain would fail at the training set (no validation weeks before
+    June) and use up June's run key, so that June's record, recorded again once May's run rebuilt it, asked for
+    nothing. The sensor waits, says why, and asks once May is built."""
+    sensor = build_drift_sensor(MODEL)
+    with instance_for_test() as instance:
+        june = _drift("2013-06", champion, True, "9/27 features drifted")
+        _store(instance, DRIFT_KEY, june.month, june.to_json())  # May never built
+        waiting = _tick(sensor, instance, settings, None)
+        assert not waiting.run_requests
+        assert waiting.skip_reason is not None
+        assert "2013-05, the month before it, has no features yet: waiting" in str(waiting.skip_reason.skip_message)
+        _features_built(instance, "2013-05", True)  # May lands; its run rebuilds June and records it again
+        _store(instance, DRIFT_KEY, june.month, june.to_json())
+        [request] = _tick(sensor, instance, settings, waiting.cursor).run_requests or []
+        assert request.run_key == f"drift:flight_delay:2013-06:{champion}"
 
 
 def test_drift_sensor_ignores_stable_months_and_stale_champions(settings: Settings, champion: str) -> None:

@@ -117,6 +117,14 @@ def build_landing_sensor(
                 previous[landed.relative_name] = landed.version
         known_in_order = context.instance.get_dynamic_partitions(MONTHS.name)
         known = set(known_in_order)
+        built = {  # per feed, the months every feature table over it has built
+            feed: set.intersection(
+                *(context.instance.get_materialized_partitions(features_key(spec)) for spec in specs)
+            )
+            if specs
+            else set()
+            for feed, specs in feature_specs.items()
+        }
         requests: list[dg.RunRequest] = []
         new_months: list[str] = []
         cursor: dict[str, str] = {}
@@ -140,9 +148,14 @@ def build_landing_sensor(
                 # a month that lands late or is corrected: the built months whose look-back reads it were built
                 # without it (or with its old rows), so its run covers them too, through the last one (a month that
                 # is itself to run gets its own run, after this one)
-                readers = months_reading(
+                readers = []
+                for reader in months_reading(
                     month, [m for m in known_in_order if m not in plan.months_to_run], feature_specs[feed.name]
-                )
+                ):
+                    if reader not in built[feed.name]:
+                        break  # never built (or its batch rejected): nothing stale there, and a range through it
+                        # would stop at its rejection
+                    readers.append(reader)
                 span = range_tags([month, readers[-1]]) if readers else {}
                 requests.append(
                     dg.RunRequest(

@@ -70,34 +70,49 @@ def test_a_late_month_is_put_in_calendar_order_with_its_history(settings: Settin
     """April lands after May: a run over a range of months covers the partitions between its ends in the order they
     were added, so April would be left out of `make pipeline`'s range. The sensor deletes May and adds April and May
     again; May keeps its materializations. The same through `mlops replay` (register_months), and for a month before
-    every other (December 2012)."""
+    every other (December 2012). A month that lands late or changes is run with the built months that read it."""
     replay_months(settings.landing_dir, ["2013-01", "2013-02", "2013-03", "2013-05"], every=50)
     features = features_key(CATALOG.models[0].features)
+
+    def built(month: str) -> None:  # what a month's run leaves: every feature table of the month materialized
+        for spec in CATALOG.feature_tables:
+            instance.report_runless_asset_event(dg.AssetMaterialization(features_key(spec), partition=month))
+
+    def changed(month: str) -> None:  # a corrected re-delivery: one row fewer
+        frame = pl.read_parquet(find_landed(settings.landing_dir, "flights", month).path)  # type: ignore[union-attr]
+        buffer = io.BytesIO()
+        frame.head(frame.height - 1).write_parquet(buffer)
+        land_file(settings.landing_dir, "flights", month, buffer.getvalue())
+
     with instance_for_test() as instance:
         first = _tick(settings, instance, None)
         apply_partition_requests(instance, first.dynamic_partitions_requests or [])  # as the daemon does
         assert instance.get_dynamic_partitions("months") == ["2013-01", "2013-02", "2013-03", "2013-05"]
-        instance.report_runless_asset_event(dg.AssetMaterialization(features, partition="2013-05"))
+        for month in ("2013-02", "2013-03"):  # January's and May's runs failed: never built
+            built(month)
         replay_months(settings.landing_dir, ["2013-04"], every=50)
         second = _tick(settings, instance, first.cursor)
-        # May's features were built without April (their 35-day look-back reads it): April's run rebuilds May too
-        [late] = second.run_requests or []
-        assert late.partition_key is None and late.tags[RANGE_START_TAG] == "2013-04", late.tags
-        assert late.tags[RANGE_END_TAG] == "2013-05"
+        # May reads April's end, but its features were never built: nothing stale, April's run is April's alone
+        assert [r.partition_key for r in second.run_requests or []] == ["2013-04"]
         apply_partition_requests(instance, second.dynamic_partitions_requests or [])
-        # a corrected February: March reads its end, and so does April (35 days before April 1st is February 25th)
-        february = pl.read_parquet(find_landed(settings.landing_dir, "flights", "2013-02").path)  # type: ignore[union-attr]
-        buffer = io.BytesIO()
-        february.head(february.height - 1).write_parquet(buffer)
-        land_file(settings.landing_dir, "flights", "2013-02", buffer.getvalue())
-        [corrected] = _tick(settings, instance, second.cursor).run_requests or []
-        assert (corrected.tags[RANGE_START_TAG], corrected.tags[RANGE_END_TAG]) == ("2013-02", "2013-04")
         assert instance.get_dynamic_partitions("months") == ["2013-01", "2013-02", "2013-03", "2013-04", "2013-05"]
-        assert instance.get_materialized_partitions(features) == {"2013-05"}
+        built("2013-04")
+        built("2013-05")
+        # a corrected February: March reads its end, and so does April (35 days before April 1st is February 25th)
+        changed("2013-02")
+        third = _tick(settings, instance, second.cursor)
+        [corrected] = third.run_requests or []
+        assert corrected.partition_key is None, corrected.tags
+        assert (corrected.tags[RANGE_START_TAG], corrected.tags[RANGE_END_TAG]) == ("2013-02", "2013-04")
+        # a corrected April: May's features, built since, read it
+        changed("2013-04")
+        [april] = _tick(settings, instance, third.cursor).run_requests or []
+        assert (april.tags[RANGE_START_TAG], april.tags[RANGE_END_TAG]) == ("2013-04", "2013-05")
+        assert instance.get_materialized_partitions(features) == {"2013-02", "2013-03", "2013-04", "2013-05"}
         assert register_months(instance, ["2012-12", "2013-06"]) == ["2012-12", "2013-06"]
         assert instance.get_dynamic_partitions("months")[0] == "2012-12"
         assert instance.get_dynamic_partitions("months") == sorted(instance.get_dynamic_partitions("months"))
-        assert instance.get_materialized_partitions(features) == {"2013-05"}
+        assert instance.get_materialized_partitions(features) == {"2013-02", "2013-03", "2013-04", "2013-05"}
 
 
 def test_a_late_month_leaves_the_months_after_it_as_a_full_rebuild_would_build_them(settings: Settings) -> None:

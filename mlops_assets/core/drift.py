@@ -47,6 +47,9 @@ class DriftThresholds:
     scores: float = 0.1
     null_share_change: float = 0.1
     drift_share: float = 0.3
+    #: a month with fewer rows is compared and reported, but not judged drifted: a handful of rows sits far from
+    #: any reference (a 1-row month at the median moved 0.8 of a standard deviation), as the live AUC has its floor
+    min_rows: int = 200
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,11 @@ class DriftVerdict:
     label: ColumnDrift | None
     thresholds: DriftThresholds
     drifted_features: list[str] = field(default_factory=list)
+    month_rows: int | None = None  # the month's rows (None: not said)
+
+    @property
+    def too_few_rows(self) -> bool:
+        return self.month_rows is not None and self.month_rows < self.thresholds.min_rows
 
     @property
     def drift_share(self) -> float:
@@ -88,10 +96,17 @@ class DriftVerdict:
 
     @property
     def drifted(self) -> bool:
+        if self.too_few_rows:
+            return False
         return self.drift_share >= self.thresholds.drift_share or self.scores_drifted
 
     @property
     def reason(self) -> str:
+        if self.too_few_rows:
+            return (
+                f"{self.month_rows} rows, too few to judge drift (at least {self.thresholds.min_rows}): "
+                f"{len(self.drifted_features)}/{len(self.features)} features differ, not counted"
+            )
         parts = []
         if self.drift_share >= self.thresholds.drift_share:
             parts.append(
@@ -441,6 +456,7 @@ def compare(
         label=label_drift,
         thresholds=thresholds,
         drifted_features=[c.column for c in features if c.drifted],
+        month_rows=frame.height,
     )
 
 

@@ -58,6 +58,8 @@ class MonitoringPolicy(dg.ConfigurableResource):
     numeric_threshold: float = 0.1
     categorical_threshold: float = 0.1
     score_threshold: float = 0.1
+    # fewer rows than this in a month: compared and reported, not judged drifted
+    drift_min_rows: int = DriftThresholds.min_rows
     retrain_auc_margin: float = 0.02
     # the rollback rule's own defaults (core.policy.RollbackPolicy), settable here
     rollback_auc_drop: float = RollbackPolicy.max_auc_drop
@@ -77,6 +79,7 @@ class MonitoringPolicy(dg.ConfigurableResource):
             categorical=self.categorical_threshold,
             scores=self.score_threshold,
             drift_share=self.drift_share,
+            min_rows=self.drift_min_rows,
         )
 
 

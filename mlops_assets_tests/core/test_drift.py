@@ -188,6 +188,18 @@ def test_edge_columns_report_what_they_hold(january: pl.DataFrame) -> None:
     assert nan_now.scores_drifted and "finite scores 100% of rows in the reference, 0% now" in nan_now.reason
 
 
+def test_a_month_of_a_few_rows_is_reported_but_not_judged_drifted(january: pl.DataFrame) -> None:
+    """A handful of rows sits far from any reference (a 1-row month at the median moved 0.8 of a standard
+    deviation): below the floor the month is compared and reported, not judged drifted (no retrain asked)."""
+    profile = _profile(january)
+    few = january.head(20).with_columns(pl.col("temp") + 40)
+    verdict = drift.compare(profile, few, np.linspace(0.05, 0.6, few.height), SPEC.label)
+    assert verdict.too_few_rows and not verdict.drifted and "temp" in verdict.drifted_features
+    assert verdict.reason.startswith("20 rows, too few to judge drift (at least 200)"), verdict.reason
+    shifted = january.with_columns(pl.col(SPEC.numeric).fill_null(0) * 3 + 50)
+    assert drift.compare(profile, shifted, np.linspace(0.05, 0.6, shifted.height), SPEC.label).drifted
+
+
 def test_a_profile_without_quantiles_asks_for_a_retrain(january: pl.DataFrame) -> None:
     with pytest.raises(ValueError, match="retrain"):
         drift.compare({"numeric": {}, "categorical": {}}, january)

@@ -9,7 +9,8 @@
   127.0.0.1 only (``deploy/compose.hostnet.yaml``); a month landed by a one-off container is refreshed by the stack's
   daemon (landing sensor -> run in the code server) and the service answers from the new online store.
 
-Needs podman with a local ``python:3.11-slim``: ``../shared/tools/container-base.sh`` (beside the repo) installs and
+Needs podman with a local ``python:3.11-slim``: ``../shared/tools/container-base.sh`` (beside the repo, or where
+``$MLOPS_CONTAINER_BASE`` says) installs and
 prepares both, on a machine that reaches no container registry; the session runs it (it is idempotent). When that
 fails (podman cannot be installed here) the tests fail and say why: they never skip.
 Nothing listens beyond 127.0.0.1; every container, volume and file made here is removed at the end.
@@ -38,7 +39,11 @@ import pytest
 from mlops_assets.core.settings import REPO_ROOT
 from mlops_assets_tests.serving.conftest import FLIGHT  # the README's serving example
 
-CONTAINER_BASE = REPO_ROOT.parent / "shared" / "tools" / "container-base.sh"
+#: The script that prepares podman and the local base (``$MLOPS_CONTAINER_BASE``, else ``shared/`` beside the repo).
+CONTAINER_BASE_ENV = "MLOPS_CONTAINER_BASE"
+CONTAINER_BASE = Path(
+    os.environ.get(CONTAINER_BASE_ENV) or REPO_ROOT.parent / "shared" / "tools" / "container-base.sh"
+).absolute()
 DEPLOY = REPO_ROOT / "deploy"
 IMAGE = "localhost/mlops-assets:test"
 POSTGRES_IMAGE = "localhost/mlops-postgres:test"
@@ -92,7 +97,10 @@ def podman() -> Podman:
     """Runs ``container-base.sh`` (installs podman when missing, builds the local ``python:3.11-slim``) and returns
     podman with its environment."""
     if not CONTAINER_BASE.is_file():
-        _unavailable(f"{CONTAINER_BASE} is missing (shared/ is expected beside the repo)")
+        _unavailable(
+            f"{CONTAINER_BASE} is missing: clone the repo beside shared/, or set {CONTAINER_BASE_ENV} to the path of "
+            "container-base.sh"
+        )
     started = time.monotonic()
     try:
         script = ["bash", str(CONTAINER_BASE)]

@@ -117,14 +117,15 @@ def build_landing_sensor(
                 previous[landed.relative_name] = landed.version
         known_in_order = context.instance.get_dynamic_partitions(MONTHS.name)
         known = set(known_in_order)
-        built = {  # per feed, the months every feature table over it has built
-            feed: set.intersection(
-                *(context.instance.get_materialized_partitions(features_key(spec)) for spec in specs)
-            )
-            if specs
-            else set()
-            for feed, specs in feature_specs.items()
-        }
+        built: dict[str, set[str]] = {}  # per feed, the months every feature table over it has built (when asked)
+
+        def built_months(feed_name: str) -> set[str]:
+            if feed_name not in built:
+                specs = feature_specs[feed_name]
+                partitions = [context.instance.get_materialized_partitions(features_key(spec)) for spec in specs]
+                built[feed_name] = set.intersection(*partitions) if partitions else set()
+            return built[feed_name]
+
         requests: list[dg.RunRequest] = []
         new_months: list[str] = []
         cursor: dict[str, str] = {}
@@ -152,7 +153,7 @@ def build_landing_sensor(
                 for reader in months_reading(
                     month, [m for m in known_in_order if m not in plan.months_to_run], feature_specs[feed.name]
                 ):
-                    if reader not in built[feed.name]:
+                    if reader not in built_months(feed.name):
                         break  # never built (or its batch rejected): nothing stale there, and a range through it
                         # would stop at its rejection
                     readers.append(reader)
@@ -308,6 +309,7 @@ def _retrain_sensor(
         tested_on = champion_test_month(registry, champion)
         requests: list[dg.RunRequest] = []
         requested: str | None = None  # the month this tick asked to retrain for: it covers the earlier ones
+        built = context.instance.get_materialized_partitions(features_key(model.features)) if records else set()
         skipped: list[str] = []  # why an event asked for nothing: shown as the tick's skip reason in the UI
         for record in sorted(records, key=lambda r: r.month, reverse=True):  # newest first
             reason = decide(record, policy)
@@ -324,7 +326,7 @@ def _retrain_sensor(
                 )
                 continue
             gap = shift_month(month, -1)
-            if gap not in context.instance.get_materialized_partitions(features_key(model.features)):
+            if gap not in built:
                 # its training set would fail (no validation weeks before the month): wait for that month, whose
                 # landing run rebuilds this one and records it again
                 skipped.append(f"{month}: {reason}, but {gap}, the month before it, has no features yet: waiting")

@@ -37,10 +37,11 @@ from mlops_assets.core.landing import (
     LandedFile,
     incomplete_months,
     landed_months,
-    landing_path,
     month_range,
     parse_month,
+    reference_files,
     scan_landing,
+    unlanded_references,
 )
 from mlops_assets.core.records import json_safe
 from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
@@ -181,11 +182,10 @@ def cmd_months(args: argparse.Namespace) -> int:
         print("error: no month has landed yet: run `mlops replay --through 2013-03` first", file=sys.stderr)
         _no_tags(args)
         return 1
-    references = [t.name for f in CATALOG.feeds for t in f.tables if not t.monthly]
-    unlanded = [t for t in references if not landing_path(settings.landing_dir, t, None).exists()]
-    if unlanded:
-        # every month's validation and features read the reference tables: no month can run without them
-        files = ", ".join(str(landing_path(Path("landing"), t, None)) for t in unlanded)
+    references = [t.name for f in CATALOG.feeds for t in f.reference_tables]
+    unlanded = unlanded_references(settings.landing_dir, references)
+    if unlanded:  # no month can run without them
+        files = reference_files(unlanded)
         print(
             f"error: the reference table(s) {', '.join(unlanded)} have not landed: land {files} "
             f"or run `mlops replay --through {months[-1]}`",

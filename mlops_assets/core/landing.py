@@ -321,6 +321,17 @@ def find_landed(landing_dir: Path, table: str, month: str | None) -> LandedFile 
     return LandedFile(table, month, path, sha256_file(path))
 
 
+def unlanded_references(landing_dir: Path, tables: list[str]) -> list[str]:
+    """The reference tables of ``tables`` with no landed file: every month's validation and features read them, so no
+    month can be built without them."""
+    return [table for table in tables if not landing_path(landing_dir, table, None).exists()]
+
+
+def reference_files(tables: list[str]) -> str:
+    """The files to land for the reference ``tables``, as the landing zone names them."""
+    return ", ".join(str(landing_path(Path("landing"), table, None)) for table in tables)
+
+
 def landed_months(landing_dir: Path, tables: list[str] | None = None) -> list[str]:
     """Sorted months for which at least one monthly table (of ``tables``, when given) has landed."""
     return sorted(

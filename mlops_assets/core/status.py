@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.ingest import latest_verdicts
-from mlops_assets.core.landing import landed_months, landing_path
+from mlops_assets.core.landing import landed_months, reference_files, unlanded_references
 from mlops_assets.core.records import EvaluationResult
 from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError, UnknownVersionError
 from mlops_assets.core.settings import Settings
@@ -50,11 +49,9 @@ def store_status(catalog: Catalog, models: tuple[ModelSpec, ...], settings: Sett
     status: dict[str, Any] = {
         "landed_months": landed_months(settings.landing_dir, [t.name for f in catalog.feeds for t in f.monthly_tables]),
         # reference tables with no landed file: every month's validation and features need them
-        "reference_not_landed": [
-            t.name
-            for t in catalog.tables
-            if not t.monthly and not landing_path(settings.landing_dir, t.name, None).exists()
-        ],
+        "reference_not_landed": unlanded_references(
+            settings.landing_dir, [t.name for f in catalog.feeds for t in f.reference_tables]
+        ),
         "tables": {},
         "features": {},
         "models": {},
@@ -141,7 +138,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [f"Landed months: {', '.join(status['landed_months']) or 'none (run `mlops replay --through 2013-03`)'}"]
     if status["landed_months"] and status.get("reference_not_landed"):
         missing = status["reference_not_landed"]
-        files = ", ".join(str(landing_path(Path("landing"), name, None)) for name in missing)
+        files = reference_files(missing)
         lines.append(
             f"Reference tables not landed: {', '.join(missing)} (no month can be built without them: land {files} "
             f"or run `mlops replay --through {status['landed_months'][-1]}`)"

@@ -24,7 +24,9 @@ $(BIN)/.installed: pyproject.toml
 	@echo "==> installing mlops_assets into $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	@# setuptools warns in a box, at every editable install, that a folder named like the package may shadow it:
+	@# here that folder is the package itself, so the box says nothing to a new user
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ".[dev]"
 	@touch $@
 
 pipeline: $(BIN)/.installed compile
@@ -56,7 +58,7 @@ BENCHMARKS := feature_build training_pipeline training_settings monthly_refresh 
 
 # The benchmarks' extra dependencies, installed when pyproject.toml changed (not at every run)
 $(BIN)/.installed-bench: $(BIN)/.installed pyproject.toml
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ".[dev,bench]"
 	@touch $@
 
 bench: $(BIN)/.installed-bench compile
@@ -81,7 +83,7 @@ $(BENCH_DRIFT_VENV)/bin/.installed: pyproject.toml
 	@echo "==> installing mlops_assets[bench-drift] into $(BENCH_DRIFT_VENV)"
 	$(PYTHON) -m venv $(BENCH_DRIFT_VENV)
 	$(BENCH_DRIFT_VENV)/bin/pip install --quiet --upgrade pip
-	$(BENCH_DRIFT_VENV)/bin/pip install --quiet -e ".[bench-drift]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BENCH_DRIFT_VENV)/bin/pip install --quiet -e ".[bench-drift]"
 	@touch $@
 
 bench-drift: $(BENCH_DRIFT_VENV)/bin/.installed

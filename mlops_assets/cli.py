@@ -18,6 +18,7 @@ Every model-specific command takes ``--model NAME`` (default: the first register
 
 import argparse
 import contextlib
+import difflib
 import errno
 import json
 import os
@@ -609,8 +610,28 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if sound else 1
 
 
+def refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Exit naming an option the command does not know, with the nearest it does: argparse itself would first say
+    that a required option is missing (``mlops replay --thru 2013-03``: "one of --through --month is required")."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    name = next((token for token in argv if not token.startswith("-")), None)
+    command = commands.choices.get(name) if name else None
+    if command is None:
+        return
+    known = [option for action in command._actions for option in action.option_strings]
+    for token in argv[argv.index(name) + 1 :]:
+        if token == "--":
+            return
+        option = token.split("=", 1)[0]
+        if option.startswith("--") and option not in known and not any(k.startswith(option) for k in known):
+            nearest = difflib.get_close_matches(option, known, n=1)
+            command.error(f"unknown option {option}" + (f" (did you mean {nearest[0]}?)" if nearest else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    refuse_unknown_options(parser, sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     try:
         code = int(args.handler(args))
         sys.stdout.flush()  # a reader that is gone shows here, handled below, not as an error at the exit's flush

@@ -37,6 +37,10 @@ from mlops_assets.core.landing import sha256_bytes, write_atomic
 from mlops_assets.core.records import EvaluationResult, RecordError, json_safe
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
+#: A registration's files are written here first, then renamed into ``versions/vNNNN`` in one step.
+STAGING_PREFIX = ".staging-"
+#: A staging folder this old is a registration that died (one takes seconds): the next registration removes it.
+STAGING_STALE_S = 3600.0
 CHAMPION = "champion"
 #: Serializes alias updates within a process (every registry: they are rare and quick).
 _ALIASES_LOCK = threading.Lock()
@@ -100,13 +104,28 @@ class Registry:
         return sorted(found, key=lambda v: int(v[1:]))
 
     def register(
-        self, model_text: str, metadata: dict[str, Any], profile: dict[str, Any], run_id: str | None
+        self,
+        model_text: str,
+        metadata: dict[str, Any],
+        profile: dict[str, Any],
+        run_id: str | None,
+        root_run_id: str | None = None,
     ) -> ModelVersion:
-        """Store a new immutable version and log ``registered``. Returns it with its assigned id."""
+        """Store a new immutable version and log ``registered``. Returns it with its assigned id.
+
+        ``root_run_id``: the run that ``run_id`` re-executes (itself for a first attempt). A re-execution of a run
+        that registered the same model before it stopped (a crash after the version was stored, before the step
+        ended) gets that version back, with its ``registered`` event if the crash came before it: one version per
+        training, whatever the retries."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         data = model_text.encode()
         digest = sha256_bytes(data)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.versions_dir))
+        if root_run_id is not None:
+            earlier = self._registered_by(root_run_id, digest)
+            if earlier is not None:
+                return earlier
+        self._sweep_staging()
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.versions_dir))
         try:
             (staging / "model.txt").write_bytes(data)
             (staging / "model.sha256").write_text(f"{digest}  model.txt\n")
@@ -120,6 +139,7 @@ class Registry:
                     "model_sha256": digest,
                     "registered_at": _now(),
                     "run_id": run_id,
+                    **({"root_run_id": root_run_id} if root_run_id is not None else {}),
                 }
                 (staging / "metadata.json").write_text(
                     json.dumps(json_safe(full), indent=1, sort_keys=True, default=str, allow_nan=False)
@@ -141,6 +161,50 @@ class Registry:
             raise
         self.log_event("registered", version=version, run_id=run_id, reason="new version from training")
         return self.get(version)
+
+    def _registered_by(self, root_run_id: str, digest: str) -> ModelVersion | None:
+        """The version an earlier attempt of run ``root_run_id`` registered with these model bytes, its event logged
+        now if that attempt stopped before logging it; None when there is none."""
+        for version in reversed(self.versions()):
+            try:
+                entry = self.get(version)
+            except RegistryIntegrityError:
+                continue
+            if entry.metadata.get("root_run_id") == root_run_id and entry.metadata.get("model_sha256") == digest:
+                if version not in self.logged_versions():
+                    self.log_event(
+                        "registered",
+                        version=version,
+                        run_id=entry.metadata.get("run_id"),
+                        reason="new version from training (logged by its run's re-execution: the first attempt "
+                        "stopped after storing it)",
+                    )
+                return entry
+        return None
+
+    def logged_versions(self) -> set[str]:
+        """The versions a ``registered`` event names (an unreadable log names none)."""
+        try:
+            return {e["version"] for e in self.events() if e["event"] == "registered" and e.get("version")}
+        except RegistryDamaged:
+            return set()
+
+    def staging_leftovers(self, older_than_s: float = STAGING_STALE_S) -> list[Path]:
+        """Folders of registrations that never finished (a crash before the version was renamed into place):
+        whole model copies no version names. Only those older than ``older_than_s``: a younger one may be another
+        process's registration under way."""
+        if not self.versions_dir.exists():
+            return []
+        cutoff = datetime.now(UTC).timestamp() - older_than_s
+        return sorted(
+            path
+            for path in self.versions_dir.glob(f"{STAGING_PREFIX}*")
+            if path.is_dir() and path.stat().st_mtime < cutoff
+        )
+
+    def _sweep_staging(self) -> None:
+        for path in self.staging_leftovers():
+            shutil.rmtree(path, ignore_errors=True)
 
     def get(self, version: str) -> ModelVersion:
         path = self.versions_dir / version
@@ -183,7 +247,10 @@ class Registry:
         version = result.challenger_version
         self.get(version)  # only a registered version has an evaluation
         data = json.dumps(result.to_json(), indent=1, allow_nan=False).encode()
-        write_atomic(self.evaluations_dir / f"{version}.json", data)
+        path = self.evaluations_dir / f"{version}.json"
+        if path.exists() and path.read_bytes() == data and version in self._evaluated_versions():
+            return  # the same evaluation again (a re-executed run): already stored and logged
+        write_atomic(path, data)
         auc = result.metrics["challenger"].get("roc_auc")
         self.log_event(
             "evaluated",
@@ -194,6 +261,12 @@ class Registry:
             reason=f"evaluated on {result.test_month} against {result.champion_version or 'no champion'}: "
             f"ROC AUC {'undefined' if auc is None else f'{auc:.4f}'}",
         )
+
+    def _evaluated_versions(self) -> set[str]:
+        try:
+            return {e["version"] for e in self.events() if e["event"] == "evaluated" and e.get("version")}
+        except RegistryDamaged:
+            return set()
 
     def evaluation(self, version: str) -> EvaluationResult | None:
         """The latest evaluation of ``version`` (None: never evaluated). Raises :class:`RecordError` when the stored
@@ -536,15 +609,52 @@ def examine(registry: Registry) -> list[Finding]:
         logged = logged_aliases(registry) if aliases is not None else {}
     except RegistryDamaged:
         logged = {}  # a damaged event log is its own finding, below
-    unlogged = {a: v for a, v in (aliases or {}).items() if logged.get(a, v) != v}
-    if unlogged:  # a move cut short between its event and the aliases (or a hand edit of either file)
-        said = "; ".join(f"{a} is {v} but the event log's last move named {logged[a]}" for a, v in unlogged.items())
-        findings.append(Finding("aliases.json vs events.jsonl", False, f"{said}: {_repair_hint(registry.root)}"))
+    if aliases is not None:
+        # every alias either file names: a move cut short between its event and the aliases (the file lacks an
+        # alias the log set), or a hand edit of either file
+        differ = sorted(a for a in set(aliases) | set(logged) if aliases.get(a) != logged.get(a, aliases.get(a)))
+        if differ:
+            said = "; ".join(
+                f"{a} is {aliases.get(a) or 'absent'} but the event log's last move named {logged[a] or 'none'}"
+                for a in differ
+            )
+            findings.append(Finding("aliases.json vs events.jsonl", False, f"{said}: {_repair_hint(registry.root)}"))
+    repair_command = f"`mlops doctor --model {registry.root.name} --repair`"
+    unregistered = _unregistered_versions(registry)
+    if unregistered:
+        findings.append(
+            Finding(
+                "versions vs events.jsonl",
+                False,
+                f"no `registered` event names {', '.join(unregistered)} (a registration cut short after storing the "
+                f"version): {repair_command} logs it",
+            )
+        )
+    leftovers = registry.staging_leftovers()
+    if leftovers:
+        findings.append(
+            Finding(
+                "versions/",
+                False,
+                f"{len(leftovers)} unfinished registration folder(s), {', '.join(p.name for p in leftovers)}: "
+                f"{repair_command} removes them",
+            )
+        )
     try:
         findings.append(Finding("events.jsonl", True, f"{len(registry.events())} events"))
     except RegistryDamaged as error:
         findings.append(Finding("events.jsonl", False, str(error)))
     return findings
+
+
+def _unregistered_versions(registry: Registry) -> list[str]:
+    """Stored versions no ``registered`` event names (none when the event log cannot be read: its own finding)."""
+    try:
+        registry.events()
+    except RegistryDamaged:
+        return []
+    logged = registry.logged_versions()
+    return [version for version in registry.versions() if version not in logged]
 
 
 def repair(registry: Registry) -> list[str]:
@@ -579,6 +689,17 @@ def _repair_locked(registry: Registry) -> list[str]:
                     handle.write("".join(line + "\n" for line in bad))
                 write_atomic(registry.events_path, "".join(line + "\n" for line in good).encode())
                 done.append(f"set {len(bad)} damaged event line(s) aside in events.damaged.jsonl")
+    for version in _unregistered_versions(registry):
+        registry.log_event(
+            "registered",
+            version=version,
+            run_id=_stored_run_id(registry, version),
+            reason="found in versions/ without its event (a registration cut short): logged by mlops doctor --repair",
+        )
+        done.append(f"logged the registration of {version}, which no event named")
+    for path in registry.staging_leftovers():
+        shutil.rmtree(path, ignore_errors=True)
+        done.append(f"removed {path.name}, a registration that never finished")
     sound = {version for version in registry.versions() if _is_sound(registry, version)}
     # from the newest event back: each alias gets the newest version it named that is sound and, for the champion,
     # that no rollback took out after that move (a version a person brought back with `mlops rollback --to` counts
@@ -616,6 +737,13 @@ def _repair_locked(registry: Registry) -> list[str]:
             "with `mlops rollback --to V`"
         )
     return done
+
+
+def _stored_run_id(registry: Registry, version: str) -> str | None:
+    try:
+        return registry.get(version).metadata.get("run_id")
+    except RegistryIntegrityError:
+        return None
 
 
 def _now() -> str:

@@ -285,10 +285,14 @@ def build_challenger_asset(model: ModelSpec, training_code_version: str = TRAINI
         sample = train.gather_every(max(1, train.height // PROFILE_ROWS))
         profile = reference_profile(sample, spec.numeric, spec.categorical, trained.predict(sample), spec.label)
         registry = storage.registry(model.name)
-        version = registry.register(trained.text, metadata, profile, run_id=context.run.run_id)
-        registry.set_alias(
-            CHALLENGER_ALIAS, version.version, "challenger", "latest trained model", run_id=context.run.run_id
-        )
+        # a re-execution of this run (`mlops resume`, a retry) gets back the version an attempt stored before it
+        # stopped, rather than a copy of it under the next id
+        root_run_id = context.run.root_run_id or context.run.run_id
+        version = registry.register(trained.text, metadata, profile, run_id=context.run.run_id, root_run_id=root_run_id)
+        if registry.alias(CHALLENGER_ALIAS) != version.version:
+            registry.set_alias(
+                CHALLENGER_ALIAS, version.version, "challenger", "latest trained model", run_id=context.run.run_id
+            )
         context.log.info(
             f"registered {version.version}: validation-weeks AUC {valid_metrics['roc_auc']:.4f}, {trained.best_iteration} trees"
         )

@@ -146,6 +146,64 @@ def test_a_registration_that_fails_midway_leaves_no_version(tmp_path: Path, monk
     assert _register(registry, MODEL + "next") == "v0002"
 
 
+def test_a_run_re_executed_after_a_crash_gets_back_the_version_it_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 after the version folder was renamed into place, before its ``registered`` event: the doctor names
+    the version no event names, and the run's re-execution (same root run, same model bytes) gets that version back
+    and logs its event, instead of a copy under the next id. Other bytes, or another run, make a new version."""
+    import mlops_assets.core.registry as registry_module
+
+    registry = Registry(tmp_path)
+
+    def killed(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt  # the process dies before the event is written
+
+    monkeypatch.setattr(registry_module.Registry, "log_event", killed)
+    with pytest.raises(KeyboardInterrupt):
+        registry.register(MODEL, {}, {}, run_id="run-1", root_run_id="run-1")
+    monkeypatch.undo()
+    assert registry.versions() == ["v0001"] and registry.events() == []
+    [finding] = [f for f in examine(registry) if f.what == "versions vs events.jsonl"]
+    assert not finding.ok and "no `registered` event names v0001" in finding.detail
+
+    again = registry.register(MODEL, {}, {}, run_id="run-2", root_run_id="run-1")  # `mlops resume`: a new run id
+    assert again.version == "v0001" and registry.versions() == ["v0001"]
+    assert [(e["event"], e["version"], e["run_id"]) for e in registry.events()] == [("registered", "v0001", "run-1")]
+    assert all(f.ok for f in examine(registry))
+    assert registry.register(MODEL, {}, {}, run_id="run-3", root_run_id="run-1").version == "v0001"  # once only
+    assert len(registry.events()) == 1
+    assert registry.register(MODEL + "other", {}, {}, run_id="run-4", root_run_id="run-1").version == "v0002"
+    assert registry.register(MODEL, {}, {}, run_id="run-5", root_run_id="run-5").version == "v0003"  # a new run
+
+
+def test_the_doctor_logs_a_version_no_event_names_and_removes_dead_staging_folders(tmp_path: Path) -> None:
+    import os
+    import time
+
+    registry = Registry(tmp_path)
+    _register(registry)
+    _register(registry, MODEL + "2")
+    lines = registry.events_path.read_text().splitlines()
+    registry.events_path.write_text(lines[0] + "\n")  # v0002's event lost (a crash, a hand edit)
+    dead = registry.versions_dir / ".staging-abc123"  # a registration killed before its rename, hours ago
+    dead.mkdir()
+    (dead / "model.txt").write_text(MODEL)
+    hours_ago = time.time() - 3 * 3600
+    os.utime(dead, (hours_ago, hours_ago))
+    young = registry.versions_dir / ".staging-def456"  # another process's registration under way: left alone
+    young.mkdir()
+    problems = {f.what: f.detail for f in examine(registry) if not f.ok}
+    assert "no `registered` event names v0002" in problems["versions vs events.jsonl"]
+    assert ".staging-abc123" in problems["versions/"] and ".staging-def456" not in problems["versions/"]
+    done = repair(registry)
+    assert any("v0002" in d for d in done) and any(".staging-abc123" in d for d in done)
+    assert not dead.exists() and young.exists()
+    assert all(f.ok for f in examine(registry))
+    assert [e["version"] for e in registry.events() if e["event"] == "registered"] == ["v0001", "v0002"]
+    assert _register(registry, MODEL + "3") == "v0003"
+
+
 def _evaluation(challenger: str, champion: str | None, auc: float = 0.74) -> EvaluationResult:
     values = {"roc_auc": auc, "pr_auc": 0.4, "log_loss": 0.45, "base_rate": 0.2, "rows": 900.0}
     slices = [
@@ -283,6 +341,37 @@ def test_a_move_cut_short_after_its_event_is_reported_and_completed_by_a_retry(
     assert not finding.ok and f"champion is {first} but the event log's last move named {second}" in finding.detail
     registry.set_alias(CHAMPION, second, "promoted", "better AUC", expected=first)  # the step's retry
     assert registry.alias(CHAMPION) == second and all(f.ok for f in examine(registry))
+
+
+@pytest.mark.parametrize("aliases", [{}, {"challenger": "v0002"}, {"chmpion": "v0002"}])
+def test_the_doctor_reports_an_alias_the_log_set_and_the_aliases_file_lacks(
+    tmp_path: Path, aliases: dict[str, str]
+) -> None:
+    """A crash between a first promotion's event and its aliases write, or a hand edit, leaves aliases.json without
+    the champion the log names: reported, and rebuilt by the repair."""
+    registry = Registry(tmp_path)
+    first, second = _register(registry), _register(registry, MODEL + "2")
+    registry.set_alias("challenger", second, "challenger", "latest trained model")
+    registry.set_alias(CHAMPION, first, "promoted", "first model")
+    registry.aliases_path.write_text(json.dumps(aliases))
+    [finding] = [f for f in examine(registry) if f.what == "aliases.json vs events.jsonl"]
+    assert not finding.ok and f"champion is absent but the event log's last move named {first}" in finding.detail
+    repair(registry)
+    assert registry.alias(CHAMPION) == first and registry.alias("challenger") == second
+    assert all(f.ok for f in examine(registry))
+
+
+def test_the_same_evaluation_stored_again_is_not_logged_again(tmp_path: Path) -> None:
+    """A re-executed run evaluates the same challenger against the same champion: one ``evaluated`` event; an
+    evaluation that differs (another champion) is stored and logged."""
+    registry = Registry(tmp_path)
+    first, second = _register(registry), _register(registry, MODEL + "2")
+    registry.save_evaluation(_evaluation(second, first), run_id="run-1")
+    registry.save_evaluation(_evaluation(second, first), run_id="run-2")
+    assert [e["run_id"] for e in registry.events() if e["event"] == "evaluated"] == ["run-1"]
+    registry.save_evaluation(_evaluation(second, None), run_id="run-3")
+    assert [e["run_id"] for e in registry.events() if e["event"] == "evaluated"] == ["run-1", "run-3"]
+    assert registry.evaluation(second).champion_version is None  # type: ignore[union-attr]
 
 
 def test_a_repair_never_hands_the_champion_back_to_a_rolled_back_version(tmp_path: Path) -> None:

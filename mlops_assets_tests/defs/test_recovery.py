@@ -40,7 +40,7 @@ import pytest
 from mlops_assets.catalog import CATALOG
 from mlops_assets.cli import main as mlops
 from mlops_assets.core.processes import Liveness, ProcessIdentity, judge, process_identity
-from mlops_assets.core.registry import CHAMPION, Registry
+from mlops_assets.core.registry import CHAMPION, VERSION_PATTERN, Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.definitions import resume_run
 from mlops_assets.recovery import (
@@ -342,13 +342,18 @@ def _on_step_start(step: str, action: int) -> Callable[[RunProcess, str], None]:
     return act
 
 
-def _kill_at_registration(process: RunProcess, registry: Path, stop: threading.Event) -> None:
-    """Kill the run the moment anything appears in the model's registry versions folder (its staging folder, or the
-    version just renamed into place): inside the registration."""
+def _kill_at_registration(
+    process: RunProcess, registry: Path, stop: threading.Event, stored_only: bool = False
+) -> None:
+    """Kill the run the moment anything new appears in the model's registry versions folder (its staging folder, or
+    the version just renamed into place): inside the registration. ``stored_only``: the moment a new version folder
+    is in place (before its ``registered`` event)."""
     versions = registry / "versions"
+    before = set(os.listdir(versions)) if versions.exists() else set()
     while not stop.is_set() and process.process.poll() is None:
         with contextlib.suppress(FileNotFoundError):
-            if any(os.scandir(versions)):
+            new = {entry.name for entry in os.scandir(versions)} - before
+            if new and (not stored_only or any(VERSION_PATTERN.match(name) for name in new)):
                 process.signal_group(signal.SIGKILL)
                 return
         time.sleep(0.001)
@@ -409,31 +414,43 @@ def assert_registry_consistent(settings: Settings, champions_seen: set[tuple[str
         assert registry.evaluation(champion) is not None  # it was promoted on a stored evaluation
         moved = [e["version"] for e in registry.events() if e.get("alias") == CHAMPION and e["version"]]
         assert moved and set(moved) <= set(versions)
+        # one version per training, whatever the kills and re-executions: each logged, none a copy of another
+        # that an earlier attempt of the same run stored
+        assert registry.logged_versions() == set(versions), f"{model.name}: versions no event names"
+        trainings = [(m.get("root_run_id"), m["model_sha256"]) for m in (registry.get(v).metadata for v in versions)]
+        assert len(trainings) == len(set(trainings)), f"{model.name}: a run registered the same model twice"
         assert {v for m, v in champions_seen if m == model.name} <= set(versions)
 
 
-#: Where the runs of the chain are killed, one run each, in this order (a step's STEP_START, or None: inside
-#: flight_delay's registry write, see _kill_at_registration; last, as it needs a registry no earlier run wrote).
+#: Where the runs of the chain are killed, one run each, in this order (a step's STEP_START, or inside flight_delay's
+#: registry write, see _kill_at_registration: REGISTERING as its first file appears, STORED once its version folder
+#: is in place, before the ``registered`` event; after the training points, as they need a registry no run wrote).
+REGISTERING, STORED = "<registering>", "<stored>"
 KILL_POINTS = {
     "ingest": "raw__flights",
     "feature_build": "features__flight_features",
     "training": "flight_delay__challenger",
-    "registration": None,
+    "registration": REGISTERING,
+    "version stored": STORED,
 }
+STEP_KILLS = {point: step for point, step in KILL_POINTS.items() if step not in (REGISTERING, STORED)}
 
 
-def _killed_run(platform: Platform, step: str | None) -> RunProcess:
-    """A ``dagster job execute`` killed at ``step`` (None: inside the registration), waited for."""
+def _killed_run(platform: Platform, step: str) -> RunProcess:
+    """A ``dagster job execute`` killed at ``step`` (a kill point of KILL_POINTS), waited for."""
     stop = threading.Event()
-    if step is not None:
+    if step not in (REGISTERING, STORED):
         killed = platform.job_execute(on_line=_on_step_start(step, signal.SIGKILL))
     else:
         killed = platform.job_execute()
         registry_dir = platform.settings.model("flight_delay").registry_dir
-        threading.Thread(target=_kill_at_registration, args=(killed, registry_dir, stop), daemon=True).start()
+        kill = threading.Thread(
+            target=_kill_at_registration, args=(killed, registry_dir, stop, step == STORED), daemon=True
+        )
+        kill.start()
     code = killed.wait(timeout=NEXT_RUN_LIMIT_S)
     stop.set()
-    assert code == -signal.SIGKILL, f"the run was not killed at {step or 'registration'}:\n{killed.output()[-4000:]}"
+    assert code == -signal.SIGKILL, f"the run was not killed at {step}:\n{killed.output()[-4000:]}"
     return killed
 
 
@@ -454,7 +471,7 @@ def test_kill_9_at_each_point_the_next_run_proceeds_and_every_killed_run_resumes
     """A chain of runs on one data directory: each is killed at the next kill point, after recovering the run killed
     before it and going past the point where that one died (its step re-run, its slot claimed again). The run after
     the last kill succeeds within two minutes; then one `mlops resume` re-executes each killed run from its failure."""
-    killed_runs: list[tuple[str, str | None, dg.DagsterRun]] = []
+    killed_runs: list[tuple[str, str, dg.DagsterRun]] = []
     with ChampionWatch(platform.settings) as champions, dg.DagsterInstance.get() as instance:
         previous: tuple[dg.DagsterRun, int] | None = None
         for point, step in KILL_POINTS.items():
@@ -462,7 +479,7 @@ def test_kill_9_at_each_point_the_next_run_proceeds_and_every_killed_run_resumes
             killed = _killed_run(platform, step)
             run = _only_started_run(instance)
             assert run.tags[PID_TAG] == str(killed.pid) and run.tags[HOST_TAG] == socket.gethostname()
-            if step is not None:
+            if step in STEP_KILLS.values():
                 started_steps = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_START)
                 assert step in {r.event_log_entry.step_key for r in started_steps.records}, point
                 assert _holders(instance) == {run.run_id}, point  # the previous run's slot was freed
@@ -488,7 +505,7 @@ def test_kill_9_at_each_point_the_next_run_proceeds_and_every_killed_run_resumes
             summary = re.search(rf"run (\S+) \(resuming {run.run_id}\): SUCCESS; re-ran: (.*)", resumed.output())
             assert summary, (point, resumed.output()[-6000:])
             rerun = set(summary.group(2).split(", "))
-            if step is not None:
+            if step in STEP_KILLS.values():
                 assert step in rerun, point  # the step the kill interrupted ran again
             assert "flight_delay__champion" in rerun, point  # and everything after it
             child = instance.get_run_by_id(summary.group(1))

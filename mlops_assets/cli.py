@@ -364,7 +364,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 continue
             steps = sorted({e.step_key for e in result.all_events if e.is_step_success and e.step_key})
             outcome = "SUCCESS" if result.success else "FAILURE"
-            print(f"run {result.run_id} (resuming {run_id}): {outcome}; re-ran: {', '.join(steps) or 'nothing'}")
+            resumed = result.dagster_run.parent_run_id or run_id  # the whole id, when given its first characters
+            print(f"run {result.run_id} (resuming {resumed}): {outcome}; re-ran: {', '.join(steps) or 'nothing'}")
             all_succeeded = all_succeeded and result.success
     return 0 if all_succeeded else 1
 
@@ -581,7 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
     return number

@@ -112,6 +112,21 @@ def reconstructable_job(name: str, data_dir: str | None = None) -> Any:
     )
 
 
+#: The shortest start of a run id taken for the run: the 8 characters the run's console prints and the UI shows.
+RUN_ID_PREFIX = 8
+
+
+def _run_by_prefix(instance: dg.DagsterInstance, prefix: str) -> dg.DagsterRun | None:
+    """The run whose id starts with ``prefix`` (at least :data:`RUN_ID_PREFIX` characters), among the newest 1,000;
+    None when none does, ValueError naming them when several do."""
+    if len(prefix) < RUN_ID_PREFIX:
+        return None
+    found = [r for r in instance.get_runs(limit=1000) if r.run_id.startswith(prefix)]
+    if len(found) > 1:
+        raise ValueError(f"{prefix!r} starts {len(found)} run ids ({', '.join(r.run_id for r in found)}): give more")
+    return found[0] if found else None
+
+
 def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = None) -> dg.JobExecutionResult:
     """Re-execute a failed run from its failure: only the failed steps and what follows them run again, with the
     parent run's config and tags (so the same months: :func:`reexecution_tags`).
@@ -124,7 +139,7 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
         model: when given, the run must be that model's (its ``mlops/model`` tag) or one that covers every model
             (``training_pipeline``, ``feature_pipeline``).
     """
-    run = instance.get_run_by_id(run_id)
+    run = instance.get_run_by_id(run_id) or _run_by_prefix(instance, run_id)
     if run is None:
         if instance.is_persistent:
             home = instance.root_directory
@@ -135,6 +150,7 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
             f"no run {run_id!r} in the Dagster instance at {home}: copy a failed run's id from {listing} or the UI's "
             "Runs page"
         )
+    run_id = run.run_id  # the whole id, when given its first characters
     owner = run.tags.get(MODEL_TAG)
     if model is not None and owner is not None and owner != model:
         raise ValueError(

@@ -110,6 +110,8 @@ def test_an_alias_naming_a_missing_version_or_a_damaged_metadata_file_is_flagged
         (["replay", "--month", "2013-01\n"], "is not of the form YYYY-MM"),
         (["runs", "--last", "0"], "must be a positive number"),
         (["runs", "--model", "nope"], "invalid choice"),
+        (["runs", "--last", "abc"], "argument --last: must be a positive number, got 'abc'"),
+        (["replay", "--through", "2013-03", "--every", "x"], "argument --every: must be a positive number, got 'x'"),
         # a mistyped option is named, not reported as a required option missing
         (["replay", "--thru", "2013-03"], "unknown option --thru (did you mean --through?)"),
         (["status", "--jsn"], "unknown option --jsn (did you mean --json?)"),

@@ -42,7 +42,11 @@ def test_resume_reruns_only_the_failed_step_and_what_follows(settings: Settings)
         assert "flight_cancellation__challenger" in done  # the other model is not held back by this one's failure
 
         registry_dir.unlink()  # the cause is fixed
-        resumed = resume_run(failed.run_id, instance)
+        with pytest.raises(ValueError, match="no run"):
+            resume_run(failed.run_id[:7], instance)  # too short to name a run
+        # the 8 characters the run's console printed ("training_pipeline: run 91ddda38 started") name it
+        resumed = resume_run(failed.run_id[:8], instance)
+        assert resumed.dagster_run.parent_run_id == failed.run_id
         with pytest.raises(ValueError, match="already resumed successfully"):
             resume_run(failed.run_id, instance)
     assert resumed.success

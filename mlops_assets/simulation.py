@@ -13,7 +13,9 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -27,6 +29,7 @@ from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import connect_warehouse, ensure_table_like, replace_where
 from mlops_assets.core.timeline import (
     TimelineRow,
+    champion_vs_frozen,
     months_champion_wins,
     timeline_frame,
     timeline_markdown,
@@ -59,14 +62,44 @@ class SimulationError(RuntimeError):
 
 def reset_data_dir(data_dir: Path) -> None:
     """Start from empty: a folder an earlier simulation made is cleared; any other non-empty folder is refused."""
-    if data_dir.exists() and any(data_dir.iterdir()):
-        if not (data_dir / MARKER).exists():
-            raise SimulationError(
-                f"{data_dir} is not empty and was not made by `mlops simulate`: pick another --data-dir"
-            )
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / MARKER).write_text("made by `mlops simulate`; cleared by the next simulation\n")
+    try:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise SimulationError(f"{data_dir} is a file, not a folder: pick another --data-dir")
+        if data_dir.exists() and any(data_dir.iterdir()):
+            if not (data_dir / MARKER).exists():
+                raise SimulationError(
+                    f"{data_dir} is not empty and was not made by `mlops simulate`: pick another --data-dir"
+                )
+            shutil.rmtree(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / MARKER).write_text("made by `mlops simulate`; cleared by the next simulation\n")
+    except OSError as error:  # a parent that is a file, no permission, a read-only disk
+        raise SimulationError(f"cannot use {data_dir} ({error.strerror or error}): pick another --data-dir") from None
+
+
+def failed_runs(instance: dg.DagsterInstance, runs: list[ExecutedRun]) -> str:
+    """The failed runs among ``runs``, each with its trigger, failed step and the first line of its error."""
+    said = []
+    for run in (r for r in runs if not r.success):
+        failures = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        steps = [
+            f"{f.step_key}: {_error_line(f.dagster_event.step_failure_data.error)}"
+            for f in failures
+            if f.dagster_event and f.dagster_event.step_failure_data and f.dagster_event.step_failure_data.error
+        ]
+        what = run.tags.get(TRIGGER_TAG) or run.requested_by
+        said.append(f"run {run.run_id[:8]} ({what}) failed: " + ("; ".join(steps) or "see the run in the UI"))
+    return " | ".join(said)
+
+
+def _error_line(error: Any) -> str:
+    """A step's error in one line: the description of a ``dg.Failure`` (the platform's own words), else the
+    exception's short class name and its message."""
+    text = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+    qualified, _, message = text.partition(": ")
+    if message and qualified.endswith(error.cls_name):
+        text = message if error.cls_name == "Failure" else f"{error.cls_name}: {message}"
+    return text[:300]
 
 
 def month_row(
@@ -201,13 +234,12 @@ def simulate(
             say(f"[{time.perf_counter() - started:6.1f}s] landing {month}")
             replay(settings.landing_dir, [month], every, None)
             runs = ticker.settle()
-            failed = [r for r in runs if not r.success]
-            if failed:
-                raise SimulationError(
-                    f"{len(failed)} run(s) failed in {month} (first: {failed[0].run_id}); see `dagster dev` or the logs"
-                )
-            row = month_row(model, month, instance, registry, runs)
+            # a failed run is an outcome the platform lives with (the champion keeps serving): recorded in the
+            # timeline and said, and the year goes on
+            row = replace(month_row(model, month, instance, registry, runs), failed_runs=failed_runs(instance, runs))
             rows.append(row)
+            if row.failed_runs:
+                say(f"           {month}: {row.failed_runs}")
             say(
                 f"           {month}: drift={'yes' if row.drifted else 'no'} ({row.drift_share or 0:.0%} features; top {row.top_drifted or '-'}), "
                 f"champion {row.champion_version} AUC {_fmt(row.champion_live_auc)} vs frozen {_fmt(row.frozen_live_auc)}; "
@@ -220,9 +252,11 @@ def simulate(
         frame = timeline_frame(rows)
         out = write_timeline(settings, model, frame, compared_from(months))
     wins, compared = months_champion_wins(frame, compared_from(months))
+    failed = frame.filter(pl.col("failed_runs") != "")["month"].to_list()
     say(
-        f"Done in {time.perf_counter() - started:.0f} s: {frame['retrained'].sum()} retrains, {frame['promoted'].sum()} promotions, "
-        f"champion beat the frozen first model in {wins}/{compared} months from {compared_from(months)}. Timeline: {out / 'timeline.md'} "
+        f"Done in {time.perf_counter() - started:.0f} s: {frame['retrained'].sum()} retrains, {frame['promoted'].sum()} promotions"
+        + (f", failed runs in {', '.join(failed)} (the champion kept serving; column failed_runs)" if failed else "")
+        + f". {champion_vs_frozen(wins, compared, compared_from(months))}. Timeline: {out / 'timeline.md'} "
         f"(plot timeline.png), table {model.name}.timeline in {settings.warehouse_path}."
     )
     return frame

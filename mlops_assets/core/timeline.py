@@ -30,6 +30,8 @@ class TimelineRow:
     promoted: bool
     decision: str
     champion_after: str
+    #: runs of the month that failed, each with its failed step and error ("" when none): the champion kept serving
+    failed_runs: str = ""
 
 
 def timeline_frame(rows: list[TimelineRow]) -> pl.DataFrame:
@@ -46,12 +48,23 @@ def timeline_frame(rows: list[TimelineRow]) -> pl.DataFrame:
 
 
 def months_champion_wins(frame: pl.DataFrame, since: str) -> tuple[int, int]:
-    """(months from ``since`` on where the serving champion beat the frozen model, months compared)."""
+    """(months from ``since`` on where the serving champion beat the frozen model, months compared). A month whose
+    champion is the frozen model itself compares nothing and is left out."""
     compared = frame.filter(
-        (pl.col("month") >= since) & pl.col("champion_live_auc").is_not_null() & pl.col("frozen_live_auc").is_not_null()
+        (pl.col("month") >= since)
+        & pl.col("champion_live_auc").is_not_null()
+        & pl.col("frozen_live_auc").is_not_null()
+        & (pl.col("champion_version") != pl.col("frozen_version"))
     )
     wins = compared.filter(pl.col("champion_live_auc") > pl.col("frozen_live_auc")).height
     return wins, compared.height
+
+
+def champion_vs_frozen(wins: int, compared: int, since: str) -> str:
+    """The comparison in words (no month to compare is said, not shown as 0 of 0)."""
+    if compared == 0:
+        return f"No month from {since} on had a champion other than the frozen first model to compare with it"
+    return f"From {since} on, the serving champion beat the frozen first model in {wins} of {compared} months"
 
 
 def timeline_plot(frame: pl.DataFrame) -> bytes:
@@ -102,12 +115,14 @@ def timeline_markdown(frame: pl.DataFrame, plot: bytes, since: str, table: str) 
         "challenger_version",
         "promoted",
         "champion_after",
+        *(["failed_runs"] if (frame["failed_runs"] != "").any() else []),
     )
     return "\n".join(
         [
             "## Replayed year: the platform keeping its model alive",
             "",
-            f"From {since} on, the serving champion beat the frozen first model in **{wins} of {compared}** months.",
+            champion_vs_frozen(wins, compared, since).replace(f"{wins} of {compared}", f"**{wins} of {compared}**")
+            + ".",
             "",
             markdown_image(plot, "timeline"),
             "",

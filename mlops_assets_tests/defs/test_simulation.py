@@ -15,19 +15,38 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.core.registry import Registry
 from mlops_assets.core.settings import load_settings
 from mlops_assets.core.status import store_status
+from mlops_assets.core.timeline import champion_vs_frozen, months_champion_wins
 from mlops_assets.models.flight_delay import FLIGHT_DELAY
 from mlops_assets.simulation import MARKER, SimulationError, reset_data_dir, simulate
 
 
 def test_the_replayed_months_retrain_on_drift_and_promote(tmp_path: Path) -> None:
+    """Also: a retrain that fails (here in June: January's features marked as built by another feature set, as after
+    a feature change without a rebuild) is recorded in the timeline and the simulation goes on."""
     data_dir = tmp_path / "simulation"
     lines: list[str] = []
-    timeline = simulate(data_dir, FLIGHT_DELAY, "2013-01", "2013-06", every=20, say=lines.append)
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if line.endswith("landing 2013-06"):
+            with duckdb.connect(str(load_settings(data_dir).warehouse_path)) as conn:
+                conn.execute("UPDATE features.flight_features SET feature_set_version = 'v0' WHERE _month = '2013-01'")
+
+    timeline = simulate(data_dir, FLIGHT_DELAY, "2013-01", "2013-06", every=20, say=say)
 
     assert timeline["month"].to_list() == ["2013-04", "2013-05", "2013-06"]
     drift_retrains = timeline.filter(pl.col("retrained") & pl.col("retrain_trigger").str.contains("drift"))
     assert drift_retrains.height >= 1 and drift_retrains["retrain_reason"].str.contains("drift").all()
     assert timeline["promoted"].sum() >= 1
+    june = timeline.row(2, named=True)
+    assert june["retrained"] and not june["promoted"] and june["champion_after"] == june["champion_version"]
+    assert (
+        "flight_delay__training_set: features.flight_features of 2013-01 (by v0) were built by another"
+        in (june["failed_runs"])
+    )
+    assert (timeline["failed_runs"][:2] == "").all()
+    assert any("2013-06: run " in line and "failed" in line for line in lines)
+    assert "failed runs in 2013-06 (the champion kept serving" in lines[-1]
     assert timeline["champion_live_auc"].is_not_null().all() and timeline["frozen_live_auc"].is_not_null().all()
     assert (timeline["frozen_version"] == "v0001").all()  # the first model, frozen as the shadow
     assert lines[-1].startswith("Done in") and "flight_delay.timeline" in lines[-1]
@@ -49,6 +68,32 @@ def test_the_replayed_months_retrain_on_drift_and_promote(tmp_path: Path) -> Non
     assert all(monitored[m]["features"] == len(FLIGHT_DELAY.features.features) for m in timeline["month"])
     assert all(any(k.startswith("batch champion") for k in monitored[m]["live_roc_auc"]) for m in timeline["month"])
     assert (reports / "drift" / "2013-06" / "report.md").exists()
+
+
+def test_a_data_dir_that_cannot_be_one_is_said_in_a_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(SimulationError, match="is a file, not a folder: pick another --data-dir"):
+        reset_data_dir(afile)
+    with pytest.raises(SimulationError, match=r"cannot use .*afile/below \(Not a directory\): pick another"):
+        reset_data_dir(afile / "below")
+
+
+def test_a_month_whose_champion_is_the_frozen_model_compares_nothing() -> None:
+    """The frozen first model still serving (a short simulation, or no promotion yet) is not a month the champion
+    beat or lost to it."""
+    frame = pl.DataFrame(
+        {
+            "month": ["2013-04", "2013-05", "2013-06"],
+            "champion_version": ["v0001", "v0002", "v0002"],
+            "frozen_version": ["v0001", "v0001", "v0001"],
+            "champion_live_auc": [0.70, 0.74, 0.71],
+            "frozen_live_auc": [0.70, 0.72, 0.73],
+        }
+    )
+    assert months_champion_wins(frame, "2013-04") == (1, 2)
+    assert months_champion_wins(frame.head(1), "2013-04") == (0, 0)
+    assert champion_vs_frozen(0, 0, "2013-04").startswith("No month from 2013-04 on had a champion other than")
 
 
 def test_a_simulation_never_clears_a_folder_it_did_not_make(tmp_path: Path) -> None:

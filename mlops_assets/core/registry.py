@@ -190,21 +190,21 @@ class Registry:
             return set()
 
     def staging_leftovers(self, older_than_s: float = STAGING_STALE_S) -> list[Path]:
-        """Folders of registrations that never finished (a crash before the version was renamed into place):
-        whole model copies no version names. Only those older than ``older_than_s``: a younger one may be another
-        process's registration under way."""
-        if not self.versions_dir.exists():
-            return []
+        """What writes that never finished left behind (a crash): folders of registrations not renamed into place
+        (whole model copies no version names), and the temporary files of atomic writes not renamed over
+        ``aliases.json`` or an evaluation. Only those older than ``older_than_s``: a younger one may be another
+        process's write under way."""
         cutoff = datetime.now(UTC).timestamp() - older_than_s
-        return sorted(
-            path
-            for path in self.versions_dir.glob(f"{STAGING_PREFIX}*")
-            if path.is_dir() and path.stat().st_mtime < cutoff
-        )
+        found = [
+            *(self.versions_dir.glob(f"{STAGING_PREFIX}*") if self.versions_dir.exists() else []),
+            *(self.root.glob(".*.tmp") if self.root.exists() else []),
+            *(self.evaluations_dir.glob(".*.tmp") if self.evaluations_dir.exists() else []),
+        ]
+        return sorted(path for path in found if path.stat().st_mtime < cutoff)
 
     def _sweep_staging(self) -> None:
         for path in self.staging_leftovers():
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
 
     def get(self, version: str) -> ModelVersion:
         path = self.versions_dir / version
@@ -634,10 +634,10 @@ def examine(registry: Registry) -> list[Finding]:
     if leftovers:
         findings.append(
             Finding(
-                "versions/",
+                "unfinished writes",
                 False,
-                f"{len(leftovers)} unfinished registration folder(s), {', '.join(p.name for p in leftovers)}: "
-                f"{repair_command} removes them",
+                f"{len(leftovers)} left by writes that never finished (a crash), "
+                f"{', '.join(str(p.relative_to(registry.root)) for p in leftovers)}: {repair_command} removes them",
             )
         )
     try:
@@ -698,8 +698,8 @@ def _repair_locked(registry: Registry) -> list[str]:
         )
         done.append(f"logged the registration of {version}, which no event named")
     for path in registry.staging_leftovers():
-        shutil.rmtree(path, ignore_errors=True)
-        done.append(f"removed {path.name}, a registration that never finished")
+        _remove(path)
+        done.append(f"removed {path.relative_to(registry.root)}, left by a write that never finished")
     sound = {version for version in registry.versions() if _is_sound(registry, version)}
     # from the newest event back: each alias gets the newest version it named that is sound and, for the champion,
     # that no rollback took out after that move (a version a person brought back with `mlops rollback --to` counts
@@ -737,6 +737,13 @@ def _repair_locked(registry: Registry) -> list[str]:
             "with `mlops rollback --to V`"
         )
     return done
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _stored_run_id(registry: Registry, version: str) -> str | None:

@@ -193,12 +193,19 @@ def test_the_doctor_logs_a_version_no_event_names_and_removes_dead_staging_folde
     os.utime(dead, (hours_ago, hours_ago))
     young = registry.versions_dir / ".staging-def456"  # another process's registration under way: left alone
     young.mkdir()
+    cut = registry.root / ".aliases.json.x1y2.tmp"  # an aliases write killed before its rename
+    cut.write_text("{")
+    os.utime(cut, (hours_ago, hours_ago))
     problems = {f.what: f.detail for f in examine(registry) if not f.ok}
     assert "no `registered` event names v0002" in problems["versions vs events.jsonl"]
-    assert ".staging-abc123" in problems["versions/"] and ".staging-def456" not in problems["versions/"]
+    assert (
+        "versions/.staging-abc123" in problems["unfinished writes"]
+        and ".aliases.json.x1y2.tmp" in (problems["unfinished writes"])
+    )
+    assert ".staging-def456" not in problems["unfinished writes"]
     done = repair(registry)
     assert any("v0002" in d for d in done) and any(".staging-abc123" in d for d in done)
-    assert not dead.exists() and young.exists()
+    assert not dead.exists() and not cut.exists() and young.exists()
     assert all(f.ok for f in examine(registry))
     assert [e["version"] for e in registry.events() if e["event"] == "registered"] == ["v0001", "v0002"]
     assert _register(registry, MODEL + "3") == "v0003"

@@ -30,11 +30,13 @@ if TYPE_CHECKING:  # pandera is imported where a contract is built: most process
 
 #: A model's name is a DuckDB schema, a Dagster asset-key prefix and part of job and sensor names.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-#: Names a model cannot take, as its schema and key prefix would be another's: the feeds' stages (``landing/`` and the
-#: warehouse's data schemas), DuckDB's own schemas and catalogs, and the warehouse's catalog (a schema of the same name
+#: Names a model cannot take, as its schema, key prefix or UI group would be another's: the feeds' stages (``landing/``,
+#: the warehouse's data schemas, their asset groups), DuckDB's own schemas and catalogs, and the warehouse's catalog (a schema of the same name
 #: makes ``warehouse.x`` ambiguous to DuckDB, as ``memory.x``, ``temp.x`` and ``system.x``: a binder error in a run).
+#: The feeds' asset groups in the UI (a model's assets form a group of its name: the same name would merge them).
+FEED_GROUPS = ("landing", "ingest", "validate", "features")
 RESERVED_MODEL_NAMES = frozenset(
-    {"landing", *DATA_SCHEMAS, WAREHOUSE_CATALOG}
+    {"landing", *FEED_GROUPS, *DATA_SCHEMAS, WAREHOUSE_CATALOG}
     | {"main", "information_schema", "pg_catalog", "temp", "system", "memory"}
 )
 #: Names a feed's table cannot take: the batch log (``quarantine.batches``) sits beside each ``quarantine.<table>``.

@@ -246,6 +246,12 @@ def train_model(
             f"the training set has {train.height} train and {valid.height} validation rows: land and build at least "
             "two months (the newest is the test month)"
         )
+    labels = set(train[spec.label].unique().to_list()) | set(valid[spec.label].unique().to_list())
+    if not labels <= {0, 1}:
+        raise ValueError(
+            f"{spec.label} holds {sorted(labels - {0, 1}, key=str)[:5]}: a label is 0 or 1 (models here are binary "
+            f"classifiers). Fix the feature SQL of {spec.name}, rebuild its features, then train again"
+        )
     if valid[spec.label].n_unique() < 2:
         # no validation metric measures anything then: LightGBM reports an AUC of 1.0 from the first round, the log
         # loss is best for the model that learnt least, and early stopping would keep a one-tree model

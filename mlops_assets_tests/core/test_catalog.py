@@ -32,6 +32,28 @@ def test_the_reserved_names_cover_every_schema_and_the_warehouse_catalog(tmp_pat
     assert BATCH_LOG[1] in RESERVED_TABLE_NAMES  # quarantine.<table> beside the batch log
 
 
+def test_every_asset_group_but_the_models_is_a_name_no_model_can_take(tmp_path: Path) -> None:
+    """A model's assets are a UI group of its name: a model named like a feed's group (``validate``) would merge into
+    it."""
+    from mlops_assets.definitions import build_definitions
+
+    graph = build_definitions(CATALOG, Settings.for_data_dir(tmp_path)).resolve_asset_graph()
+    groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups - {model.name for model in CATALOG.models} <= RESERVED_MODEL_NAMES
+
+
+def test_every_sql_file_of_the_package_is_in_a_built_wheel() -> None:
+    """The feeds' and models' SQL is package data: a wheel built without it has no feature table."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mlops_assets"]
+    package = root / "mlops_assets"
+    sql = [path.relative_to(package).as_posix() for path in package.rglob("*.sql")]
+    assert sql and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in sql), (sql, globs)
+
+
 @pytest.mark.parametrize("name", ["batches", "Readings", "readings; drop table raw.readings"])
 def test_a_feed_table_cannot_take_the_batch_logs_name_or_one_that_is_no_identifier(name: str) -> None:
     renamed = dataclasses.replace(TOY_FEED.tables[0], name=name)

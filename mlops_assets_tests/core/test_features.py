@@ -240,6 +240,11 @@ def test_the_one_row_check_names_each_broken_month_and_passes_the_others(store: 
         f"(SELECT min(rowid) FROM {table} WHERE _month = '2013-02')"
     )
     store.execute(f"DELETE FROM {table} WHERE _month = '2013-01'")  # January: nothing built
+    # March: two labels that are not 0 or 1 (a SQL that gives minutes of delay, not whether the flight was late)
+    store.execute(
+        f"UPDATE {table} SET {FLIGHT_FEATURES.label} = 42 WHERE _month = '2013-03' AND rowid IN "
+        f"(SELECT rowid FROM {table} WHERE _month = '2013-03' ORDER BY rowid LIMIT 2)"
+    )
     problems = one_row_problems(store, FLIGHT_FEATURES, MONTHS)
     validated = dict(
         store.execute("SELECT _month, count(*) FROM validated.flights WHERE tailnum IS NOT NULL GROUP BY 1").fetchall()
@@ -250,4 +255,8 @@ def test_the_one_row_check_names_each_broken_month_and_passes_the_others(store: 
         f"2013-02: {validated['2013-02'] + 1} feature rows for {validated['2013-02']} {rows}",
         "2013-02: 1 duplicate keys",
         "2013-02: 1 rows without a label",
+        (
+            f"2013-03: 2 rows whose label {FLIGHT_FEATURES.label} is not 0 or 1 (models here are binary classifiers: "
+            f"the feature SQL of {FLIGHT_FEATURES.name} gives 1 for the outcome, 0 otherwise)"
+        ),
     ]

@@ -125,6 +125,16 @@ def test_validation_weeks_of_one_class_are_refused_not_trained_into_a_one_tree_m
         train_model(one_class, FLIGHT_FEATURES, PARAMS, num_boost_round=300, early_stopping_rounds=30)
 
 
+def test_a_label_that_is_not_0_or_1_is_refused(training_set: TrainingSet) -> None:
+    """Minutes of delay where whether the flight was late belongs: LightGBM's binary objective would train on it and
+    the metrics would be nonsense (a PR AUC of 162), yet pass the first model's gates."""
+    label = FLIGHT_FEATURES.label
+    frame = training_set.frame.with_columns((pl.col(label) * 30).alias(label))
+    minutes = TrainingSet(frame, training_set.test_month, training_set.valid_start, training_set.test_start)
+    with pytest.raises(ValueError, match=rf"{label} holds \[30\]: a label is 0 or 1 .* Fix the feature SQL"):
+        train_model(minutes, FLIGHT_FEATURES, PARAMS, num_boost_round=300, early_stopping_rounds=30)
+
+
 def test_auc_on_the_held_out_month_is_above_a_floor(training_set: TrainingSet, model: TrainedModel) -> None:
     test = training_set.part("test")
     auc = roc_auc(test["is_delayed"].to_numpy(), model.predict(test))

@@ -166,7 +166,8 @@ class FeatureBuildError(RuntimeError):
 
 def one_row_problems(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str]) -> list[str]:
     """What breaks the one-row rule in ``months`` of ``features.<name>``: exactly one row per validated entity row
-    (through the spec's ``entity_filter``), unique keys, a label on every row, the current feature-set version."""
+    (through the spec's ``entity_filter``), unique keys, a label of 0 or 1 on every row, the current feature-set
+    version."""
     entity_table = spec.inputs[0]
     version = feature_set_version(spec)
     features, source = qualified("features", spec.name), qualified("validated", entity_table)
@@ -176,7 +177,9 @@ def one_row_problems(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, mo
         month: rest
         for month, *rest in conn.execute(
             f"""SELECT _month, count(*), count(DISTINCT ({keys})), count(*) FILTER ({spec.label} IS NULL),
-                       count(*) FILTER ({VERSION_COLUMN} <> ?)
+                       count(*) FILTER ({VERSION_COLUMN} <> ?),
+                       count(*) FILTER ({spec.label} IS NOT NULL
+                                       AND coalesce(TRY_CAST({spec.label} AS DOUBLE) NOT IN (0, 1), true))
                 FROM {features} WHERE list_contains(?, _month) GROUP BY _month""",
             [version, months],
         ).fetchall()
@@ -191,7 +194,7 @@ def one_row_problems(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, mo
     rows = covered_rows(spec)
     problems: list[str] = []
     for month in months:
-        built, distinct, unlabeled, stale = counted.get(month, (0, 0, 0, 0))
+        built, distinct, unlabeled, stale, not_binary = counted.get(month, (0, 0, 0, 0, 0))
         expected = validated.get(month, 0)
         if built != expected:
             problems.append(f"{month}: {built} feature rows for {expected} validated {rows} rows")
@@ -199,6 +202,12 @@ def one_row_problems(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, mo
             problems.append(f"{month}: {built - distinct} duplicate keys")
         if unlabeled:
             problems.append(f"{month}: {unlabeled} rows without a label")
+        if not_binary:
+            # a label of minutes or hours trains, and even passes the gates, with metrics that mean nothing
+            problems.append(
+                f"{month}: {not_binary} rows whose label {spec.label} is not 0 or 1 (models here are binary "
+                f"classifiers: the feature SQL of {spec.name} gives 1 for the outcome, 0 otherwise)"
+            )
         if stale:
             problems.append(f"{month}: {stale} rows from another feature-set version")
     return problems

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from mlops_assets.catalog import CATALOG
 from mlops_assets.core.features import compute_features, context_start_for, covered, feature_rows, used_params
 from mlops_assets.core.features.pit import (
     AsOfLookup,
@@ -37,7 +38,6 @@ from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import FeatureTableSpec
 from mlops_assets.core.store import query_frame
 from mlops_assets.feeds.nycflights13 import replay_months
-from mlops_assets.models.flight_cancellation import CANCELLATION_FEATURES
 from mlops_assets.models.flight_delay import FLIGHT_FEATURES
 from mlops_assets_tests.conftest import MONTHLY, load_month
 
@@ -118,7 +118,7 @@ def _offline_at(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, month: 
     return add_trailing_windows(rows, targets, spec.windows, spec.time_column)
 
 
-@pytest.mark.parametrize("spec", [FLIGHT_FEATURES, CANCELLATION_FEATURES], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", CATALOG.feature_tables, ids=lambda s: s.name)
 def test_requests_past_the_horizon_get_the_offline_features_at_the_horizon(
     warehouse_two_months: Path, spec: FeatureTableSpec
 ) -> None:

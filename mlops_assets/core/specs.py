@@ -270,6 +270,17 @@ class FeatureTableSpec:
     description: str = ""
     entity_filter: str = ""
 
+    def __post_init__(self) -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"feature table {self.name}: time_zone {self.time_zone!r} is no IANA time zone (e.g. "
+                "'America/New_York'): fix its FeatureTableSpec"
+            ) from None
+
     @property
     def sql(self) -> str:
         return self.sql_path.read_text()
@@ -391,3 +402,13 @@ class ModelSpec:
             raise ValueError(
                 f"model {self.name}: feature table {self.features.name} reads {missing}, not in feed {self.feed.name}"
             )
+        # a slice is judged on the test rows of features.<name>: a column it lacks failed the evaluation only after
+        # a challenger was registered
+        columns = set(self.features.output_columns)
+        for slice_name, expression in self.slices.items():
+            unknown = sorted(set(expression.meta.root_names()) - columns)
+            if unknown:
+                raise ValueError(
+                    f"model {self.name}: slice {slice_name!r} reads {unknown}, not columns of features."
+                    f"{self.features.name} (its ids, time, features and label: {', '.join(sorted(columns))})"
+                )

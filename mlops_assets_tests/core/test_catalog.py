@@ -7,6 +7,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from mlops_assets.catalog import CATALOG
@@ -40,6 +41,20 @@ def test_every_asset_group_but_the_models_is_a_name_no_model_can_take(tmp_path: 
     graph = build_definitions(CATALOG, Settings.for_data_dir(tmp_path)).resolve_asset_graph()
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups - {model.name for model in CATALOG.models} <= RESERVED_MODEL_NAMES
+
+
+def test_a_slice_on_a_column_the_feature_table_lacks_is_refused_when_the_model_is_defined() -> None:
+    """Found at the evaluation before, after a challenger was registered."""
+    with pytest.raises(
+        ValueError, match=r"model toy_failures: slice 'hub' reads \['no_such_column'\], not columns of features"
+    ):
+        dataclasses.replace(TOY_MODEL, slices={**TOY_MODEL.slices, "hub": pl.col("no_such_column") == "x"})
+
+
+def test_a_time_zone_that_does_not_exist_is_refused_when_the_feature_table_is_defined() -> None:
+    """Found at the training set's step before, after the feature table and online store were built."""
+    with pytest.raises(ValueError, match=r"time_zone 'America/NewYork' is no IANA time zone"):
+        dataclasses.replace(TOY_MODEL.features, time_zone="America/NewYork")
 
 
 def test_every_sql_file_of_the_package_is_in_a_built_wheel() -> None:

@@ -134,9 +134,7 @@ def test_a_month_built_alone_equals_the_full_build(store: duckdb.DuckDBPyConnect
     assert incremental.height == full.height == covered
     assert_frame_equal(incremental, full)
     # several months written in one pass (what a multi-month run does) give the same table
-    assert write_months(store, spec, MONTHS, chunk=2) == {
-        m: full.filter(pl.col("_month") == m).height for m in MONTHS
-    }
+    assert write_months(store, spec, MONTHS, chunk=2) == {m: full.filter(pl.col("_month") == m).height for m in MONTHS}
     assert_frame_equal(_stored(store, spec), full)
 
 

@@ -6,12 +6,14 @@ import time
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
+from polars.exceptions import PolarsError
 
 from mlops_assets.core.features import (
     FeatureBuildError,
     covered_rows,
     feature_set_version,
     one_row_problems,
+    sql_problems,
     write_months,
 )
 from mlops_assets.core.landing import stale_months
@@ -24,8 +26,10 @@ from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, validated_k
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import PlatformStorage
 
+DuckDBError = duckdb.Error  # inside a step, the name duckdb is its resource
 
-def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
+
+def build_feature_asset(spec: FeatureTableSpec, feed: FeedSpec) -> dg.AssetsDefinition:
     version = feature_set_version(spec)
 
     @dg.asset(
@@ -49,6 +53,16 @@ def build_feature_asset(spec: FeatureTableSpec) -> dg.AssetsDefinition:
                 rows = write_months(conn, spec, months)
             except FeatureBuildError as error:
                 raise dg.Failure(description=str(error), metadata={"problems": "; ".join(error.problems)}) from None
+            except (DuckDBError, PolarsError) as error:
+                # a spec that does not fit its SQL (a column it lacks, a time column that is text) fails deep in the
+                # engine: said in the spec's terms, when the SQL run on the feed's declared tables shows why
+                problems = sql_problems(spec, feed)
+                if not problems:
+                    raise
+                raise dg.Failure(
+                    description=f"feature table {spec.name} does not fit its SQL: {'; '.join(problems)}. Fix its "
+                    f"FeatureTableSpec or SQL, then run this again (the months keep their last good build)"
+                ) from error
             preview = query_frame(
                 conn, f"SELECT * FROM {qualified('features', spec.name)} WHERE _month = ? LIMIT 5", [months[-1]]
             )
@@ -204,4 +218,4 @@ def build_feature_table(
 ) -> tuple[dg.AssetsDefinition, list[dg.AssetChecksDefinition]]:
     """A feature table over ``feed`` (its blocking one-row check evaluated by the build step) and its freshness check
     (run hourly by the automation sensor)."""
-    return build_feature_asset(spec), [build_freshness_check(spec, feed)]
+    return build_feature_asset(spec, feed), [build_freshness_check(spec, feed)]

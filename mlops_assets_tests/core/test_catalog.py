@@ -12,8 +12,9 @@ import pytest
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.catalog import Catalog, CatalogError
+from mlops_assets.core.features import sql_problems
 from mlops_assets.core.settings import Settings
-from mlops_assets.core.specs import RESERVED_MODEL_NAMES, RESERVED_TABLE_NAMES
+from mlops_assets.core.specs import RESERVED_MODEL_NAMES, RESERVED_TABLE_NAMES, FeatureTableSpec
 from mlops_assets.core.store import BATCH_LOG, DATA_SCHEMAS, WAREHOUSE_CATALOG
 from mlops_assets_tests.toy_model import TOY_FEED, TOY_MODEL
 
@@ -55,6 +56,38 @@ def test_a_time_zone_that_does_not_exist_is_refused_when_the_feature_table_is_de
     """Found at the training set's step before, after the feature table and online store were built."""
     with pytest.raises(ValueError, match=r"time_zone 'America/NewYork' is no IANA time zone"):
         dataclasses.replace(TOY_MODEL.features, time_zone="America/NewYork")
+
+
+@pytest.mark.parametrize("spec", CATALOG.feature_tables, ids=lambda s: s.name)
+def test_every_registered_feature_sql_fits_its_spec(spec: FeatureTableSpec) -> None:
+    """Run on empty copies of the feed's validated tables: every column the spec names and the engine does not add,
+    and naive UTC timestamps for its time columns (a model added to the catalog is held to it too)."""
+    assert sql_problems(spec, CATALOG.feed_of_table(spec.inputs[0])) == []
+
+
+def _edited(tmp_path: Path, spec: FeatureTableSpec, old: str, new: str) -> FeatureTableSpec:
+    edited = tmp_path / spec.sql_path.name
+    assert old in spec.sql
+    edited.write_text(spec.sql.replace(old, new))
+    return dataclasses.replace(spec, sql_path=edited)
+
+
+def test_a_feature_sql_that_does_not_fit_its_spec_is_named_with_what_to_fix(tmp_path: Path) -> None:
+    """What failed deep in a run (a polars ColumnNotFoundError, a DuckDB binder error naming no file, a SchemaError on
+    the engine's internal join keys) is said in the spec's terms."""
+    from mlops_assets.models.flight_delay import FLIGHT_FEATURES
+
+    feed = CATALOG.feed_of_table(FLIGHT_FEATURES.inputs[0])
+    wrong_label = dataclasses.replace(FLIGHT_FEATURES, label="is_delayed_typo")
+    assert sql_problems(wrong_label, feed) == ["its SQL (flight_features.sql) gives no column is_delayed_typo"]
+    typo = _edited(tmp_path, FLIGHT_FEATURES, "t.distance", "t.distnce")
+    [problem] = sql_problems(typo, feed)
+    assert problem.startswith(f"its SQL ({typo.sql_path}) does not run on the feed's validated tables: Binder Error")
+    assert "distnce" in problem
+    text_time = _edited(tmp_path, FLIGHT_FEATURES, "AS prediction_time", "::VARCHAR AS prediction_time")
+    assert sql_problems(text_time, feed) == [
+        "prediction_time is VARCHAR, not TIMESTAMP (a naive UTC instant; the local time naive at America/New_York)"
+    ]
 
 
 def test_every_sql_file_of_the_package_is_in_a_built_wheel() -> None:

@@ -22,7 +22,7 @@ from mlops_assets.core.landing import month_key, parse_month, shift_month
 from mlops_assets.core.store import ensure_table_like, qualified, query_frame, replace_where, transaction
 
 if TYPE_CHECKING:  # specs imports the point-in-time engine from this package: import the type only for checkers
-    from mlops_assets.core.specs import FeatureTableSpec
+    from mlops_assets.core.specs import FeatureTableSpec, FeedSpec
 
 VERSION_COLUMN = "feature_set_version"
 #: Whether a row of the feature SQL is one the table covers (``FeatureTableSpec.entity_filter``); never stored.
@@ -135,6 +135,61 @@ def covered_rows(spec: FeatureTableSpec) -> str:
 def covered(spec: FeatureTableSpec) -> pl.Expr:
     """Which rows of :func:`feature_rows` get a feature row (all of them without an ``entity_filter``)."""
     return pl.col(COVERED) if spec.entity_filter else pl.lit(True)
+
+
+#: What the point-in-time columns of every feature table are: naive UTC instants (the local time naive at the
+#: spec's zone). A string or a zoned timestamp there failed deep in the engine's as-of joins.
+TIME_TYPE = "TIMESTAMP"
+
+
+def sql_problems(spec: FeatureTableSpec, feed: FeedSpec) -> list[str]:
+    """What is wrong with ``spec``'s SQL (and its lookups' SQL) against the feed's declared tables: it does not run
+    (a syntax error, a column the tables lack), a column the spec names and the engine does not add is missing, or a
+    time column is no TIMESTAMP. Runs the SQL on empty copies of the ``validated`` tables, in memory (~20 ms): the
+    definitions refuse a broken spec when they load, not a run's feature step after the ingest."""
+    from mlops_assets.core.ingest import data_table_columns
+
+    params = {"context_first": "2000-01", "target_last": "2000-01", "context_start": datetime(2000, 1, 1)}
+    with duckdb.connect() as conn:
+        conn.execute("CREATE SCHEMA validated")
+        for table in feed.tables:
+            columns = ", ".join(f'"{c}" {t}' for c, t in data_table_columns(table).items())
+            conn.execute(f"CREATE TABLE validated.{table.name} ({columns})")
+
+        def shape(sql: str, what: str) -> dict[str, str] | str:
+            try:
+                relation = conn.sql(sql, params=used_params(sql, params) or None)
+                return {c: str(t) for c, t in zip(relation.columns, relation.types, strict=True)}
+            except duckdb.Error as error:
+                return f"{what} does not run on the feed's validated tables: {str(error).splitlines()[0]}"
+
+        made = shape(spec.sql, f"its SQL ({spec.sql_path})")
+        if isinstance(made, str):
+            return [made]
+        engine = {c for lookup in spec.lookups for c in lookup.outputs} | {c for w in spec.windows for c in w.outputs}
+        needed = [c for c in spec.output_columns if c not in engine and c != "_month"] + ["_month"]
+        needed += [c for w in spec.windows for c in (*w.by, w.known_at, w.value)]
+        problems = []
+        for lookup in spec.lookups:
+            right = made if lookup.sql is None else shape(lookup.sql, f"lookup {lookup.name}'s SQL ({lookup.sql_path})")
+            if isinstance(right, str):
+                problems.append(right)
+                continue
+            wanted = (*lookup.by, lookup.known_at, *lookup.columns, *lookup.value_known_at.values())
+            lacking = sorted({c for c in wanted if c not in right})
+            if lacking:
+                problems.append(f"lookup {lookup.name} reads {lacking}, which its rows lack")
+            needed += [c for c in lookup.by if c not in needed]
+        lacking = sorted({c for c in needed if c not in made})
+        if lacking:
+            problems.append(f"its SQL ({spec.sql_path.name}) gives no column {', '.join(lacking)}")
+        for column in dict.fromkeys((spec.time_column, spec.label_known_at, spec.local_time_column)):
+            if column in made and made[column] != TIME_TYPE:
+                problems.append(
+                    f"{column} is {made[column]}, not {TIME_TYPE} (a naive UTC instant; the local time naive at "
+                    f"{spec.time_zone})"
+                )
+        return problems
 
 
 def used_params(sql: str, params: dict[str, object]) -> dict[str, object]:

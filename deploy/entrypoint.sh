@@ -5,7 +5,8 @@
 #      at most $MLOPS_WAIT_SECONDS, default 120): start order without relying on the orchestrator (podman-compose
 #      before podman 4.6 ignores `condition: service_healthy`, Kubernetes has no order at all);
 #   2. prepares the Dagster instance settings $DAGSTER_HOME/dagster.yaml with `mlops home` (PostgreSQL when
-#      $MLOPS_DAGSTER_POSTGRES_URL is set, else SQLite files on the data volume), one container at a time (a lock
+#      $MLOPS_DAGSTER_POSTGRES_URL is set, or made of $MLOPS_POSTGRES_PASSWORD, _HOST, _PORT (and _USER, _DB:
+#      default dagster), else SQLite files on the data volume), one container at a time (a lock
 #      file on the shared volume), so no process reads the file while another writes it;
 #   3. becomes the role's command (under tini, which forwards SIGTERM and reaps the run workers).
 set -eu
@@ -32,6 +33,14 @@ for endpoint in sys.argv[2:]:
                 sys.exit(f"entrypoint: {endpoint} did not accept connections within {sys.argv[1]} s ({error})")
             time.sleep(0.5)
 PY
+fi
+# the instance's URL from its parts (compose.yaml), the password URL-encoded: '@', '%' or ':' in it broke the URL
+if [ -z "${MLOPS_DAGSTER_POSTGRES_URL:-}" ] && [ -n "${MLOPS_POSTGRES_PASSWORD:-}" ]; then
+  MLOPS_DAGSTER_POSTGRES_URL="$(python -c 'import os, urllib.parse as u; e = os.environ.get
+print("postgresql+psycopg2://%s:%s@%s:%s/%s" % (u.quote(e("MLOPS_POSTGRES_USER", "dagster"), safe=""),
+      u.quote(e("MLOPS_POSTGRES_PASSWORD"), safe=""), e("MLOPS_POSTGRES_HOST", "postgres"),
+      e("MLOPS_POSTGRES_PORT", "5432"), e("MLOPS_POSTGRES_DB", "dagster")))')"
+  export MLOPS_DAGSTER_POSTGRES_URL
 fi
 mkdir -p "$DAGSTER_HOME"
 flock "$DAGSTER_HOME/.mlops-home.lock" mlops home >/dev/null

@@ -31,6 +31,7 @@ from mlops_assets.defs.sensors import (
     build_landing_job,
     build_landing_sensor,
     build_model_sensors,
+    build_recovery_sensor,
 )
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.defs.validate import build_validate
@@ -71,7 +72,7 @@ def build_definitions(catalog: Catalog, settings: Settings) -> dg.Definitions:
         ]
         checks.append(build_champion_check(model))
         sensors += build_model_sensors(model, settings.sensor_interval_s)
-    sensors.append(build_automation_sensor(settings.sensor_interval_s))
+    sensors += [build_automation_sensor(settings.sensor_interval_s), build_recovery_sensor(settings.sensor_interval_s)]
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

@@ -8,7 +8,13 @@ for it forever. Under the daemon, run monitoring handles that. Without a daemon,
   plain ``dagster job execute`` recovers before its first step asks for a slot; while the run executes, a watch
   repeats the check every :data:`WATCH_INTERVAL_S` seconds, so a run already waiting for a slot is released when the
   holder dies after it started;
-- ``mlops resume`` (which then accepts the run it just marked failed), and the ``mlops`` commands that start runs.
+- ``mlops resume`` (which then accepts the run it just marked failed), and the ``mlops`` commands that start runs;
+- the daemon's ``run_recovery`` sensor (``defs/sensors.py``), every 30 s, with nobody at the keyboard and no run
+  starting (the queue of one run stays blocked by a dead one).
+
+A process in another container or on another host cannot be looked at: a run's process writes a heartbeat on the run
+(:data:`HEARTBEAT_TAG`, at its start and every :data:`WATCH_INTERVAL_S` seconds), and such a run silent for
+:data:`HEARTBEAT_STALE_S` seconds is gone (a code-server container restarted under it).
 
 How a run's process is known: when a run's resources are set up, the process that executes the run (the one that
 logged its RUN_START event: ``dagster job execute``, ``dagster api execute_run`` under a daemon, or the process calling
@@ -16,7 +22,8 @@ logged its RUN_START event: ``dagster job execute``, ``dagster api execute_run``
 ``mlops/process`` (JSON: the run id it was recorded for, pid, host name, boot id, pid namespace and start time; see
 ``core.processes``). Only that tag is trusted, and only when it names the run it is on (Dagster copies tags to
 retries). A run is declared dead only when its process is certainly gone on this host; a run on another host, in
-another container, or without the tag (it died before its resources were set up, or ran older code) is left alone.
+another container (while its heartbeat is fresh), or without the tag (it died before its resources were set up, or
+ran older code) is left alone.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -43,6 +51,13 @@ from mlops_assets.core.processes import (
 PROCESS_TAG = "mlops/process"
 PID_TAG = "mlops/pid"
 HOST_TAG = "mlops/host"
+#: When the run's process last said it was alive (Unix seconds): written at its start and by its watch every
+#: :data:`WATCH_INTERVAL_S` seconds.
+HEARTBEAT_TAG = "mlops/heartbeat"
+#: A run in another container or on another host (its pid cannot be looked at from here) whose process has not been
+#: heard from for this long is gone: the container of a code server that restarted, or a host that went away. Long
+#: beside the watch's 10 s, so that a busy machine or a short outage of the run storage is no death.
+HEARTBEAT_STALE_S = 180.0
 
 #: Statuses of a run that has a process executing it (and may hold pool slots).
 IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
@@ -99,7 +114,37 @@ def record_run_process(instance: dg.DagsterInstance, run_id: str) -> ProcessIden
     run = instance.get_run_by_id(run_id)
     if run is not None and any(run.tags.get(key) != value for key, value in tags.items()):
         instance.add_run_tags(run_id, tags)
+    beat(instance, run_id)
     return identity
+
+
+def beat(instance: dg.DagsterInstance, run_id: str) -> None:
+    """The run's process says it is alive (:data:`HEARTBEAT_TAG`)."""
+    instance.add_run_tags(run_id, {HEARTBEAT_TAG: str(int(time.time()))})
+
+
+def silent_for(run: dg.DagsterRun, now: float | None = None) -> float | None:
+    """Seconds since the run's process last said it was alive; None when it never did (older code, or it died
+    before its resources were set up)."""
+    try:
+        return (time.time() if now is None else now) - float(run.tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        return None
+
+
+def judge_run(run: dg.DagsterRun, identity: ProcessIdentity) -> Verdict:
+    """:func:`core.processes.judge`, and for a process it cannot look at (another host, another container), its
+    heartbeat: silent for :data:`HEARTBEAT_STALE_S` seconds, it is gone."""
+    verdict = judge(identity)
+    if verdict.liveness is Liveness.UNKNOWN:
+        silent = silent_for(run)
+        if silent is not None and silent >= HEARTBEAT_STALE_S:
+            return Verdict(
+                Liveness.GONE,
+                f"{identity.describe()} has not been heard from for {silent:.0f} s (its container or host went away, "
+                "e.g. a code server that was restarted)",
+            )
+    return verdict
 
 
 def recorded_process(run: dg.DagsterRun) -> ProcessIdentity | None:
@@ -269,7 +314,7 @@ def recover_dead_runs(
             )
             left.append(LeftAlone(run.run_id, run.job_name, run.status.value, reason))
             continue
-        verdict = judge(identity)
+        verdict = judge_run(run, identity)
         if verdict.liveness is not Liveness.GONE:
             left.append(LeftAlone(run.run_id, run.job_name, run.status.value, verdict.reason))
             continue
@@ -294,7 +339,7 @@ def _free_leaked_slots(
         identity = recorded_process(run)
         if identity is None:
             continue  # nothing to judge by: the daemon's free_slots_after_run_end_seconds frees it
-        verdict = judge(identity)
+        verdict = judge_run(run, identity)
         if verdict.liveness is not Liveness.GONE:
             continue  # its process still runs a step (it was marked failed from outside): the slot is in use
         claims = _free(instance, run_id)
@@ -336,6 +381,7 @@ class RecoveryWatch:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                beat(self.instance, self.run.run_id)
                 report = recover_dead_runs(self.instance, exclude=[self.run.run_id])
                 for line in report.messages():
                     if self.log is not None:  # the run's log: its console and its event log

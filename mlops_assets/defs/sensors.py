@@ -41,6 +41,7 @@ from mlops_assets.defs.monitor import R, new_month_records
 from mlops_assets.defs.partitions import MONTHS, calendar_order
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
 from mlops_assets.defs.run_tags import range_tags
+from mlops_assets.recovery import HEARTBEAT_STALE_S, recover_dead_runs
 
 TRIGGER_TAG, MONTH_TAG, CHAMPION_TAG, REASON_TAG = "mlops/trigger", "mlops/month", "mlops/champion", "mlops/reason"
 
@@ -395,6 +396,27 @@ def build_automation_sensor(interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.A
         "(eager, once the blocking checks passed), the lifecycle follows a new training set, a changed training code "
         "version retrains, a champion past its freshness policy is retrained and re-evaluated.",
     )
+
+
+def build_recovery_sensor(interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.SensorDefinition:
+    """Runs whose process died are marked failed and their ``duckdb`` slot freed, with nobody at the keyboard."""
+
+    @dg.sensor(
+        name="run_recovery",
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Marks failed the runs whose process is gone (killed, crashed, or in a code-server container that "
+        f"restarted: silent for {HEARTBEAT_STALE_S:.0f} s) and frees their `duckdb` slot, so the run queue moves on "
+        "and the run's retry re-executes it from its failure (`mlops_assets/recovery.py`). Starts no run itself.",
+    )
+    def run_recovery(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        report = recover_dead_runs(context.instance)
+        for line in report.messages():
+            context.log.warning(f"mlops recovery: {line}")
+        recovered = len(report.recovered)
+        return dg.SkipReason(f"recovered {recovered} run(s)" if recovered else "no run whose process died")
+
+    return run_recovery
 
 
 def champion_test_month(registry: Registry, champion: str | None) -> str | None:

@@ -168,6 +168,53 @@ def test_runs_alive_elsewhere_or_unrecorded_are_left_alone(instance: dg.DagsterI
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED  # type: ignore[union-attr]
 
 
+def test_a_run_in_a_container_gone_silent_is_recovered_by_the_daemons_sensor(instance: dg.DagsterInstance) -> None:
+    """A code-server container restarted under a run: its process is in a pid namespace (or on a host) nobody can
+    look at, so only its heartbeat tells. Silent for HEARTBEAT_STALE_S, the run_recovery sensor (the daemon, with
+    nobody at the keyboard) marks it failed and frees its slot, so the queue moves on and the run's retry re-executes
+    it; a fresh heartbeat, or none at all (older code), is left alone."""
+    from mlops_assets.defs.sensors import build_recovery_sensor
+    from mlops_assets.recovery import HEARTBEAT_STALE_S, HEARTBEAT_TAG
+
+    fresh = _started_run(instance, ProcessIdentity(**{**_exited_child().__dict__, "host": "another-host"}))
+    instance.add_run_tags(fresh.run_id, {HEARTBEAT_TAG: str(int(time.time()))})
+    instance.event_log_storage.free_concurrency_slots_for_run(fresh.run_id)
+    never = _started_run(instance, ProcessIdentity(**{**_exited_child().__dict__, "host": "another-host"}))
+    instance.event_log_storage.free_concurrency_slots_for_run(never.run_id)
+    other_container = ProcessIdentity(**{**_exited_child().__dict__, "pid_namespace": "pid:[4026530000]"})
+    silent = _started_run(instance, other_container)  # holds the slot
+    instance.add_run_tags(silent.run_id, {HEARTBEAT_TAG: str(int(time.time() - HEARTBEAT_STALE_S - 5))})
+
+    sensor = build_recovery_sensor()
+    result = sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SkipReason) and result.skip_message == "recovered 1 run(s)"
+    assert instance.get_run_by_id(silent.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
+    failure = instance.get_records_for_run(silent.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    assert "has not been heard from for" in (failure[0].event_log_entry.dagster_event.message or "")
+    assert _holders(instance) == set()
+    for alive in (fresh, never):
+        assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED  # type: ignore[union-attr]
+    assert sensor(dg.build_sensor_context(instance=instance)).skip_message == "no run whose process died"  # type: ignore[union-attr]
+
+
+def test_a_running_run_says_it_is_alive(instance: dg.DagsterInstance) -> None:
+    from mlops_assets.recovery import HEARTBEAT_TAG, RecoveryWatch, record_run_process, silent_for
+
+    run = instance.add_run(dg.DagsterRun(job_name="training_pipeline", status=dg.DagsterRunStatus.STARTED))
+    record_run_process(instance, run.run_id)
+    first = instance.get_run_by_id(run.run_id)
+    assert first is not None and silent_for(first) is not None and silent_for(first) < 5  # type: ignore[operator]
+    instance.add_run_tags(run.run_id, {HEARTBEAT_TAG: "0"})
+    watch = RecoveryWatch(instance, first, interval=0.05).start()
+    try:
+        deadline = time.monotonic() + 10
+        while silent_for(instance.get_run_by_id(run.run_id)) > 5:  # type: ignore[arg-type,operator]
+            assert time.monotonic() < deadline, "the watch never beat"
+            time.sleep(0.05)
+    finally:
+        watch.stop()
+
+
 def test_a_finished_run_still_holding_a_slot_is_freed_once_its_process_is_gone(instance: dg.DagsterInstance) -> None:
     """Failed by hand (or by a recovery interrupted before freeing): the slot is freed, the status is kept."""
     me, dead = process_identity(), _exited_child()

@@ -204,9 +204,10 @@ def test_a_misnamed_file_is_reported_once_as_an_observation_and_never_run(settin
 
 
 def test_how_often_the_daemon_evaluates_every_sensor_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``$MLOPS_SENSOR_INTERVAL_S`` reaches every sensor of the code location (landing, each model's, automation)."""
+    """``$MLOPS_SENSOR_INTERVAL_S`` reaches every sensor of the code location (landing, each model's, automation,
+    run recovery)."""
     intervals = {s.name: s.minimum_interval_seconds for s in build_definitions(CATALOG, load_settings()).sensors or []}
-    assert len(intervals) == 2 + 3 * len(CATALOG.models)
+    assert len(intervals) == 3 + 3 * len(CATALOG.models)
     assert set(intervals.values()) == {DEFAULT_SENSOR_INTERVAL_S}
     monkeypatch.setenv(SENSOR_INTERVAL_ENV, "5")
     intervals = {s.name: s.minimum_interval_seconds for s in build_definitions(CATALOG, load_settings()).sensors or []}

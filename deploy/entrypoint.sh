@@ -5,8 +5,7 @@
 #      at most $MLOPS_WAIT_SECONDS, default 120): start order without relying on the orchestrator (podman-compose
 #      before podman 4.6 ignores `condition: service_healthy`, Kubernetes has no order at all);
 #   2. prepares the Dagster instance settings $DAGSTER_HOME/dagster.yaml with `mlops home` (PostgreSQL when
-#      $MLOPS_DAGSTER_POSTGRES_URL is set, or made of $MLOPS_POSTGRES_PASSWORD, _HOST, _PORT (and _USER, _DB:
-#      default dagster), else SQLite files on the data volume), one container at a time (a lock
+#      $MLOPS_DAGSTER_POSTGRES_URL is set, else SQLite files on the data volume), one container at a time (a lock
 #      file on the shared volume), so no process reads the file while another writes it;
 #   3. becomes the role's command (under tini, which forwards SIGTERM and reaps the run workers).
 set -eu
@@ -34,14 +33,14 @@ for endpoint in sys.argv[2:]:
             time.sleep(0.5)
 PY
 fi
-# the instance's URL from its parts (compose.yaml), the password URL-encoded: '@', '%' or ':' in it broke the URL
-if [ -z "${MLOPS_DAGSTER_POSTGRES_URL:-}" ] && [ -n "${MLOPS_POSTGRES_PASSWORD:-}" ]; then
-  MLOPS_DAGSTER_POSTGRES_URL="$(python -c 'import os, urllib.parse as u; e = os.environ.get
-print("postgresql+psycopg2://%s:%s@%s:%s/%s" % (u.quote(e("MLOPS_POSTGRES_USER", "dagster"), safe=""),
-      u.quote(e("MLOPS_POSTGRES_PASSWORD"), safe=""), e("MLOPS_POSTGRES_HOST", "postgres"),
-      e("MLOPS_POSTGRES_PORT", "5432"), e("MLOPS_POSTGRES_DB", "dagster")))')"
-  export MLOPS_DAGSTER_POSTGRES_URL
-fi
+# compose.yaml pastes the password into $MLOPS_DAGSTER_POSTGRES_URL: a character with a meaning in a URL ('@', ':',
+# '%', '?', '#', ...) would break it (a host name made of the password's end, retried for a minute): said at once
+case "${MLOPS_POSTGRES_PASSWORD:-}" in
+  *[!A-Za-z0-9._~+=/-]*)
+    echo "entrypoint: MLOPS_POSTGRES_PASSWORD holds a character a URL cannot carry as it is: use letters, digits" \
+      "and . _ ~ + = / - only (PostgreSQL keeps the password it was first started with: change it there too)" >&2
+    exit 1 ;;
+esac
 mkdir -p "$DAGSTER_HOME"
 flock "$DAGSTER_HOME/.mlops-home.lock" mlops home >/dev/null
 exec "$@"

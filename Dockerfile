@@ -42,8 +42,10 @@ ARG UID=10001
 RUN useradd --uid "${UID}" --user-group --create-home --home-dir /home/mlops mlops \
  && mkdir -p /data \
  && chown mlops:mlops /data
+# MLOPS_IN_IMAGE: hints say what to run in the image (it has no Makefile)
 ENV MLOPS_DATA_DIR=/data \
-    DAGSTER_HOME=/data/dagster_home
+    DAGSTER_HOME=/data/dagster_home \
+    MLOPS_IN_IMAGE=1
 VOLUME /data
 USER mlops
 # 3000 dagster-webserver, 4000 the code location server, 8000 mlops serve

@@ -50,8 +50,10 @@ from mlops_assets.core.settings import (
     DAGSTER_POSTGRES_URL_ENV,
     Settings,
     SettingsError,
+    in_image,
     load_settings,
     prepare_dagster_home,
+    train_hint,
 )
 from mlops_assets.core.specs import FeedSpec, ModelSpec
 from mlops_assets.core.status import format_models, format_runs, format_status, model_overview, store_status
@@ -162,7 +164,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(
         f"Done in {elapsed:.1f} s: {counts['landed']} new, {counts['replaced']} replaced, {counts['unchanged']} unchanged{partitions}."
     )
-    if args.month and counts["landed"] + counts["replaced"]:
+    if args.month and counts["landed"] + counts["replaced"] and in_image():
+        print(f"Next: the stack's landing sensor refreshes {args.month} by itself (validation, features, monitoring).")
+    elif args.month and counts["landed"] + counts["replaced"]:
         # (a range is what `make pipeline` lands before running the job itself: no hint in the middle of its output)
         print(
             f"Next: with `make ui` running, the landing sensor refreshes {args.month} by itself (validation, features,\n"
@@ -250,6 +254,10 @@ def where_and_next(settings: Settings, overviews: list[dict[str, Any]]) -> str:
         report = settings.model(overview["name"]).reports_dir / "evaluation" / str(champion) / "report.md"
         shown = _shown(report) if champion and report.exists() else "none yet (no champion)"
         lines.append(f"  {overview['name']:<22}{shown}")
+    if in_image():  # the compose stack: its UI and service already run (deploy/README.md)
+        if not any(overview["champion"] for overview in overviews):
+            lines += ["Next: " + train_hint()]
+        return "\n".join(lines)
     if not any(overview["champion"] for overview in overviews):
         lines += ["Next:", "  make pipeline   land Jan-Mar 2013 and train every model (then this lists them)"]
         return "\n".join(lines)

@@ -243,6 +243,26 @@ def test_the_summary_says_what_to_do_next_and_how_to_call_mlops(
     assert "what the platform holds" in out.split("status", 1)[1], out
 
 
+def test_in_the_image_the_next_steps_name_its_commands_not_the_makefile(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform image has no Makefile (deploy/README.md): `make pipeline` there was no rule to make target."""
+    from mlops_assets.catalog import CATALOG
+    from mlops_assets.core.settings import IN_IMAGE_ENV
+    from mlops_assets.serving.store import load_store
+
+    monkeypatch.setenv(IN_IMAGE_ENV, "1")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "dagster job launch -w /app/deploy/workspace.yaml -j training_pipeline" in out and "make " not in out
+    _registry_with_history(settings)
+    assert main(["models"]) == 0
+    assert "make " not in capsys.readouterr().out  # the stack's UI and service already run
+    with pytest.raises(FileNotFoundError, match="mlops replay --through YYYY-MM`, then `dagster job launch") as refused:
+        load_store(CATALOG.models[0].features, settings.data_dir / "nowhere", None)
+    assert "make " not in str(refused.value)
+
+
 def test_the_next_steps_line_up_each_command_beside_what_it_does() -> None:
     lines = command_table(
         [("make ui", "the Dagster UI " + "and more " * 20), (".venv/bin/mlops status", "what the platform holds")]

@@ -28,6 +28,8 @@ DEFAULT_SENSOR_INTERVAL_S = 30
 #: A PostgreSQL URL (``postgresql+psycopg2://user:password@host:port/db``): when set, the Dagster instance stores its
 #: runs, event logs and schedules there instead of SQLite files in ``$DAGSTER_HOME``. Every Dagster process reads it.
 DAGSTER_POSTGRES_URL_ENV = "MLOPS_DAGSTER_POSTGRES_URL"
+#: Set in the platform image (Dockerfile): what to do next is said with the image's commands, as it has no Makefile.
+IN_IMAGE_ENV = "MLOPS_IN_IMAGE"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -212,3 +214,25 @@ def prepare_dagster_home(home: Path, postgres: bool | None = None) -> Path:
         shutil.copyfile(source, staging)
         os.replace(staging, target)
     return home
+
+
+def in_image() -> bool:
+    """Whether this process runs in the platform image (a container of the compose stack, a one-off ``mlops``)."""
+    return bool(os.environ.get(IN_IMAGE_ENV))
+
+
+def train_hint() -> str:
+    """How to train and promote the first models, in this checkout or in the image (deploy/README.md)."""
+    if in_image():
+        return (
+            "land months and train them (`mlops replay --through YYYY-MM`, then `dagster job launch -w "
+            '/app/deploy/workspace.yaml -j training_pipeline --tags "$(mlops months --tags)"`: deploy/README.md)'
+        )
+    return "run `make pipeline`"
+
+
+def refresh_hint() -> str:
+    """Who refreshes a landed month's features and online stores."""
+    if in_image():
+        return "the stack's landing sensor does it by itself"
+    return "`make ui`'s landing sensor does it, or `make pipeline THROUGH=YYYY-MM`"

@@ -34,7 +34,7 @@ from mlops_assets.core.landing import utc_now
 from mlops_assets.core.online import OnlineStore
 from mlops_assets.core.prediction_log import PredictionLog, log_schema
 from mlops_assets.core.registry import Registry, UnknownVersionError
-from mlops_assets.core.settings import Settings
+from mlops_assets.core.settings import Settings, refresh_hint, train_hint
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.serving.config import ServeConfig
 from mlops_assets.serving.models import (
@@ -166,14 +166,14 @@ class PredictionService:
         if models is None or models.value.champion is None:
             detail = f" ({self.models.error})" if self.models.error else ""
             raise Unavailable(
-                f"model {self.name} has no champion in {self.registry.root}{detail}: run `make pipeline` to train and "
+                f"model {self.name} has no champion in {self.registry.root}{detail}: {train_hint()} to train and "
                 f"promote one (or `mlops rollback --model {self.name} --to VERSION`); the service picks it up "
                 "without a restart"
             )
         if store is None:
             detail = f" ({self.store.error})" if self.store.error else ""
             raise Unavailable(
-                f"model {self.name} has no online store in {self.paths.online_store_dir}{detail}: run `make pipeline` "
+                f"model {self.name} has no online store in {self.paths.online_store_dir}{detail}: {train_hint()} "
                 f"(or materialize {self.name}/online_store); the service picks it up without a restart"
             )
         return _Snapshot(models.value, store.value)
@@ -348,8 +348,8 @@ class PredictionService:
                         where,
                         f"its prediction time {time_.isoformat(timespec='minutes')} UTC is {age:.1f} h past the "
                         f"newest facts of online store {version} ({newest} UTC); features older than {limit:g} h are "
-                        f"not served: land newer months (`mlops replay --month YYYY-MM`) and refresh the store (the "
-                        f"landing sensor of `make ui` does it, or `make pipeline THROUGH=YYYY-MM`), then ask again",
+                        f"not served: land newer months (`mlops replay --month YYYY-MM`) and refresh the store ("
+                        f"{refresh_hint()}), then ask again",
                     )
                 )
         if errors:
@@ -491,11 +491,11 @@ class PredictionService:
         problems = [*(models.value.problems if models is not None else ())]
         # each problem once: what failed to load, or what is missing and how to make it
         if champion is None:
-            problems.append(f"no champion model for {self.name}: {self.models.error or 'run `make pipeline`'}")
+            problems.append(f"no champion model for {self.name}: {self.models.error or train_hint()}")
         elif self.models.error:
             problems.append(self.models.error)
         if store is None:
-            missing = f"run `make pipeline` (or materialize {self.name}/online_store)"
+            missing = f"{train_hint()} (or materialize {self.name}/online_store)"
             problems.append(f"no online store for {self.name}: {self.store.error or missing}")
         elif self.store.error:
             problems.append(self.store.error)
@@ -534,7 +534,7 @@ class PredictionService:
                 "champion": None,
                 "challenger": None,
                 "shadow": None,
-                "problems": [self.models.error or "no registry aliases yet: run `make pipeline`"],
+                "problems": [self.models.error or f"no registry aliases yet: {train_hint()}"],
             }
         models = loaded.value
         serving = {CHAMPION: models.champion, CHALLENGER: models.challenger, SHADOW: models.shadow}

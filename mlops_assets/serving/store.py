@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from mlops_assets.core.online import OnlineStore, current_version
+from mlops_assets.core.settings import train_hint
 from mlops_assets.core.specs import FeatureTableSpec
 from mlops_assets.serving.reloading import Reloading
 from mlops_assets.serving.rows import RowFeatures
@@ -34,7 +35,7 @@ def load_store(spec: FeatureTableSpec, root: Path, version: str | None) -> Serve
     """The export ``version`` (what ``CURRENT`` said when the change was seen), refusing a missing one."""
     if version is None:
         raise FileNotFoundError(
-            f"no online store under {root}: run `make pipeline` (or materialize the model's online_store asset)"
+            f"no online store under {root}: {train_hint()} (or materialize the model's online_store asset)"
         )
     store = OnlineStore.load(spec, root, version)
     return ServedStore(store, store.key_types)

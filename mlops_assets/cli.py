@@ -631,12 +631,13 @@ def refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> 
     if command is None:
         return
     known = [option for action in command._actions for option in action.option_strings]
+    suggestable = [option for option in known if option not in ("-h", "--help")]  # never what was meant
     for token in argv[argv.index(name) + 1 :]:
         if token == "--":
             return
         option = token.split("=", 1)[0]
         if option.startswith("--") and option not in known and not any(k.startswith(option) for k in known):
-            nearest = difflib.get_close_matches(option, known, n=1)
+            nearest = difflib.get_close_matches(option, suggestable, n=1)
             command.error(f"unknown option {option}" + (f" (did you mean {nearest[0]}?)" if nearest else ""))
 
 

@@ -147,9 +147,12 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
             listing = f"`DAGSTER_HOME={shlex.quote(home)} dagster run list`"  # as given: this instance's runs
         else:
             home, listing = "(an ephemeral instance)", "`dagster run list`"
+        short = (
+            f" (a run id's start names a run from {RUN_ID_PREFIX} characters on)" if len(run_id) < RUN_ID_PREFIX else ""
+        )
         raise ValueError(
-            f"no run {run_id!r} in the Dagster instance at {home}: copy a failed run's id from {listing} or the UI's "
-            "Runs page"
+            f"no run {run_id!r} in the Dagster instance at {home}{short}: copy a failed run's id from {listing} or "
+            "the UI's Runs page"
         )
     run_id = run.run_id  # the whole id, when given its first characters
     owner = run.tags.get(MODEL_TAG)

@@ -38,6 +38,7 @@ from mlops_assets.core.timeline import (
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.keys import keys_of, retraining_job_name, sensor_name
 from mlops_assets.defs.monitor import SHADOW, latest_month_record
+from mlops_assets.defs.progress import root_cause
 from mlops_assets.defs.sensors import REASON_TAG, TRIGGER_TAG
 from mlops_assets.ticks import ExecutedRun, Ticker
 
@@ -93,13 +94,8 @@ def failed_runs(instance: dg.DagsterInstance, runs: list[ExecutedRun]) -> str:
 
 
 def _error_line(error: Any) -> str:
-    """A step's error in one line: the description of a ``dg.Failure`` (the platform's own words), else the
-    exception's short class name and its message."""
-    text = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
-    qualified, _, message = text.partition(": ")
-    if message and qualified.endswith(error.cls_name):
-        text = message if error.cls_name == "Failure" else f"{error.cls_name}: {message}"
-    return text[:300]
+    """A step's error in one line, as the run's console says it (``defs.progress.root_cause``)."""
+    return (root_cause(error) or error.cls_name)[:300]
 
 
 def month_row(
@@ -244,7 +240,7 @@ def simulate(
                 f"           {month}: drift={'yes' if row.drifted else 'no'} ({row.drift_share or 0:.0%} features; top {row.top_drifted or '-'}), "
                 f"champion {row.champion_version} AUC {_fmt(row.champion_live_auc)} vs frozen {_fmt(row.frozen_live_auc)}; "
                 + (
-                    f"retrained ({row.retrain_trigger}): {row.challenger_version} {'PROMOTED' if row.promoted else 'kept ' + row.champion_after}"
+                    f"retrained ({row.retrain_trigger}): {row.challenger_version or '-'} {_outcome(row)}"
                     if row.retrained
                     else "no retrain"
                 )
@@ -260,6 +256,15 @@ def simulate(
         f"(plot timeline.png), table {model.name}.timeline in {settings.warehouse_path}."
     )
     return frame
+
+
+def _outcome(row: TimelineRow) -> str:
+    """What came of the month's retraining: promoted, kept out by the gates, or no decision (a run failed first)."""
+    if row.promoted:
+        return "PROMOTED"
+    if not row.decision and row.failed_runs:
+        return f"no decision (a run failed): {row.champion_after} serves on"
+    return f"kept {row.champion_after}"
 
 
 def _fmt(value: float | None) -> str:

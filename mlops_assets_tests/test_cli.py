@@ -116,6 +116,7 @@ def test_an_alias_naming_a_missing_version_or_a_damaged_metadata_file_is_flagged
         (["replay", "--thru", "2013-03"], "unknown option --thru (did you mean --through?)"),
         (["status", "--jsn"], "unknown option --jsn (did you mean --json?)"),
         (["months", "--tagz=x"], "unknown option --tagz (did you mean --tags?)"),
+        (["models", "--model", "flight_delay"], "unknown option --model\n"),  # never "did you mean --help?"
     ],
 )
 def test_wrong_arguments_get_a_clear_error(

@@ -76,10 +76,11 @@ def not_run_line(message: str, check_steps: Mapping[str, str] | None = None) -> 
 
 def root_cause(error: Any) -> str | None:
     """The innermost error of a step failure (what the step itself raised), in one line: Dagster wraps it in an
-    "Error occurred while executing op" error whose message says nothing about the reason."""
+    "Error occurred while executing op" error whose message says nothing about the reason. A ``dg.Failure`` on the
+    way is the step's own explanation and ends the walk (what it was raised from is for the event log)."""
     if error is None:
         return None
-    while getattr(error, "cause", None) is not None:
+    while getattr(error, "cls_name", None) != "Failure" and getattr(error, "cause", None) is not None:
         error = error.cause
     message = " ".join(str(error.message).split())
     if getattr(error, "cls_name", None) == "Failure":  # dg.Failure: a step's own explanation, said without its class

@@ -94,6 +94,49 @@ def test_the_progress_console_prints_step_messages_failures_and_the_run_not_the_
     assert {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "ASSET_MATERIALIZATION"} <= stored
 
 
+def _failed_step_error(raise_it: object) -> object:
+    """The serialized error of a real step that raised what ``raise_it()`` raises, as the event log keeps it."""
+
+    @dg.op
+    def step() -> None:
+        raise_it()  # type: ignore[operator]
+
+    @dg.job
+    def fails() -> None:
+        step()
+
+    executed = fails.execute_in_process(raise_on_error=False)
+    [failure] = [e for e in executed.all_events if e.is_step_failure]
+    return failure.step_failure_data.error
+
+
+def test_a_failed_steps_line_is_its_own_words_or_the_innermost_error() -> None:
+    """What the console prints for a failed step (and `mlops simulate` records): a dg.Failure's description, even
+    raised from a library's error (the spec-terms message of a feature build that does not fit its SQL), else the
+    innermost error, not Dagster's "Error occurred while executing op" wrapper."""
+    from mlops_assets.defs.progress import root_cause
+    from mlops_assets.simulation import _error_line
+
+    def failure_from_polars() -> None:
+        try:
+            raise KeyError('unable to find column "is_delayed"')
+        except KeyError as error:
+            raise dg.Failure(description="feature table x does not fit its SQL: gives no column is_delayed") from error
+
+    def plain_error() -> None:
+        raise NotADirectoryError(20, "Not a directory", "/data/reports/flight_delay/evaluation/v0002")
+
+    explained = _failed_step_error(failure_from_polars)
+    assert root_cause(explained) == "feature table x does not fit its SQL: gives no column is_delayed"
+    assert _error_line(explained) == root_cause(explained)
+    innermost = _failed_step_error(plain_error)
+    assert (
+        root_cause(innermost)
+        == "NotADirectoryError: [Errno 20] Not a directory: '/data/reports/flight_delay/evaluation/v0002'"
+    )
+    assert _error_line(innermost) == root_cause(innermost)
+
+
 def test_a_replayed_month_run_leaves_the_reference_tables_in_sync_with_their_landed_files(settings: Settings) -> None:
     """`mlops replay` records what landed as the landing sources' data versions, so the raw step records the version
     it read: nothing shows "Unsynced" after a clean first run."""

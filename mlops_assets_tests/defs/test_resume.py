@@ -42,7 +42,7 @@ def test_resume_reruns_only_the_failed_step_and_what_follows(settings: Settings)
         assert "flight_cancellation__challenger" in done  # the other model is not held back by this one's failure
 
         registry_dir.unlink()  # the cause is fixed
-        with pytest.raises(ValueError, match="no run"):
+        with pytest.raises(ValueError, match=r"no run .* \(a run id's start names a run from 8 characters on\)"):
             resume_run(failed.run_id[:7], instance)  # too short to name a run
         # the 8 characters the run's console printed ("training_pipeline: run 91ddda38 started") name it
         resumed = resume_run(failed.run_id[:8], instance)

@@ -182,10 +182,10 @@ class Registry:
                 return entry
         return None
 
-    def logged_versions(self) -> set[str]:
-        """The versions a ``registered`` event names (an unreadable log names none)."""
+    def logged_versions(self, event: str = "registered") -> set[str]:
+        """The versions an ``event`` event names (an unreadable log names none)."""
         try:
-            return {e["version"] for e in self.events() if e["event"] == "registered" and e.get("version")}
+            return _versions_named(self.events(), event)
         except RegistryDamaged:
             return set()
 
@@ -248,7 +248,7 @@ class Registry:
         self.get(version)  # only a registered version has an evaluation
         data = json.dumps(result.to_json(), indent=1, allow_nan=False).encode()
         path = self.evaluations_dir / f"{version}.json"
-        if path.exists() and path.read_bytes() == data and version in self._evaluated_versions():
+        if path.exists() and path.read_bytes() == data and version in self.logged_versions("evaluated"):
             return  # the same evaluation again (a re-executed run): already stored and logged
         write_atomic(path, data)
         auc = result.metrics["challenger"].get("roc_auc")
@@ -261,12 +261,6 @@ class Registry:
             reason=f"evaluated on {result.test_month} against {result.champion_version or 'no champion'}: "
             f"ROC AUC {'undefined' if auc is None else f'{auc:.4f}'}",
         )
-
-    def _evaluated_versions(self) -> set[str]:
-        try:
-            return {e["version"] for e in self.events() if e["event"] == "evaluated" and e.get("version")}
-        except RegistryDamaged:
-            return set()
 
     def evaluation(self, version: str) -> EvaluationResult | None:
         """The latest evaluation of ``version`` (None: never evaluated). Raises :class:`RecordError` when the stored
@@ -650,10 +644,9 @@ def examine(registry: Registry) -> list[Finding]:
 def _unregistered_versions(registry: Registry) -> list[str]:
     """Stored versions no ``registered`` event names (none when the event log cannot be read: its own finding)."""
     try:
-        registry.events()
+        logged = _versions_named(registry.events(), "registered")
     except RegistryDamaged:
         return []
-    logged = registry.logged_versions()
     return [version for version in registry.versions() if version not in logged]
 
 
@@ -737,6 +730,10 @@ def _repair_locked(registry: Registry) -> list[str]:
             "with `mlops rollback --to V`"
         )
     return done
+
+
+def _versions_named(events: list[dict[str, Any]], event: str) -> set[str]:
+    return {e["version"] for e in events if e["event"] == event and e.get("version")}
 
 
 def _remove(path: Path) -> None:

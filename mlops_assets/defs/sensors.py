@@ -407,7 +407,7 @@ def build_recovery_sensor(interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.Sen
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Marks failed the runs whose process is gone (killed, crashed, or in a code-server container that "
         f"restarted: silent for {HEARTBEAT_STALE_S:.0f} s) and frees their `duckdb` slot, so the run queue moves on "
-        "and the run's retry re-executes it from its failure (`mlops_assets/recovery.py`). Starts no run itself.",
+        "and the run retries re-execute it from its failure (`mlops_assets/recovery.py`). Starts no run itself.",
     )
     def run_recovery(context: dg.SensorEvaluationContext) -> dg.SkipReason:
         report = recover_dead_runs(context.instance)

@@ -197,6 +197,30 @@ def test_a_run_in_a_container_gone_silent_is_recovered_by_the_daemons_sensor(ins
     assert sensor(dg.build_sensor_context(instance=instance)).skip_message == "no run whose process died"  # type: ignore[union-attr]
 
 
+def test_a_run_recovered_for_its_silence_is_one_the_run_retries_take() -> None:
+    """dagster.yaml's run retries skip runs that failed for a real reason (a step's failure): a run marked failed
+    by the recovery is taken, so the daemon re-executes it from its failure."""
+    from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
+
+    from mlops_assets.recovery import HEARTBEAT_STALE_S, HEARTBEAT_TAG
+
+    retries = {"run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}}
+    with instance_for_test(overrides=retries) as retrying:
+        other_container = ProcessIdentity(**{**_exited_child().__dict__, "pid_namespace": "pid:[4026530000]"})
+        run_id = str(uuid.uuid4())
+        tags = {
+            PROCESS_TAG: json.dumps({"run_id": run_id, **json.loads(other_container.to_json())}),
+            HEARTBEAT_TAG: str(int(time.time() - HEARTBEAT_STALE_S - 5)),
+        }
+        retrying.add_run(
+            dg.DagsterRun(job_name="training_pipeline", run_id=run_id, status=dg.DagsterRunStatus.STARTED, tags=tags)
+        )
+        assert [r.run_id for r in recover_dead_runs(retrying).recovered] == [run_id]
+        failed = retrying.get_run_by_id(run_id)
+        assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+        assert should_retry(failed, retrying)
+
+
 def test_a_running_run_says_it_is_alive(instance: dg.DagsterInstance) -> None:
     from mlops_assets.recovery import HEARTBEAT_TAG, RecoveryWatch, record_run_process, silent_for
 

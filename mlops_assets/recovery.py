@@ -111,10 +111,8 @@ def record_run_process(instance: dg.DagsterInstance, run_id: str) -> ProcessIden
         PID_TAG: str(identity.pid),
         HOST_TAG: identity.host,
     }
-    run = instance.get_run_by_id(run_id)
-    if run is not None and any(run.tags.get(key) != value for key, value in tags.items()):
-        instance.add_run_tags(run_id, tags)
-    beat(instance, run_id)
+    # with its first heartbeat, in one write
+    instance.add_run_tags(run_id, {**tags, HEARTBEAT_TAG: str(int(time.time()))})
     return identity
 
 

@@ -6,6 +6,9 @@
 # Both create the virtual environment .venv and install the project first when pyproject.toml changed.
 
 PYTHON ?= python3
+# setuptools warns in a box, at every editable install, that a folder named like the package may shadow it: here
+# that folder is the package itself, so the box says nothing to a new user
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -24,9 +27,7 @@ $(BIN)/.installed: pyproject.toml
 	@echo "==> installing mlops_assets into $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	@# setuptools warns in a box, at every editable install, that a folder named like the package may shadow it:
-	@# here that folder is the package itself, so the box says nothing to a new user
-	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ".[dev]"
+	$(QUIET_EDITABLE) $(BIN)/pip install --quiet -e ".[dev]"
 	@touch $@
 
 pipeline: $(BIN)/.installed compile
@@ -58,7 +59,7 @@ BENCHMARKS := feature_build training_pipeline training_settings monthly_refresh 
 
 # The benchmarks' extra dependencies, installed when pyproject.toml changed (not at every run)
 $(BIN)/.installed-bench: $(BIN)/.installed pyproject.toml
-	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(QUIET_EDITABLE) $(BIN)/pip install --quiet -e ".[dev,bench]"
 	@touch $@
 
 bench: $(BIN)/.installed-bench compile
@@ -83,7 +84,7 @@ $(BENCH_DRIFT_VENV)/bin/.installed: pyproject.toml
 	@echo "==> installing mlops_assets[bench-drift] into $(BENCH_DRIFT_VENV)"
 	$(PYTHON) -m venv $(BENCH_DRIFT_VENV)
 	$(BENCH_DRIFT_VENV)/bin/pip install --quiet --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(BENCH_DRIFT_VENV)/bin/pip install --quiet -e ".[bench-drift]"
+	$(QUIET_EDITABLE) $(BENCH_DRIFT_VENV)/bin/pip install --quiet -e ".[bench-drift]"
 	@touch $@
 
 bench-drift: $(BENCH_DRIFT_VENV)/bin/.installed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -280,6 +281,18 @@ class FeatureTableSpec:
                 f"feature table {self.name}: time_zone {self.time_zone!r} is no IANA time zone (e.g. "
                 "'America/New_York'): fix its FeatureTableSpec"
             ) from None
+        # a month is built from its own rows and lookback_days of context before it: a window or lookup reaching
+        # further would see less in a monthly build than in a full one (the CATALOG test also catches what the label's
+        # delay adds to that reach)
+        lookback = timedelta(days=self.lookback_days)
+        reaches = [(w.mean_name, w.window) for w in self.windows]
+        reaches += [(lookup.name, lookup.max_age) for lookup in self.lookups if lookup.max_age is not None]
+        too_far = [f"{name} ({reach})" for name, reach in reaches if reach > lookback]
+        if too_far:
+            raise ValueError(
+                f"feature table {self.name}: lookback_days={self.lookback_days} is shorter than what "
+                f"{', '.join(too_far)} reaches back: raise lookback_days in its FeatureTableSpec"
+            )
 
     @property
     def sql(self) -> str:

@@ -58,6 +58,20 @@ def test_a_time_zone_that_does_not_exist_is_refused_when_the_feature_table_is_de
         dataclasses.replace(TOY_MODEL.features, time_zone="America/NewYork")
 
 
+def test_a_lookback_shorter_than_a_window_or_a_lookup_is_refused_when_the_feature_table_is_defined() -> None:
+    """Caught only by the month-alone build of a registered table before: a monthly build would see less context."""
+    from mlops_assets.models.flight_delay import FLIGHT_FEATURES
+
+    with pytest.raises(
+        ValueError,
+        match=r"lookback_days=7 is shorter than what route_delay_rate_30d \(30 days, 0:00:00\) reaches back",
+    ):
+        dataclasses.replace(FLIGHT_FEATURES, lookback_days=7)
+    with pytest.raises(ValueError, match=r"lookback_days=2 is shorter than .*previous NYC departure within 72 h"):
+        dataclasses.replace(FLIGHT_FEATURES, lookback_days=2, windows=())
+    assert dataclasses.replace(FLIGHT_FEATURES, lookback_days=30).lookback_days == 30  # a window of 30 days fits
+
+
 @pytest.mark.parametrize("spec", CATALOG.feature_tables, ids=lambda s: s.name)
 def test_every_registered_feature_sql_fits_its_spec(spec: FeatureTableSpec) -> None:
     """Run on empty copies of the feed's validated tables: every column the spec names and the engine does not add,

@@ -54,6 +54,8 @@ RULE_CODES_STILL_USED = "codes_still_used"
 RULE_FUTURE_MONTH = "month_in_future"
 #: A file in the landing zone whose name does not follow the layout (logged at stage ``landing``, never ingested).
 RULE_MISNAMED_FILE = "misnamed_file"
+#: A file named as a batch that cannot be read (a broken link, no read permission): logged at stage ``landing`` too.
+RULE_UNREADABLE_FILE = "unreadable_file"
 #: ``column_name`` of a rule about a whole row rather than one column.
 WHOLE_ROW = "<row>"
 

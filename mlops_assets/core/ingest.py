@@ -33,6 +33,7 @@ from mlops_assets.core.contracts import (
     RULE_FUTURE_MONTH,
     RULE_MISNAMED_FILE,
     RULE_READABLE,
+    RULE_UNREADABLE_FILE,
     BatchUnreadableError,
     BatchVerdict,
     RuleFailures,
@@ -48,9 +49,9 @@ from mlops_assets.core.landing import (
     LandedFile,
     MisnamedFile,
     checksum_path,
+    file_version,
     recorded_checksum,
     sha256_bytes,
-    sha256_file,
     write_atomic,
 )
 from mlops_assets.core.specs import ContractContext, TableSpec
@@ -310,12 +311,13 @@ def record_misnamed(
     log = ensure_batch_log(conn)
     logged: list[MisnamedFile] = []
     for item in misnamed:
-        digest = sha256_file(item.path) if item.path.is_file() else None
+        digest = file_version(item.path)
+        rule = RULE_UNREADABLE_FILE if item.unreadable else RULE_MISNAMED_FILE
         (seen,) = fetch_row(
             conn,
             f"SELECT count(*) FROM {log} WHERE stage = 'landing' AND rule = ? AND source_file = ? "
             "AND sha256 IS NOT DISTINCT FROM ?",
-            [RULE_MISNAMED_FILE, item.relative_name, digest],
+            [rule, item.relative_name, digest],
         )
         if seen:
             continue
@@ -329,7 +331,7 @@ def record_misnamed(
                 "source_file": item.relative_name,
                 "sha256": digest,
                 "accepted": False,
-                "rule": RULE_MISNAMED_FILE,
+                "rule": rule,
                 "message": f"{item.relative_name}: not ingested: {item.reason}",
                 "rows_landed": 0,
                 "rows_valid": 0,

@@ -72,6 +72,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_version(path: Path) -> str | None:
+    """The sha256 of a file, or None for a folder or a file that cannot be read (any more)."""
+    try:
+        return sha256_file(path) if path.is_file() else None
+    except OSError:
+        return None
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -178,12 +186,14 @@ class MisnamedFile:
         table: the table it was most likely meant for (its folder, or the table a reference file's name spells in
             another case), or None when nothing says which.
         reason: what is wrong and what the layout expects.
+        unreadable: the name follows the layout but the file cannot be read (a broken link, no read permission).
     """
 
     path: Path
     relative_name: str
     table: str | None
     reason: str
+    unreadable: bool = False
 
 
 def _batch_name_problem(folder: str, name: str) -> str | None:
@@ -234,8 +244,8 @@ def _survey(
     if not landing_dir.exists():
         return entries, misnamed
 
-    def report(path: Path, table: str | None, reason: str) -> None:
-        misnamed.append(MisnamedFile(path, path.relative_to(landing_dir).as_posix(), table, reason))
+    def report(path: Path, table: str | None, reason: str, unreadable: bool = False) -> None:
+        misnamed.append(MisnamedFile(path, path.relative_to(landing_dir).as_posix(), table, reason, unreadable))
 
     layout = "batches land as <table>/<YYYY-MM>.parquet or reference/<table>.parquet"
     for top in sorted(landing_dir.iterdir()):
@@ -277,6 +287,12 @@ def _survey(
                 report(path, _meant_for(top.name, name), problem)
                 continue
             stem = name.removesuffix(BATCH_SUFFIX)
+            if not path.is_file() or not os.access(path, os.R_OK):
+                # reported, not raised: one such file stopped the landing sensor's every tick, every month with it
+                why = "a link to nothing" if path.is_symlink() and not path.exists() else "the platform may not read it"
+                meant = stem if top.name == REFERENCE_FOLDER else top.name
+                report(path, meant, f"unreadable ({why}): give it read permission or land it again", unreadable=True)
+                continue
             if top.name != REFERENCE_FOLDER:
                 entries.append((top.name, stem, path))
             elif tables is not None and stem not in tables:
@@ -304,7 +320,13 @@ def misnamed_files(landing_dir: Path, tables: Collection[str] | None = None) -> 
 def scan_landing(landing_dir: Path) -> list[LandedFile]:
     """Every landed parquet file with the sha256 of its current bytes (computed here: the ingest step compares them
     with the checksum files)."""
-    return [_scanned(table, month, path) for table, month, path in _walk_layout(landing_dir)]
+    scanned = []
+    for table, month, path in _walk_layout(landing_dir):
+        try:
+            scanned.append(_scanned(table, month, path))
+        except FileNotFoundError:  # removed since the listing: the next scan says what is there then
+            continue
+    return scanned
 
 
 def _scanned(table: str, month: str | None, path: Path) -> LandedFile:

@@ -10,7 +10,7 @@ import dagster as dg
 
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.features import feature_set_version, months_reading
-from mlops_assets.core.landing import misnamed_files, plan_refresh, scan_landing, sha256_file, shift_month
+from mlops_assets.core.landing import file_version, misnamed_files, plan_refresh, scan_landing, shift_month
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
 from mlops_assets.core.policy import RollbackPolicy, rollback_reasons
 from mlops_assets.core.records import DriftSummary, LiveSummary
@@ -216,12 +216,14 @@ def misnamed_observations(
     They are never ingested (the ingest step also records them in ``quarantine.batches``)."""
     observations = []
     for item in misnamed_files(storage.landing_dir, set(tables)):
-        version = sha256_file(item.path) if item.path.is_file() else "folder"
+        version = file_version(item.path) or ("folder" if item.path.is_dir() else "unreadable")
         key = f"misnamed:{item.relative_name}"
         cursor[key] = version
         if previous.get(key) == version:
             continue  # reported on an earlier tick
-        warn(f"misnamed file, not ingested: {item.relative_name}: {item.reason}")
+        warn(
+            f"{'unreadable' if item.unreadable else 'misnamed'} file, not ingested: {item.relative_name}: {item.reason}"
+        )
         if item.table in tables:
             metadata = {"misnamed_file": item.relative_name, "reason": item.reason, "sha256": version}
             observation = dg.AssetObservation(

@@ -3,6 +3,7 @@ evaluates the sensors."""
 
 import io
 import json
+from datetime import datetime
 
 import dagster as dg
 import duckdb
@@ -11,7 +12,8 @@ import pytest
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.features import compute_features
-from mlops_assets.core.landing import find_landed, land_file
+from mlops_assets.core.ingest import record_misnamed
+from mlops_assets.core.landing import find_landed, land_file, landed_months, misnamed_files
 from mlops_assets.core.settings import DEFAULT_SENSOR_INTERVAL_S, SENSOR_INTERVAL_ENV, Settings, load_settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.features import freshness_check_keys
@@ -201,6 +203,26 @@ def test_a_misnamed_file_is_reported_once_as_an_observation_and_never_run(settin
         assert "parquet" in str(observation.metadata["reason"].value).lower()
         again = _tick(settings, instance, first.cursor)
         assert not again.asset_events  # said once per version of the file
+
+
+def test_an_unreadable_file_is_reported_and_every_other_month_still_runs(settings: Settings) -> None:
+    """A broken link (or a file the daemon's user may not read) named as a batch: it failed every tick of the landing
+    sensor, so no month was ingested. Now it is reported once, like a misnamed file, and the good months run."""
+    replay_months(settings.landing_dir, ["2013-01"], every=50)
+    broken = settings.landing_dir / "flights" / "2013-02.parquet"
+    broken.symlink_to(settings.landing_dir / "nowhere.parquet")
+    assert landed_months(settings.landing_dir) == ["2013-01"]  # not a landed month (`mlops months` leaves it out)
+    with instance_for_test() as instance:
+        first = _tick(settings, instance, None)
+        assert [r.partition_key for r in first.run_requests or []] == ["2013-01"]
+        [observation] = [e for e in first.asset_events or [] if e.tags.get(MISNAMED_TAG) == "true"]
+        assert observation.metadata["misnamed_file"].value == "flights/2013-02.parquet"
+        assert "unreadable (a link to nothing)" in str(observation.metadata["reason"].value)
+        assert not _tick(settings, instance, first.cursor).asset_events  # said once
+        conn = duckdb.connect()
+        logged = record_misnamed(conn, misnamed_files(settings.landing_dir), "run", datetime(2013, 2, 1))
+        assert [(m.relative_name, m.unreadable) for m in logged] == [("flights/2013-02.parquet", True)]
+        assert conn.execute("SELECT rule, sha256 FROM quarantine.batches").fetchall() == [("unreadable_file", None)]
 
 
 def test_how_often_the_daemon_evaluates_every_sensor_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:

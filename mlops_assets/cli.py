@@ -2,6 +2,7 @@
 
     mlops replay --through 2013-03     land Jan..Mar 2013 as the production feed would (idempotent), add the months
     mlops replay --month 2013-04       land one more month
+    mlops land FILE --table T [--month M]  land a file of one's own as a batch, with its checksum file
     mlops months [--tags]              landed months (--tags: the run tags that make a job cover all of them)
     mlops models [--json]              every registered model: feed, champion and its evaluation metrics
     mlops status [--model M] [--json]  landed months, rows, quarantine, features; per model versions, aliases, events
@@ -37,12 +38,14 @@ from mlops_assets.core.catalog import CatalogError
 from mlops_assets.core.landing import (
     LandedFile,
     incomplete_months,
+    land_file,
     landed_months,
     month_range,
     parse_month,
     reference_files,
     scan_landing,
     unlanded_references,
+    utc_now,
 )
 from mlops_assets.core.records import json_safe
 from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
@@ -176,6 +179,44 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_land(args: argparse.Namespace) -> int:
+    """Land a file of one's own (a production batch) as the feed would: atomically, with its checksum file, the month
+    made a partition. What the landing sensor or `dagster job execute` then does with it is the same as for a replay."""
+    settings = load_settings()
+    table = next((t for f in CATALOG.feeds for t in f.tables if t.name == args.table), None)
+    if table is None:
+        known = ", ".join(t.name for f in CATALOG.feeds for t in f.tables)
+        print(f"error: no table {args.table!r}; the feeds' tables: {known}", file=sys.stderr)
+        return 2
+    if table.monthly != (args.month is not None):
+        need = "give --month YYYY-MM (the month its rows are from)" if table.monthly else "drop --month"
+        kind = "a monthly table" if table.monthly else "a reference table (one file, no month)"
+        print(f"error: {table.name} is {kind}: {need}", file=sys.stderr)
+        return 2
+    try:
+        data = args.file.read_bytes()
+    except OSError as error:
+        print(f"error: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    _instance_home(settings)  # its storage settings checked before anything lands
+    landed, status = land_file(settings.landing_dir, table.name, args.month, data)
+    print(f"  {status:<9} {landed.relative_name:<28} {len(data):>11,} bytes  sha256 {landed.sha256[:12]}")
+    new = register_landed_months(settings) if args.month else []
+    if status == "unchanged":
+        print("Those bytes had landed already: nothing new to refresh (a missing checksum file was written again).")
+    elif in_image():
+        print("Next: the stack's landing sensor validates it and refreshes what reads it, by itself.")
+    else:
+        added = f" ({', '.join(new)} added as a partition)" if new else ""
+        print(
+            f"Landed{added}. Next: `make ui`, whose landing sensor validates it and refreshes what reads it, or by hand\n"
+            '      DAGSTER_HOME="$(mlops home)" dagster job execute -m mlops_assets.definitions -j training_pipeline \\\n'
+            '          --tags "$(mlops months --tags)"\n'
+            "      A rejection says why (`mlops status`, quarantine.batches); the last accepted data keeps serving."
+        )
+    return 0
+
+
 def cmd_months(args: argparse.Namespace) -> int:
     """The landed months, or (``--tags``) the run tags that make a job cover all of them, as JSON."""
     from mlops_assets.defs.run_tags import range_tags
@@ -198,7 +239,25 @@ def cmd_months(args: argparse.Namespace) -> int:
         )
         _no_tags(args)
         return 1
-    incomplete = incomplete_months(settings.landing_dir, tables)
+    future = [m for m in months if m > f"{utc_now():%Y-%m}"]
+    if future:
+        # rejected at raw (month_in_future) whatever they hold: a range through them would fail every run
+        for month in future:
+            files = ", ".join(f"landing/{t}/{month}.parquet" for t in tables)
+            print(
+                f"note: {month} is after the current month, left out: a batch cannot hold the future (a wrong year "
+                f"in its name?); remove {files} with their .sha256 files, then land the rows under their month "
+                "(`mlops land FILE --table T --month YYYY-MM`)",
+                file=sys.stderr,
+            )
+        months = [m for m in months if m not in future]
+        if not months:
+            print(
+                "error: every landed month is after the current one: land the rows under their month", file=sys.stderr
+            )
+            _no_tags(args)
+            return 1
+    incomplete = {m: t for m, t in incomplete_months(settings.landing_dir, tables).items() if m not in future}
     if incomplete:
         # a run over a month some table has not landed for fails at that table's ingest: the range stops before the
         # first such month, which waits (as the landing sensor waits) until its files land
@@ -216,6 +275,10 @@ def cmd_months(args: argparse.Namespace) -> int:
         if ready[-1] != months[-1]:
             print(f"note: the months covered end at {ready[-1]}", file=sys.stderr)
         months = ready
+    if args.tags:
+        # a range names partitions: months landed by hand, with no daemon yet, are made partitions here (else the
+        # job refused the range with a traceback naming "nonexistent partition keys")
+        register_landed_months(settings)
     print(json.dumps(range_tags(months)) if args.tags else "\n".join(months))
     return 0
 
@@ -505,6 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--every", type=_positive, default=1, help="keep every n-th row (a small real feed for tests)")
     replay.set_defaults(handler=cmd_replay)
+
+    land = commands.add_parser(
+        "land", help="land a parquet file of one's own as a table's batch, with its checksum file; add its month"
+    )
+    land.add_argument("file", type=Path, help="the parquet file to land")
+    land.add_argument("--table", required=True, help="the table it is a batch of (e.g. flights, weather, planes)")
+    land.add_argument("--month", type=_month, help="the month its rows are from (monthly tables)")
+    land.set_defaults(handler=cmd_land)
 
     months = commands.add_parser(
         "months",

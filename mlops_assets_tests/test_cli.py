@@ -1,6 +1,7 @@
 """The command line as a person meets it: a damaged registry file gives one line naming the file and the repair
 (`mlops doctor`), a version failing its checksum is flagged, and wrong arguments get a clear error, not a traceback."""
 
+import hashlib
 import json
 import os
 import socket
@@ -296,6 +297,62 @@ def test_a_replay_outside_the_feed_says_why_before_landing_anything(
     printed = capsys.readouterr()
     assert said in printed.err and "Traceback" not in printed.err
     assert "Landing" not in printed.out and not settings.landing_dir.exists()
+
+
+def _partitions(settings: Settings) -> list[str]:
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        return instance.get_dynamic_partitions("months")
+
+
+def test_months_landed_by_hand_become_partitions_and_a_future_month_is_left_out(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Months landed without `mlops replay` and no daemon to add them: the range `--tags` printed named partitions the
+    instance did not have, and the job failed with a traceback. A month after the current one (a wrong year) is
+    rejected at raw whatever it holds: a range through it failed every run until the file was removed by hand."""
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    for month in ("2013-01", "2013-02", "2031-02"):
+        for table in ("flights", "weather"):
+            land_file(settings.landing_dir, table, month, b"only the layout is read")
+    for table in ("airlines", "airports", "planes"):
+        land_file(settings.landing_dir, table, None, b"only the layout is read")
+    assert main(["months", "--tags"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == range_tags(["2013-01", "2013-02"])
+    assert "note: 2031-02 is after the current month, left out" in printed.err
+    assert "remove landing/flights/2031-02.parquet, landing/weather/2031-02.parquet with their .sha256" in printed.err
+    assert _partitions(settings) == ["2013-01", "2013-02", "2031-02"]  # as the landing sensor adds them
+
+
+def test_land_puts_a_file_of_ones_own_in_the_landing_zone_with_its_checksum_and_its_month(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rejection messages name it: before, they named a Python function (`land_file`) or `mlops replay`, which
+    lands the packaged data over the user's file."""
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    delivery = tmp_path / "april delivery.parquet"
+    delivery.write_bytes(b"the rows of April")
+    assert main(["land", str(delivery), "--table", "flights", "--month", "2013-04"]) == 0
+    printed = capsys.readouterr().out
+    landed = settings.landing_dir / "flights" / "2013-04.parquet"
+    assert landed.read_bytes() == b"the rows of April"
+    digest = (settings.landing_dir / "flights" / "2013-04.parquet.sha256").read_text().split()[0]
+    assert digest == hashlib.sha256(b"the rows of April").hexdigest() and f"sha256 {digest[:12]}" in printed
+    assert "landed    flights/2013-04.parquet" in printed and "2013-04 added as a partition" in printed
+    assert _partitions(settings) == ["2013-04"]
+    assert main(["land", str(delivery), "--table", "flights", "--month", "2013-04"]) == 0
+    assert "unchanged" in capsys.readouterr().out
+    for argv, error in [
+        (["--table", "flight", "--month", "2013-04"], "no table 'flight'; the feeds' tables: flights, weather"),
+        (["--table", "flights"], "flights is a monthly table: give --month YYYY-MM"),
+        (["--table", "planes", "--month", "2013-04"], "planes is a reference table (one file, no month): drop --month"),
+    ]:
+        assert main(["land", str(delivery), *argv]) == 2
+        assert error in _error_line(capsys)
+    assert main(["land", str(tmp_path / "missing.parquet"), "--table", "planes"]) == 2
+    assert "cannot read" in _error_line(capsys) and not (settings.landing_dir / "reference").exists()
 
 
 def test_months_stop_before_a_month_a_table_has_not_landed_for(

@@ -191,7 +191,8 @@ def checksum_verdict(label: str, path: Path, actual: str, recorded: str | None) 
     if recorded is None:
         message = (
             f"{label}: no checksum file {sidecar} beside the batch, so its bytes cannot be verified (sha256 {actual}); "
-            "batch rejected whole. Land files with their checksum (`mlops replay` and land_file write both)"
+            "batch rejected whole. Land files with their checksum: `mlops land FILE --table T [--month YYYY-MM]` "
+            f"writes both (or write it yourself: `sha256sum {path.name} > {sidecar}` in its folder)"
         )
         return BatchVerdict(False, message, 0, 0, 0, rule=RULE_CHECKSUM_MISSING)
     message = (
@@ -205,9 +206,16 @@ def with_next_step(verdict: BatchVerdict, batch: Batch) -> BatchVerdict:
     """A rejection that says what to do about it (the checksum and future-month rejections say it already)."""
     if verdict.accepted or verdict.rule in (RULE_CHECKSUM_MISSING, RULE_FUTURE_MONTH):
         return verdict
+    month = f" --month {batch.month}" if batch.month else ""
+    if verdict.rows_quarantined:
+        kept = f", and the rejected rows stay in quarantine.{batch.table}"
+    elif verdict.rule == RULE_READABLE:
+        kept = f", and the file's bytes are kept under quarantine/{batch.table}/"
+    else:
+        kept = ""
     step = (
-        f". Next: land a corrected landing/{batch.source_file} with its checksum file (`land_file` writes both); "
-        "until then the last accepted data keeps serving, and the rejected rows stay in quarantine"
+        f". Next: land a corrected landing/{batch.source_file} with its checksum file (`mlops land FILE --table "
+        f"{batch.table}{month}` writes both); until then the last accepted data keeps serving{kept}"
     )
     return replace(verdict, message=verdict.message.rstrip(". ") + step)
 
@@ -221,7 +229,8 @@ def future_month_verdict(label: str, month: str | None, now: datetime) -> BatchV
         return None
     message = (
         f"{label}: month {month} is after the current month {current}: a batch cannot hold the future (a wrong year "
-        f"in the file name or the data?); batch rejected whole. Land it under the month its rows are from"
+        f"in the file name or the data?); batch rejected whole. Remove it and its checksum file from the landing zone, "
+        "then land its rows under the month they are from (`mlops land FILE --table T --month YYYY-MM`)"
     )
     return BatchVerdict(False, message, 0, 0, 0, rule=RULE_FUTURE_MONTH)
 

@@ -374,9 +374,11 @@ def test_a_file_its_checksum_does_not_vouch_for_is_rejected(base: Settings, dama
     assert str(verdict["message"]) in failed["raw/flights:schema_contract"]
     if damage == "changed-after-landing":  # says what to do, as every rejection does
         assert (
-            "Next: land a corrected landing/flights/2013-04.parquet with its checksum file"
-            in failed["raw/flights:schema_contract"]
+            "Next: land a corrected landing/flights/2013-04.parquet with its checksum file (`mlops land FILE --table "
+            "flights --month 2013-04` writes both)" in failed["raw/flights:schema_contract"]
         )
+    else:  # a command the user has, not a Python function
+        assert "`sha256sum 2013-04.parquet > 2013-04.parquet.sha256`" in str(verdict["message"])
     rows, valid, quarantined = _accounted(base)
     assert (valid, quarantined) == (0, rows)
     _assert_next_month_builds(base)

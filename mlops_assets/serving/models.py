@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from mlops_assets.core.records import RecordError, json_safe
-from mlops_assets.core.registry import VERSION_PATTERN, Registry, rollback_targets, rolled_back_from
+from mlops_assets.core.registry import VERSION_PATTERN, Registry, RegistryDamaged, rollback_targets, rolled_back_from
 from mlops_assets.core.training import TrainedModel, load_version
 from mlops_assets.serving.reloading import Reloading
 from mlops_assets.serving.rows import RowScorer
@@ -230,7 +230,8 @@ class ModelLoader:
     def build(self, token: str | None) -> ModelSet:
         state = json.loads(token) if token else {"aliases": None, "files": {}}
         # a damaged file is refused naming itself and the repair (the set serving now keeps serving)
-        aliases = self.registry.parse_aliases(state["aliases"]) if state["aliases"] else {}
+        # (an empty file is damage too: a cut write, a full disk; only no file at all means no aliases yet)
+        aliases = self.registry.parse_aliases(state["aliases"]) if state["aliases"] is not None else {}
         signatures: dict[str, str] = state["files"]
         champion = aliases.get(CHAMPION)
         challenger = aliases.get(CHALLENGER) if self.ab_share > 0 else None
@@ -245,7 +246,14 @@ class ModelLoader:
             waiting: list[str] = []
             others: dict[str, ServedModel | None] = {}
             # a version live quality took out of service answers no A/B traffic (it may still score as a shadow)
-            taken_out = rolled_back_from(self.registry) if challenger not in (None, champion) else set()
+            taken_out: set[str] = set()
+            if challenger not in (None, champion):
+                try:
+                    taken_out = rolled_back_from(self.registry)
+                except (RegistryDamaged, OSError, ValueError) as error:
+                    # whether live quality took it out is unknown: it answers no real traffic (the champion does)
+                    left_out.append(f"challenger {challenger} answers no A/B traffic: {_text(error)}")
+                    challenger = None
             for variant, version in ((CHALLENGER, challenger), (SHADOW, shadow)):
                 others[variant] = None
                 if version in (None, champion):
@@ -331,7 +339,8 @@ class ModelLoader:
             candidates.append(serving.version)
         try:
             candidates.extend(rollback_targets(self.registry))
-        except (OSError, ValueError) as error:  # an unreadable event log: the serving champion is all we know
+        except (RegistryDamaged, OSError, ValueError) as error:  # an unreadable event log: the serving champion is
+            # all we know
             logger.warning("model %s: cannot read the registry's events for a fallback: %s", self.model, error)
         if not VERSION_PATTERN.match(wanted):
             return []

@@ -308,6 +308,25 @@ def test_a_rolled_back_challenger_answers_no_ab_traffic(served: Settings) -> Non
     assert models["problems"] == [] and health["status"] == "ok", health
 
 
+def test_a_damaged_event_log_leaves_the_ab_challenger_out_and_the_champion_answers(served: Settings) -> None:
+    """Whether live quality rolled the challenger back is in the event log: unreadable, the challenger takes no A/B
+    share, and the champion answers (the whole model answered 503 before, only with A/B on)."""
+    registry = Registry(delay(served).registry_dir)
+    with registry.events_path.open("a") as log:
+        log.write('{"garbage\n')
+    with running(served, ServeConfig(port=0, ab_share=0.5)) as server:
+        status, body = server.client.post([_flight(flight=n, tailnum=None) for n in range(1, 101)])
+        _, models = server.client.get(f"/models/{DELAY}")
+        health = server.client.get("/health")[1]
+    assert status == 200 and {(a["variant"], a["model_version"]) for a in body["predictions"]} == {
+        ("champion", "v0001")
+    }
+    [problem] = models["problems"]
+    assert problem.startswith("challenger v0002 answers no A/B traffic") and "events.jsonl" in problem, problem
+    assert "mlops doctor --model flight_delay --repair" in problem
+    assert health["status"] == "degraded"
+
+
 def test_a_challenger_answers_ab_traffic_only_once_its_evaluation_stands(served: Settings) -> None:
     """A freshly trained challenger (the alias moves before its evaluation) takes no A/B share; once its evaluation is
     stored with refused scores, still none; once evaluated sound, it takes its share without a restart."""

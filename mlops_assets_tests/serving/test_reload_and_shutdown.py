@@ -207,11 +207,16 @@ def test_a_serving_champion_whose_file_is_tampered_keeps_its_verified_copy(serve
     assert [e["version"] for e in _events(registry, FALLBACK_EVENT)] == ["v0001"]
 
 
-def test_a_damaged_aliases_file_names_itself_and_the_repair_while_the_last_set_serves(served: Settings) -> None:
+@pytest.mark.parametrize("damaged", ['{"champion": "v0009"', ""], ids=["cut-short", "empty"])
+def test_a_damaged_aliases_file_names_itself_and_the_repair_while_the_last_set_serves(
+    served: Settings, damaged: str
+) -> None:
+    """A hand edit cut short, or a write that left the file empty (a crash, a full disk: it was taken for "no aliases
+    yet", and the champion answered 503 with fixes that failed on the same file)."""
     registry = Registry(delay(served).registry_dir)
     original = registry.aliases_path.read_bytes()
     with running(served) as server:
-        registry.aliases_path.write_text('{"champion": "v0009"')  # a hand edit cut short
+        registry.aliases_path.write_text(damaged)
         health = _health_until(server.client, lambda h: h["status"] == "degraded")
         status, body = server.client.post(FLIGHT)
         registry.aliases_path.write_bytes(original)

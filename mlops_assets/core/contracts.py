@@ -48,6 +48,8 @@ RULE_DUPLICATE_ROW = "duplicate_row"
 RULE_CONFLICTING_KEY = "conflicting_key"
 #: A batch-level share (a label's null share or rate) implausible against the accepted months: rejected whole.
 RULE_LABEL_IMPLAUSIBLE = "label_implausible"
+#: The same for a share of feature inputs (e.g. a month of all-null weather readings).
+RULE_VALUES_IMPLAUSIBLE = "values_implausible"
 #: A reference batch that drops codes accepted rows of other tables still use: rejected whole (validated stage).
 RULE_CODES_STILL_USED = "codes_still_used"
 #: A batch of a month after the current one (by the clock, UTC): data from the future, e.g. a wrong year (raw stage).
@@ -298,9 +300,11 @@ def implausible_share(
     The history (each accepted month's share but this one's) comes with the context, read from the warehouse by the
     caller, so that this stays a pure function of the batch.
     """
-    consequence = "the labels of this month are suspect; batch rejected whole, and nothing downstream (features, "
-    consequence += "scores, drift, retraining, promotion, rollback) uses it"
+    downstream = "batch rejected whole, and nothing downstream (features, scores, drift, retraining, promotion, "
+    downstream += "rollback) uses it"
     for rule in spec.plausibility:
+        verdict = RULE_LABEL_IMPLAUSIBLE if rule.label else RULE_VALUES_IMPLAUSIBLE
+        consequence = f"the {'labels' if rule.label else 'feature inputs'} of this month are suspect; {downstream}"
         share = share_of(batch, rule)
         history = context.history.get(rule.name, ())
         column = "+".join(rule.columns)
@@ -308,7 +312,7 @@ def implausible_share(
         if len(history) < rule.min_history:
             if share > max(rule.min_share, rule.max_share_without_history):
                 why = f"no accepted month to compare with, and above {rule.max_share_without_history:.0%} on its own"
-                return RULE_LABEL_IMPLAUSIBLE, column, f"{found} ({why}): {consequence}"
+                return verdict, column, f"{found} ({why}): {consequence}"
             continue
         typical = median(history)
         too_high = share > rule.min_share and share > rule.max_ratio * typical
@@ -320,7 +324,7 @@ def implausible_share(
                 else f"below the median / {rule.max_ratio:g}"
             )
             against = f"against a median of {typical:.1%} over {len(history)} accepted month(s)"
-            return RULE_LABEL_IMPLAUSIBLE, column, f"{found} {against} (implausible {bound}): {consequence}"
+            return verdict, column, f"{found} {against} (implausible {bound}): {consequence}"
     return None
 
 

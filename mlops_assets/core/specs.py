@@ -88,9 +88,13 @@ class ShareRule:
     ``max_ratio`` while that median is above ``min_share`` (a rate that collapses). With fewer than ``min_history``
     accepted months there is nothing to compare with: only a share above ``max_share_without_history`` is implausible.
 
+    Feature inputs too: a month of all-null weather is valid row by row, yet every model would score, monitor and
+    retrain on a month without weather (its drift looked like the model's collapse, and took it out of service).
+
     Attributes:
         name: what is counted, for people, e.g. ``"arr_delay is null"``; also the key of the history.
         rows: a boolean polars expression over the table's columns; a null counts as false.
+        label: whether the columns are labels (rule ``label_implausible``) or feature inputs (``values_implausible``).
     """
 
     name: str
@@ -100,6 +104,7 @@ class ShareRule:
     max_share_without_history: float = 0.5
     min_history: int = 1
     two_sided: bool = False
+    label: bool = True
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -43,7 +43,8 @@ def build_validated_asset(table: TableSpec, feed: FeedSpec) -> dg.AssetsDefiniti
         f"parts they repeat) and the key. Bad rows go to `quarantine.{table.name}` with the rule, the column, the "
         "source file and the whole row as JSON; an exact copy of a row is quarantined (`duplicate_row`) and the row "
         f"flows once; rows that share a key but differ are all quarantined (`conflicting_key`). Above {table.max_bad_share:.0%} bad rows, or when a plausibility rule "
-        "(e.g. a label's null share against the accepted months: `label_implausible`) is broken, the batch is "
+        "(a label's null share against the accepted months: `label_implausible`; a feature input's: "
+        "`values_implausible`) is broken, the batch is "
         "rejected whole and the last accepted state stays.",
         check_specs=[
             batch_check_spec(validated_key(table), ROW_CHECK, row_check_description(table)),

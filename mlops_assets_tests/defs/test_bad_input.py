@@ -25,6 +25,7 @@ from mlops_assets.core.contracts import (
     RULE_DUPLICATE_ROW,
     RULE_LABEL_IMPLAUSIBLE,
     RULE_MISNAMED_FILE,
+    RULE_VALUES_IMPLAUSIBLE,
 )
 from mlops_assets.core.landing import checksum_path, find_landed, land_file, sha256_bytes, write_atomic
 from mlops_assets.core.settings import Settings, load_settings
@@ -281,6 +282,30 @@ def test_a_month_of_null_labels_is_rejected_against_the_history(base: Settings) 
     rows, valid, quarantined = _accounted(base)
     assert (valid, quarantined) == (0, rows)
     assert all(frame.is_empty() for frame in _features(base, [BAD]).values())
+    _assert_next_month_builds(base)
+
+
+def test_a_month_of_null_weather_readings_is_rejected_against_the_history(base: Settings) -> None:
+    """All-null readings are valid row by row: the month was accepted, its features took the lookups' missing values,
+    and its drift took the champion out of service (a hunt found it). Rejected whole at validated, as null labels are."""
+    readings = ["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
+    weather = _clean(base, "weather")
+    _land(base, weather.with_columns(pl.lit(None, dtype=pl.Float64).alias(c) for c in readings), "weather")
+    with instance_for_test() as instance:
+        result = _run(base, instance, [BAD])
+        assert not result.success
+        failed = _failed_checks(result)
+        assert "validated/weather:row_contract" in failed
+        message = failed["validated/weather:row_contract"]
+        assert "'temp is null' holds for 100.0% of the rows against a median of 0.0% over 2 accepted month(s)" in (
+            message
+        )
+        assert "the feature inputs of this month are suspect" in message
+        assert all(BAD not in instance.get_materialized_partitions(key) for key in FEATURES)
+    verdict = _verdict(base, "validated", "weather")
+    assert (verdict["accepted"], verdict["rule"], verdict["column_name"]) == (False, RULE_VALUES_IMPLAUSIBLE, "temp")
+    rows, valid, quarantined = _accounted(base, "weather")
+    assert (valid, quarantined) == (0, rows)
     _assert_next_month_builds(base)
 
 

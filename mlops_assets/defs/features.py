@@ -1,6 +1,7 @@
 """Features: point-in-time feature tables in ``features.<name>`` (one monthly partition at a time, built once however
 many models train on them), and each model's online store export."""
 
+import json
 import time
 
 import dagster as dg
@@ -12,6 +13,7 @@ from mlops_assets.core.features import (
     FeatureBuildError,
     covered_rows,
     feature_set_version,
+    lookback_gaps,
     one_row_problems,
     sql_problems,
     write_months,
@@ -49,6 +51,21 @@ def build_feature_asset(spec: FeatureTableSpec, feed: FeedSpec) -> dg.AssetsDefi
     def _features(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         months = run_months(context)
         with duckdb.get_connection() as conn:
+            monthly = [name for name in spec.inputs if feed.table(name).monthly]
+            gaps = lookback_gaps(conn, spec, months, monthly)
+            if gaps:
+                said = "; ".join(
+                    f"{month} reads "
+                    + ", ".join(f"{table} of {'/'.join(missing)}" for table, missing in tables.items())
+                    for month, tables in gaps.items()
+                )
+                raise dg.Failure(
+                    description=f"features.{spec.name}: a month's {spec.lookback_days}-day look-back reads a month "
+                    f"without validated rows ({said}): its batch was rejected (`mlops status` says why) or has not "
+                    "landed. Built now, its windows and lookups would count nothing there. Land that month: its run "
+                    "builds these too; meanwhile nothing is built over the gap and the last good state keeps serving",
+                    metadata={"gaps": json.dumps(gaps)},
+                )
             try:  # the build checks its rows before it commits: a broken one is rolled back, never published
                 rows = write_months(conn, spec, months)
             except FeatureBuildError as error:

@@ -121,10 +121,17 @@ def build_landing_sensor(
         built: dict[str, set[str]] = {}  # per feed, the months every feature table over it has built (when asked)
 
         def built_months(feed_name: str) -> set[str]:
+            """The months whose features every table over the feed built, or whose tables were all validated (a
+            month whose features were refused for a gap in its look-back: the late month's run builds it)."""
             if feed_name not in built:
                 specs = feature_specs[feed_name]
                 partitions = [context.instance.get_materialized_partitions(features_key(spec)) for spec in specs]
-                built[feed_name] = set.intersection(*partitions) if partitions else set()
+                featured = set.intersection(*partitions) if partitions else set()
+                feed = next(f for f in catalog.feeds if f.name == feed_name)
+                validated = [
+                    context.instance.get_materialized_partitions(validated_key(t)) for t in feed.monthly_tables
+                ]
+                built[feed_name] = featured | (set.intersection(*validated) if validated else set())
             return built[feed_name]
 
         requests: list[dg.RunRequest] = []
@@ -155,7 +162,7 @@ def build_landing_sensor(
                     month, [m for m in known_in_order if m not in plan.months_to_run], feature_specs[feed.name]
                 ):
                     if reader not in built_months(feed.name):
-                        break  # never built (or its batch rejected): nothing stale there, and a range through it
+                        break  # never validated (its batch rejected, or its run failed before): a range through it
                         # would stop at its rejection
                     readers.append(reader)
                 span = range_tags([month, readers[-1]]) if readers else {}

@@ -31,6 +31,7 @@ from mlops_assets.core.landing import checksum_path, find_landed, land_file, sha
 from mlops_assets.core.settings import Settings, load_settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.partitions import register_months
+from mlops_assets.defs.progress import root_cause
 from mlops_assets.defs.run_tags import range_tags
 from mlops_assets.feeds.nycflights13 import replay_months
 from mlops_assets_tests.conftest import instance_for_test
@@ -160,14 +161,31 @@ def _failed_checks(result: dg.ExecuteInProcessResult) -> dict[str, str]:
     }
 
 
+def _validated_months(settings: Settings, table: str) -> set[str]:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        return {row[0] for row in conn.execute(f"SELECT DISTINCT _month FROM validated.{table}").fetchall()}
+
+
 def _assert_next_month_builds(settings: Settings) -> None:
-    """A later run is healthy: the next month lands and builds, one feature row per validated flight."""
+    """A later run is healthy: the next month lands and builds, one feature row per validated flight. When the bad
+    month left no validated rows, the next month's look-back reads a gap: it is validated, but its features wait for
+    the bad month (built over the gap they would count nothing there), and build once it lands corrected."""
     _clean(settings, month=NEXT)
+    gap = [t for t in ("flights", "weather") if BAD not in _validated_months(settings, t)]
     with instance_for_test() as instance:
         result = _run(settings, instance, [NEXT])
+        if gap:
+            assert not result.success
+            assert all(NEXT in _validated_months(settings, t) for t in ("flights", "weather"))
+            refusals = [root_cause(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
+            said = f"2013-05 reads {gap[0]} of 2013-04"
+            assert refusals and all(said in str(line) for line in refusals), refusals
+            assert all(NEXT not in instance.get_materialized_partitions(key) for key in FEATURES)
+            _clean(settings)  # the bad month delivered again, corrected: its run builds the next month too
+            result = _run(settings, instance, [BAD, NEXT])
         assert result.success, _failed_checks(result)
         for key in FEATURES:
-            assert instance.get_materialized_partitions(key) == {NEXT}
+            assert NEXT in instance.get_materialized_partitions(key)
     assert {name: frame.height for name, frame in _features(settings, [NEXT]).items()} == _covered(settings, NEXT)
 
 

@@ -20,6 +20,7 @@ from mlops_assets.defs.features import freshness_check_keys
 from mlops_assets.defs.ingest import MISNAMED_TAG
 from mlops_assets.defs.keys import features_key, raw_key
 from mlops_assets.defs.partitions import calendar_order, register_months
+from mlops_assets.defs.progress import root_cause
 from mlops_assets.defs.resources import PlatformStorage
 from mlops_assets.defs.run_tags import RANGE_END_TAG, RANGE_START_TAG
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
@@ -136,6 +137,41 @@ def test_a_late_month_leaves_the_months_after_it_as_a_full_rebuild_would_build_t
     order = [*spec.key]
     assert stored.height == rebuilt.height > 0
     assert stored.sort(order).equals(rebuilt.select(stored.columns).sort(order))
+
+
+def test_a_month_after_a_rejected_one_is_not_built_over_the_gap_until_it_is_corrected(settings: Settings) -> None:
+    """February's flights are rejected: March's look-back reads February, so March built then counted nothing there
+    (a carrier's 7-day flights ~40 instead of ~800) and was scored, monitored and trained on (a hunt found it). Its
+    features are refused, saying why; the corrected February's run builds February and March."""
+    replay_months(settings.landing_dir, ["2013-01", "2013-02", "2013-03"], every=50)
+    good_february = find_landed(settings.landing_dir, "flights", "2013-02").path.read_bytes()  # type: ignore[union-attr]
+    land_file(settings.landing_dir, "flights", "2013-02", good_february[: len(good_february) // 2])  # cut short
+    defs = build_definitions(CATALOG, settings)
+    features = {features_key(spec) for spec in CATALOG.feature_tables}
+    with instance_for_test() as instance:
+        ticker = Ticker(defs, instance, ("landing_sensor",), automation=False)
+        runs = {run.partition: run for run in ticker.settle()}
+        assert [runs[m].success for m in ("2013-01", "2013-02", "2013-03")] == [True, False, False]
+        failures = instance.all_logs(runs["2013-03"].run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        said = {root_cause(e.dagster_event.step_failure_data.error) for e in failures}  # type: ignore[union-attr]
+        assert any(
+            "look-back reads a month without validated rows (2013-03 reads flights of 2013-02" in str(line)
+            and "Land that month: its run builds these too" in str(line)
+            for line in said
+        ), said
+        assert all(instance.get_materialized_partitions(key) == {"2013-01"} for key in features)
+        land_file(settings.landing_dir, "flights", "2013-02", good_february)  # the corrected delivery
+        [corrected] = ticker.settle()
+        assert corrected.success and (corrected.tags[RANGE_START_TAG], corrected.tags[RANGE_END_TAG]) == (
+            "2013-02",
+            "2013-03",
+        )
+        assert all(instance.get_materialized_partitions(key) == {"2013-01", "2013-02", "2013-03"} for key in features)
+    spec = CATALOG.models[0].features
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:  # as a build with every month there
+        stored = conn.sql(f"SELECT * FROM features.{spec.name} WHERE _month = '2013-03'").pl()
+        rebuilt = compute_features(conn, spec, "2013-03")
+    assert stored.sort([*spec.key]).equals(rebuilt.select(stored.columns).sort([*spec.key]))
 
 
 def test_partitions_out_of_place_are_the_only_ones_moved() -> None:

@@ -19,7 +19,14 @@ import polars as pl
 from mlops_assets.core.cores import all_cores
 from mlops_assets.core.features.pit import add_lookup, add_trailing_windows
 from mlops_assets.core.landing import month_key, parse_month, shift_month
-from mlops_assets.core.store import ensure_table_like, qualified, query_frame, replace_where, transaction
+from mlops_assets.core.store import (
+    ensure_table_like,
+    qualified,
+    query_frame,
+    replace_where,
+    table_exists,
+    transaction,
+)
 
 if TYPE_CHECKING:  # specs imports the point-in-time engine from this package: import the type only for checkers
     from mlops_assets.core.specs import FeatureTableSpec, FeedSpec
@@ -57,6 +64,35 @@ def months_reading(month: str, later: list[str], specs: list[FeatureTableSpec]) 
     year, number = parse_month(shift_month(month, 1))
     end = datetime(year, number, 1)
     return [m for m in sorted(later) if m > month and any(context_start_for(spec, m) < end for spec in specs)]
+
+
+def lookback_gaps(
+    conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, months: list[str], monthly_inputs: list[str]
+) -> dict[str, dict[str, list[str]]]:
+    """For each of ``months`` whose look-back reads a month without validated rows of one of ``monthly_inputs`` (its
+    batch rejected, or not landed yet) after the first month that has some: ``{month: {table: missing months}}``.
+
+    Such a month built now would count nothing in the gap: a carrier's 7-day count of ~40 flights instead of ~800, no
+    previous leg for most planes; its scores, drift and live quality, and the models retrained on it, would read that.
+    """
+    present: dict[str, set[str]] = {}
+    for table in monthly_inputs:
+        found = []
+        if table_exists(conn, "validated", table):
+            found = conn.execute(f"SELECT DISTINCT _month FROM {qualified('validated', table)}").fetchall()
+        present[table] = {row[0] for row in found}
+    gaps: dict[str, dict[str, list[str]]] = {}
+    for month in sorted(months):
+        start = context_start_for(spec, month)
+        read, reads = month_key(start.year, start.month), []
+        while read < month:
+            reads.append(read)
+            read = shift_month(read, 1)
+        for table, landed in present.items():
+            missing = [m for m in reads if landed and m > min(landed) and m not in landed]
+            if missing:
+                gaps.setdefault(month, {})[table] = missing
+    return gaps
 
 
 def compute_features(

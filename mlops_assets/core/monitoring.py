@@ -41,10 +41,17 @@ def trained_on(model: ScoringModel, month: str) -> bool:
 
 
 def score_month(
-    frame: pl.DataFrame, spec: FeatureTableSpec, models: list[ScoringModel]
+    frame: pl.DataFrame,
+    spec: FeatureTableSpec,
+    models: list[ScoringModel],
+    scored_by: Mapping[str, str] | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """Scores of one month's feature rows by each model that never saw the month. Returns the long table (key, time,
-    month, variant, model version, score) and the reasons for models left out."""
+    month, variant, model version, score) and the reasons for models left out.
+
+    ``scored_by``: the version each variant's stored scores of the month come from. A model evaluated on the month
+    (its test month: it was chosen on it) leaves another version's scores of it alone: they are the live record of
+    the champion when the month landed (a rerun of the pipeline replaced them by the selection's own score)."""
     skipped: list[str] = []
     parts = []
     month = str(frame["_month"].max()) if frame.height else ""
@@ -54,6 +61,13 @@ def score_month(
             skipped.append(
                 f"{scoring.variant} {scoring.version} trained on {month} "
                 f"(its test month is {scoring.test_month}): not scored"
+            )
+            continue
+        earlier = (scored_by or {}).get(scoring.variant)
+        if month == scoring.test_month and earlier not in (None, scoring.version):
+            skipped.append(
+                f"{scoring.variant} {scoring.version} was evaluated on {month} (chosen on it): the month keeps the "
+                f"scores of {earlier}, its live record"
             )
             continue
         parts.append(

@@ -76,6 +76,17 @@ def _scores(conn: Any, model: ModelSpec, month: str) -> pl.DataFrame:
     return query_frame(conn, f"SELECT * FROM {table_of(key)} WHERE _month = ?", [month])
 
 
+def _scored_by(conn: Any, model: ModelSpec, month: str) -> dict[str, str]:
+    """The version whose scores of ``month`` each variant stores (a month is scored by one version per variant)."""
+    key = keys_of(model).predictions
+    if not table_exists(conn, *key.path):
+        return {}
+    found = conn.execute(
+        f"SELECT variant, max(model_version) FROM {table_of(key)} WHERE _month = ? GROUP BY variant", [month]
+    ).fetchall()
+    return {variant: version for variant, version in found}
+
+
 def month_record(record: dg.EventLogRecord, kind: type[R]) -> R | None:
     """The month's record from a monitoring materialization's ``by_month`` metadata (None when it has none).
 
@@ -140,7 +151,7 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
         with duckdb.get_connection() as conn, transaction(conn):  # one commit for the run's months
             for month in run_months(context):
                 frame = _month_rows(conn, spec, month)
-                scored, skipped = score_month(frame, spec, models)
+                scored, skipped = score_month(frame, spec, models, _scored_by(conn, model, month))
                 for reason in skipped:
                     context.log.warning(reason)
                 store_month_scores(conn, *keys.predictions.path, scored, month)

@@ -239,6 +239,23 @@ def test_a_month_rescored_by_the_shadow_alone_keeps_the_champions_earlier_scores
     assert kept == [("champion", "v0001", february.height), ("shadow", "v0002", february.height)]
 
 
+def test_a_champion_chosen_on_a_month_leaves_the_earlier_champions_scores_of_it_alone(two_months: pl.DataFrame) -> None:
+    """v0002 was evaluated on February and promoted: a rerun of the pipeline rescored February with it and replaced
+    v0001's live record (AUC 0.7063, the drop that asked for the retrain) by the selection's own score (a hunt found
+    it). With no earlier scores (the first champion, scoring its test month), it scores the month as before."""
+    training_set = split_by_time(two_months, SPEC, "2013-02")
+    model = train_model(training_set, SPEC, {"num_leaves": 7, "num_threads": 1}, 20, 5)
+    february = two_months.filter(pl.col("_month") == "2013-02")
+    chosen = ScoringModel("champion", "v0002", "2013-02", model)
+    scored, skipped = score_month(february, SPEC, [chosen], {"champion": "v0001"})
+    assert scored.height == 0 and skipped == [
+        "champion v0002 was evaluated on 2013-02 (chosen on it): the month keeps the scores of v0001, its live record"
+    ]
+    for scored_by in ({}, {"champion": "v0002"}, {"shadow": "v0001"}):
+        scored, skipped = score_month(february, SPEC, [chosen], scored_by)
+        assert scored.height == february.height and not skipped
+
+
 def test_the_report_histograms_draw_each_share_as_a_bar_of_its_height() -> None:
     from io import BytesIO
 

@@ -43,14 +43,11 @@ R = TypeVar("R", DriftSummary, LiveSummary)
 TOP_DRIFTED = 4
 
 
-def after_features(*ignored: dg.AssetKey) -> dg.AutomationCondition:
+def after_features() -> dg.AutomationCondition:
     """Eager: run when an upstream month updates, never while upstream is missing or running, and only once every
-    blocking check of the upstream assets passed. ``ignored`` deps (the champion) neither trigger nor gate it."""
+    blocking check of the upstream assets passed."""
     eager = dg.AutomationCondition.eager()
     checks = dg.AutomationCondition.all_deps_blocking_checks_passed()
-    if ignored:
-        eager = eager.ignore(dg.AssetSelection.assets(*ignored))
-        checks = checks.ignore(dg.AssetSelection.assets(*ignored))
     return (eager & checks).with_label("eager, upstream checks passed")
 
 
@@ -130,14 +127,16 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=keys.predictions,
-        deps=[features_key(spec), keys.champion],
+        # the champion it scores with is read from the registry, not an input: with the champion as a dep, every
+        # promotion marked the months scored before it "Unsynced", though they are never rescored by design
+        deps=[features_key(spec)],
         partitions_def=MONTHS,
         backfill_policy=SINGLE_RUN,  # several months in one run
         group_name=model.name,
         tags={MODEL_TAG: model.name},
         kinds={"duckdb", "lightgbm"},
         pool=DUCKDB_POOL,
-        automation_condition=after_features(keys.champion),
+        automation_condition=after_features(),
         description=f"`{model.name}.batch_predictions`: the month's `{spec.name}` rows scored by the champion (and by "
         "the `shadow` model when that alias is set) as soon as the month's features are built, before any retraining "
         "on it, so that live quality is out of sample. A model never scores a month it trained on: a re-landed month "

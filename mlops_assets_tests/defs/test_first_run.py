@@ -13,7 +13,7 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.cli import main
 from mlops_assets.core.settings import TRAINING_WINDOW_ENV, Settings, load_settings
 from mlops_assets.definitions import build_definitions
-from mlops_assets.defs.keys import keys_of, landing_key, raw_key, retraining_job_name
+from mlops_assets.defs.keys import features_key, keys_of, landing_key, raw_key, retraining_job_name
 from mlops_assets.defs.progress import PROGRESS_CONSOLE_CONFIG, progress_console
 from mlops_assets.defs.resources import build_resources
 from mlops_assets.defs.run_tags import range_tags
@@ -157,6 +157,17 @@ def test_a_replayed_month_run_leaves_the_reference_tables_in_sync_with_their_lan
             assert landing is not None and raw is not None
             recorded = raw.tags[f"dagster/input_data_version/{landing_key(table).to_user_string()}"]
             assert recorded == landing.tags["dagster/data_version"] != "INITIAL", table.name
+
+
+def test_a_promotion_leaves_the_months_scored_before_it_in_sync(settings: Settings) -> None:
+    """A month is scored by the champion of the day it landed and never rescored (by design): with the champion as an
+    upstream of the scores, every promotion showed the months scored before it as "Unsynced" in the UI."""
+    graph = build_definitions(CATALOG, settings).resolve_asset_graph()
+    for model in CATALOG.models:
+        keys = keys_of(model)
+        upstream = graph.get(keys.predictions).parent_keys
+        assert upstream == {features_key(model.features)}, upstream
+        assert keys.champion not in upstream
 
 
 def test_the_landing_sensor_targets_a_named_job_and_descriptions_keep_their_placeholders(settings: Settings) -> None:

@@ -72,6 +72,8 @@ class PredictionLog:
         self.files_written = 0
         self.rows_written = 0
         self.failed_flushes = 0
+        #: Why the last write failed while rows wait in memory (None once a write succeeds): ``/health`` says it.
+        self.last_error: str | None = None
         #: Rows that did not fit the schema, kept as ``*.unwritable.jsonl`` beside the log.
         self.rows_set_aside = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -105,7 +107,14 @@ class PredictionLog:
             raise
         self.files_written += 1 if written else 0
         self.rows_written += written
+        self.last_error = None
         return written
+
+    @property
+    def pending(self) -> int:
+        """Rows appended and not written yet."""
+        with self._lock:
+            return len(self._rows)
 
     def _write(self, rows: list[dict[str, object]], sequence: int) -> int:
         """Write ``rows`` as one Parquet file; return how many went into it (those that do not fit the schema are set
@@ -139,14 +148,16 @@ class PredictionLog:
             temporary.unlink(missing_ok=True)  # after a failed write (a full disk): no half file left behind
         return len(rows)
 
-    def _set_aside(self, rows: list[dict[str, object]], path: Path, error: Exception) -> None:
-        """Keep rows that do not fit the log's schema as JSON lines beside it (found again, never retried)."""
+    def _set_aside(
+        self, rows: list[dict[str, object]], path: Path, error: Exception, why: str = "do not fit its schema"
+    ) -> None:
+        """Keep rows that cannot go into the log as JSON lines beside it (found again, never retried)."""
         with open(path, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row, default=str) + "\n" for row in rows)
             handle.flush()
             os.fsync(handle.fileno())
         self.rows_set_aside += len(rows)
-        logger.error("%d prediction log row(s) do not fit its schema (%s): kept in %s", len(rows), error, path)
+        logger.error("%d prediction log row(s) %s (%s): kept in %s", len(rows), why, error, path)
 
     def _due(self) -> bool:
         with self._lock:
@@ -164,15 +175,34 @@ class PredictionLog:
                     self.flush()
                 except Exception as error:  # noqa: BLE001 - e.g. disk full: keep the rows and the thread, retry
                     self.failed_flushes += 1
+                    self.last_error = f"{type(error).__name__}: {error}"
                     logger.error("prediction log flush failed (%s); rows kept in memory, retrying", error)
 
     def close(self) -> int:
-        """Stop the writer thread and write everything still buffered; return the rows written by this call."""
+        """Stop the writer thread and write everything still buffered; return the rows written by this call. When the
+        log cannot be written then, the rows go to a JSON-lines file beside it; failing that, the count of rows lost
+        is logged (never a traceback that ends the shutdown)."""
         with self._lock:
             self._closed = True
         self._wake.set()
         self._thread.join(timeout=10)
-        return self.flush()
+        try:
+            return self.flush()
+        except Exception as error:  # noqa: BLE001 - the last chance to keep them: set aside, or say what is lost
+            with self._lock:
+                rows, self._rows = self._rows, []
+            path = self.folder / f"unwritten-{time.time_ns()}-{os.getpid()}.jsonl"
+            try:
+                self._set_aside(rows, path, error, why="could not be written at shutdown")
+            except OSError as second:
+                logger.error(
+                    "%d prediction log row(s) could not be written at shutdown (%s), nor set aside in %s (%s): lost",
+                    len(rows),
+                    error,
+                    path,
+                    second,
+                )
+            return 0
 
 
 def read_log(root: Path) -> pl.DataFrame:

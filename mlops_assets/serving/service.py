@@ -499,8 +499,14 @@ class PredictionService:
             problems.append(f"no online store for {self.name}: {self.store.error or missing}")
         elif self.store.error:
             problems.append(self.store.error)
-        ready = champion is not None and store is not None
         log = self._log
+        if log is not None and log.last_error:
+            problems.append(
+                f"the prediction log cannot be written ({log.last_error}); {log.pending} row(s) kept in memory, "
+                f"retrying: free the disk or fix {self.paths.predictions_dir} (live quality and the rollback "
+                "sensor read this log)"
+            )
+        ready = champion is not None and store is not None
         return ready, {
             "status": ("degraded" if problems else "ok")
             if ready
@@ -518,6 +524,9 @@ class PredictionService:
             "log": {
                 "rows_written": log.rows_written if log else 0,
                 "files_written": log.files_written if log else 0,
+                "rows_pending": log.pending if log else 0,
+                "failed_writes": log.failed_flushes if log else 0,
+                "rows_set_aside": log.rows_set_aside if log else 0,
                 "folder": str(self.paths.predictions_dir),
             },
             "problems": problems,

@@ -335,3 +335,26 @@ def test_a_row_the_log_cannot_hold_is_set_aside_and_the_writer_goes_on(tmp_path:
     [aside] = list((tmp_path / "online").glob("*/*.unwritable.jsonl"))
     assert json.loads(aside.read_text())["request_id"] == "bad"
     assert not list((tmp_path / "online").glob("*/.*.tmp"))
+
+
+def test_a_log_that_cannot_be_written_degrades_health_and_its_rows_are_kept_at_shutdown(served: Settings) -> None:
+    """The day's log folder cannot be made (here a file holds its name; a full disk alike): `/health` said "ok" while
+    the rows piled up in memory, and the shutdown ended in a traceback that lost them without a word."""
+    from datetime import UTC, datetime
+
+    online = delay(served).predictions_dir / "online"
+    online.mkdir(parents=True, exist_ok=True)
+    blocker = online / datetime.now(UTC).strftime("%Y-%m-%d")
+    blocker.write_text("not a folder")
+    with running(served) as server:
+        for _ in range(3):
+            assert server.client.post(FLIGHT)[0] == 200  # answers never wait for the log
+        health = _health_until(server.client, lambda h: bool(h["problems"]))
+    [problem] = health["problems"]
+    assert problem.startswith("the prediction log cannot be written (") and "row(s) kept in memory" in problem
+    assert health["status"] == "degraded" and health["log"]["failed_writes"] >= 1
+    assert health["log"]["rows_pending"] >= 3 and health["log"]["rows_written"] == 0
+    # leaving the block shut the service down: the rows it could not write are kept beside the log
+    [kept] = list(online.glob("unwritten-*.jsonl"))
+    lines = [json.loads(line) for line in kept.read_text().splitlines()]
+    assert len(lines) >= 3 and {row["status"] for row in lines} == {"ok"}

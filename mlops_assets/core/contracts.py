@@ -272,23 +272,40 @@ def share_of(batch: pl.DataFrame, rule: ShareRule) -> float:
     return float(batch.select(rule.rows.fill_null(False).cast(pl.Float64).mean()).item())
 
 
-def dropped_codes(valid: pl.DataFrame, context: ContractContext, label: str) -> tuple[str, str, str] | None:
+def dropped_codes(
+    valid: pl.DataFrame, context: ContractContext, label: str, held_back: pl.DataFrame | None = None
+) -> tuple[str, str, str] | None:
     """``(rule, column, message)`` when the valid rows of a reference batch lack codes that accepted rows of other
-    tables use (``context.still_used``); None when they keep them all."""
+    tables use (``context.still_used``); None when they keep them all. ``held_back``: the batch's rows quarantined by
+    a rule (``_row``, ``failures`` and the columns), so that a code the file holds in a broken row is said as such,
+    with the row and the rule, rather than as dropped."""
     for column, used in sorted(context.still_used.items()):
         kept = set(valid[column].drop_nulls().cast(pl.String)) if column in valid.columns else set()
         missing = sorted(used - kept)
-        if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            return (
-                RULE_CODES_STILL_USED,
-                column,
-                (
-                    f"{label}: drops {column} {shown}, still used by accepted rows of other tables: batch rejected whole "
-                    "(those rows would be dropped or change their features); the last accepted version keeps serving. "
-                    "A reference file keeps every value the accepted data uses"
-                ),
-            )
+        if not missing:
+            continue
+        broken: dict[str, str] = {}
+        if held_back is not None and column in held_back.columns:
+            for code, row, failures in held_back.select(pl.col(column).cast(pl.String), "_row", "failures").rows():
+                if code in missing and code not in broken:
+                    broken[code] = f"{code} (row {row}: {failures})"
+        absent = [code for code in missing if code not in broken]
+
+        def listed(codes: list[str]) -> str:
+            return ", ".join(codes[:10]) + (f" and {len(codes) - 10} more" if len(codes) > 10 else "")
+
+        what = [f"drops {column} {listed(absent)}"] if absent else []
+        if broken:
+            what.append(f"quarantines the row(s) of {column} {listed(list(broken.values()))}")
+        return (
+            RULE_CODES_STILL_USED,
+            column,
+            (
+                f"{label}: {'; '.join(what)}, still used by accepted rows of other tables: batch rejected whole "
+                "(those rows would be dropped or change their features); the last accepted version keeps serving. "
+                "A reference file keeps every value the accepted data uses, in rows that pass the contract"
+            ),
+        )
     return None
 
 
@@ -461,7 +478,12 @@ def split_rows(
     bad_share = n_bad / n_distinct if n_distinct else 0.0
     rejected_reason: tuple[str, str | None, str] | None = None
     implausible = implausible_share(distinct.select(columns), spec, context, label)
-    dropped = dropped_codes(distinct.join(bad.select("_row"), on="_row", how="anti"), context, label)
+    dropped = dropped_codes(
+        distinct.join(bad.select("_row"), on="_row", how="anti"),
+        context,
+        label,
+        distinct.join(bad.select("_row", "failures"), on="_row", how="inner"),
+    )
     if first is not None:
         rejected_reason = (
             str(first["check"]),

@@ -26,6 +26,7 @@ from mlops_assets.core.contracts import (
     RULE_READABLE,
     WHOLE_ROW,
     BatchVerdict,
+    dropped_codes,
     implausible_share,
 )
 from mlops_assets.core.ingest import (
@@ -643,3 +644,21 @@ def test_a_corrupt_batch_is_refused_as_unreadable_never_a_crash() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["unreadable"] > 100 and seen["read"] + seen["unreadable"] == 103 * 4, seen
+
+
+def test_a_code_held_in_a_quarantined_reference_row_is_named_with_its_row_and_rule_not_as_dropped() -> None:
+    """A planes file with one bad year for N14228 was rejected as one that "drops tailnum N14228", which it holds;
+    the rule that held the row back was only in quarantine.planes (a hunt found it)."""
+    context = ContractContext(still_used={"tailnum": frozenset({"N14228", "N10156", "N24211"})})
+    valid = pl.DataFrame({"tailnum": ["N10156"], "year": [2004.0]})
+    held_back = pl.DataFrame({"tailnum": ["N14228"], "_row": [177], "failures": ["year: in_range(1900, 2014)"]})
+    rule, column, message = dropped_codes(valid, context, "planes (reference)", held_back)  # type: ignore[misc]
+    assert (rule, column) == ("codes_still_used", "tailnum")
+    assert message.startswith(
+        "planes (reference): drops tailnum N24211; quarantines the row(s) of tailnum N14228 (row 177: year: "
+        "in_range(1900, 2014)), still used by accepted rows of other tables: batch rejected whole"
+    ), message
+    assert (
+        dropped_codes(valid, ContractContext(still_used={"tailnum": frozenset({"N10156"})}), "planes", held_back)
+        is None
+    )

@@ -285,7 +285,8 @@ def cmd_months(args: argparse.Namespace) -> int:
 
 def _no_tags(args: argparse.Namespace) -> None:
     """With --tags and no month to run: empty tags on stdout, so that `dagster job execute --tags "$(mlops months
-    --tags)"` runs without a range and each step says what to do, rather than failing on an empty JSON string."""
+    --tags)"` still gets valid JSON rather than an empty string (`make pipeline` stops on the exit status first: a run
+    without a range fails in Dagster before any step can say why, once a landing source has been observed)."""
     if args.tags:
         print("{}")
 

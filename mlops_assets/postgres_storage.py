@@ -24,8 +24,10 @@ attribute they replace; the pin ``dagster<1.14`` (pyproject.toml) holds them, an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy
@@ -55,6 +57,27 @@ def _forget_parent_connections() -> None:
 
 # one hook for the process (not one per engine: an engine is made per instance opened, many in a long-lived process)
 os.register_at_fork(after_in_child=_forget_parent_connections)
+
+
+#: The PostgreSQL advisory lock the processes of one instance take while they create or check its tables.
+SCHEMA_LOCK_KEY = 0x6D6C6F7073  # "mlops"
+
+
+@contextlib.contextmanager
+def _schema_lock(postgres_url: str, token_provider: Any = None) -> Iterator[None]:
+    """One process at a time creates the instance's tables. Two processes starting on an empty database (a code
+    server and a one-off `mlops replay`, say) both created them, and the second failed on an enum type the first had
+    just made (``DuplicateObject``: Dagster retries a duplicate table, not a duplicate type)."""
+    engine = create_pg_engine(postgres_url, token_provider=token_provider, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def kept_connections_engine(postgres_url: str, token_provider: Any = None) -> sqlalchemy.engine.Engine:
@@ -158,13 +181,14 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         self.postgres_url = postgres_url
         self.should_autocreate_tables = should_autocreate_tables
         self._inst_data = inst_data
-        self._run_storage = PooledPostgresRunStorage(postgres_url, should_autocreate_tables, None, token_provider)
-        self._event_log_storage = PooledPostgresEventLogStorage(
-            postgres_url, should_autocreate_tables, None, token_provider
-        )
-        self._schedule_storage = PooledPostgresScheduleStorage(
-            postgres_url, should_autocreate_tables, None, token_provider
-        )
+        with _schema_lock(postgres_url, token_provider) if should_autocreate_tables else contextlib.nullcontext():
+            self._run_storage = PooledPostgresRunStorage(postgres_url, should_autocreate_tables, None, token_provider)
+            self._event_log_storage = PooledPostgresEventLogStorage(
+                postgres_url, should_autocreate_tables, None, token_provider
+            )
+            self._schedule_storage = PooledPostgresScheduleStorage(
+                postgres_url, should_autocreate_tables, None, token_provider
+            )
         super(DagsterPostgresStorage, self).__init__()
 
     @classmethod

@@ -11,6 +11,9 @@ never touches its parent's.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +166,37 @@ def test_the_postgres_instance_loads_live(
     with dg.DagsterInstance.from_config(str(home)) as reopened:
         assert reopened.get_dynamic_partitions("months") == ["2013-01", "2013-02"]
     assert (tmp_path / "home").exists() and not list(home.glob("**/*.db"))  # nothing stored in SQLite files
+
+
+def test_processes_starting_at_once_on_an_empty_database_all_open_the_instance(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    """A code server and a one-off `mlops replay` starting together on a new database: both created Dagster's tables,
+    and the second failed on a type the first had just made (`DuplicateObject`, seen in the daemon test). The
+    storage's advisory lock lets one process create them at a time."""
+    env = {**os.environ, DAGSTER_POSTGRES_URL_ENV: fresh_postgres_url}
+    script = (
+        "import sys, time, dagster as dg\n"
+        "from pathlib import Path\n"
+        "from mlops_assets.core.settings import prepare_dagster_home\n"
+        "home = prepare_dagster_home(Path(sys.argv[1]))\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # imports done: every child opens at once\n"
+        "with dg.DagsterInstance.from_config(str(home)) as instance:\n"
+        "    instance.get_dynamic_partitions('months')\n"
+    )
+    start_at = str(time.time() + 5)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / f"home{i}"), start_at],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    outputs = [child.communicate(timeout=120)[0] for child in children]
+    assert [child.returncode for child in children] == [0] * 4, "\n".join(outputs)
 
 
 @pytest.fixture

@@ -110,10 +110,11 @@ def build_landing_sensor(
     def landing_sensor(context: dg.SensorEvaluationContext, storage: PlatformStorage) -> dg.SensorResult:
         previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         files = scan_landing(storage.landing_dir)
-        # Files the cursor has not seen may already be in (e.g. `dagster job execute` ran before the first tick):
-        # Dagster's record of what the ingest step read says so, and those files need no run.
+        # Files new or changed since the cursor may already be in (`dagster job execute` ran before the first tick; a
+        # corrected month re-executed from its failed run): Dagster's record of what the ingest step read says so,
+        # and those files need no run.
         for landed in files:
-            unseen = landed.relative_name not in previous and landed.table in tables
+            unseen = previous.get(landed.relative_name) != landed.version and landed.table in tables
             if unseen and ingested_version(context.instance, tables[landed.table], landed.month) == landed.sha256:
                 previous[landed.relative_name] = landed.version
         known_in_order = context.instance.get_dynamic_partitions(MONTHS.name)

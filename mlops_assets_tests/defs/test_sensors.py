@@ -218,6 +218,10 @@ def test_months_already_ingested_by_a_job_are_not_requested_again(settings: Sett
         assert "flights/2013-01.parquet" in json.loads(first.cursor or "{}")
         replay_months(settings.landing_dir, ["2013-01"], every=40)  # January re-delivered with other bytes
         assert [r.partition_key for r in _tick(settings, instance, first.cursor).run_requests or []] == ["2013-01"]
+        # ingested before the sensor's next tick (a failed run re-executed after the file was corrected): the run
+        # already read those bytes, and another would only refresh the month again
+        assert job.execute_in_process(instance=instance, tags=range_tags(["2013-01"])).success
+        assert not _tick(settings, instance, first.cursor).run_requests
 
 
 def test_a_misnamed_file_is_reported_once_as_an_observation_and_never_run(settings: Settings) -> None:

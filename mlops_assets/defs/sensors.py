@@ -353,10 +353,26 @@ def _retrain_sensor(
             context.log.info(f"requesting a retrain of {model.name}: {reason}")
         for note in skipped:
             context.log.info(note)
-        skip_reason = "; ".join(skipped)[:1000] if skipped and not requests else None
+        skip_reason = skip_reason_of(skipped) if skipped and not requests else None
         return dg.SensorResult(run_requests=requests, cursor=cursor, skip_reason=skip_reason)
 
     return _sensor
+
+
+def skip_reason_of(notes: list[str], limit: int = 1000) -> str:
+    """The notes of a tick that asked for nothing, whole ones up to ``limit`` characters (the UI's skip reason): a
+    note cut in the middle of a word read as another reason."""
+    shown: list[str] = []
+    for note in notes:
+        rest = len(notes) - len(shown) - 1
+        tail = f"; and {rest} more (the tick's log has each)" if rest else ""
+        if len("; ".join([*shown, note]) + tail) > limit:
+            break
+        shown.append(note)
+    hidden = len(notes) - len(shown)
+    if not shown:
+        return notes[0][: limit - 3] + "..."
+    return "; ".join(shown) + (f"; and {hidden} more (the tick's log has each)" if hidden else "")
 
 
 def build_drift_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.SensorDefinition:

@@ -294,3 +294,17 @@ def test_a_landing_run_runs_the_checks_of_its_assets_but_not_the_hourly_freshnes
     assert dg.AssetCheckKey(raw_key(NYCFLIGHTS13.table("flights")), "schema_contract") in evaluated
     assert {key.asset_key for key in evaluated} >= {features_key(spec) for spec in CATALOG.feature_tables}
     assert not evaluated & freshness
+
+
+def test_a_long_skip_reason_keeps_whole_notes_and_says_how_many_more() -> None:
+    """Cut at 1000 characters, the last note ended mid-word ("a retrain would see nothing newe")."""
+    from mlops_assets.defs.sensors import skip_reason_of
+
+    notes = [f"2013-{m:02d}: " + "x" * 180 for m in range(1, 13)]
+    reason = skip_reason_of(notes)
+    assert len(reason) <= 1000 and reason.endswith("more (the tick's log has each)")
+    shown = reason.split("; and ")[0].split("; ")
+    assert all(note in notes for note in shown)
+    assert reason.split("; and ")[1].startswith(f"{len(notes) - len(shown)} more")
+    assert skip_reason_of(notes[:2]) == "; ".join(notes[:2])
+    assert skip_reason_of(["y" * 2000]) == "y" * 997 + "..."

@@ -32,6 +32,9 @@ REFERENCE_STEM = re.compile(r"[a-z][a-z0-9_]*")
 #: ``write_atomic``'s temporary files (``.<name>.<random>.tmp``): a write in flight, not a landed file.
 TEMPORARY_NAME = re.compile(r"\..+\.tmp")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: A checksum line in BSD's form: ``SHA256 (<name>) = <digest>`` (``sha256sum --tag``) or ``SHA2-256(<name>)= <digest>``
+#: (``openssl dgst -sha256``).
+BSD_CHECKSUM = re.compile(r"SHA(?:2-)?256\s*\(.*\)\s*=\s*([0-9a-fA-F]{64})", re.IGNORECASE)
 
 
 def utc_now() -> datetime:
@@ -134,7 +137,9 @@ def checksum_path(path: Path) -> Path:
 
 
 def recorded_checksum(path: Path) -> str | None:
-    """The sha256 the checksum file beside ``path`` records (its first word, lower case), or None when there is none.
+    """The sha256 the checksum file beside ``path`` records, lower case, or None when there is none: the first word
+    (``sha256sum``'s form, ``<digest>  <name>``) or, in BSD's form (``sha256sum --tag``, ``openssl dgst``:
+    ``SHA256 (<name>) = <digest>``), the last.
 
     A checksum file that holds no valid digest returns its first word as it is, so that the comparison fails and the
     message shows what was found.
@@ -143,8 +148,13 @@ def recorded_checksum(path: Path) -> str | None:
         text = checksum_path(path).read_text(errors="replace")
     except FileNotFoundError:
         return None
+    tagged = BSD_CHECKSUM.match(text.strip())
+    if tagged:
+        return tagged.group(1).lower()
     words = text.split()
-    return (words[0].lower() if SHA256_HEX.fullmatch(words[0].lower()) else words[0][:80]) if words else ""
+    if not words:
+        return ""
+    return words[0].lower() if SHA256_HEX.fullmatch(words[0].lower()) else words[0][:80]
 
 
 def landing_path(landing_dir: Path, table: str, month: str | None) -> Path:

@@ -243,6 +243,11 @@ def test_a_clean_landing_zone_has_no_misnamed_file(tmp_path: Path) -> None:
 def test_the_checksum_file_records_the_landed_bytes(tmp_path: Path) -> None:
     landed, _ = land_file(tmp_path, "flights", "2013-01", b"some bytes")
     assert recorded_checksum(landed.path) == landed.sha256
+    # BSD's form, as `sha256sum --tag` and `openssl dgst -sha256` write it (it was always a mismatch)
+    checksum_path(landed.path).write_text(f"SHA256 (2013-01.parquet) = {landed.sha256}\n")
+    assert recorded_checksum(landed.path) == landed.sha256
+    checksum_path(landed.path).write_text(f"SHA2-256(2013-01.parquet)= {landed.sha256.upper()}\n")
+    assert recorded_checksum(landed.path) == landed.sha256
     checksum_path(landed.path).write_text("not-a-digest  2013-01.parquet\n")
     assert recorded_checksum(landed.path) == "not-a-digest"  # shown as found, so the comparison fails
     checksum_path(landed.path).unlink()

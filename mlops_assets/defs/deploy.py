@@ -106,7 +106,19 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
                     description=f"{error} (since the evaluation): materialize {model.name}/evaluation again"
                 ) from None
         else:
-            registry.log_event("rejected", version=challenger, reason=decision.summary, run_id=context.run.run_id)
+            # one decision per evaluation: a second run deciding the same (a crashed run's retry beside the
+            # automation's run for the same challenger) says so instead of logging the rejection again
+            earlier = [
+                e
+                for e in registry.events()
+                if e.get("event") == "rejected"
+                and e.get("version") == challenger
+                and e.get("reason") == decision.summary
+            ]
+            if earlier:
+                context.log.info(f"{challenger}: already rejected on this evaluation (run {earlier[-1].get('run_id')})")
+            else:
+                registry.log_event("rejected", version=challenger, reason=decision.summary, run_id=context.run.run_id)
         (context.log.info if decision.promote else context.log.warning)(
             f"{model.name} {challenger}: {decision.summary}"
         )

@@ -18,6 +18,7 @@ from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings, load_settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.deploy import build_champion_check
+from mlops_assets.defs.keys import keys_of
 from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.resources import build_resources
 from mlops_assets.defs.run_tags import range_tags
@@ -112,6 +113,11 @@ def test_training_pipeline_promotes_a_first_champion_then_keeps_it(trained: Trai
     assert registry.model_text("v0001") == registry.model_text("v0002")  # deterministic training
     rejected = registry.events()[-1]
     assert rejected["event"] == "rejected" and "needs >= +0.002) [FAILED]" in rejected["reason"]
+    # the same decision taken again (a crashed run's retry beside the automation's run) is not logged twice
+    job = build_definitions(CATALOG, settings).resolve_job_def("flight_delay_retraining")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, asset_selection=[keys_of(FLIGHT_DELAY).champion]).success
+    assert [e["event"] for e in registry.events()].count("rejected") == 1
     second_report = (settings.model("flight_delay").reports_dir / "evaluation" / "v0002" / "report.md").read_text()
     assert "(held out from both models)" in second_report
     # the champion asset's data version is the version serving: kept, it leaves what it scored up to date in the UI

@@ -498,7 +498,10 @@ class PredictionService:
             missing = f"{train_hint()} (or materialize {self.name}/online_store)"
             problems.append(f"no online store for {self.name}: {self.store.error or missing}")
         elif self.store.error:
-            problems.append(self.store.error)
+            problems.append(
+                f"the newest online store of {self.name} cannot be loaded ({self.store.error}); the last good one "
+                f"({store.value.version}) keeps serving: materialize {self.name}/online_store to export it again"
+            )
         log = self._log
         if log is not None and log.last_error:
             problems.append(

@@ -358,3 +358,18 @@ def test_a_log_that_cannot_be_written_degrades_health_and_its_rows_are_kept_at_s
     [kept] = list(online.glob("unwritten-*.jsonl"))
     lines = [json.loads(line) for line in kept.read_text().splitlines()]
     assert len(lines) >= 3 and {row["status"] for row in lines} == {"ok"}
+
+
+def test_an_online_store_that_cannot_be_loaded_says_what_serves_and_how_to_export_it_again(served: Settings) -> None:
+    """`/health` gave the bare exception (`FileNotFoundError: .../manifest.json`) with no next step."""
+    pointer = delay(served).online_store_dir / "CURRENT"
+    original = pointer.read_text()
+    with running(served) as server:
+        pointer.write_text("no-such-version\n")
+        health = _health_until(server.client, lambda h: h["status"] == "degraded")
+        status, _ = server.client.post(FLIGHT)
+        pointer.write_text(original)
+    [problem] = health["problems"]
+    assert problem.startswith("the newest online store of flight_delay cannot be loaded (") and status == 200
+    assert f"the last good one ({original.strip()}) keeps serving" in problem
+    assert problem.endswith("materialize flight_delay/online_store to export it again")

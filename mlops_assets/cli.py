@@ -193,6 +193,13 @@ def cmd_land(args: argparse.Namespace) -> int:
         kind = "a monthly table" if table.monthly else "a reference table (one file, no month)"
         print(f"error: {table.name} is {kind}: {need}", file=sys.stderr)
         return 2
+    if args.month is not None and args.month > f"{utc_now():%Y-%m}":
+        print(
+            f"error: {args.month} is after the current month: a batch cannot hold the future (a wrong year?); give "
+            "the month its rows are from",
+            file=sys.stderr,
+        )
+        return 2
     try:
         data = args.file.read_bytes()
     except OSError as error:
@@ -209,10 +216,9 @@ def cmd_land(args: argparse.Namespace) -> int:
     else:
         added = f" ({', '.join(new)} added as a partition)" if new else ""
         print(
-            f"Landed{added}. Next: `make ui`, whose landing sensor validates it and refreshes what reads it, or by hand\n"
-            '      DAGSTER_HOME="$(mlops home)" dagster job execute -m mlops_assets.definitions -j training_pipeline \\\n'
-            '          --tags "$(mlops months --tags)"\n'
-            "      A rejection says why (`mlops status`, quarantine.batches); the last accepted data keeps serving."
+            f"Landed{added}. Next: `make ui`, whose landing sensor validates it and refreshes what reads it, or\n"
+            "      `make train`: training_pipeline over every landed month. A rejection says why (`mlops status`,\n"
+            "      quarantine.batches); the last accepted data keeps serving."
         )
     return 0
 
@@ -243,7 +249,8 @@ def cmd_months(args: argparse.Namespace) -> int:
     if future:
         # rejected at raw (month_in_future) whatever they hold: a range through them would fail every run
         for month in future:
-            files = ", ".join(f"landing/{t}/{month}.parquet" for t in tables)
+            landed = [t for t in tables if (settings.landing_dir / t / f"{month}.parquet").exists()]
+            files = ", ".join(f"landing/{t}/{month}.parquet" for t in landed)
             print(
                 f"note: {month} is after the current month, left out: a batch cannot hold the future (a wrong year "
                 f"in its name?); remove {files} with their .sha256 files, then land the rows under their month "
@@ -265,7 +272,8 @@ def cmd_months(args: argparse.Namespace) -> int:
         for month, missing in incomplete.items():
             print(
                 f"note: {month} waits for {', '.join(missing)} "
-                f"(land {', '.join(f'{t}/{month}.parquet' for t in missing)} or `mlops replay --month {month}`)",
+                f"(land {', '.join(f'{t}/{month}.parquet' for t in missing)}: `mlops land FILE --table "
+                f"{missing[0]} --month {month}`, or `mlops replay --month {month}` for the packaged data)",
                 file=sys.stderr,
             )
         if not ready:

@@ -316,6 +316,7 @@ def test_months_landed_by_hand_become_partitions_and_a_future_month_is_left_out(
     for month in ("2013-01", "2013-02", "2031-02"):
         for table in ("flights", "weather"):
             land_file(settings.landing_dir, table, month, b"only the layout is read")
+    land_file(settings.landing_dir, "flights", "2031-03", b"only the layout is read")  # its weather never came
     for table in ("airlines", "airports", "planes"):
         land_file(settings.landing_dir, table, None, b"only the layout is read")
     assert main(["months", "--tags"]) == 0
@@ -323,7 +324,8 @@ def test_months_landed_by_hand_become_partitions_and_a_future_month_is_left_out(
     assert json.loads(printed.out) == range_tags(["2013-01", "2013-02"])
     assert "note: 2031-02 is after the current month, left out" in printed.err
     assert "remove landing/flights/2031-02.parquet, landing/weather/2031-02.parquet with their .sha256" in printed.err
-    assert _partitions(settings) == ["2013-01", "2013-02", "2031-02"]  # as the landing sensor adds them
+    assert "remove landing/flights/2031-03.parquet with their .sha256" in printed.err  # only the files there are
+    assert _partitions(settings) == ["2013-01", "2013-02", "2031-02", "2031-03"]  # as the landing sensor adds them
 
 
 def test_land_puts_a_file_of_ones_own_in_the_landing_zone_with_its_checksum_and_its_month(
@@ -348,6 +350,7 @@ def test_land_puts_a_file_of_ones_own_in_the_landing_zone_with_its_checksum_and_
         (["--table", "flight", "--month", "2013-04"], "no table 'flight'; the feeds' tables: flights, weather"),
         (["--table", "flights"], "flights is a monthly table: give --month YYYY-MM"),
         (["--table", "planes", "--month", "2013-04"], "planes is a reference table (one file, no month): drop --month"),
+        (["--table", "flights", "--month", "2031-04"], "2031-04 is after the current month: a batch cannot hold"),
     ]:
         assert main(["land", str(delivery), *argv]) == 2
         assert error in _error_line(capsys)
@@ -373,8 +376,9 @@ def test_months_stop_before_a_month_a_table_has_not_landed_for(
     assert main(["months", "--tags"]) == 0
     printed = capsys.readouterr()
     assert json.loads(printed.out) == range_tags(["2013-01"])
-    assert "note: 2013-02 waits for weather (land weather/2013-02.parquet or `mlops replay --month 2013-02`)" in (
-        printed.err
+    assert (
+        "note: 2013-02 waits for weather (land weather/2013-02.parquet: `mlops land FILE --table weather --month "
+        "2013-02`, or `mlops replay --month 2013-02` for the packaged data)" in printed.err
     )
     assert "note: the months covered end at 2013-01" in printed.err and "2013-03" not in printed.err
     land_file(settings.landing_dir, "weather", "2013-02", b"only the layout is read")

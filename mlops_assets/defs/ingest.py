@@ -81,11 +81,17 @@ def month_changed_at(instance: dg.DagsterInstance, landing_dir: Path, tables: li
     return changed
 
 
-def ingested_version(instance: dg.DagsterInstance, table: TableSpec, month: str | None) -> str | None:
+def ingested_version(
+    instance: dg.DagsterInstance, table: TableSpec, month: str | None, accepted_only: bool = False
+) -> str | None:
     """The sha256 of the file last ingested for ``table`` / ``month``, from Dagster's event log (not DuckDB); None
-    when the newest look at the file is not an ingest (it landed, or changed, since)."""
+    when the newest look at the file is not an ingest (it landed, or changed, since), or with ``accepted_only``, when
+    that ingest rejected it (its checksum file, say, which may have been fixed since)."""
     observation = newest_landing_observation(instance, table, month)
     if observation is None or observation.tags.get(INGESTED_TAG) != "true":
+        return None
+    accepted = observation.metadata.get("accepted")
+    if accepted_only and not (accepted is not None and accepted.value is True):
         return None
     return observation.tags.get(DATA_VERSION_TAG)
 

@@ -114,8 +114,13 @@ def build_landing_sensor(
         # corrected month re-executed from its failed run): Dagster's record of what the ingest step read says so,
         # and those files need no run.
         for landed in files:
-            unseen = previous.get(landed.relative_name) != landed.version and landed.table in tables
-            if unseen and ingested_version(context.instance, tables[landed.table], landed.month) == landed.sha256:
+            if landed.table not in tables or previous.get(landed.relative_name) == landed.version:
+                continue
+            # a file seen before in another state counts as in only when its ingest accepted it: a batch rejected for
+            # its checksum file changes state when only that file is fixed, and must be ingested again
+            changed = landed.relative_name in previous
+            ingested = ingested_version(context.instance, tables[landed.table], landed.month, accepted_only=changed)
+            if ingested == landed.sha256:
                 previous[landed.relative_name] = landed.version
         known_in_order = context.instance.get_dynamic_partitions(MONTHS.name)
         known = set(known_in_order)

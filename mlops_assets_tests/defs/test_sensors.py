@@ -13,7 +13,7 @@ import pytest
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.features import compute_features
 from mlops_assets.core.ingest import record_misnamed
-from mlops_assets.core.landing import find_landed, land_file, landed_months, misnamed_files
+from mlops_assets.core.landing import checksum_path, find_landed, land_file, landed_months, misnamed_files
 from mlops_assets.core.settings import DEFAULT_SENSOR_INTERVAL_S, SENSOR_INTERVAL_ENV, Settings, load_settings
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.features import freshness_check_keys
@@ -172,6 +172,25 @@ def test_a_month_after_a_rejected_one_is_not_built_over_the_gap_until_it_is_corr
         stored = conn.sql(f"SELECT * FROM features.{spec.name} WHERE _month = '2013-03'").pl()
         rebuilt = compute_features(conn, spec, "2013-03")
     assert stored.sort([*spec.key]).equals(rebuilt.select(stored.columns).sort([*spec.key]))
+
+
+def test_a_batch_rejected_for_its_checksum_file_runs_again_once_only_that_file_is_fixed(settings: Settings) -> None:
+    """The same bytes, now vouched for: a new state of the file, though its bytes were read by the rejected run (the
+    shortcut for files a run already ingested counts only an ingest that accepted them)."""
+    replay_months(settings.landing_dir, ["2013-01"], every=50)
+    landed = find_landed(settings.landing_dir, "flights", "2013-01")
+    assert landed is not None
+    sidecar = checksum_path(landed.path)
+    sidecar.write_text("0" * 64 + "  2013-01.parquet\n")  # damaged
+    defs = build_definitions(CATALOG, settings)
+    with instance_for_test() as instance:
+        ticker = Ticker(defs, instance, ("landing_sensor",), automation=False)
+        [rejected] = ticker.settle()
+        assert not rejected.success
+        sidecar.write_text(f"{landed.sha256}  2013-01.parquet\n")  # fixed, the batch untouched
+        [again] = ticker.settle()
+        assert again.success and again.partition == "2013-01"
+        assert all(instance.get_materialized_partitions(features_key(s)) == {"2013-01"} for s in CATALOG.feature_tables)
 
 
 def test_partitions_out_of_place_are_the_only_ones_moved() -> None:

@@ -193,6 +193,7 @@ class PredictionLog:
                 rows, self._rows = self._rows, []
             path = self.folder / f"unwritten-{time.time_ns()}-{os.getpid()}.jsonl"
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 self._set_aside(rows, path, error, why="could not be written at shutdown")
             except OSError as second:
                 logger.error(

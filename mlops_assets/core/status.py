@@ -9,7 +9,7 @@ import duckdb
 
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.ingest import latest_verdicts
-from mlops_assets.core.landing import landed_months, reference_files, unlanded_references
+from mlops_assets.core.landing import find_landed, landed_months, reference_files, unlanded_references
 from mlops_assets.core.records import EvaluationResult
 from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError, UnknownVersionError
 from mlops_assets.core.settings import Settings
@@ -80,6 +80,8 @@ def store_status(catalog: Catalog, models: tuple[ModelSpec, ...], settings: Sett
                     "serving": "the last accepted version"
                     if (v["month"] or "reference") in validated
                     else "nothing of this month",
+                    # a corrected file landed since the rejection: its run has not judged it yet
+                    "newer_version_waiting": _landed_since(settings, table.name, v),
                 }
                 for v in newest
                 if v["accepted"] is False
@@ -171,9 +173,19 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _landed_since(settings: Settings, table: str, verdict: dict[str, Any]) -> str | None:
+    """The sha256 of the file landed for the verdict's month when it is not the one the verdict judged, else None."""
+    landed = find_landed(settings.landing_dir, table, verdict["month"])
+    if landed is None or not verdict.get("sha256") or landed.sha256 == verdict["sha256"]:
+        return None
+    return landed.sha256
+
+
 def _rejected(batch: dict[str, Any]) -> str:
     on = f" on {batch['column']}" if batch["column"] else ""
-    return f"{batch['month'] or 'reference'} ({batch['stage']}: {batch['rule']}{on}; serving {batch['serving']})"
+    waiting = batch.get("newer_version_waiting")
+    since = f"; a newer file (sha256 {waiting[:12]}) landed since, waiting for its run" if waiting else ""
+    return f"{batch['month'] or 'reference'} ({batch['stage']}: {batch['rule']}{on}; serving {batch['serving']}{since})"
 
 
 def _monitored_month(entry: dict[str, Any]) -> str:

@@ -534,6 +534,9 @@ def test_status_tells_the_newest_version_of_a_month_from_earlier_ones(base: Sett
         assert _verdict(base, "validated")["accepted"] is True  # the serving version, validated again
         assert rejected() == [("raw", "column_present")]  # still the newest version's verdict
         _land(base, april)  # the good version again, as a person restoring the month would
+        # before its run, status says a newer file waits (it showed the old rejection as if nothing had landed)
+        waiting = format_status(store_status(CATALOG, CATALOG.models, base))
+        assert "landed since, waiting for its run)" in waiting, waiting
         assert _run(base, instance, [BAD]).success
         assert rejected() == []
     assert status["quarantined_rows"][BAD] == april.height  # the newest version: every row, rejected at raw

@@ -37,6 +37,7 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.core.catalog import CatalogError
 from mlops_assets.core.landing import (
     LandedFile,
+    current_month,
     incomplete_months,
     land_file,
     landed_months,
@@ -45,7 +46,6 @@ from mlops_assets.core.landing import (
     reference_files,
     scan_landing,
     unlanded_references,
-    utc_now,
 )
 from mlops_assets.core.records import json_safe
 from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
@@ -193,7 +193,7 @@ def cmd_land(args: argparse.Namespace) -> int:
         kind = "a monthly table" if table.monthly else "a reference table (one file, no month)"
         print(f"error: {table.name} is {kind}: {need}", file=sys.stderr)
         return 2
-    if args.month is not None and args.month > f"{utc_now():%Y-%m}":
+    if args.month is not None and args.month > current_month():
         print(
             f"error: {args.month} is after the current month: a batch cannot hold the future (a wrong year?); give "
             "the month its rows are from",
@@ -245,7 +245,7 @@ def cmd_months(args: argparse.Namespace) -> int:
         )
         _no_tags(args)
         return 1
-    future = [m for m in months if m > f"{utc_now():%Y-%m}"]
+    future = [m for m in months if m > current_month()]
     if future:
         # rejected at raw (month_in_future) whatever they hold: a range through them would fail every run
         for month in future:

@@ -49,6 +49,7 @@ from mlops_assets.core.landing import (
     LandedFile,
     MisnamedFile,
     checksum_path,
+    current_month,
     file_version,
     recorded_checksum,
     sha256_bytes,
@@ -224,7 +225,7 @@ def future_month_verdict(label: str, month: str | None, now: datetime) -> BatchV
     """The rejection of a batch of a month after ``now``'s (UTC): no feed delivers the future, and such a month would
     become the newest: the one every model serves and retrains from (a 2031 month landed beside 2013 ones took over
     the online store and left the training window no validation month). None for any other batch."""
-    current = f"{now.year:04d}-{now.month:02d}"
+    current = current_month(now)
     if month is None or month <= current:
         return None
     message = (

@@ -42,6 +42,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def current_month(now: datetime | None = None) -> str:
+    """The month of ``now`` (default: the clock, UTC) as ``YYYY-MM``: no batch may be of a month after it."""
+    now = now or utc_now()
+    return month_key(now.year, now.month)
+
+
 def parse_month(month: str) -> tuple[int, int]:
     """Split ``"2013-03"`` into ``(2013, 3)``; raise ``ValueError`` with the expected format otherwise."""
     match = MONTH_PATTERN.fullmatch(month)  # the whole string: "2013-01\n" is no month (`$` would allow it)

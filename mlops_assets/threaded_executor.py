@@ -42,12 +42,13 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from types import TracebackType
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.dependency import NodeHandle
 from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.events import DagsterEvent, EngineEventData
@@ -65,7 +66,12 @@ from dagster._core.execution.step_dependency_config import (
     get_step_dependency_config_field,
 )
 from dagster._core.executor.base import Executor
-from dagster._core.storage.tags import PRIORITY_TAG
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+    PRIORITY_TAG,
+)
 from dagster._utils.error import serializable_error_info_from_exc_info
 from dagster._utils.timing import time_execution_scope
 from dagster_shared.utils.timing import format_duration
@@ -353,6 +359,7 @@ class ThreadedExecutor(Executor):
 
     def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
         step_keys = execution_plan.step_keys_to_execute
+        refuse_a_run_without_partition(plan_context, step_keys)
         pid = os.getpid()
         yield DagsterEvent.engine_event(
             plan_context,
@@ -386,6 +393,40 @@ class ThreadedExecutor(Executor):
             plan_context,
             f"Finished steps in process (pid: {pid}) in {format_duration(timer.millis)}",
             event_specific_data=EngineEventData.in_process(pid, step_keys),
+        )
+
+
+def partitioned_assets_without_partition(
+    job: dg.JobDefinition, tags: Mapping[str, str], step_keys: Sequence[str]
+) -> list[str]:
+    """The partitioned assets among the steps to run, when the run names no partition (empty when it names one).
+
+    Dagster fails each of their steps before its code starts, with "Cannot access partition_key for a non-partitioned
+    run" (a job launched from the UI's Launchpad with its partition left empty, or ``dagster job execute`` without
+    partition tags): the step's own explanation never gets a chance."""
+    if PARTITION_NAME_TAG in tags or (
+        ASSET_PARTITION_RANGE_START_TAG in tags and ASSET_PARTITION_RANGE_END_TAG in tags
+    ):
+        return []
+    partitioned = []
+    for step_key in step_keys:
+        for key in job.asset_layer.get_selected_entity_keys_for_node(NodeHandle(step_key, parent=None)):
+            if isinstance(key, dg.AssetKey) and job.asset_layer.get(key).partitions_def is not None:
+                partitioned.append(key.to_user_string())
+    return sorted(set(partitioned))
+
+
+def refuse_a_run_without_partition(plan_context: PlanOrchestrationContext, step_keys: Sequence[str]) -> None:
+    """Fail the run before any step starts, saying how to name its partitions, when it needs them and has none."""
+    job = plan_context.job.get_definition()
+    missing = partitioned_assets_without_partition(job, plan_context.dagster_run.tags, step_keys)
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise dg.Failure(
+            description=f"{plan_context.dagster_run.job_name} names no partition, and its partitioned assets ({shown}) need one: "
+            "in the UI, pick the months in the Launchpad's partition selector (or materialize the assets from the "
+            "asset graph, which asks for them); from a shell, `make train` runs it over every landed month "
+            '(by hand: --tags "$(mlops months --tags)").'
         )
 
 

@@ -356,3 +356,42 @@ def test_a_run_whose_loop_fails_frees_its_pool_slot_only_after_its_running_steps
         assert [e.step_key for e in second] == ["broken_later"]
         assert "a second step's machinery broke" in str(second[0].dagster_event.engine_event_data.error)
         assert instance.event_log_storage.get_concurrency_info("warehouse").active_slot_count == 0
+
+
+def _partitioned_job() -> dg.JobDefinition:
+    months = dg.StaticPartitionsDefinition(["2013-01", "2013-02"])
+
+    @dg.asset(partitions_def=months)
+    def monthly() -> None:
+        """One row per month."""
+
+    @dg.asset(deps=[monthly])
+    def summary() -> None:
+        """Unpartitioned, downstream of every month."""
+
+    defs = dg.Definitions(assets=[monthly, summary], jobs=[dg.define_asset_job("job", executor_def=threaded_executor)])
+    return defs.resolve_job_def("job")
+
+
+def test_a_run_of_partitioned_assets_without_a_partition_fails_before_any_step_saying_how_to_name_one() -> None:
+    # Dagster itself fails each such step before its code starts ("Cannot access partition_key for a
+    # non-partitioned run"): a job launched from the Launchpad with its partition left empty read that, and nothing else
+    with instance_for_test() as instance:
+        result = execute_with_job_executor(_partitioned_job(), instance)
+        assert not result.success
+        assert not [e for e in result.all_events if e.is_step_start]
+        (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE]
+        message = str(failure.event_specific_data.error.message)
+        assert "job names no partition, and its partitioned assets (monthly) need one" in message
+        assert "partition selector" in message and "mlops months --tags" in message
+
+
+def test_a_partitioned_run_and_a_run_of_unpartitioned_assets_alone_are_not_refused() -> None:
+    job = _partitioned_job()
+    with instance_for_test() as instance:
+        assert execute_with_job_executor(
+            job, instance, partition_key="2013-02", asset_selection=[dg.AssetKey("monthly")]
+        ).success
+        ranged = {"dagster/asset_partition_range_start": "2013-01", "dagster/asset_partition_range_end": "2013-02"}
+        assert execute_with_job_executor(job, instance, tags=ranged).success
+        assert execute_with_job_executor(job, instance, asset_selection=[dg.AssetKey("summary")]).success

@@ -115,7 +115,11 @@ class ProgressFormatter(logging.Formatter):
                 self._started = record.created
                 return f"{job}: run {str(meta.get('run_id'))[:8]} {_RUN_EVENTS[kind]}"
             took = f" in {record.created - self._started:.1f} s" if self._started is not None else ""
-            return f"{job}: {_RUN_EVENTS[kind]}{took}"
+            # a run that failed before any step (its executor refused it): the reason, which no step line gave
+            cause = (
+                root_cause(getattr(event.event_specific_data, "error", None)) if kind == "PIPELINE_FAILURE" else None
+            )
+            return f"{job}: {_RUN_EVENTS[kind]}{took}" + (f": {cause}" if cause else "")
         if kind == "STEP_FAILURE":
             detail = root_cause(getattr(event.event_specific_data, "error", None)) or message
             return f"{label:<44} FAILED: {detail}"

@@ -270,3 +270,25 @@ def test_the_training_window_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv(TRAINING_WINDOW_ENV, wrong)
         with pytest.raises(ValueError, match=TRAINING_WINDOW_ENV):
             load_settings()
+
+
+def test_the_training_pipeline_launched_without_months_says_how_to_pick_them(
+    settings: Settings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """From the Launchpad with its partition left empty (or `dagster job execute` without tags) each monthly step read
+    Dagster's "Cannot access partition_key for a non-partitioned run", and nothing said what to do."""
+    from mlops_assets.threaded_executor import execute_with_job_executor
+
+    assert main(["replay", "--through", "2013-01", "--every", "50"]) == 0
+    job = build_definitions(CATALOG, settings).resolve_job_def("training_pipeline")
+    with dg.DagsterInstance.get() as instance:
+        result = execute_with_job_executor(job, instance, run_config=PROGRESS_CONSOLE_CONFIG)
+    assert not result.success
+    assert not [e for e in result.all_events if e.is_step_start]  # refused before any step
+    printed = capfd.readouterr().err
+    assert re.search(
+        r"training_pipeline: FAILED in [0-9.]+ s: training_pipeline names no partition, and its partitioned assets "
+        r"\(features/cancellation_features, .*\) need one: in the UI, pick the months",
+        printed,
+    ), printed
+    assert "Cannot access partition_key" not in printed

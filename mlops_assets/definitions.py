@@ -35,7 +35,15 @@ from mlops_assets.defs.sensors import (
 )
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.defs.validate import build_validate
-from mlops_assets.recovery import HOST_TAG, IN_PROGRESS, PID_TAG, PROCESS_TAG, LeftAlone, recover_dead_runs
+from mlops_assets.recovery import (
+    HOST_TAG,
+    IN_PROGRESS,
+    PID_TAG,
+    PROCESS_TAG,
+    LeftAlone,
+    daemon_retries,
+    recover_dead_runs,
+)
 from mlops_assets.threaded_executor import threaded_executor
 
 # The beta APIs used here (observable sources, single-run backfill policy) are the ones Dagster documents for this
@@ -188,6 +196,11 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
     if busy:
         raise ValueError(
             f"run {run_id} is being re-executed by run {busy[0]} (e.g. a retry the daemon launched): wait for that run"
+        )
+    if not children and daemon_retries(instance, run):  # its retry is about to start: a resume would run it twice
+        raise ValueError(
+            f"run {run_id} is retried by the daemon (Dagster's run retries, tag dagster/will_retry): wait for its "
+            "retry run (`mlops runs`, or the UI's Runs page), and resume it only if that run fails too"
         )
     resumable = ["feature_pipeline", "training_pipeline", *(retraining_job_name(m) for m in CATALOG.models)]
     if run.job_name not in resumable:

@@ -67,6 +67,36 @@ WATCH_INTERVAL_S = 10.0
 WATCH_INTERVAL_ENV = "MLOPS_RECOVERY_WATCH_S"
 
 
+#: The daemon writes a heartbeat every 30 s: a last one older than this says no daemon is running (Dagster's own
+#: tolerance, 30 minutes, would count a daemon stopped 20 minutes ago).
+DAEMON_ALIVE_S = 90.0
+#: The daemon thread that launches Dagster's run retries.
+RETRY_DAEMON = "EVENT_LOG_CONSUMER"
+
+
+def daemon_retries(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Whether Dagster's run retries re-execute ``run`` once it is marked failed for a dead process: retries are on,
+    it has retries left (a crash is not a step's failure, so ``retry_on_asset_or_op_failure: false`` still retries
+    it), and a daemon is running to launch them. Then nobody should resume it by hand as well: two re-executions of
+    one run would both run its steps."""
+    from dagster._core.events import RunFailureReason
+    from dagster._core.execution.retries import auto_reexecution_should_retry_run
+    from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
+
+    if not instance.run_retries_enabled:
+        return False
+    if run.status == dg.DagsterRunStatus.FAILURE and WILL_RETRY_TAG in run.tags:  # Dagster decided when it failed
+        if run.tags[WILL_RETRY_TAG] != "true":
+            return False
+    else:
+        reason = run.tags.get(RUN_FAILURE_REASON_TAG)
+        failed = run.with_status(dg.DagsterRunStatus.FAILURE)
+        if not auto_reexecution_should_retry_run(instance, failed, RunFailureReason(reason) if reason else None):
+            return False
+    beat = instance.get_daemon_heartbeats().get(RETRY_DAEMON)
+    return beat is not None and time.time() - beat.timestamp < DAEMON_ALIVE_S
+
+
 def watch_interval_s() -> float:
     """``$MLOPS_RECOVERY_WATCH_S`` when it is a positive number, else :data:`WATCH_INTERVAL_S` (a bad value is
     logged, never a reason for the run to fail)."""
@@ -182,6 +212,7 @@ class RecoveredRun:
     process: ProcessIdentity
     reason: str
     freed: tuple[Claim, ...]
+    retried: bool = False  # Dagster's run retries re-execute it (:func:`daemon_retries`)
 
     def message(self) -> str:
         slots = [c for c in self.freed if not c.pending]
@@ -196,7 +227,9 @@ class RecoveredRun:
                 f"dropped its {len(queued)} queued step(s) from the {', '.join(sorted({c.pool for c in queued}))} pool"
             )
         text = f"run {self.run_id} ({self.job_name}) was {self.was} but {self.reason}: {', '.join(what)}"
-        if self.now == "FAILURE" and not self.job_name.startswith("__"):
+        if self.now == "FAILURE" and self.retried:
+            text += "; the daemon's run retries re-execute it from its failure (nothing to do by hand)"
+        elif self.now == "FAILURE" and not self.job_name.startswith("__"):
             text += f"; resume it with `mlops resume {self.run_id}`"
         return text
 
@@ -268,6 +301,7 @@ def _mark(instance: dg.DagsterInstance, run: dg.DagsterRun, verdict: Verdict) ->
     identity = recorded_process(fresh)
     assert identity is not None
     found_by = process_identity().describe()
+    retried = fresh.status != dg.DagsterRunStatus.CANCELING and daemon_retries(instance, fresh)
     if fresh.status == dg.DagsterRunStatus.CANCELING:
         instance.report_run_canceled(
             fresh, f"{verdict.reason}: the run was being canceled; marked canceled by mlops recovery ({found_by})."
@@ -275,7 +309,9 @@ def _mark(instance: dg.DagsterInstance, run: dg.DagsterRun, verdict: Verdict) ->
         now = dg.DagsterRunStatus.CANCELED
     else:
         how = "re-execute it from failure in the UI"
-        if not fresh.job_name.startswith("__"):  # a job of its own, not an asset selection: `mlops resume` takes it
+        if retried:
+            how = "the daemon's run retries re-execute it from its failure: nothing to do by hand"
+        elif not fresh.job_name.startswith("__"):  # a job of its own, not an asset selection: `mlops resume` takes it
             how = f"resume it from its failed steps with `mlops resume {fresh.run_id}` (or {how})"
         instance.report_run_failed(
             fresh,
@@ -284,7 +320,16 @@ def _mark(instance: dg.DagsterInstance, run: dg.DagsterRun, verdict: Verdict) ->
         )
         now = dg.DagsterRunStatus.FAILURE
     freed = _free(instance, fresh.run_id)
-    return RecoveredRun(fresh.run_id, fresh.job_name, fresh.status.value, now.value, identity, verdict.reason, freed)
+    return RecoveredRun(
+        fresh.run_id,
+        fresh.job_name,
+        fresh.status.value,
+        now.value,
+        identity,
+        verdict.reason,
+        freed,
+        retried=retried,
+    )
 
 
 def recover_dead_runs(

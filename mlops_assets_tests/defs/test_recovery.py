@@ -221,6 +221,43 @@ def test_a_run_recovered_for_its_silence_is_one_the_run_retries_take() -> None:
         assert should_retry(failed, retrying)
 
 
+def _daemon_beat(instance: dg.DagsterInstance, age_s: float) -> None:
+    """The heartbeat of the daemon thread that launches run retries, ``age_s`` seconds old."""
+    from dagster._daemon.types import DaemonHeartbeat
+
+    from mlops_assets.recovery import RETRY_DAEMON
+
+    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - age_s, RETRY_DAEMON, "daemon-1", errors=[]))
+
+
+@pytest.mark.parametrize("daemon", ["running", "stopped", "none"])
+def test_a_dead_run_the_daemon_retries_is_not_also_resumed_by_hand(daemon: str) -> None:
+    """With run retries on and a daemon running, a run marked failed for a dead process is re-executed by Dagster: the
+    recovery said to `mlops resume` it as well, and a resume before the retry started ran its steps a second time.
+    Without a daemon (its last heartbeat minutes old, or none: `dagster job execute` alone) the resume is the way."""
+    retries = {"run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}}
+    with instance_for_test(overrides={**retries, "concurrency": {"pools": {"default_limit": 1}}}) as retrying:
+        if daemon != "none":
+            _daemon_beat(retrying, 5 if daemon == "running" else 600)
+        dead = _exited_child()
+        run = _started_run(retrying, dead)
+        [recovered] = recover_dead_runs(retrying).recovered
+        failure = retrying.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+        said = failure[0].event_log_entry.dagster_event.message or ""
+        if daemon == "running":
+            assert recovered.retried
+            assert recovered.message().endswith(
+                "; the daemon's run retries re-execute it from its failure (nothing to do by hand)"
+            )
+            assert "the daemon's run retries re-execute it from its failure: nothing to do by hand" in said
+            with pytest.raises(ValueError, match="is retried by the daemon .* wait for its retry run"):
+                resume_run(run.run_id, retrying)
+        else:
+            assert not recovered.retried
+            assert recovered.message().endswith(f"; resume it with `mlops resume {run.run_id}`")
+            assert f"`mlops resume {run.run_id}`" in said
+
+
 def test_a_running_run_says_it_is_alive(instance: dg.DagsterInstance) -> None:
     from mlops_assets.recovery import HEARTBEAT_TAG, RecoveryWatch, record_run_process, silent_for
 

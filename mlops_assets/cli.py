@@ -6,6 +6,7 @@
     mlops months [--tags]              landed months (--tags: the run tags that make a job cover all of them)
     mlops models [--json]              every registered model: feed, champion and its evaluation metrics
     mlops status [--model M] [--json]  landed months, rows, quarantine, features; per model versions, aliases, events
+    mlops quarantine [--table T] ...   rejected rows: counts by table, month, stage, rule; or a table's rows and reasons
     mlops runs [--model M] [--last N]  a model's training runs side by side: params, data hash, metrics
     mlops rollback [--model M] [--to]  move a model's champion back by hand (recorded in its event log)
     mlops resume [--model M] RUN_ID... re-execute failed runs from their failed step (Dagster re-execution)
@@ -392,6 +393,57 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """Rejected rows found again: counts by table, month, stage and rule, or one table's rows with their reasons."""
+    from mlops_assets.core.quarantine import (
+        QuarantineFilter,
+        format_counts,
+        format_rows,
+        quarantine_counts,
+        quarantined_rows,
+    )
+
+    settings = load_settings()
+    only = QuarantineFilter(month=args.month, rule=args.rule, stage=args.stage)
+    if not settings.warehouse_path.exists():
+        if args.json:
+            print(json.dumps([] if args.table is None else {"table": args.table, "total": 0, "rows": []}))
+        else:
+            print(
+                f"no quarantined row: nothing was ingested in {settings.data_dir} yet (no {settings.warehouse_path.name})"
+                "; land data and run the pipeline (`make pipeline`), or set MLOPS_DATA_DIR to the data directory"
+            )
+        return 0
+    try:
+        with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+            if args.table is None:
+                counts = quarantine_counts(conn, [t.name for t in CATALOG.tables], only)
+            else:
+                total, rows = quarantined_rows(conn, args.table, only, limit=args.limit or None)
+    except duckdb.IOException as error:
+        print(
+            f"error: cannot read {settings.warehouse_path} ({error}); a run is writing it, try again when it ends",
+            file=sys.stderr,
+        )
+        return 1
+    if args.table is None:
+        if args.json:
+            print(json.dumps(counts, indent=2))
+        elif counts:
+            print(format_counts(counts))
+            print("\n`mlops quarantine --table T` lists a table's rows with their reasons (--month, --rule narrow it)")
+        else:
+            print("no quarantined row" + ("" if only == QuarantineFilter() else " matches"))
+        return 0
+    if args.json:
+        print(json.dumps({"table": args.table, "total": total, "rows": json_safe(rows)}, indent=2, default=str))
+    elif total:
+        print(format_rows(args.table, total, rows))
+    else:
+        print(f"no quarantined row of {args.table}" + ("" if only == QuarantineFilter() else " matches"))
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     model = _model(args)
     print(f"{model.name}:\n" + format_runs(_registry(load_settings(), model), args.last))
@@ -605,6 +657,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)
 
+    table_names = [t.name for t in CATALOG.tables]
+    held = commands.add_parser(
+        "quarantine",
+        help="rejected rows: counted by table, month, stage and rule, or (with --table) row by row with the reason",
+    )
+    held.add_argument("--table", choices=table_names, help="list this table's quarantined rows, not the counts")
+    held.add_argument("--month", type=_month, help="only this month (YYYY-MM)")
+    held.add_argument("--rule", help="only this rule, e.g. in_range, duplicate_row, label_implausible")
+    held.add_argument("--stage", choices=["raw", "validated"], help="only rows set aside at this stage")
+    held.add_argument("--limit", type=_count, default=20, help="rows listed with --table (default 20; 0: all of them)")
+    held.add_argument("--json", action="store_true", help="machine-readable output (every row's values in full)")
+    held.set_defaults(handler=cmd_quarantine)
+
     runs = commands.add_parser("runs", help="a model's training runs side by side: params, data hash, metrics")
     model_option(runs, f"the model (default: {CATALOG.default.name})")
     runs.add_argument("--last", type=_positive, default=10, help="how many of the newest versions (positive)")
@@ -667,6 +732,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.set_defaults(handler=cmd_serve)
     return parser
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number (0 or more), got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
 
 
 def _positive(value: str) -> int:

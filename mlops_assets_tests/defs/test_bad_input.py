@@ -7,6 +7,7 @@ February and March are landed and built once for the module (every 20th flight);
 """
 
 import io
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -550,3 +551,47 @@ def test_status_tells_the_newest_version_of_a_month_from_earlier_ones(base: Sett
     )
     assert "2013-04 (raw: column_present on distance; serving the last accepted version)" in shown, shown
     assert "+5  of earlier versions of a month (kept)" in shown, shown
+
+
+def test_mlops_quarantine_finds_every_rejected_row_again(base: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mlops quarantine` counts the set-aside rows by table, month, stage and rule, and lists a table's rows with
+    their reason, file and position: each row it gives back is the landed row at that position, value for value."""
+    import json
+
+    from mlops_assets.cli import main
+
+    april = _clean(base)
+    negative = pl.lit(-1, dtype=april["distance"].dtype)
+    bad_distance = pl.when(pl.int_range(pl.len()) < 5).then(negative).otherwise(pl.col("distance")).alias("distance")
+    landed = pl.concat([april.with_columns(bad_distance), april.slice(10, 2)])  # 5 bad rows and 2 exact copies
+    _land(base, landed)
+    with instance_for_test() as instance:
+        assert _run(base, instance, [BAD]).success
+
+    assert main(["quarantine", "--json"]) == 0
+    counts = {
+        (c["table"], c["month"], c["stage"], c["rule"].split("(")[0]): c["rows"]
+        for c in json.loads(capsys.readouterr().out)
+    }
+    assert counts[("flights", BAD, "validated", "greater_than")] == 5, counts
+    assert counts[("flights", BAD, "validated", RULE_DUPLICATE_ROW)] == 2, counts
+    assert main(["quarantine"]) == 0
+    assert re.search(rf"flights\s+{BAD}\s+validated\s+{RULE_DUPLICATE_ROW}\s+\S+\s+2\s", capsys.readouterr().out)
+
+    assert main(["quarantine", "--table", "flights", "--month", BAD, "--limit", "0", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["total"] == 7 == len(listed["rows"])
+    for row in listed["rows"]:
+        assert row["_source_file"] == f"flights/{BAD}.parquet"
+        original = landed.row(row["_row"], named=True)
+        assert row["row"]["distance"] == original["distance"] and row["row"]["tailnum"] == original["tailnum"]
+        assert (row["row"]["year"], row["row"]["month"], row["row"]["day"]) == (2013, 4, original["day"])
+    assert sorted(r["_row"] for r in listed["rows"]) == [0, 1, 2, 3, 4, april.height, april.height + 1]
+
+    # the rule's name alone finds the check whatever its arguments; the default listing says how to see the rest
+    assert main(["quarantine", "--table", "flights", "--rule", "greater_than", "--limit", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert "2 of 5 quarantined row(s) of flights (--limit 0 shows all" in shown, shown
+    assert f"flights/{BAD}.parquet row 0" in shown and "greater_than(0) on distance = -1: " in shown, shown
+    assert main(["quarantine", "--table", "weather", "--month", BAD, "--rule", "nothing_like_it"]) == 0
+    assert capsys.readouterr().out.strip() == "no quarantined row of weather matches"

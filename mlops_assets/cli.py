@@ -2,7 +2,8 @@
 
     mlops replay --through 2013-03     land Jan..Mar 2013 as the production feed would (idempotent), add the months
     mlops replay --month 2013-04       land one more month
-    mlops land FILE --table T [--month M]  land a file of one's own as a batch, with its checksum file
+    mlops land FILE --table T [--month M]  land a file of one's own as a batch, with its checksum file (refused when
+                                       not the table's columns, unless --unchecked)
     mlops months [--tags]              landed months (--tags: the run tags that make a job cover all of them)
     mlops models [--json]              every registered model: feed, champion and its evaluation metrics
     mlops status [--model M] [--json]  landed months, rows, quarantine, features; per model versions, aliases, events
@@ -59,7 +60,7 @@ from mlops_assets.core.settings import (
     prepare_dagster_home,
     train_hint,
 )
-from mlops_assets.core.specs import FeedSpec, ModelSpec
+from mlops_assets.core.specs import FeedSpec, ModelSpec, TableSpec
 from mlops_assets.core.status import format_models, format_runs, format_status, model_overview, store_status
 
 REPLAYABLE = [f for f in CATALOG.feeds if f.replay is not None]
@@ -206,6 +207,13 @@ def cmd_land(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"error: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
         return 2
+    if not args.unchecked and (problem := _unlandable(data, table)):
+        print(
+            f"error: {args.file} not landed: {problem}. Fix the file (or land it with --unchecked, and the pipeline "
+            "rejects it, keeping every row in quarantine)",
+            file=sys.stderr,
+        )
+        return 2
     _instance_home(settings)  # its storage settings checked before anything lands
     landed, status = land_file(settings.landing_dir, table.name, args.month, data)
     print(f"  {status:<9} {landed.relative_name:<28} {len(data):>11,} bytes  sha256 {landed.sha256[:12]}")
@@ -222,6 +230,28 @@ def cmd_land(args: argparse.Namespace) -> int:
             "      quarantine.batches); the last accepted data keeps serving."
         )
     return 0
+
+
+def _unlandable(data: bytes, table: TableSpec) -> str | None:
+    """Why the pipeline would reject this file whole at its first stage (unreadable, empty, or not the table's
+    columns and types), said before it lands; None when it would get past that stage. Its rows are judged later."""
+    from mlops_assets.core.contracts import BatchUnreadableError, read_batch, structure_problems
+
+    try:
+        frame = read_batch(data)
+    except BatchUnreadableError as error:
+        return str(error)
+    problems = [message for _, _, message in structure_problems(dict(frame.schema), table.columns)]
+    if problems:
+        more = f" and {len(problems) - 4} more" if len(problems) > 4 else ""
+        matches = [
+            t.name for t in CATALOG.tables if t.name != table.name and not structure_problems(frame.schema, t.columns)
+        ]
+        hint = f" (they are the {matches[0]} table's: --table {matches[0]}?)" if matches else ""
+        return f"its columns are not the {table.name} contract's: {'; '.join(problems[:4])}{more}{hint}"
+    if frame.height == 0:
+        return "it holds no row (an empty month is a broken feed, not a quiet month)"
+    return None
 
 
 def cmd_months(args: argparse.Namespace) -> int:
@@ -636,6 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
     land.add_argument("file", type=Path, help="the parquet file to land")
     land.add_argument("--table", required=True, help="the table it is a batch of (e.g. flights, weather, planes)")
     land.add_argument("--month", type=_month, help="the month its rows are from (monthly tables)")
+    land.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="land it even when it is not readable parquet or its columns differ from the table's contract (the "
+        "pipeline then rejects and quarantines it, as a delivery from outside)",
+    )
     land.set_defaults(handler=cmd_land)
 
     months = commands.add_parser(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from mlops_assets.cli import command_table, main
@@ -16,6 +17,7 @@ from mlops_assets.core.landing import land_file
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.defs.run_tags import range_tags
+from mlops_assets.feeds.nycflights13 import replay_months
 
 
 def _registry_with_history(settings: Settings) -> Registry:
@@ -335,13 +337,15 @@ def test_land_puts_a_file_of_ones_own_in_the_landing_zone_with_its_checksum_and_
     lands the packaged data over the user's file."""
     monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
     delivery = tmp_path / "april delivery.parquet"
-    delivery.write_bytes(b"the rows of April")
+    replay_months(tmp_path / "feed", ["2013-04"], every=50)
+    rows = (tmp_path / "feed" / "flights" / "2013-04.parquet").read_bytes()
+    delivery.write_bytes(rows)
     assert main(["land", str(delivery), "--table", "flights", "--month", "2013-04"]) == 0
     printed = capsys.readouterr().out
     landed = settings.landing_dir / "flights" / "2013-04.parquet"
-    assert landed.read_bytes() == b"the rows of April"
+    assert landed.read_bytes() == rows
     digest = (settings.landing_dir / "flights" / "2013-04.parquet.sha256").read_text().split()[0]
-    assert digest == hashlib.sha256(b"the rows of April").hexdigest() and f"sha256 {digest[:12]}" in printed
+    assert digest == hashlib.sha256(rows).hexdigest() and f"sha256 {digest[:12]}" in printed
     assert "landed    flights/2013-04.parquet" in printed and "2013-04 added as a partition" in printed
     assert _partitions(settings) == ["2013-04"]
     assert main(["land", str(delivery), "--table", "flights", "--month", "2013-04"]) == 0
@@ -356,6 +360,41 @@ def test_land_puts_a_file_of_ones_own_in_the_landing_zone_with_its_checksum_and_
         assert error in _error_line(capsys)
     assert main(["land", str(tmp_path / "missing.parquet"), "--table", "planes"]) == 2
     assert "cannot read" in _error_line(capsys) and not (settings.landing_dir / "reference").exists()
+
+
+def test_land_refuses_a_file_the_pipeline_would_reject_whole_unless_told_to_land_it_unchecked(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Said at once, not by a failed run later; the pipeline still judges a file landed --unchecked (or by a feed
+    writing the landing zone itself): rejected whole, every row kept in quarantine."""
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    replay_months(tmp_path / "feed", ["2013-04"], every=50)
+    april = pl.read_parquet(tmp_path / "feed" / "flights" / "2013-04.parquet")
+    files = {"garbage": b"the rows of April", "renamed": april.rename({"distance": "dist"}), "empty": april.head(0)}
+    for name, content in files.items():
+        path = tmp_path / f"{name}.parquet"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            content.write_parquet(path)
+    for name, said in [
+        ("garbage", "not landed: not readable as parquet: "),
+        ("renamed", "not landed: its columns are not the flights contract's: column 'distance' is missing (renamed "),
+        ("empty", "not landed: it holds no row"),
+    ]:
+        assert main(["land", str(tmp_path / f"{name}.parquet"), "--table", "flights", "--month", "2013-04"]) == 2
+        error = _error_line(capsys)
+        assert said in error and "land it with --unchecked" in error, error
+        assert not settings.landing_dir.exists()
+    # a weather month landed as flights: the hint names the table its columns are
+    weather = tmp_path / "feed" / "weather" / "2013-04.parquet"
+    assert main(["land", str(weather), "--table", "flights", "--month", "2013-04"]) == 2
+    assert "(they are the weather table's: --table weather?)" in _error_line(capsys)
+    assert (
+        main(["land", str(tmp_path / "garbage.parquet"), "--table", "flights", "--month", "2013-04", "--unchecked"])
+        == 0
+    )
+    assert (settings.landing_dir / "flights" / "2013-04.parquet").read_bytes() == b"the rows of April"
 
 
 def test_months_stop_before_a_month_a_table_has_not_landed_for(

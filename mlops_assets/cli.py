@@ -770,24 +770,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _count(value: str) -> int:
+def _whole_number(value: str, least: int, what: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number (0 or more), got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}") from None
+    if number < least:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
     return number
+
+
+def _count(value: str) -> int:
+    return _whole_number(value, 0, "a number (0 or more)")
 
 
 def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return number
+    return _whole_number(value, 1, "a positive number")
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import textwrap
@@ -583,6 +584,7 @@ def cmd_home(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from mlops_assets.simulation import SimulationError, simulate, simulated_months  # Dagster: imported only here
+    from mlops_assets.ticks import RunInterrupted
 
     model = _model(args)
     start, through = args.start or model.feed.first_month, args.through or model.feed.last_month
@@ -599,11 +601,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(
         f"Simulating {model.name} over {span} in {data_dir} (cleared first): sensors and automation decide, tick by tick."
     )
+    # SIGTERM stops it as Ctrl-C does (a KeyboardInterrupt here, or the run in progress interrupted); SIGINT too when
+    # it was ignored (started in the background by a script): Dagster maps SIGTERM to SIGINT's handler after each run
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.default_int_handler)
     try:
         simulate(data_dir, model, start, through, every=args.every)
     except SimulationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: a person or a supervisor asked it to stop
+        during = (
+            f": run {stop.run.run_id[:8]} ended interrupted (marked failed)" if isinstance(stop, RunInterrupted) else ""
+        )
+        print(
+            f"\nstopped{during}. {data_dir} holds the months done so far (browse them with "
+            f"`DAGSTER_HOME={data_dir / 'dagster_home'} MLOPS_DATA_DIR={data_dir} dagster dev -w workspace.yaml`); "
+            "`mlops simulate` starts the year over (it clears the folder first)",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -106,13 +106,13 @@ def month_row(
     drift = latest_month_record(instance, keys.drift, DriftSummary, month) or DriftSummary.no_champion(month)
     live = latest_month_record(instance, keys.live, LiveSummary, month) or LiveSummary.empty(month)
     retrains = [r for r in runs if r.tags.get(TRIGGER_TAG) in ("drift", "performance", "rollback")]
-    events = registry.events()
+    # the month's registrations and decisions, whichever run made them: a retrain's own, or an automation run's (a
+    # challenger's promotion re-evaluated eagerly after the retrain run failed or was interrupted)
+    month_runs = {r.run_id for r in runs}
     challenger = decision = ""
     promoted = False
-    for run in retrains:
-        for event in events:
-            if event.get("run_id") != run.run_id:
-                continue
+    for event in registry.events():
+        if event.get("run_id") in month_runs:
             if event["event"] == "registered":
                 challenger = event["version"]
             elif event["event"] in ("promoted", "rejected"):

@@ -35,6 +35,26 @@ class ExecutedRun:
     tags: dict[str, str]
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run ended because this process was asked to stop (Ctrl-C, SIGTERM): the ticker stops with it, where a run
+    that failed is an outcome to go on from. Dagster catches the signal inside the run (its steps end, the run is
+    marked failed) and forgets it once the run is over, so without this the loop went on to the next month."""
+
+    def __init__(self, run: ExecutedRun) -> None:
+        super().__init__(f"run {run.run_id} was interrupted")
+        self.run = run
+
+
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether the run ended on a termination request (its failure is Dagster's execution-interrupted error)."""
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            error = getattr(event.event_specific_data, "error", None)
+            if error is not None and error.cls_name == "DagsterExecutionInterruptedError":
+                return True
+    return False
+
+
 def apply_partition_requests(
     instance: dg.DagsterInstance,
     requests: Sequence[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest],
@@ -117,6 +137,8 @@ class Ticker:
         self._changed = True
         if self.on_run:
             self.on_run(run)
+        if _interrupted(result):
+            raise RunInterrupted(run)
         return run
 
     def execute_job(self, name: str, tags: dict[str, str]) -> ExecutedRun:

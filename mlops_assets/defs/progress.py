@@ -82,6 +82,8 @@ def root_cause(error: Any) -> str | None:
         return None
     while getattr(error, "cls_name", None) != "Failure" and getattr(error, "cause", None) is not None:
         error = error.cause
+    if getattr(error, "cls_name", None) == "DagsterExecutionInterruptedError":  # carries no message of its own
+        return "interrupted (Ctrl-C, SIGTERM, or the run terminated from the UI): the steps that had ended are kept"
     message = " ".join(str(error.message).split())
     if getattr(error, "cls_name", None) == "Failure":  # dg.Failure: a step's own explanation, said without its class
         message = message.split(": ", 1)[-1]

@@ -5,6 +5,7 @@ The test replays the first half of 2013 (three months after the first training),
 by default: spring's drift already gives a retrain and a promotion (April), every month after runs the same code, and
 the year took twice as long. The later months' rollbacks are tested on their own (test_rollback.py)."""
 
+import time
 from pathlib import Path
 
 import duckdb
@@ -105,3 +106,67 @@ def test_a_simulation_never_clears_a_folder_it_did_not_make(tmp_path: Path) -> N
     assert (precious / "notes.txt").read_text() == "keep me"
     reset_data_dir(tmp_path / "fresh")
     assert (tmp_path / "fresh" / MARKER).exists()
+
+
+def test_a_promotion_an_automation_run_made_counts_for_its_month(tmp_path: Path) -> None:
+    """The retrain run failed (or was interrupted) after its evaluation, and automation promoted the challenger
+    eagerly: the timeline said promoted=False, no decision, and "v0005 serves on" while v0006 served."""
+    import dagster as dg
+
+    from mlops_assets.core.registry import CHAMPION
+    from mlops_assets.simulation import month_row
+    from mlops_assets.ticks import ExecutedRun
+    from mlops_assets_tests.conftest import instance_for_test
+
+    registry = Registry(tmp_path / "registry")
+    first = registry.register("tree\n", {"model": "flight_delay"}, {}, run_id="bootstrap").version
+    registry.set_alias(CHAMPION, first, "promoted", "first model", run_id="bootstrap")
+    retrain = ExecutedRun("drift_sensor", "run-retrain", False, (), None, {"mlops/trigger": "drift"})
+    automation = ExecutedRun("automation", "run-automation", True, (), None, {"mlops/trigger": "automation"})
+    second = registry.register("tree\n\n", {"model": "flight_delay"}, {}, run_id=retrain.run_id).version
+    registry.set_alias(CHAMPION, second, "promoted", "AUC 0.74 vs 0.72", run_id=automation.run_id)
+    with instance_for_test() as instance:
+        assert isinstance(instance, dg.DagsterInstance)
+        row = month_row(FLIGHT_DELAY, "2013-08", instance, registry, [retrain, automation])
+    assert (row.retrained, row.challenger_version, row.promoted) == (True, second, True)
+    assert (row.decision, row.champion_after) == ("AUC 0.74 vs 0.72", second)
+
+
+def test_an_interrupted_run_stops_the_ticker_where_a_failed_run_does_not(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM during a run: Dagster ends the run (marked failed) and forgets the signal, so `mlops
+    simulate` went on to the next month as if a run had merely failed."""
+    import os
+    import signal
+
+    import dagster as dg
+
+    from mlops_assets.defs.progress import root_cause
+    from mlops_assets.threaded_executor import threaded_executor
+    from mlops_assets.ticks import RunInterrupted, Ticker
+    from mlops_assets_tests.conftest import instance_for_test
+
+    @dg.asset
+    def stopped() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # as a person pressing Ctrl-C while the step runs
+        time.sleep(1.0)  # the run's loop sees the request while the step still runs
+
+    @dg.asset
+    def broken() -> None:
+        raise ValueError("a failed run is an outcome, not a stop")
+
+    jobs = [
+        dg.define_asset_job(name, selection=[name], executor_def=threaded_executor) for name in ("stopped", "broken")
+    ]
+    defs = dg.Definitions(assets=[stopped, broken], jobs=jobs)
+    with instance_for_test() as instance:
+        ticker = Ticker(defs, instance, sensors=())
+        assert not ticker.execute_job("broken", {}).success  # no exception: the caller goes on
+        with pytest.raises(RunInterrupted) as stop:
+            ticker.execute_job("stopped", {})
+        run = instance.get_run_by_id(stop.value.run.run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+        [failure] = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+        error = failure.event_log_entry.dagster_event.event_specific_data.error  # type: ignore[union-attr]
+        # the run's console line: said in words (Dagster's error has no message: the line read its class path)
+        assert root_cause(error).startswith("interrupted (Ctrl-C, SIGTERM, or the run terminated from the UI)")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Dagster's handler is gone again

@@ -583,7 +583,12 @@ def cmd_home(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from mlops_assets.simulation import SimulationError, simulate, simulated_months  # Dagster: imported only here
+    from mlops_assets.simulation import (  # Dagster: imported only here
+        SimulationError,
+        check_data_dir,
+        simulate,
+        simulated_months,
+    )
     from mlops_assets.ticks import RunInterrupted
 
     model = _model(args)
@@ -591,12 +596,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if start is None or through is None:
         print(f"error: feed {model.feed.name} declares no replay months: give --from and --through", file=sys.stderr)
         return 2
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else load_settings().data_dir / "simulation"
     try:
         simulated_months(model, start, through, args.every)
+        check_data_dir(data_dir)
     except SimulationError as error:  # said before the data directory is cleared
         print(f"error: {error}", file=sys.stderr)
         return 2
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else load_settings().data_dir / "simulation"
     span = f"{start}..{through}"
     print(
         f"Simulating {model.name} over {span} in {data_dir} (cleared first): sensors and automation decide, tick by tick."

@@ -61,16 +61,25 @@ class SimulationError(RuntimeError):
     pass
 
 
-def reset_data_dir(data_dir: Path) -> None:
-    """Start from empty: a folder an earlier simulation made is cleared; any other non-empty folder is refused."""
+def check_data_dir(data_dir: Path) -> None:
+    """:class:`SimulationError` when ``data_dir`` cannot be a simulation's folder (a file, a folder of other things):
+    said before anything is printed, cleared or landed."""
     try:
         if data_dir.exists() and not data_dir.is_dir():
             raise SimulationError(f"{data_dir} is a file, not a folder: pick another --data-dir")
+        if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / MARKER).exists():
+            raise SimulationError(
+                f"{data_dir} is not empty and was not made by `mlops simulate`: pick another --data-dir"
+            )
+    except OSError as error:  # no permission to look
+        raise SimulationError(f"cannot use {data_dir} ({error.strerror or error}): pick another --data-dir") from None
+
+
+def reset_data_dir(data_dir: Path) -> None:
+    """Start from empty: a folder an earlier simulation made is cleared; any other non-empty folder is refused."""
+    check_data_dir(data_dir)
+    try:
         if data_dir.exists() and any(data_dir.iterdir()):
-            if not (data_dir / MARKER).exists():
-                raise SimulationError(
-                    f"{data_dir} is not empty and was not made by `mlops simulate`: pick another --data-dir"
-                )
             shutil.rmtree(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / MARKER).write_text("made by `mlops simulate`; cleared by the next simulation\n")

@@ -459,6 +459,19 @@ def test_a_simulation_outside_the_feed_says_why_before_clearing_or_landing_anyth
     assert "Simulating" not in printed.out and not data_dir.exists()
 
 
+def test_a_simulation_folder_that_cannot_be_one_is_refused_before_anything_is_said_or_cleared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed "Simulating ... (cleared first)", then refused the folder with exit 1."""
+    (tmp_path / "notes.txt").write_text("mine")
+    afile = tmp_path / "notes.txt"
+    for folder, said in [(tmp_path, "is not empty and was not made by `mlops simulate`"), (afile, "is a file")]:
+        assert main(["simulate", "--data-dir", str(folder)]) == 2
+        printed = capsys.readouterr()
+        assert said in printed.err and "Simulating" not in printed.out, printed
+    assert afile.read_text() == "mine"
+
+
 @pytest.mark.parametrize("command", ["replay", "simulate"])
 def test_every_must_be_a_positive_number_of_rows(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:

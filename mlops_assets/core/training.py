@@ -258,7 +258,7 @@ def train_model(
         raise ValueError(
             f"the validation weeks' {valid.height:,} rows hold one class only ({spec.label} is always "
             f"{valid[spec.label][0]}): early stopping has nothing to measure. Land full months rather than a sample "
-            "(`mlops replay --every 1`), or wait for another month; the champion keeps serving"
+            "(`--every 1` of `mlops replay` or `mlops simulate`), or wait for another month; the champion keeps serving"
         )
     encoder = FeatureEncoder.fit(train, spec)
     full = lightgbm_params(params)

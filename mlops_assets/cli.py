@@ -764,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser(
         "ui", help="the Dagster UI and daemon (dagster dev); one SIGTERM or Ctrl-C stops all of it"
     )
-    ui.add_argument("--port", type=int, default=3000, help="the webserver's port (default 3000)")
+    ui.add_argument("--port", type=_port, default=3000, help="the webserver's port (default 3000)")
     ui.add_argument("--host", help="interface to bind (default 127.0.0.1: loopback only)")
     ui.add_argument("--workspace", default="workspace.yaml", help="the workspace file (default workspace.yaml)")
     ui.set_defaults(handler=cmd_ui)
@@ -800,6 +800,13 @@ def _whole_number(value: str, least: int, what: str) -> int:
         raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}") from None
     if number < least:
         raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _whole_number(value, 1, "a port number from 1 to 65535")
+    if number > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value}")
     return number
 
 

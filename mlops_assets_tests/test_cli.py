@@ -107,6 +107,58 @@ def test_an_alias_naming_a_missing_version_or_a_damaged_metadata_file_is_flagged
 
 
 @pytest.mark.parametrize(
+    "damage", ["empty checksum file", "no metadata.json", "no model.txt", "evaluation not a record"]
+)
+def test_a_lost_or_emptied_file_of_a_version_is_named_by_every_command_never_a_traceback(
+    settings: Settings, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """A bug hunt's cases: IndexError (an empty model.sha256), "no model version 'v0001'; known: v0001, v0002" (no
+    metadata.json), FileNotFoundError (`rollback --to` a version without its model), and a RecordError traceback
+    from `mlops models` (and so `make pipeline`) while `mlops doctor` said all was well."""
+    registry = _registry_with_history(settings)
+    folder = registry.versions_dir / "v0001"
+    if damage == "empty checksum file":
+        (folder / "model.sha256").write_text("")
+    elif damage == "no metadata.json":
+        (folder / "metadata.json").unlink()
+    elif damage == "no model.txt":
+        registry.get("v0001").model_path.unlink()
+    else:
+        registry.aliases_path.write_text('{"champion": "v0001"}')
+        registry.evaluations_dir.mkdir(parents=True, exist_ok=True)
+        (registry.evaluations_dir / "v0001.json").write_text('{"oops": 1}')
+    for command in (["status"], ["runs"], ["models"]):
+        assert main([*command, *(["--model", "flight_delay"] if command != ["models"] else [])]) == 0
+        printed = capsys.readouterr()
+        assert "Traceback" not in printed.out + printed.err
+    assert main(["doctor", "--model", "flight_delay"]) == 1
+    doctor = capsys.readouterr().out
+    if damage == "evaluation not a record":
+        assert f"FAIL evaluation of v0001: {registry.evaluations_dir / 'v0001.json'}: " in doctor, doctor
+        assert main(["models"]) == 0
+        assert "v0001 (evaluation record damaged: `mlops doctor`)" in capsys.readouterr().out
+    else:
+        assert "FAIL version v0001: " in doctor, doctor
+        assert main(["rollback", "--model", "flight_delay", "--to", "v0001"]) == 1
+        said = _error_line(capsys)
+        assert said.startswith("error: flight_delay: ") and ("v0001" in said), said
+        assert registry.alias(CHAMPION) == "v0002"  # nothing moved to a damaged version
+
+
+def test_a_dagster_home_that_is_a_file_and_a_port_out_of_range_are_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    afile = tmp_path / "home"
+    afile.write_text("")
+    monkeypatch.setenv("DAGSTER_HOME", str(afile))
+    assert main(["home"]) == 2
+    assert "is a file or under one: point $DAGSTER_HOME at a folder" in _error_line(capsys)
+    with pytest.raises(SystemExit) as stop:
+        main(["ui", "--port", "99999"])
+    assert stop.value.code == 2 and "must be a port number from 1 to 65535, got 99999" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["replay", "--from", "2013-05", "--through", "2013-03"], "2013-05 is after 2013-03"),

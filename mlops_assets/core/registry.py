@@ -208,8 +208,13 @@ class Registry:
 
     def get(self, version: str) -> ModelVersion:
         path = self.versions_dir / version
-        if not VERSION_PATTERN.match(version) or not (path / "metadata.json").exists():
+        if not VERSION_PATTERN.match(version) or not path.is_dir():
             raise UnknownVersionError(f"no model version {version!r}; known: {', '.join(self.versions()) or 'none'}")
+        if not (path / "metadata.json").is_file():  # registered whole (staged, then renamed): a file lost since
+            raise RegistryIntegrityError(
+                f"{path / 'metadata.json'} is missing: version {version} was damaged and will not be loaded "
+                "(rollbacks pass over it). Restore the file, or retrain."
+            )
         try:
             metadata = json.loads((path / "metadata.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -224,12 +229,18 @@ class Registry:
     def model_text(self, version: str) -> str:
         """The model's text, after verifying it against both recorded checksums."""
         entry = self.get(version)
-        data = entry.model_path.read_bytes()
+        try:
+            data = entry.model_path.read_bytes()
+            recorded = ((entry.path / "model.sha256").read_text(errors="replace").split() or [""])[0]
+        except OSError as error:  # a file of the version lost, or unreadable
+            raise RegistryIntegrityError(
+                f"model {version} cannot be read ({error.strerror or error}: {error.filename}): it will not be loaded. "
+                "Restore the file, roll back to another version (`mlops rollback`) or retrain."
+            ) from None
         actual = sha256_bytes(data)
-        recorded = (entry.path / "model.sha256").read_text().split()[0]
         if actual != recorded or actual != entry.metadata.get("model_sha256"):
             raise RegistryIntegrityError(
-                f"model {version} does not match its checksum (sha256 {actual[:12]}, recorded {recorded[:12]}): it was "
+                f"model {version} does not match its checksum (sha256 {actual[:12]}, recorded {recorded[:12] or 'none'}): it was "
                 "modified or truncated and will not be loaded. Roll back to another version (`mlops rollback`) or "
                 "retrain."
             )
@@ -269,10 +280,11 @@ class Registry:
         if not path.exists():
             return None
         try:
-            data = json.loads(path.read_text())
+            result = EvaluationResult.from_json(json.loads(path.read_text()))
         except json.JSONDecodeError as error:
             raise RecordError(f"EvaluationResult in {path}: not JSON ({error})") from error
-        result = EvaluationResult.from_json(data)
+        except RecordError as error:  # the file named: the record's own message says only what is wrong in it
+            raise RecordError(f"{path}: {error}") from error
         if result.challenger_version != version:
             raise RecordError(
                 f"EvaluationResult in {path}: challenger_version is {result.challenger_version!r}, expected {version!r}"
@@ -589,6 +601,17 @@ def examine(registry: Registry) -> list[Finding]:
             findings.append(Finding(f"version {version}", True, "model matches its checksum"))
         except (RegistryIntegrityError, OSError, ValueError) as error:
             findings.append(Finding(f"version {version}", False, str(error)))
+        try:
+            registry.evaluation(version)
+        except (RecordError, OSError, UnicodeDecodeError) as error:  # RecordError: a ValueError of its own
+            findings.append(
+                Finding(
+                    f"evaluation of {version}",
+                    False,
+                    f"{error}: promotion, rollback and A/B cannot read it. Restore the file, or remove it and "
+                    f"evaluate {version} again (materialize {registry.root.name}/evaluation while it is the challenger)",
+                )
+            )
     try:
         aliases = registry.aliases()
         missing = {a: v for a, v in aliases.items() if v is not None and v not in registry.versions()}

@@ -202,7 +202,16 @@ def prepare_dagster_home(home: Path, postgres: bool | None = None) -> Path:
         postgres = bool(url)
         if postgres:
             check_postgres_url(url)
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # it, or a folder above it, is a file
+        raise SettingsError(
+            f"the Dagster home {home} is a file or under one: point $DAGSTER_HOME at a folder"
+        ) from None
+    except PermissionError:
+        raise SettingsError(
+            f"the Dagster home {home} cannot be made here: point $DAGSTER_HOME at a writable folder"
+        ) from None
     source, target = instance_yaml_source(postgres), home / "dagster.yaml"
     if postgres and not source.exists():
         # the SQLite default may be absent outside a checkout (Dagster's defaults then apply); PostgreSQL may not

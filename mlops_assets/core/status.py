@@ -10,7 +10,7 @@ import duckdb
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.ingest import latest_verdicts
 from mlops_assets.core.landing import find_landed, landed_months, reference_files, unlanded_references
-from mlops_assets.core.records import EvaluationResult
+from mlops_assets.core.records import EvaluationResult, RecordError
 from mlops_assets.core.registry import CHAMPION, Registry, RegistryIntegrityError, UnknownVersionError
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.specs import ModelSpec
@@ -254,7 +254,12 @@ def model_overview(model: ModelSpec, registry: Registry) -> dict[str, Any]:
             verified, problem = False, "missing"
         except (RegistryIntegrityError, OSError):
             verified, problem = False, "checksum FAILS"
-    evaluation = registry.evaluation(champion) if champion and problem != "missing" else None
+    evaluation = None
+    if champion and problem != "missing":
+        try:
+            evaluation = registry.evaluation(champion)
+        except (RecordError, OSError, UnicodeDecodeError):  # damaged by hand or by a disk: named, never a traceback
+            problem = ", ".join(filter(None, [problem, "evaluation record damaged: `mlops doctor`"]))
     return {
         "name": model.name,
         "feed": model.feed.name,

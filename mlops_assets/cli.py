@@ -10,6 +10,8 @@
     mlops quarantine [--table T] ...   rejected rows: counts by table, month, stage, rule; or a table's rows and reasons
     mlops runs [--model M] [--last N]  a model's training runs side by side: params, data hash, metrics
     mlops rollback [--model M] [--to]  move a model's champion back by hand (recorded in its event log)
+    mlops promote [--model M] --to V   make a version the champion by hand, gates bypassed (logged; rollback undoes)
+    mlops shadow [--model M] --to V    the version scoring beside the champion, never answering (--off: none)
     mlops resume [--model M] RUN_ID... re-execute failed runs from their failed step (Dagster re-execution)
     mlops simulate [--model M] ...     replay a year from empty: sensors and automation retrain and promote; timeline
     mlops home                         prepare $DAGSTER_HOME (dagster.yaml from the repo) and print its path
@@ -496,6 +498,46 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Make a version the champion by hand (a trial, an override), the gates bypassed and said."""
+    from mlops_assets.core.features import feature_set_version
+    from mlops_assets.core.registry import gate_verdict, promote_by_hand
+
+    model = _model(args)
+    registry = _registry(load_settings(), model)
+    try:
+        replaced = promote_by_hand(registry, args.to, args.reason, feature_set=feature_set_version(model.features))
+    except (ValueError, LookupError, RegistryIntegrityError) as error:
+        print(f"error: {model.name}: {error}", file=sys.stderr)
+        return 1
+    verdict = gate_verdict(registry, args.to)
+    if verdict is None:
+        print(f"note: the promotion gates never judged {args.to}", file=sys.stderr)
+    elif verdict[0] == "rejected":
+        print(f"note: the promotion gates rejected {args.to}: {verdict[1]}", file=sys.stderr)
+    print(
+        f"{model.name}: champion is now {args.to} (logged as promoted_by_hand: {args.reason}); "
+        + (f"`mlops rollback --model {model.name}` returns to {replaced}" if replaced else "there was none before")
+    )
+    return 0
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    """Set (or clear) the version that scores every request and month beside the champion, never answering."""
+    from mlops_assets.core.registry import SHADOW, set_shadow
+
+    model = _model(args)
+    registry = _registry(load_settings(), model)
+    try:
+        set_shadow(registry, None if args.off else args.to, args.reason)
+    except (ValueError, LookupError, RegistryIntegrityError) as error:
+        print(f"error: {model.name}: {error}", file=sys.stderr)
+        return 1
+    now = registry.alias(SHADOW)
+    print(f"{model.name}: " + (f"shadow is now {now}" if now else "no shadow") + " (logged; the service reloads it)")
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     """Re-execute each failed run from its failure, one after the other in this process (a crash that killed several
     runs is resumed with one command, paying Dagster's start once). Exit 1 when any could not be resumed or failed."""
@@ -741,6 +783,24 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--to", help="the version to serve, e.g. v0003")
     back.add_argument("--reason", default="rolled back by hand", help="recorded in the event log")
     back.set_defaults(handler=cmd_rollback)
+
+    forward = commands.add_parser(
+        "promote", help="make a version the champion by hand, the promotion gates bypassed (logged, undone by rollback)"
+    )
+    model_option(forward, f"the model (default: {CATALOG.default.name})")
+    forward.add_argument("--to", required=True, help="the version to serve, e.g. v0004")
+    forward.add_argument("--reason", default="promoted by hand", help="recorded in the event log")
+    forward.set_defaults(handler=cmd_promote)
+
+    shadow = commands.add_parser(
+        "shadow", help="set the version that scores every request and month beside the champion (never answers)"
+    )
+    model_option(shadow, f"the model (default: {CATALOG.default.name})")
+    which_shadow = shadow.add_mutually_exclusive_group(required=True)
+    which_shadow.add_argument("--to", help="the version, e.g. v0001")
+    which_shadow.add_argument("--off", action="store_true", help="no shadow")
+    shadow.add_argument("--reason", default="set by hand", help="recorded in the event log")
+    shadow.set_defaults(handler=cmd_shadow)
 
     resume = commands.add_parser("resume", help="re-execute failed runs from their failure, one after the other")
     model_option(resume, "refuse a run unless it is this model's (default: the run's own model)")

@@ -145,6 +145,26 @@ def test_a_lost_or_emptied_file_of_a_version_is_named_by_every_command_never_a_t
         assert registry.alias(CHAMPION) == "v0002"  # nothing moved to a damaged version
 
 
+def test_promote_and_shadow_move_aliases_by_hand_with_their_events(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = _registry_with_history(settings)  # v0001 promoted, then v0002
+    third = registry.register("tree three", {"data": {"test_month": "2013-03"}}, {}, run_id=None).version
+    assert main(["rollback", "--model", "flight_delay", "--to", third]) == 1
+    assert f"{third} was never champion" in _error_line(capsys)
+    assert main(["promote", "--model", "flight_delay", "--to", third, "--reason", "a trial"]) == 0
+    printed = capsys.readouterr()
+    assert f"champion is now {third} (logged as promoted_by_hand: a trial)" in printed.out
+    assert "`mlops rollback --model flight_delay` returns to v0002" in printed.out
+    assert f"note: the promotion gates never judged {third}" in printed.err
+    assert main(["rollback", "--model", "flight_delay"]) == 0 and registry.alias(CHAMPION) == "v0002"
+    capsys.readouterr()
+    assert main(["shadow", "--model", "flight_delay", "--to", "v0001"]) == 0
+    assert "shadow is now v0001" in capsys.readouterr().out and registry.alias("shadow") == "v0001"
+    assert [e["event"] for e in registry.events()][-3:] == ["promoted_by_hand", "rolled_back", "shadow_set"]
+    assert main(["shadow", "--model", "flight_delay", "--off"]) == 0 and registry.alias("shadow") is None
+
+
 def test_a_dagster_home_that_is_a_file_and_a_port_out_of_range_are_one_line_each(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

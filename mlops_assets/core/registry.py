@@ -42,6 +42,12 @@ STAGING_PREFIX = ".staging-"
 #: A staging folder this old is a registration that died (one takes seconds): the next registration removes it.
 STAGING_STALE_S = 3600.0
 CHAMPION = "champion"
+#: The alias of a model that scores every request and every month beside the champion, never answering.
+SHADOW = "shadow"
+#: A person made a version champion without the gates (`mlops promote`).
+PROMOTED_BY_HAND = "promoted_by_hand"
+#: The events that move the champion: through the gates, by a person, or back.
+CHAMPION_MOVES = ("promoted", PROMOTED_BY_HAND, "rolled_back")
 #: Serializes alias updates within a process (every registry: they are rare and quick).
 _ALIASES_LOCK = threading.Lock()
 #: Serializes event-log appends and rewrites within a process (taken after ``_ALIASES_LOCK`` when both are).
@@ -413,7 +419,7 @@ class Registry:
         """Versions that were champion, most recent first (the candidates of a rollback)."""
         seen: list[str] = []
         for event in reversed(self.events()):
-            moved = event.get("alias") == CHAMPION and event.get("event") in ("promoted", "rolled_back")
+            moved = event.get("alias") == CHAMPION and event.get("event") in CHAMPION_MOVES
             if moved and event["version"] and event["version"] not in seen:
                 seen.append(event["version"])
         return seen
@@ -454,8 +460,16 @@ def rollback_targets(registry: Registry) -> list[str]:
 
 def rolled_back_from(registry: Registry) -> set[str]:
     """The versions a rollback took out of service (events before ``from_version`` was recorded name it in their
-    reason, "... (from v0003)")."""
-    return {named for event in registry.events() if (named := _taken_out_by(event))}
+    reason, "... (from v0003)") and nobody put back since: a version made champion again afterwards (a rollback by
+    hand to it, a promotion) is in service again. Before, a person trying another version and then restoring the
+    good one left the good one out for ever: no rollback could return to it, nor the rollback sensor."""
+    taken_out: set[str] = set()
+    for event in registry.events():
+        if named := _taken_out_by(event):
+            taken_out.add(named)
+        if event.get("alias") == CHAMPION and event.get("event") in CHAMPION_MOVES and event.get("version"):
+            taken_out.discard(event["version"])
+    return taken_out
 
 
 def _taken_out_by(event: dict[str, Any]) -> str | None:
@@ -540,12 +554,55 @@ def rollback(
         to = sound[0]
     if to == current:
         raise ValueError(f"{to} is already the champion")
+    try:
+        served = registry.previous_champions()
+    except RegistryDamaged:  # a damaged log cannot tell: a person rolling back while it is damaged is not refused
+        served = [to]
+    if to not in served:
+        raise ValueError(
+            f"{to} was never champion: a rollback returns to an earlier champion. To serve a version that never "
+            f"served, `mlops promote --model {registry.root.name} --to {to}` (the gates bypassed, logged)"
+        )
     check_feature_set(registry, to, feature_set)
     registry.model_text(to)  # refuse a damaged target before it serves
     registry.set_alias(
         CHAMPION, to, "rolled_back", f"{reason} (from {current})", run_id=run_id, expected=current, from_version=current
     )
     return to
+
+
+def promote_by_hand(registry: Registry, to: str, reason: str, feature_set: str | None = None) -> str | None:
+    """Make ``to`` the champion by a person's decision, the promotion gates bypassed; returns the champion it replaced.
+
+    Logged as ``promoted_by_hand`` (never ``promoted``: the rollback sensor returns only to versions the gates
+    promoted), naming the replaced champion, which stays in service as a rollback target: nothing was found wrong
+    with it (`mlops rollback` undoes the trial, taking ``to`` out). Refuses the current champion, a version that
+    fails its checksum, and one trained on another feature set than ``feature_set``."""
+    current = registry.alias(CHAMPION)
+    if to == current:
+        raise ValueError(f"{to} is already the champion")
+    check_feature_set(registry, to, feature_set)
+    registry.model_text(to)  # refuse a damaged version before it serves
+    registry.set_alias(
+        CHAMPION, to, PROMOTED_BY_HAND, f"{reason} (from {current})", expected=current, from_version=current
+    )
+    return current
+
+
+def set_shadow(registry: Registry, to: str | None, reason: str) -> None:
+    """Point the ``shadow`` alias at ``to`` (None: no shadow), logged, so `mlops doctor --repair` rebuilds it from
+    the event log like the other aliases (a shadow set by editing aliases.json was dropped by a repair)."""
+    if to is not None:
+        registry.model_text(to)  # a damaged version would score nothing
+    registry.set_alias(SHADOW, to, "shadow_set" if to else "shadow_cleared", reason)
+
+
+def gate_verdict(registry: Registry, version: str) -> tuple[str, str] | None:
+    """The promotion gates' last word on ``version``: ("promoted" or "rejected", their reason); None: never judged."""
+    for event in reversed(registry.events()):
+        if event.get("version") == version and event.get("event") in ("promoted", "rejected"):
+            return event["event"], str(event.get("reason"))
+    return None
 
 
 def _trained_on_other_features(registry: Registry, version: str, feature_set: str) -> bool:

@@ -22,11 +22,14 @@ from mlops_assets.core.registry import (
     UnknownVersionError,
     evaluated_roc_auc,
     examine,
+    logged_aliases,
+    promote_by_hand,
     repair,
     rollback,
     rollback_targets,
     rollback_to_first_sound,
     rolled_back_from,
+    set_shadow,
 )
 from mlops_assets.defs.sensors import required_auc
 from mlops_assets.serving.models import metadata_summary
@@ -126,6 +129,47 @@ def test_a_rollback_never_returns_to_a_version_that_was_rolled_back(tmp_path: Pa
     # by hand without --to: never to and fro between two versions
     with pytest.raises(ValueError, match="no earlier champion to roll back to .current: v0001; rolled back before"):
         rollback(registry, "again")
+
+
+def test_a_version_tried_by_hand_leaves_the_champion_it_replaced_in_service(tmp_path: Path) -> None:
+    """A bug hunt's case: the only manual move was `mlops rollback --to`, so trying a rejected version took the
+    gated champion out for ever, and putting it back by hand did not restore it: no rollback, by hand or by the
+    sensor, could return to it, and a later champion had no rollback target at all."""
+    registry = Registry(tmp_path)
+    v1, v2, v3 = _register(registry), _register(registry, MODEL + "2"), _register(registry, MODEL + "3")
+    registry.set_alias(CHAMPION, v1, "promoted", "first model")
+    with pytest.raises(ValueError, match=f"{v2} was never champion: .* `mlops promote --model .* --to {v2}`"):
+        rollback(registry, "trying v2", to=v2)
+    assert promote_by_hand(registry, v2, "trying it") == v1
+    assert registry.alias(CHAMPION) == v2
+    assert rollback_targets(registry) == [v1]  # the sensor would return to v1; never to v2, which no gate passed
+    assert rollback(registry, "the trial is over") == v1  # the undo: v2 is the one taken out
+    assert rolled_back_from(registry) == {v2} and rollback_targets(registry) == [v1]
+    # a version a rollback took out and a person put back by hand is in service again
+    registry.set_alias(CHAMPION, v3, "promoted", "retrained")
+    rollback(registry, "v3 lost its live AUC", to=v1)
+    assert rolled_back_from(registry) == {v2, v3}
+    rollback(registry, "v3 was fine: the month was odd", to=v3)
+    assert rolled_back_from(registry) == {v2, v1} and rollback_targets(registry) == [v3]
+    with pytest.raises(ValueError, match="already the champion"):
+        promote_by_hand(registry, v3, "again")
+
+
+def test_a_shadow_set_by_command_is_logged_and_survives_a_repair(tmp_path: Path) -> None:
+    """A shadow set by editing aliases.json was passed by `mlops doctor` and dropped by `--repair`."""
+    registry = Registry(tmp_path)
+    v1, v2 = _register(registry), _register(registry, MODEL + "2")
+    registry.set_alias(CHAMPION, v2, "promoted", "first model")
+    set_shadow(registry, v1, "the first model, frozen")
+    assert logged_aliases(registry)["shadow"] == v1
+    registry.aliases_path.write_text('{"champion": "v0002"}')  # damaged: the shadow lost
+    repair(registry)
+    assert registry.aliases() == {"champion": v2, "shadow": v1}
+    set_shadow(registry, None, "done comparing")
+    assert registry.alias("shadow") is None and all(f.ok for f in examine(registry))
+    (registry.versions_dir / v1 / "model.txt").write_text("changed")
+    with pytest.raises(RegistryIntegrityError):
+        set_shadow(registry, v1, "a damaged version scores nothing")
 
 
 def test_a_registration_that_fails_midway_leaves_no_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ import polars as pl
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.landing import month_range, write_atomic
 from mlops_assets.core.records import DriftSummary, LiveSummary
-from mlops_assets.core.registry import CHAMPION, Registry
+from mlops_assets.core.registry import CHAMPION, SHADOW, Registry
 from mlops_assets.core.settings import Settings, load_settings, prepare_dagster_home
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.store import connect_warehouse, ensure_table_like, replace_where
@@ -37,7 +37,7 @@ from mlops_assets.core.timeline import (
 )
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.keys import keys_of, retraining_job_name, sensor_name
-from mlops_assets.defs.monitor import SHADOW, latest_month_record
+from mlops_assets.defs.monitor import latest_month_record
 from mlops_assets.defs.progress import root_cause
 from mlops_assets.defs.sensors import REASON_TAG, TRIGGER_TAG
 from mlops_assets.ticks import ExecutedRun, Ticker

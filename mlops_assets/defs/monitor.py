@@ -27,7 +27,7 @@ from mlops_assets.core.monitoring import (
 )
 from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.records import DriftSummary, LiveSummary
-from mlops_assets.core.registry import CHAMPION, Registry, evaluated_roc_auc
+from mlops_assets.core.registry import CHAMPION, SHADOW, Registry, evaluated_roc_auc
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, table_exists, transaction
 from mlops_assets.core.training import load_version
@@ -35,7 +35,6 @@ from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, table_of
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
 
-SHADOW = "shadow"
 #: The metadata entry holding each month's record.
 BY_MONTH = "by_month"
 R = TypeVar("R", DriftSummary, LiveSummary)

@@ -31,12 +31,20 @@ import numpy as np
 import polars as pl
 
 from mlops_assets.core.records import RecordError, json_safe
-from mlops_assets.core.registry import VERSION_PATTERN, Registry, RegistryDamaged, rollback_targets, rolled_back_from
+from mlops_assets.core.registry import (
+    CHAMPION,
+    SHADOW,
+    VERSION_PATTERN,
+    Registry,
+    RegistryDamaged,
+    rollback_targets,
+    rolled_back_from,
+)
 from mlops_assets.core.training import TrainedModel, load_version
 from mlops_assets.serving.reloading import Reloading
 from mlops_assets.serving.rows import RowScorer
 
-CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
+CHALLENGER = "challenger"
 #: Why a challenger takes no A/B traffic while its evaluation is still to come.
 NOT_EVALUATED = "is not evaluated yet"
 #: The registry events the service records (``Registry.log_event``): a champion it could not serve, and the end of it.

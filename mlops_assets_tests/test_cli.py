@@ -165,6 +165,18 @@ def test_promote_and_shadow_move_aliases_by_hand_with_their_events(
     assert main(["shadow", "--model", "flight_delay", "--off"]) == 0 and registry.alias("shadow") is None
 
 
+def test_runs_say_which_versions_were_trained_from_uncommitted_code(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry(settings.model("flight_delay").registry_dir)
+    for dirty in (False, True):
+        code = {"package": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": dirty}
+        registry.register(f"tree {dirty}", {"code_version": code, "data": {"test_month": "2013-03"}}, {}, run_id=None)
+    assert main(["runs", "--model", "flight_delay"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("git commit"))
+    assert row.split()[2:] == ["0123456789", "0123456789+dirty"], row
+
+
 def test_a_dagster_home_that_is_a_file_and_a_port_out_of_range_are_one_line_each(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

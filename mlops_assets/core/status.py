@@ -345,6 +345,12 @@ def _metadata_or_damaged(registry: Registry, version: str) -> dict[str, Any]:
         return {"registered_at": "DAMAGED", "code_version": {"git_commit": "mlops doctor"}}
 
 
+def _commit(code_version: dict[str, Any]) -> str:
+    """The commit a version was trained from, ``+dirty`` when the checkout had uncommitted changes (not that code)."""
+    commit = str(code_version.get("git_commit") or "-")[:10]
+    return commit + ("+dirty" if code_version.get("git_dirty") else "")
+
+
 def format_runs(registry: Registry, last: int = 10) -> str:
     """Training runs side by side, newest last: one column per version."""
     versions = registry.versions()[-last:]
@@ -353,7 +359,7 @@ def format_runs(registry: Registry, last: int = 10) -> str:
     metas = [_metadata_or_damaged(registry, v) for v in versions]
     rows: list[tuple[str, list[str]]] = [
         ("registered", [str(m.get("registered_at", ""))[:16] for m in metas]),
-        ("git commit", [str((m.get("code_version") or {}).get("git_commit") or "-")[:10] for m in metas]),
+        ("git commit", [_commit(m.get("code_version") or {}) for m in metas]),
         ("training set", [str(m.get("training_set_hash", "-"))[:10] for m in metas]),
         ("feature set", [str(m.get("feature_set_version", "-"))[:10] for m in metas]),
         ("test month", [str(m.get("data", {}).get("test_month", "-")) for m in metas]),

@@ -449,6 +449,10 @@ def test_one_writer_at_a_time(settings: Settings, tmp_path: Path) -> None:
         config = instance.get_concurrency_config()
         assert config.run_queue_config is not None and config.run_queue_config.max_concurrent_runs == 1
         assert config.pool_config.default_pool_limit == 1
+        # a launch that finds the code server away (a restart) requeues the run for 3 minutes: by default it failed,
+        # its retry too, and a sensor's run key never asked again (a deployment hunt lost a retrain so)
+        queue = config.run_queue_config
+        assert queue.max_user_code_failure_retries * queue.user_code_failure_retry_delay >= 180
     defs = build_definitions(CATALOG, settings)
     users = [a for a in defs.resolve_asset_graph().assets_defs if "duckdb" in a.required_resource_keys]
     assert len(users) > 20  # assets and checks alike

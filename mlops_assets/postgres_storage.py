@@ -25,7 +25,9 @@ attribute they replace; the pin ``dagster<1.14`` (pyproject.toml) holds them, an
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -59,6 +61,33 @@ def _forget_parent_connections() -> None:
 os.register_at_fork(after_in_child=_forget_parent_connections)
 
 
+logger = logging.getLogger(__name__)
+
+#: How long a process opening the instance waits for PostgreSQL to answer (a server restarting, the container
+#: network's name service down for a while) before it gives up. A code server that gave up at once kept serving its
+#: load error for good, its health check green: no sensor, no recovery, the run queue stuck (a deployment hunt saw a
+#: 40 s name-service outage at a stack's restart do it).
+CONNECT_PATIENCE_S = 180.0
+#: Errors that waiting does not mend: said at once (a wrong password, a database or role that does not exist).
+_LASTING = ("authentication failed", "does not exist", "no pg_hba.conf entry")
+
+
+def connect_patiently(engine: sqlalchemy.engine.Engine, patience_s: float = CONNECT_PATIENCE_S) -> Any:
+    """``engine.connect()``, tried again (0.5 s, doubling to 10 s) while PostgreSQL cannot be reached, for up to
+    ``patience_s`` seconds; a lasting error (a wrong password) is raised at once."""
+    deadline, wait = time.monotonic() + patience_s, 0.5
+    while True:
+        try:
+            return engine.connect()
+        except sqlalchemy.exc.OperationalError as error:
+            said = str(error.orig if error.orig is not None else error).strip().splitlines()[0]
+            if any(lasting in said for lasting in _LASTING) or time.monotonic() + wait > deadline:
+                raise
+            logger.warning("PostgreSQL does not answer (%s): trying again in %.1f s", said, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
+
+
 #: The PostgreSQL advisory lock the processes of one instance take while they create or check its tables.
 SCHEMA_LOCK_KEY = 0x6D6C6F7073  # "mlops"
 
@@ -70,7 +99,7 @@ def _schema_lock(postgres_url: str, token_provider: Any = None) -> Iterator[None
     just made (``DuplicateObject``: Dagster retries a duplicate table, not a duplicate type)."""
     engine = create_pg_engine(postgres_url, token_provider=token_provider, poolclass=sqlalchemy.pool.NullPool)
     try:
-        with engine.connect() as conn:
+        with connect_patiently(engine) as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             try:
                 yield

@@ -10,6 +10,7 @@ never touches its parent's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -307,3 +308,77 @@ def test_a_forked_child_never_uses_the_parents_postgres_connections(postgres_ins
         *children,
         "parent, after the fork",
     ]
+
+
+class _LateForwarder:
+    """A TCP port that starts to accept ``delay_s`` seconds from now, then forwards each connection to ``target``:
+    PostgreSQL reachable only after an outage (a server restarting, a container network's name service down)."""
+
+    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
+        import socket
+        import threading
+
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()  # nothing listens there until the delay is over: connections are refused
+        self.target, self.stopped = target, threading.Event()
+        self.thread = threading.Timer(delay_s, self._serve)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.create_server(("127.0.0.1", self.port))
+        listener.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+        listener.close()
+
+    @staticmethod
+    def _pipe(source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(1)
+
+
+def test_an_instance_opened_while_postgresql_is_unreachable_waits_for_it(fresh_postgres_url: str) -> None:
+    """A code server that opened the instance during a 40 s outage failed at once and served that load error for
+    good (health check green, no sensor, the queue stuck). Now it waits; a lasting error is said at once."""
+    from mlops_assets.postgres_storage import PooledPostgresStorage, connect_patiently
+
+    url = sqlalchemy.engine.make_url(fresh_postgres_url)
+    late = _LateForwarder((url.host or "127.0.0.1", url.port or 5432), delay_s=3.0)
+    try:
+        started = time.monotonic()
+        storage = PooledPostgresStorage(url.set(port=late.port).render_as_string(hide_password=False))
+        assert time.monotonic() - started >= 2.5  # it waited for the server, then opened
+        assert storage.run_storage.get_runs_count() == 0
+        for part in (storage.run_storage, storage.event_log_storage, storage.schedule_storage):
+            part.dispose()
+    finally:
+        late.stopped.set()
+        late.thread.join(timeout=5)  # its port closed: nothing listens there any more
+    wrong = sqlalchemy.create_engine(url.set(database="no_such_database"), poolclass=sqlalchemy.pool.NullPool)
+    started = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="does not exist"):
+        connect_patiently(wrong, patience_s=30)
+    assert time.monotonic() - started < 5  # never retried: waiting does not make a database (nor mend a password)
+    nobody = sqlalchemy.create_engine(url.set(port=late.port), poolclass=sqlalchemy.pool.NullPool)
+    started = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        connect_patiently(nobody, patience_s=2)  # the forwarder is gone: refused until the patience runs out
+    assert 1.0 <= time.monotonic() - started < 10

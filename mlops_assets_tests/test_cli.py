@@ -177,6 +177,33 @@ def test_runs_say_which_versions_were_trained_from_uncommitted_code(
     assert row.split()[2:] == ["0123456789", "0123456789+dirty"], row
 
 
+def test_status_while_a_run_writes_the_warehouse_still_shows_the_models(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DuckDB lets one process write a file and no other read it meanwhile: `mlops status` said only "try again when
+    it ends", the registry part too, which needs no warehouse (with the daemon running, a run often writes)."""
+    _registry_with_history(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    hold = (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); c.execute('CREATE TABLE t (x INT)'); "
+        "print('holding', flush=True); time.sleep(60)"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", hold, str(settings.warehouse_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "holding"
+        assert main(["status", "--model", "flight_delay"]) == 0
+        shown = capsys.readouterr().out
+        assert "Warehouse: a run is writing it; rows, quarantine, features and monitoring show once it ends" in shown
+        assert "champion" in shown and "v0002" in shown, shown  # the registry part, read from its files
+        assert main(["status", "--json"]) == 0
+        assert "is being written by a run" in json.loads(capsys.readouterr().out)["warehouse_busy"]
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 def test_a_dagster_home_that_is_a_file_and_a_port_out_of_range_are_one_line_each(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -65,7 +65,12 @@ def store_status(catalog: Catalog, models: tuple[ModelSpec, ...], settings: Sett
         }
     if not settings.warehouse_path.exists():
         return status
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+    try:
+        conn = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    except duckdb.IOException as error:  # a run writes it (DuckDB: one process at a time): the rest still shows
+        status["warehouse_busy"] = f"{settings.warehouse_path} is being written by a run ({error})"
+        return status
+    with conn:
         for table in catalog.tables:
             newest = latest_verdicts(conn, table.name, ("raw", "validated"))
             validated = _counts_by_month(conn, "validated", table.name)
@@ -145,7 +150,9 @@ def format_status(status: dict[str, Any]) -> str:
             f"Reference tables not landed: {', '.join(missing)} (no month can be built without them: land {files} "
             f"or run `mlops replay --through {status['landed_months'][-1]}`)"
         )
-    if not status["tables"]:
+    if status.get("warehouse_busy"):
+        lines.append("Warehouse: a run is writing it; rows, quarantine, features and monitoring show once it ends")
+    elif not status["tables"]:
         lines.append("Warehouse: not built yet (run `make pipeline`)")
     else:
         lines.append(

@@ -586,6 +586,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """The Dagster UI and daemon (`dagster dev`) on the platform's instance, stopped whole by one SIGTERM or Ctrl-C."""
     from mlops_assets.ui import dagster_dev_command, supervise
 
+    workspace = Path(args.workspace).resolve()
+    if not workspace.is_file():  # said before anything starts (Dagster's own error came after "Dagster UI on ...")
+        print(
+            f"error: no workspace file {workspace}: give the repo's workspace.yaml (the default, run from the repo)",
+            file=sys.stderr,
+        )
+        return 2
     if port_taken(args.host or "127.0.0.1", args.port):
         # dagster dev would start its daemon anyway, a second one on the instance, before its webserver fails
         print(
@@ -597,7 +604,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
     settings = load_settings()
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings.dagster_home))  # the repo's instance config
     _recover_dead_runs()  # runs killed before the daemon starts would hold the run queue and the duckdb pool
-    workspace = Path(args.workspace).resolve()
     where = f"http://{args.host or '127.0.0.1'}:{args.port}"
     print(f"Dagster UI on {where} (instance {os.environ['DAGSTER_HOME']}); stop it with Ctrl-C or SIGTERM")
     # Run from the instance's folder: from the repo, Dagster warns that the dagster.yaml there is not the instance's

@@ -217,7 +217,8 @@ class RecoveredRun:
     def message(self) -> str:
         slots = [c for c in self.freed if not c.pending]
         queued = [c for c in self.freed if c.pending]
-        held = ", ".join(f"{c.pool} slot (step {c.step_key})" for c in slots)
+        # a run's steps share the slot its first step claimed (threaded_executor): that step, not the one running
+        held = ", ".join(f"{c.pool} slot (claimed by its step {c.step_key} for the run)" for c in slots)
         what = []
         if self.was != self.now:
             what.append(f"marked {'failed' if self.now == 'FAILURE' else self.now.lower()}")

@@ -215,6 +215,9 @@ def test_a_dagster_home_that_is_a_file_and_a_port_out_of_range_are_one_line_each
     with pytest.raises(SystemExit) as stop:
         main(["ui", "--port", "99999"])
     assert stop.value.code == 2 and "must be a port number from 1 to 65535, got 99999" in capsys.readouterr().err
+    assert main(["ui", "--workspace", str(tmp_path / "missing.yaml")]) == 2
+    printed = capsys.readouterr()
+    assert "error: no workspace file" in printed.err and "Dagster UI on" not in printed.out
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,8 @@ def test_a_run_whose_process_is_gone_is_marked_failed_and_its_slot_freed(instanc
     assert isinstance(recovered, RecoveredRun) and recovered.run_id == run.run_id
     assert recovered.message() == (
         f"run {run.run_id} (training_pipeline) was STARTED but process {dead.pid} on {dead.host} is gone: marked "
-        f"failed, freed its duckdb slot (step raw__flights); resume it with `mlops resume {run.run_id}`"
+        f"failed, freed its duckdb slot (claimed by its step raw__flights for the run); resume it with "
+        f"`mlops resume {run.run_id}`"
     )
     failed = instance.get_run_by_id(run.run_id)
     assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
@@ -566,7 +567,8 @@ def _assert_recovered(instance: dg.DagsterInstance, run: dg.DagsterRun, pid: int
     """``by``, the next run, said that it recovered ``run`` (killed, process ``pid``), which is now FAILURE."""
     said = re.search(
         rf"mlops recovery: run {run.run_id} \(training_pipeline\) was STARTED but process {pid} on \S+ is "
-        rf"gone: marked failed, (freed its duckdb slot \(step \w+\)|it held no pool slot); resume it with "
+        rf"gone: marked failed, (freed its duckdb slot \(claimed by its step \w+ for the run\)|it held no pool slot); "
+        rf"resume it with "
         rf"`mlops resume {run.run_id}`",
         by.output(),
     )
@@ -662,7 +664,7 @@ def test_a_run_waiting_for_the_slot_is_released_when_the_holder_dies(platform: P
         assert time.monotonic() - killed_at < NEXT_RUN_LIMIT_S
         assert re.search(
             rf"mlops recovery: run {held.run_id} \(training_pipeline\) was STARTED but process {holder.pid} on \S+ is "
-            r"gone: marked failed, freed its duckdb slot \(step raw__\w+\)",  # claimed by its first step, for the run
+            r"gone: marked failed, freed its duckdb slot \(claimed by its step raw__\w+ for the run\)",  # claimed by its first step, for the run
             waiting.output(),
         ), waiting.output()[-6000:]
         failed = instance.get_run_by_id(held.run_id)

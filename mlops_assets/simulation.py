@@ -108,9 +108,16 @@ def _error_line(error: Any) -> str:
 
 
 def month_row(
-    model: ModelSpec, month: str, instance: dg.DagsterInstance, registry: Registry, runs: list[ExecutedRun]
+    model: ModelSpec,
+    month: str,
+    instance: dg.DagsterInstance,
+    registry: Registry,
+    runs: list[ExecutedRun],
+    month_events: list[dict[str, Any]] | None = None,
 ) -> TimelineRow:
-    """What the platform did about ``month``, from the monitoring records, the runs and the registry's events."""
+    """What the platform did about ``month``, from the monitoring records, the runs and the registry's events
+    (``month_events``: those logged while the month was handled, where the rollback sensor's decision is: a sensor
+    tick is no run)."""
     keys = keys_of(model)
     drift = latest_month_record(instance, keys.drift, DriftSummary, month) or DriftSummary.no_champion(month)
     live = latest_month_record(instance, keys.live, LiveSummary, month) or LiveSummary.empty(month)
@@ -145,6 +152,9 @@ def month_row(
         promoted=promoted,
         decision=decision,
         champion_after=str(registry.alias(CHAMPION)),
+        rolled_back_to=next(
+            (str(e["version"]) for e in reversed(month_events or []) if e.get("event") == "rolled_back"), ""
+        ),
     )
 
 
@@ -237,11 +247,13 @@ def simulate(
         rows = []
         for month in rest:
             say(f"[{time.perf_counter() - started:6.1f}s] landing {month}")
+            logged = len(registry.events())
             replay(settings.landing_dir, [month], every, None)
             runs = ticker.settle()
             # a failed run is an outcome the platform lives with (the champion keeps serving): recorded in the
             # timeline and said, and the year goes on
-            row = replace(month_row(model, month, instance, registry, runs), failed_runs=failed_runs(instance, runs))
+            row = month_row(model, month, instance, registry, runs, registry.events()[logged:])
+            row = replace(row, failed_runs=failed_runs(instance, runs))
             rows.append(row)
             if row.failed_runs:
                 say(f"           {month}: {row.failed_runs}")
@@ -259,7 +271,8 @@ def simulate(
     wins, compared = months_champion_wins(frame, compared_from(months))
     failed = frame.filter(pl.col("failed_runs") != "")["month"].to_list()
     say(
-        f"Done in {time.perf_counter() - started:.0f} s: {frame['retrained'].sum()} retrains, {frame['promoted'].sum()} promotions"
+        f"Done in {time.perf_counter() - started:.0f} s: {frame['retrained'].sum()} retrains, {frame['promoted'].sum()} promotions, "
+        f"{(frame['rolled_back_to'] != '').sum()} rollbacks"
         + (f", failed runs in {', '.join(failed)} (the champion kept serving; column failed_runs)" if failed else "")
         + f". {champion_vs_frozen(wins, compared, compared_from(months))}. Timeline: {out / 'timeline.md'} "
         f"(plot timeline.png), table {model.name}.timeline in {settings.warehouse_path}."
@@ -268,12 +281,14 @@ def simulate(
 
 
 def _outcome(row: TimelineRow) -> str:
-    """What came of the month's retraining: promoted, kept out by the gates, or no decision (a run failed first)."""
+    """What came of the month's retraining: promoted, kept out by the gates, or no decision (a run failed first);
+    after a rollback, the version it restored."""
+    back = f"rolled back to {row.rolled_back_to}, " if row.rolled_back_to else ""
     if row.promoted:
-        return "PROMOTED"
+        return f"{back}PROMOTED"
     if not row.decision and row.failed_runs:
-        return f"no decision (a run failed): {row.champion_after} serves on"
-    return f"kept {row.champion_after}"
+        return f"{back}no decision (a run failed): {row.champion_after} serves on"
+    return f"{back}kept out, {row.champion_after} serves" if row.decision else f"{back}{row.champion_after} serves"
 
 
 def _fmt(value: float | None) -> str:

@@ -32,6 +32,8 @@ class TimelineRow:
     champion_after: str
     #: runs of the month that failed, each with its failed step and error ("" when none): the champion kept serving
     failed_runs: str = ""
+    #: the version the rollback sensor (or a person) moved the champion back to this month ("" when none)
+    rolled_back_to: str = ""
 
 
 def timeline_frame(rows: list[TimelineRow]) -> pl.DataFrame:
@@ -68,14 +70,24 @@ def champion_vs_frozen(wins: int, compared: int, since: str) -> str:
 
 
 def timeline_plot(frame: pl.DataFrame) -> bytes:
-    """Live AUC of the serving champion and of the frozen first model per month; drift share as bars; retrains and
-    promotions marked."""
+    """Live AUC of the serving champion and of the frozen first model per month; drift share as bars; retrains,
+    promotions and rollbacks marked."""
     figure, (top, bottom) = subplots(2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     x = np.arange(frame.height)
     months = frame["month"].to_list()
     top.plot(x, frame["champion_live_auc"].to_numpy(), marker="o", label="serving champion (retrained by the platform)")
     top.plot(x, frame["frozen_live_auc"].to_numpy(), marker="s", linestyle="--", label="frozen first model")
     for i, row in enumerate(frame.iter_rows(named=True)):
+        if row.get("rolled_back_to"):
+            top.annotate(
+                f"rolled back to {row['rolled_back_to']}",
+                (i, row["champion_live_auc"] or 0),
+                textcoords="offset points",
+                xytext=(0, -14),
+                ha="center",
+                fontsize=7,
+                color="tab:red",
+            )
         if row["promoted"]:
             top.annotate(
                 f"-> {row['champion_after']}",
@@ -114,6 +126,7 @@ def timeline_markdown(frame: pl.DataFrame, plot: bytes, since: str, table: str) 
         "frozen_live_auc",
         "challenger_version",
         "promoted",
+        *(["rolled_back_to"] if "rolled_back_to" in frame.columns and (frame["rolled_back_to"] != "").any() else []),
         "champion_after",
         *(["failed_runs"] if (frame["failed_runs"] != "").any() else []),
     )

@@ -170,3 +170,36 @@ def test_an_interrupted_run_stops_the_ticker_where_a_failed_run_does_not(tmp_pat
         # the run's console line: said in words (Dagster's error has no message: the line read its class path)
         assert root_cause(error).startswith("interrupted (Ctrl-C, SIGTERM, or the run terminated from the UI)")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Dagster's handler is gone again
+
+
+def test_a_rollback_of_the_month_shows_in_the_timeline_its_report_and_the_console(tmp_path: Path) -> None:
+    """The rollback sensor's decision is no run: the timeline had no trace of it but a champion_after that differed,
+    and the console called the restored version "kept"."""
+    from mlops_assets.core.registry import CHAMPION, rollback
+    from mlops_assets.core.timeline import timeline_frame, timeline_markdown
+    from mlops_assets.simulation import _outcome, month_row
+    from mlops_assets.ticks import ExecutedRun
+    from mlops_assets_tests.conftest import instance_for_test
+
+    registry = Registry(tmp_path / "registry")
+    first = registry.register("tree\n", {"model": "flight_delay"}, {}, run_id="bootstrap").version
+    second = registry.register("tree\n\n", {"model": "flight_delay"}, {}, run_id="retrain-1").version
+    registry.set_alias(CHAMPION, first, "promoted", "first model")
+    registry.set_alias(CHAMPION, second, "promoted", "better AUC")
+    logged = len(registry.events())
+    rollback(registry, f"{second}'s live AUC fell by 0.08", to=first)
+    retrain = ExecutedRun("rollback_sensor", "retrain-2", True, (), None, {"mlops/trigger": "rollback"})
+    third = registry.register("tree\n\n\n", {"model": "flight_delay"}, {}, run_id=retrain.run_id).version
+    registry.log_event("rejected", version=third, reason="AUC -0.01", run_id=retrain.run_id)
+    with instance_for_test() as instance:
+        row = month_row(FLIGHT_DELAY, "2013-09", instance, registry, [retrain], registry.events()[logged:])
+    assert (row.rolled_back_to, row.champion_after, row.challenger_version, row.promoted) == (
+        first,
+        first,
+        third,
+        False,
+    )
+    assert _outcome(row) == f"rolled back to {first}, kept out, {first} serves"
+    frame = timeline_frame([row])
+    assert frame["rolled_back_to"].to_list() == [first]
+    assert "rolled_back_to" in timeline_markdown(frame, b"png", "2013-09", "flight_delay.timeline")

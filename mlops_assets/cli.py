@@ -885,6 +885,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     sound = True
     for model in models:
         registry = _registry(settings, model)
+        if not registry.root.exists():  # never trained here: nothing to check, and a repair would make its folder
+            print(f"{model.name}: no registry yet in {settings.data_dir} (nothing trained): nothing to check")
+            continue
         if args.repair:
             for done in repair(registry) or ["nothing to repair"]:
                 print(f"{model.name}: {done}")

@@ -648,3 +648,14 @@ def test_resume_in_a_data_dir_where_nothing_ran_says_so_and_creates_nothing(
     line = _error_line(capsys)
     assert f"no Dagster instance at {mistyped / 'dagster_home'}" in line and "$MLOPS_DATA_DIR" in line
     assert not mistyped.exists()  # nothing created where nothing ran
+
+
+def test_doctor_in_a_data_dir_where_nothing_was_trained_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlops doctor --repair` there made every model's registry folder with its lock files."""
+    mistyped = tmp_path / "dta"
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(mistyped))
+    assert main(["doctor", "--repair"]) == 0
+    assert "flight_delay: no registry yet in" in capsys.readouterr().out
+    assert not mistyped.exists()

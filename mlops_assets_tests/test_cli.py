@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -342,6 +343,52 @@ def test_the_code_server_health_check_says_why_it_fails() -> None:
         [sys.executable, "-m", "mlops_assets.healthcheck"], capture_output=True, text=True, timeout=60, check=False
     )
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_a_code_server_serving_a_load_error_is_unhealthy(tmp_path: Path) -> None:
+    """It answers SERVING and serves its load error to the webserver and the daemon for good (a deployment hunt saw
+    one that opened the instance during a PostgreSQL outage do that, its health check green, the queue stuck)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "code-server",
+            "start",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "no_such_module_here",
+            "--location-name",
+            "broken",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline, done = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            done = subprocess.run(
+                [sys.executable, "-m", "mlops_assets.healthcheck", "127.0.0.1", str(port)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if "serves a load error" in done.stderr:
+                break
+            time.sleep(1)
+        assert done is not None and done.returncode == 1, done
+        assert "serves a load error, not the code: " in done.stderr and "no_such_module_here" in done.stderr, done
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_the_summary_says_what_to_do_next_and_how_to_call_mlops(

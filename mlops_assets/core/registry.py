@@ -583,9 +583,8 @@ def promote_by_hand(registry: Registry, to: str, reason: str, feature_set: str |
         raise ValueError(f"{to} is already the champion")
     check_feature_set(registry, to, feature_set)
     registry.model_text(to)  # refuse a damaged version before it serves
-    registry.set_alias(
-        CHAMPION, to, PROMOTED_BY_HAND, f"{reason} (from {current})", expected=current, from_version=current
-    )
+    said = f"{reason} (from {current})" if current else f"{reason} (no champion before)"
+    registry.set_alias(CHAMPION, to, PROMOTED_BY_HAND, said, expected=current, from_version=current)
     return current
 
 

@@ -40,9 +40,10 @@ from mlops_assets.recovery import (
     IN_PROGRESS,
     PID_TAG,
     PROCESS_TAG,
+    RETRY_EXPECTED_S,
     LeftAlone,
-    daemon_retries,
     recover_dead_runs,
+    retry_pending,
 )
 from mlops_assets.threaded_executor import threaded_executor
 
@@ -197,10 +198,11 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
         raise ValueError(
             f"run {run_id} is being re-executed by run {busy[0]} (e.g. a retry the daemon launched): wait for that run"
         )
-    if not children and daemon_retries(instance, run):  # its retry is about to start: a resume would run it twice
+    if not children and retry_pending(instance, run):  # its retry is about to start: a resume would run it twice
         raise ValueError(
             f"run {run_id} is retried by the daemon (Dagster's run retries, tag dagster/will_retry): wait for its "
-            "retry run (`mlops runs`, or the UI's Runs page), and resume it only if that run fails too"
+            f"retry run (`dagster run list`, or the UI's Runs page); if none starts within {RETRY_EXPECTED_S:.0f} s "
+            "of the failure, resume it then"
         )
     resumable = ["feature_pipeline", "training_pipeline", *(retraining_job_name(m) for m in CATALOG.models)]
     if run.job_name not in resumable:

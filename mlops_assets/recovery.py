@@ -72,6 +72,9 @@ WATCH_INTERVAL_ENV = "MLOPS_RECOVERY_WATCH_S"
 DAEMON_ALIVE_S = 90.0
 #: The daemon thread that launches Dagster's run retries.
 RETRY_DAEMON = "EVENT_LOG_CONSUMER"
+#: How long after a run failed its retry is waited for: the daemon launches it within seconds. A retry that has not
+#: come by then never will (a daemon started for the first time ignores failures logged before it): resume it by hand.
+RETRY_EXPECTED_S = 120.0
 
 
 def daemon_retries(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
@@ -95,6 +98,16 @@ def daemon_retries(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
             return False
     beat = instance.get_daemon_heartbeats().get(RETRY_DAEMON)
     return beat is not None and time.time() - beat.timestamp < DAEMON_ALIVE_S
+
+
+def retry_pending(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Whether Dagster's run retries are about to re-execute this failed run (:func:`daemon_retries`), judged for
+    :data:`RETRY_EXPECTED_S` after its failure: a retry that has not come by then never will."""
+    record = instance.get_run_record_by_id(run.run_id)
+    failed_at = record.end_time if record is not None else None
+    if failed_at is None or time.time() - failed_at >= RETRY_EXPECTED_S:
+        return False
+    return daemon_retries(instance, run)
 
 
 def watch_interval_s() -> float:
@@ -229,7 +242,10 @@ class RecoveredRun:
             )
         text = f"run {self.run_id} ({self.job_name}) was {self.was} but {self.reason}: {', '.join(what)}"
         if self.now == "FAILURE" and self.retried:
-            text += "; the daemon's run retries re-execute it from its failure (nothing to do by hand)"
+            text += (
+                "; the daemon's run retries re-execute it from its failure (if no retry run starts within "
+                f"{RETRY_EXPECTED_S:.0f} s: `mlops resume {self.run_id}`)"
+            )
         elif self.now == "FAILURE" and not self.job_name.startswith("__"):
             text += f"; resume it with `mlops resume {self.run_id}`"
         return text
@@ -311,7 +327,10 @@ def _mark(instance: dg.DagsterInstance, run: dg.DagsterRun, verdict: Verdict) ->
     else:
         how = "re-execute it from failure in the UI"
         if retried:
-            how = "the daemon's run retries re-execute it from its failure: nothing to do by hand"
+            how = (
+                "the daemon's run retries re-execute it from its failure (if no retry run starts within "
+                f"{RETRY_EXPECTED_S:.0f} s: `mlops resume {fresh.run_id}`)"
+            )
         elif not fresh.job_name.startswith("__"):  # a job of its own, not an asset selection: `mlops resume` takes it
             how = f"resume it from its failed steps with `mlops resume {fresh.run_id}` (or {how})"
         instance.report_run_failed(

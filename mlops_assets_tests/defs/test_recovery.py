@@ -232,11 +232,16 @@ def _daemon_beat(instance: dg.DagsterInstance, age_s: float) -> None:
 
 
 @pytest.mark.parametrize("daemon", ["running", "stopped", "none"])
-def test_a_dead_run_the_daemon_retries_is_not_also_resumed_by_hand(daemon: str) -> None:
+def test_a_dead_run_the_daemon_retries_is_not_also_resumed_by_hand(
+    daemon: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With run retries on and a daemon running, a run marked failed for a dead process is re-executed by Dagster: the
     recovery said to `mlops resume` it as well, and a resume before the retry started ran its steps a second time.
     Without a daemon (its last heartbeat minutes old, or none: `dagster job execute` alone) the resume is the way."""
     retries = {"run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}}
+    from mlops_assets import recovery as recovery_module
+    from mlops_assets.recovery import retry_pending
+
     with instance_for_test(overrides={**retries, "concurrency": {"pools": {"default_limit": 1}}}) as retrying:
         if daemon != "none":
             _daemon_beat(retrying, 5 if daemon == "running" else 600)
@@ -247,12 +252,19 @@ def test_a_dead_run_the_daemon_retries_is_not_also_resumed_by_hand(daemon: str) 
         said = failure[0].event_log_entry.dagster_event.message or ""
         if daemon == "running":
             assert recovered.retried
-            assert recovered.message().endswith(
-                "; the daemon's run retries re-execute it from its failure (nothing to do by hand)"
-            )
-            assert "the daemon's run retries re-execute it from its failure: nothing to do by hand" in said
-            with pytest.raises(ValueError, match="is retried by the daemon .* wait for its retry run"):
+            hint = "the daemon's run retries re-execute it from its failure (if no retry run starts within 120 s: "
+            assert recovered.message().endswith(f"; {hint}`mlops resume {run.run_id}`)")
+            assert hint in said
+            with pytest.raises(
+                ValueError, match="is retried by the daemon .* wait for its retry run ..dagster run list"
+            ):
                 resume_run(run.run_id, retrying)
+            # a retry that never came (a daemon started for the first time ignores failures logged before it):
+            # after RETRY_EXPECTED_S, the run is a person's to resume
+            failed = retrying.get_run_by_id(run.run_id)
+            assert failed is not None and retry_pending(retrying, failed)
+            monkeypatch.setattr(recovery_module, "RETRY_EXPECTED_S", 0.0)
+            assert not retry_pending(retrying, failed)
         else:
             assert not recovered.retried
             assert recovered.message().endswith(f"; resume it with `mlops resume {run.run_id}`")

@@ -624,13 +624,10 @@ def cmd_home(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from mlops_assets.simulation import (  # Dagster: imported only here
-        SimulationError,
-        check_data_dir,
-        simulate,
-        simulated_months,
-    )
-    from mlops_assets.ticks import RunInterrupted
+    from dagster._core.errors import DagsterExecutionInterruptedError  # Dagster: imported only here
+
+    from mlops_assets.simulation import SimulationError, check_data_dir, simulate, simulated_months
+    from mlops_assets.ticks import RunInterrupted, StopSignals
 
     model = _model(args)
     start, through = args.start or model.feed.first_month, args.through or model.feed.last_month
@@ -653,11 +650,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, signal.default_int_handler)
     try:
-        simulate(data_dir, model, start, through, every=args.every)
+        with StopSignals() as stop_signals:
+            simulate(data_dir, model, start, through, every=args.every, stop_requested=stop_signals.received)
     except SimulationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: a person or a supervisor asked it to stop
+    # Ctrl-C, SIGTERM: a person or a supervisor asked it to stop (Dagster raises its own error for a signal that
+    # comes while it sets up a sensor's resources)
+    except (KeyboardInterrupt, DagsterExecutionInterruptedError) as stop:
         during = (
             f": run {stop.run.run_id[:8]} ended interrupted (marked failed)" if isinstance(stop, RunInterrupted) else ""
         )

@@ -203,8 +203,10 @@ def simulate(
     through: str = "2013-12",
     every: int = 1,
     say: Callable[[str], None] = print,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> pl.DataFrame:
-    """Run the replayed year in ``data_dir`` (cleared first) and return the timeline."""
+    """Run the replayed year in ``data_dir`` (cleared first) and return the timeline. ``stop_requested`` is asked
+    after each run (``ticks.StopSignals``): a stop asked for during a run ends the year after it."""
     months = simulated_months(model, first, through, every)
     replay = model.feed.replay
     assert replay is not None  # simulated_months checked it
@@ -224,7 +226,7 @@ def simulate(
     # a persistent instance of its own (the repo's dagster.yaml), so the runs can be browsed afterwards with
     # `DAGSTER_HOME=<data dir>/dagster_home MLOPS_DATA_DIR=<data dir> dagster dev -w workspace.yaml`
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        ticker = Ticker(defs, instance, simulation_sensors(model), on_run=on_run)
+        ticker = Ticker(defs, instance, simulation_sensors(model), on_run=on_run, stop_requested=stop_requested)
         boot, rest = months[:BOOTSTRAP_MONTHS], months[BOOTSTRAP_MONTHS:]
         say(
             f"[{time.perf_counter() - started:6.1f}s] landing {boot[0]}..{boot[-1]}"

@@ -11,9 +11,12 @@ the tests.
 from __future__ import annotations
 
 import logging
+import signal
+import socket
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 import dagster as dg
 
@@ -43,6 +46,32 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, run: ExecutedRun) -> None:
         super().__init__(f"run {run.run_id} was interrupted")
         self.run = run
+
+
+class StopSignals:
+    """Whether SIGINT or SIGTERM arrived, whoever handled it: Dagster's own handler takes them while a run executes
+    and forgets them once it ends (a signal after the run's last check for one was lost: the year went on). Python
+    writes every signal's number to the wakeup fd before any handler runs; this reads them. Main thread only."""
+
+    def __enter__(self) -> Self:
+        self._read, self._write = socket.socketpair()
+        for end in (self._read, self._write):
+            end.setblocking(False)
+        self._previous = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        return self
+
+    def received(self) -> bool:
+        """Whether a stop signal came since the last look."""
+        try:
+            numbers = self._read.recv(4096)
+        except BlockingIOError:
+            return False
+        return bool({signal.SIGINT, signal.SIGTERM} & set(numbers))
+
+    def __exit__(self, *_: object) -> None:
+        signal.set_wakeup_fd(self._previous)
+        self._read.close()
+        self._write.close()
 
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
@@ -86,6 +115,8 @@ class Ticker:
     on_run: Callable[[ExecutedRun], None] | None = None
     #: Dagster's console log level for the runs (the ticker's caller reports what happened)
     log_level: str = "WARNING"
+    #: told after each run whether a stop was asked for (``StopSignals.received``): then no further run starts
+    stop_requested: Callable[[], bool] | None = None
     cursors: dict[str, str | None] = field(default_factory=dict)
     automation_cursor: object | None = None
     #: what the instance looked like when the automation conditions were last evaluated (None: not yet), and whether
@@ -137,7 +168,7 @@ class Ticker:
         self._changed = True
         if self.on_run:
             self.on_run(run)
-        if _interrupted(result):
+        if _interrupted(result) or (self.stop_requested is not None and self.stop_requested()):
             raise RunInterrupted(run)
         return run
 

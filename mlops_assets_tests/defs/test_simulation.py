@@ -203,3 +203,39 @@ def test_a_rollback_of_the_month_shows_in_the_timeline_its_report_and_the_consol
     frame = timeline_frame([row])
     assert frame["rolled_back_to"].to_list() == [first]
     assert "rolled_back_to" in timeline_markdown(frame, b"png", "2013-09", "flight_delay.timeline")
+
+
+def test_a_stop_signal_a_handler_swallowed_still_stops_the_ticker_after_its_run() -> None:
+    """A SIGTERM after a run's last check for one: Dagster's handler took it and forgot it when the run ended, and the
+    simulation ran the whole year and exited 0. The wakeup fd hears every signal, whoever handles it."""
+    import os
+    import signal
+
+    import dagster as dg
+
+    from mlops_assets.threaded_executor import threaded_executor
+    from mlops_assets.ticks import RunInterrupted, StopSignals, Ticker
+    from mlops_assets_tests.conftest import instance_for_test
+
+    @dg.asset
+    def fine() -> None:
+        """Runs to its end."""
+
+    defs = dg.Definitions(
+        assets=[fine], jobs=[dg.define_asset_job("fine", selection=[fine], executor_def=threaded_executor)]
+    )
+    before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before)
+    with StopSignals() as stop, instance_for_test() as instance:
+        ticker = Ticker(defs, instance, sensors=(), stop_requested=stop.received)
+        assert ticker.execute_job("fine", {}).success  # no signal: it goes on
+        previous = signal.signal(signal.SIGTERM, lambda *_: None)  # as Dagster's handler in a run: taken, forgotten
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        with pytest.raises(RunInterrupted) as stopped:
+            ticker.execute_job("fine", {})
+        assert stopped.value.run.success  # the run in progress ended well; none starts after it
+    assert signal.set_wakeup_fd(before) == before  # the wakeup fd given back

@@ -498,12 +498,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     model = _model(args)
     registry = _registry(load_settings(), model)
+    verdict = gate_verdict(registry, args.to)  # read first: a damaged event log refuses before anything moves
     try:
         replaced = promote_by_hand(registry, args.to, args.reason, feature_set=feature_set_version(model.features))
     except (ValueError, LookupError, RegistryIntegrityError) as error:
         print(f"error: {model.name}: {error}", file=sys.stderr)
         return 1
-    verdict = gate_verdict(registry, args.to)
     if verdict is None:
         print(f"note: the promotion gates never judged {args.to}", file=sys.stderr)
     elif verdict[0] == "rejected":

@@ -164,6 +164,12 @@ def test_promote_and_shadow_move_aliases_by_hand_with_their_events(
     assert "shadow is now v0001" in capsys.readouterr().out and registry.alias("shadow") == "v0001"
     assert [e["event"] for e in registry.events()][-3:] == ["promoted_by_hand", "rolled_back", "shadow_set"]
     assert main(["shadow", "--model", "flight_delay", "--off"]) == 0 and registry.alias("shadow") is None
+    capsys.readouterr()
+    # a damaged event log: refused before the champion moves (it moved, then the command failed)
+    with open(registry.events_path, "a") as log:
+        log.write("garbage{\n")
+    assert main(["promote", "--model", "flight_delay", "--to", third]) == 1
+    assert "is not valid JSON" in _error_line(capsys) and registry.alias(CHAMPION) == "v0002"
 
 
 def test_runs_say_which_versions_were_trained_from_uncommitted_code(

@@ -583,6 +583,7 @@ def promote_by_hand(registry: Registry, to: str, reason: str, feature_set: str |
         raise ValueError(f"{to} is already the champion")
     check_feature_set(registry, to, feature_set)
     registry.model_text(to)  # refuse a damaged version before it serves
+    registry.events()  # a damaged event log (RegistryDamaged) refuses before the alias moves, as a rollback does
     said = f"{reason} (from {current})" if current else f"{reason} (no champion before)"
     registry.set_alias(CHAMPION, to, PROMOTED_BY_HAND, said, expected=current, from_version=current)
     return current
@@ -593,6 +594,10 @@ def set_shadow(registry: Registry, to: str | None, reason: str) -> None:
     the event log like the other aliases (a shadow set by editing aliases.json was dropped by a repair)."""
     if to is not None:
         registry.model_text(to)  # a damaged version would score nothing
+        if to == registry.alias(CHAMPION):
+            raise ValueError(f"{to} is the champion: a shadow scores beside it, so it is another version")
+    if to == registry.alias(SHADOW):
+        raise ValueError(f"the shadow is {to or 'unset'} already")
     registry.set_alias(SHADOW, to, "shadow_set" if to else "shadow_cleared", reason)
 
 

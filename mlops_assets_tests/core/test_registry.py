@@ -167,6 +167,10 @@ def test_a_shadow_set_by_command_is_logged_and_survives_a_repair(tmp_path: Path)
     assert registry.aliases() == {"champion": v2, "shadow": v1}
     set_shadow(registry, None, "done comparing")
     assert registry.alias("shadow") is None and all(f.ok for f in examine(registry))
+    with pytest.raises(ValueError, match="the shadow is unset already"):
+        set_shadow(registry, None, "again")
+    with pytest.raises(ValueError, match=f"{v2} is the champion"):
+        set_shadow(registry, v2, "the champion beside itself")
     (registry.versions_dir / v1 / "model.txt").write_text("changed")
     with pytest.raises(RegistryIntegrityError):
         set_shadow(registry, v1, "a damaged version scores nothing")

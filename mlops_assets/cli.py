@@ -212,14 +212,16 @@ def cmd_land(args: argparse.Namespace) -> int:
         return 2
     if not args.unchecked and (problem := _unlandable(data, table)):
         print(
-            f"error: {args.file} not landed: {problem}. Fix the file (or land it with --unchecked, and the pipeline "
-            "rejects it, keeping every row in quarantine)",
+            f"error: {args.file} not landed: {problem.rstrip('.')}{'' if problem.endswith('?') else '.'} Fix the "
+            "file (or land it with --unchecked, and the pipeline rejects it, keeping every row in quarantine)",
             file=sys.stderr,
         )
         return 2
     _instance_home(settings)  # its storage settings checked before anything lands
     landed, status = land_file(settings.landing_dir, table.name, args.month, data)
     print(f"  {status:<9} {landed.relative_name:<28} {len(data):>11,} bytes  sha256 {landed.sha256[:12]}")
+    if args.unchecked and (problem := _unlandable(data, table)):
+        print(f"  unchecked: {problem}: the pipeline will reject it whole, keeping it in quarantine")
     new = register_landed_months(settings) if args.month else []
     if status == "unchanged":
         print("Those bytes had landed already: nothing new to refresh (a missing checksum file was written again).")
@@ -430,7 +432,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     )
 
     settings = load_settings()
-    only = QuarantineFilter(month=args.month, rule=args.rule, stage=args.stage)
+    only = QuarantineFilter(month=args.month, rule=args.rule, stage=args.stage, newest=args.newest)
     if not settings.warehouse_path.exists():
         if args.json:
             print(json.dumps([] if args.table is None else {"table": args.table, "total": 0, "rows": []}))
@@ -766,6 +768,11 @@ def build_parser() -> argparse.ArgumentParser:
     held.add_argument("--month", type=_month, help="only this month (YYYY-MM)")
     held.add_argument("--rule", help="only this rule, e.g. in_range, duplicate_row, label_implausible")
     held.add_argument("--stage", choices=["raw", "validated"], help="only rows set aside at this stage")
+    held.add_argument(
+        "--newest",
+        action="store_true",
+        help="only rows of each month's newest landed file (not of files replaced since)",
+    )
     held.add_argument("--limit", type=_count, default=20, help="rows listed with --table (default 20; 0: all of them)")
     held.add_argument("--json", action="store_true", help="machine-readable output (every row's values in full)")
     held.set_defaults(handler=cmd_quarantine)

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -137,7 +138,10 @@ def read_batch(source: Path | bytes) -> pl.DataFrame:
         with _batch_reader().cursor() as cursor:  # bytes, never a path: DuckDB reads a path as a glob
             return cursor.read_parquet(io.BytesIO(data)).pl()
     except (Exception, PanicException) as error:  # every reader error means the same here: unreadable
-        raise BatchUnreadableError(f"not readable as parquet: {type(error).__name__}: {error}") from error
+        # DuckDB names the bytes by an internal object-store path nobody can look up: they are the file
+        said = re.sub(r"File '?DUCKDB_INTERNAL_OBJECTSTORE://\w+'? too", "the file is too", str(error))
+        said = re.sub(r"'?DUCKDB_INTERNAL_OBJECTSTORE://\w+'?", "the file", said)
+        raise BatchUnreadableError(f"not readable as parquet: {type(error).__name__}: {said}") from error
 
 
 _BATCH_READER: tuple[int, duckdb.DuckDBPyConnection] | None = None

@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from mlops_assets.core.ingest import latest_verdicts
 from mlops_assets.core.store import qualified, table_exists
 
 #: What a row listing shows of each quarantined row, in this order (``row`` is ``row_json`` parsed).
@@ -23,15 +24,21 @@ ROW_COLUMNS = ("_month", "stage", "_source_file", "_sha256", "_row", "rule", "co
 @dataclass(frozen=True)
 class QuarantineFilter:
     """Which quarantined rows: of one month (None: every month and the reference tables), one rule (a check's name
-    alone matches it with any arguments), one stage."""
+    alone matches it with any arguments), one stage; ``newest``: only of each month's newest landed version (the rows
+    of a version replaced since stay in quarantine, and are listed otherwise)."""
 
     month: str | None = None
     rule: str | None = None
     stage: str | None = None
+    newest: bool = False
 
-    def where(self) -> tuple[str, list[Any]]:
-        """The SQL condition with ``?`` placeholders, and its parameters."""
+    def where(self, newest_versions: list[str] | None = None) -> tuple[str, list[Any]]:
+        """The SQL condition with ``?`` placeholders, and its parameters (``newest_versions``: the sha256 of each
+        month's newest landed file, for ``newest``)."""
         conditions, params = ["true"], []
+        if self.newest:
+            conditions.append("list_contains(?, _sha256)")
+            params.append(list(newest_versions or []))
         for column, value in (("_month", self.month), ("stage", self.stage)):
             if value is not None:
                 conditions.append(f"{column} = ?")
@@ -42,33 +49,41 @@ class QuarantineFilter:
         return " AND ".join(conditions), params
 
 
+def newest_versions(conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """The sha256 of each month's newest landed file of ``table``, as the batch log knows them."""
+    return [str(v["sha256"]) for v in latest_verdicts(conn, table, ("raw", "validated")) if v.get("sha256")]
+
+
 def quarantine_counts(
     conn: duckdb.DuckDBPyConnection, tables: list[str], only: QuarantineFilter | None = None
 ) -> list[dict[str, Any]]:
-    """Quarantined rows counted by table, month, stage, rule and column, newest month first; each with how many of
-    them belong to a batch rejected whole and how many landed versions (sha256) of the month they come from."""
-    where, params = (only or QuarantineFilter()).where()
+    """Quarantined rows counted by table, month, version (the month's newest landed file, or an earlier one replaced
+    since), stage, rule and column, newest month first; each with how many of them belong to a batch rejected
+    whole."""
+    only = only or QuarantineFilter()
     counts: list[dict[str, Any]] = []
     for table in tables:
         if not table_exists(conn, "quarantine", table):
             continue
+        newest = newest_versions(conn, table)
+        where, params = only.where(newest)
         rows = conn.execute(
-            f"SELECT _month, stage, rule, column_name, count(*), count(*) FILTER (WHERE batch_rejected), "
-            f"count(DISTINCT _sha256) FROM {qualified('quarantine', table)} WHERE {where} "
-            "GROUP BY ALL ORDER BY _month DESC NULLS LAST, stage, count(*) DESC, rule, column_name",
-            params,
+            f"SELECT _month, list_contains(?, _sha256) AS newest, stage, rule, column_name, count(*), "
+            f"count(*) FILTER (WHERE batch_rejected) FROM {qualified('quarantine', table)} WHERE {where} "
+            "GROUP BY ALL ORDER BY _month DESC NULLS LAST, newest DESC, stage, count(*) DESC, rule, column_name",
+            [newest, *params],
         ).fetchall()
-        for month, stage, rule, column, n, in_rejected, versions in rows:
+        for month, is_newest, stage, rule, column, n, in_rejected in rows:
             counts.append(
                 {
                     "table": table,
                     "month": month,
+                    "version": "newest" if is_newest else "earlier",
                     "stage": stage,
                     "rule": rule,
                     "column": column,
                     "rows": int(n),
                     "rows_of_rejected_batches": int(in_rejected),
-                    "landed_versions": int(versions),
                 }
             )
     return counts
@@ -81,7 +96,8 @@ def quarantined_rows(
     (month, file, position), each with its row parsed from JSON."""
     if not table_exists(conn, "quarantine", table):
         return 0, []
-    where, params = (only or QuarantineFilter()).where()
+    newest = newest_versions(conn, table)
+    where, params = (only or QuarantineFilter()).where(newest)
     name = qualified("quarantine", table)
     (total,) = conn.execute(f"SELECT count(*) FROM {name} WHERE {where}", params).fetchone() or (0,)
     limit_sql = "" if limit is None else " LIMIT ?"
@@ -93,6 +109,7 @@ def quarantined_rows(
     rows = []
     for values in found:
         row = dict(zip(ROW_COLUMNS, values, strict=True))
+        row["version"] = "newest" if row["_sha256"] in newest else "earlier"
         text = row.pop("row_json")
         try:
             row["row"] = json.loads(text) if text is not None else None
@@ -108,17 +125,17 @@ def _clip(text: str, width: int) -> str:
 
 def format_counts(counts: list[dict[str, Any]]) -> str:
     """The counts as a table for people."""
-    header = ("table", "month", "stage", "rule", "column", "rows", "of rejected batches", "versions")
+    header = ("table", "month", "version", "stage", "rule", "column", "rows", "of rejected batches")
     lines = [header] + [
         (
             c["table"],
             c["month"] or "reference",
+            c["version"],
             c["stage"],
             c["rule"],
             c["column"] or "",
             f"{c['rows']:,}",
             f"{c['rows_of_rejected_batches']:,}",
-            str(c["landed_versions"]),
         )
         for c in counts
     ]
@@ -127,10 +144,13 @@ def format_counts(counts: list[dict[str, Any]]) -> str:
 
 
 def format_rows(table: str, total: int, rows: list[dict[str, Any]], row_width: int = 100) -> str:
-    """The rows for people: one block each, the row's values clipped to ``row_width`` characters."""
+    """The rows for people: one block each (its position in the landed file counted from 0), the row's values
+    clipped to ``row_width`` characters."""
     out = []
     for r in rows:
         where = f"{r['_source_file']} row {r['_row']}" if r["_row"] is not None else r["_source_file"]
+        if r.get("version") == "earlier":
+            where += " (an earlier version of the month, replaced since)"
         column = r["column_name"]
         # the failing value up front: the row below is clipped, and the column may come late in it
         value = (
@@ -140,7 +160,7 @@ def format_rows(table: str, total: int, rows: list[dict[str, Any]], row_width: i
         )
         out.append(
             f"{r['_month'] or 'reference'}  {r['stage']}  {where}  (sha256 {str(r['_sha256'])[:12]})\n"
-            f"  {r['rule']} on {column}{value}: {_clip(str(r['failures']), row_width)}\n"
+            f"  {r['rule']}{f' on {column}' if column else ''}{value}: {_clip(str(r['failures']), row_width)}\n"
             f"  row: {_clip(json.dumps(r['row'], default=str) if r['row'] is not None else '-', row_width)}"
         )
     shown = f"{len(rows):,} of {total:,} quarantined row(s) of {table}"

@@ -329,17 +329,21 @@ def format_registry(status: dict[str, Any]) -> str:
             f"WARNING: aliases name versions that do not exist ({named}): "
             f"`mlops doctor --model {status.get('model', '<model>')} --repair` rebuilds the aliases from the event log"
         )
-    damaged = [v["version"] for v in status["versions"] if not v.get("checksum_ok", True)]
-    if damaged:
-        serving = [a for a, v in status["aliases"].items() if v in damaged]
+    # a damaged metadata file is its own warning above: these are the models whose bytes fail their checksum
+    damaged = [v["version"] for v in status["versions"] if not v.get("checksum_ok", True) and not v.get("damaged")]
+    broken = [v["version"] for v in status["versions"] if not v.get("checksum_ok", True)]
+    if broken:
+        serving = [a for a, v in status["aliases"].items() if v in broken]
+        what = f"{', '.join(damaged)} fail(s) the checksum" if damaged else f"{', '.join(broken)} damaged"
         lines.append(
-            f"WARNING: {', '.join(damaged)} fail(s) the checksum (never loaded)"
+            f"WARNING: {what} (never loaded)"
             + (f"; named by {', '.join(serving)}: {_fix_for(serving)}" if serving else "")
         )
     lines.append("Latest events:")
+    width = max((len(str(e["event"])) for e in status["events"]), default=11)  # promoted_by_hand is the longest
     for event in status["events"]:
         lines.append(
-            f"  {event['time']}  {event['event']:<11} {event.get('version') or '-':<6} {event.get('reason', '')}"
+            f"  {event['time']}  {event['event']:<{width}} {event.get('version') or '-':<6} {event.get('reason', '')}"
         )
     return "\n".join(lines)
 

@@ -576,7 +576,7 @@ def test_mlops_quarantine_finds_every_rejected_row_again(base: Settings, capsys:
     assert counts[("flights", BAD, "validated", "greater_than")] == 5, counts
     assert counts[("flights", BAD, "validated", RULE_DUPLICATE_ROW)] == 2, counts
     assert main(["quarantine"]) == 0
-    assert re.search(rf"flights\s+{BAD}\s+validated\s+{RULE_DUPLICATE_ROW}\s+\S+\s+2\s", capsys.readouterr().out)
+    assert re.search(rf"flights\s+{BAD}\s+newest\s+validated\s+{RULE_DUPLICATE_ROW}\s+\S+\s+2\s", capsys.readouterr().out)
 
     assert main(["quarantine", "--table", "flights", "--month", BAD, "--limit", "0", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -595,3 +595,15 @@ def test_mlops_quarantine_finds_every_rejected_row_again(base: Settings, capsys:
     assert f"flights/{BAD}.parquet row 0" in shown and "greater_than(0) on distance = -1: " in shown, shown
     assert main(["quarantine", "--table", "weather", "--month", BAD, "--rule", "nothing_like_it"]) == 0
     assert capsys.readouterr().out.strip() == "no quarantined row of weather matches"
+
+    # the month corrected: its earlier version's rows stay, said to be of a file replaced since; --newest leaves them
+    _land(base, april)
+    with instance_for_test() as instance:
+        assert _run(base, instance, [BAD]).success
+    assert main(["quarantine", "--json"]) == 0
+    versions = {c["version"] for c in json.loads(capsys.readouterr().out) if c["table"] == "flights"}
+    assert versions == {"earlier"}, versions
+    assert main(["quarantine", "--table", "flights", "--limit", "1"]) == 0
+    assert "(an earlier version of the month, replaced since)" in capsys.readouterr().out
+    assert main(["quarantine", "--table", "flights", "--newest"]) == 0
+    assert capsys.readouterr().out.strip() == "no quarantined row of flights matches"

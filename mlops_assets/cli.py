@@ -438,8 +438,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             print(json.dumps([] if args.table is None else {"table": args.table, "total": 0, "rows": []}))
         else:
             print(
-                f"no quarantined row: nothing was ingested in {settings.data_dir} yet (no {settings.warehouse_path.name})"
-                "; land data and run the pipeline (`make pipeline`), or set MLOPS_DATA_DIR to the data directory"
+                f"no quarantined row: nothing was ingested in {settings.data_dir} yet (no "
+                f"{settings.warehouse_path.name}); land data and run the pipeline (`make pipeline`), or set "
+                "MLOPS_DATA_DIR to the data directory"
             )
         return 0
     try:

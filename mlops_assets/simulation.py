@@ -273,7 +273,8 @@ def simulate(
     wins, compared = months_champion_wins(frame, compared_from(months))
     failed = frame.filter(pl.col("failed_runs") != "")["month"].to_list()
     say(
-        f"Done in {time.perf_counter() - started:.0f} s: {frame['retrained'].sum()} retrains, {frame['promoted'].sum()} promotions, "
+        f"Done in {time.perf_counter() - started:.0f} s: {frame['retrained'].sum()} retrains, "
+        f"{frame['promoted'].sum()} promotions, "
         f"{(frame['rolled_back_to'] != '').sum()} rollbacks"
         + (f", failed runs in {', '.join(failed)} (the champion kept serving; column failed_runs)" if failed else "")
         + f". {champion_vs_frozen(wins, compared, compared_from(months))}. Timeline: {out / 'timeline.md'} "

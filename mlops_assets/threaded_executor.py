@@ -423,7 +423,8 @@ def refuse_a_run_without_partition(plan_context: PlanOrchestrationContext, step_
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise dg.Failure(
-            description=f"{plan_context.dagster_run.job_name} names no partition, and its partitioned assets ({shown}) need one: "
+            description=f"{plan_context.dagster_run.job_name} names no partition, and its partitioned assets "
+            f"({shown}) need one: "
             "in the UI, pick the months in the Launchpad's partition selector (or materialize the assets from the "
             "asset graph, which asks for them); from a shell, `make train` runs it over every landed month "
             '(by hand: --tags "$(mlops months --tags)").'

@@ -246,7 +246,8 @@ class Registry:
         actual = sha256_bytes(data)
         if actual != recorded or actual != entry.metadata.get("model_sha256"):
             raise RegistryIntegrityError(
-                f"model {version} does not match its checksum (sha256 {actual[:12]}, recorded {recorded[:12] or 'none'}): it was "
+                f"model {version} does not match its checksum (sha256 {actual[:12]}, recorded "
+                f"{recorded[:12] or 'none'}): it was "
                 "modified or truncated and will not be loaded. Roll back to another version (`mlops rollback`) or "
                 "retrain."
             )
@@ -670,7 +671,8 @@ def examine(registry: Registry) -> list[Finding]:
                     f"evaluation of {version}",
                     False,
                     f"{error}: promotion, rollback and A/B cannot read it. Restore the file, or remove it and "
-                    f"evaluate {version} again (materialize {registry.root.name}/evaluation while it is the challenger)",
+                    f"evaluate {version} again (materialize {registry.root.name}/evaluation while it is the "
+                    "challenger)",
                 )
             )
     try:

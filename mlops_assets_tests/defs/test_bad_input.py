@@ -576,7 +576,9 @@ def test_mlops_quarantine_finds_every_rejected_row_again(base: Settings, capsys:
     assert counts[("flights", BAD, "validated", "greater_than")] == 5, counts
     assert counts[("flights", BAD, "validated", RULE_DUPLICATE_ROW)] == 2, counts
     assert main(["quarantine"]) == 0
-    assert re.search(rf"flights\s+{BAD}\s+newest\s+validated\s+{RULE_DUPLICATE_ROW}\s+\S+\s+2\s", capsys.readouterr().out)
+    assert re.search(
+        rf"flights\s+{BAD}\s+newest\s+validated\s+{RULE_DUPLICATE_ROW}\s+\S+\s+2\s", capsys.readouterr().out
+    )
 
     assert main(["quarantine", "--table", "flights", "--month", BAD, "--limit", "0", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)

@@ -676,7 +676,7 @@ def test_a_run_waiting_for_the_slot_is_released_when_the_holder_dies(platform: P
         assert time.monotonic() - killed_at < NEXT_RUN_LIMIT_S
         assert re.search(
             rf"mlops recovery: run {held.run_id} \(training_pipeline\) was STARTED but process {holder.pid} on \S+ is "
-            r"gone: marked failed, freed its duckdb slot \(claimed by its step raw__\w+ for the run\)",  # claimed by its first step, for the run
+            r"gone: marked failed, freed its duckdb slot \(claimed by its step raw__\w+ for the run\)",
             waiting.output(),
         ), waiting.output()[-6000:]
         failed = instance.get_run_by_id(held.run_id)

@@ -28,6 +28,9 @@ What stays as in Dagster's own executors:
 * **Retries** and ``step_dependency_config``: as the in-process executor's config. Each attempt of a step has a
   thread of its own.
 
+One thing it adds: a run of partitioned assets that names no partition is refused before any step, saying how to
+name one (:func:`refuse_a_run_without_partition`); Dagster failed each such step with an error of its own first.
+
 It extends Dagster's executor from its private modules (as ``sqlite_storage.py`` does its storage); the pin
 ``dagster<1.14`` (pyproject.toml) holds them, and ``mlops_assets_tests/test_threaded_executor.py`` runs it.
 """

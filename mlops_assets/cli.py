@@ -630,7 +630,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from dagster._core.errors import DagsterExecutionInterruptedError  # Dagster: imported only here
 
     from mlops_assets.simulation import SimulationError, check_data_dir, simulate, simulated_months
-    from mlops_assets.ticks import RunInterrupted, StopSignals
+    from mlops_assets.ticks import STOP_SIGNALS, RunInterrupted, StopSignals
 
     model = _model(args)
     start, through = args.start or model.feed.first_month, args.through or model.feed.last_month
@@ -650,8 +650,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     # SIGTERM stops it as Ctrl-C does (a KeyboardInterrupt here, or the run in progress interrupted); SIGINT too when
     # it was ignored (started in the background by a script): Dagster maps SIGTERM to SIGINT's handler after each run
-    for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop_signal, signal.default_int_handler)
+    handlers = {stop_signal: signal.signal(stop_signal, signal.default_int_handler) for stop_signal in STOP_SIGNALS}
     try:
         with StopSignals() as stop_signals:
             simulate(data_dir, model, start, through, every=args.every, stop_requested=stop_signals.received)
@@ -661,9 +660,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     # Ctrl-C, SIGTERM: a person or a supervisor asked it to stop (Dagster raises its own error for a signal that
     # comes while it sets up a sensor's resources)
     except (KeyboardInterrupt, DagsterExecutionInterruptedError) as stop:
-        during = (
-            f": run {stop.run.run_id[:8]} ended interrupted (marked failed)" if isinstance(stop, RunInterrupted) else ""
-        )
+        during = ""
+        if isinstance(stop, RunInterrupted):  # the signal came during a run: it ended interrupted, or just ended
+            ended = "ended" if stop.run.success else "ended interrupted (marked failed)"
+            during = f": run {stop.run.run_id[:8]} {ended}, and no run starts after it"
         print(
             f"\nstopped{during}. {data_dir} holds the months done so far (browse them with "
             f"`DAGSTER_HOME={data_dir / 'dagster_home'} MLOPS_DATA_DIR={data_dir} dagster dev -w workspace.yaml`); "
@@ -671,6 +671,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:  # the caller's own handlers back (a test's process, a program calling main)
+        for stop_signal, handler in handlers.items():
+            if handler is not None:  # None: set outside Python, nothing to give back
+                signal.signal(stop_signal, handler)
     return 0
 
 

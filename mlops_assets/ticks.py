@@ -48,6 +48,10 @@ class RunInterrupted(KeyboardInterrupt):
         self.run = run
 
 
+#: The signals that ask a process to stop: Ctrl-C, and what a supervisor (systemd, a container runtime) sends.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class StopSignals:
     """Whether SIGINT or SIGTERM arrived, whoever handled it: Dagster's own handler takes them while a run executes
     and forgets them once it ends (a signal after the run's last check for one was lost: the year went on). Python
@@ -66,7 +70,7 @@ class StopSignals:
             numbers = self._read.recv(4096)
         except BlockingIOError:
             return False
-        return bool({signal.SIGINT, signal.SIGTERM} & set(numbers))
+        return bool(set(STOP_SIGNALS) & set(numbers))
 
     def __exit__(self, *_: object) -> None:
         signal.set_wakeup_fd(self._previous)

@@ -714,3 +714,26 @@ def test_doctor_in_a_data_dir_where_nothing_was_trained_creates_nothing(
     assert main(["doctor", "--repair"]) == 0
     assert "flight_delay: no registry yet in" in capsys.readouterr().out
     assert not mistyped.exists()
+
+
+@pytest.mark.parametrize("run_ended", [True, False])
+def test_a_stopped_simulation_says_how_its_last_run_ended_and_exits_130(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, run_ended: bool
+) -> None:
+    """A stop asked for during a run that then ended well must not be called an interrupted run (the year itself is
+    stopped by real signals in test_simulation.py)."""
+    from mlops_assets import simulation
+    from mlops_assets.ticks import ExecutedRun, RunInterrupted
+
+    def stopped(*_: object, **__: object) -> None:
+        raise RunInterrupted(ExecutedRun("automation", "0123456789abcdef", run_ended, (), "2013-04", {}))
+
+    import signal
+
+    monkeypatch.setattr(simulation, "simulate", stopped)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["simulate", "--data-dir", str(tmp_path / "sim"), "--every", "20"]) == 130
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler given back
+    said = capsys.readouterr().err
+    ended = "ended, and no run starts after it" if run_ended else "ended interrupted (marked failed), and no run"
+    assert f"stopped: run 01234567 {ended}" in said, said

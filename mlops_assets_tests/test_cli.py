@@ -213,14 +213,9 @@ def test_status_while_a_run_writes_the_warehouse_still_shows_the_models(
         writer.wait()
 
 
-def test_a_dagster_home_that_is_a_file_and_a_port_out_of_range_are_one_line_each(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_a_ui_port_out_of_range_and_a_missing_workspace_are_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    afile = tmp_path / "home"
-    afile.write_text("")
-    monkeypatch.setenv("DAGSTER_HOME", str(afile))
-    assert main(["home"]) == 2
-    assert "is a file or under one: point $DAGSTER_HOME at a folder" in _error_line(capsys)
     with pytest.raises(SystemExit) as stop:
         main(["ui", "--port", "99999"])
     assert stop.value.code == 2 and "must be a port number from 1 to 65535, got 99999" in capsys.readouterr().err
@@ -682,14 +677,26 @@ def test_a_setting_out_of_range_is_one_error_line_and_nothing_lands(
         assert not settings.landing_dir.exists()
 
 
-def test_a_data_dir_that_is_a_file_is_named(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("variable", "command", "said"),
+    [
+        ("MLOPS_DATA_DIR", "status", "the data directory {} is a file: point $MLOPS_DATA_DIR at a folder"),
+        ("DAGSTER_HOME", "home", "the Dagster home {} is a file or under one: point $DAGSTER_HOME at a folder"),
+    ],
+)
+def test_a_data_dir_or_dagster_home_that_is_a_file_is_named(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    command: str,
+    said: str,
 ) -> None:
-    a_file = tmp_path / "data"
+    a_file = tmp_path / "a file"
     a_file.write_text("not a folder")
-    monkeypatch.setenv("MLOPS_DATA_DIR", str(a_file))
-    assert main(["status"]) == 2
-    assert f"the data directory {a_file} is a file: point $MLOPS_DATA_DIR at a folder" in capsys.readouterr().err
+    monkeypatch.setenv(variable, str(a_file))
+    assert main([command]) == 2
+    assert said.format(a_file) in _error_line(capsys)
 
 
 def test_resume_in_a_data_dir_where_nothing_ran_says_so_and_creates_nothing(

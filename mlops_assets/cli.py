@@ -556,6 +556,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     all_succeeded = True
     with dg.DagsterInstance.get() as instance:
         _recover_dead_runs(instance)  # a killed run (and the runs to resume, if they were) is marked failed first
+        if not args.run_id:
+            return _list_failed_runs(instance, model, args.json)
         for run_id in args.run_id:
             try:
                 result = resume_run(run_id, instance, model=model)
@@ -569,6 +571,59 @@ def cmd_resume(args: argparse.Namespace) -> int:
             print(f"run {result.run_id} (resuming {resumed}): {outcome}; re-ran: {', '.join(steps) or 'nothing'}")
             all_succeeded = all_succeeded and result.success
     return 0 if all_succeeded else 1
+
+
+def _list_failed_runs(instance: Any, model: str | None, as_json: bool) -> int:
+    """`mlops resume` without run ids: the failed runs left to resume, with where and why each failed."""
+    from mlops_assets.definitions import failed_runs
+
+    found = failed_runs(instance, model)
+    if as_json:
+        print(json.dumps({"to_resume": [f.as_json() for f in found.to_resume], "settled": found.settled}, indent=2))
+        return 0
+    settled = (
+        f"{found.settled} other failed run(s) need no resume: a retry or resume of theirs, or a later run of the same "
+        "job and months, succeeded."
+        if found.settled
+        else ""
+    )
+    if not found.to_resume:
+        print(f"No failed run left to resume among the newest {found.searched:,} runs. {settled}".rstrip())
+        return 0
+    print("Failed runs left to resume, newest first:")
+    now = time.time()
+    for failed in found.to_resume:
+        when = (
+            ""
+            if failed.failed_at is None
+            else (
+                f"failed {time.strftime('%Y-%m-%d %H:%M', time.localtime(failed.failed_at))} "
+                f"({_age(now - failed.failed_at)} ago)"
+            )
+        )
+        print(f"  {failed.run_id[:8]}  {failed.job_name:<28} {failed.months or '':<17} {when}")
+        where = f"at {', '.join(failed.steps)}: " if failed.steps else ""
+        print(f"            {where}{_shorten(failed.cause or 'no reason recorded', 160)}")
+        if failed.retry_due:
+            print("            the daemon retries it (Dagster's run retries): wait for its retry run before resuming")
+    print("Resume one from its failure: mlops resume RUN_ID (several: mlops resume RUN_ID RUN_ID ...; ids as above).")
+    if settled:
+        print(settled)
+    return 0
+
+
+def _age(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3 h``, ``2 d``: how long ago, for people."""
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size:.0f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
+
+
+def _shorten(text: str, width: int) -> str:
+    """One line of at most ``width`` characters (an ellipsis where it was cut)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -816,8 +871,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="re-execute failed runs from their failure, one after the other")
     model_option(resume, "refuse a run unless it is this model's (default: the run's own model)")
     resume.add_argument(
-        "run_id", nargs="+", help="a failed run's id (shown by dagster and in the UI); several: in turn"
+        "run_id",
+        nargs="*",
+        help="a failed run's id, or its first 8 characters (none: list the failed runs left to resume); several: in "
+        "turn",
     )
+    resume.add_argument("--json", action="store_true", help="with no run id: the list, machine-readable")
     resume.set_defaults(handler=cmd_resume)
 
     sim = commands.add_parser(

@@ -9,6 +9,7 @@ import functools
 import logging
 import shlex
 import warnings
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import dagster as dg
@@ -23,7 +24,7 @@ from mlops_assets.defs.ingest import build_ingest
 from mlops_assets.defs.jobs import build_jobs
 from mlops_assets.defs.keys import MODEL_TAG, retraining_job_name, served
 from mlops_assets.defs.monitor import build_monitoring
-from mlops_assets.defs.progress import progress_console
+from mlops_assets.defs.progress import progress_console, root_cause, step_label
 from mlops_assets.defs.resources import build_resources
 from mlops_assets.defs.run_tags import RANGE_END_TAG, RANGE_START_TAG
 from mlops_assets.defs.sensors import (
@@ -137,6 +138,136 @@ def _run_by_prefix(instance: dg.DagsterInstance, prefix: str) -> dg.DagsterRun |
     return found[0] if found else None
 
 
+def resumable_jobs() -> list[str]:
+    """The jobs ``mlops resume`` re-executes: the platform's own (an asset selection launched from the UI is
+    re-executed there)."""
+    return ["feature_pipeline", "training_pipeline", *(retraining_job_name(m) for m in CATALOG.models)]
+
+
+def _months_of(run: dg.DagsterRun) -> str | None:
+    """The months a run covers, as its tags name them: ``2013-01..2013-12``, one month, or None."""
+    start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
+    if start and end:
+        return start if start == end else f"{start}..{end}"
+    return run.tags.get("dagster/partition")
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """A failed run that ``mlops resume`` can re-execute from its failure, and where and why it failed."""
+
+    run_id: str
+    job_name: str
+    months: str | None
+    model: str | None  # the run's ``mlops/model`` tag (None: a job of every model)
+    failed_at: float | None  # when the run ended (seconds since the epoch)
+    steps: tuple[str, ...]  # its failed steps, and steps started that never ended (a kill), as the UI names them
+    cause: str | None  # the first failed step's own error, else the run's failure message
+    retry_due: bool  # the daemon's run retries will re-execute it: resuming it too would run its steps twice
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "steps": list(self.steps)}
+
+
+@dataclass(frozen=True)
+class FailedRuns:
+    """What ``mlops resume`` without run ids lists: the failed runs left to resume (newest first), and how many
+    failed runs need no resume (a re-execution of theirs, or a later run of the same job and months, succeeded)."""
+
+    to_resume: tuple[FailedRun, ...]
+    settled: int
+    searched: int  # the newest runs looked through
+
+
+def _where_it_failed(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[tuple[str, ...], str | None]:
+    """A failed run's failed steps (and steps a kill left started) and its cause, from its event log."""
+    kinds = {
+        dg.DagsterEventType.STEP_START,
+        dg.DagsterEventType.STEP_SUCCESS,
+        dg.DagsterEventType.STEP_FAILURE,
+        dg.DagsterEventType.STEP_SKIPPED,
+        dg.DagsterEventType.RUN_FAILURE,
+    }
+    started: dict[str, None] = {}
+    ended: set[str] = set()
+    failed: dict[str, str | None] = {}
+    run_failure: str | None = None
+    for record in instance.get_records_for_run(run.run_id, of_type=kinds).records:
+        event = record.event_log_entry.dagster_event
+        if event is None:
+            continue
+        key = record.event_log_entry.step_key
+        if event.event_type == dg.DagsterEventType.STEP_START and key:
+            started[key] = None
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE and key:
+            failed[key] = root_cause(getattr(event.event_specific_data, "error", None))
+            ended.add(key)
+        elif event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            error = getattr(event.event_specific_data, "error", None)
+            # a run marked failed from outside (a kill found by recovery): its message's first sentence says why
+            run_failure = root_cause(error) if error is not None else (event.message or "").split(". ")[0]
+        elif key:
+            ended.add(key)
+    steps = [*failed, *(key for key in started if key not in ended)]
+    cause = next((c for c in failed.values() if c), None) or run_failure
+    return tuple(step_label(key) for key in steps), cause
+
+
+def failed_runs(instance: dg.DagsterInstance, model: str | None = None, limit: int = 1000) -> FailedRuns:
+    """The failed runs of :func:`resumable_jobs` among the newest ``limit`` that are left to resume, newest first:
+    per chain of re-executions (a run, its retries and resumes) only its newest failure, and none whose chain ended
+    in a success or runs now, nor one a later run of the same job, months and model completed. ``model``: only that
+    model's runs and the jobs of every model."""
+    records = instance.get_run_records(limit=limit)
+    jobs = set(resumable_jobs())
+    chains: dict[str, list[dg.RunRecord]] = {}
+    for record in records:  # newest first
+        run = record.dagster_run
+        chains.setdefault(run.root_run_id or run.run_id, []).append(record)
+
+    def same_work(a: dg.DagsterRun, b: dg.DagsterRun) -> bool:
+        keys = (RANGE_START_TAG, RANGE_END_TAG, "dagster/partition", MODEL_TAG)
+        return a.job_name == b.job_name and all(a.tags.get(k) == b.tags.get(k) for k in keys)
+
+    to_resume, settled = [], 0
+    for chain in chains.values():
+        newest = chain[0].dagster_run
+        if newest.job_name not in jobs or not any(r.dagster_run.status == dg.DagsterRunStatus.FAILURE for r in chain):
+            continue
+        owner = newest.tags.get(MODEL_TAG)
+        if model is not None and owner is not None and owner != model:
+            continue
+        statuses = {r.dagster_run.status for r in chain}
+        if statuses & {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, *IN_PROGRESS}:
+            continue  # a retry or a resume of it runs now
+        failure = next(r for r in chain if r.dagster_run.status == dg.DagsterRunStatus.FAILURE)
+        later_success = any(
+            other.create_timestamp > failure.create_timestamp
+            and other.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+            and same_work(other.dagster_run, failure.dagster_run)
+            for other in records
+        )
+        if later_success:  # a retry or resume of it, or a fresh run of the same work
+            settled += 1
+            continue
+        run = failure.dagster_run
+        steps, cause = _where_it_failed(instance, run)
+        to_resume.append(
+            FailedRun(
+                run_id=run.run_id,
+                job_name=run.job_name,
+                months=_months_of(run),
+                model=owner,
+                failed_at=failure.end_time,
+                steps=steps,
+                cause=cause,
+                retry_due=retry_pending(instance, run),
+            )
+        )
+    to_resume.sort(key=lambda f: f.failed_at or 0.0, reverse=True)
+    return FailedRuns(tuple(to_resume), settled, len(records))
+
+
 def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = None) -> dg.JobExecutionResult:
     """Re-execute a failed run from its failure: only the failed steps and what follows them run again, with the
     parent run's config and tags (so the same months: :func:`reexecution_tags`).
@@ -160,8 +291,8 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
             f" (a run id's start names a run from {RUN_ID_PREFIX} characters on)" if len(run_id) < RUN_ID_PREFIX else ""
         )
         raise ValueError(
-            f"no run {run_id!r} in the Dagster instance at {home}{short}: copy a failed run's id from {listing} or "
-            "the UI's Runs page"
+            f"no run {run_id!r} in the Dagster instance at {home}{short}: `mlops resume` alone lists the failed runs "
+            f"left to resume; every run is in {listing} and the UI's Runs page"
         )
     run_id = run.run_id  # the whole id, when given its first characters
     owner = run.tags.get(MODEL_TAG)
@@ -204,7 +335,7 @@ def resume_run(run_id: str, instance: dg.DagsterInstance, model: str | None = No
             f"retry run (`dagster run list`, or the UI's Runs page); if none starts within {RETRY_EXPECTED_S:.0f} s "
             "of the failure, resume it then"
         )
-    resumable = ["feature_pipeline", "training_pipeline", *(retraining_job_name(m) for m in CATALOG.models)]
+    resumable = resumable_jobs()
     if run.job_name not in resumable:
         raise ValueError(f"run {run_id} is of job {run.job_name!r}; resumable jobs: {', '.join(resumable)}")
     return dg.execute_job(

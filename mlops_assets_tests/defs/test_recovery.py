@@ -691,20 +691,27 @@ def test_mlops_resume_accepts_a_killed_run_still_marked_started(platform: Platfo
         killed = platform.job_execute(on_line=_on_step_start("features__flight_features", signal.SIGKILL))
         assert killed.wait(timeout=NEXT_RUN_LIMIT_S) == -signal.SIGKILL, killed.output()[-4000:]
         run = _only_started_run(instance)
+        # `mlops resume` alone marks it failed (its process is gone) and lists it, with the step the kill stopped
+        listed = platform.mlops("resume")
+        assert listed.wait(timeout=NEXT_RUN_LIMIT_S) == 0, listed.output()[-6000:]
+        recovered = f"recovered: run {run.run_id} (training_pipeline) was STARTED but process {killed.pid} on "
+        assert recovered in listed.output(), listed.output()[-6000:]
+        assert re.search(
+            rf"  {run.run_id[:8]}  training_pipeline .*\n +at (.*, )?features/flight_features(, .*)?: process {killed.pid} "
+            r"on \S+ is gone \(killed or crashed\): the run can never finish\n",
+            listed.output(),
+        ), listed.output()[-6000:]
         # a run id that names nothing is refused with the reason, the next one is resumed all the same, and the
         # command says by its exit status that not everything was resumed
         resumed = platform.mlops("resume", "no-such-run", run.run_id)
         assert resumed.wait(timeout=NEXT_RUN_LIMIT_S) == 1, resumed.output()[-6000:]
         assert "error: no run 'no-such-run' in the Dagster instance" in resumed.output(), resumed.output()[-6000:]
         # the listing it points to names this instance: `dagster run list` with that $DAGSTER_HOME lists the run
-        listing = re.search(r"copy a failed run's id from `DAGSTER_HOME=(\S+) dagster run list`", resumed.output())
+        assert "`mlops resume` alone lists the failed runs left to resume" in resumed.output()
+        listing = re.search(r"every run is in `DAGSTER_HOME=(\S+) dagster run list`", resumed.output())
         assert listing, resumed.output()[-6000:]
         with dg.DagsterInstance.from_config(shlex.split(listing.group(1))[0]) as listed:
             assert listed.get_run_by_id(run.run_id) is not None
-        assert (
-            f"recovered: run {run.run_id} (training_pipeline) was STARTED but process {killed.pid} on "
-            in resumed.output()
-        )
         assert re.search(rf"\(resuming {run.run_id}\): SUCCESS; re-ran: .*features__flight_features", resumed.output())
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
     assert_no_duplicate_keys(platform.settings)

@@ -1,13 +1,15 @@
 """A failed training run resumes from its failed step: what had succeeded is not run again."""
 
+import json
 from typing import Any
 
 import dagster as dg
 import pytest
 
+from mlops_assets.cli import main
 from mlops_assets.core.landing import landing_path
 from mlops_assets.core.registry import CHAMPION, Registry
-from mlops_assets.core.settings import Settings
+from mlops_assets.core.settings import Settings, prepare_dagster_home
 from mlops_assets.definitions import reconstructable_job, resume_run
 from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.run_tags import RANGE_END_TAG, RANGE_START_TAG, range_tags
@@ -114,3 +116,40 @@ def test_a_failed_monthly_step_resumes_over_the_runs_months(settings: Settings) 
     assert child is not None and child.parent_run_id == failed.run_id
     assert (child.tags[RANGE_START_TAG], child.tags[RANGE_END_TAG], child.tags["mlops/trigger"]) == (*MONTHS, "manual")
     assert resumed.run_id in child.tags["mlops/process"]  # recorded by the resumed run itself, not copied
+
+
+def test_mlops_resume_without_run_ids_lists_the_failed_runs_left_to_resume(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`mlops resume` alone lists what to resume, where and why each run failed (before, a person had to find the
+    run's id in the UI or in `dagster run list`); a run whose resume succeeded leaves the list."""
+    replay_months(settings.landing_dir, MONTHS, every=20)
+    registry_dir = settings.model("flight_delay").registry_dir
+    registry_dir.parent.mkdir(parents=True, exist_ok=True)
+    registry_dir.write_text("not a folder")  # injected failure: flight_delay's registry cannot be written
+    prepare_dagster_home(settings.dagster_home)  # the persistent instance the `mlops` commands open
+    with dg.DagsterInstance.get() as instance:
+        register_months(instance, MONTHS)
+        failed = dg.execute_job(_job("training_pipeline"), instance=instance, tags=range_tags(MONTHS))
+    assert not failed.success
+
+    assert main(["resume", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [f["run_id"] for f in listed["to_resume"]] == [failed.run_id] and listed["settled"] == 0
+    (entry,) = listed["to_resume"]
+    assert entry["job_name"] == "training_pipeline" and entry["months"] == "2013-01..2013-02"
+    assert entry["steps"] == ["flight_delay/challenger"] and "not a folder" not in entry["cause"]
+    assert str(registry_dir) in entry["cause"] and entry["retry_due"] is False
+
+    assert main(["resume"]) == 0
+    said = capsys.readouterr().out
+    assert f"  {failed.run_id[:8]}  training_pipeline" in said and "2013-01..2013-02" in said
+    assert f"at flight_delay/challenger: {entry['cause'][:40]}" in said
+    assert "mlops resume RUN_ID" in said
+
+    registry_dir.unlink()  # the cause is fixed, and the run resumed by the id the list gave
+    assert main(["resume", failed.run_id[:8]]) == 0
+    assert "SUCCESS" in capsys.readouterr().out
+    assert main(["resume"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("No failed run left to resume") and "1 other failed run(s) need no resume" in said

@@ -16,9 +16,9 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.evaluation import metrics
+from mlops_assets.core.evaluation import metrics, roc_auc
 from mlops_assets.core.policy import TOLERANCE
-from mlops_assets.core.records import DriftSummary, LiveSummary
+from mlops_assets.core.records import DriftSummary, FallbackLive, LiveSummary
 from mlops_assets.core.specs import FeatureTableSpec
 from mlops_assets.core.store import ensure_table_like, replace_where
 from mlops_assets.core.training import TrainedModel
@@ -195,6 +195,27 @@ def live_performance(
         **{name: pl.Float64 for name in _QUALITY},
     }
     return pl.DataFrame(rows, schema_overrides=overrides)
+
+
+def fallback_live(
+    scored: pl.DataFrame, labels: pl.DataFrame, spec: FeatureTableSpec, fallback: ScoringModel
+) -> FallbackLive | None:
+    """The rollback target ``fallback`` scored on the rows the month's batch champion is judged on (its answered,
+    labelled rows of ``scored``, the month's batch scores; ``labels`` the month's feature rows): the same rows, so the
+    rollback rule can tell whether going back would help. None when the champion answered no labelled row, or the
+    target trained on the month (its AUC there would flatter it)."""
+    month = str(labels["_month"].max()) if labels.height else ""
+    if trained_on(fallback, month) or "variant" not in scored.columns:
+        return None
+    answered = (pl.col("variant") == "champion") & pl.col("score").is_not_null()
+    keys = scored.filter(answered & pl.col("score").cast(pl.Float64).is_finite()).select(*spec.key).unique()
+    rows = labels.join(keys, on=list(spec.key), how="semi").filter(pl.col(spec.label).is_not_null())
+    if rows.height == 0:
+        return None
+    y = rows[spec.label].cast(pl.Float64).to_numpy()
+    p = fallback.model.predict(rows)
+    auc = roc_auc(y, p) if 0 < y.sum() < len(y) and np.isfinite(p).all() else None
+    return FallbackLive(version=fallback.version, rows=rows.height, live_roc_auc=None if auc is None else round(auc, 4))
 
 
 #: The numbers measured on a group's labelled, answered rows (None when it has none: only failed predictions).

@@ -263,3 +263,34 @@ def rollback_reasons(
             f"{online.error_rate:.1%} of {online.requests:,} online predictions failed (max {policy.max_error_rate:.0%})"
         )
     return reasons
+
+
+def rollback_declined(
+    live: LiveSummary,
+    required_auc: float | None,
+    reference_scores: Mapping[str, Any],
+    policy: RollbackPolicy,
+    target: str | None,
+) -> str | None:
+    """Why a rollback :func:`rollback_reasons` calls for would not help (None: roll back).
+
+    A champion whose outputs broke (extreme or collapsed scores, failed predictions) is rolled back whatever the
+    target. One whose only fault is a fallen AUC is kept when ``target``, the version the rollback would go to, did
+    no better on the same labelled rows of the month (``live.fallback``): a month that every model finds harder (a
+    season, a storm) is no reason to serve an older model, and before, a rollback went to one that was worse there.
+    Without that comparison (no fallback scored, another target by now, one class) it rolls back as before."""
+    if not rollback_reasons(live, required_auc, reference_scores, policy):
+        return None
+    if rollback_reasons(live, None, reference_scores, policy):  # without the AUC rule: its outputs broke
+        return None
+    fallback, champion = live.fallback, live.champion
+    if fallback is None or target is None or fallback.version != target or champion is None:
+        return None
+    if fallback.live_roc_auc is None or champion.live_roc_auc is None:
+        return None
+    if fallback.live_roc_auc > champion.live_roc_auc + TOLERANCE:
+        return None
+    return (
+        f"{target}, the version it would go to, did no better on the month's {fallback.rows:,} labelled rows "
+        f"(AUC {fallback.live_roc_auc:.4f} vs the champion's {champion.live_roc_auc:.4f}): the champion stays"
+    )

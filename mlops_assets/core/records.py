@@ -297,18 +297,30 @@ class VariantLive(Record):
 
 
 @dataclass(frozen=True)
+class FallbackLive(Record):
+    """The version a rollback of the month's champion would go to, scored on the same labelled rows as the champion's
+    batch (``live_roc_auc`` None when they have one class): whether going back would help on this month."""
+
+    version: str
+    rows: int
+    live_roc_auc: float | None
+
+
+@dataclass(frozen=True)
 class LiveSummary(Record):
     """A month's live quality (what the performance and rollback sensors read): ``batch`` from the month's batch
     scores (every flight, scored by the models serving when it landed), ``online`` from the serving log; each by
-    variant (champion / challenger / shadow). ``rows`` is the batch's labelled rows."""
+    variant (champion / challenger / shadow). ``rows`` is the batch's labelled rows. ``fallback``: the rollback
+    target on the champion's rows (None: no champion scored the month, no target, or the target trained on it)."""
 
     SCHEMA = "live_summary"
-    VERSION = 2  # 2: each variant's ``requests``
+    VERSION = 3  # 2: each variant's ``requests``; 3: ``fallback``
 
     month: str
     rows: int
     batch: dict[str, VariantLive]
     online: dict[str, VariantLive]
+    fallback: FallbackLive | None = None
 
     def _check(self) -> None:
         for source, variants in (("batch", self.batch), ("online", self.online)):
@@ -321,10 +333,17 @@ class LiveSummary(Record):
         """Version 1 did not count requests: each variant gets the least number its answered rows and error rate
         imply (``rows / (1 - error_rate)``, at least 1 with a failure), so its error rate is judged only when that
         bound reaches the rule's floor: a version-1 total outage (no answered row) is not. A version-1 variant that
-        has ``requests`` is refused (not version 1)."""
-        if version != 1:
+        has ``requests`` is refused (not version 1). Versions 1 and 2 scored no rollback target: ``fallback`` None
+        (the rollback rule then goes back as it did before)."""
+        if version not in (1, 2):
             return super()._upgrade(version, values, where)
-        upgraded = dict(values)
+        if "fallback" in values:
+            raise RecordError(
+                f"{where}: unknown field(s) fallback in a live_summary version {version} (another version?)"
+            )
+        upgraded = {**values, "fallback": None}
+        if version == 2:
+            return upgraded
         for source in ("batch", "online"):
             variants = values.get(source)
             if not isinstance(variants, Mapping):

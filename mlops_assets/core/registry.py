@@ -629,6 +629,17 @@ def _is_sound(registry: Registry, version: str) -> bool:
     return True
 
 
+def rollback_candidate(registry: Registry, champion: str, feature_set: str | None = None) -> str | None:
+    """The version a rollback of ``champion`` would go to now, moving nothing: the first of its
+    :func:`rollback_targets` that passes its checksum and, given ``feature_set``, was trained on it (what
+    :func:`rollback_to_first_sound` would pick). None when there is none."""
+    for version in rollback_targets(registry):
+        other_features = feature_set is not None and _trained_on_other_features(registry, version, feature_set)
+        if version != champion and not other_features and _is_sound(registry, version):
+            return version
+    return None
+
+
 def rollback_to_first_sound(
     registry: Registry, reason: str, targets: list[str], run_id: str | None = None, feature_set: str | None = None
 ) -> tuple[str | None, list[str]]:

@@ -7,6 +7,7 @@ checks). Each materialization carries its per-month results as typed records (``
 metadata; the model's own sensors read those, never DuckDB and never another model's.
 """
 
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -15,11 +16,13 @@ from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.drift import DriftVerdict, compare, drift_histograms_plot, histogram_pairs
 from mlops_assets.core.evaluation import markdown_image
+from mlops_assets.core.features import feature_set_version
 from mlops_assets.core.landing import write_atomic
 from mlops_assets.core.markdown import frame_to_markdown
 from mlops_assets.core.monitoring import (
     SCORING_VARIANTS,
     ScoringModel,
+    fallback_live,
     live_performance,
     online_rows_of,
     score_month,
@@ -27,7 +30,7 @@ from mlops_assets.core.monitoring import (
 )
 from mlops_assets.core.prediction_log import read_log
 from mlops_assets.core.records import DriftSummary, LiveSummary
-from mlops_assets.core.registry import CHAMPION, SHADOW, Registry, evaluated_roc_auc
+from mlops_assets.core.registry import CHAMPION, SHADOW, Registry, evaluated_roc_auc, rollback_candidate
 from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, table_exists, transaction
 from mlops_assets.core.training import load_version
@@ -59,6 +62,15 @@ def scoring_models(registry: Registry) -> list[ScoringModel]:
             test_month = registry.get(version).metadata["data"]["test_month"]
             models.append(ScoringModel(variant, version, test_month, load_version(registry, version)))
     return models
+
+
+def rollback_fallback(registry: Registry, spec: FeatureTableSpec, champion: str) -> ScoringModel | None:
+    """The version a rollback of ``champion`` would go to now (today's features, a sound model), ready to score."""
+    version = rollback_candidate(registry, champion, feature_set_version(spec))
+    if version is None:
+        return None
+    test_month = registry.get(version).metadata["data"]["test_month"]
+    return ScoringModel("fallback", version, test_month, load_version(registry, version))
 
 
 def _month_rows(conn: Any, spec: FeatureTableSpec, month: str) -> pl.DataFrame:
@@ -298,6 +310,7 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
         registry = storage.registry(model.name)
         online_log = read_log(storage.model(model.name).predictions_dir)
         by_month: dict[str, LiveSummary] = {}
+        fallbacks: dict[str, ScoringModel | None] = {}  # by champion: the version its rollback would go to
         tables = []
         with duckdb.get_connection() as conn, transaction(conn):  # one commit for the run's months
             for month in run_months(context):
@@ -320,7 +333,16 @@ def build_live_performance_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 name = ensure_table_like(conn, *keys.live.path, table, add_columns=True)
                 replace_where(conn, name, table, "_month = ?", [month])
                 tables.append(table)
-                by_month[month] = LiveSummary.from_table(month, table)
+                summary = LiveSummary.from_table(month, table)
+                # the version a rollback would go to, on the champion's rows: the rollback rule goes back for a
+                # fallen AUC only when that version does better on the same month
+                champion = summary.champion_version
+                if champion is not None and champion not in fallbacks:
+                    fallbacks[champion] = rollback_fallback(registry, spec, champion)
+                fallback = fallbacks.get(champion) if champion is not None else None
+                if fallback is not None:
+                    summary = replace(summary, fallback=fallback_live(sources["batch"], labels, spec, fallback))
+                by_month[month] = summary
                 judged = (
                     f"{r['source']} {r['variant']} {r['model_version']} "
                     + (f"AUC {r['roc_auc']:.4f}" if r["roc_auc"] is not None else "no AUC")

@@ -12,13 +12,14 @@ from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.features import feature_set_version, months_reading
 from mlops_assets.core.landing import file_version, misnamed_files, plan_refresh, scan_landing, shift_month
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
-from mlops_assets.core.policy import RollbackPolicy, rollback_reasons
+from mlops_assets.core.policy import RollbackPolicy, rollback_declined, rollback_reasons
 from mlops_assets.core.records import DriftSummary, LiveSummary
 from mlops_assets.core.registry import (
     CHAMPION,
     Registry,
     evaluated_roc_auc,
     gated_champions,
+    rollback_candidate,
     rollback_targets,
     rollback_to_first_sound,
 )
@@ -471,13 +472,44 @@ def required_auc(registry: Registry, version: str) -> float | None:
     return evaluated_roc_auc(registry, bar) if bar else None
 
 
-def _impossible_recorded(registry: Registry, champion: str, month: str) -> bool:
-    """Whether the registry already says that ``champion`` should have been rolled back after ``month`` but could
-    not be."""
+def _decision_recorded(registry: Registry, decision: str, champion: str, month: str) -> bool:
+    """Whether the registry already says that ``champion`` was not rolled back after ``month`` for this reason
+    (``rollback_impossible``: no version to go to; ``rollback_declined``: going back would not help)."""
     return any(
-        (event.get("event"), event.get("version"), event.get("month")) == ("rollback_impossible", champion, month)
+        (event.get("event"), event.get("version"), event.get("month")) == (decision, champion, month)
         for event in registry.events()
     )
+
+
+def _roll_back(
+    context: dg.SensorEvaluationContext,
+    model: ModelSpec,
+    registry: Registry,
+    champion: str,
+    month: str,
+    why: str,
+    feature_set: str,
+) -> dict[str, str] | None:
+    """Move ``champion`` back to the first sound version trained on today's features (a version trained on others
+    would be fed features it never learnt), or log that none is left; the decision, or None when that was said for
+    the month already."""
+    safe = [v for v in rollback_targets(registry) if v != champion]
+    target, passed_over = rollback_to_first_sound(registry, why, safe, feature_set=feature_set)
+    if passed_over:
+        context.log.error(f"{model.name}: rollback passed over version(s): {'; '.join(passed_over)}")
+    if target is not None:
+        context.log.warning(f"{model.name}: rolled back {champion} -> {target}: {why}")
+        return {"decision": "rolled_back", "from_version": champion, "champion_version": target}
+    if _decision_recorded(registry, "rollback_impossible", champion, month):
+        return None
+    left = "no gated champion left that was never rolled back" + (
+        f", passes its checksum and was trained on today's features (passed over: {'; '.join(passed_over)})"
+        if passed_over
+        else ""
+    )
+    registry.log_event("rollback_impossible", version=champion, reason=f"{why}; {left}", month=month)
+    context.log.error(f"{model.name} {champion} should be rolled back but {left}: {why}")
+    return {"decision": "rollback_impossible", "from_version": champion, "champion_version": champion}
 
 
 def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.SensorDefinition:
@@ -494,7 +526,9 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
         "alias moves back to the last version that passed the promotion gates and was never rolled back itself "
         "(recorded as an observation of "
         f"`{keys.champion.to_user_string()}` and in the registry's event log; the service picks it up within "
-        f"seconds) and a retraining run is requested. Run key `rollback:{model.name}:<month>:<champion>`.",
+        "seconds) and a retraining run is requested. When only the AUC fell and that version did no better on the "
+        "same labelled rows of the month (scored by `live_performance`), the champion stays (`rollback_declined`) and "
+        f"the retrain is requested all the same. Run key `rollback:{model.name}:<month>:<champion>`.",
     )
     def rollback_sensor(
         context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy
@@ -509,29 +543,25 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
             if champion is None or record.champion_version != champion:
                 continue  # nothing judged, or judged a model that no longer serves
             reference = registry.profile(champion).get("scores", {})
-            reasons = rollback_reasons(record, required_auc(registry, champion), reference, policy.rollback())
+            required = required_auc(registry, champion)
+            reasons = rollback_reasons(record, required, reference, policy.rollback())
             if not reasons:
                 continue
             why = f"automatic rollback after {record.month}: " + "; ".join(reasons)
-            safe = [v for v in rollback_targets(registry) if v != champion]
-            # a version trained on other features than today's would be fed features it never learnt: never the target
-            target, passed_over = rollback_to_first_sound(registry, why, safe, feature_set=features_now)
-            if passed_over:
-                context.log.error(f"{model.name}: rollback passed over version(s): {'; '.join(passed_over)}")
-            if target is not None:
-                context.log.warning(f"{model.name}: rolled back {champion} -> {target}: {why}")
-                decision = {"decision": "rolled_back", "from_version": champion, "champion_version": target}
-            elif _impossible_recorded(registry, champion, record.month):
-                continue  # the month's record materialized again: said once, its retrain already asked
+            target_now = rollback_candidate(registry, champion, features_now)
+            declined = rollback_declined(record, required, reference, policy.rollback(), target_now)
+            if declined is not None:
+                # a fallen AUC the version it would go to shares: the champion stays, a fresh model is the way out
+                if _decision_recorded(registry, "rollback_declined", champion, record.month):
+                    continue  # the month's record materialized again: said once, its retrain already asked
+                why = f"{why}; {declined}"
+                registry.log_event("rollback_declined", version=champion, reason=why, month=record.month)
+                context.log.warning(f"{model.name}: no rollback of {champion}: {why}")
+                decision = {"decision": "rollback_declined", "from_version": champion, "champion_version": champion}
             else:
-                left = "no gated champion left that was never rolled back" + (
-                    f", passes its checksum and was trained on today's features (passed over: {'; '.join(passed_over)})"
-                    if passed_over
-                    else ""
-                )
-                registry.log_event("rollback_impossible", version=champion, reason=f"{why}; {left}", month=record.month)
-                context.log.error(f"{model.name} {champion} should be rolled back but {left}: {why}")
-                decision = {"decision": "rollback_impossible", "from_version": champion, "champion_version": champion}
+                decision = _roll_back(context, model, registry, champion, record.month, why, features_now)
+                if decision is None:
+                    continue  # the month's record materialized again: said once, its retrain already asked
             # the decision where Dagster shows it: an observation of the champion asset, with its reasons
             observations.append(
                 dg.AssetObservation(

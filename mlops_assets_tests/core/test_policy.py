@@ -19,10 +19,18 @@ from mlops_assets.core.policy import (
     base_rate_log_loss,
     decide_promotion,
     decide_promotion_from,
+    rollback_declined,
     rollback_reasons,
     scores_are_sane,
 )
-from mlops_assets.core.records import DriftSummary, EvaluationResult, LiveSummary, RecordError, VariantLive
+from mlops_assets.core.records import (
+    DriftSummary,
+    EvaluationResult,
+    FallbackLive,
+    LiveSummary,
+    RecordError,
+    VariantLive,
+)
 
 
 def test_roc_auc_counts_ties_as_half() -> None:
@@ -220,6 +228,7 @@ def test_failed_online_predictions_are_judged_on_enough_requests_only() -> None:
     for summary, least, judged in (*cases, (online_errors(0.02, requests=8000), 3999, True)):
         version_1 = json.loads(json.dumps(summary.to_json()))
         version_1["schema_version"] = 1
+        del version_1["fallback"]  # version 3's: version 1 had none
         for variants in (version_1["batch"], version_1["online"]):
             for variant in variants.values():
                 del variant["requests"]
@@ -230,15 +239,16 @@ def test_failed_online_predictions_are_judged_on_enough_requests_only() -> None:
     with pytest.raises(
         RecordError, match=r"^LiveSummary.batch\['champion'\]: unknown field\(s\) requests in a live_summary version 1"
     ):
-        LiveSummary.from_json({**json.loads(json.dumps(online_errors(0.5).to_json())), "schema_version": 1})
+        stored = {k: v for k, v in online_errors(0.5).to_json().items() if k != "fallback"}
+        LiveSummary.from_json({**json.loads(json.dumps(stored)), "schema_version": 1})
     unknown = json.loads(json.dumps(online_errors(0.5).to_json()))
     unknown["online"]["champion"]["requests"] = None  # version 2 counts them: an unknown count is refused
     with pytest.raises(RecordError, match=r"requests: expected int, found NoneType"):
         LiveSummary.from_json(unknown)
-    with pytest.raises(RecordError, match="live_summary schema_version is 0, this code reads 2"):
+    with pytest.raises(RecordError, match="live_summary schema_version is 0, this code reads 3"):
         LiveSummary.from_json({**version_1, "schema_version": 0})
-    with pytest.raises(RecordError, match="live_summary schema_version is 3, this code reads 2"):
-        LiveSummary.from_json({**version_1, "schema_version": 3})
+    with pytest.raises(RecordError, match="live_summary schema_version is 4, this code reads 3"):
+        LiveSummary.from_json({**version_1, "schema_version": 4})
     with pytest.raises(RecordError, match="VariantLive.requests: 2 requests cannot have answered 40 rows"):
         replace(HEALTHY_CHAMPION, rows=40, requests=2)
 
@@ -278,3 +288,39 @@ def test_retrain_reasons() -> None:
     )
     assert drift_retrain_reason(drifted) == "drift in 2013-04: 4/10 drifted"
     assert drift_retrain_reason(DriftSummary.no_champion("2013-04")) is None
+
+
+def test_a_rollback_for_a_fallen_auc_alone_is_declined_when_its_target_does_no_better_on_the_month() -> None:
+    """The version a rollback would go to, scored on the champion's rows of the month (``fallback``): no better there,
+    the rollback is declined; better, or not comparable, or the champion's outputs broke, it goes ahead."""
+    policy = RollbackPolicy()
+    fallen = live(live_roc_auc=0.66, auc_drop=0.09)  # 0.09 below the required 0.75
+
+    def with_fallback(summary: LiveSummary, auc: float | None, version: str = "v0001") -> LiveSummary:
+        return replace(summary, fallback=FallbackLive(version, 5000, auc))
+
+    for auc in (0.60, 0.66):  # worse, or as good: declined, with both AUCs
+        why = rollback_declined(with_fallback(fallen, auc), 0.75, REFERENCE, policy, target="v0001")
+        assert why == (
+            f"v0001, the version it would go to, did no better on the month's 5,000 labelled rows (AUC {auc:.4f} vs "
+            "the champion's 0.6600): the champion stays"
+        )
+    assert rollback_declined(with_fallback(fallen, 0.6601), 0.75, REFERENCE, policy, target="v0001") is None
+    assert rollback_declined(fallen, 0.75, REFERENCE, policy, target="v0001") is None  # no fallback scored
+    assert rollback_declined(with_fallback(fallen, None), 0.75, REFERENCE, policy, target="v0001") is None
+    assert rollback_declined(with_fallback(fallen, 0.60), 0.75, REFERENCE, policy, target="v0003") is None  # moved
+    assert rollback_declined(with_fallback(fallen, 0.60), 0.75, REFERENCE, policy, target=None) is None
+    extreme = replace(fallen, batch={"champion": replace(fallen.batch["champion"], share_above_0_99=0.5)})
+    assert rollback_declined(with_fallback(extreme, 0.60), 0.75, REFERENCE, policy, target="v0001") is None
+    assert rollback_declined(with_fallback(HEALTHY, 0.60), 0.75, REFERENCE, policy, target="v0001") is None
+
+
+def test_a_live_record_keeps_its_fallback_and_reads_earlier_versions_without_one() -> None:
+    scored = replace(HEALTHY, fallback=FallbackLive("v0001", 4000, 0.7))
+    assert LiveSummary.from_json(json.loads(json.dumps(scored.to_json()))) == scored
+    version_2 = {k: v for k, v in json.loads(json.dumps(scored.to_json())).items() if k != "fallback"}
+    assert LiveSummary.from_json({**version_2, "schema_version": 2}) == HEALTHY  # version 2 scored no fallback
+    with pytest.raises(RecordError, match="missing field"):
+        LiveSummary.from_json(version_2)  # version 3 without it: refused, not read as "no fallback"
+    with pytest.raises(RecordError, match="unknown field\\(s\\) fallback in a live_summary version 2"):
+        LiveSummary.from_json({**scored.to_json(), "schema_version": 2})

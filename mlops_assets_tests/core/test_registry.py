@@ -26,6 +26,7 @@ from mlops_assets.core.registry import (
     promote_by_hand,
     repair,
     rollback,
+    rollback_candidate,
     rollback_targets,
     rollback_to_first_sound,
     rolled_back_from,
@@ -85,6 +86,8 @@ def test_a_rollback_skips_a_damaged_target_for_the_next_sound_one(tmp_path: Path
     for version in (first, second, third):
         registry.set_alias(CHAMPION, version, "promoted", "better AUC")
     registry.get(second).model_path.write_text("tampered")
+    assert rollback_candidate(registry, third) == first  # what the rollback below picks, nothing moved
+    assert registry.alias(CHAMPION) == third
     target, damaged = rollback_to_first_sound(registry, "live AUC fell", [second, first])
     assert target == first and registry.alias(CHAMPION) == first
     assert len(damaged) == 1 and damaged[0].startswith(f"{second} (") and "checksum" in damaged[0]
@@ -569,6 +572,8 @@ def test_a_rollback_never_goes_to_a_version_trained_on_other_features(tmp_path: 
     v1, v2, v3 = trained_on("old", 1), trained_on("old", 2), trained_on("new", 3)
     for version in (v1, v2, v3):
         registry.set_alias(CHAMPION, version, "promoted", "better AUC")
+    assert rollback_candidate(registry, v3, feature_set="new") is None
+    assert rollback_candidate(registry, v3, feature_set="old") == v2
     target, passed_over = rollback_to_first_sound(registry, "live AUC fell", [v2, v1], feature_set="new")
     assert target is None and registry.alias(CHAMPION) == v3
     assert [p.split(" ")[0] for p in passed_over] == [v2, v1]

@@ -4,6 +4,7 @@ no duplicates), the automation conditions (``evaluate_automation_conditions``) a
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -506,3 +507,52 @@ def test_the_tickers_evaluation_decides_as_dagsters_own(settings: Settings) -> N
             assert ours.evaluation_id == theirs.evaluation_id  # type: ignore[attr-defined]
     # April's monitoring was asked for once, when its features were built; nothing before or after
     assert asked[0] == asked[2] == asked[3] == [] and KEYS.drift.to_user_string() in asked[1], asked
+
+
+def test_a_rollback_that_would_not_help_on_the_month_is_declined_and_the_retrain_asked(settings: Settings) -> None:
+    """Only the AUC fell, and the version a rollback would go to did no better on the same rows of the month (a month
+    every model finds harder): the champion stays, `rollback_declined` is logged and observed once, and a retrain is
+    asked. Before, it rolled back to that version all the same. Where the earlier version does better, or the
+    champion's outputs broke, it rolls back."""
+    from mlops_assets.core.records import FallbackLive
+    from mlops_assets.defs.sensors import build_rollback_sensor
+
+    registry = Registry(settings.model(MODEL.name).registry_dir)
+    earlier, newer = _register(registry), _register(registry)
+    registry.set_alias(CHAMPION, earlier, "promoted", "gates passed", roc_auc=0.72, test_month="2013-03")
+    registry.set_alias(CHAMPION, newer, "promoted", "gates passed", roc_auc=0.74, test_month="2013-03")
+    sensor = build_rollback_sensor(MODEL)
+
+    def fallen(month: str, fallback_auc: float, extreme: float = 0.0) -> LiveSummary:
+        live = _live(month, newer, auc=0.66, evaluated=0.74)  # 0.08 below its bar: the AUC rule calls for a rollback
+        variant = replace(live.batch["champion"], share_above_0_99=extreme)
+        return replace(live, batch={"champion": variant}, fallback=FallbackLive(earlier, 5000, fallback_auc))
+
+    with instance_for_test() as instance:
+        said, cursor = [], None
+        for month in ("2013-04", "2013-04"):  # the month's live record materialized twice: said once
+            _report(instance, LIVE_KEY, fallen(month, fallback_auc=0.64))
+            result = _tick(sensor, instance, settings, cursor)
+            cursor = result.cursor
+            said.append(([e.metadata["decision"].value for e in result.asset_events], result.run_requests or []))
+        assert registry.alias(CHAMPION) == newer
+        assert said[1] == ([], [])
+        decisions, [request] = said[0]
+        assert decisions == ["rollback_declined"] and request.run_key == f"rollback:flight_delay:2013-04:{newer}"
+        [declined] = [e for e in registry.events() if e["event"] == "rollback_declined"]
+        assert declined["version"] == newer and declined["month"] == "2013-04"
+        assert f"{earlier}, the version it would go to, did no better" in declined["reason"]
+        assert "AUC 0.6400 vs the champion's 0.6600" in declined["reason"]
+
+        # May: the earlier version does better on the month's rows: rolled back to it
+        _report(instance, LIVE_KEY, fallen("2013-05", fallback_auc=0.70))
+        rolled = _tick(sensor, instance, settings, cursor)
+        assert [e.metadata["decision"].value for e in rolled.asset_events] == ["rolled_back"]
+        assert registry.alias(CHAMPION) == earlier
+
+        # June, the newer version back by hand: its outputs went extreme, so it goes, whatever the AUCs say
+        registry.set_alias(CHAMPION, newer, "promoted", "gates passed", roc_auc=0.74, test_month="2013-03")
+        _report(instance, LIVE_KEY, fallen("2013-06", fallback_auc=0.60, extreme=0.5))
+        broken = _tick(sensor, instance, settings, rolled.cursor)
+        assert [e.metadata["decision"].value for e in broken.asset_events] == ["rolled_back"]
+        assert registry.alias(CHAMPION) == earlier

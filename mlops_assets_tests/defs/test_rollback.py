@@ -12,11 +12,13 @@ import polars as pl
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.drift import reference_profile
+from mlops_assets.core.records import LiveSummary
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
 from mlops_assets.core.training import TrainingSet, train_model
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.keys import retraining_job_name, sensor_name
+from mlops_assets.defs.monitor import latest_month_record
 from mlops_assets.defs.sensors import TRIGGER_TAG
 from mlops_assets.defs.train import read_training_set
 from mlops_assets.feeds.nycflights13 import replay_months
@@ -102,6 +104,12 @@ def test_a_bad_champion_is_rolled_back_by_itself(settings: Settings, tmp_path: P
         observed = instance.fetch_observations(dg.AssetKey(["flight_delay", "champion"]), limit=5).records
         decisions = [o.asset_observation.metadata for o in observed if o.asset_observation is not None]
         assert [(d["decision"].value, d["from_version"].value) for d in decisions] == [("rolled_back", bad)]
+        # the version it went back to was first scored on the bad champion's rows of April, and did better there
+        april = latest_month_record(instance, dg.AssetKey(["flight_delay", "live_performance"]), LiveSummary, "2013-04")
+        assert april is not None and april.champion is not None and april.fallback is not None
+        assert april.fallback.version == good and april.fallback.rows == april.champion.rows
+        assert april.fallback.live_roc_auc is not None and april.champion.live_roc_auc is not None
+        assert april.fallback.live_roc_auc > april.champion.live_roc_auc + 0.05
     # the service served the bad model, then, with nobody acting, the previous version again
     assert served[:3] == [good, bad, good], served
 

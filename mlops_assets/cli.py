@@ -53,7 +53,15 @@ from mlops_assets.core.landing import (
     unlanded_references,
 )
 from mlops_assets.core.records import json_safe
-from mlops_assets.core.registry import Registry, RegistryDamaged, RegistryIntegrityError, examine, repair, rollback
+from mlops_assets.core.registry import (
+    SHADOW,
+    Registry,
+    RegistryDamaged,
+    RegistryIntegrityError,
+    examine,
+    repair,
+    rollback,
+)
 from mlops_assets.core.settings import (
     DAGSTER_POSTGRES_URL_ENV,
     Settings,
@@ -485,13 +493,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     model = _model(args)
     registry = _registry(load_settings(), model)
     try:
+        shadow = registry.alias(SHADOW)
         # never to a version trained on other features than today's: the service would feed it features it never learnt
         version = rollback(registry, reason=args.reason, to=args.to, feature_set=feature_set_version(model.features))
     except (ValueError, LookupError, RegistryIntegrityError) as error:
         print(f"error: {model.name}: {error}", file=sys.stderr)
         return 1
     print(f"{model.name}: champion is now {version} (logged as rolled_back: {args.reason})")
+    _say_the_shadow_ended(model.name, shadow, version)
     return 0
+
+
+def _say_the_shadow_ended(model: str, shadow: str | None, champion: str) -> None:
+    """The registry clears the shadow that became the champion (logged): said where the move was asked for."""
+    if shadow == champion:
+        print(
+            f"note: {champion} was {model}'s shadow: no shadow now (logged as shadow_cleared; "
+            f"`mlops shadow --model {model} --to V` sets another)",
+            file=sys.stderr,
+        )
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -503,10 +523,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
     registry = _registry(load_settings(), model)
     verdict = gate_verdict(registry, args.to)  # read first: a damaged event log refuses before anything moves
     try:
+        shadow = registry.alias(SHADOW)
         replaced = promote_by_hand(registry, args.to, args.reason, feature_set=feature_set_version(model.features))
     except (ValueError, LookupError, RegistryIntegrityError) as error:
         print(f"error: {model.name}: {error}", file=sys.stderr)
         return 1
+    _say_the_shadow_ended(model.name, shadow, args.to)
     if verdict is None:
         print(f"note: the promotion gates never judged {args.to}", file=sys.stderr)
     elif verdict[0] == "rejected":
@@ -520,7 +542,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_shadow(args: argparse.Namespace) -> int:
     """Set (or clear) the version that scores every request and month beside the champion, never answering."""
-    from mlops_assets.core.registry import SHADOW, set_shadow
+    from mlops_assets.core.registry import set_shadow
 
     model = _model(args)
     registry = _registry(load_settings(), model)
@@ -626,6 +648,26 @@ def _shorten(text: str, width: int) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def host_problem(host: str) -> str | None:
+    """Why a server cannot listen on ``host`` (None: it can): a name this machine cannot resolve, or an address that
+    is not one of its own. Said before anything starts (uvicorn failed only after every model had loaded)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+            0
+        ]
+    except (socket.gaierror, UnicodeError) as error:
+        return f"--host {host} is neither an address nor a name this machine resolves ({error})"
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)  # port 0: any free port, only the address is tried
+        except OSError as error:
+            return (
+                f"--host {host} is not an address of this machine ({error.strerror}): give one of its own, "
+                "e.g. 127.0.0.1 (this machine only, the default) or 0.0.0.0 (every interface)"
+            )
+    return None
+
+
 def port_taken(host: str, port: int) -> bool:
     """Whether another process listens on ``host:port`` (a bind there fails as in use)."""
     if port == 0:
@@ -650,6 +692,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
             f"error: no workspace file {workspace}: give the repo's workspace.yaml (the default, run from the repo)",
             file=sys.stderr,
         )
+        return 2
+    if problem := host_problem(args.host or "127.0.0.1"):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if port_taken(args.host or "127.0.0.1", args.port):
         # dagster dev would start its daemon anyway, a second one on the instance, before its webserver fails
@@ -742,6 +787,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = load_serve_config(host=args.host, port=args.port, ab_share=args.ab_share)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    if problem := host_problem(config.host):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if config.port and port_taken(config.host, config.port):
         print(

@@ -165,8 +165,17 @@ def test_promote_and_shadow_move_aliases_by_hand_with_their_events(
     assert main(["shadow", "--model", "flight_delay", "--to", "v0001"]) == 0
     assert "shadow is now v0001" in capsys.readouterr().out and registry.alias("shadow") == "v0001"
     assert [e["event"] for e in registry.events()][-3:] == ["promoted_by_hand", "rolled_back", "shadow_set"]
-    assert main(["shadow", "--model", "flight_delay", "--off"]) == 0 and registry.alias("shadow") is None
-    capsys.readouterr()
+    # the shadow made champion: the shadow ends, logged and said (it paused in silence, and scored again once the
+    # champion moved on)
+    assert main(["promote", "--model", "flight_delay", "--to", "v0001"]) == 0
+    assert registry.alias(CHAMPION) == "v0001" and registry.alias("shadow") is None
+    assert [(e["event"], e.get("alias")) for e in registry.events()][-2:] == [
+        ("promoted_by_hand", CHAMPION),
+        ("shadow_cleared", "shadow"),
+    ]
+    assert "note: v0001 was flight_delay's shadow: no shadow now (logged as shadow_cleared" in capsys.readouterr().err
+    assert main(["rollback", "--model", "flight_delay"]) == 0 and registry.alias("shadow") is None
+    assert "shadow" not in capsys.readouterr().err  # nothing ended this time
     # a damaged event log: refused before the champion moves (it moved, then the command failed)
     with open(registry.events_path, "a") as log:
         log.write("garbage{\n")
@@ -306,6 +315,23 @@ def test_a_server_on_a_port_in_use_says_so_before_starting_anything(
         assert main([command, "--port", str(port)]) == 1
     error = _error_line(capsys)
     assert f"error: port {port} is in use" in error and hint.format(next=port + 1) in error, error
+    assert not settings.dagster_home.exists()  # nothing started, not even the instance's folder
+
+
+@pytest.mark.parametrize("command", ["serve", "ui"])
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [
+        ("999.1.1.1", "--host 999.1.1.1 is neither an address nor a name this machine resolves"),
+        ("192.0.2.1", "--host 192.0.2.1 is not an address of this machine"),  # TEST-NET-1: never a local address
+    ],
+)
+def test_a_server_on_a_host_it_cannot_listen_on_says_so_before_starting_anything(
+    settings: Settings, capsys: pytest.CaptureFixture[str], command: str, host: str, said: str
+) -> None:
+    """`mlops serve --host 999.1.1.1` loaded every model and printed its banner, then uvicorn failed (exit 3)."""
+    assert main([command, "--host", host, "--port", "0" if command == "serve" else "3999"]) == 2
+    assert said in _error_line(capsys)
     assert not settings.dagster_home.exists()  # nothing started, not even the instance's folder
 
 

@@ -355,6 +355,17 @@ class Registry:
             # a champion no event names, that no retry logged and the doctor's repair silently undid
             self.log_event(event, version=version, alias=name, reason=reason, run_id=run_id, **details)
             aliases = {**aliases, name: version}
+            if name == CHAMPION and version is not None and aliases.get(SHADOW) == version:
+                # a shadow scores beside the champion, never as it: it ended, said in the log (before, it paused
+                # in silence and scored again once the champion moved on)
+                self.log_event(
+                    "shadow_cleared",
+                    version=None,
+                    alias=SHADOW,
+                    reason=f"{version}, the shadow, became the champion ({event})",
+                    run_id=run_id,
+                )
+                aliases[SHADOW] = None
             write_atomic(self.aliases_path, json.dumps(aliases, indent=1, sort_keys=True).encode())
 
     @contextmanager

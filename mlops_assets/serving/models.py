@@ -37,6 +37,7 @@ from mlops_assets.core.registry import (
     VERSION_PATTERN,
     Registry,
     RegistryDamaged,
+    logged_aliases,
     rollback_targets,
     rolled_back_from,
 )
@@ -148,7 +149,10 @@ class ModelSet:
         return self.challenger if self.challenger is not None and bucket < self.ab_share else self.champion
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> str | None:
+        """``ab``, ``champion``, or None when nothing answers (no champion yet)."""
+        if self.champion is None:
+            return None
         return "ab" if self.challenger is not None else "champion"
 
     @property
@@ -242,6 +246,8 @@ class ModelLoader:
         aliases = self.registry.parse_aliases(state["aliases"]) if state["aliases"] is not None else {}
         signatures: dict[str, str] = state["files"]
         champion = aliases.get(CHAMPION)
+        if champion is None:
+            self._refuse_a_lost_champion(missing=state["aliases"] is None)
         challenger = aliases.get(CHALLENGER) if self.ab_share > 0 else None
         shadow = aliases.get(SHADOW)
         with self._lock:
@@ -265,6 +271,9 @@ class ModelLoader:
             for variant, version in ((CHALLENGER, challenger), (SHADOW, shadow)):
                 others[variant] = None
                 if version in (None, champion):
+                    continue
+                if served_champion is not None and version == served_champion.version:  # a fallback's champion
+                    left_out.append(f"{variant} {version} answers as the champion (the fallback): not as {variant}")
                     continue
                 if variant == CHALLENGER and version in taken_out:
                     # a rollback's normal course (by hand or by the rollback sensor), not a fault: until the next
@@ -298,6 +307,23 @@ class ModelLoader:
             self._record(built)
             self._serving = built
         return built
+
+    def _refuse_a_lost_champion(self, missing: bool) -> None:
+        """Raise :class:`RegistryDamaged` when the aliases name no champion (``missing``: there is no aliases file)
+        although the event log's last move named one: no command unsets the champion, so the file was deleted or
+        edited by hand, and the set serving now keeps serving. A registry never promoted (no champion logged) has
+        none to serve, rightly."""
+        try:
+            logged = logged_aliases(self.registry).get(CHAMPION)
+        except (RegistryDamaged, OSError, ValueError):
+            return  # the event log cannot say either: nothing to compare with (the doctor reports the log)
+        if logged is None:
+            return
+        what = "is missing" if missing else "names no champion"
+        raise RegistryDamaged(
+            f"{self.registry.aliases_path} {what}, but the event log's last move named champion {logged}: "
+            f"`mlops doctor --model {self.registry.root.name} --repair` rebuilds it from the event log"
+        )
 
     def _load(
         self, variant: str, version: str, signature: str | None, loaded: dict[str, tuple[str | None, ServedModel]]
@@ -360,14 +386,14 @@ class ModelLoader:
         cause, not on every rebuild."""
         fallback = built.fallback
         cause = (fallback.wanted, fallback.serving, fallback.error) if fallback is not None else None
-        if cause == self._reported:
+        if cause == self._reported or (cause is None and built.champion is None):
             return
         if fallback is not None:
             logger.error("model %s: %s", self.model, fallback.reason)
             self._event(FALLBACK_EVENT, fallback.wanted, fallback.reason, served_version=fallback.serving)
-        elif self._reported is not None:
-            champion = built.champion.version if built.champion else None
-            reason = f"the fallback from {self._reported[0]} ended: serving champion {champion or 'none'}"
+        elif self._reported is not None and built.champion is not None:  # no champion at all is no recovery
+            champion = built.champion.version
+            reason = f"the fallback from {self._reported[0]} ended: serving champion {champion}"
             logger.info("model %s: %s", self.model, reason)
             self._event(RECOVERED_EVENT, champion, reason, served_version=champion)
         self._reported = cause

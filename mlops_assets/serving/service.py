@@ -574,7 +574,11 @@ class PredictionService:
             **entries,
             "fallback": models.fallback.as_dict() if models.fallback is not None else None,
             "loaded_at": loaded.loaded_at.isoformat(timespec="seconds"),
-            "problems": [*models.problems, *([self.models.error] if self.models.error else [])],
+            "problems": [
+                *([f"no champion model for {self.name}: {train_hint()}"] if models.champion is None else []),
+                *models.problems,
+                *([self.models.error] if self.models.error else []),
+            ],
             "waiting": list(models.waiting),  # not in the set yet, and no problem (a challenger being evaluated)
         }
 

@@ -201,6 +201,10 @@ def test_a_model_without_a_champion_answers_503_while_the_others_keep_answering(
 
             status, body = server.client.post(FLIGHT, predict_path(cleared.name))
             assert status == 503 and cleared.name in body["detail"] and "make pipeline" in body["detail"], body
+            # /models says the same (it said mode "champion", no problem)
+            _, described = server.client.get(f"/models/{cleared.name}")
+            assert described["mode"] is None and described["champion"] is None
+            assert f"no champion model for {cleared.name}: " in described["problems"][0], described
             for other in catalog.models:
                 if other.name != cleared.name:
                     status, body = server.client.post(FLIGHT, predict_path(other.name))

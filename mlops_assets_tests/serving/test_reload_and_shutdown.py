@@ -157,6 +157,8 @@ def test_a_champion_failing_its_checksum_at_startup_falls_back_to_an_earlier_cha
     (not on every poll), and serves the champion again once its file is restored."""
     registry = Registry(delay(served).registry_dir)
     registry.set_alias("champion", "v0002", "promoted", "test: v0002 passed the gates")
+    # the fallback's version is also the shadow: it answers as the champion only (it was scored and logged twice)
+    registry.set_alias("shadow", "v0001", "shadow_set", "test")
     original = _tamper(registry, "v0002")
     caplog.set_level(logging.INFO, logger="mlops_assets.serving")
     with running(served) as server:
@@ -179,6 +181,8 @@ def test_a_champion_failing_its_checksum_at_startup_falls_back_to_an_earlier_cha
     assert fallback["reason"] in health["problems"] and health["models"][DELAY]["fallback"] == fallback
     champion = models["champion"]
     assert champion["version"] == "v0002" and champion["serving"] is False and champion["served_instead"] == "v0001"
+    assert models["shadow"]["serving"] is False and models["shadow_enabled"] is False
+    assert "shadow v0001 answers as the champion (the fallback): not as shadow" in health["problems"]
     assert models["fallback"] == fallback
     assert any("cannot be served" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
     assert len(events) == 1 and events[0]["version"] == "v0002" and events[0]["served_version"] == "v0001"
@@ -207,22 +211,36 @@ def test_a_serving_champion_whose_file_is_tampered_keeps_its_verified_copy(serve
     assert [e["version"] for e in _events(registry, FALLBACK_EVENT)] == ["v0001"]
 
 
-@pytest.mark.parametrize("damaged", ['{"champion": "v0009"', ""], ids=["cut-short", "empty"])
+@pytest.mark.parametrize(
+    ("damaged", "said"),
+    [
+        ('{"champion": "v0009"', "is not valid JSON"),
+        ("", "is not valid JSON"),
+        (None, "is missing, but the event log's last move named champion v0001"),
+        ('{"champion": null}', "names no champion, but the event log's last move named champion v0001"),
+    ],
+    ids=["cut-short", "empty", "deleted", "no-champion"],
+)
 def test_a_damaged_aliases_file_names_itself_and_the_repair_while_the_last_set_serves(
-    served: Settings, damaged: str
+    served: Settings, damaged: str | None, said: str
 ) -> None:
     """A hand edit cut short, or a write that left the file empty (a crash, a full disk: it was taken for "no aliases
-    yet", and the champion answered 503 with fixes that failed on the same file)."""
+    yet", and the champion answered 503 with fixes that failed on the same file). A deleted file, or a champion
+    unset by hand, while the event log names one: the same (no command unsets the champion; they dropped the good
+    champion, answered 503 saying to train one, and logged the fallback's end as a recovery)."""
     registry = Registry(delay(served).registry_dir)
     original = registry.aliases_path.read_bytes()
     with running(served) as server:
-        registry.aliases_path.write_text(damaged)
+        if damaged is None:
+            registry.aliases_path.unlink()
+        else:
+            registry.aliases_path.write_text(damaged)
         health = _health_until(server.client, lambda h: h["status"] == "degraded")
         status, body = server.client.post(FLIGHT)
         registry.aliases_path.write_bytes(original)
         recovered = _health_until(server.client, lambda h: h["status"] == "ok")
     problems = " ".join(health["problems"])
-    assert str(registry.aliases_path) in problems and "is not valid JSON" in problems, problems
+    assert str(registry.aliases_path) in problems and said in problems, problems
     assert "mlops doctor --model flight_delay --repair" in problems
     assert status == 200 and body["prediction"]["model_version"] == "v0001"  # the last good set serves
     assert recovered["problems"] == []

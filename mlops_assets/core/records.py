@@ -262,6 +262,12 @@ class DriftSummary(Record):
         """No champion, so no reference profile: nothing compared, no drift."""
         return cls(month, None, False, None, (), "", None, None, "no champion yet")
 
+    @classmethod
+    def trained_on(cls, month: str, version: str) -> DriftSummary:
+        """The champion learnt from the month (nobody scored it): its training rows are its reference, so nothing
+        is compared and no model is judged on it (``champion_version`` None, as with no champion)."""
+        return cls(month, None, False, None, (), "", None, None, f"{version} trained on {month}: nothing compared")
+
 
 # --- live performance ----------------------------------------------------------------------------------------------
 

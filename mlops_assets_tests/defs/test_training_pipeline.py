@@ -236,3 +236,29 @@ def test_a_champion_is_never_judged_on_rows_it_learnt_from(trained: Trained, set
     with pytest.raises(dg.Failure, match=r"challenger v0001 learnt from rows up to 2013-02-10 12:00:00"):
         asset(context=dg.build_asset_context(), duckdb=resources["duckdb"], storage=resources["storage"])
     assert registry.evaluation("v0001") == before
+
+
+def test_a_month_the_champion_learnt_from_is_not_judged_for_drift(trained: Trained, settings: Settings) -> None:
+    """With the daemon running, automation monitors the months `make pipeline` trained on. Nobody scores them (the
+    champion learnt from them), yet each was compared with the champion's own training rows: January "7/27 features
+    drifted" in `mlops status`, under "drift against the champion that scored it". Now they are not compared; the
+    test month, which the champion scored, is."""
+    from mlops_assets.core.records import DriftSummary
+    from mlops_assets.defs.monitor import build_monitoring, latest_month_record
+
+    settings = trained.copy(trained.after_first, settings)
+    resources = build_resources(settings)
+    with instance_for_test() as instance:
+        register_months(instance, MONTHS)
+        for month in MONTHS:
+            assets = build_monitoring(FLIGHT_DELAY)
+            assert dg.materialize(assets, partition_key=month, instance=instance, resources=resources).success
+        january, february = (
+            latest_month_record(instance, keys_of(FLIGHT_DELAY).drift, DriftSummary, month) for month in MONTHS
+        )
+    assert january is not None and february is not None
+    assert january.champion_version is None and january.reason == "v0001 trained on 2013-01: nothing compared"
+    assert february.champion_version == "v0001" and february.drift_share is not None
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        compared = conn.execute("SELECT DISTINCT _month FROM flight_delay.drift_report").fetchall()
+    assert compared == [("2013-02",)]

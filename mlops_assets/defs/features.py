@@ -25,7 +25,7 @@ from mlops_assets.core.specs import FeatureTableSpec, FeedSpec, ModelSpec
 from mlops_assets.core.store import fetch_row, qualified, query_frame, table_exists
 from mlops_assets.defs.ingest import month_changed_at
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, validated_key
-from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
+from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, row_count_metadata, run_months
 from mlops_assets.defs.resources import PlatformStorage
 
 DuckDBError = duckdb.Error  # inside a step, the name duckdb is its resource
@@ -89,7 +89,7 @@ def build_feature_asset(spec: FeatureTableSpec, feed: FeedSpec) -> dg.AssetsDefi
         table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": sum(rows.values()),
+                **row_count_metadata(rows),
                 "feature_set_version": version,
                 "features": len(spec.features),
                 "rows_by_month": dg.MetadataValue.md("| month | rows |\n|---|---|\n" + table),

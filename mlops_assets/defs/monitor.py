@@ -35,7 +35,7 @@ from mlops_assets.core.specs import FeatureTableSpec, ModelSpec
 from mlops_assets.core.store import ensure_table_like, query_frame, replace_where, table_exists, transaction
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, table_of
-from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, run_months
+from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS, SINGLE_RUN, row_count_metadata, run_months
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage
 
 #: The metadata entry holding each month's record.
@@ -174,7 +174,7 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
         table = "\n".join(f"| {m} | {n} |" for m, n in rows.items())
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": sum(rows.values()),
+                **row_count_metadata(rows),
                 "rows_by_month": dg.MetadataValue.md("| month | scores |\n|---|---|\n" + table),
             }
         )

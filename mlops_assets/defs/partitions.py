@@ -28,6 +28,15 @@ def run_months(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext
     )
 
 
+def row_count_metadata(rows: dict[str, int]) -> dict[str, int]:
+    """The row count of a monthly asset's materialization: Dagster's ``dagster/row_count`` (shown as the month's
+    size) for a run of one month; for a range, whose metadata Dagster attaches to every month alike, the run's total
+    under its own name (each month showed the whole run's count: January, three times its size)."""
+    if len(rows) == 1:
+        return {"dagster/row_count": sum(rows.values())}
+    return {"rows_in_run": sum(rows.values())}
+
+
 def calendar_order(known: list[str], months: list[str]) -> tuple[list[str], list[str]]:
     """The partitions to delete and to add (in this order) so that ``known`` plus ``months`` end up in calendar order.
 

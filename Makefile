@@ -40,7 +40,7 @@ train: $(BIN)/.installed compile
 	@# progress.yaml: a line per step, not Dagster's DEBUG stream (the event log keeps it all). The filter hides
 	@# click's note that `dagster job execute` is superseded by `dg launch`, which needs a `dg` project (not used here).
 	@# no complete month to run (said on stderr by `mlops months`): stop here rather than start a run without a range
-	tags="$$($(BIN)/mlops months --tags)" || exit 1; \
+	@tags="$$($(BIN)/mlops months --tags)" || exit 1; \
 	DAGSTER_HOME="$$($(BIN)/mlops home)" PYTHONWARNINGS="ignore::FutureWarning:click.core" \
 		$(BIN)/dagster job execute -m mlops_assets.definitions -j training_pipeline \
 		-c mlops_assets/progress.yaml --tags "$$tags"

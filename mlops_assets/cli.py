@@ -392,7 +392,7 @@ def where_and_next(settings: Settings, overviews: list[dict[str, Any]]) -> str:
         ),
         (f"{_this_command()} status", "what the platform holds: months, quarantined rows, features, models"),
     ]
-    lines += ["Next:", *command_table(steps)]
+    lines += ["", "Next:", *command_table(steps)]
     return "\n".join(lines)
 
 

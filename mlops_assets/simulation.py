@@ -259,15 +259,7 @@ def simulate(
             rows.append(row)
             if row.failed_runs:
                 say(f"           {month}: {row.failed_runs}")
-            say(
-                f"           {month}: drift={'yes' if row.drifted else 'no'} ({row.drift_share or 0:.0%} features; top {row.top_drifted or '-'}), "
-                f"champion {row.champion_version} AUC {_fmt(row.champion_live_auc)} vs frozen {_fmt(row.frozen_live_auc)}; "
-                + (
-                    f"retrained ({row.retrain_trigger}): {row.challenger_version or '-'} {_outcome(row)}"
-                    if row.retrained
-                    else "no retrain"
-                )
-            )
+            say(f"           {month_line(row)}")
         frame = timeline_frame(rows)
         out = write_timeline(settings, model, frame, compared_from(months))
     wins, compared = months_champion_wins(frame, compared_from(months))
@@ -283,15 +275,33 @@ def simulate(
     return frame
 
 
+def month_line(row: TimelineRow) -> str:
+    """The console's line for a month: drift, the champion's live AUC against the frozen model's, the rollback that
+    took the champion out (the month's, before its retrain), then what came of the retrain."""
+    drift = (
+        f"drift={'yes' if row.drifted else 'no'} ({row.drift_share or 0:.0%} features; top {row.top_drifted or '-'})"
+    )
+    live = f"champion {row.champion_version} AUC {_fmt(row.champion_live_auc)} vs frozen {_fmt(row.frozen_live_auc)}"
+    back = (
+        f"{row.champion_version or 'the champion'} rolled back to {row.rolled_back_to}; " if row.rolled_back_to else ""
+    )
+    retrain = (
+        f"retrained ({row.retrain_trigger}): {row.challenger_version or '-'} {_outcome(row)}"
+        if row.retrained
+        else f"no retrain, {row.champion_after} serves"
+        if row.rolled_back_to
+        else "no retrain"
+    )
+    return f"{row.month}: {drift}, {live}; {back}{retrain}"
+
+
 def _outcome(row: TimelineRow) -> str:
-    """What came of the month's retraining: promoted, kept out by the gates, or no decision (a run failed first);
-    after a rollback, the version it restored."""
-    back = f"rolled back to {row.rolled_back_to}, " if row.rolled_back_to else ""
+    """What came of the month's retraining: promoted, kept out by the gates, or no decision (a run failed first)."""
     if row.promoted:
-        return f"{back}PROMOTED"
+        return "PROMOTED"
     if not row.decision and row.failed_runs:
-        return f"{back}no decision (a run failed): {row.champion_after} serves on"
-    return f"{back}kept out, {row.champion_after} serves" if row.decision else f"{back}{row.champion_after} serves"
+        return f"no decision (a run failed): {row.champion_after} serves on"
+    return f"kept out, {row.champion_after} serves" if row.decision else f"{row.champion_after} serves"
 
 
 def _fmt(value: float | None) -> str:

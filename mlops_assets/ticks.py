@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
 import dagster as dg
+from dagster._core.definitions.instigation_logger import DispatchingLogHandler  # what prints a sensor's log
 
 from mlops_assets.threaded_executor import execute_with_job_executor
 
@@ -76,6 +78,14 @@ class StopSignals:
         signal.set_wakeup_fd(self._previous)
         self._read.close()
         self._write.close()
+
+
+def _console_of(sensor: str) -> logging.Handler:
+    """A sensor's warnings as ``HH:MM:SS  <sensor>  <message>``, the runs' progress lines' shape, on stderr as they
+    are (a sensor is evaluated between runs: nothing captures the stream then)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s  {sensor:<44} %(message)s", datefmt="%H:%M:%S"))
+    return handler
 
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
@@ -193,6 +203,10 @@ class Ticker:
         ) as context:
             # warnings and errors only: what it decided is printed by the simulation, a line per month
             context.log.setLevel(logging.WARNING)
+            # said as the runs' progress lines are, not in Dagster's console format among them
+            for handler in [h for h in context.log.handlers if isinstance(h, DispatchingLogHandler)]:
+                context.log.removeHandler(handler)
+            context.log.addHandler(_console_of(name))
             data = sensor(context)
         if not isinstance(data, dg.SensorResult):
             raise TypeError(f"sensor {name} returned {type(data).__name__}; the ticker expects a SensorResult")

@@ -110,7 +110,7 @@ def one_row_check_spec(spec: FeatureTableSpec) -> dg.AssetCheckSpec:
         ONE_ROW_CHECK,
         asset=features_key(spec),
         blocking=True,
-        description=f"Each built month has exactly one row per validated {covered_rows(spec)} row, unique keys "
+        description=f"Each built month has exactly one feature row per validated row of {covered_rows(spec)}, unique keys "
         f"({', '.join(spec.key)}), a label on every row and the current feature-set version. Held twice: before "
         "the build commits (a build that breaks it is rolled back and the step fails naming the months, so no reader "
         "ever sees it and the last good build stays), then this check evaluates it on the committed months (blocking).",
@@ -127,7 +127,7 @@ def one_row_result(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, mont
         check_name=ONE_ROW_CHECK,
         passed=not problems,
         description=f"{len(months)} month(s): "
-        + ("; ".join(problems) if problems else f"one row per {covered_rows(spec)} row"),
+        + ("; ".join(problems) if problems else f"one feature row per validated row of {covered_rows(spec)}"),
         metadata={
             "months_checked": len(months),
             "problems": len(problems),
@@ -169,7 +169,7 @@ def build_online_store_asset(model: ModelSpec) -> dg.AssetsDefinition:
             export = build_export(conn, spec, newest)
         folder = storage.model(model.name).online_store_dir
         version = write_export(export, folder)
-        context.log.info(f"online store {version}: facts through {export.manifest['facts_known_through']}")
+        context.log.info(f"online store {version}: facts through {export.manifest['facts_known_through']} UTC")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(version),
             metadata={

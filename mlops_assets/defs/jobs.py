@@ -59,8 +59,8 @@ def build_retraining_job(model: ModelSpec) -> AssetJob:
 def build_jobs(catalog: Catalog) -> list[AssetJob]:
     models = ", ".join(m.name for m in catalog.models)
     range_hint = (
-        'Runs over a month range: add `--tags "$(mlops months --tags)"` to `dagster job execute` (as `make pipeline` '
-        "does for `training_pipeline`), or launch a backfill of the months from the UI."
+        'Runs over a month range: add `--tags "$(mlops months --tags)"` to `dagster job execute` (the landed months, '
+        "as `make pipeline` and `make train` do), or launch a backfill of the months from the UI."
     )
     return [
         dg.define_asset_job(

@@ -167,7 +167,7 @@ def build_predictions_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 store_month_scores(conn, *keys.predictions.path, scored, month)
                 if not models:
                     context.log.warning(
-                        f"{month}: no {model.name} champion yet, nothing scored (training_pipeline trains one)"
+                        f"{month}: no {model.name} champion yet, nothing scored (training_pipeline, or the model's retraining job, trains one)"
                     )
                 rows[month] = scored.height
         context.log.info(", ".join(f"{m}: {n} scores" for m, n in rows.items()))

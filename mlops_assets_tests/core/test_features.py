@@ -257,7 +257,7 @@ def test_the_one_row_check_names_each_broken_month_and_passes_the_others(store: 
     validated = dict(
         store.execute("SELECT _month, count(*) FROM validated.flights WHERE tailnum IS NOT NULL GROUP BY 1").fetchall()
     )
-    rows = "validated flights with `tailnum IS NOT NULL` rows"
+    rows = "validated rows of flights where `tailnum IS NOT NULL`"
     assert problems == [
         f"2013-01: 0 feature rows for {validated['2013-01']} {rows}",
         f"2013-02: {validated['2013-02'] + 1} feature rows for {validated['2013-02']} {rows}",

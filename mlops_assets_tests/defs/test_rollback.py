@@ -2,6 +2,7 @@
 gates; once the next month's labels are in, the platform's own sensors roll it back to the last gated champion,
 record why and retrain, with nobody acting."""
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import polars as pl
+import pytest
 
 from mlops_assets.catalog import CATALOG
 from mlops_assets.core.drift import reference_profile
@@ -79,7 +81,9 @@ class ChampionWatcher:
         return self.seen
 
 
-def test_a_bad_champion_is_rolled_back_by_itself(settings: Settings, tmp_path: Path) -> None:
+def test_a_bad_champion_is_rolled_back_by_itself(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     replay_months(settings.landing_dir, ["2013-01", "2013-02", "2013-03"], every=20)
     registry = Registry(settings.model("flight_delay").registry_dir)
     others = {m.name: Registry(settings.model(m.name).registry_dir) for m in CATALOG.models if m.name != "flight_delay"}
@@ -110,6 +114,11 @@ def test_a_bad_champion_is_rolled_back_by_itself(settings: Settings, tmp_path: P
         assert april.fallback.version == good and april.fallback.rows == april.champion.rows
         assert april.fallback.live_roc_auc is not None and april.champion.live_roc_auc is not None
         assert april.fallback.live_roc_auc > april.champion.live_roc_auc + 0.05
+    # the sensor's warning is said as the runs' progress lines are (it was Dagster's "... - dagster - WARNING - ...")
+    said = capsys.readouterr().err
+    rollback_sensor = sensor_name(FLIGHT_DELAY, "rollback")
+    assert re.search(rf"(?m)^\d\d:\d\d:\d\d  {rollback_sensor} +flight_delay: rolled back {bad} -> {good}: ", said)
+    assert " - dagster - WARNING - " not in said
     # the service served the bad model, then, with nobody acting, the previous version again
     assert served[:3] == [good, bad, good], served
 

@@ -6,6 +6,7 @@ by default: spring's drift already gives a retrain and a promotion (April), ever
 the year took twice as long. The later months' rollbacks are tested on their own (test_rollback.py)."""
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -177,7 +178,7 @@ def test_a_rollback_of_the_month_shows_in_the_timeline_its_report_and_the_consol
     and the console called the restored version "kept"."""
     from mlops_assets.core.registry import CHAMPION, rollback
     from mlops_assets.core.timeline import timeline_frame, timeline_markdown
-    from mlops_assets.simulation import _outcome, month_row
+    from mlops_assets.simulation import month_line, month_row
     from mlops_assets.ticks import ExecutedRun
     from mlops_assets_tests.conftest import instance_for_test
 
@@ -199,7 +200,11 @@ def test_a_rollback_of_the_month_shows_in_the_timeline_its_report_and_the_consol
         third,
         False,
     )
-    assert _outcome(row) == f"rolled back to {first}, kept out, {first} serves"
+    # the version taken out, then the retrain's challenger (it said "v0003 rolled back to v0001, kept out")
+    assert month_line(replace(row, champion_version=second)).endswith(
+        f"champion {second} AUC - vs frozen -; {second} rolled back to {first}; retrained (rollback): {third} kept "
+        f"out, {first} serves"
+    )
     frame = timeline_frame([row])
     assert frame["rolled_back_to"].to_list() == [first]
     assert "rolled_back_to" in timeline_markdown(frame, b"png", "2013-09", "flight_delay.timeline")

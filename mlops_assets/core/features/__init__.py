@@ -164,8 +164,9 @@ def event_columns(spec: FeatureTableSpec, columns: list[str]) -> list[str]:
 
 
 def covered_rows(spec: FeatureTableSpec) -> str:
-    """The entity rows the table covers, in words: ``flights`` or ``flights with `tailnum IS NOT NULL```."""
-    return f"{spec.inputs[0]} with `{spec.entity_filter}`" if spec.entity_filter else spec.inputs[0]
+    """The entity rows the table covers, in words, to follow "rows of": ``flights`` or ``flights where `tailnum IS
+    NOT NULL```."""
+    return f"{spec.inputs[0]} where `{spec.entity_filter}`" if spec.entity_filter else spec.inputs[0]
 
 
 def covered(spec: FeatureTableSpec) -> pl.Expr:
@@ -288,7 +289,7 @@ def one_row_problems(conn: duckdb.DuckDBPyConnection, spec: FeatureTableSpec, mo
         built, distinct, unlabeled, stale, not_binary = counted.get(month, (0, 0, 0, 0, 0))
         expected = validated.get(month, 0)
         if built != expected:
-            problems.append(f"{month}: {built} feature rows for {expected} validated {rows} rows")
+            problems.append(f"{month}: {built} feature rows for {expected} validated rows of {rows}")
         if distinct != built:
             problems.append(f"{month}: {built - distinct} duplicate keys")
         if unlabeled:

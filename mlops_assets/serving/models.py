@@ -166,7 +166,13 @@ class ModelSet:
         if self.fallback is not None:
             champion += f" (in place of {self.fallback.wanted})"
         others = "".join(f", {m.variant} {m.version}" for m in (self.challenger, self.shadow) if m is not None)
-        return f"champion {champion}{others}"
+        # a named version outside the set (A/B off, one waiting): said, so each move of an alias reads as one
+        idle = "".join(
+            f", {alias} {self.aliases.get(alias)} not serving"
+            for alias, served in ((CHALLENGER, self.challenger), (SHADOW, self.shadow))
+            if self.aliases.get(alias) and served is None
+        )
+        return f"champion {champion}{others}{idle}"
 
 
 def _number(version: str) -> int:

@@ -247,3 +247,15 @@ def test_flight_cancellation_answers_a_real_march_flight_on_its_own_route(
     assert row["model"] == CANCELLATION and row["score"] == answer["probability"]
     # its own feature table's prediction time: 2 h before the 09:00 EST departure (14:00 UTC)
     assert str(row["prediction_time"]) == "2013-03-02 12:00:00"
+
+
+def test_the_reload_line_names_every_alias_so_each_move_reads_as_one() -> None:
+    """With A/B off, a challenger moving from v0002 to v0003 logged the same "champion v0001" line three times."""
+    from mlops_assets.serving.models import ModelSet
+
+    def described(challenger: str | None) -> str:
+        return ModelSet(None, None, None, {"champion": None, "challenger": challenger}, 0.0).describe()
+
+    assert described("v0002") == "champion none, challenger v0002 not serving"
+    assert described("v0003") == "champion none, challenger v0003 not serving"
+    assert described(None) == "champion none"

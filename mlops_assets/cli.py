@@ -580,6 +580,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         _recover_dead_runs(instance)  # a killed run (and the runs to resume, if they were) is marked failed first
         if not args.run_id:
             return _list_failed_runs(instance, model, args.json)
+        if args.json:  # said before anything runs: a resume prints its outcome as text
+            print("error: --json goes with the list (`mlops resume --json`), not with run ids", file=sys.stderr)
+            return 2
         for run_id in args.run_id:
             try:
                 result = resume_run(run_id, instance, model=model)
@@ -604,8 +607,8 @@ def _list_failed_runs(instance: Any, model: str | None, as_json: bool) -> int:
         print(json.dumps({"to_resume": [f.as_json() for f in found.to_resume], "settled": found.settled}, indent=2))
         return 0
     settled = (
-        f"{found.settled} other failed run(s) need no resume: a retry or resume of theirs, or a later run of the same "
-        "job and months, succeeded."
+        f"{found.settled} other failed run(s) need no resume: a retry or resume of theirs, or a later run that did "
+        "their work (the same job or training_pipeline, over their months or more), succeeded."
         if found.settled
         else ""
     )

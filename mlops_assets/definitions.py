@@ -172,7 +172,7 @@ class FailedRun:
 @dataclass(frozen=True)
 class FailedRuns:
     """What ``mlops resume`` without run ids lists: the failed runs left to resume (newest first), and how many
-    failed runs need no resume (a re-execution of theirs, or a later run of the same job and months, succeeded)."""
+    failed runs need no resume (a re-execution of theirs, or a later run that did their work, succeeded)."""
 
     to_resume: tuple[FailedRun, ...]
     settled: int
@@ -213,10 +213,31 @@ def _where_it_failed(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[
     return tuple(step_label(key) for key in steps), cause
 
 
+def _span(run: dg.DagsterRun) -> tuple[str, str] | None:
+    """The first and last month a run covers (None: no months, e.g. a retraining job on the features built)."""
+    start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
+    if start and end:
+        return start, end
+    month = run.tags.get("dagster/partition")
+    return (month, month) if month else None
+
+
+def _settles(later: dg.DagsterRun, failed: dg.DagsterRun) -> bool:
+    """Whether ``later`` succeeding leaves nothing of ``failed`` to resume: it did that work or more. The same job, or
+    ``training_pipeline`` (which holds ``feature_pipeline`` and every model's retraining); the same model, or every
+    model; the failed run's months or more (a month landed since widens the next run's range)."""
+    if later.job_name not in (failed.job_name, "training_pipeline"):
+        return False
+    if later.tags.get(MODEL_TAG) not in (None, failed.tags.get(MODEL_TAG)):
+        return False
+    wanted, done = _span(failed), _span(later)
+    return wanted is None or (done is not None and done[0] <= wanted[0] and wanted[1] <= done[1])
+
+
 def failed_runs(instance: dg.DagsterInstance, model: str | None = None, limit: int = 1000) -> FailedRuns:
     """The failed runs of :func:`resumable_jobs` among the newest ``limit`` that are left to resume, newest first:
     per chain of re-executions (a run, its retries and resumes) only its newest failure, and none whose chain ended
-    in a success or runs now, nor one a later run of the same job, months and model completed. ``model``: only that
+    in a success or runs now, nor one whose work a later run completed (:func:`_settles`). ``model``: only that
     model's runs and the jobs of every model."""
     records = instance.get_run_records(limit=limit)
     jobs = set(resumable_jobs())
@@ -224,10 +245,6 @@ def failed_runs(instance: dg.DagsterInstance, model: str | None = None, limit: i
     for record in records:  # newest first
         run = record.dagster_run
         chains.setdefault(run.root_run_id or run.run_id, []).append(record)
-
-    def same_work(a: dg.DagsterRun, b: dg.DagsterRun) -> bool:
-        keys = (RANGE_START_TAG, RANGE_END_TAG, "dagster/partition", MODEL_TAG)
-        return a.job_name == b.job_name and all(a.tags.get(k) == b.tags.get(k) for k in keys)
 
     to_resume, settled = [], 0
     for chain in chains.values():
@@ -244,7 +261,7 @@ def failed_runs(instance: dg.DagsterInstance, model: str | None = None, limit: i
         later_success = any(
             other.create_timestamp > failure.create_timestamp
             and other.dagster_run.status == dg.DagsterRunStatus.SUCCESS
-            and same_work(other.dagster_run, failure.dagster_run)
+            and _settles(other.dagster_run, failure.dagster_run)
             for other in records
         )
         if later_success:  # a retry or resume of it, or a fresh run of the same work

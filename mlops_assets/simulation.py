@@ -249,6 +249,11 @@ def simulate(
         rows = []
         for month in rest:
             say(f"[{time.perf_counter() - started:6.1f}s] landing {month}")
+            if registry.alias(SHADOW) != first_model:
+                # a rollback to the first model made it champion, which ends a shadow: frozen, it scores on
+                registry.set_alias(
+                    SHADOW, first_model, "shadow", "simulation: the first model, frozen, scores beside the champion"
+                )
             logged = len(registry.events())
             replay(settings.landing_dir, [month], every, None)
             runs = ticker.settle()

@@ -815,6 +815,10 @@ def _repair_locked(registry: Registry) -> list[str]:
         if named := _taken_out_by(event):
             taken_out_later.add(named)
     rebuilt = {alias: version for alias, version in sorted(rebuilt.items()) if version is not None}  # cleared: absent
+    if rebuilt.get(SHADOW) is not None and rebuilt.get(SHADOW) == rebuilt.get(CHAMPION):
+        # the shadow became the champion in the rebuild (the champion's version damaged, the shadow the one before):
+        # it is a shadow no more, as when a move makes it champion (`set_alias`)
+        done.append(f"{rebuilt.pop(SHADOW)}, the shadow, is the champion now: no shadow")
     try:
         current = {alias: version for alias, version in registry.aliases().items() if version is not None}
     except RegistryDamaged:

@@ -554,7 +554,7 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
                 # a fallen AUC the version it would go to shares: the champion stays, a fresh model is the way out
                 if _decision_recorded(registry, "rollback_declined", champion, record.month):
                     continue  # the month's record materialized again: said once, its retrain already asked
-                why = f"{why}; {declined}"
+                why = f"rollback declined after {record.month}: " + "; ".join(reasons) + f"; {declined}"
                 registry.log_event("rollback_declined", version=champion, reason=why, month=record.month)
                 context.log.warning(f"{model.name}: no rollback of {champion}: {why}")
                 decision = {"decision": "rollback_declined", "from_version": champion, "champion_version": champion}

@@ -170,7 +170,7 @@ class ModelSet:
         idle = "".join(
             f", {alias} {self.aliases.get(alias)} not serving"
             for alias, served in ((CHALLENGER, self.challenger), (SHADOW, self.shadow))
-            if self.aliases.get(alias) and served is None
+            if self.aliases.get(alias) and served is None and self.aliases.get(alias) != self.aliases.get(CHAMPION)
         )
         return f"champion {champion}{others}{idle}"
 

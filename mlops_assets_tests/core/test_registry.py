@@ -179,6 +179,21 @@ def test_a_shadow_set_by_command_is_logged_and_survives_a_repair(tmp_path: Path)
         set_shadow(registry, v1, "a damaged version scores nothing")
 
 
+def test_a_repair_that_makes_the_shadow_champion_ends_the_shadow(tmp_path: Path) -> None:
+    """The champion's file is damaged and the shadow is the champion before it: the rebuild hands the champion to the
+    shadow's version, which left it the shadow too (paused in silence, `doctor` saying ok)."""
+    registry = Registry(tmp_path)
+    v1, v2 = _register(registry), _register(registry, MODEL + "2")
+    registry.set_alias(CHAMPION, v1, "promoted", "first model")
+    registry.set_alias(CHAMPION, v2, "promoted", "better AUC")
+    set_shadow(registry, v1, "the previous champion beside the new one")
+    registry.get(v2).model_path.write_text("damaged")
+    done = repair(registry)
+    assert registry.aliases() == {"champion": v1}
+    assert f"{v1}, the shadow, is the champion now: no shadow" in done
+    assert logged_aliases(registry) == {"champion": v1, "shadow": None}  # the log says the same
+
+
 def test_a_registration_that_fails_midway_leaves_no_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 

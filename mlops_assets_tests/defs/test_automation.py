@@ -541,6 +541,9 @@ def test_a_rollback_that_would_not_help_on_the_month_is_declined_and_the_retrain
         assert decisions == ["rollback_declined"] and request.run_key == f"rollback:flight_delay:2013-04:{newer}"
         [declined] = [e for e in registry.events() if e["event"] == "rollback_declined"]
         assert declined["version"] == newer and declined["month"] == "2013-04"
+        assert declined["reason"].startswith(
+            "rollback declined after 2013-04: live AUC 0.6600"
+        )  # not "automatic rollback"
         assert f"{earlier}, the version it would go to, did no better" in declined["reason"]
         assert "AUC 0.6400 vs the champion's 0.6600" in declined["reason"]
 

@@ -147,9 +147,33 @@ def test_mlops_resume_without_run_ids_lists_the_failed_runs_left_to_resume(
     assert f"at flight_delay/challenger: {entry['cause'][:40]}" in said
     assert "mlops resume RUN_ID" in said
 
+    assert main(["resume", "--json", failed.run_id[:8]]) == 2  # --json lists: with ids it was ignored in silence
+    assert "--json goes with the list" in capsys.readouterr().err
     registry_dir.unlink()  # the cause is fixed, and the run resumed by the id the list gave
     assert main(["resume", failed.run_id[:8]]) == 0
     assert "SUCCESS" in capsys.readouterr().out
     assert main(["resume"]) == 0
     said = capsys.readouterr().out
     assert said.startswith("No failed run left to resume") and "1 other failed run(s) need no resume" in said
+
+
+def test_a_later_run_that_did_a_failed_runs_work_settles_it() -> None:
+    """A failure over 2013-01..03, then a success over 2013-01..04 (a month landed meanwhile): the list offered the
+    failure, and resuming it registered a redundant version. The same for a model's retraining after a whole
+    training_pipeline succeeded."""
+    from mlops_assets.definitions import _settles
+
+    def run(job: str, months: tuple[str, str] | None = None, model: str | None = None) -> dg.DagsterRun:
+        tags = {**(range_tags(list(months)) if months else {}), **({"mlops/model": model} if model else {})}
+        return dg.DagsterRun(job_name=job, run_id="r", tags=tags)
+
+    failed = run("training_pipeline", ("2013-01", "2013-03"))
+    assert _settles(run("training_pipeline", ("2013-01", "2013-04")), failed)
+    assert _settles(run("training_pipeline", ("2013-01", "2013-03")), failed)
+    assert not _settles(run("training_pipeline", ("2013-02", "2013-04")), failed)  # January not done again
+    assert not _settles(run("feature_pipeline", ("2013-01", "2013-04")), failed)  # less work
+    retrain = run("flight_delay_retraining", model="flight_delay")
+    assert _settles(run("training_pipeline", ("2013-01", "2013-04")), retrain)
+    assert _settles(run("flight_delay_retraining", model="flight_delay"), retrain)
+    assert not _settles(run("flight_cancellation_retraining", model="flight_cancellation"), retrain)
+    assert _settles(run("training_pipeline", ("2013-01", "2013-04")), run("feature_pipeline", ("2013-04", "2013-04")))

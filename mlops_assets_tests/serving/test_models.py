@@ -259,3 +259,6 @@ def test_the_reload_line_names_every_alias_so_each_move_reads_as_one() -> None:
     assert described("v0002") == "champion none, challenger v0002 not serving"
     assert described("v0003") == "champion none, challenger v0003 not serving"
     assert described(None) == "champion none"
+    # the challenger a promotion made champion is the champion: not "not serving"
+    promoted = ModelSet(None, None, None, {"champion": "v0002", "challenger": "v0002"}, 0.0)
+    assert promoted.describe() == "champion none"

@@ -640,6 +640,21 @@ def _is_sound(registry: Registry, version: str) -> bool:
     return True
 
 
+def comparable_champion(registry: Registry, feature_set: str) -> tuple[str | None, str | None]:
+    """The champion a challenger is judged against, and why there is none to judge against when the alias names
+    one: a champion trained on another feature set than today's cannot score today's rows (a column gone, or meaning
+    something else), so after a change of the feature SQL the challenger is judged as a first model (against the
+    base rate) and may replace it. Before, every evaluation failed on the missing column until a rollback by hand."""
+    champion = registry.alias(CHAMPION)
+    if champion is None:
+        return None, None
+    try:
+        check_feature_set(registry, champion, feature_set)
+    except IncompatibleFeaturesError as error:
+        return None, f"champion {champion} is not compared: {error}"
+    return champion, None
+
+
 def rollback_candidate(registry: Registry, champion: str, feature_set: str | None = None) -> str | None:
     """The version a rollback of ``champion`` would go to now, moving nothing: the first of its
     :func:`rollback_targets` that passes its checksum and, given ``feature_set``, was trained on it (what

@@ -8,8 +8,9 @@ import numpy as np
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from mlops_assets.core.features import feature_set_version
 from mlops_assets.core.policy import PromotionGates, decide_promotion_from, scores_are_sane
-from mlops_assets.core.registry import CHAMPION, AliasMovedError, rolled_back_from
+from mlops_assets.core.registry import CHAMPION, AliasMovedError, comparable_champion, rolled_back_from
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version
 from mlops_assets.defs.configs import with_model_defaults
@@ -82,7 +83,9 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
                 metadata={"champion_version": current, "decision": "already champion"},
                 data_version=dg.DataVersion(current),
             )
-        if result.champion_version != current:
+        # a champion trained on another feature set is not judged against (the evaluation said so)
+        comparable, _ = comparable_champion(registry, feature_set_version(model.features))
+        if result.champion_version != comparable:
             raise dg.Failure(
                 description=f"the champion changed since the evaluation (evaluated against {result.champion_version}, "
                 f"now {current}): materialize {model.name}/evaluation again"

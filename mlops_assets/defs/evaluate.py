@@ -4,10 +4,11 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlops_assets.core.evaluation import evaluation_plots, markdown_image, metrics, slice_metrics
+from mlops_assets.core.features import feature_set_version
 from mlops_assets.core.landing import write_atomic
 from mlops_assets.core.policy import scores_are_sane
 from mlops_assets.core.records import EvaluationResult
-from mlops_assets.core.registry import CHAMPION, RegistryIntegrityError
+from mlops_assets.core.registry import RegistryIntegrityError, comparable_champion
 from mlops_assets.core.specs import ModelSpec
 from mlops_assets.core.training import load_version, trained_through
 from mlops_assets.defs.keys import MODEL_TAG, keys_of
@@ -39,7 +40,9 @@ def build_evaluation_asset(model: ModelSpec) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         registry = storage.registry(model.name)
         challenger = registered_challenger(registry, model)
-        champion = registry.alias(CHAMPION)
+        champion, not_compared = comparable_champion(registry, feature_set_version(spec))
+        if not_compared:
+            context.log.warning(f"{model.name}: {not_compared}; the challenger is judged against the base rate")
         with duckdb.get_connection() as conn:
             test = read_test_rows(conn, model)
         y = test[spec.label].to_numpy().astype(float)

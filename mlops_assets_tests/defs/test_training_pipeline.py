@@ -269,3 +269,35 @@ def test_a_month_the_champion_learnt_from_is_not_judged_for_drift(trained: Train
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         compared = conn.execute("SELECT DISTINCT _month FROM flight_delay.drift_report").fetchall()
     assert compared == [("2013-02",)]
+
+
+def test_a_champion_trained_on_another_feature_set_is_replaced_not_compared(
+    trained: Trained, settings: Settings
+) -> None:
+    """The feature SQL changed since the champion was trained: it cannot score today's rows (a column gone), and
+    every evaluation failed on the missing column until a rollback by hand. Now the challenger is judged against the
+    base rate, and promoted over it."""
+    import json
+
+    from mlops_assets.defs.deploy import build_champion_asset
+    from mlops_assets.defs.evaluate import build_evaluation_asset
+
+    assert trained.second.success  # v0001 champion, v0002 the challenger
+    settings = trained.copy(trained.after_second, settings)
+    registry = _registry(settings, "flight_delay")
+    metadata_path = registry.get("v0001").path / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["feature_set_version"] = "features-before-the-sql-changed"  # its record, not its checksummed model
+    metadata_path.write_text(json.dumps(metadata))
+    assets = [build_evaluation_asset(FLIGHT_DELAY), build_champion_asset(FLIGHT_DELAY)]
+    with instance_for_test() as instance:
+        result = dg.materialize(assets, instance=instance, resources=build_resources(settings))
+        said = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert result.success
+    evaluated = registry.evaluation("v0002")
+    assert evaluated is not None and evaluated.champion_version is None  # judged against the base rate
+    assert registry.alias(CHAMPION) == "v0002"
+    assert any(
+        "champion v0001 is not compared: v0001 was trained on feature set features-before-the-sql-changed" in m
+        for m in said
+    )

@@ -37,6 +37,7 @@ from mlops_assets.core.registry import (
     VERSION_PATTERN,
     Registry,
     RegistryDamaged,
+    check_feature_set,
     logged_aliases,
     rollback_targets,
     rolled_back_from,
@@ -182,10 +183,12 @@ def _number(version: str) -> int:
 class ModelLoader:
     """Builds model sets from reload tokens, reusing loaded versions whose files are unchanged (verified once)."""
 
-    def __init__(self, registry: Registry, ab_share: float, model: str = "") -> None:
+    def __init__(self, registry: Registry, ab_share: float, model: str = "", feature_set: str | None = None) -> None:
         self.registry = registry
         self.ab_share = ab_share
         self.model = model
+        #: the feature set the online store computes: a version trained on another cannot be served (None: not checked)
+        self.feature_set = feature_set
         self._cache: dict[str, tuple[str | None, ServedModel]] = {}  # version -> (file signature, loaded model)
         self._serving: ModelSet | None = None  # the last set built (the reloader swaps every set it gets)
         self._reported: tuple[str, str, str] | None = None  # the fallback last recorded in the registry
@@ -336,6 +339,9 @@ class ModelLoader:
     ) -> ServedModel:
         """``version`` in role ``variant``: the cached model if its files are unchanged, else read and verified
         (raises e.g. ``RegistryIntegrityError`` for a tampered file, ``UnknownVersionError`` for a missing one)."""
+        # trained on another feature set, it would be fed columns it never learnt (every request failed with 500
+        # while /health said ok): refused here like a damaged version, so an earlier champion serves, or none
+        check_feature_set(self.registry, version, self.feature_set)
         cached = self._cache.get(version) or loaded.get(version)
         if cached is not None and signature is not None and cached[0] == signature:
             model = cached[1]
@@ -415,7 +421,10 @@ def _text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def reloading_models(registry: Registry, ab_share: float, model: str) -> Reloading[ModelSet]:
-    """The served model set of ``model``, rebuilt when its ``aliases.json`` or a named version's files change."""
-    loader = ModelLoader(registry, ab_share, model)
+def reloading_models(
+    registry: Registry, ab_share: float, model: str, feature_set: str | None = None
+) -> Reloading[ModelSet]:
+    """The served model set of ``model``, rebuilt when its ``aliases.json`` or a named version's files change; only
+    versions trained on ``feature_set`` serve."""
+    loader = ModelLoader(registry, ab_share, model, feature_set)
     return Reloading(f"{model} model set", loader.token, loader.build, describe=ModelSet.describe)

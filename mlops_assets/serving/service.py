@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from mlops_assets.core.features import feature_set_version
 from mlops_assets.core.landing import utc_now
 from mlops_assets.core.online import OnlineStore
 from mlops_assets.core.prediction_log import PredictionLog, log_schema
@@ -107,7 +108,9 @@ class PredictionService:
         self.config = config
         self.schema = RequestSchema(self.spec, config.max_batch, title=f"{model.name}_request")
         self.registry = Registry(self.paths.registry_dir)
-        self.models: Reloading[ModelSet] = reloading_models(self.registry, config.ab_share, self.model.name)
+        self.models: Reloading[ModelSet] = reloading_models(
+            self.registry, config.ab_share, self.model.name, feature_set_version(self.model.features)
+        )
         self.store: Reloading[ServedStore] = reloading_store(self.spec, self.paths.online_store_dir, self.model.name)
         self._log: PredictionLog | None = None
         self._log_lock = threading.Lock()

@@ -391,3 +391,21 @@ def test_an_online_store_that_cannot_be_loaded_says_what_serves_and_how_to_expor
     assert problem.startswith("the newest online store of flight_delay cannot be loaded (") and status == 200
     assert f"the last good one ({original.strip()}) keeps serving" in problem
     assert problem.endswith("materialize flight_delay/online_store to export it again")
+
+
+def test_a_champion_trained_on_another_feature_set_is_not_served(served: Settings) -> None:
+    """The feature SQL changed and the champion was trained before: the online store computes other columns, and
+    every request to it failed with a 500 while /health said ok. It is refused like a damaged version: the earlier
+    champion on today's features serves, and /health says why."""
+    registry = Registry(delay(served).registry_dir)
+    registry.set_alias("champion", "v0002", "promoted", "test: v0002 passed the gates")
+    metadata_path = registry.get("v0002").path / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["feature_set_version"] = "features-before-the-sql-changed"
+    metadata_path.write_text(json.dumps(metadata))
+    with running(served) as server:
+        status, body = server.client.post(FLIGHT)
+        _, health = server.client.get("/health")
+    assert status == 200 and body["prediction"]["model_version"] == "v0001", body
+    assert health["status"] == "degraded" and health["fallback"]["champion_alias"] == "v0002"
+    assert "v0002 was trained on feature set features-before-the-sql-changed" in health["fallback"]["reason"]

@@ -499,7 +499,9 @@ class PredictionService:
             problems.append(self.models.error)
         if store is None:
             missing = f"{train_hint()} (or materialize {self.name}/online_store)"
-            problems.append(f"no online store for {self.name}: {self.store.error or missing}")
+            # the store's own message says what is missing: the exception's class adds nothing for a person
+            why = (self.store.error or "").removeprefix("FileNotFoundError: ")
+            problems.append(f"no online store for {self.name}: {why or missing}")
         elif self.store.error:
             problems.append(
                 f"the newest online store of {self.name} cannot be loaded ({self.store.error}); the last good one "

@@ -35,7 +35,7 @@ def load_store(spec: FeatureTableSpec, root: Path, version: str | None) -> Serve
     """The export ``version`` (what ``CURRENT`` said when the change was seen), refusing a missing one."""
     if version is None:
         raise FileNotFoundError(
-            f"no online store under {root}: {train_hint()} (or materialize the model's online_store asset)"
+            f"nothing exported under {root} yet: {train_hint()} (or materialize the model's online_store asset)"
         )
     store = OnlineStore.load(spec, root, version)
     return ServedStore(store, store.key_types)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -409,3 +410,14 @@ def test_a_champion_trained_on_another_feature_set_is_not_served(served: Setting
     assert status == 200 and body["prediction"]["model_version"] == "v0001", body
     assert health["status"] == "degraded" and health["fallback"]["champion_alias"] == "v0002"
     assert "v0002 was trained on feature set features-before-the-sql-changed" in health["fallback"]["reason"]
+
+
+def test_a_model_with_no_online_store_yet_says_so_once_in_plain_words(served: Settings) -> None:
+    """It said "no online store for flight_delay: FileNotFoundError: no online store under ...": the class name and
+    the same words twice."""
+    shutil.rmtree(delay(served).online_store_dir)
+    with running(served) as server:
+        _, health = server.client.get("/health")
+    problem = next(p for p in health["problems"] if "online store" in p)
+    assert problem.startswith(f"no online store for {DELAY}: nothing exported under {delay(served).online_store_dir}")
+    assert "FileNotFoundError" not in problem and "make pipeline" in problem

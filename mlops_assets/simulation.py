@@ -155,6 +155,7 @@ def month_row(
         rolled_back_to=next(
             (str(e["version"]) for e in reversed(month_events or []) if e.get("event") == "rolled_back"), ""
         ),
+        rollback_declined=any(e.get("event") == "rollback_declined" for e in month_events or []),
     )
 
 
@@ -273,6 +274,7 @@ def simulate(
         f"Done in {time.perf_counter() - started:.0f} s: {frame['retrained'].sum()} retrains, "
         f"{frame['promoted'].sum()} promotions, "
         f"{(frame['rolled_back_to'] != '').sum()} rollbacks"
+        + (f" ({frame['rollback_declined'].sum()} declined)" if frame["rollback_declined"].any() else "")
         + (f", failed runs in {', '.join(failed)} (the champion kept serving; column failed_runs)" if failed else "")
         + f". {champion_vs_frozen(wins, compared, compared_from(months))}. Timeline: {out / 'timeline.md'} "
         f"(plot timeline.png), table {model.name}.timeline in {settings.warehouse_path}."
@@ -290,6 +292,8 @@ def month_line(row: TimelineRow) -> str:
     back = (
         f"{row.champion_version or 'the champion'} rolled back to {row.rolled_back_to}; " if row.rolled_back_to else ""
     )
+    if row.rollback_declined and not row.rolled_back_to:
+        back = "rollback declined (the version it would go to did no better on the month); "
     retrain = (
         f"retrained ({row.retrain_trigger}): {row.challenger_version or '-'} {_outcome(row)}"
         if row.retrained

@@ -34,6 +34,8 @@ class TimelineRow:
     failed_runs: str = ""
     #: the version the rollback sensor (or a person) moved the champion back to this month ("" when none)
     rolled_back_to: str = ""
+    #: the rollback sensor kept the champion: only its AUC fell, and the version it would go to did no better
+    rollback_declined: bool = False
 
 
 def timeline_frame(rows: list[TimelineRow]) -> pl.DataFrame:
@@ -127,6 +129,7 @@ def timeline_markdown(frame: pl.DataFrame, plot: bytes, since: str, table: str) 
         "challenger_version",
         "promoted",
         *(["rolled_back_to"] if "rolled_back_to" in frame.columns and (frame["rolled_back_to"] != "").any() else []),
+        *(["rollback_declined"] if "rollback_declined" in frame.columns and frame["rollback_declined"].any() else []),
         "champion_after",
         *(["failed_runs"] if (frame["failed_runs"] != "").any() else []),
     )

@@ -205,6 +205,15 @@ def test_a_rollback_of_the_month_shows_in_the_timeline_its_report_and_the_consol
         f"champion {second} AUC - vs frozen -; {second} rolled back to {first}; retrained (rollback): {third} kept "
         f"out, {first} serves"
     )
+    # a declined rollback shows as well (it was in the event log and the retrain's reason only)
+    registry.log_event("rollback_declined", version=first, reason="rollback declined after 2013-10", month="2013-10")
+    with instance_for_test() as instance:
+        declined = month_row(FLIGHT_DELAY, "2013-10", instance, registry, [], registry.events()[-1:])
+    assert declined.rollback_declined and not declined.rolled_back_to
+    assert "; rollback declined (the version it would go to did no better on the month); no retrain" in month_line(
+        declined
+    )
+    assert "rollback_declined" in timeline_markdown(timeline_frame([declined]), b"png", "2013-10", "t")
     frame = timeline_frame([row])
     assert frame["rolled_back_to"].to_list() == [first]
     assert "rolled_back_to" in timeline_markdown(frame, b"png", "2013-09", "flight_delay.timeline")

@@ -618,14 +618,10 @@ def _list_failed_runs(instance: Any, model: str | None, as_json: bool) -> int:
     print("Failed runs left to resume, newest first:")
     now = time.time()
     for failed in found.to_resume:
-        when = (
-            ""
-            if failed.failed_at is None
-            else (
-                f"failed {time.strftime('%Y-%m-%d %H:%M', time.localtime(failed.failed_at))} "
-                f"({_age(now - failed.failed_at)} ago)"
-            )
-        )
+        when = ""
+        if failed.failed_at is not None:
+            at = time.strftime("%Y-%m-%d %H:%M", time.localtime(failed.failed_at))
+            when = f"failed {at} ({_age(now - failed.failed_at)} ago)"
         print(f"  {failed.run_id[:8]}  {failed.job_name:<28} {failed.months or '':<17} {when}")
         where = f"at {', '.join(failed.steps)}: " if failed.steps else ""
         print(f"            {where}{_shorten(failed.cause or 'no reason recorded', 160)}")

@@ -145,11 +145,11 @@ def resumable_jobs() -> list[str]:
 
 
 def _months_of(run: dg.DagsterRun) -> str | None:
-    """The months a run covers, as its tags name them: ``2013-01..2013-12``, one month, or None."""
-    start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
-    if start and end:
-        return start if start == end else f"{start}..{end}"
-    return run.tags.get("dagster/partition")
+    """The months a run covers, for people: ``2013-01..2013-12``, one month, or None."""
+    span = _span(run)
+    if span is None:
+        return None
+    return span[0] if span[0] == span[1] else f"{span[0]}..{span[1]}"
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,7 @@ def failed_runs(instance: dg.DagsterInstance, model: str | None = None, limit: i
     in a success or runs now, nor one whose work a later run completed (:func:`_settles`). ``model``: only that
     model's runs and the jobs of every model."""
     records = instance.get_run_records(limit=limit)
+    successes = [r for r in records if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS]
     jobs = set(resumable_jobs())
     chains: dict[str, list[dg.RunRecord]] = {}
     for record in records:  # newest first
@@ -259,10 +260,8 @@ def failed_runs(instance: dg.DagsterInstance, model: str | None = None, limit: i
             continue  # a retry or a resume of it runs now
         failure = next(r for r in chain if r.dagster_run.status == dg.DagsterRunStatus.FAILURE)
         later_success = any(
-            other.create_timestamp > failure.create_timestamp
-            and other.dagster_run.status == dg.DagsterRunStatus.SUCCESS
-            and _settles(other.dagster_run, failure.dagster_run)
-            for other in records
+            other.create_timestamp > failure.create_timestamp and _settles(other.dagster_run, failure.dagster_run)
+            for other in successes
         )
         if later_success:  # a retry or resume of it, or a fresh run of the same work
             settled += 1

@@ -53,24 +53,24 @@ def after_features() -> dg.AutomationCondition:
     return (eager & checks).with_label("eager, upstream checks passed")
 
 
+def _scoring_model(registry: Registry, variant: str, version: str) -> ScoringModel:
+    """``version`` loaded to score months, with the test month that tells which months it trained on."""
+    test_month = registry.get(version).metadata["data"]["test_month"]
+    return ScoringModel(variant, version, test_month, load_version(registry, version))
+
+
 def scoring_models(registry: Registry) -> list[ScoringModel]:
     """The champion and, when the ``shadow`` alias is set, the shadow model."""
-    models = []
-    for variant, alias in zip(SCORING_VARIANTS, (CHAMPION, SHADOW), strict=True):
-        version = registry.alias(alias)
-        if version is not None:
-            test_month = registry.get(version).metadata["data"]["test_month"]
-            models.append(ScoringModel(variant, version, test_month, load_version(registry, version)))
-    return models
+    named = {
+        variant: registry.alias(alias) for variant, alias in zip(SCORING_VARIANTS, (CHAMPION, SHADOW), strict=True)
+    }
+    return [_scoring_model(registry, variant, version) for variant, version in named.items() if version is not None]
 
 
 def rollback_fallback(registry: Registry, spec: FeatureTableSpec, champion: str) -> ScoringModel | None:
     """The version a rollback of ``champion`` would go to now (today's features, a sound model), ready to score."""
     version = rollback_candidate(registry, champion, feature_set_version(spec))
-    if version is None:
-        return None
-    test_month = registry.get(version).metadata["data"]["test_month"]
-    return ScoringModel("fallback", version, test_month, load_version(registry, version))
+    return None if version is None else _scoring_model(registry, "fallback", version)
 
 
 def _month_rows(conn: Any, spec: FeatureTableSpec, month: str) -> pl.DataFrame:

@@ -30,6 +30,9 @@ class PromotionGates:
             ranking's PR AUC is the base rate); None: not judged.
         slice_min_positives: slices with fewer positive test rows are not judged either (a rare class's slice AUC
             rests on its positives).
+        max_plausible_auc: a held-out ROC AUC above this is not believed, first model or not: it is the mark of a
+            feature that leaks the label (the outcome itself, or a fact known only after the prediction time), which
+            scores well offline and fails in production. None: not judged.
     """
 
     min_auc_gain: float = 0.002
@@ -40,6 +43,7 @@ class PromotionGates:
     max_pr_auc_drop: float | None = None
     first_model_min_pr_lift: float | None = None
     slice_min_positives: int = 0
+    max_plausible_auc: float | None = 0.99
 
 
 #: Metrics are compared with the gates after floating-point noise: a bound met exactly is met (0.75 - 0.73 is
@@ -96,6 +100,18 @@ def decide_promotion(
     if score_problem:
         return PromotionDecision(False, [f"challenger refused: {score_problem}"], first_model=champion is None)
     auc, loss = challenger["roc_auc"], challenger["log_loss"]
+    if gates.max_plausible_auc is not None and auc > gates.max_plausible_auc + TOLERANCE:
+        # judged before the rest: a leaking model passes every other gate, and no other clause may read as a reason
+        # to promote it
+        return PromotionDecision(
+            False,
+            [
+                f"AUC {auc:.4f} is above {gates.max_plausible_auc}: too good to believe. A feature most likely leaks "
+                "the label (the outcome itself, or a fact known only after the prediction time): check the feature "
+                "SQL, or promote it by hand (`mlops promote --to VERSION`) if it is real" + _failed(False)
+            ],
+            first_model=champion is None,
+        )
     if champion is None:
         reference = base_rate_log_loss(challenger["base_rate"])
         auc_ok, loss_ok = auc >= gates.first_model_min_auc - TOLERANCE, loss < reference

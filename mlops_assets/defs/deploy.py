@@ -39,6 +39,11 @@ class PromotionConfig(dg.Config):
         default=None, description="PR AUC a first model needs, as a multiple of the base rate (None: not judged)."
     )
     slice_min_positives: int = Field(default=0, description="Slices with fewer positive test rows are not judged.")
+    max_plausible_auc: float | None = Field(
+        default=0.99,
+        description="A test ROC AUC above this is refused as too good to believe: a feature likely leaks the label "
+        "(None: not judged).",
+    )
 
     def gates(self) -> PromotionGates:
         return PromotionGates(**self.model_dump())
@@ -64,7 +69,8 @@ def build_champion_asset(model: ModelSpec) -> dg.AssetsDefinition:
         description="The promotion decision: the challenger becomes champion when, on the same held-out rows, it "
         "passes the model's gates (ROC AUC gain, no worse log loss, PR AUC where the model judges it, no slice with "
         "enough rows and positives regressing beyond its bound, every score a finite probability; a first model must "
-        "clearly beat the base-rate model). The evaluation it judges is read from the model's registry. The "
+        "clearly beat the base-rate model; an AUC too good to believe, the mark of a feature leaking the label, is "
+        "refused). The evaluation it judges is read from the model's registry. The "
         "`champion` alias moves or stays; the reason goes to the registry's event log and to this materialization.",
     )
     def champion(

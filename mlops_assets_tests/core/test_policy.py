@@ -97,6 +97,22 @@ def test_the_first_model_must_clearly_beat_the_base_rate() -> None:
     assert kept.summary.startswith("keep the champion: ")
 
 
+def test_an_auc_too_good_to_believe_is_refused_as_a_leak_first_model_or_not() -> None:
+    leaking = {"roc_auc": 0.998, "log_loss": 0.02, "base_rate": 0.25}  # passes every other gate by far
+    slices = [{"slice": "carrier", "value": "UA", "rows": 900, "challenger_auc": 0.999, "champion_auc": 0.75}]
+    for champion in (CHAMPION, None):
+        decision = decide_promotion(leaking, champion, None, slices if champion else [], GATES)
+        assert not decision.promote and decision.first_model == (champion is None)
+        assert "AUC 0.9980 is above 0.99: too good to believe" in decision.summary, decision.summary
+        assert "leaks the label" in decision.summary and decision.summary.count("[FAILED]") == 1
+        # only that reason: no clause that passed reads as a case for promoting it
+        assert "needs >=" not in decision.summary
+    assert decide_promotion(leaking, CHAMPION, None, slices, PromotionGates(max_plausible_auc=None)).promote
+    # the bound itself is believed
+    at_bound = {"roc_auc": 0.99, "log_loss": 0.05, "base_rate": 0.25}
+    assert decide_promotion(at_bound, CHAMPION, None, slices, GATES).promote
+
+
 def test_nan_or_out_of_range_scores_are_refused() -> None:
     problem = scores_are_sane(np.array([0.2, float("nan"), 0.4]))
     assert problem == "1 scores are NaN or infinite"

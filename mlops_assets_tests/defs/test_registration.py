@@ -2,6 +2,9 @@
 SQL, nothing else) is wired beside the shipped ones by the catalog alone, trained, judged and promoted into its own
 registry, without touching the flight models."""
 
+from dataclasses import replace
+from pathlib import Path
+
 import dagster as dg
 import duckdb
 
@@ -15,7 +18,7 @@ from mlops_assets.defs.partitions import register_months
 from mlops_assets.defs.resources import build_resources
 from mlops_assets.defs.run_tags import range_tags
 from mlops_assets_tests.conftest import instance_for_test
-from mlops_assets_tests.toy_model import MONTHS, TOY_FEED, TOY_MODEL
+from mlops_assets_tests.toy_model import MONTHS, TOY_FEATURES, TOY_FEED, TOY_MODEL
 
 
 def test_a_registered_model_is_wired_trained_and_promoted_on_its_own(settings: Settings) -> None:
@@ -61,3 +64,33 @@ def test_a_registered_model_is_wired_trained_and_promoted_on_its_own(settings: S
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
         schemas = {r[0] for r in conn.execute("SELECT DISTINCT table_schema FROM information_schema.tables").fetchall()}
     assert TOY_MODEL.name in schemas and not {m.name for m in CATALOG.models} & schemas
+
+
+def test_a_model_whose_feature_leaks_the_label_is_trained_but_never_promoted(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The toy model with one more feature, the outcome itself under another name (what a join to a later table or a
+    column filled after the fact does): it trains to a test AUC of ~1.0, and the gate refuses it as a leak, no
+    champion, the reason in the registry's event log."""
+    sql = TOY_FEATURES.sql_path.read_text().replace("    r.failed,\n", "    r.failed,\n    r.failed AS failed_flag,\n")
+    assert "failed_flag" in sql
+    (tmp_path / "features.sql").write_text(sql)
+    features = replace(TOY_FEATURES, sql_path=tmp_path / "features.sql", numeric=(*TOY_FEATURES.numeric, "failed_flag"))
+    leaky = replace(TOY_MODEL, features=features)
+    defs = build_definitions(Catalog((leaky,)), settings)
+    assert TOY_FEED.replay is not None
+    TOY_FEED.replay(settings.landing_dir, MONTHS, 1, None)
+    keys = keys_of(leaky)
+    feed_keys = [dg.AssetKey([stage, t.name]) for t in TOY_FEED.tables for stage in ("raw", "validated")]
+    selection = [*feed_keys, dg.AssetKey(["features", features.name]), *keys.lifecycle]
+    with instance_for_test() as instance:
+        register_months(instance, MONTHS)
+        job = defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(instance=instance, tags=range_tags(MONTHS), asset_selection=selection)
+        assert result.success
+    registry = Registry(settings.model(leaky.name).registry_dir)
+    evaluation = registry.evaluation("v0001")
+    assert evaluation is not None and evaluation.roc_auc("challenger") > 0.99
+    assert registry.alias(CHAMPION) is None
+    [rejected] = [e for e in registry.events() if e.get("event") == "rejected"]
+    assert "too good to believe" in rejected["reason"] and "leaks the label" in rejected["reason"], rejected

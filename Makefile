@@ -61,7 +61,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 
 # Every benchmark in full (many minutes: run it on a quiet machine); each rewrites its block of benchmarks/README.md
-# and its results in data/benchmarks/. Drift against Evidently needs its own venv: `make bench-drift`.
+# and its results in data/benchmarks/. Drift against Evidently runs last, in its own venv (`make bench-drift`).
 BENCHMARKS := feature_build training_pipeline training_settings monthly_refresh serving_load test_suite
 
 # The benchmarks' extra dependencies, installed when pyproject.toml changed (not at every run)
@@ -71,6 +71,7 @@ $(BIN)/.installed-bench: $(BIN)/.installed pyproject.toml
 
 bench: $(BIN)/.installed-bench compile
 	set -e; for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py; done
+	@$(MAKE) --no-print-directory bench-drift BENCH_DRIFT_ARGS=
 	$(BIN)/python benchmarks/harness.py summary
 
 # Every benchmark at a tiny scale (seconds each; nothing written to the README): fails when one is broken.

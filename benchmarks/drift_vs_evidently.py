@@ -120,7 +120,7 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=1, help="keep every n-th flight")
     parser.add_argument("--skip-evidently", action="store_true")
     parser.add_argument("--worker", nargs=2, metavar=("TOOL", "DATA"), help=argparse_suppress())
-    args = parser.parse_args()
+    args = harness.parse(parser)
     if args.worker:
         tool, data = args.worker
         print(json.dumps((ours if tool == "ours" else evidently)(data, args.scale, args.repeats)))

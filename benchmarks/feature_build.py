@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=1, help="keep every n-th flight (1: the target's feed)")
     parser.add_argument("--pandas-large", action="store_true", help="also pandas at the large scale (about a minute)")
     parser.add_argument("--worker", nargs=4, metavar=("KIND", "DB", "FIRST", "LAST"), help=argparse_suppress())
-    args = parser.parse_args()
+    args = harness.parse(parser)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.repeats)))
         return 0

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from importlib import metadata
 from pathlib import Path
@@ -238,9 +238,11 @@ def mlops(data_dir: Path, *args: str) -> str:
 
 
 def job_command(data_dir: Path, job: str = "training_pipeline") -> list[str]:
-    """``dagster job execute`` of ``job`` over every month landed in ``data_dir`` (the README's command)."""
+    """``dagster job execute`` of ``job`` over every month landed in ``data_dir``: the README's command (``make train``),
+    its console a line per step (``progress.yaml``), not Dagster's DEBUG stream."""
     tags = mlops(data_dir, "months", "--tags").strip()
-    return [tool("dagster"), "job", "execute", "-m", "mlops_assets.definitions", "-j", job, "--tags", tags]
+    config = ["-c", str(REPO / "mlops_assets" / "progress.yaml")]
+    return [tool("dagster"), "job", "execute", "-m", "mlops_assets.definitions", "-j", job, *config, "--tags", tags]
 
 
 @contextmanager
@@ -473,9 +475,31 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+#: Options that leave what a benchmark measures as its targets define it: any other option set away from its default
+#: (a thinner feed, fewer months, another rate) makes the run one that is printed and saved, never published.
+NOT_SCALE = frozenset({"smoke", "no_readme", "skip_10x", "skip_evidently", "pandas_large", "worker", "bootstrap"})
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The script's options, with ``changed``: the measuring options set away from their defaults (``--every 50``),
+    which keep its figures out of the README (:func:`finish`)."""
+    args = parser.parse_args(argv)
+    args.changed = [
+        "--" + name.replace("_", "-") + ("" if value is True else f" {value}")
+        for name, value in vars(args).items()
+        if name not in NOT_SCALE and value != parser.get_default(name)
+    ]
+    return args
+
+
 def finish(report: Report, args: argparse.Namespace) -> int:
-    """Print the figures, save the results (``data/benchmarks/<name>[-smoke].json``), rewrite the README's block
-    of this benchmark (full mode only) and return the exit status: 1 when the benchmark is broken."""
+    """Print the figures, save the results (``data/benchmarks/<name>[-smoke].json``) and return the exit status: 1
+    when the benchmark is broken. A full run at the default scale that is not broken is *published*: its README block
+    is rewritten, and the summary counts it. A broken run, one with ``--no-readme`` or one with a measuring option
+    changed (``args.changed``, set by :func:`parse`) is saved for a look, marked unpublished, and counted nowhere:
+    the README keeps figures that were all measured as their targets define them, and its blocks and summary agree."""
+    if report.broken:  # a figure of a broken run is no measurement to judge: no PASS printed beside BROKEN
+        report.figures = [replace(f, ok=None) for f in report.figures]
     for f in report.figures:
         print(
             f"{f.verdict:<4}  {f.name}: {f.value}"
@@ -487,12 +511,28 @@ def finish(report: Report, args: argparse.Namespace) -> int:
     results = results_dir()
     results.mkdir(parents=True, exist_ok=True)
     path = results / f"{report.name}{'-smoke' if report.smoke else ''}.json"
+    changed = list(getattr(args, "changed", []))
+    unpublished = [
+        why
+        for why, applies in (
+            ("a smoke run", report.smoke),
+            ("broken", bool(report.broken)),
+            ("--no-readme", args.no_readme),
+            (f"run with {' '.join(changed)} (the README holds runs at the default scale only)", bool(changed)),
+        )
+        if applies
+    ]
     payload = {k: v for k, v in asdict(report).items() if k not in ("tables", "notes")}
     payload["figures"] = [{**asdict(f), "verdict": f.verdict} for f in report.figures]
+    payload["published"] = not unpublished
+    payload["changed"] = changed
     path.write_text(json.dumps(payload, indent=1, default=str))
-    if not report.smoke and not args.no_readme and not report.broken:
-        replace_readme_section(report.name, report.markdown())
-        write_summary()
+    if unpublished:
+        if not report.smoke:
+            print(f"Saved to {path}, not published in benchmarks/README.md: {'; '.join(unpublished)}")
+    else:
+        replace_readme_section(report.name, report.markdown(), README)
+        write_summary(README)
     return 1 if report.broken else 0
 
 
@@ -540,8 +580,9 @@ def _summary_rows(readme: Path = README) -> tuple[dict[str, list[str]], dict[str
 
 def write_summary(readme: Path = README, results: Path | None = None) -> None:
     """The README's summary: every figure of issue #12 with its target and verdict, then the other benchmarks' figures
-    with targets, from the last full results files (``data/benchmarks/<name>.json``; smoke results never count). What
-    is not in them keeps the row the summary already has, with its own date and commit (a fresh checkout that ran one
+    with targets, from the last published results files (``data/benchmarks/<name>.json`` of a full run at the default
+    scale that was not broken and rewrote its block, :func:`finish`; smoke results never count). What is not in them
+    keeps the row the summary already has, with its own date and commit (a fresh checkout that ran one
     benchmark, a run with ``--skip-10x``): an issue figure by figure, another benchmark's rows by benchmark; *not
     measured* only when nothing was ever recorded."""
     previous_issue, previous_others = _summary_rows(readme)
@@ -549,7 +590,8 @@ def write_summary(readme: Path = README, results: Path | None = None) -> None:
     for path in sorted((results or results_dir()).glob("*.json")):
         if not path.stem.endswith("-smoke"):
             data = json.loads(path.read_text())
-            measured[data["name"]] = data
+            if data.get("published"):
+                measured[data["name"]] = data
     issue, listed = [], set()
     for bench, key, what, target in ISSUE_12:
         data = measured.get(bench, {})

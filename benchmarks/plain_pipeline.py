@@ -33,15 +33,17 @@ CONFIG_ENV = "MLOPS_BENCH_PLAIN"
 
 def ingest_and_validate(conn: Any, settings: Any, run_id: str) -> list[str]:
     """Every landed table and month into ``raw`` and ``validated`` (as the raw and validated assets, one transaction
-    per table and stage, raw's rows written together); returns the landed months."""
+    per table and stage, raw's rows written together); returns the months landed in any feed."""
     from mlops_assets.catalog import CATALOG
     from mlops_assets.core.ingest import ingest_raw, validate_partitions
     from mlops_assets.core.landing import find_landed, landed_months
     from mlops_assets.core.store import partition_writer, qualified, transaction
 
     now = datetime.now()
+    every: set[str] = set()
     for feed in CATALOG.feeds:  # reference tables first: the monthly tables' codes are checked against them
         months = landed_months(settings.landing_dir, [t.name for t in feed.monthly_tables])
+        every.update(months)
         for table in sorted(feed.tables, key=lambda t: t.monthly):
             parts = months if table.monthly else [None]
             with partition_writer(conn, qualified("raw", table.name)) as raw_rows:
@@ -52,7 +54,7 @@ def ingest_and_validate(conn: Any, settings: Any, run_id: str) -> list[str]:
                     ingest_raw(conn, table, landed, settings.landing_dir, quarantine, run_id, now, raw_rows)
             with transaction(conn):
                 validate_partitions(conn, table, parts, run_id, now, feed.code_users(table.name))
-    return months
+    return sorted(every)
 
 
 class Stages:

@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--every", type=int, default=1, help="keep every n-th flight of the training data")
     parser.add_argument("--repeats", type=int, default=5, help="batch scoring repeats")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     if args.smoke:  # 50 requests, no warm-up; the data prepared once under make bench-smoke (harness.trained)
         args.rate, args.seconds, args.warmup_seconds, args.every, args.repeats = 50, 1, 0, 50, 1
     report = harness.Report("serving_load", args.smoke)

@@ -21,7 +21,7 @@ SUITE_SERVICES_CORES = 0.4
 
 
 def main() -> int:
-    args = harness.base_parser(__doc__).parse_args()
+    args = harness.parse(harness.base_parser(__doc__))
     report = harness.Report("test_suite", args.smoke)
     # as `make test`: the package compiled first (the machine may forbid Python to write what it compiles)
     subprocess.run([sys.executable, "-m", "compileall", "-q", "mlops_assets"], cwd=harness.REPO, check=True)

@@ -156,7 +156,7 @@ def main() -> int:
     parser.add_argument("--through", default="2013-12", help="last month of 2013 landed")
     parser.add_argument("--repeats-10x", type=int, default=3, help="runs of the job at scale (the median counts)")
     parser.add_argument("--skip-10x", action="store_true")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     if args.smoke:
         args.repeats, args.scale, args.every, args.through = 1, 2, 50, "2013-03"
     report = harness.Report("training_pipeline", args.smoke)

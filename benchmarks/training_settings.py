@@ -171,7 +171,7 @@ def main() -> int:
     parser = harness.base_parser(__doc__)
     parser.add_argument("--months", default="2013-03,2013-06,2013-09,2013-12", help="test months (comma-separated)")
     parser.add_argument("--every", type=int, default=1, help="keep every n-th flight (1: the whole feed)")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     seeds = SEEDS
     if args.smoke:  # the months of the smoke run of training_pipeline, whose run is shared
         args.months, args.every, seeds = "2013-03", 50, SEEDS[:2]

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import difflib
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ from mlops_assets.core.landing import (
     parse_month,
     reference_files,
     scan_landing,
+    shift_month,
     unlanded_references,
 )
 from mlops_assets.core.records import json_safe
@@ -327,6 +329,16 @@ def cmd_months(args: argparse.Namespace) -> int:
         if ready[-1] != months[-1]:
             print(f"note: the months covered end at {ready[-1]}", file=sys.stderr)
         months = ready
+    gap = next((shift_month(a, 1) for a, b in itertools.pairwise(months) if shift_month(a, 1) != b), None)
+    if gap is not None:
+        # no table landed for a month between two landed ones: a range over it fails at the later month's features
+        # (their look-back reads the gap), so it stops before the gap, as before a month a table has not landed for
+        months = [m for m in months if m < gap]
+        print(
+            f"note: nothing has landed for {gap}: land it (`mlops replay --month {gap}` for the packaged data, or "
+            f"`mlops land FILE --table T --month {gap}`); the months covered end at {months[-1]}",
+            file=sys.stderr,
+        )
     if args.tags:
         # a range names partitions: months landed by hand, with no daemon yet, are made partitions here (else the
         # job refused the range with a traceback naming "nonexistent partition keys")

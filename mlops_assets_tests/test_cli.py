@@ -631,6 +631,23 @@ def test_months_stop_before_a_month_a_table_has_not_landed_for(
     assert "Reference tables not landed: planes (no month can be built without them" in capsys.readouterr().out
 
 
+def test_months_stop_before_a_month_nothing_has_landed_for(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2013-01, 02 and 04 landed, 03 not at all: the range covered 2013-01..04, and the run failed at 04's features
+    (their look-back reads 03), training nothing. It stops before the gap and says how to fill it."""
+    for month in ("2013-01", "2013-02", "2013-04"):
+        for table in ("flights", "weather"):
+            land_file(settings.landing_dir, table, month, b"only the layout is read")
+    for table in ("airlines", "airports", "planes"):
+        land_file(settings.landing_dir, table, None, b"only the layout is read")
+    assert main(["months", "--tags"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == range_tags(["2013-01", "2013-02"])
+    assert "note: nothing has landed for 2013-03: land it (`mlops replay --month 2013-03`" in printed.err
+    assert "the months covered end at 2013-02" in printed.err
+
+
 @pytest.mark.parametrize(
     ("arguments", "said"),
     [

@@ -12,6 +12,7 @@ from mlops_assets.catalog import CATALOG
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.registry import CHAMPION, Registry
 from mlops_assets.core.settings import Settings
+from mlops_assets.core.specs import ModelSpec
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.keys import keys_of, retraining_job_name, sensor_name
 from mlops_assets.defs.partitions import register_months
@@ -19,6 +20,17 @@ from mlops_assets.defs.resources import build_resources
 from mlops_assets.defs.run_tags import range_tags
 from mlops_assets_tests.conftest import instance_for_test
 from mlops_assets_tests.toy_model import MONTHS, TOY_FEATURES, TOY_FEED, TOY_MODEL
+
+
+def _train_on_the_toy_feed(defs: dg.Definitions, model: ModelSpec) -> None:
+    """The toy feed's landed months through ``model``'s whole lifecycle, in one run."""
+    feed_keys = [dg.AssetKey([stage, t.name]) for t in TOY_FEED.tables for stage in ("raw", "validated")]
+    selection = [*feed_keys, dg.AssetKey(["features", model.features.name]), *keys_of(model).lifecycle]
+    with instance_for_test() as instance:
+        register_months(instance, MONTHS)
+        job = defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(instance=instance, tags=range_tags(MONTHS), asset_selection=selection)
+        assert result.success
 
 
 def test_a_registered_model_is_wired_trained_and_promoted_on_its_own(settings: Settings) -> None:
@@ -46,13 +58,7 @@ def test_a_registered_model_is_wired_trained_and_promoted_on_its_own(settings: S
         assert isinstance(tick, dg.SensorResult)
         [first, *_] = [r for r in tick.run_requests or [] if r.tags.get("mlops/feed") == TOY_FEED.name]
         assert {dg.AssetKey(["raw", "readings"]), keys.drift, keys.live} <= set(first.asset_selection or [])
-    feed_keys = [dg.AssetKey([stage, t.name]) for t in TOY_FEED.tables for stage in ("raw", "validated")]
-    selection = [*feed_keys, dg.AssetKey(["features", "reading_features"]), *keys.lifecycle]
-    with instance_for_test() as instance:
-        register_months(instance, MONTHS)
-        job = defs.resolve_implicit_global_asset_job_def()
-        result = job.execute_in_process(instance=instance, tags=range_tags(MONTHS), asset_selection=selection)
-        assert result.success
+    _train_on_the_toy_feed(defs, TOY_MODEL)
     registry = Registry(settings.model(TOY_MODEL.name).registry_dir)
     assert registry.alias(CHAMPION) == "v0001"
     evaluation = registry.evaluation("v0001")
@@ -80,14 +86,7 @@ def test_a_model_whose_feature_leaks_the_label_is_trained_but_never_promoted(
     defs = build_definitions(Catalog((leaky,)), settings)
     assert TOY_FEED.replay is not None
     TOY_FEED.replay(settings.landing_dir, MONTHS, 1, None)
-    keys = keys_of(leaky)
-    feed_keys = [dg.AssetKey([stage, t.name]) for t in TOY_FEED.tables for stage in ("raw", "validated")]
-    selection = [*feed_keys, dg.AssetKey(["features", features.name]), *keys.lifecycle]
-    with instance_for_test() as instance:
-        register_months(instance, MONTHS)
-        job = defs.resolve_implicit_global_asset_job_def()
-        result = job.execute_in_process(instance=instance, tags=range_tags(MONTHS), asset_selection=selection)
-        assert result.success
+    _train_on_the_toy_feed(defs, leaky)
     registry = Registry(settings.model(leaky.name).registry_dir)
     evaluation = registry.evaluation("v0001")
     assert evaluation is not None and evaluation.roc_auc("challenger") > 0.99

@@ -237,10 +237,16 @@ def mlops(data_dir: Path, *args: str) -> str:
     return done.stdout
 
 
-def job_command(data_dir: Path, job: str = "training_pipeline") -> list[str]:
-    """``dagster job execute`` of ``job`` over every month landed in ``data_dir``: the README's command (``make train``),
-    its console a line per step (``progress.yaml``), not Dagster's DEBUG stream."""
-    tags = mlops(data_dir, "months", "--tags").strip()
+def job_command(data_dir: Path, job: str = "training_pipeline", months: Sequence[str] = ()) -> list[str]:
+    """``dagster job execute`` of ``job`` over every month landed in ``data_dir`` (the range ``mlops months`` gives),
+    or from the first to the last of ``months`` (registered partitions): the README's command (``make train``), its
+    console a line per step (``progress.yaml``), not Dagster's DEBUG stream."""
+    if months:
+        from mlops_assets.defs.run_tags import range_tags
+
+        tags = json.dumps(range_tags(sorted(months)))
+    else:
+        tags = mlops(data_dir, "months", "--tags").strip()
     config = ["-c", str(REPO / "mlops_assets" / "progress.yaml")]
     return [tool("dagster"), "job", "execute", "-m", "mlops_assets.definitions", "-j", job, *config, "--tags", tags]
 

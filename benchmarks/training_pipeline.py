@@ -224,7 +224,11 @@ def main() -> int:
             large = work / "large"
             fresh_copy(template, large)
             add_years(large, args.scale)
-            command_large = harness.job_command(large)  # the months added are partitions: the tags name them
+            from mlops_assets.core.landing import landed_months
+
+            # every month landed, named: at a scale below the whole year (smoke: 2013-01..03, then 2014-01..03)
+            # `mlops months` stops before the gap between the years, as it would for a real feed
+            command_large = harness.job_command(large, months=landed_months(large / "landing", ["flights"]))
         if not args.skip_10x and args.smoke:
             # the job at scale is the 1x command on more months: the smoke run prepares the data and the command
             # above (the part of the code only this step uses) and leaves the run (its time is fixed overhead here)

@@ -517,7 +517,7 @@ def finish(report: Report, args: argparse.Namespace) -> int:
     results = results_dir()
     results.mkdir(parents=True, exist_ok=True)
     path = results / f"{report.name}{'-smoke' if report.smoke else ''}.json"
-    changed = list(getattr(args, "changed", []))
+    changed: list[str] = args.changed
     unpublished = [
         why
         for why, applies in (

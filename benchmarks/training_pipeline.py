@@ -55,9 +55,10 @@ def plain_config() -> dict[str, Any]:
     }
 
 
-def add_years(data_dir: Path, scale: int) -> None:
+def add_years(data_dir: Path, scale: int) -> list[str]:
     """Land 2013's monthly files again as 2014.. (2013 + scale - 1) and add those months as partitions (rows whose
-    local hour does not exist in the new year, in the hour skipped by daylight saving time, are left out)."""
+    local hour does not exist in the new year, in the hour skipped by daylight saving time, are left out); returns
+    every month landed."""
     import dagster as dg
     import polars as pl
 
@@ -78,8 +79,10 @@ def add_years(data_dir: Path, scale: int) -> None:
                 buffer = io.BytesIO()
                 shifted.write_parquet(buffer, compression="zstd", statistics=True)
                 land_file(landing, table, f"{2013 + years}-{path.stem[5:7]}", buffer.getvalue())
+    months = landed_months(landing, ["flights", "weather"])
     with dg.DagsterInstance.from_config(str(data_dir / "dagster_home")) as instance:
-        register_months(instance, landed_months(landing, ["flights", "weather"]))
+        register_months(instance, months)
+    return months
 
 
 def fresh_copy(template: Path, target: Path) -> Path:
@@ -223,12 +226,9 @@ def main() -> int:
         if not args.skip_10x:
             large = work / "large"
             fresh_copy(template, large)
-            add_years(large, args.scale)
-            from mlops_assets.core.landing import landed_months
-
             # every month landed, named: at a scale below the whole year (smoke: 2013-01..03, then 2014-01..03)
             # `mlops months` stops before the gap between the years, as it would for a real feed
-            command_large = harness.job_command(large, months=landed_months(large / "landing", ["flights"]))
+            command_large = harness.job_command(large, months=add_years(large, args.scale))
         if not args.skip_10x and args.smoke:
             # the job at scale is the 1x command on more months: the smoke run prepares the data and the command
             # above (the part of the code only this step uses) and leaves the run (its time is fixed overhead here)

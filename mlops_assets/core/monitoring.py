@@ -214,8 +214,17 @@ def fallback_live(
         return None
     y = rows[spec.label].cast(pl.Float64).to_numpy()
     p = fallback.model.predict(rows)
-    auc = roc_auc(y, p) if 0 < y.sum() < len(y) and np.isfinite(p).all() else None
-    return FallbackLive(version=fallback.version, rows=rows.height, live_roc_auc=None if auc is None else round(auc, 4))
+    finite = bool(np.isfinite(p).all())
+    auc = roc_auc(y, p) if 0 < y.sum() < len(y) and finite else None
+    return FallbackLive(
+        version=fallback.version,
+        rows=rows.height,
+        live_roc_auc=None if auc is None else round(auc, 4),
+        # the same measures as the champion's (``live_performance``): not comparable when a score is not a number
+        score_std=float(np.std(p)) if finite else None,
+        share_above_0_99=float(np.mean(p > 0.99)) if finite else None,
+        share_below_0_01=float(np.mean(p < 0.01)) if finite else None,
+    )
 
 
 #: The numbers measured on a group's labelled, answered rows (None when it has none: only failed predictions).

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_assets.core.records import EvaluationResult, LiveSummary
+from mlops_assets.core.records import EvaluationResult, FallbackLive, LiveSummary, VariantLive
 
 
 @dataclass(frozen=True)
@@ -242,28 +242,59 @@ def rollback_reasons(
     the batch (the one judged), and on the batch champion's scores that were not finite (counted as failed).
     ``reference_scores`` is the ``scores`` part of the champion's reference profile.
     """
-    reasons: list[str] = []
+    return (
+        _auc_reasons(live, required_auc, policy)
+        + _output_reasons(live, reference_scores, policy)
+        + _failure_reasons(live, policy)
+    )
+
+
+def _judged_quality(live: LiveSummary, policy: RollbackPolicy) -> VariantLive | None:
+    """The batch champion when it has enough labelled rows for its quality to be judged."""
     champion = live.champion
-    if champion is not None and champion.rows >= policy.min_rows:
-        auc = champion.live_roc_auc
-        if auc is not None and required_auc is not None and required_auc - auc > policy.max_auc_drop + TOLERANCE:
-            reasons.append(
-                f"live AUC {auc:.4f} is {required_auc - auc:.4f} below the required {required_auc:.4f} "
-                f"(max drop {policy.max_auc_drop})"
-            )
-        extreme = champion.share_above_0_99 + champion.share_below_0_01
-        # a profile without scores (features only) has no shares: compared with none, as before
-        reference_extreme = sum(reference_scores.get(k, 0.0) for k in ("share_above_0_99", "share_below_0_01"))
-        # a rise only: fewer near-certain scores is no explosion (a rare label in a season that has more of it; a
-        # collapse towards the middle is the spread rule's). Both ways rolled a sound champion back to a worse one
-        if extreme - reference_extreme > policy.max_extreme_shift + TOLERANCE:
-            reasons.append(
-                f"{extreme:.1%} of scores are extreme (< 0.01 or > 0.99) vs {reference_extreme:.1%} in its "
-                "reference profile"
-            )
-        spread, reference_spread = champion.score_std, reference_scores.get("std")
-        if reference_spread and spread < policy.min_score_std_ratio * reference_spread:
-            reasons.append(f"scores collapsed: spread {spread:.4f} vs {reference_spread:.4f} in its reference profile")
+    return champion if champion is not None and champion.rows >= policy.min_rows else None
+
+
+def _auc_reasons(live: LiveSummary, required_auc: float | None, policy: RollbackPolicy) -> list[str]:
+    champion = _judged_quality(live, policy)
+    auc = champion.live_roc_auc if champion is not None else None
+    if auc is None or required_auc is None or required_auc - auc <= policy.max_auc_drop + TOLERANCE:
+        return []
+    drop = required_auc - auc
+    return [f"live AUC {auc:.4f} is {drop:.4f} below the required {required_auc:.4f} (max drop {policy.max_auc_drop})"]
+
+
+def _extreme_share(scores: VariantLive | FallbackLive) -> float | None:
+    if scores.share_above_0_99 is None or scores.share_below_0_01 is None:
+        return None
+    return scores.share_above_0_99 + scores.share_below_0_01
+
+
+def _output_reasons(live: LiveSummary, reference_scores: Mapping[str, Any], policy: RollbackPolicy) -> list[str]:
+    """The champion's scores went extreme or collapsed against its reference profile (its training scores)."""
+    champion = _judged_quality(live, policy)
+    if champion is None:
+        return []
+    reasons = []
+    extreme = _extreme_share(champion) or 0.0
+    # a profile without scores (features only) has no shares: compared with none, as before
+    reference_extreme = sum(reference_scores.get(k, 0.0) for k in ("share_above_0_99", "share_below_0_01"))
+    # a rise only: fewer near-certain scores is no explosion (a rare label in a season that has more of it; a
+    # collapse towards the middle is the spread rule's). Both ways rolled a sound champion back to a worse one
+    if extreme - reference_extreme > policy.max_extreme_shift + TOLERANCE:
+        reasons.append(
+            f"{extreme:.1%} of scores are extreme (< 0.01 or > 0.99) vs {reference_extreme:.1%} in its "
+            "reference profile"
+        )
+    spread, reference_spread = champion.score_std, reference_scores.get("std")
+    if reference_spread and spread < policy.min_score_std_ratio * reference_spread:
+        reasons.append(f"scores collapsed: spread {spread:.4f} vs {reference_spread:.4f} in its reference profile")
+    return reasons
+
+
+def _failure_reasons(live: LiveSummary, policy: RollbackPolicy) -> list[str]:
+    reasons = []
+    champion = live.champion
     # the batch champion's scores that were not numbers (a damaged model), judged on as many rows as requests are
     failing = champion is not None and champion.error_rate > policy.max_error_rate + TOLERANCE
     if failing and champion is not None and champion.requests >= policy.min_requests:
@@ -275,9 +306,8 @@ def rollback_reasons(
     # another version's failures (one promoted, then rolled back, mid-month) say nothing of the champion judged here
     judged = online is not None and (live.champion is None or online.version == live.champion_version)
     if judged and online.requests >= policy.min_requests and online.error_rate > policy.max_error_rate + TOLERANCE:
-        reasons.append(
-            f"{online.error_rate:.1%} of {online.requests:,} online predictions failed (max {policy.max_error_rate:.0%})"
-        )
+        limit = f"max {policy.max_error_rate:.0%}"
+        reasons.append(f"{online.error_rate:.1%} of {online.requests:,} online predictions failed ({limit})")
     return reasons
 
 
@@ -290,23 +320,36 @@ def rollback_declined(
 ) -> str | None:
     """Why a rollback :func:`rollback_reasons` calls for would not help (None: roll back).
 
-    A champion whose outputs broke (extreme or collapsed scores, failed predictions) is rolled back whatever the
-    target. One whose only fault is a fallen AUC is kept when ``target``, the version the rollback would go to, did
-    no better on the same labelled rows of the month (``live.fallback``): a month that every model finds harder (a
-    season, a storm) is no reason to serve an older model, and before, a rollback went to one that was worse there.
-    Without that comparison (no fallback scored, another target by now, one class) it rolls back as before."""
-    if not rollback_reasons(live, required_auc, reference_scores, policy):
-        return None
-    if rollback_reasons(live, None, reference_scores, policy):  # without the AUC rule: its outputs broke
+    ``live.fallback`` is ``target``, the version the rollback would go to, scored on the same labelled rows of the
+    month as the champion. A fallen AUC is kept when the target did no better there: a month that every model finds
+    harder (a season, a storm) is no reason to serve an older model, and a rollback went to one that was worse there.
+    Extreme or collapsed scores are kept when the target's scores on those rows are as extreme, or as narrow, by the
+    same rule: the month moved the scores, not a fault of the champion (a rare label in a month that has little of
+    it gives a calibrated model many scores under 0.01 and a narrow spread; the cancellation model was rolled back
+    in October and November for that alone). Failed predictions always roll back. Without the comparison (no target
+    scored, another target by now, one class) it rolls back as before."""
+    if not rollback_reasons(live, required_auc, reference_scores, policy) or _failure_reasons(live, policy):
         return None
     fallback, champion = live.fallback, live.champion
     if fallback is None or target is None or fallback.version != target or champion is None:
         return None
-    if fallback.live_roc_auc is None or champion.live_roc_auc is None:
-        return None
-    if fallback.live_roc_auc > champion.live_roc_auc + TOLERANCE:
-        return None
+    kept = []
+    if _auc_reasons(live, required_auc, policy):
+        if fallback.live_roc_auc is None or champion.live_roc_auc is None:
+            return None
+        if fallback.live_roc_auc > champion.live_roc_auc + TOLERANCE:
+            return None
+        kept.append(f"AUC {fallback.live_roc_auc:.4f} vs the champion's {champion.live_roc_auc:.4f}")
+    if _output_reasons(live, reference_scores, policy):
+        if fallback.score_std is None or _extreme_share(fallback) is None:
+            return None  # its scores not kept (a record from before): not compared
+        if _output_reasons(live, fallback.scores_reference(), policy):
+            return None  # the champion's outputs are off beside the earlier version's on the same rows too
+        kept.append(
+            f"{_extreme_share(fallback):.1%} extreme scores and a spread of {fallback.score_std:.4f} vs the "
+            f"champion's {_extreme_share(champion):.1%} and {champion.score_std:.4f}"
+        )
     return (
         f"{target}, the version it would go to, did no better on the month's {fallback.rows:,} labelled rows "
-        f"(AUC {fallback.live_roc_auc:.4f} vs the champion's {champion.live_roc_auc:.4f}): the champion stays"
+        f"({'; '.join(kept)}): the champion stays"
     )

@@ -305,11 +305,25 @@ class VariantLive(Record):
 @dataclass(frozen=True)
 class FallbackLive(Record):
     """The version a rollback of the month's champion would go to, scored on the same labelled rows as the champion's
-    batch (``live_roc_auc`` None when they have one class): whether going back would help on this month."""
+    batch (``live_roc_auc`` None when they have one class): whether going back would help on this month. Its scores'
+    spread and extreme shares there (live_summary version 4; None in a record from before) tell a month that moves
+    every model's scores from a champion whose outputs broke."""
 
     version: str
     rows: int
     live_roc_auc: float | None
+    score_std: float | None
+    share_above_0_99: float | None
+    share_below_0_01: float | None
+
+    def scores_reference(self) -> dict[str, float | None]:
+        """Its scores on the month's rows in the shape of a reference profile's ``scores`` (what the rollback rule
+        judges a champion's outputs against)."""
+        return {
+            "std": self.score_std,
+            "share_above_0_99": self.share_above_0_99,
+            "share_below_0_01": self.share_below_0_01,
+        }
 
 
 @dataclass(frozen=True)
@@ -320,7 +334,7 @@ class LiveSummary(Record):
     target on the champion's rows (None: no champion scored the month, no target, or the target trained on it)."""
 
     SCHEMA = "live_summary"
-    VERSION = 3  # 2: each variant's ``requests``; 3: ``fallback``
+    VERSION = 4  # 2: each variant's ``requests``; 3: ``fallback``; 4: the fallback's score spread and extreme shares
 
     month: str
     rows: int
@@ -340,7 +354,19 @@ class LiveSummary(Record):
         imply (``rows / (1 - error_rate)``, at least 1 with a failure), so its error rate is judged only when that
         bound reaches the rule's floor: a version-1 total outage (no answered row) is not. A version-1 variant that
         has ``requests`` is refused (not version 1). Versions 1 and 2 scored no rollback target: ``fallback`` None
-        (the rollback rule then goes back as it did before)."""
+        (the rollback rule then goes back as it did before). Version 3 did not keep the target's scores: their spread
+        and shares None (the rule then rolls back for broken outputs, as version 3's did)."""
+        if version == 3:
+            fallback = values.get("fallback")
+            if not isinstance(fallback, Mapping):
+                return values  # None, or refused by the strict reading that follows
+            scored = {"score_std", "share_above_0_99", "share_below_0_01"}
+            if scored & set(fallback):
+                raise RecordError(
+                    f"{where}.fallback: unknown field(s) {', '.join(sorted(scored & set(fallback)))} in a live_summary "
+                    "version 3 (another version?)"
+                )
+            return {**values, "fallback": {**fallback, **dict.fromkeys(sorted(scored))}}
         if version not in (1, 2):
             return super()._upgrade(version, values, where)
         if "fallback" in values:

@@ -526,9 +526,10 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
         "alias moves back to the last version that passed the promotion gates and was never rolled back itself "
         "(recorded as an observation of "
         f"`{keys.champion.to_user_string()}` and in the registry's event log; the service picks it up within "
-        "seconds) and a retraining run is requested. When only the AUC fell and that version did no better on the "
-        "same labelled rows of the month (scored by `live_performance`), the champion stays (`rollback_declined`) and "
-        f"the retrain is requested all the same. Run key `rollback:{model.name}:<month>:<champion>`.",
+        "seconds) and a retraining run is requested. When that version did no better on the same labelled rows of "
+        "the month (scored by `live_performance`: an AUC as low, scores as extreme or as narrow), the month is the "
+        "cause, not the champion: it stays (`rollback_declined`) and the retrain is requested all the same. Failed "
+        f"predictions always roll back. Run key `rollback:{model.name}:<month>:<champion>`.",
     )
     def rollback_sensor(
         context: dg.SensorEvaluationContext, storage: PlatformStorage, policy: MonitoringPolicy
@@ -551,7 +552,7 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
             target_now = rollback_candidate(registry, champion, features_now)
             declined = rollback_declined(record, required, reference, policy.rollback(), target_now)
             if declined is not None:
-                # a fallen AUC the version it would go to shares: the champion stays, a fresh model is the way out
+                # a month the version it would go to finds as hard: the champion stays, a fresh model is the way out
                 if _decision_recorded(registry, "rollback_declined", champion, record.month):
                     continue  # the month's record materialized again: said once, its retrain already asked
                 why = f"rollback declined after {record.month}: " + "; ".join(reasons) + f"; {declined}"

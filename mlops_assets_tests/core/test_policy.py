@@ -261,10 +261,10 @@ def test_failed_online_predictions_are_judged_on_enough_requests_only() -> None:
     unknown["online"]["champion"]["requests"] = None  # version 2 counts them: an unknown count is refused
     with pytest.raises(RecordError, match=r"requests: expected int, found NoneType"):
         LiveSummary.from_json(unknown)
-    with pytest.raises(RecordError, match="live_summary schema_version is 0, this code reads 3"):
+    with pytest.raises(RecordError, match="live_summary schema_version is 0, this code reads 4"):
         LiveSummary.from_json({**version_1, "schema_version": 0})
-    with pytest.raises(RecordError, match="live_summary schema_version is 4, this code reads 3"):
-        LiveSummary.from_json({**version_1, "schema_version": 4})
+    with pytest.raises(RecordError, match="live_summary schema_version is 5, this code reads 4"):
+        LiveSummary.from_json({**version_1, "schema_version": 5})
     with pytest.raises(RecordError, match="VariantLive.requests: 2 requests cannot have answered 40 rows"):
         replace(HEALTHY_CHAMPION, rows=40, requests=2)
 
@@ -313,7 +313,8 @@ def test_a_rollback_for_a_fallen_auc_alone_is_declined_when_its_target_does_no_b
     fallen = live(live_roc_auc=0.66, auc_drop=0.09)  # 0.09 below the required 0.75
 
     def with_fallback(summary: LiveSummary, auc: float | None, version: str = "v0001") -> LiveSummary:
-        return replace(summary, fallback=FallbackLive(version, 5000, auc))
+        # the earlier version's scores on the same rows as spread and as extreme as the healthy champion's
+        return replace(summary, fallback=FallbackLive(version, 5000, auc, 0.14, 0.0, 0.02))
 
     for auc in (0.60, 0.66):  # worse, or as good: declined, with both AUCs
         why = rollback_declined(with_fallback(fallen, auc), 0.75, REFERENCE, policy, target="v0001")
@@ -331,12 +332,66 @@ def test_a_rollback_for_a_fallen_auc_alone_is_declined_when_its_target_does_no_b
     assert rollback_declined(with_fallback(HEALTHY, 0.60), 0.75, REFERENCE, policy, target="v0001") is None
 
 
+#: The cancellation model's October 2013 as the simulation judged it (a rare label in a month with little of it): its
+#: reference profile (training scores) and its scores on the month, calibrated and ranking well (live AUC 0.859).
+RARE_REFERENCE = {"share_above_0_99": 0.0, "share_below_0_01": 0.548, "std": 0.0899}
+QUIET_MONTH = live(live_roc_auc=0.859, auc_drop=0.0, score_std=0.0178, share_below_0_01=0.704)
+
+
+def test_scores_the_month_moved_for_every_model_roll_nothing_back() -> None:
+    """A calibrated rare-label model in a month with little of the label gives more scores under 0.01 and a narrower
+    spread than on its training rows: the extreme and spread rules fired on their own (the cancellation model was
+    rolled back in October and November of the simulation, live AUC fine). The version a rollback would go to,
+    scored on the same rows, shows whether the month or the champion moved them: as extreme and as narrow there, the
+    champion stays; its outputs off beside it (or not compared, or failing predictions), it is rolled back."""
+    policy = RollbackPolicy()
+    reasons = rollback_reasons(QUIET_MONTH, 0.86, RARE_REFERENCE, policy)
+    assert [r.split(":")[0].split(" ")[-1] for r in reasons] == ["profile", "collapsed"], reasons
+
+    def beside(summary: LiveSummary, std: float | None, below: float | None, above: float | None = 0.0) -> str | None:
+        scored = replace(summary, fallback=FallbackLive("v0001", 5000, 0.85, std, above, below))
+        return rollback_declined(scored, 0.86, RARE_REFERENCE, policy, target="v0001")
+
+    assert beside(QUIET_MONTH, 0.019, 0.69) == (
+        "v0001, the version it would go to, did no better on the month's 5,000 labelled rows (69.0% extreme scores "
+        "and a spread of 0.0190 vs the champion's 70.4% and 0.0178): the champion stays"
+    )
+    assert beside(QUIET_MONTH, 0.07, 0.69) is not None  # the champion's spread within 4x of the earlier version's
+    assert beside(QUIET_MONTH, 0.072, 0.69) is None  # beyond: its spread collapsed beside the earlier version's
+    assert beside(QUIET_MONTH, 0.019, 0.604) is not None  # exactly the allowed 10 points more extreme
+    assert beside(QUIET_MONTH, 0.019, 0.60) is None  # more extreme than the earlier version by more than allowed
+    assert beside(QUIET_MONTH, None, None, None) is None  # not compared (a live_summary version 3): rolled back
+    assert rollback_declined(QUIET_MONTH, 0.86, RARE_REFERENCE, policy, target="v0001") is None  # nothing scored
+    failing = replace(QUIET_MONTH, online=online_errors(0.5).online)
+    assert beside(failing, 0.019, 0.69) is None  # failed predictions are the champion's whatever the month
+    # outputs the month explains and an AUC the earlier version does better on: rolled back (for the AUC)
+    fallen = replace(QUIET_MONTH, batch={"champion": replace(QUIET_MONTH.batch["champion"], live_roc_auc=0.78)})
+    assert rollback_reasons(fallen, 0.86, RARE_REFERENCE, policy)[0].startswith("live AUC 0.7800")
+    assert beside(fallen, 0.019, 0.69) is None
+    worse = replace(fallen, fallback=FallbackLive("v0001", 5000, 0.77, 0.019, 0.0, 0.69))
+    assert "AUC 0.7700 vs the champion's 0.7800; 69.0% extreme" in str(
+        rollback_declined(worse, 0.86, RARE_REFERENCE, policy, target="v0001")
+    )
+
+
 def test_a_live_record_keeps_its_fallback_and_reads_earlier_versions_without_one() -> None:
-    scored = replace(HEALTHY, fallback=FallbackLive("v0001", 4000, 0.7))
+    scored = replace(HEALTHY, fallback=FallbackLive("v0001", 4000, 0.7, 0.1, 0.0, 0.3))
     assert LiveSummary.from_json(json.loads(json.dumps(scored.to_json()))) == scored
     version_2 = {k: v for k, v in json.loads(json.dumps(scored.to_json())).items() if k != "fallback"}
     assert LiveSummary.from_json({**version_2, "schema_version": 2}) == HEALTHY  # version 2 scored no fallback
     with pytest.raises(RecordError, match="missing field"):
-        LiveSummary.from_json(version_2)  # version 3 without it: refused, not read as "no fallback"
+        LiveSummary.from_json(version_2)  # this version without it: refused, not read as "no fallback"
     with pytest.raises(RecordError, match="unknown field\\(s\\) fallback in a live_summary version 2"):
         LiveSummary.from_json({**scored.to_json(), "schema_version": 2})
+    # version 3 kept the fallback's AUC only: its scores read as not known (the rule then rolls back as before)
+    version_3 = json.loads(json.dumps(scored.to_json()))
+    version_3["schema_version"] = 3
+    for name in ("score_std", "share_above_0_99", "share_below_0_01"):
+        del version_3["fallback"][name]
+    unscored = replace(scored, fallback=FallbackLive("v0001", 4000, 0.7, None, None, None))
+    assert LiveSummary.from_json(version_3) == unscored
+    assert LiveSummary.from_json({**version_3, "fallback": None}) == HEALTHY
+    with pytest.raises(
+        RecordError, match=r"fallback: unknown field\(s\) score_std, share_above_0_99, share_below_0_01"
+    ):
+        LiveSummary.from_json({**scored.to_json(), "schema_version": 3})

@@ -513,7 +513,7 @@ def test_a_rollback_that_would_not_help_on_the_month_is_declined_and_the_retrain
     """Only the AUC fell, and the version a rollback would go to did no better on the same rows of the month (a month
     every model finds harder): the champion stays, `rollback_declined` is logged and observed once, and a retrain is
     asked. Before, it rolled back to that version all the same. Where the earlier version does better, or the
-    champion's outputs broke, it rolls back."""
+    champion's outputs broke beside it, it rolls back; outputs as extreme as that version's on the month stay."""
     from mlops_assets.core.records import FallbackLive
     from mlops_assets.defs.sensors import build_rollback_sensor
 
@@ -523,10 +523,12 @@ def test_a_rollback_that_would_not_help_on_the_month_is_declined_and_the_retrain
     registry.set_alias(CHAMPION, newer, "promoted", "gates passed", roc_auc=0.74, test_month="2013-03")
     sensor = build_rollback_sensor(MODEL)
 
-    def fallen(month: str, fallback_auc: float, extreme: float = 0.0) -> LiveSummary:
+    def fallen(month: str, fallback_auc: float, extreme: float = 0.0, fallback_extreme: float = 0.0) -> LiveSummary:
         live = _live(month, newer, auc=0.66, evaluated=0.74)  # 0.08 below its bar: the AUC rule calls for a rollback
         variant = replace(live.batch["champion"], share_above_0_99=extreme)
-        return replace(live, batch={"champion": variant}, fallback=FallbackLive(earlier, 5000, fallback_auc))
+        # the earlier version's scores on the same rows: as spread as the champion's, as extreme as given
+        fallback = FallbackLive(earlier, 5000, fallback_auc, 0.14, fallback_extreme, 0.02)
+        return replace(live, batch={"champion": variant}, fallback=fallback)
 
     with instance_for_test() as instance:
         said, cursor = [], None
@@ -559,3 +561,13 @@ def test_a_rollback_that_would_not_help_on_the_month_is_declined_and_the_retrain
         broken = _tick(sensor, instance, settings, rolled.cursor)
         assert [e.metadata["decision"].value for e in broken.asset_events] == ["rolled_back"]
         assert registry.alias(CHAMPION) == earlier
+
+        # July, back by hand again: as extreme as the earlier version on the month's rows (the month's doing, a rare
+        # label's quiet month), and no worse in AUC: a rollback would change nothing, so the champion stays
+        registry.set_alias(CHAMPION, newer, "promoted", "gates passed", roc_auc=0.74, test_month="2013-03")
+        _report(instance, LIVE_KEY, fallen("2013-07", fallback_auc=0.60, extreme=0.5, fallback_extreme=0.45))
+        month_moved = _tick(sensor, instance, settings, broken.cursor)
+        assert [e.metadata["decision"].value for e in month_moved.asset_events] == ["rollback_declined"]
+        assert registry.alias(CHAMPION) == newer
+        [july] = [e for e in registry.events() if e["event"] == "rollback_declined" and e["month"] == "2013-07"]
+        assert "52.0% of scores are extreme" in july["reason"] and "47.0% extreme scores" in july["reason"]

@@ -114,6 +114,10 @@ def test_a_bad_champion_is_rolled_back_by_itself(
         assert april.fallback.version == good and april.fallback.rows == april.champion.rows
         assert april.fallback.live_roc_auc is not None and april.champion.live_roc_auc is not None
         assert april.fallback.live_roc_auc > april.champion.live_roc_auc + 0.05
+        # and its scores' spread and extreme shares there kept (what tells a month that moved every model's scores)
+        shares = (april.fallback.share_above_0_99, april.fallback.share_below_0_01)
+        assert april.fallback.score_std is not None and april.fallback.score_std > 0.01
+        assert all(share is not None and 0 <= share < 0.5 for share in shares), shares
     # the sensor's warning is said as the runs' progress lines are (it was Dagster's "... - dagster - WARNING - ...")
     said = capsys.readouterr().err
     rollback_sensor = sensor_name(FLIGHT_DELAY, "rollback")

@@ -28,6 +28,7 @@ from mlops_assets.defs.progress import progress_console, root_cause, step_label
 from mlops_assets.defs.resources import build_resources
 from mlops_assets.defs.run_tags import RANGE_END_TAG, RANGE_START_TAG
 from mlops_assets.defs.sensors import (
+    LANDING_JOB,
     build_automation_sensor,
     build_landing_job,
     build_landing_sensor,
@@ -138,10 +139,16 @@ def _run_by_prefix(instance: dg.DagsterInstance, prefix: str) -> dg.DagsterRun |
     return found[0] if found else None
 
 
+def held_by_training_pipeline() -> list[str]:
+    """The jobs whose work ``training_pipeline`` holds: the feature build and every model's retraining."""
+    return ["feature_pipeline", *(retraining_job_name(m) for m in CATALOG.models)]
+
+
 def resumable_jobs() -> list[str]:
-    """The jobs ``mlops resume`` re-executes: the platform's own (an asset selection launched from the UI is
-    re-executed there)."""
-    return ["feature_pipeline", "training_pipeline", *(retraining_job_name(m) for m in CATALOG.models)]
+    """The jobs ``mlops resume`` re-executes: the platform's own, the landing sensor's ``landing_refresh`` included
+    (each of its runs a selection of the job's assets: a re-execution keeps it). An asset selection launched from the
+    UI is re-executed there."""
+    return ["training_pipeline", *held_by_training_pipeline(), LANDING_JOB]
 
 
 def _months_of(run: dg.DagsterRun) -> str | None:
@@ -223,10 +230,15 @@ def _span(run: dg.DagsterRun) -> tuple[str, str] | None:
 
 
 def _settles(later: dg.DagsterRun, failed: dg.DagsterRun) -> bool:
-    """Whether ``later`` succeeding leaves nothing of ``failed`` to resume: it did that work or more. The same job, or
-    ``training_pipeline`` (which holds ``feature_pipeline`` and every model's retraining); the same model, or every
-    model; the failed run's months or more (a month landed since widens the next run's range)."""
-    if later.job_name not in (failed.job_name, "training_pipeline"):
+    """Whether ``later`` succeeding leaves nothing of ``failed`` to resume: it did that work or more. The same job
+    (over the failed run's assets or more: each ``landing_refresh`` run selects its own), or ``training_pipeline``
+    (which holds ``feature_pipeline`` and every model's retraining, not the landing's monitoring); the same model, or
+    every model; the failed run's months or more (a month landed since widens the next run's range)."""
+    if later.job_name == failed.job_name:
+        wanted_assets, done_assets = failed.asset_selection, later.asset_selection
+        if done_assets is not None and (wanted_assets is None or not wanted_assets <= done_assets):
+            return False
+    elif not (later.job_name == "training_pipeline" and failed.job_name in held_by_training_pipeline()):
         return False
     if later.tags.get(MODEL_TAG) not in (None, failed.tags.get(MODEL_TAG)):
         return False

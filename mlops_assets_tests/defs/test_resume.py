@@ -177,3 +177,62 @@ def test_a_later_run_that_did_a_failed_runs_work_settles_it() -> None:
     assert _settles(run("flight_delay_retraining", model="flight_delay"), retrain)
     assert not _settles(run("flight_cancellation_retraining", model="flight_cancellation"), retrain)
     assert _settles(run("training_pipeline", ("2013-01", "2013-04")), run("feature_pipeline", ("2013-04", "2013-04")))
+
+
+def test_a_failed_landing_refresh_is_listed_and_resumed_over_its_month_and_its_selection(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The landing sensor's `landing_refresh`, the job the daemon runs for every landed month, is resumed as the
+    platform's other jobs are: before, `mlops resume` left its failures out of the list and refused them by id (while
+    the run recovery said to resume them so). Each run is a selection of the job's assets for one month: the resume
+    keeps both, and re-runs only the failed step."""
+    from mlops_assets.catalog import CATALOG
+    from mlops_assets.definitions import build_definitions
+    from mlops_assets.ticks import Ticker
+
+    replay_months(settings.landing_dir, ["2013-01"], every=50)
+    store = settings.model("flight_cancellation").online_store_dir
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text("not a folder")  # injected failure: the model's online store cannot be written
+    prepare_dagster_home(settings.dagster_home)
+    with dg.DagsterInstance.get() as instance:
+        [landed] = Ticker(build_definitions(CATALOG, settings), instance, ("landing_sensor",)).settle()
+    failed = instance.get_run_by_id(landed.run_id)
+    assert not landed.success and failed is not None and failed.job_name == "landing_refresh"
+    assert main(["resume", "--json"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)["to_resume"]
+    assert (entry["run_id"], entry["months"], entry["steps"]) == (
+        failed.run_id,
+        "2013-01",
+        ["flight_cancellation/online_store"],
+    )
+
+    store.unlink()  # the cause is fixed
+    assert main(["resume", failed.run_id[:8]]) == 0
+    said = capsys.readouterr().out
+    assert f"(resuming {failed.run_id}): SUCCESS; re-ran: flight_cancellation__online_store" in said, said
+    assert store.is_dir() and any(store.iterdir())  # the month's online store written
+    with dg.DagsterInstance.get() as instance:
+        [child] = [r for r in instance.get_runs(limit=5) if r.parent_run_id == failed.run_id]
+    assert child.asset_selection == failed.asset_selection and child.tags["dagster/partition"] == "2013-01"
+    assert main(["resume"]) == 0
+    assert capsys.readouterr().out.startswith("No failed run left to resume")
+
+
+def test_a_landing_refresh_is_settled_only_by_one_that_refreshed_its_assets() -> None:
+    """Each `landing_refresh` run selects the assets its landed tables refresh: a later one of the same month that
+    refreshed fewer (a re-landed weather file) did not do the failed run's work; nor does `training_pipeline`, which
+    holds no monitoring."""
+    from mlops_assets.definitions import _settles
+
+    def landing(*assets: str) -> dg.DagsterRun:
+        selection = frozenset(dg.AssetKey.from_user_string(a) for a in assets)
+        return dg.DagsterRun(
+            job_name="landing_refresh", run_id="r", asset_selection=selection, tags={"dagster/partition": "2013-04"}
+        )
+
+    failed = landing("raw/flights", "flight_delay/batch_predictions")
+    assert _settles(landing("raw/flights", "raw/weather", "flight_delay/batch_predictions"), failed)
+    assert not _settles(landing("raw/weather"), failed)
+    whole = dg.DagsterRun(job_name="training_pipeline", run_id="r", tags=range_tags(["2013-01", "2013-04"]))
+    assert not _settles(whole, failed)

@@ -528,7 +528,8 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
         f"`{keys.champion.to_user_string()}` and in the registry's event log; the service picks it up within "
         "seconds) and a retraining run is requested. When that version did no better on the same labelled rows of "
         "the month (scored by `live_performance`: an AUC as low, scores as extreme or as narrow), the month is the "
-        "cause, not the champion: it stays (`rollback_declined`) and the retrain is requested all the same. Failed "
+        "cause, not the champion: it stays (`rollback_declined`) and a retrain is requested, unless one against it "
+        "already covers the month (the drift sensor's). Failed "
         f"predictions always roll back. Run key `rollback:{model.name}:<month>:<champion>`.",
     )
     def rollback_sensor(
@@ -570,9 +571,15 @@ def build_rollback_sensor(model: ModelSpec, interval_s: int = DEFAULT_SENSOR_INT
                 )
             )
             # the alias moves whatever else is asked; the retrain only when none waits to start (the daemon judges
-            # the sensors in no fixed order: a drift or performance retrain may be asked first). One already started
-            # was judged against the version taken out: it does not count
-            if not retrain_waiting(context.instance, model):
+            # the sensors in no fixed order: a drift or performance retrain may be asked first). After a rollback,
+            # one already started was judged against the version taken out: it does not count. A declined rollback
+            # keeps the champion: a retrain against it that covers the month (the drift sensor's, run or running)
+            # is the fresh model already, and another would train the same data again (a byte-identical version)
+            if declined is not None:
+                covered = retrain_already_requested(context.instance, model, record.month, champion)
+            else:
+                covered = retrain_waiting(context.instance, model)
+            if not covered:
                 requests.append(
                     dg.RunRequest(
                         run_key=f"rollback:{model.name}:{record.month}:{champion}",

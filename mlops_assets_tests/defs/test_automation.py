@@ -24,7 +24,14 @@ from mlops_assets.defs.features import build_freshness_check
 from mlops_assets.defs.keys import MODEL_TAG, features_key, keys_of, retraining_job_name
 from mlops_assets.defs.partitions import DUCKDB_POOL, MONTHS
 from mlops_assets.defs.resources import MonitoringPolicy, PlatformStorage, build_resources
-from mlops_assets.defs.sensors import CHAMPION_TAG, MONTH_TAG, TRIGGER_TAG, build_drift_sensor, build_performance_sensor
+from mlops_assets.defs.sensors import (
+    CHAMPION_TAG,
+    MONTH_TAG,
+    TRIGGER_TAG,
+    build_drift_sensor,
+    build_performance_sensor,
+    retrain_tags,
+)
 from mlops_assets.defs.train import build_challenger_asset, build_training_set_asset
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
 from mlops_assets.models.flight_delay import FLIGHT_DELAY
@@ -571,3 +578,13 @@ def test_a_rollback_that_would_not_help_on_the_month_is_declined_and_the_retrain
         assert registry.alias(CHAMPION) == newer
         [july] = [e for e in registry.events() if e["event"] == "rollback_declined" and e["month"] == "2013-07"]
         assert "52.0% of scores are extreme" in july["reason"] and "47.0% extreme scores" in july["reason"]
+        assert [r.run_key for r in month_moved.run_requests or []] == [f"rollback:flight_delay:2013-07:{newer}"]
+
+        # August: the drift sensor's retrain against the same champion already ran for the month: a declined
+        # rollback asks for no second one (it trained the same data again: a byte-identical version)
+        drift_tags = retrain_tags(MODEL, "drift", "2013-08", newer, "drift in 2013-08")
+        instance.add_run(dg.DagsterRun(job_name=RETRAIN_JOB, tags=drift_tags, status=dg.DagsterRunStatus.SUCCESS))
+        _report(instance, LIVE_KEY, fallen("2013-08", fallback_auc=0.60, extreme=0.5, fallback_extreme=0.45))
+        august = _tick(sensor, instance, settings, month_moved.cursor)
+        assert [e.metadata["decision"].value for e in august.asset_events] == ["rollback_declined"]
+        assert not august.run_requests

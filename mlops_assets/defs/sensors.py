@@ -10,7 +10,14 @@ import dagster as dg
 
 from mlops_assets.core.catalog import Catalog
 from mlops_assets.core.features import feature_set_version, months_reading
-from mlops_assets.core.landing import file_version, misnamed_files, plan_refresh, scan_landing, shift_month
+from mlops_assets.core.landing import (
+    LandedFile,
+    file_version,
+    misnamed_files,
+    plan_refresh,
+    scan_landing,
+    shift_month,
+)
 from mlops_assets.core.monitoring import drift_retrain_reason, performance_retrain_reason
 from mlops_assets.core.policy import RollbackPolicy, rollback_declined, rollback_reasons
 from mlops_assets.core.records import DriftSummary, LiveSummary
@@ -144,6 +151,7 @@ def build_landing_sensor(
         requests: list[dg.RunRequest] = []
         new_months: list[str] = []
         cursor: dict[str, str] = {}
+        waiting: list[str] = []  # what months wait for: the tick's skip reason in the UI when it asks for nothing
         for feed in catalog.feeds:
             feed_files = [f for f in files if f.table in {t.name for t in feed.tables}]
             plan = plan_refresh(
@@ -155,7 +163,9 @@ def build_landing_sensor(
             cursor |= plan.cursor
             new_months += [m for m in plan.months_to_run if m not in known and m not in new_months]
             if plan.waiting:
-                context.log.info(f"{feed.name}: waiting for the rest of months {plan.waiting}")
+                note = f"{feed.name}: {waiting_for(feed_files, feed, plan.waiting)}"
+                context.log.info(note)
+                waiting.append(note)
             # changed reference tables are ingested once, by the first month's run (runs queue one at a time)
             for i, month in enumerate(plan.months_to_run):
                 selection = month_assets[feed.name] + (
@@ -199,9 +209,22 @@ def build_landing_sensor(
             dynamic_partitions_requests=partition_requests,
             cursor=json.dumps(cursor, sort_keys=True),
             asset_events=observations,
+            skip_reason=skip_reason_of(waiting) if waiting and not requests else None,
         )
 
     return landing_sensor
+
+
+def waiting_for(files: list[LandedFile], feed: FeedSpec, months: list[str]) -> str:
+    """What the feed's incomplete ``months`` wait for, per month: the tables not landed yet (a month runs once every
+    monthly table and every reference table of its feed has landed)."""
+    reference = sorted({t.name for t in feed.reference_tables} - {f.table for f in files if f.month is None})
+    parts = []
+    for month in months:
+        have = {f.table for f in files if f.month == month}
+        missing = [t.name for t in feed.monthly_tables if t.name not in have]
+        parts.append(f"{month} waits for {', '.join(missing + reference)} (landed: {', '.join(sorted(have))})")
+    return "; ".join(parts)
 
 
 def checks_to_run(

@@ -223,6 +223,26 @@ def test_a_new_month_adds_a_partition_and_requests_only_itself(settings: Setting
         assert "raw/planes" in selected and "raw/planes" not in again
 
 
+def test_a_month_waiting_for_a_table_says_which_in_the_ticks_skip_reason(settings: Settings) -> None:
+    """A month whose flights landed but not its weather asks for nothing: the tick says which table it waits for (the
+    UI showed "empty result", the month's wait said only in the daemon's log)."""
+    replay_months(settings.landing_dir, ["2013-01"], every=50)
+    weather = find_landed(settings.landing_dir, "weather", "2013-01")
+    assert weather is not None
+    later = [settings.data_dir / "weather.parquet", settings.data_dir / "weather.parquet.sha256"]
+    for landed_file, aside in zip((weather.path, checksum_path(weather.path)), later, strict=True):
+        landed_file.rename(aside)  # the weather of the month (and its checksum file) lands later
+    with instance_for_test() as instance:
+        waiting = _tick(settings, instance, None)
+        assert not waiting.run_requests and not waiting.dynamic_partitions_requests
+        assert waiting.skip_reason is not None
+        assert waiting.skip_reason.skip_message == "nycflights13: 2013-01 waits for weather (landed: flights)"
+        for landed_file, aside in zip((weather.path, checksum_path(weather.path)), later, strict=True):
+            aside.rename(landed_file)
+        landed = _tick(settings, instance, waiting.cursor)
+        assert [r.partition_key for r in landed.run_requests or []] == ["2013-01"] and landed.skip_reason is None
+
+
 def test_months_already_ingested_by_a_job_are_not_requested_again(settings: Settings) -> None:
     from mlops_assets.defs.partitions import register_months
     from mlops_assets.defs.run_tags import range_tags

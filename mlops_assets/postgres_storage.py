@@ -109,8 +109,32 @@ def _schema_lock(postgres_url: str, token_provider: Any = None) -> Iterator[None
         engine.dispose()
 
 
+#: How long a process that has the instance open waits for PostgreSQL to answer again when it needs a new connection
+#: (a kept one found dead, a burst of threads). Dagster's own retries give up after ~11 s (five tries, 0.2 s doubling):
+#: a 20 s outage (a server restart, a failover) failed the step that was storing an event, and with it the run
+#: (retries of real failures are off). The run now pauses until PostgreSQL answers and goes on.
+RECONNECT_PATIENCE_S = 120.0
+
+
+def _patient_connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    """SQLAlchemy's ``do_connect``: the DBAPI connection, tried again (0.5 s, doubling to 10 s) while PostgreSQL
+    cannot be reached, for up to :data:`RECONNECT_PATIENCE_S`; a lasting error (a wrong password) raised at once."""
+    deadline, wait = time.monotonic() + RECONNECT_PATIENCE_S, 0.5
+    while True:
+        try:
+            return dialect.loaded_dbapi.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError as error:
+            said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if any(lasting in said for lasting in _LASTING) or time.monotonic() + wait > deadline:
+                raise
+            logger.warning("PostgreSQL does not answer (%s): trying again in %.1f s", said, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
+
+
 def kept_connections_engine(postgres_url: str, token_provider: Any = None) -> sqlalchemy.engine.Engine:
-    """An engine whose pool keeps :data:`KEPT_CONNECTIONS` open connections, with Dagster's settings (autocommit)."""
+    """An engine whose pool keeps :data:`KEPT_CONNECTIONS` open connections, with Dagster's settings (autocommit),
+    that waits for PostgreSQL when a new connection cannot be made (:func:`_patient_connect`)."""
     engine = create_pg_engine(
         postgres_url,
         token_provider,
@@ -119,6 +143,8 @@ def kept_connections_engine(postgres_url: str, token_provider: Any = None) -> sq
         max_overflow=-1,
         pool_pre_ping=True,
     )
+    # after Dagster's own hook (a cloud token in the password, when configured): it sets the parameters we connect with
+    sqlalchemy.event.listen(engine, "do_connect", _patient_connect)
     _ENGINES.add(engine)
     return engine
 

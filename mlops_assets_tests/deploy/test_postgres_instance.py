@@ -355,6 +355,101 @@ class _LateForwarder:
                 sink.shutdown(1)
 
 
+class _Forwarder:
+    """A TCP port forwarding each connection to ``target`` (PostgreSQL) that can go down for a while: every forwarded
+    connection cut and new ones refused, then accepted again on the same port (a server restart, a failover)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target, self.cut, self.lock = target, [], threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while not self.stopped.is_set():
+            if not self.up.wait(0.1):
+                continue
+            if self.listener is None:
+                self.listener = socket.create_server(("127.0.0.1", self.port))  # listening again: the outage is over
+            self.listener.settimeout(0.1)
+            try:
+                client, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.cut += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_Forwarder._pipe, args=(a, b), daemon=True).start()
+        if self.listener is not None:
+            self.listener.close()
+
+    @staticmethod
+    def _pipe(source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(2)
+
+    def outage(self, seconds: float) -> None:
+        """Down now (connections cut, none accepted: the port refuses them), up again after ``seconds``."""
+        import socket
+        import threading
+
+        self.up.clear()
+        time.sleep(0.2)  # the serving loop has left accept()
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.close()
+        with self.lock:
+            for connection in self.cut:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            self.cut.clear()
+        threading.Timer(seconds, self.up.set).start()
+
+
+def test_a_new_connection_waits_through_a_postgresql_outage_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_postgres_url: str
+) -> None:
+    """A hunt stopped PostgreSQL for ~20 s under a running step: storing its next event failed once Dagster's own
+    retries (five tries over ~11 s) ran out, and the run failed with it (real failures are not retried). Now the
+    storages' engines wait for the server when they need a new connection (up to ``RECONNECT_PATIENCE_S``): a
+    connection asked for during the outage is made once it answers, and the run's events go on, none lost."""
+    url = sqlalchemy.engine.make_url(fresh_postgres_url)
+    proxy = _Forwarder((url.host or "127.0.0.1", url.port or 5432))
+    monkeypatch.setenv(DAGSTER_POSTGRES_URL_ENV, url.set(port=proxy.port).render_as_string(hide_password=False))
+    try:
+        with dg.DagsterInstance.from_config(str(prepare_dagster_home(tmp_path / "home"))) as instance:
+            run = new_run(instance)
+            instance.report_engine_event("before", run)
+            proxy.outage(4.0)  # the kept connections cut, new ones refused for 4 s
+            started = time.monotonic()
+            # the engine itself, without Dagster's retries around it: it failed at once, refused
+            with instance.event_log_storage._engine.connect() as conn:  # type: ignore[attr-defined]
+                assert conn.execute(sqlalchemy.text("SELECT 1")).scalar_one() == 1
+            assert time.monotonic() - started >= 3.0
+            instance.report_engine_event("after", run)
+            assert engine_event_messages(instance, run.run_id) == ["before", "after"]
+    finally:
+        proxy.stopped.set()
+        proxy.thread.join(timeout=5)
+
+
 def test_an_instance_opened_while_postgresql_is_unreachable_waits_for_it(fresh_postgres_url: str) -> None:
     """A code server that opened the instance during a 40 s outage failed at once and served that load error for
     good (health check green, no sensor, the queue stuck). Now it waits; a lasting error is said at once."""

@@ -37,6 +37,7 @@ from mlops_assets.postgres_storage import (
     PooledPostgresRunStorage,
     PooledPostgresScheduleStorage,
 )
+from mlops_assets.run_launcher import RestartAwareRunLauncher
 from mlops_assets.sqlite_storage import (
     PlatformInstance,
     PooledSqliteEventLogStorage,
@@ -70,6 +71,8 @@ def _assert_platform_settings(instance: dg.DagsterInstance) -> None:
     assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
     assert not instance.run_retries_retry_on_asset_or_op_failure  # a failed asset or check is not retried
     assert DAEMONS <= set(instance.get_required_daemon_types())
+    # a code server shutting down under a run sends the next queued run back to the queue (test_code_server_restart)
+    assert isinstance(instance.run_launcher, RestartAwareRunLauncher)
 
 
 def test_the_embedded_default_is_sqlite_with_monitoring_and_retries(

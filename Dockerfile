@@ -42,6 +42,11 @@ ARG UID=10001
 RUN useradd --uid "${UID}" --user-group --create-home --home-dir /home/mlops mlops \
  && mkdir -p /data \
  && chown mlops:mlops /data
+# matplotlib's font cache made here, in a folder of the image the runtime user owns: a fresh container's first report
+# plot scans no fonts, and a running container writes nothing outside /data (it wrote ~/.cache/matplotlib)
+ENV MPLCONFIGDIR=/opt/matplotlib
+RUN python -c "import matplotlib.font_manager" \
+ && chown -R mlops:mlops /opt/matplotlib
 # MLOPS_IN_IMAGE: hints say what to run in the image (it has no Makefile)
 ENV MLOPS_DATA_DIR=/data \
     DAGSTER_HOME=/data/dagster_home \

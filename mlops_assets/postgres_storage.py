@@ -13,7 +13,8 @@ storages keep up to :data:`KEPT_CONNECTIONS` connections each per process:
 * a burst of threads (the daemon's) opens extra connections, closed again when returned, rather than waiting;
 * a kept connection is tested before use (``pool_pre_ping``): after a PostgreSQL restart the next call reconnects;
 * a forked child never uses or closes its parent's connections (``os.register_at_fork``);
-* the webserver still replaces the engines with its own (Dagster's ``optimize_for_webserver``).
+* the webserver's engines (Dagster's ``optimize_for_webserver``: one connection, a statement timeout) test theirs
+  before use too.
 
 The event log also remembers the tables it found, instead of asking the server again at every lookup.
 
@@ -41,7 +42,12 @@ from dagster_postgres import (
     PostgresRunStorage,
     PostgresScheduleStorage,
 )
-from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
+from dagster_postgres.utils import (
+    create_pg_engine,
+    get_token_provider_from_config,
+    pg_url_from_config,
+    set_pg_statement_timeout,
+)
 
 #: Connections each storage keeps open per process (three storages: up to three times this many per process; the
 #: compose stack's daemon, code server, run worker and webserver stay far below PostgreSQL's 100 connections).
@@ -186,6 +192,28 @@ class _KeptConnections:
     def dispose(self) -> None:
         super().dispose()  # type: ignore[misc]
         self._engine.dispose()
+
+    def optimize_for_webserver(self, statement_timeout: int, pool_recycle: int, max_overflow: int) -> None:
+        """Dagster's engine for the webserver (one kept connection, its statement timeout), whose connection is
+        tested before use: Dagster's own answered the first request after a PostgreSQL restart with an error (its
+        kept connection dead). It does not wait for an unreachable server: a page should fail, not hang."""
+        kwargs: dict[str, Any] = {
+            "isolation_level": "AUTOCOMMIT",
+            "pool_size": 1,
+            "pool_recycle": pool_recycle,
+            "max_overflow": max_overflow,
+            "pool_pre_ping": True,
+        }
+        options = self._engine.url.query.get("options")
+        if options:
+            kwargs["connect_args"] = {"options": options}
+        engine = create_pg_engine(self.postgres_url, self._token_provider, **kwargs)
+        sqlalchemy.event.listen(
+            engine, "connect", lambda connection, _: set_pg_statement_timeout(connection, statement_timeout)
+        )
+        _ENGINES.add(engine)
+        self._engine.dispose()
+        self._engine = engine
 
 
 class PooledPostgresRunStorage(_KeptConnections, PostgresRunStorage):

@@ -286,6 +286,29 @@ def test_the_postgres_storage_reconnects_after_the_server_ends_its_connections(
     assert engine_event_messages(instance, run.run_id) == ["before", "after"]
 
 
+def test_the_webservers_connection_survives_the_server_ending_it(
+    postgres_instance: dg.DagsterInstance, fresh_postgres_url: str
+) -> None:
+    """The webserver swaps the storages' engines for its own (one kept connection, a statement timeout): after a
+    PostgreSQL restart its first page failed on the dead connection. It is tested before use too now."""
+    instance = postgres_instance
+    instance.optimize_for_webserver(statement_timeout=5000, pool_recycle=3600, max_overflow=20)
+    run = new_run(instance)
+    assert instance.get_run_by_id(run.run_id) is not None  # the webserver's connection made and kept
+    admin = sqlalchemy.create_engine(fresh_postgres_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
+    with admin.connect() as conn:
+        conn.execute(
+            sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    admin.dispose()
+    assert instance.get_run_by_id(run.run_id) is not None  # no error: a new connection
+    with instance.run_storage._engine.connect() as conn:  # type: ignore[attr-defined]
+        assert conn.execute(sqlalchemy.text("SHOW statement_timeout")).scalar_one() == "5s"  # Dagster's setting kept
+
+
 def test_a_forked_child_never_uses_the_parents_postgres_connections(postgres_instance: dg.DagsterInstance) -> None:
     instance = postgres_instance
     run = new_run(instance)

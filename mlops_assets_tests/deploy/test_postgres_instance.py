@@ -336,51 +336,6 @@ def test_a_forked_child_never_uses_the_parents_postgres_connections(postgres_ins
     ]
 
 
-class _LateForwarder:
-    """A TCP port that starts to accept ``delay_s`` seconds from now, then forwards each connection to ``target``:
-    PostgreSQL reachable only after an outage (a server restarting, a container network's name service down)."""
-
-    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
-        import socket
-        import threading
-
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()  # nothing listens there until the delay is over: connections are refused
-        self.target, self.stopped = target, threading.Event()
-        self.thread = threading.Timer(delay_s, self._serve)
-        self.thread.daemon = True
-        self.thread.start()
-
-    def _serve(self) -> None:
-        import socket
-        import threading
-
-        listener = socket.create_server(("127.0.0.1", self.port))
-        listener.settimeout(0.2)
-        while not self.stopped.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-        listener.close()
-
-    @staticmethod
-    def _pipe(source: Any, sink: Any) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                sink.shutdown(1)
-
-
 class _Forwarder:
     """A TCP port forwarding each connection to ``target`` (PostgreSQL) that can go down for a while: every forwarded
     connection cut and new ones refused, then accepted again on the same port (a server restart, a failover)."""
@@ -429,7 +384,7 @@ class _Forwarder:
             pass
         finally:
             with contextlib.suppress(OSError):
-                sink.shutdown(2)
+                sink.shutdown(1)  # the end of one direction passed on
 
     def outage(self, seconds: float) -> None:
         """Down now (connections cut, none accepted: the port refuses them), up again after ``seconds``."""
@@ -482,7 +437,8 @@ def test_an_instance_opened_while_postgresql_is_unreachable_waits_for_it(fresh_p
     from mlops_assets.postgres_storage import PooledPostgresStorage, connect_patiently
 
     url = sqlalchemy.engine.make_url(fresh_postgres_url)
-    late = _LateForwarder((url.host or "127.0.0.1", url.port or 5432), delay_s=3.0)
+    late = _Forwarder((url.host or "127.0.0.1", url.port or 5432))
+    late.outage(3.0)  # PostgreSQL reachable only after an outage (restarting, the network's name service down)
     try:
         started = time.monotonic()
         storage = PooledPostgresStorage(url.set(port=late.port).render_as_string(hide_password=False))

@@ -161,7 +161,7 @@ def warehouse(settings: Settings, built_data: BuiltData) -> Iterator[duckdb.Duck
 SECONDS = {
     "mlops_assets_tests/deploy/test_container.py": 45,  # two tests: ~90 s with the image build (cached layers)
     "mlops_assets_tests/deploy/test_postgres_daemon.py": 38,
-    "mlops_assets_tests/deploy/test_code_server_restart.py": 20,
+    "mlops_assets_tests/deploy/test_code_server_restart.py": 16,
     "mlops_assets_tests/defs/test_simulation.py::test_the_replayed_months": 17,
     "mlops_assets_tests/defs/test_rollback.py": 25,
     "mlops_assets_tests/serving/": 0.8,  # ~80 tests and the session's platform: ~60 s

@@ -6,26 +6,36 @@ failure, and the queued run coordinator failed the run for good (a deployment hu
 run key never asking again); the platform's (``mlops_assets/run_launcher.py``) raises it as an unreachable code
 server, which the coordinator puts back on the queue (``max_user_code_failure_retries``, in both instance files).
 The launch here goes through the instance's launcher directly (Dagster's default coordinator, no daemon), so the
-refusal reaches the test as the queue's coordinator would see it.
+refusal reaches the test as the queue's coordinator would see it. The run in progress is held at its first DuckDB
+step by the test holding the `duckdb` pool's slot, so the server is still shutting down when the second launch comes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
+import dagster as dg
 import grpc
 import pytest
 import yaml
+from dagster._grpc.client import DagsterGrpcClient
 
+from mlops_assets.core.processes import process_identity
 from mlops_assets.healthcheck import code_server_status
+from mlops_assets.recovery import HOST_TAG, PID_TAG, PROCESS_TAG
+from mlops_assets.run_launcher import RestartAwareRunLauncher
 from mlops_assets_tests.deploy.conftest import free_port
 
 LOCATION = "mlops_assets"
 BIN = Path(sys.executable).parent
+#: The pool of every step that writes the DuckDB file (one slot, in both instance files).
+POOL = "duckdb"
 
 
 def _serving(port: int, deadline: float) -> None:
@@ -39,19 +49,33 @@ def _serving(port: int, deadline: float) -> None:
     pytest.fail(f"the code server on port {port} never served")
 
 
+def _slot_holder(instance: dg.DagsterInstance) -> dg.DagsterRun:
+    """A STARTED run of this test's own process (alive: recovery leaves it alone) holding the `duckdb` pool's one
+    slot: a run launched meanwhile waits at its first DuckDB step, in progress for as long as the test needs."""
+    run_id = str(uuid.uuid4())
+    identity = process_identity()
+    tags = {
+        PROCESS_TAG: json.dumps({"run_id": run_id, **json.loads(identity.to_json())}, sort_keys=True),
+        PID_TAG: str(identity.pid),
+        HOST_TAG: identity.host,
+    }
+    run = instance.add_run(
+        dg.DagsterRun(job_name="feature_pipeline", run_id=run_id, status=dg.DagsterRunStatus.STARTED, tags=tags)
+    )
+    storage = instance.event_log_storage
+    storage.initialize_concurrency_limit_to_default(POOL)
+    assert storage.claim_concurrency_slot(POOL, run_id, "raw__flights").is_claimed
+    return run
+
+
 def test_a_run_launched_on_a_code_server_shutting_down_goes_back_to_the_queue(tmp_path: Path) -> None:
-    import dagster as dg
-    from dagster._grpc.client import DagsterGrpcClient
-
-    from mlops_assets.run_launcher import RestartAwareRunLauncher
-
     data = tmp_path / "data"
     env = {**os.environ, "MLOPS_DATA_DIR": str(data), "DAGSTER_HOME": str(data / "dagster_home")}
 
     def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False)
 
-    assert cli(BIN / "mlops", "replay", "--through", "2013-03", "--every", "50").returncode == 0
+    assert cli(BIN / "mlops", "replay", "--through", "2013-01", "--every", "50").returncode == 0
     tags = cli(BIN / "mlops", "months", "--tags").stdout.strip()
     home = data / "dagster_home"  # as `mlops home` writes it (each `mlops` command writes it again)
     settings = yaml.safe_load((home / "dagster.yaml").read_text())
@@ -75,27 +99,33 @@ def test_a_run_launched_on_a_code_server_shutting_down_goes_back_to_the_queue(tm
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        _serving(port, time.monotonic() + 120)
-        # a run in progress (launched: its worker started by the server), which a code server told to shut down
-        # waits for
-        running = cli(BIN / "dagster", "job", "launch", "-w", workspace, "-j", "training_pipeline", "--tags", tags)
-        assert running.returncode == 0, running.stdout + running.stderr
-        DagsterGrpcClient(port=port, host="127.0.0.1").shutdown_server()  # what a restart does first
-        refused = cli(BIN / "dagster", "job", "launch", "-w", workspace, "-j", "feature_pipeline", "--tags", tags)
-        said = refused.stdout + refused.stderr
-        assert refused.returncode != 0, said
-        # refused as a code server away (the queue's coordinator requeues that), naming why, not as a failed launch
-        assert "DagsterUserCodeUnreachableError" in said and "the code server is shutting down" in said, said[-3000:]
-        assert "after telling it to shut down" in said
-        # the run in progress finishes on the server shutting down, which then exits
-        assert server.wait(timeout=120) == 0
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=60)
+    launch = (BIN / "dagster", "job", "launch", "-w", workspace, "-j", "feature_pipeline", "--tags", tags)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_launcher, RestartAwareRunLauncher)
-        first, refused_run = sorted(instance.get_runs(), key=lambda run: run.job_name, reverse=True)
-        assert (first.job_name, first.status) == ("training_pipeline", dg.DagsterRunStatus.SUCCESS)
-        assert refused_run.job_name == "feature_pipeline"
+        holder = _slot_holder(instance)
+        try:
+            _serving(port, time.monotonic() + 120)
+            # a run in progress on the server (waiting for the slot), which a server told to shut down waits for
+            running = cli(*launch)
+            assert running.returncode == 0, running.stdout + running.stderr
+            DagsterGrpcClient(port=port, host="127.0.0.1").shutdown_server()  # what a restart does first
+            refused = cli(*launch)
+            said = refused.stdout + refused.stderr
+            assert refused.returncode != 0, said
+            # refused as a code server away (the queue's coordinator requeues that), naming why, not as a failed
+            # launch
+            assert "DagsterUserCodeUnreachableError" in said and "the code server is shutting down" in said, said
+            assert "after telling it to shut down" in said
+            instance.event_log_storage.free_concurrency_slots_for_run(holder.run_id)
+            instance.report_run_canceled(holder, "the test's slot holder")
+            # the run in progress finishes on the server shutting down, which then exits
+            assert server.wait(timeout=120) == 0
+        finally:
+            instance.event_log_storage.free_concurrency_slots_for_run(holder.run_id)
+            if server.poll() is None:
+                server.terminate()
+                server.wait(timeout=60)
+        records = sorted(instance.get_run_records(), key=lambda record: record.create_timestamp)
+        first, second = (record.dagster_run for record in records if record.dagster_run.run_id != holder.run_id)
+        assert first.status == dg.DagsterRunStatus.SUCCESS, first
+        assert second.status != dg.DagsterRunStatus.SUCCESS  # refused: never started

@@ -30,8 +30,8 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import sqlalchemy
 from dagster._core.storage.config import PostgresStorageConfig
@@ -68,6 +68,7 @@ os.register_at_fork(after_in_child=_forget_parent_connections)
 
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How long a process opening the instance waits for PostgreSQL to answer (a server restarting, the container
 #: network's name service down for a while) before it gives up. A code server that gave up at once kept serving its
@@ -78,20 +79,26 @@ CONNECT_PATIENCE_S = 180.0
 _LASTING = ("authentication failed", "does not exist", "no pg_hba.conf entry")
 
 
-def connect_patiently(engine: sqlalchemy.engine.Engine, patience_s: float = CONNECT_PATIENCE_S) -> Any:
-    """``engine.connect()``, tried again (0.5 s, doubling to 10 s) while PostgreSQL cannot be reached, for up to
-    ``patience_s`` seconds; a lasting error (a wrong password) is raised at once."""
+def _patiently(connect: Callable[[], T], unreachable: type[Exception], patience_s: float) -> T:
+    """``connect()``, tried again (0.5 s, doubling to 10 s) while it raises ``unreachable``, for up to ``patience_s``
+    seconds; a lasting error (a wrong password, a missing database) is raised at once."""
     deadline, wait = time.monotonic() + patience_s, 0.5
     while True:
         try:
-            return engine.connect()
-        except sqlalchemy.exc.OperationalError as error:
-            said = str(error.orig if error.orig is not None else error).strip().splitlines()[0]
+            return connect()
+        except unreachable as error:
+            cause = getattr(error, "orig", None)  # SQLAlchemy's wrapper: the driver's own message
+            said = (str(cause if cause is not None else error).strip().splitlines() or [type(error).__name__])[0]
             if any(lasting in said for lasting in _LASTING) or time.monotonic() + wait > deadline:
                 raise
             logger.warning("PostgreSQL does not answer (%s): trying again in %.1f s", said, wait)
             time.sleep(wait)
             wait = min(wait * 2, 10.0)
+
+
+def connect_patiently(engine: sqlalchemy.engine.Engine, patience_s: float = CONNECT_PATIENCE_S) -> Any:
+    """``engine.connect()``, waiting for PostgreSQL while it cannot be reached (:func:`_patiently`)."""
+    return _patiently(engine.connect, sqlalchemy.exc.OperationalError, patience_s)
 
 
 #: The PostgreSQL advisory lock the processes of one instance take while they create or check its tables.
@@ -116,26 +123,17 @@ def _schema_lock(postgres_url: str, token_provider: Any = None) -> Iterator[None
 
 
 #: How long a process that has the instance open waits for PostgreSQL to answer again when it needs a new connection
-#: (a kept one found dead, a burst of threads). Dagster's own retries give up after ~11 s (five tries, 0.2 s doubling):
-#: a 20 s outage (a server restart, a failover) failed the step that was storing an event, and with it the run
+#: (a kept one found dead, a burst of threads). Dagster's own retries give up after ~11 s (five, waiting 0.2 s up to
+#: 6.2 s): a 20 s outage (a server restart, a failover) failed the step that was storing an event, and with it the run
 #: (retries of real failures are off). The run now pauses until PostgreSQL answers and goes on.
 RECONNECT_PATIENCE_S = 120.0
 
 
 def _patient_connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-    """SQLAlchemy's ``do_connect``: the DBAPI connection, tried again (0.5 s, doubling to 10 s) while PostgreSQL
-    cannot be reached, for up to :data:`RECONNECT_PATIENCE_S`; a lasting error (a wrong password) raised at once."""
-    deadline, wait = time.monotonic() + RECONNECT_PATIENCE_S, 0.5
-    while True:
-        try:
-            return dialect.loaded_dbapi.connect(*cargs, **cparams)
-        except dialect.loaded_dbapi.OperationalError as error:
-            said = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            if any(lasting in said for lasting in _LASTING) or time.monotonic() + wait > deadline:
-                raise
-            logger.warning("PostgreSQL does not answer (%s): trying again in %.1f s", said, wait)
-            time.sleep(wait)
-            wait = min(wait * 2, 10.0)
+    """SQLAlchemy's ``do_connect``: the driver's connection, waiting for PostgreSQL while it cannot be reached, for up
+    to :data:`RECONNECT_PATIENCE_S` (:func:`_patiently`)."""
+    dbapi = dialect.loaded_dbapi
+    return _patiently(lambda: dbapi.connect(*cargs, **cparams), dbapi.OperationalError, RECONNECT_PATIENCE_S)
 
 
 def kept_connections_engine(postgres_url: str, token_provider: Any = None) -> sqlalchemy.engine.Engine:

@@ -814,7 +814,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     routes = f"POST /models/<model>/predict, POST /predict: {default.name}; A/B share {config.ab_share:g}"
     where = f"http://{config.host}:{config.port}" if config.port else f"a free port of {config.host} (uvicorn names it)"
     print(f"Serving {names} from {settings.data_dir} on {where} ({routes})")
-    serve(settings, CATALOG, config, default_model=default.name)
+    try:
+        serve(settings, CATALOG, config, default_model=default.name)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: said in a line, not a traceback
+        print("Stopped (Ctrl-C): requests in flight were answered, the prediction log flushed.", file=sys.stderr)
+        return 130
     return 0
 
 

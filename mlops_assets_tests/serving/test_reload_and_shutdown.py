@@ -265,7 +265,8 @@ def test_a_reload_failure_clears_when_the_source_is_back_to_what_serves() -> Non
     assert not holder.refresh() and holder.error is None
 
 
-def test_sigterm_shuts_mlops_serve_down_gracefully_and_flushes_the_log(served: Settings) -> None:
+def _healthy_serve(served: Settings, *args: str) -> tuple[subprocess.Popen[str], Client]:
+    """`mlops serve` on a free port in a process of its own, once it answers /health."""
     port = free_port()
     env = {
         **os.environ,
@@ -274,24 +275,45 @@ def test_sigterm_shuts_mlops_serve_down_gracefully_and_flushes_the_log(served: S
         "MLOPS_AB_SHARE": "0.9",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlops_assets.cli", "serve", "--port", str(port), "--ab-share", "0.5"],
+        [sys.executable, "-m", "mlops_assets.cli", "serve", "--port", str(port), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    client = Client(port, timeout=10)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/health")[0] == 200:
+                return process, client
+        except OSError:
+            client.close()
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mlops serve did not become healthy:\n{process.communicate()[0]}")
+        time.sleep(0.1)
+
+
+def test_ctrl_c_stops_mlops_serve_with_a_line_not_a_traceback(served: Settings) -> None:
+    """uvicorn shuts down gracefully on Ctrl-C, then raises it again: the person at the keyboard saw a traceback."""
+    process, client = _healthy_serve(served)
+    client.close()
+    process.send_signal(signal.SIGINT)
     try:
-        client = Client(port, timeout=10)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if client.get("/health")[0] == 200:
-                    break
-            except OSError:
-                client.close()
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "mlops serve did not become healthy"
-            time.sleep(0.1)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, output
+    assert "Application shutdown complete" in output and "Traceback" not in output, output
+    assert output.rstrip().endswith("Stopped (Ctrl-C): requests in flight were answered, the prediction log flushed.")
+
+
+def test_sigterm_shuts_mlops_serve_down_gracefully_and_flushes_the_log(served: Settings) -> None:
+    process, client = _healthy_serve(served, "--ab-share", "0.5")
+    try:
         _, models = client.get("/models")
         assert models["default"] == DELAY  # the catalog's first model answers POST /predict
         assert all(m["ab_share"] == 0.5 for m in models["models"].values() if m["served"])  # the flag wins over the env

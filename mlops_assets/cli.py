@@ -374,6 +374,15 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def next_replay_month(settings: Settings) -> str | None:
+    """The month after the newest landed one, when a replayable feed has data for it (the next step of the loop)."""
+    months = landed_months(settings.landing_dir, [t.name for f in REPLAYABLE for t in f.monthly_tables])
+    if not months:
+        return None
+    following = shift_month(months[-1], 1)
+    return following if any(not feed.months_without_data([following]) for feed in REPLAYABLE) else None
+
+
 def where_and_next(settings: Settings, overviews: list[dict[str, Any]]) -> str:
     """Where each champion's evaluation report is, and what to try next (the end of ``make pipeline``)."""
     lines = ["", "Evaluation reports (Markdown with ROC, calibration, per-slice and importance plots):"]
@@ -404,6 +413,13 @@ def where_and_next(settings: Settings, overviews: list[dict[str, Any]]) -> str:
         ),
         (f"{_this_command()} status", "what the platform holds: months, quarantined rows, features, models"),
     ]
+    month = next_replay_month(settings)
+    if month is not None:  # the loop's next step: what `make ui` then does by itself
+        landing = (
+            "land the next month: with `make ui` running, its sensors refresh it, judge drift and live quality, and "
+            "retrain by themselves"
+        )
+        steps.insert(1, (f"{_this_command()} replay --month {month}", landing))
     lines += ["", "Next:", *command_table(steps)]
     return "\n".join(lines)
 

@@ -435,6 +435,14 @@ def test_the_summary_says_what_to_do_next_and_how_to_call_mlops(
     assert "make ui" in out and "make serve" in out
     assert f"{Path(sys.executable).with_name('mlops')} status" in out or ".venv/bin/mlops status" in out, out
     assert "what the platform holds" in out.split("status", 1)[1], out
+    assert "replay --month" not in out  # nothing landed: no next month to name
+    replay_months(settings.landing_dir, ["2013-03"], every=50)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "replay --month 2013-04" in out and "land the next month" in out, out  # the loop's next step
+    replay_months(settings.landing_dir, ["2013-12"], every=50)
+    assert main(["models"]) == 0
+    assert "replay --month" not in capsys.readouterr().out  # the feed ends in 2013-12
 
 
 def test_in_the_image_the_next_steps_name_its_commands_not_the_makefile(

@@ -40,6 +40,7 @@ _temp_in_memory()
 # test run writes nothing into the checkout
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "mlops-hypothesis"))
 
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -54,8 +55,10 @@ import yaml
 
 from mlops_assets.core.ingest import ingest_raw, validate_partition
 from mlops_assets.core.landing import find_landed
+from mlops_assets.core.processes import ProcessIdentity
 from mlops_assets.core.settings import REPO_ROOT, SQLITE_INSTANCE_YAML, Settings, load_settings
 from mlops_assets.feeds.nycflights13 import NYCFLIGHTS13, replay_months
+from mlops_assets.recovery import HOST_TAG, PID_TAG, PROCESS_TAG
 
 #: Every 10th flight: a real, still representative slice (about 2,700 flights a month).
 EVERY = 10
@@ -72,6 +75,32 @@ def instance_for_test(overrides: dict[str, Any] | None = None) -> AbstractContex
 def new_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
     """A run record of ``training_pipeline`` to store events against (the storage tests)."""
     return instance.add_run(dg.DagsterRun(job_name="training_pipeline", run_id=str(uuid.uuid4())))
+
+
+#: The pool of every step that writes the DuckDB file (one slot, in both instance files).
+DUCKDB_POOL = "duckdb"
+
+
+def started_run(
+    instance: dg.DagsterInstance, process: ProcessIdentity | None, for_run: str | None = None
+) -> dg.DagsterRun:
+    """A STARTED training_pipeline run whose process is ``process`` (tags as a run records them; ``for_run``: as
+    copied from another run's), holding the ``duckdb`` pool's slot for raw__flights."""
+    run_id = str(uuid.uuid4())
+    tags = {}
+    if process is not None:
+        tags = {
+            PROCESS_TAG: json.dumps({"run_id": for_run or run_id, **json.loads(process.to_json())}),
+            PID_TAG: str(process.pid),
+            HOST_TAG: process.host,
+        }
+    run = instance.add_run(
+        dg.DagsterRun(job_name="training_pipeline", run_id=run_id, status=dg.DagsterRunStatus.STARTED, tags=tags)
+    )
+    storage = instance.event_log_storage
+    storage.initialize_concurrency_limit_to_default(DUCKDB_POOL)
+    assert storage.claim_concurrency_slot(DUCKDB_POOL, run_id, "raw__flights").is_claimed
+    return run
 
 
 def engine_event_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:

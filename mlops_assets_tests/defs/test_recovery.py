@@ -54,7 +54,7 @@ from mlops_assets.recovery import (
     recover_dead_runs,
     watch_interval_s,
 )
-from mlops_assets_tests.conftest import instance_for_test
+from mlops_assets_tests.conftest import instance_for_test, started_run
 
 BIN = Path(sys.executable).parent
 #: How long the run after a kill may take, start to success (the issue: it waited forever).
@@ -105,34 +105,13 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield test_instance
 
 
-def _started_run(
-    instance: dg.DagsterInstance, process: ProcessIdentity | None, for_run: str | None = None
-) -> dg.DagsterRun:
-    """A STARTED training_pipeline run whose process is ``process``, holding the duckdb slot for raw__flights."""
-    run_id = str(uuid.uuid4())
-    tags = {}
-    if process is not None:
-        tags = {
-            PROCESS_TAG: json.dumps({"run_id": for_run or run_id, **json.loads(process.to_json())}),
-            PID_TAG: str(process.pid),
-            HOST_TAG: process.host,
-        }
-    run = instance.add_run(
-        dg.DagsterRun(job_name="training_pipeline", run_id=run_id, status=dg.DagsterRunStatus.STARTED, tags=tags)
-    )
-    storage = instance.event_log_storage
-    storage.initialize_concurrency_limit_to_default(POOL)
-    assert storage.claim_concurrency_slot(POOL, run_id, "raw__flights").is_claimed
-    return run
-
-
 def _holders(instance: dg.DagsterInstance) -> set[str]:
     return {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(POOL).claimed_slots}
 
 
 def test_a_run_whose_process_is_gone_is_marked_failed_and_its_slot_freed(instance: dg.DagsterInstance) -> None:
     dead = _exited_child()
-    run = _started_run(instance, dead)
+    run = started_run(instance, dead)
     report = recover_dead_runs(instance)
     [recovered] = report.recovered
     assert isinstance(recovered, RecoveredRun) and recovered.run_id == run.run_id
@@ -151,15 +130,15 @@ def test_a_run_whose_process_is_gone_is_marked_failed_and_its_slot_freed(instanc
 
 def test_runs_alive_elsewhere_or_unrecorded_are_left_alone(instance: dg.DagsterInstance) -> None:
     me = process_identity()
-    alive = _started_run(instance, me)
+    alive = started_run(instance, me)
     report = recover_dead_runs(instance)
     assert report.recovered == () and report.of(alive.run_id) is not None
     assert "is running" in report.of(alive.run_id).reason  # type: ignore[union-attr]
     instance.event_log_storage.free_concurrency_slots_for_run(alive.run_id)
 
-    elsewhere = _started_run(instance, ProcessIdentity(**{**_exited_child().__dict__, "host": "another-host"}))
+    elsewhere = started_run(instance, ProcessIdentity(**{**_exited_child().__dict__, "host": "another-host"}))
     instance.event_log_storage.free_concurrency_slots_for_run(elsewhere.run_id)
-    copied = _started_run(instance, _exited_child(), for_run="the-run-it-was-copied-from")  # tags of a retried run
+    copied = started_run(instance, _exited_child(), for_run="the-run-it-was-copied-from")  # tags of a retried run
     assert recorded_process(instance.get_run_by_id(copied.run_id)) is None  # type: ignore[arg-type]
     report = recover_dead_runs(instance)
     assert report.recovered == ()
@@ -177,13 +156,13 @@ def test_a_run_in_a_container_gone_silent_is_recovered_by_the_daemons_sensor(ins
     from mlops_assets.defs.sensors import build_recovery_sensor
     from mlops_assets.recovery import HEARTBEAT_STALE_S, HEARTBEAT_TAG
 
-    fresh = _started_run(instance, ProcessIdentity(**{**_exited_child().__dict__, "host": "another-host"}))
+    fresh = started_run(instance, ProcessIdentity(**{**_exited_child().__dict__, "host": "another-host"}))
     instance.add_run_tags(fresh.run_id, {HEARTBEAT_TAG: str(int(time.time()))})
     instance.event_log_storage.free_concurrency_slots_for_run(fresh.run_id)
-    never = _started_run(instance, ProcessIdentity(**{**_exited_child().__dict__, "host": "another-host"}))
+    never = started_run(instance, ProcessIdentity(**{**_exited_child().__dict__, "host": "another-host"}))
     instance.event_log_storage.free_concurrency_slots_for_run(never.run_id)
     other_container = ProcessIdentity(**{**_exited_child().__dict__, "pid_namespace": "pid:[4026530000]"})
-    silent = _started_run(instance, other_container)  # holds the slot
+    silent = started_run(instance, other_container)  # holds the slot
     instance.add_run_tags(silent.run_id, {HEARTBEAT_TAG: str(int(time.time() - HEARTBEAT_STALE_S - 5))})
 
     sensor = build_recovery_sensor()
@@ -246,7 +225,7 @@ def test_a_dead_run_the_daemon_retries_is_not_also_resumed_by_hand(
         if daemon != "none":
             _daemon_beat(retrying, 5 if daemon == "running" else 600)
         dead = _exited_child()
-        run = _started_run(retrying, dead)
+        run = started_run(retrying, dead)
         [recovered] = recover_dead_runs(retrying).recovered
         failure = retrying.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
         said = failure[0].event_log_entry.dagster_event.message or ""
@@ -292,13 +271,13 @@ def test_a_running_run_says_it_is_alive(instance: dg.DagsterInstance) -> None:
 def test_a_finished_run_still_holding_a_slot_is_freed_once_its_process_is_gone(instance: dg.DagsterInstance) -> None:
     """Failed by hand (or by a recovery interrupted before freeing): the slot is freed, the status is kept."""
     me, dead = process_identity(), _exited_child()
-    running = _started_run(instance, me)
+    running = started_run(instance, me)
     instance.report_run_failed(running, "failed from the UI while its step still runs")
     assert recover_dead_runs(instance).recovered == ()  # its process still runs the step: the slot is in use
     assert _holders(instance) == {running.run_id}
     instance.event_log_storage.free_concurrency_slots_for_run(running.run_id)
 
-    leaked = _started_run(instance, dead)
+    leaked = started_run(instance, dead)
     instance.report_run_failed(leaked, "failed by hand, slot forgotten")
     [freed] = recover_dead_runs(instance).recovered
     assert (freed.run_id, freed.was, freed.now) == (leaked.run_id, "FAILURE", "FAILURE")
@@ -307,11 +286,11 @@ def test_a_finished_run_still_holding_a_slot_is_freed_once_its_process_is_gone(i
 
 
 def test_resume_refuses_a_started_run_whose_process_runs(instance: dg.DagsterInstance) -> None:
-    run = _started_run(instance, process_identity())
+    run = started_run(instance, process_identity())
     with pytest.raises(ValueError, match=rf"is STARTED, not FAILURE: process {os.getpid()} on .* is running"):
         resume_run(run.run_id, instance)
     instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-    elsewhere = _started_run(instance, ProcessIdentity(pid=1, host="another-host"))
+    elsewhere = started_run(instance, ProcessIdentity(pid=1, host="another-host"))
     with pytest.raises(ValueError, match="is on another host than this one"):
         resume_run(elsewhere.run_id, instance)
 
@@ -480,7 +459,7 @@ def _kill_at_registration(
         time.sleep(0.001)
 
 
-def _only_started_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
+def _onlystarted_run(instance: dg.DagsterInstance) -> dg.DagsterRun:
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
     assert len(runs) == 1, [r.run_id for r in runs]
     return runs[0]
@@ -599,7 +578,7 @@ def test_kill_9_at_each_point_the_next_run_proceeds_and_every_killed_run_resumes
         for point, step in KILL_POINTS.items():
             # 1. the run is killed at the kill point: it stays STARTED, and (killed in a step) its slot stays claimed
             killed = _killed_run(platform, step)
-            run = _only_started_run(instance)
+            run = _onlystarted_run(instance)
             assert run.tags[PID_TAG] == str(killed.pid) and run.tags[HOST_TAG] == socket.gethostname()
             if step in STEP_KILLS.values():
                 started_steps = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_START)
@@ -660,7 +639,7 @@ def test_a_run_waiting_for_the_slot_is_released_when_the_holder_dies(platform: P
         while " - raw__flights - STEP_START - " not in holder.output():
             assert time.monotonic() < deadline and holder.process.poll() is None, holder.output()[-4000:]
             time.sleep(0.05)
-        held = _only_started_run(instance)
+        held = _onlystarted_run(instance)
         assert _holders(instance) == {held.run_id}
 
         waiting = platform.job_execute()
@@ -690,7 +669,7 @@ def test_mlops_resume_accepts_a_killed_run_still_marked_started(platform: Platfo
     with dg.DagsterInstance.get() as instance:
         killed = platform.job_execute(on_line=_on_step_start("features__flight_features", signal.SIGKILL))
         assert killed.wait(timeout=NEXT_RUN_LIMIT_S) == -signal.SIGKILL, killed.output()[-4000:]
-        run = _only_started_run(instance)
+        run = _onlystarted_run(instance)
         # `mlops resume` alone marks it failed (its process is gone) and lists it, with the step the kill stopped
         listed = platform.mlops("resume")
         assert listed.wait(timeout=NEXT_RUN_LIMIT_S) == 0, listed.output()[-6000:]

@@ -12,12 +12,10 @@ step by the test holding the `duckdb` pool's slot, so the server is still shutti
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -28,14 +26,12 @@ from dagster._grpc.client import DagsterGrpcClient
 
 from mlops_assets.core.processes import process_identity
 from mlops_assets.healthcheck import code_server_status
-from mlops_assets.recovery import HOST_TAG, PID_TAG, PROCESS_TAG
 from mlops_assets.run_launcher import RestartAwareRunLauncher
+from mlops_assets_tests.conftest import started_run
 from mlops_assets_tests.deploy.conftest import free_port
 
 LOCATION = "mlops_assets"
 BIN = Path(sys.executable).parent
-#: The pool of every step that writes the DuckDB file (one slot, in both instance files).
-POOL = "duckdb"
 
 
 def _serving(port: int, deadline: float) -> None:
@@ -47,25 +43,6 @@ def _serving(port: int, deadline: float) -> None:
             pass
         time.sleep(0.5)
     pytest.fail(f"the code server on port {port} never served")
-
-
-def _slot_holder(instance: dg.DagsterInstance) -> dg.DagsterRun:
-    """A STARTED run of this test's own process (alive: recovery leaves it alone) holding the `duckdb` pool's one
-    slot: a run launched meanwhile waits at its first DuckDB step, in progress for as long as the test needs."""
-    run_id = str(uuid.uuid4())
-    identity = process_identity()
-    tags = {
-        PROCESS_TAG: json.dumps({"run_id": run_id, **json.loads(identity.to_json())}, sort_keys=True),
-        PID_TAG: str(identity.pid),
-        HOST_TAG: identity.host,
-    }
-    run = instance.add_run(
-        dg.DagsterRun(job_name="feature_pipeline", run_id=run_id, status=dg.DagsterRunStatus.STARTED, tags=tags)
-    )
-    storage = instance.event_log_storage
-    storage.initialize_concurrency_limit_to_default(POOL)
-    assert storage.claim_concurrency_slot(POOL, run_id, "raw__flights").is_claimed
-    return run
 
 
 def test_a_run_launched_on_a_code_server_shutting_down_goes_back_to_the_queue(tmp_path: Path) -> None:
@@ -102,7 +79,9 @@ def test_a_run_launched_on_a_code_server_shutting_down_goes_back_to_the_queue(tm
     launch = (BIN / "dagster", "job", "launch", "-w", workspace, "-j", "feature_pipeline", "--tags", tags)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_launcher, RestartAwareRunLauncher)
-        holder = _slot_holder(instance)
+        # a run of this test's own process (alive: recovery leaves it alone) holds the duckdb slot: a run
+        # launched meanwhile waits at its first DuckDB step, in progress for as long as the test needs
+        holder = started_run(instance, process_identity())
         try:
             _serving(port, time.monotonic() + 120)
             # a run in progress on the server (waiting for the slot), which a server told to shut down waits for
